@@ -1,0 +1,52 @@
+"""Event and output records for livepulse, with strict validation and an orjson codec.
+
+Decoders take raw message bytes and return a record or an :class:`Invalid`
+carrying a machine-readable reason code; they never raise on bad input.
+"""
+
+from ._decode import decode_gift, decode_order, decode_viewer
+from ._limits import DEFAULT_LIMITS, Limits
+from ._outputs import (
+    DLQ_RAW_CAP_BYTES,
+    ROOM_STATS_FIELDS,
+    DeadLetter,
+    RoomStats,
+    dead_letter,
+    decode_dead_letter,
+    decode_room_stats,
+    encode_dead_letter,
+    encode_room_stats,
+)
+from ._records import (
+    ORDER_STATUSES,
+    VIEWER_TYPES,
+    Event,
+    GiftEvent,
+    Invalid,
+    OrderEvent,
+    ViewerEvent,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DLQ_RAW_CAP_BYTES",
+    "ORDER_STATUSES",
+    "ROOM_STATS_FIELDS",
+    "VIEWER_TYPES",
+    "DeadLetter",
+    "Event",
+    "GiftEvent",
+    "Invalid",
+    "Limits",
+    "OrderEvent",
+    "RoomStats",
+    "ViewerEvent",
+    "dead_letter",
+    "decode_dead_letter",
+    "decode_gift",
+    "decode_order",
+    "decode_room_stats",
+    "decode_viewer",
+    "encode_dead_letter",
+    "encode_room_stats",
+]

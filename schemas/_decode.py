@@ -1,0 +1,178 @@
+"""Strict, cheap decoding of input messages: bytes in, a record or an ``Invalid`` out.
+
+Nothing here raises on bad input; a reason code comes back instead, so the
+data plane can dead-letter the message and keep going. Checks run in a fixed
+order (size, JSON, object, fields in schema order: presence, type, bounds) so
+the same bad message always gets the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ._limits import DEFAULT_LIMITS, Limits
+from ._records import (
+    ORDER_STATUSES,
+    VIEWER_TYPES,
+    GiftEvent,
+    Invalid,
+    OrderEvent,
+    ViewerEvent,
+)
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+def _parse(raw: bytes, limits: Limits) -> dict[str, Any] | Invalid:
+    if len(raw) > limits.max_message_bytes:
+        return Invalid("oversized", f"{len(raw)} bytes > {limits.max_message_bytes}")
+    try:
+        obj = _loads(raw)
+    except _JSONDecodeError as exc:
+        return Invalid("invalid_json", str(exc))
+    if type(obj) is not dict:
+        return Invalid("not_an_object", f"top-level JSON is {type(obj).__name__}")
+    return obj
+
+
+def _missing(obj: dict[str, Any], fields: tuple[str, ...]) -> Invalid:
+    for name in fields:
+        if name not in obj:
+            return Invalid(f"missing_field:{name}", f"field {name!r} is required")
+    raise AssertionError("no field missing")  # pragma: no cover
+
+
+def _check_id(name: str, value: object, limits: Limits) -> Invalid | None:
+    if type(value) is not str:
+        return Invalid(f"bad_type:{name}", f"{name} must be a string, got {type(value).__name__}")
+    if not 0 < len(value) <= limits.max_id_len:
+        return Invalid(f"out_of_range:{name}", f"{name} length {len(value)} not in 1..{limits.max_id_len}")
+    return None
+
+
+def _check_ts(ts: object, now_ms: int, limits: Limits) -> Invalid | None:
+    if type(ts) is not int:
+        return Invalid("bad_type:ts", f"ts must be integer milliseconds, got {type(ts).__name__}")
+    if ts < now_ms - limits.max_past_ms or ts > now_ms + limits.max_future_ms:
+        return Invalid("ts_skew", f"ts {ts} is {ts - now_ms} ms from now ({now_ms})")
+    return None
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> Invalid | None:
+    if type(value) is not int:
+        return Invalid(f"bad_type:{name}", f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        return Invalid(f"out_of_range:{name}", f"{name} {value} not in {low}..{high}")
+    return None
+
+
+def _check_enum(name: str, value: object, allowed: frozenset[str]) -> Invalid | None:
+    if type(value) is not str:
+        return Invalid(f"bad_type:{name}", f"{name} must be a string, got {type(value).__name__}")
+    if value not in allowed:
+        return Invalid(f"unknown_enum:{name}", f"{name} {value[:32]!r} not in {sorted(allowed)}")
+    return None
+
+
+def _check_currency(value: object) -> Invalid | None:
+    if type(value) is not str:
+        return Invalid("bad_type:currency", f"currency must be a string, got {type(value).__name__}")
+    if not (len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()):
+        return Invalid("bad_format:currency", f"currency {value[:16]!r} is not an ISO 4217 code")
+    return None
+
+
+def _first(*checks: Invalid | None) -> Invalid | None:
+    for check in checks:
+        if check is not None:
+            return check
+    return None
+
+
+_VIEWER_FIELDS = ("type", "room_id", "user_id", "ts")
+_ORDER_FIELDS = ("order_id", "room_id", "user_id", "ts", "status", "amount_minor", "currency")
+_GIFT_FIELDS = ("gift_id", "room_id", "user_id", "ts", "count", "value_minor")
+
+
+def decode_viewer(raw: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> ViewerEvent | Invalid:
+    """Decode one ``live.viewer`` message."""
+    obj = _parse(raw, limits)
+    if type(obj) is Invalid:
+        return obj
+    assert type(obj) is dict
+    try:
+        kind, room_id, user_id, ts = obj["type"], obj["room_id"], obj["user_id"], obj["ts"]
+    except KeyError:
+        return _missing(obj, _VIEWER_FIELDS)
+    # Fast path: everything well-formed. The slow path below names the first fault.
+    if (
+        type(kind) is str
+        and kind in VIEWER_TYPES
+        and type(room_id) is str
+        and 0 < len(room_id) <= limits.max_id_len
+        and type(user_id) is str
+        and 0 < len(user_id) <= limits.max_id_len
+        and type(ts) is int
+        and now_ms - limits.max_past_ms <= ts <= now_ms + limits.max_future_ms
+    ):
+        return ViewerEvent(kind, room_id, user_id, ts)
+    fault = _first(
+        _check_enum("type", kind, VIEWER_TYPES),
+        _check_id("room_id", room_id, limits),
+        _check_id("user_id", user_id, limits),
+        _check_ts(ts, now_ms, limits),
+    )
+    assert fault is not None
+    return fault
+
+
+def decode_order(raw: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> OrderEvent | Invalid:
+    """Decode one ``live.order`` message."""
+    obj = _parse(raw, limits)
+    if type(obj) is Invalid:
+        return obj
+    assert type(obj) is dict
+    try:
+        order_id, room_id, user_id, ts = obj["order_id"], obj["room_id"], obj["user_id"], obj["ts"]
+        status, amount, currency = obj["status"], obj["amount_minor"], obj["currency"]
+    except KeyError:
+        return _missing(obj, _ORDER_FIELDS)
+    fault = _first(
+        _check_id("order_id", order_id, limits),
+        _check_id("room_id", room_id, limits),
+        _check_id("user_id", user_id, limits),
+        _check_ts(ts, now_ms, limits),
+        _check_enum("status", status, ORDER_STATUSES),
+        _check_int("amount_minor", amount, 0, limits.max_amount_minor),
+        _check_currency(currency),
+    )
+    if fault is not None:
+        return fault
+    return OrderEvent(order_id, room_id, user_id, ts, status, amount, currency)
+
+
+def decode_gift(raw: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> GiftEvent | Invalid:
+    """Decode one ``live.gift`` message."""
+    obj = _parse(raw, limits)
+    if type(obj) is Invalid:
+        return obj
+    assert type(obj) is dict
+    try:
+        gift_id, room_id, user_id, ts = obj["gift_id"], obj["room_id"], obj["user_id"], obj["ts"]
+        count, value = obj["count"], obj["value_minor"]
+    except KeyError:
+        return _missing(obj, _GIFT_FIELDS)
+    fault = _first(
+        _check_id("gift_id", gift_id, limits),
+        _check_id("room_id", room_id, limits),
+        _check_id("user_id", user_id, limits),
+        _check_ts(ts, now_ms, limits),
+        _check_int("count", count, 1, limits.max_gift_count),
+        _check_int("value_minor", value, 0, limits.max_amount_minor),
+    )
+    if fault is not None:
+        return fault
+    return GiftEvent(gift_id, room_id, user_id, ts, count, value)

@@ -1,0 +1,107 @@
+"""Output records (room-stats, dead letters) and their orjson codec.
+
+Outputs are frozen slotted dataclasses: orjson serialises them natively, and
+the field order is the wire order.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+
+from ._records import Invalid
+
+DLQ_RAW_CAP_BYTES = 4_096
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStats:
+    """One closed window ``[window_start, window_end)`` of one room (``live.room-stats``).
+
+    ``(room_id, window_start)`` identifies the record, so a replayed duplicate
+    is an idempotent upsert downstream.
+    """
+
+    room_id: str
+    window_start: int
+    window_end: int
+    views: int
+    unique_viewers: int
+    concurrent_viewers: int
+    likes: int
+    comments: int
+    orders: int
+    orders_per_sec: float
+    gmv_minor: int
+    refunds_minor: int
+    gifts: int
+    gift_value_minor: int
+    late_events: int
+
+
+ROOM_STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RoomStats))
+
+
+def encode_room_stats(stats: RoomStats) -> bytes:
+    return orjson.dumps(stats)
+
+
+def decode_room_stats(raw: bytes) -> RoomStats:
+    """Decode a room-stats record (for consumers and tests; trusts its producer)."""
+    obj = orjson.loads(raw)
+    return RoomStats(**{name: obj[name] for name in ROOM_STATS_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected input message with where it came from and why (``live.dlq``)."""
+
+    reason: str
+    error: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    raw_b64: str
+    raw_len: int
+    truncated: bool
+    dead_lettered_at_ms: int
+
+
+def dead_letter(
+    invalid: Invalid,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes | None,
+    now_ms: int,
+    raw_cap: int = DLQ_RAW_CAP_BYTES,
+) -> DeadLetter:
+    raw = raw or b""
+    kept = raw[:raw_cap]
+    return DeadLetter(
+        reason=invalid.reason,
+        error=invalid.detail[:1_000],
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else key[:256].decode("utf-8", "replace"),
+        raw_b64=base64.b64encode(kept).decode("ascii"),
+        raw_len=len(raw),
+        truncated=len(kept) < len(raw),
+        dead_lettered_at_ms=now_ms,
+    )
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    return orjson.dumps(letter)
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    obj: dict[str, Any] = orjson.loads(raw)
+    return DeadLetter(**{f.name: obj[f.name] for f in fields(DeadLetter)})

@@ -1,0 +1,65 @@
+"""Record types for livepulse's input events and outputs.
+
+Input events are ``NamedTuple``s: they are built once per message on the hot
+path, so they must be as cheap as a tuple, and fields are read by the core
+by attribute. Field names and meanings follow ``shared/DESIGN.md``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+VIEWER_TYPES: frozenset[str] = frozenset({"join", "leave", "heartbeat", "like", "comment"})
+ORDER_STATUSES: frozenset[str] = frozenset({"created", "paid", "cancelled", "refunded"})
+
+
+class ViewerEvent(NamedTuple):
+    """A viewer action in a live room (``live.viewer``)."""
+
+    type: str
+    room_id: str
+    user_id: str
+    ts: int
+
+
+class OrderEvent(NamedTuple):
+    """An order state change (``live.order``); money in integer minor units."""
+
+    order_id: str
+    room_id: str
+    user_id: str
+    ts: int
+    status: str
+    amount_minor: int
+    currency: str
+
+
+class GiftEvent(NamedTuple):
+    """A gift sent in a room (``live.gift``); ``value_minor`` is the total value."""
+
+    gift_id: str
+    room_id: str
+    user_id: str
+    ts: int
+    count: int  # type: ignore[assignment]  # the wire name; shadows tuple.count
+    value_minor: int
+
+
+Event = ViewerEvent | OrderEvent | GiftEvent
+
+
+class Invalid(NamedTuple):
+    """Why a message was rejected: a machine-readable ``reason`` and a human ``detail``.
+
+    Reason codes: ``oversized``, ``invalid_json``, ``not_an_object``,
+    ``missing_field:<f>``, ``bad_type:<f>``, ``out_of_range:<f>``,
+    ``unknown_enum:<f>``, ``bad_format:<f>``, ``ts_skew``, ``bad_key``.
+    """
+
+    reason: str
+    detail: str
+
+    @property
+    def reason_class(self) -> str:
+        """The reason without its field suffix, for bounded metric labels."""
+        return self.reason.partition(":")[0]
