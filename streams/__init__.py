@@ -1,0 +1,1 @@
+"""livepulse stream processor: the pure aggregation core (``streams.core``) and its runtime."""

@@ -1,0 +1,51 @@
+"""Frozen window and state settings for the aggregation core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..exceptions import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Window geometry, watermark and memory bounds of one task.
+
+    ``window_ms`` must be a multiple of ``bucket_ms``; windows are aligned to
+    multiples of ``window_ms`` since the epoch.
+    """
+
+    bucket_ms: int = 1_000
+    window_ms: int = 10_000
+    grace_ms: int = 2_000
+    #: wall-clock silence after which a partition's watermark follows wall time
+    idle_partition_ms: int = 2_000
+    #: event-time silence after which a room is forgotten (after its last window)
+    room_idle_ms: int = 300_000
+    #: how long an (order_id, status) pair is remembered for dedup, in event time
+    dedup_ttl_ms: int = 600_000
+    #: cap on remembered order keys per room (oldest forgotten first)
+    dedup_max_per_room: int = 100_000
+    #: HyperLogLog log2(k); 12 gives ~1.6 % relative standard error
+    hll_lg_k: int = 12
+
+    def __post_init__(self) -> None:
+        if self.bucket_ms <= 0 or self.window_ms <= 0:
+            raise ConfigError("bucket_ms and window_ms must be positive")
+        if self.window_ms % self.bucket_ms:
+            raise ConfigError(f"window_ms {self.window_ms} is not a multiple of bucket_ms {self.bucket_ms}")
+        if self.grace_ms < 0 or self.idle_partition_ms <= 0 or self.room_idle_ms <= 0:
+            raise ConfigError("grace_ms must be >= 0; idle_partition_ms and room_idle_ms > 0")
+        if self.dedup_ttl_ms < 0 or self.dedup_max_per_room <= 0:
+            raise ConfigError("dedup_ttl_ms must be >= 0 and dedup_max_per_room > 0")
+        if not 4 <= self.hll_lg_k <= 21:
+            raise ConfigError("hll_lg_k must be in 4..21")
+
+    @property
+    def ring_buckets(self) -> int:
+        """Buckets a room keeps: every bucket at or after the watermark's window fits."""
+        return (self.window_ms + self.grace_ms) // self.bucket_ms + 2
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_ms / 1_000

@@ -1,0 +1,72 @@
+"""Read-only views over task state for the runtime's HTTP endpoints."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any
+
+from schemas import ROOM_STATS_FIELDS, RoomStats
+
+from ._room import COMMENTS, GIFT_VALUE, GIFTS, GMV, JOINS, LATE, LEAVES, LIKES, ORDERS, REFUNDS, Room
+from ._task import TaskAggregator
+from ._windows import bucket_range, window_start
+
+#: metrics a caller may rank rooms by (numeric room-stats fields)
+RANKABLE_METRICS: frozenset[str] = frozenset(ROOM_STATS_FIELDS) - {"room_id", "window_start", "window_end"}
+
+
+def room_view(task: TaskAggregator, room_id: str) -> dict[str, Any] | None:
+    """The room's last closed window and its current partial window, or None if unknown."""
+    room = task.rooms.get(room_id)
+    if room is None:
+        return None
+    last: RoomStats | None = room.last_closed
+    return {
+        "room_id": room_id,
+        "last_closed": None if last is None else _as_dict(last),
+        "current": _partial_window(task, room),
+    }
+
+
+def _partial_window(task: TaskAggregator, room: Room) -> dict[str, Any] | None:
+    newest = task.max_event_ts_ms
+    if newest is None or not room.open_ws:
+        return None
+    cfg = task.config
+    ws = window_start(newest, cfg.window_ms)
+    total = room.sum_buckets(bucket_range(ws, ws + cfg.window_ms, cfg.bucket_ms))
+    pending = [0, 0]
+    for open_ws in room.open_ws:
+        window = room.sum_buckets(bucket_range(open_ws, open_ws + cfg.window_ms, cfg.bucket_ms))
+        pending[0] += window[JOINS]
+        pending[1] += window[LEAVES]
+    sketch = room.hll.get(ws)
+    return {
+        "window_start": ws,
+        "window_end": ws + cfg.window_ms,
+        "complete": False,
+        "views": total[JOINS],
+        "unique_viewers": 0 if sketch is None else round(sketch.get_estimate()),
+        "concurrent_viewers": max(0, room.concurrent + pending[0] - pending[1]),
+        "likes": total[LIKES],
+        "comments": total[COMMENTS],
+        "orders": total[ORDERS],
+        "gmv_minor": total[GMV],
+        "refunds_minor": total[REFUNDS],
+        "gifts": total[GIFTS],
+        "gift_value_minor": total[GIFT_VALUE],
+        "late_events": total[LATE],
+    }
+
+
+def top_rooms(tasks: Iterable[TaskAggregator], metric: str, n: int) -> list[RoomStats]:
+    """The ``n`` rooms with the highest ``metric`` in their last closed window, across tasks."""
+    if metric not in RANKABLE_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; one of {sorted(RANKABLE_METRICS)}")
+    closed = (room.last_closed for task in tasks for room in task.rooms.values() if room.last_closed)
+    return heapq.nlargest(n, closed, key=lambda stats: (getattr(stats, metric), stats.room_id))
+
+
+def _as_dict(stats: RoomStats) -> dict[str, Any]:
+    return {name: getattr(stats, name) for name in ROOM_STATS_FIELDS}

@@ -1,0 +1,165 @@
+"""Per-room state: a ring of event-time buckets, open-window sketches, dedup memory.
+
+A room keeps ``ring_buckets`` buckets; bucket ``b`` (``ts // bucket_ms``) lives
+in slot ``b % ring_buckets`` and the slot remembers which ``b`` it holds, so a
+stale slot is recognised and reset instead of cleared eagerly. The task closes
+windows as soon as the watermark passes them, which guarantees a slot is never
+reused while its window is still open.
+
+The changelog encoding is ``[version, ...]`` as orjson; ``decode_room`` reads
+every version ever written.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from datasketches import hll_sketch, tgt_hll_type
+
+from ..exceptions import StateError
+
+# Counter layout of one bucket.
+JOINS, LEAVES, LIKES, COMMENTS, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE, LATE = range(10)
+N_COUNTERS = 10
+
+ROOM_FORMAT_VERSION = 1
+
+HLL_TYPE = tgt_hll_type.HLL_8
+
+
+class Room:
+    """Mutable state of one live room inside one task."""
+
+    __slots__ = (
+        "buckets",
+        "concurrent",
+        "dirty",
+        "hll",
+        "ids",
+        "last_closed",
+        "last_ts",
+        "offsets",
+        "open_ws",
+        "reg_ws",
+        "room_id",
+        "seen",
+    )
+
+    def __init__(self, room_id: str, ring_buckets: int) -> None:
+        self.room_id = room_id
+        #: bucket number held by each ring slot, -1 when free
+        self.ids: list[int] = [-1] * ring_buckets
+        #: counters per ring slot, allocated on first use
+        self.buckets: list[list[int] | None] = [None] * ring_buckets
+        #: concurrent viewers as of the end of the last closed window
+        self.concurrent = 0
+        #: newest accepted event time, for expiry
+        self.last_ts = -1
+        #: input source -> offset of the last event applied (replay guard)
+        self.offsets: dict[int, int] = {}
+        #: window start -> unique-viewer sketch of that open window
+        self.hll: dict[int, Any] = {}
+        #: starts of windows with activity that have not been emitted yet
+        self.open_ws: list[int] = []
+        #: the window this room was last registered for (fast-path check)
+        self.reg_ws = -1
+        #: (order_id, status) -> event time, for duplicate detection
+        self.seen: dict[tuple[str, str], int] = {}
+        self.dirty = False
+        self.last_closed: Any = None
+
+    def counters(self, slot: int, bucket: int) -> list[int]:
+        """The counters of ``bucket`` in ``slot``, resetting a stale slot."""
+        counters = self.buckets[slot]
+        if counters is None:
+            counters = self.buckets[slot] = [0] * N_COUNTERS
+        else:
+            counters[:] = _ZEROS
+        self.ids[slot] = bucket
+        return counters
+
+    def sketch(self, ws: int, lg_k: int) -> Any:
+        sketch = self.hll.get(ws)
+        if sketch is None:
+            sketch = self.hll[ws] = hll_sketch(lg_k, HLL_TYPE)
+        return sketch
+
+    def sum_buckets(self, buckets: range) -> list[int]:
+        """Sum the counters of the given bucket numbers that the ring holds."""
+        total = [0] * N_COUNTERS
+        ids, store, ring = self.ids, self.buckets, len(self.ids)
+        for bucket in buckets:
+            slot = bucket % ring
+            if ids[slot] == bucket:
+                counters = store[slot]
+                assert counters is not None
+                for i in range(N_COUNTERS):
+                    total[i] += counters[i]
+        return total
+
+    def release_buckets(self, buckets: range) -> None:
+        ids, ring = self.ids, len(self.ids)
+        for bucket in buckets:
+            slot = bucket % ring
+            if ids[slot] == bucket:
+                ids[slot] = -1
+
+
+_ZEROS = [0] * N_COUNTERS
+
+
+def encode_room(room: Room) -> bytes:
+    """Serialise a room for the changelog (current version)."""
+    buckets = [
+        [bucket, *counters]
+        for bucket, counters in zip(room.ids, room.buckets, strict=True)
+        if bucket >= 0 and counters is not None
+    ]
+    sketches = [[ws, base64.b64encode(s.serialize_compact()).decode("ascii")] for ws, s in room.hll.items()]
+    seen = [[order_id, status, ts] for (order_id, status), ts in room.seen.items()]
+    return orjson.dumps(
+        [
+            ROOM_FORMAT_VERSION,
+            room.room_id,
+            room.concurrent,
+            room.last_ts,
+            list(room.offsets.items()),
+            buckets,
+            sketches,
+            room.open_ws,
+            seen,
+        ]
+    )
+
+
+def decode_room(raw: bytes, ring_buckets: int) -> Room:
+    """Rebuild a room from any version of its changelog encoding."""
+    try:
+        obj = orjson.loads(raw)
+        version = obj[0]
+    except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
+        raise StateError(f"undecodable room state: {exc}") from exc
+    if version != 1:
+        raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
+    try:
+        return _decode_v1(obj, ring_buckets)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise StateError(f"corrupt room state v1: {exc}") from exc
+
+
+def _decode_v1(obj: list[Any], ring_buckets: int) -> Room:
+    _, room_id, concurrent, last_ts, offsets, buckets, sketches, open_ws, seen = obj
+    room = Room(room_id, ring_buckets)
+    room.concurrent = concurrent
+    room.last_ts = last_ts
+    room.offsets = {source: offset for source, offset in offsets}
+    for bucket, *counters in buckets:
+        slot = bucket % ring_buckets
+        room.ids[slot] = bucket
+        room.buckets[slot] = counters
+    room.hll = {ws: hll_sketch.deserialize(base64.b64decode(blob)) for ws, blob in sketches}
+    room.open_ws = list(open_ws)
+    room.seen = {(order_id, status): ts for order_id, status, ts in seen}
+    return room

@@ -1,0 +1,385 @@
+"""The task aggregator: one per input partition number, fed whole batches.
+
+``apply`` runs one tight loop over a batch: replay guard, lateness, watermark,
+dedup, bucket update, unique-viewer sketch. Windows close the moment the
+watermark passes their end (inside the loop, so a ring slot is never reused
+while its window is open); closed windows collect in an outbox that the
+runtime drains and publishes. ``tick`` lets wall-clock time advance an idle
+partition's watermark. ``checkpoint``/``restore`` move state to and from the
+changelog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from schemas import Event, OrderEvent, RoomStats, ViewerEvent
+
+from ..exceptions import StateError
+from ._config import CoreConfig
+from ._room import (
+    COMMENTS,
+    GIFT_VALUE,
+    GIFTS,
+    GMV,
+    JOINS,
+    LATE,
+    LEAVES,
+    LIKES,
+    ORDERS,
+    REFUNDS,
+    Room,
+    decode_room,
+    encode_room,
+)
+from ._windows import bucket_range, window_start
+
+NO_TIME = -(2**62)
+NEVER = 2**62
+
+ROOM_KEY_PREFIX = b"r/"
+META_KEY = b"m/task"
+META_FORMAT_VERSION = 1
+
+
+@dataclass(slots=True)
+class TaskCounters:
+    """Event outcomes since the task started, by input source."""
+
+    applied: dict[int, int] = field(default_factory=dict)
+    late: dict[int, int] = field(default_factory=dict)
+    duplicate: dict[int, int] = field(default_factory=dict)
+    replayed: dict[int, int] = field(default_factory=dict)
+    windows_emitted: int = 0
+    rooms_expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Changelog writes for one checkpoint: upserts (key, value) and tombstone keys."""
+
+    upserts: list[tuple[bytes, bytes]]
+    deletes: list[bytes]
+
+
+def room_key(room_id: str) -> bytes:
+    return ROOM_KEY_PREFIX + room_id.encode()
+
+
+class TaskAggregator:
+    """Event-time windowed per-room aggregates for one partition number."""
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        self.rooms: dict[str, Room] = {}
+        self.counters = TaskCounters()
+        self._ring = config.ring_buckets
+        self._max_ts = NO_TIME
+        self._watermark = NO_TIME
+        self._next_close = NEVER
+        self._wall_at_event = NO_TIME
+        self._by_window: dict[int, set[Room]] = {}
+        self._dirty: list[Room] = []
+        self._expired: set[str] = set()
+        self._outbox: list[RoomStats] = []
+        self._last_expiry_scan = NO_TIME
+
+    # -- reading --------------------------------------------------------------------
+
+    @property
+    def watermark_ms(self) -> int | None:
+        return None if self._watermark == NO_TIME else self._watermark
+
+    @property
+    def max_event_ts_ms(self) -> int | None:
+        return None if self._max_ts == NO_TIME else self._max_ts
+
+    def drain(self) -> list[RoomStats]:
+        """Closed windows since the last drain, in closing order."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    # -- the hot path ----------------------------------------------------------------
+
+    def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> None:
+        """Apply ``(offset, event)`` pairs read from one input ``source``, in offset order."""
+        if not items:
+            return
+        self._wall_at_event = now_ms
+        cfg = self.config
+        bucket_ms, window_ms, grace_ms, ring = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms, self._ring
+        lg_k = cfg.hll_lg_k
+        rooms, dirty = self.rooms, self._dirty
+        max_ts, wm, next_close = self._max_ts, self._watermark, self._next_close
+        applied = late = duplicate = replayed = 0
+        viewer_t, order_t = ViewerEvent, OrderEvent
+        for offset, ev in items:
+            # The watermark moves first: closing may expire rooms, so no room is held across it.
+            ts = ev.ts
+            if ts > max_ts:
+                max_ts = ts
+                if ts - grace_ms > wm:
+                    wm = ts - grace_ms
+                    if wm >= next_close:
+                        self._max_ts, self._watermark = max_ts, wm
+                        self._close_due()
+                        next_close = self._next_close
+            room_id = ev.room_id
+            room = rooms.get(room_id)
+            if room is None:
+                room = rooms[room_id] = Room(room_id, ring)
+                self._expired.discard(room_id)
+            offsets = room.offsets
+            if offset <= offsets.get(source, -1):
+                replayed += 1
+                continue
+            offsets[source] = offset
+            if not room.dirty:
+                room.dirty = True
+                dirty.append(room)
+            if ts < wm:
+                late += 1
+                self._charge_late(room, wm)
+                next_close = self._next_close
+                continue
+            kind = type(ev)
+            if kind is order_t:
+                key = (ev.order_id, ev.status)  # type: ignore[union-attr]
+                seen = room.seen
+                if key in seen:
+                    duplicate += 1
+                    continue
+                seen[key] = ts
+            bucket = ts // bucket_ms
+            slot = bucket % ring
+            if room.ids[slot] == bucket:
+                counters = room.buckets[slot]
+                assert counters is not None
+            else:
+                counters = room.counters(slot, bucket)
+            ws = ts - ts % window_ms
+            if ws != room.reg_ws:
+                self._register(room, ws)
+                next_close = self._next_close
+            if ts > room.last_ts:
+                room.last_ts = ts
+            if kind is viewer_t:
+                action = ev.type  # type: ignore[union-attr]
+                if action == "join":
+                    counters[JOINS] += 1
+                elif action == "leave":
+                    counters[LEAVES] += 1
+                elif action == "like":
+                    counters[LIKES] += 1
+                elif action == "comment":
+                    counters[COMMENTS] += 1
+                sketch = room.hll.get(ws)
+                if sketch is None:
+                    sketch = room.sketch(ws, lg_k)
+                sketch.update(ev.user_id)
+            elif kind is order_t:
+                status = ev.status  # type: ignore[union-attr]
+                if status == "paid":
+                    counters[ORDERS] += 1
+                    counters[GMV] += ev.amount_minor  # type: ignore[union-attr]
+                elif status == "refunded":
+                    counters[REFUNDS] += ev.amount_minor  # type: ignore[union-attr]
+            else:
+                counters[GIFTS] += ev.count  # type: ignore[operator]
+                counters[GIFT_VALUE] += ev.value_minor  # type: ignore[union-attr]
+            applied += 1
+        self._max_ts, self._watermark = max_ts, wm
+        c = self.counters
+        for bucket_dict, n in (
+            (c.applied, applied),
+            (c.late, late),
+            (c.duplicate, duplicate),
+            (c.replayed, replayed),
+        ):
+            if n:
+                bucket_dict[source] = bucket_dict.get(source, 0) + n
+
+    def tick(self, now_ms: int) -> None:
+        """Advance an idle partition's watermark with wall-clock time and close what is due.
+
+        After ``idle_partition_ms`` without events, event time is assumed to
+        move on like wall time from the newest event seen, so a quiet room's
+        last window still closes.
+        """
+        if self._max_ts == NO_TIME:
+            return
+        idle_ms = now_ms - self._wall_at_event
+        if idle_ms < self.config.idle_partition_ms:
+            return
+        candidate = self._max_ts - self.config.grace_ms + idle_ms
+        if candidate > self._watermark:
+            self._watermark = candidate
+            if candidate >= self._next_close:
+                self._close_due()
+
+    # -- slow paths -----------------------------------------------------------------
+
+    def _register(self, room: Room, ws: int) -> None:
+        room.reg_ws = ws
+        if ws in room.open_ws:
+            return
+        room.open_ws.append(ws)
+        members = self._by_window.get(ws)
+        if members is None:
+            members = self._by_window[ws] = set()
+            end = ws + self.config.window_ms
+            if end < self._next_close:
+                self._next_close = end
+        members.add(room)
+
+    def _charge_late(self, room: Room, wm: int) -> None:
+        """Count a late event in the room's bucket at the watermark (reported with that window)."""
+        bucket = wm // self.config.bucket_ms
+        slot = bucket % self._ring
+        counters = room.buckets[slot] if room.ids[slot] == bucket else room.counters(slot, bucket)
+        assert counters is not None
+        counters[LATE] += 1
+        ws = window_start(wm, self.config.window_ms)
+        if ws != room.reg_ws:
+            self._register(room, ws)
+
+    def _close_due(self) -> None:
+        """Emit every open window whose end is at or before the watermark, oldest first."""
+        window_ms, wm = self.config.window_ms, self._watermark
+        by_window = self._by_window
+        for ws in sorted(by_window):
+            if ws + window_ms > wm:
+                break
+            for room in sorted(by_window.pop(ws), key=_room_id):
+                self._outbox.append(self._close_room_window(room, ws))
+        self._next_close = min(by_window) + window_ms if by_window else NEVER
+        if wm - self._last_expiry_scan >= min(self.config.room_idle_ms, window_ms):
+            self._expire_idle_rooms()
+
+    def _close_room_window(self, room: Room, ws: int) -> RoomStats:
+        cfg = self.config
+        we = ws + cfg.window_ms
+        buckets = bucket_range(ws, we, cfg.bucket_ms)
+        total = room.sum_buckets(buckets)
+        room.release_buckets(buckets)
+        room.open_ws.remove(ws)
+        room.concurrent = max(0, room.concurrent + total[JOINS] - total[LEAVES])
+        sketch = room.hll.pop(ws, None)
+        unique = 0 if sketch is None else round(sketch.get_estimate())
+        if not room.dirty:
+            room.dirty = True
+            self._dirty.append(room)
+        self._forget_old_orders(room, self._watermark - cfg.dedup_ttl_ms)
+        stats = RoomStats(
+            room_id=room.room_id,
+            window_start=ws,
+            window_end=we,
+            views=total[JOINS],
+            unique_viewers=unique,
+            concurrent_viewers=room.concurrent,
+            likes=total[LIKES],
+            comments=total[COMMENTS],
+            orders=total[ORDERS],
+            orders_per_sec=total[ORDERS] / cfg.window_seconds,
+            gmv_minor=total[GMV],
+            refunds_minor=total[REFUNDS],
+            gifts=total[GIFTS],
+            gift_value_minor=total[GIFT_VALUE],
+            late_events=total[LATE],
+        )
+        room.last_closed = stats
+        self.counters.windows_emitted += 1
+        return stats
+
+    def _forget_old_orders(self, room: Room, cutoff_ms: int) -> None:
+        seen = room.seen
+        if not seen:
+            return
+        cap = self.config.dedup_max_per_room
+        while len(seen) > cap:
+            del seen[next(iter(seen))]
+        # Insertion order is close to event-time order; stop at the first young key.
+        for key, ts in list(seen.items()):
+            if ts >= cutoff_ms:
+                break
+            del seen[key]
+
+    def _expire_idle_rooms(self) -> None:
+        self._last_expiry_scan = self._watermark
+        cutoff = self._watermark - self.config.room_idle_ms
+        idle = [r for r in self.rooms.values() if not r.open_ws and r.last_ts < cutoff]
+        for room in idle:
+            del self.rooms[room.room_id]
+            self._expired.add(room.room_id)
+            room.dirty = False
+        if idle:
+            self._dirty = [r for r in self._dirty if r.dirty]
+            self.counters.rooms_expired += len(idle)
+
+    # -- checkpoint and restore ---------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """Changelog records for rooms changed since the last checkpoint, plus task metadata.
+
+        Call it, write the records, and only then commit input offsets.
+        """
+        upserts = [(room_key(r.room_id), encode_room(r)) for r in self._dirty if r.dirty]
+        for room in self._dirty:
+            room.dirty = False
+        self._dirty = []
+        deletes = [room_key(room_id) for room_id in sorted(self._expired)]
+        self._expired = set()
+        upserts.append((META_KEY, orjson.dumps([META_FORMAT_VERSION, self._max_ts, self._watermark])))
+        return Checkpoint(upserts, deletes)
+
+    @property
+    def dirty_rooms(self) -> int:
+        return len(self._dirty)
+
+    def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+        """Rebuild state from changelog records in log order (last write per key wins).
+
+        Returns the number of rooms restored.
+        """
+        latest: dict[bytes, bytes | None] = {}
+        for key, value in records:
+            latest[key] = value
+        meta = latest.pop(META_KEY, None)
+        if meta is not None:
+            self._restore_meta(meta)
+        prefix_len = len(ROOM_KEY_PREFIX)
+        for key, value in latest.items():
+            if value is None or not key.startswith(ROOM_KEY_PREFIX):
+                continue
+            room = decode_room(value, self._ring)
+            if room.room_id.encode() != key[prefix_len:]:
+                raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
+            self.rooms[room.room_id] = room
+            for ws in room.open_ws:
+                self._by_window.setdefault(ws, set()).add(room)
+            if room.open_ws:
+                room.reg_ws = max(room.open_ws)
+        if self._by_window:
+            self._next_close = min(self._by_window) + self.config.window_ms
+        return len(self.rooms)
+
+    def _restore_meta(self, raw: bytes) -> None:
+        try:
+            version, max_ts, watermark = orjson.loads(raw)
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise StateError(f"undecodable task metadata: {exc}") from exc
+        if version != META_FORMAT_VERSION:
+            raise StateError(f"task metadata version {version!r} is not supported")
+        self._max_ts, self._watermark = max_ts, watermark
+
+    # -- queries ------------------------------------------------------------------------
+
+    def iter_rooms(self) -> Iterator[Room]:
+        return iter(self.rooms.values())
+
+
+def _room_id(room: Room) -> str:
+    return room.room_id
