@@ -1,0 +1,1 @@
+"""Synthetic traffic, ground truth, benchmarks and load tests for livepulse."""

@@ -1,0 +1,172 @@
+"""The task aggregator against the brute-force oracle, including crash and replay."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loadtest.oracle import expected_windows, unique_viewers_close
+from schemas import Event, GiftEvent, OrderEvent, RoomStats, ViewerEvent
+from streams.core import CoreConfig, TaskAggregator
+
+BASE_MS = 1_700_000_000_000
+CFG = CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, dedup_ttl_ms=10**9)
+SOURCE = {ViewerEvent: 0, OrderEvent: 1, GiftEvent: 2}
+
+
+def make_stream(rng: random.Random, n: int, rooms: int, span_ms: int, disorder_ms: int) -> list[tuple[int, int, Event]]:
+    """A random interleaving of the three topics, with out-of-order times and duplicate orders."""
+    offsets = {0: 0, 1: 0, 2: 0}
+    out: list[tuple[int, int, Event]] = []
+    t = BASE_MS
+    orders: list[OrderEvent] = []
+    for _ in range(n):
+        t += rng.randint(0, max(1, span_ms // max(n, 1) * 2))
+        ts = t - rng.randint(0, disorder_ms)
+        room = f"room-{min(int(rng.paretovariate(1.2)) - 1, rooms - 1)}"
+        user = f"u{rng.randint(0, 40)}"
+        roll = rng.random()
+        ev: Event
+        if roll < 0.7:
+            kind = rng.choice(["join", "join", "leave", "heartbeat", "like", "comment"])
+            ev = ViewerEvent(kind, room, user, ts)
+        elif roll < 0.85:
+            if orders and rng.random() < 0.2:
+                ev = orders[rng.randrange(len(orders))]  # a producer retry: same order, same status
+            else:
+                status = rng.choice(["created", "paid", "paid", "cancelled", "refunded"])
+                ev = OrderEvent(f"o{rng.randint(0, 60)}", room, user, ts, status, rng.randint(0, 50_000), "CNY")
+                orders.append(ev)
+        else:
+            ev = GiftEvent(f"g{len(out)}", room, user, ts, rng.randint(1, 5), rng.randint(0, 10_000))
+        source = SOURCE[type(ev)]
+        offsets[source] += 1
+        out.append((source, offsets[source], ev))
+    return out
+
+
+def run(agg: TaskAggregator, stream: list[tuple[int, int, Event]], rng: random.Random) -> list[RoomStats]:
+    """Feed the stream in random-size batches of consecutive same-source items."""
+    i = 0
+    out: list[RoomStats] = []
+    while i < len(stream):
+        source = stream[i][0]
+        j = i
+        limit = i + rng.randint(1, 50)
+        while j < len(stream) and j < limit and stream[j][0] == source:
+            j += 1
+        agg.apply(source, [(off, ev) for _, off, ev in stream[i:j]], now_ms=0)
+        out.extend(agg.drain())
+        i = j
+    return out
+
+
+def finish(agg: TaskAggregator) -> list[RoomStats]:
+    agg.tick(now_ms=10**13)  # long idle: wall clock closes every open window
+    return agg.drain()
+
+
+def assert_matches_oracle(emitted: list[RoomStats], stream: list[tuple[int, int, Event]]) -> None:
+    expected = expected_windows(stream, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms)
+    got: dict[tuple[str, int], RoomStats] = {}
+    for stats in emitted:
+        key = (stats.room_id, stats.window_start)
+        assert got.setdefault(key, stats) == stats, f"conflicting duplicate for {key}"
+    assert sorted(got) == sorted(expected)
+    for key, want in expected.items():
+        have = got[key]
+        assert unique_viewers_close(have.unique_viewers, want.unique_viewers), (key, have, want)
+        assert _without_uv(have) == _without_uv(want), key
+
+
+def _without_uv(stats: RoomStats) -> tuple[object, ...]:
+    return tuple(getattr(stats, f) for f in stats.__slots__ if f != "unique_viewers")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(1, 600),
+    rooms=st.integers(1, 30),
+    disorder_ms=st.sampled_from([0, 500, 1_900, 4_000, 15_000]),
+    span_ms=st.sampled_from([5_000, 60_000, 400_000]),
+)
+def test_windows_equal_oracle(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int) -> None:
+    rng = random.Random(seed)
+    stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
+    agg = TaskAggregator(CFG)
+    emitted = run(agg, stream, rng) + finish(agg)
+    assert_matches_oracle(emitted, stream)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(20, 500),
+    cut=st.floats(0.0, 1.0),
+    rewind=st.floats(0.0, 1.0),
+)
+def test_crash_restore_replay_equals_uninterrupted(seed: int, n: int, cut: float, rewind: float) -> None:
+    stream = make_stream(random.Random(seed), n, rooms=12, span_ms=120_000, disorder_ms=3_000)
+    clean = TaskAggregator(CFG)
+    reference = run(clean, stream, random.Random(seed)) + finish(clean)
+
+    # Run until a checkpoint at `cut`, keep going a little, then crash.
+    k = int(cut * len(stream))
+    crashed = TaskAggregator(CFG)
+    before = run(crashed, stream[:k], random.Random(seed + 1))
+    changelog = list(crashed.checkpoint().upserts)
+    run(crashed, stream[k : k + 40], random.Random(seed + 2))  # work lost in the crash
+    committed: dict[int, int] = {}
+    for source, offset, _ in stream[:k]:
+        committed[source] = offset
+
+    # Restore, then replay from offsets at or before the committed ones (a lost commit).
+    restored = TaskAggregator(CFG)
+    restored.restore(changelog)
+    replay_from = {s: int(o * rewind) for s, o in committed.items()}
+    replay = [item for item in stream if item[1] > replay_from.get(item[0], 0)]
+    after = run(restored, replay, random.Random(seed + 3)) + finish(restored)
+
+    assert_same_windows(before + after, reference)
+
+
+def assert_same_windows(emitted: list[RoomStats], reference: list[RoomStats]) -> None:
+    ref = {(s.room_id, s.window_start): s for s in reference}
+    got: dict[tuple[str, int], RoomStats] = {}
+    for stats in emitted:
+        key = (stats.room_id, stats.window_start)
+        assert got.setdefault(key, stats) == stats, f"replayed window differs: {key}"
+        assert ref.get(key) == stats, f"window differs from the uninterrupted run: {key}"
+    assert sorted(got) == sorted(ref)
+
+
+def test_checkpoint_writes_only_dirty_rooms_and_tombstones_expired() -> None:
+    cfg = CoreConfig(room_idle_ms=30_000)
+    agg = TaskAggregator(cfg)
+    agg.apply(0, [(1, ViewerEvent("join", "a", "u", BASE_MS)), (2, ViewerEvent("join", "b", "u", BASE_MS))], 0)
+    first = agg.checkpoint()
+    assert {k for k, _ in first.upserts} == {b"r/a", b"r/b", b"m/task"}
+    agg.apply(0, [(3, ViewerEvent("like", "a", "u", BASE_MS + 1))], 0)
+    second = agg.checkpoint()
+    assert {k for k, _ in second.upserts} == {b"r/a", b"m/task"}
+    # b goes silent for longer than room_idle_ms while a keeps talking.
+    offset = 4
+    for step in range(1, 8):
+        agg.apply(0, [(offset, ViewerEvent("heartbeat", "a", "u", BASE_MS + step * 10_000))], 0)
+        offset += 1
+    third = agg.checkpoint()
+    assert b"r/b" in third.deletes
+    assert "b" not in agg.rooms and "a" in agg.rooms
+
+
+def test_late_event_is_counted_not_applied() -> None:
+    agg = TaskAggregator(CFG)
+    agg.apply(0, [(1, ViewerEvent("join", "r", "u1", BASE_MS + 25_000))], 0)
+    agg.apply(0, [(2, ViewerEvent("join", "r", "u2", BASE_MS + 1_000))], 0)  # far behind the watermark
+    out = finish(agg)
+    assert [s.views for s in out] == [1]
+    assert out[0].late_events == 1
+    assert agg.counters.late == {0: 1}
