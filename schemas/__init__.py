@@ -4,6 +4,7 @@ Decoders take raw message bytes and return a record or an :class:`Invalid`
 carrying a machine-readable reason code; they never raise on bad input.
 """
 
+from ._batch import decode_gift_batch, decode_order_batch, decode_viewer_batch
 from ._decode import decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._outputs import (
@@ -44,9 +45,12 @@ __all__ = [
     "dead_letter",
     "decode_dead_letter",
     "decode_gift",
+    "decode_gift_batch",
     "decode_order",
+    "decode_order_batch",
     "decode_room_stats",
     "decode_viewer",
+    "decode_viewer_batch",
     "encode_dead_letter",
     "encode_room_stats",
 ]

@@ -41,13 +41,12 @@ def _partial_window(task: TaskAggregator, room: Room) -> dict[str, Any] | None:
         window = room.sum_buckets(bucket_range(open_ws, open_ws + cfg.window_ms, cfg.bucket_ms))
         pending[0] += window[JOINS]
         pending[1] += window[LEAVES]
-    sketch = room.hll.get(ws)
     return {
         "window_start": ws,
         "window_end": ws + cfg.window_ms,
         "complete": False,
         "views": total[JOINS],
-        "unique_viewers": 0 if sketch is None else round(sketch.get_estimate()),
+        "unique_viewers": room.unique_count(ws),
         "concurrent_viewers": max(0, room.concurrent + pending[0] - pending[1]),
         "likes": total[LIKES],
         "comments": total[COMMENTS],

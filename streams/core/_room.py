@@ -1,10 +1,14 @@
-"""Per-room state: a ring of event-time buckets, open-window sketches, dedup memory.
+"""Per-room state: a ring of event-time buckets, open-window unique viewers, dedup memory.
 
 A room keeps ``ring_buckets`` buckets; bucket ``b`` (``ts // bucket_ms``) lives
 in slot ``b % ring_buckets`` and the slot remembers which ``b`` it holds, so a
 stale slot is recognised and reset instead of cleared eagerly. The task closes
 windows as soon as the watermark passes them, which guarantees a slot is never
 reused while its window is still open.
+
+Unique viewers per open window are an exact ``set`` of user ids while small,
+promoted to a HyperLogLog sketch (Apache DataSketches) past a limit: most
+rooms are small, and a set add is several times cheaper than a sketch update.
 
 The changelog encoding is ``[version, ...]`` as orjson; ``decode_room`` reads
 every version ever written.
@@ -36,7 +40,6 @@ class Room:
         "buckets",
         "concurrent",
         "dirty",
-        "hll",
         "ids",
         "last_closed",
         "last_ts",
@@ -45,6 +48,7 @@ class Room:
         "reg_ws",
         "room_id",
         "seen",
+        "uniques",
     )
 
     def __init__(self, room_id: str, ring_buckets: int) -> None:
@@ -59,8 +63,8 @@ class Room:
         self.last_ts = -1
         #: input source -> offset of the last event applied (replay guard)
         self.offsets: dict[int, int] = {}
-        #: window start -> unique-viewer sketch of that open window
-        self.hll: dict[int, Any] = {}
+        #: window start -> user ids (exact) or a HyperLogLog sketch, per open window
+        self.uniques: dict[int, Any] = {}  # set[str] | hll_sketch (untyped extension)
         #: starts of windows with activity that have not been emitted yet
         self.open_ws: list[int] = []
         #: the window this room was last registered for (fast-path check)
@@ -80,11 +84,26 @@ class Room:
         self.ids[slot] = bucket
         return counters
 
-    def sketch(self, ws: int, lg_k: int) -> Any:
-        sketch = self.hll.get(ws)
-        if sketch is None:
-            sketch = self.hll[ws] = hll_sketch(lg_k, HLL_TYPE)
-        return sketch
+    def promote(self, ws: int, lg_k: int) -> None:
+        """Replace the exact set of window ``ws`` by a sketch of the same users."""
+        users = self.uniques[ws]
+        sketch = hll_sketch(lg_k, HLL_TYPE)
+        for user in users:
+            sketch.update(user)
+        self.uniques[ws] = sketch
+
+    def unique_count(self, ws: int) -> int:
+        users = self.uniques.get(ws)
+        if users is None:
+            return 0
+        if type(users) is set:
+            return len(users)
+        return round(users.get_estimate())  # type: ignore[no-any-return]
+
+    def pop_unique_count(self, ws: int) -> int:
+        count = self.unique_count(ws)
+        self.uniques.pop(ws, None)
+        return count
 
     def sum_buckets(self, buckets: range) -> list[int]:
         """Sum the counters of the given bucket numbers that the ring holds."""
@@ -117,7 +136,10 @@ def encode_room(room: Room) -> bytes:
         for bucket, counters in zip(room.ids, room.buckets, strict=True)
         if bucket >= 0 and counters is not None
     ]
-    sketches = [[ws, base64.b64encode(s.serialize_compact()).decode("ascii")] for ws, s in room.hll.items()]
+    uniques = [
+        [ws, sorted(users) if type(users) is set else base64.b64encode(users.serialize_compact()).decode()]
+        for ws, users in room.uniques.items()
+    ]
     seen = [[order_id, status, ts] for (order_id, status), ts in room.seen.items()]
     return orjson.dumps(
         [
@@ -127,7 +149,7 @@ def encode_room(room: Room) -> bytes:
             room.last_ts,
             list(room.offsets.items()),
             buckets,
-            sketches,
+            uniques,
             room.open_ws,
             seen,
         ]
@@ -150,7 +172,7 @@ def decode_room(raw: bytes, ring_buckets: int) -> Room:
 
 
 def _decode_v1(obj: list[Any], ring_buckets: int) -> Room:
-    _, room_id, concurrent, last_ts, offsets, buckets, sketches, open_ws, seen = obj
+    _, room_id, concurrent, last_ts, offsets, buckets, uniques, open_ws, seen = obj
     room = Room(room_id, ring_buckets)
     room.concurrent = concurrent
     room.last_ts = last_ts
@@ -159,7 +181,10 @@ def _decode_v1(obj: list[Any], ring_buckets: int) -> Room:
         slot = bucket % ring_buckets
         room.ids[slot] = bucket
         room.buckets[slot] = counters
-    room.hll = {ws: hll_sketch.deserialize(base64.b64decode(blob)) for ws, blob in sketches}
+    room.uniques = {
+        ws: set(users) if type(users) is list else hll_sketch.deserialize(base64.b64decode(users))
+        for ws, users in uniques
+    }
     room.open_ws = list(open_ws)
     room.seen = {(order_id, status): ts for order_id, status, ts in seen}
     return room

@@ -1,7 +1,7 @@
 """The task aggregator: one per input partition number, fed whole batches.
 
 ``apply`` runs one tight loop over a batch: replay guard, lateness, watermark,
-dedup, bucket update, unique-viewer sketch. Windows close the moment the
+dedup, bucket update, unique viewers. Windows close the moment the
 watermark passes their end (inside the loop, so a ring slot is never reused
 while its window is open); closed windows collect in an outbox that the
 runtime drains and publishes. ``tick`` lets wall-clock time advance an idle
@@ -111,7 +111,7 @@ class TaskAggregator:
         self._wall_at_event = now_ms
         cfg = self.config
         bucket_ms, window_ms, grace_ms, ring = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms, self._ring
-        lg_k = cfg.hll_lg_k
+        lg_k, exact_limit, set_t = cfg.hll_lg_k, cfg.exact_unique_limit, set
         rooms, dirty = self.rooms, self._dirty
         max_ts, wm, next_close = self._max_ts, self._watermark, self._next_close
         applied = late = duplicate = replayed = 0
@@ -176,10 +176,15 @@ class TaskAggregator:
                     counters[LIKES] += 1
                 elif action == "comment":
                     counters[COMMENTS] += 1
-                sketch = room.hll.get(ws)
-                if sketch is None:
-                    sketch = room.sketch(ws, lg_k)
-                sketch.update(ev.user_id)
+                users = room.uniques.get(ws)
+                if users is None:
+                    users = room.uniques[ws] = set()
+                if type(users) is set_t:
+                    users.add(ev.user_id)
+                    if len(users) > exact_limit:
+                        room.promote(ws, lg_k)
+                else:
+                    users.update(ev.user_id)
             elif kind is order_t:
                 status = ev.status  # type: ignore[union-attr]
                 if status == "paid":
@@ -242,6 +247,8 @@ class TaskAggregator:
         counters = room.buckets[slot] if room.ids[slot] == bucket else room.counters(slot, bucket)
         assert counters is not None
         counters[LATE] += 1
+        if wm > room.last_ts:  # the room is alive even if all it sends is late
+            room.last_ts = wm
         ws = window_start(wm, self.config.window_ms)
         if ws != room.reg_ws:
             self._register(room, ws)
@@ -267,8 +274,7 @@ class TaskAggregator:
         room.release_buckets(buckets)
         room.open_ws.remove(ws)
         room.concurrent = max(0, room.concurrent + total[JOINS] - total[LEAVES])
-        sketch = room.hll.pop(ws, None)
-        unique = 0 if sketch is None else round(sketch.get_estimate())
+        unique = room.pop_unique_count(ws)
         if not room.dirty:
             room.dirty = True
             self._dirty.append(room)

@@ -170,3 +170,17 @@ def test_late_event_is_counted_not_applied() -> None:
     assert [s.views for s in out] == [1]
     assert out[0].late_events == 1
     assert agg.counters.late == {0: 1}
+
+
+def test_unique_viewers_switch_from_exact_to_sketch_and_survive_restore() -> None:
+    cfg = CoreConfig(exact_unique_limit=50)
+    agg = TaskAggregator(cfg)
+    events = [(i + 1, ViewerEvent("heartbeat", "r", f"user-{i % 3000}", BASE_MS + i)) for i in range(6000)]
+    agg.apply(0, events[:3000], 0)
+    assert type(agg.rooms["r"].uniques[BASE_MS]) is not set  # promoted
+    restored = TaskAggregator(cfg)
+    restored.restore(agg.checkpoint().upserts)
+    restored.apply(0, events, 0)  # the first half is skipped as replay
+    (stats,) = finish(restored)
+    assert unique_viewers_close(stats.unique_viewers, 3000)
+    assert restored.counters.replayed == {0: 3000}

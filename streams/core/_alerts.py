@@ -1,0 +1,140 @@
+"""Alert transitions of the spike detector and their Alertmanager-shaped record (``live.alerts``).
+
+:class:`AlertEvent` is what :func:`streams.core.observe` returns;
+:func:`to_alertmanager` turns it into the JSON-able dict published on the
+alerts topic and POSTed to Alertmanager's ``/api/v2/alerts``. Everything is
+derived from event time (window bounds), never from the wall clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+ALERT_SPIKE: Final = "RoomSpike"
+ALERT_SURGE: Final = "RoomSurge"
+ALERT_DROP: Final = "OrdersDrop"
+FIRING: Final = "firing"
+RESOLVED: Final = "resolved"
+#: value/baseline at or above this (or at or below its inverse, for drops) makes an alert critical
+CRITICAL_RATIO: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One alert transition (or, from :func:`streams.core.firing`, a still-firing alert).
+
+    ``starts_at_ms`` is the start of the first window that met the rule;
+    ``ends_at_ms`` is the end of the window in which the alert resolved (``None``
+    while firing); ``window_end_ms`` is the end of the latest window evaluated.
+    ``value``, ``baseline`` and ``zscore`` are from that latest window.
+    ``severity`` is fixed when the alert fires: it is a label, and labels
+    identify the alert, so it must not change while the alert lives.
+    """
+
+    room_id: str
+    alertname: str
+    metric: str
+    severity: str
+    status: str
+    starts_at_ms: int
+    ends_at_ms: int | None
+    window_end_ms: int
+    value: float
+    baseline: float
+    zscore: float
+
+    @property
+    def ratio(self) -> float:
+        """value / baseline (``inf`` for a rise from a zero baseline)."""
+        if self.baseline > 0:
+            return self.value / self.baseline
+        return math.inf if self.value > 0 else 1.0
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            "alertname": self.alertname,
+            "room_id": self.room_id,
+            "metric": self.metric,
+            "severity": self.severity,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.labels)
+
+
+def severity_for(alertname: str, value: float, baseline: float) -> str:
+    """``critical`` for any surge and for a change of 10x or more either way, else ``warning``."""
+    if alertname == ALERT_SURGE:
+        return "critical"
+    if alertname == ALERT_DROP:
+        return "critical" if value * CRITICAL_RATIO <= baseline else "warning"
+    return "critical" if value >= CRITICAL_RATIO * baseline else "warning"
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """Deterministic identity of an alert: first 16 hex digits of sha256 over the sorted labels."""
+    canonical = orjson.dumps(dict(labels), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def iso_utc(ms: int) -> str:
+    """RFC 3339 UTC timestamp with milliseconds, as Alertmanager expects."""
+    seconds, millis = divmod(ms, 1_000)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+
+
+def _num(x: float) -> str:
+    if math.isinf(x):
+        return "inf"
+    text = f"{x:.3f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _summary(event: AlertEvent) -> str:
+    value, base, room, metric = _num(event.value), _num(event.baseline), event.room_id, event.metric
+    if event.alertname == ALERT_DROP:
+        return f"{metric} in room {room} fell to {value} from a baseline of {base} while viewers stayed"
+    if event.alertname == ALERT_SURGE:
+        return f"{metric} in new room {room} surged to {value} before it had a baseline"
+    return f"{metric} in room {room} spiked to {value}, {_num(event.ratio)}x its baseline of {base}"
+
+
+def to_alertmanager(event: AlertEvent, *, expires_after_ms: int | None = None) -> dict[str, Any]:
+    """The ``live.alerts`` record: Alertmanager API v2 alert plus ``status`` and ``fingerprint``.
+
+    Annotations are strings, as Alertmanager requires. A resolved alert carries
+    ``endsAt`` = end of the window where it resolved. A firing alert omits
+    ``endsAt`` (Alertmanager then expires it after its ``resolve_timeout`` unless
+    re-sent) unless ``expires_after_ms`` is given: then ``endsAt`` = end of the
+    latest evaluated window + that much, the Prometheus convention (it uses
+    4 x the re-send interval) so a stalled sender's alerts expire on their own.
+    Alertmanager ignores ``status`` and ``fingerprint`` on POST; strip them if a
+    stricter receiver objects.
+    """
+    record: dict[str, Any] = {
+        "labels": event.labels,
+        "annotations": {
+            "summary": _summary(event),
+            "value": _num(event.value),
+            "baseline": _num(event.baseline),
+            "ratio": _num(event.ratio),
+            "zscore": _num(event.zscore),
+        },
+        "startsAt": iso_utc(event.starts_at_ms),
+        "status": event.status,
+        "fingerprint": event.fingerprint,
+    }
+    if event.ends_at_ms is not None:
+        record["endsAt"] = iso_utc(event.ends_at_ms)
+    elif expires_after_ms is not None:
+        record["endsAt"] = iso_utc(event.window_end_ms + expires_after_ms)
+    return record

@@ -1,0 +1,304 @@
+"""Spike-detection rules: per-metric thresholds, with per-category and per-room overrides.
+
+A :class:`MetricRule` holds every threshold of one metric; :class:`SpikeRules`
+holds the defaults for all metrics plus partial overrides keyed by room
+category and by room id. :func:`rules_for` resolves the effective rules of one
+room (room override over category override over defaults, field by field) and
+:func:`apply_override` applies one control-topic message, returning a new
+``SpikeRules``. Units: windows for durations, the metric's own unit (per second
+for rates, people for viewer counts) for volumes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Final
+
+from ..exceptions import LivepulseError
+
+#: Metrics evaluated per room per closed window, in evaluation order.
+METRICS: Final[tuple[str, ...]] = (
+    "views_per_sec",
+    "unique_viewers",
+    "concurrent_viewers",
+    "orders_per_sec",
+    "gmv_per_sec",
+    "gift_value_per_sec",
+)
+
+_MAX_KEY_CHARS = 128
+_ROOM_CACHE_CAP = 10_000
+
+
+class SpikeRuleError(LivepulseError, ValueError):
+    """A rule value or a rule-override message is invalid (not retriable: fix the message)."""
+
+
+# name -> (kind, lowest allowed, highest allowed); kinds: "f" float, "i" int, "b" bool, "f?" float or None.
+_SPEC: Final[dict[str, tuple[str, float, float]]] = {
+    "half_life_windows": ("f", 1.0, 1e6),
+    "warmup_windows": ("i", 0, 1e6),
+    "min_volume": ("f", 0.0, math.inf),
+    "ratio": ("f", 1.0, math.inf),
+    "z_threshold": ("f", 0.0, math.inf),
+    "confirm_windows": ("i", 1, 1e3),
+    "winsor_k": ("f", 0.5, math.inf),
+    "resolve_ratio": ("f", 0.0, math.inf),
+    "resolve_windows": ("i", 1, 1e6),
+    "cooldown_windows": ("i", 0, 1e6),
+    "surge_value": ("f?", 0.0, math.inf),
+    "surge_resolve_fraction": ("f", 0.0, 1.0),
+    "drop_enabled": ("b", 0, 1),
+    "drop_ratio": ("f", 0.0, 1.0),
+    "drop_hold_ratio": ("f", 0.0, math.inf),
+    "drop_min_baseline": ("f", 0.0, math.inf),
+    "drop_confirm_windows": ("i", 1, 1e3),
+    "drop_resolve_ratio": ("f", 0.0, math.inf),
+}
+_DROP_FIELDS: Final = frozenset(name for name in _SPEC if name.startswith("drop_"))
+
+
+def _check(name: str, value: object) -> float | int | bool | None:
+    """Validate one rule field; returns the value normalised to its kind or raises SpikeRuleError."""
+    spec = _SPEC.get(name)
+    if spec is None:
+        raise SpikeRuleError(f"unknown rule field {name!r}; known: {', '.join(sorted(_SPEC))}")
+    kind, low, high = spec
+    if kind == "b":
+        if not isinstance(value, bool):
+            raise SpikeRuleError(f"{name} must be true or false, got {value!r}")
+        return value
+    if value is None and kind == "f?":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpikeRuleError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SpikeRuleError(f"{name} must be within [{low}, {high}], got {value!r}")
+    if kind == "i":
+        if isinstance(value, float) and not value.is_integer():
+            raise SpikeRuleError(f"{name} must be a whole number of windows, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRule:
+    """Thresholds for one metric. Durations are in windows (10 s each by default).
+
+    Spike (``RoomSpike``): after ``warmup_windows`` windows of history, fires when
+    for ``confirm_windows`` consecutive windows ``value >= min_volume`` and
+    ``value >= ratio * baseline`` and ``zscore >= z_threshold``. It resolves after
+    ``resolve_windows`` consecutive windows below ``max(resolve_ratio * baseline,
+    min_volume)``, then cannot fire again for ``cooldown_windows`` windows.
+
+    Surge (``RoomSurge``): during warm-up only, fires when ``value >= surge_value``
+    (``None`` disables it); resolves below ``surge_resolve_fraction * surge_value``
+    or, once warmed up, below ``resolve_ratio * baseline``.
+
+    Drop (``OrdersDrop``, read on the ``orders_per_sec`` rule only): fires when
+    for ``drop_confirm_windows`` windows ``value <= drop_ratio * baseline`` while
+    the baseline is at least ``drop_min_baseline`` and concurrent viewers stay at
+    or above ``drop_hold_ratio`` times their baseline; resolves when the value
+    recovers to ``drop_resolve_ratio * baseline`` or the condition no longer holds.
+
+    The baseline is an EWMA of mean and variance with half-life
+    ``half_life_windows``; once warmed up, each value is winsorised into
+    ``baseline ± max(winsor_k * std, min_volume, 10 % of baseline)`` before it
+    updates the baseline, so a spike moves its own baseline only a little.
+    """
+
+    half_life_windows: float = 30.0
+    warmup_windows: int = 18
+    min_volume: float = 1.0
+    ratio: float = 3.0
+    z_threshold: float = 4.0
+    confirm_windows: int = 1
+    winsor_k: float = 3.0
+    resolve_ratio: float = 1.5
+    resolve_windows: int = 3
+    cooldown_windows: int = 12
+    surge_value: float | None = None
+    surge_resolve_fraction: float = 0.5
+    drop_enabled: bool = False
+    drop_ratio: float = 0.2
+    drop_hold_ratio: float = 0.7
+    drop_min_baseline: float = 1.0
+    drop_confirm_windows: int = 3
+    drop_resolve_ratio: float = 0.5
+    #: EWMA weight of a new window, derived from the half-life
+    alpha: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in _SPEC:
+            value = _check(name, getattr(self, name))
+            if value is not getattr(self, name):
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "alpha", 1.0 - 2.0 ** (-1.0 / self.half_life_windows))
+
+
+Override = Mapping[str, float | int | bool | None]
+#: key (room id or category) -> metric -> partial rule fields
+Overrides = Mapping[str, Mapping[str, Override]]
+
+
+def default_metric_rules() -> Mapping[str, MetricRule]:
+    """Defaults for commerce live rooms with 10 s windows (money in minor units).
+
+    Volumes are floors below which a room is too small to page anyone; surge
+    values are levels that deserve attention even without history.
+    """
+    return MappingProxyType(
+        {
+            "views_per_sec": MetricRule(min_volume=2.0, surge_value=100.0),
+            "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
+            "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
+            "orders_per_sec": MetricRule(min_volume=0.5, surge_value=20.0),
+            "gmv_per_sec": MetricRule(min_volume=5_000.0, surge_value=1_000_000.0),
+            "gift_value_per_sec": MetricRule(min_volume=2_000.0, surge_value=200_000.0),
+        }
+    )
+
+
+def _merge(base: Mapping[str, MetricRule], layer: Mapping[str, Override]) -> Mapping[str, MetricRule]:
+    merged = dict(base)
+    for metric, changes in layer.items():
+        if changes:
+            merged[metric] = replace(merged[metric], **changes)  # type: ignore[arg-type]
+    return MappingProxyType(merged)
+
+
+def _normalise_changes(scope: str, key: object, metric: object, changes: object) -> Override:
+    if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY_CHARS:
+        raise SpikeRuleError(f"{scope} key must be a string of 1..{_MAX_KEY_CHARS} characters, got {key!r}")
+    if metric not in METRICS:
+        raise SpikeRuleError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    if not isinstance(changes, Mapping):
+        raise SpikeRuleError(f"override fields must be an object, got {changes!r}")
+    normalised: dict[str, float | int | bool | None] = {}
+    for name, value in changes.items():
+        if name in _DROP_FIELDS and metric != "orders_per_sec":
+            raise SpikeRuleError(f"{name} applies to orders_per_sec only, not {metric}")
+        normalised[str(name)] = _check(str(name), value)
+    return MappingProxyType(normalised)
+
+
+def _normalise_overrides(scope: str, overrides: Overrides) -> Overrides:
+    out: dict[str, Mapping[str, Override]] = {}
+    for key, per_metric in overrides.items():
+        layer = {
+            metric: _normalise_changes(scope, key, metric, changes)
+            for metric, changes in per_metric.items()
+            if changes
+        }
+        if layer:
+            out[key] = MappingProxyType(layer)
+    return MappingProxyType(out)
+
+
+@dataclass(frozen=True, slots=True)
+class SpikeRules:
+    """Default rules per metric plus partial overrides per room category and per room id.
+
+    Treat as immutable: :func:`apply_override` returns a new object.
+    """
+
+    defaults: Mapping[str, MetricRule] = field(default_factory=default_metric_rules)
+    category_overrides: Overrides = field(default_factory=dict)
+    room_overrides: Overrides = field(default_factory=dict)
+    _by_category: dict[str, Mapping[str, MetricRule]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _by_room: dict[tuple[str, str | None], Mapping[str, MetricRule]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        missing = [m for m in METRICS if not isinstance(self.defaults.get(m), MetricRule)]
+        if missing:
+            raise SpikeRuleError(f"defaults lack a MetricRule for {', '.join(missing)}")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        object.__setattr__(
+            self, "category_overrides", _normalise_overrides("category", self.category_overrides)
+        )
+        object.__setattr__(self, "room_overrides", _normalise_overrides("room", self.room_overrides))
+        for category, layer in self.category_overrides.items():
+            self._by_category[category] = _merge(self.defaults, layer)
+
+
+DEFAULT_RULES: Final = SpikeRules()
+
+
+def rules_for(rules: SpikeRules, room_id: str, category: str | None = None) -> Mapping[str, MetricRule]:
+    """Effective rules of one room: room override over category override over defaults.
+
+    Cheap on the hot path: rooms without overrides get a shared precomputed mapping.
+    """
+    base = rules.defaults if category is None else rules._by_category.get(category, rules.defaults)
+    layer = rules.room_overrides.get(room_id)
+    if not layer:
+        return base
+    key = (room_id, category)
+    cached = rules._by_room.get(key)
+    if cached is None:
+        if len(rules._by_room) >= _ROOM_CACHE_CAP:
+            rules._by_room.clear()
+        cached = rules._by_room[key] = _merge(base, layer)
+    return cached
+
+
+def apply_override(rules: SpikeRules, message: Mapping[str, Any]) -> SpikeRules:
+    """Apply one control-topic message and return the new rules (``rules`` is unchanged).
+
+    Message shape::
+
+        {"scope": "room" | "category", "key": "<room id or category>",
+         "metric": "<one of METRICS>", "set": {"ratio": 4.0, ...}, "unset": ["z_threshold"] | "*"}
+
+    ``set`` adds or replaces fields, ``unset`` removes fields of this override
+    (``"*"``: all of them) so the next layer down applies again. At least one of
+    the two is required; unknown top-level keys are ignored. Raises
+    :class:`SpikeRuleError` for anything malformed.
+    """
+    if not isinstance(message, Mapping):
+        raise SpikeRuleError(f"override message must be an object, got {type(message).__name__}")
+    scope = message.get("scope")
+    if scope not in ("room", "category"):
+        raise SpikeRuleError(f"scope must be 'room' or 'category', got {scope!r}")
+    key, metric = message.get("key"), message.get("metric")
+    to_set = message.get("set", {})
+    to_unset = message.get("unset", [])
+    if "set" not in message and "unset" not in message:
+        raise SpikeRuleError("override message needs 'set' and/or 'unset'")
+    if not isinstance(to_set, Mapping):
+        raise SpikeRuleError(f"'set' must be an object, got {to_set!r}")
+    if to_unset != "*" and (
+        not isinstance(to_unset, list) or not all(isinstance(name, str) for name in to_unset)
+    ):
+        raise SpikeRuleError(f"'unset' must be a list of field names or '*', got {to_unset!r}")
+    normalised = _normalise_changes(scope, key, metric, to_set)
+    assert isinstance(key, str) and isinstance(metric, str)  # checked by _normalise_changes
+    unknown = [] if to_unset == "*" else [name for name in to_unset if name not in _SPEC]
+    if unknown:
+        raise SpikeRuleError(f"cannot unset unknown rule fields {unknown}")
+
+    current = rules.room_overrides if scope == "room" else rules.category_overrides
+    per_metric = dict(current.get(key, {}))
+    changes = {} if to_unset == "*" else dict(per_metric.get(metric, {}))
+    for name in () if to_unset == "*" else to_unset:
+        changes.pop(name, None)
+    changes.update(normalised)
+    if changes:
+        per_metric[metric] = MappingProxyType(changes)
+    else:
+        per_metric.pop(metric, None)
+    updated = dict(current)
+    if per_metric:
+        updated[key] = MappingProxyType(per_metric)
+    else:
+        updated.pop(key, None)
+    if scope == "room":
+        return SpikeRules(rules.defaults, rules.category_overrides, MappingProxyType(updated))
+    return SpikeRules(rules.defaults, MappingProxyType(updated), rules.room_overrides)
