@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any, Final
 
 from ..exceptions import LivepulseError
@@ -110,12 +109,12 @@ class MetricRule:
     updates the baseline, so a spike moves its own baseline only a little.
     """
 
-    half_life_windows: float = 30.0
+    half_life_windows: float = 15.0
     warmup_windows: int = 18
     min_volume: float = 1.0
-    ratio: float = 3.0
+    ratio: float = 2.5
     z_threshold: float = 4.0
-    confirm_windows: int = 1
+    confirm_windows: int = 2
     winsor_k: float = 3.0
     resolve_ratio: float = 1.5
     resolve_windows: int = 3
@@ -150,16 +149,14 @@ def default_metric_rules() -> Mapping[str, MetricRule]:
     Volumes are floors below which a room is too small to page anyone; surge
     values are levels that deserve attention even without history.
     """
-    return MappingProxyType(
-        {
-            "views_per_sec": MetricRule(min_volume=2.0, surge_value=100.0),
-            "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
-            "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
-            "orders_per_sec": MetricRule(min_volume=0.5, surge_value=20.0),
-            "gmv_per_sec": MetricRule(min_volume=5_000.0, surge_value=1_000_000.0),
-            "gift_value_per_sec": MetricRule(min_volume=2_000.0, surge_value=200_000.0),
-        }
-    )
+    return {
+        "views_per_sec": MetricRule(min_volume=2.0, surge_value=100.0),
+        "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
+        "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
+        "orders_per_sec": MetricRule(min_volume=0.5, surge_value=20.0),
+        "gmv_per_sec": MetricRule(min_volume=20_000.0, surge_value=1_000_000.0),
+        "gift_value_per_sec": MetricRule(min_volume=5_000.0, surge_value=200_000.0),
+    }
 
 
 def _merge(base: Mapping[str, MetricRule], layer: Mapping[str, Override]) -> Mapping[str, MetricRule]:
@@ -167,7 +164,7 @@ def _merge(base: Mapping[str, MetricRule], layer: Mapping[str, Override]) -> Map
     for metric, changes in layer.items():
         if changes:
             merged[metric] = replace(merged[metric], **changes)  # type: ignore[arg-type]
-    return MappingProxyType(merged)
+    return merged
 
 
 def _normalise_changes(scope: str, key: object, metric: object, changes: object) -> Override:
@@ -182,7 +179,7 @@ def _normalise_changes(scope: str, key: object, metric: object, changes: object)
         if name in _DROP_FIELDS and metric != "orders_per_sec":
             raise SpikeRuleError(f"{name} applies to orders_per_sec only, not {metric}")
         normalised[str(name)] = _check(str(name), value)
-    return MappingProxyType(normalised)
+    return normalised
 
 
 def _normalise_overrides(scope: str, overrides: Overrides) -> Overrides:
@@ -194,8 +191,8 @@ def _normalise_overrides(scope: str, overrides: Overrides) -> Overrides:
             if changes
         }
         if layer:
-            out[key] = MappingProxyType(layer)
-    return MappingProxyType(out)
+            out[key] = layer
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +216,7 @@ class SpikeRules:
         missing = [m for m in METRICS if not isinstance(self.defaults.get(m), MetricRule)]
         if missing:
             raise SpikeRuleError(f"defaults lack a MetricRule for {', '.join(missing)}")
-        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        object.__setattr__(self, "defaults", dict(self.defaults))
         object.__setattr__(
             self, "category_overrides", _normalise_overrides("category", self.category_overrides)
         )
@@ -291,14 +288,14 @@ def apply_override(rules: SpikeRules, message: Mapping[str, Any]) -> SpikeRules:
         changes.pop(name, None)
     changes.update(normalised)
     if changes:
-        per_metric[metric] = MappingProxyType(changes)
+        per_metric[metric] = changes
     else:
         per_metric.pop(metric, None)
     updated = dict(current)
     if per_metric:
-        updated[key] = MappingProxyType(per_metric)
+        updated[key] = per_metric
     else:
         updated.pop(key, None)
     if scope == "room":
-        return SpikeRules(rules.defaults, rules.category_overrides, MappingProxyType(updated))
-    return SpikeRules(rules.defaults, MappingProxyType(updated), rules.room_overrides)
+        return SpikeRules(rules.defaults, rules.category_overrides, updated)
+    return SpikeRules(rules.defaults, updated, rules.room_overrides)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
@@ -57,12 +58,24 @@ class TaskCounters:
     rooms_expired: int = 0
 
 
+class ApplyResult(NamedTuple):
+    """What became of one applied batch's events."""
+
+    applied: int
+    late: int
+    duplicate: int
+    replayed: int
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Changelog writes for one checkpoint: upserts (key, value) and tombstone keys."""
 
     upserts: list[tuple[bytes, bytes]]
     deletes: list[bytes]
+
+
+_NOTHING = ApplyResult(0, 0, 0, 0)
 
 
 def room_key(room_id: str) -> bytes:
@@ -104,10 +117,10 @@ class TaskAggregator:
 
     # -- the hot path ----------------------------------------------------------------
 
-    def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> None:
+    def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> ApplyResult:
         """Apply ``(offset, event)`` pairs read from one input ``source``, in offset order."""
         if not items:
-            return
+            return _NOTHING
         self._wall_at_event = now_ms
         cfg = self.config
         bucket_ms, window_ms, grace_ms, ring = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms, self._ring
@@ -206,6 +219,7 @@ class TaskAggregator:
         ):
             if n:
                 bucket_dict[source] = bucket_dict.get(source, 0) + n
+        return ApplyResult(applied, late, duplicate, replayed)
 
     def tick(self, now_ms: int) -> None:
         """Advance an idle partition's watermark with wall-clock time and close what is due.

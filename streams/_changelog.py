@@ -1,0 +1,54 @@
+"""The compacted room-state changelog: partition ``p`` holds the state of task ``p``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ._outbound import Outbound
+from .core import Checkpoint
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def stage_checkpoint(outbound: Outbound, topic: str, partition: int, checkpoint: Checkpoint) -> int:
+    """Queue a checkpoint's upserts and tombstones; returns the number of records."""
+    for key, value in checkpoint.upserts:
+        outbound.add(topic, partition, key, value)
+    for key in checkpoint.deletes:
+        outbound.add(topic, partition, key, None)
+    return len(checkpoint.upserts) + len(checkpoint.deletes)
+
+
+async def read_partition(
+    settings: Settings, partition: int
+) -> tuple[list[tuple[bytes, bytes | None]], float]:
+    """Every record of one changelog partition, in log order, and the seconds it took."""
+    started = time.perf_counter()
+    tp = TopicPartition(settings.topics.changelog, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.brokers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        **settings.security.client_kwargs(),
+    )
+    await consumer.start()
+    records: list[tuple[bytes, bytes | None]] = []
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1_000, max_records=50_000)
+            for message in batch.get(tp, ()):
+                if message.key is not None:
+                    records.append((message.key, message.value))
+    finally:
+        await consumer.stop()
+    return records, time.perf_counter() - started

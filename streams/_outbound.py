@@ -1,0 +1,58 @@
+"""Batch-first publishing: records gather per (topic, partition) and go out as whole batches.
+
+``send`` hands the gathered batches to the producer without waiting for the
+broker; ``flush`` waits until every batch handed over so far is acknowledged
+and raises if any failed. The checkpoint protocol is built on the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class Outbound:
+    """Accumulates records and publishes them in producer batches."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._open: dict[tuple[str, int], Any] = {}
+        self._full: list[tuple[str, int, Any]] = []
+        self._in_flight: list[asyncio.Future[Any]] = []
+
+    def add(
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()
+    ) -> None:
+        builder = self._open.get((topic, partition))
+        if builder is None:
+            builder = self._open[(topic, partition)] = self._producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+            self._full.append((topic, partition, builder))
+            builder = self._open[(topic, partition)] = self._producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+                raise ValueError(f"record for {topic} too large for one producer batch")
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._open or self._full or self._in_flight)
+
+    async def send(self) -> None:
+        """Hand every gathered batch to the producer (does not wait for acknowledgement)."""
+        batches = self._full + [(topic, partition, b) for (topic, partition), b in self._open.items()]
+        self._full, self._open = [], {}
+        for topic, partition, builder in batches:
+            if builder.record_count():
+                future = await self._producer.send_batch(builder, topic, partition=partition)
+                self._in_flight.append(future)
+
+    async def flush(self) -> None:
+        """Send what is gathered and wait until the broker acknowledged all of it."""
+        await self.send()
+        in_flight, self._in_flight = self._in_flight, []
+        if in_flight:
+            await asyncio.gather(*in_flight)

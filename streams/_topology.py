@@ -1,0 +1,79 @@
+"""Topic checks and creation: inputs co-partitioned, internal topics shaped to match."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from .exceptions import TopologyError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TOPIC = 3
+CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "min.cleanable.dirty.ratio": "0.1",
+    "segment.ms": "600000",
+}
+
+
+async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition count of each existing topic among ``names``."""
+    counts = {}
+    for topic in await admin.describe_topics(names):
+        if topic["error_code"] == 0:
+            counts[topic["topic"]] = len(topic["partitions"])
+        elif topic["error_code"] != UNKNOWN_TOPIC:
+            raise TopologyError(f"cannot describe topic {topic['topic']!r}: error {topic['error_code']}")
+    return counts
+
+
+async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int:
+    """Check (and, if configured, create) every topic; return the input partition count."""
+    t = settings.topics
+    counts = await partition_counts(admin, list(t.inputs))
+    missing = [name for name in t.inputs if name not in counts]
+    if missing and not settings.create_topics:
+        raise TopologyError(f"input topics missing: {', '.join(missing)} (set LIVEPULSE_CREATE_TOPICS=true)")
+    if missing:
+        partitions = next(iter(counts.values()), settings.partitions)
+        await _create(admin, [NewTopic(name, partitions, 1) for name in missing])
+        counts.update(dict.fromkeys(missing, partitions))
+    if len(set(counts.values())) != 1:
+        listed = ", ".join(f"{name}={counts[name]}" for name in t.inputs)
+        raise TopologyError(f"input topics are not co-partitioned: {listed}")
+    partitions = counts[t.viewer]
+
+    internal: dict[str, dict[str, str]] = {t.repartition: {}, t.changelog: CHANGELOG_CONFIG}
+    outputs: dict[str, dict[str, str]] = {t.room_stats: {}, t.alerts: {}, t.dlq: {}}
+    existing = await partition_counts(admin, [*internal, *outputs])
+    for name in internal:
+        if name in existing and existing[name] != partitions:
+            raise TopologyError(
+                f"{name} has {existing[name]} partitions; it must match the inputs' {partitions}"
+            )
+    to_create = [
+        NewTopic(name, partitions, 1, topic_configs=configs)
+        for name, configs in {**internal, **outputs}.items()
+        if name not in existing
+    ]
+    if to_create:
+        await _create(admin, to_create)
+    return partitions
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    log.info("creating topics %s", ", ".join(f"{nt.name}({nt.num_partitions})" for nt in topics))
+    response = await admin.create_topics(topics)
+    for name, code, *_ in response.topic_errors:
+        if code not in (0, 36):  # 36: already exists (a concurrent worker won the race)
+            raise TopologyError(f"cannot create topic {name!r}: error {code}")
+    names = [nt.name for nt in topics]
+    for _ in range(100):  # metadata propagates asynchronously
+        if len(await partition_counts(admin, names)) == len(names):
+            return
+        await asyncio.sleep(0.1)
+    raise TopologyError(f"topics {names} not visible after creation")

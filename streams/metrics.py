@@ -1,0 +1,125 @@
+"""Prometheus metrics of one worker, in a registry of its own.
+
+Labels are bounded: topics, reason codes (a fixed vocabulary), partitions,
+metric names. Never one series per room; the top rooms are exposed as a
+fixed-size ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_SIZE_BUCKETS = (1, 10, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class Metrics:
+    """Every metric the worker exports; build one per worker."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events_consumed = Counter(
+            "livepulse_events_consumed_total", "Input messages read", ["topic"], registry=r
+        )
+        self.events_applied = Counter(
+            "livepulse_events_applied_total", "Events added to room state", ["topic"], registry=r
+        )
+        self.events_late = Counter(
+            "livepulse_events_late_total",
+            "Events older than the watermark (counted, not added)",
+            ["topic"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "livepulse_events_duplicate_total",
+            "Repeated (order_id, status) pairs skipped",
+            ["topic"],
+            registry=r,
+        )
+        self.events_replayed = Counter(
+            "livepulse_events_replayed_total",
+            "Events skipped because restored state already held them",
+            ["topic"],
+            registry=r,
+        )
+        self.events_invalid = Counter(
+            "livepulse_events_invalid_total",
+            "Messages dead-lettered, by reason code",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.events_rerouted = Counter(
+            "livepulse_events_rerouted_total",
+            "Events on the wrong partition for their room, re-routed",
+            ["topic"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "livepulse_batch_size_events",
+            "Messages per fetched batch",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "livepulse_batch_processing_seconds",
+            "Time to decode, apply and publish one batch",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "livepulse_checkpoint_seconds",
+            "Time to write the changelog and commit offsets",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_rooms = Counter(
+            "livepulse_checkpoint_rooms_total", "Room states written to the changelog", registry=r
+        )
+        self.restore_seconds = Histogram(
+            "livepulse_restore_seconds",
+            "Time to restore one partition's state from the changelog",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "livepulse_consumer_lag_messages",
+            "Messages behind the log end",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.watermark_delay = Gauge(
+            "livepulse_watermark_delay_seconds",
+            "Wall clock minus the partition watermark",
+            ["partition"],
+            registry=r,
+        )
+        self.active_rooms = Gauge("livepulse_active_rooms", "Rooms held in memory", registry=r)
+        self.assigned_partitions = Gauge(
+            "livepulse_assigned_partitions", "Input partition numbers owned by this worker", registry=r
+        )
+        self.windows_emitted = Counter(
+            "livepulse_windows_emitted_total", "Room-stats records published", registry=r
+        )
+        self.alerts_firing = Gauge(
+            "livepulse_alerts_firing", "Spike alerts currently firing", ["metric"], registry=r
+        )
+        self.alerts_fired = Counter(
+            "livepulse_alerts_fired_total", "Spike alerts that started firing", ["metric"], registry=r
+        )
+        self.alerts_resolved = Counter(
+            "livepulse_alerts_resolved_total", "Spike alerts resolved", ["metric"], registry=r
+        )
+        self.top_room_value = Gauge(
+            "livepulse_top_room_gmv_minor",
+            "GMV of the top rooms' last window, by rank (1 = highest)",
+            ["rank"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

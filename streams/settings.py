@@ -1,0 +1,201 @@
+"""One frozen settings object, built once from ``LIVEPULSE_*`` environment variables and CLI flags.
+
+Nothing below this module reads the environment: the object is passed down.
+Secrets (the SASL password) are kept out of ``repr`` so they never reach a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import Limits
+
+from .core import CoreConfig
+from .exceptions import ConfigError
+
+ENV_PREFIX = "LIVEPULSE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names; inputs must be co-partitioned (equal partition counts)."""
+
+    viewer: str = "live.viewer"
+    order: str = "live.order"
+    gift: str = "live.gift"
+    room_stats: str = "live.room-stats"
+    alerts: str = "live.alerts"
+    dlq: str = "live.dlq"
+    repartition: str = "livepulse.repartition"
+    changelog: str = "livepulse.room-state-changelog"
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.viewer, self.order, self.gift)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """Client security, passed through to aiokafka unchanged."""
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (SSL context built when TLS is on)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker needs; defaults suit the local broker from ``deploy/``."""
+
+    brokers: str = "127.0.0.1:19092"
+    app_id: str = "livepulse"
+    topics: Topics = field(default_factory=Topics)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    limits: Limits = field(default_factory=Limits)
+    commit_interval_ms: int = 1_000
+    max_batch_records: int = 20_000
+    fetch_timeout_ms: int = 200
+    create_topics: bool = True
+    partitions: int = 4
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    alertmanager_url: str | None = None
+    log_level: str = "info"
+
+    @property
+    def group_id(self) -> str:
+        """Consumer group of the batch data plane (faust's own group is ``app_id``)."""
+        return f"{self.app_id}-dataplane"
+
+    def __post_init__(self) -> None:
+        if self.commit_interval_ms <= 0 or self.max_batch_records <= 0 or self.fetch_timeout_ms < 0:
+            raise ConfigError("commit_interval_ms and max_batch_records must be > 0, fetch_timeout_ms >= 0")
+        if self.partitions <= 0:
+            raise ConfigError("partitions must be > 0")
+        if not 0 < self.web_port < 65536:
+            raise ConfigError(f"web_port {self.web_port} out of range")
+
+
+# Environment variable (after the prefix) -> (section, field). Section "" is Settings itself.
+_ENV_FIELDS: dict[str, tuple[str, str]] = {
+    "BROKERS": ("", "brokers"),
+    "APP_ID": ("", "app_id"),
+    "COMMIT_INTERVAL_MS": ("", "commit_interval_ms"),
+    "MAX_BATCH_RECORDS": ("", "max_batch_records"),
+    "FETCH_TIMEOUT_MS": ("", "fetch_timeout_ms"),
+    "CREATE_TOPICS": ("", "create_topics"),
+    "PARTITIONS": ("", "partitions"),
+    "WEB_HOST": ("", "web_host"),
+    "WEB_PORT": ("", "web_port"),
+    "ALERTMANAGER_URL": ("", "alertmanager_url"),
+    "LOG_LEVEL": ("", "log_level"),
+    "BUCKET_MS": ("core", "bucket_ms"),
+    "WINDOW_MS": ("core", "window_ms"),
+    "GRACE_MS": ("core", "grace_ms"),
+    "IDLE_PARTITION_MS": ("core", "idle_partition_ms"),
+    "ROOM_IDLE_MS": ("core", "room_idle_ms"),
+    "DEDUP_TTL_MS": ("core", "dedup_ttl_ms"),
+    "HLL_LG_K": ("core", "hll_lg_k"),
+    "MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
+    "MAX_AMOUNT_MINOR": ("limits", "max_amount_minor"),
+    "MAX_PAST_MS": ("limits", "max_past_ms"),
+    "MAX_FUTURE_MS": ("limits", "max_future_ms"),
+    "SECURITY_PROTOCOL": ("security", "security_protocol"),
+    "SASL_MECHANISM": ("security", "sasl_mechanism"),
+    "SASL_USERNAME": ("security", "sasl_username"),
+    "SASL_PASSWORD": ("security", "sasl_password"),
+    "SSL_CAFILE": ("security", "ssl_cafile"),
+    "SSL_CERTFILE": ("security", "ssl_certfile"),
+    "SSL_KEYFILE": ("security", "ssl_keyfile"),
+    **{f"TOPIC_{name.upper()}": ("topics", name) for name in Topics.__dataclass_fields__},
+}
+
+_SECTION_TYPES = {
+    "": Settings,
+    "core": CoreConfig,
+    "limits": Limits,
+    "security": KafkaSecurity,
+    "topics": Topics,
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``LIVEPULSE_*`` variables, then apply explicit ``overrides`` (CLI flags).
+
+    ``overrides`` use the environment names in lower case (``window_ms=5000``).
+    """
+    env = os.environ if env is None else env
+    values: dict[str, dict[str, Any]] = {section: {} for section in _SECTION_TYPES}
+    given = {name: env[ENV_PREFIX + name] for name in _ENV_FIELDS if ENV_PREFIX + name in env}
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :] not in _ENV_FIELDS)
+    unknown = [k for k in unknown if k not in _IGNORED_ENV]
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    for name, raw in overrides.items():
+        if raw is not None:
+            if name.upper() not in _ENV_FIELDS:
+                raise ConfigError(f"unknown setting {name!r}")
+            given[name.upper()] = raw
+    for name, raw in given.items():
+        section, attr = _ENV_FIELDS[name]
+        values[section][attr] = _coerce(_SECTION_TYPES[section], attr, raw, ENV_PREFIX + name)
+    try:
+        sections = {s: _SECTION_TYPES[s](**values[s]) for s in ("core", "limits", "security", "topics")}
+        return Settings(**values[""], **sections)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+# Variables of the local-broker tooling, not the worker.
+_IGNORED_ENV = frozenset({"LIVEPULSE_KAFKA_DIR", "LIVEPULSE_KAFKA_PORT", "LIVEPULSE_KAFKA_CONTROLLER_PORT"})
+
+
+def _coerce(cls: type, attr: str, raw: Any, label: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = {f.name: f.type for f in dataclasses.fields(cls)}[attr]
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+    except ValueError:
+        raise ConfigError(f"{label}={raw!r} is not a valid {kind}") from None
+    return raw or None if "None" in kind else raw
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """A loggable view of the settings, with secrets masked."""
+    out = dataclasses.asdict(settings)
+    if out["security"].get("sasl_password"):
+        out["security"]["sasl_password"] = "***"
+    return out

@@ -1,0 +1,73 @@
+"""HTTP views on faust's web server: metrics, health, readiness and room queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .core import RANKABLE_METRICS, partition_for, room_view, top_rooms
+from .dataplane import DataPlane
+
+METRIC_ALIASES = {"gmv": "gmv_minor", "gift_value": "gift_value_minor", "refunds": "refunds_minor"}
+MAX_TOP_N = 1_000
+
+
+def register_views(app: faust.App, plane: DataPlane, healthy: Callable[[], bool]) -> None:
+    """Add livepulse's pages to ``app`` (``/rooms/top`` before ``/rooms/{room_id}``)."""
+
+    @app.page("/metrics")
+    async def metrics(self: faust.web.View, request: Any) -> Any:
+        return self.bytes(plane.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def healthz(self: faust.web.View, request: Any) -> Any:
+        ok = healthy()
+        return self.json({"status": "ok" if ok else "failed"}, status=200 if ok else 503)
+
+    @app.page("/readyz")
+    async def readyz(self: faust.web.View, request: Any) -> Any:
+        body = {"ready": plane.ready, "partitions": sorted(plane.tasks)}
+        return self.json(body, status=200 if plane.ready else 503)
+
+    @app.page("/rooms/top")
+    async def rooms_top(self: faust.web.View, request: Any) -> Any:
+        metric = request.query.get("metric", "gmv_minor")
+        metric = METRIC_ALIASES.get(metric, metric)
+        try:
+            n = int(request.query.get("n", "20"))
+        except ValueError:
+            n = -1
+        if metric not in RANKABLE_METRICS or not 0 < n <= MAX_TOP_N:
+            return self.json(
+                {
+                    "error": "bad query",
+                    "metrics": sorted([*RANKABLE_METRICS, *METRIC_ALIASES]),
+                    "max_n": MAX_TOP_N,
+                },
+                status=400,
+            )
+        ranked = top_rooms(plane.tasks.values(), metric, n)
+        return self.json(
+            {
+                "metric": metric,
+                "scope": {"partitions": sorted(plane.tasks)},
+                "rooms": [
+                    {"room_id": s.room_id, metric: getattr(s, metric), "window_start": s.window_start}
+                    for s in ranked
+                ],
+            }
+        )
+
+    @app.page("/rooms/{room_id}")
+    async def room(self: faust.web.View, request: Any, room_id: str) -> Any:
+        partition = partition_for(room_id.encode(), plane.partitions) if plane.partitions else -1
+        task = plane.tasks.get(partition)
+        view = None if task is None else room_view(task, room_id)
+        if view is None:
+            owned = task is not None
+            reason = "no recent events for this room" if owned else "room's partition is not on this worker"
+            return self.json({"room_id": room_id, "partition": partition, "error": reason}, status=404)
+        return self.json({**view, "partition": partition})
