@@ -21,29 +21,34 @@ def expected_windows(
     *,
     window_ms: int,
     grace_ms: int,
+    sources: Iterable[int] = (0,),
 ) -> dict[tuple[str, int], RoomStats]:
     """Expected closed windows keyed by (room_id, window_start) for ``(source, offset, event)`` in order.
 
     ``unique_viewers`` is exact here; the pipeline's is a HyperLogLog estimate.
 
-    Assumes every window eventually closes and no room expires or forgets an
-    order key during the stream.
+    The watermark is the slowest of ``sources`` (newest event time per
+    source) minus grace; a source that has sent nothing holds it back. Assumes
+    no wall-clock idleness during the stream, that every window eventually
+    closes, and that no room expires or forgets an order key.
     """
-    wm = max_ts = None
+    wm: int | None = None
+    source_max: dict[int, int] = {}
+    expected = set(sources)
     last_offset: dict[tuple[str, int], int] = {}
     seen_orders: set[tuple[str, str, str]] = set()
     accepted: dict[tuple[str, int], list[Event]] = defaultdict(list)
     late: dict[tuple[str, int], int] = defaultdict(int)
     for source, offset, ev in stream:
-        if max_ts is None or ev.ts > max_ts:
-            max_ts = ev.ts
-            wm = max_ts - grace_ms if wm is None else max(wm, max_ts - grace_ms)
+        source_max[source] = max(source_max.get(source, ev.ts), ev.ts)
+        if all(s in source_max for s in expected | {source}):
+            slowest = min(source_max[s] for s in expected | set(source_max))
+            wm = slowest - grace_ms if wm is None else max(wm, slowest - grace_ms)
         guard = (ev.room_id, source)
         if offset <= last_offset.get(guard, -1):
             continue
         last_offset[guard] = offset
-        assert wm is not None
-        if ev.ts < wm:
+        if wm is not None and ev.ts < wm:
             late[(ev.room_id, wm - wm % window_ms)] += 1
             continue
         if isinstance(ev, OrderEvent):

@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import IllegalStateError
 
 from schemas import (
     RoomStats,
@@ -75,6 +76,8 @@ class DataPlane:
         self._route: PartitionCache | None = None
         self._lock = asyncio.Lock()
         self._consumed: dict[TopicPartition, int] = {}
+        #: next offset to read per assigned input partition (known after the first fetch or lookup)
+        self._position: dict[TopicPartition, int] = {}
         self._last_checkpoint = 0.0
         self._stopping = False
         self._on_window: list[Callable[[int, list[RoomStats]], None]] = []
@@ -168,13 +171,10 @@ class DataPlane:
             total += len(messages)
             self._process_partition(tp, task, messages, now_ms)
             self._consumed[tp] = messages[-1].offset
-            highwater = self._consumer.highwater(tp) if self._consumer else None
-            if highwater is not None:
-                m.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, highwater - messages[-1].offset - 1)
-                )
+            self._position[tp] = messages[-1].offset + 1
+        busy = await self._lagging()
         for partition, task in self.tasks.items():
-            task.tick(now_ms)
+            task.tick(now_ms, busy.get(partition, ()))
             self._publish_windows(partition, task)
             watermark = task.watermark_ms
             if watermark is not None:
@@ -184,6 +184,26 @@ class DataPlane:
             m.batch_size.observe(total)
             m.batch_seconds.observe(time.perf_counter() - started)
         m.active_rooms.set(sum(len(task.rooms) for task in self.tasks.values()))
+
+    async def _lagging(self) -> dict[int, set[int]]:
+        """Sources behind their log end (or not yet known), by partition; updates the lag gauge."""
+        assert self._consumer is not None
+        busy: dict[int, set[int]] = {}
+        for tp in self._consumer.assignment():
+            position = self._position.get(tp)
+            if position is None:
+                try:
+                    position = self._position[tp] = await self._consumer.position(tp)
+                except IllegalStateError:  # revoked meanwhile
+                    continue
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or position < highwater:
+                busy.setdefault(tp.partition, set()).add(self._sources[tp.topic])
+            if highwater is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+        return busy
 
     def _process_partition(
         self, tp: TopicPartition, task: TaskAggregator, messages: list[Any], now_ms: int
@@ -309,6 +329,7 @@ class DataPlane:
                 await self._checkpoint()
             revoked = set(revoked)
             self._consumed = {tp: o for tp, o in self._consumed.items() if tp not in revoked}
+            self._position = {tp: o for tp, o in self._position.items() if tp not in revoked}
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._lock:
@@ -326,7 +347,7 @@ class DataPlane:
 
     async def _restore(self, partition: int) -> TaskAggregator:
         records, seconds = await read_partition(self.settings, partition)
-        task = TaskAggregator(self.settings.core)
+        task = TaskAggregator(self.settings.core, sources=(VIEWER, ORDER, GIFT, REPARTITION))
         rooms = task.restore(records)
         self.metrics.restore_seconds.observe(seconds)
         log.info(

@@ -46,10 +46,5 @@ class CoreConfig:
             raise ConfigError("hll_lg_k must be in 4..21")
 
     @property
-    def ring_buckets(self) -> int:
-        """Buckets a room keeps: every bucket at or after the watermark's window fits."""
-        return (self.window_ms + self.grace_ms) // self.bucket_ms + 2
-
-    @property
     def window_seconds(self) -> float:
         return self.window_ms / 1_000

@@ -1,10 +1,10 @@
-"""Per-room state: a ring of event-time buckets, open-window unique viewers, dedup memory.
+"""Per-room state: event-time buckets, open-window unique viewers, dedup memory.
 
-A room keeps ``ring_buckets`` buckets; bucket ``b`` (``ts // bucket_ms``) lives
-in slot ``b % ring_buckets`` and the slot remembers which ``b`` it holds, so a
-stale slot is recognised and reset instead of cleared eagerly. The task closes
-windows as soon as the watermark passes them, which guarantees a slot is never
-reused while its window is still open.
+A room keeps the counters of its open buckets (``ts // bucket_ms``) in a dict
+keyed by bucket number; the task sums and drops a window's buckets when the
+watermark passes its end. Buckets are keyed, not a fixed ring, because the
+watermark follows the slowest input: a topic read ahead of the others may
+write buckets far past the oldest open window.
 
 Unique viewers per open window are an exact ``set`` of user ids while small,
 promoted to a HyperLogLog sketch (Apache DataSketches) past a limit: most
@@ -40,7 +40,6 @@ class Room:
         "buckets",
         "concurrent",
         "dirty",
-        "ids",
         "last_closed",
         "last_ts",
         "offsets",
@@ -51,12 +50,10 @@ class Room:
         "uniques",
     )
 
-    def __init__(self, room_id: str, ring_buckets: int) -> None:
+    def __init__(self, room_id: str) -> None:
         self.room_id = room_id
-        #: bucket number held by each ring slot, -1 when free
-        self.ids: list[int] = [-1] * ring_buckets
-        #: counters per ring slot, allocated on first use
-        self.buckets: list[list[int] | None] = [None] * ring_buckets
+        #: bucket number -> counters (layout: JOINS..LATE), for buckets of open windows
+        self.buckets: dict[int, list[int]] = {}
         #: concurrent viewers as of the end of the last closed window
         self.concurrent = 0
         #: newest accepted event time, for expiry
@@ -74,14 +71,11 @@ class Room:
         self.dirty = False
         self.last_closed: Any = None
 
-    def counters(self, slot: int, bucket: int) -> list[int]:
-        """The counters of ``bucket`` in ``slot``, resetting a stale slot."""
-        counters = self.buckets[slot]
+    def counters(self, bucket: int) -> list[int]:
+        """The counters of ``bucket``, created at zero if new."""
+        counters = self.buckets.get(bucket)
         if counters is None:
-            counters = self.buckets[slot] = [0] * N_COUNTERS
-        else:
-            counters[:] = _ZEROS
-        self.ids[slot] = bucket
+            counters = self.buckets[bucket] = [0] * N_COUNTERS
         return counters
 
     def promote(self, ws: int, lg_k: int) -> None:
@@ -106,36 +100,25 @@ class Room:
         return count
 
     def sum_buckets(self, buckets: range) -> list[int]:
-        """Sum the counters of the given bucket numbers that the ring holds."""
+        """Sum the counters of the given bucket numbers."""
         total = [0] * N_COUNTERS
-        ids, store, ring = self.ids, self.buckets, len(self.ids)
+        store = self.buckets
         for bucket in buckets:
-            slot = bucket % ring
-            if ids[slot] == bucket:
-                counters = store[slot]
-                assert counters is not None
+            counters = store.get(bucket)
+            if counters is not None:
                 for i in range(N_COUNTERS):
                     total[i] += counters[i]
         return total
 
     def release_buckets(self, buckets: range) -> None:
-        ids, ring = self.ids, len(self.ids)
+        store = self.buckets
         for bucket in buckets:
-            slot = bucket % ring
-            if ids[slot] == bucket:
-                ids[slot] = -1
-
-
-_ZEROS = [0] * N_COUNTERS
+            store.pop(bucket, None)
 
 
 def encode_room(room: Room) -> bytes:
     """Serialise a room for the changelog (current version)."""
-    buckets = [
-        [bucket, *counters]
-        for bucket, counters in zip(room.ids, room.buckets, strict=True)
-        if bucket >= 0 and counters is not None
-    ]
+    buckets = [[bucket, *counters] for bucket, counters in room.buckets.items()]
     uniques = [
         [ws, sorted(users) if type(users) is set else base64.b64encode(users.serialize_compact()).decode()]
         for ws, users in room.uniques.items()
@@ -156,7 +139,7 @@ def encode_room(room: Room) -> bytes:
     )
 
 
-def decode_room(raw: bytes, ring_buckets: int) -> Room:
+def decode_room(raw: bytes) -> Room:
     """Rebuild a room from any version of its changelog encoding."""
     try:
         obj = orjson.loads(raw)
@@ -166,21 +149,18 @@ def decode_room(raw: bytes, ring_buckets: int) -> Room:
     if version != 1:
         raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
     try:
-        return _decode_v1(obj, ring_buckets)
+        return _decode_v1(obj)
     except (ValueError, TypeError, IndexError) as exc:
         raise StateError(f"corrupt room state v1: {exc}") from exc
 
 
-def _decode_v1(obj: list[Any], ring_buckets: int) -> Room:
+def _decode_v1(obj: list[Any]) -> Room:
     _, room_id, concurrent, last_ts, offsets, buckets, uniques, open_ws, seen = obj
-    room = Room(room_id, ring_buckets)
+    room = Room(room_id)
     room.concurrent = concurrent
     room.last_ts = last_ts
     room.offsets = {source: offset for source, offset in offsets}
-    for bucket, *counters in buckets:
-        slot = bucket % ring_buckets
-        room.ids[slot] = bucket
-        room.buckets[slot] = counters
+    room.buckets = {bucket: counters for bucket, *counters in buckets}
     room.uniques = {
         ws: set(users) if type(users) is list else hll_sketch.deserialize(base64.b64decode(users))
         for ws, users in uniques

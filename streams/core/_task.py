@@ -2,8 +2,8 @@
 
 ``apply`` runs one tight loop over a batch: replay guard, lateness, watermark,
 dedup, bucket update, unique viewers. Windows close the moment the
-watermark passes their end (inside the loop, so a ring slot is never reused
-while its window is open); closed windows collect in an outbox that the
+watermark passes their end (inside the loop, so memory stays bounded by the
+open windows); closed windows collect in an outbox that the
 runtime drains and publishes. ``tick`` lets wall-clock time advance an idle
 partition's watermark. ``checkpoint``/``restore`` move state to and from the
 changelog.
@@ -85,15 +85,21 @@ def room_key(room_id: str) -> bytes:
 class TaskAggregator:
     """Event-time windowed per-room aggregates for one partition number."""
 
-    def __init__(self, config: CoreConfig) -> None:
+    def __init__(self, config: CoreConfig, sources: Iterable[int] = (0,)) -> None:
         self.config = config
+        #: input sources (topic-partitions of this partition number) that hold the watermark back
+        self.sources = frozenset(sources)
         self.rooms: dict[str, Room] = {}
         self.counters = TaskCounters()
-        self._ring = config.ring_buckets
         self._max_ts = NO_TIME
         self._watermark = NO_TIME
         self._next_close = NEVER
-        self._wall_at_event = NO_TIME
+        #: newest event time per source; a source missing here has delivered nothing yet
+        self._src_max: dict[int, int] = {}
+        #: wall time of each source's last delivery (or of the task's first sight of it)
+        self._src_wall: dict[int, int] = {}
+        #: sources caught up and silent for idle_partition_ms: they no longer hold the watermark
+        self._idle: set[int] = set()
         self._by_window: dict[int, set[Room]] = {}
         self._dirty: list[Room] = []
         self._expired: set[str] = set()
@@ -121,9 +127,18 @@ class TaskAggregator:
         """Apply ``(offset, event)`` pairs read from one input ``source``, in offset order."""
         if not items:
             return _NOTHING
-        self._wall_at_event = now_ms
+        src_wall = self._src_wall
+        if len(src_wall) < len(self.sources):
+            for expected in self.sources:  # silence is measured from the task's first delivery
+                src_wall.setdefault(expected, now_ms)
+        src_wall[source] = now_ms
+        self._idle.discard(source)
+        # The watermark is the slowest non-idle source's newest event time minus grace, so a
+        # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
+        others = self._slowest(exclude=source)
+        source_max = self._src_max.get(source, NO_TIME)
         cfg = self.config
-        bucket_ms, window_ms, grace_ms, ring = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms, self._ring
+        bucket_ms, window_ms, grace_ms = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms
         lg_k, exact_limit, set_t = cfg.hll_lg_k, cfg.exact_unique_limit, set
         rooms, dirty = self.rooms, self._dirty
         max_ts, wm, next_close = self._max_ts, self._watermark, self._next_close
@@ -132,18 +147,22 @@ class TaskAggregator:
         for offset, ev in items:
             # The watermark moves first: closing may expire rooms, so no room is held across it.
             ts = ev.ts
-            if ts > max_ts:
-                max_ts = ts
-                if ts - grace_ms > wm:
-                    wm = ts - grace_ms
+            if ts > source_max:
+                source_max = ts
+                if ts > max_ts:
+                    max_ts = ts
+                limit = ts if ts < others else others
+                if limit - grace_ms > wm:
+                    wm = limit - grace_ms
                     if wm >= next_close:
                         self._max_ts, self._watermark = max_ts, wm
+                        self._src_max[source] = source_max
                         self._close_due()
                         next_close = self._next_close
             room_id = ev.room_id
             room = rooms.get(room_id)
             if room is None:
-                room = rooms[room_id] = Room(room_id, ring)
+                room = rooms[room_id] = Room(room_id)
                 self._expired.discard(room_id)
             offsets = room.offsets
             if offset <= offsets.get(source, -1):
@@ -167,12 +186,9 @@ class TaskAggregator:
                     continue
                 seen[key] = ts
             bucket = ts // bucket_ms
-            slot = bucket % ring
-            if room.ids[slot] == bucket:
-                counters = room.buckets[slot]
-                assert counters is not None
-            else:
-                counters = room.counters(slot, bucket)
+            counters = room.buckets.get(bucket)
+            if counters is None:
+                counters = room.counters(bucket)
             ws = ts - ts % window_ms
             if ws != room.reg_ws:
                 self._register(room, ws)
@@ -210,6 +226,7 @@ class TaskAggregator:
                 counters[GIFT_VALUE] += ev.value_minor  # type: ignore[union-attr]
             applied += 1
         self._max_ts, self._watermark = max_ts, wm
+        self._src_max[source] = source_max
         c = self.counters
         for bucket_dict, n in (
             (c.applied, applied),
@@ -221,23 +238,39 @@ class TaskAggregator:
                 bucket_dict[source] = bucket_dict.get(source, 0) + n
         return ApplyResult(applied, late, duplicate, replayed)
 
-    def tick(self, now_ms: int) -> None:
-        """Advance an idle partition's watermark with wall-clock time and close what is due.
+    def tick(self, now_ms: int, busy: Iterable[int] = ()) -> None:
+        """Let wall-clock time release idle sources and advance the watermark; close what is due.
 
-        After ``idle_partition_ms`` without events, event time is assumed to
-        move on like wall time from the newest event seen, so a quiet room's
-        last window still closes.
+        A source silent for ``idle_partition_ms`` (and not ``busy``, i.e. not
+        lagging behind its log end) stops holding the watermark back. When all
+        sources are idle, event time is assumed to move on like wall time from
+        the newest event seen, so a quiet room's last window still closes.
         """
-        if self._max_ts == NO_TIME:
+        idle_after = self.config.idle_partition_ms
+        busy = set(busy)
+        for source in self.sources | self._src_wall.keys():
+            last = self._src_wall.setdefault(source, now_ms)
+            if source not in busy and now_ms - last >= idle_after:
+                self._idle.add(source)
+        slowest = self._slowest()
+        if slowest != NEVER:
+            candidate = slowest - self.config.grace_ms
+        elif self._max_ts != NO_TIME:
+            candidate = self._max_ts - self.config.grace_ms + now_ms - max(self._src_wall.values())
+        else:
             return
-        idle_ms = now_ms - self._wall_at_event
-        if idle_ms < self.config.idle_partition_ms:
-            return
-        candidate = self._max_ts - self.config.grace_ms + idle_ms
         if candidate > self._watermark:
             self._watermark = candidate
             if candidate >= self._next_close:
                 self._close_due()
+
+    def _slowest(self, exclude: int | None = None) -> int:
+        """Newest event time of the slowest non-idle source (NO_TIME if one has sent nothing)."""
+        slowest = NEVER
+        for source in self.sources | self._src_max.keys():
+            if source != exclude and source not in self._idle:
+                slowest = min(slowest, self._src_max.get(source, NO_TIME))
+        return slowest
 
     # -- slow paths -----------------------------------------------------------------
 
@@ -257,9 +290,7 @@ class TaskAggregator:
     def _charge_late(self, room: Room, wm: int) -> None:
         """Count a late event in the room's bucket at the watermark (reported with that window)."""
         bucket = wm // self.config.bucket_ms
-        slot = bucket % self._ring
-        counters = room.buckets[slot] if room.ids[slot] == bucket else room.counters(slot, bucket)
-        assert counters is not None
+        counters = room.counters(bucket)
         counters[LATE] += 1
         if wm > room.last_ts:  # the room is alive even if all it sends is late
             room.last_ts = wm
@@ -352,7 +383,8 @@ class TaskAggregator:
         self._dirty = []
         deletes = [room_key(room_id) for room_id in sorted(self._expired)]
         self._expired = set()
-        upserts.append((META_KEY, orjson.dumps([META_FORMAT_VERSION, self._max_ts, self._watermark])))
+        meta = [META_FORMAT_VERSION, self._max_ts, self._watermark, list(self._src_max.items())]
+        upserts.append((META_KEY, orjson.dumps(meta)))
         return Checkpoint(upserts, deletes)
 
     @property
@@ -374,7 +406,7 @@ class TaskAggregator:
         for key, value in latest.items():
             if value is None or not key.startswith(ROOM_KEY_PREFIX):
                 continue
-            room = decode_room(value, self._ring)
+            room = decode_room(value)
             if room.room_id.encode() != key[prefix_len:]:
                 raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
             self.rooms[room.room_id] = room
@@ -388,12 +420,13 @@ class TaskAggregator:
 
     def _restore_meta(self, raw: bytes) -> None:
         try:
-            version, max_ts, watermark = orjson.loads(raw)
+            version, max_ts, watermark, source_max = orjson.loads(raw)
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             raise StateError(f"undecodable task metadata: {exc}") from exc
         if version != META_FORMAT_VERSION:
             raise StateError(f"task metadata version {version!r} is not supported")
         self._max_ts, self._watermark = max_ts, watermark
+        self._src_max = {source: ts for source, ts in source_max}
 
     # -- queries ------------------------------------------------------------------------
 

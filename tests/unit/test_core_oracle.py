@@ -14,6 +14,7 @@ from streams.core import CoreConfig, TaskAggregator
 BASE_MS = 1_700_000_000_000
 CFG = CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, dedup_ttl_ms=10**9)
 SOURCE = {ViewerEvent: 0, OrderEvent: 1, GiftEvent: 2}
+SOURCES = (0, 1, 2)
 
 
 def make_stream(rng: random.Random, n: int, rooms: int, span_ms: int, disorder_ms: int) -> list[tuple[int, int, Event]]:
@@ -64,12 +65,14 @@ def run(agg: TaskAggregator, stream: list[tuple[int, int, Event]], rng: random.R
 
 
 def finish(agg: TaskAggregator) -> list[RoomStats]:
-    agg.tick(now_ms=10**13)  # long idle: wall clock closes every open window
+    # Long silence: wall clock releases every source, then closes every open window.
+    agg.tick(now_ms=10**13)
+    agg.tick(now_ms=2 * 10**13)
     return agg.drain()
 
 
 def assert_matches_oracle(emitted: list[RoomStats], stream: list[tuple[int, int, Event]]) -> None:
-    expected = expected_windows(stream, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms)
+    expected = expected_windows(stream, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms, sources=SOURCES)
     got: dict[tuple[str, int], RoomStats] = {}
     for stats in emitted:
         key = (stats.room_id, stats.window_start)
@@ -96,7 +99,7 @@ def _without_uv(stats: RoomStats) -> tuple[object, ...]:
 def test_windows_equal_oracle(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int) -> None:
     rng = random.Random(seed)
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
-    agg = TaskAggregator(CFG)
+    agg = TaskAggregator(CFG, SOURCES)
     emitted = run(agg, stream, rng) + finish(agg)
     assert_matches_oracle(emitted, stream)
 
@@ -110,12 +113,12 @@ def test_windows_equal_oracle(seed: int, n: int, rooms: int, disorder_ms: int, s
 )
 def test_crash_restore_replay_equals_uninterrupted(seed: int, n: int, cut: float, rewind: float) -> None:
     stream = make_stream(random.Random(seed), n, rooms=12, span_ms=120_000, disorder_ms=3_000)
-    clean = TaskAggregator(CFG)
+    clean = TaskAggregator(CFG, SOURCES)
     reference = run(clean, stream, random.Random(seed)) + finish(clean)
 
     # Run until a checkpoint at `cut`, keep going a little, then crash.
     k = int(cut * len(stream))
-    crashed = TaskAggregator(CFG)
+    crashed = TaskAggregator(CFG, SOURCES)
     before = run(crashed, stream[:k], random.Random(seed + 1))
     changelog = list(crashed.checkpoint().upserts)
     run(crashed, stream[k : k + 40], random.Random(seed + 2))  # work lost in the crash
@@ -124,7 +127,7 @@ def test_crash_restore_replay_equals_uninterrupted(seed: int, n: int, cut: float
         committed[source] = offset
 
     # Restore, then replay from offsets at or before the committed ones (a lost commit).
-    restored = TaskAggregator(CFG)
+    restored = TaskAggregator(CFG, SOURCES)
     restored.restore(changelog)
     replay_from = {s: int(o * rewind) for s, o in committed.items()}
     replay = [item for item in stream if item[1] > replay_from.get(item[0], 0)]
@@ -163,7 +166,7 @@ def test_checkpoint_writes_only_dirty_rooms_and_tombstones_expired() -> None:
 
 
 def test_late_event_is_counted_not_applied() -> None:
-    agg = TaskAggregator(CFG)
+    agg = TaskAggregator(CFG)  # one source: its own newest event drives the watermark
     agg.apply(0, [(1, ViewerEvent("join", "r", "u1", BASE_MS + 25_000))], 0)
     agg.apply(0, [(2, ViewerEvent("join", "r", "u2", BASE_MS + 1_000))], 0)  # far behind the watermark
     out = finish(agg)
@@ -184,3 +187,18 @@ def test_unique_viewers_switch_from_exact_to_sketch_and_survive_restore() -> Non
     (stats,) = finish(restored)
     assert unique_viewers_close(stats.unique_viewers, 3000)
     assert restored.counters.replayed == {0: 3000}
+
+
+def test_slowest_source_holds_the_watermark_until_idle() -> None:
+    agg = TaskAggregator(CFG, sources=(0, 1))
+    agg.apply(0, [(1, ViewerEvent("join", "r", "u1", BASE_MS + 60_000))], now_ms=0)
+    assert agg.watermark_ms is None  # source 1 has sent nothing yet: it may still be behind
+    agg.apply(1, [(1, OrderEvent("o", "r", "u", BASE_MS + 1_000, "paid", 5, "CNY"))], now_ms=10)
+    assert agg.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms  # not late although 59 s behind source 0
+    agg.tick(now_ms=10 + CFG.idle_partition_ms, busy={1})
+    assert agg.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms  # lagging sources are never idle
+    agg.tick(now_ms=10 + CFG.idle_partition_ms)
+    # Both idle: event time moves on like wall time since the last delivery.
+    assert agg.watermark_ms == BASE_MS + 60_000 - CFG.grace_ms + CFG.idle_partition_ms
+    closed = agg.drain()
+    assert [(s.window_start, s.orders, s.views) for s in closed] == [(BASE_MS, 1, 0)]
