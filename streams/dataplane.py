@@ -70,6 +70,9 @@ class DataPlane:
         self.tasks: dict[int, TaskAggregator] = {}
         self.partitions = 0
         self.ready = False
+        self._rebalancing = False
+        #: an error raised inside a rebalance callback (aiokafka would only log it)
+        self._failure: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._outbound: Outbound | None = None
@@ -126,9 +129,13 @@ class DataPlane:
             batches = await self._consumer.getmany(
                 timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
             )
+            if self._failure is not None:
+                raise self._failure
             async with self._lock:
                 if self._stopping:
                     break
+                if self._rebalancing:
+                    continue  # fetched before a revocation; whoever owns the partitions next re-reads them
                 await self._process(batches)
                 if (self._clock() - self._last_checkpoint) * 1000 >= s.commit_interval_ms:
                     await self._checkpoint()
@@ -323,15 +330,30 @@ class DataPlane:
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        try:
+            await self._revoke(revoked)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        try:
+            await self._assign(assigned)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+
+    async def _revoke(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:
             self.ready = False
+            self._rebalancing = True
             if self.tasks and self._outbound is not None:
                 await self._checkpoint()
             revoked = set(revoked)
             self._consumed = {tp: o for tp, o in self._consumed.items() if tp not in revoked}
             self._position = {tp: o for tp, o in self._position.items() if tp not in revoked}
 
-    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    async def _assign(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._lock:
             numbers = sorted({tp.partition for tp in assigned})
             for partition in list(self.tasks):
@@ -342,6 +364,7 @@ class DataPlane:
                 if partition not in self.tasks:
                     self.tasks[partition] = await self._restore(partition)
             self.metrics.assigned_partitions.set(len(numbers))
+            self._rebalancing = False
             self.ready = True
             log.info("assigned partitions %s; state restored", numbers)
 

@@ -18,6 +18,7 @@ from .core import CoreConfig
 from .exceptions import ConfigError
 
 ENV_PREFIX = "LIVEPULSE_"
+DEFAULT_APP_ID = "livepulse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ class Settings:
     """Everything a worker needs; defaults suit the local broker from ``deploy/``."""
 
     brokers: str = "127.0.0.1:19092"
-    app_id: str = "livepulse"
+    app_id: str = DEFAULT_APP_ID
     topics: Topics = field(default_factory=Topics)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -165,6 +166,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     for name, raw in given.items():
         section, attr = _ENV_FIELDS[name]
         values[section][attr] = _coerce(_SECTION_TYPES[section], attr, raw, ENV_PREFIX + name)
+    # Internal topics belong to one application: derive their names from the app id unless set.
+    app_id = values[""].get("app_id", DEFAULT_APP_ID)
+    values["topics"].setdefault("repartition", f"{app_id}.repartition")
+    values["topics"].setdefault("changelog", f"{app_id}.room-state-changelog")
     try:
         sections = {s: _SECTION_TYPES[s](**values[s]) for s in ("core", "limits", "security", "topics")}
         return Settings(**values[""], **sections)

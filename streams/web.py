@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from .core import RANKABLE_METRICS, partition_for, room_view, top_rooms
 from .dataplane import DataPlane
 
+EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4"
 METRIC_ALIASES = {"gmv": "gmv_minor", "gift_value": "gift_value_minor", "refunds": "refunds_minor"}
 MAX_TOP_N = 1_000
 
@@ -20,7 +20,8 @@ def register_views(app: faust.App, plane: DataPlane, healthy: Callable[[], bool]
 
     @app.page("/metrics")
     async def metrics(self: faust.web.View, request: Any) -> Any:
-        return self.bytes(plane.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp takes the charset separately; the exposition format is UTF-8 text 0.0.4.
+        return self.bytes(plane.metrics.exposition(), content_type=EXPOSITION_CONTENT_TYPE)
 
     @app.page("/healthz")
     async def healthz(self: faust.web.View, request: Any) -> Any:

@@ -109,11 +109,11 @@ class MetricRule:
     updates the baseline, so a spike moves its own baseline only a little.
     """
 
-    half_life_windows: float = 15.0
+    half_life_windows: float = 20.0
     warmup_windows: int = 18
     min_volume: float = 1.0
-    ratio: float = 2.5
-    z_threshold: float = 4.0
+    ratio: float = 2.25
+    z_threshold: float = 3.5
     confirm_windows: int = 2
     winsor_k: float = 3.0
     resolve_ratio: float = 1.5
@@ -154,8 +154,8 @@ def default_metric_rules() -> Mapping[str, MetricRule]:
         "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
         "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
         "orders_per_sec": MetricRule(min_volume=0.5, surge_value=20.0),
-        "gmv_per_sec": MetricRule(min_volume=20_000.0, surge_value=1_000_000.0),
-        "gift_value_per_sec": MetricRule(min_volume=5_000.0, surge_value=200_000.0),
+        "gmv_per_sec": MetricRule(min_volume=20_000.0, z_threshold=4.0, surge_value=1_000_000.0),
+        "gift_value_per_sec": MetricRule(min_volume=5_000.0, z_threshold=4.0, surge_value=200_000.0),
     }
 
 

@@ -229,6 +229,17 @@ def _event(
     )
 
 
+def _in_alert(state: DetectorState, metric: str) -> bool:
+    alerts = state.alerts
+    if not alerts:
+        return False
+    for name in _ALERTNAMES:
+        slot = alerts.get((metric, name))
+        if slot is not None and slot.phase != _COOLDOWN:
+            return True
+    return False
+
+
 def _step(
     state: DetectorState,
     values: Sequence[float],
@@ -275,11 +286,14 @@ def _step(
             surging = surge_slot is not None and surge_slot.phase == _FIRING
             spike_over = x < rule.resolve_ratio * mean or x < rule.min_volume
             _advance(state, events, metric, ALERT_SPIKE, spike and not surging, spike_over, rule, at)
-        # Fold into the baseline: plain running mean during warm-up, winsorised EWMA after.
+        # Fold into the baseline: plain running mean during warm-up, EWMA after, with spiking
+        # values (past the ratio either way, or while an alert of the metric is pending or
+        # firing) winsorised so a spike barely moves its own baseline.
         if warmed:
             alpha = rule.alpha
-            band = max(rule.winsor_k * std, rule.min_volume, _WINSOR_REL_FLOOR * mean)
-            x = min(max(x, mean - band), mean + band)
+            if x >= rule.ratio * mean or x <= rule.drop_ratio * mean or _in_alert(state, metric):
+                band = max(rule.winsor_k * std, _WINSOR_REL_FLOOR * max(mean, rule.min_volume))
+                x = min(max(x, mean - band), mean + band)
         else:
             alpha = max(rule.alpha, 1.0 / (n + 1))
         diff = x - mean

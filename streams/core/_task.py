@@ -43,7 +43,7 @@ NEVER = 2**62
 
 ROOM_KEY_PREFIX = b"r/"
 META_KEY = b"m/task"
-META_FORMAT_VERSION = 1
+META_FORMAT_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -420,10 +420,12 @@ class TaskAggregator:
 
     def _restore_meta(self, raw: bytes) -> None:
         try:
-            version, max_ts, watermark, source_max = orjson.loads(raw)
-        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            version, max_ts, watermark, *rest = orjson.loads(raw)
+            # v1 had no per-source event times: the restored task waits for every source again.
+            source_max = rest[0] if version == 2 else []
+        except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
             raise StateError(f"undecodable task metadata: {exc}") from exc
-        if version != META_FORMAT_VERSION:
+        if version not in (1, 2):
             raise StateError(f"task metadata version {version!r} is not supported")
         self._max_ts, self._watermark = max_ts, watermark
         self._src_max = {source: ts for source, ts in source_max}

@@ -17,7 +17,9 @@ SOURCE = {ViewerEvent: 0, OrderEvent: 1, GiftEvent: 2}
 SOURCES = (0, 1, 2)
 
 
-def make_stream(rng: random.Random, n: int, rooms: int, span_ms: int, disorder_ms: int) -> list[tuple[int, int, Event]]:
+def make_stream(
+    rng: random.Random, n: int, rooms: int, span_ms: int, disorder_ms: int
+) -> list[tuple[int, int, Event]]:
     """A random interleaving of the three topics, with out-of-order times and duplicate orders."""
     offsets = {0: 0, 1: 0, 2: 0}
     out: list[tuple[int, int, Event]] = []
@@ -38,7 +40,9 @@ def make_stream(rng: random.Random, n: int, rooms: int, span_ms: int, disorder_m
                 ev = orders[rng.randrange(len(orders))]  # a producer retry: same order, same status
             else:
                 status = rng.choice(["created", "paid", "paid", "cancelled", "refunded"])
-                ev = OrderEvent(f"o{rng.randint(0, 60)}", room, user, ts, status, rng.randint(0, 50_000), "CNY")
+                ev = OrderEvent(
+                    f"o{rng.randint(0, 60)}", room, user, ts, status, rng.randint(0, 50_000), "CNY"
+                )
                 orders.append(ev)
         else:
             ev = GiftEvent(f"g{len(out)}", room, user, ts, rng.randint(1, 5), rng.randint(0, 10_000))
@@ -149,7 +153,9 @@ def assert_same_windows(emitted: list[RoomStats], reference: list[RoomStats]) ->
 def test_checkpoint_writes_only_dirty_rooms_and_tombstones_expired() -> None:
     cfg = CoreConfig(room_idle_ms=30_000)
     agg = TaskAggregator(cfg)
-    agg.apply(0, [(1, ViewerEvent("join", "a", "u", BASE_MS)), (2, ViewerEvent("join", "b", "u", BASE_MS))], 0)
+    agg.apply(
+        0, [(1, ViewerEvent("join", "a", "u", BASE_MS)), (2, ViewerEvent("join", "b", "u", BASE_MS))], 0
+    )
     first = agg.checkpoint()
     assert {k for k, _ in first.upserts} == {b"r/a", b"r/b", b"m/task"}
     agg.apply(0, [(3, ViewerEvent("like", "a", "u", BASE_MS + 1))], 0)

@@ -1,0 +1,278 @@
+"""The worker on the real broker: oracle equality, kill -9, rebalancing, re-routing, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from loadtest.oracle import expected_windows, unique_viewers_close
+from loadtest.synth import GIFT_TOPIC, ORDER_TOPIC, VIEWER_TOPIC, Mix, Synth
+from schemas import Event, RoomStats, decode_viewer
+from tests.integration.workers import (
+    Deployment,
+    Worker,
+    crc32_partitioner,
+    produce,
+    produce_raw,
+    read_topic,
+    records,
+    room_stats_by_key,
+)
+
+pytestmark = pytest.mark.integration
+
+KIND = {VIEWER_TOPIC: "viewer", ORDER_TOPIC: "order", GIFT_TOPIC: "gift"}
+SOURCE = {"viewer": 0, "order": 1, "gift": 2}
+
+
+def traffic(n: int, *, seed: int, rate_per_s: int, start_ms: int | None = None) -> list[tuple[str, Event]]:
+    """``n`` events of the realistic mix over 40 rooms, disorder well inside the grace period."""
+    start = start_ms if start_ms is not None else int(time.time() * 1000) - 30_000
+    synth = Synth(
+        Mix(rooms=40, rate_per_s=rate_per_s, hot_room_share=0.2, users=500), seed=seed, start_ms=start
+    )
+    return [(KIND[topic], ev) for topic, ev in synth.events(n, disorder_ms=800)]
+
+
+def oracle(events: list[tuple[str, Event]], deployment: Deployment) -> dict[tuple[str, int], RoomStats]:
+    offsets = dict.fromkeys(SOURCE, 0)
+    stream = []
+    for kind, ev in events:
+        offsets[kind] += 1
+        stream.append((SOURCE[kind], offsets[kind], ev))
+    expected = expected_windows(
+        stream, window_ms=deployment.window_ms, grace_ms=deployment.grace_ms, sources=SOURCE.values()
+    )
+    assert not any(s.late_events for s in expected.values()), "test traffic must not contain late events"
+    return expected
+
+
+async def collect(
+    deployment: Deployment, expected: dict[tuple[str, int], RoomStats]
+) -> dict[tuple[str, int], RoomStats]:
+    values = await read_topic(
+        deployment.bootstrap,
+        deployment.topics.room_stats,
+        until=lambda vs: len({(r["room_id"], r["window_start"]) for r in records(vs)}) >= len(expected),
+    )
+    return room_stats_by_key(values)
+
+
+def assert_equal_to_oracle(
+    got: dict[tuple[str, int], RoomStats], expected: dict[tuple[str, int], RoomStats]
+) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, want in expected.items():
+        have = got[key]
+        assert unique_viewers_close(have.unique_viewers, want.unique_viewers), (key, have, want)
+        strip = lambda s: {f: getattr(s, f) for f in s.__slots__ if f != "unique_viewers"}  # noqa: E731
+        assert strip(have) == strip(want), key
+
+
+@pytest.fixture
+def deployment(kafka_bootstrap: str) -> Deployment:
+    return Deployment(kafka_bootstrap)
+
+
+@pytest.fixture
+def workers(deployment: Deployment, tmp_path: Path):  # type: ignore[no-untyped-def]
+    started: list[Worker] = []
+
+    def start(name: str = "worker") -> Worker:
+        worker = Worker(deployment, tmp_path, name)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+async def test_room_stats_equal_the_oracle(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]
+    worker = workers()
+    await worker.wait_ready()
+    events = traffic(6_000, seed=1, rate_per_s=400)
+    expected = oracle(events, deployment)
+    await produce(deployment.bootstrap, deployment.topics, events, partitions=deployment.partitions)
+
+    got = await collect(deployment, expected)
+
+    assert_equal_to_oracle(got, expected)
+    assert worker.metric("livepulse_events_applied_total") == len(events)
+    assert worker.metric("livepulse_windows_emitted_total") >= len(expected)
+    status, body = worker.get("/rooms/top?metric=gmv&n=3")
+    assert status == 200 and len(orjson.loads(body)["rooms"]) == 3
+    status, body = worker.get("/rooms/room-hot")
+    assert status == 200 and orjson.loads(body)["last_closed"]["room_id"] == "room-hot"
+    assert worker.get("/rooms/no-such-room")[0] == 404
+    assert worker.get("/healthz")[0] == 200
+
+
+async def test_kill_9_mid_stream_then_restart_gives_the_same_room_stats(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    first = workers("first")
+    await first.wait_ready()
+    events = traffic(6_000, seed=2, rate_per_s=300)
+    expected = oracle(events, deployment)
+    producing = asyncio.create_task(
+        produce(
+            deployment.bootstrap, deployment.topics, events, partitions=deployment.partitions, pace_per_s=600
+        )
+    )
+    await asyncio.sleep(4)  # a few checkpoints in, windows already emitted
+    assert first.metric("livepulse_events_applied_total") > 0
+    first.kill()
+    second = workers("second")
+    await second.wait_ready()
+    await producing
+
+    got = await collect(deployment, expected)
+
+    assert_equal_to_oracle(got, expected)  # duplicates allowed only as identical records (collect checks)
+    assert second.metric("livepulse_restore_seconds_count") == deployment.partitions
+
+
+async def test_two_workers_split_partitions_and_hand_over_state(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]
+    a = workers("a")
+    await a.wait_ready()
+    events = traffic(9_000, seed=3, rate_per_s=300)
+    expected = oracle(events, deployment)
+    producing = asyncio.create_task(
+        produce(
+            deployment.bootstrap, deployment.topics, events, partitions=deployment.partitions, pace_per_s=600
+        )
+    )
+    b = workers("b")
+    await b.wait_ready()
+    await _wait_for(lambda: _partitions(b) and _partitions(a), "both workers own partitions")
+    assert sorted(_partitions(a) + _partitions(b)) == list(range(deployment.partitions))
+
+    assert a.stop() == 0  # graceful: checkpoint, commit, leave the group
+    await _wait_for(lambda: _partitions(b) == list(range(deployment.partitions)), "b owns every partition")
+    await producing
+
+    got = await collect(deployment, expected)
+
+    assert_equal_to_oracle(got, expected)
+
+
+async def test_events_from_a_non_murmur2_partitioner_still_aggregate_per_room(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    worker = workers()
+    await worker.wait_ready()
+    events = traffic(4_000, seed=4, rate_per_s=400)
+    expected = oracle(events, deployment)
+    # Live traffic (paced): re-routing adds milliseconds, well inside the grace period.
+    await produce(
+        deployment.bootstrap,
+        deployment.topics,
+        events,
+        partitions=deployment.partitions,
+        partitioner=crc32_partitioner,
+        pace_per_s=800,
+    )
+
+    got = await collect(deployment, expected)
+
+    print(
+        {
+            m: worker.metric(f"livepulse_events_{m}_total")
+            for m in ("late", "applied", "rerouted", "replayed", "consumed")
+        }
+    )
+    assert_equal_to_oracle(got, expected)
+    assert worker.metric("livepulse_events_rerouted_total") > 0
+    assert worker.metric("livepulse_events_applied_total") == len(events)
+
+
+def malformed(rng: random.Random, now_ms: int) -> list[bytes]:
+    good = {"type": "join", "room_id": "room-1", "user_id": "u", "ts": now_ms}
+    out = [
+        rng.randbytes(rng.randint(1, 300)),
+        b"",
+        b"[1,2,3]",
+        b'"just a string"',
+        orjson.dumps({**good, "ts": str(now_ms)}),
+        orjson.dumps({**good, "ts": True}),
+        orjson.dumps({**good, "room_id": "r" * 129}),
+        orjson.dumps({**good, "user_id": ""}),
+        orjson.dumps({**good, "type": "teleport"}),
+        orjson.dumps({k: v for k, v in good.items() if k != "user_id"}),
+        orjson.dumps({**good, "ts": now_ms + 86_400_000}),
+        b"[" * 5_000 + b"]" * 5_000,
+        orjson.dumps({**good, "pad": "x" * 20_000}),
+    ]
+    return out
+
+
+async def test_malformed_flood_goes_to_the_dead_letter_topic_with_reasons(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    worker = workers()
+    await worker.wait_ready()
+    rng = random.Random(5)
+    now_ms = int(time.time() * 1000)
+    good = traffic(1_500, seed=5, rate_per_s=200)
+    expected = oracle(good, deployment)
+    bad = [raw for _ in range(40) for raw in malformed(rng, now_ms)]
+    want_reasons = sorted(_reason(raw, now_ms) for raw in bad)
+
+    # Interleave the bad with the good on the viewer topic; order/gift stay clean.
+    viewer_good = [ev for kind, ev in good if kind == "viewer"]
+    mixed: list[tuple[bytes | None, bytes]] = [
+        (ev.room_id.encode(), orjson.dumps(ev._asdict())) for ev in viewer_good
+    ]
+    for raw in bad:
+        mixed.insert(rng.randrange(len(mixed) + 1), (b"room-1", raw))
+    await produce_raw(deployment.bootstrap, deployment.topics.viewer, mixed)
+    await produce(
+        deployment.bootstrap,
+        deployment.topics,
+        [(k, ev) for k, ev in good if k != "viewer"],
+        partitions=deployment.partitions,
+    )
+
+    letters = await read_topic(
+        deployment.bootstrap, deployment.topics.dlq, until=lambda vs: len(vs) >= len(bad)
+    )
+    got = await collect(deployment, expected)
+
+    assert sorted(r["reason"] for r in records(letters)) == want_reasons
+    for letter in records(letters):
+        assert letter["topic"] == deployment.topics.viewer
+        kept = base64.b64decode(str(letter["raw_b64"]))
+        assert any(raw.startswith(kept) and len(raw) == letter["raw_len"] for raw in bad)
+    assert worker.metric("livepulse_events_invalid_total") == len(bad)
+    for reason in set(want_reasons):
+        assert worker.metric("livepulse_events_invalid_total", reason=reason) == want_reasons.count(reason)
+    assert worker.metric("livepulse_events_applied_total") == len(good)
+    assert_equal_to_oracle(got, expected)
+    assert worker.get("/healthz")[0] == 200
+
+
+def _reason(raw: bytes, now_ms: int) -> str:
+    result = decode_viewer(raw, now_ms)
+    assert not isinstance(result, tuple) or type(result).__name__ == "Invalid", raw[:50]
+    return str(result.reason)  # type: ignore[union-attr]
+
+
+def _partitions(worker: Worker) -> list[int]:
+    status, body = worker.get("/readyz")
+    return list(orjson.loads(body)["partitions"]) if status == 200 else []
+
+
+async def _wait_for(condition, what: str, timeout_s: float = 90) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out waiting until {what}")

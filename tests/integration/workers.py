@@ -1,0 +1,246 @@
+"""Run real ``livepulse worker`` processes against the test broker, and read their outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from loadtest.synth import encode_event
+from schemas import Event, RoomStats, decode_room_stats
+from streams.core import partition_for
+from streams.settings import Topics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """A set of unique topic names and an app id: one isolated livepulse deployment."""
+
+    bootstrap: str
+    partitions: int = 4
+    window_ms: int = 10_000
+    grace_ms: int = 3_000
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def topics(self) -> Topics:
+        s = self.suffix
+        return Topics(
+            viewer=f"it.viewer.{s}",
+            order=f"it.order.{s}",
+            gift=f"it.gift.{s}",
+            room_stats=f"it.room-stats.{s}",
+            alerts=f"it.alerts.{s}",
+            dlq=f"it.dlq.{s}",
+            repartition=f"it.repartition.{s}",
+            changelog=f"it.changelog.{s}",
+        )
+
+    def env(self, web_port: int) -> dict[str, str]:
+        t = self.topics
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEPULSE_")}
+        env.update(
+            LIVEPULSE_BROKERS=self.bootstrap,
+            LIVEPULSE_APP_ID=f"it-{self.suffix}",
+            LIVEPULSE_WEB_PORT=str(web_port),
+            LIVEPULSE_PARTITIONS=str(self.partitions),
+            LIVEPULSE_WINDOW_MS=str(self.window_ms),
+            LIVEPULSE_GRACE_MS=str(self.grace_ms),
+            LIVEPULSE_COMMIT_INTERVAL_MS="500",
+            **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},
+        )
+        return env
+
+
+class Worker:
+    """One ``python -m streams worker`` process with its own web port and log file."""
+
+    def __init__(self, deployment: Deployment, log_dir: Path, name: str = "worker") -> None:
+        self.port = free_port()
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"],
+            cwd=REPO,
+            env=deployment.env(self.port),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    async def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                status, _ = await asyncio.to_thread(self.get, "/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no checkpoint, no commit, no goodbye."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM and wait: the worker checkpoints and leaves the group."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"worker did not stop in {timeout_s}s:\n{self.tail()}") from None
+        self._log.close()
+        return code
+
+    def tail(self, lines: int = 60) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        _, body = self.get("/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name, _, label_text = head.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def murmur2_partitioner(room_id: str, partitions: int) -> int:
+    """The Java client's default (what aiokafka does for keyed records)."""
+    return partition_for(room_id.encode(), partitions)
+
+
+def crc32_partitioner(room_id: str, partitions: int) -> int:
+    """librdkafka's default for keyed records (confluent-kafka's ``consistent_random``)."""
+    return zlib.crc32(room_id.encode()) % partitions
+
+
+async def produce(
+    bootstrap: str,
+    topics: Topics,
+    events: Iterable[tuple[str, Event]],
+    *,
+    partitions: int,
+    partitioner: object = murmur2_partitioner,
+    pace_per_s: float | None = None,
+) -> int:
+    """Send ``(kind, event)`` pairs (kind: viewer, order, gift) with an explicit partitioner."""
+    choose = partitioner if callable(partitioner) else murmur2_partitioner
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    sent = 0
+    started = time.monotonic()
+    try:
+        for kind, event in events:
+            topic = getattr(topics, kind)
+            await producer.send(
+                topic,
+                encode_event(event),
+                key=event.room_id.encode(),
+                partition=choose(event.room_id, partitions),
+            )
+            sent += 1
+            if pace_per_s and sent % 50 == 0:
+                ahead = sent / pace_per_s - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def produce_raw(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
+    )
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, *, until: object, timeout_s: float = 90) -> list[bytes]:
+    """Values of ``topic`` from the beginning, read until ``until(values)`` is true or the time is up."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                values.extend(m.value for m in messages)
+            if callable(until) and until(values):
+                break
+    finally:
+        await consumer.stop()
+    return values
+
+
+def room_stats_by_key(values: Iterable[bytes]) -> dict[tuple[str, int], RoomStats]:
+    """Room-stats keyed by (room_id, window_start); a repeated key must repeat the same record."""
+    out: dict[tuple[str, int], RoomStats] = {}
+    for raw in values:
+        stats = decode_room_stats(raw)
+        key = (stats.room_id, stats.window_start)
+        previous = out.setdefault(key, stats)
+        assert previous == stats, f"two different records for {key}: {previous} != {stats}"
+    return out
+
+
+def records(values: Iterable[bytes]) -> Iterator[dict[str, object]]:
+    for raw in values:
+        yield orjson.loads(raw)
