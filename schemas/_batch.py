@@ -26,7 +26,7 @@ _loads = orjson.loads
 def decode_viewer_batch(
     items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, ViewerEvent]], Bad]:
-    """Decode ``(offset, raw)`` pairs of ``live.viewer``: good ``(offset, event)``, bad ``(offset, raw, why)``."""
+    """Decode ``(offset, raw)`` pairs of ``live.viewer`` into good ``(offset, event)`` and bad triples."""
     good: list[tuple[int, ViewerEvent]] = []
     bad: Bad = []
     max_bytes, max_id = limits.max_message_bytes, limits.max_id_len

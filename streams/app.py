@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,6 +26,7 @@ def create_app(settings: Settings) -> faust.App:
     """A faust app hosting a data plane configured by ``settings``."""
     metrics = Metrics()
     plane = DataPlane(settings, metrics)
+    Path(settings.faust_data_dir).parent.mkdir(parents=True, exist_ok=True)  # faust makes only the leaf
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.brokers.split(",")],
@@ -32,6 +34,7 @@ def create_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         store="memory://",
+        datadir=settings.faust_data_dir,
         autodiscover=False,
         topic_replication_factor=1,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,12 @@ class Settings:
     web_port: int = 6066
     alertmanager_url: str | None = None
     log_level: str = "info"
+    #: faust's data directory (its tables live in memory; this holds only its bookkeeping)
+    data_dir: str = ""
+
+    @property
+    def faust_data_dir(self) -> str:
+        return self.data_dir or os.path.join(tempfile.gettempdir(), "livepulse", self.app_id)
 
     @property
     def group_id(self) -> str:
@@ -116,6 +123,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "WEB_PORT": ("", "web_port"),
     "ALERTMANAGER_URL": ("", "alertmanager_url"),
     "LOG_LEVEL": ("", "log_level"),
+    "DATA_DIR": ("", "data_dir"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),
     "GRACE_MS": ("core", "grace_ms"),
@@ -177,8 +185,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(str(exc)) from exc
 
 
-# Variables of the local-broker tooling, not the worker.
-_IGNORED_ENV = frozenset({"LIVEPULSE_KAFKA_DIR", "LIVEPULSE_KAFKA_PORT", "LIVEPULSE_KAFKA_CONTROLLER_PORT"})
+# Variables of the local-broker and demo tooling, not the worker.
+_IGNORED_ENV = frozenset(
+    {"LIVEPULSE_KAFKA_DIR", "LIVEPULSE_KAFKA_PORT", "LIVEPULSE_KAFKA_CONTROLLER_PORT", "LIVEPULSE_DEMO_LOG"}
+)
 
 
 def _coerce(cls: type, attr: str, raw: Any, label: str) -> Any:

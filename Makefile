@@ -1,0 +1,50 @@
+# livepulse developer entry points. `make test` is what CI runs (via .ci/run).
+# The local Kafka broker is deploy/localkafka.py, driven as `livepulse kafka ...`.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KAFKA := $(VENV)/bin/livepulse kafka
+
+.PHONY: venv broker test demo kafka-up kafka-down kafka-status clean distclean
+
+venv: $(STAMP)
+
+# Redone only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Fetch the Kafka jars from Maven Central (once; a marker records success).
+broker: $(STAMP)
+	$(KAFKA) fetch
+
+# Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
+test: venv broker
+	deploy/run-tests.sh
+
+kafka-up: venv broker
+	$(KAFKA) up
+
+kafka-down:
+	@if [ -x $(VENV)/bin/livepulse ]; then $(KAFKA) down; fi
+
+kafka-status: venv
+	$(KAFKA) status
+
+# Stops every local broker we started, then removes their work dirs and tool caches.
+clean:
+	@if [ -x $(VENV)/bin/livepulse ]; then for dir in .cache/kafka/run-*; do \
+		[ -d "$$dir" ] && $(KAFKA) down --dir "$$dir"; done; true; fi
+	rm -rf .cache/kafka/run-* .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# Also the venv and the fetched jars.
+distclean: clean
+	rm -rf $(VENV) .cache
+
+# Broker + worker + synthetic traffic with a spike, live in the terminal. DURATION=30 ends it by itself.
+demo: venv broker
+	$(PY) -m streams demo $(if $(DURATION),--duration $(DURATION))

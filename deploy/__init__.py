@@ -1,0 +1,1 @@
+"""Local infrastructure: the Maven-fetched Kafka broker, and (later) compose and k8s files."""

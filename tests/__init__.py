@@ -1,0 +1,1 @@
+"""livepulse tests: unit/ (pure), integration/ (real broker)."""

@@ -1,0 +1,1 @@
+"""Pure tests: no broker, no network."""

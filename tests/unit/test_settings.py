@@ -1,0 +1,61 @@
+"""Settings from LIVEPULSE_* variables and flags: types, precedence, secrets, typos."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.exceptions import ConfigError
+from streams.settings import describe, settings_from_env
+
+
+def test_defaults_and_derived_internal_topics() -> None:
+    s = settings_from_env({})
+    assert s.brokers == "127.0.0.1:19092"
+    assert s.topics.viewer == "live.viewer"
+    assert s.topics.changelog == "livepulse.room-state-changelog"
+    assert s.group_id == "livepulse-dataplane"
+    other = settings_from_env({"LIVEPULSE_APP_ID": "eu-1"})
+    assert other.topics.changelog == "eu-1.room-state-changelog"
+    assert other.topics.repartition == "eu-1.repartition"
+
+
+def test_environment_is_typed_and_flags_win() -> None:
+    env = {
+        "LIVEPULSE_WINDOW_MS": "5_000",
+        "LIVEPULSE_BUCKET_MS": "500",
+        "LIVEPULSE_CREATE_TOPICS": "false",
+        "LIVEPULSE_TOPIC_VIEWER": "v",
+        "LIVEPULSE_WEB_PORT": "7000",
+        "LIVEPULSE_MAX_PAST_MS": "60000",
+    }
+    s = settings_from_env(env, web_port=7100, grace_ms=None)
+    assert (s.core.window_ms, s.core.bucket_ms, s.create_topics) == (5_000, 500, False)
+    assert (s.topics.viewer, s.web_port, s.limits.max_past_ms, s.core.grace_ms) == ("v", 7100, 60_000, 2_000)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIVEPULSE_WINDOW_MS": "ten"}, "LIVEPULSE_WINDOW_MS='ten' is not a valid int"),
+        ({"LIVEPULSE_CREATE_TOPICS": "maybe"}, "not a valid bool"),
+        ({"LIVEPULSE_WINDOW_SIZE": "1"}, "unknown settings: LIVEPULSE_WINDOW_SIZE"),
+        ({"LIVEPULSE_WINDOW_MS": "1500"}, "not a multiple of bucket_ms"),
+        ({"LIVEPULSE_WEB_PORT": "70000"}, "web_port 70000 out of range"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_env(env)
+
+
+def test_secrets_never_reach_repr_or_the_description() -> None:
+    s = settings_from_env(
+        {
+            "LIVEPULSE_SASL_MECHANISM": "SCRAM-SHA-512",
+            "LIVEPULSE_SASL_USERNAME": "u",
+            "LIVEPULSE_SASL_PASSWORD": "hunter2",
+        }
+    )
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(describe(s))
+    assert s.security.client_kwargs()["sasl_plain_password"] == "hunter2"
