@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -16,12 +17,13 @@ def test_demo_runs_for_its_duration_and_prints_windows(kafka_bootstrap: str, tmp
     result = subprocess.run(
         [sys.executable, "-m", "streams", "demo", "--duration", "30", "--web-port", str(free_port())],
         cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "LIVEPULSE_DEMO_LOG": str(tmp_path / "worker.log")},
+        env={**os.environ, "LIVEPULSE_DEMO_LOG": str(tmp_path / "worker.log")},  # same broker as the session
         capture_output=True,
         text=True,
         timeout=240,
     )
-    assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "worker.log").read_text()
+    log = tmp_path / "worker.log"
+    assert result.returncode == 0, result.stdout + result.stderr + (log.read_text() if log.exists() else "")
     assert "(already running)" in result.stdout  # the session's broker: the demo must leave it running
     windows = [line for line in result.stdout.splitlines() if line.startswith("window ")]
     assert windows, result.stdout
