@@ -40,7 +40,7 @@ from schemas import (
 from ._changelog import read_partition, stage_checkpoint
 from ._outbound import Outbound
 from ._topology import ensure_topology
-from .core import PartitionCache, TaskAggregator, partition_for
+from .core import PartitionCache, TaskAggregator, partition_for, top_rooms
 from .metrics import Metrics
 from .settings import Settings
 
@@ -82,6 +82,7 @@ class DataPlane:
         #: next offset to read per assigned input partition (known after the first fetch or lookup)
         self._position: dict[TopicPartition, int] = {}
         self._last_checkpoint = 0.0
+        self._last_top = 0.0
         self._stopping = False
         self._on_window: list[Callable[[int, list[RoomStats]], None]] = []
 
@@ -191,6 +192,16 @@ class DataPlane:
             m.batch_size.observe(total)
             m.batch_seconds.observe(time.perf_counter() - started)
         m.active_rooms.set(sum(len(task.rooms) for task in self.tasks.values()))
+        if now - self._last_top >= self.settings.core.window_seconds:
+            self._last_top = now
+            self._export_top_rooms()
+
+    def _export_top_rooms(self, n: int = 10) -> None:
+        """Bounded business view for Prometheus: GMV of the top-n rooms by rank, not a series per room."""
+        ranked = top_rooms(self.tasks.values(), "gmv_minor", n)
+        for rank in range(1, n + 1):
+            value = ranked[rank - 1].gmv_minor if rank <= len(ranked) else 0
+            self.metrics.top_room_value.labels(str(rank)).set(value)
 
     async def _lagging(self) -> dict[int, set[int]]:
         """Sources behind their log end (or not yet known), by partition; updates the lag gauge."""

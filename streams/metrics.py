@@ -114,6 +114,27 @@ class Metrics:
         self.alerts_resolved = Counter(
             "livepulse_alerts_resolved_total", "Spike alerts resolved", ["metric"], registry=r
         )
+        self.detector_evaluations = Counter(
+            "livepulse_detector_evaluations_total",
+            "Closed windows evaluated by the spike detector",
+            registry=r,
+        )
+        self.alerts_forward_sent = Counter(
+            "livepulse_alerts_forward_sent_total", "Alerts delivered to Alertmanager", registry=r
+        )
+        self.alerts_forward_failed = Counter(
+            "livepulse_alerts_forward_failed_total",
+            "Alerts Alertmanager did not take after every retry",
+            registry=r,
+        )
+        self.alerts_forward_dropped = Counter(
+            "livepulse_alerts_forward_dropped_total",
+            "Alerts dropped from a full forwarding queue",
+            registry=r,
+        )
+        self.rule_overrides = Gauge(
+            "livepulse_rule_overrides", "Spike-rule overrides in force (room and category)", registry=r
+        )
         self.top_room_value = Gauge(
             "livepulse_top_room_gmv_minor",
             "GMV of the top rooms' last window, by rank (1 = highest)",
