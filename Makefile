@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA := $(VENV)/bin/livepulse kafka
 
-.PHONY: venv broker test demo kafka-up kafka-down kafka-status clean distclean
+.PHONY: venv broker alertmanager test demo kafka-up kafka-down kafka-status clean distclean
 
 venv: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 broker: $(STAMP)
 	$(KAFKA) fetch
 
+# The real Alertmanager for the alert-forwarding tests, from Debian's package (root, or sudo).
+alertmanager:
+	@command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus-alertmanager; }
+
 # Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
-test: venv broker
+test: venv broker alertmanager
 	deploy/run-tests.sh
 
 kafka-up: venv broker
