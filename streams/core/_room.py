@@ -23,12 +23,14 @@ import orjson
 from datasketches import hll_sketch, tgt_hll_type
 
 from ..exceptions import StateError
+from ._spikes import DetectorState
 
 # Counter layout of one bucket.
 JOINS, LEAVES, LIKES, COMMENTS, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE, LATE = range(10)
 N_COUNTERS = 10
 
-ROOM_FORMAT_VERSION = 1
+#: 1: counters, uniques, offsets, dedup; 2: + spike detector state
+ROOM_FORMAT_VERSION = 2
 
 HLL_TYPE = tgt_hll_type.HLL_8
 
@@ -39,6 +41,7 @@ class Room:
     __slots__ = (
         "buckets",
         "concurrent",
+        "detector",
         "dirty",
         "last_closed",
         "last_ts",
@@ -70,6 +73,8 @@ class Room:
         self.seen: dict[tuple[str, str], int] = {}
         self.dirty = False
         self.last_closed: Any = None
+        #: spike baselines and alert lifecycle, created at the room's first closed window
+        self.detector: DetectorState | None = None
 
     def counters(self, bucket: int) -> list[int]:
         """The counters of ``bucket``, created at zero if new."""
@@ -135,6 +140,7 @@ def encode_room(room: Room) -> bytes:
             uniques,
             room.open_ws,
             seen,
+            None if room.detector is None else room.detector.to_wire(),
         ]
     )
 
@@ -146,12 +152,15 @@ def decode_room(raw: bytes) -> Room:
         version = obj[0]
     except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
         raise StateError(f"undecodable room state: {exc}") from exc
-    if version != 1:
+    if version not in (1, 2):
         raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
     try:
-        return _decode_v1(obj)
+        room = _decode_v1(obj[:9])
+        if version >= 2 and obj[9] is not None:
+            room.detector = DetectorState.from_wire(obj[9])
+        return room
     except (ValueError, TypeError, IndexError) as exc:
-        raise StateError(f"corrupt room state v1: {exc}") from exc
+        raise StateError(f"corrupt room state v{version}: {exc}") from exc
 
 
 def _decode_v1(obj: list[Any]) -> Room:

@@ -87,26 +87,37 @@ def _check(name: str, value: object) -> float | int | bool | None:
 class MetricRule:
     """Thresholds for one metric. Durations are in windows (10 s each by default).
 
-    Spike (``RoomSpike``): after ``warmup_windows`` windows of history, fires when
-    for ``confirm_windows`` consecutive windows ``value >= min_volume`` and
-    ``value >= ratio * baseline`` and ``zscore >= z_threshold``. It resolves after
-    ``resolve_windows`` consecutive windows below ``max(resolve_ratio * baseline,
-    min_volume)``, then cannot fire again for ``cooldown_windows`` windows.
+    Spike (``RoomSpike``), after ``warmup_windows`` windows of history: a window
+    *meets* the rule when ``value >= min_volume`` and ``value >= ratio * baseline``
+    and ``zscore >= z_threshold`` (for counts, the z-score is also capped by the
+    Poisson z on the square-root scale). The alert fires once ``confirm_windows``
+    windows met it, allowing one window in between that misses the rule without
+    falling below the resolve threshold (so 2 of 3 by default); ``startsAt`` is
+    the first of them. It resolves after ``resolve_windows`` consecutive windows
+    below ``resolve_ratio * baseline`` (or below ``min_volume``), then cannot
+    fire again for ``cooldown_windows`` windows.
 
-    Surge (``RoomSurge``): during warm-up only, fires when ``value >= surge_value``
-    (``None`` disables it); resolves below ``surge_resolve_fraction * surge_value``
-    or, once warmed up, below ``resolve_ratio * baseline``.
+    Surge (``RoomSurge``), during warm-up only: fires when ``value >=
+    surge_value`` (``None`` disables it) in ``confirm_windows`` windows; resolves
+    below ``surge_resolve_fraction * surge_value`` or, once warmed up, below
+    ``resolve_ratio * baseline``. A firing surge suppresses the spike rule of
+    the same metric.
 
-    Drop (``OrdersDrop``, read on the ``orders_per_sec`` rule only): fires when
-    for ``drop_confirm_windows`` windows ``value <= drop_ratio * baseline`` while
-    the baseline is at least ``drop_min_baseline`` and concurrent viewers stay at
-    or above ``drop_hold_ratio`` times their baseline; resolves when the value
-    recovers to ``drop_resolve_ratio * baseline`` or the condition no longer holds.
+    Drop (``OrdersDrop``; ``drop_*`` fields are read on the ``orders_per_sec``
+    rule only): fires when for ``drop_confirm_windows`` windows ``value <=
+    drop_ratio * baseline`` while that baseline is at least ``drop_min_baseline``
+    and concurrent viewers stay at or above ``drop_hold_ratio`` times their
+    baseline; resolves after ``resolve_windows`` windows in which the value is
+    back to ``drop_resolve_ratio * baseline`` or the condition no longer holds
+    (viewers left too, or the baseline fell under the floor).
 
     The baseline is an EWMA of mean and variance with half-life
-    ``half_life_windows``; once warmed up, each value is winsorised into
-    ``baseline ± max(winsor_k * std, min_volume, 10 % of baseline)`` before it
-    updates the baseline, so a spike moves its own baseline only a little.
+    ``half_life_windows`` (a plain running mean during warm-up). A spiking
+    value (one that meets a rule, or any value while an alert of the metric
+    is pending or firing) is winsorised: it moves the mean by at most alpha x
+    ``max(winsor_k * std, 10 % of max(baseline, min_volume))`` and leaves the
+    variance alone, so a spike barely moves its own baseline while a lasting
+    change of level is still absorbed, slowly.
     """
 
     half_life_windows: float = 20.0
@@ -153,7 +164,7 @@ def default_metric_rules() -> Mapping[str, MetricRule]:
         "views_per_sec": MetricRule(min_volume=2.0, surge_value=100.0),
         "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
         "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
-        "orders_per_sec": MetricRule(min_volume=0.5, surge_value=20.0),
+        "orders_per_sec": MetricRule(min_volume=1.0, surge_value=20.0),
         "gmv_per_sec": MetricRule(min_volume=20_000.0, z_threshold=4.0, surge_value=1_000_000.0),
         "gift_value_per_sec": MetricRule(min_volume=5_000.0, z_threshold=4.0, surge_value=200_000.0),
     }
@@ -185,6 +196,8 @@ def _normalise_changes(scope: str, key: object, metric: object, changes: object)
 def _normalise_overrides(scope: str, overrides: Overrides) -> Overrides:
     out: dict[str, Mapping[str, Override]] = {}
     for key, per_metric in overrides.items():
+        if not isinstance(per_metric, Mapping):
+            raise SpikeRuleError(f"{scope} override {key!r} must map metric -> fields, got {per_metric!r}")
         layer = {
             metric: _normalise_changes(scope, key, metric, changes)
             for metric, changes in per_metric.items()

@@ -36,6 +36,10 @@ SPIKE_STATE_VERSION: Final = 1
 DEFAULT_MAX_GAP_WINDOWS: Final = 60
 
 _N = len(METRICS)
+#: metrics that are Poisson-like counts: "rate" = count per window / window seconds, "count" = per window.
+#: Concurrent viewers (a level) and money (sums of amounts) are not.
+_COUNTS: Final = {"views_per_sec": "rate", "unique_viewers": "count", "orders_per_sec": "rate"}
+_COUNT_KIND = tuple(_COUNTS.get(metric) for metric in METRICS)
 _CONCURRENT = METRICS.index("concurrent_viewers")
 _ORDERS = METRICS.index("orders_per_sec")
 _Z_CAP = 1e9  # keeps z finite (JSON has no inf) when the baseline has no variance yet
@@ -251,6 +255,7 @@ def _step(
     """Evaluate every metric against its pre-window baseline, then fold the window into the baselines."""
     n = state.windows
     b = state.baselines
+    seconds = (window[1] - window[0]) / 1_000
     concurrent_mean = b[2 * _CONCURRENT]
     for i, metric in enumerate(METRICS):
         rule = rules[metric]
@@ -258,11 +263,19 @@ def _step(
         mean, var = b[2 * i], b[2 * i + 1]
         std = math.sqrt(var)
         z = _zscore(x - mean, std)
+        kind = _COUNT_KIND[i]
+        if kind is not None:
+            # Counting noise: a small count's Poisson tail is far heavier than a Gaussian with the
+            # same variance, so also require significance on the square-root (variance-stabilised)
+            # scale, where Poisson counts have unit variance.
+            c = seconds if kind == "rate" else 1.0
+            z = min(z, 2.0 * (math.sqrt(max(x, 0.0) * c) - math.sqrt(max(mean, 0.0) * c)))
         warmed = n >= rule.warmup_windows
         spike = warmed and x >= rule.min_volume and x >= rule.ratio * mean and z >= rule.z_threshold
         surge_at = rule.surge_value
         surge = not warmed and surge_at is not None and x >= surge_at
         at = (window[0], window[1], x, mean, z)
+        drop = False
         if i == _ORDERS:
             active = (
                 rule.drop_enabled
@@ -286,16 +299,18 @@ def _step(
             surging = surge_slot is not None and surge_slot.phase == _FIRING
             spike_over = x < rule.resolve_ratio * mean or x < rule.min_volume
             _advance(state, events, metric, ALERT_SPIKE, spike and not surging, spike_over, rule, at)
-        # Fold into the baseline: plain running mean during warm-up, EWMA after, with spiking
-        # values (past the ratio either way, or while an alert of the metric is pending or
-        # firing) winsorised so a spike barely moves its own baseline.
-        if warmed:
-            alpha = rule.alpha
-            if x >= rule.ratio * mean or x <= rule.drop_ratio * mean or _in_alert(state, metric):
-                band = max(rule.winsor_k * std, _WINSOR_REL_FLOOR * max(mean, rule.min_volume))
-                x = min(max(x, mean - band), mean + band)
-        else:
+        # Fold into the baseline: plain running mean and variance during warm-up, EWMA after.
+        # A spiking value (one that meets the spike or drop rule, or any value while an alert
+        # of the metric is pending or firing) is winsorised: it moves the mean by at most
+        # alpha * band and leaves the variance alone, so a spike barely moves its own baseline.
+        if not warmed:
             alpha = max(rule.alpha, 1.0 / (n + 1))
+        elif spike or (i == _ORDERS and drop) or _in_alert(state, metric):
+            band = max(rule.winsor_k * std, _WINSOR_REL_FLOOR * max(mean, rule.min_volume))
+            b[2 * i] = mean + rule.alpha * min(max(x - mean, -band), band)
+            continue
+        else:
+            alpha = rule.alpha
         diff = x - mean
         incr = alpha * diff
         b[2 * i] = mean + incr
@@ -315,6 +330,13 @@ def _restart(state: DetectorState, end_ms: int, events: list[AlertEvent]) -> Non
     state.alerts = None
     state.windows = 0
     state.baselines = array("d", [0.0]) * (2 * _N)
+
+
+def resolve_all(state: DetectorState, end_ms: int) -> list[AlertEvent]:
+    """Resolve whatever still fires (the room is being forgotten) and forget the baselines."""
+    events: list[AlertEvent] = []
+    _restart(state, end_ms, events)
+    return events
 
 
 def metric_values(stats: RoomStats, window_ms: int) -> tuple[float, ...]:

@@ -11,7 +11,7 @@ changelog.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -20,6 +20,7 @@ import orjson
 from schemas import Event, OrderEvent, RoomStats, ViewerEvent
 
 from ..exceptions import StateError
+from ._alerts import AlertEvent
 from ._config import CoreConfig
 from ._room import (
     COMMENTS,
@@ -36,6 +37,8 @@ from ._room import (
     decode_room,
     encode_room,
 )
+from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
+from ._spikes import DetectorState, firing, observe, resolve_all
 from ._windows import bucket_range, window_start
 
 NO_TIME = -(2**62)
@@ -56,6 +59,7 @@ class TaskCounters:
     replayed: dict[int, int] = field(default_factory=dict)
     windows_emitted: int = 0
     rooms_expired: int = 0
+    detector_evaluations: int = 0
 
 
 class ApplyResult(NamedTuple):
@@ -85,8 +89,17 @@ def room_key(room_id: str) -> bytes:
 class TaskAggregator:
     """Event-time windowed per-room aggregates for one partition number."""
 
-    def __init__(self, config: CoreConfig, sources: Iterable[int] = (0,)) -> None:
+    def __init__(
+        self, config: CoreConfig, sources: Iterable[int] = (0,), *, detect_spikes: bool = True
+    ) -> None:
         self.config = config
+        #: spike rules and room categories in force (the runtime swaps them when overrides change)
+        self.rules: SpikeRules = DEFAULT_RULES
+        self.categories: Mapping[str, str] = {}
+        self.detect_spikes = detect_spikes
+        #: rooms with at least one alert firing (re-sent at an interval by the runtime)
+        self.firing_rooms: set[str] = set()
+        self._alerts: list[AlertEvent] = []
         #: input sources (topic-partitions of this partition number) that hold the watermark back
         self.sources = frozenset(sources)
         self.rooms: dict[str, Room] = {}
@@ -119,6 +132,20 @@ class TaskAggregator:
     def drain(self) -> list[RoomStats]:
         """Closed windows since the last drain, in closing order."""
         out, self._outbox = self._outbox, []
+        return out
+
+    def drain_alerts(self) -> list[AlertEvent]:
+        """Alert transitions (firing, resolved) since the last drain."""
+        out, self._alerts = self._alerts, []
+        return out
+
+    def firing_alerts(self) -> list[AlertEvent]:
+        """Every alert firing now, with its latest readings (for periodic re-sends)."""
+        out: list[AlertEvent] = []
+        for room_id in sorted(self.firing_rooms):
+            room = self.rooms.get(room_id)
+            if room is not None and room.detector is not None:
+                out.extend(firing(room.detector))
         return out
 
     # -- the hot path ----------------------------------------------------------------
@@ -343,7 +370,23 @@ class TaskAggregator:
         )
         room.last_closed = stats
         self.counters.windows_emitted += 1
+        if self.detect_spikes:
+            self._detect(room, stats)
         return stats
+
+    def _detect(self, room: Room, stats: RoomStats) -> None:
+        state = room.detector
+        if state is None:
+            state = room.detector = DetectorState(room.room_id)
+        rules = rules_for(self.rules, room.room_id, self.categories.get(room.room_id))
+        events = observe(state, stats, rules, self.config.window_ms)
+        self.counters.detector_evaluations += 1
+        if events:
+            self._alerts.extend(events)
+            if firing(state):
+                self.firing_rooms.add(room.room_id)
+            else:
+                self.firing_rooms.discard(room.room_id)
 
     def _forget_old_orders(self, room: Room, cutoff_ms: int) -> None:
         seen = room.seen
@@ -363,6 +406,9 @@ class TaskAggregator:
         cutoff = self._watermark - self.config.room_idle_ms
         idle = [r for r in self.rooms.values() if not r.open_ws and r.last_ts < cutoff]
         for room in idle:
+            if room.room_id in self.firing_rooms and room.detector is not None:
+                self._alerts.extend(resolve_all(room.detector, self._watermark))
+                self.firing_rooms.discard(room.room_id)
             del self.rooms[room.room_id]
             self._expired.add(room.room_id)
             room.dirty = False
@@ -414,6 +460,8 @@ class TaskAggregator:
                 self._by_window.setdefault(ws, set()).add(room)
             if room.open_ws:
                 room.reg_ws = max(room.open_ws)
+            if room.detector is not None and firing(room.detector):
+                self.firing_rooms.add(room.room_id)
         if self._by_window:
             self._next_close = min(self._by_window) + self.config.window_ms
         return len(self.rooms)

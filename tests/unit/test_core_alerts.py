@@ -1,0 +1,134 @@
+"""Spike detection wired into the task: alerts from closed windows, state in the changelog."""
+
+from __future__ import annotations
+
+import orjson
+
+import schemas
+import streams.core
+from schemas import ViewerEvent
+from streams.core import CoreConfig, TaskAggregator, decode_room, encode_room
+
+BASE_MS = 1_700_000_000_000
+CFG = CoreConfig(room_idle_ms=10**9, dedup_ttl_ms=10**9)
+
+
+def joins_per_window(profile: list[int]) -> list[list[tuple[int, ViewerEvent]]]:
+    """One batch per 10 s window with ``n`` joins spread over it, then the watermark moves on."""
+    offset = 0
+    batches = []
+    for w, n in enumerate(profile):
+        batch = []
+        for i in range(n):
+            offset += 1
+            batch.append(
+                (offset, ViewerEvent("join", "r", f"u{w}-{i}", BASE_MS + w * 10_000 + i * 10_000 // n))
+            )
+        batches.append(batch)
+    return batches
+
+
+def run(task: TaskAggregator, batches: list[list[tuple[int, ViewerEvent]]]) -> list[tuple[str, str, int]]:
+    out = []
+    for batch in batches:
+        task.apply(0, batch, now_ms=0)
+        out += [(e.status, e.metric, (e.starts_at_ms - BASE_MS) // 10_000) for e in task.drain_alerts()]
+    return out
+
+
+PROFILE = [200] * 40 + [2_000] * 6 + [200] * 30
+
+
+def test_a_step_up_in_views_fires_once_and_resolves_once() -> None:
+    events = run(TaskAggregator(CFG), joins_per_window(PROFILE))
+    views = [e for e in events if e[1] == "views_per_sec"]
+    assert views == [("firing", "views_per_sec", 40), ("resolved", "views_per_sec", 40)]
+
+
+def test_detector_state_survives_a_restore_mid_alert() -> None:
+    batches = joins_per_window(PROFILE)
+    reference = run(TaskAggregator(CFG), batches)
+    first = TaskAggregator(CFG)
+    before = run(first, batches[:43])  # the alert is firing here
+    assert first.firing_rooms == {"r"} and first.firing_alerts()
+    restored = TaskAggregator(CFG)
+    restored.restore(first.checkpoint().upserts)
+    assert restored.firing_rooms == {"r"}
+    assert before + run(restored, batches[43:]) == reference
+
+
+def test_room_state_version_1_still_decodes() -> None:
+    v1 = orjson.dumps(
+        [1, "r", 3, BASE_MS, [[0, 7]], [[BASE_MS // 1000, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]], [], [], []]
+    )
+    room = decode_room(v1)
+    assert (room.room_id, room.concurrent, room.offsets, room.detector) == ("r", 3, {0: 7}, None)
+    assert decode_room(encode_room(room)).buckets == room.buckets
+
+
+def test_public_surfaces_are_pinned() -> None:
+    # A change here is an API change: update the pin on purpose.
+    assert set(streams.core.__all__) == {
+        "Checkpoint",
+        "ALERT_DROP",
+        "firing",
+        "SPIKE_METRICS",
+        "TaskCounters",
+        "ROOM_FORMAT_VERSION",
+        "room_key",
+        "TaskAggregator",
+        "partition_for",
+        "CoreConfig",
+        "ApplyResult",
+        "room_view",
+        "ALERT_SURGE",
+        "ALERT_SPIKE",
+        "window_start",
+        "top_rooms",
+        "AlertEvent",
+        "RANKABLE_METRICS",
+        "Room",
+        "bucket_range",
+        "DEFAULT_RULES",
+        "DetectorState",
+        "SpikeRuleError",
+        "MetricRule",
+        "PartitionCache",
+        "rules_for",
+        "encode_room",
+        "fingerprint",
+        "decode_room",
+        "to_alertmanager",
+        "META_KEY",
+        "SpikeRules",
+        "observe",
+        "apply_override",
+    }
+    assert set(schemas.__all__) == {
+        "GiftEvent",
+        "OrderEvent",
+        "VIEWER_TYPES",
+        "decode_gift",
+        "ROOM_STATS_FIELDS",
+        "ViewerEvent",
+        "ORDER_STATUSES",
+        "Invalid",
+        "encode_room_stats",
+        "decode_dead_letter",
+        "DLQ_RAW_CAP_BYTES",
+        "encode_dead_letter",
+        "RoomStats",
+        "DEFAULT_LIMITS",
+        "decode_viewer",
+        "Limits",
+        "Event",
+        "decode_gift_batch",
+        "decode_room_stats",
+        "decode_viewer_batch",
+        "decode_order",
+        "DeadLetter",
+        "dead_letter",
+        "decode_order_batch",
+    }
+    assert all(hasattr(streams.core, name) for name in streams.core.__all__)
+    assert all(hasattr(schemas, name) for name in schemas.__all__)

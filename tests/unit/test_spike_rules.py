@@ -1,0 +1,131 @@
+"""Spike rules: defaults, override precedence, control-topic messages and their validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streams.core._spike_rules import (
+    DEFAULT_RULES,
+    METRICS,
+    MetricRule,
+    SpikeRuleError,
+    SpikeRules,
+    apply_override,
+    rules_for,
+)
+from streams.exceptions import LivepulseError
+
+
+def override(scope: str, key: str, metric: str, **fields: Any) -> dict[str, Any]:
+    return {"scope": scope, "key": key, "metric": metric, "set": fields}
+
+
+def test_defaults_cover_every_metric_and_are_shared() -> None:
+    rules = rules_for(DEFAULT_RULES, "any-room", "any-category")
+    assert set(rules) == set(METRICS)
+    assert rules is rules_for(DEFAULT_RULES, "another-room")  # no per-room allocation without overrides
+    assert all(not r.drop_enabled for r in rules.values())
+    assert 0 < rules["views_per_sec"].alpha < 1
+
+
+def test_override_precedence_room_over_category_over_default() -> None:
+    rules = DEFAULT_RULES
+    rules = apply_override(rules, override("category", "beauty", "views_per_sec", ratio=4.0, z_threshold=5.0))
+    rules = apply_override(rules, override("room", "r-1", "views_per_sec", ratio=6.0))
+    default = DEFAULT_RULES.defaults["views_per_sec"]
+
+    both = rules_for(rules, "r-1", "beauty")["views_per_sec"]
+    assert (both.ratio, both.z_threshold, both.min_volume) == (6.0, 5.0, default.min_volume)
+
+    room_only = rules_for(rules, "r-1", "games")["views_per_sec"]
+    assert (room_only.ratio, room_only.z_threshold) == (6.0, default.z_threshold)
+
+    category_only = rules_for(rules, "r-2", "beauty")["views_per_sec"]
+    assert (category_only.ratio, category_only.z_threshold) == (4.0, 5.0)
+
+    assert rules_for(rules, "r-2", None)["views_per_sec"] == default
+    # other metrics untouched
+    assert rules_for(rules, "r-1", "beauty")["orders_per_sec"] == DEFAULT_RULES.defaults["orders_per_sec"]
+
+
+def test_apply_override_returns_a_new_object() -> None:
+    before = SpikeRules()
+    after = apply_override(before, override("room", "r-1", "orders_per_sec", drop_enabled=True))
+    assert before.room_overrides == {} and after is not before
+    assert rules_for(after, "r-1")["orders_per_sec"].drop_enabled
+    assert not rules_for(before, "r-1")["orders_per_sec"].drop_enabled
+
+
+def test_set_merges_and_unset_falls_back() -> None:
+    rules = apply_override(DEFAULT_RULES, override("room", "r-1", "gmv_per_sec", ratio=3.0, min_volume=10))
+    rules = apply_override(rules, override("room", "r-1", "gmv_per_sec", z_threshold=6))
+    gmv = rules_for(rules, "r-1")["gmv_per_sec"]
+    assert (gmv.ratio, gmv.min_volume, gmv.z_threshold) == (3.0, 10.0, 6.0)
+    assert isinstance(gmv.min_volume, float)  # ints from JSON are normalised
+
+    rules = apply_override(
+        rules, {"scope": "room", "key": "r-1", "metric": "gmv_per_sec", "unset": ["ratio"]}
+    )
+    gmv = rules_for(rules, "r-1")["gmv_per_sec"]
+    assert gmv.ratio == DEFAULT_RULES.defaults["gmv_per_sec"].ratio and gmv.min_volume == 10.0
+
+    rules = apply_override(rules, {"scope": "room", "key": "r-1", "metric": "gmv_per_sec", "unset": "*"})
+    assert rules.room_overrides == {}
+    assert rules_for(rules, "r-1") is rules.defaults
+
+
+def test_surge_can_be_disabled_with_null() -> None:
+    rules = apply_override(DEFAULT_RULES, override("category", "c", "views_per_sec", surge_value=None))
+    assert rules_for(rules, "r", "c")["views_per_sec"].surge_value is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "not a dict",
+        {},
+        {"scope": "tenant", "key": "r", "metric": "views_per_sec", "set": {"ratio": 3}},
+        {"scope": "room", "key": "", "metric": "views_per_sec", "set": {"ratio": 3}},
+        {"scope": "room", "key": "x" * 129, "metric": "views_per_sec", "set": {"ratio": 3}},
+        {"scope": "room", "key": 7, "metric": "views_per_sec", "set": {"ratio": 3}},
+        {"scope": "room", "key": "r", "metric": "likes_per_sec", "set": {"ratio": 3}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec"},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": [1]},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratoi": 3}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratio": "3"}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratio": True}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratio": 0.5}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratio": float("nan")}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"half_life_windows": 0}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"confirm_windows": 1.5}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"drop_enabled": True}},
+        {"scope": "room", "key": "r", "metric": "orders_per_sec", "set": {"drop_enabled": 1}},
+        {"scope": "room", "key": "r", "metric": "orders_per_sec", "set": {"ratio": None}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "unset": ["nope"]},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "unset": "ratio"},
+    ],
+)
+def test_bad_override_messages_raise_a_clear_value_error(message: Any) -> None:
+    with pytest.raises(SpikeRuleError) as info:
+        apply_override(DEFAULT_RULES, message)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, LivepulseError)
+    assert not info.value.retriable and str(info.value)
+
+
+def test_rules_validate_on_construction() -> None:
+    with pytest.raises(SpikeRuleError):
+        MetricRule(ratio=0.9)
+    with pytest.raises(SpikeRuleError):
+        SpikeRules(defaults={"views_per_sec": MetricRule()})
+    with pytest.raises(SpikeRuleError):
+        SpikeRules(room_overrides={"r": {"views_per_sec": {"ratio": -1}}})
+    built = SpikeRules(category_overrides={"c": {"views_per_sec": {"ratio": 4}}})
+    assert rules_for(built, "r", "c")["views_per_sec"].ratio == 4.0
+
+
+def test_whole_window_counts_accept_integral_floats() -> None:
+    rules = apply_override(DEFAULT_RULES, override("room", "r", "views_per_sec", cooldown_windows=30.0))
+    cooldown = rules_for(rules, "r")["views_per_sec"].cooldown_windows
+    assert cooldown == 30 and isinstance(cooldown, int)

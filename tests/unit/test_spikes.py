@@ -1,0 +1,449 @@
+"""The spike detector on constructed series: each rule, the alert lifecycle, gaps, restarts, the record."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import RoomStats
+from streams.core._alerts import AlertEvent, fingerprint, to_alertmanager
+from streams.core._spike_rules import METRICS, MetricRule, SpikeRules, rules_for
+from streams.core._spikes import DetectorState, firing, observe
+
+W = 10_000  # window_ms
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of W
+RULES = rules_for(SpikeRules(), "room-1")
+
+
+def window(
+    i: int,
+    *,
+    views: int = 100,
+    unique: int = 300,
+    concurrent: int = 1_000,
+    orders: int = 20,
+    gmv: int | None = None,
+    gift_value: int = 0,
+    room: str = "room-1",
+) -> RoomStats:
+    """Window ``i`` of a room; the defaults are a steady mid-size room (10 views/s, 2 orders/s)."""
+    start = T0 + i * W
+    return RoomStats(
+        room_id=room,
+        window_start=start,
+        window_end=start + W,
+        views=views,
+        unique_viewers=unique,
+        concurrent_viewers=concurrent,
+        likes=0,
+        comments=0,
+        orders=orders,
+        orders_per_sec=orders / (W / 1_000),
+        gmv_minor=orders * 5_000 if gmv is None else gmv,
+        refunds_minor=0,
+        gifts=0,
+        gift_value_minor=gift_value,
+        late_events=0,
+    )
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    if lam <= 0:
+        return 0
+    if lam > 50:
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def gmv_of(rng: random.Random, orders: int) -> int:
+    """Sum of ``orders`` lognormal amounts (median 5 000 minor units), by a normal approximation when many."""
+    mu, sigma = math.log(5_000), 0.5
+    if orders <= 10:
+        return sum(round(rng.lognormvariate(mu, sigma)) for _ in range(orders))
+    mean = math.exp(mu + sigma**2 / 2)
+    sd = mean * math.sqrt(math.exp(sigma**2) - 1)
+    return max(0, round(rng.gauss(orders * mean, math.sqrt(orders) * sd)))
+
+
+def noisy(rng: random.Random, i: int, scale: Sequence[float] = (1.0,) * 4, level: float = 1.0) -> RoomStats:
+    """A steady room's window with Poisson noise; ``scale`` multiplies views, unique, concurrent, orders."""
+    views, unique, concurrent, orders = (level * s for s in scale)
+    n_orders = poisson(rng, 20 * orders)
+    return window(
+        i,
+        views=poisson(rng, 100 * views),
+        unique=poisson(rng, 300 * unique),
+        concurrent=max(0, round(rng.gauss(1_000 * concurrent, 30 * math.sqrt(concurrent)))),
+        orders=n_orders,
+        gmv=gmv_of(rng, n_orders),
+    )
+
+
+def run(
+    series: Iterable[RoomStats], rules: Any = RULES, state: DetectorState | None = None
+) -> tuple[DetectorState, list[AlertEvent]]:
+    state = state or DetectorState("room-1")
+    events: list[AlertEvent] = []
+    for stats in series:
+        events.extend(observe(state, stats, rules, W))
+    return state, events
+
+
+def index_of(ms: int) -> int:
+    return (ms - T0) // W
+
+
+# --- steady traffic, ramps ------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**32 - 1), level=st.floats(0.05, 50.0))
+def test_steady_traffic_with_noise_never_fires(seed: int, level: float) -> None:
+    rng = random.Random(seed)
+    _, events = run(noisy(rng, i, level=level) for i in range(400))
+    assert [e for e in events if e.alertname != "RoomSurge"] == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_slow_ramp_does_not_fire(seed: int) -> None:
+    """Traffic triples over 20 minutes (120 windows), holds, and eases back: no alert."""
+    rng = random.Random(seed)
+    profile = (
+        [1.0] * 60
+        + [1 + 2 * k / 120 for k in range(120)]
+        + [3.0] * 60
+        + [3 - 2 * k / 120 for k in range(120)]
+    )
+    _, events = run(noisy(rng, i, level=m) for i, m in enumerate(profile))
+    assert events == []
+
+
+# --- a step up ------------------------------------------------------------------------------------
+
+
+def step_series(rng: random.Random, up: int = 100, length: int = 20, size: float = 5.0) -> list[RoomStats]:
+    """Steady, then views x ``size`` for ``length`` windows from window ``up``, then steady again."""
+    return [
+        noisy(rng, i, scale=(size if up <= i < up + length else 1.0, 1.0, 1.0, 1.0))
+        for i in range(up + length + 60)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_step_up_fires_once_and_resolves_once(seed: int) -> None:
+    _, events = run(step_series(random.Random(seed)))
+    assert [(e.alertname, e.metric, e.status) for e in events] == [
+        ("RoomSpike", "views_per_sec", "firing"),
+        ("RoomSpike", "views_per_sec", "resolved"),
+    ]
+    fired, resolved = events
+    # confirmed by the second spiking window; starts at the first; resolves after 3 windows back down
+    assert index_of(fired.window_end_ms) == 102 and index_of(fired.starts_at_ms) == 100
+    assert fired.ends_at_ms is None and fired.severity == "warning"
+    assert 4 < fired.ratio < 6.5 and fired.zscore > 10
+    assert resolved.starts_at_ms == fired.starts_at_ms
+    assert resolved.ends_at_ms == resolved.window_end_ms == T0 + 123 * W
+
+
+def test_spike_barely_moves_its_baseline() -> None:
+    state, _ = run(step_series(random.Random(7), up=100, length=15, size=10.0)[:100])
+    before, _ = state.baseline("views_per_sec")
+    run(step_series(random.Random(7), up=100, length=15, size=10.0)[100:115], state=state)
+    after, _ = state.baseline("views_per_sec")
+    assert after < 1.25 * before  # an unclipped EWMA would have moved to ~5x
+
+
+def test_ten_fold_spike_is_critical_and_a_long_step_keeps_firing() -> None:
+    state, events = run(step_series(random.Random(3), up=100, length=60, size=12.0)[:160])
+    assert [(e.status, e.severity) for e in events] == [("firing", "critical")]
+    assert [(e.metric, e.status) for e in firing(state)] == [("views_per_sec", "firing")]
+    assert firing(state)[0].window_end_ms == T0 + 160 * W
+
+
+def test_single_window_blip_does_not_fire() -> None:
+    rng = random.Random(11)
+    series = [noisy(rng, i, scale=(8.0 if i == 100 else 1.0, 1, 1, 1)) for i in range(200)]
+    assert run(series)[1] == []
+
+
+# --- warm-up and surge ----------------------------------------------------------------------------
+
+
+def test_spike_during_warmup_does_not_fire() -> None:
+    """Windows 0-4 at 10 views/s, then 5x for 6 windows while the baseline is still warming up."""
+    series = [window(i, views=500 if 5 <= i < 11 else 100) for i in range(60)]
+    assert run(series)[1] == []
+
+
+def test_surge_fires_during_warmup_and_resolves_once_the_baseline_knows_the_room() -> None:
+    """A new room straight at 150 views/s (surge level 100/s), staying there."""
+    state, events = run(window(i, views=1_500) for i in range(3))
+    assert [(e.alertname, e.metric, e.status, e.severity) for e in events] == [
+        ("RoomSurge", "views_per_sec", "firing", "critical")
+    ]
+    assert events[0].starts_at_ms == T0
+    _, later = run((window(i, views=1_500) for i in range(3, 40)), state=state)
+    assert [(e.alertname, e.status) for e in later] == [("RoomSurge", "resolved")]
+    # warm-up is 18 windows; the surge resolves 3 windows after the baseline knows the level
+    assert index_of(later[0].window_end_ms) == 21
+
+
+def test_no_spike_alert_while_a_surge_fires() -> None:
+    # still surging when warm-up ends (18 windows), then 10x more: the surge covers it
+    series = [window(i, views=1_500 if i < 18 else 15_000) for i in range(30)]
+    _, events = run(series)
+    assert {e.alertname for e in events} == {"RoomSurge"}
+
+
+# --- hysteresis and cooldown ----------------------------------------------------------------------
+
+
+def baseline_then(values: Sequence[int], warm: int = 60) -> list[RoomStats]:
+    """``warm`` windows at exactly 100 views then the given views per window."""
+    return [window(i, views=100) for i in range(warm)] + [
+        window(warm + k, views=v) for k, v in enumerate(values)
+    ]
+
+
+def test_flapping_around_the_threshold_yields_one_alert() -> None:
+    # alternately just above (2.4x) and just below (2.1x) the 2.25x threshold, for 10 minutes
+    _, events = run(baseline_then([240, 210] * 30))
+    assert [e.status for e in events] == ["firing"]
+
+
+def test_flapping_between_spike_and_normal_yields_one_alert() -> None:
+    # 3 windows at 4x, 2 at 1x: never 3 windows below the resolve threshold in a row
+    _, events = run(baseline_then([400, 400, 400, 100, 100] * 12))
+    assert [e.status for e in events] == ["firing"]
+
+
+def test_cooldown_blocks_a_refire_then_allows_it() -> None:
+    rule = RULES["views_per_sec"]
+    gap = rule.cooldown_windows
+    # spike, resolve (3 windows), spike again inside the cooldown, then again after it
+    values = [400] * 5 + [100] * 3 + [400] * 4 + [100] * (gap + 3) + [400] * 3
+    _, events = run(baseline_then(values))
+    assert [(e.status, index_of(e.starts_at_ms)) for e in events] == [
+        ("firing", 60),
+        ("resolved", 60),
+        ("firing", 60 + 5 + 3 + 4 + gap + 3),
+    ]
+
+
+# --- drop rule ------------------------------------------------------------------------------------
+
+DROP_RULES = {**RULES, "orders_per_sec": replace(RULES["orders_per_sec"], drop_enabled=True)}
+
+
+def drop_series(rng: random.Random, viewers_after: float) -> list[RoomStats]:
+    """60 steady windows at 2 orders/s, then orders collapse to ~0 for 10 windows, then recover."""
+    return [
+        noisy(rng, i, scale=(1, 1, viewers_after, 0.02) if 60 <= i < 70 else (1, 1, 1, 1)) for i in range(90)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_drop_fires_when_orders_collapse_while_viewers_hold(seed: int) -> None:
+    _, events = run(drop_series(random.Random(seed), viewers_after=1.0), rules=DROP_RULES)
+    drops = [
+        (e.alertname, e.status, index_of(e.starts_at_ms)) for e in events if e.metric == "orders_per_sec"
+    ]
+    assert drops == [("OrdersDrop", "firing", 60), ("OrdersDrop", "resolved", 60)]
+    assert events[0].severity == "critical" and events[0].ratio < 0.1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_drop_does_not_fire_when_viewers_leave_too(seed: int) -> None:
+    _, events = run(drop_series(random.Random(seed), viewers_after=0.3), rules=DROP_RULES)
+    assert [e for e in events if e.alertname == "OrdersDrop"] == []
+
+
+def test_drop_is_off_by_default() -> None:
+    _, events = run(drop_series(random.Random(0), viewers_after=1.0))
+    assert events == []
+
+
+# --- gaps, replays, restarts ----------------------------------------------------------------------
+
+
+def test_missing_windows_count_as_zero_activity_and_resolve_an_alert() -> None:
+    state, events = run(baseline_then([400] * 5))
+    assert [e.status for e in events] == ["firing"]
+    # the room goes silent for 5 windows: views 0, concurrent viewers unchanged
+    _, later = run([window(70, views=100)], state=state)
+    assert [(e.status, index_of(e.ends_at_ms or 0)) for e in later] == [("resolved", 68)]
+    assert state.windows == 71
+
+
+def test_long_silence_restarts_the_warmup() -> None:
+    state, _ = run(baseline_then([400] * 5))
+    _, later = run([window(1_000, views=100)], state=state, rules=RULES)
+    assert [e.status for e in later] == ["resolved"]
+    assert state.windows == 1  # a new session: 1 window of history again
+    _, after = run((window(1_001 + k, views=500) for k in range(10)), state=state)
+    assert after == []  # a 5x jump, but the new session is still warming up
+
+
+def test_replayed_windows_are_ignored() -> None:
+    series = baseline_then([400] * 5)
+    state, _ = run(series)
+    wire = state.to_wire()
+    assert run(series[-3:], state=state)[1] == []
+    assert state.to_wire() == wire
+
+
+# --- restart from the changelog -------------------------------------------------------------------
+
+
+def lifecycle_series() -> list[RoomStats]:
+    """Fire, resolve, a re-spike inside the cooldown, a second alert still firing at the end; a gap."""
+    rng = random.Random(5)
+    spikes = set(range(80, 90)) | set(range(98, 101)) | set(range(130, 138))
+    series = [noisy(rng, i, scale=(6.0 if i in spikes else 1.0, 1, 1, 1)) for i in range(140)]
+    del series[40:43]
+    return series
+
+
+def test_wire_round_trip_resumes_identically_from_any_window() -> None:
+    series = lifecycle_series()
+    whole_state, whole = run(series)
+    assert [(e.status, index_of(e.starts_at_ms)) for e in whole] == [
+        ("firing", 80),
+        ("resolved", 80),
+        ("firing", 130),
+    ]
+    for cut in range(len(series) + 1):
+        state, first = run(series[:cut])
+        restored = DetectorState.from_wire(orjson.loads(orjson.dumps(state.to_wire())))
+        assert restored.to_wire() == state.to_wire()
+        assert firing(restored) == firing(state)
+        restored_state, rest = run(series[cut:], state=restored)
+        assert first + rest == whole, cut
+        assert restored_state.to_wire() == whole_state.to_wire(), cut
+    assert [e.starts_at_ms for e in firing(whole_state)] == [T0 + 130 * W]
+
+
+def test_from_wire_rejects_garbage() -> None:
+    from streams.exceptions import StateError
+
+    good = run(baseline_then([400] * 5))[0].to_wire()
+    for bad in (
+        [],
+        [99, *good[1:]],
+        [*good[:5], [1.0], good[6]],
+        [*good[:6], [["nope", "RoomSpike", 1, 0, 0, "", 0, 0, 0]]],
+    ):
+        with pytest.raises(StateError):
+            DetectorState.from_wire(bad)
+
+
+# --- the Alertmanager record ----------------------------------------------------------------------
+
+
+def event(**changes: Any) -> AlertEvent:
+    base = AlertEvent(
+        room_id="room-1",
+        alertname="RoomSpike",
+        metric="views_per_sec",
+        severity="warning",
+        status="firing",
+        starts_at_ms=T0 + 1_234,
+        ends_at_ms=None,
+        window_end_ms=T0 + 20_000,
+        value=52.5,
+        baseline=10.0,
+        zscore=14.25,
+    )
+    return replace(base, **changes)
+
+
+def test_alertmanager_record_shape() -> None:
+    record = to_alertmanager(event())
+    assert record["labels"] == {
+        "alertname": "RoomSpike",
+        "room_id": "room-1",
+        "metric": "views_per_sec",
+        "severity": "warning",
+    }
+    assert record["annotations"] == {
+        "summary": "views_per_sec in room room-1 spiked to 52.5, 5.25x its baseline of 10",
+        "value": "52.5",
+        "baseline": "10",
+        "ratio": "5.25",
+        "zscore": "14.25",
+    }
+    assert record["startsAt"] == "2026-01-01T00:00:01.234Z"
+    assert record["status"] == "firing" and "endsAt" not in record
+    assert record["fingerprint"] == fingerprint(record["labels"])
+    assert all(isinstance(v, str) for v in record["annotations"].values())
+    orjson.dumps(record)
+
+
+def test_resolved_record_has_ends_at_and_firing_may_expire() -> None:
+    resolved = to_alertmanager(event(status="resolved", ends_at_ms=T0 + 60_000))
+    assert resolved["status"] == "resolved" and resolved["endsAt"] == "2026-01-01T00:01:00.000Z"
+    expiring = to_alertmanager(event(), expires_after_ms=120_000)
+    assert expiring["endsAt"] == "2026-01-01T00:02:20.000Z"
+
+
+def test_rise_from_zero_baseline_is_finite_json() -> None:
+    record = to_alertmanager(event(baseline=0.0, severity="critical"))
+    assert record["annotations"]["ratio"] == "inf"
+    orjson.dumps(record)
+
+
+def test_fingerprint_is_deterministic_and_label_dependent() -> None:
+    labels = {"alertname": "RoomSpike", "room_id": "room-1", "metric": "views_per_sec", "severity": "warning"}
+    reordered = dict(reversed(list(labels.items())))
+    assert fingerprint(labels) == fingerprint(reordered) == event().fingerprint
+    assert len(fingerprint(labels)) == 16 and int(fingerprint(labels), 16) >= 0
+    for key in labels:
+        assert fingerprint({**labels, key: labels[key] + "x"}) != fingerprint(labels)
+    # values that would collide under naive concatenation do not
+    assert fingerprint({"a": "b=c", "d": "e"}) != fingerprint({"a": "b", "c=d": "e"})
+    # annotations, status and times are not identity
+    assert event(value=1.0, status="resolved", ends_at_ms=T0).fingerprint == event().fingerprint
+
+
+def test_metric_names() -> None:
+    assert METRICS == (
+        "views_per_sec",
+        "unique_viewers",
+        "concurrent_viewers",
+        "orders_per_sec",
+        "gmv_per_sec",
+        "gift_value_per_sec",
+    )
+    assert isinstance(RULES["views_per_sec"], MetricRule)
+
+
+# --- the labeled generator behind loadtest.spike_eval ---------------------------------------------
+
+
+def test_spike_series_generator_is_seeded_and_labels_fit_the_series() -> None:
+    from loadtest.spike_series import SeriesConfig, generate_room
+
+    cfg = SeriesConfig(rooms=4, windows=720)
+    for index in range(4):
+        a, b = generate_room(3, index, cfg), generate_room(3, index, cfg)
+        assert a == b
+        assert a != generate_room(4, index, cfg)
+        spans = sorted((inj.start, inj.start + inj.length) for inj in a.injections)
+        assert all(cfg.history_windows <= s < e <= cfg.windows for s, e in spans)
+        assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(spans))
+        starts = [s.window_start for s in a.stats]
+        assert starts == sorted(set(starts)) and all((t - cfg.start_ms) % cfg.window_ms == 0 for t in starts)
