@@ -49,6 +49,8 @@ async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int
 
     internal: dict[str, dict[str, str]] = {t.repartition: {}, t.changelog: CHANGELOG_CONFIG}
     outputs: dict[str, dict[str, str]] = {t.room_stats: {}, t.alerts: {}, t.dlq: {}}
+    if t.control not in await partition_counts(admin, [t.control]):
+        await _create(admin, [NewTopic(t.control, 1, 1)])  # one partition: overrides apply in order
     existing = await partition_counts(admin, [*internal, *outputs])
     for name in internal:
         if name in existing and existing[name] != partitions:
@@ -77,3 +79,20 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
             return
         await asyncio.sleep(0.1)
     raise TopologyError(f"topics {names} not visible after creation")
+
+
+def prepare_topics(settings: Settings) -> int:
+    """Check and create every topic before the worker starts (faust subscribes only to existing topics).
+
+    Synchronous: call it before the faust worker's event loop runs.
+    """
+
+    async def run() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, **settings.security.client_kwargs())
+        await admin.start()
+        try:
+            return await ensure_topology(admin, settings)
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import faust
 import mode
+import orjson
 
+from ._rules import fold
+from ._topology import prepare_topics
+from .alerting import AlertForwarder
+from .core import SpikeRuleError
 from .dataplane import DataPlane
 from .metrics import Metrics
 from .settings import Settings, describe, settings_from_env
@@ -38,7 +44,10 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
         topic_replication_factor=1,
     )
-    hosted = _hosted_service(plane)
+    rules_table = app.GlobalTable("spike-rules", default=None, partitions=1)
+    _control_agent(app, settings, rules_table, metrics)
+    forwarder = _alert_forwarding(app, settings, metrics) if settings.alertmanager_url else None
+    hosted = _hosted_service(plane, lambda: dict(rules_table.items()), forwarder)
     app.service(hosted)
     register_views(app, plane, healthy=lambda: not hosted.failed)
     app.livepulse_plane = plane  # type: ignore[attr-defined]
@@ -60,18 +69,64 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-def _hosted_service(plane: DataPlane) -> Any:
-    """A mode service that starts the data plane with the worker and stops it cleanly."""
+def _control_agent(app: faust.App, settings: Settings, table: Any, metrics: Metrics) -> None:
+    """Fold spike-rule control messages into the global table every worker reads."""
+    control = app.topic(settings.topics.control, value_serializer="raw", partitions=1)
+
+    @app.agent(control, name="spike-rule-control")
+    async def apply_control(stream: Any) -> None:
+        async for raw in stream:
+            try:
+                entry, value = fold(orjson.loads(raw), table)
+            except (orjson.JSONDecodeError, SpikeRuleError) as exc:
+                metrics.control_invalid.inc()
+                log.warning("ignored control message %r: %s", bytes(raw)[:200], exc)
+                continue
+            if value is None:
+                table.pop(entry, None)
+            else:
+                table[entry] = value
+            log.info("spike rule %s = %s", entry, value)
+
+
+def _alert_forwarding(app: faust.App, settings: Settings, metrics: Metrics) -> AlertForwarder:
+    """A faust agent that hands every record of the alerts topic to an Alertmanager forwarder."""
+    assert settings.alertmanager_url is not None
+    forwarder = AlertForwarder(
+        settings.alertmanager_url,
+        sent=metrics.alerts_forward_sent,
+        failed=metrics.alerts_forward_failed,
+        dropped=metrics.alerts_forward_dropped,
+    )
+    alerts = app.topic(settings.topics.alerts, value_serializer="raw")
+
+    @app.agent(alerts, name="alertmanager-forwarder")
+    async def forward(stream: Any) -> None:
+        async for batch in stream.take(500, within=1.0):
+            forwarder.offer(orjson.loads(raw) for raw in batch)
+
+    return forwarder
+
+
+def _hosted_service(
+    plane: DataPlane, rules: Callable[[], Mapping[str, Any]], forwarder: AlertForwarder | None
+) -> Any:
+    """A mode service that starts the data plane (and alert delivery) with the worker, stops it cleanly."""
 
     class HostedDataPlane(mode.Service):
         failed = False
         _run: asyncio.Task[None] | None = None
+        _deliver: asyncio.Task[None] | None = None
         _crashing: asyncio.Future[None] | None = None
 
         async def on_start(self) -> None:
             await plane.start()
+            plane.use_rules(rules)
             self._run = asyncio.ensure_future(plane.run())
             self._run.add_done_callback(self._on_done)
+            if forwarder is not None:
+                self._deliver = asyncio.ensure_future(forwarder.run())
+                self._deliver.add_done_callback(self._on_done)
 
         def _on_done(self, task: asyncio.Task[None]) -> None:
             if task.cancelled() or task.exception() is None:
@@ -83,6 +138,8 @@ def _hosted_service(plane: DataPlane) -> Any:
             self._crashing = asyncio.ensure_future(self.crash(exc))
 
         async def on_stop(self) -> None:
+            if self._deliver is not None:
+                self._deliver.cancel()
             plane.request_stop()
             if self._run is not None and not self._run.done():
                 try:
@@ -102,6 +159,8 @@ def __getattr__(name: str) -> Any:
     global _from_env
     if name == "app":
         if _from_env is None:
-            _from_env = create_app(settings_from_env())
+            settings = settings_from_env()
+            prepare_topics(settings)
+            _from_env = create_app(settings)
         return _from_env
     raise AttributeError(name)

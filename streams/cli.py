@@ -27,6 +27,7 @@ WORKER_FLAGS = (
 def _worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
+    from ._topology import prepare_topics
     from .app import create_app
 
     overrides = {
@@ -34,6 +35,7 @@ def _worker(args: argparse.Namespace) -> int:
         for flag, *_ in WORKER_FLAGS
     }
     settings = settings_from_env(**overrides)
+    prepare_topics(settings)
     app = create_app(settings)
     worker = Worker(app, loglevel=settings.log_level)
     worker.execute_from_commandline()

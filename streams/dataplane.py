@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -39,8 +40,18 @@ from schemas import (
 
 from ._changelog import read_partition, stage_checkpoint
 from ._outbound import Outbound
+from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
-from .core import PartitionCache, TaskAggregator, partition_for, top_rooms
+from .core import (
+    SPIKE_METRICS,
+    AlertEvent,
+    PartitionCache,
+    TaskAggregator,
+    iso_utc,
+    partition_for,
+    to_alertmanager,
+    top_rooms,
+)
 from .metrics import Metrics
 from .settings import Settings
 
@@ -85,6 +96,11 @@ class DataPlane:
         self._last_top = 0.0
         self._stopping = False
         self._on_window: list[Callable[[int, list[RoomStats]], None]] = []
+        self._last_resend = 0.0
+        #: where rule overrides come from (a faust table in the worker); polled at checkpoints
+        self._rules_source: Callable[[], Mapping[str, Any]] | None = None
+        self._rules_seen: dict[str, Any] = {}
+        self._rules = RuleSet()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -94,7 +110,7 @@ class DataPlane:
         admin = AIOKafkaAdminClient(**client)
         await admin.start()
         try:
-            self.partitions = await ensure_topology(admin, s)
+            self.partitions = await ensure_topology(admin, s)  # normally done by prepare_topics already
         finally:
             await admin.close()
         self._route = PartitionCache(self.partitions)
@@ -181,12 +197,18 @@ class DataPlane:
             self._consumed[tp] = messages[-1].offset
             self._position[tp] = messages[-1].offset + 1
         busy = await self._lagging()
+        transitions = False
         for partition, task in self.tasks.items():
             task.tick(now_ms, busy.get(partition, ()))
             self._publish_windows(partition, task)
+            alerts = task.drain_alerts()
+            transitions = transitions or bool(alerts)
+            self._publish_alerts(alerts)
             watermark = task.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
+        if transitions or now - self._last_resend >= self.settings.alert_resend_ms / 1000:
+            self._resend_firing(resend=now - self._last_resend >= self.settings.alert_resend_ms / 1000)
         await self._outbound.send()
         if total:
             m.batch_size.observe(total)
@@ -317,8 +339,68 @@ class DataPlane:
             key = stats.room_id.encode()
             self._outbound.add(topic, partition_for(key, self.partitions), key, encode_room_stats(stats))
         self.metrics.windows_emitted.inc(len(closed))
+        if task.detect_spikes:
+            self.metrics.detector_evaluations.inc(len(closed))
         for callback in self._on_window:
             callback(partition, closed)
+
+    def _publish_alerts(self, events: list[AlertEvent], *, transitions: bool = True) -> None:
+        """Queue alerts for the alerts topic, keyed by fingerprint; count fired/resolved transitions."""
+        if not events:
+            return
+        assert self._outbound is not None
+        topic = self.settings.topics.alerts
+        # A firing alert expires in Alertmanager unless re-sent: 4 re-send intervals of wall time
+        # (not event time, which lags behind during a catch-up).
+        expires_at = iso_utc(int(self._clock() * 1000) + 4 * self.settings.alert_resend_ms)
+        for event in events:
+            key = event.fingerprint.encode()
+            alert = to_alertmanager(event)
+            if event.status == "firing":
+                alert["endsAt"] = expires_at
+            self._outbound.add(topic, partition_for(key, self.partitions), key, orjson.dumps(alert))
+            if transitions:
+                fired = event.status == "firing"
+                (self.metrics.alerts_fired if fired else self.metrics.alerts_resolved).labels(
+                    event.metric
+                ).inc()
+
+    def _resend_firing(self, *, resend: bool) -> None:
+        """Update the firing gauge; with ``resend``, re-publish every firing alert.
+
+        Alertmanager resolves an alert that is not refreshed before its endsAt.
+        """
+        firing = [event for task in self.tasks.values() for event in task.firing_alerts()]
+        if resend:
+            self._last_resend = self._clock()
+            self._publish_alerts(firing, transitions=False)
+        by_metric = dict.fromkeys(SPIKE_METRICS, 0)
+        for event in firing:
+            by_metric[event.metric] += 1
+        for metric, count in by_metric.items():
+            self.metrics.alerts_firing.labels(metric).set(count)
+
+    def use_rules(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        """Read spike-rule overrides from ``source()`` (entries as kept by the control agent)."""
+        self._rules_source = source
+        self._refresh_rules()
+
+    def _refresh_rules(self) -> None:
+        if self._rules_source is None:
+            return
+        entries = dict(self._rules_source())
+        if entries == self._rules_seen:
+            return
+        self._rules_seen = entries
+        self._rules = rules_from_entries(entries)
+        for task in self.tasks.values():
+            task.rules, task.categories = self._rules.rules, self._rules.categories
+        self.metrics.rule_overrides.set(self._rules.overrides)
+        log.info(
+            "spike rules updated: %d overrides, %d room categories",
+            self._rules.overrides,
+            len(self._rules.categories),
+        )
 
     # -- checkpoints and rebalances ------------------------------------------------------------
 
@@ -337,6 +419,7 @@ class DataPlane:
             await self._consumer.commit({tp: offset + 1 for tp, offset in self._consumed.items()})
             self._consumed.clear()
         self._last_checkpoint = self._clock()
+        self._refresh_rules()
         self.metrics.checkpoint_rooms.inc(written)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
@@ -382,6 +465,7 @@ class DataPlane:
     async def _restore(self, partition: int) -> TaskAggregator:
         records, seconds = await read_partition(self.settings, partition)
         task = TaskAggregator(self.settings.core, sources=(VIEWER, ORDER, GIFT, REPARTITION))
+        task.rules, task.categories = self._rules.rules, self._rules.categories
         rooms = task.restore(records)
         self.metrics.restore_seconds.observe(seconds)
         log.info(

@@ -132,6 +132,11 @@ class Metrics:
             "Alerts dropped from a full forwarding queue",
             registry=r,
         )
+        self.control_invalid = Counter(
+            "livepulse_control_messages_invalid_total",
+            "Control-topic messages ignored as malformed",
+            registry=r,
+        )
         self.rule_overrides = Gauge(
             "livepulse_rule_overrides", "Spike-rule overrides in force (room and category)", registry=r
         )

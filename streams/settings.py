@@ -34,6 +34,7 @@ class Topics:
     dlq: str = "live.dlq"
     repartition: str = "livepulse.repartition"
     changelog: str = "livepulse.room-state-changelog"
+    control: str = "livepulse.rules"
 
     @property
     def inputs(self) -> tuple[str, str, str]:
@@ -88,6 +89,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     alertmanager_url: str | None = None
+    #: firing alerts are re-published this often; Alertmanager expires them after 4x this
+    alert_resend_ms: int = 60_000
     log_level: str = "info"
     #: faust's data directory (its tables live in memory; this holds only its bookkeeping)
     data_dir: str = ""
@@ -104,6 +107,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.commit_interval_ms <= 0 or self.max_batch_records <= 0 or self.fetch_timeout_ms < 0:
             raise ConfigError("commit_interval_ms and max_batch_records must be > 0, fetch_timeout_ms >= 0")
+        if self.alert_resend_ms <= 0:
+            raise ConfigError("alert_resend_ms must be > 0")
         if self.partitions <= 0:
             raise ConfigError("partitions must be > 0")
         if not 0 < self.web_port < 65536:
@@ -122,6 +127,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "WEB_HOST": ("", "web_host"),
     "WEB_PORT": ("", "web_port"),
     "ALERTMANAGER_URL": ("", "alertmanager_url"),
+    "ALERT_RESEND_MS": ("", "alert_resend_ms"),
     "LOG_LEVEL": ("", "log_level"),
     "DATA_DIR": ("", "data_dir"),
     "BUCKET_MS": ("core", "bucket_ms"),
@@ -178,6 +184,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     app_id = values[""].get("app_id", DEFAULT_APP_ID)
     values["topics"].setdefault("repartition", f"{app_id}.repartition")
     values["topics"].setdefault("changelog", f"{app_id}.room-state-changelog")
+    values["topics"].setdefault("control", f"{app_id}.rules")
     try:
         sections = {s: _SECTION_TYPES[s](**values[s]) for s in ("core", "limits", "security", "topics")}
         return Settings(**values[""], **sections)

@@ -4,7 +4,7 @@ No I/O and no Kafka or faust imports: the runtime feeds batches in and
 publishes what comes out.
 """
 
-from ._alerts import ALERT_DROP, ALERT_SPIKE, ALERT_SURGE, AlertEvent, fingerprint, to_alertmanager
+from ._alerts import ALERT_DROP, ALERT_SPIKE, ALERT_SURGE, AlertEvent, fingerprint, iso_utc, to_alertmanager
 from ._config import CoreConfig
 from ._partition import PartitionCache, partition_for
 from ._query import RANKABLE_METRICS, room_view, top_rooms
@@ -42,6 +42,7 @@ __all__ = [
     "encode_room",
     "fingerprint",
     "firing",
+    "iso_utc",
     "observe",
     "partition_for",
     "room_key",

@@ -42,6 +42,7 @@ class Deployment:
     window_ms: int = 10_000
     grace_ms: int = 3_000
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def topics(self) -> Topics:
@@ -55,6 +56,7 @@ class Deployment:
             dlq=f"it.dlq.{s}",
             repartition=f"it.repartition.{s}",
             changelog=f"it.changelog.{s}",
+            control=f"it.rules.{s}",
         )
 
     def env(self, web_port: int) -> dict[str, str]:
@@ -70,6 +72,7 @@ class Deployment:
             LIVEPULSE_COMMIT_INTERVAL_MS="500",
             **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},
         )
+        env.update(self.extra_env)
         return env
 
 

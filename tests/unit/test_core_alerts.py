@@ -97,6 +97,7 @@ def test_public_surfaces_are_pinned() -> None:
         "rules_for",
         "encode_room",
         "fingerprint",
+        "iso_utc",
         "decode_room",
         "to_alertmanager",
         "META_KEY",

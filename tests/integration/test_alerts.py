@@ -1,0 +1,125 @@
+"""Spike alerts end to end: a real worker, the real broker and a real Alertmanager."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from schemas import Event, ViewerEvent
+from tests.integration.alertmanager import alerts, running_alertmanager
+from tests.integration.workers import Deployment, Worker, free_port, produce, produce_raw, read_topic, records
+
+pytestmark = pytest.mark.integration
+
+WINDOW_MS = 2_000
+ROOM = "room-spike"
+
+
+def windows(first: int, count: int, per_window: int, start_ms: int) -> list[tuple[str, Event]]:
+    """Balanced joins and leaves (concurrent viewers stay flat) in windows first..first+count-1."""
+    out: list[tuple[str, Event]] = []
+    for w in range(first, first + count):
+        for i in range(per_window):
+            ts = start_ms + w * WINDOW_MS + i * WINDOW_MS // per_window
+            user = f"u{w}-{i}"
+            out.append(("viewer", ViewerEvent("join", ROOM, user, ts)))
+            out.append(("viewer", ViewerEvent("leave", ROOM, user, ts)))
+    return out
+
+
+def room_alerts(values: list[bytes], metric: str) -> list[dict[str, object]]:
+    return [
+        r
+        for r in records(values)
+        if r["labels"]["room_id"] == ROOM and r["labels"]["metric"] == metric  # type: ignore[index]
+    ]
+
+
+def shown_by(url: str, metric: str) -> bool:
+    return any(
+        a["labels"].get("room_id") == ROOM and a["labels"].get("metric") == metric for a in alerts(url)
+    )
+
+
+async def eventually(condition, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    with running_alertmanager(tmp_path / "am", free_port()) as am_url:
+        deployment = Deployment(
+            kafka_bootstrap,
+            window_ms=WINDOW_MS,
+            extra_env={"LIVEPULSE_BUCKET_MS": "500", "LIVEPULSE_ALERTMANAGER_URL": am_url},
+        )
+        worker = Worker(deployment, tmp_path, "alerts")
+        try:
+            await worker.wait_ready()
+            start_ms = (int(time.time() * 1000) - 150_000) // WINDOW_MS * WINDOW_MS
+            t = deployment.topics
+            # 25 steady windows (warm-up), then 5 windows at 10x: the alert fires and keeps firing.
+            before = windows(0, 25, 10, start_ms) + windows(25, 5, 100, start_ms)
+            await produce(kafka_bootstrap, t, before, partitions=deployment.partitions)
+            await eventually(lambda: shown_by(am_url, "views_per_sec"), "Alertmanager shows the spike")
+
+            # Traffic returns to normal: the alert resolves and Alertmanager lets it go.
+            await produce(kafka_bootstrap, t, windows(30, 15, 10, start_ms), partitions=deployment.partitions)
+            await eventually(lambda: not shown_by(am_url, "views_per_sec"), "Alertmanager resolved the spike")
+
+            values = await read_topic(
+                kafka_bootstrap,
+                t.alerts,
+                until=lambda vs: [r["status"] for r in room_alerts(vs, "views_per_sec")][-1:] == ["resolved"],
+            )
+            spike = room_alerts(values, "views_per_sec")
+            assert [r["status"] for r in spike] == ["firing", "resolved"]
+            firing, resolved = spike
+            assert firing["labels"]["alertname"] == "RoomSpike"  # type: ignore[index]
+            assert firing["startsAt"] == resolved["startsAt"]
+            assert firing["fingerprint"] == resolved["fingerprint"]
+            assert float(firing["annotations"]["ratio"]) >= 5  # type: ignore[index]
+            assert worker.metric("livepulse_alerts_forward_sent_total") >= 2
+            assert worker.metric("livepulse_alerts_forward_failed_total") == 0
+        finally:
+            worker.kill()
+
+
+async def test_room_override_from_the_control_topic_changes_detection(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(kafka_bootstrap, window_ms=WINDOW_MS, extra_env={"LIVEPULSE_BUCKET_MS": "500"})
+    worker = Worker(deployment, tmp_path, "rules")
+    try:
+        await worker.wait_ready()
+        # Nobody would call 10x views a spike in this room: raise its ratio to 50.
+        override = {"scope": "room", "key": ROOM, "metric": "views_per_sec", "set": {"ratio": 50.0}}
+        bad = b'{"scope": "galaxy"}'
+        await produce_raw(
+            kafka_bootstrap, deployment.topics.control, [(None, orjson.dumps(override)), (None, bad)]
+        )
+        await eventually(lambda: worker.metric("livepulse_rule_overrides") == 1, "the override is in force")
+        assert worker.metric("livepulse_control_messages_invalid_total") == 1
+        start_ms = (int(time.time() * 1000) - 150_000) // WINDOW_MS * WINDOW_MS
+        traffic = windows(0, 25, 10, start_ms) + windows(25, 5, 100, start_ms) + windows(30, 15, 10, start_ms)
+        await produce(kafka_bootstrap, deployment.topics, traffic, partitions=deployment.partitions)
+        await eventually(
+            lambda: worker.metric("livepulse_detector_evaluations_total") >= 45, "all windows evaluated"
+        )
+        values = await read_topic(
+            kafka_bootstrap, deployment.topics.alerts, until=lambda vs: False, timeout_s=3
+        )
+        assert room_alerts(values, "views_per_sec") == []
+        assert room_alerts(values, "unique_viewers")  # other metrics keep their default rules
+    finally:
+        worker.kill()
