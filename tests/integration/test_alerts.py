@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -11,7 +10,16 @@ import pytest
 
 from schemas import Event, ViewerEvent
 from tests.integration.alertmanager import alerts, running_alertmanager
-from tests.integration.workers import Deployment, Worker, free_port, produce, produce_raw, read_topic, records
+from tests.integration.workers import (
+    Deployment,
+    Worker,
+    eventually,
+    free_port,
+    produce,
+    produce_raw,
+    read_topic,
+    records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +51,6 @@ def shown_by(url: str, metric: str) -> bool:
     return any(
         a["labels"].get("room_id") == ROOM and a["labels"].get("metric") == metric for a in alerts(url)
     )
-
-
-async def eventually(condition, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(condition):
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(

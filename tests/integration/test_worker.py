@@ -18,6 +18,7 @@ from tests.integration.workers import (
     Deployment,
     Worker,
     crc32_partitioner,
+    eventually,
     produce,
     produce_raw,
     read_topic,
@@ -151,11 +152,11 @@ async def test_two_workers_split_partitions_and_hand_over_state(deployment: Depl
     )
     b = workers("b")
     await b.wait_ready()
-    await _wait_for(lambda: _partitions(b) and _partitions(a), "both workers own partitions")
+    await eventually(lambda: _partitions(b) and _partitions(a), "both workers own partitions")
     assert sorted(_partitions(a) + _partitions(b)) == list(range(deployment.partitions))
 
     assert a.stop() == 0  # graceful: checkpoint, commit, leave the group
-    await _wait_for(lambda: _partitions(b) == list(range(deployment.partitions)), "b owns every partition")
+    await eventually(lambda: _partitions(b) == list(range(deployment.partitions)), "b owns every partition")
     await producing
 
     got = await collect(deployment, expected)
@@ -267,12 +268,3 @@ def _reason(raw: bytes, now_ms: int) -> str:
 def _partitions(worker: Worker) -> list[int]:
     status, body = worker.get("/readyz")
     return list(orjson.loads(body)["partitions"]) if status == 200 else []
-
-
-async def _wait_for(condition, what: str, timeout_s: float = 90) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(condition):
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting until {what}")

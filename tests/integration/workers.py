@@ -12,7 +12,7 @@ import time
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,3 +247,13 @@ def room_stats_by_key(values: Iterable[bytes]) -> dict[tuple[str, int], RoomStat
 def records(values: Iterable[bytes]) -> Iterator[dict[str, object]]:
     for raw in values:
         yield orjson.loads(raw)
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    """Poll ``condition`` (in a thread: it may block on HTTP) until true, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out waiting until {what}")
