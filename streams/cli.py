@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from loadtest.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        from loadtest.cli import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     parser = argparse.ArgumentParser(prog="livepulse", description="Real-time livestream commerce aggregates")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run a worker (settings from LIVEPULSE_* and these flags)")
@@ -59,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.add_argument(flag, type=kind, help=text)
     sub.add_parser("kafka", help="local broker: livepulse kafka up|down|status")
     sub.add_parser("demo", help="broker + worker + synthetic traffic, live in the terminal")
+    sub.add_parser("loadtest", help="load test: livepulse loadtest produce|run (see --help)")
     args = parser.parse_args(argv)
     try:
         return _worker(args)

@@ -59,9 +59,9 @@ class Room:
         self.buckets: dict[int, list[int]] = {}
         #: concurrent viewers as of the end of the last closed window
         self.concurrent = 0
-        #: newest accepted event time, for expiry
+        #: start of the newest window with activity (or a late event's watermark), for expiry
         self.last_ts = -1
-        #: input source -> offset of the last event applied (replay guard)
+        #: input source -> offset up to which the room holds every event (set at checkpoints)
         self.offsets: dict[int, int] = {}
         #: window start -> user ids (exact) or a HyperLogLog sketch, per open window
         self.uniques: dict[int, Any] = {}  # set[str] | hll_sketch (untyped extension)

@@ -113,6 +113,10 @@ class TaskAggregator:
         self._src_wall: dict[int, int] = {}
         #: sources caught up and silent for idle_partition_ms: they no longer hold the watermark
         self._idle: set[int] = set()
+        #: offset of the last event taken from each source (stamped on rooms at checkpoints)
+        self._consumed: dict[int, int] = {}
+        #: per source, the newest offset a restored room recorded: at or below it, replays are possible
+        self._replay_until: dict[int, int] = {}
         self._by_window: dict[int, set[Room]] = {}
         self._dirty: list[Room] = []
         self._expired: set[str] = set()
@@ -164,6 +168,7 @@ class TaskAggregator:
         # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
         others = self._slowest(exclude=source)
         source_max = self._src_max.get(source, NO_TIME)
+        replay_until = self._replay_until.get(source, -1)
         cfg = self.config
         bucket_ms, window_ms, grace_ms = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms
         lg_k, exact_limit, set_t = cfg.hll_lg_k, cfg.exact_unique_limit, set
@@ -191,11 +196,10 @@ class TaskAggregator:
             if room is None:
                 room = rooms[room_id] = Room(room_id)
                 self._expired.discard(room_id)
-            offsets = room.offsets
-            if offset <= offsets.get(source, -1):
+            # Only right after a restore can an event be one the state already holds.
+            if offset <= replay_until and offset <= room.offsets.get(source, -1):
                 replayed += 1
                 continue
-            offsets[source] = offset
             if not room.dirty:
                 room.dirty = True
                 dirty.append(room)
@@ -220,8 +224,6 @@ class TaskAggregator:
             if ws != room.reg_ws:
                 self._register(room, ws)
                 next_close = self._next_close
-            if ts > room.last_ts:
-                room.last_ts = ts
             if kind is viewer_t:
                 action = ev.type  # type: ignore[union-attr]
                 if action == "join":
@@ -254,6 +256,7 @@ class TaskAggregator:
             applied += 1
         self._max_ts, self._watermark = max_ts, wm
         self._src_max[source] = source_max
+        self._consumed[source] = items[-1][0]
         c = self.counters
         for bucket_dict, n in (
             (c.applied, applied),
@@ -303,6 +306,8 @@ class TaskAggregator:
 
     def _register(self, room: Room, ws: int) -> None:
         room.reg_ws = ws
+        if ws > room.last_ts:
+            room.last_ts = ws
         if ws in room.open_ws:
             return
         room.open_ws.append(ws)
@@ -423,6 +428,10 @@ class TaskAggregator:
 
         Call it, write the records, and only then commit input offsets.
         """
+        # Every event taken so far is in the state, so a changed room holds everything up to these
+        # offsets: a replay after a restore skips what is at or below them for that room.
+        for room in self._dirty:
+            room.offsets.update(self._consumed)
         upserts = [(room_key(r.room_id), encode_room(r)) for r in self._dirty if r.dirty]
         for room in self._dirty:
             room.dirty = False
@@ -462,6 +471,9 @@ class TaskAggregator:
                 room.reg_ws = max(room.open_ws)
             if room.detector is not None and firing(room.detector):
                 self.firing_rooms.add(room.room_id)
+            for source, offset in room.offsets.items():
+                if offset > self._replay_until.get(source, -1):
+                    self._replay_until[source] = offset
         if self._by_window:
             self._next_close = min(self._by_window) + self.config.window_ms
         return len(self.rooms)
