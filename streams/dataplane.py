@@ -262,7 +262,7 @@ class DataPlane:
             if bad:
                 self._dead_letter(tp, group, bad, now_ms)
             if source != REPARTITION:
-                good = self._keep_local(tp, origin_topic, group, good)
+                good = self._keep_local(tp, origin_topic, group, good, task.rooms)
             result = task.apply(source, good, now_ms)
             if result.applied:
                 m.events_applied.labels(origin_topic).inc(result.applied)
@@ -285,11 +285,21 @@ class DataPlane:
             by_origin.setdefault(VIEWER if origin is None else origin, []).append(msg)
         return [(origin, names[origin], group) for origin, group in by_origin.items()]
 
-    def _keep_local(self, tp: TopicPartition, topic: str, messages: list[Any], good: list[Any]) -> list[Any]:
-        """Events whose room belongs to this partition; the others are re-routed to the right one."""
+    def _keep_local(
+        self, tp: TopicPartition, topic: str, messages: list[Any], good: list[Any], known: Mapping[str, Any]
+    ) -> list[Any]:
+        """Events whose room belongs to this partition; the others are re-routed to the right one.
+
+        ``known`` holds the rooms this task already aggregates: they are local by construction,
+        so the murmur2 check runs only for rooms seen here for the first time.
+        """
         assert self._route is not None and self._outbound is not None
         route, here = self._route, tp.partition
-        if all(route(ev.room_id) == here for _, ev in good):
+        for _, ev in good:
+            room_id = ev.room_id
+            if room_id not in known and route(room_id) != here:
+                break
+        else:
             return good
         raw_by_offset = {msg.offset: msg.value for msg in messages}
         keep = []
