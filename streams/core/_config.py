@@ -28,8 +28,6 @@ class CoreConfig:
     dedup_max_per_room: int = 100_000
     #: HyperLogLog log2(k); 12 gives ~1.6 % relative standard error
     hll_lg_k: int = 12
-    #: distinct viewers per room-window counted exactly before switching to HyperLogLog
-    exact_unique_limit: int = 256
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.window_ms <= 0:
@@ -40,8 +38,6 @@ class CoreConfig:
             raise ConfigError("grace_ms must be >= 0; idle_partition_ms and room_idle_ms > 0")
         if self.dedup_ttl_ms < 0 or self.dedup_max_per_room <= 0:
             raise ConfigError("dedup_ttl_ms must be >= 0 and dedup_max_per_room > 0")
-        if self.exact_unique_limit < 0:
-            raise ConfigError("exact_unique_limit must be >= 0")
         if not 4 <= self.hll_lg_k <= 21:
             raise ConfigError("hll_lg_k must be in 4..21")
 

@@ -171,7 +171,7 @@ class TaskAggregator:
         replay_until = self._replay_until.get(source, -1)
         cfg = self.config
         bucket_ms, window_ms, grace_ms = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms
-        lg_k, exact_limit, set_t = cfg.hll_lg_k, cfg.exact_unique_limit, set
+        lg_k = cfg.hll_lg_k
         rooms, dirty = self.rooms, self._dirty
         max_ts, wm, next_close = self._max_ts, self._watermark, self._next_close
         applied = late = duplicate = replayed = 0
@@ -234,15 +234,10 @@ class TaskAggregator:
                     counters[LIKES] += 1
                 elif action == "comment":
                     counters[COMMENTS] += 1
-                users = room.uniques.get(ws)
-                if users is None:
-                    users = room.uniques[ws] = set()
-                if type(users) is set_t:
-                    users.add(ev.user_id)
-                    if len(users) > exact_limit:
-                        room.promote(ws, lg_k)
-                else:
-                    users.update(ev.user_id)
+                sketch = room.uniques.get(ws)
+                if sketch is None:
+                    sketch = room.sketch(ws, lg_k)
+                sketch.update(ev.user_id)
             elif kind is order_t:
                 status = ev.status  # type: ignore[union-attr]
                 if status == "paid":

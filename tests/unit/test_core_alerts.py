@@ -58,11 +58,11 @@ def test_detector_state_survives_a_restore_mid_alert() -> None:
 
 
 def test_room_state_version_1_still_decodes() -> None:
-    v1 = orjson.dumps(
-        [1, "r", 3, BASE_MS, [[0, 7]], [[BASE_MS // 1000, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]], [], [], []]
-    )
+    bucket = [BASE_MS // 1000, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    v1 = orjson.dumps([1, "r", 3, BASE_MS, [[0, 7]], [bucket], [[BASE_MS, ["a", "b"]]], [BASE_MS], []])
     room = decode_room(v1)
     assert (room.room_id, room.concurrent, room.offsets, room.detector) == ("r", 3, {0: 7}, None)
+    assert room.unique_count(BASE_MS) == 2  # early encodings kept small windows' user ids
     assert decode_room(encode_room(room)).buckets == room.buckets
 
 
