@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from loadtest.oracle import expected_windows, unique_viewers_close
 from loadtest.synth import GIFT_TOPIC, ORDER_TOPIC, VIEWER_TOPIC, Mix, Synth
 from schemas import Event, RoomStats, decode_viewer
 from tests.integration.workers import (
+    REPO,
     Deployment,
     Worker,
     crc32_partitioner,
     eventually,
+    free_port,
     produce,
     produce_raw,
     read_topic,
@@ -268,3 +273,27 @@ def _reason(raw: bytes, now_ms: int) -> str:
 def _partitions(worker: Worker) -> list[int]:
     status, body = worker.get("/readyz")
     return list(orjson.loads(body)["partitions"]) if status == 200 else []
+
+
+async def test_worker_refuses_inputs_that_are_not_co_partitioned(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
+    await admin.start()
+    try:
+        t = deployment.topics
+        await admin.create_topics([NewTopic(t.viewer, 4, 1), NewTopic(t.order, 3, 1), NewTopic(t.gift, 4, 1)])
+    finally:
+        await admin.close()
+    env = {**deployment.env(free_port()), "LIVEPULSE_CREATE_TOPICS": "false"}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "streams", "worker"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"input topics are not co-partitioned: {t.viewer}=4, {t.order}=3, {t.gift}=4" in result.stderr
