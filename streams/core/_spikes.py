@@ -253,6 +253,8 @@ def _step(
     events: list[AlertEvent],
 ) -> None:
     """Evaluate every metric against its pre-window baseline, then fold the window into the baselines."""
+    if state.alerts is None and _fold_quiet(state, values, window, rules):
+        return
     n = state.windows
     b = state.baselines
     seconds = (window[1] - window[0]) / 1_000
@@ -320,6 +322,39 @@ def _step(
     state.windows = n + 1
     state.last_window_end = window[1]
     state.last_concurrent = values[_CONCURRENT]
+
+
+def _fold_quiet(
+    state: DetectorState, values: Sequence[float], window: tuple[int, int], rules: Mapping[str, MetricRule]
+) -> bool:
+    """Fast path of :func:`_step` for a window that cannot trigger any rule; False if it might.
+
+    With no alert slot open, a metric below its ``min_volume`` and ``surge_value`` can neither
+    spike nor surge, and a drop needs a baseline of at least ``drop_min_baseline``; then only
+    the baseline fold remains, computed exactly as in ``_step``. Most windows of small rooms
+    (and the idle windows replayed for gaps) take this path.
+    """
+    n = state.windows
+    b = state.baselines
+    for i, metric in enumerate(METRICS):
+        rule = rules[metric]
+        x = values[i]
+        if x >= rule.min_volume or (rule.surge_value is not None and x >= rule.surge_value):
+            return False
+        if i == _ORDERS and rule.drop_enabled and b[2 * i] >= rule.drop_min_baseline:
+            return False
+    for i, metric in enumerate(METRICS):
+        rule = rules[metric]
+        alpha = rule.alpha if n >= rule.warmup_windows else max(rule.alpha, 1.0 / (n + 1))
+        mean, var = b[2 * i], b[2 * i + 1]
+        diff = values[i] - mean
+        incr = alpha * diff
+        b[2 * i] = mean + incr
+        b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr)
+    state.windows = n + 1
+    state.last_window_end = window[1]
+    state.last_concurrent = values[_CONCURRENT]
+    return True
 
 
 def _restart(state: DetectorState, end_ms: int, events: list[AlertEvent]) -> None:

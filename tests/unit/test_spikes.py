@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from schemas import RoomStats
 from streams.core._alerts import AlertEvent, fingerprint, to_alertmanager
 from streams.core._spike_rules import METRICS, MetricRule, SpikeRules, rules_for
-from streams.core._spikes import DetectorState, firing, observe
+from streams.core._spikes import DetectorState, _fold_quiet, _step, firing, observe
 
 W = 10_000  # window_ms
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of W
@@ -447,3 +448,27 @@ def test_spike_series_generator_is_seeded_and_labels_fit_the_series() -> None:
         assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(spans))
         starts = [s.window_start for s in a.stats]
         assert starts == sorted(set(starts)) and all((t - cfg.start_ms) % cfg.window_ms == 0 for t in starts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    windows=st.integers(0, 40),
+    mean=st.floats(0, 50),
+    var=st.floats(0, 100),
+    scale=st.floats(0, 0.99),
+)
+def test_quiet_fast_path_folds_exactly_like_the_full_step(
+    windows: int, mean: float, var: float, scale: float
+) -> None:
+    """_fold_quiet must be a pure shortcut: same state as _step wherever it applies."""
+
+    rules = rules_for(SpikeRules(), "r")
+    quiet = [scale * rules[m].min_volume for m in METRICS]  # below every floor: no rule can trigger
+    fast, full = DetectorState("r"), DetectorState("r")
+    for state in (fast, full):
+        state.windows = windows
+        state.baselines = array("d", [mean, var] * len(METRICS))
+    assert _fold_quiet(fast, quiet, (0, 10_000), rules)
+    full.alerts = {}  # any alert slot, even empty, sends _step down its full path
+    _step(full, quiet, (0, 10_000), rules, False, [])
+    assert fast.to_wire() == full.to_wire()
