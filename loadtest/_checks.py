@@ -1,0 +1,258 @@
+"""Correctness of a load-test run: windows against the ground truth, spikes alerted, no unexplained alert.
+
+* every room-stats window equals the oracle's, field by field, except
+  ``unique_viewers`` which must be within the HyperLogLog bound; no window is
+  missing, none is extra, a repeated key repeats the same record;
+* every injected spike has a firing alert for its room, on one of the metrics
+  it moves, starting within a window of the spike;
+* every firing alert is explained: the detector replayed over the true windows
+  raises it (organic alerts — a top room's warm-up surge, a big gift — are real
+  and counted apart), or it is an injected spike's, or (unique viewers only)
+  the replay over the worker's own windows raises it, the HLL estimate having
+  crossed a threshold the exact count did not; and every alert the replay
+  raises was raised;
+* dead letters: exactly the malformed messages, with the expected reason codes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas import ROOM_STATS_FIELDS, RoomStats
+
+from ._collect import Outputs, WindowKey
+from ._truth import AlertKey, Truth, detector_alerts
+from .oracle import unique_viewers_close
+from .traffic import Injection
+
+_EXACT_FIELDS = tuple(f for f in ROOM_STATS_FIELDS if f not in ("unique_viewers", "orders_per_sec"))
+
+
+@dataclass
+class SpikeResult:
+    injection: Injection
+    #: first firing alert matching the spike (by arrival), if any
+    alert: AlertKey | None = None
+    arrival_s: float | None = None
+
+    @property
+    def start_offset_s(self) -> float | None:
+        """Alert ``startsAt`` minus the spike's start (event time)."""
+        return None if self.alert is None else (self.alert[3] - self.injection.start_ms) / 1000
+
+    def delay_s(self, realtime: bool) -> float | None:
+        """Wall-clock detection delay (arrival of the alert minus the spike's start), real time only."""
+        if self.arrival_s is None or not realtime:
+            return None
+        return self.arrival_s - self.injection.start_ms / 1000
+
+
+@dataclass
+class Verdict:
+    windows_expected: int = 0
+    windows_got: int = 0
+    missing: list[WindowKey] = field(default_factory=list)
+    unexpected: list[WindowKey] = field(default_factory=list)
+    mismatched: list[tuple[WindowKey, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
+    conflicts: int = 0
+    duplicates: int = 0
+    alert_records: int = 0
+    alerts_firing: int = 0
+    alerts_resolved: int = 0
+    spikes: list[SpikeResult] = field(default_factory=list)
+    organic: list[AlertKey] = field(default_factory=list)
+    unexplained: list[AlertKey] = field(default_factory=list)
+    not_raised: list[AlertKey] = field(default_factory=list)
+    dlq_expected: Counter[str] = field(default_factory=Counter)
+    dlq_got: Counter[str] = field(default_factory=Counter)
+    late_expected: int = 0
+    late_got: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        lines = [
+            f"windows: {self.windows_got:,} received, {self.windows_expected:,} expected, "
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.mismatched)} mismatched, "
+            f"{self.conflicts} conflicting repeats, {self.duplicates} identical repeats",
+            f"late events: {self.late_got} counted in windows, {self.late_expected} expected",
+            f"alerts: {self.alert_records} records, {self.alerts_firing} distinct firing, "
+            f"{self.alerts_resolved} resolved; spikes alerted {sum(s.alert is not None for s in self.spikes)}"
+            f"/{len(self.spikes)}; organic {len(self.organic)}; unexplained {len(self.unexplained)}; "
+            f"expected but not raised {len(self.not_raised)}",
+            f"dead letters: {sum(self.dlq_got.values())} received, "
+            f"{sum(self.dlq_expected.values())} expected",
+        ]
+        lines += [f"FAIL: {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def parse_iso_ms(text: str) -> int:
+    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
+
+
+def check(
+    truth: Truth, out: Outputs, *, require_alerts: bool = True, late_slack: bool = False, limit: int = 5
+) -> Verdict:
+    """Compare everything published with the truth.
+
+    ``late_slack``: a late event is counted in the window where the watermark
+    stood when it arrived; while the worker lags (a live phase near capacity)
+    that can be a neighbouring window of the one the oracle picks from the
+    production order. With slack, late counts are compared per room, and a
+    window holding nothing but late counts may sit in another window.
+    """
+    v = Verdict()
+    _check_windows(truth, out, v, limit, late_slack)
+    _check_alerts(truth, out, v, require_alerts, limit)
+    v.dlq_expected, v.dlq_got = Counter(truth.malformed), Counter(out.dlq_reasons)
+    if v.dlq_expected != v.dlq_got:
+        v.failures.append(
+            f"dead letters by reason differ: expected {dict(v.dlq_expected)}, got {dict(v.dlq_got)}"
+        )
+    if out.undecodable:
+        v.failures.append(f"{out.undecodable} output records could not be decoded")
+    return v
+
+
+def _late_only(s: RoomStats) -> bool:
+    """A window that exists only to report late events (no activity of its own)."""
+    return (
+        s.late_events > 0
+        and not (s.views or s.unique_viewers or s.likes or s.comments or s.orders or s.gmv_minor)
+        and not (s.refunds_minor or s.gifts or s.gift_value_minor)
+    )
+
+
+def _check_windows(truth: Truth, out: Outputs, v: Verdict, limit: int, late_slack: bool) -> None:
+    want, got = truth.windows, out.windows
+    v.windows_expected, v.windows_got = len(want), len(got)
+    v.conflicts, v.duplicates = len(out.conflicts), out.duplicates
+    v.late_expected = sum(s.late_events for s in want.values())
+    v.late_got = sum(s.late_events for s in got.values())
+    for key, expected in want.items():
+        have = got.get(key)
+        if have is None:
+            if not (late_slack and _late_only(expected)):
+                v.missing.append(key)
+            continue
+        diff = _diff(expected, have)
+        if late_slack:
+            diff.pop("late_events", None)
+        if diff:
+            v.mismatched.append((key, diff))
+    v.unexpected = [key for key, s in got.items() if key not in want and not (late_slack and _late_only(s))]
+    if late_slack:
+        per_room_want: Counter[str] = Counter()
+        per_room_got: Counter[str] = Counter()
+        for (room, _), s in want.items():
+            per_room_want[room] += s.late_events
+        for (room, _), s in got.items():
+            per_room_got[room] += s.late_events
+        wrong = {
+            r: (per_room_want[r], per_room_got[r])
+            for r in per_room_want | per_room_got
+            if per_room_want[r] != per_room_got[r]
+        }
+        if wrong:
+            v.failures.append(
+                f"late events per room differ for {len(wrong)} rooms: {list(wrong.items())[:limit]}"
+            )
+    for label, items in (("missing", v.missing), ("unexpected", v.unexpected), ("mismatched", v.mismatched)):
+        if items:
+            v.failures.append(f"{len(items)} windows {label}, e.g. {items[:limit]}")
+    if out.conflicts:
+        v.failures.append(
+            f"{len(out.conflicts)} windows published twice with different values: {out.conflicts[:2]}"
+        )
+
+
+def _diff(want: RoomStats, have: RoomStats) -> dict[str, tuple[Any, Any]]:
+    diff = {
+        f: (getattr(want, f), getattr(have, f)) for f in _EXACT_FIELDS if getattr(want, f) != getattr(have, f)
+    }
+    if abs(want.orders_per_sec - have.orders_per_sec) > 1e-9:
+        diff["orders_per_sec"] = (want.orders_per_sec, have.orders_per_sec)
+    if not unique_viewers_close(have.unique_viewers, want.unique_viewers):
+        diff["unique_viewers"] = (want.unique_viewers, have.unique_viewers)
+    return diff
+
+
+def _alert_keys(out: Outputs) -> tuple[dict[AlertKey, float], int, list[str]]:
+    """Distinct firing alerts with their first arrival; resolved count; shape problems."""
+    firing: dict[AlertKey, float] = {}
+    resolved = 0
+    problems: list[str] = []
+    for arrival, rec in out.alerts:
+        try:
+            labels = rec["labels"]
+            key = (labels["room_id"], labels["alertname"], labels["metric"], parse_iso_ms(rec["startsAt"]))
+            status = rec["status"]
+            if status not in ("firing", "resolved") or not labels.get("severity"):
+                raise ValueError(f"status {status!r}, severity {labels.get('severity')!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{exc!r} in {rec}")
+            continue
+        if status == "firing":
+            firing.setdefault(key, arrival)
+        else:
+            resolved += 1
+    return firing, resolved, problems
+
+
+def _matches(inj: Injection, key: AlertKey, window_ms: int) -> bool:
+    room, _name, metric, starts_ms = key
+    return (
+        room == inj.room_id
+        and metric in inj.metrics
+        and inj.start_ms - window_ms <= starts_ms <= inj.end_ms + 3 * window_ms
+    )
+
+
+def _check_alerts(truth: Truth, out: Outputs, v: Verdict, require: bool, limit: int) -> None:
+    firing, v.alerts_resolved, problems = _alert_keys(out)
+    v.alert_records, v.alerts_firing = len(out.alerts), len(firing)
+    if problems:
+        v.failures.append(f"{len(problems)} alert records malformed, e.g. {problems[:2]}")
+    if not out.alerts:
+        if require:
+            v.failures.append("no alert on the alerts topic (spike alerts absent)")
+        v.spikes = [SpikeResult(inj) for inj in truth.injections]
+        return
+    w = truth.window_ms
+    for inj in truth.injections:
+        hits = sorted((arrival, key) for key, arrival in firing.items() if _matches(inj, key, w))
+        result = SpikeResult(inj)
+        if hits:
+            result.arrival_s, result.alert = hits[0]
+        else:
+            v.failures.append(f"injected {inj.scenario} in {inj.room_id} was not alerted")
+        v.spikes.append(result)
+    expected = truth.expected_alerts()
+    injected = {key for key in firing if any(_matches(inj, key, w) for inj in truth.injections)}
+    doubtful = [key for key in firing if key not in expected and key not in injected]
+    v.not_raised = [key for key in expected if key not in firing]
+    hll_rooms = {key[0] for key in doubtful + v.not_raised if key[2] == "unique_viewers"}
+    replay = detector_alerts(_room_windows(out.windows.values(), hll_rooms), truth.window_ms)
+    v.unexplained = [k for k in doubtful if not (k[2] == "unique_viewers" and k in replay)]
+    v.not_raised = [k for k in v.not_raised if not (k[2] == "unique_viewers" and k not in replay)]
+    v.organic = [key for key in firing if key in expected and key not in injected]
+    if v.unexplained:
+        v.failures.append(f"{len(v.unexplained)} unexplained alerts, e.g. {v.unexplained[:limit]}")
+    if v.not_raised:
+        v.failures.append(
+            f"{len(v.not_raised)} alerts the true windows call for were not raised: {v.not_raised[:limit]}"
+        )
+
+
+def _room_windows(windows: Iterable[RoomStats], rooms: set[str]) -> list[RoomStats]:
+    return [s for s in windows if s.room_id in rooms] if rooms else []

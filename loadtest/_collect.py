@@ -1,0 +1,138 @@
+"""Follow a deployment's outputs from the beginning: room-stats, alerts and dead letters, with arrival times.
+
+Arrival is the harness's wall clock when the record was fetched, which is what
+the end-to-end latency is measured against. A repeated room-stats key must
+repeat the same record (replays after a crash are idempotent upserts); a
+differing repeat is kept as a conflict for the correctness check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from schemas import RoomStats, decode_room_stats
+from streams.settings import Topics
+
+WindowKey = tuple[str, int]
+
+
+@dataclass
+class Outputs:
+    """Everything a deployment published, as seen by the harness."""
+
+    windows: dict[WindowKey, RoomStats] = field(default_factory=dict)
+    #: first arrival (unix seconds) per window
+    arrivals: dict[WindowKey, float] = field(default_factory=dict)
+    conflicts: list[tuple[RoomStats, RoomStats]] = field(default_factory=list)
+    duplicates: int = 0
+    #: (arrival unix seconds, alert record) for every record on the alerts topic
+    alerts: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    dlq_reasons: Counter[str] = field(default_factory=Counter)
+    #: dead letters are at-least-once: a replay after a crash dead-letters the same message again
+    dlq_seen: set[tuple[str, int, int]] = field(default_factory=set)
+    dlq_duplicates: int = 0
+    undecodable: int = 0
+
+
+class Collector:
+    """Background consumer of a deployment's room-stats, alerts and DLQ topics."""
+
+    def __init__(self, bootstrap: str, topics: Topics) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.outputs = Outputs()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> Collector:
+        consumer = AIOKafkaConsumer(
+            self.topics.room_stats,
+            self.topics.alerts,
+            self.topics.dlq,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=2_000,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        self._task = asyncio.create_task(self._follow(consumer))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        out, t = self.outputs, self.topics
+        try:
+            while not self._stop.is_set():
+                batches = await consumer.getmany(timeout_ms=50, max_records=50_000)
+                now = time.time()
+                for tp, messages in batches.items():
+                    if tp.topic == t.room_stats:
+                        self._windows(messages, now)
+                    elif tp.topic == t.alerts:
+                        for m in messages:
+                            try:
+                                out.alerts.append((now, orjson.loads(m.value)))
+                            except orjson.JSONDecodeError:
+                                out.undecodable += 1
+                    else:
+                        self._dead_letters(messages)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    def _dead_letters(self, messages: list[Any]) -> None:
+        out = self.outputs
+        for m in messages:
+            try:
+                letter = orjson.loads(m.value)
+                source = (letter["topic"], letter["partition"], letter["offset"])
+                reason = letter["reason"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                out.undecodable += 1
+                continue
+            if source in out.dlq_seen:
+                out.dlq_duplicates += 1
+            else:
+                out.dlq_seen.add(source)
+                out.dlq_reasons[reason] += 1
+
+    def _windows(self, messages: list[Any], now: float) -> None:
+        out = self.outputs
+        for m in messages:
+            try:
+                stats = decode_room_stats(m.value)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                out.undecodable += 1
+                continue
+            key = (stats.room_id, stats.window_start)
+            previous = out.windows.get(key)
+            if previous is None:
+                out.windows[key] = stats
+                out.arrivals[key] = now
+            elif previous == stats:
+                out.duplicates += 1
+            else:
+                out.conflicts.append((previous, stats))
+
+    async def wait_for(self, keys: set[WindowKey], timeout_s: float) -> bool:
+        """Wait until every key in ``keys`` has arrived (True) or the time is up (False)."""
+        deadline = time.monotonic() + timeout_s
+        windows = self.outputs.windows
+        while time.monotonic() < deadline:
+            if all(key in windows for key in keys):
+                return True
+            await asyncio.sleep(0.25)
+        return all(key in windows for key in keys)

@@ -1,0 +1,106 @@
+"""Small measurement helpers: rates from samples, percentiles, Prometheus histograms, event latencies."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ._deploy import Sample
+from .traffic import Message
+
+WindowKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Messages consumed between two samples, per CPU-second of the process and per wall second."""
+
+    messages: float
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.messages / self.cpu_s if self.cpu_s > 0 else math.nan
+
+    @property
+    def per_s(self) -> float:
+        return self.messages / self.wall_s if self.wall_s > 0 else math.nan
+
+
+def catch_up_rate(samples: Sequence[Sample]) -> Rate:
+    """From the last sample before consumption started (or the first) to the first that saw everything."""
+    idle = [s for s in samples if s.consumed == 0]
+    start = idle[-1] if idle else samples[0]
+    end = samples[-1]
+    return Rate(end.consumed - start.consumed, end.cpu_s - start.cpu_s, end.t - start.t)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (``q`` in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    count: float
+    total: float
+    #: upper bound of the bucket holding the 99th percentile
+    p99_bound: float
+    max_bound: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+
+def histogram(metrics: Mapping[str, float], name: str) -> Histogram:
+    """A Prometheus histogram from parsed /metrics (see ``_deploy.parse_metrics``)."""
+    buckets = []
+    for key, value in metrics.items():
+        if key.startswith(name + "_bucket{") and 'le="' in key:
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((math.inf if le == "+Inf" else float(le), value))
+    buckets.sort()
+    count = metrics.get(name + "_count", 0.0)
+    p99 = highest = math.nan
+    for bound, cumulative in buckets:
+        if math.isnan(p99) and count and cumulative >= 0.99 * count:
+            p99 = bound
+        if math.isnan(highest) and count and cumulative >= count:
+            highest = bound
+    return Histogram(count, metrics.get(name + "_sum", 0.0), p99, highest)
+
+
+def event_latencies(
+    messages: Sequence[Message], arrivals: Mapping[WindowKey, float], window_ms: int, grace_ms: int
+) -> tuple[list[float], int]:
+    """Seconds from each on-time event's event time to the arrival of its room-stats window, sorted.
+
+    Late events (older than their partition's newest event time minus grace)
+    are left out: they are counted, not windowed. Returns the latencies and
+    how many events had no window arrive.
+    """
+    newest: dict[int, int] = {}
+    out: list[float] = []
+    missing = 0
+    for _source, part, _key, _raw, ts, ev in messages:
+        if ev is None:
+            continue
+        top = newest.get(part, ts)
+        if ts > top:
+            top = ts
+        newest[part] = top
+        if ts < top - grace_ms:
+            continue
+        arrival = arrivals.get((ev.room_id, ts - ts % window_ms))
+        if arrival is None:
+            missing += 1
+        else:
+            out.append(arrival - ts / 1000)
+    out.sort()
+    return out, missing

@@ -1,0 +1,168 @@
+"""Ground truth of a generated load: expected room-stats windows and alerts, and its JSON file.
+
+Windows come from the brute-force oracle (``loadtest.oracle``) run once per
+partition, in production order, because the worker keeps one watermark per
+partition number. Expected alerts are the spike detector of ``streams.core``
+replayed over those windows: what the worker must raise if its windows are
+right. Injected spikes are checked separately, against their known room and
+time (``loadtest._checks``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from schemas import ROOM_STATS_FIELDS, Event, RoomStats
+
+from .oracle import expected_windows
+from .traffic import Injection, Phase, no_gc
+
+WindowKey = tuple[str, int]
+#: (room_id, alertname, metric, startsAt ms)
+AlertKey = tuple[str, str, str, int]
+
+
+@dataclass
+class Truth:
+    """What the worker must produce for the generated phases."""
+
+    window_ms: int
+    grace_ms: int
+    partitions: int
+    windows: dict[WindowKey, RoomStats]
+    injections: list[Injection]
+    malformed: Counter[str]
+    events: int
+    messages: int
+    late_events: int
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    _alerts: set[AlertKey] | None = None
+
+    def expected_alerts(self) -> set[AlertKey]:
+        """Firing alerts the detector raises over the true windows (computed once)."""
+        if self._alerts is None:
+            with no_gc():
+                self._alerts = detector_alerts(self.windows.values(), self.window_ms)
+        return self._alerts
+
+
+def compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_ms: int) -> Truth:
+    """Run the oracle per partition over every phase's events, in production order."""
+    with no_gc():
+        return _compute(phases, partitions=partitions, window_ms=window_ms, grace_ms=grace_ms)
+
+
+def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_ms: int) -> Truth:
+    streams: dict[int, list[tuple[int, int, Event]]] = defaultdict(list)
+    offsets: Counter[tuple[int, int]] = Counter()
+    for phase in phases:
+        for source, part, _key, _raw, _ts, ev in phase.messages:
+            if ev is None:
+                continue
+            offsets[(part, source)] += 1
+            streams[part].append((source, offsets[(part, source)], ev))
+    windows: dict[WindowKey, RoomStats] = {}
+    for part in sorted(streams):
+        windows.update(
+            expected_windows(streams[part], window_ms=window_ms, grace_ms=grace_ms, sources=(0, 1, 2))
+        )
+    malformed: Counter[str] = Counter()
+    for phase in phases:
+        malformed.update(phase.malformed)
+    return Truth(
+        window_ms=window_ms,
+        grace_ms=grace_ms,
+        partitions=partitions,
+        windows=windows,
+        injections=[inj for phase in phases for inj in phase.injections],
+        malformed=malformed,
+        events=sum(phase.events for phase in phases),
+        messages=sum(len(phase.messages) for phase in phases),
+        late_events=sum(phase.late_events for phase in phases),
+        phases=[
+            {
+                "start_ms": p.start_ms,
+                "end_ms": p.end_ms,
+                "realtime": p.realtime,
+                "messages": len(p.messages),
+                "events": p.events,
+                "late_events": p.late_events,
+                "malformed": dict(p.malformed),
+            }
+            for p in phases
+        ],
+    )
+
+
+def detector_alerts(windows: Iterable[RoomStats], window_ms: int) -> set[AlertKey]:
+    """Replay the worker's spike detector (default rules) room by room; the firing transitions."""
+    from streams.core._spike_rules import DEFAULT_RULES, rules_for
+    from streams.core._spikes import DetectorState, observe
+
+    by_room: dict[str, list[RoomStats]] = defaultdict(list)
+    for stats in windows:
+        by_room[stats.room_id].append(stats)
+    out: set[AlertKey] = set()
+    for room_id, series in by_room.items():
+        state = DetectorState(room_id)
+        rules = rules_for(DEFAULT_RULES, room_id)
+        for stats in sorted(series, key=lambda s: s.window_start):
+            for ev in observe(state, stats, rules, window_ms):
+                if ev.status == "firing":
+                    out.add((ev.room_id, ev.alertname, ev.metric, ev.starts_at_ms))
+    return out
+
+
+def write(truth: Truth, path: Path, extra: Mapping[str, Any] | None = None) -> None:
+    """The truth as JSON (gzip when ``path`` ends in .gz): windows as rows in ROOM_STATS_FIELDS order."""
+    doc = {
+        "version": 1,
+        "window_ms": truth.window_ms,
+        "grace_ms": truth.grace_ms,
+        "partitions": truth.partitions,
+        "events": truth.events,
+        "messages": truth.messages,
+        "late_events": truth.late_events,
+        "malformed": dict(truth.malformed),
+        "phases": truth.phases,
+        "injections": [dataclasses.asdict(inj) for inj in truth.injections],
+        "expected_alerts": sorted(truth.expected_alerts()),
+        "fields": list(ROOM_STATS_FIELDS),
+        "windows": [dataclasses.astuple(s) for _, s in sorted(truth.windows.items())],
+        **(extra or {}),
+    }
+    raw = orjson.dumps(doc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw, 3) if path.suffix == ".gz" else raw)
+
+
+def read(path: Path) -> Truth:
+    raw = path.read_bytes()
+    doc = orjson.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    fields = doc["fields"]
+    windows = {}
+    for row in doc["windows"]:
+        stats = RoomStats(**dict(zip(fields, row, strict=True)))
+        windows[(stats.room_id, stats.window_start)] = stats
+    truth = Truth(
+        window_ms=doc["window_ms"],
+        grace_ms=doc["grace_ms"],
+        partitions=doc["partitions"],
+        windows=windows,
+        injections=[Injection(**{**i, "metrics": tuple(i["metrics"])}) for i in doc["injections"]],
+        malformed=Counter(doc["malformed"]),
+        events=doc["events"],
+        messages=doc["messages"],
+        late_events=doc["late_events"],
+        phases=doc["phases"],
+    )
+    truth._alerts = {(a[0], a[1], a[2], a[3]) for a in doc["expected_alerts"]}
+    return truth

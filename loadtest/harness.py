@@ -1,0 +1,583 @@
+"""``livepulse loadtest run``: the load-test harness.
+
+    livepulse loadtest run --events 1000000 --rooms 100000 --runs 3 --report
+    livepulse loadtest run --quick            # a few seconds of traffic, all scenarios, correctness only
+
+1. Start the local broker unless one is running (and stop it at the end if it was started here).
+2. Generate the backlog (``loadtest.traffic`` + the named scenarios, event time compressed into the
+   last minutes) and send it to fresh input topics as fast as the broker takes it.
+3. ``--runs`` times, on that same backlog: the baselines (``loadtest.baselines``), each a process
+   timed until it consumed everything, then a fresh livepulse worker (own app id and outputs),
+   timed the same way: events per second and per worker CPU-second (psutil), peak RSS, checkpoint
+   seconds from its ``/metrics``.
+4. The last worker is killed (SIGKILL) once caught up and started again: restore seconds.
+5. A live phase in real time at ``--live-load`` x the measured capacity: the backlog's rooms go on
+   at their own rate (one trending spike among them), the rest of the load comes from a second
+   room population; latency = arrival of each event's room-stats window minus its event time.
+6. Correctness of everything the last deployment published (``loadtest._checks``).
+
+Results go to ``<out-dir>/results-<stamp>.json``; ``--report`` also rewrites the load-test
+section of ``loadtest/RESULTS.md`` and the PNG plots in ``loadtest/plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+
+from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_broker
+
+from . import _truth, scenarios
+from ._checks import Verdict, check, parse_iso_ms
+from ._collect import Collector
+from ._deploy import Deployment, Sampler, WorkerProcess
+from ._measure import catch_up_rate, event_latencies, histogram, percentile
+from .baselines import BASELINES
+from .baselines.runner import run_baseline
+from .produce import Progress, ensure_topics, generate, send
+from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    events: int = 1_000_000
+    rooms: int = 100_000
+    users: int = 2_000_000
+    scenarios: tuple[str, ...] = scenarios.NAMES
+    runs: int = 3
+    seed: int = 1
+    partitions: int = 4
+    window_ms: int = 10_000
+    grace_ms: int = 2_000
+    live_s: float = 90.0
+    live_load: float = 0.5
+    baselines: tuple[str, ...] = BASELINES
+    #: faust moves a few thousand events/s: it is timed on this prefix of the backlog
+    faust_max_messages: int = 200_000
+    quick: bool = False
+    report: bool = False
+    brokers: str | None = None
+    out_dir: Path = REPO / ".cache" / "loadtest"
+    require_alerts: bool = True
+    #: compare late counts per room rather than per window (see ``_checks.check``)
+    late_slack: bool = True
+    #: restart the caught-up worker with SIGKILL (a crash) rather than SIGTERM (a clean hand-over)
+    crash_restart: bool = True
+    cleanup: bool = True
+    timeout_s: float = 900.0
+    verbose: bool = True
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> HarnessConfig:
+        """A few seconds of traffic with every scenario; correctness only."""
+        base = cls(
+            events=300_000,
+            rooms=2_000,
+            users=200_000,
+            runs=1,
+            window_ms=5_000,
+            live_s=15.0,
+            baselines=(),
+            quick=True,
+            # a clean restart: after SIGKILL faust's group waits out its 60 s session timeout
+            crash_restart=False,
+            late_slack=False,
+            timeout_s=120.0,
+        )
+        return replace(base, **overrides)
+
+
+@dataclass
+class Result:
+    config: dict[str, Any]
+    machine: dict[str, Any] = field(default_factory=dict)
+    backlog: dict[str, Any] = field(default_factory=dict)
+    livepulse: list[dict[str, Any]] = field(default_factory=list)
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    restore: dict[str, Any] = field(default_factory=dict)
+    live: dict[str, Any] = field(default_factory=dict)
+    correctness: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is not None and self.verdict.ok
+
+
+class Harness:
+    """One harness run; see the module docstring for the steps."""
+
+    def __init__(self, cfg: HarnessConfig) -> None:
+        self.cfg = cfg
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.suffix = uuid.uuid4().hex[:8]
+        self.log_dir = cfg.out_dir / f"run-{self.stamp}-{self.suffix}"
+        self.result = Result(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+        self.topics_created: list[str] = []
+
+    def say(self, text: str) -> None:
+        if self.cfg.verbose:
+            print(f"[loadtest {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    async def run(self, bootstrap: str) -> Result:
+        cfg, res = self.cfg, self.result
+        res.machine = machine_facts()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        model, backlog = self._generate_backlog()
+        inputs = (f"lt.{self.suffix}.viewer", f"lt.{self.suffix}.order", f"lt.{self.suffix}.gift")
+        await ensure_topics(bootstrap, inputs, cfg.partitions)
+        self.topics_created += inputs
+        stats = await send(
+            bootstrap, inputs, backlog.messages, progress=Progress("produce", len(backlog.messages))
+        )
+        res.backlog["produce_rate"] = stats.rate
+        res.backlog["produce_mb_s"] = stats.bytes / 1e6 / stats.seconds
+        self.say(f"backlog sent: {stats.messages:,} messages in {stats.seconds:.2f} s = {stats.rate:,.0f}/s")
+        total = len(backlog.messages)
+        worker: WorkerProcess | None = None
+        deployment: Deployment | None = None
+        for run in range(cfg.runs):
+            await self._baselines(bootstrap, inputs, total, run)
+            deployment = Deployment(
+                bootstrap, inputs, f"lt-{self.suffix}-r{run}", cfg.partitions, cfg.window_ms, cfg.grace_ms
+            )
+            self.topics_created += [t for t in asdict(deployment.topics).values() if t not in inputs]
+            last = run == cfg.runs - 1
+            worker = await self._catch_up(deployment, total, run, keep=last)
+        assert worker is not None and deployment is not None
+        worker = await self._restart(worker, deployment)
+        try:
+            async with Collector(bootstrap, deployment.topics) as collector:
+                live = await self._live(model, worker, collector)
+                truth = await self._settle_and_truth(backlog, live, collector)
+                m = await worker.metrics()
+                res.live.update(peak_rss=worker.peak_rss(), active_rooms=m.get("livepulse_active_rooms", 0.0))
+                res.verdict = check(
+                    truth, collector.outputs, require_alerts=cfg.require_alerts, late_slack=cfg.late_slack
+                )
+                self._record_correctness(truth, live, collector)
+        finally:
+            code = worker.stop()
+            self.say(f"worker stopped ({code}); logs in {self.log_dir}")
+        if cfg.cleanup:
+            await self._delete_topics(bootstrap)
+        path = self.log_dir / "results.json"
+        path.write_bytes(
+            orjson.dumps(_jsonable(res), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
+        res.correctness["results_file"] = str(path)
+        return res
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _generate_backlog(self) -> tuple[TrafficModel, Phase]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        config = TrafficConfig(rooms=cfg.rooms, users=cfg.users, partitions=cfg.partitions)
+        model, phase = generate(
+            config,
+            cfg.scenarios,
+            seed=cfg.seed,
+            events=cfg.events,
+            window_ms=cfg.window_ms,
+            grace_ms=cfg.grace_ms,
+            realtime=False,
+        )
+        gen_s = time.perf_counter() - t0
+        span_s = (phase.end_ms - phase.start_ms) / 1000
+        self.result.backlog.update(
+            messages=len(phase.messages),
+            events=phase.events,
+            malformed=sum(phase.malformed.values()),
+            span_s=span_s,
+            event_rate=model.config.rate_per_s,
+            generate_s=gen_s,
+            injections=[asdict(i) for i in phase.injections],
+        )
+        self._gen_rate = len(phase.messages) / gen_s
+        self.say(
+            f"backlog generated: {len(phase.messages):,} messages over {span_s:.0f} s of event time "
+            f"({model.config.rate_per_s:,.0f} events/s), {gen_s:.1f} s"
+        )
+        for inj in phase.injections:
+            self.say(f"  {inj.scenario} in {inj.room_id}: {inj.detail}")
+        return model, phase
+
+    async def _baselines(self, bootstrap: str, inputs: tuple[str, str, str], total: int, run: int) -> None:
+        cfg = self.cfg
+        for name in cfg.baselines:
+            limit = min(total, cfg.faust_max_messages) if name == "faust" else total
+            b = await run_baseline(
+                name,
+                brokers=bootstrap,
+                topics=inputs,
+                total=limit,
+                partitions=cfg.partitions,
+                window_ms=cfg.window_ms,
+                grace_ms=cfg.grace_ms,
+                log_dir=self.log_dir,
+                timeout_s=cfg.timeout_s,
+            )
+            row = {
+                "name": name,
+                "run": run,
+                "messages": limit,
+                "completed": b.completed,
+                "error": b.error,
+                "per_cpu_s": b.events_per_cpu_s,
+                "per_s": b.events_per_s,
+                "peak_rss": b.peak_rss,
+            }
+            self.result.baselines.append(row)
+            rate = f"{b.events_per_cpu_s:,.0f}/CPU-s" if b.events_per_cpu_s else b.error
+            self.say(f"baseline {name} run {run + 1}: {rate}")
+
+    async def _catch_up(self, deployment: Deployment, total: int, run: int, *, keep: bool) -> WorkerProcess:
+        worker = WorkerProcess(deployment, self.log_dir, f"livepulse-r{run}")
+        ready_s = await worker.wait_ready()
+        sampler = Sampler(worker, every_s=0.25)
+        await sampler.until_consumed(total, self.cfg.timeout_s)
+        rate = catch_up_rate(sampler.samples)
+        metrics = await worker.metrics()
+        checkpoint = histogram(metrics, "livepulse_checkpoint_seconds")
+        row = {
+            "run": run,
+            "ready_s": ready_s,
+            "messages": rate.messages,
+            "cpu_s": rate.cpu_s,
+            "wall_s": rate.wall_s,
+            "per_cpu_s": rate.per_cpu_s,
+            "per_s": rate.per_s,
+            "peak_rss": worker.peak_rss(),
+            "active_rooms": metrics.get("livepulse_active_rooms", 0.0),
+            "checkpoints": checkpoint.count,
+            "checkpoint_mean_s": checkpoint.mean,
+            "checkpoint_p99_le_s": checkpoint.p99_bound,
+            "checkpoint_max_le_s": checkpoint.max_bound,
+            "applied": metrics.get("livepulse_events_applied_total", 0.0),
+            "invalid": metrics.get("livepulse_events_invalid_total", 0.0),
+            "windows_emitted": metrics.get("livepulse_windows_emitted_total", 0.0),
+        }
+        self.result.livepulse.append(row)
+        self.result.series[f"catchup_r{run}"] = [asdict(s) for s in sampler.samples]
+        self.say(
+            f"livepulse run {run + 1}: {rate.per_cpu_s:,.0f} events/CPU-s, {rate.per_s:,.0f} events/s, "
+            f"peak RSS {row['peak_rss'] / 1e6:,.0f} MB, {row['active_rooms']:,.0f} rooms"
+        )
+        if not keep:
+            worker.stop()
+        return worker
+
+    async def _restart(self, worker: WorkerProcess, deployment: Deployment) -> WorkerProcess:
+        """Kill (or stop) the caught-up worker, start another: restore time from its /metrics."""
+        crash = self.cfg.crash_restart
+        if crash:
+            worker.kill()
+        else:
+            worker.stop()
+        again = WorkerProcess(deployment, self.log_dir, "livepulse-restarted")
+        ready_s = await again.wait_ready()
+        m = await again.metrics()
+        for _ in range(30):  # the rooms gauge is set by the first processing round after restore
+            if m.get("livepulse_active_rooms", 0.0) > 0:
+                break
+            await asyncio.sleep(0.1)
+            m = await again.metrics()
+        restore = histogram(m, "livepulse_restore_seconds")
+        self.result.restore = {
+            "how": "SIGKILL" if crash else "SIGTERM",
+            "ready_s": ready_s,
+            "restore_s_total": restore.total,
+            "partitions": restore.count,
+            "restore_s_max_le": restore.max_bound,
+            "rooms": m.get("livepulse_active_rooms", 0.0),
+            "rss_after": again.rss(),
+        }
+        self.say(
+            f"{'killed' if crash else 'stopped'} and restarted: {restore.total:.2f} s restoring "
+            f"{m.get('livepulse_active_rooms', 0):,.0f} "
+            f"rooms over {restore.count:.0f} partitions; ready {ready_s:.1f} s after start"
+        )
+        return again
+
+    async def _live(self, model: TrafficModel, worker: WorkerProcess, collector: Collector) -> Phase:
+        cfg = self.cfg
+        base_rate = model.config.rate_per_s
+        capacity = statistics.median(r["per_s"] for r in self.result.livepulse)
+        target = base_rate if cfg.quick else max(base_rate, cfg.live_load * capacity)
+        names = [n for n in cfg.scenarios if n in ("late", "malformed")]
+        built = scenarios.build(names, span_s=cfg.live_s, window_ms=cfg.window_ms, grace_ms=cfg.grace_ms)
+        # A spike in real time: a debut (surge rule). A trending spike would need the room's history
+        # to run on without a gap, and the runs before the live phase leave one of minutes.
+        if "hot-room" in cfg.scenarios:
+            built.append(scenarios.HotRoom(at_s=min(20.0, cfg.live_s / 5)))
+        if target > base_rate * 1.05:
+            built.append(scenarios.Filler(target - base_rate, rooms=max(1_000, cfg.rooms // 4)))
+        expected = target * cfg.live_s * 1.1
+        lead_s = 5.0 + 3.0 * expected / self._gen_rate  # generous: sending late would inflate latency
+        start_ms = int((time.time() + lead_s) * 1000)
+        with no_gc():
+            phase = model.phase(start_ms, cfg.live_s, built, realtime=True)
+        self.say(
+            f"live phase: {len(phase.messages):,} messages over {cfg.live_s:.0f} s at ~{target:,.0f}/s "
+            f"({cfg.live_load:.0%} of {capacity:,.0f}/s capacity; backlog rooms at {base_rate:,.0f}/s)"
+        )
+        stop = asyncio.Event()
+        sampler = Sampler(worker, every_s=0.5)
+        sampling = asyncio.create_task(sampler.run(stop))
+        try:
+            stats = await send(
+                worker.deployment.bootstrap, worker.deployment.inputs, phase.messages, realtime=True
+            )
+        finally:
+            stop.set()
+            await sampling
+        self.result.live.update(
+            target_rate=target,
+            capacity=capacity,
+            sent=stats.messages,
+            sent_rate=stats.rate,
+            sender_behind_s=stats.behind_s,
+            seconds=stats.seconds,
+            injections=[asdict(i) for i in phase.injections],
+            late_events=phase.late_events,
+            start_ms=phase.start_ms,
+        )
+        self.result.series["live"] = [asdict(s) for s in sampler.samples]
+        return phase
+
+    async def _settle_and_truth(self, backlog: Phase, live: Phase, collector: Collector) -> _truth.Truth:
+        """Let the last windows close and arrive (latencies need an idle loop), then compute the truth."""
+        cfg = self.cfg
+        await asyncio.sleep((cfg.window_ms + cfg.grace_ms) / 1000 + 4)
+        stable_since, count = time.monotonic(), -1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now_count = len(collector.outputs.windows)
+            if now_count != count:
+                stable_since, count = time.monotonic(), now_count
+            elif time.monotonic() - stable_since > 3:
+                break
+            await asyncio.sleep(0.5)
+        t0 = time.perf_counter()
+        truth = _truth.compute(
+            [backlog, live], partitions=cfg.partitions, window_ms=cfg.window_ms, grace_ms=cfg.grace_ms
+        )
+        truth.expected_alerts()
+        self.say(f"ground truth: {len(truth.windows):,} windows ({time.perf_counter() - t0:.1f} s)")
+        if not await collector.wait_for(set(truth.windows), 30):
+            self.say("some expected windows never arrived")
+        await asyncio.sleep(1)  # stragglers: late duplicates or alerts
+        return truth
+
+    def _record_correctness(self, truth: _truth.Truth, live: Phase, collector: Collector) -> None:
+        res, cfg = self.result, self.cfg
+        out = collector.outputs
+        latencies, no_window = event_latencies(live.messages, out.arrivals, cfg.window_ms, cfg.grace_ms)
+        res.live.update(
+            latency_events=len(latencies),
+            latency_missing=no_window,
+            latency_p50_s=percentile(latencies, 50),
+            latency_p99_s=percentile(latencies, 99),
+            latency_max_s=latencies[-1] if latencies else None,
+            latency_target_s=(cfg.window_ms + cfg.grace_ms) / 1000 + 1,
+        )
+        step = max(1, len(latencies) // 2_000)
+        res.series["latency_cdf"] = latencies[::step] + latencies[-1:]
+        v = res.verdict
+        assert v is not None
+        realtime_from = live.start_ms
+        res.correctness.update(
+            ok=v.ok,
+            summary=v.summary(),
+            windows=v.windows_expected,
+            mismatches=len(v.missing) + len(v.unexpected) + len(v.mismatched) + v.conflicts,
+            alerts_present=bool(out.alerts),
+            spikes=[
+                {
+                    "scenario": s.injection.scenario,
+                    "room": s.injection.room_id,
+                    "start_ms": s.injection.start_ms,
+                    "end_ms": s.injection.end_ms,
+                    "alert": list(s.alert) if s.alert else None,
+                    "start_offset_s": s.start_offset_s,
+                    "delay_s": s.delay_s(s.injection.start_ms >= realtime_from),
+                    "arrival_s": s.arrival_s,
+                }
+                for s in v.spikes
+            ],
+            organic=len(v.organic),
+            unexplained=[list(k) for k in v.unexplained],
+            late_expected=v.late_expected,
+            dlq=sum(v.dlq_got.values()),
+            dlq_duplicates=out.dlq_duplicates,
+            window_repeats=out.duplicates,
+        )
+        res.series["alerts"] = [_alert_row(arrival, rec) for arrival, rec in out.alerts]
+        res.series["phases"] = {
+            "backlog_start_ms": truth.phases[0]["start_ms"],
+            "live_start_ms": live.start_ms,
+        }
+        self.say(
+            f"live latency p50 {res.live['latency_p50_s']:.2f} s, p99 {res.live['latency_p99_s']:.2f} s "
+            f"over {len(latencies):,} events (target p99 <= {res.live['latency_target_s']:.1f} s)"
+        )
+        self.say("correctness:\n" + v.summary())
+
+    async def _delete_topics(self, bootstrap: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            doomed = [t for t in self.topics_created if t in existing]
+            if doomed:
+                await admin.delete_topics(doomed)
+        except Exception as exc:  # cleanup must not hide the result
+            self.say(f"could not delete topics: {exc!r}")
+        finally:
+            await admin.close()
+
+
+def machine_facts() -> dict[str, Any]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for dist in (
+        "aiokafka",
+        "faust-streaming",
+        "quixstreams",
+        "confluent-kafka",
+        "orjson",
+        "datasketches",
+        "psutil",
+    ):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": os.getloadavg(),
+        "kafka": "3.9.1 (local single-node KRaft, loopback)",
+        "versions": versions,
+    }
+
+
+def _alert_row(arrival: float, rec: dict[str, Any]) -> list[Any]:
+    """[arrival s, status, room, metric, alertname, startsAt ms] of one alert record."""
+    labels = rec.get("labels") or {}
+    try:
+        starts = parse_iso_ms(rec["startsAt"])
+    except (KeyError, TypeError, ValueError):
+        starts = None
+    return [
+        arrival,
+        rec.get("status"),
+        labels.get("room_id"),
+        labels.get("metric"),
+        labels.get("alertname"),
+        starts,
+    ]
+
+
+def _jsonable(res: Result) -> dict[str, Any]:
+    doc = asdict(res)
+    doc.pop("verdict", None)
+    return doc
+
+
+async def run_harness(cfg: HarnessConfig) -> Result:
+    """Run the harness against ``cfg.brokers`` or the local broker (started if needed)."""
+    if cfg.brokers:
+        return await Harness(cfg).run(cfg.brokers)
+    settings = BrokerSettings.from_env(os.environ)
+    started = broker_pid(settings) is None
+    broker = await asyncio.to_thread(ensure_broker, settings)
+    try:
+        return await Harness(cfg).run(broker.bootstrap)
+    finally:
+        if started:
+            await asyncio.to_thread(stop_broker, settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livepulse loadtest run", description=__doc__.split("\n\n")[0])
+    d = HarnessConfig()
+    p.add_argument("--events", type=int, default=d.events, help="base events in the backlog")
+    p.add_argument("--rooms", type=int, default=d.rooms)
+    p.add_argument("--scenario", default="all", help="comma-separated: " + ",".join(scenarios.NAMES))
+    p.add_argument("--runs", type=int, default=d.runs)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--live-s", type=float, default=d.live_s, help="seconds of live (real-time) traffic")
+    p.add_argument("--live-load", type=float, default=d.live_load, help="live rate as a share of capacity")
+    p.add_argument("--baselines", default=",".join(d.baselines), help="comma-separated, or 'none'")
+    p.add_argument("--faust-max-messages", type=int, default=d.faust_max_messages)
+    p.add_argument(
+        "--quick", action="store_true", help="a few seconds of traffic, all scenarios, correctness only"
+    )
+    p.add_argument("--report", action="store_true", help="update loadtest/RESULTS.md and loadtest/plots/")
+    p.add_argument("--brokers", help="use these brokers instead of the local one")
+    p.add_argument("--out-dir", type=Path, default=d.out_dir)
+    p.add_argument("--keep-topics", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    common = {
+        "scenarios": tuple(scenarios.parse(args.scenario)),
+        "seed": args.seed,
+        "brokers": args.brokers,
+        "out_dir": args.out_dir,
+        "report": args.report,
+        "cleanup": not args.keep_topics,
+    }
+    if args.quick:
+        cfg = HarnessConfig.quick_config(**common)
+    else:
+        baselines = () if args.baselines == "none" else tuple(b for b in args.baselines.split(",") if b)
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            raise SystemExit(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
+        cfg = HarnessConfig(
+            events=args.events,
+            rooms=args.rooms,
+            runs=args.runs,
+            live_s=args.live_s,
+            live_load=args.live_load,
+            baselines=baselines,
+            faust_max_messages=args.faust_max_messages,
+            **common,
+        )
+    result = asyncio.run(run_harness(cfg))
+    if cfg.report:
+        from . import _report, plots
+
+        written = plots.write_all(result, REPO / "loadtest" / "plots")
+        _report.update_results_md(result, written, argv=list(argv if argv is not None else sys.argv[1:]))
+    print(result.verdict.summary() if result.verdict else "no verdict")
+    return 0 if result.ok else 1

@@ -1,0 +1,395 @@
+"""The seeded traffic model of the load test: rooms, viewers, orders, gifts, with injected scenarios.
+
+A :class:`TrafficModel` generates one *phase* at a time (a compressed backlog
+or a real-time stretch) in ticks of event time. Each tick it draws the base
+mix — Zipf-skewed room popularity over a uniform floor, viewer
+join/leave/heartbeat/like/comment, orders created -> paid (some cancelled,
+refunded or re-sent by a retrying client), gifts — at a rate that drifts
+diurnally, then lets the active scenarios (``loadtest.scenarios``) add their
+events. Output is a :class:`Phase`: messages in production order, each with
+its input source, partition (murmur2 of the room, as the Java client picks),
+key, payload and event (``None`` for a malformed message), plus the injected
+spikes with their known room, start and size.
+
+Same seed, config and start time give the same bytes. The model carries state
+across phases (order numbers, rooms used by injections), so a backlog and the
+live phase after it form one consistent stream.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gc
+import heapq
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from schemas import Event, GiftEvent, OrderEvent, ViewerEvent
+from streams.core import partition_for
+
+if TYPE_CHECKING:
+    from .scenarios import Scenario
+
+VIEWER, ORDER, GIFT = 0, 1, 2
+SOURCE_NAMES = ("viewer", "order", "gift")
+VIEWER_KINDS = ("join", "leave", "heartbeat", "like", "comment")
+#: share of viewer actions by kind for an ordinary room
+VIEWER_WEIGHTS = (0.25, 0.20, 0.35, 0.15, 0.05)
+#: gift sizes: mostly single small gifts, rarely a big combo (uniform draws from these tables)
+GIFT_COUNTS = (1,) * 14 + (5, 5, 5, 10, 10, 99)
+GIFT_PRICES_MINOR = (10, 10, 100, 100, 100, 500, 1_000)
+ORDER_AMOUNTS_MINOR = (990, 1_990, 4_990, 9_900, 29_900, 129_900)
+
+#: one message: (source, partition, key, payload, event time ms, event or None when malformed)
+Message = tuple[int, int, bytes, bytes, int, Event | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficConfig:
+    """Shape of the base traffic. Rates are in events per second of event time."""
+
+    rooms: int = 10_000
+    users: int = 1_000_000
+    zipf_s: float = 1.1
+    #: share of events spread uniformly over all rooms (every room has a trickle of life)
+    floor_share: float = 0.2
+    rate_per_s: float = 20_000.0
+    viewer_share: float = 0.80
+    gift_share: float = 0.15
+    #: the rest are newly created orders; their later statuses come on top
+    diurnal_amplitude: float = 0.25
+    diurnal_period_s: float = 3_600.0
+    paid_p: float = 0.75
+    cancelled_p: float = 0.20
+    refunded_p: float = 0.04
+    retry_p: float = 0.02
+    #: follow-up delays (created -> paid/cancelled, paid -> refunded), seconds of event time
+    pay_delay_s: tuple[float, float] = (1.0, 15.0)
+    refund_delay_s: tuple[float, float] = (5.0, 60.0)
+    #: a retried message is re-sent unchanged within this many ms (must stay well inside grace)
+    retry_delay_ms: tuple[int, int] = (50, 500)
+    tick_ms: int = 100
+    partitions: int = 4
+    currency: str = "CNY"
+
+    def __post_init__(self) -> None:
+        if self.rooms < 10 or self.rate_per_s <= 0 or self.tick_ms <= 0 or self.partitions <= 0:
+            raise ValueError("need rooms >= 10, rate_per_s > 0, tick_ms > 0, partitions > 0")
+        if not 0 <= self.floor_share < 1 or self.viewer_share + self.gift_share >= 1:
+            raise ValueError("shares out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """A scenario event with known room, start, end (event time, ms) and size."""
+
+    scenario: str
+    room_id: str
+    start_ms: int
+    end_ms: int
+    #: multiplier over the room's base rate (or its share of all traffic, for a debut)
+    size: float
+    #: detector metrics expected to alert (any one suffices)
+    metrics: tuple[str, ...]
+    detail: str = ""
+
+
+@dataclass
+class Phase:
+    """One generated stretch of traffic, in production order."""
+
+    start_ms: int
+    end_ms: int
+    realtime: bool
+    messages: list[Message] = field(default_factory=list)
+    injections: list[Injection] = field(default_factory=list)
+    #: expected dead-letter reason code -> count
+    malformed: Counter[str] = field(default_factory=Counter)
+    #: events deliberately older than the watermark will be when they arrive
+    late_events: int = 0
+
+    @property
+    def events(self) -> int:
+        return len(self.messages) - sum(self.malformed.values())
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: millions of live tuples make each pass cost seconds."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def encode(source: int, ev: Any) -> bytes:
+    """Wire form of an input event (one JSON object, as upstream services send)."""
+    if source == VIEWER:
+        e = ev
+        return orjson.dumps({"type": e[0], "room_id": e[1], "user_id": e[2], "ts": e[3]})
+    if source == ORDER:
+        o = ev
+        return orjson.dumps(
+            {
+                "order_id": o[0],
+                "room_id": o[1],
+                "user_id": o[2],
+                "ts": o[3],
+                "status": o[4],
+                "amount_minor": o[5],
+                "currency": o[6],
+            }
+        )
+    g = ev
+    return orjson.dumps(
+        {"gift_id": g[0], "room_id": g[1], "user_id": g[2], "ts": g[3], "count": g[4], "value_minor": g[5]}
+    )
+
+
+class TrafficModel:
+    """Seeded generator of phases; see the module docstring."""
+
+    def __init__(self, config: TrafficConfig, *, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+        self.rng = random.Random(seed)
+        c = config
+        weights = [1.0 / (rank**c.zipf_s) for rank in range(1, c.rooms + 1)]
+        total = sum(weights)
+        self.popularity = [(1 - c.floor_share) * w / total + c.floor_share / c.rooms for w in weights]
+        self._zipf_cdf = list(itertools.accumulate(w / total for w in weights))
+        self.room_ids = [f"r{rank}" for rank in range(c.rooms)]
+        self._keys = [room.encode() for room in self.room_ids]
+        self._parts = [partition_for(key, c.partitions) for key in self._keys]
+        self._order_seq = 0
+        self._gift_seq = 0
+        self._seq = itertools.count()
+        #: rooms claimed by injections, so two scenarios never share a room
+        self.claimed: set[int] = set()
+        #: event time the diurnal cycle counts from: the start of the first phase
+        self.origin_ms: int | None = None
+
+    # -- helpers for scenarios ----------------------------------------------------------
+
+    def rate_at(self, ts_ms: int) -> float:
+        """Base events/s at an event time (diurnal drift)."""
+        c = self.config
+        since_s = (ts_ms - (self.origin_ms if self.origin_ms is not None else ts_ms)) / 1000
+        phase = 2 * math.pi * (since_s % c.diurnal_period_s) / c.diurnal_period_s
+        return c.rate_per_s * (1 + c.diurnal_amplitude * math.sin(phase))
+
+    def pick_room(self, per_room_rate: float, target: float, *, min_rank: int = 1) -> int:
+        """Unclaimed room (by rank) whose ``per_room_rate * popularity`` is closest to ``target``."""
+        best, best_gap = min_rank, math.inf
+        for rank in range(min_rank, self.config.rooms):
+            if rank in self.claimed:
+                continue
+            gap = abs(math.log(max(per_room_rate * self.popularity[rank], 1e-12) / target))
+            if gap < best_gap:
+                best, best_gap = rank, gap
+        self.claimed.add(best)
+        return best
+
+    def key_and_partition(self, room_id: str) -> tuple[bytes, int]:
+        key = room_id.encode()
+        return key, partition_for(key, self.config.partitions)
+
+    def room_key(self, rank: int) -> tuple[str, bytes, int]:
+        return self.room_ids[rank], self._keys[rank], self._parts[rank]
+
+    def new_order_id(self) -> str:
+        self._order_seq += 1
+        return f"o{self.seed}-{self._order_seq}"
+
+    def new_gift_id(self) -> str:
+        self._gift_seq += 1
+        return f"g{self.seed}-{self._gift_seq}"
+
+    # -- generation -------------------------------------------------------------------
+
+    def phase(
+        self,
+        start_ms: int,
+        duration_s: float,
+        scenarios: Sequence[Scenario] = (),
+        *,
+        realtime: bool = False,
+    ) -> Phase:
+        """Generate ``duration_s`` of event time from ``start_ms``.
+
+        ``realtime`` says the phase will be produced as it happens (event time
+        = wall time); scenarios whose outcome depends on arrival order (late
+        events) only act then.
+        """
+        c = self.config
+        if self.origin_ms is None:
+            self.origin_ms = start_ms
+        out = Phase(start_ms=start_ms, end_ms=start_ms + int(duration_s * 1000), realtime=realtime)
+        ctx = TickContext(self, out)
+        for scenario in scenarios:
+            scenario.plan(ctx)
+        ticks = math.ceil(duration_s * 1000 / c.tick_ms)
+        carry = 0.0
+        for k in range(ticks):
+            t0 = start_ms + k * c.tick_ms
+            expected = self.rate_at(t0) * c.tick_ms / 1000 + carry
+            n = int(expected)
+            carry = expected - n
+            ctx.begin_tick(t0, n)
+            self._base_tick(ctx, t0, n)
+            for scenario in scenarios:
+                scenario.tick(ctx)
+            ctx.flush_due(t0 + c.tick_ms)
+        # Follow-ups due after the phase are dropped (orders left unpaid): the next phase must not
+        # start with events from its past.
+        ctx.pending.clear()
+        return out
+
+    def _base_tick(self, ctx: TickContext, t0: int, n: int) -> None:
+        c = self.config
+        rnd = self.rng.random
+        tick = c.tick_ms
+        floor, rooms = c.floor_share, c.rooms
+        cdf, bis = self._zipf_cdf, bisect.bisect_left
+        viewer_cut, gift_cut = c.viewer_share, c.viewer_share + c.gift_share
+        kinds, n_kinds = KIND_TABLE, len(KIND_TABLE)
+        users = c.users
+        last = rooms - 1
+        room_ids, keys, parts = self.room_ids, self._keys, self._parts
+        emit, dumps, new = ctx.out.messages.append, orjson.dumps, tuple.__new__
+        disorder_share, disorder_ms = ctx.disorder
+        for _ in range(n):
+            ts = t0 + int(rnd() * tick)
+            if disorder_share and rnd() < disorder_share:
+                ts -= int(rnd() * disorder_ms)
+            rank = int(rnd() * rooms) if rnd() < floor else min(bis(cdf, rnd()), last)
+            user = f"u{int(rnd() * users)}"
+            u = rnd()
+            if u < viewer_cut:  # the common case, inlined
+                kind, room = kinds[int(rnd() * n_kinds)], room_ids[rank]
+                raw = dumps({"type": kind, "room_id": room, "user_id": user, "ts": ts})
+                emit((VIEWER, parts[rank], keys[rank], raw, ts, new(ViewerEvent, (kind, room, user, ts))))
+            elif u < gift_cut:
+                ctx.gift(rank, user, ts)
+            else:
+                ctx.order(rank, user, ts)
+
+
+#: viewer kinds drawn uniformly from this 20-slot table realise VIEWER_WEIGHTS exactly
+KIND_TABLE = tuple(
+    kind for kind, w in zip(VIEWER_KINDS, VIEWER_WEIGHTS, strict=True) for _ in range(round(w * 20))
+)
+
+
+class TickContext:
+    """What scenarios see and use while a phase is generated: the clock, the model, the emitters."""
+
+    def __init__(self, model: TrafficModel, out: Phase) -> None:
+        self.model = model
+        self.out = out
+        self.config = model.config
+        self.rng = model.rng
+        self.t0 = out.start_ms
+        self.n_base = 0
+        #: (due ts, seq, source, partition, key, event): order follow-ups and retried messages
+        self.pending: list[tuple[int, int, int, int, bytes, Event]] = []
+        #: out-of-order displacement: (share of events, max ms back); set by the ``late`` scenario
+        self.disorder: tuple[float, int] = (0.0, 0)
+        self._emit = out.messages.append
+
+    def begin_tick(self, t0: int, n_base: int) -> None:
+        self.t0, self.n_base = t0, n_base
+
+    def shift(self, ts: int) -> int:
+        """An event time, possibly displaced backwards (out of order) by the ``late`` scenario."""
+        share, max_ms = self.disorder
+        if share and self.rng.random() < share:
+            return ts - int(self.rng.random() * max_ms)
+        return ts
+
+    # -- emitters --------------------------------------------------------------------
+
+    def emit(self, source: int, partition: int, key: bytes, ev: Event) -> None:
+        self._emit((source, partition, key, encode(source, ev), ev.ts, ev))
+
+    def emit_raw(self, source: int, partition: int, key: bytes, raw: bytes, ts: int, reason: str) -> None:
+        self._emit((source, partition, key, raw, ts, None))
+        self.out.malformed[reason] += 1
+
+    def viewer(self, rank: int, kind: str, user: str, ts: int) -> None:
+        room, key, part = self.model.room_key(rank)
+        self.emit(VIEWER, part, key, ViewerEvent(kind, room, user, ts))
+
+    def viewer_in(self, room: str, key: bytes, part: int, kind: str, user: str, ts: int) -> None:
+        self.emit(VIEWER, part, key, ViewerEvent(kind, room, user, ts))
+
+    def gift(self, rank: int, user: str, ts: int) -> None:
+        room, key, part = self.model.room_key(rank)
+        self.gift_in(room, key, part, user, ts)
+
+    def gift_in(self, room: str, key: bytes, part: int, user: str, ts: int) -> None:
+        rng = self.rng
+        count = GIFT_COUNTS[int(rng.random() * len(GIFT_COUNTS))]
+        price = GIFT_PRICES_MINOR[int(rng.random() * len(GIFT_PRICES_MINOR))]
+        self.emit(GIFT, part, key, GiftEvent(self.model.new_gift_id(), room, user, ts, count, count * price))
+
+    def order(self, rank: int, user: str, ts: int) -> None:
+        room, key, part = self.model.room_key(rank)
+        self.order_in(room, key, part, user, ts)
+
+    def order_in(self, room: str, key: bytes, part: int, user: str, ts: int) -> None:
+        """A new order (created now); its later statuses and any retried duplicates are scheduled."""
+        c, rng = self.config, self.rng
+        order_id = self.model.new_order_id()
+        amount = ORDER_AMOUNTS_MINOR[int(rng.random() * len(ORDER_AMOUNTS_MINOR))]
+        created = OrderEvent(order_id, room, user, ts, "created", amount, c.currency)
+        self._order_event(part, key, created)
+        roll = rng.random()
+        if roll < c.paid_p:
+            paid_ts = ts + int(1000 * rng.uniform(*c.pay_delay_s))
+            self._later(paid_ts, ORDER, part, key, created._replace(ts=paid_ts, status="paid"))
+            if rng.random() < c.refunded_p:
+                refund_ts = paid_ts + int(1000 * rng.uniform(*c.refund_delay_s))
+                self._later(refund_ts, ORDER, part, key, created._replace(ts=refund_ts, status="refunded"))
+        elif roll < c.paid_p + c.cancelled_p:
+            cancel_ts = ts + int(1000 * rng.uniform(*c.pay_delay_s))
+            self._later(cancel_ts, ORDER, part, key, created._replace(ts=cancel_ts, status="cancelled"))
+
+    def _order_event(self, part: int, key: bytes, ev: OrderEvent) -> None:
+        self.emit(ORDER, part, key, ev)
+        c = self.config
+        if self.rng.random() < c.retry_p:  # a client retry: the same message again, a little later
+            due = ev.ts + self.rng.randint(*c.retry_delay_ms)
+            heapq.heappush(self.pending, (due, next(self.model._seq), -ORDER - 1, part, key, ev))
+
+    def _later(self, due: int, source: int, part: int, key: bytes, ev: Event) -> None:
+        heapq.heappush(self.pending, (due, next(self.model._seq), source, part, key, ev))
+
+    def flush_due(self, until_ms: int) -> None:
+        """Emit scheduled follow-ups and retries due before ``until_ms``."""
+        pending = self.pending
+        while pending and pending[0][0] < until_ms:
+            _, _, source, part, key, ev = heapq.heappop(pending)
+            if source < 0:  # a retry: re-sent unchanged, no further follow-ups
+                self.emit(-source - 1, part, key, ev)
+            elif source == ORDER:
+                self._order_event(part, key, ev)  # type: ignore[arg-type]
+            else:
+                self.emit(source, part, key, ev)
+
+    def count_for(self, rate_per_s: float) -> int:
+        """Events this tick for a Poisson-ish stream of ``rate_per_s`` (integer part plus a coin flip)."""
+        expected = rate_per_s * self.config.tick_ms / 1000
+        n = int(expected)
+        return n + (self.rng.random() < expected - n)
