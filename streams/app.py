@@ -43,6 +43,9 @@ def create_app(settings: Settings) -> faust.App:
         datadir=settings.faust_data_dir,
         autodiscover=False,
         topic_replication_factor=1,
+        # faust's own group (agents, rules table): a killed worker's partitions move after 10 s, not 60 s
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
     rules_table = app.GlobalTable("spike-rules", default=None, partitions=1)
     _control_agent(app, settings, rules_table, metrics)
