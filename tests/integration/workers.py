@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -19,18 +14,14 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from loadtest._deploy import WorkerProcess
+from loadtest._deploy import free_port as free_port  # re-exported for the tests
 from loadtest.synth import encode_event
 from schemas import Event, RoomStats, decode_room_stats
 from streams.core import partition_for
 from streams.settings import Topics
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -59,7 +50,7 @@ class Deployment:
             control=f"it.rules.{s}",
         )
 
-    def env(self, web_port: int) -> dict[str, str]:
+    def env(self, web_port: int, data_dir: Path | None = None) -> dict[str, str]:
         t = self.topics
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEPULSE_")}
         env.update(
@@ -72,72 +63,17 @@ class Deployment:
             LIVEPULSE_COMMIT_INTERVAL_MS="500",
             **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},
         )
+        if data_dir is not None:
+            env["LIVEPULSE_DATA_DIR"] = str(data_dir)
         env.update(self.extra_env)
         return env
 
 
-class Worker:
-    """One ``python -m streams worker`` process with its own web port and log file."""
+class Worker(WorkerProcess):
+    """One ``python -m streams worker`` (the load test's process handling) with metric look-ups for tests."""
 
     def __init__(self, deployment: Deployment, log_dir: Path, name: str = "worker") -> None:
-        self.port = free_port()
-        self.log_path = log_dir / f"{name}-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
-            cwd=REPO,
-            env=deployment.env(self.port),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    async def wait_ready(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                status, _ = await asyncio.to_thread(self.get, "/readyz")
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.3)
-        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no checkpoint, no commit, no goodbye."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._log.close()
-
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGTERM and wait: the worker checkpoints and leaves the group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"worker did not stop in {timeout_s}s:\n{self.tail()}") from None
-        self._log.close()
-        return code
-
-    def tail(self, lines: int = 60) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        super().__init__(deployment, log_dir, f"{name}-{uuid.uuid4().hex[:6]}")  # type: ignore[arg-type]
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
