@@ -94,6 +94,9 @@ class Settings:
     log_level: str = "info"
     #: faust's data directory (its tables live in memory; this holds only its bookkeeping)
     data_dir: str = ""
+    #: allocations between young garbage collections (Python's default is 700); 0 keeps Python's
+    #: settings. Room state is millions of long-lived containers that each full collection walks.
+    gc_threshold: int = 50_000
 
     @property
     def faust_data_dir(self) -> str:
@@ -111,6 +114,8 @@ class Settings:
             raise ConfigError("alert_resend_ms must be > 0")
         if self.partitions <= 0:
             raise ConfigError("partitions must be > 0")
+        if self.gc_threshold < 0:
+            raise ConfigError("gc_threshold must be >= 0")
         if not 0 < self.web_port < 65536:
             raise ConfigError(f"web_port {self.web_port} out of range")
 
@@ -130,6 +135,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ALERT_RESEND_MS": ("", "alert_resend_ms"),
     "LOG_LEVEL": ("", "log_level"),
     "DATA_DIR": ("", "data_dir"),
+    "GC_THRESHOLD": ("", "gc_threshold"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),
     "GRACE_MS": ("core", "grace_ms"),

@@ -324,6 +324,62 @@ def _step(
     state.last_concurrent = values[_CONCURRENT]
 
 
+class _Plan:
+    """The numbers of a rules mapping that the quiet fast path reads, in METRICS order."""
+
+    __slots__ = ("alphas", "drop_floor", "floors", "max_warmup", "running_until", "warmups")
+
+    def __init__(self, rules: Mapping[str, MetricRule]) -> None:
+        ordered = [rules[metric] for metric in METRICS]
+        #: a value at or above its floor might meet the spike or surge rule
+        self.floors = tuple(
+            r.min_volume if r.surge_value is None else min(r.min_volume, r.surge_value) for r in ordered
+        )
+        self.alphas = tuple(r.alpha for r in ordered)
+        self.warmups = tuple(r.warmup_windows for r in ordered)
+        self.max_warmup = max(self.warmups)
+        #: history length from which the fold's weight is alpha, not 1/(n+1) (a plain running mean)
+        self.running_until = tuple(_running_until(r.alpha, r.warmup_windows) for r in ordered)
+        orders = ordered[_ORDERS]
+        #: an orders baseline at or above this might meet the drop rule (None: drop disabled)
+        self.drop_floor = orders.drop_min_baseline if orders.drop_enabled else None
+
+
+def _running_until(alpha: float, warmup: int) -> int:
+    """Smallest n at which the fold weight max(alpha, 1/(n+1)) of a warming-up metric is alpha."""
+    n = min(warmup, int(1.0 / alpha))
+    while n > 0 and 1.0 / n < alpha:
+        n -= 1
+    while n < warmup and 1.0 / (n + 1) >= alpha:
+        n += 1
+    return n
+
+
+_PLANS: dict[int, tuple[Mapping[str, MetricRule], _Plan]] = {}
+_PLAN_CACHE_CAP = 4_096
+
+
+def _plan(rules: Mapping[str, MetricRule]) -> _Plan:
+    """The fast-path plan of a rules mapping (rooms share a few mappings; cached by identity)."""
+    hit = _PLANS.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return hit[1]
+    if len(_PLANS) >= _PLAN_CACHE_CAP:
+        _PLANS.clear()
+    plan = _Plan(rules)
+    _PLANS[id(rules)] = (rules, plan)  # holding the mapping keeps its id from being reused
+    return plan
+
+
+def _is_quiet(plan: _Plan, values: Sequence[float], baselines: array[float]) -> bool:
+    """No rule can trigger on ``values`` (given no alert slot is open)."""
+    for x, floor in zip(values, plan.floors, strict=True):
+        if x >= floor:
+            return False
+    drop_floor = plan.drop_floor
+    return drop_floor is None or baselines[2 * _ORDERS] < drop_floor
+
+
 def _fold_quiet(
     state: DetectorState, values: Sequence[float], window: tuple[int, int], rules: Mapping[str, MetricRule]
 ) -> bool:
@@ -332,29 +388,59 @@ def _fold_quiet(
     With no alert slot open, a metric below its ``min_volume`` and ``surge_value`` can neither
     spike nor surge, and a drop needs a baseline of at least ``drop_min_baseline``; then only
     the baseline fold remains, computed exactly as in ``_step``. Most windows of small rooms
-    (and the idle windows replayed for gaps) take this path.
+    take this path.
     """
-    n = state.windows
+    plan = _plan(rules)
     b = state.baselines
-    for i, metric in enumerate(METRICS):
-        rule = rules[metric]
-        x = values[i]
-        if x >= rule.min_volume or (rule.surge_value is not None and x >= rule.surge_value):
-            return False
-        if i == _ORDERS and rule.drop_enabled and b[2 * i] >= rule.drop_min_baseline:
-            return False
-    for i, metric in enumerate(METRICS):
-        rule = rules[metric]
-        alpha = rule.alpha if n >= rule.warmup_windows else max(rule.alpha, 1.0 / (n + 1))
-        mean, var = b[2 * i], b[2 * i + 1]
-        diff = values[i] - mean
+    if not _is_quiet(plan, values, b):
+        return False
+    n = state.windows
+    if n >= plan.max_warmup:
+        alphas: Sequence[float] = plan.alphas
+    else:
+        warm = 1.0 / (n + 1)
+        alphas = [a if n >= w else max(a, warm) for a, w in zip(plan.alphas, plan.warmups, strict=True)]
+    i = 0
+    for x, alpha in zip(values, alphas, strict=True):
+        mean = b[i]
+        diff = x - mean
         incr = alpha * diff
-        b[2 * i] = mean + incr
-        b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr)
+        b[i] = mean + incr
+        b[i + 1] = (1.0 - alpha) * (b[i + 1] + diff * incr)
+        i += 2
     state.windows = n + 1
     state.last_window_end = window[1]
     state.last_concurrent = values[_CONCURRENT]
     return True
+
+
+def _fold_quiet_run(state: DetectorState, values: Sequence[float], windows: int, plan: _Plan) -> None:
+    """Fold ``windows`` repeats of the quiet ``values`` into the baselines at once (a gap's idle windows).
+
+    Both regimes of the fold have a closed form for a constant x. During warm-up the fold is a
+    running mean and variance (weight 1/(n+1)): j more values give mean' = (n mean + j x)/(n+j)
+    and var' = (n var + n j d^2/(n+j))/(n+j) with d = x - mean. After it, with weight alpha and
+    r = 1 - alpha, k windows give mean' = x - d r^k and var' = r^k (var + d^2 (1 - r^k)). Equal
+    to ``windows`` calls of :func:`_fold_quiet` up to floating-point rounding.
+    """
+    b = state.baselines
+    n0 = state.windows
+    for i, (x, alpha, until) in enumerate(zip(values, plan.alphas, plan.running_until, strict=True)):
+        mean, var = b[2 * i], b[2 * i + 1]
+        running = min(windows, until - n0) if n0 < until else 0
+        if running:
+            n, total = n0, n0 + running
+            diff = x - mean
+            mean = (n * mean + running * x) / total
+            var = (n * var + n * running * diff * diff / total) / total
+        left = windows - running
+        if left:
+            rk = (1.0 - alpha) ** left
+            diff = x - mean
+            mean = x - diff * rk
+            var = rk * (var + diff * diff * (1.0 - rk))
+        b[2 * i], b[2 * i + 1] = mean, var
+    state.windows = n0 + windows
 
 
 def _restart(state: DetectorState, end_ms: int, events: list[AlertEvent]) -> None:
@@ -413,9 +499,18 @@ def observe(
             replayed = min(missed, max(0, max_gap_windows))
             idle = [0.0] * _N
             idle[_CONCURRENT] = state.last_concurrent
-            for k in range(replayed):
-                ws = last_end + k * window_ms
-                _step(state, idle, (ws, ws + window_ms), rules, True, events)
+            plan = _plan(rules)
+            if state.alerts is None and _is_quiet(plan, idle, state.baselines):
+                # Nothing can fire on the gap (zero flows only lower the orders baseline a drop
+                # would need), so only the baselines move: all at once, or not at all when the
+                # gap is long enough to restart them anyway.
+                if missed <= replayed:
+                    _fold_quiet_run(state, idle, replayed, plan)
+                    state.last_window_end = last_end + replayed * window_ms
+            else:
+                for k in range(replayed):
+                    ws = last_end + k * window_ms
+                    _step(state, idle, (ws, ws + window_ms), rules, True, events)
             if missed > replayed:
                 _restart(state, last_end + replayed * window_ms, events)
     _step(state, metric_values(stats, window_ms), (start, stats.window_end), rules, False, events)

@@ -39,12 +39,13 @@ from ._room import (
 )
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DetectorState, firing, observe, resolve_all
-from ._windows import bucket_range, window_start
+from ._windows import window_start
 
 NO_TIME = -(2**62)
 NEVER = 2**62
 
 ROOM_KEY_PREFIX = b"r/"
+DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
 META_FORMAT_VERSION = 2
 
@@ -86,6 +87,11 @@ def room_key(room_id: str) -> bytes:
     return ROOM_KEY_PREFIX + room_id.encode()
 
 
+def dedup_key(room_id: str, ws: int) -> bytes:
+    """Changelog key of one dedup chunk: ``d/<window start>/<room id>``."""
+    return b"%s%d/%s" % (DEDUP_KEY_PREFIX, ws, room_id.encode())
+
+
 class TaskAggregator:
     """Event-time windowed per-room aggregates for one partition number."""
 
@@ -120,6 +126,8 @@ class TaskAggregator:
         self._by_window: dict[int, set[Room]] = {}
         self._dirty: list[Room] = []
         self._expired: set[str] = set()
+        #: changelog keys of dedup chunks forgotten with their (expired) rooms
+        self._gone_chunks: list[bytes] = []
         self._outbox: list[RoomStats] = []
         self._last_expiry_scan = NO_TIME
 
@@ -209,18 +217,17 @@ class TaskAggregator:
                 next_close = self._next_close
                 continue
             kind = type(ev)
+            ws = ts - ts % window_ms
             if kind is order_t:
-                key = (ev.order_id, ev.status)  # type: ignore[union-attr]
-                seen = room.seen
-                if key in seen:
+                key = ev.status + ":" + ev.order_id  # type: ignore[union-attr]  # order_key, inlined
+                if key in room.seen:
                     duplicate += 1
                     continue
-                seen[key] = ts
+                room.remember(key, ws)
             bucket = ts // bucket_ms
             counters = room.buckets.get(bucket)
             if counters is None:
                 counters = room.counters(bucket)
-            ws = ts - ts % window_ms
             if ws != room.reg_ws:
                 self._register(room, ws)
                 next_close = self._next_close
@@ -340,33 +347,37 @@ class TaskAggregator:
 
     def _close_room_window(self, room: Room, ws: int) -> RoomStats:
         cfg = self.config
-        we = ws + cfg.window_ms
-        buckets = bucket_range(ws, we, cfg.bucket_ms)
-        total = room.sum_buckets(buckets)
-        room.release_buckets(buckets)
+        window_ms = cfg.window_ms
+        first = ws // cfg.bucket_ms
+        total = room.take_window(first, first + window_ms // cfg.bucket_ms)
         room.open_ws.remove(ws)
-        room.concurrent = max(0, room.concurrent + total[JOINS] - total[LEAVES])
-        unique = room.pop_unique_count(ws)
+        concurrent = room.concurrent + total[JOINS] - total[LEAVES]
+        room.concurrent = concurrent = concurrent if concurrent > 0 else 0
+        sketch = room.uniques.pop(ws, None)
         if not room.dirty:
             room.dirty = True
             self._dirty.append(room)
-        self._forget_old_orders(room, self._watermark - cfg.dedup_ttl_ms)
+        if room.seen_chunks:
+            # a chunk goes once every key in it is older than the dedup TTL
+            room.forget_chunks_before(
+                self._watermark - cfg.dedup_ttl_ms - window_ms + 1, cfg.dedup_max_per_room
+            )
         stats = RoomStats(
-            room_id=room.room_id,
-            window_start=ws,
-            window_end=we,
-            views=total[JOINS],
-            unique_viewers=unique,
-            concurrent_viewers=room.concurrent,
-            likes=total[LIKES],
-            comments=total[COMMENTS],
-            orders=total[ORDERS],
-            orders_per_sec=total[ORDERS] / cfg.window_seconds,
-            gmv_minor=total[GMV],
-            refunds_minor=total[REFUNDS],
-            gifts=total[GIFTS],
-            gift_value_minor=total[GIFT_VALUE],
-            late_events=total[LATE],
+            room.room_id,
+            ws,
+            ws + window_ms,
+            total[JOINS],
+            0 if sketch is None else round(sketch.get_estimate()),
+            concurrent,
+            total[LIKES],
+            total[COMMENTS],
+            total[ORDERS],
+            total[ORDERS] / cfg.window_seconds,
+            total[GMV],
+            total[REFUNDS],
+            total[GIFTS],
+            total[GIFT_VALUE],
+            total[LATE],
         )
         room.last_closed = stats
         self.counters.windows_emitted += 1
@@ -388,19 +399,6 @@ class TaskAggregator:
             else:
                 self.firing_rooms.discard(room.room_id)
 
-    def _forget_old_orders(self, room: Room, cutoff_ms: int) -> None:
-        seen = room.seen
-        if not seen:
-            return
-        cap = self.config.dedup_max_per_room
-        while len(seen) > cap:
-            del seen[next(iter(seen))]
-        # Insertion order is close to event-time order; stop at the first young key.
-        for key, ts in list(seen.items()):
-            if ts >= cutoff_ms:
-                break
-            del seen[key]
-
     def _expire_idle_rooms(self) -> None:
         self._last_expiry_scan = self._watermark
         cutoff = self._watermark - self.config.room_idle_ms
@@ -411,6 +409,8 @@ class TaskAggregator:
                 self.firing_rooms.discard(room.room_id)
             del self.rooms[room.room_id]
             self._expired.add(room.room_id)
+            for ws in [*room.seen_chunks, *room.seen_gone]:
+                self._gone_chunks.append(dedup_key(room.room_id, ws))
             room.dirty = False
         if idle:
             self._dirty = [r for r in self._dirty if r.dirty]
@@ -427,12 +427,26 @@ class TaskAggregator:
         # offsets: a replay after a restore skips what is at or below them for that room.
         for room in self._dirty:
             room.offsets.update(self._consumed)
-        upserts = [(room_key(r.room_id), encode_room(r)) for r in self._dirty if r.dirty]
+        upserts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
         for room in self._dirty:
+            if not room.dirty:
+                continue
             room.dirty = False
+            upserts.append((room_key(room.room_id), encode_room(room)))
+            if room.seen_dirty:
+                chunks = room.seen_chunks
+                for ws in room.seen_dirty:
+                    upserts.append((dedup_key(room.room_id, ws), orjson.dumps(chunks[ws])))
+                room.seen_dirty.clear()
+            if room.seen_gone:
+                deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
+                room.seen_gone.clear()
         self._dirty = []
-        deletes = [room_key(room_id) for room_id in sorted(self._expired)]
+        deletes.extend(room_key(room_id) for room_id in sorted(self._expired))
+        deletes.extend(self._gone_chunks)
         self._expired = set()
+        self._gone_chunks = []
         meta = [META_FORMAT_VERSION, self._max_ts, self._watermark, list(self._src_max.items())]
         upserts.append((META_KEY, orjson.dumps(meta)))
         return Checkpoint(upserts, deletes)
@@ -453,13 +467,22 @@ class TaskAggregator:
         if meta is not None:
             self._restore_meta(meta)
         prefix_len = len(ROOM_KEY_PREFIX)
+        chunks: list[tuple[bytes, bytes]] = []
         for key, value in latest.items():
-            if value is None or not key.startswith(ROOM_KEY_PREFIX):
+            if value is None:
                 continue
-            room = decode_room(value)
+            if key.startswith(DEDUP_KEY_PREFIX):
+                chunks.append((key, value))
+                continue
+            if not key.startswith(ROOM_KEY_PREFIX):
+                continue
+            room = decode_room(value, self.config.window_ms)
             if room.room_id.encode() != key[prefix_len:]:
                 raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
             self.rooms[room.room_id] = room
+            if room.seen_dirty:  # an old format's dedup memory: rewrite it as chunks next checkpoint
+                room.dirty = True
+                self._dirty.append(room)
             for ws in room.open_ws:
                 self._by_window.setdefault(ws, set()).add(room)
             if room.open_ws:
@@ -469,9 +492,25 @@ class TaskAggregator:
             for source, offset in room.offsets.items():
                 if offset > self._replay_until.get(source, -1):
                     self._replay_until[source] = offset
+        for key, value in chunks:
+            self._restore_chunk(key, value)
         if self._by_window:
             self._next_close = min(self._by_window) + self.config.window_ms
         return len(self.rooms)
+
+    def _restore_chunk(self, key: bytes, value: bytes) -> None:
+        try:
+            ws_text, room_id = key[len(DEDUP_KEY_PREFIX) :].decode().split("/", 1)
+            ws, keys = int(ws_text), orjson.loads(value)
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            raise StateError(f"undecodable dedup chunk {key!r}: {exc}") from exc
+        if not isinstance(keys, list) or not all(type(k) is str for k in keys):
+            raise StateError(f"dedup chunk {key!r} is not a list of keys")
+        room = self.rooms.get(room_id)
+        if room is None:
+            return  # no such room: nothing to attach it to (a room and its chunks are deleted together)
+        room.seen_chunks[ws] = keys
+        room.seen.update(keys)
 
     def _restore_meta(self, raw: bytes) -> None:
         try:

@@ -235,7 +235,7 @@ UNICODE_IDS = [
     "e\u0301",  # combining accent
     "مرحبا",  # right-to-left
     "\u0000ctl\u001f",  # control characters are legal JSON (escaped) and legal ids
-    "a\"b\\c/d",
+    'a"b\\c/d',
     "\U0010ffff",
 ]
 
@@ -556,7 +556,14 @@ def test_amount_caps_follow_the_limits() -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "JOIN", "Join", "", " join", "join ", "joined", "purchase", "paid",
+        "JOIN",
+        "Join",
+        "",
+        " join",
+        "join ",
+        "joined",
+        "purchase",
+        "paid",
         "\uff4a\uff4f\uff49\uff4e",  # fullwidth "join"
         "j" * 1000,
     ],
@@ -578,10 +585,24 @@ def test_currency_accepted(value: str) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "usd", "Usd", "uSD", "US", "USDX", "€€€", "", "U", "U5D", "123", "US ", " US", "U-D", "ÀBC",
+        "usd",
+        "Usd",
+        "uSD",
+        "US",
+        "USDX",
+        "€€€",
+        "",
+        "U",
+        "U5D",
+        "123",
+        "US ",
+        " US",
+        "U-D",
+        "ÀBC",
         "\uff35\uff33\uff24",  # fullwidth USD: isupper/isalpha but not ASCII
         "\u0391\u0392\u0393",  # Greek capitals
-        "US\n", "USD" * 100,
+        "US\n",
+        "USD" * 100,
     ],
 )
 def test_currency_bad_format(value: str) -> None:
@@ -763,8 +784,14 @@ def test_limits_reject_negative_skew(name: str, value: int) -> None:
 
 
 def test_limits_accept_minimal_values() -> None:
-    limits = Limits(max_message_bytes=1, max_id_len=1, max_amount_minor=1, max_gift_count=1,
-                    max_past_ms=0, max_future_ms=0)
+    limits = Limits(
+        max_message_bytes=1,
+        max_id_len=1,
+        max_amount_minor=1,
+        max_gift_count=1,
+        max_past_ms=0,
+        max_future_ms=0,
+    )
     assert limits.max_past_ms == 0
 
 
@@ -888,8 +915,14 @@ def test_dead_letter_records_where_and_why() -> None:
 
 @pytest.mark.parametrize(
     ("size", "truncated"),
-    [(0, False), (1, False), (DLQ_RAW_CAP_BYTES - 1, False), (DLQ_RAW_CAP_BYTES, False),
-     (DLQ_RAW_CAP_BYTES + 1, True), (3 * DLQ_RAW_CAP_BYTES, True)],
+    [
+        (0, False),
+        (1, False),
+        (DLQ_RAW_CAP_BYTES - 1, False),
+        (DLQ_RAW_CAP_BYTES, False),
+        (DLQ_RAW_CAP_BYTES + 1, True),
+        (3 * DLQ_RAW_CAP_BYTES, True),
+    ],
 )
 def test_dead_letter_truncates_raw_at_the_cap(size: int, truncated: bool) -> None:
     raw = bytes(i % 251 for i in range(size))
@@ -940,8 +973,9 @@ def test_dead_letter_key_cut_inside_a_character_is_replaced_not_raised() -> None
 
 
 def test_dead_letter_error_is_capped() -> None:
-    letter = dead_letter(Invalid("invalid_json", "e" * 5_000), topic="t", partition=0, offset=0,
-                         key=None, raw=b"x", now_ms=0)
+    letter = dead_letter(
+        Invalid("invalid_json", "e" * 5_000), topic="t", partition=0, offset=0, key=None, raw=b"x", now_ms=0
+    )
     assert letter.error == "e" * 1_000
 
 
@@ -983,8 +1017,16 @@ def test_every_rejection_can_be_dead_lettered(schema: Schema, raw: bytes) -> Non
 def test_dead_letter_property(
     raw: bytes | None, key: bytes | None, cap: int, detail: str, partition: int, offset: int
 ) -> None:
-    letter = dead_letter(Invalid("ts_skew", detail), topic="live.gift", partition=partition, offset=offset,
-                         key=key, raw=raw, now_ms=NOW, raw_cap=cap)
+    letter = dead_letter(
+        Invalid("ts_skew", detail),
+        topic="live.gift",
+        partition=partition,
+        offset=offset,
+        key=key,
+        raw=raw,
+        now_ms=NOW,
+        raw_cap=cap,
+    )
     data = raw or b""
     assert kept_bytes(letter) == data[:cap]
     assert letter.raw_len == len(data)

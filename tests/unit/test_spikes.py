@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from schemas import RoomStats
 from streams.core._alerts import AlertEvent, fingerprint, to_alertmanager
 from streams.core._spike_rules import METRICS, MetricRule, SpikeRules, rules_for
-from streams.core._spikes import DetectorState, _fold_quiet, _step, firing, observe
+from streams.core._spikes import DetectorState, _fold_quiet, _fold_quiet_run, _plan, _step, firing, observe
 
 W = 10_000  # window_ms
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of W
@@ -472,3 +472,35 @@ def test_quiet_fast_path_folds_exactly_like_the_full_step(
     full.alerts = {}  # any alert slot, even empty, sends _step down its full path
     _step(full, quiet, (0, 10_000), rules, False, [])
     assert fast.to_wire() == full.to_wire()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    windows=st.integers(0, 40),
+    gap=st.integers(1, 60),
+    mean=st.floats(0, 50),
+    var=st.floats(0, 100),
+    concurrent=st.floats(0, 99),
+    half_life=st.sampled_from([1.0, 2.0, 5.0, 20.0, 100.0]),
+    warmup=st.integers(0, 60),
+)
+def test_a_quiet_gap_folds_at_once_like_window_by_window(
+    windows: int, gap: int, mean: float, var: float, concurrent: float, half_life: float, warmup: int
+) -> None:
+    """The closed-form fold of a gap's idle windows equals folding them one by one (to rounding)."""
+    defaults = {
+        m: replace(rule, half_life_windows=half_life, warmup_windows=warmup)
+        for m, rule in SpikeRules().defaults.items()
+    }
+    rules = rules_for(SpikeRules(defaults), "r")
+    idle = [0.0] * len(METRICS)
+    idle[METRICS.index("concurrent_viewers")] = concurrent
+    at_once, one_by_one = DetectorState("r"), DetectorState("r")
+    for state in (at_once, one_by_one):
+        state.windows = windows
+        state.baselines = array("d", [mean, var] * len(METRICS))
+    _fold_quiet_run(at_once, idle, gap, _plan(rules))
+    for k in range(gap):
+        assert _fold_quiet(one_by_one, idle, (k * W, (k + 1) * W), rules)
+    assert at_once.windows == one_by_one.windows == windows + gap
+    assert at_once.baselines.tolist() == pytest.approx(one_by_one.baselines.tolist(), rel=1e-9, abs=1e-9)

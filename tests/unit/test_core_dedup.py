@@ -1,0 +1,94 @@
+"""Order dedup memory: chunked by window, checkpointed per chunk, expired whole, restored."""
+
+from __future__ import annotations
+
+import orjson
+
+from schemas import OrderEvent, ViewerEvent
+from streams.core import CoreConfig, TaskAggregator
+
+BASE_MS = 1_700_000_000_000  # a multiple of 10 s
+W = 10_000
+
+
+def order(order_id: str, ts: int, status: str = "paid", room: str = "r") -> OrderEvent:
+    return OrderEvent(order_id, room, "u", ts, status, 100, "CNY")
+
+
+def dedup_keys(keys: list[bytes]) -> set[bytes]:
+    return {k for k in keys if k.startswith(b"d/")}
+
+
+def chunk(room: str, ws: int) -> bytes:
+    return b"d/%d/%s" % (ws, room.encode())
+
+
+def test_checkpoint_writes_only_the_dedup_chunks_that_changed() -> None:
+    agg = TaskAggregator(CoreConfig())
+    agg.apply(0, [(1, order("o1", BASE_MS)), (2, order("o2", BASE_MS + 1))], 0)
+    first = agg.checkpoint()
+    assert dedup_keys([k for k, _ in first.upserts]) == {chunk("r", BASE_MS)}
+    assert sorted(orjson.loads(dict(first.upserts)[chunk("r", BASE_MS)])) == ["paid:o1", "paid:o2"]
+    agg.apply(0, [(3, ViewerEvent("join", "r", "u", BASE_MS + 2))], 0)
+    assert dedup_keys([k for k, _ in agg.checkpoint().upserts]) == set()  # room written, no chunk
+    agg.apply(0, [(4, order("o3", BASE_MS + W))], 0)
+    assert dedup_keys([k for k, _ in agg.checkpoint().upserts]) == {chunk("r", BASE_MS + W)}
+
+
+def test_duplicates_are_caught_after_a_restore() -> None:
+    agg = TaskAggregator(CoreConfig())
+    agg.apply(0, [(1, order("o1", BASE_MS)), (2, order("o1", BASE_MS, "created"))], 0)
+    restored = TaskAggregator(CoreConfig())
+    restored.restore(agg.checkpoint().upserts)
+    result = restored.apply(0, [(3, order("o1", BASE_MS + 5)), (4, order("o2", BASE_MS + 6))], 0)
+    assert (result.applied, result.duplicate) == (1, 1)
+
+
+def test_a_chunk_is_forgotten_whole_once_older_than_the_ttl_and_tombstoned() -> None:
+    agg = TaskAggregator(CoreConfig(dedup_ttl_ms=20_000))
+    agg.apply(0, [(1, order("o1", BASE_MS + 9_999))], 0)
+    agg.checkpoint()
+    # Watermark at BASE + 3W - 1: the chunk's newest possible key is exactly 20 s old: still kept.
+    agg.apply(0, [(2, order("o2", BASE_MS + 3 * W + 1_999))], 0)
+    assert BASE_MS in agg.rooms["r"].seen_chunks
+    agg.apply(0, [(3, order("o3", BASE_MS + 3 * W + 2_001))], 0)  # watermark passes: next close forgets it
+    agg.apply(0, [(4, order("o4", BASE_MS + 4 * W + 2_000))], 0)
+    room = agg.rooms["r"]
+    assert BASE_MS not in room.seen_chunks and "paid:o1" not in room.seen
+    assert "paid:o2" in room.seen
+    assert chunk("r", BASE_MS) in agg.checkpoint().deletes
+
+
+def test_an_expired_room_takes_its_chunks_with_it() -> None:
+    agg = TaskAggregator(CoreConfig(room_idle_ms=30_000))
+    agg.apply(0, [(1, order("o1", BASE_MS)), (2, order("o9", BASE_MS, room="other"))], 0)
+    agg.checkpoint()
+    for step in range(1, 8):  # "other" keeps talking, "r" is silent for longer than room_idle_ms
+        agg.apply(0, [(2 + step, order(f"x{step}", BASE_MS + step * W, room="other"))], 0)
+    assert "r" not in agg.rooms
+    deletes = agg.checkpoint().deletes
+    assert b"r/r" in deletes and chunk("r", BASE_MS) in deletes
+
+
+def test_the_cap_forgets_the_oldest_chunks_first() -> None:
+    agg = TaskAggregator(CoreConfig(dedup_max_per_room=3, dedup_ttl_ms=10**9))
+    for k in range(4):  # two keys per window
+        ts = BASE_MS + k * W
+        agg.apply(0, [(2 * k + 1, order(f"a{k}", ts)), (2 * k + 2, order(f"b{k}", ts))], 0)
+    room = agg.rooms["r"]
+    assert len(room.seen) <= 3 + 2  # a close trims to the cap; the open window may add to it
+    assert BASE_MS not in room.seen_chunks and "paid:a0" not in room.seen
+
+
+def test_a_version_2_room_moves_its_dedup_memory_into_chunks() -> None:
+    bucket = [BASE_MS // 1000, 0, 0, 0, 0, 1, 100, 0, 0, 0, 0]
+    seen = [["o1", "paid", BASE_MS + 5], ["o0", "created", BASE_MS - 1]]
+    v2 = orjson.dumps([2, "r", 0, BASE_MS, [[0, 2]], [bucket], [], [BASE_MS], seen, None])
+    agg = TaskAggregator(CoreConfig())
+    agg.restore([(b"r/r", v2)])
+    result = agg.apply(0, [(3, order("o1", BASE_MS + 6)), (4, order("o0", BASE_MS + 7, "created"))], 0)
+    assert result.duplicate == 2
+    written = dict(agg.checkpoint().upserts)
+    assert orjson.loads(written[b"r/r"])[0] == 3
+    assert orjson.loads(written[chunk("r", BASE_MS)]) == ["paid:o1"]
+    assert orjson.loads(written[chunk("r", BASE_MS - W)]) == ["created:o0"]
