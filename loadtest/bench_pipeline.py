@@ -136,12 +136,10 @@ def run_pipeline(
         for p, t in tasks.items():
             t.tick(now_ms, busy=(0, 1, 2))
             for stats in t.drain():
-                key = stats.room_id.encode()
-                sink.add("room-stats", partition_for(key, PARTITIONS), key, encode_room_stats(stats))
+                sink.add("room-stats", p, stats.room_id.encode(), encode_room_stats(stats))
             for alert in t.drain_alerts():
                 key = alert.fingerprint.encode()
                 sink.add("alerts", partition_for(key, PARTITIONS), key, orjson.dumps(to_alertmanager(alert)))
-            del p
         if time.perf_counter() - last_checkpoint >= checkpoint_s:
             for p, t in tasks.items():
                 cp = t.checkpoint()
@@ -170,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint-s", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", help="comma-separated variants to run (default: all)")
     parser.add_argument(
         "--gc-threshold", type=int, default=Settings().gc_threshold, help="as LIVEPULSE_GC_THRESHOLD"
     )
@@ -205,11 +204,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pipeline": (run_pipeline, {"checkpoint_s": args.checkpoint_s}),
         "no-detector": (run_pipeline, {"checkpoint_s": args.checkpoint_s, "detect_spikes": False}),
     }
+    if args.only:
+        variants = {name: variants[name] for name in args.only.split(",")}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeat):
         for name, (fn, kwargs) in variants.items():
             rates[name].append(measure(fn, batches, now_ms, **kwargs))
-    base = statistics.median(rates["plain"])
+    base = statistics.median(rates["plain"]) if "plain" in rates else float("nan")
     print(f"{'variant':<13}{'median msg/CPU-s':>18}{'min':>12}{'max':>12}{'vs plain':>10}")
     for name, got in rates.items():
         med = statistics.median(got)

@@ -17,12 +17,14 @@ from ._records import Invalid
 DLQ_RAW_CAP_BYTES = 4_096
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoomStats:
     """One closed window ``[window_start, window_end)`` of one room (``live.room-stats``).
 
     ``(room_id, window_start)`` identifies the record, so a replayed duplicate
-    is an idempotent upsert downstream.
+    is an idempotent upsert downstream. Treat as read-only: it is not frozen
+    because a frozen dataclass's ``__init__`` costs twice as much, and one is
+    built per room per window.
     """
 
     room_id: str

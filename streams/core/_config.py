@@ -20,7 +20,8 @@ class CoreConfig:
     grace_ms: int = 2_000
     #: wall-clock silence after which a partition's watermark follows wall time
     idle_partition_ms: int = 2_000
-    #: event-time silence after which a room is forgotten (after its last window)
+    #: event-time silence after which a room is forgotten (after its last window; rooms are
+    #: scanned every max(window_ms, room_idle_ms / 10) of event time)
     room_idle_ms: int = 300_000
     #: how long an (order_id, status) pair is remembered for dedup, in event time
     dedup_ttl_ms: int = 600_000

@@ -126,6 +126,11 @@ class Room:
     def take_window(self, first: int, end: int) -> list[int]:
         """Sum and drop the counters of buckets ``first <= bucket < end`` (one window)."""
         store = self.buckets
+        if len(store) == 1:  # the usual sparse room: one active bucket
+            for bucket in store:
+                if first <= bucket < end:
+                    return store.pop(bucket)
+            return [0] * N_COUNTERS
         if len(store) <= end - first:
             numbers = [b for b in store if first <= b < end]
         else:

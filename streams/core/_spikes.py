@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from operator import ge
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -373,9 +374,8 @@ def _plan(rules: Mapping[str, MetricRule]) -> _Plan:
 
 def _is_quiet(plan: _Plan, values: Sequence[float], baselines: array[float]) -> bool:
     """No rule can trigger on ``values`` (given no alert slot is open)."""
-    for x, floor in zip(values, plan.floors, strict=True):
-        if x >= floor:
-            return False
+    if any(map(ge, values, plan.floors)):
+        return False
     drop_floor = plan.drop_floor
     return drop_floor is None or baselines[2 * _ORDERS] < drop_floor
 
@@ -392,7 +392,10 @@ def _fold_quiet(
     """
     plan = _plan(rules)
     b = state.baselines
-    if not _is_quiet(plan, values, b):
+    if any(map(ge, values, plan.floors)):
+        return False
+    drop_floor = plan.drop_floor
+    if drop_floor is not None and b[2 * _ORDERS] >= drop_floor:
         return False
     n = state.windows
     if n >= plan.max_warmup:
@@ -403,10 +406,11 @@ def _fold_quiet(
     i = 0
     for x, alpha in zip(values, alphas, strict=True):
         mean = b[i]
-        diff = x - mean
-        incr = alpha * diff
-        b[i] = mean + incr
-        b[i + 1] = (1.0 - alpha) * (b[i + 1] + diff * incr)
+        if x != mean or b[i + 1]:  # else the fold leaves both at what they are (a metric never seen)
+            diff = x - mean
+            incr = alpha * diff
+            b[i] = mean + incr
+            b[i + 1] = (1.0 - alpha) * (b[i + 1] + diff * incr)
         i += 2
     state.windows = n + 1
     state.last_window_end = window[1]
@@ -427,6 +431,8 @@ def _fold_quiet_run(state: DetectorState, values: Sequence[float], windows: int,
     n0 = state.windows
     for i, (x, alpha, until) in enumerate(zip(values, plan.alphas, plan.running_until, strict=True)):
         mean, var = b[2 * i], b[2 * i + 1]
+        if x == mean and not var:
+            continue  # a constant at its mean with no variance stays there
         running = min(windows, until - n0) if n0 < until else 0
         if running:
             n, total = n0, n0 + running
