@@ -429,23 +429,28 @@ def _fold_quiet_run(state: DetectorState, values: Sequence[float], windows: int,
     """
     b = state.baselines
     n0 = state.windows
-    for i, (x, alpha, until) in enumerate(zip(values, plan.alphas, plan.running_until, strict=True)):
-        mean, var = b[2 * i], b[2 * i + 1]
-        if x == mean and not var:
-            continue  # a constant at its mean with no variance stays there
-        running = min(windows, until - n0) if n0 < until else 0
-        if running:
-            n, total = n0, n0 + running
-            diff = x - mean
-            mean = (n * mean + running * x) / total
-            var = (n * var + n * running * diff * diff / total) / total
-        left = windows - running
-        if left:
-            rk = (1.0 - alpha) ** left
-            diff = x - mean
-            mean = x - diff * rk
-            var = rk * (var + diff * diff * (1.0 - rk))
-        b[2 * i], b[2 * i + 1] = mean, var
+    i = 0
+    for x, alpha, until in zip(values, plan.alphas, plan.running_until, strict=True):
+        mean = b[i]
+        var = b[i + 1]
+        if x != mean or var:  # else a constant at its mean with no variance stays there
+            running = until - n0 if n0 < until else 0
+            if running > windows:
+                running = windows
+            if running:
+                total = n0 + running
+                diff = x - mean
+                mean = (n0 * mean + running * x) / total
+                var = (n0 * var + n0 * running * diff * diff / total) / total
+            left = windows - running
+            if left:
+                rk = (1.0 - alpha) ** left
+                diff = x - mean
+                mean = x - diff * rk
+                var = rk * (var + diff * diff * (1.0 - rk))
+            b[i] = mean
+            b[i + 1] = var
+        i += 2
     state.windows = n0 + windows
 
 

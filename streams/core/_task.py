@@ -281,7 +281,7 @@ class TaskAggregator:
         """
         idle_after = self.config.idle_partition_ms
         busy = set(busy)
-        for source in self.sources | self._src_wall.keys():
+        for source in self.sources.union(self._src_wall):
             last = self._src_wall.setdefault(source, now_ms)
             if source not in busy and now_ms - last >= idle_after:
                 self._idle.add(source)
@@ -300,7 +300,7 @@ class TaskAggregator:
     def _slowest(self, exclude: int | None = None) -> int:
         """Newest event time of the slowest non-idle source (NO_TIME if one has sent nothing)."""
         slowest = NEVER
-        for source in self.sources | self._src_max.keys():
+        for source in self.sources.union(self._src_max):
             if source != exclude and source not in self._idle:
                 slowest = min(slowest, self._src_max.get(source, NO_TIME))
         return slowest
