@@ -12,7 +12,10 @@ builder, as the producer path does), alerts encoded, and a checkpoint
 time. Only the network is missing, so this isolates the worker's own CPU
 cost. In the same run it measures the plain ceiling of the load test
 (orjson-decode each message and count per room in a dict) and reports
-events per CPU-second, medians of ``--repeat`` interleaved runs.
+messages per CPU-second, medians of ``--repeat`` interleaved runs. Variants
+take parts away to attribute the cost: ``decode`` (strict decoding alone),
+``plain+windows`` (the plain loop plus one output record per room and window),
+``no-checkpoint``, ``no-detector``.
 
 ``--profile`` runs the pipeline once more under cProfile and prints the top
 functions by own and cumulative time.
@@ -104,6 +107,16 @@ def run_plain(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]], _now_
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
             counts[room] = counts.get(room, 0) + 1
+        n += len(items)
+    return n
+
+
+def run_decode(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]], now_ms: int) -> int:
+    """Strict decoding and validation alone (the first step of the pipeline)."""
+    limits = Limits()
+    n = 0
+    for _p, source, items in batches:
+        DECODERS[source](items, now_ms, limits)
         n += len(items)
     return n
 
@@ -237,8 +250,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     variants: dict[str, Any] = {
         "plain": (run_plain, {}),
         "plain+windows": (run_plain_windows, {}),
-        "pipeline": (run_pipeline, {"checkpoint_s": args.checkpoint_s}),
+        "decode": (run_decode, {}),
+        "no-checkpoint": (run_pipeline, {"checkpoint_s": float("inf")}),
         "no-detector": (run_pipeline, {"checkpoint_s": args.checkpoint_s, "detect_spikes": False}),
+        "pipeline": (run_pipeline, {"checkpoint_s": args.checkpoint_s}),
     }
     if args.only:
         variants = {name: variants[name] for name in args.only.split(",")}
@@ -247,10 +262,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, (fn, kwargs) in variants.items():
             rates[name].append(measure(fn, batches, now_ms, **kwargs))
     base = statistics.median(rates["plain"]) if "plain" in rates else float("nan")
-    print(f"{'variant':<15}{'median msg/CPU-s':>18}{'min':>12}{'max':>12}{'vs plain':>10}")
+    print(f"{'variant':<15}{'median msg/CPU-s':>18}{'min':>12}{'max':>12}{'vs plain':>10}{'us/msg':>8}")
     for name, got in rates.items():
         med = statistics.median(got)
-        print(f"{name:<15}{med:>18,.0f}{min(got):>12,.0f}{max(got):>12,.0f}{med / base:>9.2f}x")
+        print(
+            f"{name:<15}{med:>18,.0f}{min(got):>12,.0f}{max(got):>12,.0f}{med / base:>9.2f}x{1e6 / med:>8.2f}"
+        )
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(run_pipeline, batches, now_ms, checkpoint_s=args.checkpoint_s)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from operator import ge
 from collections.abc import Mapping, Sequence
+from operator import ge
 from typing import Any, Final
 
 from schemas import RoomStats
