@@ -202,17 +202,24 @@ class DataPlane:
             self._process_partition(tp, task, messages, now_ms)
             self._consumed[tp] = messages[-1].offset
             self._position[tp] = messages[-1].offset + 1
+            if self._publish_windows(tp.partition, task):
+                await self._outbound.send()  # out before the next partition's work
         busy = await self._lagging()
-        transitions = False
         for partition, task in self.tasks.items():
             task.tick(now_ms, busy.get(partition, ()))
             self._publish_windows(partition, task)
-            alerts = task.drain_alerts()
-            transitions = transitions or bool(alerts)
-            self._publish_alerts(alerts)
             watermark = task.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
+        # Closed windows go to the producer before the spike detector evaluates them: at a window
+        # boundary tens of thousands of rooms close at once, and their records need not wait for it.
+        await self._outbound.send()
+        await asyncio.sleep(0)
+        transitions = False
+        for task in self.tasks.values():
+            alerts = task.drain_alerts()
+            transitions = transitions or bool(alerts)
+            self._publish_alerts(alerts)
         if transitions or now - self._last_resend >= self.settings.alert_resend_ms / 1000:
             self._resend_firing(resend=now - self._last_resend >= self.settings.alert_resend_ms / 1000)
         await self._outbound.send()
@@ -345,10 +352,11 @@ class DataPlane:
             self._outbound.add(dlq, tp.partition, msg.key, encode_dead_letter(letter))
             self.metrics.events_invalid.labels(tp.topic, invalid.reason).inc()
 
-    def _publish_windows(self, partition: int, task: TaskAggregator) -> None:
+    def _publish_windows(self, partition: int, task: TaskAggregator) -> int:
+        """Queue the task's closed windows for the room-stats topic; returns how many."""
         closed = task.drain()
         if not closed:
-            return
+            return 0
         assert self._outbound is not None
         topic = self.settings.topics.room_stats
         add = self._outbound.add
@@ -361,6 +369,7 @@ class DataPlane:
             self.metrics.detector_evaluations.inc(len(closed))
         for callback in self._on_window:
             callback(partition, closed)
+        return len(closed)
 
     def _publish_alerts(self, events: list[AlertEvent], *, transitions: bool = True) -> None:
         """Queue alerts for the alerts topic, keyed by fingerprint; count fired/resolved transitions."""

@@ -130,6 +130,8 @@ class TaskAggregator:
         #: changelog keys of dedup chunks forgotten with their (expired) rooms
         self._gone_chunks: list[bytes] = []
         self._outbox: list[RoomStats] = []
+        #: closed windows not yet seen by the spike detector (see ``detect``)
+        self._undetected: list[tuple[Room, RoomStats]] = []
         self._last_expiry_scan = NO_TIME
 
     # -- reading --------------------------------------------------------------------
@@ -147,13 +149,26 @@ class TaskAggregator:
         out, self._outbox = self._outbox, []
         return out
 
+    def detect(self) -> None:
+        """Run the spike detector over the windows closed since the last call, in closing order.
+
+        Closing a window only queues it for the detector, so a runtime can publish a burst of
+        closed windows first and evaluate them after; ``drain_alerts``, ``firing_alerts`` and
+        ``checkpoint`` call this first, so no caller sees state without its detection.
+        """
+        pending, self._undetected = self._undetected, []
+        for room, stats in pending:
+            self._detect(room, stats)
+
     def drain_alerts(self) -> list[AlertEvent]:
         """Alert transitions (firing, resolved) since the last drain."""
+        self.detect()
         out, self._alerts = self._alerts, []
         return out
 
     def firing_alerts(self) -> list[AlertEvent]:
         """Every alert firing now, with its latest readings (for periodic re-sends)."""
+        self.detect()
         out: list[AlertEvent] = []
         for room_id in sorted(self.firing_rooms):
             room = self.rooms.get(room_id)
@@ -385,7 +400,7 @@ class TaskAggregator:
         room.last_closed = stats
         self.counters.windows_emitted += 1
         if self.detect_spikes:
-            self._detect(room, stats)
+            self._undetected.append((room, stats))
         return stats
 
     def _detect(self, room: Room, stats: RoomStats) -> None:
@@ -406,6 +421,11 @@ class TaskAggregator:
         self._last_expiry_scan = self._watermark
         cutoff = self._watermark - self.config.room_idle_ms
         idle = [r for r in self.rooms.values() if not r.open_ws and r.last_ts < cutoff]
+        if idle and self._undetected:  # a room's last windows are evaluated before it is forgotten
+            leaving = set(idle)
+            for room, stats in [item for item in self._undetected if item[0] in leaving]:
+                self._detect(room, stats)
+            self._undetected = [item for item in self._undetected if item[0] not in leaving]
         for room in idle:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
@@ -426,6 +446,7 @@ class TaskAggregator:
 
         Call it, write the records, and only then commit input offsets.
         """
+        self.detect()
         # Every event taken so far is in the state, so a changed room holds everything up to these
         # offsets: a replay after a restore skips what is at or below them for that room.
         for room in self._dirty:

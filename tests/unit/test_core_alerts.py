@@ -45,6 +45,21 @@ def test_a_step_up_in_views_fires_once_and_resolves_once() -> None:
     assert views == [("firing", "views_per_sec", 40), ("resolved", "views_per_sec", 40)]
 
 
+def test_closed_windows_are_evaluated_before_a_checkpoint_and_on_drain() -> None:
+    """Detection is deferred from the close to drain_alerts/checkpoint; nothing is skipped by it."""
+    batches = joins_per_window(PROFILE)
+    reference = run(TaskAggregator(CFG), batches)
+    task = TaskAggregator(CFG)
+    for batch in batches[:43]:  # no drain_alerts: windows close and wait for the detector
+        task.apply(0, batch, now_ms=0)
+    assert task.rooms["r"].detector is None
+    restored = TaskAggregator(CFG)
+    restored.restore(task.checkpoint().upserts)  # the checkpoint ran the detector first
+    assert restored.rooms["r"].detector is not None and restored.firing_rooms == {"r"}
+    before = [(e.status, e.metric, (e.starts_at_ms - BASE_MS) // 10_000) for e in task.drain_alerts()]
+    assert before + run(restored, batches[43:]) == reference
+
+
 def test_detector_state_survives_a_restore_mid_alert() -> None:
     batches = joins_per_window(PROFILE)
     reference = run(TaskAggregator(CFG), batches)
