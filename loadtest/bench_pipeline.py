@@ -39,6 +39,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas import (
     Limits,
+    ViewerEvent,
     dead_letter,
     decode_gift_batch,
     decode_order_batch,
@@ -199,6 +200,51 @@ def run_pipeline(
     return n
 
 
+def burst(rooms: int, repeat: int) -> None:
+    """CPU time to close one window in ``rooms`` rooms at once (a window boundary), publish, then detect.
+
+    Each room has two windows of history (so the detector holds a baseline) and one viewer
+    event in the window that closes; one event of the next window moves the watermark past it.
+    """
+    config = CoreConfig()
+    base = (int(time.time() * 1000) // 10_000 - 10) * 10_000
+    publish, detect = [], []
+    for _ in range(repeat):
+        task = TaskAggregator(config, sources=(0,))
+        offset = 0
+        for w in range(3):
+            items = []
+            for r in range(rooms):
+                offset += 1
+                items.append(
+                    (offset, ViewerEvent("join", f"r{r}", f"u{r}-{w}", base + w * 10_000 + r % 9_000))
+                )
+            task.apply(0, items, base + 60_000)
+            if w < 2:  # close the history windows and let the detector see them
+                task.apply(
+                    0, [(offset + 1, ViewerEvent("join", "tick", "u", base + (w + 1) * 10_000 + 2_500))], 0
+                )
+                offset += 1
+                task.drain()
+                task.drain_alerts()
+        sink = Sink()
+        gc.collect()
+        t0 = time.process_time()
+        task.apply(0, [(offset + 1, ViewerEvent("join", "tick", "u", base + 32_500))], 0)
+        for stats in task.drain():
+            sink.add("room-stats", 0, stats.room_id.encode(), encode_room_stats(stats))
+        t1 = time.process_time()
+        task.drain_alerts()
+        t2 = time.process_time()
+        publish.append(t1 - t0)
+        detect.append(t2 - t1)
+    med_p, med_d = statistics.median(publish), statistics.median(detect)
+    print(
+        f"window boundary with {rooms:,} rooms closing: close + publish {med_p:.3f} s CPU "
+        f"(min {min(publish):.3f}), then detection {med_d:.3f} s (min {min(detect):.3f}); medians of {repeat}"
+    )
+
+
 def measure(fn: Any, batches: Any, now_ms: int, **kwargs: Any) -> float:
     gc.collect()
     t0 = time.process_time()
@@ -220,7 +266,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--gc-threshold", type=int, default=Settings().gc_threshold, help="as LIVEPULSE_GC_THRESHOLD"
     )
+    parser.add_argument(
+        "--burst", type=int, default=0, help="instead: time one window boundary closing this many rooms"
+    )
     args = parser.parse_args(argv)
+    if args.burst:
+        if args.gc_threshold:
+            gc.set_threshold(args.gc_threshold, 50, 100)
+        burst(args.burst, args.repeat)
+        return
     config = TrafficConfig(rooms=args.rooms, partitions=PARTITIONS)
     t0 = time.perf_counter()
     _model, phase = generate(
