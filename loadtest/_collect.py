@@ -31,6 +31,8 @@ class Outputs:
     windows: dict[WindowKey, RoomStats] = field(default_factory=dict)
     #: first arrival (unix seconds) per window
     arrivals: dict[WindowKey, float] = field(default_factory=dict)
+    #: record timestamp (unix seconds; set by the worker's producer when it queued the record) per window
+    produced: dict[WindowKey, float] = field(default_factory=dict)
     conflicts: list[tuple[RoomStats, RoomStats]] = field(default_factory=list)
     duplicates: int = 0
     #: (arrival unix seconds, alert record) for every record on the alerts topic
@@ -122,6 +124,7 @@ class Collector:
             if previous is None:
                 out.windows[key] = stats
                 out.arrivals[key] = now
+                out.produced[key] = m.timestamp / 1000
             elif previous == stats:
                 out.duplicates += 1
             else:

@@ -129,6 +129,10 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
         f"{p99:.2f} s / {live.get('latency_max_s') or math.nan:.2f} s "
         f"over {live.get('latency_events', 0):,} events "
         f"| p99 <= {lat_target:g} s: {_yes(p99 <= lat_target)} |",
+        f"| ... up to the worker queuing the record (its timestamp), p50 / p99 | "
+        f"{live.get('latency_worker_p50_s', math.nan):.2f} s / "
+        f"{live.get('latency_worker_p99_s', math.nan):.2f} s "
+        "| (diagnostic: the rest is producer, broker and the harness's reader) |",
         f"| peak RSS of the worker (VmHWM), rooms held: after the backlog | {rss / 1e6:,.0f} MB with "
         f"{rooms:,.0f} rooms | {memory_verdict(rss, rooms)} |",
         f"| ... restarted worker at the end of the live phase | {live.get('peak_rss', 0) / 1e6:,.0f} MB with "
