@@ -348,6 +348,19 @@ class Harness:
         finally:
             stop.set()
             await sampling
+        metrics = await worker.metrics()
+        batch = histogram(metrics, "livepulse_batch_processing_seconds")
+        wait = histogram(metrics, "livepulse_publish_wait_seconds")
+        checkpoint = histogram(metrics, "livepulse_checkpoint_seconds")
+        self.result.live.update(
+            worker_batch_mean_s=batch.mean,
+            worker_batch_p99_le_s=batch.p99_bound,
+            worker_publish_wait_mean_s=wait.mean,
+            worker_publish_wait_p99_le_s=wait.p99_bound,
+            worker_publish_wait_max_le_s=wait.max_bound,
+            worker_checkpoint_mean_s=checkpoint.mean,
+            worker_checkpoint_max_le_s=checkpoint.max_bound,
+        )
         self.result.live.update(
             target_rate=target,
             capacity=capacity,

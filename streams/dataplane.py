@@ -194,6 +194,7 @@ class DataPlane:
         m = self.metrics
         started = time.perf_counter()
         total = 0
+        waited = 0.0
         for tp, messages in batches.items():
             task = self.tasks.get(tp.partition)
             if task is None or not messages:
@@ -203,7 +204,9 @@ class DataPlane:
             self._consumed[tp] = messages[-1].offset
             self._position[tp] = messages[-1].offset + 1
             if self._publish_windows(tp.partition, task):
+                t0 = time.perf_counter()
                 await self._outbound.send()  # out before the next partition's work
+                waited += time.perf_counter() - t0
         busy = await self._lagging()
         for partition, task in self.tasks.items():
             task.tick(now_ms, busy.get(partition, ()))
@@ -213,7 +216,10 @@ class DataPlane:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
         # Closed windows go to the producer before the spike detector evaluates them: at a window
         # boundary tens of thousands of rooms close at once, and their records need not wait for it.
+        t0 = time.perf_counter()
         await self._outbound.send()
+        waited += time.perf_counter() - t0
+        m.publish_wait_seconds.observe(waited)
         await asyncio.sleep(0)
         transitions = False
         for task in self.tasks.values():

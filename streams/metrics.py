@@ -71,6 +71,13 @@ class Metrics:
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
+        self.publish_wait_seconds = Histogram(
+            "livepulse_publish_wait_seconds",
+            "Time one batch cycle waited handing records to the producer (it takes one batch per "
+            "partition at a time)",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             "livepulse_checkpoint_seconds",
             "Time to write the changelog and commit offsets",
