@@ -47,6 +47,7 @@ from schemas import (
     encode_dead_letter,
     encode_room_stats,
 )
+from streams._changelog import stage_checkpoint
 from streams.core import CoreConfig, TaskAggregator, partition_for, to_alertmanager
 from streams.settings import Settings
 
@@ -191,11 +192,7 @@ def run_pipeline(
                 sink.add("alerts", partition_for(key, PARTITIONS), key, orjson.dumps(to_alertmanager(alert)))
         if time.perf_counter() - last_checkpoint >= checkpoint_s:
             for p, t in tasks.items():
-                cp = t.checkpoint()
-                for key, value in cp.upserts:
-                    sink.add("changelog", p, key, value)
-                for key in cp.deletes:
-                    sink.add("changelog", p, key, None)
+                stage_checkpoint(sink, "changelog", p, t.checkpoint())
             last_checkpoint = time.perf_counter()
     return n
 

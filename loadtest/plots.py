@@ -29,6 +29,24 @@ def _rates(samples: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def _finish(
+    fig: Any, ax: Any, path: Path, *, xlabel: str, ylabel: str, title: str, legend: str = "best"
+) -> None:
+    """Label, grid, legend, and write the figure as a PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def throughput(result: Any, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, samples in sorted(result.series.items()):
@@ -39,14 +57,14 @@ def throughput(result: Any, path: Path) -> None:
     if len(live) > 1:
         xs, ys = _rates(live)
         ax.plot(xs, [y / 1000 for y in ys], label="live phase", lw=1, color="black")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("messages consumed / s (thousands)")
-    ax.set_title("livepulse worker throughput (one process)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        path,
+        xlabel="seconds",
+        ylabel="messages consumed / s (thousands)",
+        title="livepulse worker throughput (one process)",
+    )
 
 
 def latency_cdf(result: Any, path: Path) -> None:
@@ -64,14 +82,15 @@ def latency_cdf(result: Any, path: Path) -> None:
         v = result.live.get(f"latency_{q}_s")
         if v is not None:
             ax.axvline(v, color="gray", ls=":", lw=1, label=f"{q} = {v:.2f} s")
-    ax.set_xlabel("event time -> room-stats arrival (s)")
-    ax.set_ylabel("share of events")
-    ax.set_title(f"end-to-end latency, live phase at ~{result.live.get('target_rate', 0):,.0f} events/s")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        path,
+        xlabel="event time -> room-stats arrival (s)",
+        ylabel="share of events",
+        title=f"end-to-end latency, live phase at ~{result.live.get('target_rate', 0):,.0f} events/s",
+        legend="lower right",
+    )
 
 
 def memory(result: Any, path: Path) -> None:
@@ -81,14 +100,7 @@ def memory(result: Any, path: Path) -> None:
             t0 = samples[0]["t"]
             ax.plot([s["t"] - t0 for s in samples], [s["rss"] / 1e6 for s in samples], label=name, lw=1)
     ax.axhline(500, color="red", ls="--", lw=1, label="500 MB target (100 k rooms)")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("worker RSS (MB)")
-    ax.set_title("livepulse worker memory")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, xlabel="seconds", ylabel="worker RSS (MB)", title="livepulse worker memory")
 
 
 def spikes(result: Any, path: Path) -> None:
@@ -116,9 +128,7 @@ def spikes(result: Any, path: Path) -> None:
     )
     ax.set_title("injected spikes and the alerts raised for their rooms")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_all(result: Any, directory: Path) -> list[Path]:

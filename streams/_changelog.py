@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ._outbound import Outbound
 from .core import Checkpoint
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def stage_checkpoint(outbound: Outbound, topic: str, partition: int, checkpoint: Checkpoint) -> int:
+class RecordSink(Protocol):
+    """Where records are queued: ``streams._outbound.Outbound``, or a benchmark's stand-in for it."""
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None: ...
+
+
+def stage_checkpoint(outbound: RecordSink, topic: str, partition: int, checkpoint: Checkpoint) -> int:
     """Queue a checkpoint's upserts and tombstones; returns the number of records."""
     for key, value in checkpoint.upserts:
         outbound.add(topic, partition, key, value)

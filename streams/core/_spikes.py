@@ -392,10 +392,7 @@ def _fold_quiet(
     """
     plan = _plan(rules)
     b = state.baselines
-    if any(map(ge, values, plan.floors)):
-        return False
-    drop_floor = plan.drop_floor
-    if drop_floor is not None and b[2 * _ORDERS] >= drop_floor:
+    if not _is_quiet(plan, values, b):
         return False
     n = state.windows
     if n >= plan.max_warmup:

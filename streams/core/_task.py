@@ -351,11 +351,10 @@ class TaskAggregator:
     def _close_due(self) -> None:
         """Emit every open window whose end is at or before the watermark, oldest first."""
         window_ms, wm = self.config.window_ms, self._watermark
-        by_window = self._by_window
+        by_window, outbox, close = self._by_window, self._outbox, self._close_room_window
         for ws in sorted(by_window):
             if ws + window_ms > wm:
                 break
-            outbox, close = self._outbox, self._close_room_window
             for room in by_window.pop(ws):
                 outbox.append(close(room, ws))
         self._next_close = min(by_window) + window_ms if by_window else NEVER
@@ -422,10 +421,13 @@ class TaskAggregator:
         cutoff = self._watermark - self.config.room_idle_ms
         idle = [r for r in self.rooms.values() if not r.open_ws and r.last_ts < cutoff]
         if idle and self._undetected:  # a room's last windows are evaluated before it is forgotten
-            leaving = set(idle)
-            for room, stats in [item for item in self._undetected if item[0] in leaving]:
-                self._detect(room, stats)
-            self._undetected = [item for item in self._undetected if item[0] not in leaving]
+            leaving, staying = set(idle), []
+            for room, stats in self._undetected:
+                if room in leaving:
+                    self._detect(room, stats)
+                else:
+                    staying.append((room, stats))
+            self._undetected = staying
         for room in idle:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))

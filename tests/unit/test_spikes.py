@@ -450,6 +450,15 @@ def test_spike_series_generator_is_seeded_and_labels_fit_the_series() -> None:
         assert starts == sorted(set(starts)) and all((t - cfg.start_ms) % cfg.window_ms == 0 for t in starts)
 
 
+def _states(windows: int, mean: float, var: float) -> tuple[DetectorState, DetectorState]:
+    """Two detector states with the same history length and the same baseline for every metric."""
+    pair = DetectorState("r"), DetectorState("r")
+    for state in pair:
+        state.windows = windows
+        state.baselines = array("d", [mean, var] * len(METRICS))
+    return pair
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     windows=st.integers(0, 40),
@@ -464,10 +473,7 @@ def test_quiet_fast_path_folds_exactly_like_the_full_step(
 
     rules = rules_for(SpikeRules(), "r")
     quiet = [scale * rules[m].min_volume for m in METRICS]  # below every floor: no rule can trigger
-    fast, full = DetectorState("r"), DetectorState("r")
-    for state in (fast, full):
-        state.windows = windows
-        state.baselines = array("d", [mean, var] * len(METRICS))
+    fast, full = _states(windows, mean, var)
     assert _fold_quiet(fast, quiet, (0, 10_000), rules)
     full.alerts = {}  # any alert slot, even empty, sends _step down its full path
     _step(full, quiet, (0, 10_000), rules, False, [])
@@ -495,10 +501,7 @@ def test_a_quiet_gap_folds_at_once_like_window_by_window(
     rules = rules_for(SpikeRules(defaults), "r")
     idle = [0.0] * len(METRICS)
     idle[METRICS.index("concurrent_viewers")] = concurrent
-    at_once, one_by_one = DetectorState("r"), DetectorState("r")
-    for state in (at_once, one_by_one):
-        state.windows = windows
-        state.baselines = array("d", [mean, var] * len(METRICS))
+    at_once, one_by_one = _states(windows, mean, var)
     _fold_quiet_run(at_once, idle, gap, _plan(rules))
     for k in range(gap):
         assert _fold_quiet(one_by_one, idle, (k * W, (k + 1) * W), rules)
