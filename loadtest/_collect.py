@@ -62,6 +62,7 @@ class Collector:
             bootstrap_servers=self.bootstrap,
             group_id=None,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # the worker writes in transactions
             metadata_max_age_ms=2_000,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )

@@ -181,7 +181,11 @@ async def _produce(bootstrap: str, topics: Topics, args: argparse.Namespace, dea
 
 async def _display(bootstrap: str, topics: Topics, seen: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(
-        topics.room_stats, topics.alerts, bootstrap_servers=bootstrap, auto_offset_reset="latest"
+        topics.room_stats,
+        topics.alerts,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="latest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     by_window: dict[int, list[RoomStats]] = defaultdict(list)

@@ -1,4 +1,9 @@
-"""The compacted room-state changelog: partition ``p`` holds the state of task ``p``."""
+"""The compacted room-state changelog: partition ``p`` holds the state of task ``p``.
+
+Written only inside the task's transactions (``streams._transactions``) and
+read back ``read_committed``: a restore sees exactly the committed
+checkpoints, never the writes of a transaction that was aborted or fenced.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,13 @@ def stage_checkpoint(outbound: RecordSink, topic: str, partition: int, checkpoin
 
 async def read_partition(
     settings: Settings, partition: int
-) -> tuple[list[tuple[bytes, bytes | None]], float]:
-    """Every record of one changelog partition, in log order, and the seconds it took."""
+) -> tuple[list[tuple[bytes, bytes | None]], dict[bytes, int], float]:
+    """Every committed record of one changelog partition in log order, each key's latest offset,
+    and the seconds it took.
+
+    Call it after the task's producer started: that fenced the previous owner
+    and ended its open transaction, so the last stable offset is the log end.
+    """
     started = time.perf_counter()
     tp = TopicPartition(settings.topics.changelog, partition)
     consumer = AIOKafkaConsumer(
@@ -40,12 +50,14 @@ async def read_partition(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
         **settings.security.client_kwargs(),
     )
     await consumer.start()
     records: list[tuple[bytes, bytes | None]] = []
+    offsets: dict[bytes, int] = {}
     try:
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
@@ -55,6 +67,7 @@ async def read_partition(
             for message in batch.get(tp, ()):
                 if message.key is not None:
                     records.append((message.key, message.value))
+                    offsets[message.key] = message.offset
     finally:
         await consumer.stop()
-    return records, time.perf_counter() - started
+    return records, offsets, time.perf_counter() - started

@@ -1,4 +1,10 @@
-"""Topic checks and creation: inputs co-partitioned, internal topics shaped to match."""
+"""Topic checks and creation: inputs co-partitioned, internal and output topics shaped to match.
+
+Missing topics are created (when allowed) with the configured replication
+factor and ``min.insync.replicas``; existing ones are verified — partition
+counts and the changelog's compaction — and a mismatch stops the worker with
+an error naming the topic and the fix, instead of a crash loop later.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from .exceptions import TopologyError
 from .settings import Settings
@@ -38,9 +45,11 @@ async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int
     missing = [name for name in t.inputs if name not in counts]
     if missing and not settings.create_topics:
         raise TopologyError(f"input topics missing: {', '.join(missing)} (set LIVEPULSE_CREATE_TOPICS=true)")
+    rf = settings.replication_factor
+    isr = {"min.insync.replicas": str(settings.min_insync_replicas)}
     if missing:
         partitions = next(iter(counts.values()), settings.partitions)
-        await _create(admin, [NewTopic(name, partitions, 1) for name in missing])
+        await _create(admin, [NewTopic(name, partitions, rf, topic_configs=isr) for name in missing])
         counts.update(dict.fromkeys(missing, partitions))
     if len(set(counts.values())) != 1:
         listed = ", ".join(f"{name}={counts[name]}" for name in t.inputs)
@@ -50,21 +59,49 @@ async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int
     internal: dict[str, dict[str, str]] = {t.repartition: {}, t.changelog: CHANGELOG_CONFIG}
     outputs: dict[str, dict[str, str]] = {t.room_stats: {}, t.alerts: {}, t.dlq: {}}
     if t.control not in await partition_counts(admin, [t.control]):
-        await _create(admin, [NewTopic(t.control, 1, 1)])  # one partition: overrides apply in order
+        # one partition: overrides apply in order
+        await _create(admin, [NewTopic(t.control, 1, rf, topic_configs=isr)])
     existing = await partition_counts(admin, [*internal, *outputs])
-    for name in internal:
+    # Task p writes its room-stats, dead letters and changelog to partition p and reads repartition p.
+    for name in [*internal, *outputs]:
         if name in existing and existing[name] != partitions:
             raise TopologyError(
-                f"{name} has {existing[name]} partitions; it must match the inputs' {partitions}"
+                f"topic {name} has {existing[name]} partitions but the inputs have {partitions}: "
+                f"recreate it with {partitions} partitions (or point the setting at another topic)"
+            )
+    if t.changelog in existing:
+        policy = await _topic_config(admin, t.changelog, "cleanup.policy")
+        if "compact" not in (policy or "").split(","):
+            raise TopologyError(
+                f"changelog topic {t.changelog} has cleanup.policy={policy}; it must be compacted: "
+                f"kafka-configs --alter --entity-type topics --entity-name {t.changelog} "
+                "--add-config cleanup.policy=compact"
             )
     to_create = [
-        NewTopic(name, partitions, 1, topic_configs=configs)
+        NewTopic(name, partitions, rf, topic_configs={**isr, **configs})
         for name, configs in {**internal, **outputs}.items()
         if name not in existing
     ]
     if to_create:
+        if not settings.create_topics:
+            names = ", ".join(nt.name for nt in to_create)
+            raise TopologyError(f"topics missing: {names} (create them or set LIVEPULSE_CREATE_TOPICS=true)")
         await _create(admin, to_create)
     return partitions
+
+
+async def _topic_config(admin: AIOKafkaAdminClient, topic: str, name: str) -> str | None:
+    """One configuration value of a topic, as the broker reports it."""
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})])
+    for response in responses:
+        for resource in response.resources:
+            error_code, _, _, _, entries = resource[:5]
+            if error_code:
+                raise TopologyError(f"cannot describe the configuration of {topic}: error {error_code}")
+            for entry in entries:
+                if entry[0] == name:
+                    return str(entry[1]) if entry[1] is not None else None
+    return None
 
 
 async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:

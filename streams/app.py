@@ -1,13 +1,21 @@
 """The faust application: ``create_app(settings)`` builds it; ``faust -A streams.app worker`` finds it.
 
 Faust hosts the worker (lifecycle, logging, web server); the batch data plane
-runs inside it as one background task whose failure crashes the worker.
+runs inside it as one background task. If that task fails, the process exits
+at once with status 3, so a supervisor (Kubernetes, systemd, compose)
+restarts it and the restarted worker resumes from the last committed
+checkpoint: a half-dead worker that answers 503 forever helps no one. A stop
+(SIGTERM) commits a last checkpoint when it can and is bounded by
+``shutdown_timeout_ms``, after which the process exits regardless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +50,7 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         datadir=settings.faust_data_dir,
         autodiscover=False,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         # faust's own group (agents, rules table): a killed worker's partitions move after 10 s, not 60 s
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
@@ -50,7 +58,9 @@ def create_app(settings: Settings) -> faust.App:
     rules_table = app.GlobalTable("spike-rules", default=None, partitions=1)
     _control_agent(app, settings, rules_table, metrics)
     forwarder = _alert_forwarding(app, settings, metrics) if settings.alertmanager_url else None
-    hosted = _hosted_service(plane, lambda: dict(rules_table.items()), forwarder)
+    hosted = _hosted_service(
+        plane, lambda: dict(rules_table.items()), forwarder, settings.shutdown_timeout_ms / 1000
+    )
     app.service(hosted)
     register_views(app, plane, healthy=lambda: not hosted.failed)
     app.livepulse_plane = plane  # type: ignore[attr-defined]
@@ -111,8 +121,24 @@ def _alert_forwarding(app: faust.App, settings: Settings, metrics: Metrics) -> A
     return forwarder
 
 
+EXIT_DATA_PLANE_FAILED = 3
+EXIT_STOP_TIMED_OUT = 4
+
+
+def _exit_now(code: int, why: str) -> None:
+    """Leave the process at once (no cleanup that could hang), logs flushed."""
+    log.critical("exiting with status %d: %s", code, why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _hosted_service(
-    plane: DataPlane, rules: Callable[[], Mapping[str, Any]], forwarder: AlertForwarder | None
+    plane: DataPlane,
+    rules: Callable[[], Mapping[str, Any]],
+    forwarder: AlertForwarder | None,
+    shutdown_timeout_s: float,
 ) -> Any:
     """A mode service that starts the data plane (and alert delivery) with the worker, stops it cleanly."""
 
@@ -120,7 +146,6 @@ def _hosted_service(
         failed = False
         _run: asyncio.Task[None] | None = None
         _deliver: asyncio.Task[None] | None = None
-        _crashing: asyncio.Future[None] | None = None
 
         async def on_start(self) -> None:
             await plane.start()
@@ -138,18 +163,34 @@ def _hosted_service(
             assert exc is not None
             HostedDataPlane.failed = True
             log.critical("data plane failed: %r", exc, exc_info=exc)
-            self._crashing = asyncio.ensure_future(self.crash(exc))
+            # Nothing past the last committed checkpoint is kept: exit for a supervisor to restart us.
+            _exit_now(EXIT_DATA_PLANE_FAILED, f"data plane failed: {exc!r}")
 
         async def on_stop(self) -> None:
+            # However the rest of the shutdown goes (a broker that is gone, a stuck faust
+            # service), the process ends within the bound.
+            watchdog = threading.Timer(
+                shutdown_timeout_s + 5,
+                _exit_now,
+                (EXIT_STOP_TIMED_OUT, f"stop took longer than {shutdown_timeout_s:.0f} s"),
+            )
+            watchdog.daemon = True
+            watchdog.start()
             if self._deliver is not None:
                 self._deliver.cancel()
             plane.request_stop()
-            if self._run is not None and not self._run.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._run), timeout=30)
-                except TimeoutError:
+            try:
+                async with asyncio.timeout(shutdown_timeout_s):
+                    if self._run is not None and not self._run.done():
+                        await asyncio.shield(self._run)
+                    await plane.stop()
+            except TimeoutError:
+                log.error(
+                    "data plane did not stop within %.0f s; its last work is not committed",
+                    shutdown_timeout_s,
+                )
+                if self._run is not None:
                     self._run.cancel()
-            await plane.stop()
 
     return HostedDataPlane
 

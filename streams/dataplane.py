@@ -7,11 +7,23 @@ decoded (invalid messages dead-lettered), checked for misrouting (re-routed
 through the repartition topic), applied in one loop, and the closed windows
 queued for publishing.
 
-Checkpoint protocol, every ``commit_interval_ms`` and before partitions are
-given up: (1) flush outputs, dead letters and re-routed events and wait for
-acks; (2) write the dirty rooms to the changelog and wait for acks; (3) commit
-input offsets. A crash anywhere replays from the last commit, and each room's
-recorded offsets skip what its restored state already holds.
+Exactly once (``streams._transactions``): each task writes everything —
+room-stats, alerts, dead letters, re-routed events, changelog — through its
+own transactional producer; every ``commit_interval_ms`` (and before
+partitions are given up) a checkpoint adds the task's watermark markers,
+its changed rooms and metadata (with the input offsets) and commits the
+transaction with the input offsets. On assignment a task's producer is
+started first (fencing a previous owner), then the changelog is read
+``read_committed`` and the consumer seeks to the offsets the restored
+checkpoint recorded. A failed commit is never followed by another: the data
+plane raises and the worker exits, and whoever runs the task next resumes from
+the last committed checkpoint.
+
+Re-routed events reach their task through the repartition topic after their
+sender's commit. So that the receiver's watermark does not pass them while
+they are in flight, each task publishes its input frontier into every other
+repartition partition at each checkpoint (a marker record, after the events it
+re-routed), and receivers hold their watermark to the minimum over senders.
 """
 
 from __future__ import annotations
@@ -24,12 +36,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from schemas import (
+    Invalid,
     RoomStats,
     dead_letter,
     decode_gift_batch,
@@ -40,9 +53,9 @@ from schemas import (
 )
 
 from ._changelog import read_partition, stage_checkpoint
-from ._outbound import Outbound
 from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
+from ._transactions import TaskProducer
 from .core import (
     SPIKE_METRICS,
     AlertEvent,
@@ -53,6 +66,7 @@ from .core import (
     to_alertmanager,
     top_rooms,
 )
+from .exceptions import LivepulseError
 from .metrics import Metrics
 from .settings import Settings
 
@@ -60,6 +74,8 @@ log = logging.getLogger(__name__)
 
 VIEWER, ORDER, GIFT, REPARTITION = range(4)
 SOURCE_HEADER = "livepulse-source"
+#: on a repartition record: a watermark marker from the task numbered in the header's value
+MARKER_HEADER = "livepulse-watermark"
 _DECODERS: dict[int, Callable[..., tuple[list[Any], list[Any]]]] = {
     VIEWER: decode_viewer_batch,
     ORDER: decode_order_batch,
@@ -67,6 +83,19 @@ _DECODERS: dict[int, Callable[..., tuple[list[Any], list[Any]]]] = {
 }
 
 Clock = Callable[[], float]
+
+
+class _Task:
+    """One task at run time: the pure aggregator, its transactional producer, its input positions."""
+
+    __slots__ = ("core", "partition", "positions", "producer")
+
+    def __init__(self, partition: int, core: TaskAggregator, producer: TaskProducer) -> None:
+        self.partition = partition
+        self.core = core
+        self.producer = producer
+        #: next offset to read per input topic-partition (known after seek or fetch)
+        self.positions: dict[TopicPartition, int] = {}
 
 
 class DataPlane:
@@ -79,20 +108,19 @@ class DataPlane:
         t = settings.topics
         self._sources = {t.viewer: VIEWER, t.order: ORDER, t.gift: GIFT, t.repartition: REPARTITION}
         self._source_by_header = {t.viewer.encode(): VIEWER, t.order.encode(): ORDER, t.gift.encode(): GIFT}
-        self.tasks: dict[int, TaskAggregator] = {}
+        self._client: dict[str, Any] = {
+            "bootstrap_servers": settings.brokers,
+            **settings.security.client_kwargs(),
+        }
+        self.runtime: dict[int, _Task] = {}
         self.partitions = 0
         self.ready = False
         self._rebalancing = False
         #: an error raised inside a rebalance callback (aiokafka would only log it)
         self._failure: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._outbound: Outbound | None = None
         self._route: PartitionCache | None = None
         self._lock = asyncio.Lock()
-        self._consumed: dict[TopicPartition, int] = {}
-        #: next offset to read per assigned input partition (known after the first fetch or lookup)
-        self._position: dict[TopicPartition, int] = {}
         self._last_checkpoint = 0.0
         self._last_top = 0.0
         self._stopping = False
@@ -103,6 +131,11 @@ class DataPlane:
         self._rules_seen: dict[str, Any] = {}
         self._rules = RuleSet()
 
+    @property
+    def tasks(self) -> dict[int, TaskAggregator]:
+        """The aggregators of the tasks this worker runs, by partition number."""
+        return {p: task.core for p, task in self.runtime.items()}
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -112,29 +145,20 @@ class DataPlane:
             # (a young collection every 700 allocations, promoting into frequent full passes over
             # all of them) the collector took ~35 % of the data plane's CPU in a 100 k-room catch-up.
             gc.set_threshold(s.gc_threshold, 50, 100)
-        client = {"bootstrap_servers": s.brokers, **s.security.client_kwargs()}
-        admin = AIOKafkaAdminClient(**client)
+        admin = AIOKafkaAdminClient(**self._client)
         await admin.start()
         try:
             self.partitions = await ensure_topology(admin, s)  # normally done by prepare_topics already
         finally:
             await admin.close()
         self._route = PartitionCache(self.partitions)
-        self._producer = AIOKafkaProducer(
-            **client,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
-        )
-        await self._producer.start()
-        self._outbound = Outbound(self._producer)
         self._consumer = AIOKafkaConsumer(
-            **client,
+            **self._client,
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Re-routed events and markers are written in transactions: only committed ones count.
+            isolation_level="read_committed",
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
@@ -161,24 +185,29 @@ class DataPlane:
                     continue  # fetched before a revocation; whoever owns the partitions next re-reads them
                 await self._process(batches)
                 if (self._clock() - self._last_checkpoint) * 1000 >= s.commit_interval_ms:
-                    await self._checkpoint()
+                    await self._checkpoint(self.runtime)
 
     def request_stop(self) -> None:
         """Make :meth:`run` return after the batch in hand."""
         self._stopping = True
 
     async def stop(self) -> None:
-        """Checkpoint and commit what was processed, then close the clients."""
+        """Commit a last checkpoint when possible, then close the clients.
+
+        A checkpoint that fails here is not retried: its transaction is aborted
+        and the next owner resumes from the last committed one.
+        """
         self._stopping = True
         async with self._lock:
             try:
-                if self._consumer is not None and self.tasks:
-                    await self._checkpoint()
+                if self.runtime and self._failure is None:
+                    await self._checkpoint(self.runtime)
+            except (LivepulseError, KafkaError) as exc:
+                log.error("last checkpoint failed, nothing committed past the previous one: %r", exc)
             finally:
+                await self._close_tasks()
                 if self._consumer is not None:
                     await self._consumer.stop()
-                if self._producer is not None:
-                    await self._producer.stop()
                 self.ready = False
 
     def on_windows(self, callback: Callable[[int, list[RoomStats]], None]) -> None:
@@ -188,7 +217,6 @@ class DataPlane:
     # -- processing ------------------------------------------------------------------------
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        assert self._outbound is not None
         now = self._clock()
         now_ms = int(now * 1000)
         m = self.metrics
@@ -196,20 +224,24 @@ class DataPlane:
         total = 0
         waited = 0.0
         for tp, messages in batches.items():
-            task = self.tasks.get(tp.partition)
+            task = self.runtime.get(tp.partition)
             if task is None or not messages:
                 continue  # revoked while the fetch was in flight; the new owner re-reads it
+            position = task.positions.get(tp)
+            if position is not None and messages[0].offset < position:
+                messages = [msg for msg in messages if msg.offset >= position]  # fetched before a seek
+                if not messages:
+                    continue
             total += len(messages)
             self._process_partition(tp, task, messages, now_ms)
-            self._consumed[tp] = messages[-1].offset
-            self._position[tp] = messages[-1].offset + 1
-            if self._publish_windows(tp.partition, task):
+            task.positions[tp] = messages[-1].offset + 1
+            if self._publish_windows(task):
                 waited += await self._send()  # out before the next partition's work
         busy = await self._lagging()
-        for partition, task in self.tasks.items():
-            task.tick(now_ms, busy.get(partition, ()))
-            self._publish_windows(partition, task)
-            watermark = task.watermark_ms
+        for partition, task in self.runtime.items():
+            task.core.tick(now_ms, busy.get(partition, ()))
+            self._publish_windows(task)
+            watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
         # Closed windows go to the producer before the spike detector evaluates them: at a window
@@ -218,26 +250,27 @@ class DataPlane:
         m.publish_wait_seconds.observe(waited)
         await asyncio.sleep(0)
         transitions = False
-        for task in self.tasks.values():
-            alerts = task.drain_alerts()
+        for task in self.runtime.values():
+            alerts = task.core.drain_alerts()
             transitions = transitions or bool(alerts)
-            self._publish_alerts(alerts)
-        if transitions or now - self._last_resend >= self.settings.alert_resend_ms / 1000:
-            self._resend_firing(resend=now - self._last_resend >= self.settings.alert_resend_ms / 1000)
-        await self._outbound.send()
+            self._publish_alerts(task, alerts)
+        resend = now - self._last_resend >= self.settings.alert_resend_ms / 1000
+        if transitions or resend:
+            self._resend_firing(resend=resend)
+        await self._send()
         if total:
             m.batch_size.observe(total)
             m.batch_seconds.observe(time.perf_counter() - started)
-        m.active_rooms.set(sum(len(task.rooms) for task in self.tasks.values()))
+        m.active_rooms.set(sum(len(task.core.rooms) for task in self.runtime.values()))
         if now - self._last_top >= self.settings.core.window_seconds:
             self._last_top = now
             self._export_top_rooms()
 
     async def _send(self) -> float:
-        """Hand what is queued to the producer; returns the seconds that took."""
-        assert self._outbound is not None
+        """Hand what every task queued to its producer; returns the seconds that took."""
         started = time.perf_counter()
-        await self._outbound.send()
+        for task in self.runtime.values():
+            await task.producer.outbound.send()
         return time.perf_counter() - started
 
     def _export_top_rooms(self, n: int = 10) -> None:
@@ -248,33 +281,36 @@ class DataPlane:
             self.metrics.top_room_value.labels(str(rank)).set(value)
 
     async def _lagging(self) -> dict[int, set[int]]:
-        """Sources behind their log end (or not yet known), by partition; updates the lag gauge."""
+        """Input sources behind their last stable offset (or not yet known), by partition.
+
+        Updates the lag gauge. The repartition topic is not a watermark source (its senders'
+        markers are), so only the three inputs can hold a task busy.
+        """
         assert self._consumer is not None
         busy: dict[int, set[int]] = {}
         for tp in self._consumer.assignment():
-            position = self._position.get(tp)
-            if position is None:
-                try:
-                    position = self._position[tp] = await self._consumer.position(tp)
-                except IllegalStateError:  # revoked meanwhile
-                    continue
-            highwater = self._consumer.highwater(tp)
-            if highwater is None or position < highwater:
-                busy.setdefault(tp.partition, set()).add(self._sources[tp.topic])
-            if highwater is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, highwater - position)
-                )
+            try:
+                position = await self._consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+            end = self._consumer.last_stable_offset(tp)
+            if end is None:
+                end = self._consumer.highwater(tp)
+            source = self._sources[tp.topic]
+            if (end is None or position < end) and source != REPARTITION:
+                busy.setdefault(tp.partition, set()).add(source)
+            if end is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
         return busy
 
-    def _process_partition(
-        self, tp: TopicPartition, task: TaskAggregator, messages: list[Any], now_ms: int
-    ) -> None:
+    def _process_partition(self, tp: TopicPartition, task: _Task, messages: list[Any], now_ms: int) -> None:
         m = self.metrics
         source = self._sources[tp.topic]
+        core = task.core
         m.events_consumed.labels(tp.topic).inc(len(messages))
+        markers: list[tuple[int, int | None]] = []
         if source == REPARTITION:
-            groups = self._split_repartitioned(messages)
+            groups = self._split_repartitioned(messages, markers)
         else:
             groups = [(source, tp.topic, messages)]
         for origin, origin_topic, group in groups:
@@ -282,10 +318,10 @@ class DataPlane:
                 [(msg.offset, msg.value or b"") for msg in group], now_ms, self.settings.limits
             )
             if bad:
-                self._dead_letter(tp, group, bad, now_ms)
+                self._dead_letter(tp, task, group, bad, now_ms)
             if source != REPARTITION:
-                good = self._keep_local(tp, origin_topic, group, good, task.rooms)
-            result = task.apply(source, good, now_ms)
+                good = self._keep_local(tp, task, origin_topic, group, good)
+            result = core.apply(source, good, now_ms)
             if result.applied:
                 m.events_applied.labels(origin_topic).inc(result.applied)
             if result.late:
@@ -294,29 +330,40 @@ class DataPlane:
                 m.events_duplicate.labels(origin_topic).inc(result.duplicate)
             if result.replayed:
                 m.events_replayed.labels(origin_topic).inc(result.replayed)
+        # A marker follows every event its sender re-routed before it: apply them first.
+        for sender, frontier in markers:
+            core.sender_progress(sender, frontier)
 
-    def _split_repartitioned(self, messages: list[Any]) -> list[tuple[int, str, list[Any]]]:
-        """Group re-routed messages by the topic they were first published to (a header)."""
+    def _split_repartitioned(
+        self, messages: list[Any], markers: list[tuple[int, int | None]]
+    ) -> list[tuple[int, str, list[Any]]]:
+        """Group re-routed messages by the topic they were first published to (a header); collect
+        watermark markers into ``markers``."""
         t = self.settings.topics
         names = {VIEWER: t.viewer, ORDER: t.order, GIFT: t.gift}
         by_origin: dict[int, list[Any]] = {}
         for msg in messages:
-            origin = next(
-                (self._source_by_header.get(v) for k, v in msg.headers or () if k == SOURCE_HEADER), None
-            )
-            by_origin.setdefault(VIEWER if origin is None else origin, []).append(msg)
+            origin: int | None = None
+            for key, value in msg.headers or ():
+                if key == SOURCE_HEADER:
+                    origin = self._source_by_header.get(value)
+                elif key == MARKER_HEADER:
+                    markers.append((int(value), orjson.loads(msg.value)))
+                    break
+            else:
+                by_origin.setdefault(VIEWER if origin is None else origin, []).append(msg)
         return [(origin, names[origin], group) for origin, group in by_origin.items()]
 
     def _keep_local(
-        self, tp: TopicPartition, topic: str, messages: list[Any], good: list[Any], known: Mapping[str, Any]
+        self, tp: TopicPartition, task: _Task, topic: str, messages: list[Any], good: list[Any]
     ) -> list[Any]:
         """Events whose room belongs to this partition; the others are re-routed to the right one.
 
-        ``known`` holds the rooms this task already aggregates: they are local by construction,
-        so the murmur2 check runs only for rooms seen here for the first time.
+        Rooms the task already aggregates are local by construction, so the murmur2 check runs
+        only for rooms seen here for the first time.
         """
-        assert self._route is not None and self._outbound is not None
-        route, here = self._route, tp.partition
+        assert self._route is not None
+        route, here, known = self._route, tp.partition, task.core.rooms
         for _, ev in good:
             room_id = ev.room_id
             if room_id not in known and route(room_id) != here:
@@ -326,27 +373,25 @@ class DataPlane:
         raw_by_offset = {msg.offset: msg.value for msg in messages}
         keep = []
         header = [(SOURCE_HEADER, topic.encode())]
+        add = task.producer.outbound.add
+        repartition = self.settings.topics.repartition
         rerouted = 0
         for offset, ev in good:
             target = route(ev.room_id)
             if target == here:
                 keep.append((offset, ev))
             else:
-                self._outbound.add(
-                    self.settings.topics.repartition,
-                    target,
-                    ev.room_id.encode(),
-                    raw_by_offset[offset],
-                    header,
-                )
+                add(repartition, target, ev.room_id.encode(), raw_by_offset[offset], header)
                 rerouted += 1
         self.metrics.events_rerouted.labels(topic).inc(rerouted)
         return keep
 
-    def _dead_letter(self, tp: TopicPartition, messages: list[Any], bad: list[Any], now_ms: int) -> None:
-        assert self._outbound is not None
+    def _dead_letter(
+        self, tp: TopicPartition, task: _Task, messages: list[Any], bad: list[Any], now_ms: int
+    ) -> None:
         by_offset = {msg.offset: msg for msg in messages}
         dlq = self.settings.topics.dlq
+        add = task.producer.outbound.add
         for offset, raw, invalid in bad:
             msg = by_offset[offset]
             letter = dead_letter(
@@ -358,34 +403,35 @@ class DataPlane:
                 raw=raw,
                 now_ms=now_ms,
             )
-            self._outbound.add(dlq, tp.partition, msg.key, encode_dead_letter(letter))
+            add(dlq, tp.partition, msg.key, encode_dead_letter(letter))
             self.metrics.events_invalid.labels(tp.topic, invalid.reason).inc()
 
-    def _publish_windows(self, partition: int, task: TaskAggregator) -> int:
+    def _publish_windows(self, task: _Task) -> int:
         """Queue the task's closed windows for the room-stats topic; returns how many."""
-        closed = task.drain()
+        core = task.core
+        closed = core.drain()
         if not closed:
             return 0
-        assert self._outbound is not None
         topic = self.settings.topics.room_stats
-        add = self._outbound.add
+        add = task.producer.outbound.add
+        partition = task.partition
         # Keyed by room on the task's own partition number: every room here hashes to it
         # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
         for stats in closed:
             add(topic, partition, stats.room_id.encode(), encode_room_stats(stats))
         self.metrics.windows_emitted.inc(len(closed))
-        if task.detect_spikes:
+        if core.detect_spikes:
             self.metrics.detector_evaluations.inc(len(closed))
         for callback in self._on_window:
             callback(partition, closed)
         return len(closed)
 
-    def _publish_alerts(self, events: list[AlertEvent], *, transitions: bool = True) -> None:
+    def _publish_alerts(self, task: _Task, events: list[AlertEvent], *, transitions: bool = True) -> None:
         """Queue alerts for the alerts topic, keyed by fingerprint; count fired/resolved transitions."""
         if not events:
             return
-        assert self._outbound is not None
         topic = self.settings.topics.alerts
+        add = task.producer.outbound.add
         # A firing alert expires in Alertmanager unless re-sent: 4 re-send intervals of wall time
         # (not event time, which lags behind during a catch-up).
         expires_at = iso_utc(int(self._clock() * 1000) + 4 * self.settings.alert_resend_ms)
@@ -394,7 +440,7 @@ class DataPlane:
             alert = to_alertmanager(event)
             if event.status == "firing":
                 alert["endsAt"] = expires_at
-            self._outbound.add(topic, partition_for(key, self.partitions), key, orjson.dumps(alert))
+            add(topic, partition_for(key, self.partitions), key, orjson.dumps(alert))
             if transitions:
                 fired = event.status == "firing"
                 (self.metrics.alerts_fired if fired else self.metrics.alerts_resolved).labels(
@@ -406,13 +452,15 @@ class DataPlane:
 
         Alertmanager resolves an alert that is not refreshed before its endsAt.
         """
-        firing = [event for task in self.tasks.values() for event in task.firing_alerts()]
+        by_metric = dict.fromkeys(SPIKE_METRICS, 0)
         if resend:
             self._last_resend = self._clock()
-            self._publish_alerts(firing, transitions=False)
-        by_metric = dict.fromkeys(SPIKE_METRICS, 0)
-        for event in firing:
-            by_metric[event.metric] += 1
+        for task in self.runtime.values():
+            firing = task.core.firing_alerts()
+            if resend:
+                self._publish_alerts(task, firing, transitions=False)
+            for event in firing:
+                by_metric[event.metric] += 1
         for metric, count in by_metric.items():
             self.metrics.alerts_firing.labels(metric).set(count)
 
@@ -429,8 +477,8 @@ class DataPlane:
             return
         self._rules_seen = entries
         self._rules = rules_from_entries(entries)
-        for task in self.tasks.values():
-            task.rules, task.categories = self._rules.rules, self._rules.categories
+        for task in self.runtime.values():
+            task.core.rules, task.core.categories = self._rules.rules, self._rules.categories
         self.metrics.rule_overrides.set(self._rules.overrides)
         log.info(
             "spike rules updated: %d overrides, %d room categories",
@@ -440,28 +488,42 @@ class DataPlane:
 
     # -- checkpoints and rebalances ------------------------------------------------------------
 
-    async def _checkpoint(self) -> None:
-        """Outputs acked, then changelog acked, then offsets committed (caller holds the lock)."""
-        assert self._outbound is not None and self._consumer is not None
+    async def _checkpoint(self, tasks: Mapping[int, _Task]) -> None:
+        """Commit one transaction per task: markers, changelog and offsets (caller holds the lock).
+
+        Raises if any task's transaction failed; the others are committed.
+        """
         started = time.perf_counter()
-        await self._outbound.flush()
-        written = 0
-        for partition, task in self.tasks.items():
-            written += stage_checkpoint(
-                self._outbound, self.settings.topics.changelog, partition, task.checkpoint()
-            )
-        await self._outbound.flush()
-        if self._consumed:
-            await self._consumer.commit({tp: offset + 1 for tp, offset in self._consumed.items()})
-            self._consumed.clear()
+        results = await asyncio.gather(
+            *(self._commit(task) for task in tasks.values()), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            self.metrics.checkpoint_failures.labels(type(failure).__name__).inc()
+        if failures:
+            raise failures[0]
+        self.metrics.checkpoint_rooms.inc(sum(r for r in results if isinstance(r, int)))
         self._last_checkpoint = self._clock()
         self._refresh_rules()
-        self.metrics.checkpoint_rooms.inc(written)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    async def _commit(self, task: _Task) -> int:
+        """One task's checkpoint transaction; returns the changelog records written."""
+        t = self.settings.topics
+        outbound = task.producer.outbound
+        marker = orjson.dumps(task.core.frontier_ms())
+        header = [(MARKER_HEADER, b"%d" % task.partition)]
+        for receiver in range(self.partitions):
+            if receiver != task.partition:
+                outbound.add(t.repartition, receiver, None, marker, header)
+        offsets = {self._sources[tp.topic]: offset for tp, offset in task.positions.items()}
+        written = stage_checkpoint(outbound, t.changelog, task.partition, task.core.checkpoint(offsets))
+        await task.producer.commit(task.positions, self.settings.group_id)
+        return written
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         try:
-            await self._revoke(revoked)
+            await self._revoke()
         except BaseException as exc:
             self._failure = exc
             raise
@@ -473,39 +535,73 @@ class DataPlane:
             self._failure = exc
             raise
 
-    async def _revoke(self, revoked: Iterable[TopicPartition]) -> None:
+    async def _revoke(self) -> None:
+        """Commit every task and close it; its next owner (maybe this worker) restores it.
+
+        A commit that fails here (another worker fenced this one while it was
+        frozen, or the broker is gone) loses nothing: the transaction is
+        aborted and the next owner resumes from the last committed checkpoint.
+        """
         async with self._lock:
             self.ready = False
             self._rebalancing = True
-            if self.tasks and self._outbound is not None:
-                await self._checkpoint()
-            revoked = set(revoked)
-            self._consumed = {tp: o for tp, o in self._consumed.items() if tp not in revoked}
-            self._position = {tp: o for tp, o in self._position.items() if tp not in revoked}
+            if self.runtime and self._failure is None:
+                try:
+                    await self._checkpoint(self.runtime)
+                except (LivepulseError, KafkaError) as exc:
+                    log.warning("checkpoint at revocation failed; uncommitted work discarded: %r", exc)
+            await self._close_tasks()
+
+    async def _close_tasks(self) -> None:
+        tasks, self.runtime = self.runtime, {}
+        for partition, task in tasks.items():
+            await task.producer.close()
+            self.metrics.watermark_delay.remove(str(partition))
 
     async def _assign(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._lock:
-            numbers = sorted({tp.partition for tp in assigned})
-            for partition in list(self.tasks):
-                if partition not in numbers:
-                    del self.tasks[partition]
-                    self.metrics.watermark_delay.remove(str(partition))
-            for partition in numbers:
-                if partition not in self.tasks:
-                    self.tasks[partition] = await self._restore(partition)
-            self.metrics.assigned_partitions.set(len(numbers))
+            by_partition: dict[int, list[TopicPartition]] = {}
+            for tp in assigned:
+                by_partition.setdefault(tp.partition, []).append(tp)
+            await self._close_tasks()  # normally done at revocation
+            for partition in sorted(by_partition):
+                self.runtime[partition] = await self._open_task(partition, by_partition[partition])
+            self.metrics.assigned_partitions.set(len(by_partition))
             if self.settings.gc_threshold:
                 gc.collect()
                 gc.freeze()  # restored state is long-lived: keep it out of every later collection
+            self._last_checkpoint = self._clock()
             self._rebalancing = False
             self.ready = True
-            log.info("assigned partitions %s; state restored", numbers)
+            log.info("assigned partitions %s; state restored", sorted(by_partition))
 
-    async def _restore(self, partition: int) -> TaskAggregator:
-        records, seconds = await read_partition(self.settings, partition)
-        task = TaskAggregator(self.settings.core, sources=(VIEWER, ORDER, GIFT, REPARTITION))
-        task.rules, task.categories = self._rules.rules, self._rules.categories
-        rooms = task.restore(records)
+    async def _open_task(self, partition: int, tps: list[TopicPartition]) -> _Task:
+        """Fence the previous owner, restore the committed state, seek to the offsets it recorded."""
+        assert self._consumer is not None
+        s = self.settings
+        producer = TaskProducer(
+            self._client, s.app_id, partition, transaction_timeout_ms=s.transaction_timeout_ms
+        )
+        await producer.start()
+        records, key_offsets, seconds = await read_partition(s, partition)
+        core = TaskAggregator(
+            s.core,
+            sources=(VIEWER, ORDER, GIFT),
+            senders=[q for q in range(self.partitions) if q != partition],
+        )
+        core.rules, core.categories = self._rules.rules, self._rules.categories
+        rooms = core.restore(records)
+        task = _Task(partition, core, producer)
+        self._quarantine(task, key_offsets)
+        for tp in tps:
+            offset = core.restored_offsets.get(self._sources[tp.topic])
+            if offset is None:  # no checkpoint recorded it (first start, or a quarantined metadata record)
+                offset = await self._consumer.committed(tp)
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+                task.positions[tp] = offset
         self.metrics.restore_seconds.observe(seconds)
         log.info(
             "partition %d: restored %d rooms from %d records in %.2fs",
@@ -515,6 +611,27 @@ class DataPlane:
             seconds,
         )
         return task
+
+    def _quarantine(self, task: _Task, key_offsets: Mapping[bytes, int]) -> None:
+        """Dead-letter changelog records the restore could not decode, and delete them."""
+        changelog = self.settings.topics.changelog
+        now_ms = int(self._clock() * 1000)
+        add = task.producer.outbound.add
+        for key, value, reason in task.core.quarantined:
+            log.error("partition %d: quarantined changelog record %r: %s", task.partition, key, reason)
+            letter = dead_letter(
+                Invalid("state_undecodable", reason),
+                topic=changelog,
+                partition=task.partition,
+                offset=key_offsets.get(key, -1),
+                key=key,
+                raw=value,
+                now_ms=now_ms,
+            )
+            add(self.settings.topics.dlq, task.partition, key, encode_dead_letter(letter))
+            add(changelog, task.partition, key, None)
+            self.metrics.state_quarantined.inc()
+        task.core.quarantined.clear()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

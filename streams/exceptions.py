@@ -30,3 +30,7 @@ class InfrastructureError(LivepulseError):
     """A dependency (broker, HTTP peer) failed in a way that may pass."""
 
     retriable = True
+
+
+class FencedError(LivepulseError):
+    """Another worker took over a task's transactional id: this process no longer owns the task."""

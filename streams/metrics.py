@@ -80,12 +80,23 @@ class Metrics:
         )
         self.checkpoint_seconds = Histogram(
             "livepulse_checkpoint_seconds",
-            "Time to write the changelog and commit offsets",
+            "Time to commit one checkpoint transaction (outputs, changelog, offsets) of every task",
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
         self.checkpoint_rooms = Counter(
             "livepulse_checkpoint_rooms_total", "Room states written to the changelog", registry=r
+        )
+        self.checkpoint_failures = Counter(
+            "livepulse_checkpoint_failures_total",
+            "Checkpoint transactions that could not commit (the worker exits; its work is redone)",
+            ["reason"],
+            registry=r,
+        )
+        self.state_quarantined = Counter(
+            "livepulse_state_quarantined_total",
+            "Changelog records that could not be decoded at restore (dead-lettered; the room starts fresh)",
+            registry=r,
         )
         self.restore_seconds = Histogram(
             "livepulse_restore_seconds",

@@ -86,6 +86,13 @@ class Settings:
     fetch_timeout_ms: int = 200
     create_topics: bool = True
     partitions: int = 4
+    #: replication factor and min.insync.replicas of the topics livepulse creates
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    #: a checkpoint transaction open longer than this is aborted by the broker
+    transaction_timeout_ms: int = 30_000
+    #: SIGTERM: the worker exits within this, after a last checkpoint when it can
+    shutdown_timeout_ms: int = 20_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     alertmanager_url: str | None = None
@@ -114,6 +121,12 @@ class Settings:
             raise ConfigError("alert_resend_ms must be > 0")
         if self.partitions <= 0:
             raise ConfigError("partitions must be > 0")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ConfigError("need 1 <= min_insync_replicas <= replication_factor")
+        if self.transaction_timeout_ms <= self.commit_interval_ms:
+            raise ConfigError("transaction_timeout_ms must exceed commit_interval_ms")
+        if self.shutdown_timeout_ms <= 0:
+            raise ConfigError("shutdown_timeout_ms must be > 0")
         if self.gc_threshold < 0:
             raise ConfigError("gc_threshold must be >= 0")
         if not 0 < self.web_port < 65536:
@@ -129,6 +142,10 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "FETCH_TIMEOUT_MS": ("", "fetch_timeout_ms"),
     "CREATE_TOPICS": ("", "create_topics"),
     "PARTITIONS": ("", "partitions"),
+    "REPLICATION_FACTOR": ("", "replication_factor"),
+    "MIN_INSYNC_REPLICAS": ("", "min_insync_replicas"),
+    "TRANSACTION_TIMEOUT_MS": ("", "transaction_timeout_ms"),
+    "SHUTDOWN_TIMEOUT_MS": ("", "shutdown_timeout_ms"),
     "WEB_HOST": ("", "web_host"),
     "WEB_PORT": ("", "web_port"),
     "ALERTMANAGER_URL": ("", "alertmanager_url"),

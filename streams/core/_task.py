@@ -47,7 +47,8 @@ NEVER = 2**62
 ROOM_KEY_PREFIX = b"r/"
 DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
-META_FORMAT_VERSION = 2
+#: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
+META_FORMAT_VERSION = 3
 
 
 @dataclass(slots=True)
@@ -96,7 +97,12 @@ class TaskAggregator:
     """Event-time windowed per-room aggregates for one partition number."""
 
     def __init__(
-        self, config: CoreConfig, sources: Iterable[int] = (0,), *, detect_spikes: bool = True
+        self,
+        config: CoreConfig,
+        sources: Iterable[int] = (0,),
+        *,
+        senders: Iterable[int] = (),
+        detect_spikes: bool = True,
     ) -> None:
         self.config = config
         #: spike rules and room categories in force (the runtime swaps them when overrides change)
@@ -106,8 +112,18 @@ class TaskAggregator:
         #: rooms with at least one alert firing (re-sent at an interval by the runtime)
         self.firing_rooms: set[str] = set()
         self._alerts: list[AlertEvent] = []
-        #: input sources (topic-partitions of this partition number) that hold the watermark back
+        #: input sources (topic-partitions of this partition number) that hold the watermark back;
+        #: events of any other source (re-routed ones) are applied but never move the watermark
         self.sources = frozenset(sources)
+        #: tasks that re-route events to this one: each holds the watermark back at the progress it
+        #: last published (``sender_progress``), as a shuffle's receivers do in Flink
+        self.senders = frozenset(senders)
+        #: sender -> its published frontier (None: idle); a sender missing here has published nothing
+        self._sender_frontier: dict[int, int | None] = {}
+        #: next offset to read per source as of the restored checkpoint (None: not recorded)
+        self.restored_offsets: dict[int, int] = {}
+        #: changelog records that could not be decoded at restore: (key, value, reason)
+        self.quarantined: list[tuple[bytes, bytes, str]] = []
         self.rooms: dict[str, Room] = {}
         self.counters = TaskCounters()
         self._max_ts = NO_TIME
@@ -133,6 +149,8 @@ class TaskAggregator:
         #: closed windows not yet seen by the spike detector (see ``detect``)
         self._undetected: list[tuple[Room, RoomStats]] = []
         self._last_expiry_scan = NO_TIME
+        #: next offset to read per source, as last checkpointed
+        self._offsets: dict[int, int] = {}
 
     # -- reading --------------------------------------------------------------------
 
@@ -182,16 +200,21 @@ class TaskAggregator:
         """Apply ``(offset, event)`` pairs read from one input ``source``, in offset order."""
         if not items:
             return _NOTHING
-        src_wall = self._src_wall
-        if len(src_wall) < len(self.sources):
-            for expected in self.sources:  # silence is measured from the task's first delivery
-                src_wall.setdefault(expected, now_ms)
-        src_wall[source] = now_ms
-        self._idle.discard(source)
-        # The watermark is the slowest non-idle source's newest event time minus grace, so a
-        # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
-        others = self._slowest(exclude=source)
-        source_max = self._src_max.get(source, NO_TIME)
+        moves_watermark = source in self.sources
+        if moves_watermark:
+            src_wall = self._src_wall
+            if len(src_wall) < len(self.sources):
+                for expected in self.sources:  # silence is measured from the task's first delivery
+                    src_wall.setdefault(expected, now_ms)
+            src_wall[source] = now_ms
+            self._idle.discard(source)
+            # The watermark is the slowest non-idle source's newest event time minus grace, so a
+            # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
+            others = self._slowest(exclude=source)
+            source_max = self._src_max.get(source, NO_TIME)
+        else:
+            # Re-routed events: their senders' published progress moves the watermark instead.
+            others, source_max = NO_TIME, NEVER
         replay_until = self._replay_until.get(source, -1)
         cfg = self.config
         bucket_ms, window_ms, grace_ms = cfg.bucket_ms, cfg.window_ms, cfg.grace_ms
@@ -273,7 +296,8 @@ class TaskAggregator:
                 counters[GIFT_VALUE] += ev.value_minor  # type: ignore[union-attr]
             applied += 1
         self._max_ts, self._watermark = max_ts, wm
-        self._src_max[source] = source_max
+        if moves_watermark:
+            self._src_max[source] = source_max
         self._consumed[source] = items[-1][0]
         c = self.counters
         for bucket_dict, n in (
@@ -296,7 +320,7 @@ class TaskAggregator:
         """
         idle_after = self.config.idle_partition_ms
         busy = set(busy)
-        for source in self.sources.union(self._src_wall):
+        for source in self.sources:
             last = self._src_wall.setdefault(source, now_ms)
             if source not in busy and now_ms - last >= idle_after:
                 self._idle.add(source)
@@ -312,13 +336,41 @@ class TaskAggregator:
             if candidate >= self._next_close:
                 self._close_due()
 
-    def _slowest(self, exclude: int | None = None) -> int:
-        """Newest event time of the slowest non-idle source (NO_TIME if one has sent nothing)."""
+    def _slowest(self, exclude: int | None = None, *, senders: bool = True) -> int:
+        """Newest event time of the slowest non-idle source (NO_TIME if one has sent nothing).
+
+        With ``senders``, also the frontier each sending task last published (NO_TIME until it
+        has published; an idle sender does not count).
+        """
         slowest = NEVER
-        for source in self.sources.union(self._src_max):
+        for source in self.sources:
             if source != exclude and source not in self._idle:
                 slowest = min(slowest, self._src_max.get(source, NO_TIME))
+        if senders:
+            frontiers = self._sender_frontier
+            for sender in self.senders:
+                frontier = frontiers.get(sender, NO_TIME)
+                if frontier is not None and frontier < slowest:
+                    slowest = frontier
         return slowest
+
+    def frontier_ms(self) -> int | None:
+        """This task's own input progress, for the tasks it re-routes to (None: all inputs idle).
+
+        The newest event time of its slowest non-idle input, without grace and without its own
+        senders (re-routing is one hop: a shuffle's receivers never send back). Events it
+        re-routes later are at or after this time, up to the same disorder as any event.
+        """
+        slowest = self._slowest(senders=False)
+        return None if slowest == NEVER else slowest
+
+    def sender_progress(self, sender: int, frontier_ms: int | None) -> None:
+        """Record a sender's published frontier; every event it re-routed before it is applied.
+
+        Call ``tick`` afterwards to close what the new frontier releases.
+        """
+        if sender in self.senders:
+            self._sender_frontier[sender] = frontier_ms
 
     # -- slow paths -----------------------------------------------------------------
 
@@ -443,10 +495,11 @@ class TaskAggregator:
 
     # -- checkpoint and restore ---------------------------------------------------------
 
-    def checkpoint(self) -> Checkpoint:
+    def checkpoint(self, offsets: Mapping[int, int] | None = None) -> Checkpoint:
         """Changelog records for rooms changed since the last checkpoint, plus task metadata.
 
-        Call it, write the records, and only then commit input offsets.
+        ``offsets`` (source -> next offset to read) go into the metadata record: written in the
+        same transaction as the state, they say exactly where a restored task resumes.
         """
         self.detect()
         # Every event taken so far is in the state, so a changed room holds everything up to these
@@ -473,7 +526,16 @@ class TaskAggregator:
         deletes.extend(self._gone_chunks)
         self._expired = set()
         self._gone_chunks = []
-        meta = [META_FORMAT_VERSION, self._max_ts, self._watermark, list(self._src_max.items())]
+        if offsets:
+            self._offsets.update(offsets)
+        meta = [
+            META_FORMAT_VERSION,
+            self._max_ts,
+            self._watermark,
+            list(self._src_max.items()),
+            list(self._sender_frontier.items()),
+            list(self._offsets.items()),
+        ]
         upserts.append((META_KEY, orjson.dumps(meta)))
         return Checkpoint(upserts, deletes)
 
@@ -484,14 +546,18 @@ class TaskAggregator:
     def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
         """Rebuild state from changelog records in log order (last write per key wins).
 
-        Returns the number of rooms restored.
+        A record that cannot be decoded is quarantined (``quarantined``), not raised: its room
+        starts fresh and every other room is restored. Returns the number of rooms restored.
         """
         latest: dict[bytes, bytes | None] = {}
         for key, value in records:
             latest[key] = value
         meta = latest.pop(META_KEY, None)
         if meta is not None:
-            self._restore_meta(meta)
+            try:
+                self._restore_meta(meta)
+            except StateError as exc:
+                self.quarantined.append((META_KEY, meta, str(exc)))
         prefix_len = len(ROOM_KEY_PREFIX)
         chunks: list[tuple[bytes, bytes]] = []
         for key, value in latest.items():
@@ -502,27 +568,38 @@ class TaskAggregator:
                 continue
             if not key.startswith(ROOM_KEY_PREFIX):
                 continue
-            room = decode_room(value, self.config.window_ms)
-            if room.room_id.encode() != key[prefix_len:]:
-                raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
-            self.rooms[room.room_id] = room
-            if room.seen_dirty:  # an old format's dedup memory: rewrite it as chunks next checkpoint
-                room.dirty = True
-                self._dirty.append(room)
-            for ws in room.open_ws:
-                self._by_window.setdefault(ws, {})[room] = None
-            if room.open_ws:
-                room.reg_ws = max(room.open_ws)
-            if room.detector is not None and firing(room.detector):
-                self.firing_rooms.add(room.room_id)
-            for source, offset in room.offsets.items():
-                if offset > self._replay_until.get(source, -1):
-                    self._replay_until[source] = offset
+            try:
+                room = decode_room(value, self.config.window_ms)
+                if room.room_id.encode() != key[prefix_len:]:
+                    raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
+            except StateError as exc:
+                self.quarantined.append((key, value, str(exc)))
+                continue
+            self._adopt(room)
         for key, value in chunks:
-            self._restore_chunk(key, value)
+            try:
+                self._restore_chunk(key, value)
+            except StateError as exc:
+                self.quarantined.append((key, value, str(exc)))
         if self._by_window:
             self._next_close = min(self._by_window) + self.config.window_ms
         return len(self.rooms)
+
+    def _adopt(self, room: Room) -> None:
+        """Take a decoded room into the task's indexes."""
+        self.rooms[room.room_id] = room
+        if room.seen_dirty:  # an old format's dedup memory: rewrite it as chunks next checkpoint
+            room.dirty = True
+            self._dirty.append(room)
+        for ws in room.open_ws:
+            self._by_window.setdefault(ws, {})[room] = None
+        if room.open_ws:
+            room.reg_ws = max(room.open_ws)
+        if room.detector is not None and firing(room.detector):
+            self.firing_rooms.add(room.room_id)
+        for source, offset in room.offsets.items():
+            if offset > self._replay_until.get(source, -1):
+                self._replay_until[source] = offset
 
     def _restore_chunk(self, key: bytes, value: bytes) -> None:
         try:
@@ -541,14 +618,23 @@ class TaskAggregator:
     def _restore_meta(self, raw: bytes) -> None:
         try:
             version, max_ts, watermark, *rest = orjson.loads(raw)
+            if version not in (1, 2, 3):
+                raise StateError(f"task metadata version {version!r} is not supported")
             # v1 had no per-source event times: the restored task waits for every source again.
-            source_max = rest[0] if version == 2 else []
+            source_max = rest[0] if version >= 2 else []
+            senders = rest[1] if version >= 3 else []
+            offsets = rest[2] if version >= 3 else []
+            src = {int(source): int(ts) for source, ts in source_max}
+            frontiers = {int(s): None if f is None else int(f) for s, f in senders}
+            restored = {int(source): int(offset) for source, offset in offsets}
+            max_ts, watermark = int(max_ts), int(watermark)
         except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
             raise StateError(f"undecodable task metadata: {exc}") from exc
-        if version not in (1, 2):
-            raise StateError(f"task metadata version {version!r} is not supported")
         self._max_ts, self._watermark = max_ts, watermark
-        self._src_max = {source: ts for source, ts in source_max}
+        self._src_max = src
+        self._sender_frontier = frontiers
+        self._offsets = dict(restored)
+        self.restored_offsets = restored
 
     # -- queries ------------------------------------------------------------------------
 

@@ -152,7 +152,11 @@ async def produce_raw(bootstrap: str, topic: str, messages: Iterable[tuple[bytes
 async def read_topic(bootstrap: str, topic: str, *, until: object, timeout_s: float = 90) -> list[bytes]:
     """Values of ``topic`` from the beginning, read until ``until(values)`` is true or the time is up."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level="read_committed",  # the worker writes in transactions
     )
     await consumer.start()
     values: list[bytes] = []

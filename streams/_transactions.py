@@ -1,0 +1,92 @@
+"""One transactional producer per task: a task's writes and its input offsets commit together or not at all.
+
+This is Kafka Streams' exactly-once design (one transactional id per task):
+everything task ``p`` writes — room-stats, alerts, dead letters, events
+re-routed to other tasks, their watermark markers, changelog records — goes
+out inside the task's current transaction, and each checkpoint adds the
+task's input offsets to it and commits. Starting the producer registers the
+transactional id ``<app_id>-task-<p>`` with the broker, which fences any
+older producer with the same id (a worker that lost the partition, frozen or
+partitioned away) and aborts its open transaction: a zombie can no longer
+write state, outputs or offsets. Readers use ``read_committed``.
+
+A transaction is always open between checkpoints (begun right after the
+previous commit); the broker sees it only once something is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+
+from ._outbound import Outbound
+from .exceptions import FencedError, InfrastructureError
+
+log = logging.getLogger(__name__)
+
+
+def transactional_id(app_id: str, partition: int) -> str:
+    return f"{app_id}-task-{partition}"
+
+
+class TaskProducer:
+    """The transactional producer of one task, with its record batching (:class:`Outbound`)."""
+
+    def __init__(
+        self, client: Mapping[str, Any], app_id: str, partition: int, *, transaction_timeout_ms: int
+    ) -> None:
+        self.partition = partition
+        self.transactional_id = transactional_id(app_id, partition)
+        self._producer = AIOKafkaProducer(
+            **client,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
+        )
+        self.outbound = Outbound(self._producer)
+        self._started = False
+
+    async def start(self) -> None:
+        """Register the transactional id (fencing any previous owner) and open a transaction."""
+        try:
+            await self._producer.start()
+            self._started = True
+            await self._producer.begin_transaction()  # waits for the producer id: fencing is done
+        except KafkaError as exc:
+            raise _translate(exc, self.transactional_id, "starting") from exc
+
+    async def commit(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
+        """Wait for every record of the transaction, add ``offsets``, commit, open the next one.
+
+        Raises :class:`FencedError` if another producer owns the id now, or
+        :class:`InfrastructureError`; the transaction is then not committed.
+        """
+        try:
+            await self.outbound.flush()
+            if offsets:
+                await self._producer.send_offsets_to_transaction(dict(offsets), group_id)
+            await self._producer.commit_transaction()
+            await self._producer.begin_transaction()
+        except KafkaError as exc:
+            raise _translate(exc, self.transactional_id, "committing") from exc
+
+    async def close(self) -> None:
+        """Stop without committing: an open transaction is aborted (by the broker or the next owner)."""
+        if self._started:
+            self._started = False
+            try:
+                await self._producer.stop()
+            except KafkaError as exc:  # closing after a fence or a broker loss: nothing left to save
+                log.warning("task %d: producer close failed: %r", self.partition, exc)
+
+
+def _translate(exc: KafkaError, txn_id: str, doing: str) -> Exception:
+    if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
+        return FencedError(f"transactional id {txn_id} was taken over by another worker ({exc!r})")
+    return InfrastructureError(f"{doing} transaction {txn_id} failed: {exc!r}")
