@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA := $(VENV)/bin/livepulse kafka
 
-.PHONY: venv broker alertmanager test demo kafka-up kafka-down kafka-status clean distclean
+.PHONY: venv broker alertmanager test faults demo kafka-up kafka-down kafka-status clean distclean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ alertmanager:
 # Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
 test: venv broker alertmanager
 	deploy/run-tests.sh
+
+# The fault suite, full length: kill -9, frozen worker, rolling restart, broker restart, corrupt state,
+# each against the ground truth (~12 min; a broker of its own). `make test` runs its short form.
+faults: venv broker
+	$(PY) -m loadtest.faults
 
 kafka-up: venv broker
 	$(KAFKA) up
