@@ -127,7 +127,7 @@ class Supervisor:
         while True:
             await asyncio.sleep(0.2)
             if not self._paused and self.worker.proc.poll() is not None:
-                self.exit_codes.append(self.worker.proc.returncode)
+                self.exit_codes.append(self.worker.stop(1))  # collects the exit status, closes its log
                 self.restarts += 1
                 self.worker = self._spawn()
 

@@ -1,0 +1,190 @@
+"""Watermarks across the repartition shuffle, the checkpoint metadata, and quarantine at restore."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loadtest.oracle import expected_windows
+from schemas import RoomStats, ViewerEvent
+from streams.core import META_KEY, CoreConfig, TaskAggregator
+
+BASE_MS = 1_700_000_000_000
+CFG = CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, dedup_ttl_ms=10**9)
+REROUTED = 3
+#: what a task that has read nothing publishes (the core's NO_TIME): it holds receivers back
+NOTHING_YET = -(2**62)
+
+
+def join(room: str, user: str, ts: int) -> ViewerEvent:
+    return ViewerEvent("join", room, user, ts)
+
+
+def receiver() -> TaskAggregator:
+    """Task 0 of three: one direct input (source 0), senders 1 and 2 re-route to it."""
+    return TaskAggregator(CFG, sources=(0,), senders=(1, 2))
+
+
+def test_watermark_waits_for_every_sender_then_holds_to_the_slowest() -> None:
+    agg = receiver()
+    agg.apply(0, [(1, join("r", "u", BASE_MS + 30_000))], now_ms=0)
+    assert agg.watermark_ms is None  # senders have published nothing: they may hold re-routes
+    agg.sender_progress(1, BASE_MS + 20_000)
+    agg.tick(now_ms=1)
+    assert agg.watermark_ms is None  # sender 2 still unheard
+    agg.sender_progress(2, BASE_MS + 25_000)
+    agg.tick(now_ms=2)
+    assert agg.watermark_ms == BASE_MS + 20_000 - CFG.grace_ms
+    agg.sender_progress(1, None)  # sender 1 idle: no longer holds
+    agg.tick(now_ms=3)
+    assert agg.watermark_ms == BASE_MS + 25_000 - CFG.grace_ms
+
+
+def test_rerouted_events_in_flight_are_not_late() -> None:
+    """After a crash the direct input races ahead; re-routed events of the past still count."""
+    agg = receiver()
+    agg.sender_progress(2, None)
+    agg.sender_progress(1, BASE_MS + 5_000)
+    agg.apply(0, [(i, join("r", f"d{i}", BASE_MS + i * 1_000)) for i in range(60)], now_ms=0)
+    assert agg.watermark_ms == BASE_MS + 5_000 - CFG.grace_ms  # held by sender 1, not by the direct input
+    agg.apply(REROUTED, [(i, join("r", f"x{i}", BASE_MS + 4_000 + i)) for i in range(5)], now_ms=1)
+    assert agg.counters.late == {}
+    agg.sender_progress(1, BASE_MS + 60_000)
+    agg.tick(now_ms=2)
+    first = {s.window_start: s for s in agg.drain()}[BASE_MS]
+    assert first.views == 10 + 5 and first.late_events == 0
+
+
+def test_rerouted_events_never_move_the_watermark() -> None:
+    agg = receiver()
+    agg.sender_progress(1, None)
+    agg.sender_progress(2, None)
+    agg.apply(0, [(1, join("r", "u", BASE_MS))], now_ms=0)
+    before = agg.watermark_ms
+    agg.apply(REROUTED, [(1, join("r", "v", BASE_MS + 90_000))], now_ms=0)
+    assert agg.watermark_ms == before
+
+
+def test_frontier_is_the_slowest_direct_input_without_senders() -> None:
+    agg = TaskAggregator(CFG, sources=(0, 1), senders=(2,))
+    agg.apply(0, [(1, join("r", "u", BASE_MS + 9_000))], now_ms=0)
+    agg.apply(1, [(1, join("r", "u", BASE_MS + 7_000))], now_ms=0)
+    agg.sender_progress(2, BASE_MS)  # holds the watermark, not the frontier it publishes
+    assert agg.frontier_ms() == BASE_MS + 7_000
+    agg.tick(now_ms=CFG.idle_partition_ms)
+    assert agg.frontier_ms() is None  # every direct input idle
+
+
+def test_metadata_round_trip_keeps_offsets_and_sender_frontiers() -> None:
+    agg = receiver()
+    agg.sender_progress(1, BASE_MS + 1_000)
+    agg.sender_progress(2, None)
+    agg.apply(0, [(7, join("r", "u", BASE_MS + 3_000))], now_ms=0)
+    records = agg.checkpoint({0: 8, REROUTED: 41}).upserts
+    restored = receiver()
+    restored.restore(records)
+    assert restored.restored_offsets == {0: 8, REROUTED: 41}
+    assert restored.watermark_ms == agg.watermark_ms
+    restored.apply(0, [(8, join("r", "v", BASE_MS + 30_000))], now_ms=1)
+    assert restored.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms  # still held by sender 1
+
+
+def test_version_2_metadata_still_restores() -> None:
+    agg = receiver()
+    meta = orjson.dumps([2, BASE_MS + 5_000, BASE_MS + 3_000, [[0, BASE_MS + 5_000]]])
+    agg.restore([(META_KEY, meta)])
+    assert agg.watermark_ms == BASE_MS + 3_000
+    assert agg.restored_offsets == {}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"r/bad", b"\x00not json"),
+        (b"r/bad", orjson.dumps([99, "bad"])),  # a version this code does not know
+        (b"r/bad", orjson.dumps([3, "other-room"])),  # truncated record
+        (b"d/notanumber/good", b"[]"),
+        (b"d/1000/good", b'{"not": "a list"}'),
+        (META_KEY, b"[3, 1]"),
+    ],
+)
+def test_undecodable_records_are_quarantined_and_the_rest_restored(key: bytes, value: bytes) -> None:
+    agg = TaskAggregator(CFG)
+    agg.apply(0, [(1, join("good", "u", BASE_MS)), (2, join("bad", "u", BASE_MS))], now_ms=0)
+    records = [*agg.checkpoint({0: 3}).upserts, (key, value)]
+    restored = TaskAggregator(CFG)
+    restored.restore(records)
+    assert [k for k, _, _ in restored.quarantined] == [key]
+    assert "good" in restored.rooms
+    if key.startswith(b"r/"):
+        assert "bad" not in restored.rooms  # starts fresh
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), commit_every=st.integers(1, 40))
+def test_any_delivery_order_through_the_shuffle_matches_the_oracle(seed: int, commit_every: int) -> None:
+    """Task 0 gets its own rooms directly and the rest from two senders, in transactions.
+
+    Sender ``q`` forwards what it reads and, at each of its commits, a marker with its input
+    frontier; task 0 sees a sender's events only after that sender's commit (read_committed)
+    and in any interleaving with its direct input. Its windows equal the oracle's over the
+    ideal, unshuffled stream: nothing re-routed is counted late or lost.
+    """
+    rng = random.Random(seed)
+    rooms = [f"room-{i}" for i in range(9)]
+    stream = []
+    t = BASE_MS
+    for i in range(600):
+        t += rng.randint(0, 120)
+        stream.append((rng.choice(rooms), f"u{rng.randint(0, 30)}", t - rng.randint(0, 1_500), i))
+    # Room k goes to input partition k % 3, but every room belongs to task 0 (the receiver).
+    inputs: dict[int, list[tuple[int, ViewerEvent]]] = {0: [], 1: [], 2: []}
+    for room, user, ts, i in stream:
+        inputs[int(room[-1]) % 3].append((i, join(room, user, ts)))
+    agg = receiver()
+    in_flight: dict[int, list[tuple[int, ViewerEvent]]] = {1: [], 2: []}
+    committed: list[tuple[int, list[tuple[int, ViewerEvent]], int | None]] = []
+    pos = {0: 0, 1: 0, 2: 0}
+    newest: dict[int, int] = {1: NOTHING_YET, 2: NOTHING_YET}
+    step = 0
+    finished: set[int] = set()
+    while any(pos[p] < len(inputs[p]) for p in inputs) or committed:
+        choice = rng.random()
+        if choice < 0.4 and pos[0] < len(inputs[0]):
+            n = rng.randint(1, 20)
+            batch = inputs[0][pos[0] : pos[0] + n]
+            pos[0] += len(batch)
+            agg.apply(0, batch, now_ms=0)
+        elif choice < 0.8:
+            q = rng.choice((1, 2))
+            if pos[q] < len(inputs[q]):
+                batch = inputs[q][pos[q] : pos[q] + rng.randint(1, 20)]
+                pos[q] += len(batch)
+                in_flight[q].extend(batch)
+                newest[q] = max(newest[q], *(ev.ts for _, ev in batch))
+            step += 1
+            drained = pos[q] >= len(inputs[q])
+            if q not in finished and (step % commit_every == 0 or drained):
+                # the sender's commit: its forwarded events, then its frontier (None once drained)
+                committed.append((q, in_flight[q], None if drained else newest[q]))
+                in_flight[q] = []
+                if drained:
+                    finished.add(q)
+        elif committed:
+            q, events, frontier = committed.pop(0)
+            if events:
+                agg.apply(REROUTED, [(k, ev) for k, (_, ev) in enumerate(events)], now_ms=0)
+            agg.sender_progress(q, frontier)
+            agg.tick(now_ms=0, busy={0} if pos[0] < len(inputs[0]) else ())
+    agg.sender_progress(1, None)
+    agg.sender_progress(2, None)
+    agg.tick(now_ms=10**9)
+    got: dict[tuple[str, int], RoomStats] = {(s.room_id, s.window_start): s for s in agg.drain()}
+    ideal = [(0, i + 1, join(room, user, ts)) for i, (room, user, ts, _) in enumerate(stream)]
+    want = expected_windows(ideal, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms, sources=(0,))
+    assert agg.counters.late == {}
+    assert {k: s.views for k, s in got.items()} == {k: s.views for k, s in want.items()}
