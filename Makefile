@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA := $(VENV)/bin/livepulse kafka
 
-.PHONY: venv broker alertmanager test demo kafka-up kafka-down kafka-status clean distclean
+.PHONY: venv broker alertmanager prometheus dashboards test demo kafka-up kafka-down kafka-status clean distclean
 
 venv: $(STAMP)
 
@@ -27,8 +27,19 @@ alertmanager:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus-alertmanager; }
 
+# Prometheus and promtool for the rule checks and the scrape test, from Debian's package (root, or sudo).
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus; }
+
+# Regenerate the committed Grafana dashboards (deploy/grafana/*.json) and the Kubernetes
+# PrometheusRule from their sources; a test fails when the committed files are stale.
+dashboards: venv
+	$(PY) -m deploy.generate
+
 # Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
-test: venv broker alertmanager
+test: venv broker alertmanager prometheus
 	deploy/run-tests.sh
 
 kafka-up: venv broker
