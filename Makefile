@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA := $(VENV)/bin/livepulse kafka
 
-.PHONY: venv broker alertmanager prometheus dashboards test demo kafka-up kafka-down kafka-status clean distclean
+.PHONY: venv broker alertmanager prometheus kustomize dashboards test demo kafka-up kafka-down kafka-status clean distclean
 
 venv: $(STAMP)
 
@@ -33,13 +33,19 @@ prometheus:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus; }
 
+# kustomize for rendering deploy/k8s in the tests, built once from its Go module into .cache/bin.
+KUSTOMIZE_VERSION := v5.7.1
+kustomize: .cache/bin/kustomize
+.cache/bin/kustomize:
+	GOBIN=$(CURDIR)/.cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
 # Regenerate the committed Grafana dashboards (deploy/grafana/*.json) and the Kubernetes
 # PrometheusRule from their sources; a test fails when the committed files are stale.
 dashboards: venv
 	$(PY) -m deploy.generate
 
 # Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
-test: venv broker alertmanager prometheus
+test: venv broker alertmanager prometheus kustomize
 	deploy/run-tests.sh
 
 kafka-up: venv broker
