@@ -39,10 +39,11 @@ kustomize: .cache/bin/kustomize
 .cache/bin/kustomize:
 	GOBIN=$(CURDIR)/.cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
-# Regenerate the committed Grafana dashboards (deploy/grafana/*.json) and the Kubernetes
+# Regenerate the committed Grafana dashboards (deploy/grafana/*.json), the JSON Schemas (schemas/json) and the Kubernetes
 # PrometheusRule from their sources; a test fails when the committed files are stale.
 dashboards: venv
 	$(PY) -m deploy.generate
+	$(PY) -m schemas
 
 # Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
 test: venv broker alertmanager prometheus kustomize
