@@ -35,9 +35,10 @@ prometheus:
 
 # kustomize for rendering deploy/k8s in the tests, built once from its Go module into .cache/bin.
 KUSTOMIZE_VERSION := v5.7.1
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 kustomize: .cache/bin/kustomize
 .cache/bin/kustomize:
-	GOBIN=$(CURDIR)/.cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 # Regenerate the committed Grafana dashboards (deploy/grafana/*.json), the JSON Schemas (schemas/json) and the Kubernetes
 # PrometheusRule from their sources; a test fails when the committed files are stale.
