@@ -7,6 +7,7 @@ import re
 import tomllib
 from typing import Any
 
+import pytest
 import yaml
 
 from streams.settings import Topics, settings_from_env
@@ -51,6 +52,37 @@ def test_compose_alertmanager_and_prometheus_configs_pass_their_own_checkers() -
     run(tool("amtool", "`make alertmanager` installs it"), "check-config", str(COMPOSE / "alertmanager.yml"))
     promtool = tool("promtool", "`make prometheus` installs it")
     run(promtool, "check", "config", "--syntax-only", str(COMPOSE / "prometheus.yml"))
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (
+            {"alertname": "RoomSpike", "room_id": "r1", "metric": "views_per_sec", "severity": "warning"},
+            "live-ops",
+        ),
+        (
+            {"alertname": "RoomSurge", "room_id": "r1", "metric": "gmv_per_sec", "severity": "critical"},
+            "live-ops",
+        ),
+        (
+            {"alertname": "OrdersDrop", "room_id": "r1", "metric": "orders_per_sec", "severity": "warning"},
+            "live-ops",
+        ),
+        (
+            {"alertname": "LivepulseNoPartitionsAssigned", "job": "livepulse", "severity": "critical"},
+            "ops-page",
+        ),
+        ({"alertname": "LivepulseWorkerDown", "job": "livepulse", "severity": "warning"}, "ops"),
+    ],
+)
+def test_alertmanager_routes_room_alerts_and_operational_alerts_apart(
+    labels: dict[str, str], receiver: str
+) -> None:
+    amtool = tool("amtool", "`make alertmanager` installs it")
+    config = f"--config.file={COMPOSE / 'alertmanager.yml'}"
+    out = run(amtool, "config", "routes", "test", config, *(f"{k}={v}" for k, v in labels.items()))
+    assert out.splitlines()[0].strip() == receiver
 
 
 def test_compose_runs_two_workers_with_settings_the_worker_accepts() -> None:

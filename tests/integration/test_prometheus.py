@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from deploy.dashboards import panel_queries
 from loadtest.synth import GIFT_TOPIC, ORDER_TOPIC, VIEWER_TOPIC, Mix, Synth
 from schemas import Event, ViewerEvent
-from tests.integration.prometheus import Prometheus, running_prometheus
+from tests.integration.prometheus import RULES, Prometheus, running_prometheus
 from tests.integration.workers import Deployment, Worker, eventually, free_port, produce, produce_raw
 
 pytestmark = pytest.mark.integration
@@ -49,6 +50,11 @@ def states(prom: Prometheus, alertname: str, **labels: str) -> set[str]:
     return {
         a["state"] for a in prom.alerts(alertname) if all(a["labels"].get(k) == v for k, v in labels.items())
     }
+
+
+def recorded_series() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule["record"] for group in groups for rule in group["rules"] if "record" in rule]
 
 
 def has_data(prom: Prometheus, expr: str) -> bool:
@@ -110,6 +116,9 @@ async def test_prometheus_scrapes_the_worker_and_the_alerts_follow_faults(
             # While every series exists: each dashboard panel's query parses and returns data.
             missing = [(board, title, expr) for board, title, expr in panel_queries() if not prom.query(expr)]
             assert not missing, f"panels without data: {missing}"
+            # ... and so does every recording rule.
+            missing_records = [name for name in recorded_series() if not prom.query(name)]
+            assert not missing_records, f"recording rules without data: {missing_records}"
             assert not prom.rule_errors()
 
             await until(lambda: not states(prom, dlq), f"{dlq} cleared once the flood left the window")
