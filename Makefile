@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA := $(VENV)/bin/livepulse kafka
 
-.PHONY: venv broker alertmanager test faults demo kafka-up kafka-down kafka-status clean distclean
+.PHONY: venv broker alertmanager prometheus kustomize dashboards test faults demo kafka-up kafka-down kafka-status clean distclean
 
 venv: $(STAMP)
 
@@ -27,8 +27,27 @@ alertmanager:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus-alertmanager; }
 
+# Prometheus and promtool for the rule checks and the scrape test, from Debian's package (root, or sudo).
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus; }
+
+# kustomize for rendering deploy/k8s in the tests, built once from its Go module into .cache/bin.
+KUSTOMIZE_VERSION := v5.7.1
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+kustomize: .cache/bin/kustomize
+.cache/bin/kustomize:
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+# Regenerate the committed Grafana dashboards (deploy/grafana/*.json), the JSON Schemas (schemas/json) and the Kubernetes
+# PrometheusRule from their sources; a test fails when the committed files are stale.
+dashboards: venv
+	$(PY) -m deploy.generate
+	$(PY) -m schemas
+
 # Lint, type-check, unit + integration tests; the broker is stopped afterwards, pass or fail.
-test: venv broker alertmanager
+test: venv broker alertmanager prometheus kustomize
 	deploy/run-tests.sh
 
 # The fault suite, full length: kill -9, frozen worker, rolling restart, broker restart, corrupt state,

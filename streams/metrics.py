@@ -2,14 +2,34 @@
 
 Labels are bounded: topics, reason codes (a fixed vocabulary), partitions,
 metric names. Never one series per room; the top rooms are exposed as a
-fixed-size ranking.
+fixed-size ranking. Per-partition series of partitions that moved to another
+worker are removed (``forget_partition``), so a rebalance leaves no stale
+lag or watermark behind for dashboards and alerts to trip over.
+
+The ``_created`` series prometheus-client adds to counters and histograms are
+off: nothing reads them (``rate()`` and ``increase()`` handle resets), and
+they would double the series count of every counter.
 """
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 BATCH_SIZE_BUCKETS = (1, 10, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -165,5 +185,52 @@ class Metrics:
             registry=r,
         )
 
+        self.build_info = Gauge(
+            "livepulse_build_info",
+            "Always 1; the labels say which livepulse, Python and client libraries run",
+            ["version", "python", "faust", "aiokafka", "prometheus_client"],
+            registry=r,
+        )
+        self.build_info.labels(**build_labels()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def forget_partition(self, partition: int) -> None:
+        """Remove every series labelled with ``partition`` (call when it is revoked from this worker)."""
+        wanted = str(partition)
+        topics = {
+            sample.labels["topic"]
+            for family in self.consumer_lag.collect()
+            for sample in family.samples
+            if sample.labels["partition"] == wanted
+        }
+        for topic in topics:
+            self.consumer_lag.remove(topic, wanted)
+        if any(
+            sample.labels["partition"] == wanted
+            for family in self.watermark_delay.collect()
+            for sample in family.samples
+        ):
+            self.watermark_delay.remove(wanted)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_labels() -> dict[str, str]:
+    """Labels of ``livepulse_build_info``: versions of livepulse, Python and the client libraries."""
+    return {
+        "version": _version("livepulse"),
+        "python": platform.python_version(),
+        "faust": _version("faust-streaming"),
+        "aiokafka": _version("aiokafka"),
+        "prometheus_client": _version("prometheus-client"),
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import itertools
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from schemas import (
     DEFAULT_LIMITS,
@@ -42,6 +44,7 @@ from schemas import (
     encode_dead_letter,
     encode_room_stats,
 )
+from schemas._jsonschema import event_schema
 
 NOW = 1_700_000_000_000
 LIM = DEFAULT_LIMITS
@@ -138,9 +141,52 @@ def with_literal(schema: Schema, name: str, literal: bytes) -> bytes:
     return raw.replace(b'"@@literal@@"', literal)
 
 
+# Every message of this corpus also goes through the JSON Schema generated for producers
+# (schemas/json/), which must give the decoder's verdict, except where a schema cannot speak:
+# the byte size, ts relative to the clock, and integers written as floats (1.0).
+SCHEMA_BLIND = frozenset({"oversized", "ts_skew"})
+SCHEMA_CHECKED = {"accepted": 0, "rejected": 0, "blind": 0}
+
+
+@functools.cache
+def json_schema(kind: str, limits: Limits) -> Draft202012Validator:
+    schema = event_schema(kind, limits)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def assert_json_schema_agrees(schema: Schema, raw: bytes, out: Any, limits: Limits) -> None:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        assert type(out) is Invalid  # not JSON at all: nothing for a schema to judge
+        return
+    errors = [e.message for e in json_schema(schema.name, limits).iter_errors(doc)]
+    if type(out) is not Invalid:
+        assert not errors, f"decoder accepted {raw[:200]!r}, the JSON Schema rejects it: {errors}"
+        SCHEMA_CHECKED["accepted"] += 1
+        return
+    field = out.reason.partition(":")[2]
+    value = doc.get(field) if isinstance(doc, dict) else None
+    if out.reason in SCHEMA_BLIND or (
+        out.reason.startswith("bad_type:") and type(value) is float and value.is_integer()
+    ):
+        SCHEMA_CHECKED["blind"] += 1
+        return
+    assert errors, f"decoder rejected {raw[:200]!r} ({out.reason}), the JSON Schema accepts it"
+    SCHEMA_CHECKED["rejected"] += 1
+
+
+def decode(schema: Schema, raw: bytes, now: int = NOW, limits: Limits = LIM) -> Any:
+    """The strict decoder's verdict, checked against the JSON Schema's."""
+    out = schema.decode(raw, now, limits)
+    assert_json_schema_agrees(schema, raw, out, limits)
+    return out
+
+
 def run(schema: Schema, msg: Any, now: int = NOW, limits: Limits = LIM) -> Any:
     raw = msg if isinstance(msg, bytes) else enc(msg)
-    return schema.decode(raw, now, limits)
+    return decode(schema, raw, now, limits)
 
 
 def reason(schema: Schema, msg: Any, now: int = NOW, limits: Limits = LIM) -> str:
@@ -722,7 +768,7 @@ def test_all_fields_wrong_reports_the_first() -> None:
 def test_the_same_message_always_gets_the_same_reason(schema: Schema) -> None:
     msg = {name: BAD_VALUE[kind] for name, kind in reversed(schema.fields)}
     raw = enc(msg)
-    assert len({schema.decode(raw, NOW) for _ in range(5)}) == 1
+    assert len({decode(schema, raw, NOW) for _ in range(5)}) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -995,7 +1041,7 @@ def test_dead_letter_round_trip_and_wire_shape() -> None:
     ids=["empty", "ff", "array", "empty-object", "deep", "oversized", "bad-utf8"],
 )
 def test_every_rejection_can_be_dead_lettered(schema: Schema, raw: bytes) -> None:
-    out = schema.decode(raw, NOW)
+    out = decode(schema, raw, NOW)
     assert type(out) is Invalid
     topic = f"live.{schema.name}"
     letter = dead_letter(out, topic=topic, partition=0, offset=7, key=b"r1", raw=raw, now_ms=NOW)
@@ -1079,7 +1125,7 @@ def oracle(schema: Schema, raw: bytes, now: int, limits: Limits) -> Any:
 
 
 def check_against_oracle(schema: Schema, raw: bytes, now: int = NOW, limits: Limits = LIM) -> None:
-    out = schema.decode(raw, now, limits)
+    out = decode(schema, raw, now, limits)
     expected = oracle(schema, raw, now, limits)
     if isinstance(expected, str):
         assert type(out) is Invalid, (raw, out)
@@ -1181,7 +1227,7 @@ def near_valid_message(draw: st.DrawFn, schema: Schema, limits: Limits) -> bytes
 @settings(max_examples=300, deadline=None)
 @given(schema=schema_st, raw=st.binary(max_size=200), limits=limits_st, now=st.integers(-(2**63), 2**63))
 def test_random_bytes_never_raise(schema: Schema, raw: bytes, limits: Limits, now: int) -> None:
-    out = schema.decode(raw, now, limits)
+    out = decode(schema, raw, now, limits)
     assert type(out) in (Invalid, schema.record)
     check_against_oracle(schema, raw, now, limits)
 
@@ -1240,7 +1286,7 @@ def valid_event(draw: st.DrawFn, schema: Schema) -> tuple[dict[str, Any], bytes]
 def test_valid_events_decode_to_their_fields(data: st.DataObject, schema: Schema) -> None:
     fields, raw = data.draw(valid_event(schema))
     assert len(raw) <= LIM.max_message_bytes
-    out = schema.decode(raw, NOW)
+    out = decode(schema, raw, NOW)
     assert type(out) is schema.record, out
     assert out == schema.record(**fields)
     assert out._asdict() == fields

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create livepulse's topics (idempotent). Inputs share one partition count (co-partitioning);
+# the room-state changelog and the rules topic are compacted. Run by the compose "topics" service.
+set -euo pipefail
+BOOTSTRAP="${BOOTSTRAP:-kafka:9092}"
+PARTITIONS="${PARTITIONS:-4}"
+KT=/opt/kafka/bin/kafka-topics.sh
+
+create() {  # name partitions [--config k=v ...]
+  local name=$1 partitions=$2
+  shift 2
+  "$KT" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists --topic "$name" \
+    --partitions "$partitions" --replication-factor 1 "$@"
+}
+
+for topic in live.viewer live.order live.gift livepulse.repartition; do
+  create "$topic" "$PARTITIONS" --config retention.ms=604800000
+done
+create livepulse.room-state-changelog "$PARTITIONS" --config cleanup.policy=compact --config min.compaction.lag.ms=60000
+create livepulse.rules 1 --config cleanup.policy=compact
+create live.room-stats "$PARTITIONS" --config retention.ms=604800000
+create live.alerts "$PARTITIONS" --config retention.ms=604800000
+create live.dlq "$PARTITIONS" --config retention.ms=1209600000
+"$KT" --bootstrap-server "$BOOTSTRAP" --list

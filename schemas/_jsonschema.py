@@ -1,0 +1,172 @@
+"""JSON Schema (draft 2020-12) of the input events and the outputs, for upstream producers and
+downstream consumers; ``python -m schemas`` writes them to ``schemas/json/``.
+
+Built from the definitions the strict decoders use: the field order of ``_decode`` (which is
+also the order faults are reported in), the enum sets of ``_records``, the bounds of ``Limits``,
+and the record types' annotations. ``tests/unit/test_schemas.py`` runs every message of the
+decoder corpus through both and requires the same verdict. What a schema cannot say:
+
+- ``ts`` must lie within ``max_past_ms`` / ``max_future_ms`` of the worker's clock (``ts_skew``);
+- a message is at most ``max_message_bytes`` bytes of UTF-8 (``oversized``);
+- integers must be written as integers: JSON Schema counts ``1.0`` as an integer, the decoders
+  (like Java's and Go's JSON integer types) do not (``bad_type:<field>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, NamedTuple, get_type_hints
+
+from ._decode import _GIFT_FIELDS, _ORDER_FIELDS, _VIEWER_FIELDS
+from ._limits import DEFAULT_LIMITS, Limits
+from ._outputs import DeadLetter, RoomStats
+from ._records import ORDER_STATUSES, VIEWER_TYPES, GiftEvent, OrderEvent, ViewerEvent
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+BASE_ID = "urn:livepulse:schema:"
+
+_EVENTS: dict[str, tuple[type[NamedTuple], tuple[str, ...], str]] = {
+    "viewer": (ViewerEvent, _VIEWER_FIELDS, "live.viewer"),
+    "order": (OrderEvent, _ORDER_FIELDS, "live.order"),
+    "gift": (GiftEvent, _GIFT_FIELDS, "live.gift"),
+}
+EVENT_KINDS: tuple[str, ...] = tuple(_EVENTS)
+
+
+def _field(name: str, annotation: object, limits: Limits) -> dict[str, Any]:
+    """One input field's schema: what ``_decode``'s check for it accepts."""
+    if name == "type":
+        return {"type": "string", "enum": sorted(VIEWER_TYPES)}
+    if name == "status":
+        return {"type": "string", "enum": sorted(ORDER_STATUSES)}
+    if name == "currency":
+        # Exactly three ASCII capitals (length pinned too: a pattern's $ tolerates a trailing newline).
+        return {"type": "string", "minLength": 3, "maxLength": 3, "pattern": "^[A-Z][A-Z][A-Z]$"}
+    if name == "ts":
+        return {
+            "type": "integer",
+            "description": "event time, integer milliseconds since the epoch; rejected (ts_skew) "
+            f"when more than {limits.max_past_ms} ms before or {limits.max_future_ms} ms after "
+            "the worker's clock",
+        }
+    if name in ("amount_minor", "value_minor"):
+        return {"type": "integer", "minimum": 0, "maximum": limits.max_amount_minor}
+    if name == "count":
+        return {"type": "integer", "minimum": 1, "maximum": limits.max_gift_count}
+    if annotation is str:  # the ids
+        return {"type": "string", "minLength": 1, "maxLength": limits.max_id_len}
+    raise AssertionError(f"no schema rule for input field {name}: {annotation}")  # pragma: no cover
+
+
+def event_schema(kind: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The schema of one input topic's messages (``viewer``, ``order``, ``gift``)."""
+    record, order, topic = _EVENTS[kind]
+    annotations = get_type_hints(record)
+    assert set(order) == set(annotations), f"{record.__name__} and the decoder disagree on fields"
+    return {
+        "$schema": DIALECT,
+        "$id": f"{BASE_ID}{kind}-event",
+        "title": record.__name__,
+        "description": f"One message of {topic}: UTF-8 JSON, at most {limits.max_message_bytes} bytes, "
+        "Kafka key = room_id. Unknown extra fields are ignored.",
+        "type": "object",
+        "required": list(order),
+        "properties": {name: _field(name, annotations[name], limits) for name in order},
+        "additionalProperties": True,
+    }
+
+
+_JSON_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "str | None": {"type": ["string", "null"]},
+}
+
+
+def _record_schema(record: type, name: str, title: str, description: str) -> dict[str, Any]:
+    props = {f.name: dict(_JSON_TYPES[str(f.type)]) for f in fields(record)}
+    return {
+        "$schema": DIALECT,
+        "$id": f"{BASE_ID}{name}",
+        "title": title,
+        "description": description,
+        "type": "object",
+        "required": list(props),
+        "properties": props,
+    }
+
+
+def room_stats_schema() -> dict[str, Any]:
+    schema = _record_schema(
+        RoomStats,
+        "room-stats",
+        "RoomStats",
+        "One record of live.room-stats: one room's closed window [window_start, window_end) in ms "
+        "since the epoch; (room_id, window_start) identifies it (a replay repeats the same record).",
+    )
+    for name, prop in schema["properties"].items():
+        if prop["type"] == "integer":
+            prop["minimum"] = 0
+        if name == "orders_per_sec":
+            prop["minimum"] = 0
+        if name == "room_id":
+            prop["minLength"] = 1
+    return schema
+
+
+def dead_letter_schema() -> dict[str, Any]:
+    schema = _record_schema(
+        DeadLetter,
+        "dead-letter",
+        "DeadLetter",
+        "One record of live.dlq: why an input message was rejected (reason code), where it came "
+        "from, and its raw bytes (base64, truncated to a cap).",
+    )
+    schema["properties"]["reason"]["pattern"] = (
+        "^(oversized|invalid_json|not_an_object|ts_skew|bad_key"
+        "|(missing_field|bad_type|out_of_range|unknown_enum|bad_format):[a-z_]+)$"
+    )
+    schema["properties"]["raw_b64"]["contentEncoding"] = "base64"
+    return schema
+
+
+def alert_schema() -> dict[str, Any]:
+    """``live.alerts``: an Alertmanager API v2 alert plus ``status`` and ``fingerprint``."""
+    text = {"type": "string"}
+    when = {"type": "string", "format": "date-time"}
+    return {
+        "$schema": DIALECT,
+        "$id": f"{BASE_ID}alert",
+        "title": "RoomAlert",
+        "description": "One record of live.alerts (key = fingerprint). Firing alerts are re-sent "
+        "periodically, resolved ones once; POST labels/annotations/startsAt/endsAt to Alertmanager as is.",
+        "type": "object",
+        "required": ["labels", "annotations", "startsAt", "status", "fingerprint"],
+        "properties": {
+            "labels": {
+                "type": "object",
+                "required": ["alertname", "room_id", "metric", "severity"],
+                "additionalProperties": text,
+            },
+            "annotations": {
+                "type": "object",
+                "required": ["summary", "value", "baseline", "ratio", "zscore"],
+                "additionalProperties": text,
+            },
+            "startsAt": when,
+            "endsAt": when,
+            "status": {"type": "string", "enum": ["firing", "resolved"]},
+            "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16,64}$"},
+        },
+    }
+
+
+def all_schemas() -> dict[str, dict[str, Any]]:
+    """File name -> schema, as written to ``schemas/json/``."""
+    out = {f"{kind}-event.json": event_schema(kind) for kind in EVENT_KINDS}
+    out["room-stats.json"] = room_stats_schema()
+    out["dead-letter.json"] = dead_letter_schema()
+    out["alert.json"] = alert_schema()
+    return out
