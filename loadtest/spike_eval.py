@@ -218,7 +218,7 @@ def report(seed: int, t: Tally, cfg: SeriesConfig, seconds: float, match: int) -
 def _rules(args: argparse.Namespace) -> Mapping[str, MetricRule]:
     rules = rules_for(SpikeRules(), "eval")
     changes: dict[str, float | int] = {}
-    for name in ("ratio", "z_threshold", "confirm_windows", "half_life_windows", "winsor_k"):
+    for name in ("ratio", "z_threshold", "confirm_s", "half_life_s", "winsor_k"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -241,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, kind in (
         ("ratio", float),
         ("z_threshold", float),
-        ("confirm_windows", int),
-        ("half_life_windows", float),
+        ("confirm_s", float),
+        ("half_life_s", float),
         ("winsor_k", float),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help="override the default rule")
