@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import statistics
 import sys
@@ -83,7 +84,7 @@ def read_series(path: Path) -> tuple[list[datetime], list[float]]:
 
 def detect(timestamps: Sequence[datetime], values: Sequence[float], rule: MetricRule) -> list[float]:
     """Anomaly score per row: 1.0 where an alert fires, else 0.0."""
-    steps = [(b - a).total_seconds() for a, b in zip(timestamps, timestamps[1:], strict=False)]
+    steps = [(b - a).total_seconds() for a, b in itertools.pairwise(timestamps)]
     window_ms = max(1_000, round(statistics.median(steps) * 1_000)) if steps else 60_000
     rules = dict.fromkeys(METRICS, rule)
     state = DetectorState("nab")
@@ -139,7 +140,9 @@ def published(nab: Path, detector: str, files: Sequence[str]) -> dict[str, float
     if missing:
         sweeper = _sweeper(nab)
         labels = json.loads((nab / "labels" / "combined_windows.json").read_text())
-        threshold = json.loads((nab / "config" / "thresholds.json").read_text())[detector][PROFILE]["threshold"]
+        threshold = json.loads((nab / "config" / "thresholds.json").read_text())[detector][PROFILE][
+            "threshold"
+        ]
         for name in missing:
             subset, file = name.split("/")
             with (nab / "results" / detector / subset / f"{detector}_{file}").open(newline="") as f:
@@ -166,7 +169,9 @@ def table(nab: Path, ours: Sequence[FileScore], subsets: Sequence[str]) -> list[
     columns.append(("union", {f.path: f.windows for f in ours}))
     head = "| detector | " + " | ".join(name for name, _ in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
-    rows: list[tuple[str, Mapping[str, float]]] = [("livepulse (GAUGE_RULE)", {f.path: f.score for f in ours})]
+    rows: list[tuple[str, Mapping[str, float]]] = [
+        ("livepulse (GAUGE_RULE)", {f.path: f.score for f in ours})
+    ]
     rows += [(d, published(nab, d, files)) for d in PUBLISHED]
     for name, raw in rows:
         cells = [f"{normalised(raw, null, files):.1f}" for _, files in columns]
@@ -175,19 +180,25 @@ def table(nab: Path, ours: Sequence[FileScore], subsets: Sequence[str]) -> list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.anomaly_eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.anomaly_eval", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--nab", type=Path, required=True, help="a checkout of github.com/numenta/NAB")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="comma-separated NAB data folders")
     parser.add_argument("--per-file", action="store_true", help="also print each file's score and counts")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override GAUGE_RULE")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override GAUGE_RULE"
+    )
     args = parser.parse_args(argv)
     subsets = [s for s in args.subsets.split(",") if s]
     rule = GAUGE_RULE
     if args.set:
         from dataclasses import replace
 
-        changes = {k: (v.lower() == "true" if v.lower() in ("true", "false") else float(v)) for k, v in
-                   (item.split("=", 1) for item in args.set)}
+        changes = {
+            k: (v.lower() == "true" if v.lower() in ("true", "false") else float(v))
+            for k, v in (item.split("=", 1) for item in args.set)
+        }
         rule = replace(rule, **changes)  # type: ignore[arg-type]
     ours = score_files(args.nab, subsets, rule)
     if args.per_file:

@@ -530,7 +530,7 @@ class _Plan:
         #: an orders baseline at or above this might meet the drop rule (None: drop disabled)
         self.drop_floor = orders.drop_min_baseline if orders.drop_enabled else None
         # A seasonal bin is visited for period/bins seconds per period; its weight per window
-        # halves the old estimate over one visit, whatever the window length.
+        # quarters the old estimate over one visit (half-life: half a visit), whatever the window length.
         self.season_ms = tuple(round(r.season_s * 1_000) for r in ordered)
         offsets, total = [], 0
         for r, period in zip(ordered, self.season_ms, strict=True):
@@ -539,7 +539,7 @@ class _Plan:
         self.season_offsets = tuple(offsets)
         self.season_total = total
         self.season_alphas = tuple(
-            1.0 - 2.0 ** (-window_ms * r.season_bins / period) if period else 0.0
+            1.0 - 2.0 ** (-2.0 * window_ms * r.season_bins / period) if period else 0.0
             for r, period in zip(ordered, self.season_ms, strict=True)
         )
         self.tests = tuple(TEST_NAMES[kind] for kind in _KINDS)
