@@ -55,6 +55,7 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "two_sided": ("b", 0, 1),
     "season_s": ("f", 0.0, 1e8),
     "season_bins": ("i", 1, 1_440),
+    "season_half_life_periods": ("f", 0.01, 1e3),
     "drop_enabled": ("b", 0, 1),
     "drop_ratio": ("f", 0.0, 1.0),
     "drop_hold_ratio": ("f", 0.0, math.inf),
@@ -119,13 +120,17 @@ class MetricRule:
     ``warmup_s`` warm-up) and winsorised: a value further than ``winsor_k``
     scales from the expected value moves them as if it were at that distance,
     so neither a spike nor a heavy-tailed outlier drags the baseline. With
-    ``season_s`` > 0, a room that has been active for a full period also has a
-    seasonal term: ``season_bins`` phase bins over the period (default one hour
-    in twelve 5-minute bins: recurring flash-sale slots), each an exponentially
-    weighted mean of the residual in that phase, added to the level. Each
-    metric is tested on the scale that fits its noise (see ``_spikes``):
+    ``season_s`` > 0 (0, off, by default; the room defaults turn it on for
+    orders and GMV: one hour in sixty 1-minute bins, for recurring flash-sale
+    slots), a room that has been active for a full period also has a seasonal
+    term: ``season_bins`` phase bins over the period, each an exponentially
+    weighted mean of the residual in that phase (half-life
+    ``season_half_life_periods`` periods, i.e. visits of the bin), added to the
+    level; a one-sided rule uses only its positive part.
+    Each metric is tested on the scale that fits its noise (see ``_spikes``):
     counts against Poisson counting noise as well as the observed scale, money
-    on the log scale (compound sums of lognormal amounts), levels as they are.
+    on the square-root scale (compound sums of lognormal amounts), levels as
+    they are.
 
     Spike (``RoomSpike``), after warm-up: a window *meets* the rule when
     ``value >= min_volume`` and ``value >= ratio * expected`` and the test's
@@ -167,8 +172,9 @@ class MetricRule:
     surge_value: float | None = None
     surge_resolve_fraction: float = 0.5
     two_sided: bool = False
-    season_s: float = 3_600.0
-    season_bins: int = 12
+    season_s: float = 0.0
+    season_bins: int = 60
+    season_half_life_periods: float = 0.5
     drop_enabled: bool = False
     drop_ratio: float = 0.2
     drop_hold_ratio: float = 0.7
@@ -202,8 +208,10 @@ def default_metric_rules() -> Mapping[str, MetricRule]:
         "views_per_sec": MetricRule(min_volume=2.0, surge_value=100.0),
         "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
         "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
-        "orders_per_sec": MetricRule(min_volume=1.0, surge_value=20.0),
-        "gmv_per_sec": MetricRule(min_volume=20_000.0, z_threshold=4.0, surge_value=1_000_000.0),
+        "orders_per_sec": MetricRule(min_volume=1.0, surge_value=20.0, season_s=3_600.0),
+        "gmv_per_sec": MetricRule(
+            min_volume=20_000.0, z_threshold=4.0, surge_value=1_000_000.0, season_s=3_600.0
+        ),
         "gift_value_per_sec": MetricRule(min_volume=5_000.0, z_threshold=4.0, surge_value=200_000.0),
     }
 
@@ -373,4 +381,5 @@ GAUGE_RULE: Final = MetricRule(
     two_sided=True,
     season_s=86_400.0,
     season_bins=24,
+    season_half_life_periods=1.0,
 )

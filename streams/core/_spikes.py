@@ -19,9 +19,11 @@ stop alerting from their second occurrence on).
 Tests, per metric kind: counts (views/s, unique viewers, orders/s) must be
 significant both against the observed scale and against Poisson counting noise
 on the square-root scale (a small count's tail is far heavier than a Gaussian
-with the same variance); money (GMV/s, gift value/s) is tested on log1p scale,
-where compound sums of lognormal amounts are close to Gaussian; levels
-(concurrent viewers) directly.
+with the same variance); money (GMV/s, gift value/s) is tested on the
+square-root scale (Box-Cox with lambda 1/2), which tames the heavy right tail of
+compound sums of lognormal amounts (one whale order) yet stays defined and
+smooth at zero, where sparse rooms often are; levels (concurrent viewers) as
+they are.
 
 Per (metric, alertname) an alert slot moves idle -> pending (rule met for less
 than ``confirm_s``) -> firing -> (``resolve_s`` below the lower threshold)
@@ -63,7 +65,7 @@ SPIKE_STATE_VERSION: Final = 2
 DEFAULT_MAX_GAP_S: Final = 600.0
 
 _N = len(METRICS)
-# Test scale per metric: counts per window ("rate" metrics are per second), levels, money (log1p).
+# Test scale per metric: counts per window ("rate" metrics are per second), levels, money (sqrt).
 _RATE, _COUNT, _LEVEL, _MONEY = range(4)
 _KIND_OF: Final = {
     "views_per_sec": _RATE,
@@ -74,13 +76,13 @@ _KIND_OF: Final = {
     "gift_value_per_sec": _MONEY,
 }
 _KINDS = tuple(_KIND_OF[metric] for metric in METRICS)
-_LOG = tuple(kind == _MONEY for kind in _KINDS)
+_SQRT = tuple(kind == _MONEY for kind in _KINDS)
 #: names of the tests in alert annotations, per kind
 TEST_NAMES: Final = {
     _RATE: "poisson-sqrt+robust-z",
     _COUNT: "poisson-sqrt+robust-z",
     _LEVEL: "robust-z",
-    _MONEY: "log-robust-z",
+    _MONEY: "sqrt-robust-z",
 }
 TEST_SURGE: Final = "absolute-level"
 TEST_DROP: Final = "drop-ratio"
@@ -150,7 +152,7 @@ class DetectorState:
         self.alerts: dict[tuple[str, str], _Alert] | None = None
 
     def baseline(self, metric: str) -> tuple[float, float]:
-        """(level, standard deviation) of one metric's baseline, on its test scale (log1p for money)."""
+        """(level, standard deviation) of one metric's baseline, on its test scale (sqrt for money)."""
         i = 2 * METRICS.index(metric)
         return self.baselines[i], math.sqrt(self.baselines[i + 1])
 
@@ -173,7 +175,7 @@ class DetectorState:
 
         Version 1 counted history and alert timers in windows: they are converted with
         ``legacy_window_ms`` (default 10 s, the only length version 1 was tuned for), and its
-        plain-scale money baselines restart their warm-up (version 2 keeps them on log scale).
+        plain-scale money baselines restart their warm-up (version 2 keeps them on sqrt scale).
         """
         try:
             version = wire[0]
@@ -237,7 +239,7 @@ def _slot(
 def _from_wire_v1(wire: Sequence[Any], window_ms: int) -> DetectorState:
     _, room_id, last_end, windows, last_concurrent, baselines, alerts = wire
     state = _restore(room_id, last_end, int(windows) * window_ms, last_concurrent, baselines)
-    if any(_LOG):
+    if any(_SQRT):
         # v1 kept money on the plain scale: restart the warm-up rather than mix scales
         state.history_ms = 0
     for metric, name, phase, started, count, severity, value, base, zscore in alerts:
@@ -347,11 +349,11 @@ def _in_alert(alerts: dict[tuple[str, str], _Alert] | None, metric: str) -> bool
     return False
 
 
-def _expected_raw(level: float, var: float, log: bool) -> float:
-    """Expected value on the raw scale: the level, or for log-scale money the lognormal mean."""
-    if not log:
+def _expected_raw(level: float, var: float, root: bool) -> float:
+    """Expected value on the raw scale: the level, or for sqrt-scale money E[X] = E[sqrt X]^2 + Var."""
+    if not root:
         return level
-    return math.expm1(level + 0.5 * min(var, 4.0))
+    return level * level + var
 
 
 def _step(
@@ -383,8 +385,8 @@ def _step(
         rule = rules[metric]
         x = values[i]
         kind = _KINDS[i]
-        log = kind == _MONEY
-        y = math.log1p(max(x, 0.0)) if log else x
+        root = kind == _MONEY
+        y = math.sqrt(x) if root and x > 0.0 else (0.0 if root else x)
         level, var = b[2 * i], b[2 * i + 1]
         s_index = -1
         s_term = 0.0
@@ -392,12 +394,17 @@ def _step(
         if season is not None and plan.season_ms[i]:
             period = plan.season_ms[i]
             s_index = plan.season_offsets[i] + (window[0] % period) * rule.season_bins // period
-            if learned >= period:
+            if learned >= period - period // rule.season_bins:  # the bin's last visit was learned
                 s_term = season[s_index]
+                if s_term < 0.0 and not rule.two_sided:
+                    # A one-sided rule only lets the season raise its expectation: a trough learned
+                    # from a one-off fall (a ramp's lagging level, a spike's aftermath) must not
+                    # turn an ordinary value an hour later into a spike.
+                    s_term = 0.0
                 basis = plan.season_basis[i]
         center = level + s_term
         std = math.sqrt(var)
-        expected = _expected_raw(center, var, log)
+        expected = _expected_raw(center, var, root)
         z = _zscore(y - center, std)
         if kind in (_RATE, _COUNT):
             # Counting noise: also require significance on the square-root (variance-stabilised)
@@ -455,7 +462,7 @@ def _step(
             if warm > alpha:
                 alpha = warm
         elif spike or drop or dip or x >= rule.min_volume or _in_alert(state.alerts, metric):
-            floor = _WINSOR_REL_FLOOR * (abs(center) if log else max(abs(center), rule.min_volume))
+            floor = _WINSOR_REL_FLOOR * (abs(center) if root else max(abs(center), rule.min_volume))
             band = max(rule.winsor_k * std, floor)
             if diff > band:
                 diff = band
@@ -530,7 +537,8 @@ class _Plan:
         #: an orders baseline at or above this might meet the drop rule (None: drop disabled)
         self.drop_floor = orders.drop_min_baseline if orders.drop_enabled else None
         # A seasonal bin is visited for period/bins seconds per period; its weight per window
-        # quarters the old estimate over one visit (half-life: half a visit), whatever the window length.
+        # gives the bin's estimate a half-life of season_half_life_periods visits, whatever
+        # the window length.
         self.season_ms = tuple(round(r.season_s * 1_000) for r in ordered)
         offsets, total = [], 0
         for r, period in zip(ordered, self.season_ms, strict=True):
@@ -539,13 +547,15 @@ class _Plan:
         self.season_offsets = tuple(offsets)
         self.season_total = total
         self.season_alphas = tuple(
-            1.0 - 2.0 ** (-2.0 * window_ms * r.season_bins / period) if period else 0.0
+            1.0 - 2.0 ** (-window_ms * r.season_bins / (period * r.season_half_life_periods))
+            if period
+            else 0.0
             for r, period in zip(ordered, self.season_ms, strict=True)
         )
         self.tests = tuple(TEST_NAMES[kind] for kind in _KINDS)
         self.basis = tuple(
-            f"winsorised EWMA{' of log1p' if log else ''}, half-life {r.half_life_s:g} s"
-            for r, log in zip(ordered, _LOG, strict=True)
+            f"winsorised EWMA{' of sqrt' if root else ''}, half-life {r.half_life_s:g} s"
+            for r, root in zip(ordered, _SQRT, strict=True)
         )
         self.season_basis = tuple(
             f"{basis} + seasonal term ({r.season_s:g} s in {r.season_bins} bins)"
@@ -596,9 +606,9 @@ def _fold_quiet(
     history = state.history_ms
     warm = span / (history + span)
     i = 0
-    for x, alpha, warmup, log in zip(values, plan.alphas, plan.warmup_ms, _LOG, strict=True):
-        if log:
-            x = math.log1p(x) if x > 0 else 0.0
+    for x, alpha, warmup, root in zip(values, plan.alphas, plan.warmup_ms, _SQRT, strict=True):
+        if root:
+            x = math.sqrt(x) if x > 0.0 else 0.0
         level = b[i]
         var = b[i + 1]
         if x != level or var:  # else the fold leaves both at what they are (a metric never seen)
@@ -630,9 +640,9 @@ def _fold_quiet_run(
     h0 = state.history_ms
     n0 = h0 / span
     i = 0
-    for x, alpha, warmup, log in zip(values, plan.alphas, plan.warmup_ms, _LOG, strict=True):
-        if log:
-            x = math.log1p(x) if x > 0 else 0.0
+    for x, alpha, warmup, root in zip(values, plan.alphas, plan.warmup_ms, _SQRT, strict=True):
+        if root:
+            x = math.sqrt(x) if x > 0.0 else 0.0
         mean = b[i]
         var = b[i + 1]
         if x != mean or var:  # else a constant at its mean with no variance stays there

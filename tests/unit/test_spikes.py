@@ -630,12 +630,12 @@ def test_alerts_name_their_test_and_baseline() -> None:
     assert float(notes["ratio"]) >= RULES["views_per_sec"].ratio
 
 
-def test_money_is_tested_on_the_log_scale() -> None:
+def test_money_is_tested_on_the_square_root_scale() -> None:
     rng = random.Random(9)
     series = [noisy(rng, i, scale=(1, 1, 1, 6.0 if 100 <= i < 110 else 1.0)) for i in range(140)]
     _, events = run(series)
     gmv = [e for e in events if e.metric == "gmv_per_sec" and e.status == "firing"]
-    assert gmv and gmv[0].test == "log-robust-z" and "log1p" in gmv[0].basis
+    assert gmv and gmv[0].test == "sqrt-robust-z" and "of sqrt" in gmv[0].basis
 
 
 def test_two_sided_rule_fires_a_dip() -> None:
