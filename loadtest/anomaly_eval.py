@@ -179,6 +179,19 @@ def table(nab: Path, ours: Sequence[FileScore], subsets: Sequence[str]) -> list[
     return lines
 
 
+def check_published(nab: Path) -> list[str]:
+    """This script's normalisation over NAB's whole corpus next to NAB's own final_results.json."""
+    labels = json.loads((nab / "labels" / "combined_windows.json").read_text())
+    windows = {name: len(spans) for name, spans in labels.items()}
+    null = published(nab, "null", list(windows))
+    final = json.loads((nab / "results" / "final_results.json").read_text())
+    lines = ["| detector (whole corpus) | this script | NAB final_results.json |", "|---|---|---|"]
+    for detector in PUBLISHED:
+        ours = normalised(published(nab, detector, list(windows)), null, windows)
+        lines.append(f"| {detector} | {ours:.2f} | {final[detector][PROFILE]:.2f} |")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.anomaly_eval", description=__doc__.split("\n")[0]
@@ -189,7 +202,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override GAUGE_RULE"
     )
+    parser.add_argument(
+        "--check-published",
+        action="store_true",
+        help="first recompute the published whole-corpus scores, next to results/final_results.json",
+    )
     args = parser.parse_args(argv)
+    if args.check_published:
+        for line in check_published(args.nab):
+            print(line)
+        print()
     subsets = [s for s in args.subsets.split(",") if s]
     rule = GAUGE_RULE
     if args.set:

@@ -672,3 +672,23 @@ def test_version_1_state_still_decodes() -> None:
     ]
     assert state.alerts is not None and state.alerts[("views_per_sec", "RoomSpike")].count == 2 * W
     assert DetectorState.from_wire(orjson.loads(orjson.dumps(state.to_wire()))).to_wire() == state.to_wire()
+
+
+def test_anomaly_eval_feeds_a_generic_series_row_by_row() -> None:
+    """The NAB harness's detector side (the scoring needs a NAB checkout; see loadtest.anomaly_eval)."""
+    from datetime import datetime, timedelta
+
+    from loadtest.anomaly_eval import detect
+    from streams.core._spike_rules import GAUGE_RULE
+
+    t0 = datetime(2026, 1, 1)
+    rows = 4 * 288  # four days of 5-minute rows
+    timestamps = [t0 + timedelta(minutes=5 * i) for i in range(rows)]
+    rng = random.Random(1)
+    values = [
+        50.0 + 10 * math.sin(2 * math.pi * i / 288) + rng.gauss(0, 1) + (40.0 if i >= 3 * 288 else 0.0)
+        for i in range(rows)
+    ]
+    scores = detect(timestamps, values, GAUGE_RULE)
+    assert len(scores) == rows and set(scores) <= {0.0, 1.0}
+    assert [i for i, s in enumerate(scores) if s] == [3 * 288]  # the step, nothing on the daily cycle
