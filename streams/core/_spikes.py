@@ -38,7 +38,10 @@ windows are no evidence for the drop rule: it neither fires nor holds on them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from operator import ge
@@ -145,7 +148,8 @@ class DetectorState:
         self.last_concurrent = 0.0
         #: level and variance per metric on its test scale, interleaved in METRICS order
         self.baselines = array("d", [0.0]) * (2 * _N)
-        #: seasonal residual per metric and phase bin (allocated when the room first leaves the quiet path)
+        #: seasonal residual per metric and phase bin, float32 (allocated when the room first leaves
+        #: the quiet path; on the wire as base64 of its bytes, little-endian: 4 bytes a bin)
         self.season: array[float] | None = None
         #: end of the window at which the seasonal term started learning
         self.season_since_ms = 0
@@ -166,7 +170,7 @@ class DetectorState:
             self.last_concurrent,
             self.baselines.tolist(),
             alerts,
-            None if self.season is None else [self.season_since_ms, self.season.tolist()],
+            None if self.season is None else [self.season_since_ms, _season_to_text(self.season)],
         ]
 
     @classmethod
@@ -191,14 +195,34 @@ class DetectorState:
                 slot.value, slot.baseline, slot.zscore = float(value), float(base), float(zscore)
                 slot.test, slot.basis = str(test), str(basis)
             if season is not None:
-                since, factors = season
+                since, text = season
                 state.season_since_ms = int(since)
-                state.season = array("d", (float(v) for v in factors))
+                state.season = _season_from_text(text)
         except StateError:
             raise
         except (TypeError, ValueError, IndexError) as exc:
             raise StateError(f"spike detector state is malformed: {exc}") from exc
         return state
+
+
+def _season_to_text(season: array[float]) -> str:
+    if sys.byteorder != "little":
+        season = array("f", season)
+        season.byteswap()
+    return base64.b64encode(season.tobytes()).decode("ascii")
+
+
+def _season_from_text(text: object) -> array[float]:
+    if not isinstance(text, str):
+        raise StateError(f"spike detector seasonal term must be base64 text, got {type(text).__name__}")
+    season = array("f")
+    try:
+        season.frombytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise StateError(f"spike detector seasonal term is malformed: {exc}") from exc
+    if sys.byteorder != "little":
+        season.byteswap()
+    return season
 
 
 def _slot_fields(a: _Alert) -> list[Any]:
@@ -374,10 +398,10 @@ def _step(
     seconds = span / 1_000
     season = state.season
     if season is None and plan.season_total:
-        season = state.season = array("d", [0.0]) * plan.season_total
+        season = state.season = array("f", [0.0]) * plan.season_total
         state.season_since_ms = window[0]
     elif season is not None and len(season) != plan.season_total:  # the rules' seasons changed
-        season = state.season = array("d", [0.0]) * plan.season_total if plan.season_total else None
+        season = state.season = array("f", [0.0]) * plan.season_total if plan.season_total else None
         state.season_since_ms = window[0]
     learned = window[0] - state.season_since_ms
     concurrent_level = b[2 * _CONCURRENT]

@@ -347,6 +347,8 @@ def test_from_wire_rejects_garbage() -> None:
         [99, *good[1:]],
         [*good[:5], [1.0], good[6]],
         [*good[:6], [["nope", "RoomSpike", 1, 0, 0, "", 0, 0, 0]]],
+        [*good[:7], [0, "not base64!"]],
+        [*good[:7], [0, [0.5] * 120]],
     ):
         with pytest.raises(StateError):
             DetectorState.from_wire(bad)
