@@ -14,7 +14,7 @@ used.
 
 Each NAB series is fed to the detector row by row as one metric of a room
 (:func:`streams.core._spikes.observe_values`), one window per row of the
-file's median spacing, with :data:`streams.core.GAUGE_RULE`, the documented
+file's median spacing, with ``GAUGE_RULE`` (``streams/core/_spike_rules.py``), the documented
 rule for a gauge of unknown kind (README, "Spike alerts"), unchanged. A row
 where an alert fires (``RoomSpike`` or ``RoomDip``) gets anomaly score 1, every
 other row 0; NAB's threshold is then irrelevant (any value in (0, 1]).

@@ -199,7 +199,7 @@ Overrides = Mapping[str, Mapping[str, Override]]
 
 
 def default_metric_rules() -> Mapping[str, MetricRule]:
-    """Defaults for commerce live rooms with 10 s windows (money in minor units).
+    """Defaults for commerce live rooms, at any window length (money in minor units).
 
     Volumes are floors below which a room is too small to page anyone; surge
     values are levels that deserve attention even without history.
