@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spike-at", type=float, default=20, help="seconds after start the trending spike begins"
     )
-    parser.add_argument("--spike-for", type=float, default=20, help="seconds the spike lasts")
+    # at least the detector's 20 s confirmation plus a window on each side
+    parser.add_argument("--spike-for", type=float, default=40, help="seconds the spike lasts")
     return parser
 
 

@@ -91,7 +91,8 @@ class HarnessConfig:
             users=200_000,
             runs=1,
             window_ms=5_000,
-            live_s=15.0,
+            # the live debut must outlast the surge rule's 20 s confirmation
+            live_s=40.0,
             baselines=(),
             quick=True,
             # a clean restart: after SIGKILL faust's group waits out its 60 s session timeout

@@ -23,11 +23,20 @@ from dataclasses import dataclass
 
 import orjson
 
+from streams.core import DEFAULT_RULES
+
 from .traffic import GIFT, KIND_TABLE, ORDER, VIEWER, Injection, TickContext
 
 NAMES = ("steady", "trending", "flash-sale", "hot-room", "late", "malformed")
 #: windows of history the spike detector needs before a spike (not a surge) can fire, plus margin
 WARMUP_WINDOWS = 20
+
+
+def warmup_s(window_ms: int) -> float:
+    """Seconds of history before a spike can fire: the detector's warm-up (in seconds) plus two
+    windows, and never less than ``WARMUP_WINDOWS`` windows."""
+    warmup = max(rule.warmup_s for rule in DEFAULT_RULES.defaults.values())
+    return max(WARMUP_WINDOWS * window_ms / 1000, warmup + 2 * window_ms / 1000)
 
 
 class Scenario:
@@ -303,10 +312,10 @@ def build(
     """Scenario objects for one phase of ``span_s`` seconds.
 
     Spikes start at ``spikes_at_s`` (default: right after the detector's
-    warm-up, ``WARMUP_WINDOWS`` windows in); the debut starts halfway through.
+    warm-up, ``warmup_s``); the debut starts halfway through.
     """
     window_s = window_ms / 1000
-    at = spikes_at_s if spikes_at_s is not None else WARMUP_WINDOWS * window_s
+    at = spikes_at_s if spikes_at_s is not None else warmup_s(window_ms)
     out: list[Scenario] = []
     for name in names:
         if name == "trending":
@@ -327,13 +336,14 @@ def build(
 def min_span_s(names: Sequence[str], window_ms: int) -> float:
     """Shortest phase in which every named spike can warm up, happen and resolve."""
     window_s = window_ms / 1000
+    warm = warmup_s(window_ms)
     need = 0.0
     if "trending" in names:
-        need = max(need, (WARMUP_WINDOWS + 6 + 4) * window_s)
+        need = max(need, warm + (6 + 4) * window_s)
     if "flash-sale" in names:
-        need = max(need, WARMUP_WINDOWS * window_s + 120 + 4 * window_s)
+        need = max(need, warm + 120 + 4 * window_s)
     if "hot-room" in names:
-        need = max(need, 2 * (WARMUP_WINDOWS + 4) * window_s)
+        need = max(need, 2 * (warm + 4 * window_s))
     return need
 
 

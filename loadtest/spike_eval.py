@@ -24,6 +24,11 @@ rules. Scoring, per (injection, metric of its group):
   size in window 0, which to the detector is a brand-new room, exactly what
   the surge rule is for (no spike is injected before window
   ``history_windows``, long after warm-up).
+- **flash-sale slots** are routine, not events: an alert on orders/s or GMV/s
+  fired during a room's second or later hourly slot (or up to D windows after
+  it) is false (``flash``); one during the room's first slot is counted apart
+  (the detector cannot know a routine it has not seen yet) and left out of
+  precision, like ``RoomSurge``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,15 @@ from dataclasses import dataclass, field, replace
 from streams.core._spike_rules import METRICS, MetricRule, SpikeRules, rules_for
 from streams.core._spikes import DetectorState, observe
 
-from .spike_series import Injection, SeriesConfig, generate_room
+from .spike_series import GROUPS, Injection, RoomSeries, SeriesConfig, generate_room
+
+
+def tally_first(series: RoomSeries, fired: Sequence[tuple[int, str]], match: int) -> int:
+    """Alerts on sales metrics during the room's first flash-sale slot (left out of precision)."""
+    if not series.slots:
+        return 0
+    start, end = series.slots[0]
+    return sum(1 for at, metric in fired if metric in GROUPS["sales"] and start <= at < end + match)
 
 
 @dataclass(slots=True)
@@ -51,6 +64,11 @@ class Tally:
     true_alerts: int = 0
     #: RoomSurge alerts: every synthetic room starts at full size in window 0, a "new room" to the detector
     surge_alerts: int = 0
+    #: alerts on sales metrics during a room's first flash-sale slot (not scored)
+    first_slot_alerts: int = 0
+    #: rooms with flash-sale slots, and their slots after the first
+    slot_rooms: int = 0
+    later_slots: int = 0
     decoy_alerts: Counter[str] = field(default_factory=Counter)
     unmatched_alerts: Counter[str] = field(default_factory=Counter)
     #: (kind, size bucket, eligible) -> instances
@@ -67,6 +85,9 @@ class Tally:
         self.alerts += other.alerts
         self.true_alerts += other.true_alerts
         self.surge_alerts += other.surge_alerts
+        self.first_slot_alerts += other.first_slot_alerts
+        self.slot_rooms += other.slot_rooms
+        self.later_slots += other.later_slots
         self.decoy_alerts.update(other.decoy_alerts)
         self.unmatched_alerts.update(other.unmatched_alerts)
         self.labeled.update(other.labeled)
@@ -101,8 +122,21 @@ def evaluate_rooms(
                 elif event.status == "firing":
                     fired.append(((event.window_end_ms - cfg.start_ms) // cfg.window_ms - 1, event.metric))
         tally.windows += len(series.stats)
-        tally.alerts += len(fired)
         claimed: set[int] = set()
+        if series.slots:
+            tally.slot_rooms += 1
+            tally.later_slots += len(series.slots) - 1
+            first = series.slots[0]
+            for k, (at, metric) in enumerate(fired):
+                if metric in GROUPS["sales"] and first[0] <= at < first[1] + match:
+                    claimed.add(k)
+                    tally.first_slot_alerts += 1
+            for start, end in series.slots[1:]:
+                for k, (at, metric) in enumerate(fired):
+                    if k not in claimed and metric in GROUPS["sales"] and start <= at < end + match:
+                        claimed.add(k)
+                        tally.decoy_alerts["flash"] += 1
+        tally.alerts += len(fired) - tally_first(series, fired, match)
         for inj in series.injections:
             for metric in inj.metrics:
                 eligible = inj.size * inj.base[metric] >= margin * rules[metric].min_volume
@@ -210,6 +244,10 @@ def report(seed: int, t: Tally, cfg: SeriesConfig, seconds: float, match: int) -
         n = sum(v for k, v in t.labeled.items() if k[0] == kind)
         d = sum(v for k, v in t.detected.items() if k[0] == kind)
         print(f"  decoy {kind:5}: {n} labeled instances, {d} alerted ({d / n if n else 0:.4f})")
+    print(
+        f"  flash-sale slots: {t.slot_rooms} rooms; alerts in later slots (false) {t.decoy_alerts['flash']}"
+        f" over {t.later_slots} slots; in the first slot (not scored) {t.first_slot_alerts}"
+    )
     print(f"  alerts matching nothing, by metric: {dict(sorted(t.unmatched_alerts.items()))}")
     print(f"  RoomSurge alerts at room start (new-room rule, not scored): {t.surge_alerts}")
     return s
@@ -218,7 +256,7 @@ def report(seed: int, t: Tally, cfg: SeriesConfig, seconds: float, match: int) -
 def _rules(args: argparse.Namespace) -> Mapping[str, MetricRule]:
     rules = rules_for(SpikeRules(), "eval")
     changes: dict[str, float | int] = {}
-    for name in ("ratio", "z_threshold", "confirm_windows", "half_life_windows", "winsor_k"):
+    for name in ("ratio", "z_threshold", "confirm_s", "half_life_s", "winsor_k"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -241,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, kind in (
         ("ratio", float),
         ("z_threshold", float),
-        ("confirm_windows", int),
-        ("half_life_windows", float),
+        ("confirm_s", float),
+        ("half_life_s", float),
         ("winsor_k", float),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help="override the default rule")

@@ -15,6 +15,16 @@ history of ``history_windows``:
 - ``ramp``: a slow rise to ``size`` x over ``length`` windows, a plateau, and a
   slow fall: must not alert.
 
+Non-events built into the rooms' normal life, never labeled and never to
+alert once seen: the diurnal drift, an **evening peak** (a Gaussian bump of
+traffic and sales, up to ``evening_peak`` x more, centred at the room's local
+20:00 with a 40-minute width; rooms' local clocks are spread over the day so
+many 2-hour series cross their peak) and, in a ``p_flash`` share of rooms,
+**flash-sale slots**: every hour at the same minute, sales (orders, hence GMV)
+x ``flash_size`` for ``flash_windows`` windows. The first slot of a series is
+news to the detector (it has not seen an hour yet); from the second on a slot
+is the room's routine. Rooms with slots get no injection in the sales group.
+
 Groups: ``traffic`` (views/s, unique viewers, concurrent viewers), ``sales``
 (orders/s, GMV/s) and ``gifts`` (gift value/s); every metric of the group is a
 labeled instance. Windows with no activity produce no record, as in the
@@ -67,6 +77,13 @@ class SeriesConfig:
     rate_noise_shape: float = 25.0
     #: per-window relative noise of concurrent viewers (AR(1) with coefficient 0.9)
     concurrent_noise: float = 0.03
+    #: extra traffic and sales at the evening peak (x (1 + this) at its top)
+    evening_peak: float = 1.5
+    evening_peak_width_s: float = 2_400.0
+    #: share of rooms with hourly flash-sale slots, their sales multiplier range and length
+    p_flash: float = 0.3
+    flash_size: tuple[float, float] = (3.0, 6.0)
+    flash_windows: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,8 @@ class RoomSeries:
     room_id: str
     stats: list[RoomStats]
     injections: list[Injection]
+    #: flash-sale slots, [start, end) window indexes, in time order (not labeled: routine)
+    slots: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _place(rng: np.random.Generator, cfg: SeriesConfig, lengths: list[int]) -> list[int] | None:
@@ -110,12 +129,15 @@ def _place(rng: np.random.Generator, cfg: SeriesConfig, lengths: list[int]) -> l
 
 
 def _injections(
-    rng: np.random.Generator, cfg: SeriesConfig, room_id: str
+    rng: np.random.Generator, cfg: SeriesConfig, room_id: str, flash: bool
 ) -> list[tuple[str, str, int, float]]:
     """(kind, group, length, size) of this room's injections, in time order."""
     plan: list[tuple[str, str, int, float]] = []
     groups = list(GROUPS)
     weights = np.asarray(cfg.group_weights) / sum(cfg.group_weights)
+    if flash:  # sales have their routine slots: events go to the other groups
+        weights = np.where(np.asarray(groups) == "sales", 0.0, weights)
+        weights = weights / weights.sum()
     if rng.random() < cfg.p_spike:
         size = float(rng.choice(cfg.spike_sizes))
         length = int(rng.integers(cfg.spike_length[0], cfg.spike_length[1] + 1))
@@ -166,10 +188,24 @@ def generate_room(seed: int, index: int, cfg: SeriesConfig) -> RoomSeries:
     t_s = (cfg.start_ms / 1_000 + np.arange(n) * window_s) % _DAY_S
     phase = rng.uniform(0, 2 * math.pi)
     diurnal = 1.0 + cfg.diurnal_amplitude * np.sin(2 * math.pi * t_s / _DAY_S + phase)
+    # The evening peak at the room's local 20:00; local clocks spread over the day.
+    local_s = (t_s + rng.uniform(0, _DAY_S)) % _DAY_S
+    to_peak = (local_s - 20 * 3_600 + _DAY_S / 2) % _DAY_S - _DAY_S / 2
+    diurnal = diurnal * (1.0 + cfg.evening_peak * np.exp(-0.5 * (to_peak / cfg.evening_peak_width_s) ** 2))
 
     mult = {group: np.ones(n) for group in GROUPS}
+    slots: list[tuple[int, int]] = []
+    flash = bool(rng.random() < cfg.p_flash)
+    if flash:
+        hour = round(3_600 / window_s)
+        minute = int(rng.integers(0, hour))
+        size = float(rng.uniform(*cfg.flash_size))
+        for start in range(minute, n, hour):
+            end = min(n, start + cfg.flash_windows)
+            mult["sales"][start:end] *= size
+            slots.append((start, end))
     injections: list[Injection] = []
-    plan = _injections(rng, cfg, room_id)
+    plan = _injections(rng, cfg, room_id, flash)
     starts = _place(rng, cfg, [length for _, _, length, _ in plan]) or []
     expected = {
         "views_per_sec": join_rate,
@@ -222,7 +258,7 @@ def generate_room(seed: int, index: int, cfg: SeriesConfig) -> RoomSeries:
                 late_events=0,
             )
         )
-    return RoomSeries(room_id, stats, injections)
+    return RoomSeries(room_id, stats, injections, slots)
 
 
 def generate(seed: int, cfg: SeriesConfig) -> Iterator[RoomSeries]:

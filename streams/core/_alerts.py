@@ -20,6 +20,8 @@ import orjson
 ALERT_SPIKE: Final = "RoomSpike"
 ALERT_SURGE: Final = "RoomSurge"
 ALERT_DROP: Final = "OrdersDrop"
+#: the mirror of RoomSpike for metrics with two-sided rules (gauges)
+ALERT_DIP: Final = "RoomDip"
 FIRING: Final = "firing"
 RESOLVED: Final = "resolved"
 #: value/baseline at or above this (or at or below its inverse, for drops) makes an alert critical
@@ -33,9 +35,11 @@ class AlertEvent:
     ``starts_at_ms`` is the start of the first window that met the rule;
     ``ends_at_ms`` is the end of the window in which the alert resolved (``None``
     while firing); ``window_end_ms`` is the end of the latest window evaluated.
-    ``value``, ``baseline`` and ``zscore`` are from that latest window.
-    ``severity`` is fixed when the alert fires: it is a label, and labels
-    identify the alert, so it must not change while the alert lives.
+    ``value``, ``baseline`` (the expected value) and ``zscore`` (the score of
+    the test) are from that latest window. ``test`` names the test that fired
+    and ``basis`` the baseline it compared against; both, like ``severity``, are
+    fixed when the alert fires. ``severity`` is a label, and labels identify
+    the alert, so it must not change while the alert lives.
     """
 
     room_id: str
@@ -49,6 +53,8 @@ class AlertEvent:
     value: float
     baseline: float
     zscore: float
+    test: str = ""
+    basis: str = ""
 
     @property
     def ratio(self) -> float:
@@ -75,7 +81,7 @@ def severity_for(alertname: str, value: float, baseline: float) -> str:
     """``critical`` for any surge and for a change of 10x or more either way, else ``warning``."""
     if alertname == ALERT_SURGE:
         return "critical"
-    if alertname == ALERT_DROP:
+    if alertname in (ALERT_DROP, ALERT_DIP):
         return "critical" if value * CRITICAL_RATIO <= baseline else "warning"
     return "critical" if value >= CRITICAL_RATIO * baseline else "warning"
 
@@ -101,11 +107,17 @@ def _num(x: float) -> str:
 
 def _summary(event: AlertEvent) -> str:
     value, base, room, metric = _num(event.value), _num(event.baseline), event.room_id, event.metric
-    if event.alertname == ALERT_DROP:
-        return f"{metric} in room {room} fell to {value} from a baseline of {base} while viewers stayed"
     if event.alertname == ALERT_SURGE:
         return f"{metric} in new room {room} surged to {value} before it had a baseline"
-    return f"{metric} in room {room} spiked to {value}, {_num(event.ratio)}x its baseline of {base}"
+    if event.alertname == ALERT_DROP:
+        head = f"{metric} in room {room} fell to {value} from an expected {base} while viewers stayed"
+    elif event.alertname == ALERT_DIP:
+        head = f"{metric} in room {room} fell to {value}, {_num(event.ratio)}x the expected {base}"
+    else:
+        head = f"{metric} in room {room} spiked to {value}, {_num(event.ratio)}x the expected {base}"
+    if not event.test:
+        return head
+    return f"{head} ({event.basis}); {event.test} score {_num(event.zscore)}"
 
 
 def to_alertmanager(event: AlertEvent, *, expires_after_ms: int | None = None) -> dict[str, Any]:
@@ -128,6 +140,10 @@ def to_alertmanager(event: AlertEvent, *, expires_after_ms: int | None = None) -
             "baseline": _num(event.baseline),
             "ratio": _num(event.ratio),
             "zscore": _num(event.zscore),
+            "expected": _num(event.baseline),
+            "score": _num(event.zscore),
+            "test": event.test or "n/a",
+            "baseline_model": event.basis or "n/a",
         },
         "startsAt": iso_utc(event.starts_at_ms),
         "status": event.status,

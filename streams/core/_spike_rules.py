@@ -5,8 +5,9 @@ holds the defaults for all metrics plus partial overrides keyed by room
 category and by room id. :func:`rules_for` resolves the effective rules of one
 room (room override over category override over defaults, field by field) and
 :func:`apply_override` applies one control-topic message, returning a new
-``SpikeRules``. Units: windows for durations, the metric's own unit (per second
-for rates, people for viewer counts) for volumes.
+``SpikeRules``. Units: seconds for every duration (so a rule behaves the same
+at any window length), the metric's own unit (per second for rates, people for
+viewer counts) for volumes.
 """
 
 from __future__ import annotations
@@ -38,26 +39,53 @@ class SpikeRuleError(LivepulseError, ValueError):
 
 # name -> (kind, lowest allowed, highest allowed); kinds: "f" float, "i" int, "b" bool, "f?" float or None.
 _SPEC: Final[dict[str, tuple[str, float, float]]] = {
-    "half_life_windows": ("f", 1.0, 1e6),
-    "warmup_windows": ("i", 0, 1e6),
+    "half_life_s": ("f", 1.0, 1e9),
+    "warmup_s": ("f", 0.0, 1e9),
     "min_volume": ("f", 0.0, math.inf),
     "ratio": ("f", 1.0, math.inf),
     "z_threshold": ("f", 0.0, math.inf),
-    "confirm_windows": ("i", 1, 1e3),
+    "confirm_s": ("f", 0.0, 1e6),
+    "confirm_miss_s": ("f", 0.0, 1e6),
     "winsor_k": ("f", 0.5, math.inf),
     "resolve_ratio": ("f", 0.0, math.inf),
-    "resolve_windows": ("i", 1, 1e6),
-    "cooldown_windows": ("i", 0, 1e6),
+    "resolve_s": ("f", 0.0, 1e9),
+    "cooldown_s": ("f", 0.0, 1e9),
     "surge_value": ("f?", 0.0, math.inf),
     "surge_resolve_fraction": ("f", 0.0, 1.0),
+    "two_sided": ("b", 0, 1),
+    "season_s": ("f", 0.0, 1e8),
+    "season_bins": ("i", 1, 1_440),
+    "season_half_life_periods": ("f", 0.01, 1e3),
     "drop_enabled": ("b", 0, 1),
     "drop_ratio": ("f", 0.0, 1.0),
     "drop_hold_ratio": ("f", 0.0, math.inf),
     "drop_min_baseline": ("f", 0.0, math.inf),
-    "drop_confirm_windows": ("i", 1, 1e3),
+    "drop_confirm_s": ("f", 0.0, 1e6),
     "drop_resolve_ratio": ("f", 0.0, math.inf),
 }
+#: window-counted names of rule version 1 (10 s windows) -> their seconds-based successor.
+#: Override messages and stored table entries with the old names keep working.
+LEGACY_WINDOW_FIELDS: Final[dict[str, str]] = {
+    "half_life_windows": "half_life_s",
+    "warmup_windows": "warmup_s",
+    "confirm_windows": "confirm_s",
+    "resolve_windows": "resolve_s",
+    "cooldown_windows": "cooldown_s",
+    "drop_confirm_windows": "drop_confirm_s",
+}
+#: the window length the legacy window-counted fields were defined for
+LEGACY_WINDOW_S: Final = 10.0
 _DROP_FIELDS: Final = frozenset(name for name in _SPEC if name.startswith("drop_"))
+
+
+def _canonical(name: str, value: object) -> tuple[str, object]:
+    """A legacy window-counted field as its seconds-based successor (counted in 10 s windows)."""
+    new = LEGACY_WINDOW_FIELDS.get(name)
+    if new is None:
+        return name, value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpikeRuleError(f"{name} must be a number, got {value!r}")
+    return new, value * LEGACY_WINDOW_S
 
 
 def _check(name: str, value: object) -> float | int | bool | None:
@@ -78,75 +106,91 @@ def _check(name: str, value: object) -> float | int | bool | None:
         raise SpikeRuleError(f"{name} must be within [{low}, {high}], got {value!r}")
     if kind == "i":
         if isinstance(value, float) and not value.is_integer():
-            raise SpikeRuleError(f"{name} must be a whole number of windows, got {value!r}")
+            raise SpikeRuleError(f"{name} must be a whole number, got {value!r}")
         return int(value)
     return float(value)
 
 
 @dataclass(frozen=True, slots=True)
 class MetricRule:
-    """Thresholds for one metric. Durations are in windows (10 s each by default).
+    """Thresholds for one metric. Every duration is in seconds, whatever the window length.
 
-    Spike (``RoomSpike``), after ``warmup_windows`` windows of history: a window
-    *meets* the rule when ``value >= min_volume`` and ``value >= ratio * baseline``
-    and ``zscore >= z_threshold`` (for counts, the z-score is also capped by the
-    Poisson z on the square-root scale). The alert fires once ``confirm_windows``
-    windows met it, allowing one window in between that misses the rule without
-    falling below the resolve threshold (so 2 of 3 by default); ``startsAt`` is
-    the first of them. It resolves after ``resolve_windows`` consecutive windows
-    below ``resolve_ratio * baseline`` (or below ``min_volume``), then cannot
-    fire again for ``cooldown_windows`` windows.
+    Baseline: per metric a level and a scale, both exponentially weighted with
+    half-life ``half_life_s`` (a plain time-weighted running mean during the
+    ``warmup_s`` warm-up) and winsorised: a value further than ``winsor_k``
+    scales from the expected value moves them as if it were at that distance,
+    so neither a spike nor a heavy-tailed outlier drags the baseline. With
+    ``season_s`` > 0 (0, off, by default; the room defaults turn it on for
+    orders and GMV: one hour in sixty 1-minute bins, for recurring flash-sale
+    slots), a room that has been active for a full period also has a seasonal
+    term: ``season_bins`` phase bins over the period, each an exponentially
+    weighted mean of the residual in that phase (half-life
+    ``season_half_life_periods`` periods, i.e. visits of the bin), added to the
+    level; a one-sided rule uses only its positive part.
+    Each metric is tested on the scale that fits its noise (see ``_spikes``):
+    counts against Poisson counting noise as well as the observed scale, money
+    on the square-root scale (compound sums of lognormal amounts), levels as
+    they are.
+
+    Spike (``RoomSpike``), after warm-up: a window *meets* the rule when
+    ``value >= min_volume`` and ``value >= ratio * expected`` and the test's
+    score ``>= z_threshold``. The alert fires once windows meeting the rule
+    cover ``confirm_s`` seconds (at least one window), allowing up to
+    ``confirm_miss_s`` seconds of windows in between that miss the rule without
+    falling below the resolve threshold; ``startsAt`` is the first of them. It
+    resolves after ``resolve_s`` seconds of windows below ``resolve_ratio *
+    expected`` (or below ``min_volume``), then cannot fire again for
+    ``cooldown_s`` seconds. With ``two_sided`` the mirror rule (``RoomDip``:
+    value ``<= expected / ratio`` and score ``<= -z_threshold``) runs as well,
+    for gauges where a fall is as telling as a rise.
 
     Surge (``RoomSurge``), during warm-up only: fires when ``value >=
-    surge_value`` (``None`` disables it) in ``confirm_windows`` windows; resolves
-    below ``surge_resolve_fraction * surge_value`` or, once warmed up, below
-    ``resolve_ratio * baseline``. A firing surge suppresses the spike rule of
+    surge_value`` (``None`` disables it) for ``confirm_s``; resolves below
+    ``surge_resolve_fraction * surge_value`` or, once warmed up, below
+    ``resolve_ratio * expected``. A firing surge suppresses the spike rule of
     the same metric.
 
     Drop (``OrdersDrop``; ``drop_*`` fields are read on the ``orders_per_sec``
-    rule only): fires when for ``drop_confirm_windows`` windows ``value <=
-    drop_ratio * baseline`` while that baseline is at least ``drop_min_baseline``
+    rule only): fires when for ``drop_confirm_s`` seconds ``value <=
+    drop_ratio * expected`` while that baseline is at least ``drop_min_baseline``
     and concurrent viewers stay at or above ``drop_hold_ratio`` times their
-    baseline; resolves after ``resolve_windows`` windows in which the value is
-    back to ``drop_resolve_ratio * baseline`` or the condition no longer holds
-    (viewers left too, or the baseline fell under the floor).
-
-    The baseline is an EWMA of mean and variance with half-life
-    ``half_life_windows`` (a plain running mean during warm-up). A spiking
-    value (one that meets a rule, or any value while an alert of the metric
-    is pending or firing) is winsorised: it moves the mean by at most alpha x
-    ``max(winsor_k * std, 10 % of max(baseline, min_volume))`` and leaves the
-    variance alone, so a spike barely moves its own baseline while a lasting
-    change of level is still absorbed, slowly.
+    baseline; resolves after ``resolve_s`` seconds in which the value is back to
+    ``drop_resolve_ratio * expected`` or the condition no longer holds.
     """
 
-    half_life_windows: float = 20.0
-    warmup_windows: int = 18
+    half_life_s: float = 200.0
+    warmup_s: float = 180.0
     min_volume: float = 1.0
     ratio: float = 2.25
     z_threshold: float = 3.5
-    confirm_windows: int = 2
+    confirm_s: float = 20.0
+    confirm_miss_s: float = 10.0
     winsor_k: float = 3.0
     resolve_ratio: float = 1.5
-    resolve_windows: int = 3
-    cooldown_windows: int = 12
+    resolve_s: float = 30.0
+    cooldown_s: float = 120.0
     surge_value: float | None = None
     surge_resolve_fraction: float = 0.5
+    two_sided: bool = False
+    season_s: float = 0.0
+    season_bins: int = 60
+    season_half_life_periods: float = 0.5
     drop_enabled: bool = False
     drop_ratio: float = 0.2
     drop_hold_ratio: float = 0.7
     drop_min_baseline: float = 1.0
-    drop_confirm_windows: int = 3
+    drop_confirm_s: float = 30.0
     drop_resolve_ratio: float = 0.5
-    #: EWMA weight of a new window, derived from the half-life
-    alpha: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _SPEC:
             value = _check(name, getattr(self, name))
             if value is not getattr(self, name):
                 object.__setattr__(self, name, value)
-        object.__setattr__(self, "alpha", 1.0 - 2.0 ** (-1.0 / self.half_life_windows))
+
+    def alpha(self, window_s: float) -> float:
+        """Weight of one window of ``window_s`` seconds in the baselines (from the half-life)."""
+        return 1.0 - math.pow(2.0, -window_s / self.half_life_s)
 
 
 Override = Mapping[str, float | int | bool | None]
@@ -155,7 +199,7 @@ Overrides = Mapping[str, Mapping[str, Override]]
 
 
 def default_metric_rules() -> Mapping[str, MetricRule]:
-    """Defaults for commerce live rooms with 10 s windows (money in minor units).
+    """Defaults for commerce live rooms, at any window length (money in minor units).
 
     Volumes are floors below which a room is too small to page anyone; surge
     values are levels that deserve attention even without history.
@@ -164,8 +208,10 @@ def default_metric_rules() -> Mapping[str, MetricRule]:
         "views_per_sec": MetricRule(min_volume=2.0, surge_value=100.0),
         "unique_viewers": MetricRule(min_volume=30.0, surge_value=5_000.0),
         "concurrent_viewers": MetricRule(min_volume=100.0, surge_value=20_000.0),
-        "orders_per_sec": MetricRule(min_volume=1.0, surge_value=20.0),
-        "gmv_per_sec": MetricRule(min_volume=20_000.0, z_threshold=4.0, surge_value=1_000_000.0),
+        "orders_per_sec": MetricRule(min_volume=1.0, surge_value=20.0, season_s=3_600.0),
+        "gmv_per_sec": MetricRule(
+            min_volume=20_000.0, z_threshold=4.0, surge_value=1_000_000.0, season_s=3_600.0
+        ),
         "gift_value_per_sec": MetricRule(min_volume=5_000.0, z_threshold=4.0, surge_value=200_000.0),
     }
 
@@ -186,10 +232,11 @@ def _normalise_changes(scope: str, key: object, metric: object, changes: object)
     if not isinstance(changes, Mapping):
         raise SpikeRuleError(f"override fields must be an object, got {changes!r}")
     normalised: dict[str, float | int | bool | None] = {}
-    for name, value in changes.items():
+    for raw_name, raw_value in changes.items():
+        name, value = _canonical(str(raw_name), raw_value)
         if name in _DROP_FIELDS and metric != "orders_per_sec":
             raise SpikeRuleError(f"{name} applies to orders_per_sec only, not {metric}")
-        normalised[str(name)] = _check(str(name), value)
+        normalised[name] = _check(name, value)
     return normalised
 
 
@@ -290,6 +337,8 @@ def apply_override(rules: SpikeRules, message: Mapping[str, Any]) -> SpikeRules:
         raise SpikeRuleError(f"'unset' must be a list of field names or '*', got {to_unset!r}")
     normalised = _normalise_changes(scope, key, metric, to_set)
     assert isinstance(key, str) and isinstance(metric, str)  # checked by _normalise_changes
+    if to_unset != "*":
+        to_unset = [LEGACY_WINDOW_FIELDS.get(name, name) for name in to_unset]
     unknown = [] if to_unset == "*" else [name for name in to_unset if name not in _SPEC]
     if unknown:
         raise SpikeRuleError(f"cannot unset unknown rule fields {unknown}")
@@ -312,3 +361,25 @@ def apply_override(rules: SpikeRules, message: Mapping[str, Any]) -> SpikeRules:
     if scope == "room":
         return SpikeRules(rules.defaults, rules.category_overrides, updated)
     return SpikeRules(rules.defaults, updated, rules.room_overrides)
+
+
+#: The rule for a gauge of unknown kind and scale (a metric with no volume floor, where a fall is
+#: as telling as a rise), at the time scale of minutes-to-days series: the rule evaluated on NAB
+#: (``loadtest.anomaly_eval``). Not a room default: room metrics use ``default_metric_rules``.
+GAUGE_RULE: Final = MetricRule(
+    half_life_s=6 * 3_600.0,
+    warmup_s=86_400.0,
+    min_volume=0.0,
+    ratio=1.0,
+    z_threshold=5.0,
+    confirm_s=0.0,
+    confirm_miss_s=0.0,
+    winsor_k=3.0,
+    resolve_ratio=1.0,
+    resolve_s=3_600.0,
+    cooldown_s=86_400.0,
+    two_sided=True,
+    season_s=86_400.0,
+    season_bins=24,
+    season_half_life_periods=1.0,
+)

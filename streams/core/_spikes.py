@@ -1,26 +1,47 @@
-"""Per-room spike detector: EWMA baselines, spike/surge/drop rules and the alert lifecycle.
+"""Per-room spike detector: robust seasonal baselines, noise-aware tests and the alert lifecycle.
 
 Pure: fed one closed window (:class:`schemas.RoomStats`) at a time per room,
 it returns the alert transitions of that window. Time comes only from the
-window bounds, and windows are counted from the records, so a replay or a
-restart from :meth:`DetectorState.to_wire` yields the same alerts.
+window bounds, and every duration of the rules is in seconds, so a replay, a
+restart from :meth:`DetectorState.to_wire` or another window length yields the
+same alerts (within one window).
 
-Per metric an alert slot moves idle -> pending (rule met, fewer than
-``confirm_windows`` in a row) -> firing -> (``resolve_windows`` windows below
-the lower threshold) resolved -> cooldown (``cooldown_windows`` windows) -> idle.
+Baseline, per metric, on the metric's test scale (see below): a level and a
+variance, exponentially weighted by time (weight ``1 - 2^(-window_s /
+half_life_s)``; a time-weighted running mean during warm-up) and winsorised (a
+residual beyond ``winsor_k`` scales counts as that many scales, so a spike or a
+whale order barely moves them). Once a room leaves the quiet fast path (some
+metric reached a floor) it also learns a seasonal term: per phase bin of
+``season_s`` an exponentially weighted mean of the residual, used in the
+expected value once a full period has been learned (recurring flash-sale slots
+stop alerting from their second occurrence on).
 
-A missing window is a window without activity: flow metrics (views, unique
-viewers, orders, GMV, gifts) are 0 and concurrent viewers keep their last
-value. Up to ``max_gap_windows`` such windows are replayed; a longer silence
-starts a new session: firing alerts resolve at the end of the replayed span
-and the baselines restart their warm-up (by then they have decayed to noise
-anyway). Synthetic windows are no evidence for the drop rule: it neither
-fires nor holds on them.
+Tests, per metric kind: counts (views/s, unique viewers, orders/s) must be
+significant both against the observed scale and against Poisson counting noise
+on the square-root scale (a small count's tail is far heavier than a Gaussian
+with the same variance); money (GMV/s, gift value/s) is tested on the
+square-root scale (Box-Cox with lambda 1/2), which tames the heavy right tail of
+compound sums of lognormal amounts (one whale order) yet stays defined and
+smooth at zero, where sparse rooms often are; levels (concurrent viewers) as
+they are.
+
+Per (metric, alertname) an alert slot moves idle -> pending (rule met for less
+than ``confirm_s``) -> firing -> (``resolve_s`` below the lower threshold)
+resolved -> cooldown (``cooldown_s``) -> idle.
+
+A missing window is a window without activity: flow metrics are 0 and
+concurrent viewers keep their last value. Up to ``max_gap_s`` of such windows
+are replayed; a longer silence starts a new session: firing alerts resolve at
+the end of the replayed span and the baselines restart their warm-up. Synthetic
+windows are no evidence for the drop rule: it neither fires nor holds on them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from operator import ge
@@ -29,124 +50,228 @@ from typing import Any, Final
 from schemas import RoomStats
 
 from ..exceptions import StateError
-from ._alerts import ALERT_DROP, ALERT_SPIKE, ALERT_SURGE, FIRING, RESOLVED, AlertEvent, severity_for
-from ._spike_rules import METRICS, MetricRule
+from ._alerts import (
+    ALERT_DIP,
+    ALERT_DROP,
+    ALERT_SPIKE,
+    ALERT_SURGE,
+    FIRING,
+    RESOLVED,
+    AlertEvent,
+    severity_for,
+)
+from ._spike_rules import LEGACY_WINDOW_S, METRICS, MetricRule
 
-SPIKE_STATE_VERSION: Final = 1
-#: missing windows replayed as zero-activity windows before a room restarts its warm-up
-DEFAULT_MAX_GAP_WINDOWS: Final = 60
+#: 1: durations in windows, plain EWMA; 2: durations in ms, test scales, seasonal term, tests in alerts
+SPIKE_STATE_VERSION: Final = 2
+#: silence replayed as zero-activity windows before a room restarts its warm-up
+DEFAULT_MAX_GAP_S: Final = 600.0
 
 _N = len(METRICS)
-#: metrics that are Poisson-like counts: "rate" = count per window / window seconds, "count" = per window.
-#: Concurrent viewers (a level) and money (sums of amounts) are not.
-_COUNTS: Final = {"views_per_sec": "rate", "unique_viewers": "count", "orders_per_sec": "rate"}
-_COUNT_KIND = tuple(_COUNTS.get(metric) for metric in METRICS)
+# Test scale per metric: counts per window ("rate" metrics are per second), levels, money (sqrt).
+_RATE, _COUNT, _LEVEL, _MONEY = range(4)
+_KIND_OF: Final = {
+    "views_per_sec": _RATE,
+    "unique_viewers": _COUNT,
+    "concurrent_viewers": _LEVEL,
+    "orders_per_sec": _RATE,
+    "gmv_per_sec": _MONEY,
+    "gift_value_per_sec": _MONEY,
+}
+_KINDS = tuple(_KIND_OF[metric] for metric in METRICS)
+_SQRT = tuple(kind == _MONEY for kind in _KINDS)
+#: names of the tests in alert annotations, per kind
+TEST_NAMES: Final = {
+    _RATE: "poisson-sqrt+robust-z",
+    _COUNT: "poisson-sqrt+robust-z",
+    _LEVEL: "robust-z",
+    _MONEY: "sqrt-robust-z",
+}
+TEST_SURGE: Final = "absolute-level"
+TEST_DROP: Final = "drop-ratio"
 _CONCURRENT = METRICS.index("concurrent_viewers")
 _ORDERS = METRICS.index("orders_per_sec")
 _Z_CAP = 1e9  # keeps z finite (JSON has no inf) when the baseline has no variance yet
 _STD_EPS = 1e-12
-#: winsorising band never narrower than this fraction of the baseline, so a flat series can still move
+#: winsorising band never narrower than this fraction of the level, so a flat series can still move
 _WINSOR_REL_FLOOR = 0.1
 _PENDING, _FIRING, _COOLDOWN = 0, 1, 2
-#: windows a pending alert may miss its rule (while staying above the resolve threshold) and still confirm
-_CONFIRM_MISSES = 1
-_ALERTNAMES = (ALERT_SPIKE, ALERT_SURGE, ALERT_DROP)
+_ALERTNAMES = (ALERT_SPIKE, ALERT_SURGE, ALERT_DROP, ALERT_DIP)
 
 
 class _Alert:
     """Lifecycle of one (metric, alertname) of one room; absent from the state when idle."""
 
-    __slots__ = ("baseline", "count", "phase", "severity", "started_ms", "value", "zscore")
+    __slots__ = ("baseline", "basis", "count", "phase", "severity", "started_ms", "test", "value", "zscore")
 
-    def __init__(
-        self,
-        phase: int,
-        started_ms: int,
-        count: int = 0,
-        severity: str = "",
-        value: float = 0.0,
-        baseline: float = 0.0,
-        zscore: float = 0.0,
-    ) -> None:
+    def __init__(self, phase: int, started_ms: int, count: int = 0, severity: str = "") -> None:
         self.phase = phase
         #: start of the first window that met the rule
         self.started_ms = started_ms
-        #: pending: windows met so far; firing: windows below the lower threshold; cooldown: windows left
+        #: pending: ms met so far; firing: ms below the lower threshold; cooldown: ms left
         self.count = count
         self.severity = severity
-        self.value = value
-        self.baseline = baseline
-        self.zscore = zscore
+        self.value = 0.0
+        #: expected value (raw scale) and test score of the latest window
+        self.baseline = 0.0
+        self.zscore = 0.0
+        #: which test and which baseline fired the alert (fixed when it fires)
+        self.test = ""
+        self.basis = ""
 
 
 class DetectorState:
     """Spike-detector state of one room: baselines per metric and live alert slots.
 
     ``to_wire()`` gives a JSON-able list (embed it in the room changelog record);
-    ``DetectorState.from_wire`` restores it exactly.
+    ``DetectorState.from_wire`` restores it exactly (and reads version 1).
     """
 
-    __slots__ = ("alerts", "baselines", "last_concurrent", "last_window_end", "room_id", "windows")
+    __slots__ = (
+        "alerts",
+        "baselines",
+        "history_ms",
+        "last_concurrent",
+        "last_window_end",
+        "room_id",
+        "season",
+        "season_since_ms",
+    )
 
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id
         #: end of the last window observed (exclusive), None before the first
         self.last_window_end: int | None = None
-        #: windows of history behind the baselines (real and replayed)
-        self.windows = 0
+        #: event time behind the baselines (real and replayed windows)
+        self.history_ms = 0
         #: concurrent viewers of the last window, carried through missing windows
         self.last_concurrent = 0.0
-        #: EWMA mean and variance per metric, interleaved in METRICS order
+        #: level and variance per metric on its test scale, interleaved in METRICS order
         self.baselines = array("d", [0.0]) * (2 * _N)
+        #: seasonal residual per metric and phase bin, float32 (allocated when the room first leaves
+        #: the quiet path; on the wire as base64 of its bytes, little-endian: 4 bytes a bin)
+        self.season: array[float] | None = None
+        #: end of the window at which the seasonal term started learning
+        self.season_since_ms = 0
         self.alerts: dict[tuple[str, str], _Alert] | None = None
 
     def baseline(self, metric: str) -> tuple[float, float]:
-        """(mean, standard deviation) of one metric's baseline."""
+        """(level, standard deviation) of one metric's baseline, on its test scale (sqrt for money)."""
         i = 2 * METRICS.index(metric)
         return self.baselines[i], math.sqrt(self.baselines[i + 1])
 
     def to_wire(self) -> list[Any]:
-        alerts = [
-            [metric, name, a.phase, a.started_ms, a.count, a.severity, a.value, a.baseline, a.zscore]
-            for (metric, name), a in (self.alerts or {}).items()
-        ]
+        alerts = [[metric, name, *_slot_fields(a)] for (metric, name), a in (self.alerts or {}).items()]
         return [
             SPIKE_STATE_VERSION,
             self.room_id,
             self.last_window_end,
-            self.windows,
+            self.history_ms,
             self.last_concurrent,
             self.baselines.tolist(),
             alerts,
+            None if self.season is None else [self.season_since_ms, _season_to_text(self.season)],
         ]
 
     @classmethod
-    def from_wire(cls, wire: Sequence[Any]) -> DetectorState:
-        """Inverse of :meth:`to_wire`; raises :class:`StateError` on anything it cannot read."""
+    def from_wire(cls, wire: Sequence[Any], *, legacy_window_ms: int | None = None) -> DetectorState:
+        """Inverse of :meth:`to_wire`; raises :class:`StateError` on anything it cannot read.
+
+        Version 1 counted history and alert timers in windows: they are converted with
+        ``legacy_window_ms`` (default 10 s, the only length version 1 was tuned for), and its
+        plain-scale money baselines restart their warm-up (version 2 keeps them on sqrt scale).
+        """
         try:
-            version, room_id, last_end, windows, last_concurrent, baselines, alerts = wire
+            version = wire[0]
+            if version == 1:
+                return _from_wire_v1(wire, legacy_window_ms or int(LEGACY_WINDOW_S * 1_000))
             if version != SPIKE_STATE_VERSION:
                 raise StateError(f"spike detector state version {version!r} is not {SPIKE_STATE_VERSION}")
-            state = cls(str(room_id))
-            state.last_window_end = None if last_end is None else int(last_end)
-            state.windows = int(windows)
-            state.last_concurrent = float(last_concurrent)
-            if len(baselines) != 2 * _N:
-                raise StateError(f"spike detector state has {len(baselines)} baseline values, not {2 * _N}")
-            state.baselines = array("d", (float(v) for v in baselines))
-            for metric, name, phase, started, count, severity, value, base, zscore in alerts:
-                if metric not in METRICS or name not in _ALERTNAMES or phase not in (0, 1, 2):
-                    raise StateError(f"spike detector state has a bad alert slot {metric!r}/{name!r}")
-                if state.alerts is None:
-                    state.alerts = {}
-                slot = _Alert(int(phase), int(started), int(count), str(severity))
+            _, room_id, last_end, history_ms, last_concurrent, baselines, alerts, season = wire
+            state = _restore(room_id, last_end, history_ms, last_concurrent, baselines)
+            for item in alerts:
+                metric, name, phase, started, count, severity, value, base, zscore, test, basis = item
+                slot = _slot(state, metric, name, phase, started, count, severity)
                 slot.value, slot.baseline, slot.zscore = float(value), float(base), float(zscore)
-                state.alerts[(metric, name)] = slot
+                slot.test, slot.basis = str(test), str(basis)
+            if season is not None:
+                since, text = season
+                state.season_since_ms = int(since)
+                state.season = _season_from_text(text)
         except StateError:
             raise
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, IndexError) as exc:
             raise StateError(f"spike detector state is malformed: {exc}") from exc
         return state
+
+
+def _season_to_text(season: array[float]) -> str:
+    if sys.byteorder != "little":
+        season = array("f", season)
+        season.byteswap()
+    return base64.b64encode(season.tobytes()).decode("ascii")
+
+
+def _season_from_text(text: object) -> array[float]:
+    if not isinstance(text, str):
+        raise StateError(f"spike detector seasonal term must be base64 text, got {type(text).__name__}")
+    season = array("f")
+    try:
+        season.frombytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise StateError(f"spike detector seasonal term is malformed: {exc}") from exc
+    if sys.byteorder != "little":
+        season.byteswap()
+    return season
+
+
+def _slot_fields(a: _Alert) -> list[Any]:
+    return [a.phase, a.started_ms, a.count, a.severity, a.value, a.baseline, a.zscore, a.test, a.basis]
+
+
+def _restore(
+    room_id: object, last_end: object, history_ms: object, last_concurrent: object, baselines: Any
+) -> DetectorState:
+    state = DetectorState(str(room_id))
+    state.last_window_end = None if last_end is None else int(last_end)  # type: ignore[call-overload]
+    state.history_ms = int(history_ms)  # type: ignore[call-overload]
+    state.last_concurrent = float(last_concurrent)  # type: ignore[arg-type]
+    if len(baselines) != 2 * _N:
+        raise StateError(f"spike detector state has {len(baselines)} baseline values, not {2 * _N}")
+    state.baselines = array("d", (float(v) for v in baselines))
+    return state
+
+
+def _slot(
+    state: DetectorState,
+    metric: object,
+    name: object,
+    phase: object,
+    started: Any,
+    count: Any,
+    severity: object,
+) -> _Alert:
+    if metric not in METRICS or name not in _ALERTNAMES or phase not in (0, 1, 2):
+        raise StateError(f"spike detector state has a bad alert slot {metric!r}/{name!r}")
+    if state.alerts is None:
+        state.alerts = {}
+    slot = _Alert(int(phase), int(started), int(count), str(severity))
+    state.alerts[(str(metric), str(name))] = slot
+    return slot
+
+
+def _from_wire_v1(wire: Sequence[Any], window_ms: int) -> DetectorState:
+    _, room_id, last_end, windows, last_concurrent, baselines, alerts = wire
+    state = _restore(room_id, last_end, int(windows) * window_ms, last_concurrent, baselines)
+    if any(_SQRT):
+        # v1 kept money on the plain scale: restart the warm-up rather than mix scales
+        state.history_ms = 0
+    for metric, name, phase, started, count, severity, value, base, zscore in alerts:
+        slot = _slot(state, metric, name, phase, started, count, severity)
+        # v1 counted windows met (pending), below (firing) or left (cooldown)
+        slot.count = int(count) * window_ms
+        slot.value, slot.baseline, slot.zscore = float(value), float(base), float(zscore)
+    return state
 
 
 def _zscore(delta: float, std: float) -> float:
@@ -158,20 +283,20 @@ def _zscore(delta: float, std: float) -> float:
 def _advance(
     state: DetectorState,
     events: list[AlertEvent],
-    metric: str,
-    name: str,
+    key: tuple[str, str],
     met: bool,
     below: bool,
-    rule: MetricRule,
-    at: tuple[int, int, float, float, float],
+    timing: tuple[int, int, int, int],
+    at: tuple[int, int, float, float, float, str, str],
 ) -> None:
     """Move one alert slot through its lifecycle for one window.
 
     ``met``: the firing rule holds this window; ``below``: the value is past the
-    lower (resolve) threshold; ``at``: window start, window end, value, baseline, z.
+    lower (resolve) threshold; ``timing``: confirm, confirm-miss, resolve and
+    cooldown durations in ms; ``at``: window start, window end, value, expected,
+    score, test, baseline description.
     """
     alerts = state.alerts
-    key = (metric, name)
     slot = alerts.get(key) if alerts else None
     if slot is None:
         if not met:
@@ -181,48 +306,50 @@ def _advance(
             alerts = state.alerts = {}
         alerts[key] = slot
     assert alerts is not None
-    _, window_end, value, baseline, zscore = at
+    window_start, window_end, value, expected, score, test, basis = at
+    span = window_end - window_start
     if slot.phase == _COOLDOWN:
-        slot.count -= 1
+        slot.count -= span
         if slot.count <= 0:
             del alerts[key]
         return
     if slot.phase == _PENDING:
         if not met:
-            # Tolerate one window that misses the rule but stays above the lower threshold:
+            # Tolerate windows that miss the rule but stay above the lower threshold:
             # a real 3x step measured with noise does not clear 3x in every window.
-            age = (at[0] - slot.started_ms) // (window_end - at[0]) + 1
-            if below or age - slot.count > _CONFIRM_MISSES:
+            missed = window_end - slot.started_ms - slot.count
+            if below or missed > timing[1]:
                 del alerts[key]
             return
-        slot.count += 1
-        if slot.count < (rule.drop_confirm_windows if name == ALERT_DROP else rule.confirm_windows):
+        slot.count += span
+        if slot.count < timing[0]:
             return
         slot.phase, slot.count = _FIRING, 0
-        slot.severity = severity_for(name, value, baseline)
-        slot.value, slot.baseline, slot.zscore = value, baseline, zscore
-        events.append(_event(state.room_id, metric, name, slot, FIRING, None, window_end))
+        slot.severity = severity_for(key[1], value, expected)
+        slot.value, slot.baseline, slot.zscore = value, expected, score
+        slot.test, slot.basis = test, basis
+        events.append(_event(state.room_id, key, slot, FIRING, None, window_end))
         return
-    slot.value, slot.baseline, slot.zscore = value, baseline, zscore
+    slot.value, slot.baseline, slot.zscore = value, expected, score
     if not below:
         slot.count = 0
         return
-    slot.count += 1
-    if slot.count >= rule.resolve_windows:
-        events.append(_event(state.room_id, metric, name, slot, RESOLVED, window_end, window_end))
-        if rule.cooldown_windows > 0:
-            slot.phase, slot.count = _COOLDOWN, rule.cooldown_windows
+    slot.count += span
+    if slot.count >= timing[2]:
+        events.append(_event(state.room_id, key, slot, RESOLVED, window_end, window_end))
+        if timing[3] > 0:
+            slot.phase, slot.count = _COOLDOWN, timing[3]
         else:
             del alerts[key]
 
 
 def _event(
-    room_id: str, metric: str, name: str, slot: _Alert, status: str, ends_at: int | None, window_end: int
+    room_id: str, key: tuple[str, str], slot: _Alert, status: str, ends_at: int | None, window_end: int
 ) -> AlertEvent:
     return AlertEvent(
         room_id=room_id,
-        alertname=name,
-        metric=metric,
+        alertname=key[1],
+        metric=key[0],
         severity=slot.severity,
         status=status,
         starts_at_ms=slot.started_ms,
@@ -231,11 +358,12 @@ def _event(
         value=slot.value,
         baseline=slot.baseline,
         zscore=slot.zscore,
+        test=slot.test,
+        basis=slot.basis,
     )
 
 
-def _in_alert(state: DetectorState, metric: str) -> bool:
-    alerts = state.alerts
+def _in_alert(alerts: dict[tuple[str, str], _Alert] | None, metric: str) -> bool:
     if not alerts:
         return False
     for name in _ALERTNAMES:
@@ -243,6 +371,13 @@ def _in_alert(state: DetectorState, metric: str) -> bool:
         if slot is not None and slot.phase != _COOLDOWN:
             return True
     return False
+
+
+def _expected_raw(level: float, var: float, root: bool) -> float:
+    """Expected value on the raw scale: the level, or for sqrt-scale money E[X] = E[sqrt X]^2 + Var."""
+    if not root:
+        return level
+    return level * level + var
 
 
 def _step(
@@ -254,127 +389,224 @@ def _step(
     events: list[AlertEvent],
 ) -> None:
     """Evaluate every metric against its pre-window baseline, then fold the window into the baselines."""
-    if state.alerts is None and _fold_quiet(state, values, window, rules):
+    if state.alerts is None and state.season is None and _fold_quiet(state, values, window, rules):
         return
-    n = state.windows
+    plan = _plan(rules, window[1] - window[0])
+    history = state.history_ms
     b = state.baselines
-    seconds = (window[1] - window[0]) / 1_000
-    concurrent_mean = b[2 * _CONCURRENT]
+    span = window[1] - window[0]
+    seconds = span / 1_000
+    season = state.season
+    if season is None and plan.season_total:
+        season = state.season = array("f", [0.0]) * plan.season_total
+        state.season_since_ms = window[0]
+    elif season is not None and len(season) != plan.season_total:  # the rules' seasons changed
+        season = state.season = array("f", [0.0]) * plan.season_total if plan.season_total else None
+        state.season_since_ms = window[0]
+    learned = window[0] - state.season_since_ms
+    concurrent_level = b[2 * _CONCURRENT]
     for i, metric in enumerate(METRICS):
         rule = rules[metric]
         x = values[i]
-        mean, var = b[2 * i], b[2 * i + 1]
+        kind = _KINDS[i]
+        root = kind == _MONEY
+        y = math.sqrt(x) if root and x > 0.0 else (0.0 if root else x)
+        level, var = b[2 * i], b[2 * i + 1]
+        s_index = -1
+        s_term = 0.0
+        basis = plan.basis[i]
+        if season is not None and plan.season_ms[i]:
+            period = plan.season_ms[i]
+            s_index = plan.season_offsets[i] + (window[0] % period) * rule.season_bins // period
+            if learned >= period - period // rule.season_bins:  # the bin's last visit was learned
+                s_term = season[s_index]
+                if s_term < 0.0 and not rule.two_sided:
+                    # A one-sided rule only lets the season raise its expectation: a trough learned
+                    # from a one-off fall (a ramp's lagging level, a spike's aftermath) must not
+                    # turn an ordinary value an hour later into a spike.
+                    s_term = 0.0
+                basis = plan.season_basis[i]
+        center = level + s_term
         std = math.sqrt(var)
-        z = _zscore(x - mean, std)
-        kind = _COUNT_KIND[i]
-        if kind is not None:
-            # Counting noise: a small count's Poisson tail is far heavier than a Gaussian with the
-            # same variance, so also require significance on the square-root (variance-stabilised)
+        expected = _expected_raw(center, var, root)
+        z = _zscore(y - center, std)
+        if kind in (_RATE, _COUNT):
+            # Counting noise: also require significance on the square-root (variance-stabilised)
             # scale, where Poisson counts have unit variance.
-            c = seconds if kind == "rate" else 1.0
-            z = min(z, 2.0 * (math.sqrt(max(x, 0.0) * c) - math.sqrt(max(mean, 0.0) * c)))
-        warmed = n >= rule.warmup_windows
-        spike = warmed and x >= rule.min_volume and x >= rule.ratio * mean and z >= rule.z_threshold
+            c = seconds if kind == _RATE else 1.0
+            zp = 2.0 * (math.sqrt(max(x, 0.0) * c) - math.sqrt(max(expected, 0.0) * c))
+            z = min(z, zp) if z >= 0 else max(z, zp)
+        warmed = history >= plan.warmup_ms[i]
+        spike = warmed and x >= rule.min_volume and x >= rule.ratio * expected and z >= rule.z_threshold
         surge_at = rule.surge_value
         surge = not warmed and surge_at is not None and x >= surge_at
-        at = (window[0], window[1], x, mean, z)
+        timing = plan.timing[i]
+        at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
         drop = False
-        if i == _ORDERS:
+        dip = False
+        alerts = state.alerts
+        if i == _ORDERS and rule.drop_enabled:
             active = (
-                rule.drop_enabled
-                and warmed
+                warmed
                 and not synthetic
-                and mean >= rule.drop_min_baseline
-                and values[_CONCURRENT] >= rule.drop_hold_ratio * concurrent_mean
+                and expected >= rule.drop_min_baseline
+                and values[_CONCURRENT] >= rule.drop_hold_ratio * concurrent_level
             )
-            drop = active and x <= rule.drop_ratio * mean
-            if drop or (state.alerts and (metric, ALERT_DROP) in state.alerts):
-                recovered = not active or x >= rule.drop_resolve_ratio * mean
-                _advance(state, events, metric, ALERT_DROP, drop, recovered, rule, at)
+            drop = active and x <= rule.drop_ratio * expected
+            if drop or (alerts and (metric, ALERT_DROP) in alerts):
+                recovered = not active or x >= rule.drop_resolve_ratio * expected
+                drop_at = (*at[:5], TEST_DROP, basis)
+                _advance(state, events, (metric, ALERT_DROP), drop, recovered, plan.drop_timing, drop_at)
+        if rule.two_sided:
+            dip = warmed and x * rule.ratio <= expected and z <= -rule.z_threshold
+            if dip or (alerts and (metric, ALERT_DIP) in alerts):
+                recovered = x * rule.resolve_ratio > expected
+                _advance(state, events, (metric, ALERT_DIP), dip, recovered, timing, at)
         if spike or surge or state.alerts:
             surge_over = (
                 surge_at is None
                 or x < rule.surge_resolve_fraction * surge_at
-                or (warmed and x < rule.resolve_ratio * mean)
+                or (warmed and x < rule.resolve_ratio * expected)
             )
-            _advance(state, events, metric, ALERT_SURGE, surge, surge_over, rule, at)
+            surge_at_ = (*at[:5], TEST_SURGE, "none (new room)")
+            _advance(state, events, (metric, ALERT_SURGE), surge, surge_over, timing, surge_at_)
             surge_slot = state.alerts.get((metric, ALERT_SURGE)) if state.alerts else None
             surging = surge_slot is not None and surge_slot.phase == _FIRING
-            spike_over = x < rule.resolve_ratio * mean or x < rule.min_volume
-            _advance(state, events, metric, ALERT_SPIKE, spike and not surging, spike_over, rule, at)
-        # Fold into the baseline: plain running mean and variance during warm-up, EWMA after.
-        # A spiking value (one that meets the spike or drop rule, or any value while an alert
-        # of the metric is pending or firing) is winsorised: it moves the mean by at most
-        # alpha * band and leaves the variance alone, so a spike barely moves its own baseline.
+            spike_over = x < rule.resolve_ratio * expected or x < rule.min_volume
+            _advance(state, events, (metric, ALERT_SPIKE), spike and not surging, spike_over, timing, at)
+        # Fold into the baseline: time-weighted running mean and variance during warm-up, EWMA
+        # after. The residual is winsorised at winsor_k scales; while the metric meets a rule or
+        # has an alert pending or firing, the level moves by at most alpha x that band and the
+        # variance not at all, so a spike barely moves its own baseline while a lasting change
+        # of level is still absorbed, slowly. The seasonal term learns the residual of its bin.
+        diff = y - center
+        alpha = plan.alphas[i]
         if not warmed:
-            alpha = max(rule.alpha, 1.0 / (n + 1))
-        elif spike or (i == _ORDERS and drop) or _in_alert(state, metric):
-            band = max(rule.winsor_k * std, _WINSOR_REL_FLOOR * max(mean, rule.min_volume))
-            b[2 * i] = mean + rule.alpha * min(max(x - mean, -band), band)
-            continue
-        else:
-            alpha = rule.alpha
-        diff = x - mean
+            warm = span / (history + span)
+            if warm > alpha:
+                alpha = warm
+        elif spike or drop or dip or x >= rule.min_volume or _in_alert(state.alerts, metric):
+            floor = _WINSOR_REL_FLOOR * (abs(center) if root else max(abs(center), rule.min_volume))
+            band = max(rule.winsor_k * std, floor)
+            if diff > band:
+                diff = band
+            elif diff < -band:
+                diff = -band
+            if spike or drop or dip or _in_alert(state.alerts, metric):
+                b[2 * i] = level + alpha * diff
+                if s_index >= 0 and season is not None:
+                    season[s_index] += plan.season_alphas[i] * (y - level - season[s_index])
+                continue
         incr = alpha * diff
-        b[2 * i] = mean + incr
+        b[2 * i] = level + incr
         b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr)
+        if s_index >= 0 and season is not None:
+            season[s_index] += plan.season_alphas[i] * (y - level - season[s_index])
     if state.alerts is not None and not state.alerts:
         state.alerts = None
-    state.windows = n + 1
+    state.history_ms = history + span
     state.last_window_end = window[1]
     state.last_concurrent = values[_CONCURRENT]
 
 
 class _Plan:
-    """The numbers of a rules mapping that the quiet fast path reads, in METRICS order."""
+    """The numbers of a rules mapping at one window length, in METRICS order."""
 
-    __slots__ = ("alphas", "drop_floor", "floors", "max_warmup", "running_until", "warmups")
+    __slots__ = (
+        "alphas",
+        "basis",
+        "drop_floor",
+        "drop_timing",
+        "floors",
+        "loud",
+        "max_warmup_ms",
+        "season_alphas",
+        "season_basis",
+        "season_ms",
+        "season_offsets",
+        "season_total",
+        "tests",
+        "timing",
+        "warmup_ms",
+    )
 
-    def __init__(self, rules: Mapping[str, MetricRule]) -> None:
+    def __init__(self, rules: Mapping[str, MetricRule], window_ms: int) -> None:
         ordered = [rules[metric] for metric in METRICS]
+        window_s = window_ms / 1_000
         #: a value at or above its floor might meet the spike or surge rule
         self.floors = tuple(
             r.min_volume if r.surge_value is None else min(r.min_volume, r.surge_value) for r in ordered
         )
-        self.alphas = tuple(r.alpha for r in ordered)
-        self.warmups = tuple(r.warmup_windows for r in ordered)
-        self.max_warmup = max(self.warmups)
-        #: history length from which the fold's weight is alpha, not 1/(n+1) (a plain running mean)
-        self.running_until = tuple(_running_until(r.alpha, r.warmup_windows) for r in ordered)
+        #: a two-sided rule can fire at any value: no quiet fast path
+        self.loud = any(r.two_sided for r in ordered)
+        self.alphas = tuple(r.alpha(window_s) for r in ordered)
+        self.warmup_ms = tuple(round(r.warmup_s * 1_000) for r in ordered)
+        self.max_warmup_ms = max(self.warmup_ms)
+        self.timing = tuple(
+            (
+                max(window_ms, round(r.confirm_s * 1_000)),
+                round(r.confirm_miss_s * 1_000),
+                max(window_ms, round(r.resolve_s * 1_000)),
+                round(r.cooldown_s * 1_000),
+            )
+            for r in ordered
+        )
         orders = ordered[_ORDERS]
+        self.drop_timing = (
+            max(window_ms, round(orders.drop_confirm_s * 1_000)),
+            round(orders.confirm_miss_s * 1_000),
+            max(window_ms, round(orders.resolve_s * 1_000)),
+            round(orders.cooldown_s * 1_000),
+        )
         #: an orders baseline at or above this might meet the drop rule (None: drop disabled)
         self.drop_floor = orders.drop_min_baseline if orders.drop_enabled else None
+        # A seasonal bin is visited for period/bins seconds per period; its weight per window
+        # gives the bin's estimate a half-life of season_half_life_periods visits, whatever
+        # the window length.
+        self.season_ms = tuple(round(r.season_s * 1_000) for r in ordered)
+        offsets, total = [], 0
+        for r, period in zip(ordered, self.season_ms, strict=True):
+            offsets.append(total)
+            total += r.season_bins if period else 0
+        self.season_offsets = tuple(offsets)
+        self.season_total = total
+        self.season_alphas = tuple(
+            1.0 - 2.0 ** (-window_ms * r.season_bins / (period * r.season_half_life_periods))
+            if period
+            else 0.0
+            for r, period in zip(ordered, self.season_ms, strict=True)
+        )
+        self.tests = tuple(TEST_NAMES[kind] for kind in _KINDS)
+        self.basis = tuple(
+            f"winsorised EWMA{' of sqrt' if root else ''}, half-life {r.half_life_s:g} s"
+            for r, root in zip(ordered, _SQRT, strict=True)
+        )
+        self.season_basis = tuple(
+            f"{basis} + seasonal term ({r.season_s:g} s in {r.season_bins} bins)"
+            for basis, r in zip(self.basis, ordered, strict=True)
+        )
 
 
-def _running_until(alpha: float, warmup: int) -> int:
-    """Smallest n at which the fold weight max(alpha, 1/(n+1)) of a warming-up metric is alpha."""
-    n = min(warmup, int(1.0 / alpha))
-    while n > 0 and 1.0 / n < alpha:
-        n -= 1
-    while n < warmup and 1.0 / (n + 1) >= alpha:
-        n += 1
-    return n
-
-
-_PLANS: dict[int, tuple[Mapping[str, MetricRule], _Plan]] = {}
+_PLANS: dict[tuple[int, int], tuple[Mapping[str, MetricRule], _Plan]] = {}
 _PLAN_CACHE_CAP = 4_096
 
 
-def _plan(rules: Mapping[str, MetricRule]) -> _Plan:
-    """The fast-path plan of a rules mapping (rooms share a few mappings; cached by identity)."""
-    hit = _PLANS.get(id(rules))
+def _plan(rules: Mapping[str, MetricRule], window_ms: int) -> _Plan:
+    """The plan of a rules mapping at a window length (rooms share a few mappings; cached by identity)."""
+    key = (id(rules), window_ms)
+    hit = _PLANS.get(key)
     if hit is not None and hit[0] is rules:
         return hit[1]
     if len(_PLANS) >= _PLAN_CACHE_CAP:
         _PLANS.clear()
-    plan = _Plan(rules)
-    _PLANS[id(rules)] = (rules, plan)  # holding the mapping keeps its id from being reused
+    plan = _Plan(rules, window_ms)
+    _PLANS[key] = (rules, plan)  # holding the mapping keeps its id from being reused
     return plan
 
 
 def _is_quiet(plan: _Plan, values: Sequence[float], baselines: array[float]) -> bool:
     """No rule can trigger on ``values`` (given no alert slot is open)."""
-    if any(map(ge, values, plan.floors)):
+    if plan.loud or any(map(ge, values, plan.floors)):
         return False
     drop_floor = plan.drop_floor
     return drop_floor is None or baselines[2 * _ORDERS] < drop_floor
@@ -385,55 +617,64 @@ def _fold_quiet(
 ) -> bool:
     """Fast path of :func:`_step` for a window that cannot trigger any rule; False if it might.
 
-    With no alert slot open, a metric below its ``min_volume`` and ``surge_value`` can neither
-    spike nor surge, and a drop needs a baseline of at least ``drop_min_baseline``; then only
-    the baseline fold remains, computed exactly as in ``_step``. Most windows of small rooms
-    take this path.
+    With no alert slot open and no seasonal term, a metric below its ``min_volume`` and
+    ``surge_value`` can neither spike nor surge, and a drop needs a baseline of at least
+    ``drop_min_baseline``; then only the baseline fold remains, computed exactly as in
+    ``_step``. Most windows of small rooms take this path.
     """
-    plan = _plan(rules)
+    span = window[1] - window[0]
+    plan = _plan(rules, span)
     b = state.baselines
     if not _is_quiet(plan, values, b):
         return False
-    n = state.windows
-    if n >= plan.max_warmup:
-        alphas: Sequence[float] = plan.alphas
-    else:
-        warm = 1.0 / (n + 1)
-        alphas = [a if n >= w else max(a, warm) for a, w in zip(plan.alphas, plan.warmups, strict=True)]
+    history = state.history_ms
+    warm = span / (history + span)
     i = 0
-    for x, alpha in zip(values, alphas, strict=True):
-        mean = b[i]
-        if x != mean or b[i + 1]:  # else the fold leaves both at what they are (a metric never seen)
-            diff = x - mean
-            incr = alpha * diff
-            b[i] = mean + incr
-            b[i + 1] = (1.0 - alpha) * (b[i + 1] + diff * incr)
+    for x, alpha, warmup, root in zip(values, plan.alphas, plan.warmup_ms, _SQRT, strict=True):
+        if root:
+            x = math.sqrt(x) if x > 0.0 else 0.0
+        level = b[i]
+        var = b[i + 1]
+        if x != level or var:  # else the fold leaves both at what they are (a metric never seen)
+            a = alpha if history >= warmup or alpha > warm else warm
+            diff = x - level
+            incr = a * diff
+            b[i] = level + incr
+            b[i + 1] = (1.0 - a) * (var + diff * incr)
         i += 2
-    state.windows = n + 1
+    state.history_ms = history + span
     state.last_window_end = window[1]
     state.last_concurrent = values[_CONCURRENT]
     return True
 
 
-def _fold_quiet_run(state: DetectorState, values: Sequence[float], windows: int, plan: _Plan) -> None:
-    """Fold ``windows`` repeats of the quiet ``values`` into the baselines at once (a gap's idle windows).
+def _fold_quiet_run(
+    state: DetectorState, values: Sequence[float], windows: int, span: int, plan: _Plan
+) -> None:
+    """Fold ``windows`` repeats of the quiet ``values`` (``span`` ms each) at once (a gap's idle windows).
 
-    Both regimes of the fold have a closed form for a constant x. During warm-up the fold is a
-    running mean and variance (weight 1/(n+1)): j more values give mean' = (n mean + j x)/(n+j)
-    and var' = (n var + n j d^2/(n+j))/(n+j) with d = x - mean. After it, with weight alpha and
-    r = 1 - alpha, k windows give mean' = x - d r^k and var' = r^k (var + d^2 (1 - r^k)). Equal
-    to ``windows`` calls of :func:`_fold_quiet` up to floating-point rounding.
+    Both regimes of the fold have a closed form for a constant x (on the metric's test scale).
+    During warm-up the weight is span/(history + span), a running mean: with n = history/span,
+    j more values give mean' = (n mean + j x)/(n+j) and var' = (n var + n j d^2/(n+j))/(n+j)
+    with d = x - mean. After it, with weight alpha and r = 1 - alpha, k windows give
+    mean' = x - d r^k and var' = r^k (var + d^2 (1 - r^k)). Equal to ``windows`` calls of
+    :func:`_fold_quiet` up to floating-point rounding.
     """
     b = state.baselines
-    n0 = state.windows
+    h0 = state.history_ms
+    n0 = h0 / span
     i = 0
-    for x, alpha, until in zip(values, plan.alphas, plan.running_until, strict=True):
+    for x, alpha, warmup, root in zip(values, plan.alphas, plan.warmup_ms, _SQRT, strict=True):
+        if root:
+            x = math.sqrt(x) if x > 0.0 else 0.0
         mean = b[i]
         var = b[i + 1]
         if x != mean or var:  # else a constant at its mean with no variance stays there
-            running = until - n0 if n0 < until else 0
-            if running > windows:
-                running = windows
+            running = 0
+            if h0 < warmup:
+                # windows still weighted 1/(n+1) > alpha: before warm-up ends and while 1/(n+1) > alpha
+                until = min(-(-(warmup - h0) // span), math.floor(1.0 / alpha - n0))
+                running = min(windows, max(0, until))
             if running:
                 total = n0 + running
                 diff = x - mean
@@ -448,17 +689,18 @@ def _fold_quiet_run(state: DetectorState, values: Sequence[float], windows: int,
             b[i] = mean
             b[i + 1] = var
         i += 2
-    state.windows = n0 + windows
+    state.history_ms = h0 + windows * span
 
 
 def _restart(state: DetectorState, end_ms: int, events: list[AlertEvent]) -> None:
     """Start a new session after a long silence: resolve what still fires, forget the baselines."""
-    for (metric, name), slot in (state.alerts or {}).items():
+    for key, slot in (state.alerts or {}).items():
         if slot.phase == _FIRING:
-            events.append(_event(state.room_id, metric, name, slot, RESOLVED, end_ms, end_ms))
+            events.append(_event(state.room_id, key, slot, RESOLVED, end_ms, end_ms))
     state.alerts = None
-    state.windows = 0
+    state.history_ms = 0
     state.baselines = array("d", [0.0]) * (2 * _N)
+    state.season = None
 
 
 def resolve_all(state: DetectorState, end_ms: int) -> list[AlertEvent]:
@@ -487,7 +729,7 @@ def observe(
     rules: Mapping[str, MetricRule],
     window_ms: int,
     *,
-    max_gap_windows: int = DEFAULT_MAX_GAP_WINDOWS,
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
 ) -> list[AlertEvent]:
     """Feed one closed window of the room; returns the alert transitions (firing, resolved) it caused.
 
@@ -496,24 +738,46 @@ def observe(
     """
     if window_ms <= 0:
         raise ValueError(f"window_ms must be positive, got {window_ms}")
+    return observe_values(
+        state,
+        metric_values(stats, window_ms),
+        stats.window_start,
+        stats.window_start + window_ms,
+        rules,
+        max_gap_s=max_gap_s,
+    )
+
+
+def observe_values(
+    state: DetectorState,
+    values: Sequence[float],
+    window_start: int,
+    window_end: int,
+    rules: Mapping[str, MetricRule],
+    *,
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
+) -> list[AlertEvent]:
+    """:func:`observe` for metric values already computed (METRICS order), e.g. a generic series."""
+    window_ms = window_end - window_start
+    if window_ms <= 0:
+        raise ValueError(f"window must have a positive length, got [{window_start}, {window_end})")
     events: list[AlertEvent] = []
     last_end = state.last_window_end
-    start = stats.window_start
     if last_end is not None:
-        if start < last_end:
+        if window_start < last_end:
             return events
-        missed = (start - last_end) // window_ms
+        missed = (window_start - last_end) // window_ms
         if missed > 0:
-            replayed = min(missed, max(0, max_gap_windows))
+            replayed = min(missed, max(0, int(max_gap_s * 1_000) // window_ms))
             idle = [0.0] * _N
             idle[_CONCURRENT] = state.last_concurrent
-            plan = _plan(rules)
-            if state.alerts is None and _is_quiet(plan, idle, state.baselines):
+            plan = _plan(rules, window_ms)
+            if state.alerts is None and state.season is None and _is_quiet(plan, idle, state.baselines):
                 # Nothing can fire on the gap (zero flows only lower the orders baseline a drop
                 # would need), so only the baselines move: all at once, or not at all when the
                 # gap is long enough to restart them anyway.
                 if missed <= replayed:
-                    _fold_quiet_run(state, idle, replayed, plan)
+                    _fold_quiet_run(state, idle, replayed, window_ms, plan)
                     state.last_window_end = last_end + replayed * window_ms
             else:
                 for k in range(replayed):
@@ -521,7 +785,7 @@ def observe(
                     _step(state, idle, (ws, ws + window_ms), rules, True, events)
             if missed > replayed:
                 _restart(state, last_end + replayed * window_ms, events)
-    _step(state, metric_values(stats, window_ms), (start, stats.window_end), rules, False, events)
+    _step(state, values, (window_start, window_end), rules, False, events)
     return events
 
 
@@ -531,7 +795,7 @@ def firing(state: DetectorState) -> list[AlertEvent]:
         return []
     end = state.last_window_end
     return [
-        _event(state.room_id, metric, name, slot, FIRING, None, end)
-        for (metric, name), slot in state.alerts.items()
+        _event(state.room_id, key, slot, FIRING, None, end)
+        for key, slot in state.alerts.items()
         if slot.phase == _FIRING
     ]

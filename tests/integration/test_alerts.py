@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 
 WINDOW_MS = 2_000
 ROOM = "room-spike"
+# The detector's rules are in seconds: 180 s of warm-up, 20 s to confirm, 30 s to resolve.
+STEADY, SPIKE, AFTER = 100, 12, 20  # windows of 2 s: 200 s steady, 24 s at 10x, 40 s back to normal
+TOTAL = STEADY + SPIKE + AFTER
 
 
 def windows(first: int, count: int, per_window: int, start_ms: int) -> list[tuple[str, Event]]:
@@ -65,15 +68,16 @@ async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(
         worker = Worker(deployment, tmp_path, "alerts")
         try:
             await worker.wait_ready()
-            start_ms = (int(time.time() * 1000) - 150_000) // WINDOW_MS * WINDOW_MS
+            start_ms = (int(time.time() * 1000) - (TOTAL * WINDOW_MS + 60_000)) // WINDOW_MS * WINDOW_MS
             t = deployment.topics
-            # 25 steady windows (warm-up), then 5 windows at 10x: the alert fires and keeps firing.
-            before = windows(0, 25, 10, start_ms) + windows(25, 5, 100, start_ms)
+            # Steady windows past the warm-up, then 24 s at 10x: the alert fires and keeps firing.
+            before = windows(0, STEADY, 10, start_ms) + windows(STEADY, SPIKE, 100, start_ms)
             await produce(kafka_bootstrap, t, before, partitions=deployment.partitions)
             await eventually(lambda: shown_by(am_url, "views_per_sec"), "Alertmanager shows the spike")
 
             # Traffic returns to normal: the alert resolves and Alertmanager lets it go.
-            await produce(kafka_bootstrap, t, windows(30, 15, 10, start_ms), partitions=deployment.partitions)
+            after = windows(STEADY + SPIKE, AFTER, 10, start_ms)
+            await produce(kafka_bootstrap, t, after, partitions=deployment.partitions)
             await eventually(lambda: not shown_by(am_url, "views_per_sec"), "Alertmanager resolved the spike")
 
             values = await read_topic(
@@ -109,11 +113,15 @@ async def test_room_override_from_the_control_topic_changes_detection(
         )
         await eventually(lambda: worker.metric("livepulse_rule_overrides") == 1, "the override is in force")
         assert worker.metric("livepulse_control_messages_invalid_total") == 1
-        start_ms = (int(time.time() * 1000) - 150_000) // WINDOW_MS * WINDOW_MS
-        traffic = windows(0, 25, 10, start_ms) + windows(25, 5, 100, start_ms) + windows(30, 15, 10, start_ms)
+        start_ms = (int(time.time() * 1000) - (TOTAL * WINDOW_MS + 60_000)) // WINDOW_MS * WINDOW_MS
+        traffic = (
+            windows(0, STEADY, 10, start_ms)
+            + windows(STEADY, SPIKE, 100, start_ms)
+            + windows(STEADY + SPIKE, AFTER, 10, start_ms)
+        )
         await produce(kafka_bootstrap, deployment.topics, traffic, partitions=deployment.partitions)
         await eventually(
-            lambda: worker.metric("livepulse_detector_evaluations_total") >= 45, "all windows evaluated"
+            lambda: worker.metric("livepulse_detector_evaluations_total") >= TOTAL, "all windows evaluated"
         )
         values = await read_topic(
             kafka_bootstrap, deployment.topics.alerts, until=lambda vs: False, timeout_s=3

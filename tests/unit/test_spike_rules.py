@@ -27,7 +27,7 @@ def test_defaults_cover_every_metric_and_are_shared() -> None:
     assert set(rules) == set(METRICS)
     assert rules is rules_for(DEFAULT_RULES, "another-room")  # no per-room allocation without overrides
     assert all(not r.drop_enabled for r in rules.values())
-    assert 0 < rules["views_per_sec"].alpha < 1
+    assert 0 < rules["views_per_sec"].alpha(10.0) < rules["views_per_sec"].alpha(60.0) < 1
 
 
 def test_override_precedence_room_over_category_over_default() -> None:
@@ -99,7 +99,7 @@ def test_surge_can_be_disabled_with_null() -> None:
         {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratio": 0.5}},
         {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"ratio": float("nan")}},
         {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"half_life_windows": 0}},
-        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"confirm_windows": 1.5}},
+        {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"confirm_s": -1}},
         {"scope": "room", "key": "r", "metric": "views_per_sec", "set": {"drop_enabled": True}},
         {"scope": "room", "key": "r", "metric": "orders_per_sec", "set": {"drop_enabled": 1}},
         {"scope": "room", "key": "r", "metric": "orders_per_sec", "set": {"ratio": None}},
@@ -125,7 +125,16 @@ def test_rules_validate_on_construction() -> None:
     assert rules_for(built, "r", "c")["views_per_sec"].ratio == 4.0
 
 
-def test_whole_window_counts_accept_integral_floats() -> None:
-    rules = apply_override(DEFAULT_RULES, override("room", "r", "views_per_sec", cooldown_windows=30.0))
-    cooldown = rules_for(rules, "r")["views_per_sec"].cooldown_windows
-    assert cooldown == 30 and isinstance(cooldown, int)
+def test_legacy_window_counted_fields_become_seconds_of_10_s_windows() -> None:
+    rules = apply_override(DEFAULT_RULES, override("room", "r", "views_per_sec", cooldown_windows=30))
+    rule = rules_for(rules, "r")["views_per_sec"]
+    assert rule.cooldown_s == 300.0 and isinstance(rule.cooldown_s, float)
+    assert rules.room_overrides == {"r": {"views_per_sec": {"cooldown_s": 300.0}}}
+    unset = {"scope": "room", "key": "r", "metric": "views_per_sec", "unset": ["cooldown_windows"]}
+    assert apply_override(rules, unset).room_overrides == {}
+
+
+def test_whole_counts_accept_integral_floats() -> None:
+    rules = apply_override(DEFAULT_RULES, override("room", "r", "views_per_sec", season_bins=24.0))
+    bins = rules_for(rules, "r")["views_per_sec"].season_bins
+    assert bins == 24 and isinstance(bins, int)
