@@ -113,6 +113,8 @@ class DataPlane:
             **settings.security.client_kwargs(),
         }
         self.runtime: dict[int, _Task] = {}
+        #: partitions whose per-partition metric series this worker exports
+        self._held: set[int] = set()
         self.partitions = 0
         self.ready = False
         self._rebalancing = False
@@ -554,9 +556,8 @@ class DataPlane:
 
     async def _close_tasks(self) -> None:
         tasks, self.runtime = self.runtime, {}
-        for partition, task in tasks.items():
+        for task in tasks.values():
             await task.producer.close()
-            self.metrics.watermark_delay.remove(str(partition))
 
     async def _assign(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._lock:
@@ -564,6 +565,9 @@ class DataPlane:
             for tp in assigned:
                 by_partition.setdefault(tp.partition, []).append(tp)
             await self._close_tasks()  # normally done at revocation
+            for gone in self._held - set(by_partition):
+                self.metrics.forget_partition(gone)  # no stale lag or watermark series for moved partitions
+            self._held = set(by_partition)
             for partition in sorted(by_partition):
                 self.runtime[partition] = await self._open_task(partition, by_partition[partition])
             self.metrics.assigned_partitions.set(len(by_partition))
