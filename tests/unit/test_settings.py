@@ -59,3 +59,20 @@ def test_secrets_never_reach_repr_or_the_description() -> None:
     assert "hunter2" not in repr(s)
     assert "hunter2" not in str(describe(s))
     assert s.security.client_kwargs()["sasl_plain_password"] == "hunter2"
+
+
+def test_delivery_settings() -> None:
+    s = settings_from_env(
+        {
+            "LIVEPULSE_REPLICATION_FACTOR": "3",
+            "LIVEPULSE_MIN_INSYNC_REPLICAS": "2",
+            "LIVEPULSE_TRANSACTION_TIMEOUT_MS": "60000",
+            "LIVEPULSE_SHUTDOWN_TIMEOUT_MS": "30000",
+        }
+    )
+    assert (s.replication_factor, s.min_insync_replicas) == (3, 2)
+    assert (s.transaction_timeout_ms, s.shutdown_timeout_ms) == (60_000, 30_000)
+    with pytest.raises(ConfigError, match="min_insync_replicas"):
+        settings_from_env({"LIVEPULSE_REPLICATION_FACTOR": "1", "LIVEPULSE_MIN_INSYNC_REPLICAS": "2"})
+    with pytest.raises(ConfigError, match="transaction_timeout_ms"):
+        settings_from_env({"LIVEPULSE_TRANSACTION_TIMEOUT_MS": "500"})
