@@ -239,7 +239,7 @@ class DataPlane:
             task.positions[tp] = messages[-1].offset + 1
             if self._publish_windows(task):
                 waited += await self._send()  # out before the next partition's work
-        busy = await self._lagging()
+        busy = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
             task.core.tick(now_ms, busy.get(partition, ()))
             self._publish_windows(task)
@@ -282,24 +282,31 @@ class DataPlane:
             value = ranked[rank - 1].gmv_minor if rank <= len(ranked) else 0
             self.metrics.top_room_value.labels(str(rank)).set(value)
 
-    async def _lagging(self) -> dict[int, set[int]]:
-        """Input sources behind their last stable offset (or not yet known), by partition.
+    async def _lagging(self, now_ms: int) -> dict[int, set[int]]:
+        """Input sources behind their last stable offset, or not known to be caught up, by partition.
 
-        Updates the lag gauge. The repartition topic is not a watermark source (its senders'
-        markers are), so only the three inputs can hold a task busy.
+        A source counts as caught up only if a fetch response said so within
+        ``idle_partition_ms``: while the broker is unreachable nothing is known,
+        so no input turns idle and wall time does not move the watermark past
+        events still on their way. Updates the lag gauge. The repartition topic
+        is not a watermark source (its senders' markers are).
         """
         assert self._consumer is not None
+        consumer = self._consumer
+        fresh_ms = self.settings.core.idle_partition_ms
         busy: dict[int, set[int]] = {}
-        for tp in self._consumer.assignment():
+        for tp in consumer.assignment():
             try:
-                position = await self._consumer.position(tp)
+                position = await consumer.position(tp)
             except IllegalStateError:  # revoked meanwhile
                 continue
-            end = self._consumer.last_stable_offset(tp)
+            end = consumer.last_stable_offset(tp)
             if end is None:
-                end = self._consumer.highwater(tp)
+                end = consumer.highwater(tp)
             source = self._sources[tp.topic]
-            if (end is None or position < end) and source != REPARTITION:
+            polled = consumer.last_poll_timestamp(tp)
+            unknown = end is None or polled is None or now_ms - polled > fresh_ms
+            if (unknown or position < end) and source != REPARTITION:
                 busy.setdefault(tp.partition, set()).add(source)
             if end is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))

@@ -314,7 +314,8 @@ class TaskAggregator:
         """Let wall-clock time release idle sources and advance the watermark; close what is due.
 
         A source silent for ``idle_partition_ms`` (and not ``busy``, i.e. not
-        lagging behind its log end) stops holding the watermark back. When all
+        lagging behind its log end, nor of unknown state) stops holding the
+        watermark back; a busy source holds it again. When all
         sources are idle, event time is assumed to move on like wall time from
         the newest event seen, so a quiet room's last window still closes.
         """
@@ -322,7 +323,10 @@ class TaskAggregator:
         busy = set(busy)
         for source in self.sources:
             last = self._src_wall.setdefault(source, now_ms)
-            if source not in busy and now_ms - last >= idle_after:
+            if source in busy:
+                # unread input (or nothing known: the broker is unreachable) holds the watermark again
+                self._idle.discard(source)
+            elif now_ms - last >= idle_after:
                 self._idle.add(source)
         slowest = self._slowest()
         if slowest != NEVER:

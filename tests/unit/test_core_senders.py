@@ -188,3 +188,17 @@ def test_any_delivery_order_through_the_shuffle_matches_the_oracle(seed: int, co
     want = expected_windows(ideal, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms, sources=(0,))
     assert agg.counters.late == {}
     assert {k: s.views for k, s in got.items()} == {k: s.views for k, s in want.items()}
+
+
+def test_an_idle_input_that_turns_busy_holds_the_watermark_again() -> None:
+    """E.g. the broker is unreachable: nothing is known, so wall time must not move event time."""
+    agg = TaskAggregator(CFG, sources=(0, 1))
+    agg.apply(0, [(1, join("r", "u", BASE_MS))], now_ms=0)
+    agg.apply(1, [(1, join("r", "v", BASE_MS))], now_ms=0)
+    agg.tick(now_ms=CFG.idle_partition_ms)  # both idle: wall time moves event time on
+    held = agg.watermark_ms
+    assert held == BASE_MS  # newest event - grace + the idle time
+    agg.tick(now_ms=CFG.idle_partition_ms + 5_000, busy={0, 1})
+    assert agg.watermark_ms == held
+    agg.tick(now_ms=CFG.idle_partition_ms + 6_000, busy={1})  # 0 known idle again; 1 still holds
+    assert agg.watermark_ms == held
