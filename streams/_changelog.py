@@ -14,9 +14,13 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from .core import Checkpoint
+from .exceptions import InfrastructureError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: a restore that reads nothing for this long fails (the worker exits and is restarted)
+STALL_S = 60.0
 
 
 class RecordSink(Protocol):
@@ -62,8 +66,17 @@ async def read_partition(
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_beginning(tp)
-        while await consumer.position(tp) < end:
+        position, progressed = await consumer.position(tp), time.monotonic()
+        while position < end:
             batch = await consumer.getmany(tp, timeout_ms=1_000, max_records=50_000)
+            now_position = await consumer.position(tp)
+            if now_position > position:
+                position, progressed = now_position, time.monotonic()
+            elif time.monotonic() - progressed > STALL_S:
+                raise InfrastructureError(
+                    f"restoring {tp.topic}[{partition}] made no progress for {STALL_S:.0f} s "
+                    f"at offset {position} of {end}"
+                )
             for message in batch.get(tp, ()):
                 if message.key is not None:
                     records.append((message.key, message.value))

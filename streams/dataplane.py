@@ -118,6 +118,8 @@ class DataPlane:
         self.partitions = 0
         self.ready = False
         self._rebalancing = False
+        #: bumped at every revocation and assignment: a fetch that spans one is discarded
+        self._generation = 0
         #: an error raised inside a rebalance callback (aiokafka would only log it)
         self._failure: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -175,6 +177,7 @@ class DataPlane:
         assert self._consumer is not None
         s = self.settings
         while not self._stopping:
+            generation = self._generation
             batches = await self._consumer.getmany(
                 timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
             )
@@ -183,11 +186,29 @@ class DataPlane:
             async with self._lock:
                 if self._stopping:
                     break
-                if self._rebalancing:
-                    continue  # fetched before a revocation; whoever owns the partitions next re-reads them
+                if self._rebalancing or generation != self._generation:
+                    await self._rewind(batches)  # fetched across a rebalance: read it again
+                    continue
                 await self._process(batches)
                 if (self._clock() - self._last_checkpoint) * 1000 >= s.commit_interval_ms:
                     await self._checkpoint(self.runtime)
+
+    async def _rewind(self, batches: Mapping[TopicPartition, list[Any]]) -> None:
+        """Put the consumer back where the tasks stand for partitions of a discarded fetch.
+
+        The fetch may have been drained before or after the seeks of an assignment: either way
+        the tasks' positions say what comes next.
+        """
+        assert self._consumer is not None
+        for tp in batches:
+            task = self.runtime.get(tp.partition)
+            if task is None:
+                continue
+            position = task.positions.get(tp)
+            if position is None:
+                await self._consumer.seek_to_beginning(tp)  # opened without a recorded offset
+            else:
+                self._consumer.seek(tp, position)
 
     def request_stop(self) -> None:
         """Make :meth:`run` return after the batch in hand."""
@@ -554,6 +575,7 @@ class DataPlane:
         async with self._lock:
             self.ready = False
             self._rebalancing = True
+            self._generation += 1
             if self.runtime and self._failure is None:
                 try:
                     await self._checkpoint(self.runtime)
@@ -582,6 +604,7 @@ class DataPlane:
                 gc.collect()
                 gc.freeze()  # restored state is long-lived: keep it out of every later collection
             self._last_checkpoint = self._clock()
+            self._generation += 1
             self._rebalancing = False
             self.ready = True
             log.info("assigned partitions %s; state restored", sorted(by_partition))
