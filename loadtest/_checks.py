@@ -187,7 +187,7 @@ def _diff(want: RoomStats, have: RoomStats) -> dict[str, tuple[Any, Any]]:
     return diff
 
 
-def _alert_keys(out: Outputs) -> tuple[dict[AlertKey, float], int, list[str]]:
+def alert_keys(out: Outputs) -> tuple[dict[AlertKey, float], int, list[str]]:
     """Distinct firing alerts with their first arrival; resolved count; shape problems."""
     firing: dict[AlertKey, float] = {}
     resolved = 0
@@ -219,7 +219,7 @@ def _matches(inj: Injection, key: AlertKey, window_ms: int) -> bool:
 
 
 def _check_alerts(truth: Truth, out: Outputs, v: Verdict, require: bool, limit: int) -> None:
-    firing, v.alerts_resolved, problems = _alert_keys(out)
+    firing, v.alerts_resolved, problems = alert_keys(out)
     v.alert_records, v.alerts_firing = len(out.alerts), len(firing)
     if problems:
         v.failures.append(f"{len(problems)} alert records malformed, e.g. {problems[:2]}")

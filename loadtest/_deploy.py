@@ -48,6 +48,7 @@ class Deployment:
     window_ms: int = 10_000
     grace_ms: int = 2_000
     commit_interval_ms: int = 1_000
+    log_level: str = "warning"
 
     @property
     def topics(self) -> Topics:
@@ -69,7 +70,7 @@ class Deployment:
             LIVEPULSE_COMMIT_INTERVAL_MS=str(self.commit_interval_ms),
             LIVEPULSE_ROOM_IDLE_MS=str(NEVER_MS),
             LIVEPULSE_DEDUP_TTL_MS=str(NEVER_MS),
-            LIVEPULSE_LOG_LEVEL="warning",
+            LIVEPULSE_LOG_LEVEL=self.log_level,
             LIVEPULSE_DATA_DIR=str(data_dir),
             **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},
         )

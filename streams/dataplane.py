@@ -221,17 +221,20 @@ class DataPlane:
         and the next owner resumes from the last committed one.
         """
         self._stopping = True
-        async with self._lock:
-            try:
-                if self.runtime and self._failure is None:
-                    await self._checkpoint(self.runtime)
-            except (LivepulseError, KafkaError) as exc:
-                log.error("last checkpoint failed, nothing committed past the previous one: %r", exc)
-            finally:
-                await self._close_tasks()
-                if self._consumer is not None:
-                    await self._consumer.stop()
-                self.ready = False
+        try:
+            async with self._lock:
+                try:
+                    if self.runtime and self._failure is None:
+                        await self._checkpoint(self.runtime)
+                except (LivepulseError, KafkaError) as exc:
+                    log.error("last checkpoint failed, nothing committed past the previous one: %r", exc)
+                finally:
+                    self.ready = False
+                    await self._close_tasks()
+        finally:
+            # Outside the lock: leaving the group may run the revocation callback, which takes it.
+            if self._consumer is not None:
+                await self._consumer.stop()
 
     def on_windows(self, callback: Callable[[int, list[RoomStats]], None]) -> None:
         """Call ``callback(partition, closed_windows)`` for every batch of closed windows."""
@@ -318,8 +321,13 @@ class DataPlane:
         busy: dict[int, set[int]] = {}
         for tp in consumer.assignment():
             try:
-                position = await consumer.position(tp)
+                # Immediate while the position is valid; after a reset it may wait for the broker.
+                async with asyncio.timeout(0.05):
+                    position = await consumer.position(tp)
             except IllegalStateError:  # revoked meanwhile
+                continue
+            except TimeoutError:
+                busy.setdefault(tp.partition, set()).add(self._sources[tp.topic])
                 continue
             end = consumer.last_stable_offset(tp)
             if end is None:
@@ -541,7 +549,7 @@ class DataPlane:
         """One task's checkpoint transaction; returns the changelog records written."""
         t = self.settings.topics
         outbound = task.producer.outbound
-        marker = orjson.dumps(task.core.frontier_ms())
+        marker = orjson.dumps(task.core.frontier_ms(int(self._clock() * 1000)))
         header = [(MARKER_HEADER, b"%d" % task.partition)]
         for receiver in range(self.partitions):
             if receiver != task.partition:
@@ -576,7 +584,7 @@ class DataPlane:
             self.ready = False
             self._rebalancing = True
             self._generation += 1
-            if self.runtime and self._failure is None:
+            if self.runtime and self._failure is None and not self._stopping:
                 try:
                     await self._checkpoint(self.runtime)
                 except (LivepulseError, KafkaError) as exc:
@@ -597,8 +605,11 @@ class DataPlane:
             for gone in self._held - set(by_partition):
                 self.metrics.forget_partition(gone)  # no stale lag or watermark series for moved partitions
             self._held = set(by_partition)
-            for partition in sorted(by_partition):
-                self.runtime[partition] = await self._open_task(partition, by_partition[partition])
+            # Concurrently: a member slow to finish its assignment misses the next rebalance.
+            opened = await asyncio.gather(
+                *(self._open_task(partition, tps) for partition, tps in sorted(by_partition.items()))
+            )
+            self.runtime = {task.partition: task for task in opened}
             self.metrics.assigned_partitions.set(len(by_partition))
             if self.settings.gc_threshold:
                 gc.collect()

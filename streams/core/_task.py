@@ -358,20 +358,29 @@ class TaskAggregator:
                     slowest = frontier
         return slowest
 
-    def frontier_ms(self) -> int | None:
-        """This task's own input progress, for the tasks it re-routes to (None: all inputs idle).
+    def frontier_ms(self, now_ms: int) -> int:
+        """This task's own input progress, for the tasks it re-routes to.
 
         The newest event time of its slowest non-idle input, without grace and without its own
-        senders (re-routing is one hop: a shuffle's receivers never send back). Events it
-        re-routes later are at or after this time, up to the same disorder as any event.
+        senders (re-routing is one hop: a shuffle's receivers never send back). With every
+        input idle, the newest event time moved on by the wall time since the last delivery,
+        as the task's own watermark moves: never "no opinion", because an event may arrive the
+        moment after the marker, and after a crash the receivers hold at the last published
+        time until this task's next owner publishes again. Events it re-routes later are at
+        or after this time, up to the same disorder as any event.
         """
         slowest = self._slowest(senders=False)
-        return None if slowest == NEVER else slowest
+        if slowest != NEVER:
+            return slowest
+        if self._max_ts == NO_TIME or not self._src_wall:
+            return NO_TIME
+        return self._max_ts + now_ms - max(self._src_wall.values())
 
     def sender_progress(self, sender: int, frontier_ms: int | None) -> None:
         """Record a sender's published frontier; every event it re-routed before it is applied.
 
-        Call ``tick`` afterwards to close what the new frontier releases.
+        ``None`` (written by no current version) releases the sender. Call ``tick`` afterwards
+        to close what the new frontier releases.
         """
         if sender in self.senders:
             self._sender_frontier[sender] = frontier_ms

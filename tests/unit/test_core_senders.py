@@ -74,9 +74,30 @@ def test_frontier_is_the_slowest_direct_input_without_senders() -> None:
     agg.apply(0, [(1, join("r", "u", BASE_MS + 9_000))], now_ms=0)
     agg.apply(1, [(1, join("r", "u", BASE_MS + 7_000))], now_ms=0)
     agg.sender_progress(2, BASE_MS)  # holds the watermark, not the frontier it publishes
-    assert agg.frontier_ms() == BASE_MS + 7_000
+    assert agg.frontier_ms(now_ms=0) == BASE_MS + 7_000
     agg.tick(now_ms=CFG.idle_partition_ms)
-    assert agg.frontier_ms() is None  # every direct input idle
+    # Every direct input idle: the newest event time, moved on by the silence since (as the
+    # task's own watermark moves) — a time the receivers hold to, never "no opinion".
+    assert (
+        agg.frontier_ms(now_ms=CFG.idle_partition_ms + 500) == BASE_MS + 9_000 + CFG.idle_partition_ms + 500
+    )
+
+
+def test_a_sender_idle_at_its_last_commit_still_holds_receivers_after_it_dies() -> None:
+    """The sender's worker dies after publishing while idle; its backlog re-routed later is not late."""
+    sender = TaskAggregator(CFG, sources=(0,), senders=(0,))
+    sender.apply(0, [(1, join("far-room", "u", BASE_MS + 1_000))], now_ms=0)
+    sender.tick(now_ms=CFG.idle_partition_ms)  # caught up and silent: idle
+    published = sender.frontier_ms(now_ms=CFG.idle_partition_ms)
+    r = receiver()
+    r.sender_progress(1, published)
+    r.sender_progress(2, None)
+    # The receiver's own input runs on for 30 s while the sender's task is down.
+    r.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(1, 31)], now_ms=1)
+    assert r.watermark_ms == published - CFG.grace_ms
+    # The sender's next owner re-routes the backlog that arrived meanwhile.
+    r.apply(REROUTED, [(1, join("far-room", "v", BASE_MS + 3_500))], now_ms=2)
+    assert r.counters.late == {}
 
 
 def test_metadata_round_trip_keeps_offsets_and_sender_frontiers() -> None:
@@ -169,8 +190,8 @@ def test_any_delivery_order_through_the_shuffle_matches_the_oracle(seed: int, co
             step += 1
             drained = pos[q] >= len(inputs[q])
             if q not in finished and (step % commit_every == 0 or drained):
-                # the sender's commit: its forwarded events, then its frontier (None once drained)
-                committed.append((q, in_flight[q], None if drained else newest[q]))
+                # the sender's commit: its forwarded events, then its frontier
+                committed.append((q, in_flight[q], newest[q]))
                 in_flight[q] = []
                 if drained:
                     finished.add(q)
@@ -180,8 +201,9 @@ def test_any_delivery_order_through_the_shuffle_matches_the_oracle(seed: int, co
                 agg.apply(REROUTED, [(k, ev) for k, (_, ev) in enumerate(events)], now_ms=0)
             agg.sender_progress(q, frontier)
             agg.tick(now_ms=0, busy={0} if pos[0] < len(inputs[0]) else ())
-    agg.sender_progress(1, None)
-    agg.sender_progress(2, None)
+    # Both senders drained and idle: their frontiers move on with wall time.
+    agg.sender_progress(1, BASE_MS + 10**9)
+    agg.sender_progress(2, BASE_MS + 10**9)
     agg.tick(now_ms=10**9)
     got: dict[tuple[str, int], RoomStats] = {(s.room_id, s.window_start): s for s in agg.drain()}
     ideal = [(0, i + 1, join(room, user, ts)) for i, (room, user, ts, _) in enumerate(stream)]
