@@ -372,8 +372,8 @@ class TaskAggregator:
         slowest = self._slowest(senders=False)
         if slowest != NEVER:
             return slowest
-        if self._max_ts == NO_TIME or not self._src_wall:
-            return NO_TIME
+        if self._max_ts == NO_TIME:
+            return now_ms  # idle and never fed: anything it gets from now on is from now on
         return self._max_ts + now_ms - max(self._src_wall.values())
 
     def sender_progress(self, sender: int, frontier_ms: int | None) -> None:

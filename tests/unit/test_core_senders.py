@@ -224,3 +224,11 @@ def test_an_idle_input_that_turns_busy_holds_the_watermark_again() -> None:
     assert agg.watermark_ms == held
     agg.tick(now_ms=CFG.idle_partition_ms + 6_000, busy={1})  # 0 known idle again; 1 still holds
     assert agg.watermark_ms == held
+
+
+def test_a_task_that_never_got_an_event_does_not_hold_receivers_once_idle() -> None:
+    quiet = TaskAggregator(CFG, sources=(0, 1), senders=(0,))
+    assert quiet.frontier_ms(now_ms=0) == -(2**62)  # nothing known yet: holds
+    quiet.tick(now_ms=0)
+    quiet.tick(now_ms=CFG.idle_partition_ms)  # caught up and silent
+    assert quiet.frontier_ms(now_ms=CFG.idle_partition_ms) == CFG.idle_partition_ms
