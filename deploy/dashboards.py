@@ -156,6 +156,11 @@ BUSINESS: tuple[PanelSpec, ...] = (
         description="Per worker ranking of its own rooms, by rank; room names: GET /rooms/top?metric=gmv.",
     ),
     PanelSpec(
+        "Top rooms by views (last window)",
+        (Query("max by (rank) (livepulse_top_room_views)", "rank {{rank}}"),),
+        description="Per worker ranking of its own rooms, by rank; room names: GET /rooms/top?metric=views.",
+    ),
+    PanelSpec(
         "Order, viewer and gift events / s",
         (Query("sum by (topic) (livepulse:events_applied:rate1m)", "{{topic}}"),),
         unit="ops",

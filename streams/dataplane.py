@@ -300,11 +300,14 @@ class DataPlane:
         return time.perf_counter() - started
 
     def _export_top_rooms(self, n: int = 10) -> None:
-        """Bounded business view for Prometheus: GMV of the top-n rooms by rank, not a series per room."""
-        ranked = top_rooms(self.tasks.values(), "gmv_minor", n)
-        for rank in range(1, n + 1):
-            value = ranked[rank - 1].gmv_minor if rank <= len(ranked) else 0
-            self.metrics.top_room_value.labels(str(rank)).set(value)
+        """Bounded business view for Prometheus: the top-n rooms by GMV and by views, by rank (not a
+        series per room)."""
+        m = self.metrics
+        for field, gauge in (("gmv_minor", m.top_room_value), ("views", m.top_room_views)):
+            ranked = top_rooms(self.tasks.values(), field, n)
+            for rank in range(1, n + 1):
+                value = getattr(ranked[rank - 1], field) if rank <= len(ranked) else 0
+                gauge.labels(str(rank)).set(value)
 
     async def _lagging(self, now_ms: int) -> dict[int, set[int]]:
         """Input sources behind their last stable offset, or not known to be caught up, by partition.

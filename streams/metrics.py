@@ -184,6 +184,12 @@ class Metrics:
             ["rank"],
             registry=r,
         )
+        self.top_room_views = Gauge(
+            "livepulse_top_room_views",
+            "Views (joins) of the top rooms' last window, by rank (1 = highest)",
+            ["rank"],
+            registry=r,
+        )
 
         self.build_info = Gauge(
             "livepulse_build_info",
