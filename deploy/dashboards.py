@@ -161,6 +161,13 @@ BUSINESS: tuple[PanelSpec, ...] = (
         description="Per worker ranking of its own rooms, by rank; room names: GET /rooms/top?metric=views.",
     ),
     PanelSpec(
+        "Paid orders / s and GMV / s (platform, by window published)",
+        (
+            Query("sum(rate(livepulse_orders_paid_total[1m]))", "paid orders / s"),
+            Query("sum(rate(livepulse_gmv_minor_total[1m]))", "GMV minor units / s"),
+        ),
+    ),
+    PanelSpec(
         "Order, viewer and gift events / s",
         (Query("sum by (topic) (livepulse:events_applied:rate1m)", "{{topic}}"),),
         unit="ops",

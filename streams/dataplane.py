@@ -458,9 +458,15 @@ class DataPlane:
         partition = task.partition
         # Keyed by room on the task's own partition number: every room here hashes to it
         # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
+        orders = gmv = 0
         for stats in closed:
             add(topic, partition, stats.room_id.encode(), encode_room_stats(stats))
-        self.metrics.windows_emitted.inc(len(closed))
+            orders += stats.orders
+            gmv += stats.gmv_minor
+        m = self.metrics
+        m.windows_emitted.inc(len(closed))
+        m.orders_paid.inc(orders)
+        m.gmv_minor.inc(gmv)
         if core.detect_spikes:
             self.metrics.detector_evaluations.inc(len(closed))
         for callback in self._on_window:

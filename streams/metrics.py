@@ -143,6 +143,12 @@ class Metrics:
         self.windows_emitted = Counter(
             "livepulse_windows_emitted_total", "Room-stats records published", registry=r
         )
+        self.orders_paid = Counter(
+            "livepulse_orders_paid_total", "Paid orders in the room-stats windows published", registry=r
+        )
+        self.gmv_minor = Counter(
+            "livepulse_gmv_minor_total", "GMV (minor units) in the room-stats windows published", registry=r
+        )
         self.alerts_firing = Gauge(
             "livepulse_alerts_firing", "Spike alerts currently firing", ["metric"], registry=r
         )
