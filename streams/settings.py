@@ -160,6 +160,8 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ROOM_IDLE_MS": ("core", "room_idle_ms"),
     "DEDUP_TTL_MS": ("core", "dedup_ttl_ms"),
     "HLL_LG_K": ("core", "hll_lg_k"),
+    "MAX_INPUT_LAG_MS": ("core", "max_input_lag_ms"),
+    "MAX_ROOMS": ("core", "max_rooms"),
     "MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
     "MAX_AMOUNT_MINOR": ("limits", "max_amount_minor"),
     "MAX_PAST_MS": ("limits", "max_past_ms"),
