@@ -24,6 +24,7 @@ import faust
 import mode
 import orjson
 
+from ._redact import install_log_redaction
 from ._rules import fold
 from ._topology import prepare_topics
 from .alerting import AlertForwarder
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> faust.App:
     """A faust app hosting a data plane configured by ``settings``."""
+    install_log_redaction()
     metrics = Metrics()
     plane = DataPlane(settings, metrics)
     Path(settings.faust_data_dir).parent.mkdir(parents=True, exist_ok=True)  # faust makes only the leaf
@@ -47,6 +49,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_credentials=_credentials(settings),
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # faust listens on web_bind (default 0.0.0.0), not web_host: bind exactly where configured
+        web_bind=settings.web_host,
         store="memory://",
         datadir=settings.faust_data_dir,
         autodiscover=False,
@@ -110,13 +114,15 @@ def _alert_forwarding(app: faust.App, settings: Settings, metrics: Metrics) -> A
         sent=metrics.alerts_forward_sent,
         failed=metrics.alerts_forward_failed,
         dropped=metrics.alerts_forward_dropped,
+        skipped=metrics.alerts_forward_skipped,
     )
     alerts = app.topic(settings.topics.alerts, value_serializer="raw")
 
     @app.agent(alerts, name="alertmanager-forwarder")
     async def forward(stream: Any) -> None:
+        # Anything can be written to a topic: a record that is not an alert is counted and skipped.
         async for batch in stream.take(500, within=1.0):
-            forwarder.offer(orjson.loads(raw) for raw in batch)
+            forwarder.offer_records(batch)
 
     return forwarder
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from schemas import Limits
 
+from ._redact import redact_url
 from .core import CoreConfig
 from .exceptions import ConfigError
 
@@ -245,4 +246,7 @@ def describe(settings: Settings) -> dict[str, Any]:
     out = dataclasses.asdict(settings)
     if out["security"].get("sasl_password"):
         out["security"]["sasl_password"] = "***"
+    for key in ("brokers", "alertmanager_url"):
+        if out[key]:
+            out[key] = redact_url(out[key])
     return out
