@@ -36,7 +36,7 @@ def install_log_redaction() -> None:
         except Exception:  # a malformed log call: leave it to logging's own error report
             return record
         if "@" in message:
-            record.msg, record.args = redact_url(message), None
+            record.msg, record.args = redact_url(message), ()
         return record
 
     factory.livepulse_redacts = True  # type: ignore[attr-defined]

@@ -107,6 +107,8 @@ class AlertForwarder:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
+        # The raw endpoint: the process's log redaction (streams._redact) masks any credential in it.
+        log.info("forwarding alerts to %s", self.endpoint)
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
             while True:
                 if not self._queue:
