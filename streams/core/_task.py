@@ -354,7 +354,10 @@ class TaskAggregator:
         if slowest != NEVER:
             candidate = slowest - self.config.grace_ms
         elif self._max_ts != NO_TIME:
-            candidate = self._max_ts - self.config.grace_ms + now_ms - max(self._src_wall.values())
+            # wall time since the last delivery of a source that is not trailing (those keep sending)
+            walls = [w for s, w in self._src_wall.items() if s not in self._trailing]
+            walls = walls or list(self._src_wall.values())
+            candidate = self._max_ts - self.config.grace_ms + now_ms - max(walls)
         else:
             return
         if candidate > self._watermark:
@@ -363,15 +366,17 @@ class TaskAggregator:
                 self._close_due()
 
     def _find_trailing(self, busy: set[int]) -> set[int]:
-        live = {s: t for s, t in self._src_max.items() if s in self.sources and s not in self._idle}
-        if len(live) < 2:
+        # Compared with every other source's newest event, idle ones included: the others falling
+        # quiet must not hand the watermark back to a source sending old events.
+        known = {s: t for s, t in self._src_max.items() if s in self.sources}
+        if len(known) < 2:
             return set()
         bound = self.config.max_input_lag_ms
         trailing: set[int] = set()
-        for source, newest in live.items():
-            if source in busy:
+        for source, newest in known.items():
+            if source in busy or source in self._idle:
                 continue
-            fastest_other = max(t for s, t in live.items() if s != source)
+            fastest_other = max(t for s, t in known.items() if s != source)
             if newest < fastest_other - bound:
                 trailing.add(source)
         return trailing

@@ -30,6 +30,18 @@ def test_an_input_sending_hour_old_events_stops_holding_the_watermark_back() -> 
     assert late >= 4  # the trailing input's events count late, none is added
 
 
+def test_the_last_windows_close_when_the_others_fall_quiet_and_the_trailing_input_keeps_sending() -> None:
+    agg = TaskAggregator(CoreConfig(), sources=(0, 1))
+    agg.apply(0, [(0, join("r", BASE_MS + 5_000))], BASE_MS + 5_000)
+    agg.apply(1, [(0, join("old", BASE_MS - HOUR))], BASE_MS + 5_000)
+    agg.tick(BASE_MS + 5_000, busy=())
+    for step in range(1, 20):  # source 0 quiet from here on, source 1 keeps sending old events
+        now = BASE_MS + 5_000 + step * 1_000
+        agg.apply(1, [(step, join("old", now - HOUR))], now)
+        agg.tick(now, busy=())
+    assert ("r", BASE_MS) in {(s.room_id, s.window_start) for s in agg.drain()}
+
+
 def test_catch_up_with_every_input_behind_stays_exact() -> None:
     """After downtime both inputs have a backlog (busy): neither is released, however far apart."""
     agg = TaskAggregator(CoreConfig(), sources=(0, 1))
