@@ -48,6 +48,8 @@ class Deployment:
     window_ms: int = 10_000
     grace_ms: int = 2_000
     commit_interval_ms: int = 1_000
+    #: further ``LIVEPULSE_*`` settings of this deployment, as (name, value) pairs
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def topics(self) -> Topics:
@@ -73,6 +75,7 @@ class Deployment:
             LIVEPULSE_DATA_DIR=str(data_dir),
             **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},
         )
+        env.update(self.extra_env)
         return env
 
 
