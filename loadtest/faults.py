@@ -65,6 +65,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from deploy._settings import BrokerSettings
+from deploy.exceptions import BrokerError  # noqa: F401  (tests catch it as faults.BrokerError)
 from deploy.localkafka import ensure_broker, stop_broker
 from schemas import ROOM_STATS_FIELDS, RoomStats
 
@@ -410,6 +411,8 @@ class Scenario:
                         hostile.stop.set()
                         await bad
                     truth = await self._settle(phase, collector)
+                    # stale-input: every honest window must close while the stale input still sends
+                    stalled = sum(1 for k in truth.windows if k not in collector.outputs.windows)
                     if hostile is not None and bad is not None:
                         hostile.stop.set()  # stale-input: its last windows closed with it still sending
                         await bad
@@ -418,6 +421,11 @@ class Scenario:
                     if hostile is not None:
                         expected = hostile.expected + Counter({"room_cap": int(self.name == "room-flood")})
                     await self._compare(truth, collector.outputs, expected)
+                    if self.name == "stale-input" and stalled:
+                        self.row.missing += stalled
+                        self.row.notes.append(
+                            f"{stalled} windows not closed while the stale input was sending"
+                        )
                     if hostile is not None:
                         self._account(hostile, collector.outputs)
                 finally:
