@@ -45,13 +45,26 @@ class BrokerSettings:
     lib_dir: Path = CACHE_DIR / "lib"
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 20.0
+    #: a SASL_SSL listener (SCRAM-SHA-512 over TLS) on this port, beside the PLAINTEXT one on
+    #: loopback that the broker itself and the readiness check use (None: no such listener)
+    sasl_ssl_port: int | None = None
+    #: PKCS12 keystore with the broker's key and certificate chain, and its password
+    keystore: Path | None = None
+    keystore_password: str = field(default="", repr=False)
+    #: SCRAM-SHA-512 credentials created when the storage is formatted: (user, password) pairs
+    scram_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        for port in (self.port, self.controller_port):
+        ports = [self.port, self.controller_port]
+        if self.sasl_ssl_port is not None:
+            ports.append(self.sasl_ssl_port)
+            if self.keystore is None or not self.keystore_password or not self.scram_users:
+                raise BrokerError("a SASL_SSL listener needs a keystore, its password and SCRAM users")
+        for port in ports:
             if not 0 < port < 65536:
                 raise BrokerError(f"invalid port {port}")
-        if self.port == self.controller_port:
-            raise BrokerError(f"broker and controller both on port {self.port}")
+        if len(set(ports)) != len(ports):
+            raise BrokerError(f"two listeners on one port: {ports}")
 
     @classmethod
     def from_env(
@@ -77,6 +90,10 @@ class BrokerSettings:
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str | None:
+        return None if self.sasl_ssl_port is None else f"{HOST}:{self.sasl_ssl_port}"
 
     @property
     def server_properties(self) -> Path:
@@ -111,14 +128,34 @@ class Broker:
 def server_properties(settings: BrokerSettings) -> dict[str, str]:
     """Single-node combined broker+controller; every replication factor 1."""
     port, cport = settings.port, settings.controller_port
+    listeners, advertised = [f"PLAINTEXT://{HOST}:{port}"], [f"PLAINTEXT://{HOST}:{port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    secure: dict[str, str] = {}
+    if settings.sasl_ssl_port is not None:
+        listeners.append(f"SASL_SSL://{HOST}:{settings.sasl_ssl_port}")
+        advertised.append(f"SASL_SSL://{HOST}:{settings.sasl_ssl_port}")
+        protocols.append("SASL_SSL:SASL_SSL")
+        secure = {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            # the server side of SCRAM needs a login module; the credentials live in the metadata log
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(settings.keystore),
+            "ssl.keystore.password": settings.keystore_password,
+            "ssl.key.password": settings.keystore_password,
+            "ssl.client.auth": "none",
+        }
     return {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{cport}",
         "controller.listener.names": "CONTROLLER",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join([*listeners, f"CONTROLLER://{HOST}:{cport}"]),
+        "advertised.listeners": ",".join(advertised),
+        "listener.security.protocol.map": ",".join(protocols),
+        **secure,
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(settings.work_dir / "data"),
         "num.partitions": "1",
@@ -150,6 +187,7 @@ def fingerprint(settings: BrokerSettings) -> str:
     parts = (
         KAFKA_VERSION,
         render_properties(server_properties(settings)),
+        *(f"{user}:{password}" for user, password in settings.scram_users),
         LOG4J_PROPERTIES,
         *JVM_OPTIONS,
     )

@@ -129,8 +129,8 @@ def ensure_broker(settings: BrokerSettings) -> Broker:
                     return Broker(settings, pid, reused=True)
             # Other settings, or not answering: replace it.
             _stop(settings, pid)
-        for port in (settings.port, settings.controller_port):
-            if not _proc.port_free(HOST, port):
+        for port in (settings.port, settings.controller_port, settings.sasl_ssl_port):
+            if port is not None and not _proc.port_free(HOST, port):
                 raise BrokerError(
                     f"{HOST}:{port} is in use by a process that is not the livepulse broker "
                     f"of {settings.work_dir}; stop it or pick other ports "
@@ -218,6 +218,8 @@ def _format(settings: BrokerSettings, java: str, lib_dir: Path) -> None:
         "-c",
         str(settings.server_properties),
     ]
+    for user, password in settings.scram_users:  # KRaft: SCRAM users are created at format time
+        cmd += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
     done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise BrokerError(f"formatting {settings.work_dir / 'data'} failed:\n{done.stdout}{done.stderr}")

@@ -49,6 +49,8 @@ class Deployment:
     grace_ms: int = 2_000
     commit_interval_ms: int = 1_000
     log_level: str = "warning"
+    #: further ``LIVEPULSE_*`` settings of this deployment, as (name, value) pairs
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def topics(self) -> Topics:
@@ -74,6 +76,7 @@ class Deployment:
             LIVEPULSE_DATA_DIR=str(data_dir),
             **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},
         )
+        env.update(self.extra_env)
         return env
 
 

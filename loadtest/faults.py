@@ -21,6 +21,20 @@ fault, lets the last windows close, and compares what the workers published
 * ``corrupt-changelog``: a worker killed, an undecodable record written over an
   active room's state, the worker restarted: it must quarantine the record and run on.
 
+Hostile input, each beside the honest traffic, sent from a thread (librdkafka) so the honest pacing
+holds; honest windows must be exact, every bad message dead-lettered with its reason, and the
+worker's peak RSS within ``rss_limit_mb``:
+
+* ``clock-fast``: a producer whose clock is 4 minutes fast sends heartbeats for the honest rooms
+  (``ts_skew``, none may move the watermark);
+* ``stale-input``: the gift topic carries only hour-old gifts (honest traffic has none), sent until
+  the comparison is done: that input must stop holding the watermark back (its events count late);
+* ``malformed-flood``: ``hostile_messages`` malformed messages cycling through every reason code
+  (``loadtest.scenarios.malformed``), each expected in the DLQ with that code;
+* ``room-flood``: ``hostile_messages`` joins, each in a new room, once every honest room is open; the
+  worker runs with ``LIVEPULSE_MAX_ROOMS=max_rooms``: each flood event is a window of its room or a
+  ``room_cap`` dead letter, and memory stays bounded.
+
 Workers run under a supervisor as in production: one that exits is started
 again (counted in the row). A row reports events sent, windows expected,
 missing, wrong (any field differs; HLL unique viewers within their bound),
@@ -38,18 +52,22 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from deploy._settings import BrokerSettings
+from deploy.exceptions import BrokerError  # noqa: F401  (tests catch it as faults.BrokerError)
 from deploy.localkafka import ensure_broker, stop_broker
-from schemas import ROOM_STATS_FIELDS
+from schemas import ROOM_STATS_FIELDS, RoomStats
 
 from . import _truth
 from ._checks import alert_keys
@@ -57,9 +75,21 @@ from ._collect import Collector, Outputs
 from ._deploy import REPO, Deployment, WorkerProcess, free_port
 from .oracle import unique_viewers_close
 from .produce import ensure_topics
-from .traffic import Message, Phase, TrafficConfig, TrafficModel, no_gc
+from .scenarios import malformed
+from .traffic import GIFT, VIEWER, Message, Phase, TrafficConfig, TrafficModel, no_gc
 
-SCENARIOS = ("kill9-murmur2", "kill9-mixed", "freeze", "rolling", "broker-restart", "corrupt-changelog")
+HOSTILE = ("clock-fast", "stale-input", "malformed-flood", "room-flood")
+SCENARIOS = (
+    "kill9-murmur2",
+    "kill9-mixed",
+    "freeze",
+    "rolling",
+    "broker-restart",
+    "corrupt-changelog",
+    *HOSTILE,
+)
+#: room ids of hostile traffic start with this; honest rooms are the model's r<rank>
+HOSTILE_ROOM = "x-"
 _COUNTS = tuple(f for f in ROOM_STATS_FIELDS if f not in ("room_id", "window_start", "window_end"))
 CHECKPOINTS = "livepulse_checkpoint_seconds_count"
 _EXACT = tuple(f for f in _COUNTS if f not in ("unique_viewers", "orders_per_sec"))
@@ -77,11 +107,24 @@ class FaultConfig:
     #: SIGSTOP this long: past the data plane's 10 s session timeout
     freeze_s: float = 20.0
     broker_down_s: float = 10.0
+    #: malformed messages (malformed-flood) and distinct new rooms (room-flood)
+    hostile_messages: int = 1_000_000
+    #: LIVEPULSE_MAX_ROOMS of the room-flood worker (per task; 4 tasks)
+    max_rooms: int = 25_000
+    #: the worker's peak RSS in a hostile row must stay within this
+    rss_limit_mb: float = 500.0
 
     @classmethod
     def short(cls) -> FaultConfig:
         return cls(
-            seconds=25.0, rate_per_s=500.0, rooms=150, window_ms=5_000, freeze_s=16.0, broker_down_s=8.0
+            seconds=25.0,
+            rate_per_s=500.0,
+            rooms=150,
+            window_ms=5_000,
+            freeze_s=16.0,
+            broker_down_s=8.0,
+            hostile_messages=100_000,
+            max_rooms=5_000,
         )
 
 
@@ -105,11 +148,18 @@ class Row:
     #: windows of rooms whose state was quarantined on purpose (not compared), and quarantined records
     not_compared: int = 0
     quarantined: int = 0
+    #: hostile rows: bad messages sent, those not accounted for (not in the DLQ with their reason,
+    #: nor where the row expects them), and the worker's peak RSS against the limit
+    hostile_sent: int = 0
+    unaccounted: int = 0
+    peak_rss_mb: float = 0.0
+    rss_limit_mb: float = 0.0
     notes: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        over = bool(self.rss_limit_mb) and self.peak_rss_mb > self.rss_limit_mb
         return not (
             self.missing
             or self.wrong
@@ -119,6 +169,8 @@ class Row:
             or self.duplicates
             or self.alerts_wrong
             or self.restarts > self.restarts_allowed
+            or self.unaccounted
+            or over
         )
 
 
@@ -244,6 +296,60 @@ def _librdkafka_producer(bootstrap: str) -> Any:
     )
 
 
+# -- hostile traffic ----------------------------------------------------------------------------
+
+#: (i, now_ms) -> (source, room id, raw bytes, expected dead-letter reason or None)
+MakeHostile = Callable[[int, int], tuple[int, str, bytes, str | None]]
+
+
+@dataclass
+class Hostile:
+    """Bad traffic beside the honest: ``total`` messages (None: until stopped) at ``rate_per_s``
+    from the wall time ``start_s``, made by ``make``; ``expected`` counts the reasons sent."""
+
+    make: MakeHostile
+    rate_per_s: float
+    start_s: float
+    total: int | None = None
+    #: stop once the honest traffic is sent (else: once the comparison is done)
+    stop_with_traffic: bool = True
+    sent: int = 0
+    expected: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def send(self, bootstrap: str, inputs: Sequence[str], partitions: int) -> None:
+        """Produce from this (worker) thread through librdkafka onto each room's murmur2 partition."""
+        from streams.core import PartitionCache
+
+        route = PartitionCache(partitions)
+        producer = _librdkafka_producer(bootstrap)
+        time.sleep(max(0.0, self.start_s - time.time()))
+        t0 = time.time()
+        try:
+            while not self.stop.is_set() and (self.total is None or self.sent < self.total):
+                due = int((time.time() - t0) * self.rate_per_s) + 1
+                if self.total is not None:
+                    due = min(due, self.total)
+                now_ms = int(time.time() * 1000)
+                while self.sent < due:
+                    source, room, raw, reason = self.make(self.sent, now_ms)
+                    key = room.encode()
+                    try:
+                        producer.produce(inputs[source], raw, key, partition=route(room))
+                    except BufferError:  # librdkafka's queue is full: let it drain
+                        producer.poll(0.05)
+                        continue
+                    if reason is not None:
+                        self.expected[reason] += 1
+                    self.sent += 1
+                producer.poll(0)
+                time.sleep(0.005)
+        finally:
+            left = producer.flush(120)
+        if left:
+            raise RuntimeError(f"hostile producer could not deliver {left} messages")
+
+
 # -- one scenario --------------------------------------------------------------------------------
 
 
@@ -257,6 +363,7 @@ class Scenario:
         self.log_dir = log_dir / name
         suffix = uuid.uuid4().hex[:6]
         self.inputs = (f"f.{suffix}.viewer", f"f.{suffix}.order", f"f.{suffix}.gift")
+        extra = (("LIVEPULSE_MAX_ROOMS", str(cfg.max_rooms)),) if name == "room-flood" else ()
         self.deployment = Deployment(
             bootstrap,
             self.inputs,
@@ -265,6 +372,7 @@ class Scenario:
             cfg.window_ms,
             cfg.grace_ms,
             log_level="info",  # assignments, restores and fencing in the workers' logs
+            extra_env=extra,
         )
         #: the frozen worker is fenced and exits (status 3) for its supervisor to restart; a broker
         #: outage may fail a commit the same way; anything else must not need a restart
@@ -283,9 +391,15 @@ class Scenario:
         try:
             for sup in self.workers:
                 await sup.worker.wait_ready()
+            # stale-input: honest traffic without gifts, so the gift topic is the hostile input alone
+            no_gifts = {"gift_share": 0.0} if self.name == "stale-input" else {}
             model = TrafficModel(
                 TrafficConfig(
-                    rooms=cfg.rooms, users=50_000, rate_per_s=cfg.rate_per_s, partitions=cfg.partitions
+                    rooms=cfg.rooms,
+                    users=50_000,
+                    rate_per_s=cfg.rate_per_s,
+                    partitions=cfg.partitions,
+                    **no_gifts,
                 ),
                 seed=cfg.seed,
             )
@@ -293,22 +407,162 @@ class Scenario:
             with no_gc():
                 phase = model.phase(start_ms, cfg.seconds, realtime=True)
             self.row.events = phase.events
-            share = 0.0 if self.name == "kill9-murmur2" else 0.5
+            share = 0.0 if self.name == "kill9-murmur2" or self.name in HOSTILE else 0.5
+            hostile = self._hostile(phase, model, start_ms)
             async with Collector(self.bootstrap, self.deployment.topics) as collector:
                 sending = asyncio.create_task(
                     send_paced(
                         self.bootstrap, self.inputs, phase.messages, librdkafka_share=share, seed=cfg.seed
                     )
                 )
-                await self._fault(start_ms)
-                await sending
-                truth = await self._settle(phase, collector)
-                await self._compare(truth, collector.outputs)
+                bad = None
+                if hostile is not None:
+                    bad = asyncio.create_task(
+                        asyncio.to_thread(hostile.send, self.bootstrap, self.inputs, cfg.partitions)
+                    )
+                try:
+                    await self._fault(start_ms)
+                    await sending
+                    if hostile is not None and bad is not None and hostile.stop_with_traffic:
+                        hostile.stop.set()
+                        await bad
+                    truth = await self._settle(phase, collector)
+                    # stale-input: every honest window must close while the stale input still sends
+                    stalled = sum(1 for k in truth.windows if k not in collector.outputs.windows)
+                    if hostile is not None and bad is not None:
+                        hostile.stop.set()  # stale-input: its last windows closed with it still sending
+                        await bad
+                        await self._wait_dead_letters(hostile, collector.outputs)
+                    expected = None
+                    if hostile is not None:
+                        expected = hostile.expected + Counter({"room_cap": int(self.name == "room-flood")})
+                    await self._compare(truth, collector.outputs, expected)
+                    if self.name == "stale-input" and stalled:
+                        self.row.missing += stalled
+                        self.row.notes.append(
+                            f"{stalled} windows not closed while the stale input was sending"
+                        )
+                    if hostile is not None:
+                        self._account(hostile, collector.outputs)
+                finally:
+                    if hostile is not None and bad is not None:
+                        hostile.stop.set()
+                        await bad
         finally:
             for sup in self.workers:
                 self.row.restarts += sup.restarts
+                if self.name in HOSTILE:
+                    self.row.peak_rss_mb = max(self.row.peak_rss_mb, sup.worker.peak_rss() / 2**20)
                 await sup.close()
         return self.row
+
+    def _hostile(self, phase: Phase, model: TrafficModel, start_ms: int) -> Hostile | None:
+        """The bad traffic of a hostile row (None for the other rows)."""
+        cfg, name = self.cfg, self.name
+        if name not in HOSTILE:
+            return None
+        self.row.rss_limit_mb = cfg.rss_limit_mb
+        rooms = model.room_ids
+        start_s, end_s = start_ms / 1000, start_ms / 1000 + cfg.seconds
+        if name == "clock-fast":
+
+            def fast(i: int, now_ms: int) -> tuple[int, str, bytes, str | None]:
+                room = rooms[i % len(rooms)]
+                raw = orjson.dumps(
+                    {"type": "heartbeat", "room_id": room, "user_id": "u-fast", "ts": now_ms + 240_000}
+                )
+                return VIEWER, room, raw, "ts_skew"
+
+            return Hostile(fast, rate_per_s=50.0, start_s=start_s + 0.1 * cfg.seconds)
+        if name == "stale-input":
+
+            def stale(i: int, now_ms: int) -> tuple[int, str, bytes, str | None]:
+                room = f"{HOSTILE_ROOM}stale-{i % 64}"
+                gift = {
+                    "gift_id": f"g-stale-{i}",
+                    "room_id": room,
+                    "user_id": "u-stale",
+                    "ts": now_ms - 3_600_000,
+                }
+                return GIFT, room, orjson.dumps(gift | {"count": 1, "value_minor": 100}), None
+
+            return Hostile(stale, rate_per_s=50.0, start_s=start_s, stop_with_traffic=False)
+        if name == "malformed-flood":
+
+            def bad(i: int, now_ms: int) -> tuple[int, str, bytes, str | None]:
+                room = rooms[i % len(rooms)]
+                source, raw, reason = malformed(i, room, now_ms)
+                return source, room, raw, reason
+
+            span = 0.7 * cfg.seconds
+            return Hostile(
+                bad, cfg.hostile_messages / span, start_s + 0.1 * cfg.seconds, cfg.hostile_messages
+            )
+
+        def flood(i: int, now_ms: int) -> tuple[int, str, bytes, str | None]:
+            room = f"{HOSTILE_ROOM}flood-{i}"
+            join = {"type": "join", "room_id": room, "user_id": "u-flood", "ts": now_ms - 3_000}
+            return VIEWER, room, orjson.dumps(join), None
+
+        # The flood starts once every honest room has had its first event, so none meets a full task.
+        first: dict[bytes, int] = {}
+        for _, _, key, _, ts, _ in phase.messages:
+            first.setdefault(key, ts)
+        begin = max(first.values()) / 1000 + 0.5
+        span = max(1.0, end_s - 0.05 * cfg.seconds - begin)
+        self.row.notes.append(f"flood from {begin - start_s:.1f} s")
+        return Hostile(flood, cfg.hostile_messages / span, begin, cfg.hostile_messages)
+
+    async def _wait_dead_letters(self, hostile: Hostile, out: Outputs, timeout_s: float = 180) -> None:
+        """Wait until the DLQ holds as many letters as the bad messages sent should produce."""
+        want = sum(hostile.expected.values())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.name == "room-flood":
+                done = out.dlq_reasons.get("room_cap", 0) + len(_hostile_rooms(out)) >= hostile.sent
+            elif self.name == "stale-input":
+                done = sum(s.late_events + s.gifts for s in _hostile_windows(out)) >= hostile.sent
+            else:
+                done = sum(n for r, n in out.dlq_reasons.items() if r in hostile.expected) >= want
+            if done:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)  # anything extra would arrive now
+
+    def _account(self, hostile: Hostile, out: Outputs) -> None:
+        """Every bad message where it belongs: in the DLQ with its reason, or (stale, flood) in its room."""
+        row = self.row
+        row.hostile_sent = hostile.sent
+        hostile_windows = _hostile_windows(out)
+        if self.name == "room-flood":
+            opened = len(_hostile_rooms(out))
+            capped = out.dlq_reasons.get("room_cap", 0)
+            row.unaccounted = abs(hostile.sent - opened - capped)
+            row.notes.append(f"{opened:,} flood rooms opened, {capped:,} room_cap dead letters")
+            if not capped:
+                row.notes.append("the room cap was never reached")
+                row.unaccounted += 1
+            return
+        if self.name == "stale-input":
+            late = sum(s.late_events for s in hostile_windows)
+            applied = sum(s.gifts for s in hostile_windows)
+            # Late once the input is found trailing; the first ones (before any watermark) are
+            # applied to their own hour-old windows. Never anywhere else, and never lost.
+            row.notes.append(
+                f"{late:,} of {hostile.sent:,} stale events late, {applied} in their own windows"
+            )
+            row.unaccounted = abs(hostile.sent - late - applied) + (0 if late else 1)
+            return
+        got = out.dlq_reasons
+        row.unaccounted = sum(abs(got.get(r, 0) - n) for r, n in hostile.expected.items())
+        row.notes.append(
+            f"{len(hostile.expected)} reason codes, {sum(hostile.expected.values()):,} dead letters"
+        )
+        if row.unaccounted:
+            row.examples.append(
+                "dead letters (reason: expected/got) "
+                + ", ".join(f"{r}: {n}/{got.get(r, 0)}" for r, n in sorted(hostile.expected.items()))
+            )
 
     async def _at(self, start_ms: int, fraction: float) -> None:
         await asyncio.sleep(max(0.0, start_ms / 1000 + fraction * self.cfg.seconds - time.time()))
@@ -385,10 +639,15 @@ class Scenario:
         w = self.cfg.window_ms
         return key[0] == self.corrupted and key[1] + w > start - w and key[1] < end + w
 
-    async def _compare(self, truth: _truth.Truth, out: Outputs) -> None:
+    async def _compare(
+        self, truth: _truth.Truth, out: Outputs, expected_dlq: Counter[str] | None = None
+    ) -> None:
         row = self.row
         want = {k: v for k, v in truth.windows.items() if not self._lost(k)}
-        got = {k: v for k, v in out.windows.items() if not self._lost(k)}
+        # hostile rooms are accounted for by ``_account``; honest ones must match the truth exactly
+        got = {
+            k: v for k, v in out.windows.items() if not self._lost(k) and not k[0].startswith(HOSTILE_ROOM)
+        }
         row.not_compared = len(truth.windows) - len(want)
         row.windows_expected = len(want)
         row.missing = sum(1 for k in want if k not in got)
@@ -414,8 +673,9 @@ class Scenario:
         row.duplicates = out.duplicates + out.dlq_duplicates
         row.late_counted = sum(s.late_events for s in got.values())
         firing, _, problems = alert_keys(out)
-        published = {k for k in firing if k[0] != self.corrupted}
-        expected_alerts = {k for k in truth.expected_alerts() if k[0] != self.corrupted}
+        honest = lambda k: k[0] != self.corrupted and not k[0].startswith(HOSTILE_ROOM)  # noqa: E731
+        published = {k for k in firing if honest(k)}
+        expected_alerts = {k for k in truth.expected_alerts() if honest(k)}
         row.alerts_wrong = len(published ^ expected_alerts) + len(problems) + out.undecodable
         if row.alerts_wrong:
             row.examples.append(
@@ -423,7 +683,8 @@ class Scenario:
                 f"expected only: {sorted(expected_alerts - published)[:3]}"
             )
         row.quarantined = out.dlq_reasons.get("state_undecodable", 0)
-        other_dlq = {r: n for r, n in out.dlq_reasons.items() if r != "state_undecodable"}
+        accounted = {"state_undecodable", *(expected_dlq or ())}
+        other_dlq = {r: n for r, n in out.dlq_reasons.items() if r not in accounted}
         if other_dlq:
             row.notes.append(f"unexpected dead letters {other_dlq}")
             row.wrong += sum(other_dlq.values())
@@ -438,6 +699,14 @@ class Scenario:
         codes = [c for sup in self.workers for c in sup.exit_codes]
         if codes:
             row.notes.append(f"worker exit codes {codes}")
+
+
+def _hostile_windows(out: Outputs) -> list[RoomStats]:
+    return [s for k, s in out.windows.items() if k[0].startswith(HOSTILE_ROOM)]
+
+
+def _hostile_rooms(out: Outputs) -> set[str]:
+    return {k[0] for k in out.windows if k[0].startswith(HOSTILE_ROOM)}
 
 
 def _truth_partition(room: str, partitions: int) -> int:
@@ -499,16 +768,18 @@ async def run_suite(
 
 HEADER = (
     "| scenario | events | windows | missing | wrong | double counted | unexpected | late | duplicates "
-    "| alerts wrong | restarts | ready again (s) | notes |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    "| alerts wrong | restarts | ready again (s) | bad sent | unaccounted | peak RSS (MB) | notes |"
+    "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 )
 
 
 def format_row(row: Row) -> str:
+    rss = f"{row.peak_rss_mb:.0f} / {row.rss_limit_mb:.0f}" if row.rss_limit_mb else ""
     return (
         f"| {row.scenario} | {row.events:,} | {row.windows_expected:,} | {row.missing} | {row.wrong} "
         f"| {row.double_counted} | {row.unexpected} | {row.late_counted} | {row.duplicates} "
-        f"| {row.alerts_wrong} | {row.restarts} | {row.ready_s:.1f} | {'; '.join(row.notes)} |"
+        f"| {row.alerts_wrong} | {row.restarts} | {row.ready_s:.1f} | {row.hostile_sent:,} "
+        f"| {row.unaccounted} | {rss} | {'; '.join(row.notes)} |"
     )
 
 

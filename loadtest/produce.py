@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,23 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.settings import Topics
+from streams.settings import Topics, settings_from_env
 
 from . import _truth, scenarios
 from .traffic import Message, Phase, TrafficConfig, TrafficModel, no_gc
 
+_SECURITY_ENV = frozenset(
+    f"LIVEPULSE_{name}"
+    for name in (
+        "SECURITY_PROTOCOL",
+        "SASL_MECHANISM",
+        "SASL_USERNAME",
+        "SASL_PASSWORD",
+        "SSL_CAFILE",
+        "SSL_CERTFILE",
+        "SSL_KEYFILE",
+    )
+)
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_IN_FLIGHT = 48
 REALTIME_QUANTUM_MS = 50
@@ -80,9 +92,13 @@ class Progress:
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
-async def ensure_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    """Create the input topics (``partitions`` each) unless they exist; wait for their leaders."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(
+    bootstrap: str, names: Sequence[str], partitions: int, *, client: Mapping[str, Any] | None = None
+) -> None:
+    """Create the input topics (``partitions`` each) unless they exist; wait for their leaders.
+
+    ``client``: security keyword arguments for aiokafka (``KafkaSecurity.client_kwargs``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -113,6 +129,7 @@ async def send(
     rate: float = 0.0,
     realtime: bool = False,
     progress: Callable[..., None] | None = None,
+    client: Mapping[str, Any] | None = None,
 ) -> SendStats:
     """Send ``messages`` in order (per partition), ``topics[source]`` being each source's topic.
 
@@ -126,6 +143,7 @@ async def send(
         max_batch_size=MAX_BATCH_BYTES,
         max_request_size=8 * MAX_BATCH_BYTES,
         request_timeout_ms=60_000,
+        **(client or {}),
     )
     await producer.start()
     builders: dict[tuple[int, int], Any] = {}
@@ -275,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     p = args.topic_prefix
     topics = (f"{p}.viewer", f"{p}.order", f"{p}.gift")
-    asyncio.run(ensure_topics(args.brokers, topics, args.partitions))
+    # the worker's LIVEPULSE_SECURITY_PROTOCOL, _SASL_*, _SSL_* settings (SASL_SSL brokers)
+    client = settings_from_env(
+        {k: v for k, v in os.environ.items() if k in _SECURITY_ENV}
+    ).security.client_kwargs()
+    asyncio.run(ensure_topics(args.brokers, topics, args.partitions, client=client))
     stats = asyncio.run(
         send(
             args.brokers,
@@ -284,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate=args.rate,
             realtime=args.realtime,
             progress=Progress("produce", len(phase.messages)),
+            client=client,
         )
     )
     print(

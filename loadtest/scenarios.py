@@ -279,6 +279,18 @@ def _order(room: str, ts: int, **change: object) -> dict[str, object]:
     return base | change
 
 
+def _gift(room: str, ts: int, **change: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "gift_id": "g-bad",
+        "room_id": room,
+        "user_id": "u-bad",
+        "ts": ts,
+        "count": 1,
+        "value_minor": 100,
+    }
+    return base | change
+
+
 _DAY_MS = 86_400_000
 # (room, ts) -> (source, raw bytes, expected dead-letter reason)
 _MALFORMED = (
@@ -294,7 +306,43 @@ _MALFORMED = (
     lambda room, ts: (ORDER, _raw(_order(room, ts, currency="cny")), "bad_format:currency"),
     lambda room, ts: (ORDER, _raw(_order(room, ts, status="shipped")), "unknown_enum:status"),
     lambda room, ts: (ORDER, _raw(_order(room, ts, amount_minor=True)), "bad_type:amount_minor"),
+    lambda room, ts: (VIEWER, b"", "invalid_json"),
+    lambda room, ts: (VIEWER, b"null", "not_an_object"),
+    lambda room, ts: (VIEWER, _raw(_viewer(room, ts) | {"room_id": ""}), "out_of_range:room_id"),
+    lambda room, ts: (VIEWER, _raw(_viewer(room, ts) | {"room_id": 42}), "bad_type:room_id"),
+    lambda room, ts: (
+        VIEWER,
+        _raw(_viewer(room, ts) | {"room_id": room + "\x1b[2J"}),
+        "control_chars:room_id",
+    ),
+    lambda room, ts: (VIEWER, _raw(_viewer(room, ts) | {"user_id": "u\n[FIRING]"}), "control_chars:user_id"),
+    lambda room, ts: (ORDER, _raw(_order(room, ts, order_id="o\x00")), "control_chars:order_id"),
+    lambda room, ts: (ORDER, _raw(_order(room, ts, currency=5)), "bad_type:currency"),
+    lambda room, ts: (GIFT, _raw(_gift(room, ts, count=0)), "out_of_range:count"),
+    lambda room, ts: (
+        GIFT,
+        _raw({k: v for k, v in _gift(room, ts).items() if k != "gift_id"}),
+        "missing_field:gift_id",
+    ),
 )
+#: every reason class an input message can be dead-lettered with (``_MALFORMED`` covers each)
+REASON_CLASSES = frozenset(
+    {
+        "oversized",
+        "invalid_json",
+        "not_an_object",
+        "missing_field",
+        "bad_type",
+        "out_of_range",
+        "unknown_enum",
+    }
+    | {"bad_format", "control_chars", "ts_skew"}
+)
+
+
+def malformed(i: int, room: str, ts: int) -> tuple[int, bytes, str]:
+    """The ``i``-th malformed message (cycling through every kind): (source, raw bytes, reason code)."""
+    return _MALFORMED[i % len(_MALFORMED)](room, ts)
 
 
 def parse(spec: str) -> list[str]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from ._decode import decode_gift, decode_order, decode_viewer
+from ._decode import clean_id, decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._records import ORDER_STATUSES, VIEWER_TYPES, GiftEvent, Invalid, OrderEvent, ViewerEvent
 
@@ -45,8 +45,10 @@ def decode_viewer_batch(
                     and kind in kinds
                     and type(room_id) is str
                     and 0 < len(room_id) <= max_id
+                    and (room_id.isprintable() or clean_id(room_id))
                     and type(user_id) is str
                     and 0 < len(user_id) <= max_id
+                    and (user_id.isprintable() or clean_id(user_id))
                     and type(ts) is int
                     and ts_low <= ts <= ts_high
                     and type(obj) is dict
@@ -78,10 +80,13 @@ def decode_order_batch(
                 if (
                     type(order_id) is str
                     and 0 < len(order_id) <= max_id
+                    and (order_id.isprintable() or clean_id(order_id))
                     and type(room_id) is str
                     and 0 < len(room_id) <= max_id
+                    and (room_id.isprintable() or clean_id(room_id))
                     and type(user_id) is str
                     and 0 < len(user_id) <= max_id
+                    and (user_id.isprintable() or clean_id(user_id))
                     and type(ts) is int
                     and ts_low <= ts <= ts_high
                     and type(status) is str
@@ -124,10 +129,13 @@ def decode_gift_batch(
                 if (
                     type(gift_id) is str
                     and 0 < len(gift_id) <= max_id
+                    and (gift_id.isprintable() or clean_id(gift_id))
                     and type(room_id) is str
                     and 0 < len(room_id) <= max_id
+                    and (room_id.isprintable() or clean_id(room_id))
                     and type(user_id) is str
                     and 0 < len(user_id) <= max_id
+                    and (user_id.isprintable() or clean_id(user_id))
                     and type(ts) is int
                     and ts_low <= ts <= ts_high
                     and type(count) is int

@@ -8,6 +8,7 @@ the same bad message always gets the same reason.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -24,6 +25,15 @@ from ._records import (
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
+
+#: C0 and C1 control characters (and DEL): never part of an honest id, and they can forge lines
+#: or terminal escapes wherever an id is shown (logs, alert text)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def clean_id(value: str) -> bool:
+    """True if ``value`` has no control character (``isprintable`` first: the fast, usual answer)."""
+    return value.isprintable() or _CONTROL.search(value) is None
 
 
 def _parse(raw: bytes, limits: Limits) -> dict[str, Any] | Invalid:
@@ -50,6 +60,8 @@ def _check_id(name: str, value: object, limits: Limits) -> Invalid | None:
         return Invalid(f"bad_type:{name}", f"{name} must be a string, got {type(value).__name__}")
     if not 0 < len(value) <= limits.max_id_len:
         return Invalid(f"out_of_range:{name}", f"{name} length {len(value)} not in 1..{limits.max_id_len}")
+    if not clean_id(value):
+        return Invalid(f"control_chars:{name}", f"{name} {value[:32]!r} contains control characters")
     return None
 
 
@@ -113,8 +125,10 @@ def decode_viewer(raw: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> V
         and kind in VIEWER_TYPES
         and type(room_id) is str
         and 0 < len(room_id) <= limits.max_id_len
+        and clean_id(room_id)
         and type(user_id) is str
         and 0 < len(user_id) <= limits.max_id_len
+        and clean_id(user_id)
         and type(ts) is int
         and now_ms - limits.max_past_ms <= ts <= now_ms + limits.max_future_ms
     ):

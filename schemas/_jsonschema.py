@@ -54,7 +54,13 @@ def _field(name: str, annotation: object, limits: Limits) -> dict[str, Any]:
     if name == "count":
         return {"type": "integer", "minimum": 1, "maximum": limits.max_gift_count}
     if annotation is str:  # the ids
-        return {"type": "string", "minLength": 1, "maxLength": limits.max_id_len}
+        # no C0/C1 control character anywhere (control_chars:<field>)
+        return {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": limits.max_id_len,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        }
     raise AssertionError(f"no schema rule for input field {name}: {annotation}")  # pragma: no cover
 
 
@@ -125,8 +131,8 @@ def dead_letter_schema() -> dict[str, Any]:
         "from, and its raw bytes (base64, truncated to a cap).",
     )
     schema["properties"]["reason"]["pattern"] = (
-        "^(oversized|invalid_json|not_an_object|ts_skew|bad_key"
-        "|(missing_field|bad_type|out_of_range|unknown_enum|bad_format):[a-z_]+)$"
+        "^(oversized|invalid_json|not_an_object|ts_skew|bad_key|room_cap"
+        "|(missing_field|bad_type|out_of_range|unknown_enum|bad_format|control_chars):[a-z_]+)$"
     )
     schema["properties"]["raw_b64"]["contentEncoding"] = "base64"
     return schema

@@ -21,7 +21,9 @@ class Limits:
     max_amount_minor: int = 100_000_000_00  # 100 M major units
     max_gift_count: int = 1_000_000
     max_past_ms: int = 7 * DAY_MS
-    max_future_ms: int = 300_000
+    #: seconds, not minutes: the watermark follows event time, so this bounds how far it can run
+    #: ahead of the wall clock (minus grace)
+    max_future_ms: int = 10_000
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_id_len", "max_amount_minor", "max_gift_count"):

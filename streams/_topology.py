@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed
 
-from .exceptions import TopologyError
+from .exceptions import ConfigError, TopologyError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,13 +121,47 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
     raise TopologyError(f"topics {names} not visible after creation")
 
 
+async def check_credentials(settings: Settings) -> None:
+    """Fail at start, naming the setting, when TLS or SASL is misconfigured.
+
+    aiokafka's clients log a refused handshake and retry until "Unable to bootstrap": one direct
+    connection to each bootstrap server surfaces the real reason. A server that does not answer
+    at all is left to the clients' own retries.
+    """
+    sec = settings.security
+    if sec.security_protocol == "PLAINTEXT":
+        return
+    kwargs = sec.client_kwargs()
+    for server in settings.brokers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host, int(port), **kwargs), 30)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                f"the certificate of broker {server} is not trusted by LIVEPULSE_SSL_CAFILE="
+                f"{sec.ssl_cafile or '(system CAs)'}: {exc.verify_message or exc}"
+            ) from None
+        except SaslAuthenticationFailed as exc:
+            raise ConfigError(
+                f"broker {server} refused the SASL {sec.sasl_mechanism} login of LIVEPULSE_SASL_USERNAME="
+                f"{sec.sasl_username}: check LIVEPULSE_SASL_PASSWORD ({exc.description or exc})"
+            ) from None
+        except (OSError, TimeoutError, KafkaError) as exc:
+            log.warning("could not check the credentials against broker %s: %r", server, exc)
+            continue
+        conn.close()
+        return
+
+
 def prepare_topics(settings: Settings) -> int:
-    """Check and create every topic before the worker starts (faust subscribes only to existing topics).
+    """Check the credentials, then check and create every topic before the worker starts (faust
+    subscribes only to existing topics).
 
     Synchronous: call it before the faust worker's event loop runs.
     """
 
     async def run() -> int:
+        await check_credentials(settings)
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, **settings.security.client_kwargs())
         await admin.start()
         try:

@@ -16,12 +16,37 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client import Counter
+
+from ._redact import redact_url
 
 log = logging.getLogger(__name__)
 
 #: fields of Alertmanager's v2 ``postableAlert``; our records carry more (status, fingerprint)
 POSTABLE_FIELDS = ("labels", "annotations", "startsAt", "endsAt", "generatorURL")
+
+
+def alert_from_record(raw: bytes | None) -> dict[str, Any] | None:
+    """The alert in one record of the alerts topic, or None if it is not one (null, not JSON, not an
+    object with string ``labels``, non-string annotations or times): anyone can write to a topic."""
+    if raw is None:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    labels, annotations = obj.get("labels"), obj.get("annotations", {})
+    if type(labels) is not dict or not labels or type(annotations) is not dict:
+        return None
+    for mapping in (labels, annotations):
+        if not all(type(v) is str for v in mapping.values()):
+            return None
+    if any(k in obj and type(obj[k]) is not str for k in ("startsAt", "endsAt", "generatorURL")):
+        return None
+    return obj
 
 
 class AlertForwarder:
@@ -34,6 +59,7 @@ class AlertForwarder:
         sent: Counter,
         failed: Counter,
         dropped: Counter,
+        skipped: Counter,
         max_queue: int = 10_000,
         max_batch: int = 500,
         attempts: int = 5,
@@ -41,6 +67,8 @@ class AlertForwarder:
         timeout_s: float = 10.0,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/api/v2/alerts"
+        #: the endpoint as logs may show it (a credential in the URL masked)
+        self.shown_endpoint = redact_url(self.endpoint)
         self._queue: deque[dict[str, Any]] = deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
@@ -48,7 +76,20 @@ class AlertForwarder:
         self._backoff_s = backoff_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._wakeup = asyncio.Event()
-        self._sent, self._failed, self._dropped = sent, failed, dropped
+        self._sent, self._failed, self._dropped, self._skipped = sent, failed, dropped, skipped
+
+    def offer_records(self, raws: Iterable[bytes | None]) -> None:
+        """Queue the alerts among raw records of the alerts topic; anything else is counted, skipped."""
+        alerts = []
+        for raw in raws:
+            alert = alert_from_record(raw)
+            if alert is None:
+                self._skipped.inc()
+                log.warning("skipped a record of the alerts topic, not an alert: %r", (raw or b"")[:120])
+            else:
+                alerts.append(alert)
+        if alerts:
+            self.offer(alerts)
 
     def offer(self, alerts: Iterable[Mapping[str, Any]]) -> None:
         """Queue alerts for delivery, dropping (and counting) the oldest when full."""
@@ -66,6 +107,8 @@ class AlertForwarder:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
+        # The raw endpoint: the process's log redaction (streams._redact) masks any credential in it.
+        log.info("forwarding alerts to %s", self.endpoint)
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
             while True:
                 if not self._queue:
@@ -92,4 +135,4 @@ class AlertForwarder:
                 await asyncio.sleep(delay)
                 delay *= 2
         self._failed.inc(len(batch))
-        log.error("could not deliver %d alerts to %s: %s", len(batch), self.endpoint, error)
+        log.error("could not deliver %d alerts to %s: %s", len(batch), self.shown_endpoint, error)

@@ -23,7 +23,9 @@ from typing import Any
 import faust
 import mode
 import orjson
+from aiokafka import AIOKafkaConsumer
 
+from ._redact import install_log_redaction
 from ._rules import fold
 from ._topology import prepare_topics
 from .alerting import AlertForwarder
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> faust.App:
     """A faust app hosting a data plane configured by ``settings``."""
+    install_log_redaction()
     metrics = Metrics()
     plane = DataPlane(settings, metrics)
     Path(settings.faust_data_dir).parent.mkdir(parents=True, exist_ok=True)  # faust makes only the leaf
@@ -47,6 +50,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_credentials=_credentials(settings),
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # faust listens on web_bind (default 0.0.0.0), not web_host: bind exactly where configured
+        web_bind=settings.web_host,
         store="memory://",
         datadir=settings.faust_data_dir,
         autodiscover=False,
@@ -57,9 +62,9 @@ def create_app(settings: Settings) -> faust.App:
     )
     rules_table = app.GlobalTable("spike-rules", default=None, partitions=1)
     _control_agent(app, settings, rules_table, metrics)
-    forwarder = _alert_forwarding(app, settings, metrics) if settings.alertmanager_url else None
+    forwarder = _alert_forwarding(settings, metrics) if settings.alertmanager_url else None
     hosted = _hosted_service(
-        plane, lambda: dict(rules_table.items()), forwarder, settings.shutdown_timeout_ms / 1000
+        plane, settings, lambda: dict(rules_table.items()), forwarder, settings.shutdown_timeout_ms / 1000
     )
     app.service(hosted)
     register_views(app, plane, healthy=lambda: not hosted.failed)
@@ -102,23 +107,43 @@ def _control_agent(app: faust.App, settings: Settings, table: Any, metrics: Metr
             log.info("spike rule %s = %s", entry, value)
 
 
-def _alert_forwarding(app: faust.App, settings: Settings, metrics: Metrics) -> AlertForwarder:
-    """A faust agent that hands every record of the alerts topic to an Alertmanager forwarder."""
+def _alert_forwarding(settings: Settings, metrics: Metrics) -> AlertForwarder:
+    """An Alertmanager forwarder fed by :func:`_feed_alerts`."""
     assert settings.alertmanager_url is not None
-    forwarder = AlertForwarder(
+    return AlertForwarder(
         settings.alertmanager_url,
         sent=metrics.alerts_forward_sent,
         failed=metrics.alerts_forward_failed,
         dropped=metrics.alerts_forward_dropped,
+        skipped=metrics.alerts_forward_skipped,
     )
-    alerts = app.topic(settings.topics.alerts, value_serializer="raw")
 
-    @app.agent(alerts, name="alertmanager-forwarder")
-    async def forward(stream: Any) -> None:
-        async for batch in stream.take(500, within=1.0):
-            forwarder.offer(orjson.loads(raw) for raw in batch)
 
-    return forwarder
+async def _feed_alerts(settings: Settings, forwarder: AlertForwarder) -> None:
+    """Hand every committed record of the alerts topic to the forwarder.
+
+    ``read_committed``: an alert of a checkpoint that was aborted (a crash, a fenced worker) never
+    reaches Alertmanager. One consumer group for all workers, so each alert goes out once (at
+    least once across restarts; Alertmanager takes repeats). Anything can be written to a topic:
+    a record that is not an alert is counted and skipped.
+    """
+    consumer = AIOKafkaConsumer(
+        settings.topics.alerts,
+        bootstrap_servers=settings.brokers,
+        group_id=f"{settings.app_id}-alert-forwarder",
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        **settings.security.client_kwargs(),
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            for messages in batches.values():
+                forwarder.offer_records(message.value for message in messages)
+    finally:
+        await consumer.stop()
 
 
 EXIT_DATA_PLANE_FAILED = 3
@@ -136,6 +161,7 @@ def _exit_now(code: int, why: str) -> None:
 
 def _hosted_service(
     plane: DataPlane,
+    settings: Settings,
     rules: Callable[[], Mapping[str, Any]],
     forwarder: AlertForwarder | None,
     shutdown_timeout_s: float,
@@ -146,6 +172,7 @@ def _hosted_service(
         failed = False
         _run: asyncio.Task[None] | None = None
         _deliver: asyncio.Task[None] | None = None
+        _feed: asyncio.Task[None] | None = None
 
         async def on_start(self) -> None:
             await plane.start()
@@ -155,6 +182,8 @@ def _hosted_service(
             if forwarder is not None:
                 self._deliver = asyncio.ensure_future(forwarder.run())
                 self._deliver.add_done_callback(self._on_done)
+                self._feed = asyncio.ensure_future(_feed_alerts(settings, forwarder))
+                self._feed.add_done_callback(self._on_done)
 
         def _on_done(self, task: asyncio.Task[None]) -> None:
             if task.cancelled() or task.exception() is None:
@@ -176,8 +205,9 @@ def _hosted_service(
             )
             watchdog.daemon = True
             watchdog.start()
-            if self._deliver is not None:
-                self._deliver.cancel()
+            for task in (self._deliver, self._feed):
+                if task is not None:
+                    task.cancel()
             plane.request_stop()
             try:
                 async with asyncio.timeout(shutdown_timeout_s):

@@ -363,6 +363,8 @@ class DataPlane:
             if source != REPARTITION:
                 good = self._keep_local(tp, task, origin_topic, group, good)
             result = core.apply(source, good, now_ms)
+            if result.overflow:
+                self._refuse_overflow(tp, task, group, now_ms)
             if result.applied:
                 m.events_applied.labels(origin_topic).inc(result.applied)
             if result.late:
@@ -446,6 +448,14 @@ class DataPlane:
             )
             add(dlq, tp.partition, msg.key, encode_dead_letter(letter))
             self.metrics.events_invalid.labels(tp.topic, invalid.reason).inc()
+
+    def _refuse_overflow(self, tp: TopicPartition, task: _Task, messages: list[Any], now_ms: int) -> None:
+        """Dead-letter the events the task refused at its room cap (reason ``room_cap``)."""
+        raw = {msg.offset: msg.value or b"" for msg in messages}
+        cap = self.settings.core.max_rooms
+        why = Invalid("room_cap", f"task {task.partition} holds max_rooms={cap} rooms")
+        refused = [(offset, raw[offset], why) for offset in task.core.take_overflow()]
+        self._dead_letter(tp, task, messages, refused, now_ms)
 
     def _publish_windows(self, task: _Task) -> int:
         """Queue the task's closed windows for the room-stats topic; returns how many."""

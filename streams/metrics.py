@@ -176,6 +176,11 @@ class Metrics:
             "Alerts dropped from a full forwarding queue",
             registry=r,
         )
+        self.alerts_forward_skipped = Counter(
+            "livepulse_alerts_forward_skipped_total",
+            "Records of the alerts topic skipped as not alerts (null, not JSON, wrong shape)",
+            registry=r,
+        )
         self.control_invalid = Counter(
             "livepulse_control_messages_invalid_total",
             "Control-topic messages ignored as malformed",

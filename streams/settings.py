@@ -15,6 +15,7 @@ from typing import Any
 
 from schemas import Limits
 
+from ._redact import redact_url
 from .core import CoreConfig
 from .exceptions import ConfigError
 
@@ -160,6 +161,8 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ROOM_IDLE_MS": ("core", "room_idle_ms"),
     "DEDUP_TTL_MS": ("core", "dedup_ttl_ms"),
     "HLL_LG_K": ("core", "hll_lg_k"),
+    "MAX_INPUT_LAG_MS": ("core", "max_input_lag_ms"),
+    "MAX_ROOMS": ("core", "max_rooms"),
     "MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
     "MAX_AMOUNT_MINOR": ("limits", "max_amount_minor"),
     "MAX_PAST_MS": ("limits", "max_past_ms"),
@@ -243,4 +246,7 @@ def describe(settings: Settings) -> dict[str, Any]:
     out = dataclasses.asdict(settings)
     if out["security"].get("sasl_password"):
         out["security"]["sasl_password"] = "***"
+    for key in ("brokers", "alertmanager_url"):
+        if out[key]:
+            out[key] = redact_url(out[key])
     return out

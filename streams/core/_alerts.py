@@ -105,8 +105,16 @@ def _num(x: float) -> str:
     return "0" if text == "-0" else text
 
 
+def shown(text: str) -> str:
+    """``text`` as alert text may show it: every non-printable character escaped (``\\x1b``,
+    ``\\u202e``), so an id cannot forge lines, terminal escapes or reversed text downstream."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _summary(event: AlertEvent) -> str:
-    value, base, room, metric = _num(event.value), _num(event.baseline), event.room_id, event.metric
+    value, base, room, metric = _num(event.value), _num(event.baseline), shown(event.room_id), event.metric
     if event.alertname == ALERT_SURGE:
         return f"{metric} in new room {room} surged to {value} before it had a baseline"
     if event.alertname == ALERT_DROP:

@@ -29,6 +29,11 @@ class CoreConfig:
     dedup_max_per_room: int = 100_000
     #: HyperLogLog log2(k); 12 gives ~1.6 % relative standard error
     hll_lg_k: int = 12
+    #: an input caught up with its log end whose newest event time trails the fastest other input
+    #: by more than this stops holding the watermark back (its events then count late)
+    max_input_lag_ms: int = 60_000
+    #: rooms one task keeps; an event that would open one more is dead-lettered (``room_cap``)
+    max_rooms: int = 200_000
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.window_ms <= 0:
@@ -39,6 +44,8 @@ class CoreConfig:
             raise ConfigError("grace_ms must be >= 0; idle_partition_ms and room_idle_ms > 0")
         if self.dedup_ttl_ms < 0 or self.dedup_max_per_room <= 0:
             raise ConfigError("dedup_ttl_ms must be >= 0 and dedup_max_per_room > 0")
+        if self.max_input_lag_ms <= 0 or self.max_rooms <= 0:
+            raise ConfigError("max_input_lag_ms and max_rooms must be > 0")
         if not 4 <= self.hll_lg_k <= 21:
             raise ConfigError("hll_lg_k must be in 4..21")
 

@@ -59,6 +59,8 @@ class TaskCounters:
     late: dict[int, int] = field(default_factory=dict)
     duplicate: dict[int, int] = field(default_factory=dict)
     replayed: dict[int, int] = field(default_factory=dict)
+    #: events refused because they would open a room beyond ``max_rooms`` (dead-lettered: room_cap)
+    overflow: dict[int, int] = field(default_factory=dict)
     windows_emitted: int = 0
     rooms_expired: int = 0
     detector_evaluations: int = 0
@@ -71,6 +73,8 @@ class ApplyResult(NamedTuple):
     late: int
     duplicate: int
     replayed: int
+    #: refused at the room cap; their offsets wait in ``TaskAggregator.take_overflow``
+    overflow: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,7 @@ class Checkpoint:
     deletes: list[bytes]
 
 
-_NOTHING = ApplyResult(0, 0, 0, 0)
+_NOTHING = ApplyResult(0, 0, 0, 0, 0)
 
 
 def room_key(room_id: str) -> bytes:
@@ -135,6 +139,11 @@ class TaskAggregator:
         self._src_wall: dict[int, int] = {}
         #: sources caught up and silent for idle_partition_ms: they no longer hold the watermark
         self._idle: set[int] = set()
+        #: sources caught up with their log end yet trailing the fastest other source by more than
+        #: max_input_lag_ms (a producer sending old events): they no longer hold the watermark
+        self._trailing: set[int] = set()
+        #: offsets of events refused at the room cap since the last ``take_overflow``
+        self._overflow: list[int] = []
         #: offset of the last event taken from each source (stamped on rooms at checkpoints)
         self._consumed: dict[int, int] = {}
         #: per source, the newest offset a restored room recorded: at or below it, replays are possible
@@ -221,7 +230,8 @@ class TaskAggregator:
         lg_k = cfg.hll_lg_k
         rooms, dirty = self.rooms, self._dirty
         max_ts, wm, next_close = self._max_ts, self._watermark, self._next_close
-        applied = late = duplicate = replayed = 0
+        max_rooms = cfg.max_rooms
+        applied = late = duplicate = replayed = overflow = 0
         viewer_t, order_t = ViewerEvent, OrderEvent
         for offset, ev in items:
             # The watermark moves first: closing may expire rooms, so no room is held across it.
@@ -241,6 +251,10 @@ class TaskAggregator:
             room_id = ev.room_id
             room = rooms.get(room_id)
             if room is None:
+                if len(rooms) >= max_rooms:  # the cap holds: the runtime dead-letters it (room_cap)
+                    overflow += 1
+                    self._overflow.append(offset)
+                    continue
                 room = rooms[room_id] = Room(room_id)
                 self._expired.discard(room_id)
             # Only right after a restore can an event be one the state already holds.
@@ -305,10 +319,16 @@ class TaskAggregator:
             (c.late, late),
             (c.duplicate, duplicate),
             (c.replayed, replayed),
+            (c.overflow, overflow),
         ):
             if n:
                 bucket_dict[source] = bucket_dict.get(source, 0) + n
-        return ApplyResult(applied, late, duplicate, replayed)
+        return ApplyResult(applied, late, duplicate, replayed, overflow)
+
+    def take_overflow(self) -> list[int]:
+        """Offsets (of the last applied source) refused at the room cap since the last call."""
+        out, self._overflow = self._overflow, []
+        return out
 
     def tick(self, now_ms: int, busy: Iterable[int] = ()) -> None:
         """Let wall-clock time release idle sources and advance the watermark; close what is due.
@@ -318,6 +338,11 @@ class TaskAggregator:
         watermark back; a busy source holds it again. When all
         sources are idle, event time is assumed to move on like wall time from
         the newest event seen, so a quiet room's last window still closes.
+
+        A source that is not ``busy`` (it is read up to its log end) but whose newest event time
+        trails the fastest other source by more than ``max_input_lag_ms`` is a producer sending
+        old events: it stops holding the watermark back and its events count late. After
+        downtime every input has a backlog (``busy``), so catch-up never releases one.
         """
         idle_after = self.config.idle_partition_ms
         busy = set(busy)
@@ -328,17 +353,42 @@ class TaskAggregator:
                 self._idle.discard(source)
             elif now_ms - last >= idle_after:
                 self._idle.add(source)
+        self._trailing = self._find_trailing(busy)
         slowest = self._slowest()
         if slowest != NEVER:
             candidate = slowest - self.config.grace_ms
         elif self._max_ts != NO_TIME:
-            candidate = self._max_ts - self.config.grace_ms + now_ms - max(self._src_wall.values())
+            # wall time since the last delivery of a source that is not trailing (those keep sending)
+            walls = [w for s, w in self._src_wall.items() if s not in self._trailing]
+            walls = walls or list(self._src_wall.values())
+            candidate = self._max_ts - self.config.grace_ms + now_ms - max(walls)
         else:
             return
         if candidate > self._watermark:
             self._watermark = candidate
             if candidate >= self._next_close:
                 self._close_due()
+
+    def _find_trailing(self, busy: set[int]) -> set[int]:
+        # Compared with every other source's newest event, idle ones included: the others falling
+        # quiet must not hand the watermark back to a source sending old events.
+        known = {s: t for s, t in self._src_max.items() if s in self.sources}
+        if len(known) < 2:
+            return set()
+        bound = self.config.max_input_lag_ms
+        trailing: set[int] = set()
+        for source, newest in known.items():
+            if source in busy or source in self._idle:
+                continue
+            fastest_other = max(t for s, t in known.items() if s != source)
+            if newest < fastest_other - bound:
+                trailing.add(source)
+        return trailing
+
+    @property
+    def trailing_sources(self) -> frozenset[int]:
+        """Sources released from holding the watermark because they trail the others (see ``tick``)."""
+        return frozenset(self._trailing)
 
     def _slowest(self, exclude: int | None = None, *, senders: bool = True) -> int:
         """Newest event time of the slowest non-idle source (NO_TIME if one has sent nothing).
@@ -348,7 +398,7 @@ class TaskAggregator:
         """
         slowest = NEVER
         for source in self.sources:
-            if source != exclude and source not in self._idle:
+            if source != exclude and source not in self._idle and source not in self._trailing:
                 slowest = min(slowest, self._src_max.get(source, NO_TIME))
         if senders:
             frontiers = self._sender_frontier
@@ -483,8 +533,24 @@ class TaskAggregator:
 
     def _expire_idle_rooms(self) -> None:
         self._last_expiry_scan = self._watermark
-        cutoff = self._watermark - self.config.room_idle_ms
+        cfg = self.config
+        cutoff = self._watermark - cfg.room_idle_ms
         idle = [r for r in self.rooms.values() if not r.open_ws and r.last_ts < cutoff]
+        # Dedup memory lives its full TTL even when the room expires sooner: such a room is reset
+        # (as a returning room would be) but kept with its order keys until they are all past the TTL.
+        dedup_cutoff = self._watermark - cfg.dedup_ttl_ms - cfg.window_ms + 1
+        keep: list[Room] = []
+        if any(r.seen_chunks for r in idle):
+            gone: list[Room] = []
+            for room in idle:
+                if room.seen_chunks:
+                    before = len(room.seen_gone)
+                    room.forget_chunks_before(dedup_cutoff, cfg.dedup_max_per_room)
+                    if len(room.seen_gone) != before and not room.dirty:
+                        room.dirty = True
+                        self._dirty.append(room)
+                (keep if room.seen_chunks else gone).append(room)
+            idle = gone
         if idle and self._undetected:  # a room's last windows are evaluated before it is forgotten
             leaving, staying = set(idle), []
             for room, stats in self._undetected:
@@ -493,6 +559,13 @@ class TaskAggregator:
                 else:
                     staying.append((room, stats))
             self._undetected = staying
+        for room in keep:
+            if room.room_id in self.firing_rooms and room.detector is not None:
+                self._alerts.extend(resolve_all(room.detector, self._watermark))
+                self.firing_rooms.discard(room.room_id)
+            if _reset(room) and not room.dirty:
+                room.dirty = True
+                self._dirty.append(room)
         for room in idle:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
@@ -653,3 +726,16 @@ class TaskAggregator:
 
     def iter_rooms(self) -> Iterator[Room]:
         return iter(self.rooms.values())
+
+
+def _reset(room: Room) -> bool:
+    """Forget an expired room's activity (concurrent viewers, spike history), keeping its dedup
+    memory and offsets; True if anything changed."""
+    if room.detector is None and room.concurrent == 0 and room.last_closed is None and not room.uniques:
+        return False
+    room.concurrent = 0
+    room.detector = None
+    room.last_closed = None
+    room.uniques.clear()
+    room.buckets.clear()
+    return True

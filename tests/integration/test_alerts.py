@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from schemas import Event, ViewerEvent
+from streams.core import AlertEvent, to_alertmanager
 from tests.integration.alertmanager import alerts, running_alertmanager
 from tests.integration.workers import (
     Deployment,
@@ -130,3 +131,51 @@ async def test_room_override_from_the_control_topic_changes_detection(
         assert room_alerts(values, "unique_viewers")  # other metrics keep their default rules
     finally:
         worker.kill()
+
+
+async def test_the_forwarder_survives_any_record_and_never_logs_the_url_credential(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Null, non-JSON and wrongly shaped records on the alerts topic are counted and skipped; the
+    alert after them still reaches Alertmanager; the credential in the URL is in no log line; the web
+    server listens on 127.0.0.1 only."""
+    with running_alertmanager(tmp_path / "am", free_port()) as am_url:
+        secret = "s3cret-pw"
+        url = am_url.replace("http://", f"http://ops:{secret}@")
+        deployment = Deployment(
+            kafka_bootstrap, window_ms=WINDOW_MS, extra_env={"LIVEPULSE_ALERTMANAGER_URL": url}
+        )
+        worker = Worker(deployment, tmp_path, "hostile-alerts")
+        try:
+            await worker.wait_ready()
+            listening = {c.laddr.ip for c in worker.ps.net_connections("tcp") if c.status == "LISTEN"}
+            assert listening == {"127.0.0.1"}, listening
+            now_ms = int(time.time() * 1000)
+            good = to_alertmanager(
+                AlertEvent(
+                    ROOM, "RoomSpike", "views_per_sec", "warning", "firing", now_ms, None, now_ms, 9, 1, 9
+                ),
+                expires_after_ms=600_000,
+            )
+            hostile: list[bytes | None] = [
+                None,
+                b"not json",
+                b"[1]",
+                b'{"labels": 5}',
+                b'{"labels": {"a": 1}}',
+            ]
+            await produce_raw(
+                kafka_bootstrap,
+                deployment.topics.alerts,
+                [*((b"k", raw) for raw in hostile), (None, orjson.dumps(good))],
+            )
+            await eventually(
+                lambda: shown_by(am_url, "views_per_sec"), "the alert after the hostile records arrives"
+            )
+            assert worker.metric("livepulse_alerts_forward_skipped_total") == len(hostile)
+            worker.check_alive()
+        finally:
+            worker.kill()
+        log_text = worker.log_path.read_text(errors="replace")
+        assert f"forwarding alerts to http://***@{am_url.split('//')[1]}" in log_text
+        assert secret not in log_text

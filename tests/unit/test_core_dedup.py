@@ -59,11 +59,28 @@ def test_a_chunk_is_forgotten_whole_once_older_than_the_ttl_and_tombstoned() -> 
     assert chunk("r", BASE_MS) in agg.checkpoint().deletes
 
 
-def test_an_expired_room_takes_its_chunks_with_it() -> None:
-    agg = TaskAggregator(CoreConfig(room_idle_ms=30_000))
+def test_a_retried_payment_after_a_quiet_spell_is_a_duplicate() -> None:
+    """Room expiry (300 s) is shorter than the dedup TTL (600 s): the keys outlive the room's activity."""
+    agg = TaskAggregator(CoreConfig())  # the defaults: room_idle_ms 300 s, dedup_ttl_ms 600 s
+    agg.apply(0, [(1, order("o1", BASE_MS)), (2, ViewerEvent("join", "r", "u", BASE_MS))], 0)
+    offset = 3
+    for step in range(1, 45):  # 440 s in which only "other" talks: "r" expires
+        agg.apply(0, [(offset, ViewerEvent("join", "other", "u", BASE_MS + step * W))], 0)
+        offset += 1
+    room = agg.rooms["r"]
+    assert room.concurrent == 0 and room.detector is None  # expired: its activity is forgotten
+    result = agg.apply(0, [(offset, order("o1", BASE_MS + 45 * W))], 0)  # the payment, retried
+    assert (result.applied, result.duplicate) == (0, 1)
+
+
+def test_an_expired_room_takes_its_chunks_with_it_once_past_the_ttl() -> None:
+    agg = TaskAggregator(CoreConfig(room_idle_ms=30_000, dedup_ttl_ms=60_000))
     agg.apply(0, [(1, order("o1", BASE_MS)), (2, order("o9", BASE_MS, room="other"))], 0)
     agg.checkpoint()
-    for step in range(1, 8):  # "other" keeps talking, "r" is silent for longer than room_idle_ms
+    for step in range(1, 6):  # "r" silent past room_idle_ms but not past the dedup TTL: kept
+        agg.apply(0, [(2 + step, order(f"x{step}", BASE_MS + step * W, room="other"))], 0)
+    assert "paid:o1" in agg.rooms["r"].seen
+    for step in range(6, 12):  # now past the TTL too
         agg.apply(0, [(2 + step, order(f"x{step}", BASE_MS + step * W, room="other"))], 0)
     assert "r" not in agg.rooms
     deletes = agg.checkpoint().deletes

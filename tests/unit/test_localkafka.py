@@ -168,3 +168,45 @@ def test_down_is_idempotent_and_creates_nothing(settings: BrokerSettings) -> Non
     assert stop_broker(settings) is None
     assert stop_broker(settings) is None
     assert not settings.work_dir.exists()
+
+
+def test_a_sasl_ssl_listener_is_added_beside_plaintext(tmp_path: Path) -> None:
+    secure = BrokerSettings(
+        work_dir=tmp_path / "run",
+        port=29092,
+        controller_port=29093,
+        sasl_ssl_port=29094,
+        keystore=tmp_path / "broker.p12",
+        keystore_password="pw",
+        scram_users=(("u", "p"),),
+    )
+    props = server_properties(secure)
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:29092,SASL_SSL://127.0.0.1:29094,CONTROLLER://127.0.0.1:29093"
+    )
+    assert "SASL_SSL://127.0.0.1:29094" in props["advertised.listeners"]
+    assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"]
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["ssl.keystore.location"] == str(tmp_path / "broker.p12")
+    assert secure.sasl_ssl_bootstrap == "127.0.0.1:29094"
+    assert "secret" not in repr(dataclasses.replace(secure, scram_users=(("u", "secret"),)))
+    other_users = dataclasses.replace(secure, scram_users=(("u", "q"),))
+    assert fingerprint(other_users) != fingerprint(secure)  # new users need a new broker
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"keystore": None}, {"keystore_password": ""}, {"scram_users": ()}, {"sasl_ssl_port": 29092}],
+)
+def test_a_sasl_ssl_listener_needs_its_keystore_users_and_own_port(tmp_path: Path, change: dict) -> None:
+    base = {
+        "work_dir": tmp_path,
+        "port": 29092,
+        "controller_port": 29093,
+        "sasl_ssl_port": 29094,
+        "keystore": tmp_path / "k.p12",
+        "keystore_password": "pw",
+        "scram_users": (("u", "p"),),
+    }
+    with pytest.raises(BrokerError):
+        BrokerSettings(**(base | change))

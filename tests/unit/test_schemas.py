@@ -118,7 +118,7 @@ SCHEMA_FIELD_IDS = [f"{s.name}.{name}" for s, name, _ in SCHEMA_FIELDS]
 
 REASON_RE = re.compile(
     r"oversized|invalid_json|not_an_object|ts_skew"
-    r"|(missing_field|bad_type|out_of_range|unknown_enum|bad_format):[a-z_]+"
+    r"|(missing_field|bad_type|out_of_range|unknown_enum|bad_format|control_chars):[a-z_]+"
 )
 
 
@@ -280,7 +280,6 @@ UNICODE_IDS = [
     "👨‍👩‍👧‍👦",  # a ZWJ family: one glyph, seven code points
     "e\u0301",  # combining accent
     "مرحبا",  # right-to-left
-    "\u0000ctl\u001f",  # control characters are legal JSON (escaped) and legal ids
     'a"b\\c/d',
     "\U0010ffff",
 ]
@@ -291,6 +290,18 @@ UNICODE_IDS = [
 def test_unicode_ids_decode_exactly(schema: Schema, uid: str) -> None:
     msg = with_(schema, **{name: uid + name for name, kind in schema.fields if kind == ID})
     accepted(schema, msg)
+
+
+CONTROL_CHARS = ["\u0000", "\n", "\u001b[31m", "\u007f", "\u0085", "\u009f"]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=SCHEMA_IDS)
+@pytest.mark.parametrize("ctl", CONTROL_CHARS)
+def test_ids_with_control_characters_are_rejected_by_field(schema: Schema, ctl: str) -> None:
+    """Legal JSON (escaped) but never an honest id: it could forge a log line or an alert's text."""
+    for name, kind in schema.fields:
+        if kind == ID:
+            assert reason(schema, with_(schema, **{name: f"ok{ctl}id"})) == f"control_chars:{name}"
 
 
 def test_escaped_surrogate_pair_is_one_character() -> None:
@@ -1261,7 +1272,9 @@ def test_near_valid_messages_match_the_oracle(schema: Schema, data: st.DataObjec
     check_against_oracle(schema, raw, NOW, limits)
 
 
-ID_TEXT = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=LIM.max_id_len)
+ID_TEXT = st.text(  # any UTF-8 but control characters (those are control_chars:<field>)
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cc",)), min_size=1, max_size=LIM.max_id_len
+)
 VALID_KIND: dict[str, st.SearchStrategy[Any]] = {
     ID: ID_TEXT,
     TS: st.integers(NOW - LIM.max_past_ms, NOW + LIM.max_future_ms),

@@ -1,0 +1,77 @@
+"""Hostile input against the core: an input sending old events, a flood of room ids."""
+
+from __future__ import annotations
+
+from schemas import ViewerEvent
+from streams.core import CoreConfig, TaskAggregator
+
+BASE_MS = 1_700_000_000_000  # a multiple of 10 s
+W = 10_000
+HOUR = 3_600_000
+
+
+def join(room: str, ts: int) -> ViewerEvent:
+    return ViewerEvent("join", room, "u", ts)
+
+
+def test_an_input_sending_hour_old_events_stops_holding_the_watermark_back() -> None:
+    agg = TaskAggregator(CoreConfig(), sources=(0, 1))
+    agg.apply(1, [(0, join("old", BASE_MS - HOUR))], BASE_MS)
+    for step in range(6):
+        now = BASE_MS + step * W
+        agg.apply(0, [(step, join("r", now))], now)
+        agg.apply(1, [(step + 1, join("old", now - HOUR))], now)
+        agg.tick(now, busy=())  # both read up to their log end
+    assert agg.trailing_sources == {1}
+    assert agg.watermark_ms == BASE_MS + 5 * W - 2_000
+    closed = {(s.room_id, s.window_start): s for s in agg.drain()}
+    assert [closed[("r", BASE_MS + k * W)].views for k in range(4)] == [1, 1, 1, 1]
+    late = sum(s.late_events for s in closed.values() if s.room_id == "old")
+    assert late >= 4  # the trailing input's events count late, none is added
+
+
+def test_the_last_windows_close_when_the_others_fall_quiet_and_the_trailing_input_keeps_sending() -> None:
+    agg = TaskAggregator(CoreConfig(), sources=(0, 1))
+    agg.apply(0, [(0, join("r", BASE_MS + 5_000))], BASE_MS + 5_000)
+    agg.apply(1, [(0, join("old", BASE_MS - HOUR))], BASE_MS + 5_000)
+    agg.tick(BASE_MS + 5_000, busy=())
+    for step in range(1, 20):  # source 0 quiet from here on, source 1 keeps sending old events
+        now = BASE_MS + 5_000 + step * 1_000
+        agg.apply(1, [(step, join("old", now - HOUR))], now)
+        agg.tick(now, busy=())
+    assert ("r", BASE_MS) in {(s.room_id, s.window_start) for s in agg.drain()}
+
+
+def test_catch_up_with_every_input_behind_stays_exact() -> None:
+    """After downtime both inputs have a backlog (busy): neither is released, however far apart."""
+    agg = TaskAggregator(CoreConfig(), sources=(0, 1))
+    now = BASE_MS + HOUR
+    agg.apply(0, [(k, join("r", BASE_MS + k * W)) for k in range(20)], now)  # read 190 s ahead
+    agg.apply(1, [(0, join("r", BASE_MS))], now)
+    agg.tick(now, busy=(0, 1))
+    assert agg.trailing_sources == frozenset()
+    result = agg.apply(1, [(k, join("r", BASE_MS + k * W + 1)) for k in range(1, 20)], now)
+    assert (result.applied, result.late) == (19, 0)
+
+
+def test_an_input_read_to_its_end_behind_a_backlogged_one_is_not_released() -> None:
+    """Only the source that trails can be released; a busy one being ahead does not release others
+    when the trailing source itself still has a backlog."""
+    agg = TaskAggregator(CoreConfig(), sources=(0, 1))
+    now = BASE_MS + HOUR
+    agg.apply(0, [(0, join("r", BASE_MS + 10 * W))], now)
+    agg.apply(1, [(0, join("r", BASE_MS))], now)
+    agg.tick(now, busy=(1,))
+    assert agg.trailing_sources == frozenset()
+    assert agg.watermark_ms == BASE_MS - 2_000
+
+
+def test_rooms_beyond_the_cap_are_refused_and_reported() -> None:
+    agg = TaskAggregator(CoreConfig(max_rooms=2))
+    result = agg.apply(0, [(0, join("a", BASE_MS)), (1, join("b", BASE_MS)), (2, join("c", BASE_MS))], 0)
+    assert (result.applied, result.overflow) == (2, 1)
+    assert agg.take_overflow() == [2] and agg.take_overflow() == []
+    result = agg.apply(0, [(3, join("a", BASE_MS + 1)), (4, join("d", BASE_MS + 1))], 0)
+    assert (result.applied, result.overflow) == (1, 1)
+    assert set(agg.rooms) == {"a", "b"}
+    assert agg.counters.overflow == {0: 2}
