@@ -358,10 +358,7 @@ class TaskAggregator:
         if slowest != NEVER:
             candidate = slowest - self.config.grace_ms
         elif self._max_ts != NO_TIME:
-            # wall time since the last delivery of a source that is not trailing (those keep sending)
-            walls = [w for s, w in self._src_wall.items() if s not in self._trailing]
-            walls = walls or list(self._src_wall.values())
-            candidate = self._max_ts - self.config.grace_ms + now_ms - max(walls)
+            candidate = self._max_ts - self.config.grace_ms + now_ms - self._last_delivery_ms()
         else:
             return
         if candidate > self._watermark:
@@ -424,7 +421,12 @@ class TaskAggregator:
             return slowest
         if self._max_ts == NO_TIME:
             return now_ms  # idle and never fed: anything it gets from now on is from now on
-        return self._max_ts + now_ms - max(self._src_wall.values())
+        return self._max_ts + now_ms - self._last_delivery_ms()
+
+    def _last_delivery_ms(self) -> int:
+        """Wall time of the last delivery of a source that is not trailing (those keep sending)."""
+        walls = [w for s, w in self._src_wall.items() if s not in self._trailing]
+        return max(walls or self._src_wall.values())
 
     def sender_progress(self, sender: int, frontier_ms: int | None) -> None:
         """Record a sender's published frontier; every event it re-routed before it is applied.
