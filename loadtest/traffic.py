@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from schemas import Event, GiftEvent, OrderEvent, ViewerEvent
+from schemas import Event, GiftEvent, OrderEvent, Source, ViewerEvent
 from streams.core import partition_for
 
 if TYPE_CHECKING:
     from .scenarios import Scenario
 
-VIEWER, ORDER, GIFT = 0, 1, 2
+VIEWER, ORDER, GIFT = int(Source.VIEWER), int(Source.ORDER), int(Source.GIFT)
 SOURCE_NAMES = ("viewer", "order", "gift")
 VIEWER_KINDS = ("join", "leave", "heartbeat", "like", "comment")
 #: share of viewer actions by kind for an ordinary room

@@ -25,6 +25,7 @@ from ._records import (
     GiftEvent,
     Invalid,
     OrderEvent,
+    Source,
     ViewerEvent,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "Limits",
     "OrderEvent",
     "RoomStats",
+    "Source",
     "ViewerEvent",
     "dead_letter",
     "decode_dead_letter",

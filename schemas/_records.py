@@ -7,7 +7,23 @@ by attribute. Field names and meanings follow ``shared/DESIGN.md``.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import NamedTuple
+
+
+class Source(IntEnum):
+    """Where an event was read from: one input topic each, and the repartition topic.
+
+    The numbers are persisted (per-source event times and offsets in the
+    changelog's task metadata): never renumber them.
+    """
+
+    VIEWER = 0
+    ORDER = 1
+    GIFT = 2
+    #: re-routed events of any input; not a watermark source (its senders' markers are)
+    REPARTITION = 3
+
 
 VIEWER_TYPES: frozenset[str] = frozenset({"join", "leave", "heartbeat", "like", "comment"})
 ORDER_STATUSES: frozenset[str] = frozenset({"created", "paid", "cancelled", "refunded"})

@@ -44,6 +44,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from schemas import (
     Invalid,
     RoomStats,
+    Source,
     dead_letter,
     decode_gift_batch,
     decode_order_batch,
@@ -72,7 +73,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-VIEWER, ORDER, GIFT, REPARTITION = range(4)
+VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain ints on the hot path
 SOURCE_HEADER = "livepulse-source"
 #: on a repartition record: a watermark marker from the task numbered in the header's value
 MARKER_HEADER = "livepulse-watermark"

@@ -134,6 +134,7 @@ def test_public_surfaces_are_pinned() -> None:
         "DLQ_RAW_CAP_BYTES",
         "encode_dead_letter",
         "RoomStats",
+        "Source",
         "DEFAULT_LIMITS",
         "decode_viewer",
         "Limits",
