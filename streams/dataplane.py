@@ -38,9 +38,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError
 
 from ._changelog import read_partition
+from ._errors import kafka_errors
 from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
 from ._transactions import TaskProducer
@@ -117,6 +118,12 @@ class DataPlane:
             # (a young collection every 700 allocations, promoting into frequent full passes over
             # all of them) the collector took ~35 % of the data plane's CPU in a 100 k-room catch-up.
             gc.set_threshold(s.gc_threshold, 50, 100)
+        with kafka_errors("starting the data plane"):
+            await self._start_clients()
+        log.info("data plane started: %d partitions per input, group %s", self.partitions, s.group_id)
+
+    async def _start_clients(self) -> None:
+        s = self.settings
         admin = AIOKafkaAdminClient(**self._client)
         await admin.start()
         try:
@@ -138,10 +145,14 @@ class DataPlane:
         await self._consumer.start()
         self._consumer.subscribe([*s.topics.inputs, s.topics.repartition], listener=_Rebalance(self))
         self._last_checkpoint = self._clock()
-        log.info("data plane started: %d partitions per input, group %s", self.partitions, s.group_id)
 
     async def run(self) -> None:
-        """Fetch and process until :meth:`stop`; infrastructure errors propagate."""
+        """Fetch and process until :meth:`stop`; infrastructure errors propagate as
+        :class:`~streams.exceptions.LivepulseError`."""
+        with kafka_errors("consuming"):
+            await self._run()
+
+    async def _run(self) -> None:
         assert self._consumer is not None
         s = self.settings
         while not self._stopping:
@@ -194,7 +205,7 @@ class DataPlane:
                 try:
                     if self.runtime and self._failure is None:
                         await self._checkpoint(self.runtime)
-                except (LivepulseError, KafkaError) as exc:
+                except LivepulseError as exc:
                     log.error("last checkpoint failed, nothing committed past the previous one: %r", exc)
                 finally:
                     self.ready = False
@@ -259,7 +270,7 @@ class DataPlane:
         """Hand what every task queued to its producer; returns the seconds that took."""
         started = time.perf_counter()
         for task in self.runtime.values():
-            await task.producer.outbound.send()
+            await task.producer.send()
         return time.perf_counter() - started
 
     def _export_top_rooms(self, n: int = 10) -> None:
@@ -373,14 +384,16 @@ class DataPlane:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         try:
-            await self._revoke()
+            with kafka_errors("giving up partitions"):
+                await self._revoke()
         except BaseException as exc:
             self._failure = exc
             raise
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         try:
-            await self._assign(assigned)
+            with kafka_errors("taking over partitions"):
+                await self._assign(assigned)
         except BaseException as exc:
             self._failure = exc
             raise
@@ -399,7 +412,7 @@ class DataPlane:
             if self.runtime and self._failure is None and not self._stopping:
                 try:
                     await self._checkpoint(self.runtime)
-                except (LivepulseError, KafkaError) as exc:
+                except LivepulseError as exc:
                     log.warning("checkpoint at revocation failed; uncommitted work discarded: %r", exc)
             await self._close_tasks()
 
