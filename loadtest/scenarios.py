@@ -8,9 +8,10 @@
                  the watermark (late), placed mid-window so where they are charged is unambiguous
 ``malformed``    a share of messages that must be dead-lettered, each with a known reason code
 
-Each scenario plans itself when a phase starts (picks its room, records an
-:class:`~loadtest.traffic.Injection` with known start and size) and adds its
-events tick by tick. :func:`build` turns ``"steady,trending,hot-room"`` into
+Each scenario (a :class:`~loadtest.traffic.Scenario`) plans itself when a
+phase starts (picks its room, records an :class:`~loadtest.traffic.Injection`
+with known start and size) and adds its events tick by tick; the model takes
+them as objects and imports nothing from here. :func:`build` turns ``"steady,trending,hot-room"`` into
 scenario objects placed on a phase's timeline, after the spike detector's
 warm-up so that a spike is a spike.
 """
@@ -25,7 +26,7 @@ import orjson
 
 from streams.core import DEFAULT_RULES
 
-from .traffic import GIFT, KIND_TABLE, ORDER, VIEWER, Injection, TickContext
+from .traffic import GIFT, KIND_TABLE, ORDER, VIEWER, Injection, Scenario, TickContext
 
 NAMES = ("steady", "trending", "flash-sale", "hot-room", "late", "malformed")
 #: windows of history the spike detector needs before a spike (not a surge) can fire, plus margin
@@ -37,18 +38,6 @@ def warmup_s(window_ms: int) -> float:
     windows, and never less than ``WARMUP_WINDOWS`` windows."""
     warmup = max(rule.warmup_s for rule in DEFAULT_RULES.defaults.values())
     return max(WARMUP_WINDOWS * window_ms / 1000, warmup + 2 * window_ms / 1000)
-
-
-class Scenario:
-    """Base: a scenario plans once per phase and adds events every tick."""
-
-    name = "steady"
-
-    def plan(self, ctx: TickContext) -> None:
-        """Called once when the phase starts."""
-
-    def tick(self, ctx: TickContext) -> None:
-        """Called once per tick after the base traffic."""
 
 
 @dataclass
