@@ -19,6 +19,7 @@ warm-up so that a spike is a spike.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import orjson
 
 from streams.core import DEFAULT_RULES
 
-from .traffic import GIFT, KIND_TABLE, ORDER, VIEWER, Injection, Scenario, TickContext
+from .traffic import GIFT, ORDER, VIEWER, Injection, Scenario, TickContext, zipf_shares
 
 NAMES = ("steady", "trending", "flash-sale", "hot-room", "late", "malformed")
 #: windows of history the spike detector needs before a spike (not a surge) can fire, plus margin
@@ -85,7 +86,7 @@ class Trending(Scenario):
         room_rate = model.rate_at(t0) * model.popularity[self._rank]
         room, key, part = model.room_key(self._rank)
         for _ in range(ctx.count_for((factor - 1) * room_rate * c.viewer_share)):
-            kind = KIND_TABLE[int(rng.random() * len(KIND_TABLE))]
+            kind = ctx.viewer_kind()
             user = f"u{int(rng.random() * c.users)}"
             ctx.viewer_in(room, key, part, kind, user, t0 + int(rng.random() * c.tick_ms))
         if t0 >= self._start + self.orders_lag_s * 1000:
@@ -398,28 +399,15 @@ class Filler(Scenario):
     name = "filler"
 
     def plan(self, ctx: TickContext) -> None:
-        weights = [1.0 / (rank**ctx.config.zipf_s) for rank in range(1, self.rooms + 1)]
-        total = sum(weights)
-        acc = 0.0
-        self._cdf = []
-        for w in weights:
-            acc += w / total
-            self._cdf.append(acc)
+        self._cdf = list(itertools.accumulate(zipf_shares(self.rooms, ctx.config.zipf_s)))
         self._rooms = [ctx.model.key_and_partition(f"{self.prefix}{r}") for r in range(self.rooms)]
 
     def tick(self, ctx: TickContext) -> None:
         c, rng = ctx.config, ctx.rng
-        viewer_cut, gift_cut = c.viewer_share, c.viewer_share + c.gift_share
         last = self.rooms - 1
         for _ in range(ctx.count_for(self.rate_per_s)):
             rank = min(bisect.bisect_left(self._cdf, rng.random()), last)
             room, (key, part) = f"{self.prefix}{rank}", self._rooms[rank]
             ts = ctx.t0 + int(rng.random() * c.tick_ms)
             user = f"u{int(rng.random() * c.users)}"
-            u = rng.random()
-            if u < viewer_cut:
-                ctx.viewer_in(room, key, part, KIND_TABLE[int(rng.random() * len(KIND_TABLE))], user, ts)
-            elif u < gift_cut:
-                ctx.gift_in(room, key, part, user, ts)
-            else:
-                ctx.order_in(room, key, part, user, ts)
+            ctx.base_event_in(room, key, part, user, ts)

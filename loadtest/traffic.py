@@ -139,6 +139,13 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
+def zipf_shares(rooms: int, s: float) -> list[float]:
+    """Each room's share of the traffic by popularity rank (0 the most popular): Zipf, exponent ``s``."""
+    weights = [1.0 / (rank**s) for rank in range(1, rooms + 1)]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def encode(ev: Event) -> bytes:
     """Wire form of an input event: one JSON object, fields named and ordered as in ``schemas``."""
     return orjson.dumps(ev._asdict())
@@ -167,10 +174,9 @@ class TrafficModel:
         self.seed = seed
         self.rng = random.Random(seed)
         c = config
-        weights = [1.0 / (rank**c.zipf_s) for rank in range(1, c.rooms + 1)]
-        total = sum(weights)
-        self.popularity = [(1 - c.floor_share) * w / total + c.floor_share / c.rooms for w in weights]
-        self._zipf_cdf = list(itertools.accumulate(w / total for w in weights))
+        shares = zipf_shares(c.rooms, c.zipf_s)
+        self.popularity = [(1 - c.floor_share) * w + c.floor_share / c.rooms for w in shares]
+        self._zipf_cdf = list(itertools.accumulate(shares))
         self.room_ids = [f"r{rank}" for rank in range(c.rooms)]
         self._keys = [room.encode() for room in self.room_ids]
         self._parts = [partition_for(key, c.partitions) for key in self._keys]
@@ -345,6 +351,21 @@ class TickContext:
     def emit_raw(self, source: int, partition: int, key: bytes, raw: bytes, ts: int, reason: str) -> None:
         self._emit((source, partition, key, raw, ts, None))
         self.out.malformed[reason] += 1
+
+    def viewer_kind(self) -> str:
+        """A viewer action drawn by the ordinary room's weights (``VIEWER_WEIGHTS``)."""
+        return KIND_TABLE[int(self.rng.random() * len(KIND_TABLE))]
+
+    def base_event_in(self, room: str, key: bytes, part: int, user: str, ts: int) -> None:
+        """One event of the base mix in a room: a viewer action, a gift or a new order, by the shares."""
+        c = self.config
+        u = self.rng.random()
+        if u < c.viewer_share:
+            self.viewer_in(room, key, part, self.viewer_kind(), user, ts)
+        elif u < c.viewer_share + c.gift_share:
+            self.gift_in(room, key, part, user, ts)
+        else:
+            self.order_in(room, key, part, user, ts)
 
     def viewer(self, rank: int, kind: str, user: str, ts: int) -> None:
         room, key, part = self.model.room_key(rank)
