@@ -239,9 +239,7 @@ async def test_malformed_flood_goes_to_the_dead_letter_topic_with_reasons(
 
     # Interleave the bad with the good on the viewer topic; order/gift stay clean.
     viewer_good = [ev for kind, ev in good if kind == "viewer"]
-    mixed: list[tuple[bytes | None, bytes]] = [
-        (ev.room_id.encode(), encode(ev)) for ev in viewer_good
-    ]
+    mixed: list[tuple[bytes | None, bytes]] = [(ev.room_id.encode(), encode(ev)) for ev in viewer_good]
     for raw in bad:
         mixed.insert(rng.randrange(len(mixed) + 1), (b"room-1", raw))
     await produce_raw(deployment.bootstrap, deployment.topics.viewer, mixed)
