@@ -32,9 +32,9 @@ from schemas import RoomStats
 
 from ._spikes import DetectorState
 
-# Counter layout of one bucket.
-JOINS, LEAVES, LIKES, COMMENTS, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE, LATE = range(10)
-N_COUNTERS = 10
+# Counter layout of one bucket (a new counter is appended: see _state_codec's migrations).
+JOINS, LEAVES, LIKES, COMMENTS, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE, LATE, SHARES = range(11)
+N_COUNTERS = 11
 
 
 def room_stats(
@@ -61,6 +61,7 @@ def room_stats(
         total[GIFTS],
         total[GIFT_VALUE],
         total[LATE],
+        total[SHARES],
     )
 
 

@@ -24,15 +24,18 @@ import orjson
 from datasketches import hll_sketch
 
 from ..exceptions import StateError
-from ._room import DEFAULT_LG_K, HLL_TYPE, Room, order_key
+from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, order_key
 from ._spikes import DetectorState
 
 ROOM_KEY_PREFIX = b"r/"
 DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
 
-#: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records
-ROOM_FORMAT_VERSION = 3
+#: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records;
+#: 4: + the shares counter
+ROOM_FORMAT_VERSION = 4
+#: counters per bucket in each room version: a migration pads older buckets with zeros
+_COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS}
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
 META_FORMAT_VERSION = 3
@@ -128,10 +131,10 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
         version = obj[0]
     except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
         raise StateError(f"undecodable room state: {exc}") from exc
-    if version not in (1, 2, 3):
+    if version not in _COUNTERS_IN:
         raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
     try:
-        if version == 3:
+        if version >= 3:  # dedup memory in chunk records
             room = _decode_v1([*obj[:8], []], window_ms)
             detector = obj[8]
         else:
@@ -139,6 +142,10 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
             detector = obj[9] if version == 2 else None
         if detector is not None:
             room.detector = DetectorState.from_wire(detector)
+        missing = N_COUNTERS - _COUNTERS_IN[version]
+        if missing:  # counters added since that version start at zero
+            for counters in room.buckets.values():
+                counters.extend([0] * missing)
         return room
     except (ValueError, TypeError, IndexError) as exc:
         raise StateError(f"corrupt room state v{version}: {exc}") from exc

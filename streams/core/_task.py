@@ -31,6 +31,7 @@ from ._room import (
     LIKES,
     ORDERS,
     REFUNDS,
+    SHARES,
     Room,
     room_stats,
 )
@@ -282,6 +283,8 @@ class TaskAggregator:
                     counters[LIKES] += 1
                 elif action == "comment":
                     counters[COMMENTS] += 1
+                elif action == "share":
+                    counters[SHARES] += 1
                 sketch = room.uniques.get(ws)
                 if sketch is None:
                     sketch = room.sketch(ws, lg_k)

@@ -8,7 +8,7 @@ import pytest
 
 from schemas import OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
-from streams.core._room import N_COUNTERS, Room
+from streams.core._room import N_COUNTERS, SHARES, Room
 from streams.core._state_codec import (
     META_KEY,
     ROOM_FORMAT_VERSION,
@@ -85,6 +85,7 @@ def test_older_room_versions_decode(version: int, record: list[object]) -> None:
     assert (room.room_id, room.concurrent, room.offsets, room.open_ws) == ("r", 3, {0: 7}, [BASE_MS])
     counters = room.buckets[BASE_MS // 1000]
     assert len(counters) == N_COUNTERS and counters[:10] == BUCKET_V1_TO_V3[1:]
+    assert counters[SHARES] == 0  # v4 added shares: older buckets start them at zero
     assert room.unique_count(BASE_MS) == 2  # early encodings kept small windows' user ids
     assert same_state(decode_room(encode_room(room), W), room)  # and re-encode as the current version
 
