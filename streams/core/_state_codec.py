@@ -131,7 +131,7 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
         version = obj[0]
     except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
         raise StateError(f"undecodable room state: {exc}") from exc
-    if version not in _COUNTERS_IN:
+    if type(version) is not int or version not in _COUNTERS_IN:
         raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
     try:
         if version >= 3:  # dedup memory in chunk records
@@ -142,10 +142,12 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
             detector = obj[9] if version == 2 else None
         if detector is not None:
             room.detector = DetectorState.from_wire(detector)
-        missing = N_COUNTERS - _COUNTERS_IN[version]
-        if missing:  # counters added since that version start at zero
-            for counters in room.buckets.values():
-                counters.extend([0] * missing)
+        written = _COUNTERS_IN[version]
+        for counters in room.buckets.values():
+            if len(counters) != written:
+                raise ValueError(f"a bucket of {len(counters)} counters, not {written}")
+            if written < N_COUNTERS:  # counters added since that version start at zero
+                counters.extend([0] * (N_COUNTERS - written))
         return room
     except (ValueError, TypeError, IndexError) as exc:
         raise StateError(f"corrupt room state v{version}: {exc}") from exc

@@ -108,6 +108,9 @@ def test_a_version_2_detector_decodes() -> None:
         orjson.dumps([ROOM_FORMAT_VERSION, "r"]),  # truncated
         orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [[0]], [], [], [], None]),  # a bad offset pair
         orjson.dumps([1, "r", 0, 0, [], [], [], [], [["o1", "paid"]]]),  # a bad v1 order
+        orjson.dumps([[ROOM_FORMAT_VERSION], "r"]),  # not a version
+        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [[1, 2, 3]], [], [], None]),  # a short bucket
+        orjson.dumps([3, "r", 0, 0, [], [[1, *range(11)]], [], [], None]),  # v3 had 10 counters
     ],
 )
 def test_garbage_rooms_are_state_errors(raw: bytes) -> None:
