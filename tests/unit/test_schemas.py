@@ -1128,6 +1128,8 @@ def oracle(schema: Schema, raw: bytes, now: int, limits: Limits) -> Any:
             return f"bad_type:{name}"
         if kind == ID and not 1 <= len(v) <= limits.max_id_len:
             return f"out_of_range:{name}"
+        if kind == ID and any(c <= "\x1f" or "\x7f" <= c <= "\x9f" for c in v):
+            return f"control_chars:{name}"
         if kind == TS and not now - limits.max_past_ms <= v <= now + limits.max_future_ms:
             return "ts_skew"
         if kind == VTYPE and v not in ("join", "leave", "heartbeat", "like", "comment", "share"):
