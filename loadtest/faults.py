@@ -67,6 +67,7 @@ from aiokafka import AIOKafkaProducer
 from deploy.exceptions import BrokerError  # noqa: F401  (tests catch it as faults.BrokerError)
 from deploy.localkafka import BrokerSettings, ensure_broker, stop_broker
 from schemas import ROOM_STATS_FIELDS, RoomStats
+from streams.core import room_key
 
 from . import _truth
 from ._checks import alert_keys
@@ -615,7 +616,7 @@ class Scenario:
             await producer.send_and_wait(
                 self.deployment.topics.changelog,
                 b"\x00not a room state",
-                key=b"r/" + room.encode(),
+                key=room_key(room),
                 partition=partition,
             )
         finally:

@@ -40,9 +40,9 @@ from streams.core import partition_for
 
 VIEWER, ORDER, GIFT = int(Source.VIEWER), int(Source.ORDER), int(Source.GIFT)
 SOURCE_NAMES = ("viewer", "order", "gift")
-VIEWER_KINDS = ("join", "leave", "heartbeat", "like", "comment")
+VIEWER_KINDS = ("join", "leave", "heartbeat", "like", "comment", "share")
 #: share of viewer actions by kind for an ordinary room
-VIEWER_WEIGHTS = (0.25, 0.20, 0.35, 0.15, 0.05)
+VIEWER_WEIGHTS = (0.25, 0.20, 0.30, 0.15, 0.05, 0.05)
 #: gift sizes: mostly single small gifts, rarely a big combo (uniform draws from these tables)
 GIFT_COUNTS = (1,) * 14 + (5, 5, 5, 10, 10, 99)
 GIFT_PRICES_MINOR = (10, 10, 100, 100, 100, 500, 1_000)

@@ -8,11 +8,12 @@ from ._alerts import ALERT_DROP, ALERT_SPIKE, ALERT_SURGE, AlertEvent, fingerpri
 from ._config import CoreConfig
 from ._partition import PartitionCache, partition_for
 from ._query import RANKABLE_METRICS, room_view, top_rooms
-from ._room import ROOM_FORMAT_VERSION, Room, decode_room, encode_room
+from ._room import Room
 from ._spike_rules import DEFAULT_RULES, MetricRule, SpikeRuleError, SpikeRules, apply_override, rules_for
 from ._spike_rules import METRICS as SPIKE_METRICS
 from ._spikes import DetectorState, firing, observe
-from ._task import META_KEY, ApplyResult, Checkpoint, TaskAggregator, TaskCounters, room_key
+from ._state_codec import META_KEY, ROOM_FORMAT_VERSION, Checkpoint, decode_room, encode_room, room_key
+from ._task import ApplyResult, TaskAggregator, TaskCounters
 from ._windows import bucket_range, window_start
 
 __all__ = [

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
-
 import schemas
 import streams.core
 from schemas import ViewerEvent
-from streams.core import CoreConfig, TaskAggregator, decode_room, encode_room
+from streams.core import CoreConfig, TaskAggregator
 
 BASE_MS = 1_700_000_000_000
 CFG = CoreConfig(room_idle_ms=10**9, dedup_ttl_ms=10**9)
@@ -70,15 +68,6 @@ def test_detector_state_survives_a_restore_mid_alert() -> None:
     restored.restore(first.checkpoint().upserts)
     assert restored.firing_rooms == {"r"}
     assert before + run(restored, batches[43:]) == reference
-
-
-def test_room_state_version_1_still_decodes() -> None:
-    bucket = [BASE_MS // 1000, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    v1 = orjson.dumps([1, "r", 3, BASE_MS, [[0, 7]], [bucket], [[BASE_MS, ["a", "b"]]], [BASE_MS], []])
-    room = decode_room(v1)
-    assert (room.room_id, room.concurrent, room.offsets, room.detector) == ("r", 3, {0: 7}, None)
-    assert room.unique_count(BASE_MS) == 2  # early encodings kept small windows' user ids
-    assert decode_room(encode_room(room)).buckets == room.buckets
 
 
 def test_public_surfaces_are_pinned() -> None:
