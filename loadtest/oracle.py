@@ -11,9 +11,9 @@ test's correctness check.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from schemas import Event, GiftEvent, OrderEvent, RoomStats, ViewerEvent
+from schemas import Event, GiftEvent, OrderEvent, RoomSession, RoomStats, ViewerEvent
 
 
 def expected_windows(
@@ -32,32 +32,10 @@ def expected_windows(
     no wall-clock idleness during the stream, that every window eventually
     closes, and that no room expires or forgets an order key.
     """
-    wm: int | None = None
-    source_max: dict[int, int] = {}
-    expected = set(sources)
-    last_offset: dict[tuple[str, int], int] = {}
-    seen_orders: set[tuple[str, str, str]] = set()
-    accepted: dict[tuple[str, int], list[Event]] = defaultdict(list)
+    accepted, late_at, _ = _classify(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
     late: dict[tuple[str, int], int] = defaultdict(int)
-    for source, offset, ev in stream:
-        source_max[source] = max(source_max.get(source, ev.ts), ev.ts)
-        if all(s in source_max for s in expected | {source}):
-            slowest = min(source_max[s] for s in expected | set(source_max))
-            wm = slowest - grace_ms if wm is None else max(wm, slowest - grace_ms)
-        guard = (ev.room_id, source)
-        if offset <= last_offset.get(guard, -1):
-            continue
-        last_offset[guard] = offset
-        if wm is not None and ev.ts < wm:
-            late[(ev.room_id, wm - wm % window_ms)] += 1
-            continue
-        if isinstance(ev, OrderEvent):
-            key = (ev.room_id, ev.order_id, ev.status)
-            if key in seen_orders:
-                continue
-            seen_orders.add(key)
-        accepted[(ev.room_id, ev.ts - ev.ts % window_ms)].append(ev)
-
+    for room_id, wm in late_at:
+        late[(room_id, wm - wm % window_ms)] += 1
     out: dict[tuple[str, int], RoomStats] = {}
     concurrent: dict[str, int] = defaultdict(int)
     for room_id, ws in sorted(set(accepted) | set(late)):
@@ -88,6 +66,115 @@ def expected_windows(
             shares=sum(1 for e in viewer if e.type == "share"),
         )
     return out
+
+
+def expected_sessions(
+    stream: Sequence[tuple[int, int, Event]],
+    *,
+    window_ms: int,
+    grace_ms: int,
+    bucket_ms: int,
+    gap_ms: int,
+    sources: Iterable[int] = (0,),
+    final_watermark_ms: int | None = None,
+) -> dict[tuple[str, int], RoomSession]:
+    """Expected latest record of every broadcast session, keyed by (room_id, session_start).
+
+    A room's activity is the set of ``bucket_ms`` buckets holding an accepted event or a late
+    event's charge (at the watermark of its arrival); a silence of ``gap_ms`` or more between two
+    active buckets separates sessions. A session has ended when a later one exists or when
+    ``final_watermark_ms`` (default: the stream's own) reached the first window end at or after its
+    last active bucket's end plus the gap. ``unique_viewers`` is exact here. Peak concurrent viewers
+    come from the expected windows (concurrency at a window end depends on every earlier window).
+    Same assumptions as :func:`expected_windows`.
+    """
+    accepted, late_at, wm = _classify(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
+    windows = expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
+    final = wm if final_watermark_ms is None else final_watermark_ms
+    events: dict[str, list[Event]] = defaultdict(list)
+    for (room_id, _), evs in accepted.items():
+        events[room_id].extend(evs)
+    late: dict[str, list[int]] = defaultdict(list)
+    for room_id, at in late_at:
+        late[room_id].append(at // bucket_ms)
+    out: dict[tuple[str, int], RoomSession] = {}
+    for room_id in sorted(set(events) | set(late)):
+        active = sorted({e.ts // bucket_ms for e in events[room_id]} | set(late[room_id]))
+        spans: list[list[int]] = [[active[0], active[0]]]
+        for b in active[1:]:
+            if (b - spans[-1][1] - 1) * bucket_ms >= gap_ms:
+                spans.append([b, b])
+            else:
+                spans[-1][1] = b
+        for i, (first, last) in enumerate(spans):
+            start, last_end = first * bucket_ms, (last + 1) * bucket_ms
+            evs = [e for e in events[room_id] if first <= e.ts // bucket_ms <= last]
+            viewer = [e for e in evs if isinstance(e, ViewerEvent)]
+            orders = [e for e in evs if isinstance(e, OrderEvent)]
+            gifts = [e for e in evs if isinstance(e, GiftEvent)]
+            paid = [e for e in orders if e.status == "paid"]
+            mine = sorted(
+                (ws, w.concurrent_viewers)
+                for (r, ws), w in windows.items()
+                if r == room_id and start - start % window_ms <= ws < last_end
+            )
+            peak = max(c for _, c in mine)
+            due = -(-(last_end + gap_ms) // window_ms) * window_ms
+            ended = i < len(spans) - 1 or (final is not None and final >= due)
+            out[(room_id, start)] = RoomSession(
+                room_id=room_id,
+                session_start=start,
+                session_end=last_end if ended else None,
+                status="ended" if ended else "live",
+                views=sum(1 for e in viewer if e.type == "join"),
+                unique_viewers=len({e.user_id for e in viewer}),
+                peak_concurrent_viewers=peak,
+                peak_window_start=next(ws for ws, c in mine if c == peak),
+                likes=sum(1 for e in viewer if e.type == "like"),
+                comments=sum(1 for e in viewer if e.type == "comment"),
+                shares=sum(1 for e in viewer if e.type == "share"),
+                orders=len(paid),
+                gmv_minor=sum(e.amount_minor for e in paid),
+                refunds_minor=sum(e.amount_minor for e in orders if e.status == "refunded"),
+                gifts=sum(e.count for e in gifts),
+                gift_value_minor=sum(e.value_minor for e in gifts),
+                late_events=sum(1 for b in late[room_id] if first <= b <= last),
+                updated_at=due if ended else mine[-1][0] + window_ms,
+            )
+    return out
+
+
+def _classify(
+    stream: Iterable[tuple[int, int, Event]], *, window_ms: int, grace_ms: int, sources: Iterable[int]
+) -> tuple[dict[tuple[str, int], list[Event]], list[tuple[str, int]], int | None]:
+    """Replay the processing order: accepted events by (room, window), the (room, watermark) of
+    each late event, and the final watermark."""
+    wm: int | None = None
+    source_max: dict[int, int] = {}
+    expected = set(sources)
+    last_offset: dict[tuple[str, int], int] = {}
+    seen_orders: set[tuple[str, str, str]] = set()
+    accepted: dict[tuple[str, int], list[Event]] = defaultdict(list)
+    late: list[tuple[str, int]] = []
+    for source, offset, ev in stream:
+        source_max[source] = max(source_max.get(source, ev.ts), ev.ts)
+        if all(s in source_max for s in expected | {source}):
+            slowest = min(source_max[s] for s in expected | set(source_max))
+            wm = slowest - grace_ms if wm is None else max(wm, slowest - grace_ms)
+        guard = (ev.room_id, source)
+        if offset <= last_offset.get(guard, -1):
+            continue
+        last_offset[guard] = offset
+        if wm is not None and ev.ts < wm:
+            late.append((ev.room_id, wm))
+            continue
+        if isinstance(ev, OrderEvent):
+            key = (ev.room_id, ev.order_id, ev.status)
+            if key in seen_orders:
+                continue
+            seen_orders.add(key)
+        accepted[(ev.room_id, ev.ts - ev.ts % window_ms)].append(ev)
+    return accepted, late, wm
 
 
 def unique_viewers_close(estimate: int, exact: int, *, rse: float = 0.016) -> bool:

@@ -9,13 +9,17 @@ from ._decode import decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._outputs import (
     DLQ_RAW_CAP_BYTES,
+    ROOM_SESSION_FIELDS,
     ROOM_STATS_FIELDS,
     DeadLetter,
+    RoomSession,
     RoomStats,
     dead_letter,
     decode_dead_letter,
+    decode_room_session,
     decode_room_stats,
     encode_dead_letter,
+    encode_room_session,
     encode_room_stats,
 )
 from ._records import (
@@ -33,6 +37,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DLQ_RAW_CAP_BYTES",
     "ORDER_STATUSES",
+    "ROOM_SESSION_FIELDS",
     "ROOM_STATS_FIELDS",
     "VIEWER_TYPES",
     "DeadLetter",
@@ -41,6 +46,7 @@ __all__ = [
     "Invalid",
     "Limits",
     "OrderEvent",
+    "RoomSession",
     "RoomStats",
     "Source",
     "ViewerEvent",
@@ -50,9 +56,11 @@ __all__ = [
     "decode_gift_batch",
     "decode_order",
     "decode_order_batch",
+    "decode_room_session",
     "decode_room_stats",
     "decode_viewer",
     "decode_viewer_batch",
     "encode_dead_letter",
+    "encode_room_session",
     "encode_room_stats",
 ]

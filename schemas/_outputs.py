@@ -65,6 +65,51 @@ def decode_room_stats(raw: bytes) -> RoomStats:
     )
 
 
+@dataclass(slots=True)
+class RoomSession:
+    """One broadcast session of one room (``live.room-sessions``, key ``<room_id>:<session_start>``).
+
+    A session is a room's activity between event-time silences of ``session_gap_ms``: it starts at
+    the start of its first active bucket and, once ended, ``session_end`` is the end of its last
+    active bucket (``None`` while ``status`` is ``live``). Totals are sums over its closed windows;
+    ``unique_viewers`` is a HyperLogLog union over them; ``peak_concurrent_viewers`` is the highest
+    concurrent count at the end of one of its windows (the first such window: ``peak_window_start``).
+    ``updated_at`` is the event time (ms) the record is as of.
+    """
+
+    room_id: str
+    session_start: int
+    session_end: int | None
+    status: str
+    views: int
+    unique_viewers: int
+    peak_concurrent_viewers: int
+    peak_window_start: int
+    likes: int
+    comments: int
+    shares: int
+    orders: int
+    gmv_minor: int
+    refunds_minor: int
+    gifts: int
+    gift_value_minor: int
+    late_events: int
+    updated_at: int
+
+
+ROOM_SESSION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RoomSession))
+
+
+def encode_room_session(session: RoomSession) -> bytes:
+    return orjson.dumps(session)
+
+
+def decode_room_session(raw: bytes) -> RoomSession:
+    """Decode a room-session record (for consumers and tests; trusts its producer)."""
+    obj = orjson.loads(raw)
+    return RoomSession(**{name: obj[name] for name in ROOM_SESSION_FIELDS})
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A rejected input message with where it came from and why (``live.dlq``)."""

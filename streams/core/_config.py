@@ -34,6 +34,8 @@ class CoreConfig:
     max_input_lag_ms: int = 60_000
     #: rooms one task keeps; an event that would open one more is dead-lettered (``room_cap``)
     max_rooms: int = 200_000
+    #: event-time silence that ends a room's broadcast session (at least one window)
+    session_gap_ms: int = 1_800_000
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.window_ms <= 0:
@@ -46,6 +48,10 @@ class CoreConfig:
             raise ConfigError("dedup_ttl_ms must be >= 0 and dedup_max_per_room > 0")
         if self.max_input_lag_ms <= 0 or self.max_rooms <= 0:
             raise ConfigError("max_input_lag_ms and max_rooms must be > 0")
+        if self.session_gap_ms < self.window_ms:
+            raise ConfigError(
+                f"session_gap_ms {self.session_gap_ms} is shorter than window_ms {self.window_ms}"
+            )
         if not 4 <= self.hll_lg_k <= 21:
             raise ConfigError("hll_lg_k must be in 4..21")
 

@@ -1,11 +1,13 @@
 """The room-state changelog format: every record kind, its key layout and its versions.
 
-A task's changelog partition holds three kinds of records, all orjson:
+A task's changelog partition holds four kinds of records, all orjson:
 
 * ``r/<room id>`` -> a room: ``[version, room_id, concurrent, last_ts, offsets, buckets,
   uniques, open_ws, detector]``;
 * ``d/<window start>/<room id>`` -> one dedup chunk: the order keys of that window;
-* ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets]``.
+* ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets]``;
+* ``s/<room id>`` -> a room's current broadcast session: ``[version, room_id, start, last_end,
+  totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` (deleted when it ends).
 
 A tombstone (value ``None``) deletes a key; restore keeps the last write per key. Decoders read
 every version ever written and raise :class:`StateError` on anything else, which the task turns
@@ -21,15 +23,17 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
-from datasketches import hll_sketch
+from datasketches import hll_sketch, hll_union
 
 from ..exceptions import StateError
 from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, order_key
+from ._sessions import Session
 from ._spikes import DetectorState
 
 ROOM_KEY_PREFIX = b"r/"
 DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
+SESSION_KEY_PREFIX = b"s/"
 
 #: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records;
 #: 4: + the shares counter
@@ -39,6 +43,9 @@ _COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS}
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
 META_FORMAT_VERSION = 3
+
+#: 1: the first
+SESSION_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class Records(NamedTuple):
     meta: bytes | None
     rooms: list[tuple[bytes, bytes]]
     chunks: list[tuple[bytes, bytes]]
+    sessions: list[tuple[bytes, bytes]] = []
 
 
 def room_key(room_id: str) -> bytes:
@@ -87,6 +95,7 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
     meta = latest.pop(META_KEY, None)
     rooms: list[tuple[bytes, bytes]] = []
     chunks: list[tuple[bytes, bytes]] = []
+    sessions: list[tuple[bytes, bytes]] = []
     for key, value in latest.items():
         if value is None:
             continue
@@ -94,7 +103,9 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
             rooms.append((key, value))
         elif key.startswith(DEDUP_KEY_PREFIX):
             chunks.append((key, value))
-    return Records(meta, rooms, chunks)
+        elif key.startswith(SESSION_KEY_PREFIX):
+            sessions.append((key, value))
+    return Records(meta, rooms, chunks, sessions)
 
 
 # -- rooms ----------------------------------------------------------------------------------
@@ -239,3 +250,57 @@ def decode_meta(raw: bytes) -> TaskMeta:
         )
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
         raise StateError(f"undecodable task metadata: {exc}") from exc
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def session_key(room_id: str) -> bytes:
+    return SESSION_KEY_PREFIX + room_id.encode()
+
+
+def encode_session(session: Session) -> bytes:
+    sketch = None
+    if session.union is not None:
+        sketch = base64.b64encode(session.union.get_result(HLL_TYPE).serialize_compact()).decode()
+    return orjson.dumps(
+        [
+            SESSION_FORMAT_VERSION,
+            session.room_id,
+            session.start,
+            session.last_end,
+            session.totals,
+            sketch,
+            session.peak,
+            session.peak_ws,
+            session.updated_at,
+        ]
+    )
+
+
+def decode_session_record(key: bytes, value: bytes, lg_k: int) -> Session:
+    """A session record, checked against its key."""
+    try:
+        version, room_id, start, last_end, totals, sketch, peak, peak_ws, updated_at = orjson.loads(value)
+    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        raise StateError(f"undecodable session {key!r}: {exc}") from exc
+    if version != SESSION_FORMAT_VERSION:
+        raise StateError(f"session version {version!r} is not supported (max {SESSION_FORMAT_VERSION})")
+    if type(room_id) is not str or room_id.encode() != key[len(SESSION_KEY_PREFIX) :]:
+        raise StateError(f"changelog key {key!r} holds the session of {room_id!r}")
+    try:
+        if (
+            not isinstance(totals, list)
+            or len(totals) != N_COUNTERS
+            or not all(type(c) is int for c in totals)
+        ):
+            raise ValueError(f"{N_COUNTERS} integer counters expected")
+        session = Session(room_id, int(start))
+        session.last_end, session.totals = int(last_end), totals
+        session.peak, session.peak_ws, session.updated_at = int(peak), int(peak_ws), int(updated_at)
+        if sketch is not None:
+            session.union = hll_union(lg_k)
+            session.union.update(hll_sketch.deserialize(base64.b64decode(sketch)))
+        return session
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise StateError(f"corrupt session {key!r}: {exc}") from exc

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from schemas import Event, OrderEvent, RoomStats, ViewerEvent
+from schemas import Event, OrderEvent, RoomSession, RoomStats, ViewerEvent
 
 from ..exceptions import StateError
 from ._alerts import AlertEvent
@@ -35,6 +35,7 @@ from ._room import (
     Room,
     room_stats,
 )
+from ._sessions import Sessions, bucket_span
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DetectorState, firing, observe, resolve_all
 from ._state_codec import (
@@ -45,11 +46,14 @@ from ._state_codec import (
     decode_dedup_chunk,
     decode_meta,
     decode_room_record,
+    decode_session_record,
     dedup_key,
     encode_dedup_chunk,
     encode_meta,
     encode_room,
+    encode_session,
     room_key,
+    session_key,
 )
 from ._windows import window_start
 
@@ -144,6 +148,8 @@ class TaskAggregator:
         #: changelog keys of dedup chunks forgotten with their (expired) rooms
         self._gone_chunks: list[bytes] = []
         self._outbox: list[RoomStats] = []
+        #: broadcast sessions, kept apart from the rooms (they outlive a room's idle expiry)
+        self.sessions = Sessions(config.session_gap_ms, config.window_ms, config.hll_lg_k)
         #: closed windows not yet seen by the spike detector (see ``detect``)
         self._undetected: list[tuple[Room, RoomStats]] = []
         self._last_expiry_scan = NO_TIME
@@ -164,6 +170,10 @@ class TaskAggregator:
         """Closed windows since the last drain, in closing order."""
         out, self._outbox = self._outbox, []
         return out
+
+    def drain_sessions(self) -> list[RoomSession]:
+        """Session records (live at each closed window, ended once) since the last drain, in order."""
+        return self.sessions.drain()
 
     def detect(self) -> None:
         """Run the spike detector over the windows closed since the last call, in closing order.
@@ -465,16 +475,31 @@ class TaskAggregator:
                 break
             for room in by_window.pop(ws):
                 outbox.append(close(room, ws))
-        self._next_close = min(by_window) + window_ms if by_window else NEVER
+        sessions = self.sessions
+        if sessions.due:
+            sessions.end_due(wm, self._oldest_open)
+        self._next_close = self._next_due()
         # A scan visits every room: a tenth of the idle time is precise enough for freeing memory.
         if wm - self._last_expiry_scan >= max(window_ms, self.config.room_idle_ms // 10):
             self._expire_idle_rooms()
+
+    def _next_due(self) -> int:
+        """The watermark at which something is next due: a window's end or a session's end."""
+        due = min(self._by_window) + self.config.window_ms if self._by_window else NEVER
+        session_due = self.sessions.next_due()
+        return due if session_due is None or session_due > due else session_due
+
+    def _oldest_open(self, room_id: str) -> int | None:
+        room = self.rooms.get(room_id)
+        return min(room.open_ws) if room is not None and room.open_ws else None
 
     def _close_room_window(self, room: Room, ws: int) -> RoomStats:
         cfg = self.config
         window_ms = cfg.window_ms
         first = ws // cfg.bucket_ms
-        total = room.take_window(first, first + window_ms // cfg.bucket_ms)
+        end = first + window_ms // cfg.bucket_ms
+        span = bucket_span(room.buckets, first, end, cfg.bucket_ms)
+        total = room.take_window(first, end)
         room.open_ws.remove(ws)
         concurrent = room.concurrent + total[JOINS] - total[LEAVES]
         room.concurrent = concurrent = concurrent if concurrent > 0 else 0
@@ -488,6 +513,7 @@ class TaskAggregator:
                 self._watermark - cfg.dedup_ttl_ms - window_ms + 1, cfg.dedup_max_per_room
             )
         unique_viewers = 0 if sketch is None else round(sketch.get_estimate())
+        self.sessions.fold(room.room_id, ws, span, total, sketch, concurrent)
         stats = room_stats(room.room_id, ws, window_ms, total, unique_viewers, concurrent)
         room.last_closed = stats
         self.counters.windows_emitted += 1
@@ -587,6 +613,14 @@ class TaskAggregator:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
                 room.seen_gone.clear()
         self._dirty = []
+        sessions = self.sessions
+        for room_id in sorted(sessions.dirty):
+            session = sessions.by_room.get(room_id)
+            if session is None:
+                deletes.append(session_key(room_id))
+            else:
+                upserts.append((session_key(room_id), encode_session(session)))
+        sessions.dirty.clear()
         deletes.extend(room_key(room_id) for room_id in sorted(self._expired))
         deletes.extend(self._gone_chunks)
         self._expired = set()
@@ -627,8 +661,14 @@ class TaskAggregator:
                 self.quarantined.append((key, value, str(exc)))
                 continue
             self._restore_chunk(room_id, ws, keys)
-        if self._by_window:
-            self._next_close = min(self._by_window) + self.config.window_ms
+        for key, value in live.sessions:
+            try:
+                session = decode_session_record(key, value, self.config.hll_lg_k)
+            except StateError as exc:
+                self.quarantined.append((key, value, str(exc)))
+                continue
+            self.sessions.adopt(session)
+        self._next_close = self._next_due()
         return len(self.rooms)
 
     def _adopt(self, room: Room) -> None:

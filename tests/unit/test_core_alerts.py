@@ -110,6 +110,10 @@ def test_public_surfaces_are_pinned() -> None:
         "apply_override",
     }
     assert set(schemas.__all__) == {
+        "RoomSession",
+        "ROOM_SESSION_FIELDS",
+        "decode_room_session",
+        "encode_room_session",
         "GiftEvent",
         "OrderEvent",
         "VIEWER_TYPES",
