@@ -144,6 +144,61 @@ def expected_sessions(
     return out
 
 
+def expected_rollups(
+    stream: Sequence[tuple[int, int, Event]],
+    *,
+    window_ms: int,
+    grace_ms: int,
+    lengths_ms: Iterable[int],
+    sources: Iterable[int] = (0,),
+) -> dict[tuple[int, str, int], RoomStats]:
+    """Expected closed rollup windows keyed by (length ms, room_id, window_start).
+
+    Every metric is recomputed from the accepted events of the longer window (unique viewers
+    exactly); concurrent viewers are those at the end of the room's last base window in it (they
+    depend on every earlier window). Same assumptions as :func:`expected_windows`.
+    """
+    accepted, late_at, _ = _classify(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
+    windows = expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
+    out: dict[tuple[int, str, int], RoomStats] = {}
+    for length in lengths_ms:
+        events: dict[tuple[str, int], list[Event]] = defaultdict(list)
+        for (room_id, ws), evs in accepted.items():
+            events[(room_id, ws - ws % length)].extend(evs)
+        late: dict[tuple[str, int], int] = defaultdict(int)
+        for room_id, at in late_at:
+            late[(room_id, at - at % length)] += 1
+        last_window: dict[tuple[str, int], tuple[int, int]] = {}
+        for (room_id, ws), stats in windows.items():
+            key = (room_id, ws - ws % length)
+            last_window[key] = max(last_window.get(key, (ws, 0)), (ws, stats.concurrent_viewers))
+        for room_id, start in sorted(set(events) | set(late)):
+            evs = events.get((room_id, start), [])
+            viewer = [e for e in evs if isinstance(e, ViewerEvent)]
+            orders = [e for e in evs if isinstance(e, OrderEvent)]
+            gifts = [e for e in evs if isinstance(e, GiftEvent)]
+            paid = [e for e in orders if e.status == "paid"]
+            out[(length, room_id, start)] = RoomStats(
+                room_id=room_id,
+                window_start=start,
+                window_end=start + length,
+                views=sum(1 for e in viewer if e.type == "join"),
+                unique_viewers=len({e.user_id for e in viewer}),
+                concurrent_viewers=last_window[(room_id, start)][1],
+                likes=sum(1 for e in viewer if e.type == "like"),
+                comments=sum(1 for e in viewer if e.type == "comment"),
+                orders=len(paid),
+                orders_per_sec=len(paid) / (length / 1000),
+                gmv_minor=sum(e.amount_minor for e in paid),
+                refunds_minor=sum(e.amount_minor for e in orders if e.status == "refunded"),
+                gifts=sum(e.count for e in gifts),
+                gift_value_minor=sum(e.value_minor for e in gifts),
+                late_events=late.get((room_id, start), 0),
+                shares=sum(1 for e in viewer if e.type == "share"),
+            )
+    return out
+
+
 def _classify(
     stream: Iterable[tuple[int, int, Event]], *, window_ms: int, grace_ms: int, sources: Iterable[int]
 ) -> tuple[dict[tuple[str, int], list[Event]], list[tuple[str, int]], int | None]:

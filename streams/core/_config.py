@@ -36,6 +36,8 @@ class CoreConfig:
     max_rooms: int = 200_000
     #: event-time silence that ends a room's broadcast session (at least one window)
     session_gap_ms: int = 1_800_000
+    #: lengths of the rollup windows (room-stats over longer windows), each a multiple of window_ms
+    rollup_windows_ms: tuple[int, ...] = (60_000, 3_600_000)
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.window_ms <= 0:
@@ -52,6 +54,13 @@ class CoreConfig:
             raise ConfigError(
                 f"session_gap_ms {self.session_gap_ms} is shorter than window_ms {self.window_ms}"
             )
+        for length in self.rollup_windows_ms:
+            if length <= self.window_ms or length % self.window_ms:
+                raise ConfigError(
+                    f"rollup window {length} ms is not a multiple (> 1) of window_ms {self.window_ms}"
+                )
+        if len(set(self.rollup_windows_ms)) != len(self.rollup_windows_ms):
+            raise ConfigError(f"rollup windows repeat: {self.rollup_windows_ms}")
         if not 4 <= self.hll_lg_k <= 21:
             raise ConfigError("hll_lg_k must be in 4..21")
 

@@ -1,13 +1,15 @@
 """The room-state changelog format: every record kind, its key layout and its versions.
 
-A task's changelog partition holds four kinds of records, all orjson:
+A task's changelog partition holds five kinds of records, all orjson:
 
 * ``r/<room id>`` -> a room: ``[version, room_id, concurrent, last_ts, offsets, buckets,
   uniques, open_ws, detector]``;
 * ``d/<window start>/<room id>`` -> one dedup chunk: the order keys of that window;
 * ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets]``;
 * ``s/<room id>`` -> a room's current broadcast session: ``[version, room_id, start, last_end,
-  totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` (deleted when it ends).
+  totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` (deleted when it ends);
+* ``u/<length ms>/<room id>`` -> an open rollup window: ``[version, room_id, start, totals,
+  unique-viewer sketch (base64, or null), concurrent]`` (deleted when it closes).
 
 A tombstone (value ``None``) deletes a key; restore keeps the last write per key. Decoders read
 every version ever written and raise :class:`StateError` on anything else, which the task turns
@@ -26,6 +28,7 @@ import orjson
 from datasketches import hll_sketch, hll_union
 
 from ..exceptions import StateError
+from ._rollups import Rollup
 from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, order_key
 from ._sessions import Session
 from ._spikes import DetectorState
@@ -34,6 +37,7 @@ ROOM_KEY_PREFIX = b"r/"
 DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
 SESSION_KEY_PREFIX = b"s/"
+ROLLUP_KEY_PREFIX = b"u/"
 
 #: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records;
 #: 4: + the shares counter
@@ -46,6 +50,8 @@ META_FORMAT_VERSION = 3
 
 #: 1: the first
 SESSION_FORMAT_VERSION = 1
+#: 1: the first
+ROLLUP_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,7 @@ class Records(NamedTuple):
     rooms: list[tuple[bytes, bytes]]
     chunks: list[tuple[bytes, bytes]]
     sessions: list[tuple[bytes, bytes]] = []
+    rollups: list[tuple[bytes, bytes]] = []
 
 
 def room_key(room_id: str) -> bytes:
@@ -96,6 +103,7 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
     rooms: list[tuple[bytes, bytes]] = []
     chunks: list[tuple[bytes, bytes]] = []
     sessions: list[tuple[bytes, bytes]] = []
+    rollups: list[tuple[bytes, bytes]] = []
     for key, value in latest.items():
         if value is None:
             continue
@@ -105,7 +113,9 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
             chunks.append((key, value))
         elif key.startswith(SESSION_KEY_PREFIX):
             sessions.append((key, value))
-    return Records(meta, rooms, chunks, sessions)
+        elif key.startswith(ROLLUP_KEY_PREFIX):
+            rollups.append((key, value))
+    return Records(meta, rooms, chunks, sessions, rollups)
 
 
 # -- rooms ----------------------------------------------------------------------------------
@@ -304,3 +314,49 @@ def decode_session_record(key: bytes, value: bytes, lg_k: int) -> Session:
         return session
     except (ValueError, TypeError, RuntimeError) as exc:
         raise StateError(f"corrupt session {key!r}: {exc}") from exc
+
+
+# -- rollups --------------------------------------------------------------------------------
+
+
+def rollup_key(length_ms: int, room_id: str) -> bytes:
+    """Changelog key of a room's open rollup window of one length: ``u/<length ms>/<room id>``."""
+    return b"%s%d/%s" % (ROLLUP_KEY_PREFIX, length_ms, room_id.encode())
+
+
+def encode_rollup(rollup: Rollup) -> bytes:
+    sketch = None
+    if rollup.union is not None:
+        sketch = base64.b64encode(rollup.union.get_result(HLL_TYPE).serialize_compact()).decode()
+    return orjson.dumps(
+        [ROLLUP_FORMAT_VERSION, rollup.room_id, rollup.start, rollup.totals, sketch, rollup.concurrent]
+    )
+
+
+def decode_rollup_record(key: bytes, value: bytes, lg_k: int) -> tuple[int, Rollup]:
+    """``(length ms, rollup window)`` of a rollup record, checked against its key."""
+    try:
+        length_text, key_room = key[len(ROLLUP_KEY_PREFIX) :].decode().split("/", 1)
+        length = int(length_text)
+        version, room_id, start, totals, sketch, concurrent = orjson.loads(value)
+    except (orjson.JSONDecodeError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise StateError(f"undecodable rollup {key!r}: {exc}") from exc
+    if version != ROLLUP_FORMAT_VERSION:
+        raise StateError(f"rollup version {version!r} is not supported (max {ROLLUP_FORMAT_VERSION})")
+    if room_id != key_room:
+        raise StateError(f"changelog key {key!r} holds the rollup of {room_id!r}")
+    try:
+        if (
+            not isinstance(totals, list)
+            or len(totals) != N_COUNTERS
+            or not all(type(c) is int for c in totals)
+        ):
+            raise ValueError(f"{N_COUNTERS} integer counters expected")
+        rollup = Rollup(room_id, int(start))
+        rollup.totals, rollup.concurrent = totals, int(concurrent)
+        if sketch is not None:
+            rollup.union = hll_union(lg_k)
+            rollup.union.update(hll_sketch.deserialize(base64.b64decode(sketch)))
+        return length, rollup
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise StateError(f"corrupt rollup {key!r}: {exc}") from exc

@@ -20,6 +20,7 @@ from schemas import Event, OrderEvent, RoomSession, RoomStats, ViewerEvent
 from ..exceptions import StateError
 from ._alerts import AlertEvent
 from ._config import CoreConfig
+from ._rollups import Rollups
 from ._room import (
     COMMENTS,
     GIFT_VALUE,
@@ -45,13 +46,16 @@ from ._state_codec import (
     compact,
     decode_dedup_chunk,
     decode_meta,
+    decode_rollup_record,
     decode_room_record,
     decode_session_record,
     dedup_key,
     encode_dedup_chunk,
     encode_meta,
+    encode_rollup,
     encode_room,
     encode_session,
+    rollup_key,
     room_key,
     session_key,
 )
@@ -150,6 +154,8 @@ class TaskAggregator:
         self._outbox: list[RoomStats] = []
         #: broadcast sessions, kept apart from the rooms (they outlive a room's idle expiry)
         self.sessions = Sessions(config.session_gap_ms, config.window_ms, config.hll_lg_k)
+        #: open rollup windows (room-stats over longer windows), also kept apart from the rooms
+        self.rollups = Rollups(config.rollup_windows_ms, config.hll_lg_k)
         #: closed windows not yet seen by the spike detector (see ``detect``)
         self._undetected: list[tuple[Room, RoomStats]] = []
         self._last_expiry_scan = NO_TIME
@@ -174,6 +180,10 @@ class TaskAggregator:
     def drain_sessions(self) -> list[RoomSession]:
         """Session records (live at each closed window, ended once) since the last drain, in order."""
         return self.sessions.drain()
+
+    def drain_rollups(self) -> list[tuple[int, RoomStats]]:
+        """Closed rollup windows ``(length ms, record)`` since the last drain, in closing order."""
+        return self.rollups.drain()
 
     def detect(self) -> None:
         """Run the spike detector over the windows closed since the last call, in closing order.
@@ -475,7 +485,9 @@ class TaskAggregator:
                 break
             for room in by_window.pop(ws):
                 outbox.append(close(room, ws))
-        sessions = self.sessions
+        sessions, rollups = self.sessions, self.rollups
+        if rollups.by_end:
+            rollups.close_due(wm)
         if sessions.due:
             sessions.end_due(wm, self._oldest_open)
         self._next_close = self._next_due()
@@ -486,8 +498,10 @@ class TaskAggregator:
     def _next_due(self) -> int:
         """The watermark at which something is next due: a window's end or a session's end."""
         due = min(self._by_window) + self.config.window_ms if self._by_window else NEVER
-        session_due = self.sessions.next_due()
-        return due if session_due is None or session_due > due else session_due
+        for other in (self.sessions.next_due(), self.rollups.next_end()):
+            if other is not None and other < due:
+                due = other
+        return due
 
     def _oldest_open(self, room_id: str) -> int | None:
         room = self.rooms.get(room_id)
@@ -514,6 +528,8 @@ class TaskAggregator:
             )
         unique_viewers = 0 if sketch is None else round(sketch.get_estimate())
         self.sessions.fold(room.room_id, ws, span, total, sketch, concurrent)
+        if self.rollups.lengths_ms:
+            self.rollups.fold(room.room_id, ws, total, sketch, concurrent)
         stats = room_stats(room.room_id, ws, window_ms, total, unique_viewers, concurrent)
         room.last_closed = stats
         self.counters.windows_emitted += 1
@@ -621,6 +637,14 @@ class TaskAggregator:
             else:
                 upserts.append((session_key(room_id), encode_session(session)))
         sessions.dirty.clear()
+        rollups = self.rollups
+        for length, room_id in sorted(rollups.dirty):
+            rollup = rollups.open[length].get(room_id)
+            if rollup is None:
+                deletes.append(rollup_key(length, room_id))
+            else:
+                upserts.append((rollup_key(length, room_id), encode_rollup(rollup)))
+        rollups.dirty.clear()
         deletes.extend(room_key(room_id) for room_id in sorted(self._expired))
         deletes.extend(self._gone_chunks)
         self._expired = set()
@@ -668,6 +692,13 @@ class TaskAggregator:
                 self.quarantined.append((key, value, str(exc)))
                 continue
             self.sessions.adopt(session)
+        for key, value in live.rollups:
+            try:
+                length, rollup = decode_rollup_record(key, value, self.config.hll_lg_k)
+            except StateError as exc:
+                self.quarantined.append((key, value, str(exc)))
+                continue
+            self.rollups.adopt(length, rollup)
         self._next_close = self._next_due()
         return len(self.rooms)
 

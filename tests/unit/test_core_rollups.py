@@ -1,0 +1,126 @@
+"""Rollup windows (room-stats over longer windows) against the brute-force oracle, and across a restore."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loadtest.oracle import expected_rollups, unique_viewers_close
+from schemas import RoomStats
+from streams.core import CoreConfig, TaskAggregator
+from streams.exceptions import ConfigError
+from tests.unit.test_core_oracle import SOURCES, make_stream, run
+
+CFG = CoreConfig(
+    bucket_ms=1_000,
+    window_ms=10_000,
+    grace_ms=2_000,
+    room_idle_ms=10**9,  # the oracle does not model room expiry (it resets concurrent viewers)
+    dedup_ttl_ms=10**9,
+    rollup_windows_ms=(30_000, 60_000),
+)
+
+
+def feed(agg: TaskAggregator, stream: list, seed: int) -> list[tuple[int, RoomStats]]:
+    out: list[tuple[int, RoomStats]] = []
+    rng = random.Random(seed)
+    i = 0
+    while i < len(stream):
+        j = min(len(stream), i + rng.randint(1, 80))
+        run(agg, stream[i:j], rng)
+        out.extend(agg.drain_rollups())
+        i = j
+    return out
+
+
+def finish(agg: TaskAggregator, now_ms: int = 10**9) -> list[tuple[int, RoomStats]]:
+    agg.tick(now_ms=now_ms)
+    agg.tick(now_ms=2 * now_ms)
+    agg.drain()
+    return agg.drain_rollups()
+
+
+def keyed(records: list[tuple[int, RoomStats]]) -> dict[tuple[int, str, int], RoomStats]:
+    out: dict[tuple[int, str, int], RoomStats] = {}
+    for length, stats in records:
+        key = (length, stats.room_id, stats.window_start)
+        assert key not in out, f"{key} closed twice"
+        out[key] = stats
+    return out
+
+
+def without_uv(stats: RoomStats) -> tuple[object, ...]:
+    return tuple(getattr(stats, f) for f in stats.__slots__ if f != "unique_viewers")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(1, 600),
+    rooms=st.integers(1, 20),
+    disorder_ms=st.sampled_from([0, 1_900, 4_000, 15_000]),
+    span_ms=st.sampled_from([20_000, 200_000, 1_000_000]),
+)
+def test_rollups_equal_oracle(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int) -> None:
+    stream = make_stream(random.Random(seed), n, rooms, span_ms, disorder_ms)
+    agg = TaskAggregator(CFG, SOURCES)
+    got = keyed(feed(agg, stream, seed) + finish(agg))
+    want = expected_rollups(
+        stream,
+        window_ms=CFG.window_ms,
+        grace_ms=CFG.grace_ms,
+        lengths_ms=CFG.rollup_windows_ms,
+        sources=SOURCES,
+    )
+    assert sorted(got) == sorted(want)
+    for key, expected in want.items():
+        have = got[key]
+        assert unique_viewers_close(have.unique_viewers, expected.unique_viewers), (key, have, expected)
+        assert without_uv(have) == without_uv(expected), key
+    assert not any(agg.rollups.open.values()) and not agg.rollups.by_end
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), n=st.integers(20, 500), cut=st.floats(0.0, 1.0))
+def test_restore_mid_rollup_gives_the_same_rollups(seed: int, n: int, cut: float) -> None:
+    stream = make_stream(random.Random(seed), n, rooms=10, span_ms=300_000, disorder_ms=3_000)
+    clean = TaskAggregator(CFG, SOURCES)
+    reference = keyed(feed(clean, stream, seed) + finish(clean))
+
+    k = int(cut * len(stream))
+    crashed = TaskAggregator(CFG, SOURCES)
+    before = feed(crashed, stream[:k], seed + 1)
+    changelog = list(crashed.checkpoint().upserts)
+    feed(crashed, stream[k : k + 40], seed + 2)  # lost in the crash
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore(changelog)
+    after = feed(restored, stream[k:], seed + 3) + finish(restored)
+    assert keyed(before + after) == reference
+
+
+def test_closed_rollups_leave_no_changelog_state() -> None:
+    stream = make_stream(random.Random(7), 200, rooms=5, span_ms=100_000, disorder_ms=0)
+    agg = TaskAggregator(CFG, SOURCES)
+    feed(agg, stream, 7)
+    first = agg.checkpoint()
+    assert any(key.startswith(b"u/") for key, _ in first.upserts)
+    finish(agg)
+    second = agg.checkpoint()
+    assert {key for key, _ in first.upserts if key.startswith(b"u/")} <= set(second.deletes)
+    log: list[tuple[bytes, bytes | None]] = [
+        *first.upserts,
+        *second.upserts,
+        *((k, None) for k in second.deletes),
+    ]
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore(log)
+    assert not any(restored.rollups.open.values()) and not restored.rollups.by_end
+
+
+@pytest.mark.parametrize("lengths", [(15_000,), (10_000,), (60_000, 60_000)])
+def test_rollup_lengths_must_be_multiples_of_the_window(lengths: tuple[int, ...]) -> None:
+    with pytest.raises(ConfigError):
+        CoreConfig(window_ms=10_000, rollup_windows_ms=lengths)
