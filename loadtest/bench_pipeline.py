@@ -293,6 +293,8 @@ def burst(rooms: int, repeat: int) -> None:
                 )
                 offset += 1
                 task.drain()
+                task.drain_sessions()
+                task.drain_rollups()
                 task.drain_alerts()
         pipeline = TaskPipeline(0, task, Sink(), routing, settings, Metrics())
         gc.collect()

@@ -30,6 +30,18 @@ CHANGELOG_CONFIG = {
 }
 
 
+#: live.room-sessions holds the latest record of each session (key <room_id>:<session_start>)
+SESSIONS_CONFIG = {"cleanup.policy": "compact"}
+
+
+def session_and_rollup_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    """The session topic (compacted) and one room-stats topic per rollup length, with their configs."""
+    t = settings.topics
+    topics = {t.room_sessions: SESSIONS_CONFIG}
+    topics.update({t.rollup(length): {} for length in settings.core.rollup_windows_ms})
+    return topics
+
+
 async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     """Partition count of each existing topic among ``names``."""
     counts = {}
@@ -61,6 +73,7 @@ async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int
 
     internal: dict[str, dict[str, str]] = {t.repartition: {}, t.changelog: CHANGELOG_CONFIG}
     outputs: dict[str, dict[str, str]] = {t.room_stats: {}, t.alerts: {}, t.dlq: {}}
+    outputs.update(session_and_rollup_topics(settings))
     if t.control not in await partition_counts(admin, [t.control]):
         # one partition: overrides apply in order
         await _create(admin, [NewTopic(t.control, 1, rf, topic_configs=isr)])

@@ -33,6 +33,7 @@ from schemas import (
     decode_order_batch,
     decode_viewer_batch,
     encode_dead_letter,
+    encode_room_session,
     encode_room_stats,
 )
 
@@ -128,6 +129,9 @@ class TaskPipeline:
         self._limits: Limits = settings.limits
         self._max_rooms = settings.core.max_rooms
         self._resend_ms = settings.alert_resend_ms
+        self._rollup_topics = {
+            length: self._topics.rollup(length) for length in settings.core.rollup_windows_ms
+        }
 
     # -- input -------------------------------------------------------------------------------
 
@@ -252,6 +256,7 @@ class TaskPipeline:
         """Write the task's closed windows to the room-stats topic; returns how many."""
         core = self.core
         closed = core.drain()
+        self.publish_sessions_and_rollups()
         if not closed:
             return 0
         topic = self._topics.room_stats
@@ -271,6 +276,23 @@ class TaskPipeline:
         if core.detect_spikes:
             m.detector_evaluations.inc(len(closed))
         return len(closed)
+
+    def publish_sessions_and_rollups(self) -> int:
+        """Write the closed rollup windows and the session records (live or ended) since the last
+        call; returns how many. Keyed like room-stats on the task's own partition; a session's key
+        is ``<room_id>:<session_start>`` (the session topic is compacted)."""
+        core = self.core
+        add, partition = self.sink.add, self.partition
+        rollups = core.drain_rollups()
+        topics = self._rollup_topics
+        for length, stats in rollups:
+            add(topics[length], partition, stats.room_id.encode(), encode_room_stats(stats))
+        sessions = core.drain_sessions()
+        topic = self._topics.room_sessions
+        for session in sessions:
+            key = b"%s:%d" % (session.room_id.encode(), session.session_start)
+            add(topic, partition, key, encode_room_session(session))
+        return len(rollups) + len(sessions)
 
     def publish_alerts(self, now_ms: int) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;

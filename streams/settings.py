@@ -31,6 +31,7 @@ class Topics:
     order: str = "live.order"
     gift: str = "live.gift"
     room_stats: str = "live.room-stats"
+    room_sessions: str = "live.room-sessions"
     alerts: str = "live.alerts"
     dlq: str = "live.dlq"
     repartition: str = "livepulse.repartition"
@@ -40,6 +41,18 @@ class Topics:
     @property
     def inputs(self) -> tuple[str, str, str]:
         return (self.viewer, self.order, self.gift)
+
+    def rollup(self, length_ms: int) -> str:
+        """The room-stats topic of a rollup length: ``<room_stats>-1m``, ``-1h``, ``-30s``, ``-1500ms``."""
+        return f"{self.room_stats}-{duration_label(length_ms)}"
+
+
+def duration_label(ms: int) -> str:
+    """A duration in its largest whole unit: 3600000 -> ``1h``, 60000 -> ``1m``, 1500 -> ``1500ms``."""
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1_000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,8 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "HLL_LG_K": ("core", "hll_lg_k"),
     "MAX_INPUT_LAG_MS": ("core", "max_input_lag_ms"),
     "MAX_ROOMS": ("core", "max_rooms"),
+    "SESSION_GAP_MS": ("core", "session_gap_ms"),
+    "ROLLUP_WINDOWS_MS": ("core", "rollup_windows_ms"),
     "MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
     "MAX_AMOUNT_MINOR": ("limits", "max_amount_minor"),
     "MAX_PAST_MS": ("limits", "max_past_ms"),
@@ -232,6 +247,8 @@ def _coerce(cls: type, attr: str, raw: Any, label: str) -> Any:
     try:
         if kind == "int":
             return int(raw.replace("_", ""))
+        if kind == "tuple[int, ...]":  # a comma-separated list; empty for none
+            return tuple(int(part.replace("_", "")) for part in raw.split(",") if part.strip())
         if kind == "bool":
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(raw)

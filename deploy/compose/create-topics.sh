@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create livepulse's topics (idempotent). Inputs share one partition count (co-partitioning);
-# the room-state changelog and the rules topic are compacted. Run by the compose "topics" service.
+# the room-state changelog, the rules topic and live.room-sessions are compacted. Run by the compose "topics" service.
 set -euo pipefail
 BOOTSTRAP="${BOOTSTRAP:-kafka:9092}"
 PARTITIONS="${PARTITIONS:-4}"
@@ -19,6 +19,9 @@ done
 create livepulse.room-state-changelog "$PARTITIONS" --config cleanup.policy=compact --config min.compaction.lag.ms=60000
 create livepulse.rules 1 --config cleanup.policy=compact
 create live.room-stats "$PARTITIONS" --config retention.ms=604800000
+create live.room-stats-1m "$PARTITIONS" --config retention.ms=604800000
+create live.room-stats-1h "$PARTITIONS" --config retention.ms=604800000
+create live.room-sessions "$PARTITIONS" --config cleanup.policy=compact
 create live.alerts "$PARTITIONS" --config retention.ms=604800000
 create live.dlq "$PARTITIONS" --config retention.ms=1209600000
 "$KT" --bootstrap-server "$BOOTSTRAP" --list

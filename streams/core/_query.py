@@ -6,9 +6,10 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
-from schemas import ROOM_STATS_FIELDS, RoomStats
+from schemas import ROOM_SESSION_FIELDS, ROOM_STATS_FIELDS, RoomStats
 
 from ._room import JOINS, LEAVES, Room, room_stats
+from ._sessions import LIVE
 from ._task import TaskAggregator
 from ._windows import bucket_range, window_start
 
@@ -17,15 +18,20 @@ RANKABLE_METRICS: frozenset[str] = frozenset(ROOM_STATS_FIELDS) - {"room_id", "w
 
 
 def room_view(task: TaskAggregator, room_id: str) -> dict[str, Any] | None:
-    """The room's last closed window and its current partial window, or None if unknown."""
+    """The room's last closed window, its current partial window and its live broadcast session (as
+    of its last closed window), or None if unknown. A room silent for ``room_idle_ms`` has no window
+    state left but may still have its session."""
     room = task.rooms.get(room_id)
-    if room is None:
+    session = task.sessions.by_room.get(room_id)
+    if room is None and session is None:
         return None
-    last: RoomStats | None = room.last_closed
+    last: RoomStats | None = None if room is None else room.last_closed
+    record = None if session is None else session.record(LIVE)
     return {
         "room_id": room_id,
         "last_closed": None if last is None else _as_dict(last),
-        "current": _partial_window(task, room),
+        "current": None if room is None else _partial_window(task, room),
+        "session": None if record is None else {name: getattr(record, name) for name in ROOM_SESSION_FIELDS},
     }
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
-from schemas import Source, decode_dead_letter, decode_room_stats
+from schemas import Source, decode_dead_letter, decode_room_session, decode_room_stats
 from streams.core import CoreConfig, PartitionCache, TaskAggregator
 from streams.metrics import Metrics
 from streams.pipeline import MARKER_HEADER, SOURCE_HEADER, Record, Routing, TaskPipeline
@@ -238,3 +238,44 @@ def test_alerts_are_written_keyed_by_fingerprint_with_an_expiry_in_wall_time(res
     assert len(sink.take(TOPICS.alerts)) == (len(firing) if resend else 0)
     fired = {orjson.loads(v)["labels"]["metric"] for _, _, v, _ in alerts if v is not None}
     assert sum(counter(metrics, "livepulse_alerts_fired_total", metric=m) for m in fired) >= 1
+
+
+def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_leave_the_changelog() -> None:
+    pipeline, sink, _ = make(partition=2)
+    (room,) = rooms_on(2, 1)
+    batch = [viewer("join", room, f"u{i}", T0 + i * 5_000) for i in range(14)]  # 65 s of joins
+    pipeline.process(TOPICS.viewer, records(batch), NOW_MS)
+    for sender in range(PARTITIONS):
+        if sender != 2:
+            pipeline.core.sender_progress(sender, NOW_MS)
+    pipeline.tick(NOW_MS + 3_000)  # every window and minute closes; the hour and the session go on
+    pipeline.stage_checkpoint(NOW_MS, {})
+    changelog = sink.take(TOPICS.changelog)
+    assert {b"s/" + room.encode(), b"u/3600000/" + room.encode()} <= {k for _, k, v, _ in changelog if v}
+    assert b"u/60000/" + room.encode() in {k for _, k, v, _ in changelog if v is None}
+    for sender in range(PARTITIONS):  # past the end of the hour and of the session's gap
+        if sender != 2:
+            pipeline.core.sender_progress(sender, NOW_MS + 5_000_000)
+    pipeline.tick(NOW_MS + 5_000_000)
+    one_minute = [decode_room_stats(v) for p, k, v, _ in sink.take(TOPICS.rollup(60_000)) if v is not None]
+    minute = T0 - T0 % 60_000  # T0 is 20 s into a minute: 8 joins in that minute, 6 in the next
+    assert [(s.window_start, s.views, s.unique_viewers) for s in one_minute] == [
+        (minute, 8, 8),
+        (minute + 60_000, 6, 6),
+    ]
+    assert len(sink.take(TOPICS.rollup(3_600_000))) == 1
+    sessions = [
+        (p, k, decode_room_session(v)) for p, k, v, _ in sink.take(TOPICS.room_sessions) if v is not None
+    ]
+    assert {(p, k) for p, k, _ in sessions} == {(2, b"%s:%d" % (room.encode(), T0))}
+    *live, (_, _, ended) = sessions
+    assert all(s.status == "live" for _, _, s in live) and len(live) == 7  # one per closed window
+    assert (ended.status, ended.views, ended.unique_viewers, ended.session_end) == (
+        "ended",
+        14,
+        14,
+        T0 + 66_000,
+    )
+    pipeline.stage_checkpoint(NOW_MS + 5_000_000, {})
+    deleted = {k for _, k, v, _ in sink.take(TOPICS.changelog) if v is None}
+    assert {b"s/" + room.encode(), b"u/3600000/" + room.encode()} <= deleted

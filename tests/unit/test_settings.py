@@ -76,3 +76,18 @@ def test_delivery_settings() -> None:
         settings_from_env({"LIVEPULSE_REPLICATION_FACTOR": "1", "LIVEPULSE_MIN_INSYNC_REPLICAS": "2"})
     with pytest.raises(ConfigError, match="transaction_timeout_ms"):
         settings_from_env({"LIVEPULSE_TRANSACTION_TIMEOUT_MS": "500"})
+
+
+def test_session_gap_and_rollup_windows_come_from_the_environment() -> None:
+    s = settings_from_env(
+        {"LIVEPULSE_SESSION_GAP_MS": "60000", "LIVEPULSE_ROLLUP_WINDOWS_MS": "30000, 3_600_000"}
+    )
+    assert s.core.session_gap_ms == 60_000 and s.core.rollup_windows_ms == (30_000, 3_600_000)
+    assert [s.topics.rollup(length) for length in s.core.rollup_windows_ms] == [
+        "live.room-stats-30s",
+        "live.room-stats-1h",
+    ]
+    assert settings_from_env({}).core.rollup_windows_ms == (60_000, 3_600_000)
+    assert settings_from_env({"LIVEPULSE_ROLLUP_WINDOWS_MS": ""}).core.rollup_windows_ms == ()
+    with pytest.raises(ConfigError, match="multiple"):
+        settings_from_env({"LIVEPULSE_ROLLUP_WINDOWS_MS": "45000"})
