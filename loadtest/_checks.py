@@ -17,12 +17,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import ROOM_STATS_FIELDS, RoomStats
+from schemas import ROOM_SESSION_FIELDS, ROOM_STATS_FIELDS, RoomSession, RoomStats
 
 from ._collect import Outputs, WindowKey
 from ._truth import AlertKey, Truth, detector_alerts
@@ -113,6 +113,8 @@ def check(
     """
     v = Verdict()
     _check_windows(truth, out, v, limit, late_slack)
+    if truth.rollup_windows_ms:
+        v.failures += compare_sessions_and_rollups(truth, out, late_slack=late_slack).failures(limit)
     _check_alerts(truth, out, v, require_alerts, limit)
     v.dlq_expected, v.dlq_got = Counter(truth.malformed), Counter(out.dlq_reasons)
     if v.dlq_expected != v.dlq_got:
@@ -174,6 +176,89 @@ def _check_windows(truth: Truth, out: Outputs, v: Verdict, limit: int, late_slac
         v.failures.append(
             f"{len(out.conflicts)} windows published twice with different values: {out.conflicts[:2]}"
         )
+
+
+@dataclass
+class LongerWindows:
+    """Rollups and sessions compared with the truth."""
+
+    rollups_expected: int = 0
+    sessions_expected: int = 0
+    missing: list[Any] = field(default_factory=list)
+    unexpected: list[Any] = field(default_factory=list)
+    #: (key, {field: (expected, got)})
+    wrong: list[tuple[Any, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
+    #: of ``wrong``: some count above the truth
+    double_counted: int = 0
+    conflicts: int = 0
+
+    def failures(self, limit: int = 5) -> list[str]:
+        out = [
+            f"{len(items)} rollups/sessions {label} (of {self.rollups_expected} rollups, "
+            f"{self.sessions_expected} sessions), e.g. {items[:limit]}"
+            for label, items in (
+                ("missing", self.missing),
+                ("unexpected", self.unexpected),
+                ("wrong", self.wrong),
+            )
+            if items
+        ]
+        if self.conflicts:
+            out.append(f"{self.conflicts} rollup windows published twice with different values")
+        return out
+
+
+def compare_sessions_and_rollups(
+    truth: Truth,
+    out: Outputs,
+    *,
+    skip_room: Callable[[str], bool] = lambda room: False,
+    late_slack: bool = False,
+) -> LongerWindows:
+    """Every closed rollup window and the latest record of every session against the truth, field by
+    field (unique viewers within the HLL bound). Rooms for which ``skip_room`` is true are left out."""
+    res = LongerWindows(conflicts=len(out.rollup_conflicts))
+    want_r = {k: s for k, s in truth.rollups.items() if not skip_room(k[1])}
+    got_r = {k: s for k, s in out.rollups.items() if not skip_room(k[1])}
+    want_s = {k: s for k, s in truth.sessions.items() if not skip_room(k[0])}
+    got_s = {k: s for k, s in out.sessions.items() if not skip_room(k[0])}
+    res.rollups_expected, res.sessions_expected = len(want_r), len(want_s)
+    diffs: list[tuple[Any, dict[str, tuple[Any, Any]]]] = []
+    for key, expected in want_r.items():
+        have = got_r.get(key)
+        if have is None:
+            res.missing.append(key)
+        else:
+            diffs.append((key, _diff(expected, have)))
+    for skey, want_session in want_s.items():
+        have_session = got_s.get(skey)
+        if have_session is None:
+            res.missing.append(skey)
+        else:
+            diffs.append((skey, _session_diff(want_session, have_session)))
+    for key, diff in diffs:
+        if late_slack:
+            diff.pop("late_events", None)
+        if diff:
+            res.wrong.append((key, diff))
+            if any(isinstance(w, int) and isinstance(h, int) and h > w for w, h in diff.values()):
+                res.double_counted += 1
+    res.unexpected = [k for k in got_r if k not in want_r] + [k for k in got_s if k not in want_s]
+    return res
+
+
+_SESSION_EXACT = tuple(f for f in ROOM_SESSION_FIELDS if f != "unique_viewers")
+
+
+def _session_diff(want: RoomSession, have: RoomSession) -> dict[str, tuple[Any, Any]]:
+    diff = {
+        f: (getattr(want, f), getattr(have, f))
+        for f in _SESSION_EXACT
+        if getattr(want, f) != getattr(have, f)
+    }
+    if not unique_viewers_close(have.unique_viewers, want.unique_viewers):
+        diff["unique_viewers"] = (want.unique_viewers, have.unique_viewers)
+    return diff
 
 
 def _diff(want: RoomStats, have: RoomStats) -> dict[str, tuple[Any, Any]]:

@@ -1,9 +1,12 @@
-"""Follow a deployment's outputs from the beginning: room-stats, alerts and dead letters, with arrival times.
+"""Follow a deployment's outputs from the beginning: room-stats, alerts and dead letters, with arrival
+times, plus rollup windows and sessions when their topics are given.
 
 Arrival is the harness's wall clock when the record was fetched, which is what
 the end-to-end latency is measured against. A repeated room-stats key must
 repeat the same record (replays after a crash are idempotent upserts); a
-differing repeat is kept as a conflict for the correctness check.
+differing repeat is kept as a conflict for the correctness check. Rollups are
+kept the same way; sessions as a compacted topic's reader sees them (the last
+record per key).
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from schemas import RoomStats, decode_room_stats
+from schemas import RoomSession, RoomStats, decode_room_session, decode_room_stats
 from streams.settings import Topics
 
 WindowKey = tuple[str, int]
@@ -42,14 +46,24 @@ class Outputs:
     dlq_seen: set[tuple[str, int, int]] = field(default_factory=set)
     dlq_duplicates: int = 0
     undecodable: int = 0
+    #: closed rollup windows by (length ms, room_id, window_start); repeats as for windows
+    rollups: dict[tuple[int, str, int], RoomStats] = field(default_factory=dict)
+    rollup_conflicts: list[tuple[RoomStats, RoomStats]] = field(default_factory=list)
+    rollup_duplicates: int = 0
+    #: the last record of each session by (room_id, session_start)
+    sessions: dict[tuple[str, int], RoomSession] = field(default_factory=dict)
 
 
 class Collector:
     """Background consumer of a deployment's room-stats, alerts and DLQ topics."""
 
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, rollup_topics: Mapping[int, str] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
+        #: topic -> rollup length; with rollup topics, the session topic is followed too
+        self._rollup_lengths = {topic: length for length, topic in (rollup_topics or {}).items()}
         self.outputs = Outputs()
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -59,6 +73,8 @@ class Collector:
             self.topics.room_stats,
             self.topics.alerts,
             self.topics.dlq,
+            *self._rollup_lengths,
+            *([self.topics.room_sessions] if self._rollup_lengths else []),
             bootstrap_servers=self.bootstrap,
             group_id=None,
             auto_offset_reset="earliest",
@@ -84,6 +100,10 @@ class Collector:
                 for tp, messages in batches.items():
                     if tp.topic == t.room_stats:
                         self._windows(messages, now)
+                    elif tp.topic in self._rollup_lengths:
+                        self._rollups(self._rollup_lengths[tp.topic], messages)
+                    elif tp.topic == t.room_sessions:
+                        self._sessions(messages)
                     elif tp.topic == t.alerts:
                         for m in messages:
                             try:
@@ -130,6 +150,43 @@ class Collector:
                 out.duplicates += 1
             else:
                 out.conflicts.append((previous, stats))
+
+    def _rollups(self, length: int, messages: list[Any]) -> None:
+        out = self.outputs
+        for m in messages:
+            try:
+                stats = decode_room_stats(m.value)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                out.undecodable += 1
+                continue
+            key = (length, stats.room_id, stats.window_start)
+            previous = out.rollups.get(key)
+            if previous is None:
+                out.rollups[key] = stats
+            elif previous == stats:
+                out.rollup_duplicates += 1
+            else:
+                out.rollup_conflicts.append((previous, stats))
+
+    def _sessions(self, messages: list[Any]) -> None:
+        out = self.outputs
+        for m in messages:
+            try:
+                session = decode_room_session(m.value)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                out.undecodable += 1
+                continue
+            out.sessions[(session.room_id, session.session_start)] = session
+
+    async def wait_for_rollups(self, keys: set[tuple[int, str, int]], timeout_s: float) -> bool:
+        """Wait until every rollup key in ``keys`` has arrived (True) or the time is up (False)."""
+        deadline = time.monotonic() + timeout_s
+        rollups = self.outputs.rollups
+        while time.monotonic() < deadline:
+            if all(key in rollups for key in keys):
+                return True
+            await asyncio.sleep(0.25)
+        return all(key in rollups for key in keys)
 
     async def wait_for(self, keys: set[WindowKey], timeout_s: float) -> bool:
         """Wait until every key in ``keys`` has arrived (True) or the time is up (False)."""

@@ -37,6 +37,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def short_rollup_windows(window_ms: int) -> tuple[int, int]:
+    """Rollup lengths of a test deployment, short enough to close within a run: 2 and 6 windows."""
+    return (2 * window_ms, 6 * window_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """One isolated livepulse deployment reading ``inputs``."""
@@ -59,6 +64,14 @@ class Deployment:
         names.update(viewer=self.inputs[0], order=self.inputs[1], gift=self.inputs[2])
         return Topics(**names)
 
+    @property
+    def rollup_windows_ms(self) -> tuple[int, int]:
+        return short_rollup_windows(self.window_ms)
+
+    @property
+    def rollup_topics(self) -> dict[int, str]:
+        return {length: self.topics.rollup(length) for length in self.rollup_windows_ms}
+
     def env(self, web_port: int, data_dir: Path) -> dict[str, str]:
         t = self.topics
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEPULSE_")}
@@ -72,6 +85,7 @@ class Deployment:
             LIVEPULSE_COMMIT_INTERVAL_MS=str(self.commit_interval_ms),
             LIVEPULSE_ROOM_IDLE_MS=str(NEVER_MS),
             LIVEPULSE_DEDUP_TTL_MS=str(NEVER_MS),
+            LIVEPULSE_ROLLUP_WINDOWS_MS=",".join(map(str, self.rollup_windows_ms)),
             LIVEPULSE_LOG_LEVEL=self.log_level,
             LIVEPULSE_DATA_DIR=str(data_dir),
             **{f"LIVEPULSE_TOPIC_{name.upper()}": getattr(t, name) for name in Topics.__dataclass_fields__},

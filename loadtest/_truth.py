@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from schemas import ROOM_STATS_FIELDS, Event, RoomStats
+from schemas import ROOM_STATS_FIELDS, Event, RoomSession, RoomStats
 
-from .oracle import expected_windows
+from .oracle import expected_rollups, expected_sessions, expected_windows
 from .traffic import Injection, Phase, no_gc
 
 WindowKey = tuple[str, int]
@@ -45,6 +45,12 @@ class Truth:
     late_events: int
     phases: list[dict[str, Any]] = field(default_factory=list)
     _alerts: set[AlertKey] | None = None
+    #: rollup lengths the truth was computed for (none: rollups and sessions not computed)
+    rollup_windows_ms: tuple[int, ...] = ()
+    #: closed rollup windows by (length, room_id, window_start)
+    rollups: dict[tuple[int, str, int], RoomStats] = field(default_factory=dict)
+    #: the latest record of every session by (room_id, session_start), as of the stream's watermark
+    sessions: dict[tuple[str, int], RoomSession] = field(default_factory=dict)
 
     def expected_alerts(self) -> set[AlertKey]:
         """Firing alerts the detector raises over the true windows (computed once)."""
@@ -54,13 +60,29 @@ class Truth:
         return self._alerts
 
 
-def compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_ms: int) -> Truth:
-    """Run the oracle per partition over every phase's events, in production order."""
+def compute(
+    phases: Sequence[Phase],
+    *,
+    partitions: int,
+    window_ms: int,
+    grace_ms: int,
+    rollup_windows_ms: tuple[int, ...] = (),
+    session_gap_ms: int = 1_800_000,
+    bucket_ms: int = 1_000,
+) -> Truth:
+    """Run the oracle per partition over every phase's events, in production order.
+
+    With ``rollup_windows_ms``, also the rollup windows of those lengths and the sessions.
+    """
     with no_gc():
-        return _compute(phases, partitions=partitions, window_ms=window_ms, grace_ms=grace_ms)
+        truth = _compute(phases, partitions=partitions, window_ms=window_ms, grace_ms=grace_ms)
+        if rollup_windows_ms:
+            _sessions_and_rollups(truth, phases, rollup_windows_ms, session_gap_ms, bucket_ms)
+        return truth
 
 
-def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_ms: int) -> Truth:
+def _partition_streams(phases: Sequence[Phase]) -> dict[int, list[tuple[int, int, Event]]]:
+    """Per partition, its ``(source, offset, event)`` in production order."""
     streams: dict[int, list[tuple[int, int, Event]]] = defaultdict(list)
     offsets: Counter[tuple[int, int]] = Counter()
     for phase in phases:
@@ -69,6 +91,27 @@ def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_
                 continue
             offsets[(part, source)] += 1
             streams[part].append((source, offsets[(part, source)], ev))
+    return streams
+
+
+def _sessions_and_rollups(
+    truth: Truth, phases: Sequence[Phase], lengths_ms: tuple[int, ...], gap_ms: int, bucket_ms: int
+) -> None:
+    truth.rollup_windows_ms = lengths_ms
+    w, g = truth.window_ms, truth.grace_ms
+    for _, stream in sorted(_partition_streams(phases).items()):
+        truth.rollups.update(
+            expected_rollups(stream, window_ms=w, grace_ms=g, lengths_ms=lengths_ms, sources=(0, 1, 2))
+        )
+        truth.sessions.update(
+            expected_sessions(
+                stream, window_ms=w, grace_ms=g, bucket_ms=bucket_ms, gap_ms=gap_ms, sources=(0, 1, 2)
+            )
+        )
+
+
+def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_ms: int) -> Truth:
+    streams = _partition_streams(phases)
     windows: dict[WindowKey, RoomStats] = {}
     for part in sorted(streams):
         windows.update(

@@ -70,9 +70,9 @@ from schemas import ROOM_STATS_FIELDS, RoomStats
 from streams.core import room_key
 
 from . import _truth
-from ._checks import alert_keys
+from ._checks import alert_keys, compare_sessions_and_rollups
 from ._collect import Collector, Outputs
-from ._deploy import REPO, Deployment, WorkerProcess, free_port
+from ._deploy import REPO, Deployment, WorkerProcess, free_port, short_rollup_windows
 from .oracle import unique_viewers_close
 from .produce import ensure_topics
 from .scenarios import malformed
@@ -412,7 +412,9 @@ class Scenario:
             self.row.events = phase.events
             share = 0.0 if self.name == "kill9-murmur2" or self.name in HOSTILE else 0.5
             hostile = self._hostile(phase, model, start_ms)
-            async with Collector(self.bootstrap, self.deployment.topics) as collector:
+            async with Collector(
+                self.bootstrap, self.deployment.topics, self.deployment.rollup_topics
+            ) as collector:
                 sending = asyncio.create_task(
                     send_paced(
                         self.bootstrap, self.inputs, phase.messages, librdkafka_share=share, seed=cfg.seed
@@ -626,10 +628,17 @@ class Scenario:
     async def _settle(self, phase: Phase, collector: Collector) -> _truth.Truth:
         """Wait for the last windows (watermark by wall clock once traffic stops), compute the truth."""
         cfg = self.cfg
+        rollups = short_rollup_windows(cfg.window_ms)
         truth = _truth.compute(
-            [phase], partitions=cfg.partitions, window_ms=cfg.window_ms, grace_ms=cfg.grace_ms
+            [phase],
+            partitions=cfg.partitions,
+            window_ms=cfg.window_ms,
+            grace_ms=cfg.grace_ms,
+            rollup_windows_ms=rollups,
         )
         await collector.wait_for(set(truth.windows), timeout_s=(cfg.window_ms + cfg.grace_ms) / 1000 + 60)
+        # the longest rollup closes up to its length after the last window (watermark by wall time)
+        await collector.wait_for_rollups(set(truth.rollups), timeout_s=max(rollups) / 1000 + 30)
         await asyncio.sleep(2)  # anything extra (a duplicate, a stray window) would arrive now
         return truth
 
@@ -671,7 +680,21 @@ class Scenario:
                     diff = ", ".join(f"{f} {getattr(expected, f)}->{getattr(have, f)}" for f in wrong)
                     row.examples.append(f"{key}: {diff}")
         row.wrong += len(out.conflicts)
-        row.duplicates = out.duplicates + out.dlq_duplicates
+        row.duplicates = out.duplicates + out.dlq_duplicates + out.rollup_duplicates
+        # rollups and sessions: the hostile rooms and the corrupted one (its state is gone) left out
+        longer = compare_sessions_and_rollups(
+            truth, out, skip_room=lambda r: r == self.corrupted or r.startswith(HOSTILE_ROOM)
+        )
+        row.missing += len(longer.missing)
+        row.unexpected += len(longer.unexpected)
+        row.wrong += len(longer.wrong) + longer.conflicts
+        row.double_counted += longer.double_counted
+        row.notes.append(
+            f"{longer.rollups_expected} rollup windows and {longer.sessions_expected} sessions compared"
+        )
+        for failure in longer.failures(2):
+            if len(row.examples) < 5:
+                row.examples.append(failure)
         row.late_counted = sum(s.late_events for s in got.values())
         firing, _, problems = alert_keys(out)
         honest = lambda k: k[0] != self.corrupted and not k[0].startswith(HOSTILE_ROOM)  # noqa: E731

@@ -43,7 +43,7 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from . import _truth, scenarios
 from ._checks import Verdict, check, parse_iso_ms
 from ._collect import Collector
-from ._deploy import Deployment, Sampler, WorkerProcess
+from ._deploy import Deployment, Sampler, WorkerProcess, short_rollup_windows
 from ._measure import catch_up_rate, event_latencies, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
@@ -164,7 +164,7 @@ class Harness:
         assert worker is not None and deployment is not None
         worker = await self._restart(worker, deployment)
         try:
-            async with Collector(bootstrap, deployment.topics) as collector:
+            async with Collector(bootstrap, deployment.topics, deployment.rollup_topics) as collector:
                 live = await self._live(model, worker, collector)
                 truth = await self._settle_and_truth(backlog, live, collector)
                 m = await worker.metrics()
@@ -390,13 +390,24 @@ class Harness:
                 break
             await asyncio.sleep(0.5)
         t0 = time.perf_counter()
+        rollups = short_rollup_windows(cfg.window_ms)
         truth = _truth.compute(
-            [backlog, live], partitions=cfg.partitions, window_ms=cfg.window_ms, grace_ms=cfg.grace_ms
+            [backlog, live],
+            partitions=cfg.partitions,
+            window_ms=cfg.window_ms,
+            grace_ms=cfg.grace_ms,
+            rollup_windows_ms=rollups,
         )
         truth.expected_alerts()
-        self.say(f"ground truth: {len(truth.windows):,} windows ({time.perf_counter() - t0:.1f} s)")
+        self.say(
+            f"ground truth: {len(truth.windows):,} windows, {len(truth.rollups):,} rollups, "
+            f"{len(truth.sessions):,} sessions ({time.perf_counter() - t0:.1f} s)"
+        )
         if not await collector.wait_for(set(truth.windows), 30):
             self.say("some expected windows never arrived")
+        # the longest rollup closes up to its length after the last window (watermark by wall time)
+        if not await collector.wait_for_rollups(set(truth.rollups), max(rollups) / 1000 + 30):
+            self.say("some expected rollup windows never arrived")
         await asyncio.sleep(1)  # stragglers: late duplicates or alerts
         return truth
 

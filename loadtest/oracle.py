@@ -97,6 +97,9 @@ def expected_sessions(
     late: dict[str, list[int]] = defaultdict(list)
     for room_id, at in late_at:
         late[room_id].append(at // bucket_ms)
+    room_windows: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for (r, ws), w in windows.items():
+        room_windows[r].append((ws, w.concurrent_viewers))
     out: dict[tuple[str, int], RoomSession] = {}
     for room_id in sorted(set(events) | set(late)):
         active = sorted({e.ts // bucket_ms for e in events[room_id]} | set(late[room_id]))
@@ -114,9 +117,7 @@ def expected_sessions(
             gifts = [e for e in evs if isinstance(e, GiftEvent)]
             paid = [e for e in orders if e.status == "paid"]
             mine = sorted(
-                (ws, w.concurrent_viewers)
-                for (r, ws), w in windows.items()
-                if r == room_id and start - start % window_ms <= ws < last_end
+                (ws, c) for ws, c in room_windows[room_id] if start - start % window_ms <= ws < last_end
             )
             peak = max(c for _, c in mine)
             due = -(-(last_end + gap_ms) // window_ms) * window_ms

@@ -15,9 +15,17 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from loadtest.oracle import expected_windows, unique_viewers_close
+from loadtest.oracle import expected_rollups, expected_sessions, expected_windows, unique_viewers_close
 from loadtest.traffic import TrafficConfig, encode
-from schemas import Event, OrderEvent, RoomStats, decode_viewer
+from schemas import (
+    Event,
+    OrderEvent,
+    RoomSession,
+    RoomStats,
+    decode_room_session,
+    decode_room_stats,
+    decode_viewer,
+)
 from tests.integration.workers import (
     REPO,
     Deployment,
@@ -149,6 +157,106 @@ async def test_kill_9_mid_stream_then_restart_gives_the_same_room_stats(
 
     assert_equal_to_oracle(got, expected)  # duplicates allowed only as identical records (collect checks)
     assert second.metric("livepulse_restore_seconds_count") == deployment.partitions
+
+
+ROLLUPS_MS = (20_000, 30_000)
+
+
+async def test_kill_9_mid_session_leaves_rollups_and_sessions_exact(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    rollups = ",".join(map(str, ROLLUPS_MS))
+    deployment = Deployment(kafka_bootstrap, extra_env={"LIVEPULSE_ROLLUP_WINDOWS_MS": rollups})
+    started: list[Worker] = []
+    try:
+        started.append(first := Worker(deployment, tmp_path, "first"))
+        await first.wait_ready()
+        events = traffic(6_000, seed=4, rate_per_s=300)
+        stream = _stream(events)
+        window, grace = deployment.window_ms, deployment.grace_ms
+        want_rollups = expected_rollups(
+            stream, window_ms=window, grace_ms=grace, lengths_ms=ROLLUPS_MS, sources=SOURCE.values()
+        )
+        want_sessions = expected_sessions(
+            stream,
+            window_ms=window,
+            grace_ms=grace,
+            bucket_ms=1_000,
+            gap_ms=1_800_000,
+            sources=SOURCE.values(),
+        )
+        assert all(s.status == "live" for s in want_sessions.values())
+        producing = asyncio.create_task(
+            produce(
+                deployment.bootstrap,
+                deployment.topics,
+                events,
+                partitions=deployment.partitions,
+                pace_per_s=600,
+            )
+        )
+        await asyncio.sleep(4)  # mid-session: checkpoints committed, windows and session records out
+        assert first.metric("livepulse_events_applied_total") > 0
+        first.kill()
+        started.append(second := Worker(deployment, tmp_path, "second"))
+        await second.wait_ready()
+        await producing
+
+        got_rollups: dict[tuple[int, str, int], RoomStats] = {}
+        for length in ROLLUPS_MS:
+            n = sum(k[0] == length for k in want_rollups)
+
+            def enough(vs: list[bytes], n: int = n) -> bool:
+                return len({(r["room_id"], r["window_start"]) for r in records(vs)}) >= n
+
+            values = await read_topic(deployment.bootstrap, deployment.topics.rollup(length), until=enough)
+            for raw in values:
+                stats = decode_room_stats(raw)
+                key = (length, stats.room_id, stats.window_start)
+                assert got_rollups.setdefault(key, stats) == stats, f"{key} published twice, differently"
+        assert sorted(got_rollups) == sorted(want_rollups)
+        for key, want in want_rollups.items():
+            _assert_close(got_rollups[key], want, key)
+
+        def sessions(values: list[bytes]) -> dict[tuple[str, int], RoomSession]:
+            latest = {}
+            for raw in values:
+                session = decode_room_session(raw)
+                latest[(session.room_id, session.session_start)] = session
+            return latest
+
+        values = await read_topic(
+            deployment.bootstrap,
+            deployment.topics.room_sessions,
+            until=lambda vs: (
+                {k: s.updated_at for k, s in sessions(vs).items()}
+                == {k: s.updated_at for k, s in want_sessions.items()}
+            ),
+        )
+        got_sessions = sessions(values)
+        assert sorted(got_sessions) == sorted(want_sessions)
+        for skey, want_session in want_sessions.items():
+            _assert_close(got_sessions[skey], want_session, skey)
+        status, body = second.get("/rooms/r0")
+        assert status == 200 and orjson.loads(body)["session"]["status"] == "live"
+    finally:
+        for worker in started:
+            worker.kill()
+
+
+def _stream(events: list[tuple[str, Event]]) -> list[tuple[int, int, Event]]:
+    offsets = dict.fromkeys(SOURCE, 0)
+    stream = []
+    for kind, ev in events:
+        offsets[kind] += 1
+        stream.append((SOURCE[kind], offsets[kind], ev))
+    return stream
+
+
+def _assert_close(have: RoomStats | RoomSession, want: RoomStats | RoomSession, key: object) -> None:
+    assert unique_viewers_close(have.unique_viewers, want.unique_viewers), (key, have, want)
+    strip = lambda s: {f: getattr(s, f) for f in s.__slots__ if f != "unique_viewers"}  # noqa: E731
+    assert strip(have) == strip(want), key
 
 
 async def test_two_workers_split_partitions_and_hand_over_state(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]

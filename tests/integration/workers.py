@@ -43,6 +43,7 @@ class Deployment:
             order=f"it.order.{s}",
             gift=f"it.gift.{s}",
             room_stats=f"it.room-stats.{s}",
+            room_sessions=f"it.room-sessions.{s}",
             alerts=f"it.alerts.{s}",
             dlq=f"it.dlq.{s}",
             repartition=f"it.repartition.{s}",
