@@ -71,6 +71,9 @@ class Verdict:
     dlq_got: Counter[str] = field(default_factory=Counter)
     late_expected: int = 0
     late_got: int = 0
+    #: rollup windows and sessions compared (when the truth holds them)
+    rollups_expected: int = 0
+    sessions_expected: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -90,6 +93,8 @@ class Verdict:
             f"expected but not raised {len(self.not_raised)}",
             f"dead letters: {sum(self.dlq_got.values())} received, "
             f"{sum(self.dlq_expected.values())} expected",
+            f"rollups and sessions: {self.rollups_expected:,} rollup windows and "
+            f"{self.sessions_expected:,} sessions compared",
         ]
         lines += [f"FAIL: {f}" for f in self.failures]
         return "\n".join(lines)
@@ -114,7 +119,9 @@ def check(
     v = Verdict()
     _check_windows(truth, out, v, limit, late_slack)
     if truth.rollup_windows_ms:
-        v.failures += compare_sessions_and_rollups(truth, out, late_slack=late_slack).failures(limit)
+        longer = compare_sessions_and_rollups(truth, out, late_slack=late_slack)
+        v.rollups_expected, v.sessions_expected = longer.rollups_expected, longer.sessions_expected
+        v.failures += longer.failures(limit)
     _check_alerts(truth, out, v, require_alerts, limit)
     v.dlq_expected, v.dlq_got = Counter(truth.malformed), Counter(out.dlq_reasons)
     if v.dlq_expected != v.dlq_got:

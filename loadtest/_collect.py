@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,20 +180,17 @@ class Collector:
 
     async def wait_for_rollups(self, keys: set[tuple[int, str, int]], timeout_s: float) -> bool:
         """Wait until every rollup key in ``keys`` has arrived (True) or the time is up (False)."""
-        deadline = time.monotonic() + timeout_s
-        rollups = self.outputs.rollups
-        while time.monotonic() < deadline:
-            if all(key in rollups for key in keys):
-                return True
-            await asyncio.sleep(0.25)
-        return all(key in rollups for key in keys)
+        return await _arrived(keys, self.outputs.rollups, timeout_s)
 
     async def wait_for(self, keys: set[WindowKey], timeout_s: float) -> bool:
         """Wait until every key in ``keys`` has arrived (True) or the time is up (False)."""
-        deadline = time.monotonic() + timeout_s
-        windows = self.outputs.windows
-        while time.monotonic() < deadline:
-            if all(key in windows for key in keys):
-                return True
-            await asyncio.sleep(0.25)
-        return all(key in windows for key in keys)
+        return await _arrived(keys, self.outputs.windows, timeout_s)
+
+
+async def _arrived(keys: Collection[Any], received: Container[Any], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(key in received for key in keys):
+            return True
+        await asyncio.sleep(0.25)
+    return all(key in received for key in keys)

@@ -39,33 +39,57 @@ def expected_windows(
     out: dict[tuple[str, int], RoomStats] = {}
     concurrent: dict[str, int] = defaultdict(int)
     for room_id, ws in sorted(set(accepted) | set(late)):
-        events = accepted.get((room_id, ws), [])
-        viewer = [e for e in events if isinstance(e, ViewerEvent)]
-        orders = [e for e in events if isinstance(e, OrderEvent)]
-        gifts = [e for e in events if isinstance(e, GiftEvent)]
-        joins = sum(1 for e in viewer if e.type == "join")
-        leaves = sum(1 for e in viewer if e.type == "leave")
-        concurrent[room_id] = max(0, concurrent[room_id] + joins - leaves)
-        paid = [e for e in orders if e.status == "paid"]
-        out[(room_id, ws)] = RoomStats(
-            room_id=room_id,
-            window_start=ws,
-            window_end=ws + window_ms,
-            views=joins,
-            unique_viewers=len({e.user_id for e in viewer}),
-            concurrent_viewers=concurrent[room_id],
-            likes=sum(1 for e in viewer if e.type == "like"),
-            comments=sum(1 for e in viewer if e.type == "comment"),
-            orders=len(paid),
-            orders_per_sec=len(paid) / (window_ms / 1000),
-            gmv_minor=sum(e.amount_minor for e in paid),
-            refunds_minor=sum(e.amount_minor for e in orders if e.status == "refunded"),
-            gifts=sum(e.count for e in gifts),
-            gift_value_minor=sum(e.value_minor for e in gifts),
-            late_events=late.get((room_id, ws), 0),
-            shares=sum(1 for e in viewer if e.type == "share"),
+        totals = _totals(accepted.get((room_id, ws), []))
+        concurrent[room_id] = max(0, concurrent[room_id] + totals["views"] - totals.pop("leaves"))
+        out[(room_id, ws)] = _stats(
+            room_id, ws, window_ms, totals, concurrent[room_id], late.get((room_id, ws), 0)
         )
     return out
+
+
+def _totals(events: Iterable[Event]) -> dict[str, int]:
+    """Every metric of a set of accepted events, unique viewers exact (and leaves, for concurrency)."""
+    events = list(events)
+    viewer = [e for e in events if isinstance(e, ViewerEvent)]
+    orders = [e for e in events if isinstance(e, OrderEvent)]
+    gifts = [e for e in events if isinstance(e, GiftEvent)]
+    paid = [e for e in orders if e.status == "paid"]
+    return {
+        "views": sum(1 for e in viewer if e.type == "join"),
+        "leaves": sum(1 for e in viewer if e.type == "leave"),
+        "unique_viewers": len({e.user_id for e in viewer}),
+        "likes": sum(1 for e in viewer if e.type == "like"),
+        "comments": sum(1 for e in viewer if e.type == "comment"),
+        "shares": sum(1 for e in viewer if e.type == "share"),
+        "orders": len(paid),
+        "gmv_minor": sum(e.amount_minor for e in paid),
+        "refunds_minor": sum(e.amount_minor for e in orders if e.status == "refunded"),
+        "gifts": sum(e.count for e in gifts),
+        "gift_value_minor": sum(e.value_minor for e in gifts),
+    }
+
+
+def _stats(
+    room_id: str, start: int, length_ms: int, totals: dict[str, int], concurrent: int, late: int
+) -> RoomStats:
+    return RoomStats(
+        room_id=room_id,
+        window_start=start,
+        window_end=start + length_ms,
+        views=totals["views"],
+        unique_viewers=totals["unique_viewers"],
+        concurrent_viewers=concurrent,
+        likes=totals["likes"],
+        comments=totals["comments"],
+        orders=totals["orders"],
+        orders_per_sec=totals["orders"] / (length_ms / 1000),
+        gmv_minor=totals["gmv_minor"],
+        refunds_minor=totals["refunds_minor"],
+        gifts=totals["gifts"],
+        gift_value_minor=totals["gift_value_minor"],
+        late_events=late,
+        shares=totals["shares"],
+    )
 
 
 def expected_sessions(
@@ -111,11 +135,7 @@ def expected_sessions(
                 spans[-1][1] = b
         for i, (first, last) in enumerate(spans):
             start, last_end = first * bucket_ms, (last + 1) * bucket_ms
-            evs = [e for e in events[room_id] if first <= e.ts // bucket_ms <= last]
-            viewer = [e for e in evs if isinstance(e, ViewerEvent)]
-            orders = [e for e in evs if isinstance(e, OrderEvent)]
-            gifts = [e for e in evs if isinstance(e, GiftEvent)]
-            paid = [e for e in orders if e.status == "paid"]
+            totals = _totals(e for e in events[room_id] if first <= e.ts // bucket_ms <= last)
             mine = sorted(
                 (ws, c) for ws, c in room_windows[room_id] if start - start % window_ms <= ws < last_end
             )
@@ -127,18 +147,18 @@ def expected_sessions(
                 session_start=start,
                 session_end=last_end if ended else None,
                 status="ended" if ended else "live",
-                views=sum(1 for e in viewer if e.type == "join"),
-                unique_viewers=len({e.user_id for e in viewer}),
+                views=totals["views"],
+                unique_viewers=totals["unique_viewers"],
                 peak_concurrent_viewers=peak,
                 peak_window_start=next(ws for ws, c in mine if c == peak),
-                likes=sum(1 for e in viewer if e.type == "like"),
-                comments=sum(1 for e in viewer if e.type == "comment"),
-                shares=sum(1 for e in viewer if e.type == "share"),
-                orders=len(paid),
-                gmv_minor=sum(e.amount_minor for e in paid),
-                refunds_minor=sum(e.amount_minor for e in orders if e.status == "refunded"),
-                gifts=sum(e.count for e in gifts),
-                gift_value_minor=sum(e.value_minor for e in gifts),
+                likes=totals["likes"],
+                comments=totals["comments"],
+                shares=totals["shares"],
+                orders=totals["orders"],
+                gmv_minor=totals["gmv_minor"],
+                refunds_minor=totals["refunds_minor"],
+                gifts=totals["gifts"],
+                gift_value_minor=totals["gift_value_minor"],
                 late_events=sum(1 for b in late[room_id] if first <= b <= last),
                 updated_at=due if ended else mine[-1][0] + window_ms,
             )
@@ -174,28 +194,10 @@ def expected_rollups(
             key = (room_id, ws - ws % length)
             last_window[key] = max(last_window.get(key, (ws, 0)), (ws, stats.concurrent_viewers))
         for room_id, start in sorted(set(events) | set(late)):
-            evs = events.get((room_id, start), [])
-            viewer = [e for e in evs if isinstance(e, ViewerEvent)]
-            orders = [e for e in evs if isinstance(e, OrderEvent)]
-            gifts = [e for e in evs if isinstance(e, GiftEvent)]
-            paid = [e for e in orders if e.status == "paid"]
-            out[(length, room_id, start)] = RoomStats(
-                room_id=room_id,
-                window_start=start,
-                window_end=start + length,
-                views=sum(1 for e in viewer if e.type == "join"),
-                unique_viewers=len({e.user_id for e in viewer}),
-                concurrent_viewers=last_window[(room_id, start)][1],
-                likes=sum(1 for e in viewer if e.type == "like"),
-                comments=sum(1 for e in viewer if e.type == "comment"),
-                orders=len(paid),
-                orders_per_sec=len(paid) / (length / 1000),
-                gmv_minor=sum(e.amount_minor for e in paid),
-                refunds_minor=sum(e.amount_minor for e in orders if e.status == "refunded"),
-                gifts=sum(e.count for e in gifts),
-                gift_value_minor=sum(e.value_minor for e in gifts),
-                late_events=late.get((room_id, start), 0),
-                shares=sum(1 for e in viewer if e.type == "share"),
+            totals = _totals(events.get((room_id, start), []))
+            concurrent = last_window[(room_id, start)][1]
+            out[(length, room_id, start)] = _stats(
+                room_id, start, length, totals, concurrent, late.get((room_id, start), 0)
             )
     return out
 

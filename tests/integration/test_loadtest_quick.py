@@ -30,6 +30,7 @@ async def test_quick_load_test_matches_the_ground_truth(kafka_bootstrap: str, tm
     assert {s.injection.scenario for s in verdict.spikes} == {"trending", "flash-sale", "hot-room"}
     assert all(s.alert is not None for s in verdict.spikes)
     assert verdict.windows_expected > 10_000
+    assert verdict.rollups_expected > 1_000 and verdict.sessions_expected > 100  # compared, field by field
     assert verdict.late_expected > 0 and verdict.late_got == verdict.late_expected
     assert sum(verdict.dlq_expected.values()) > 100
     assert len(verdict.dlq_expected) >= 10  # every malformed kind, each with its reason code

@@ -9,10 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.oracle import expected_rollups, unique_viewers_close
-from schemas import RoomStats
+from schemas import Event, RoomStats
 from streams.core import CoreConfig, TaskAggregator
 from streams.exceptions import ConfigError
-from tests.unit.test_core_oracle import SOURCES, make_stream, run
+from tests.unit.test_core_oracle import SOURCES, make_stream
+from tests.unit.test_core_sessions import feed_chunks
 
 CFG = CoreConfig(
     bucket_ms=1_000,
@@ -24,16 +25,8 @@ CFG = CoreConfig(
 )
 
 
-def feed(agg: TaskAggregator, stream: list, seed: int) -> list[tuple[int, RoomStats]]:
-    out: list[tuple[int, RoomStats]] = []
-    rng = random.Random(seed)
-    i = 0
-    while i < len(stream):
-        j = min(len(stream), i + rng.randint(1, 80))
-        run(agg, stream[i:j], rng)
-        out.extend(agg.drain_rollups())
-        i = j
-    return out
+def feed(agg: TaskAggregator, stream: list[tuple[int, int, Event]], seed: int) -> list[tuple[int, RoomStats]]:
+    return feed_chunks(agg, stream, seed, agg.drain_rollups)
 
 
 def finish(agg: TaskAggregator, now_ms: int = 10**9) -> list[tuple[int, RoomStats]]:

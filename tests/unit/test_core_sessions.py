@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +27,7 @@ CFG = CoreConfig(
 )
 #: the oracle does not model room expiry (it resets concurrent viewers): compared without it
 NO_EXPIRY = dataclasses.replace(CFG, room_idle_ms=10**9)
+T = TypeVar("T")
 
 
 def latest(records: list[RoomSession]) -> dict[tuple[str, int], RoomSession]:
@@ -35,16 +38,23 @@ def latest(records: list[RoomSession]) -> dict[tuple[str, int], RoomSession]:
     return out
 
 
-def feed(agg: TaskAggregator, stream: list[tuple[int, int, Event]], seed: int) -> list[RoomSession]:
-    out: list[RoomSession] = []
+def feed_chunks(
+    agg: TaskAggregator, stream: list[tuple[int, int, Event]], seed: int, drain: Callable[[], list[T]]
+) -> list[T]:
+    """Feed the stream in random chunks (each in random batches), draining ``drain`` after each."""
+    out: list[T] = []
     rng = random.Random(seed)
     i = 0
     while i < len(stream):
         j = min(len(stream), i + rng.randint(1, 80))
         run(agg, stream[i:j], rng)
-        out.extend(agg.drain_sessions())
+        out.extend(drain())
         i = j
     return out
+
+
+def feed(agg: TaskAggregator, stream: list[tuple[int, int, Event]], seed: int) -> list[RoomSession]:
+    return feed_chunks(agg, stream, seed, agg.drain_sessions)
 
 
 def settle(agg: TaskAggregator, now_ms: int) -> list[RoomSession]:
