@@ -269,10 +269,28 @@ def session_key(room_id: str) -> bytes:
     return SESSION_KEY_PREFIX + room_id.encode()
 
 
+def _encode_union(union: Any) -> str | None:
+    """A unique-viewer union as a base64 compact sketch (None: no viewers yet)."""
+    return (
+        None if union is None else base64.b64encode(union.get_result(HLL_TYPE).serialize_compact()).decode()
+    )
+
+
+def _decode_union(sketch: str | None, lg_k: int) -> Any:
+    if sketch is None:
+        return None
+    union = hll_union(lg_k)
+    union.update(hll_sketch.deserialize(base64.b64decode(sketch)))
+    return union
+
+
+def _check_counters(totals: Any) -> list[int]:
+    if not isinstance(totals, list) or len(totals) != N_COUNTERS or not all(type(c) is int for c in totals):
+        raise ValueError(f"{N_COUNTERS} integer counters expected")
+    return totals
+
+
 def encode_session(session: Session) -> bytes:
-    sketch = None
-    if session.union is not None:
-        sketch = base64.b64encode(session.union.get_result(HLL_TYPE).serialize_compact()).decode()
     return orjson.dumps(
         [
             SESSION_FORMAT_VERSION,
@@ -280,7 +298,7 @@ def encode_session(session: Session) -> bytes:
             session.start,
             session.last_end,
             session.totals,
-            sketch,
+            _encode_union(session.union),
             session.peak,
             session.peak_ws,
             session.updated_at,
@@ -299,18 +317,10 @@ def decode_session_record(key: bytes, value: bytes, lg_k: int) -> Session:
     if type(room_id) is not str or room_id.encode() != key[len(SESSION_KEY_PREFIX) :]:
         raise StateError(f"changelog key {key!r} holds the session of {room_id!r}")
     try:
-        if (
-            not isinstance(totals, list)
-            or len(totals) != N_COUNTERS
-            or not all(type(c) is int for c in totals)
-        ):
-            raise ValueError(f"{N_COUNTERS} integer counters expected")
         session = Session(room_id, int(start))
-        session.last_end, session.totals = int(last_end), totals
+        session.last_end, session.totals = int(last_end), _check_counters(totals)
         session.peak, session.peak_ws, session.updated_at = int(peak), int(peak_ws), int(updated_at)
-        if sketch is not None:
-            session.union = hll_union(lg_k)
-            session.union.update(hll_sketch.deserialize(base64.b64decode(sketch)))
+        session.union = _decode_union(sketch, lg_k)
         return session
     except (ValueError, TypeError, RuntimeError) as exc:
         raise StateError(f"corrupt session {key!r}: {exc}") from exc
@@ -325,11 +335,9 @@ def rollup_key(length_ms: int, room_id: str) -> bytes:
 
 
 def encode_rollup(rollup: Rollup) -> bytes:
-    sketch = None
-    if rollup.union is not None:
-        sketch = base64.b64encode(rollup.union.get_result(HLL_TYPE).serialize_compact()).decode()
+    union = _encode_union(rollup.union)
     return orjson.dumps(
-        [ROLLUP_FORMAT_VERSION, rollup.room_id, rollup.start, rollup.totals, sketch, rollup.concurrent]
+        [ROLLUP_FORMAT_VERSION, rollup.room_id, rollup.start, rollup.totals, union, rollup.concurrent]
     )
 
 
@@ -346,17 +354,9 @@ def decode_rollup_record(key: bytes, value: bytes, lg_k: int) -> tuple[int, Roll
     if room_id != key_room:
         raise StateError(f"changelog key {key!r} holds the rollup of {room_id!r}")
     try:
-        if (
-            not isinstance(totals, list)
-            or len(totals) != N_COUNTERS
-            or not all(type(c) is int for c in totals)
-        ):
-            raise ValueError(f"{N_COUNTERS} integer counters expected")
         rollup = Rollup(room_id, int(start))
-        rollup.totals, rollup.concurrent = totals, int(concurrent)
-        if sketch is not None:
-            rollup.union = hll_union(lg_k)
-            rollup.union.update(hll_sketch.deserialize(base64.b64decode(sketch)))
+        rollup.totals, rollup.concurrent = _check_counters(totals), int(concurrent)
+        rollup.union = _decode_union(sketch, lg_k)
         return length, rollup
     except (ValueError, TypeError, RuntimeError) as exc:
         raise StateError(f"corrupt rollup {key!r}: {exc}") from exc

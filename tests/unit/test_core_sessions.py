@@ -161,3 +161,25 @@ def test_restore_mid_session_gives_the_same_sessions(seed: int, n: int, cut: flo
 def test_session_gap_shorter_than_a_window_is_refused() -> None:
     with pytest.raises(ConfigError):
         CoreConfig(window_ms=10_000, session_gap_ms=5_000)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"s/r", b"{not json"),
+        (b"s/r", b'[2, "r", 0, 1000, [0,0,0,0,0,0,0,0,0,0,0], null, 0, 0, 0]'),  # a future version
+        (b"s/r", b'[1, "other", 0, 1000, [0,0,0,0,0,0,0,0,0,0,0], null, 0, 0, 0]'),  # under another key
+        (b"s/r", b'[1, "r", 0, 1000, [0, 0], null, 0, 0, 0]'),  # counters missing
+        (b"u/60000/r", b'[1, "r", 0, [0,0,0,0,0,0,0,0,0,0,0], "%%%", 0]'),  # not a sketch
+    ],
+)
+def test_an_undecodable_session_or_rollup_record_is_quarantined(key: bytes, value: bytes) -> None:
+    agg = TaskAggregator(CFG, SOURCES)
+    t = BASE_MS
+    agg.apply(0, [(1, ViewerEvent("join", "ok", "a", t))], now_ms=0)
+    settle(agg, 15_000)
+    good = agg.checkpoint().upserts
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore([*good, (key, value)])
+    assert [q[0] for q in restored.quarantined] == [key]
+    assert "ok" in restored.sessions.by_room and "r" not in restored.sessions.by_room
