@@ -74,6 +74,8 @@ def main() -> None:
     task.tick(now_ms=wall_ms + 10_000)
     task.tick(now_ms=wall_ms + 200_000)
     closed = task.drain()
+    task.drain_sessions()  # published by the pipeline: not state
+    task.drain_rollups()
     idle_rss = rss() - base
     print(
         f"after closing {len(closed)} windows (rooms idle: detector state and last window kept): "
