@@ -108,6 +108,16 @@ def test_public_surfaces_are_pinned() -> None:
         "SpikeRules",
         "observe",
         "apply_override",
+        # the platform leaderboard (issue 16)
+        "LEADERBOARD_KEY",
+        "LeaderboardMerge",
+        "is_live",
+        "decode_leaderboard",
+        "encode_leaderboard",
+        "latest_leaderboard",
+        "leaderboard_partials",
+        "leaderboard_progress",
+        "rank_rooms",
     }
     assert set(schemas.__all__) == {
         "GiftEvent",
