@@ -21,4 +21,7 @@ create livepulse.rules 1 --config cleanup.policy=compact
 create live.room-stats "$PARTITIONS" --config retention.ms=604800000
 create live.alerts "$PARTITIONS" --config retention.ms=604800000
 create live.dlq "$PARTITIONS" --config retention.ms=1209600000
+# the platform leaderboard: one partition each (one merge stage, windows in order)
+create livepulse.leaderboard-partials 1 --config retention.ms=604800000
+create live.leaderboard 1 --config retention.ms=604800000
 "$KT" --bootstrap-server "$BOOTSTRAP" --list

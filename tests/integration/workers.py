@@ -48,6 +48,8 @@ class Deployment:
             repartition=f"it.repartition.{s}",
             changelog=f"it.changelog.{s}",
             control=f"it.rules.{s}",
+            leaderboard=f"it.leaderboard.{s}",
+            leaderboard_partials=f"it.leaderboard-partials.{s}",
         )
 
     def env(self, web_port: int, data_dir: Path | None = None) -> dict[str, str]:
