@@ -1,4 +1,5 @@
-"""Follow a deployment's outputs from the beginning: room-stats, alerts and dead letters, with arrival times.
+"""Follow a deployment's outputs from the beginning: room-stats, alerts, dead letters and the
+platform leaderboard, with arrival times.
 
 Arrival is the harness's wall clock when the record was fetched, which is what
 the end-to-end latency is measured against. A repeated room-stats key must
@@ -42,6 +43,10 @@ class Outputs:
     dlq_seen: set[tuple[str, int, int]] = field(default_factory=set)
     dlq_duplicates: int = 0
     undecodable: int = 0
+    #: platform leaderboard records by window start; any repeat (even identical) is a duplicate:
+    #: the leaderboard is exactly once
+    leaderboards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    leaderboard_repeats: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Collector:
@@ -59,6 +64,7 @@ class Collector:
             self.topics.room_stats,
             self.topics.alerts,
             self.topics.dlq,
+            self.topics.leaderboard,
             bootstrap_servers=self.bootstrap,
             group_id=None,
             auto_offset_reset="earliest",
@@ -84,6 +90,8 @@ class Collector:
                 for tp, messages in batches.items():
                     if tp.topic == t.room_stats:
                         self._windows(messages, now)
+                    elif tp.topic == t.leaderboard:
+                        self._leaderboards(messages)
                     elif tp.topic == t.alerts:
                         for m in messages:
                             try:
@@ -111,6 +119,30 @@ class Collector:
             else:
                 out.dlq_seen.add(source)
                 out.dlq_reasons[reason] += 1
+
+    def _leaderboards(self, messages: list[Any]) -> None:
+        out = self.outputs
+        for m in messages:
+            try:
+                record = orjson.loads(m.value)
+                ws = record["window_start"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                out.undecodable += 1
+                continue
+            if ws in out.leaderboards:
+                out.leaderboard_repeats.append(record)
+            else:
+                out.leaderboards[ws] = record
+
+    async def wait_for_leaderboards(self, window_starts: set[int], timeout_s: float) -> bool:
+        """Wait until a leaderboard record of every window in ``window_starts`` has arrived."""
+        deadline = time.monotonic() + timeout_s
+        got = self.outputs.leaderboards
+        while time.monotonic() < deadline:
+            if window_starts <= got.keys():
+                return True
+            await asyncio.sleep(0.25)
+        return window_starts <= got.keys()
 
     def _windows(self, messages: list[Any], now: float) -> None:
         out = self.outputs

@@ -47,6 +47,7 @@ from ._deploy import Deployment, Sampler, WorkerProcess
 from ._measure import catch_up_rate, event_latencies, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
+from .oracle import expected_leaderboards
 from .produce import Progress, ensure_topics, generate, send
 from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
 
@@ -397,6 +398,9 @@ class Harness:
         self.say(f"ground truth: {len(truth.windows):,} windows ({time.perf_counter() - t0:.1f} s)")
         if not await collector.wait_for(set(truth.windows), 30):
             self.say("some expected windows never arrived")
+        boards = set(expected_leaderboards(truth.windows.values(), 1))
+        if not await collector.wait_for_leaderboards(boards, 30):
+            self.say("some expected leaderboard windows never arrived")
         await asyncio.sleep(1)  # stragglers: late duplicates or alerts
         return truth
 
