@@ -56,6 +56,10 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "season_s": ("f", 0.0, 1e8),
     "season_bins": ("i", 1, 1_440),
     "season_half_life_periods": ("f", 0.01, 1e3),
+    "drift_z": ("f", 0.0, math.inf),
+    "drift_half_life_s": ("f", 1.0, 1e9),
+    "drift_norm_half_life_s": ("f", 1.0, 1e10),
+    "tail_cap": ("f", 0.0, 1e6),
     "drop_enabled": ("b", 0, 1),
     "drop_ratio": ("f", 0.0, 1.0),
     "drop_hold_ratio": ("f", 0.0, math.inf),
@@ -144,6 +148,17 @@ class MetricRule:
     value ``<= expected / ratio`` and score ``<= -z_threshold``) runs as well,
     for gauges where a fall is as telling as a rise.
 
+    Drift (off with ``drift_z`` 0, the room default): a second test that also
+    meets the spike (or dip) rule, for changes too slow or too small for one
+    window. It is an EWMA chart of the test's standardised residuals (half-life
+    ``drift_half_life_s``), divided by its own typical size on this series (the
+    root of an exponentially weighted mean of its square, half-life
+    ``drift_norm_half_life_s``, never below what independent residuals would
+    give); it meets the rule when that ratio is ``>= drift_z`` (``<= -drift_z``
+    for a dip). Dividing by the chart's own spread makes the threshold adapt to
+    each series' autocorrelation and keeps the test the same at any window
+    length.
+
     Surge (``RoomSurge``), during warm-up only: fires when ``value >=
     surge_value`` (``None`` disables it) for ``confirm_s``; resolves below
     ``surge_resolve_fraction * surge_value`` or, once warmed up, below
@@ -175,6 +190,10 @@ class MetricRule:
     season_s: float = 0.0
     season_bins: int = 60
     season_half_life_periods: float = 0.5
+    drift_z: float = 0.0
+    drift_half_life_s: float = 3_600.0
+    drift_norm_half_life_s: float = 7 * 86_400.0
+    tail_cap: float = 0.0
     drop_enabled: bool = False
     drop_ratio: float = 0.2
     drop_hold_ratio: float = 0.7
@@ -382,4 +401,8 @@ GAUGE_RULE: Final = MetricRule(
     season_s=86_400.0,
     season_bins=24,
     season_half_life_periods=1.0,
+    drift_z=3.0,
+    drift_half_life_s=2 * 3_600.0,
+    drift_norm_half_life_s=7 * 86_400.0,
+    tail_cap=5.0,
 )
