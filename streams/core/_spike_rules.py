@@ -402,7 +402,7 @@ GAUGE_RULE: Final = MetricRule(
     season_bins=24,
     season_half_life_periods=1.0,
     drift_z=3.0,
-    drift_half_life_s=2 * 3_600.0,
+    drift_half_life_s=5_400.0,
     drift_norm_half_life_s=7 * 86_400.0,
     tail_cap=5.0,
 )

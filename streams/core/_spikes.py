@@ -471,7 +471,9 @@ def _step(
             u = y - s_term
             if history == 0:
                 d[j] = d[j + 1] = u
-            fast = d[j] + beta * (u - d[j])
+            # during warm-up both means start as running means (so neither starts from one value)
+            warm = span / (history + span)
+            fast = d[j] + (beta if warmed or beta > warm else warm) * (u - d[j])
             slow = d[j + 1]
             gap = fast - slow
             norm = max(d[j + 2], plan.drift_null_vars[i] * var)
@@ -494,7 +496,6 @@ def _step(
                 d[j + 1] = slow + gamma * gap
                 d[j + 2] = norm + gamma * (min(gap * gap, norm * rule.drift_z**2) - norm)
             else:
-                warm = span / (history + span)
                 d[j + 1] = slow + max(gamma, warm) * (u - slow)
                 d[j + 2] += max(gamma, warm) * (gap * gap - d[j + 2])
         spike = warmed and x >= rule.min_volume and x >= rule.ratio * expected and z >= rule.z_threshold
