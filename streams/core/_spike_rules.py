@@ -148,16 +148,21 @@ class MetricRule:
     value ``<= expected / ratio`` and score ``<= -z_threshold``) runs as well,
     for gauges where a fall is as telling as a rise.
 
-    Drift (off with ``drift_z`` 0, the room default): a second test that also
-    meets the spike (or dip) rule, for changes too slow or too small for one
-    window. It is an EWMA chart of the test's standardised residuals (half-life
-    ``drift_half_life_s``), divided by its own typical size on this series (the
-    root of an exponentially weighted mean of its square, half-life
-    ``drift_norm_half_life_s``, never below what independent residuals would
-    give); it meets the rule when that ratio is ``>= drift_z`` (``<= -drift_z``
-    for a dip). Dividing by the chart's own spread makes the threshold adapt to
-    each series' autocorrelation and keeps the test the same at any window
-    length.
+    Drift (off with ``drift_z`` 0, the room default; on in ``GAUGE_RULE``): a
+    second test that also meets the spike (or dip) rule, for changes too slow
+    or too small for one window. It compares a fast mean of the de-seasoned
+    value (half-life ``drift_half_life_s``) with a slow one (half-life
+    ``drift_norm_half_life_s``) and divides their gap by its own root mean
+    square on this series (same half-life, learned from ordinary windows only,
+    never below what independent noise would give); it meets the rule when the
+    ratio is ``>= drift_z`` (``<= -drift_z`` for a dip). Dividing by the gap's
+    own spread adapts the threshold to each series' autocorrelation and keeps
+    the test the same at any window length. With ``tail_cap`` > 0 (0, off, by
+    default) the single-window score is also divided by the root of the slow
+    mean of its own square (each window's square capped at ``tail_cap``²)
+    when that exceeds 1, so a series whose residuals are routinely wider than
+    its baseline's scale (an unmodelled weekly pattern, recurring outliers)
+    raises its own threshold.
 
     Surge (``RoomSurge``), during warm-up only: fires when ``value >=
     surge_value`` (``None`` disables it) for ``confirm_s``; resolves below
@@ -384,7 +389,9 @@ def apply_override(rules: SpikeRules, message: Mapping[str, Any]) -> SpikeRules:
 
 #: The rule for a gauge of unknown kind and scale (a metric with no volume floor, where a fall is
 #: as telling as a rise), at the time scale of minutes-to-days series: the rule evaluated on NAB
-#: (``loadtest.anomaly_eval``). Not a room default: room metrics use ``default_metric_rules``.
+#: (``loadtest.anomaly_eval``), tuned on realKnownCause and artificialWithAnomaly only. Not a room
+#: default: room metrics use ``default_metric_rules``; an operator gives a metric this rule with a
+#: control-topic override setting these fields (README, "Spike alerts").
 GAUGE_RULE: Final = MetricRule(
     half_life_s=6 * 3_600.0,
     warmup_s=86_400.0,

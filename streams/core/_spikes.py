@@ -16,6 +16,13 @@ metric reached a floor) it also learns a seasonal term: per phase bin of
 expected value once a full period has been learned (recurring flash-sale slots
 stop alerting from their second occurrence on).
 
+Gauge rules (``GAUGE_RULE``; off in the room defaults, which keep the quiet fast
+path) add a drift test: a fast mean of the de-seasoned value against a slow one,
+their gap divided by its own root mean square on the series, so slow ramps and
+lasting shifts that no single window shows still meet the rule; and a
+tail-adapted single-window score (divided by the root of the slow mean of its
+own capped square when above 1).
+
 Tests, per metric kind: counts (views/s, unique viewers, orders/s) must be
 significant both against the observed scale and against Poisson counting noise
 on the square-root scale (a small count's tail is far heavier than a Gaussian
