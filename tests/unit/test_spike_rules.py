@@ -152,3 +152,16 @@ def test_drift_and_tail_are_off_for_rooms_and_on_for_the_gauge_rule() -> None:
             MetricRule(**bad)  # type: ignore[arg-type]
     rules = apply_override(DEFAULT_RULES, override("room", "r-1", "concurrent_viewers", drift_z=3.0))
     assert rules_for(rules, "r-1")["concurrent_viewers"].drift_z == 3.0
+
+
+def test_the_readme_override_gives_a_metric_the_gauge_rule() -> None:
+    """README, "Spike alerts": the control-topic message that selects GAUGE_RULE for a metric."""
+    import json
+    from pathlib import Path
+
+    from streams.core._spike_rules import GAUGE_RULE
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    (line,) = [line for line in readme.read_text().splitlines() if '"drift_z"' in line]
+    rules = apply_override(DEFAULT_RULES, json.loads(line))
+    assert rules_for(rules, "room-1", "sensors")["concurrent_viewers"] == GAUGE_RULE
