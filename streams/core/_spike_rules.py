@@ -58,7 +58,7 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "season_half_life_periods": ("f", 0.01, 1e3),
     "drift_z": ("f", 0.0, math.inf),
     "drift_half_life_s": ("f", 1.0, 1e9),
-    "drift_norm_half_life_s": ("f", 1.0, 1e10),
+    "slow_half_life_s": ("f", 1.0, 1e10),
     "tail_cap": ("f", 0.0, 1e6),
     "drop_enabled": ("b", 0, 1),
     "drop_ratio": ("f", 0.0, 1.0),
@@ -152,15 +152,15 @@ class MetricRule:
     second test that also meets the spike (or dip) rule, for changes too slow
     or too small for one window. It compares a fast mean of the de-seasoned
     value (half-life ``drift_half_life_s``) with a slow one (half-life
-    ``drift_norm_half_life_s``) and divides their gap by its own root mean
+    ``slow_half_life_s``) and divides their gap by its own root mean
     square on this series (same half-life, learned from ordinary windows only,
     never below what independent noise would give); it meets the rule when the
     ratio is ``>= drift_z`` (``<= -drift_z`` for a dip). Dividing by the gap's
     own spread adapts the threshold to each series' autocorrelation and keeps
     the test the same at any window length. With ``tail_cap`` > 0 (0, off, by
-    default) the single-window score is also divided by the root of the slow
-    mean of its own square (each window's square capped at ``tail_cap``²)
-    when that exceeds 1, so a series whose residuals are routinely wider than
+    default) the single-window score is also divided by the root of the mean
+    of its own square (half-life ``slow_half_life_s``, each window's square
+    capped at ``tail_cap``²) when that exceeds 1, so a series whose residuals are routinely wider than
     its baseline's scale (an unmodelled weekly pattern, recurring outliers)
     raises its own threshold.
 
@@ -197,7 +197,7 @@ class MetricRule:
     season_half_life_periods: float = 0.5
     drift_z: float = 0.0
     drift_half_life_s: float = 3_600.0
-    drift_norm_half_life_s: float = 7 * 86_400.0
+    slow_half_life_s: float = 7 * 86_400.0
     tail_cap: float = 0.0
     drop_enabled: bool = False
     drop_ratio: float = 0.2
@@ -410,6 +410,6 @@ GAUGE_RULE: Final = MetricRule(
     season_half_life_periods=1.0,
     drift_z=3.0,
     drift_half_life_s=5_400.0,
-    drift_norm_half_life_s=7 * 86_400.0,
+    slow_half_life_s=7 * 86_400.0,
     tail_cap=5.0,
 )

@@ -70,7 +70,8 @@ from ._alerts import (
 from ._spike_rules import LEGACY_WINDOW_S, METRICS, MetricRule
 
 #: 1: durations in windows, plain EWMA; 2: durations in ms, test scales, seasonal term, tests in alerts;
-#: 3: the drift test's chart and normaliser per metric (absent unless a rule enables it)
+#: 3: per metric the drift test's means and normaliser and the score's tail (absent unless a rule
+#: enables either)
 SPIKE_STATE_VERSION: Final = 3
 #: silence replayed as zero-activity windows before a room restarts its warm-up
 DEFAULT_MAX_GAP_S: Final = 600.0
@@ -165,8 +166,9 @@ class DetectorState:
         self.season: array[float] | None = None
         #: end of the window at which the seasonal term started learning
         self.season_since_ms = 0
-        #: drift chart and its normaliser (mean square) per metric, interleaved in METRICS order;
-        #: allocated when a rule with ``drift_z`` > 0 first evaluates a window
+        #: per metric, in METRICS order: the drift test's fast mean, slow mean and mean square of
+        #: their gap, and the slow mean of the squared score (tail); allocated when a rule with
+        #: ``drift_z`` or ``tail_cap`` > 0 first evaluates a window
         self.drift: array[float] | None = None
         self.alerts: dict[tuple[str, str], _Alert] | None = None
 
@@ -467,14 +469,24 @@ def _step(
         drift_up = drift_down = False
         dz = 0.0
         beta = plan.drift_alphas[i]
-        if beta:
-            # Drift: a fast mean of the de-seasoned value against a slow one, divided by the root of
-            # their squared difference's slow mean on this series (which learns from ordinary
-            # values only, once warmed up), never below what independent noise would give.
+        tail_cap = plan.tail_caps[i]
+        if beta or tail_cap:
             if state.drift is None:
                 state.drift = array("d", [0.0]) * (_DRIFT_SLOTS * _N)
             d = state.drift
             j = _DRIFT_SLOTS * i
+            gamma = plan.slow_alphas[i]
+            if tail_cap and warmed:
+                # The single-window score adapts to the series' own tail: z is divided by the root
+                # of the slow mean of its (capped) square, when that exceeds 1.
+                tail = d[j + 3]
+                if tail > 1.0:
+                    z /= math.sqrt(tail)
+                d[j + 3] = tail + gamma * (min(z * z * max(tail, 1.0), tail_cap) - tail)
+        if beta:
+            # Drift: a fast mean of the de-seasoned value against a slow one, divided by the root of
+            # their squared difference's slow mean on this series (which learns from ordinary
+            # values only, once warmed up), never below what independent noise would give.
             u = y - s_term
             if history == 0:
                 d[j] = d[j + 1] = u
@@ -485,15 +497,8 @@ def _step(
             gap = fast - slow
             norm = max(d[j + 2], plan.drift_null_vars[i] * var)
             dz = _zscore(gap, math.sqrt(norm))
-            gamma = plan.drift_norm_alphas[i]
             d[j] = fast
             if warmed:
-                # The single-window test adapts to the series' own tail: z is divided by the root
-                # of the slow mean of its (capped) square, when that exceeds 1.
-                tail = d[j + 3]
-                if tail > 1.0:
-                    z /= math.sqrt(tail)
-                d[j + 3] = tail + gamma * (min(z * z * max(tail, 1.0), plan.tail_caps[i]) - tail)
                 if dz >= rule.drift_z:
                     drift_up = True
                 elif dz <= -rule.drift_z:
@@ -594,7 +599,6 @@ class _Plan:
         "alphas",
         "basis",
         "drift_alphas",
-        "drift_norm_alphas",
         "drift_null_vars",
         "drop_floor",
         "drop_timing",
@@ -606,6 +610,7 @@ class _Plan:
         "season_ms",
         "season_offsets",
         "season_total",
+        "slow_alphas",
         "tail_caps",
         "tests",
         "timing",
@@ -619,8 +624,9 @@ class _Plan:
         self.floors = tuple(
             r.min_volume if r.surge_value is None else min(r.min_volume, r.surge_value) for r in ordered
         )
-        #: a two-sided rule can fire at any value: no quiet fast path
-        self.loud = any(r.two_sided or r.drift_z > 0 for r in ordered)
+        #: a two-sided rule can fire at any value, the drift test and the tail learn from every
+        #: window: no quiet fast path
+        self.loud = any(r.two_sided or r.drift_z > 0 or r.tail_cap > 0 for r in ordered)
         self.alphas = tuple(r.alpha(window_s) for r in ordered)
         self.warmup_ms = tuple(round(r.warmup_s * 1_000) for r in ordered)
         self.max_warmup_ms = max(self.warmup_ms)
@@ -663,7 +669,7 @@ class _Plan:
         self.drift_alphas = tuple(
             1.0 - 2.0 ** (-window_s / r.drift_half_life_s) if r.drift_z > 0 else 0.0 for r in ordered
         )
-        self.drift_norm_alphas = tuple(1.0 - 2.0 ** (-window_s / r.drift_norm_half_life_s) for r in ordered)
+        self.slow_alphas = tuple(1.0 - 2.0 ** (-window_s / r.slow_half_life_s) for r in ordered)
         self.drift_null_vars = tuple(beta / (2.0 - beta) for beta in self.drift_alphas)
         self.tail_caps = tuple(r.tail_cap**2 for r in ordered)
         self.tests = tuple(TEST_NAMES[kind] for kind in _KINDS)

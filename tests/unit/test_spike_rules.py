@@ -146,7 +146,7 @@ def test_drift_and_tail_are_off_for_rooms_and_on_for_the_gauge_rule() -> None:
     for rule in DEFAULT_RULES.defaults.values():
         assert rule.drift_z == 0.0 and rule.tail_cap == 0.0  # rooms keep the quiet fast path
     assert GAUGE_RULE.drift_z > 0 and GAUGE_RULE.tail_cap > 0
-    assert GAUGE_RULE.drift_half_life_s < GAUGE_RULE.drift_norm_half_life_s
+    assert GAUGE_RULE.drift_half_life_s < GAUGE_RULE.slow_half_life_s
     for bad in ({"drift_z": -1.0}, {"drift_half_life_s": 0.0}, {"tail_cap": -2.0}):
         with pytest.raises(SpikeRuleError):
             MetricRule(**bad)  # type: ignore[arg-type]
