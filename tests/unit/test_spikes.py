@@ -757,11 +757,11 @@ def test_drift_test_detects_a_slow_ramp_the_single_window_test_misses(seed: int)
 def test_drift_test_is_rare_on_stationary_noise(phi: float) -> None:
     """Independent and strongly autocorrelated noise, 4 x 30 days: a false drift alert is rare.
 
-    Measured: 6 in 120 days on independent noise, 14 on AR(1) noise with phi 0.9. The chart is
-    divided by its own spread on the series, so autocorrelation (phi 0.9: a chart about 19x
-    wider in variance than for independent noise) raises the threshold instead of firing;
-    with the spread frozen at the independent-noise value (a normaliser that never learns)
-    the same series fire several times as often.
+    Measured: 6 in 120 days on independent noise, 14 on AR(1) noise with phi 0.9. The gap is
+    divided by its own spread on the series, which keeps learning, so autocorrelation (phi 0.9:
+    a chart about 19x wider in variance than for independent noise) raises the threshold
+    instead of firing; with ``slow_half_life_s`` made practically infinite (the slow mean and
+    the spread frozen at their warm-up estimates) the same AR series fire 52 times.
     """
     fired = frozen = 0
     for seed in range(4):
@@ -769,7 +769,7 @@ def test_drift_test_is_rare_on_stationary_noise(phi: float) -> None:
         _, alerts = gauge_alerts(values, FIVE_MIN_MS, GAUGE_RULE)
         fired += sum(1 for _, status, test, _ in alerts if status == "firing" and test == "ewma-drift")
         if phi:
-            never_learns = replace(GAUGE_RULE, slow_half_life_s=1e10)
+            never_learns = replace(GAUGE_RULE, slow_half_life_s=1e10)  # frozen after warm-up
             _, alerts = gauge_alerts(values, FIVE_MIN_MS, never_learns)
             frozen += sum(1 for _, status, test, _ in alerts if status == "firing" and test == "ewma-drift")
     assert fired <= (8 if phi == 0.0 else 16)  # at most 2 (4) a month
