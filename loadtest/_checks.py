@@ -128,7 +128,7 @@ def _late_only(s: RoomStats) -> bool:
     """A window that exists only to report late events (no activity of its own)."""
     return (
         s.late_events > 0
-        and not (s.views or s.unique_viewers or s.likes or s.comments or s.orders or s.gmv_minor)
+        and not (s.views or s.unique_viewers or s.likes or s.comments or s.shares or s.orders or s.gmv_minor)
         and not (s.refunds_minor or s.gifts or s.gift_value_minor)
     )
 

@@ -2,8 +2,9 @@
 
     python -m loadtest.bench_core [--events 300000] [--repeat 5]
 
-Measures events per CPU-second on the realistic mix (80 % viewer, 15 % gift,
-5 % order; 10 k Zipf rooms; one hot room with 30 % of traffic) for:
+Measures events per CPU-second on the traffic model's base mix (``loadtest.traffic``:
+80 % viewer, 15 % gift, 5 % new orders and their later statuses; 10 k Zipf rooms over a
+uniform floor; out of order by up to 500 ms) for:
 
 * ``baseline``: orjson-decode each message and sum a count per room in a dict
   (the practical ceiling for any Python consumer);
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import platform
 import statistics
 import time
@@ -24,47 +26,46 @@ from collections.abc import Callable
 
 import orjson
 
-from schemas import decode_gift_batch, decode_order_batch, decode_viewer_batch
+from schemas import Event, decode_gift_batch, decode_order_batch, decode_viewer_batch
 from streams.core import CoreConfig, TaskAggregator
 
-from .synth import GIFT_TOPIC, ORDER_TOPIC, VIEWER_TOPIC, Mix, Synth, encode_event
+from .traffic import GIFT, ORDER, VIEWER, TrafficConfig, TrafficModel
 
-SOURCES = {VIEWER_TOPIC: 0, ORDER_TOPIC: 1, GIFT_TOPIC: 2}
-DECODERS = {VIEWER_TOPIC: decode_viewer_batch, ORDER_TOPIC: decode_order_batch, GIFT_TOPIC: decode_gift_batch}
+DECODERS = {VIEWER: decode_viewer_batch, ORDER: decode_order_batch, GIFT: decode_gift_batch}
 BATCH = 2_000
 
 
-def build(n: int, seed: int) -> tuple[list[tuple[str, list[tuple[int, bytes]]]], list[tuple[int, list]], int]:
-    """Batches per topic as a consumer would see them: raw bytes and pre-decoded events."""
+def build(n: int, seed: int) -> tuple[list[tuple[int, list[tuple[int, bytes]]]], list[tuple[int, list]], int]:
+    """Batches per source as a consumer would see them: raw bytes and pre-decoded events."""
     start_ms = int(time.time() * 1000) - 3_600_000
-    synth = Synth(Mix(rate_per_s=100_000), seed=seed, start_ms=start_ms)
-    raw_batches: list[tuple[str, list[tuple[int, bytes]]]] = []
+    config = TrafficConfig(rate_per_s=100_000, disorder_share=1.0, disorder_ms=500)
+    ticks = TrafficModel(config, seed=seed).ticks(start_ms, realtime=False)
+    raw_batches: list[tuple[int, list[tuple[int, bytes]]]] = []
     ev_batches: list[tuple[int, list]] = []
-    pending: dict[str, list] = {t: [] for t in SOURCES}
-    offsets = dict.fromkeys(SOURCES, 0)
-    for topic, ev in synth.events(n, disorder_ms=500):
-        offsets[topic] += 1
-        pending[topic].append((offsets[topic], ev))
-        if len(pending[topic]) == BATCH:
-            _flush(topic, pending, raw_batches, ev_batches)
-    for topic in SOURCES:
-        if pending[topic]:
-            _flush(topic, pending, raw_batches, ev_batches)
+    pending: dict[int, list[tuple[int, bytes, Event]]] = {source: [] for source in DECODERS}
+    offsets = dict.fromkeys(DECODERS, 0)
+
+    def flush(source: int) -> None:
+        items, pending[source] = pending[source], []
+        raw_batches.append((source, [(off, raw) for off, raw, _ in items]))
+        ev_batches.append((source, [(off, ev) for off, _, ev in items]))
+
+    for source, _, _, raw, _, ev in itertools.islice(itertools.chain.from_iterable(ticks), n):
+        offsets[source] += 1
+        pending[source].append((offsets[source], raw, ev))
+        if len(pending[source]) == BATCH:
+            flush(source)
+    for source in DECODERS:
+        if pending[source]:
+            flush(source)
     return raw_batches, ev_batches, start_ms
-
-
-def _flush(topic: str, pending: dict[str, list], raw_batches: list, ev_batches: list) -> None:
-    items = pending[topic]
-    pending[topic] = []
-    raw_batches.append((topic, [(off, encode_event(ev)) for off, ev in items]))
-    ev_batches.append((SOURCES[topic], items))
 
 
 def run_baseline(raw_batches: list, _: list, __: int) -> int:
     counts: dict[str, int] = {}
     loads = orjson.loads
     n = 0
-    for _topic, batch in raw_batches:
+    for _source, batch in raw_batches:
         for _off, raw in batch:
             room = loads(raw)["room_id"]
             counts[room] = counts.get(room, 0) + 1
@@ -85,9 +86,8 @@ def run_apply(_: list, ev_batches: list, now_ms: int) -> int:
 def run_decode_apply(raw_batches: list, _: list, now_ms: int) -> int:
     agg = TaskAggregator(CoreConfig())
     n = 0
-    for topic, batch in raw_batches:
-        decode, source = DECODERS[topic], SOURCES[topic]
-        items, bad = decode(batch, now_ms)
+    for source, batch in raw_batches:
+        items, bad = DECODERS[source](batch, now_ms)
         assert not bad
         agg.apply(source, items, now_ms)
         agg.drain()

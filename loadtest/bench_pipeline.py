@@ -3,15 +3,17 @@
     python -m loadtest.bench_pipeline [--events 1000000] [--rooms 100000] [--repeat 3] [--profile]
 
 Generates the load test's backlog (``loadtest.traffic``, same scenarios and
-seed as ``livepulse loadtest run``), cuts it into the per-partition, per-topic
-batches a consumer fetches, and runs on each batch what the data plane runs:
-strict batch decode, dead letters, ``TaskAggregator.apply``, ``tick``, the
-closed windows encoded and appended to Kafka record batches (aiokafka's own
-builder, as the producer path does), alerts encoded, and a checkpoint
-(changelog records appended the same way) every ``--checkpoint-s`` of wall
-time. Only the network is missing, so this isolates the worker's own CPU
-cost. In the same run it measures the plain ceiling of the load test
-(orjson-decode each message and count per room in a dict) and reports
+seed as ``livepulse loadtest run``), cuts it into the fetch rounds a consumer
+hands over (per partition and topic), and drives the product's own per-batch
+pipeline (``streams.pipeline.TaskPipeline``, one per task) with them as the
+data plane does: each batch processed, one tick per task and round, alerts,
+and a checkpoint per task every ``--checkpoint-s`` of CPU time, whose
+repartition records (markers, re-routed events) reach their receivers in
+the next round. Records go into Kafka record batches (aiokafka's own
+builder, as the producer path does). Only the network and the consumer's
+fetch are missing, so this isolates the worker's own CPU cost. In the same
+run it measures the plain ceiling of the load test (orjson-decode each
+message and count per room in a dict) and reports
 messages per CPU-second, medians of ``--repeat`` interleaved runs. Variants
 take parts away to attribute the cost: ``decode`` (strict decoding alone),
 ``plain+windows`` (the plain loop plus one output record per room and window),
@@ -31,24 +33,16 @@ import pstats
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from schemas import (
-    Limits,
-    ViewerEvent,
-    dead_letter,
-    decode_gift_batch,
-    decode_order_batch,
-    decode_viewer_batch,
-    encode_dead_letter,
-    encode_room_stats,
-)
-from streams._changelog import stage_checkpoint
-from streams.core import CoreConfig, TaskAggregator, partition_for, to_alertmanager
+from schemas import Limits, Source, ViewerEvent, decode_gift_batch, decode_order_batch, decode_viewer_batch
+from streams.core import TaskAggregator
+from streams.metrics import Metrics
+from streams.pipeline import Record, Routing, TaskPipeline
 from streams.settings import Settings
 
 from . import scenarios
@@ -66,46 +60,86 @@ class Sink:
     def __init__(self) -> None:
         self.batches: dict[tuple[str, int], BatchBuilder] = {}
         self.records = 0
+        self.by_topic: dict[str, int] = defaultdict(int)
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         builder = self.batches.get((topic, partition))
         if builder is None:
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
-        if builder.append(key=key, value=value, timestamp=None) is None:
+        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
-            builder.append(key=key, value=value, timestamp=None)
+            builder.append(key=key, value=value, timestamp=None, headers=list(headers))
         self.records += 1
+        self.by_topic[topic] += 1
 
 
-def fetches(phase: Phase, batch: int) -> list[tuple[int, int, list[tuple[int, bytes]]]]:
-    """(partition, source, [(offset, payload)]) in the order a round-robin fetcher would hand them over."""
-    logs: dict[tuple[int, int], list[tuple[int, bytes]]] = defaultdict(list)
-    for source, partition, _key, payload, _ts, _ev in phase.messages:
+class TaskSink(Sink):
+    """One task's sink: repartition records are also kept, to be delivered after the next commit."""
+
+    def __init__(self, repartition: str) -> None:
+        super().__init__()
+        self._repartition = repartition
+        self.staged: list[tuple[int, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        super().add(topic, partition, key, value, headers)
+        if topic == self._repartition:
+            self.staged.append((partition, key, value, headers))
+
+
+Fetch = tuple[int, int, list[Record]]
+
+
+def fetches(phase: Phase, batch: int) -> list[list[Fetch]]:
+    """Fetch rounds: in each, up to ``batch`` messages of every (partition, source) log that has
+    more, as a round-robin consumer hands them over."""
+    logs: dict[tuple[int, int], list[Record]] = defaultdict(list)
+    for source, partition, key, payload, _ts, _ev in phase.messages:
         log = logs[(partition, source)]
-        log.append((len(log), payload))
+        log.append(Record(len(log), key, payload))
     cursors = dict.fromkeys(logs, 0)
-    out = []
+    rounds = []
     while cursors:
+        fetched = []
         for tp in sorted(cursors):
             at = cursors[tp]
-            chunk = logs[tp][at : at + batch]
-            out.append((tp[0], tp[1], chunk))
+            fetched.append((tp[0], tp[1], logs[tp][at : at + batch]))
             if at + batch >= len(logs[tp]):
                 del cursors[tp]
             else:
                 cursors[tp] = at + batch
-    return out
+        rounds.append(fetched)
+    return rounds
 
 
-def run_plain(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]], _now_ms: int) -> int:
+def each_fetch(rounds: Sequence[list[Fetch]]) -> Iterator[Fetch]:
+    for fetched in rounds:
+        yield from fetched
+
+
+def run_plain(rounds: Sequence[list[Fetch]], _now_ms: int) -> int:
     """The load test's plain ceiling: orjson-decode and count per room."""
     counts: dict[str, int] = {}
     loads = orjson.loads
     n = 0
-    for _p, _s, items in batches:
-        for _off, raw in items:
+    for _p, _s, items in each_fetch(rounds):
+        for msg in items:
             try:
-                room = loads(raw)["room_id"]
+                room = loads(msg.value or b"")["room_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
             counts[room] = counts.get(room, 0) + 1
@@ -113,17 +147,17 @@ def run_plain(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]], _now_
     return n
 
 
-def run_decode(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]], now_ms: int) -> int:
+def run_decode(rounds: Sequence[list[Fetch]], now_ms: int) -> int:
     """Strict decoding and validation alone (the first step of the pipeline)."""
     limits = Limits()
     n = 0
-    for _p, source, items in batches:
-        DECODERS[source](items, now_ms, limits)
+    for _p, source, items in each_fetch(rounds):
+        DECODERS[source]([(msg.offset, msg.value or b"") for msg in items], now_ms, limits)
         n += len(items)
     return n
 
 
-def run_plain_windows(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]], _now_ms: int) -> int:
+def run_plain_windows(rounds: Sequence[list[Fetch]], _now_ms: int) -> int:
     """The plain ceiling plus the output this workload demands: one record per room per window.
 
     orjson-decode, count per (room, 10 s window), and when the newest event time passes a
@@ -136,10 +170,10 @@ def run_plain_windows(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]
     sink = Sink()
     newest = 0
     n = 0
-    for partition, _s, items in batches:
-        for _off, raw in items:
+    for partition, _s, items in each_fetch(rounds):
+        for msg in items:
             try:
-                obj = loads(raw)
+                obj = loads(msg.value or b"")
                 room, ts = obj["room_id"], obj["ts"]
                 ws = ts - ts % 10_000
             except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -154,47 +188,81 @@ def run_plain_windows(batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]
         for ws in [ws for ws in windows if ws + 12_000 <= newest]:
             for room, count in windows.pop(ws).items():
                 record = {"room_id": room, "window_start": ws, "window_end": ws + 10_000, "events": count}
-                sink.add("room-stats", partition, room.encode(), dumps(record))
+                sink.add("room-stats", partition, str(room).encode(), dumps(record))
     return n
 
 
 def run_pipeline(
-    batches: Sequence[tuple[int, int, list[tuple[int, bytes]]]],
+    rounds: Sequence[list[Fetch]],
     now_ms: int,
     checkpoint_s: float = 1.0,
     detect_spikes: bool = True,
 ) -> int:
-    """Everything the data plane does to a batch, minus the network."""
-    config = CoreConfig()
-    limits = Limits()
-    tasks = {
-        p: TaskAggregator(config, sources=(0, 1, 2), detect_spikes=detect_spikes) for p in range(PARTITIONS)
-    }
-    sink = Sink()
-    last_checkpoint = time.perf_counter()
+    """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
+
+    Per round: every partition's batch through its task's pipeline, one tick per task with
+    every input busy (a backlog), alerts; every ``checkpoint_s`` of CPU time a checkpoint per
+    task, after which the repartition records it staged (watermark markers, re-routed events)
+    are delivered to their receivers with the next round, as a commit makes them visible.
+    """
+    settings = Settings(partitions=PARTITIONS)
+    topics = settings.topics
+    routing = Routing(topics, PARTITIONS)
+    metrics = Metrics()
+    pipelines = {}
+    for p in range(PARTITIONS):
+        core = TaskAggregator(
+            settings.core,
+            sources=(Source.VIEWER, Source.ORDER, Source.GIFT),
+            senders=[q for q in range(PARTITIONS) if q != p],
+            detect_spikes=detect_spikes,
+        )
+        pipelines[p] = TaskPipeline(p, core, TaskSink(topics.repartition), routing, settings, metrics)
+    names = routing.names
+    busy = (Source.VIEWER, Source.ORDER, Source.GIFT)
+    visible: dict[int, list[Record]] = defaultdict(list)
+    delivered = dict.fromkeys(range(PARTITIONS), 0)
+    positions: dict[int, dict[int, int]] = {p: {} for p in range(PARTITIONS)}
+    last_checkpoint = last_resend = time.process_time()
     n = 0
-    for partition, source, items in batches:
-        task = tasks[partition]
-        good, bad = DECODERS[source](items, now_ms, limits)
-        for offset, raw, invalid in bad:
-            letter = dead_letter(
-                invalid, topic="in", partition=partition, offset=offset, key=None, raw=raw, now_ms=now_ms
-            )
-            sink.add("dlq", partition, None, encode_dead_letter(letter))
-        task.apply(source, good, now_ms)
-        n += len(items)
-        for p, t in tasks.items():
-            t.tick(now_ms, busy=(0, 1, 2))
-            for stats in t.drain():
-                sink.add("room-stats", p, stats.room_id.encode(), encode_room_stats(stats))
-            for alert in t.drain_alerts():
-                key = alert.fingerprint.encode()
-                sink.add("alerts", partition_for(key, PARTITIONS), key, orjson.dumps(to_alertmanager(alert)))
-        if time.perf_counter() - last_checkpoint >= checkpoint_s:
-            for p, t in tasks.items():
-                stage_checkpoint(sink, "changelog", p, t.checkpoint())
-            last_checkpoint = time.perf_counter()
+    for fetched in rounds:
+        for partition, source, items in fetched:
+            pipelines[partition].process(names[source], items, now_ms)
+            positions[partition][source] = items[-1].offset + 1
+            n += len(items)
+        for partition, records in visible.items():
+            if records:
+                pipelines[partition].process(topics.repartition, records, now_ms)
+        visible.clear()
+        for pipeline in pipelines.values():
+            pipeline.tick(now_ms, busy)
+        for pipeline in pipelines.values():
+            pipeline.publish_alerts(now_ms)
+        if time.process_time() - last_resend >= settings.alert_resend_ms / 1000:
+            last_resend = time.process_time()
+            for pipeline in pipelines.values():
+                pipeline.firing(now_ms, resend=True)
+        if time.process_time() - last_checkpoint >= checkpoint_s:
+            for p, pipeline in pipelines.items():
+                pipeline.stage_checkpoint(now_ms, positions[p])
+                sink = pipeline.sink
+                assert isinstance(sink, TaskSink)
+                for receiver, key, value, headers in sink.staged:
+                    visible[receiver].append(Record(delivered[receiver], key, value, headers))
+                    delivered[receiver] += 1
+                sink.staged.clear()
+            last_checkpoint = time.process_time()
+    OUTPUTS.clear()
+    for pipeline in pipelines.values():
+        assert isinstance(pipeline.sink, Sink)
+        for topic, count in pipeline.sink.by_topic.items():
+            OUTPUTS[topic] = OUTPUTS.get(topic, 0) + count
     return n
+
+
+#: records per topic written by the last run_pipeline (printed: a run that closed no window
+#: measured too little)
+OUTPUTS: dict[str, int] = {}
 
 
 def burst(rooms: int, repeat: int) -> None:
@@ -203,7 +271,9 @@ def burst(rooms: int, repeat: int) -> None:
     Each room has two windows of history (so the detector holds a baseline) and one viewer
     event in the window that closes; one event of the next window moves the watermark past it.
     """
-    config = CoreConfig()
+    settings = Settings(partitions=1)
+    config = settings.core
+    routing = Routing(settings.topics, 1)
     base = (int(time.time() * 1000) // 10_000 - 10) * 10_000
     publish, detect = [], []
     for _ in range(repeat):
@@ -224,14 +294,13 @@ def burst(rooms: int, repeat: int) -> None:
                 offset += 1
                 task.drain()
                 task.drain_alerts()
-        sink = Sink()
+        pipeline = TaskPipeline(0, task, Sink(), routing, settings, Metrics())
         gc.collect()
         t0 = time.process_time()
         task.apply(0, [(offset + 1, ViewerEvent("join", "tick", "u", base + 32_500))], 0)
-        for stats in task.drain():
-            sink.add("room-stats", 0, stats.room_id.encode(), encode_room_stats(stats))
+        pipeline.publish_windows()
         t1 = time.process_time()
-        task.drain_alerts()
+        pipeline.publish_alerts(base + 60_000)
         t2 = time.process_time()
         publish.append(t1 - t0)
         detect.append(t2 - t1)
@@ -245,7 +314,7 @@ def burst(rooms: int, repeat: int) -> None:
 def measure(fn: Any, batches: Any, now_ms: int, **kwargs: Any) -> float:
     gc.collect()
     t0 = time.process_time()
-    n = fn(batches, now_ms, **kwargs)
+    n: int = fn(batches, now_ms, **kwargs)
     return n / (time.process_time() - t0)
 
 
@@ -294,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         gc.set_threshold(args.gc_threshold, 50, 100)
     print(
         f"python {platform.python_version()}: {summary[0]:,} messages, {args.rooms:,} rooms, "
-        f"{summary[1] / 1000:.0f} s of event time, {len(batches):,} fetches, gc threshold "
+        f"{summary[1] / 1000:.0f} s of event time, {sum(map(len, batches)):,} fetches, gc threshold "
         f"{gc.get_threshold()} "
         f"(generated in {time.perf_counter() - t0:.0f} s)"
     )
@@ -318,6 +387,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         med = statistics.median(got)
         print(
             f"{name:<15}{med:>18,.0f}{min(got):>12,.0f}{max(got):>12,.0f}{med / base:>9.2f}x{1e6 / med:>8.2f}"
+        )
+    if OUTPUTS:
+        print(
+            "records written by the last pipeline run:",
+            ", ".join(f"{t} {n:,}" for t, n in sorted(OUTPUTS.items())),
         )
     if args.profile:
         prof = cProfile.Profile()

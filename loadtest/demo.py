@@ -1,7 +1,8 @@
 """``livepulse demo``: local broker, one worker, synthetic traffic with a visible spike, live output.
 
 Starts the broker if it is not running (and stops it again at the end if it
-started it), runs a worker as a child process, produces a steady mix plus a
+started it), runs a worker as a child process, produces the traffic model's
+(``loadtest.traffic``) steady mix plus a
 "trending" room that jumps ~10x for a while, and prints each closed window's
 top rooms (and alerts, once the worker raises them) as they arrive.
 Ctrl-C stops everything it started; ``--duration`` makes it end by itself.
@@ -30,7 +31,7 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from schemas import RoomStats, ViewerEvent, decode_room_stats
 from streams.settings import Topics
 
-from .synth import Mix, Synth, encode_event
+from .traffic import TrafficConfig, TrafficModel, encode
 
 TRENDING = "room-trending"
 
@@ -150,31 +151,27 @@ async def _wait_ready(base: str, worker: subprocess.Popen[bytes], timeout_s: flo
 
 
 async def _produce(bootstrap: str, topics: Topics, args: argparse.Namespace, deadline: float | None) -> None:
-    """Paced steady traffic with event time = now, plus the trending room's spike."""
+    """The traffic model's steady mix paced in real time (event time = now), plus the trending spike."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await producer.start()
     started = time.monotonic()
-    synth = Synth(
-        Mix(rooms=args.rooms, rate_per_s=args.rate, hot_room_share=0.1),
-        seed=42,
-        start_ms=int(time.time() * 1000),
+    model = TrafficModel(
+        TrafficConfig(rooms=args.rooms, rate_per_s=args.rate, diurnal_amplitude=0.0), seed=42
     )
-    topic_of = {"live.viewer": topics.viewer, "live.order": topics.order, "live.gift": topics.gift}
-    sent = 0
-    tick_s = 0.1
+    inputs = (topics.viewer, topics.order, topics.gift)
+    tick_s = model.config.tick_ms / 1000
     try:
-        while deadline is None or time.monotonic() < deadline:
+        for sent, messages in enumerate(model.ticks(int(time.time() * 1000)), start=1):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            for source, _, key, raw, _, _ in messages:
+                await producer.send(inputs[source], raw, key=key)
             elapsed = time.monotonic() - started
-            now_ms = int(time.time() * 1000)
-            for topic, event in synth.events(int(args.rate * tick_s)):
-                event = event._replace(ts=now_ms)
-                await producer.send(topic_of[topic], encode_event(event), key=event.room_id.encode())
             spiking = args.spike_at <= elapsed < args.spike_at + args.spike_for
-            extra = int(args.rate * tick_s * (0.3 if spiking else 0.01))
-            for i in range(extra):
+            now_ms = int(time.time() * 1000)
+            for i in range(int(args.rate * tick_s * (0.3 if spiking else 0.01))):
                 joiner = ViewerEvent("join", TRENDING, f"fan-{sent}-{i}", now_ms)
-                await producer.send(topics.viewer, encode_event(joiner), key=TRENDING.encode())
-            sent += 1
+                await producer.send(topics.viewer, encode(joiner), key=TRENDING.encode())
             await asyncio.sleep(max(0.0, started + sent * tick_s - time.monotonic()))
     finally:
         await producer.stop()

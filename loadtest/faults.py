@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,15 +64,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from deploy._settings import BrokerSettings
 from deploy.exceptions import BrokerError  # noqa: F401  (tests catch it as faults.BrokerError)
-from deploy.localkafka import ensure_broker, stop_broker
+from deploy.localkafka import BrokerSettings, ensure_broker, stop_broker
 from schemas import ROOM_STATS_FIELDS, RoomStats
+from streams.core import room_key
 
 from . import _truth
 from ._checks import alert_keys
 from ._collect import Collector, Outputs
-from ._deploy import REPO, Deployment, WorkerProcess, free_port
+from .deployment import REPO, Deployment, WorkerProcess, free_port
 from .oracle import unique_viewers_close
 from .produce import ensure_topics
 from .scenarios import malformed
@@ -198,8 +198,9 @@ class Supervisor:
                 self.restarts += 1
                 self.worker = self._spawn()
 
-    async def restart(self, how: str) -> float:
-        """Stop the worker (``kill`` or ``term``), start a new one; seconds until it recovered."""
+    async def restart(self, how: str, while_down: Callable[[], Awaitable[object]] | None = None) -> float:
+        """Stop the worker (``kill`` or ``term``), run ``while_down()``, start a new one; seconds
+        from the new start until it recovered."""
         self._paused = True
         if how == "kill":
             self.worker.kill()
@@ -207,6 +208,8 @@ class Supervisor:
             code = await asyncio.to_thread(self.worker.stop, 60)
             if code != 0:
                 self.exit_codes.append(code)
+        if while_down is not None:
+            await while_down()
         t0 = time.monotonic()
         self.worker = self._spawn()
         self._paused = False
@@ -595,14 +598,12 @@ class Scenario:
             row.notes.append(f"broker down {cfg.broker_down_s:.0f} s")
         elif name == "corrupt-changelog":
             await self._at(start_ms, 0.45)
-            first._paused = True
             killed_ms = int(time.time() * 1000)
-            first.worker.kill()
-            self.corrupted = await self._corrupt_busiest_room()
-            t0 = time.monotonic()
-            first.worker = first._spawn()
-            first._paused = False
-            row.ready_s = await first.recovered(t0, (first.worker.proc.pid, 0.0))
+
+            async def corrupt() -> None:
+                self.corrupted = await self._corrupt_busiest_room()
+
+            row.ready_s = await first.restart("kill", while_down=corrupt)
             self.corrupted_span_ms = (killed_ms, int(time.time() * 1000))
 
     async def _corrupt_busiest_room(self) -> str:
@@ -615,7 +616,7 @@ class Scenario:
             await producer.send_and_wait(
                 self.deployment.topics.changelog,
                 b"\x00not a room state",
-                key=b"r/" + room.encode(),
+                key=room_key(room),
                 partition=partition,
             )
         finally:

@@ -85,6 +85,7 @@ def expected_windows(
             gifts=sum(e.count for e in gifts),
             gift_value_minor=sum(e.value_minor for e in gifts),
             late_events=late.get((room_id, ws), 0),
+            shares=sum(1 for e in viewer if e.type == "share"),
         )
     return out
 

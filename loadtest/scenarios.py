@@ -8,9 +8,10 @@
                  the watermark (late), placed mid-window so where they are charged is unambiguous
 ``malformed``    a share of messages that must be dead-lettered, each with a known reason code
 
-Each scenario plans itself when a phase starts (picks its room, records an
-:class:`~loadtest.traffic.Injection` with known start and size) and adds its
-events tick by tick. :func:`build` turns ``"steady,trending,hot-room"`` into
+Each scenario (a :class:`~loadtest.traffic.Scenario`) plans itself when a
+phase starts (picks its room, records an :class:`~loadtest.traffic.Injection`
+with known start and size) and adds its events tick by tick; the model takes
+them as objects and imports nothing from here. :func:`build` turns ``"steady,trending,hot-room"`` into
 scenario objects placed on a phase's timeline, after the spike detector's
 warm-up so that a spike is a spike.
 """
@@ -18,6 +19,7 @@ warm-up so that a spike is a spike.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ import orjson
 
 from streams.core import DEFAULT_RULES
 
-from .traffic import GIFT, KIND_TABLE, ORDER, VIEWER, Injection, TickContext
+from .traffic import GIFT, ORDER, VIEWER, Injection, Scenario, TickContext, zipf_shares
 
 NAMES = ("steady", "trending", "flash-sale", "hot-room", "late", "malformed")
 #: windows of history the spike detector needs before a spike (not a surge) can fire, plus margin
@@ -37,18 +39,6 @@ def warmup_s(window_ms: int) -> float:
     windows, and never less than ``WARMUP_WINDOWS`` windows."""
     warmup = max(rule.warmup_s for rule in DEFAULT_RULES.defaults.values())
     return max(WARMUP_WINDOWS * window_ms / 1000, warmup + 2 * window_ms / 1000)
-
-
-class Scenario:
-    """Base: a scenario plans once per phase and adds events every tick."""
-
-    name = "steady"
-
-    def plan(self, ctx: TickContext) -> None:
-        """Called once when the phase starts."""
-
-    def tick(self, ctx: TickContext) -> None:
-        """Called once per tick after the base traffic."""
 
 
 @dataclass
@@ -96,7 +86,7 @@ class Trending(Scenario):
         room_rate = model.rate_at(t0) * model.popularity[self._rank]
         room, key, part = model.room_key(self._rank)
         for _ in range(ctx.count_for((factor - 1) * room_rate * c.viewer_share)):
-            kind = KIND_TABLE[int(rng.random() * len(KIND_TABLE))]
+            kind = ctx.viewer_kind()
             user = f"u{int(rng.random() * c.users)}"
             ctx.viewer_in(room, key, part, kind, user, t0 + int(rng.random() * c.tick_ms))
         if t0 >= self._start + self.orders_lag_s * 1000:
@@ -409,28 +399,15 @@ class Filler(Scenario):
     name = "filler"
 
     def plan(self, ctx: TickContext) -> None:
-        weights = [1.0 / (rank**ctx.config.zipf_s) for rank in range(1, self.rooms + 1)]
-        total = sum(weights)
-        acc = 0.0
-        self._cdf = []
-        for w in weights:
-            acc += w / total
-            self._cdf.append(acc)
+        self._cdf = list(itertools.accumulate(zipf_shares(self.rooms, ctx.config.zipf_s)))
         self._rooms = [ctx.model.key_and_partition(f"{self.prefix}{r}") for r in range(self.rooms)]
 
     def tick(self, ctx: TickContext) -> None:
         c, rng = ctx.config, ctx.rng
-        viewer_cut, gift_cut = c.viewer_share, c.viewer_share + c.gift_share
         last = self.rooms - 1
         for _ in range(ctx.count_for(self.rate_per_s)):
             rank = min(bisect.bisect_left(self._cdf, rng.random()), last)
             room, (key, part) = f"{self.prefix}{rank}", self._rooms[rank]
             ts = ctx.t0 + int(rng.random() * c.tick_ms)
             user = f"u{int(rng.random() * c.users)}"
-            u = rng.random()
-            if u < viewer_cut:
-                ctx.viewer_in(room, key, part, KIND_TABLE[int(rng.random() * len(KIND_TABLE))], user, ts)
-            elif u < gift_cut:
-                ctx.gift_in(room, key, part, user, ts)
-            else:
-                ctx.order_in(room, key, part, user, ts)
+            ctx.base_event_in(room, key, part, user, ts)

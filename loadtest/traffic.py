@@ -1,7 +1,10 @@
-"""The seeded traffic model of the load test: rooms, viewers, orders, gifts, with injected scenarios.
+"""The one seeded traffic model: rooms, viewers, orders, gifts, with injected scenarios.
 
-A :class:`TrafficModel` generates one *phase* at a time (a compressed backlog
-or a real-time stretch) in ticks of event time. Each tick it draws the base
+It feeds the load test, the fault suite, the demo, the core benchmark and the
+integration tests, and :func:`encode` is the one place an input event becomes
+wire bytes. A :class:`TrafficModel` generates one *phase* at a time (a
+compressed backlog or a real-time stretch), or an endless stream
+(:meth:`TrafficModel.ticks`), in ticks of event time. Each tick it draws the base
 mix — Zipf-skewed room popularity over a uniform floor, viewer
 join/leave/heartbeat/like/comment, orders created -> paid (some cancelled,
 refunded or re-sent by a retrying client), gifts — at a rate that drifts
@@ -9,7 +12,8 @@ diurnally, then lets the active scenarios (``loadtest.scenarios``) add their
 events. Output is a :class:`Phase`: messages in production order, each with
 its input source, partition (murmur2 of the room, as the Java client picks),
 key, payload and event (``None`` for a malformed message), plus the injected
-spikes with their known room, start and size.
+spikes with their known room, start and size. Scenarios are injected objects
+(:class:`Scenario`); this module does not know them.
 
 Same seed, config and start time give the same bytes. The model carries state
 across phases (order numbers, rooms used by injections), so a backlog and the
@@ -28,21 +32,17 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from schemas import Event, GiftEvent, OrderEvent, Source, ViewerEvent
 from streams.core import partition_for
 
-if TYPE_CHECKING:
-    from .scenarios import Scenario
-
 VIEWER, ORDER, GIFT = int(Source.VIEWER), int(Source.ORDER), int(Source.GIFT)
 SOURCE_NAMES = ("viewer", "order", "gift")
-VIEWER_KINDS = ("join", "leave", "heartbeat", "like", "comment")
+VIEWER_KINDS = ("join", "leave", "heartbeat", "like", "comment", "share")
 #: share of viewer actions by kind for an ordinary room
-VIEWER_WEIGHTS = (0.25, 0.20, 0.35, 0.15, 0.05)
+VIEWER_WEIGHTS = (0.25, 0.20, 0.30, 0.15, 0.05, 0.05)
 #: gift sizes: mostly single small gifts, rarely a big combo (uniform draws from these tables)
 GIFT_COUNTS = (1,) * 14 + (5, 5, 5, 10, 10, 99)
 GIFT_PRICES_MINOR = (10, 10, 100, 100, 100, 500, 1_000)
@@ -76,6 +76,10 @@ class TrafficConfig:
     refund_delay_s: tuple[float, float] = (5.0, 60.0)
     #: a retried message is re-sent unchanged within this many ms (must stay well inside grace)
     retry_delay_ms: tuple[int, int] = (50, 500)
+    #: share of base events displaced back in event time by up to ``disorder_ms`` (out of order;
+    #: keep it inside the grace period, or they are late). The ``late`` scenario sets its own.
+    disorder_share: float = 0.0
+    disorder_ms: int = 0
     tick_ms: int = 100
     partitions: int = 4
     currency: str = "CNY"
@@ -85,6 +89,8 @@ class TrafficConfig:
             raise ValueError("need rooms >= 10, rate_per_s > 0, tick_ms > 0, partitions > 0")
         if not 0 <= self.floor_share < 1 or self.viewer_share + self.gift_share >= 1:
             raise ValueError("shares out of range")
+        if not 0 <= self.disorder_share <= 1 or self.disorder_ms < 0:
+            raise ValueError("need 0 <= disorder_share <= 1, disorder_ms >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,28 +139,31 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def encode(source: int, ev: Any) -> bytes:
-    """Wire form of an input event (one JSON object, as upstream services send)."""
-    if source == VIEWER:
-        e = ev
-        return orjson.dumps({"type": e[0], "room_id": e[1], "user_id": e[2], "ts": e[3]})
-    if source == ORDER:
-        o = ev
-        return orjson.dumps(
-            {
-                "order_id": o[0],
-                "room_id": o[1],
-                "user_id": o[2],
-                "ts": o[3],
-                "status": o[4],
-                "amount_minor": o[5],
-                "currency": o[6],
-            }
-        )
-    g = ev
-    return orjson.dumps(
-        {"gift_id": g[0], "room_id": g[1], "user_id": g[2], "ts": g[3], "count": g[4], "value_minor": g[5]}
-    )
+def zipf_shares(rooms: int, s: float) -> list[float]:
+    """Each room's share of the traffic by popularity rank (0 the most popular): Zipf, exponent ``s``."""
+    weights = [1.0 / (rank**s) for rank in range(1, rooms + 1)]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def encode(ev: Event) -> bytes:
+    """Wire form of an input event: one JSON object, fields named and ordered as in ``schemas``."""
+    return orjson.dumps(ev._asdict())
+
+
+class Scenario:
+    """Base of what a phase runs beside the base mix: planned once, then called every tick.
+
+    ``loadtest.scenarios`` holds the real ones; this one adds nothing ("steady").
+    """
+
+    name = "steady"
+
+    def plan(self, ctx: TickContext) -> None:
+        """Called once when the phase starts."""
+
+    def tick(self, ctx: TickContext) -> None:
+        """Called once per tick after the base traffic."""
 
 
 class TrafficModel:
@@ -165,10 +174,9 @@ class TrafficModel:
         self.seed = seed
         self.rng = random.Random(seed)
         c = config
-        weights = [1.0 / (rank**c.zipf_s) for rank in range(1, c.rooms + 1)]
-        total = sum(weights)
-        self.popularity = [(1 - c.floor_share) * w / total + c.floor_share / c.rooms for w in weights]
-        self._zipf_cdf = list(itertools.accumulate(w / total for w in weights))
+        shares = zipf_shares(c.rooms, c.zipf_s)
+        self.popularity = [(1 - c.floor_share) * w + c.floor_share / c.rooms for w in shares]
+        self._zipf_cdf = list(itertools.accumulate(shares))
         self.room_ids = [f"r{rank}" for rank in range(c.rooms)]
         self._keys = [room.encode() for room in self.room_ids]
         self._parts = [partition_for(key, c.partitions) for key in self._keys]
@@ -230,19 +238,40 @@ class TrafficModel:
 
         ``realtime`` says the phase will be produced as it happens (event time
         = wall time); scenarios whose outcome depends on arrival order (late
-        events) only act then.
+        events) only act then. Follow-ups due after the phase are dropped
+        (orders left unpaid): the next phase must not start with events from
+        its past.
         """
+        out = Phase(start_ms=start_ms, end_ms=start_ms + int(duration_s * 1000), realtime=realtime)
+        ticks = math.ceil(duration_s * 1000 / self.config.tick_ms)
+        for _ in itertools.islice(self._run(out, scenarios), ticks):
+            pass
+        return out
+
+    def ticks(
+        self, start_ms: int, scenarios: Sequence[Scenario] = (), *, realtime: bool = True
+    ) -> Iterator[list[Message]]:
+        """Endless traffic from ``start_ms``, one tick's messages at a time (for paced senders).
+
+        Order follow-ups carry across ticks; each list is reused, so consume it
+        before the next. Scenarios that end with a phase see one that never ends.
+        """
+        out = Phase(start_ms=start_ms, end_ms=2**62, realtime=realtime)
+        for _ in self._run(out, scenarios):
+            yield out.messages
+            out.messages.clear()
+
+    def _run(self, out: Phase, scenarios: Sequence[Scenario]) -> Iterator[int]:
+        """Generate tick after tick into ``out``; yields each tick's start."""
         c = self.config
         if self.origin_ms is None:
-            self.origin_ms = start_ms
-        out = Phase(start_ms=start_ms, end_ms=start_ms + int(duration_s * 1000), realtime=realtime)
+            self.origin_ms = out.start_ms
         ctx = TickContext(self, out)
         for scenario in scenarios:
             scenario.plan(ctx)
-        ticks = math.ceil(duration_s * 1000 / c.tick_ms)
         carry = 0.0
-        for k in range(ticks):
-            t0 = start_ms + k * c.tick_ms
+        for k in itertools.count():
+            t0 = out.start_ms + k * c.tick_ms
             expected = self.rate_at(t0) * c.tick_ms / 1000 + carry
             n = int(expected)
             carry = expected - n
@@ -251,10 +280,7 @@ class TrafficModel:
             for scenario in scenarios:
                 scenario.tick(ctx)
             ctx.flush_due(t0 + c.tick_ms)
-        # Follow-ups due after the phase are dropped (orders left unpaid): the next phase must not
-        # start with events from its past.
-        ctx.pending.clear()
-        return out
+            yield t0
 
     def _base_tick(self, ctx: TickContext, t0: int, n: int) -> None:
         c = self.config
@@ -267,7 +293,7 @@ class TrafficModel:
         users = c.users
         last = rooms - 1
         room_ids, keys, parts = self.room_ids, self._keys, self._parts
-        emit, dumps, new = ctx.out.messages.append, orjson.dumps, tuple.__new__
+        emit, new = ctx.out.messages.append, tuple.__new__
         disorder_share, disorder_ms = ctx.disorder
         for _ in range(n):
             ts = t0 + int(rnd() * tick)
@@ -277,9 +303,8 @@ class TrafficModel:
             user = f"u{int(rnd() * users)}"
             u = rnd()
             if u < viewer_cut:  # the common case, inlined
-                kind, room = kinds[int(rnd() * n_kinds)], room_ids[rank]
-                raw = dumps({"type": kind, "room_id": room, "user_id": user, "ts": ts})
-                emit((VIEWER, parts[rank], keys[rank], raw, ts, new(ViewerEvent, (kind, room, user, ts))))
+                ev = new(ViewerEvent, (kinds[int(rnd() * n_kinds)], room_ids[rank], user, ts))
+                emit((VIEWER, parts[rank], keys[rank], encode(ev), ts, ev))
             elif u < gift_cut:
                 ctx.gift(rank, user, ts)
             else:
@@ -304,8 +329,8 @@ class TickContext:
         self.n_base = 0
         #: (due ts, seq, source, partition, key, event): order follow-ups and retried messages
         self.pending: list[tuple[int, int, int, int, bytes, Event]] = []
-        #: out-of-order displacement: (share of events, max ms back); set by the ``late`` scenario
-        self.disorder: tuple[float, int] = (0.0, 0)
+        #: out-of-order displacement: (share of events, max ms back); the ``late`` scenario sets its own
+        self.disorder: tuple[float, int] = (model.config.disorder_share, model.config.disorder_ms)
         self._emit = out.messages.append
 
     def begin_tick(self, t0: int, n_base: int) -> None:
@@ -321,11 +346,26 @@ class TickContext:
     # -- emitters --------------------------------------------------------------------
 
     def emit(self, source: int, partition: int, key: bytes, ev: Event) -> None:
-        self._emit((source, partition, key, encode(source, ev), ev.ts, ev))
+        self._emit((source, partition, key, encode(ev), ev.ts, ev))
 
     def emit_raw(self, source: int, partition: int, key: bytes, raw: bytes, ts: int, reason: str) -> None:
         self._emit((source, partition, key, raw, ts, None))
         self.out.malformed[reason] += 1
+
+    def viewer_kind(self) -> str:
+        """A viewer action drawn by the ordinary room's weights (``VIEWER_WEIGHTS``)."""
+        return KIND_TABLE[int(self.rng.random() * len(KIND_TABLE))]
+
+    def base_event_in(self, room: str, key: bytes, part: int, user: str, ts: int) -> None:
+        """One event of the base mix in a room: a viewer action, a gift or a new order, by the shares."""
+        c = self.config
+        u = self.rng.random()
+        if u < c.viewer_share:
+            self.viewer_in(room, key, part, self.viewer_kind(), user, ts)
+        elif u < c.viewer_share + c.gift_share:
+            self.gift_in(room, key, part, user, ts)
+        else:
+            self.order_in(room, key, part, user, ts)
 
     def viewer(self, rank: int, kind: str, user: str, ts: int) -> None:
         room, key, part = self.model.room_key(rank)

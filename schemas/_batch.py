@@ -2,7 +2,7 @@
 
 Each message takes an inlined fast path that accepts exactly what the
 single-message decoder accepts; anything else falls to that decoder, which
-names the reason. ``tests/unit/test_schemas_batch.py`` holds the two to the
+names the reason. ``tests/unit/test_batch_decoders.py`` holds the two to the
 same verdicts.
 """
 

@@ -7,7 +7,7 @@ the field order is the wire order.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import orjson
@@ -42,9 +42,12 @@ class RoomStats:
     gifts: int
     gift_value_minor: int
     late_events: int
+    #: added after the first version: appended, with a default, so older records still decode
+    shares: int = 0
 
 
 ROOM_STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RoomStats))
+_ADDED_LATER = frozenset(f.name for f in fields(RoomStats) if f.default is not MISSING)
 
 
 def encode_room_stats(stats: RoomStats) -> bytes:
@@ -52,9 +55,14 @@ def encode_room_stats(stats: RoomStats) -> bytes:
 
 
 def decode_room_stats(raw: bytes) -> RoomStats:
-    """Decode a room-stats record (for consumers and tests; trusts its producer)."""
+    """Decode a room-stats record (for consumers and tests; trusts its producer).
+
+    A field added after the first version takes its default when an older record lacks it.
+    """
     obj = orjson.loads(raw)
-    return RoomStats(**{name: obj[name] for name in ROOM_STATS_FIELDS})
+    return RoomStats(
+        **{name: obj[name] for name in ROOM_STATS_FIELDS if name in obj or name not in _ADDED_LATER}
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ class Source(IntEnum):
     REPARTITION = 3
 
 
-VIEWER_TYPES: frozenset[str] = frozenset({"join", "leave", "heartbeat", "like", "comment"})
+VIEWER_TYPES: frozenset[str] = frozenset({"join", "leave", "heartbeat", "like", "comment", "share"})
 ORDER_STATUSES: frozenset[str] = frozenset({"created", "paid", "cancelled", "refunded"})
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .core import Checkpoint
 from .exceptions import InfrastructureError
 from .settings import Settings
 
@@ -21,21 +19,6 @@ log = logging.getLogger(__name__)
 
 #: a restore that reads nothing for this long fails (the worker exits and is restarted)
 STALL_S = 60.0
-
-
-class RecordSink(Protocol):
-    """Where records are queued: ``streams._outbound.Outbound``, or a benchmark's stand-in for it."""
-
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None: ...
-
-
-def stage_checkpoint(outbound: RecordSink, topic: str, partition: int, checkpoint: Checkpoint) -> int:
-    """Queue a checkpoint's upserts and tombstones; returns the number of records."""
-    for key, value in checkpoint.upserts:
-        outbound.add(topic, partition, key, value)
-    for key in checkpoint.deletes:
-        outbound.add(topic, partition, key, None)
-    return len(checkpoint.upserts) + len(checkpoint.deletes)
 
 
 async def read_partition(

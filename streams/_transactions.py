@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 
+from ._errors import kafka_errors
 from ._outbound import Outbound
-from .exceptions import FencedError, InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,15 @@ class TaskProducer:
 
     async def start(self) -> None:
         """Register the transactional id (fencing any previous owner) and open a transaction."""
-        try:
+        with kafka_errors(f"starting transactional producer {self.transactional_id}"):
             await self._producer.start()
             self._started = True
             await self._producer.begin_transaction()  # waits for the producer id: fencing is done
-        except KafkaError as exc:
-            raise _translate(exc, self.transactional_id, "starting") from exc
+
+    async def send(self) -> None:
+        """Hand the records gathered so far to the producer (see :meth:`Outbound.send`)."""
+        with kafka_errors(f"sending in transaction {self.transactional_id}"):
+            await self.outbound.send()
 
     async def commit(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
         """Wait for every record of the transaction, add ``offsets``, commit, open the next one.
@@ -67,14 +70,12 @@ class TaskProducer:
         Raises :class:`FencedError` if another producer owns the id now, or
         :class:`InfrastructureError`; the transaction is then not committed.
         """
-        try:
+        with kafka_errors(f"committing transaction {self.transactional_id}"):
             await self.outbound.flush()
             if offsets:
                 await self._producer.send_offsets_to_transaction(dict(offsets), group_id)
             await self._producer.commit_transaction()
             await self._producer.begin_transaction()
-        except KafkaError as exc:
-            raise _translate(exc, self.transactional_id, "committing") from exc
 
     async def close(self) -> None:
         """Stop without committing: an open transaction is aborted (by the broker or the next owner)."""
@@ -84,9 +85,3 @@ class TaskProducer:
                 await self._producer.stop()
             except KafkaError as exc:  # closing after a fence or a broker loss: nothing left to save
                 log.warning("task %d: producer close failed: %r", self.partition, exc)
-
-
-def _translate(exc: KafkaError, txn_id: str, doing: str) -> Exception:
-    if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
-        return FencedError(f"transactional id {txn_id} was taken over by another worker ({exc!r})")
-    return InfrastructureError(f"{doing} transaction {txn_id} failed: {exc!r}")

@@ -35,65 +35,37 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError
 
-from schemas import (
-    Invalid,
-    RoomStats,
-    Source,
-    dead_letter,
-    decode_gift_batch,
-    decode_order_batch,
-    decode_viewer_batch,
-    encode_dead_letter,
-    encode_room_stats,
-)
-
-from ._changelog import read_partition, stage_checkpoint
+from ._changelog import read_partition
+from ._errors import kafka_errors
 from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
 from ._transactions import TaskProducer
-from .core import (
-    SPIKE_METRICS,
-    AlertEvent,
-    PartitionCache,
-    TaskAggregator,
-    iso_utc,
-    partition_for,
-    to_alertmanager,
-    top_rooms,
-)
+from .core import SPIKE_METRICS, TaskAggregator, top_rooms
 from .exceptions import LivepulseError
 from .metrics import Metrics
+from .pipeline import REPARTITION, Routing, TaskPipeline
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain ints on the hot path
-SOURCE_HEADER = "livepulse-source"
-#: on a repartition record: a watermark marker from the task numbered in the header's value
-MARKER_HEADER = "livepulse-watermark"
-_DECODERS: dict[int, Callable[..., tuple[list[Any], list[Any]]]] = {
-    VIEWER: decode_viewer_batch,
-    ORDER: decode_order_batch,
-    GIFT: decode_gift_batch,
-}
 
 Clock = Callable[[], float]
 
 
 class _Task:
-    """One task at run time: the pure aggregator, its transactional producer, its input positions."""
+    """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
+    its input positions."""
 
-    __slots__ = ("core", "partition", "positions", "producer")
+    __slots__ = ("core", "partition", "pipeline", "positions", "producer")
 
-    def __init__(self, partition: int, core: TaskAggregator, producer: TaskProducer) -> None:
-        self.partition = partition
-        self.core = core
+    def __init__(self, pipeline: TaskPipeline, producer: TaskProducer) -> None:
+        self.partition = pipeline.partition
+        self.pipeline = pipeline
+        self.core = pipeline.core
         self.producer = producer
         #: next offset to read per input topic-partition (known after seek or fetch)
         self.positions: dict[TopicPartition, int] = {}
@@ -106,9 +78,6 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
         self._clock = clock
-        t = settings.topics
-        self._sources = {t.viewer: VIEWER, t.order: ORDER, t.gift: GIFT, t.repartition: REPARTITION}
-        self._source_by_header = {t.viewer.encode(): VIEWER, t.order.encode(): ORDER, t.gift.encode(): GIFT}
         self._client: dict[str, Any] = {
             "bootstrap_servers": settings.brokers,
             **settings.security.client_kwargs(),
@@ -124,12 +93,11 @@ class DataPlane:
         #: an error raised inside a rebalance callback (aiokafka would only log it)
         self._failure: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._route: PartitionCache | None = None
+        self._routing: Routing | None = None
         self._lock = asyncio.Lock()
         self._last_checkpoint = 0.0
         self._last_top = 0.0
         self._stopping = False
-        self._on_window: list[Callable[[int, list[RoomStats]], None]] = []
         self._last_resend = 0.0
         #: where rule overrides come from (a faust table in the worker); polled at checkpoints
         self._rules_source: Callable[[], Mapping[str, Any]] | None = None
@@ -150,13 +118,19 @@ class DataPlane:
             # (a young collection every 700 allocations, promoting into frequent full passes over
             # all of them) the collector took ~35 % of the data plane's CPU in a 100 k-room catch-up.
             gc.set_threshold(s.gc_threshold, 50, 100)
+        with kafka_errors("starting the data plane"):
+            await self._start_clients()
+        log.info("data plane started: %d partitions per input, group %s", self.partitions, s.group_id)
+
+    async def _start_clients(self) -> None:
+        s = self.settings
         admin = AIOKafkaAdminClient(**self._client)
         await admin.start()
         try:
             self.partitions = await ensure_topology(admin, s)  # normally done by prepare_topics already
         finally:
             await admin.close()
-        self._route = PartitionCache(self.partitions)
+        self._routing = Routing(s.topics, self.partitions)
         self._consumer = AIOKafkaConsumer(
             **self._client,
             group_id=s.group_id,
@@ -171,10 +145,14 @@ class DataPlane:
         await self._consumer.start()
         self._consumer.subscribe([*s.topics.inputs, s.topics.repartition], listener=_Rebalance(self))
         self._last_checkpoint = self._clock()
-        log.info("data plane started: %d partitions per input, group %s", self.partitions, s.group_id)
 
     async def run(self) -> None:
-        """Fetch and process until :meth:`stop`; infrastructure errors propagate."""
+        """Fetch and process until :meth:`stop`; infrastructure errors propagate as
+        :class:`~streams.exceptions.LivepulseError`."""
+        with kafka_errors("consuming"):
+            await self._run()
+
+    async def _run(self) -> None:
         assert self._consumer is not None
         s = self.settings
         while not self._stopping:
@@ -227,7 +205,7 @@ class DataPlane:
                 try:
                     if self.runtime and self._failure is None:
                         await self._checkpoint(self.runtime)
-                except (LivepulseError, KafkaError) as exc:
+                except LivepulseError as exc:
                     log.error("last checkpoint failed, nothing committed past the previous one: %r", exc)
                 finally:
                     self.ready = False
@@ -237,13 +215,11 @@ class DataPlane:
             if self._consumer is not None:
                 await self._consumer.stop()
 
-    def on_windows(self, callback: Callable[[int, list[RoomStats]], None]) -> None:
-        """Call ``callback(partition, closed_windows)`` for every batch of closed windows."""
-        self._on_window.append(callback)
-
     # -- processing ------------------------------------------------------------------------
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """One fetch round: each partition through its task's pipeline, then a tick, the windows
+        and alerts sent (the caller commits at checkpoints)."""
         now = self._clock()
         now_ms = int(now * 1000)
         m = self.metrics
@@ -260,14 +236,13 @@ class DataPlane:
                 if not messages:
                     continue
             total += len(messages)
-            self._process_partition(tp, task, messages, now_ms)
+            published = task.pipeline.process(tp.topic, messages, now_ms)
             task.positions[tp] = messages[-1].offset + 1
-            if self._publish_windows(task):
+            if published:
                 waited += await self._send()  # out before the next partition's work
         busy = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
-            task.core.tick(now_ms, busy.get(partition, ()))
-            self._publish_windows(task)
+            task.pipeline.tick(now_ms, busy.get(partition, ()))
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -278,12 +253,10 @@ class DataPlane:
         await asyncio.sleep(0)
         transitions = False
         for task in self.runtime.values():
-            alerts = task.core.drain_alerts()
-            transitions = transitions or bool(alerts)
-            self._publish_alerts(task, alerts)
+            transitions = task.pipeline.publish_alerts(now_ms) or transitions
         resend = now - self._last_resend >= self.settings.alert_resend_ms / 1000
         if transitions or resend:
-            self._resend_firing(resend=resend)
+            self._count_firing(now_ms, resend=resend)
         await self._send()
         if total:
             m.batch_size.observe(total)
@@ -297,7 +270,7 @@ class DataPlane:
         """Hand what every task queued to its producer; returns the seconds that took."""
         started = time.perf_counter()
         for task in self.runtime.values():
-            await task.producer.outbound.send()
+            await task.producer.send()
         return time.perf_counter() - started
 
     def _export_top_rooms(self, n: int = 10) -> None:
@@ -319,8 +292,9 @@ class DataPlane:
         events still on their way. Updates the lag gauge. The repartition topic
         is not a watermark source (its senders' markers are).
         """
-        assert self._consumer is not None
+        assert self._consumer is not None and self._routing is not None
         consumer = self._consumer
+        sources = self._routing.sources
         fresh_ms = self.settings.core.idle_partition_ms
         busy: dict[int, set[int]] = {}
         for tp in consumer.assignment():
@@ -331,12 +305,12 @@ class DataPlane:
             except IllegalStateError:  # revoked meanwhile
                 continue
             except TimeoutError:
-                busy.setdefault(tp.partition, set()).add(self._sources[tp.topic])
+                busy.setdefault(tp.partition, set()).add(sources[tp.topic])
                 continue
             end = consumer.last_stable_offset(tp)
             if end is None:
                 end = consumer.highwater(tp)
-            source = self._sources[tp.topic]
+            source = sources[tp.topic]
             polled = consumer.last_poll_timestamp(tp)
             unknown = end is None or polled is None or now_ms - polled > fresh_ms
             if (unknown or position < end) and source != REPARTITION:
@@ -345,179 +319,13 @@ class DataPlane:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
         return busy
 
-    def _process_partition(self, tp: TopicPartition, task: _Task, messages: list[Any], now_ms: int) -> None:
-        m = self.metrics
-        source = self._sources[tp.topic]
-        core = task.core
-        m.events_consumed.labels(tp.topic).inc(len(messages))
-        markers: list[tuple[int, int | None]] = []
-        if source == REPARTITION:
-            groups = self._split_repartitioned(messages, markers)
-        else:
-            groups = [(source, tp.topic, messages)]
-        for origin, origin_topic, group in groups:
-            good, bad = _DECODERS[origin](
-                [(msg.offset, msg.value or b"") for msg in group], now_ms, self.settings.limits
-            )
-            if bad:
-                self._dead_letter(tp, task, group, bad, now_ms)
-            if source != REPARTITION:
-                good = self._keep_local(tp, task, origin_topic, group, good)
-            result = core.apply(source, good, now_ms)
-            if result.overflow:
-                self._refuse_overflow(tp, task, group, now_ms)
-            if result.applied:
-                m.events_applied.labels(origin_topic).inc(result.applied)
-            if result.late:
-                m.events_late.labels(origin_topic).inc(result.late)
-            if result.duplicate:
-                m.events_duplicate.labels(origin_topic).inc(result.duplicate)
-            if result.replayed:
-                m.events_replayed.labels(origin_topic).inc(result.replayed)
-        # A marker follows every event its sender re-routed before it: apply them first.
-        for sender, frontier in markers:
-            core.sender_progress(sender, frontier)
-
-    def _split_repartitioned(
-        self, messages: list[Any], markers: list[tuple[int, int | None]]
-    ) -> list[tuple[int, str, list[Any]]]:
-        """Group re-routed messages by the topic they were first published to (a header); collect
-        watermark markers into ``markers``."""
-        t = self.settings.topics
-        names = {VIEWER: t.viewer, ORDER: t.order, GIFT: t.gift}
-        by_origin: dict[int, list[Any]] = {}
-        for msg in messages:
-            origin: int | None = None
-            for key, value in msg.headers or ():
-                if key == SOURCE_HEADER:
-                    origin = self._source_by_header.get(value)
-                elif key == MARKER_HEADER:
-                    markers.append((int(value), orjson.loads(msg.value)))
-                    break
-            else:
-                by_origin.setdefault(VIEWER if origin is None else origin, []).append(msg)
-        return [(origin, names[origin], group) for origin, group in by_origin.items()]
-
-    def _keep_local(
-        self, tp: TopicPartition, task: _Task, topic: str, messages: list[Any], good: list[Any]
-    ) -> list[Any]:
-        """Events whose room belongs to this partition; the others are re-routed to the right one.
-
-        Rooms the task already aggregates are local by construction, so the murmur2 check runs
-        only for rooms seen here for the first time.
-        """
-        assert self._route is not None
-        route, here, known = self._route, tp.partition, task.core.rooms
-        for _, ev in good:
-            room_id = ev.room_id
-            if room_id not in known and route(room_id) != here:
-                break
-        else:
-            return good
-        raw_by_offset = {msg.offset: msg.value for msg in messages}
-        keep = []
-        header = [(SOURCE_HEADER, topic.encode())]
-        add = task.producer.outbound.add
-        repartition = self.settings.topics.repartition
-        rerouted = 0
-        for offset, ev in good:
-            target = route(ev.room_id)
-            if target == here:
-                keep.append((offset, ev))
-            else:
-                add(repartition, target, ev.room_id.encode(), raw_by_offset[offset], header)
-                rerouted += 1
-        self.metrics.events_rerouted.labels(topic).inc(rerouted)
-        return keep
-
-    def _dead_letter(
-        self, tp: TopicPartition, task: _Task, messages: list[Any], bad: list[Any], now_ms: int
-    ) -> None:
-        by_offset = {msg.offset: msg for msg in messages}
-        dlq = self.settings.topics.dlq
-        add = task.producer.outbound.add
-        for offset, raw, invalid in bad:
-            msg = by_offset[offset]
-            letter = dead_letter(
-                invalid,
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=offset,
-                key=msg.key,
-                raw=raw,
-                now_ms=now_ms,
-            )
-            add(dlq, tp.partition, msg.key, encode_dead_letter(letter))
-            self.metrics.events_invalid.labels(tp.topic, invalid.reason).inc()
-
-    def _refuse_overflow(self, tp: TopicPartition, task: _Task, messages: list[Any], now_ms: int) -> None:
-        """Dead-letter the events the task refused at its room cap (reason ``room_cap``)."""
-        raw = {msg.offset: msg.value or b"" for msg in messages}
-        cap = self.settings.core.max_rooms
-        why = Invalid("room_cap", f"task {task.partition} holds max_rooms={cap} rooms")
-        refused = [(offset, raw[offset], why) for offset in task.core.take_overflow()]
-        self._dead_letter(tp, task, messages, refused, now_ms)
-
-    def _publish_windows(self, task: _Task) -> int:
-        """Queue the task's closed windows for the room-stats topic; returns how many."""
-        core = task.core
-        closed = core.drain()
-        if not closed:
-            return 0
-        topic = self.settings.topics.room_stats
-        add = task.producer.outbound.add
-        partition = task.partition
-        # Keyed by room on the task's own partition number: every room here hashes to it
-        # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
-        orders = gmv = 0
-        for stats in closed:
-            add(topic, partition, stats.room_id.encode(), encode_room_stats(stats))
-            orders += stats.orders
-            gmv += stats.gmv_minor
-        m = self.metrics
-        m.windows_emitted.inc(len(closed))
-        m.orders_paid.inc(orders)
-        m.gmv_minor.inc(gmv)
-        if core.detect_spikes:
-            self.metrics.detector_evaluations.inc(len(closed))
-        for callback in self._on_window:
-            callback(partition, closed)
-        return len(closed)
-
-    def _publish_alerts(self, task: _Task, events: list[AlertEvent], *, transitions: bool = True) -> None:
-        """Queue alerts for the alerts topic, keyed by fingerprint; count fired/resolved transitions."""
-        if not events:
-            return
-        topic = self.settings.topics.alerts
-        add = task.producer.outbound.add
-        # A firing alert expires in Alertmanager unless re-sent: 4 re-send intervals of wall time
-        # (not event time, which lags behind during a catch-up).
-        expires_at = iso_utc(int(self._clock() * 1000) + 4 * self.settings.alert_resend_ms)
-        for event in events:
-            key = event.fingerprint.encode()
-            alert = to_alertmanager(event)
-            if event.status == "firing":
-                alert["endsAt"] = expires_at
-            add(topic, partition_for(key, self.partitions), key, orjson.dumps(alert))
-            if transitions:
-                fired = event.status == "firing"
-                (self.metrics.alerts_fired if fired else self.metrics.alerts_resolved).labels(
-                    event.metric
-                ).inc()
-
-    def _resend_firing(self, *, resend: bool) -> None:
-        """Update the firing gauge; with ``resend``, re-publish every firing alert.
-
-        Alertmanager resolves an alert that is not refreshed before its endsAt.
-        """
+    def _count_firing(self, now_ms: int, *, resend: bool) -> None:
+        """Update the firing gauge; with ``resend``, re-publish every firing alert."""
         by_metric = dict.fromkeys(SPIKE_METRICS, 0)
         if resend:
-            self._last_resend = self._clock()
+            self._last_resend = now_ms / 1000
         for task in self.runtime.values():
-            firing = task.core.firing_alerts()
-            if resend:
-                self._publish_alerts(task, firing, transitions=False)
-            for event in firing:
+            for event in task.pipeline.firing(now_ms, resend=resend):
                 by_metric[event.metric] += 1
         for metric, count in by_metric.items():
             self.metrics.alerts_firing.labels(metric).set(count)
@@ -567,28 +375,25 @@ class DataPlane:
 
     async def _commit(self, task: _Task) -> int:
         """One task's checkpoint transaction; returns the changelog records written."""
-        t = self.settings.topics
-        outbound = task.producer.outbound
-        marker = orjson.dumps(task.core.frontier_ms(int(self._clock() * 1000)))
-        header = [(MARKER_HEADER, b"%d" % task.partition)]
-        for receiver in range(self.partitions):
-            if receiver != task.partition:
-                outbound.add(t.repartition, receiver, None, marker, header)
-        offsets = {self._sources[tp.topic]: offset for tp, offset in task.positions.items()}
-        written = stage_checkpoint(outbound, t.changelog, task.partition, task.core.checkpoint(offsets))
+        assert self._routing is not None
+        sources = self._routing.sources
+        offsets = {sources[tp.topic]: offset for tp, offset in task.positions.items()}
+        written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
         await task.producer.commit(task.positions, self.settings.group_id)
         return written
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         try:
-            await self._revoke()
+            with kafka_errors("giving up partitions"):
+                await self._revoke()
         except BaseException as exc:
             self._failure = exc
             raise
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         try:
-            await self._assign(assigned)
+            with kafka_errors("taking over partitions"):
+                await self._assign(assigned)
         except BaseException as exc:
             self._failure = exc
             raise
@@ -607,7 +412,7 @@ class DataPlane:
             if self.runtime and self._failure is None and not self._stopping:
                 try:
                     await self._checkpoint(self.runtime)
-                except (LivepulseError, KafkaError) as exc:
+                except LivepulseError as exc:
                     log.warning("checkpoint at revocation failed; uncommitted work discarded: %r", exc)
             await self._close_tasks()
 
@@ -642,8 +447,9 @@ class DataPlane:
 
     async def _open_task(self, partition: int, tps: list[TopicPartition]) -> _Task:
         """Fence the previous owner, restore the committed state, seek to the offsets it recorded."""
-        assert self._consumer is not None
+        assert self._consumer is not None and self._routing is not None
         s = self.settings
+        sources = self._routing.sources
         producer = TaskProducer(
             self._client, s.app_id, partition, transaction_timeout_ms=s.transaction_timeout_ms
         )
@@ -651,15 +457,17 @@ class DataPlane:
         records, key_offsets, seconds = await read_partition(s, partition)
         core = TaskAggregator(
             s.core,
-            sources=(VIEWER, ORDER, GIFT),
+            sources=(sources[s.topics.viewer], sources[s.topics.order], sources[s.topics.gift]),
             senders=[q for q in range(self.partitions) if q != partition],
         )
         core.rules, core.categories = self._rules.rules, self._rules.categories
         rooms = core.restore(records)
-        task = _Task(partition, core, producer)
-        self._quarantine(task, key_offsets)
+        pipeline = TaskPipeline(partition, core, producer.outbound, self._routing, s, self.metrics)
+        task = _Task(pipeline, producer)
+        for key, reason in pipeline.quarantine(key_offsets, int(self._clock() * 1000)):
+            log.error("partition %d: quarantined changelog record %r: %s", partition, key, reason)
         for tp in tps:
-            offset = core.restored_offsets.get(self._sources[tp.topic])
+            offset = core.restored_offsets.get(sources[tp.topic])
             if offset is None:  # no checkpoint recorded it (first start, or a quarantined metadata record)
                 offset = await self._consumer.committed(tp)
             if offset is None:
@@ -676,27 +484,6 @@ class DataPlane:
             seconds,
         )
         return task
-
-    def _quarantine(self, task: _Task, key_offsets: Mapping[bytes, int]) -> None:
-        """Dead-letter changelog records the restore could not decode, and delete them."""
-        changelog = self.settings.topics.changelog
-        now_ms = int(self._clock() * 1000)
-        add = task.producer.outbound.add
-        for key, value, reason in task.core.quarantined:
-            log.error("partition %d: quarantined changelog record %r: %s", task.partition, key, reason)
-            letter = dead_letter(
-                Invalid("state_undecodable", reason),
-                topic=changelog,
-                partition=task.partition,
-                offset=key_offsets.get(key, -1),
-                key=key,
-                raw=value,
-                now_ms=now_ms,
-            )
-            add(self.settings.topics.dlq, task.partition, key, encode_dead_letter(letter))
-            add(changelog, task.partition, key, None)
-            self.metrics.state_quarantined.inc()
-        task.core.quarantined.clear()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

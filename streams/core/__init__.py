@@ -4,51 +4,45 @@ No I/O and no Kafka or faust imports: the runtime feeds batches in and
 publishes what comes out.
 """
 
-from ._alerts import ALERT_DROP, ALERT_SPIKE, ALERT_SURGE, AlertEvent, fingerprint, iso_utc, to_alertmanager
+from ._alerts import AlertEvent, iso_utc, to_alertmanager
 from ._config import CoreConfig
 from ._partition import PartitionCache, partition_for
 from ._query import RANKABLE_METRICS, room_view, top_rooms
-from ._room import ROOM_FORMAT_VERSION, Room, decode_room, encode_room
-from ._spike_rules import DEFAULT_RULES, MetricRule, SpikeRuleError, SpikeRules, apply_override, rules_for
+from ._spike_rules import (
+    DEFAULT_RULES,
+    GAUGE_RULE,
+    MetricRule,
+    SpikeRuleError,
+    SpikeRules,
+    apply_override,
+    rules_for,
+)
 from ._spike_rules import METRICS as SPIKE_METRICS
-from ._spikes import DetectorState, firing, observe
-from ._task import META_KEY, ApplyResult, Checkpoint, TaskAggregator, TaskCounters, room_key
-from ._windows import bucket_range, window_start
+from ._spikes import DetectorState, observe, observe_values
+from ._state_codec import room_key
+from ._task import TaskAggregator
 
 __all__ = [
-    "ALERT_DROP",
-    "ALERT_SPIKE",
-    "ALERT_SURGE",
     "DEFAULT_RULES",
-    "META_KEY",
+    "GAUGE_RULE",
     "RANKABLE_METRICS",
-    "ROOM_FORMAT_VERSION",
     "SPIKE_METRICS",
     "AlertEvent",
-    "ApplyResult",
-    "Checkpoint",
     "CoreConfig",
     "DetectorState",
     "MetricRule",
     "PartitionCache",
-    "Room",
     "SpikeRuleError",
     "SpikeRules",
     "TaskAggregator",
-    "TaskCounters",
     "apply_override",
-    "bucket_range",
-    "decode_room",
-    "encode_room",
-    "fingerprint",
-    "firing",
     "iso_utc",
     "observe",
+    "observe_values",
     "partition_for",
     "room_key",
     "room_view",
     "rules_for",
     "to_alertmanager",
     "top_rooms",
-    "window_start",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from schemas import ROOM_STATS_FIELDS, RoomStats
 
-from ._room import COMMENTS, GIFT_VALUE, GIFTS, GMV, JOINS, LATE, LEAVES, LIKES, ORDERS, REFUNDS, Room
+from ._room import JOINS, LEAVES, Room, room_stats
 from ._task import TaskAggregator
 from ._windows import bucket_range, window_start
 
@@ -36,27 +36,16 @@ def _partial_window(task: TaskAggregator, room: Room) -> dict[str, Any] | None:
     cfg = task.config
     ws = window_start(newest, cfg.window_ms)
     total = room.sum_buckets(bucket_range(ws, ws + cfg.window_ms, cfg.bucket_ms))
-    pending = [0, 0]
+    joins = leaves = 0
     for open_ws in room.open_ws:
         window = room.sum_buckets(bucket_range(open_ws, open_ws + cfg.window_ms, cfg.bucket_ms))
-        pending[0] += window[JOINS]
-        pending[1] += window[LEAVES]
-    return {
-        "window_start": ws,
-        "window_end": ws + cfg.window_ms,
-        "complete": False,
-        "views": total[JOINS],
-        "unique_viewers": room.unique_count(ws),
-        "concurrent_viewers": max(0, room.concurrent + pending[0] - pending[1]),
-        "likes": total[LIKES],
-        "comments": total[COMMENTS],
-        "orders": total[ORDERS],
-        "gmv_minor": total[GMV],
-        "refunds_minor": total[REFUNDS],
-        "gifts": total[GIFTS],
-        "gift_value_minor": total[GIFT_VALUE],
-        "late_events": total[LATE],
-    }
+        joins += window[JOINS]
+        leaves += window[LEAVES]
+    concurrent = max(0, room.concurrent + joins - leaves)
+    stats = room_stats(room.room_id, ws, cfg.window_ms, total, room.unique_count(ws), concurrent)
+    view = _as_dict(stats)
+    del view["room_id"]
+    return {"window_start": ws, "window_end": ws + cfg.window_ms, "complete": False, **view}
 
 
 def top_rooms(tasks: Iterable[TaskAggregator], metric: str, n: int) -> list[RoomStats]:

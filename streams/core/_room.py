@@ -13,34 +13,57 @@ their ids takes ~1 800.
 
 Dedup memory is a set of ``"<status>:<order_id>"`` keys, kept in chunks by
 the window of the event's time: a checkpoint writes only the chunks that
-changed (their own changelog records, see ``streams.core._task``) and a chunk
+changed (their own changelog records, see ``streams.core._state_codec``) and a chunk
 is forgotten whole once its window is older than the dedup TTL. So the cost
 and size of a room's changelog records do not grow with the orders it has
 seen in the last ten minutes.
 
-The changelog encoding is ``[version, ...]`` as orjson; ``decode_room`` reads
-every version ever written (v1/v2 carried the dedup memory inside the room
-record; it is moved into chunks on decode).
+A room's changelog encoding, in every version, is ``streams.core._state_codec``.
 """
 
 from __future__ import annotations
 
-import base64
 from operator import add
 from typing import Any
 
-import orjson
 from datasketches import hll_sketch, tgt_hll_type
 
-from ..exceptions import StateError
+from schemas import RoomStats
+
 from ._spikes import DetectorState
 
-# Counter layout of one bucket.
-JOINS, LEAVES, LIKES, COMMENTS, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE, LATE = range(10)
-N_COUNTERS = 10
+# Counter layout of one bucket (a new counter is appended: see _state_codec's migrations).
+JOINS, LEAVES, LIKES, COMMENTS, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE, LATE, SHARES = range(11)
+N_COUNTERS = 11
 
-#: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records
-ROOM_FORMAT_VERSION = 3
+
+def room_stats(
+    room_id: str, ws: int, window_ms: int, total: list[int], unique_viewers: int, concurrent: int
+) -> RoomStats:
+    """The room-stats record of window ``[ws, ws + window_ms)`` from its summed counters.
+
+    The one mapping from the counter layout to the published record: the window close and the
+    query view of a partial window both use it.
+    """
+    return RoomStats(
+        room_id,
+        ws,
+        ws + window_ms,
+        total[JOINS],
+        unique_viewers,
+        concurrent,
+        total[LIKES],
+        total[COMMENTS],
+        total[ORDERS],
+        total[ORDERS] / (window_ms / 1_000),
+        total[GMV],
+        total[REFUNDS],
+        total[GIFTS],
+        total[GIFT_VALUE],
+        total[LATE],
+        total[SHARES],
+    )
+
 
 HLL_TYPE = tgt_hll_type.HLL_8
 DEFAULT_LG_K = 12
@@ -163,77 +186,6 @@ class Room:
             self.seen_gone.append(oldest)
 
 
-def encode_room(room: Room) -> bytes:
-    """Serialise a room for the changelog (current version)."""
-    buckets = [[bucket, *counters] for bucket, counters in room.buckets.items()]
-    uniques = [
-        [ws, base64.b64encode(sketch.serialize_compact()).decode()] for ws, sketch in room.uniques.items()
-    ]
-    return orjson.dumps(
-        [
-            ROOM_FORMAT_VERSION,
-            room.room_id,
-            room.concurrent,
-            room.last_ts,
-            list(room.offsets.items()),
-            buckets,
-            uniques,
-            room.open_ws,
-            None if room.detector is None else room.detector.to_wire(),
-        ]
-    )
-
-
 def order_key(order_id: str, status: str) -> str:
     """Dedup key of an order event (a status never holds ':', so the key is unambiguous)."""
     return status + ":" + order_id
-
-
-def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
-    """Rebuild a room from any version of its changelog encoding.
-
-    ``window_ms`` places the dedup memory of v1/v2 records into window chunks.
-    """
-    try:
-        obj = orjson.loads(raw)
-        version = obj[0]
-    except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
-        raise StateError(f"undecodable room state: {exc}") from exc
-    if version not in (1, 2, 3):
-        raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
-    try:
-        if version == 3:
-            room = _decode_v1([*obj[:8], []], window_ms)
-            detector = obj[8]
-        else:
-            room = _decode_v1(obj[:9], window_ms)
-            detector = obj[9] if version == 2 else None
-        if detector is not None:
-            room.detector = DetectorState.from_wire(detector)
-        return room
-    except (ValueError, TypeError, IndexError) as exc:
-        raise StateError(f"corrupt room state v{version}: {exc}") from exc
-
-
-def _decode_v1(obj: list[Any], window_ms: int) -> Room:
-    _, room_id, concurrent, last_ts, offsets, buckets, uniques, open_ws, seen = obj
-    room = Room(room_id)
-    room.concurrent = concurrent
-    room.last_ts = last_ts
-    room.offsets = {source: offset for source, offset in offsets}
-    room.buckets = {bucket: counters for bucket, *counters in buckets}
-    room.uniques = {ws: _decode_uniques(users) for ws, users in uniques}
-    room.open_ws = list(open_ws)
-    for order_id, status, ts in seen:  # v1/v2: moved into chunks, written as such at the next checkpoint
-        room.remember(order_key(order_id, status), ts - ts % window_ms)
-    return room
-
-
-def _decode_uniques(users: str | list[str]) -> Any:
-    """A window's sketch; early encodings stored small windows as the list of user ids."""
-    if isinstance(users, str):
-        return hll_sketch.deserialize(base64.b64decode(users))
-    sketch = hll_sketch(DEFAULT_LG_K, HLL_TYPE)
-    for user in users:
-        sketch.update(user)
-    return sketch

@@ -5,8 +5,8 @@ dedup, bucket update, unique viewers. Windows close the moment the
 watermark passes their end (inside the loop, so memory stays bounded by the
 open windows); closed windows collect in an outbox that the
 runtime drains and publishes. ``tick`` lets wall-clock time advance an idle
-partition's watermark. ``checkpoint``/``restore`` move state to and from the
-changelog.
+partition's watermark. ``checkpoint``/``restore`` decide what state goes to and
+comes from the changelog; its record formats are ``streams.core._state_codec``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
-
-import orjson
 
 from schemas import Event, OrderEvent, RoomStats, ViewerEvent
 
@@ -33,22 +31,30 @@ from ._room import (
     LIKES,
     ORDERS,
     REFUNDS,
+    SHARES,
     Room,
-    decode_room,
-    encode_room,
+    room_stats,
 )
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DetectorState, firing, observe, resolve_all
+from ._state_codec import (
+    META_KEY,
+    Checkpoint,
+    TaskMeta,
+    compact,
+    decode_dedup_chunk,
+    decode_meta,
+    decode_room_record,
+    dedup_key,
+    encode_dedup_chunk,
+    encode_meta,
+    encode_room,
+    room_key,
+)
 from ._windows import window_start
 
 NO_TIME = -(2**62)
 NEVER = 2**62
-
-ROOM_KEY_PREFIX = b"r/"
-DEDUP_KEY_PREFIX = b"d/"
-META_KEY = b"m/task"
-#: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
-META_FORMAT_VERSION = 3
 
 
 @dataclass(slots=True)
@@ -77,24 +83,7 @@ class ApplyResult(NamedTuple):
     overflow: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Changelog writes for one checkpoint: upserts (key, value) and tombstone keys."""
-
-    upserts: list[tuple[bytes, bytes]]
-    deletes: list[bytes]
-
-
 _NOTHING = ApplyResult(0, 0, 0, 0, 0)
-
-
-def room_key(room_id: str) -> bytes:
-    return ROOM_KEY_PREFIX + room_id.encode()
-
-
-def dedup_key(room_id: str, ws: int) -> bytes:
-    """Changelog key of one dedup chunk: ``d/<window start>/<room id>``."""
-    return b"%s%d/%s" % (DEDUP_KEY_PREFIX, ws, room_id.encode())
 
 
 class TaskAggregator:
@@ -294,6 +283,8 @@ class TaskAggregator:
                     counters[LIKES] += 1
                 elif action == "comment":
                     counters[COMMENTS] += 1
+                elif action == "share":
+                    counters[SHARES] += 1
                 sketch = room.uniques.get(ws)
                 if sketch is None:
                     sketch = room.sketch(ws, lg_k)
@@ -496,23 +487,8 @@ class TaskAggregator:
             room.forget_chunks_before(
                 self._watermark - cfg.dedup_ttl_ms - window_ms + 1, cfg.dedup_max_per_room
             )
-        stats = RoomStats(
-            room.room_id,
-            ws,
-            ws + window_ms,
-            total[JOINS],
-            0 if sketch is None else round(sketch.get_estimate()),
-            concurrent,
-            total[LIKES],
-            total[COMMENTS],
-            total[ORDERS],
-            total[ORDERS] / cfg.window_seconds,
-            total[GMV],
-            total[REFUNDS],
-            total[GIFTS],
-            total[GIFT_VALUE],
-            total[LATE],
-        )
+        unique_viewers = 0 if sketch is None else round(sketch.get_estimate())
+        stats = room_stats(room.room_id, ws, window_ms, total, unique_viewers, concurrent)
         room.last_closed = stats
         self.counters.windows_emitted += 1
         if self.detect_spikes:
@@ -604,7 +580,7 @@ class TaskAggregator:
             if room.seen_dirty:
                 chunks = room.seen_chunks
                 for ws in room.seen_dirty:
-                    upserts.append((dedup_key(room.room_id, ws), orjson.dumps(chunks[ws])))
+                    upserts.append((dedup_key(room.room_id, ws), encode_dedup_chunk(chunks[ws])))
                 room.seen_dirty.clear()
             if room.seen_gone:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
@@ -616,15 +592,8 @@ class TaskAggregator:
         self._gone_chunks = []
         if offsets:
             self._offsets.update(offsets)
-        meta = [
-            META_FORMAT_VERSION,
-            self._max_ts,
-            self._watermark,
-            list(self._src_max.items()),
-            list(self._sender_frontier.items()),
-            list(self._offsets.items()),
-        ]
-        upserts.append((META_KEY, orjson.dumps(meta)))
+        meta = TaskMeta(self._max_ts, self._watermark, self._src_max, self._sender_frontier, self._offsets)
+        upserts.append((META_KEY, encode_meta(meta)))
         return Checkpoint(upserts, deletes)
 
     @property
@@ -637,38 +606,26 @@ class TaskAggregator:
         A record that cannot be decoded is quarantined (``quarantined``), not raised: its room
         starts fresh and every other room is restored. Returns the number of rooms restored.
         """
-        latest: dict[bytes, bytes | None] = {}
-        for key, value in records:
-            latest[key] = value
-        meta = latest.pop(META_KEY, None)
-        if meta is not None:
+        live = compact(records)
+        if live.meta is not None:
             try:
-                self._restore_meta(meta)
+                self._restore_meta(decode_meta(live.meta))
             except StateError as exc:
-                self.quarantined.append((META_KEY, meta, str(exc)))
-        prefix_len = len(ROOM_KEY_PREFIX)
-        chunks: list[tuple[bytes, bytes]] = []
-        for key, value in latest.items():
-            if value is None:
-                continue
-            if key.startswith(DEDUP_KEY_PREFIX):
-                chunks.append((key, value))
-                continue
-            if not key.startswith(ROOM_KEY_PREFIX):
-                continue
+                self.quarantined.append((META_KEY, live.meta, str(exc)))
+        for key, value in live.rooms:
             try:
-                room = decode_room(value, self.config.window_ms)
-                if room.room_id.encode() != key[prefix_len:]:
-                    raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
+                room = decode_room_record(key, value, self.config.window_ms)
             except StateError as exc:
                 self.quarantined.append((key, value, str(exc)))
                 continue
             self._adopt(room)
-        for key, value in chunks:
+        for key, value in live.chunks:
             try:
-                self._restore_chunk(key, value)
+                room_id, ws, keys = decode_dedup_chunk(key, value)
             except StateError as exc:
                 self.quarantined.append((key, value, str(exc)))
+                continue
+            self._restore_chunk(room_id, ws, keys)
         if self._by_window:
             self._next_close = min(self._by_window) + self.config.window_ms
         return len(self.rooms)
@@ -689,40 +646,19 @@ class TaskAggregator:
             if offset > self._replay_until.get(source, -1):
                 self._replay_until[source] = offset
 
-    def _restore_chunk(self, key: bytes, value: bytes) -> None:
-        try:
-            ws_text, room_id = key[len(DEDUP_KEY_PREFIX) :].decode().split("/", 1)
-            ws, keys = int(ws_text), orjson.loads(value)
-        except (ValueError, orjson.JSONDecodeError) as exc:
-            raise StateError(f"undecodable dedup chunk {key!r}: {exc}") from exc
-        if not isinstance(keys, list) or not all(type(k) is str for k in keys):
-            raise StateError(f"dedup chunk {key!r} is not a list of keys")
+    def _restore_chunk(self, room_id: str, ws: int, keys: list[str]) -> None:
         room = self.rooms.get(room_id)
         if room is None:
             return  # no such room: nothing to attach it to (a room and its chunks are deleted together)
         room.seen_chunks[ws] = keys
         room.seen.update(keys)
 
-    def _restore_meta(self, raw: bytes) -> None:
-        try:
-            version, max_ts, watermark, *rest = orjson.loads(raw)
-            if version not in (1, 2, 3):
-                raise StateError(f"task metadata version {version!r} is not supported")
-            # v1 had no per-source event times: the restored task waits for every source again.
-            source_max = rest[0] if version >= 2 else []
-            senders = rest[1] if version >= 3 else []
-            offsets = rest[2] if version >= 3 else []
-            src = {int(source): int(ts) for source, ts in source_max}
-            frontiers = {int(s): None if f is None else int(f) for s, f in senders}
-            restored = {int(source): int(offset) for source, offset in offsets}
-            max_ts, watermark = int(max_ts), int(watermark)
-        except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
-            raise StateError(f"undecodable task metadata: {exc}") from exc
-        self._max_ts, self._watermark = max_ts, watermark
-        self._src_max = src
-        self._sender_frontier = frontiers
-        self._offsets = dict(restored)
-        self.restored_offsets = restored
+    def _restore_meta(self, meta: TaskMeta) -> None:
+        self._max_ts, self._watermark = meta.max_ts, meta.watermark
+        self._src_max = dict(meta.source_max)
+        self._sender_frontier = dict(meta.senders)
+        self._offsets = dict(meta.offsets)
+        self.restored_offsets = dict(meta.offsets)
 
     # -- queries ------------------------------------------------------------------------
 

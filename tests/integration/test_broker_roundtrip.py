@@ -7,10 +7,10 @@ import time
 import uuid
 from collections import defaultdict
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from loadtest.traffic import encode
 from schemas import ViewerEvent, decode_viewer
 from tests.integration.kafkatools import TopicFactory
 
@@ -43,9 +43,7 @@ async def test_keyed_messages_come_back_on_their_java_partition(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        futures = [
-            await producer.send(topic, orjson.dumps(e._asdict()), key=e.room_id.encode()) for e in sent
-        ]
+        futures = [await producer.send(topic, encode(e), key=e.room_id.encode()) for e in sent]
         acked = await asyncio.gather(*futures)
     finally:
         await producer.stop()

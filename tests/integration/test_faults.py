@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy._settings import BrokerSettings
+from deploy.localkafka import BrokerSettings
 from loadtest import faults
 
 pytestmark = pytest.mark.integration

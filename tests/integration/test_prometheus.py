@@ -19,27 +19,33 @@ import pytest
 import yaml
 
 from deploy.dashboards import panel_queries
-from loadtest.synth import GIFT_TOPIC, ORDER_TOPIC, VIEWER_TOPIC, Mix, Synth
+from loadtest.traffic import TrafficConfig
 from schemas import Event, ViewerEvent
 from tests.integration.prometheus import RULES, Prometheus, running_prometheus
-from tests.integration.workers import Deployment, Worker, eventually, free_port, produce, produce_raw
+from tests.integration.workers import (
+    Deployment,
+    Worker,
+    eventually,
+    free_port,
+    model_events,
+    produce,
+    produce_raw,
+)
 
 pytestmark = pytest.mark.integration
 
-KIND = {VIEWER_TOPIC: "viewer", ORDER_TOPIC: "order", GIFT_TOPIC: "gift"}
 RATE_PER_S = 100
 
 
 def live_traffic(stop: asyncio.Event) -> Iterator[tuple[str, Event]]:
     """Valid events with event time tracking the wall clock (paced by the producer), until ``stop``."""
-    synth = Synth(
-        Mix(rooms=30, rate_per_s=RATE_PER_S, hot_room_share=0.2, users=300),
-        seed=7,
-        start_ms=int(time.time() * 1000),
+    config = TrafficConfig(
+        rooms=30, users=300, rate_per_s=RATE_PER_S, diurnal_amplitude=0.0, disorder_share=1.0, disorder_ms=300
     )
-    while not stop.is_set():
-        for topic, event in synth.events(50, disorder_ms=300):
-            yield KIND[topic], event
+    for pair in model_events(config, seed=7, start_ms=int(time.time() * 1000)):
+        if stop.is_set():
+            return
+        yield pair
 
 
 async def until(condition: Callable[[], bool], what: str, timeout_s: float = 150) -> None:

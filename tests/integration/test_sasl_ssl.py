@@ -17,9 +17,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from deploy._settings import BrokerSettings
 from deploy.exceptions import BrokerError
-from deploy.localkafka import ensure_broker, stop_broker
+from deploy.localkafka import BrokerSettings, ensure_broker, stop_broker
 from streams.settings import settings_from_env
 from tests.integration.pki import PASSWORD, Pki, make_pki
 from tests.integration.workers import REPO, Deployment, Worker, eventually, free_port

@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from loadtest._deploy import WorkerProcess
-from loadtest._deploy import free_port as free_port  # re-exported for the tests
-from loadtest.synth import encode_event
+from loadtest.deployment import WorkerProcess
+from loadtest.deployment import free_port as free_port  # re-exported for the tests
+from loadtest.traffic import SOURCE_NAMES, TrafficConfig, TrafficModel, encode
 from schemas import Event, RoomStats, decode_room_stats
 from streams.core import partition_for
 from streams.settings import Topics
@@ -121,7 +121,7 @@ async def produce(
             topic = getattr(topics, kind)
             await producer.send(
                 topic,
-                encode_event(event),
+                encode(event),
                 key=event.room_id.encode(),
                 partition=choose(event.room_id, partitions),
             )
@@ -134,6 +134,14 @@ async def produce(
     finally:
         await producer.stop()
     return sent
+
+
+def model_events(config: TrafficConfig, *, seed: int, start_ms: int) -> Iterator[tuple[str, Event]]:
+    """The traffic model's events from ``start_ms`` on as ``(kind, event)`` pairs, endlessly."""
+    for messages in TrafficModel(config, seed=seed).ticks(start_ms):
+        for source, _, _, _, _, event in messages:
+            assert event is not None  # the base mix has no malformed messages
+            yield SOURCE_NAMES[source], event
 
 
 async def produce_raw(

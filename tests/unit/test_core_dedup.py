@@ -6,6 +6,7 @@ import orjson
 
 from schemas import OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
+from streams.core._state_codec import ROOM_FORMAT_VERSION
 
 BASE_MS = 1_700_000_000_000  # a multiple of 10 s
 W = 10_000
@@ -106,6 +107,6 @@ def test_a_version_2_room_moves_its_dedup_memory_into_chunks() -> None:
     result = agg.apply(0, [(3, order("o1", BASE_MS + 6)), (4, order("o0", BASE_MS + 7, "created"))], 0)
     assert result.duplicate == 2
     written = dict(agg.checkpoint().upserts)
-    assert orjson.loads(written[b"r/r"])[0] == 3
+    assert orjson.loads(written[b"r/r"])[0] == ROOM_FORMAT_VERSION
     assert orjson.loads(written[chunk("r", BASE_MS)]) == ["paid:o1"]
     assert orjson.loads(written[chunk("r", BASE_MS - W)]) == ["created:o0"]

@@ -33,7 +33,7 @@ def make_stream(
         roll = rng.random()
         ev: Event
         if roll < 0.7:
-            kind = rng.choice(["join", "join", "leave", "heartbeat", "like", "comment"])
+            kind = rng.choice(["join", "join", "leave", "heartbeat", "like", "comment", "share"])
             ev = ViewerEvent(kind, room, user, ts)
         elif roll < 0.85:
             if orders and rng.random() < 0.2:

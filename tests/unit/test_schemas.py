@@ -227,7 +227,7 @@ def test_every_order_status_is_accepted(status: str) -> None:
 
 
 def test_enum_sets_match_the_design() -> None:
-    assert frozenset({"join", "leave", "heartbeat", "like", "comment"}) == VIEWER_TYPES
+    assert frozenset({"join", "leave", "heartbeat", "like", "comment", "share"}) == VIEWER_TYPES
     assert frozenset({"created", "paid", "cancelled", "refunded"}) == ORDER_STATUSES
 
 
@@ -883,6 +883,7 @@ STATS = RoomStats(
     gifts=4,
     gift_value_minor=5_000,
     late_events=2,
+    shares=7,
 )
 
 
@@ -903,6 +904,12 @@ def test_room_stats_decode_missing_field_raises() -> None:
     del obj["late_events"]
     with pytest.raises(KeyError):
         decode_room_stats(orjson.dumps(obj))
+
+
+def test_a_room_stats_record_from_before_shares_decodes_with_none() -> None:
+    obj = orjson.loads(encode_room_stats(STATS))
+    del obj["shares"]
+    assert decode_room_stats(orjson.dumps(obj)) == dataclasses.replace(STATS, shares=0)
 
 
 SAFE_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)  # no lone surrogates
@@ -929,6 +936,7 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
         gifts=I64,
         gift_value_minor=I64,
         late_events=I64,
+        shares=I64,
     )
 )
 def test_room_stats_round_trip_property(stats: RoomStats) -> None:
@@ -1120,9 +1128,11 @@ def oracle(schema: Schema, raw: bytes, now: int, limits: Limits) -> Any:
             return f"bad_type:{name}"
         if kind == ID and not 1 <= len(v) <= limits.max_id_len:
             return f"out_of_range:{name}"
+        if kind == ID and any(c <= "\x1f" or "\x7f" <= c <= "\x9f" for c in v):
+            return f"control_chars:{name}"
         if kind == TS and not now - limits.max_past_ms <= v <= now + limits.max_future_ms:
             return "ts_skew"
-        if kind == VTYPE and v not in ("join", "leave", "heartbeat", "like", "comment"):
+        if kind == VTYPE and v not in ("join", "leave", "heartbeat", "like", "comment", "share"):
             return "unknown_enum:type"
         if kind == STATUS and v not in ("created", "paid", "cancelled", "refunded"):
             return "unknown_enum:status"

@@ -1,0 +1,241 @@
+"""The room-state changelog format: every record kind, its key layout and its versions.
+
+A task's changelog partition holds three kinds of records, all orjson:
+
+* ``r/<room id>`` -> a room: ``[version, room_id, concurrent, last_ts, offsets, buckets,
+  uniques, open_ws, detector]``;
+* ``d/<window start>/<room id>`` -> one dedup chunk: the order keys of that window;
+* ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets]``.
+
+A tombstone (value ``None``) deletes a key; restore keeps the last write per key. Decoders read
+every version ever written and raise :class:`StateError` on anything else, which the task turns
+into a quarantined record. ``streams.core._task`` decides what to write and what to restore;
+``streams._changelog`` moves the bytes to and from Kafka.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+from datasketches import hll_sketch
+
+from ..exceptions import StateError
+from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, order_key
+from ._spikes import DetectorState
+
+ROOM_KEY_PREFIX = b"r/"
+DEDUP_KEY_PREFIX = b"d/"
+META_KEY = b"m/task"
+
+#: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records;
+#: 4: + the shares counter
+ROOM_FORMAT_VERSION = 4
+#: counters per bucket in each room version: a migration pads older buckets with zeros
+_COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS}
+
+#: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
+META_FORMAT_VERSION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Changelog writes for one checkpoint: upserts (key, value) and tombstone keys."""
+
+    upserts: list[tuple[bytes, bytes]]
+    deletes: list[bytes]
+
+
+class TaskMeta(NamedTuple):
+    """A task's progress as checkpointed: event times, sender frontiers, input offsets."""
+
+    max_ts: int
+    watermark: int
+    #: source -> newest event time
+    source_max: dict[int, int]
+    #: sender -> published frontier (None: idle)
+    senders: dict[int, int | None]
+    #: source -> next offset to read
+    offsets: dict[int, int]
+
+
+class Records(NamedTuple):
+    """A changelog partition compacted (last write per key, tombstones applied), by record kind."""
+
+    meta: bytes | None
+    rooms: list[tuple[bytes, bytes]]
+    chunks: list[tuple[bytes, bytes]]
+
+
+def room_key(room_id: str) -> bytes:
+    return ROOM_KEY_PREFIX + room_id.encode()
+
+
+def dedup_key(room_id: str, ws: int) -> bytes:
+    """Changelog key of one dedup chunk: ``d/<window start>/<room id>``."""
+    return b"%s%d/%s" % (DEDUP_KEY_PREFIX, ws, room_id.encode())
+
+
+def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
+    """Changelog records in log order -> the live ones by kind (keys of no known kind are ignored)."""
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        latest[key] = value
+    meta = latest.pop(META_KEY, None)
+    rooms: list[tuple[bytes, bytes]] = []
+    chunks: list[tuple[bytes, bytes]] = []
+    for key, value in latest.items():
+        if value is None:
+            continue
+        if key.startswith(ROOM_KEY_PREFIX):
+            rooms.append((key, value))
+        elif key.startswith(DEDUP_KEY_PREFIX):
+            chunks.append((key, value))
+    return Records(meta, rooms, chunks)
+
+
+# -- rooms ----------------------------------------------------------------------------------
+
+
+def encode_room(room: Room) -> bytes:
+    """Serialise a room for the changelog (current version)."""
+    buckets = [[bucket, *counters] for bucket, counters in room.buckets.items()]
+    uniques = [
+        [ws, base64.b64encode(sketch.serialize_compact()).decode()] for ws, sketch in room.uniques.items()
+    ]
+    return orjson.dumps(
+        [
+            ROOM_FORMAT_VERSION,
+            room.room_id,
+            room.concurrent,
+            room.last_ts,
+            list(room.offsets.items()),
+            buckets,
+            uniques,
+            room.open_ws,
+            None if room.detector is None else room.detector.to_wire(),
+        ]
+    )
+
+
+def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
+    """Rebuild a room from any version of its changelog encoding.
+
+    ``window_ms`` places the dedup memory of v1/v2 records into window chunks.
+    """
+    try:
+        obj = orjson.loads(raw)
+        version = obj[0]
+    except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
+        raise StateError(f"undecodable room state: {exc}") from exc
+    if type(version) is not int or version not in _COUNTERS_IN:
+        raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
+    try:
+        if version >= 3:  # dedup memory in chunk records
+            room = _decode_v1([*obj[:8], []], window_ms)
+            detector = obj[8]
+        else:
+            room = _decode_v1(obj[:9], window_ms)
+            detector = obj[9] if version == 2 else None
+        if detector is not None:
+            room.detector = DetectorState.from_wire(detector)
+        written = _COUNTERS_IN[version]
+        for counters in room.buckets.values():
+            if len(counters) != written:
+                raise ValueError(f"a bucket of {len(counters)} counters, not {written}")
+            if written < N_COUNTERS:  # counters added since that version start at zero
+                counters.extend([0] * (N_COUNTERS - written))
+        return room
+    except (ValueError, TypeError, IndexError) as exc:
+        raise StateError(f"corrupt room state v{version}: {exc}") from exc
+
+
+def decode_room_record(key: bytes, value: bytes, window_ms: int) -> Room:
+    """A room record, checked against its key (a room under another room's key is corrupt)."""
+    room = decode_room(value, window_ms)
+    if room.room_id.encode() != key[len(ROOM_KEY_PREFIX) :]:
+        raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
+    return room
+
+
+def _decode_v1(obj: list[Any], window_ms: int) -> Room:
+    _, room_id, concurrent, last_ts, offsets, buckets, uniques, open_ws, seen = obj
+    room = Room(room_id)
+    room.concurrent = concurrent
+    room.last_ts = last_ts
+    room.offsets = {source: offset for source, offset in offsets}
+    room.buckets = {bucket: counters for bucket, *counters in buckets}
+    room.uniques = {ws: _decode_uniques(users) for ws, users in uniques}
+    room.open_ws = list(open_ws)
+    for order_id, status, ts in seen:  # v1/v2: moved into chunks, written as such at the next checkpoint
+        room.remember(order_key(order_id, status), ts - ts % window_ms)
+    return room
+
+
+def _decode_uniques(users: str | list[str]) -> Any:
+    """A window's sketch; early encodings stored small windows as the list of user ids."""
+    if isinstance(users, str):
+        return hll_sketch.deserialize(base64.b64decode(users))
+    sketch = hll_sketch(DEFAULT_LG_K, HLL_TYPE)
+    for user in users:
+        sketch.update(user)
+    return sketch
+
+
+# -- dedup chunks ---------------------------------------------------------------------------
+
+
+def encode_dedup_chunk(keys: list[str]) -> bytes:
+    return orjson.dumps(keys)
+
+
+def decode_dedup_chunk(key: bytes, value: bytes) -> tuple[str, int, list[str]]:
+    """``(room_id, window start, order keys)`` of a dedup chunk record."""
+    try:
+        ws_text, room_id = key[len(DEDUP_KEY_PREFIX) :].decode().split("/", 1)
+        ws, keys = int(ws_text), orjson.loads(value)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise StateError(f"undecodable dedup chunk {key!r}: {exc}") from exc
+    if not isinstance(keys, list) or not all(type(k) is str for k in keys):
+        raise StateError(f"dedup chunk {key!r} is not a list of keys")
+    return room_id, ws, keys
+
+
+# -- task metadata --------------------------------------------------------------------------
+
+
+def encode_meta(meta: TaskMeta) -> bytes:
+    return orjson.dumps(
+        [
+            META_FORMAT_VERSION,
+            meta.max_ts,
+            meta.watermark,
+            list(meta.source_max.items()),
+            list(meta.senders.items()),
+            list(meta.offsets.items()),
+        ]
+    )
+
+
+def decode_meta(raw: bytes) -> TaskMeta:
+    """Task metadata of any version (v1 had no per-source event times, v2 no senders or offsets)."""
+    try:
+        version, max_ts, watermark, *rest = orjson.loads(raw)
+        if version not in (1, 2, 3):
+            raise StateError(f"task metadata version {version!r} is not supported")
+        # v1 had no per-source event times: the restored task waits for every source again.
+        source_max = rest[0] if version >= 2 else []
+        senders = rest[1] if version >= 3 else []
+        offsets = rest[2] if version >= 3 else []
+        return TaskMeta(
+            int(max_ts),
+            int(watermark),
+            {int(source): int(ts) for source, ts in source_max},
+            {int(s): None if f is None else int(f) for s, f in senders},
+            {int(source): int(offset) for source, offset in offsets},
+        )
+    except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
+        raise StateError(f"undecodable task metadata: {exc}") from exc

@@ -1,0 +1,351 @@
+"""One task's per-batch pipeline, without a broker: the whole path of a message through a worker.
+
+For each batch of one input partition, :meth:`TaskPipeline.process` decodes
+strictly (invalid messages become dead letters), re-routes events whose room
+belongs to another task, applies the rest to the task's
+:class:`~streams.core.TaskAggregator` and writes the windows it closed as
+room-stats records. :meth:`~TaskPipeline.tick` advances the watermark on wall
+time, :meth:`~TaskPipeline.publish_alerts` writes the spike alerts and
+:meth:`~TaskPipeline.stage_checkpoint` the watermark markers and changelog.
+Everything goes into a :class:`RecordSink` — the task's transactional
+producer in the worker, a list in the unit tests, Kafka record batches in
+``loadtest.bench_pipeline`` — and the caller passes the wall clock as
+``now_ms``.
+
+``streams.dataplane`` is the aiokafka shell around this: it fetches, hands
+each partition's messages here, ticks once per fetch round, sends what the
+sinks gathered and commits each task's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from schemas import (
+    Invalid,
+    Limits,
+    Source,
+    dead_letter,
+    decode_gift_batch,
+    decode_order_batch,
+    decode_viewer_batch,
+    encode_dead_letter,
+    encode_room_stats,
+)
+
+from .core import AlertEvent, PartitionCache, TaskAggregator, iso_utc, partition_for, to_alertmanager
+from .metrics import Metrics
+from .settings import Settings, Topics
+
+__all__ = [
+    "MARKER_HEADER",
+    "SOURCE_HEADER",
+    "Message",
+    "Record",
+    "RecordSink",
+    "Routing",
+    "TaskPipeline",
+]
+
+VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain ints on the hot path
+#: on a re-routed event: the input topic it was first published to
+SOURCE_HEADER = "livepulse-source"
+#: on a repartition record: a watermark marker from the task numbered in the header's value
+MARKER_HEADER = "livepulse-watermark"
+_DECODERS: dict[int, Callable[..., tuple[list[Any], list[Any]]]] = {
+    VIEWER: decode_viewer_batch,
+    ORDER: decode_order_batch,
+    GIFT: decode_gift_batch,
+}
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class RecordSink(Protocol):
+    """Where a task's output records are queued (``streams._outbound.Outbound`` in the worker)."""
+
+    def add(
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()
+    ) -> None: ...
+
+
+class Message(Protocol):
+    """What the pipeline reads of a consumed message (aiokafka's ``ConsumerRecord`` has it)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
+
+
+class Record(NamedTuple):
+    """A consumed message built by hand (tests, benchmarks)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+class Routing:
+    """What every task of a worker shares: topic names, source numbers and the room → partition map."""
+
+    def __init__(self, topics: Topics, partitions: int) -> None:
+        self.topics = topics
+        self.partitions = partitions
+        self.route = PartitionCache(partitions)
+        self.names = {VIEWER: topics.viewer, ORDER: topics.order, GIFT: topics.gift}
+        self.sources = {name: source for source, name in self.names.items()}
+        self.sources[topics.repartition] = REPARTITION
+        self.by_header = {name.encode(): source for source, name in self.names.items()}
+
+
+class TaskPipeline:
+    """Decode, dead-letter, re-route, apply and publish for one task; outputs go into ``sink``."""
+
+    def __init__(
+        self,
+        partition: int,
+        core: TaskAggregator,
+        sink: RecordSink,
+        routing: Routing,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.partition = partition
+        self.core = core
+        self.sink = sink
+        self.routing = routing
+        self.metrics = metrics
+        self._topics = settings.topics
+        self._limits: Limits = settings.limits
+        self._max_rooms = settings.core.max_rooms
+        self._resend_ms = settings.alert_resend_ms
+
+    # -- input -------------------------------------------------------------------------------
+
+    def process(self, topic: str, messages: Sequence[Message], now_ms: int) -> int:
+        """Take one partition's messages of ``topic`` (in offset order); returns the windows published."""
+        m = self.metrics
+        source = self.routing.sources[topic]
+        core = self.core
+        m.events_consumed.labels(topic).inc(len(messages))
+        markers: list[tuple[int, int | None]] = []
+        groups: Sequence[tuple[int, str, Sequence[Message]]]
+        if source == REPARTITION:
+            groups = self._split_repartitioned(messages, markers)
+        else:
+            groups = [(source, topic, messages)]
+        for origin, origin_topic, group in groups:
+            items = [(msg.offset, msg.value or b"") for msg in group]
+            good, bad = _DECODERS[origin](items, now_ms, self._limits)
+            if bad:
+                self._dead_letter(topic, group, bad, now_ms)
+            if source != REPARTITION:
+                good = self._keep_local(origin_topic, group, good)
+            result = core.apply(source, good, now_ms)
+            if result.overflow:
+                self._refuse_overflow(topic, group, now_ms)
+            if result.applied:
+                m.events_applied.labels(origin_topic).inc(result.applied)
+            if result.late:
+                m.events_late.labels(origin_topic).inc(result.late)
+            if result.duplicate:
+                m.events_duplicate.labels(origin_topic).inc(result.duplicate)
+            if result.replayed:
+                m.events_replayed.labels(origin_topic).inc(result.replayed)
+        # A marker follows every event its sender re-routed before it: apply them first.
+        for sender, frontier in markers:
+            core.sender_progress(sender, frontier)
+        return self.publish_windows()
+
+    def tick(self, now_ms: int, busy: Iterable[int] = ()) -> int:
+        """Advance the watermark on wall time (``busy``: sources not known to be caught up); returns
+        the windows published."""
+        self.core.tick(now_ms, busy)
+        return self.publish_windows()
+
+    def _split_repartitioned(
+        self, messages: Sequence[Message], markers: list[tuple[int, int | None]]
+    ) -> list[tuple[int, str, list[Message]]]:
+        """Group re-routed messages by the topic they were first published to (a header); collect
+        watermark markers into ``markers``."""
+        by_header = self.routing.by_header
+        by_origin: dict[int, list[Message]] = {}
+        for msg in messages:
+            origin: int | None = None
+            for key, value in msg.headers or ():
+                if key == SOURCE_HEADER:
+                    origin = by_header.get(value)
+                elif key == MARKER_HEADER:
+                    markers.append((int(value), orjson.loads(msg.value or b"null")))
+                    break
+            else:
+                by_origin.setdefault(VIEWER if origin is None else origin, []).append(msg)
+        names = self.routing.names
+        return [(origin, names[origin], group) for origin, group in by_origin.items()]
+
+    def _keep_local(self, topic: str, messages: Sequence[Message], good: list[Any]) -> list[Any]:
+        """Events whose room belongs to this task; the others are re-routed to the right one.
+
+        Rooms the task already aggregates are local by construction, so the murmur2 check runs
+        only for rooms seen here for the first time.
+        """
+        route, here, known = self.routing.route, self.partition, self.core.rooms
+        for _, ev in good:
+            room_id = ev.room_id
+            if room_id not in known and route(room_id) != here:
+                break
+        else:
+            return good
+        raw_by_offset = {msg.offset: msg.value for msg in messages}
+        keep = []
+        header = [(SOURCE_HEADER, topic.encode())]
+        add = self.sink.add
+        repartition = self._topics.repartition
+        rerouted = 0
+        for offset, ev in good:
+            target = route(ev.room_id)
+            if target == here:
+                keep.append((offset, ev))
+            else:
+                add(repartition, target, ev.room_id.encode(), raw_by_offset[offset], header)
+                rerouted += 1
+        self.metrics.events_rerouted.labels(topic).inc(rerouted)
+        return keep
+
+    def _dead_letter(self, topic: str, messages: Sequence[Message], bad: list[Any], now_ms: int) -> None:
+        by_offset = {msg.offset: msg for msg in messages}
+        dlq = self._topics.dlq
+        add = self.sink.add
+        for offset, raw, invalid in bad:
+            msg = by_offset[offset]
+            letter = dead_letter(
+                invalid,
+                topic=topic,
+                partition=self.partition,
+                offset=offset,
+                key=msg.key,
+                raw=raw,
+                now_ms=now_ms,
+            )
+            add(dlq, self.partition, msg.key, encode_dead_letter(letter))
+            self.metrics.events_invalid.labels(topic, invalid.reason).inc()
+
+    def _refuse_overflow(self, topic: str, messages: Sequence[Message], now_ms: int) -> None:
+        """Dead-letter the events the task refused at its room cap (reason ``room_cap``)."""
+        raw = {msg.offset: msg.value or b"" for msg in messages}
+        why = Invalid("room_cap", f"task {self.partition} holds max_rooms={self._max_rooms} rooms")
+        refused = [(offset, raw[offset], why) for offset in self.core.take_overflow()]
+        self._dead_letter(topic, messages, refused, now_ms)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def publish_windows(self) -> int:
+        """Write the task's closed windows to the room-stats topic; returns how many."""
+        core = self.core
+        closed = core.drain()
+        if not closed:
+            return 0
+        topic = self._topics.room_stats
+        add = self.sink.add
+        partition = self.partition
+        # Keyed by room on the task's own partition number: every room here hashes to it
+        # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
+        orders = gmv = 0
+        for stats in closed:
+            add(topic, partition, stats.room_id.encode(), encode_room_stats(stats))
+            orders += stats.orders
+            gmv += stats.gmv_minor
+        m = self.metrics
+        m.windows_emitted.inc(len(closed))
+        m.orders_paid.inc(orders)
+        m.gmv_minor.inc(gmv)
+        if core.detect_spikes:
+            m.detector_evaluations.inc(len(closed))
+        return len(closed)
+
+    def publish_alerts(self, now_ms: int) -> bool:
+        """Run the spike detector over the windows published so far and write its transitions;
+        returns whether there were any."""
+        events = self.core.drain_alerts()
+        self._write_alerts(events, now_ms, transitions=True)
+        return bool(events)
+
+    def firing(self, now_ms: int, *, resend: bool) -> list[AlertEvent]:
+        """The alerts firing now; with ``resend``, written again (Alertmanager resolves an alert that
+        is not refreshed before its endsAt)."""
+        firing = self.core.firing_alerts()
+        if resend:
+            self._write_alerts(firing, now_ms, transitions=False)
+        return firing
+
+    def _write_alerts(self, events: list[AlertEvent], now_ms: int, *, transitions: bool) -> None:
+        """Write alerts to the alerts topic, keyed by fingerprint; count fired/resolved transitions."""
+        if not events:
+            return
+        topic = self._topics.alerts
+        partitions = self.routing.partitions
+        add = self.sink.add
+        # A firing alert expires in Alertmanager unless re-sent: 4 re-send intervals of wall time
+        # (not event time, which lags behind during a catch-up).
+        expires_at = iso_utc(now_ms + 4 * self._resend_ms)
+        m = self.metrics
+        for event in events:
+            key = event.fingerprint.encode()
+            alert = to_alertmanager(event)
+            if event.status == "firing":
+                alert["endsAt"] = expires_at
+            add(topic, partition_for(key, partitions), key, orjson.dumps(alert))
+            if transitions:
+                (m.alerts_fired if event.status == "firing" else m.alerts_resolved).labels(event.metric).inc()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def stage_checkpoint(self, now_ms: int, offsets: Mapping[int, int]) -> int:
+        """Write the task's watermark marker to every other task, then its changed state and
+        metadata (with ``offsets``, the next offset per source) to the changelog; returns the
+        changelog records written. The caller commits them with the input offsets."""
+        t = self._topics
+        add = self.sink.add
+        marker = orjson.dumps(self.core.frontier_ms(now_ms))
+        header = [(MARKER_HEADER, b"%d" % self.partition)]
+        for receiver in range(self.routing.partitions):
+            if receiver != self.partition:
+                add(t.repartition, receiver, None, marker, header)
+        checkpoint = self.core.checkpoint(offsets)
+        for key, value in checkpoint.upserts:
+            add(t.changelog, self.partition, key, value)
+        for key in checkpoint.deletes:
+            add(t.changelog, self.partition, key, None)
+        return len(checkpoint.upserts) + len(checkpoint.deletes)
+
+    def quarantine(self, key_offsets: Mapping[bytes, int], now_ms: int) -> list[tuple[bytes, str]]:
+        """Dead-letter the changelog records the restore could not decode and delete them; returns
+        their keys and reasons."""
+        changelog = self._topics.changelog
+        add = self.sink.add
+        done = []
+        for key, value, reason in self.core.quarantined:
+            letter = dead_letter(
+                Invalid("state_undecodable", reason),
+                topic=changelog,
+                partition=self.partition,
+                offset=key_offsets.get(key, -1),
+                key=key,
+                raw=value,
+                now_ms=now_ms,
+            )
+            add(self._topics.dlq, self.partition, key, encode_dead_letter(letter))
+            add(changelog, self.partition, key, None)
+            self.metrics.state_quarantined.inc()
+            done.append((key, reason))
+        self.core.quarantined.clear()
+        return done

@@ -1,0 +1,319 @@
+"""The batch decoders of the hot path (``schemas._batch``) against their strict single-message twins.
+
+A batch decoder must give, message for message, exactly what mapping the strict decoder over
+the batch gives: the same events (same record type) at the same offsets, the same ``Invalid``
+(reason and detail) for the rest, order kept. The cases are the strict decoder's own tables
+(``test_schemas``), the load test's malformed corpus and the traffic model's messages, one at a
+time and interleaved in one batch; hypothesis adds random and near-valid batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loadtest.scenarios import _MALFORMED, malformed
+from loadtest.traffic import GIFT as GIFT_SOURCE
+from loadtest.traffic import ORDER as ORDER_SOURCE
+from loadtest.traffic import VIEWER as VIEWER_SOURCE
+from loadtest.traffic import TrafficConfig, TrafficModel
+from schemas import (
+    DEFAULT_LIMITS,
+    ORDER_STATUSES,
+    VIEWER_TYPES,
+    Invalid,
+    Limits,
+    decode_gift_batch,
+    decode_order_batch,
+    decode_viewer_batch,
+)
+from tests.unit.test_schemas import (
+    BAD_IDS,
+    BAD_TYPE_VALUE,
+    BAD_VALUE,
+    CAP,
+    CONTROL_CHARS,
+    GARBAGE,
+    GIFT,
+    GOOD_IDS,
+    ID,
+    JSONISH_BYTES,
+    NOT_OBJECTS,
+    NOW,
+    ORDER,
+    SCHEMAS,
+    UNICODE_IDS,
+    VIEWER,
+    WRONG_TYPES,
+    Schema,
+    enc,
+    json_value,
+    limits_st,
+    near_valid_message,
+    padded,
+    valid_event,
+    value_reason,
+    with_,
+    with_literal,
+    without,
+)
+
+LIM = DEFAULT_LIMITS
+BatchDecoder = Callable[[Sequence[tuple[int, bytes]], int, Limits], tuple[list[Any], list[Any]]]
+BATCH: dict[str, BatchDecoder] = {
+    "viewer": decode_viewer_batch,
+    "order": decode_order_batch,
+    "gift": decode_gift_batch,
+}
+BY_SOURCE = {VIEWER_SOURCE: VIEWER, ORDER_SOURCE: ORDER, GIFT_SOURCE: GIFT}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One message for one input, judged at ``now`` under ``limits``."""
+
+    name: str
+    schema: Schema
+    raw: bytes
+    now: int = NOW
+    limits: Limits = LIM
+
+
+def strict_batch(
+    schema: Schema, items: Sequence[tuple[int, bytes]], now: int, limits: Limits
+) -> tuple[list[tuple[int, Any]], list[tuple[int, bytes, Invalid]]]:
+    """The reference: the strict decoder mapped over the batch."""
+    good, bad = [], []
+    for offset, raw in items:
+        out = schema.decode(raw, now, limits)
+        if type(out) is Invalid:
+            bad.append((offset, raw, out))
+        else:
+            good.append((offset, out))
+    return good, bad
+
+
+def assert_batch_is_strict(
+    schema: Schema, items: Sequence[tuple[int, bytes]], now: int = NOW, limits: Limits = LIM
+) -> None:
+    got = BATCH[schema.name](items, now, limits)
+    want = strict_batch(schema, items, now, limits)
+    assert got == want
+    # NamedTuple equality is tuple equality: the record types must match too.
+    assert [type(ev) for _, ev in got[0]] == [schema.record] * len(got[0])
+    assert all(type(inv) is Invalid for _, _, inv in got[1])
+
+
+# -- the corpus ---------------------------------------------------------------------------------
+
+
+def _id_fields(schema: Schema) -> list[str]:
+    return [name for name, kind in schema.fields if kind == ID]
+
+
+def _amounts(schema: Schema) -> list[tuple[str, str]]:
+    return [(name, kind) for name, kind in schema.fields if kind in ("amount", "count")]
+
+
+def _cases_for(s: Schema) -> list[Case]:
+    """Every valid shape and every reason code of ``test_schemas``, for one input."""
+    c: list[tuple[str, Any]] = [("valid", s.valid)]
+    c += [(f"extra-{k}", {**s.valid, k: v}) for k, v in [("v", 2), ("meta", {"a": [1, None]}), ("", "")]]
+    c += [("deep-extra", enc(s.valid)[:-1] + b',"x":' + b"[" * 500 + b"]" * 500 + b"}")]
+    items = list(s.valid.items())
+    c += [(f"rotated-{i}", dict(items[i:] + items[:i])) for i in range(1, len(items))]
+    c += [("whitespace", b" \n\t" + enc(s.valid).replace(b",", b" ,\r\n ") + b"\n ")]
+    c += [(f"max-bytes-{d}", padded(s, LIM.max_message_bytes + d)) for d in (0, 1)]
+    c += [(f"size-{i}", raw) for i, raw in enumerate([b"x" * 9000, b"[" * 8193, b"\xff" * 10_000])]
+    c += [(f"garbage-{k}", raw) for k, raw in GARBAGE.items()]
+    c += [(f"truncated-{n}", enc(s.valid)[:n]) for n in range(len(enc(s.valid)))]
+    c += [(f"not-object-{k}", raw) for k, raw in NOT_OBJECTS.items()]
+    c += [("empty-object", b"{}"), ("upper-first", without(s, s.names[0]) | {s.names[0].upper(): 1})]
+    for name, kind in s.fields:
+        c += [(f"missing-{name}", without(s, name)), (f"null-{name}", with_(s, **{name: None}))]
+        c += [(f"type-{name}-{v!r}", with_(s, **{name: v})) for v in WRONG_TYPES[kind]]
+        c += [(f"value-{name}", with_(s, **{name: BAD_VALUE[kind]}))]
+    for lit in (b"1.0", b"-0.0", b"18446744073709551616", b"18446744073709551615", b"-9223372036854775808"):
+        c += [(f"ts-literal-{lit!r}", with_literal(s, "ts", lit))]
+        c += [(f"{name}-literal-{lit!r}", with_literal(s, name, lit)) for name, _ in _amounts(s)]
+    for name in _id_fields(s):
+        c += [(f"{name}-{k}", with_(s, **{name: v})) for k, v in (GOOD_IDS | BAD_IDS).items()]
+        c += [(f"{name}-ctl-{ctl!r}", with_(s, **{name: f"ok{ctl}id"})) for ctl in CONTROL_CHARS]
+        c += [(f"{name}-rtl-override", with_(s, **{name: "r\u202eevil"}))]  # not printable, not control
+    c += [(f"unicode-{u}", with_(s, **{n: u + n for n in _id_fields(s)})) for u in UNICODE_IDS]
+    c += [("surrogates-128", with_literal(s, "room_id", b'"' + b"\\ud83d\\ude00" * 128 + b'"'))]
+    c += [("surrogates-129", with_literal(s, "room_id", b'"' + b"\\ud83d\\ude00" * 129 + b'"'))]
+    for name, kind in _amounts(s):
+        high = CAP if kind == "amount" else LIM.max_gift_count
+        low = 0 if kind == "amount" else 1
+        c += [
+            (f"{name}={v}", with_(s, **{name: v})) for v in (low - 1, low, low + 1, high, high + 1, 2**63 - 1)
+        ]
+    skews = [NOW - LIM.max_past_ms - 1, NOW - LIM.max_past_ms, NOW + LIM.max_future_ms]
+    c += [(f"ts={ts}", with_(s, ts=ts)) for ts in [*skews, NOW + LIM.max_future_ms + 1, 0, -1, NOW // 1000]]
+    for i, j in itertools.combinations(range(len(s.fields)), 2):
+        (a, ka), (b, kb) = s.fields[i], s.fields[j]
+        c += [(f"types-{a}+{b}", with_(s, **{a: BAD_TYPE_VALUE[ka], b: BAD_TYPE_VALUE[kb]}))]
+        c += [(f"values-{a}+{b}", with_(s, **{a: BAD_VALUE[ka], b: BAD_VALUE[kb]}))]
+        c += [(f"value-type-{a}+{b}", with_(s, **{a: BAD_VALUE[ka], b: BAD_TYPE_VALUE[kb]}))]
+        c += [(f"missing-{b}-bad-{a}", without(s, b) | {a: BAD_TYPE_VALUE[ka]})]
+    c += [("all-bad-types", {name: BAD_TYPE_VALUE[kind] for name, kind in s.fields})]
+    if s is VIEWER:
+        c += [(f"type-{k}", with_(s, type=k)) for k in [*sorted(VIEWER_TYPES), "JOIN", " join", "paid"]]
+    if s is ORDER:
+        c += [(f"status-{k}", with_(s, status=k)) for k in [*sorted(ORDER_STATUSES), "PAID", "shipped"]]
+        currencies = ["USD", "ZZZ", "usd", "US", "USDX", "€€€", "U5D", "ÀBC", "\uff35\uff33\uff24", "US\n"]
+        c += [(f"currency-{v!r}", with_(s, currency=v)) for v in currencies]
+    cases = [Case(name, s, raw if isinstance(raw, bytes) else enc(raw)) for name, raw in c]
+    # Bounds are the caller's: the batch decoders must use the limits and the clock passed in.
+    tight = Limits(max_id_len=3, max_amount_minor=500, max_gift_count=2, max_past_ms=0, max_future_ms=0)
+    cases += [Case(f"tight-{case.name}", s, case.raw, limits=tight) for case in cases[:1]]
+    for name in _id_fields(s):
+        cases += [
+            Case(f"tight-{name}-{v}", s, enc(with_(s, **{name: v})), limits=tight) for v in ("abc", "abcd")
+        ]
+    for name, _ in _amounts(s):
+        cases += [
+            Case(f"tight-{name}-{v}", s, enc(with_(s, **{name: v})), limits=tight) for v in (2, 3, 500, 501)
+        ]
+    for d in (-1, 0, 1):
+        cases += [Case(f"tight-ts{d:+}", s, enc(with_(s, ts=NOW + d)), limits=tight)]
+        cases += [Case(f"now{d:+}", s, enc(s.valid), now=NOW + LIM.max_past_ms + d)]
+    small = Limits(max_message_bytes=len(enc(s.valid)))
+    cases += [
+        Case("small-fits", s, enc(s.valid), limits=small),
+        Case("small-over", s, enc(s.valid) + b" ", limits=small),
+    ]
+    return cases
+
+
+def _corpus_cases() -> list[Case]:
+    """The load test's malformed corpus (``loadtest.scenarios``), one message of each kind."""
+    out = []
+    for i in range(len(_MALFORMED)):
+        source, raw, reason = malformed(i, "r7", NOW)
+        out.append(Case(f"malformed-{i}-{reason}", BY_SOURCE[source], raw))
+    return out
+
+
+def _traffic_cases(per_input: int = 60) -> list[Case]:
+    """Real messages of the traffic model (every status an order goes through, gifts of every size)."""
+    model = TrafficModel(TrafficConfig(rooms=50, rate_per_s=2_000), seed=3)
+    phase = model.phase(NOW - 60_000, 30.0)
+    taken: Counter[int] = Counter()
+    out = []
+    for source, _, _, raw, _, _ in phase.messages:
+        if taken[source] < per_input:
+            taken[source] += 1
+            out.append(Case(f"traffic-{source}-{taken[source]}", BY_SOURCE[source], raw))
+    return out
+
+
+CASES = [case for s in SCHEMAS for case in _cases_for(s)] + _corpus_cases() + _traffic_cases()
+
+
+def cases_of(schema: Schema, *, now: int = NOW, limits: Limits = LIM) -> list[Case]:
+    return [c for c in CASES if c.schema is schema and c.now == now and c.limits == limits]
+
+
+# -- the corpus covers what it must --------------------------------------------------------------
+
+
+def reason_codes(schema: Schema) -> set[str]:
+    """Every reason code the strict decoder can give for this input."""
+    codes = {"oversized", "invalid_json", "not_an_object"}
+    for name, kind in schema.fields:
+        codes |= {f"missing_field:{name}", f"bad_type:{name}", value_reason(name, kind)}
+        if kind == ID:
+            codes.add(f"control_chars:{name}")
+    return codes
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_the_cases_reach_every_reason_code_and_accept_many_shapes(schema: Schema) -> None:
+    outs = [schema.decode(c.raw, c.now, c.limits) for c in CASES if c.schema is schema]
+    assert {out.reason for out in outs if type(out) is Invalid} == reason_codes(schema)
+    assert sum(type(out) is schema.record for out in outs) >= 60
+    if schema is ORDER:
+        assert {o.status for o in outs if type(o) is schema.record} == ORDER_STATUSES
+
+
+# -- one message at a time ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.schema.name}-{c.name}" for c in CASES])
+def test_each_message_alone_gets_the_strict_verdict(case: Case) -> None:
+    assert_batch_is_strict(case.schema, [(41, case.raw)], case.now, case.limits)
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_empty_batch(schema: Schema) -> None:
+    assert BATCH[schema.name]([], NOW, LIM) == ([], [])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_mixed_batch_keeps_offsets_and_order(schema: Schema, seed: int) -> None:
+    """Every case of the input in one batch, good and bad shuffled together, offsets with gaps."""
+    rng = random.Random(seed)
+    raws = [c.raw for c in cases_of(schema)]
+    rng.shuffle(raws)
+    offsets = sorted(rng.sample(range(10 * len(raws)), len(raws)))
+    items = list(zip(offsets, raws, strict=True))
+    assert_batch_is_strict(schema, items)
+    good, bad = BATCH[schema.name](items, NOW, LIM)
+    assert good and bad
+    assert sorted([o for o, _ in good] + [o for o, _, _ in bad]) == offsets
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_same_message_repeated_and_runs_of_bad(schema: Schema) -> None:
+    bad = next(c.raw for c in cases_of(schema) if c.name == "garbage-empty")
+    items = [(0, bad), (1, bad), (2, enc(schema.valid)), (3, enc(schema.valid)), (4, bad), (9, bad)]
+    assert_batch_is_strict(schema, items)
+    assert_batch_is_strict(schema, [(i, bad) for i in range(50)])
+    assert_batch_is_strict(schema, [(i, enc(schema.valid)) for i in range(50)])
+
+
+# -- property: random batches --------------------------------------------------------------------
+
+schema_st = st.sampled_from(SCHEMAS)
+message_st = st.one_of(
+    st.binary(max_size=120),
+    st.lists(st.sampled_from(list(JSONISH_BYTES)), max_size=60).map(bytes),
+    json_value.map(enc),
+    st.dictionaries(st.sampled_from(["type", "room_id", "ts", "count", "x"]), json_value, max_size=6).map(
+        enc
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    schema=schema_st,
+    limits=limits_st,
+    now=st.one_of(st.just(NOW), st.integers(-(2**62), 2**62)),
+)
+def test_random_batches_equal_the_strict_decoder_mapped(
+    data: st.DataObject, schema: Schema, limits: Limits, now: int
+) -> None:
+    one = st.one_of(
+        message_st,
+        near_valid_message(schema, limits),
+        valid_event(schema).map(lambda fields_raw: fields_raw[1]),
+    )
+    raws = data.draw(st.lists(one, max_size=12))
+    offsets = sorted(data.draw(st.sets(st.integers(0, 2**40), min_size=len(raws), max_size=len(raws))))
+    assert_batch_is_strict(schema, list(zip(offsets, raws, strict=True)), now, limits)

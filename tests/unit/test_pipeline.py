@@ -1,0 +1,240 @@
+"""The per-batch pipeline (``streams.pipeline``) driven with a list sink and a fixed clock: what a
+worker writes for a batch — room-stats, dead letters, re-routed events, markers, changelog — with no
+broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+from schemas import Source, decode_dead_letter, decode_room_stats
+from streams.core import CoreConfig, PartitionCache, TaskAggregator
+from streams.metrics import Metrics
+from streams.pipeline import MARKER_HEADER, SOURCE_HEADER, Record, Routing, TaskPipeline
+from streams.settings import Settings
+
+NOW_MS = 1_700_001_000_000
+T0 = 1_700_000_000_000  # a window boundary (multiple of 10 s)
+PARTITIONS = 4
+SETTINGS = Settings(partitions=PARTITIONS, core=CoreConfig(room_idle_ms=10**9, max_rooms=3))
+TOPICS = SETTINGS.topics
+ROUTE = PartitionCache(PARTITIONS)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]] = []
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        self.records.append((topic, partition, key, value, tuple(headers)))
+
+    def take(self, topic: str) -> list[tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]]:
+        mine = [(p, k, v, h) for t, p, k, v, h in self.records if t == topic]
+        self.records = [r for r in self.records if r[0] != topic]
+        return mine
+
+
+def rooms_on(partition: int, n: int, prefix: str = "room") -> list[str]:
+    found = []
+    i = 0
+    while len(found) < n:
+        room = f"{prefix}-{i}"
+        if ROUTE(room) == partition:
+            found.append(room)
+        i += 1
+    return found
+
+
+def viewer(kind: str, room: str, user: str, ts: int) -> bytes:
+    return orjson.dumps({"type": kind, "room_id": room, "user_id": user, "ts": ts})
+
+
+def records(payloads: list[bytes], first_offset: int = 0) -> list[Record]:
+    return [Record(first_offset + i, b"k", payload) for i, payload in enumerate(payloads)]
+
+
+def make(partition: int = 0) -> tuple[TaskPipeline, ListSink, Metrics]:
+    sink, metrics = ListSink(), Metrics()
+    core = TaskAggregator(
+        SETTINGS.core,
+        sources=(Source.VIEWER, Source.ORDER, Source.GIFT),
+        senders=[q for q in range(PARTITIONS) if q != partition],
+    )
+    pipeline = TaskPipeline(partition, core, sink, Routing(TOPICS, PARTITIONS), SETTINGS, metrics)
+    return pipeline, sink, metrics
+
+
+def counter(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def close_everything(pipeline: TaskPipeline) -> None:
+    """Markers from every sender far ahead, inputs idle: the watermark passes every window."""
+    for sender in range(PARTITIONS):
+        if sender != pipeline.partition:
+            pipeline.core.sender_progress(sender, NOW_MS)
+    pipeline.tick(NOW_MS + 1_000_000)  # after any tick of the tests (wall time never goes back)
+    pipeline.tick(NOW_MS + 2_000_000)
+
+
+def test_a_batch_becomes_room_stats_keyed_by_room_on_the_task_partition() -> None:
+    pipeline, sink, metrics = make(partition=1)
+    (a, b) = rooms_on(1, 2)
+    batch = [viewer("join", a, f"u{i}", T0 + i) for i in range(5)] + [viewer("like", b, "v", T0 + 7)]
+    pipeline.process(TOPICS.viewer, records(batch), NOW_MS)
+    close_everything(pipeline)
+    stats = {k: decode_room_stats(v) for p, k, v, _ in sink.take(TOPICS.room_stats) if v is not None}
+    assert set(stats) == {a.encode(), b.encode()}
+    assert stats[a.encode()].views == 5 and stats[a.encode()].unique_viewers == 5
+    assert stats[b.encode()].likes == 1 and stats[b.encode()].views == 0
+    assert counter(metrics, "livepulse_events_applied_total", topic=TOPICS.viewer) == 6
+    assert counter(metrics, "livepulse_windows_emitted_total") == 2
+
+
+def test_invalid_messages_are_dead_lettered_with_their_reason_and_the_rest_applied() -> None:
+    pipeline, sink, metrics = make(partition=0)
+    (room,) = rooms_on(0, 1)
+    batch = [
+        viewer("join", room, "u1", T0),
+        b"{not json",
+        viewer("teleport", room, "u2", T0),
+        viewer("join", room, "u3", T0),
+    ]
+    pipeline.process(TOPICS.viewer, records(batch, first_offset=40), NOW_MS)
+    letters = sink.take(TOPICS.dlq)
+    assert [(p, k) for p, k, _, _ in letters] == [(0, b"k"), (0, b"k")]
+    decoded = [decode_dead_letter(v) for _, _, v, _ in letters if v is not None]
+    assert [(d.reason, d.offset, d.topic) for d in decoded] == [
+        ("invalid_json", 41, TOPICS.viewer),
+        ("unknown_enum:type", 42, TOPICS.viewer),
+    ]
+    assert counter(metrics, "livepulse_events_invalid_total", topic=TOPICS.viewer, reason="invalid_json") == 1
+    assert counter(metrics, "livepulse_events_applied_total", topic=TOPICS.viewer) == 2
+
+
+def test_events_of_another_task_are_re_routed_with_their_origin_and_not_applied() -> None:
+    pipeline, sink, metrics = make(partition=0)
+    (here,) = rooms_on(0, 1)
+    (there,) = rooms_on(2, 1)
+    raw_there = viewer("join", there, "u", T0)
+    pipeline.process(TOPICS.viewer, records([viewer("join", here, "u", T0), raw_there]), NOW_MS)
+    rerouted = sink.take(TOPICS.repartition)
+    assert rerouted == [(2, there.encode(), raw_there, ((SOURCE_HEADER, TOPICS.viewer.encode()),))]
+    assert set(pipeline.core.rooms) == {here}
+    assert counter(metrics, "livepulse_events_rerouted_total", topic=TOPICS.viewer) == 1
+
+
+def test_re_routed_events_are_applied_under_their_origin_and_markers_hold_the_watermark() -> None:
+    sender, sink_s, _ = make(partition=3)
+    receiver, sink, metrics = make(partition=0)
+    (room,) = rooms_on(0, 1)
+    order = orjson.dumps(
+        {
+            "order_id": "o1",
+            "room_id": room,
+            "user_id": "u",
+            "ts": T0 + 1,
+            "status": "paid",
+            "amount_minor": 1_500,
+            "currency": "CNY",
+        }
+    )
+    sender.process(TOPICS.order, records([order]), NOW_MS)
+    later_ms = NOW_MS + 100 * SETTINGS.core.idle_partition_ms
+    sender.tick(NOW_MS)
+    sender.tick(later_ms)  # its inputs fall idle: its frontier moves on with wall time
+    sender.stage_checkpoint(later_ms, {Source.ORDER: 1})
+    outgoing = [
+        Record(i, k, v, h) for i, (p, k, v, h) in enumerate(sink_s.take(TOPICS.repartition)) if p == 0
+    ]
+    assert len(outgoing) == 2  # the event, then the sender's marker
+    assert outgoing[1].headers == ((MARKER_HEADER, b"3"),)
+    for other in (1, 2):
+        receiver.core.sender_progress(other, NOW_MS)
+    # Until sender 3's marker arrives, its frontier is unknown: the window stays open whatever
+    # wall time says (the receiver's own inputs fall idle).
+    receiver.process(TOPICS.repartition, outgoing[:1], NOW_MS)
+    receiver.tick(NOW_MS + 1_000)
+    receiver.tick(NOW_MS + 100 * SETTINGS.core.idle_partition_ms)
+    assert sink.take(TOPICS.room_stats) == []
+    assert counter(metrics, "livepulse_events_applied_total", topic=TOPICS.order) == 1
+    receiver.process(TOPICS.repartition, outgoing[1:], NOW_MS)
+    receiver.tick(NOW_MS + 101 * SETTINGS.core.idle_partition_ms)
+    (stats,) = [decode_room_stats(v) for _, _, v, _ in sink.take(TOPICS.room_stats) if v is not None]
+    assert (stats.room_id, stats.orders, stats.gmv_minor) == (room, 1, 1_500)
+    assert counter(metrics, "livepulse_orders_paid_total") == 1
+    assert counter(metrics, "livepulse_gmv_minor_total") == 1_500
+
+
+def test_a_checkpoint_writes_markers_to_every_other_task_and_state_that_restores() -> None:
+    pipeline, sink, _ = make(partition=1)
+    rooms = rooms_on(1, 2)
+    pipeline.process(TOPICS.viewer, records([viewer("join", r, "u", T0) for r in rooms]), NOW_MS)
+    written = pipeline.stage_checkpoint(NOW_MS, {Source.VIEWER: 2})
+    markers = sink.take(TOPICS.repartition)
+    assert sorted(p for p, *_ in markers) == [0, 2, 3]
+    assert all(h == ((MARKER_HEADER, b"1"),) and k is None for _, k, _, h in markers)
+    changelog = [(k, v) for p, k, v, _ in sink.take(TOPICS.changelog) if p == 1 and k is not None]
+    assert len(changelog) == written >= len(rooms) + 1
+    restored = TaskAggregator(SETTINGS.core, sources=(0, 1, 2), senders=[0, 2, 3])
+    assert restored.restore(changelog) == len(rooms)
+    assert restored.restored_offsets == {Source.VIEWER: 2}
+    assert set(restored.rooms) == set(rooms)
+
+
+def test_rooms_past_the_cap_are_dead_lettered_as_room_cap() -> None:
+    pipeline, sink, metrics = make(partition=0)
+    rooms = rooms_on(0, 5)  # max_rooms=3
+    pipeline.process(TOPICS.viewer, records([viewer("join", r, "u", T0) for r in rooms]), NOW_MS)
+    letters = [decode_dead_letter(v) for _, _, v, _ in sink.take(TOPICS.dlq) if v is not None]
+    assert [(d.reason, d.offset) for d in letters] == [("room_cap", 3), ("room_cap", 4)]
+    assert len(pipeline.core.rooms) == 3
+    assert counter(metrics, "livepulse_events_invalid_total", topic=TOPICS.viewer, reason="room_cap") == 2
+
+
+def test_undecodable_state_is_quarantined_to_the_dead_letter_topic_and_deleted() -> None:
+    pipeline, sink, metrics = make(partition=2)
+    (room,) = rooms_on(2, 1)
+    pipeline.core.restore([(b"r/" + room.encode(), b"\x00garbage")])
+    quarantined = pipeline.quarantine({b"r/" + room.encode(): 17}, NOW_MS)
+    assert [key for key, _ in quarantined] == [b"r/" + room.encode()]
+    (letter,) = [decode_dead_letter(v) for _, _, v, _ in sink.take(TOPICS.dlq) if v is not None]
+    assert (letter.reason, letter.topic, letter.offset) == ("state_undecodable", TOPICS.changelog, 17)
+    assert sink.take(TOPICS.changelog) == [(2, b"r/" + room.encode(), None, ())]
+    assert counter(metrics, "livepulse_state_quarantined_total") == 1
+    assert pipeline.core.quarantined == []
+
+
+@pytest.mark.parametrize("resend", [False, True])
+def test_alerts_are_written_keyed_by_fingerprint_with_an_expiry_in_wall_time(resend: bool) -> None:
+    pipeline, sink, metrics = make(partition=0)
+    (room,) = rooms_on(0, 1)
+    offset = 0
+    # 400 s at 20 joins/window, then 60 s at 400: a spike in views.
+    for w, n in enumerate([20] * 40 + [400] * 6):
+        batch = [viewer("join", room, f"u{w}-{i}", T0 + w * 10_000 + i * 10_000 // n) for i in range(n)]
+        pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
+        offset += n
+    close_everything(pipeline)
+    assert pipeline.publish_alerts(NOW_MS)
+    alerts = sink.take(TOPICS.alerts)
+    assert alerts, "a 20x step in views fires"
+    for partition, key, value, _ in alerts:
+        assert value is not None and key is not None
+        alert = orjson.loads(value)
+        assert alert["labels"]["room_id"] == room
+        assert 0 <= partition < PARTITIONS
+    firing = pipeline.firing(NOW_MS, resend=resend)
+    assert len(sink.take(TOPICS.alerts)) == (len(firing) if resend else 0)
+    fired = {orjson.loads(v)["labels"]["metric"] for _, _, v, _ in alerts if v is not None}
+    assert sum(counter(metrics, "livepulse_alerts_fired_total", metric=m) for m in fired) >= 1

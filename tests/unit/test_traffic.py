@@ -1,0 +1,103 @@
+"""The one traffic model (``loadtest.traffic``): seeded, decodable, the same whether cut in phases or
+streamed, and independent of the scenarios it is given."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loadtest import scenarios, traffic
+from loadtest.traffic import (
+    GIFT,
+    KIND_TABLE,
+    ORDER,
+    SOURCE_NAMES,
+    VIEWER,
+    VIEWER_KINDS,
+    VIEWER_WEIGHTS,
+    TrafficConfig,
+    TrafficModel,
+    encode,
+)
+from schemas import Invalid, decode_gift, decode_order, decode_viewer
+
+START = 1_700_000_000_000
+CONFIG = TrafficConfig(rooms=50, users=500, rate_per_s=1_000, disorder_share=0.2, disorder_ms=300)
+DECODERS = {VIEWER: decode_viewer, ORDER: decode_order, GIFT: decode_gift}
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
+    def payloads(seed: int) -> list[bytes]:
+        return [m[3] for m in TrafficModel(CONFIG, seed=seed).phase(START, 20.0).messages]
+
+    assert payloads(1) == payloads(1)
+    assert payloads(1) != payloads(2)
+
+
+def test_every_message_is_its_event_encoded_and_decodes_back() -> None:
+    phase = TrafficModel(CONFIG, seed=4).phase(START, 30.0)
+    assert {m[0] for m in phase.messages} == {VIEWER, ORDER, GIFT}
+    for source, _, key, raw, ts, ev in phase.messages:
+        assert ev is not None and raw == encode(ev) and ts == ev.ts and key == ev.room_id.encode()
+        out = DECODERS[source](raw, ts)
+        assert type(out) is not Invalid and out == ev and type(out) is type(ev)
+
+
+def test_orders_go_through_their_lifecycle_and_clients_retry() -> None:
+    phase = TrafficModel(CONFIG, seed=5).phase(START, 120.0)
+    orders = [ev for source, *_, ev in phase.messages if source == ORDER]
+    statuses = Counter(ev.status for ev in orders)  # type: ignore[union-attr]
+    assert set(statuses) == {"created", "paid", "cancelled", "refunded"}
+    assert statuses["created"] > statuses["paid"] > statuses["cancelled"] > statuses["refunded"]
+    keys = [(ev.order_id, ev.status) for ev in orders]  # type: ignore[union-attr]
+    assert len(keys) > len(set(keys))  # retried messages: the same order and status again
+
+
+def test_streamed_ticks_are_the_phase_cut_short() -> None:
+    phase = TrafficModel(CONFIG, seed=6).phase(START, 10.0)
+    ticks = TrafficModel(CONFIG, seed=6).ticks(START, realtime=False)
+    n_ticks = 10_000 // CONFIG.tick_ms
+    streamed = [m for messages in itertools.islice(ticks, n_ticks) for m in messages]
+    assert streamed == phase.messages
+
+
+def test_ticks_keep_order_follow_ups_across_ticks() -> None:
+    ticks = TrafficModel(CONFIG, seed=7).ticks(START)
+    messages = [m for messages in itertools.islice(ticks, 600) for m in messages]  # 60 s
+    paid = [ev for source, *_, ev in messages if source == ORDER and ev.status == "paid"]  # type: ignore[union-attr]
+    assert len(paid) > 20
+    assert max(ts for *_, ts, _ in messages) < START + 60_000
+
+
+def test_disorder_stays_within_its_bound() -> None:
+    phase = TrafficModel(CONFIG, seed=8).phase(START, 20.0)
+    newest = START
+    behind = []
+    for *_, ts, _ in phase.messages:
+        behind.append(newest - ts)
+        newest = max(newest, ts)
+    # a retried message keeps its event time: it arrives up to the retry delay behind
+    assert 0 < max(behind) <= max(CONFIG.disorder_ms, CONFIG.retry_delay_ms[1]) + CONFIG.tick_ms
+
+
+def test_viewer_kinds_follow_the_one_weights_table() -> None:
+    assert Counter(KIND_TABLE) == {
+        kind: round(w * len(KIND_TABLE)) for kind, w in zip(VIEWER_KINDS, VIEWER_WEIGHTS, strict=True)
+    }
+    assert sum(VIEWER_WEIGHTS) == pytest.approx(1.0)
+    assert (
+        SOURCE_NAMES[VIEWER] == "viewer" and SOURCE_NAMES[ORDER] == "order" and SOURCE_NAMES[GIFT] == "gift"
+    )
+
+
+def test_the_model_does_not_import_the_scenarios() -> None:
+    tree = ast.parse(Path(traffic.__file__).read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    assert not any("scenarios" in name for name in imported)
+    assert issubclass(scenarios.Trending, traffic.Scenario)
