@@ -72,7 +72,7 @@ from streams.core import room_key
 from . import _truth
 from ._checks import alert_keys, compare_leaderboards, leaderboard_failures
 from ._collect import Collector, Outputs
-from ._deploy import REPO, Deployment, WorkerProcess, free_port
+from .deployment import REPO, Deployment, WorkerProcess, free_port
 from .oracle import expected_leaderboards, unique_viewers_close
 from .produce import ensure_topics
 from .scenarios import malformed

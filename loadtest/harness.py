@@ -43,10 +43,10 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from . import _truth, scenarios
 from ._checks import Verdict, check, parse_iso_ms
 from ._collect import Collector
-from ._deploy import Deployment, Sampler, WorkerProcess
 from ._measure import catch_up_rate, event_latencies, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
+from .deployment import Deployment, Sampler, WorkerProcess
 from .oracle import expected_leaderboards
 from .produce import Progress, ensure_topics, generate, send
 from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
