@@ -554,7 +554,8 @@ class TaskAggregator:
                 self._gone_chunks.append(dedup_key(room.room_id, ws))
             room.dirty = False
         if idle:
-            self._dirty = [r for r in self._dirty if r.dirty]
+            # in place: apply() holds this list in a local across the scan
+            self._dirty[:] = [r for r in self._dirty if r.dirty]
             self.counters.rooms_expired += len(idle)
 
     # -- checkpoint and restore ---------------------------------------------------------
