@@ -61,15 +61,21 @@ class _Task:
     """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
     its input positions."""
 
-    __slots__ = ("core", "partition", "pipeline", "positions", "producer")
+    __slots__ = ("pipeline", "positions", "producer")
 
     def __init__(self, pipeline: TaskPipeline, producer: TaskProducer) -> None:
-        self.partition = pipeline.partition
         self.pipeline = pipeline
-        self.core = pipeline.core
         self.producer = producer
         #: next offset to read per input topic-partition (known after seek or fetch)
         self.positions: dict[TopicPartition, int] = {}
+
+    @property
+    def partition(self) -> int:
+        return self.pipeline.partition
+
+    @property
+    def core(self) -> TaskAggregator:
+        return self.pipeline.core
 
 
 class DataPlane:
@@ -470,11 +476,7 @@ class DataPlane:
         )
         await producer.start()
         records, key_offsets, seconds = await read_partition(s, partition)
-        core = TaskAggregator(
-            s.core,
-            sources=(sources[s.topics.viewer], sources[s.topics.order], sources[s.topics.gift]),
-            senders=[q for q in range(self.partitions) if q != partition],
-        )
+        core = self._routing.task_core(partition, s.core)
         core.rules, core.categories = self._rules.rules, self._rules.categories
         rooms = core.restore(records)
         pipeline = TaskPipeline(partition, core, producer.outbound, self._routing, s, self.metrics)

@@ -38,6 +38,7 @@ from schemas import (
 
 from .core import (
     AlertEvent,
+    CoreConfig,
     PartitionCache,
     TaskAggregator,
     iso_utc,
@@ -115,6 +116,16 @@ class Routing:
         self.sources = {name: source for source, name in self.names.items()}
         self.sources[topics.repartition] = REPARTITION
         self.by_header = {name.encode(): source for source, name in self.names.items()}
+
+    def task_core(self, partition: int, config: CoreConfig, *, detect_spikes: bool = True) -> TaskAggregator:
+        """The aggregator of task ``partition``: held back by its direct inputs and by every other
+        task, whose re-routed events and watermark markers reach it through the repartition topic."""
+        return TaskAggregator(
+            config,
+            sources=tuple(self.names),
+            senders=[q for q in range(self.partitions) if q != partition],
+            detect_spikes=detect_spikes,
+        )
 
 
 class TaskPipeline:
