@@ -11,7 +11,9 @@
   the replay over the worker's own windows raises it, the HLL estimate having
   crossed a threshold the exact count did not; and every alert the replay
   raises was raised;
-* dead letters: exactly the malformed messages, with the expected reason codes.
+* dead letters: exactly the malformed messages, with the expected reason codes;
+* the platform leaderboard: one record per window with a live room, each equal to the oracle's
+  (top N by GMV and by views, totals), none missing, none extra, none repeated.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from schemas import ROOM_SESSION_FIELDS, ROOM_STATS_FIELDS, RoomSession, RoomSta
 
 from ._collect import Outputs, WindowKey
 from ._truth import AlertKey, Truth, detector_alerts
-from .oracle import unique_viewers_close
+from .oracle import expected_leaderboards, unique_viewers_close
 from .traffic import Injection
 
 _EXACT_FIELDS = tuple(f for f in ROOM_STATS_FIELDS if f not in ("unique_viewers", "orders_per_sec"))
@@ -74,6 +76,8 @@ class Verdict:
     #: rollup windows and sessions compared (when the truth holds them)
     rollups_expected: int = 0
     sessions_expected: int = 0
+    leaderboards_expected: int = 0
+    leaderboards_got: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -95,6 +99,7 @@ class Verdict:
             f"{sum(self.dlq_expected.values())} expected",
             f"rollups and sessions: {self.rollups_expected:,} rollup windows and "
             f"{self.sessions_expected:,} sessions compared",
+            f"leaderboard: {self.leaderboards_got} windows received, {self.leaderboards_expected} expected",
         ]
         lines += [f"FAIL: {f}" for f in self.failures]
         return "\n".join(lines)
@@ -106,7 +111,13 @@ def parse_iso_ms(text: str) -> int:
 
 
 def check(
-    truth: Truth, out: Outputs, *, require_alerts: bool = True, late_slack: bool = False, limit: int = 5
+    truth: Truth,
+    out: Outputs,
+    *,
+    require_alerts: bool = True,
+    late_slack: bool = False,
+    limit: int = 5,
+    leaderboard_size: int = 100,
 ) -> Verdict:
     """Compare everything published with the truth.
 
@@ -123,6 +134,9 @@ def check(
         v.rollups_expected, v.sessions_expected = longer.rollups_expected, longer.sessions_expected
         v.failures += longer.failures(limit)
     _check_alerts(truth, out, v, require_alerts, limit)
+    want = expected_leaderboards(truth.windows.values(), leaderboard_size)
+    v.leaderboards_expected, v.leaderboards_got = len(want), len(out.leaderboards)
+    v.failures += leaderboard_failures(want, out, limit)
     v.dlq_expected, v.dlq_got = Counter(truth.malformed), Counter(out.dlq_reasons)
     if v.dlq_expected != v.dlq_got:
         v.failures.append(
@@ -131,6 +145,37 @@ def check(
     if out.undecodable:
         v.failures.append(f"{out.undecodable} output records could not be decoded")
     return v
+
+
+def compare_leaderboards(
+    want: dict[int, dict[str, Any]], out: Outputs
+) -> tuple[list[int], list[int], list[int], int]:
+    """Window starts missing, unexpected and different from the oracle; records published twice."""
+    got = out.leaderboards
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    different = [ws for ws in sorted(set(want) & set(got)) if want[ws] != got[ws]]
+    return missing, unexpected, different, len(out.leaderboard_repeats)
+
+
+def leaderboard_failures(want: dict[int, dict[str, Any]], out: Outputs, limit: int = 5) -> list[str]:
+    """Every expected leaderboard record published once and equal to the oracle's, nothing else."""
+    got = out.leaderboards
+    missing, unexpected, wrong, repeats = compare_leaderboards(want, out)
+    failures = []
+    if missing:
+        failures.append(f"{len(missing)} leaderboard windows missing, e.g. {missing[:limit]}")
+    if unexpected:
+        failures.append(f"{len(unexpected)} leaderboard windows unexpected, e.g. {unexpected[:limit]}")
+    for ws in wrong[:limit]:
+        diff = {k: (want[ws].get(k), got[ws].get(k)) for k in want[ws].keys() | got[ws].keys()}
+        diff = {k: pair for k, pair in diff.items() if pair[0] != pair[1]}
+        failures.append(f"leaderboard window {ws} differs from the oracle: {str(diff)[:600]}")
+    if len(wrong) > limit:
+        failures.append(f"... {len(wrong)} leaderboard windows differ in all")
+    if repeats:
+        failures.append(f"{repeats} leaderboard records published more than once")
+    return failures
 
 
 def _late_only(s: RoomStats) -> bool:

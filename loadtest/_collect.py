@@ -1,5 +1,5 @@
-"""Follow a deployment's outputs from the beginning: room-stats, alerts and dead letters, with arrival
-times, plus rollup windows and sessions when their topics are given.
+"""Follow a deployment's outputs from the beginning: room-stats, alerts, dead letters and the
+platform leaderboard, with arrival times, plus rollup windows and sessions when their topics are given.
 
 Arrival is the harness's wall clock when the record was fetched, which is what
 the end-to-end latency is measured against. A repeated room-stats key must
@@ -52,6 +52,10 @@ class Outputs:
     rollup_duplicates: int = 0
     #: the last record of each session by (room_id, session_start)
     sessions: dict[tuple[str, int], RoomSession] = field(default_factory=dict)
+    #: platform leaderboard records by window start; any repeat (even identical) is a duplicate:
+    #: the leaderboard is exactly once
+    leaderboards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    leaderboard_repeats: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Collector:
@@ -75,6 +79,7 @@ class Collector:
             self.topics.dlq,
             *self._rollup_lengths,
             *([self.topics.room_sessions] if self._rollup_lengths else []),
+            self.topics.leaderboard,
             bootstrap_servers=self.bootstrap,
             group_id=None,
             auto_offset_reset="earliest",
@@ -104,6 +109,8 @@ class Collector:
                         self._rollups(self._rollup_lengths[tp.topic], messages)
                     elif tp.topic == t.room_sessions:
                         self._sessions(messages)
+                    elif tp.topic == t.leaderboard:
+                        self._leaderboards(messages)
                     elif tp.topic == t.alerts:
                         for m in messages:
                             try:
@@ -131,6 +138,30 @@ class Collector:
             else:
                 out.dlq_seen.add(source)
                 out.dlq_reasons[reason] += 1
+
+    def _leaderboards(self, messages: list[Any]) -> None:
+        out = self.outputs
+        for m in messages:
+            try:
+                record = orjson.loads(m.value)
+                ws = record["window_start"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                out.undecodable += 1
+                continue
+            if ws in out.leaderboards:
+                out.leaderboard_repeats.append(record)
+            else:
+                out.leaderboards[ws] = record
+
+    async def wait_for_leaderboards(self, window_starts: set[int], timeout_s: float) -> bool:
+        """Wait until a leaderboard record of every window in ``window_starts`` has arrived."""
+        deadline = time.monotonic() + timeout_s
+        got = self.outputs.leaderboards
+        while time.monotonic() < deadline:
+            if window_starts <= got.keys():
+                return True
+            await asyncio.sleep(0.25)
+        return window_starts <= got.keys()
 
     def _windows(self, messages: list[Any], now: float) -> None:
         out = self.outputs

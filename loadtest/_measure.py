@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._deploy import Sample
+from .deployment import Sample
 from .traffic import Message
 
 WindowKey = tuple[str, int]
@@ -59,7 +59,7 @@ class Histogram:
 
 
 def histogram(metrics: Mapping[str, float], name: str) -> Histogram:
-    """A Prometheus histogram from parsed /metrics (see ``_deploy.parse_metrics``)."""
+    """A Prometheus histogram from parsed /metrics (see ``deployment.parse_metrics``)."""
     buckets = []
     for key, value in metrics.items():
         if key.startswith(name + "_bucket{") and 'le="' in key:

@@ -147,8 +147,7 @@ def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_
 
 def detector_alerts(windows: Iterable[RoomStats], window_ms: int) -> set[AlertKey]:
     """Replay the worker's spike detector (default rules) room by room; the firing transitions."""
-    from streams.core._spike_rules import DEFAULT_RULES, rules_for
-    from streams.core._spikes import DetectorState, observe
+    from streams.core import DEFAULT_RULES, DetectorState, observe, rules_for
 
     by_room: dict[str, list[RoomStats]] = defaultdict(list)
     for stats in windows:

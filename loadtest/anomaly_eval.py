@@ -38,8 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.core._spike_rules import GAUGE_RULE, METRICS, MetricRule
-from streams.core._spikes import DetectorState, observe_values
+from streams.core import GAUGE_RULE, DetectorState, MetricRule, observe_values
+from streams.core import SPIKE_METRICS as METRICS
 
 SUBSETS = ("realKnownCause", "realTraffic", "realAdExchange", "artificialWithAnomaly")
 PUBLISHED = (

@@ -211,12 +211,7 @@ def run_pipeline(
     metrics = Metrics()
     pipelines = {}
     for p in range(PARTITIONS):
-        core = TaskAggregator(
-            settings.core,
-            sources=(Source.VIEWER, Source.ORDER, Source.GIFT),
-            senders=[q for q in range(PARTITIONS) if q != p],
-            detect_spikes=detect_spikes,
-        )
+        core = routing.task_core(p, settings.core, detect_spikes=detect_spikes)
         pipelines[p] = TaskPipeline(p, core, TaskSink(topics.repartition), routing, settings, metrics)
     names = routing.names
     busy = (Source.VIEWER, Source.ORDER, Source.GIFT)

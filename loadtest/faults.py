@@ -70,10 +70,10 @@ from schemas import ROOM_STATS_FIELDS, RoomStats
 from streams.core import room_key
 
 from . import _truth
-from ._checks import alert_keys, compare_sessions_and_rollups
+from ._checks import alert_keys, compare_leaderboards, compare_sessions_and_rollups, leaderboard_failures
 from ._collect import Collector, Outputs
-from ._deploy import REPO, Deployment, WorkerProcess, free_port, short_rollup_windows
-from .oracle import unique_viewers_close
+from .deployment import REPO, Deployment, WorkerProcess, free_port, short_rollup_windows
+from .oracle import expected_leaderboards, unique_viewers_close
 from .produce import ensure_topics
 from .scenarios import malformed
 from .traffic import GIFT, VIEWER, Message, Phase, TrafficConfig, TrafficModel, no_gc
@@ -88,6 +88,8 @@ SCENARIOS = (
     "corrupt-changelog",
     *HOSTILE,
 )
+#: the deployments' leaderboard size (the default setting)
+LEADERBOARD_SIZE = 100
 #: room ids of hostile traffic start with this; honest rooms are the model's r<rank>
 HOSTILE_ROOM = "x-"
 _COUNTS = tuple(f for f in ROOM_STATS_FIELDS if f not in ("room_id", "window_start", "window_end"))
@@ -142,6 +144,10 @@ class Row:
     duplicates: int = 0
     #: firing alerts published vs the detector replayed over the true windows (symmetric difference)
     alerts_wrong: int = 0
+    #: platform leaderboard windows compared with the oracle, and those missing, extra, different or
+    #: published twice (rows without hostile traffic or corrupted state; elsewhere not compared)
+    leaderboards: int = 0
+    leaderboard_wrong: int = 0
     restarts: int = 0
     restarts_allowed: int = 0
     ready_s: float = 0.0
@@ -168,6 +174,7 @@ class Row:
             or self.late_counted
             or self.duplicates
             or self.alerts_wrong
+            or self.leaderboard_wrong
             or self.restarts > self.restarts_allowed
             or self.unaccounted
             or over
@@ -639,8 +646,16 @@ class Scenario:
         await collector.wait_for(set(truth.windows), timeout_s=(cfg.window_ms + cfg.grace_ms) / 1000 + 60)
         # the longest rollup closes up to its length after the last window (watermark by wall time)
         await collector.wait_for_rollups(set(truth.rollups), timeout_s=max(rollups) / 1000 + 30)
+        if self._compares_leaderboard:
+            await collector.wait_for_leaderboards(set(expected_leaderboards(truth.windows.values(), 1)), 30)
         await asyncio.sleep(2)  # anything extra (a duplicate, a stray window) would arrive now
         return truth
+
+    @property
+    def _compares_leaderboard(self) -> bool:
+        """Hostile rooms and a room whose state was destroyed on purpose move the platform totals
+        away from the honest truth: those rows do not compare the leaderboard."""
+        return self.name not in HOSTILE and self.corrupted is None
 
     def _lost(self, key: tuple[str, int]) -> bool:
         """A window of the corrupted room that overlaps its loss (from the last commit before the
@@ -706,6 +721,13 @@ class Scenario:
                 f"alerts published only: {sorted(published - expected_alerts)[:3]}, "
                 f"expected only: {sorted(expected_alerts - published)[:3]}"
             )
+        if self._compares_leaderboard:
+            want_boards = expected_leaderboards(truth.windows.values(), LEADERBOARD_SIZE)
+            missing, unexpected, different, repeats = compare_leaderboards(want_boards, out)
+            row.leaderboards = len(want_boards)
+            row.leaderboard_wrong = len(missing) + len(unexpected) + len(different) + repeats
+            if row.leaderboard_wrong:
+                row.examples.extend(leaderboard_failures(want_boards, out, limit=3))
         row.quarantined = out.dlq_reasons.get("state_undecodable", 0)
         accounted = {"state_undecodable", *(expected_dlq or ())}
         other_dlq = {r: n for r, n in out.dlq_reasons.items() if r not in accounted}
@@ -792,17 +814,19 @@ async def run_suite(
 
 HEADER = (
     "| scenario | events | windows | missing | wrong | double counted | unexpected | late | duplicates "
-    "| alerts wrong | restarts | ready again (s) | bad sent | unaccounted | peak RSS (MB) | notes |"
-    "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    "| alerts wrong | leaderboard windows / wrong | restarts | ready again (s) | bad sent | unaccounted "
+    "| peak RSS (MB) | notes |"
+    "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 )
 
 
 def format_row(row: Row) -> str:
     rss = f"{row.peak_rss_mb:.0f} / {row.rss_limit_mb:.0f}" if row.rss_limit_mb else ""
+    boards = f"{row.leaderboards:,} / {row.leaderboard_wrong}" if row.leaderboards else "not compared"
     return (
         f"| {row.scenario} | {row.events:,} | {row.windows_expected:,} | {row.missing} | {row.wrong} "
         f"| {row.double_counted} | {row.unexpected} | {row.late_counted} | {row.duplicates} "
-        f"| {row.alerts_wrong} | {row.restarts} | {row.ready_s:.1f} | {row.hostile_sent:,} "
+        f"| {row.alerts_wrong} | {boards} | {row.restarts} | {row.ready_s:.1f} | {row.hostile_sent:,} "
         f"| {row.unaccounted} | {rss} | {'; '.join(row.notes)} |"
     )
 

@@ -43,10 +43,11 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from . import _truth, scenarios
 from ._checks import Verdict, check, parse_iso_ms
 from ._collect import Collector
-from ._deploy import Deployment, Sampler, WorkerProcess, short_rollup_windows
 from ._measure import catch_up_rate, event_latencies, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
+from .deployment import Deployment, Sampler, WorkerProcess, short_rollup_windows
+from .oracle import expected_leaderboards
 from .produce import Progress, ensure_topics, generate, send
 from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
 
@@ -408,6 +409,9 @@ class Harness:
         # the longest rollup closes up to its length after the last window (watermark by wall time)
         if not await collector.wait_for_rollups(set(truth.rollups), max(rollups) / 1000 + 30):
             self.say("some expected rollup windows never arrived")
+        boards = set(expected_leaderboards(truth.windows.values(), 1))
+        if not await collector.wait_for_leaderboards(boards, 30):
+            self.say("some expected leaderboard windows never arrived")
         await asyncio.sleep(1)  # stragglers: late duplicates or alerts
         return truth
 

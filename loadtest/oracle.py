@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from schemas import Event, GiftEvent, OrderEvent, RoomSession, RoomStats, ViewerEvent
 
@@ -233,6 +234,36 @@ def _classify(
             seen_orders.add(key)
         accepted[(ev.room_id, ev.ts - ev.ts % window_ms)].append(ev)
     return accepted, late, wm
+
+
+def expected_leaderboards(windows: Iterable[RoomStats], n: int) -> dict[int, dict[str, Any]]:
+    """The platform leaderboard record of every window, by window start, from every room's window.
+
+    Brute force, apart from the core: per window, the rooms with any activity (not only late events,
+    not only a concurrent-viewer level), all of them sorted by value descending then room_id
+    ascending (zero values unranked), cut at ``n``; totals summed over those rooms.
+    """
+    by_window: dict[int, list[RoomStats]] = defaultdict(list)
+    for s in windows:
+        counted = (s.views, s.unique_viewers, s.likes, s.comments, s.shares, s.orders, s.gmv_minor)
+        if any(counted) or s.refunds_minor or s.gifts or s.gift_value_minor:
+            by_window[s.window_start].append(s)
+    out: dict[int, dict[str, Any]] = {}
+    for ws, group in by_window.items():
+        record: dict[str, Any] = {"window_start": ws, "window_end": group[0].window_end, "size": n}
+        for name, attr in (("top_gmv", "gmv_minor"), ("top_views", "views")):
+            ranked = sorted(
+                (s for s in group if getattr(s, attr) > 0), key=lambda s: (-getattr(s, attr), s.room_id)
+            )
+            record[name] = [
+                {"rank": i, "room_id": s.room_id, attr: getattr(s, attr)} for i, s in enumerate(ranked[:n], 1)
+            ]
+        record["events"] = sum(s.views + s.likes + s.comments + s.shares + s.orders + s.gifts for s in group)
+        record["rooms_live"] = len(group)
+        record["gmv_minor"] = sum(s.gmv_minor for s in group)
+        record["orders"] = sum(s.orders for s in group)
+        out[ws] = record
+    return out
 
 
 def unique_viewers_close(estimate: int, exact: int, *, rse: float = 0.016) -> bool:

@@ -42,8 +42,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from streams.core._spike_rules import METRICS, MetricRule, SpikeRules, rules_for
-from streams.core._spikes import DetectorState, observe
+from streams.core import SPIKE_METRICS as METRICS
+from streams.core import DetectorState, MetricRule, SpikeRules, observe, rules_for
 
 from .spike_series import GROUPS, Injection, RoomSeries, SeriesConfig, generate_room
 

@@ -98,12 +98,28 @@ async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int
         for name, configs in {**internal, **outputs}.items()
         if name not in existing
     ]
+    to_create += await _single_partition_topics(admin, [t.leaderboard_partials, t.leaderboard], rf, isr)
     if to_create:
         if not settings.create_topics:
             names = ", ".join(nt.name for nt in to_create)
             raise TopologyError(f"topics missing: {names} (create them or set LIVEPULSE_CREATE_TOPICS=true)")
         await _create(admin, to_create)
     return partitions
+
+
+async def _single_partition_topics(
+    admin: AIOKafkaAdminClient, names: list[str], rf: int, isr: dict[str, str]
+) -> list[NewTopic]:
+    """The leaderboard's topics: one partition each (one merge, one ordered output); the missing
+    ones to create."""
+    existing = await partition_counts(admin, names)
+    for name, count in existing.items():
+        if count != 1:
+            raise TopologyError(
+                f"topic {name} has {count} partitions; the leaderboard needs exactly 1: recreate it "
+                "(or point the setting at another topic)"
+            )
+    return [NewTopic(name, 1, rf, topic_configs=isr) for name in names if name not in existing]
 
 
 async def _topic_config(admin: AIOKafkaAdminClient, topic: str, name: str) -> str | None:

@@ -47,6 +47,7 @@ from ._topology import ensure_topology
 from ._transactions import TaskProducer
 from .core import SPIKE_METRICS, TaskAggregator, top_rooms
 from .exceptions import LivepulseError
+from .leaderboard import LeaderboardStage
 from .metrics import Metrics
 from .pipeline import REPARTITION, Routing, TaskPipeline
 from .settings import Settings
@@ -60,15 +61,21 @@ class _Task:
     """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
     its input positions."""
 
-    __slots__ = ("core", "partition", "pipeline", "positions", "producer")
+    __slots__ = ("pipeline", "positions", "producer")
 
     def __init__(self, pipeline: TaskPipeline, producer: TaskProducer) -> None:
-        self.partition = pipeline.partition
         self.pipeline = pipeline
-        self.core = pipeline.core
         self.producer = producer
         #: next offset to read per input topic-partition (known after seek or fetch)
         self.positions: dict[TopicPartition, int] = {}
+
+    @property
+    def partition(self) -> int:
+        return self.pipeline.partition
+
+    @property
+    def core(self) -> TaskAggregator:
+        return self.pipeline.core
 
 
 class DataPlane:
@@ -109,6 +116,12 @@ class DataPlane:
         """The aggregators of the tasks this worker runs, by partition number."""
         return {p: task.core for p, task in self.runtime.items()}
 
+    @property
+    def leaderboard(self) -> LeaderboardStage | None:
+        """The leaderboard merge, when this worker runs task 0."""
+        task = self.runtime.get(0)
+        return None if task is None else task.pipeline.merge
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -143,7 +156,11 @@ class DataPlane:
             fetch_max_bytes=64 * 1024 * 1024,
         )
         await self._consumer.start()
-        self._consumer.subscribe([*s.topics.inputs, s.topics.repartition], listener=_Rebalance(self))
+        # The one-partition leaderboard partials topic: range assignment gives its partition 0 to the
+        # member that gets partition 0 of the inputs, so the leaderboard merge runs with task 0.
+        self._consumer.subscribe(
+            [*s.topics.inputs, s.topics.repartition, s.topics.leaderboard_partials], listener=_Rebalance(self)
+        )
         self._last_checkpoint = self._clock()
 
     async def run(self) -> None:
@@ -298,6 +315,8 @@ class DataPlane:
         fresh_ms = self.settings.core.idle_partition_ms
         busy: dict[int, set[int]] = {}
         for tp in consumer.assignment():
+            if tp.topic not in sources:
+                continue  # the leaderboard partials: not a watermark source
             try:
                 # Immediate while the position is valid; after a reset it may wait for the broker.
                 async with asyncio.timeout(0.05):
@@ -377,7 +396,7 @@ class DataPlane:
         """One task's checkpoint transaction; returns the changelog records written."""
         assert self._routing is not None
         sources = self._routing.sources
-        offsets = {sources[tp.topic]: offset for tp, offset in task.positions.items()}
+        offsets = {sources[tp.topic]: offset for tp, offset in task.positions.items() if tp.topic in sources}
         written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
         await task.producer.commit(task.positions, self.settings.group_id)
         return written
@@ -430,6 +449,8 @@ class DataPlane:
             for gone in self._held - set(by_partition):
                 self.metrics.forget_partition(gone)  # no stale lag or watermark series for moved partitions
             self._held = set(by_partition)
+            if 0 not in by_partition:
+                self.metrics.platform.clear()  # the leaderboard merge runs elsewhere now
             # Concurrently: a member slow to finish its assignment misses the next rebalance.
             opened = await asyncio.gather(
                 *(self._open_task(partition, tps) for partition, tps in sorted(by_partition.items()))
@@ -455,18 +476,24 @@ class DataPlane:
         )
         await producer.start()
         records, key_offsets, seconds = await read_partition(s, partition)
-        core = TaskAggregator(
-            s.core,
-            sources=(sources[s.topics.viewer], sources[s.topics.order], sources[s.topics.gift]),
-            senders=[q for q in range(self.partitions) if q != partition],
-        )
+        core = self._routing.task_core(partition, s.core)
         core.rules, core.categories = self._rules.rules, self._rules.categories
         rooms = core.restore(records)
         pipeline = TaskPipeline(partition, core, producer.outbound, self._routing, s, self.metrics)
         task = _Task(pipeline, producer)
         for key, reason in pipeline.quarantine(key_offsets, int(self._clock() * 1000)):
             log.error("partition %d: quarantined changelog record %r: %s", partition, key, reason)
+        if pipeline.merge is not None:
+            pipeline.merge.restore(records)
         for tp in tps:
+            if tp.topic == s.topics.leaderboard_partials:
+                offset = None if pipeline.merge is None else pipeline.merge.merge.next_offset
+                if offset is None:  # nothing merged yet: from the start
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, offset)
+                    task.positions[tp] = offset
+                continue
             offset = core.restored_offsets.get(sources[tp.topic])
             if offset is None:  # no checkpoint recorded it (first start, or a quarantined metadata record)
                 offset = await self._consumer.committed(tp)

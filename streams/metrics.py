@@ -14,8 +14,10 @@ they would double the series count of every counter.
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +30,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -201,6 +205,18 @@ class Metrics:
             ["rank"],
             registry=r,
         )
+        self.leaderboards_published = Counter(
+            "livepulse_leaderboards_published_total",
+            "Platform leaderboard records published (one per final window; by the leaderboard merge)",
+            registry=r,
+        )
+        self.leaderboard_late_partials = Counter(
+            "livepulse_leaderboard_late_partials_total",
+            "Leaderboard partials for a window already final (dropped; none expected)",
+            registry=r,
+        )
+        #: platform totals of the last final leaderboard window (exported by the merge's worker only)
+        self.platform = PlatformTotals(registry=r)
 
         self.build_info = Gauge(
             "livepulse_build_info",
@@ -233,6 +249,54 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PlatformTotals(Collector):
+    """Gauges of the last final leaderboard window's platform totals, without labels.
+
+    Only the worker running the leaderboard merge (the owner of task 0) has values; every other
+    worker exports none of these series (not stale ones: :meth:`clear` when task 0 moves away).
+    """
+
+    GAUGES = (
+        ("events", "livepulse_platform_events", "Engagement events in the last final leaderboard window"),
+        (
+            "rooms_live",
+            "livepulse_platform_rooms_live",
+            "Rooms with a window in the last final leaderboard window",
+        ),
+        (
+            "gmv_minor",
+            "livepulse_platform_gmv_minor",
+            "GMV (minor units) in the last final leaderboard window",
+        ),
+        ("orders", "livepulse_platform_orders", "Paid orders in the last final leaderboard window"),
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.record: Mapping[str, Any] | None = None
+        registry.register(self)
+
+    def set(self, record: Mapping[str, Any] | None) -> None:
+        self.record = record
+
+    def clear(self) -> None:
+        self.record = None
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, doc) for _, name, doc in self.GAUGES]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        record = self.record
+        if record is None:
+            return
+        for field_name, name, doc in self.GAUGES:
+            yield GaugeMetricFamily(name, doc, value=record[field_name])
+        yield GaugeMetricFamily(
+            "livepulse_platform_window_start_seconds",
+            "Start of the last final leaderboard window (seconds since the epoch)",
+            value=record["window_start"] / 1000,
+        )
 
 
 def _version(distribution: str) -> str:

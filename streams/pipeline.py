@@ -37,7 +37,18 @@ from schemas import (
     encode_room_stats,
 )
 
-from .core import AlertEvent, PartitionCache, TaskAggregator, iso_utc, partition_for, to_alertmanager
+from .core import (
+    AlertEvent,
+    CoreConfig,
+    PartitionCache,
+    TaskAggregator,
+    iso_utc,
+    leaderboard_partials,
+    leaderboard_progress,
+    partition_for,
+    to_alertmanager,
+)
+from .leaderboard import LeaderboardStage
 from .metrics import Metrics
 from .settings import Settings, Topics
 
@@ -107,6 +118,16 @@ class Routing:
         self.sources[topics.repartition] = REPARTITION
         self.by_header = {name.encode(): source for source, name in self.names.items()}
 
+    def task_core(self, partition: int, config: CoreConfig, *, detect_spikes: bool = True) -> TaskAggregator:
+        """The aggregator of task ``partition``: held back by its direct inputs and by every other
+        task, whose re-routed events and watermark markers reach it through the repartition topic."""
+        return TaskAggregator(
+            config,
+            sources=tuple(self.names),
+            senders=[q for q in range(self.partitions) if q != partition],
+            detect_spikes=detect_spikes,
+        )
+
 
 class TaskPipeline:
     """Decode, dead-letter, re-route, apply and publish for one task; outputs go into ``sink``."""
@@ -132,11 +153,24 @@ class TaskPipeline:
         self._rollup_topics = {
             length: self._topics.rollup(length) for length in settings.core.rollup_windows_ms
         }
+        self._leaderboard_size = settings.leaderboard_size
+        #: the leaderboard merge, in task 0 only (see ``streams.leaderboard``)
+        self.merge: LeaderboardStage | None = None
+        #: the last progress mark written (a new pipeline, e.g. after a restore, writes it again)
+        self._progress_sent: int | None = None
+        if partition == 0:
+            self.merge = LeaderboardStage(
+                routing.partitions, self._leaderboard_size, sink, self._topics, metrics
+            )
 
     # -- input -------------------------------------------------------------------------------
 
     def process(self, topic: str, messages: Sequence[Message], now_ms: int) -> int:
         """Take one partition's messages of ``topic`` (in offset order); returns the windows published."""
+        if topic == self._topics.leaderboard_partials:
+            assert self.merge is not None, "the partials topic is read by task 0 only"
+            self.merge.process(messages)
+            return 0
         m = self.metrics
         source = self.routing.sources[topic]
         core = self.core
@@ -275,6 +309,7 @@ class TaskPipeline:
         m.gmv_minor.inc(gmv)
         if core.detect_spikes:
             m.detector_evaluations.inc(len(closed))
+        self._publish_partials(closed)
         return len(closed)
 
     def publish_sessions_and_rollups(self) -> int:
@@ -293,6 +328,12 @@ class TaskPipeline:
             key = b"%s:%d" % (session.room_id.encode(), session.session_start)
             add(topic, partition, key, encode_room_session(session))
         return len(rollups) + len(sessions)
+
+    def _publish_partials(self, closed: Sequence[Any]) -> None:
+        """This task's part of the platform leaderboard: one partial per window just closed."""
+        topic, add, task = self._topics.leaderboard_partials, self.sink.add, b"%d" % self.partition
+        for partial in leaderboard_partials(self.partition, closed, self._leaderboard_size):
+            add(topic, 0, task, orjson.dumps(partial))
 
     def publish_alerts(self, now_ms: int) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;
@@ -342,12 +383,21 @@ class TaskPipeline:
         for receiver in range(self.routing.partitions):
             if receiver != self.partition:
                 add(t.repartition, receiver, None, marker, header)
+        watermark = self.core.watermark_ms
+        if watermark is not None and watermark != self._progress_sent:
+            # Every window ending at or before the watermark is closed and its partial written.
+            progress = orjson.dumps(leaderboard_progress(self.partition, watermark))
+            add(t.leaderboard_partials, 0, b"%d" % self.partition, progress)
+            self._progress_sent = watermark
         checkpoint = self.core.checkpoint(offsets)
         for key, value in checkpoint.upserts:
             add(t.changelog, self.partition, key, value)
         for key in checkpoint.deletes:
             add(t.changelog, self.partition, key, None)
-        return len(checkpoint.upserts) + len(checkpoint.deletes)
+        written = len(checkpoint.upserts) + len(checkpoint.deletes)
+        if self.merge is not None:
+            written += self.merge.stage_checkpoint()
+        return written
 
     def quarantine(self, key_offsets: Mapping[bytes, int], now_ms: int) -> list[tuple[bytes, str]]:
         """Dead-letter the changelog records the restore could not decode and delete them; returns

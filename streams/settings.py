@@ -37,6 +37,9 @@ class Topics:
     repartition: str = "livepulse.repartition"
     changelog: str = "livepulse.room-state-changelog"
     control: str = "livepulse.rules"
+    #: the platform leaderboard (one partition) and its internal per-task partials (one partition)
+    leaderboard: str = "live.leaderboard"
+    leaderboard_partials: str = "livepulse.leaderboard-partials"
 
     @property
     def inputs(self) -> tuple[str, str, str]:
@@ -118,6 +121,8 @@ class Settings:
     #: allocations between young garbage collections (Python's default is 700); 0 keeps Python's
     #: settings. Room state is millions of long-lived containers that each full collection walks.
     gc_threshold: int = 50_000
+    #: rooms in each ranking of the platform leaderboard
+    leaderboard_size: int = 100
 
     @property
     def faust_data_dir(self) -> str:
@@ -141,6 +146,8 @@ class Settings:
             raise ConfigError("transaction_timeout_ms must exceed commit_interval_ms")
         if self.shutdown_timeout_ms <= 0:
             raise ConfigError("shutdown_timeout_ms must be > 0")
+        if not 0 < self.leaderboard_size <= 10_000:
+            raise ConfigError("leaderboard_size must be in 1..10000")
         if self.gc_threshold < 0:
             raise ConfigError("gc_threshold must be >= 0")
         if not 0 < self.web_port < 65536:
@@ -167,6 +174,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "LOG_LEVEL": ("", "log_level"),
     "DATA_DIR": ("", "data_dir"),
     "GC_THRESHOLD": ("", "gc_threshold"),
+    "LEADERBOARD_SIZE": ("", "leaderboard_size"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),
     "GRACE_MS": ("core", "grace_ms"),
@@ -226,6 +234,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     values["topics"].setdefault("repartition", f"{app_id}.repartition")
     values["topics"].setdefault("changelog", f"{app_id}.room-state-changelog")
     values["topics"].setdefault("control", f"{app_id}.rules")
+    values["topics"].setdefault("leaderboard_partials", f"{app_id}.leaderboard-partials")
     try:
         sections = {s: _SECTION_TYPES[s](**values[s]) for s in ("core", "limits", "security", "topics")}
         return Settings(**values[""], **sections)

@@ -33,6 +33,25 @@ def register_views(app: faust.App, plane: DataPlane, healthy: Callable[[], bool]
         body = {"ready": plane.ready, "partitions": sorted(plane.tasks)}
         return self.json(body, status=200 if plane.ready else 503)
 
+    @app.page("/leaderboard")
+    async def leaderboard(self: faust.web.View, request: Any) -> Any:
+        stage = plane.leaderboard
+        if stage is None:
+            return self.json({"error": "the leaderboard merge (task 0) is not on this worker"}, status=404)
+        raw = request.query.get("window_start")
+        if raw is None:
+            record = stage.latest
+        else:
+            try:
+                record = stage.window(int(raw))
+            except ValueError:
+                return self.json(
+                    {"error": "window_start must be an integer (ms since the epoch)"}, status=400
+                )
+        if record is None:
+            return self.json({"error": "no final leaderboard window (yet, or any more)"}, status=404)
+        return self.json(record)
+
     @app.page("/rooms/top")
     async def rooms_top(self: faust.web.View, request: Any) -> Any:
         metric = request.query.get("metric", "gmv_minor")

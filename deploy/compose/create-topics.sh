@@ -24,4 +24,7 @@ create live.room-stats-1h "$PARTITIONS" --config retention.ms=604800000
 create live.room-sessions "$PARTITIONS" --config cleanup.policy=compact
 create live.alerts "$PARTITIONS" --config retention.ms=604800000
 create live.dlq "$PARTITIONS" --config retention.ms=1209600000
+# the platform leaderboard: one partition each (one merge stage, windows in order)
+create livepulse.leaderboard-partials 1 --config retention.ms=604800000
+create live.leaderboard 1 --config retention.ms=604800000
 "$KT" --bootstrap-server "$BOOTSTRAP" --list

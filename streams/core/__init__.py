@@ -4,52 +4,60 @@ No I/O and no Kafka or faust imports: the runtime feeds batches in and
 publishes what comes out.
 """
 
-from ._alerts import ALERT_DROP, ALERT_SPIKE, ALERT_SURGE, AlertEvent, fingerprint, iso_utc, to_alertmanager
+from ._alerts import AlertEvent, iso_utc, to_alertmanager
 from ._config import CoreConfig
+from ._leaderboard import LeaderboardMerge, leaderboard_partials, leaderboard_progress, rank_rooms
 from ._partition import PartitionCache, partition_for
 from ._query import RANKABLE_METRICS, room_view, top_rooms
-from ._room import Room
-from ._spike_rules import DEFAULT_RULES, MetricRule, SpikeRuleError, SpikeRules, apply_override, rules_for
+from ._spike_rules import (
+    DEFAULT_RULES,
+    GAUGE_RULE,
+    MetricRule,
+    SpikeRuleError,
+    SpikeRules,
+    apply_override,
+    rules_for,
+)
 from ._spike_rules import METRICS as SPIKE_METRICS
-from ._spikes import DetectorState, firing, observe
-from ._state_codec import META_KEY, ROOM_FORMAT_VERSION, Checkpoint, decode_room, encode_room, room_key
-from ._task import ApplyResult, TaskAggregator, TaskCounters
-from ._windows import bucket_range, window_start
+from ._spikes import DetectorState, observe, observe_values
+from ._state_codec import (
+    LEADERBOARD_KEY,
+    decode_leaderboard,
+    encode_leaderboard,
+    latest_leaderboard,
+    room_key,
+)
+from ._task import TaskAggregator
 
 __all__ = [
-    "ALERT_DROP",
-    "ALERT_SPIKE",
-    "ALERT_SURGE",
     "DEFAULT_RULES",
-    "META_KEY",
+    "GAUGE_RULE",
+    "LEADERBOARD_KEY",
     "RANKABLE_METRICS",
-    "ROOM_FORMAT_VERSION",
     "SPIKE_METRICS",
     "AlertEvent",
-    "ApplyResult",
-    "Checkpoint",
     "CoreConfig",
     "DetectorState",
+    "LeaderboardMerge",
     "MetricRule",
     "PartitionCache",
-    "Room",
     "SpikeRuleError",
     "SpikeRules",
     "TaskAggregator",
-    "TaskCounters",
     "apply_override",
-    "bucket_range",
-    "decode_room",
-    "encode_room",
-    "fingerprint",
-    "firing",
+    "decode_leaderboard",
+    "encode_leaderboard",
     "iso_utc",
+    "latest_leaderboard",
+    "leaderboard_partials",
+    "leaderboard_progress",
     "observe",
+    "observe_values",
     "partition_for",
+    "rank_rooms",
     "room_key",
     "room_view",
     "rules_for",
     "to_alertmanager",
     "top_rooms",
-    "window_start",
 ]

@@ -56,6 +56,10 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "season_s": ("f", 0.0, 1e8),
     "season_bins": ("i", 1, 1_440),
     "season_half_life_periods": ("f", 0.01, 1e3),
+    "drift_z": ("f", 0.0, math.inf),
+    "drift_half_life_s": ("f", 1.0, 1e9),
+    "slow_half_life_s": ("f", 1.0, 1e10),
+    "tail_cap": ("f", 0.0, 1e6),
     "drop_enabled": ("b", 0, 1),
     "drop_ratio": ("f", 0.0, 1.0),
     "drop_hold_ratio": ("f", 0.0, math.inf),
@@ -144,6 +148,22 @@ class MetricRule:
     value ``<= expected / ratio`` and score ``<= -z_threshold``) runs as well,
     for gauges where a fall is as telling as a rise.
 
+    Drift (off with ``drift_z`` 0, the room default; on in ``GAUGE_RULE``): a
+    second test that also meets the spike (or dip) rule, for changes too slow
+    or too small for one window. It compares a fast mean of the de-seasoned
+    value (half-life ``drift_half_life_s``) with a slow one (half-life
+    ``slow_half_life_s``) and divides their gap by its own root mean
+    square on this series (same half-life, learned from ordinary windows only,
+    never below what independent noise would give); it meets the rule when the
+    ratio is ``>= drift_z`` (``<= -drift_z`` for a dip). Dividing by the gap's
+    own spread adapts the threshold to each series' autocorrelation and keeps
+    the test the same at any window length. With ``tail_cap`` > 0 (0, off, by
+    default) the single-window score is also divided by the root of the mean
+    of its own square (half-life ``slow_half_life_s``, each window's square
+    capped at ``tail_cap``²) when that exceeds 1, so a series whose residuals are routinely wider than
+    its baseline's scale (an unmodelled weekly pattern, recurring outliers)
+    raises its own threshold.
+
     Surge (``RoomSurge``), during warm-up only: fires when ``value >=
     surge_value`` (``None`` disables it) for ``confirm_s``; resolves below
     ``surge_resolve_fraction * surge_value`` or, once warmed up, below
@@ -175,6 +195,10 @@ class MetricRule:
     season_s: float = 0.0
     season_bins: int = 60
     season_half_life_periods: float = 0.5
+    drift_z: float = 0.0
+    drift_half_life_s: float = 3_600.0
+    slow_half_life_s: float = 7 * 86_400.0
+    tail_cap: float = 0.0
     drop_enabled: bool = False
     drop_ratio: float = 0.2
     drop_hold_ratio: float = 0.7
@@ -365,7 +389,9 @@ def apply_override(rules: SpikeRules, message: Mapping[str, Any]) -> SpikeRules:
 
 #: The rule for a gauge of unknown kind and scale (a metric with no volume floor, where a fall is
 #: as telling as a rise), at the time scale of minutes-to-days series: the rule evaluated on NAB
-#: (``loadtest.anomaly_eval``). Not a room default: room metrics use ``default_metric_rules``.
+#: (``loadtest.anomaly_eval``), tuned on realKnownCause and artificialWithAnomaly only. Not a room
+#: default: room metrics use ``default_metric_rules``; an operator gives a metric this rule with a
+#: control-topic override setting these fields (README, "Spike alerts").
 GAUGE_RULE: Final = MetricRule(
     half_life_s=6 * 3_600.0,
     warmup_s=86_400.0,
@@ -382,4 +408,8 @@ GAUGE_RULE: Final = MetricRule(
     season_s=86_400.0,
     season_bins=24,
     season_half_life_periods=1.0,
+    drift_z=3.0,
+    drift_half_life_s=5_400.0,
+    slow_half_life_s=7 * 86_400.0,
+    tail_cap=5.0,
 )

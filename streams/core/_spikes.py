@@ -16,6 +16,13 @@ metric reached a floor) it also learns a seasonal term: per phase bin of
 expected value once a full period has been learned (recurring flash-sale slots
 stop alerting from their second occurrence on).
 
+Gauge rules (``GAUGE_RULE``; off in the room defaults, which keep the quiet fast
+path) add a drift test: a fast mean of the de-seasoned value against a slow one,
+their gap divided by its own root mean square on the series, so slow ramps and
+lasting shifts that no single window shows still meet the rule; and a
+tail-adapted single-window score (divided by the root of the slow mean of its
+own capped square when above 1).
+
 Tests, per metric kind: counts (views/s, unique viewers, orders/s) must be
 significant both against the observed scale and against Poisson counting noise
 on the square-root scale (a small count's tail is far heavier than a Gaussian
@@ -62,8 +69,10 @@ from ._alerts import (
 )
 from ._spike_rules import LEGACY_WINDOW_S, METRICS, MetricRule
 
-#: 1: durations in windows, plain EWMA; 2: durations in ms, test scales, seasonal term, tests in alerts
-SPIKE_STATE_VERSION: Final = 2
+#: 1: durations in windows, plain EWMA; 2: durations in ms, test scales, seasonal term, tests in alerts;
+#: 3: per metric the drift test's means and normaliser and the score's tail (absent unless a rule
+#: enables either)
+SPIKE_STATE_VERSION: Final = 3
 #: silence replayed as zero-activity windows before a room restarts its warm-up
 DEFAULT_MAX_GAP_S: Final = 600.0
 
@@ -89,8 +98,11 @@ TEST_NAMES: Final = {
 }
 TEST_SURGE: Final = "absolute-level"
 TEST_DROP: Final = "drop-ratio"
+TEST_DRIFT: Final = "ewma-drift"
 _CONCURRENT = METRICS.index("concurrent_viewers")
 _ORDERS = METRICS.index("orders_per_sec")
+#: per metric in DetectorState.drift: fast mean, slow mean, mean square of their gap, tail of z
+_DRIFT_SLOTS = 4
 _Z_CAP = 1e9  # keeps z finite (JSON has no inf) when the baseline has no variance yet
 _STD_EPS = 1e-12
 #: winsorising band never narrower than this fraction of the level, so a flat series can still move
@@ -130,6 +142,7 @@ class DetectorState:
     __slots__ = (
         "alerts",
         "baselines",
+        "drift",
         "history_ms",
         "last_concurrent",
         "last_window_end",
@@ -153,6 +166,10 @@ class DetectorState:
         self.season: array[float] | None = None
         #: end of the window at which the seasonal term started learning
         self.season_since_ms = 0
+        #: per metric, in METRICS order: the drift test's fast mean, slow mean and mean square of
+        #: their gap, and the slow mean of the squared score (tail); allocated when a rule with
+        #: ``drift_z`` or ``tail_cap`` > 0 first evaluates a window
+        self.drift: array[float] | None = None
         self.alerts: dict[tuple[str, str], _Alert] | None = None
 
     def baseline(self, metric: str) -> tuple[float, float]:
@@ -171,6 +188,7 @@ class DetectorState:
             self.baselines.tolist(),
             alerts,
             None if self.season is None else [self.season_since_ms, _season_to_text(self.season)],
+            None if self.drift is None else self.drift.tolist(),
         ]
 
     @classmethod
@@ -180,14 +198,19 @@ class DetectorState:
         Version 1 counted history and alert timers in windows: they are converted with
         ``legacy_window_ms`` (default 10 s, the only length version 1 was tuned for), and its
         plain-scale money baselines restart their warm-up (version 2 keeps them on sqrt scale).
+        Version 2 had no drift test: its chart starts from zero.
         """
         try:
             version = wire[0]
             if version == 1:
                 return _from_wire_v1(wire, legacy_window_ms or int(LEGACY_WINDOW_S * 1_000))
-            if version != SPIKE_STATE_VERSION:
+            if version not in (2, SPIKE_STATE_VERSION):
                 raise StateError(f"spike detector state version {version!r} is not {SPIKE_STATE_VERSION}")
-            _, room_id, last_end, history_ms, last_concurrent, baselines, alerts, season = wire
+            if version == 2:
+                _, room_id, last_end, history_ms, last_concurrent, baselines, alerts, season = wire
+                drift = None
+            else:
+                _, room_id, last_end, history_ms, last_concurrent, baselines, alerts, season, drift = wire
             state = _restore(room_id, last_end, history_ms, last_concurrent, baselines)
             for item in alerts:
                 metric, name, phase, started, count, severity, value, base, zscore, test, basis = item
@@ -198,6 +221,12 @@ class DetectorState:
                 since, text = season
                 state.season_since_ms = int(since)
                 state.season = _season_from_text(text)
+            if drift is not None:
+                if len(drift) != _DRIFT_SLOTS * _N:
+                    raise StateError(
+                        f"spike detector state has {len(drift)} drift values, not {_DRIFT_SLOTS * _N}"
+                    )
+                state.drift = array("d", (float(v) for v in drift))
         except StateError:
             raise
         except (TypeError, ValueError, IndexError) as exc:
@@ -437,11 +466,59 @@ def _step(
             zp = 2.0 * (math.sqrt(max(x, 0.0) * c) - math.sqrt(max(expected, 0.0) * c))
             z = min(z, zp) if z >= 0 else max(z, zp)
         warmed = history >= plan.warmup_ms[i]
+        drift_up = drift_down = False
+        dz = 0.0
+        beta = plan.drift_alphas[i]
+        tail_cap = plan.tail_caps[i]
+        if beta or tail_cap:
+            if state.drift is None:
+                state.drift = array("d", [0.0]) * (_DRIFT_SLOTS * _N)
+            d = state.drift
+            j = _DRIFT_SLOTS * i
+            gamma = plan.slow_alphas[i]
+            if tail_cap and warmed:
+                # The single-window score adapts to the series' own tail: z is divided by the root
+                # of the slow mean of its (capped) square, when that exceeds 1.
+                tail = d[j + 3]
+                if tail > 1.0:
+                    z /= math.sqrt(tail)
+                d[j + 3] = tail + gamma * (min(z * z * max(tail, 1.0), tail_cap) - tail)
+        if beta:
+            # Drift: a fast mean of the de-seasoned value against a slow one, divided by the root of
+            # their squared difference's slow mean on this series (which learns from ordinary
+            # values only, once warmed up), never below what independent noise would give.
+            u = y - s_term
+            if history == 0:
+                d[j] = d[j + 1] = u
+            # during warm-up both means start as running means (so neither starts from one value)
+            warm = span / (history + span)
+            fast = d[j] + (beta if warmed or beta > warm else warm) * (u - d[j])
+            slow = d[j + 1]
+            gap = fast - slow
+            norm = max(d[j + 2], plan.drift_null_vars[i] * var)
+            dz = _zscore(gap, math.sqrt(norm))
+            d[j] = fast
+            if warmed:
+                if dz >= rule.drift_z:
+                    drift_up = True
+                elif dz <= -rule.drift_z:
+                    drift_down = rule.two_sided
+                if drift_up or drift_down:
+                    gap = math.copysign(rule.drift_z * math.sqrt(norm), gap)
+                d[j + 1] = slow + gamma * gap
+                d[j + 2] = norm + gamma * (min(gap * gap, norm * rule.drift_z**2) - norm)
+            else:
+                d[j + 1] = slow + max(gamma, warm) * (u - slow)
+                d[j + 2] += max(gamma, warm) * (gap * gap - d[j + 2])
         spike = warmed and x >= rule.min_volume and x >= rule.ratio * expected and z >= rule.z_threshold
         surge_at = rule.surge_value
         surge = not warmed and surge_at is not None and x >= surge_at
         timing = plan.timing[i]
         at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
+        drift_at = at
+        drift_up = drift_up and x >= rule.min_volume and not spike
+        if drift_up or drift_down:
+            drift_at = (*at[:4], dz, TEST_DRIFT, basis)
         drop = False
         dip = False
         alerts = state.alerts
@@ -459,9 +536,15 @@ def _step(
                 _advance(state, events, (metric, ALERT_DROP), drop, recovered, plan.drop_timing, drop_at)
         if rule.two_sided:
             dip = warmed and x * rule.ratio <= expected and z <= -rule.z_threshold
+            if drift_down and not dip:
+                at_dip, dip = drift_at, True
+            else:
+                at_dip = at
             if dip or (alerts and (metric, ALERT_DIP) in alerts):
                 recovered = x * rule.resolve_ratio > expected
-                _advance(state, events, (metric, ALERT_DIP), dip, recovered, timing, at)
+                _advance(state, events, (metric, ALERT_DIP), dip, recovered, timing, at_dip)
+        if drift_up:
+            spike, at = True, drift_at
         if spike or surge or state.alerts:
             surge_over = (
                 surge_at is None
@@ -515,6 +598,8 @@ class _Plan:
     __slots__ = (
         "alphas",
         "basis",
+        "drift_alphas",
+        "drift_null_vars",
         "drop_floor",
         "drop_timing",
         "floors",
@@ -525,6 +610,8 @@ class _Plan:
         "season_ms",
         "season_offsets",
         "season_total",
+        "slow_alphas",
+        "tail_caps",
         "tests",
         "timing",
         "warmup_ms",
@@ -537,8 +624,9 @@ class _Plan:
         self.floors = tuple(
             r.min_volume if r.surge_value is None else min(r.min_volume, r.surge_value) for r in ordered
         )
-        #: a two-sided rule can fire at any value: no quiet fast path
-        self.loud = any(r.two_sided for r in ordered)
+        #: a two-sided rule can fire at any value, the drift test and the tail learn from every
+        #: window: no quiet fast path
+        self.loud = any(r.two_sided or r.drift_z > 0 or r.tail_cap > 0 for r in ordered)
         self.alphas = tuple(r.alpha(window_s) for r in ordered)
         self.warmup_ms = tuple(round(r.warmup_s * 1_000) for r in ordered)
         self.max_warmup_ms = max(self.warmup_ms)
@@ -576,6 +664,14 @@ class _Plan:
             else 0.0
             for r, period in zip(ordered, self.season_ms, strict=True)
         )
+        # Drift chart weights (0: test off) and the chart's variance for independent unit residuals,
+        # beta / (2 - beta), the floor of its normaliser.
+        self.drift_alphas = tuple(
+            1.0 - 2.0 ** (-window_s / r.drift_half_life_s) if r.drift_z > 0 else 0.0 for r in ordered
+        )
+        self.slow_alphas = tuple(1.0 - 2.0 ** (-window_s / r.slow_half_life_s) for r in ordered)
+        self.drift_null_vars = tuple(beta / (2.0 - beta) for beta in self.drift_alphas)
+        self.tail_caps = tuple(r.tail_cap**2 for r in ordered)
         self.tests = tuple(TEST_NAMES[kind] for kind in _KINDS)
         self.basis = tuple(
             f"winsorised EWMA{' of sqrt' if root else ''}, half-life {r.half_life_s:g} s"
@@ -701,6 +797,7 @@ def _restart(state: DetectorState, end_ms: int, events: list[AlertEvent]) -> Non
     state.history_ms = 0
     state.baselines = array("d", [0.0]) * (2 * _N)
     state.season = None
+    state.drift = None
 
 
 def resolve_all(state: DetectorState, end_ms: int) -> list[AlertEvent]:

@@ -28,6 +28,7 @@ import orjson
 from datasketches import hll_sketch, hll_union
 
 from ..exceptions import StateError
+from ._leaderboard import LeaderboardMerge
 from ._rollups import Rollup
 from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, order_key
 from ._sessions import Session
@@ -360,3 +361,35 @@ def decode_rollup_record(key: bytes, value: bytes, lg_k: int) -> tuple[int, Roll
         return length, rollup
     except (ValueError, TypeError, RuntimeError) as exc:
         raise StateError(f"corrupt rollup {key!r}: {exc}") from exc
+
+
+# -- leaderboard merge (task 0's changelog only) ---------------------------------------------
+
+#: the merge stage's state record; ``compact`` ignores it (no room or dedup prefix)
+LEADERBOARD_KEY = b"l/merge"
+#: 1: progress per task, pending windows, final frontier, latest record, partials offset, late count
+LEADERBOARD_FORMAT_VERSION = 1
+
+
+def encode_leaderboard(merge: LeaderboardMerge) -> bytes:
+    return orjson.dumps([LEADERBOARD_FORMAT_VERSION, *merge.snapshot()])
+
+
+def decode_leaderboard(raw: bytes, merge: LeaderboardMerge) -> None:
+    """Load a merge state record of any version into ``merge``; :class:`StateError` if undecodable."""
+    try:
+        version, *snapshot = orjson.loads(raw)
+        if version != 1:
+            raise StateError(f"leaderboard state version {version!r} is not supported")
+        merge.load(snapshot)
+    except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise StateError(f"undecodable leaderboard state: {exc}") from exc
+
+
+def latest_leaderboard(records: Iterable[tuple[bytes, bytes | None]]) -> bytes | None:
+    """The live merge state record among changelog records in log order."""
+    latest = None
+    for key, value in records:
+        if key == LEADERBOARD_KEY:
+            latest = value
+    return latest

@@ -4,7 +4,8 @@ A few seconds of traffic with every scenario (trending spike, flash sale,
 debut room, out-of-order and late events, malformed messages) goes through a
 real worker, which is restarted once; a short live phase follows. Everything
 published must match the ground truth: windows, dead letters, every injected
-spike alerted and no alert unexplained. No timing is asserted.
+spike alerted and no alert unexplained, the platform leaderboard of every
+window. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def test_quick_load_test_matches_the_ground_truth(kafka_bootstrap: str, tm
     assert all(s.alert is not None for s in verdict.spikes)
     assert verdict.windows_expected > 10_000
     assert verdict.rollups_expected > 1_000 and verdict.sessions_expected > 100  # compared, field by field
+    assert verdict.leaderboards_expected > 50 and verdict.leaderboards_got == verdict.leaderboards_expected
     assert verdict.late_expected > 0 and verdict.late_got == verdict.late_expected
     assert sum(verdict.dlq_expected.values()) > 100
     assert len(verdict.dlq_expected) >= 10  # every malformed kind, each with its reason code

@@ -15,7 +15,13 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from loadtest.oracle import expected_rollups, expected_sessions, expected_windows, unique_viewers_close
+from loadtest.oracle import (
+    expected_leaderboards,
+    expected_rollups,
+    expected_sessions,
+    expected_windows,
+    unique_viewers_close,
+)
 from loadtest.traffic import TrafficConfig, encode
 from schemas import (
     Event,
@@ -94,6 +100,24 @@ def assert_equal_to_oracle(
         assert strip(have) == strip(want), key
 
 
+async def assert_leaderboard_equal_to_oracle(
+    deployment: Deployment, expected: dict[tuple[str, int], RoomStats]
+) -> dict[int, dict[str, object]]:
+    """Every window's platform leaderboard published once, equal to the oracle's; returns them."""
+    want = expected_leaderboards(expected.values(), 100)
+    assert len(want) >= 2
+    topic = deployment.topics.leaderboard
+    await read_topic(deployment.bootstrap, topic, until=lambda vs: len(vs) >= len(want))
+    values = await read_topic(
+        deployment.bootstrap, topic, until=lambda vs: False, timeout_s=4
+    )  # + stragglers
+    got = [orjson.loads(v) for v in values]
+    assert [r["window_start"] for r in got] == sorted(want), "each window once, in window order"
+    for record in got:
+        assert record == want[record["window_start"]]
+    return {r["window_start"]: r for r in got}
+
+
 @pytest.fixture
 def deployment(kafka_bootstrap: str) -> Deployment:
     return Deployment(kafka_bootstrap)
@@ -132,6 +156,16 @@ async def test_room_stats_equal_the_oracle(deployment: Deployment, workers) -> N
     assert status == 200 and orjson.loads(body)["last_closed"]["room_id"] == "r0"
     assert worker.get("/rooms/no-such-room")[0] == 404
     assert worker.get("/healthz")[0] == 200
+    boards = await assert_leaderboard_equal_to_oracle(deployment, expected)
+    last = boards[max(boards)]
+    await eventually(
+        lambda: orjson.loads(worker.get("/leaderboard")[1]) == last, "/leaderboard serves the last"
+    )
+    first = min(boards)
+    status, body = worker.get(f"/leaderboard?window_start={first}")
+    assert status == 200 and orjson.loads(body) == boards[first]
+    assert worker.metric("livepulse_platform_gmv_minor") == last["gmv_minor"]
+    assert worker.metric("livepulse_platform_rooms_live") == last["rooms_live"]
 
 
 async def test_kill_9_mid_stream_then_restart_gives_the_same_room_stats(
@@ -157,6 +191,7 @@ async def test_kill_9_mid_stream_then_restart_gives_the_same_room_stats(
 
     assert_equal_to_oracle(got, expected)  # duplicates allowed only as identical records (collect checks)
     assert second.metric("livepulse_restore_seconds_count") == deployment.partitions
+    await assert_leaderboard_equal_to_oracle(deployment, expected)  # none lost, none twice
 
 
 ROLLUPS_MS = (20_000, 30_000)
@@ -273,6 +308,8 @@ async def test_two_workers_split_partitions_and_hand_over_state(deployment: Depl
     await b.wait_ready()
     await eventually(lambda: _partitions(b) and _partitions(a), "both workers own partitions")
     assert sorted(_partitions(a) + _partitions(b)) == list(range(deployment.partitions))
+    without_merge = a if 0 not in _partitions(a) else b
+    assert b"livepulse_platform_" not in without_merge.get("/metrics")[1]  # no stale totals elsewhere
 
     assert a.stop() == 0  # graceful: checkpoint, commit, leave the group
     await eventually(lambda: _partitions(b) == list(range(deployment.partitions)), "b owns every partition")
@@ -281,6 +318,8 @@ async def test_two_workers_split_partitions_and_hand_over_state(deployment: Depl
     got = await collect(deployment, expected)
 
     assert_equal_to_oracle(got, expected)
+    await assert_leaderboard_equal_to_oracle(deployment, expected)  # the merge moved with task 0
+    assert b.metric("livepulse_platform_rooms_live") > 0  # b runs task 0 now, hence the merge
 
 
 async def test_events_from_a_non_murmur2_partitioner_still_aggregate_per_room(

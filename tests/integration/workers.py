@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from loadtest._deploy import WorkerProcess
-from loadtest._deploy import free_port as free_port  # re-exported for the tests
+from loadtest.deployment import WorkerProcess
+from loadtest.deployment import free_port as free_port  # re-exported for the tests
 from loadtest.traffic import SOURCE_NAMES, TrafficConfig, TrafficModel, encode
 from schemas import Event, RoomStats, decode_room_stats
 from streams.core import partition_for
@@ -49,6 +49,8 @@ class Deployment:
             repartition=f"it.repartition.{s}",
             changelog=f"it.changelog.{s}",
             control=f"it.rules.{s}",
+            leaderboard=f"it.leaderboard.{s}",
+            leaderboard_partials=f"it.leaderboard-partials.{s}",
         )
 
     def env(self, web_port: int, data_dir: Path | None = None) -> dict[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 
 from schemas import OrderEvent, ViewerEvent
-from streams.core import ROOM_FORMAT_VERSION, CoreConfig, TaskAggregator
+from streams.core import CoreConfig, TaskAggregator
+from streams.core._state_codec import ROOM_FORMAT_VERSION
 
 BASE_MS = 1_700_000_000_000  # a multiple of 10 s
 W = 10_000

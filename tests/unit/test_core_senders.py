@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from loadtest.oracle import expected_windows
 from schemas import RoomStats, ViewerEvent
-from streams.core import META_KEY, CoreConfig, TaskAggregator
+from streams.core import CoreConfig, TaskAggregator
+from streams.core._state_codec import META_KEY
 
 BASE_MS = 1_700_000_000_000
 CFG = CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, dedup_ttl_ms=10**9)

@@ -64,12 +64,10 @@ def records(payloads: list[bytes], first_offset: int = 0) -> list[Record]:
 
 def make(partition: int = 0) -> tuple[TaskPipeline, ListSink, Metrics]:
     sink, metrics = ListSink(), Metrics()
-    core = TaskAggregator(
-        SETTINGS.core,
-        sources=(Source.VIEWER, Source.ORDER, Source.GIFT),
-        senders=[q for q in range(PARTITIONS) if q != partition],
+    routing = Routing(TOPICS, PARTITIONS)
+    pipeline = TaskPipeline(
+        partition, routing.task_core(partition, SETTINGS.core), sink, routing, SETTINGS, metrics
     )
-    pipeline = TaskPipeline(partition, core, sink, Routing(TOPICS, PARTITIONS), SETTINGS, metrics)
     return pipeline, sink, metrics
 
 

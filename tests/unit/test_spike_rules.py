@@ -138,3 +138,30 @@ def test_whole_counts_accept_integral_floats() -> None:
     rules = apply_override(DEFAULT_RULES, override("room", "r", "views_per_sec", season_bins=24.0))
     bins = rules_for(rules, "r")["views_per_sec"].season_bins
     assert bins == 24 and isinstance(bins, int)
+
+
+def test_drift_and_tail_are_off_for_rooms_and_on_for_the_gauge_rule() -> None:
+    from streams.core._spike_rules import GAUGE_RULE
+
+    for rule in DEFAULT_RULES.defaults.values():
+        assert rule.drift_z == 0.0 and rule.tail_cap == 0.0  # rooms keep the quiet fast path
+    assert GAUGE_RULE.drift_z > 0 and GAUGE_RULE.tail_cap > 0
+    assert GAUGE_RULE.drift_half_life_s < GAUGE_RULE.slow_half_life_s
+    for bad in ({"drift_z": -1.0}, {"drift_half_life_s": 0.0}, {"tail_cap": -2.0}):
+        with pytest.raises(SpikeRuleError):
+            MetricRule(**bad)  # type: ignore[arg-type]
+    rules = apply_override(DEFAULT_RULES, override("room", "r-1", "concurrent_viewers", drift_z=3.0))
+    assert rules_for(rules, "r-1")["concurrent_viewers"].drift_z == 3.0
+
+
+def test_the_readme_override_gives_a_metric_the_gauge_rule() -> None:
+    """README, "Spike alerts": the control-topic message that selects GAUGE_RULE for a metric."""
+    import json
+    from pathlib import Path
+
+    from streams.core._spike_rules import GAUGE_RULE
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    (line,) = [line for line in readme.read_text().splitlines() if '"drift_z"' in line]
+    rules = apply_override(DEFAULT_RULES, json.loads(line))
+    assert rules_for(rules, "room-1", "sensors")["concurrent_viewers"] == GAUGE_RULE

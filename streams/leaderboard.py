@@ -1,0 +1,116 @@
+"""The leaderboard merge stage at run time: partials in, final platform leaderboards out.
+
+The owner of task 0 runs it (range assignment gives partition 0 of every subscribed topic to
+the same member, so the one-partition partials topic comes with task 0): it reads the partials
+topic ``read_committed``, folds each record into a
+:class:`~streams.core.LeaderboardMerge`, and writes every window that became final to the
+leaderboard topic through task 0's transactional producer. Its state (the merge, including the
+next partials offset) is a record of task 0's changelog, written at task 0's checkpoints, so the
+published records, the state and the consumed offset commit together: a restarted or moved
+merge resumes where the last commit left it, without losing or repeating a record.
+
+Broker-free like :mod:`streams.pipeline`: outputs go into a record sink.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .core import (
+    LEADERBOARD_KEY,
+    LeaderboardMerge,
+    decode_leaderboard,
+    encode_leaderboard,
+    latest_leaderboard,
+)
+from .exceptions import StateError
+from .metrics import Metrics
+from .settings import Topics
+
+if TYPE_CHECKING:
+    from .pipeline import Message, RecordSink
+
+__all__ = ["HISTORY", "LeaderboardStage"]
+
+log = logging.getLogger(__name__)
+
+#: final windows kept in memory for ``/leaderboard?window_start=``
+HISTORY = 360
+
+
+class LeaderboardStage:
+    """The merge of task 0: reads partials, publishes final leaderboards into ``sink``."""
+
+    def __init__(self, tasks: int, n: int, sink: RecordSink, topics: Topics, metrics: Metrics) -> None:
+        self.merge = LeaderboardMerge(tasks, n)
+        self.sink = sink
+        self.topics = topics
+        self.metrics = metrics
+        #: recent final records by window start (the latest also lives in the state)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        return self.merge.latest
+
+    def window(self, window_start: int) -> dict[str, Any] | None:
+        for record in self.history:
+            if record["window_start"] == window_start:
+                return record
+        return None
+
+    def process(self, messages: Sequence[Message]) -> int:
+        """Fold partials-topic messages (offset order); publish what became final; returns how many."""
+        merge = self.merge
+        late = merge.late_partials
+        for msg in messages:
+            try:
+                item = orjson.loads(msg.value or b"null")
+                merge.add(item)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                # Only livepulse's own transactional producers write here; say so loudly, go on.
+                log.error("leaderboard partial at offset %d undecodable, skipped: %r", msg.offset, exc)
+            merge.next_offset = msg.offset + 1
+        if merge.late_partials > late:
+            self.metrics.leaderboard_late_partials.inc(merge.late_partials - late)
+        return self.publish()
+
+    def publish(self) -> int:
+        final = self.merge.take_final()
+        topic = self.topics.leaderboard
+        for record in final:
+            self.sink.add(topic, 0, b"%d" % record["window_start"], orjson.dumps(record))
+            self.history.append(record)
+        if final:
+            self.metrics.leaderboards_published.inc(len(final))
+            self.metrics.platform.set(final[-1])
+        return len(final)
+
+    def stage_checkpoint(self) -> int:
+        """Write the merge state to task 0's changelog if it changed; returns the records written."""
+        if not self.merge.dirty:
+            return 0
+        self.sink.add(self.topics.changelog, 0, LEADERBOARD_KEY, encode_leaderboard(self.merge))
+        self.merge.dirty = False
+        return 1
+
+    def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Load the merge state from task 0's changelog records (log order); an undecodable record
+        is logged and the merge starts over from the beginning of the partials topic."""
+        raw = latest_leaderboard(records)
+        if raw is None:
+            return
+        try:
+            decode_leaderboard(raw, self.merge)
+        except StateError as exc:
+            log.error("leaderboard merge state undecodable, re-reading every partial: %s", exc)
+            self.merge = LeaderboardMerge(self.merge.tasks, self.merge.n)
+            return
+        if self.merge.latest is not None:
+            self.history.append(self.merge.latest)
+            self.metrics.platform.set(self.merge.latest)
