@@ -20,17 +20,16 @@ RANKABLE_METRICS: frozenset[str] = frozenset(ROOM_STATS_FIELDS) - {"room_id", "w
 def room_view(task: TaskAggregator, room_id: str) -> dict[str, Any] | None:
     """The room's last closed window, its current partial window and its live broadcast session (as
     of its last closed window), or None if unknown. A room silent for ``room_idle_ms`` has no window
-    state left but may still have its session."""
+    state left but is kept, with its session, until the session has ended."""
     room = task.rooms.get(room_id)
-    session = task.sessions.by_room.get(room_id)
-    if room is None and session is None:
+    if room is None:
         return None
-    last: RoomStats | None = None if room is None else room.last_closed
-    record = None if session is None else session.record(LIVE)
+    last: RoomStats | None = room.last_closed
+    record = None if room.session is None else room.session.record(room_id, LIVE)
     return {
         "room_id": room_id,
         "last_closed": None if last is None else _as_dict(last),
-        "current": None if room is None else _partial_window(task, room),
+        "current": _partial_window(task, room),
         "session": None if record is None else {name: getattr(record, name) for name in ROOM_SESSION_FIELDS},
     }
 

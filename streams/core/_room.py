@@ -26,7 +26,7 @@ from __future__ import annotations
 from operator import add
 from typing import Any
 
-from datasketches import hll_sketch, tgt_hll_type
+from datasketches import hll_sketch, hll_union, tgt_hll_type
 
 from schemas import RoomStats
 
@@ -69,6 +69,32 @@ HLL_TYPE = tgt_hll_type.HLL_8
 DEFAULT_LG_K = 12
 
 
+def union_of(held: Any, sketch: Any, lg_k: int) -> Any:
+    """Unique viewers of ``held`` (None, a closed window's sketch, or a union) and ``sketch`` (None or
+    a closed window's sketch): a union only once there are two sketches. Sketches are never
+    changed after their window closes, so one can be held by a session and its rollups at once."""
+    if sketch is None:
+        return held
+    if held is None:
+        return sketch
+    if type(held) is not hll_union:
+        union = hll_union(lg_k)
+        union.update(held)
+        held = union
+    held.update(sketch)
+    return held
+
+
+def estimate(held: Any) -> int:
+    """The unique-viewer estimate of ``held`` (see ``union_of``)."""
+    return 0 if held is None else round(held.get_estimate())
+
+
+def as_sketch(held: Any) -> Any:
+    """``held`` as a sketch (for serialisation)."""
+    return held.get_result(HLL_TYPE) if type(held) is hll_union else held
+
+
 class Room:
     """Mutable state of one live room inside one task."""
 
@@ -82,11 +108,13 @@ class Room:
         "offsets",
         "open_ws",
         "reg_ws",
+        "rollups",
         "room_id",
         "seen",
         "seen_chunks",
         "seen_dirty",
         "seen_gone",
+        "session",
         "uniques",
     )
 
@@ -117,6 +145,10 @@ class Room:
         self.last_closed: Any = None
         #: spike baselines and alert lifecycle, created at the room's first closed window
         self.detector: DetectorState | None = None
+        #: the room's current broadcast session (``streams.core._sessions``), folded from its windows
+        self.session: Any = None
+        #: its open rollup windows by position in ``CoreConfig.rollup_windows_ms`` (None: none open)
+        self.rollups: list[Any] | None = None
 
     def counters(self, bucket: int) -> list[int]:
         """The counters of ``bucket``, created at zero if new."""
@@ -146,24 +178,25 @@ class Room:
                 total = list(map(add, total, counters))
         return total
 
-    def take_window(self, first: int, end: int) -> list[int]:
-        """Sum and drop the counters of buckets ``first <= bucket < end`` (one window)."""
+    def take_window(self, first: int, end: int) -> tuple[list[int], int, int]:
+        """Sum and drop the counters of buckets ``first <= bucket < end`` (one window); with the
+        numbers of its first and last active bucket (-1, -1 if it had none)."""
         store = self.buckets
         if len(store) == 1:  # the usual sparse room: one active bucket
             for bucket in store:
                 if first <= bucket < end:
-                    return store.pop(bucket)
-            return [0] * N_COUNTERS
+                    return store.pop(bucket), bucket, bucket
+            return [0] * N_COUNTERS, -1, -1
         if len(store) <= end - first:
             numbers = [b for b in store if first <= b < end]
         else:
             numbers = [b for b in range(first, end) if b in store]
         if not numbers:
-            return [0] * N_COUNTERS
+            return [0] * N_COUNTERS, -1, -1
         total = store.pop(numbers[0])  # popped: the window owns it now
         for bucket in numbers[1:]:
             total = list(map(add, total, store.pop(bucket)))
-        return total
+        return total, min(numbers), max(numbers)
 
     def remember(self, key: str, ws: int) -> None:
         """Add an order key to the dedup memory, in the chunk of window ``ws``."""

@@ -3,13 +3,12 @@
 A task's changelog partition holds five kinds of records, all orjson:
 
 * ``r/<room id>`` -> a room: ``[version, room_id, concurrent, last_ts, offsets, buckets,
-  uniques, open_ws, detector]``;
+  uniques, open_ws, detector, session, rollups]``, where ``session`` is ``[start, last_end,
+  totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` or null and
+  ``rollups`` the open rollup windows ``[[length, start, totals, sketch, concurrent], ...]`` or null;
 * ``d/<window start>/<room id>`` -> one dedup chunk: the order keys of that window;
 * ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets]``;
-* ``s/<room id>`` -> a room's current broadcast session: ``[version, room_id, start, last_end,
-  totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` (deleted when it ends);
-* ``u/<length ms>/<room id>`` -> an open rollup window: ``[version, room_id, start, totals,
-  unique-viewer sketch (base64, or null), concurrent]`` (deleted when it closes).
+* ``l/merge`` -> the leaderboard merge's state (task 0 only).
 
 A tombstone (value ``None``) deletes a key; restore keeps the last write per key. Decoders read
 every version ever written and raise :class:`StateError` on anything else, which the task turns
@@ -25,34 +24,27 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
-from datasketches import hll_sketch, hll_union
+from datasketches import hll_sketch
 
 from ..exceptions import StateError
 from ._leaderboard import LeaderboardMerge
 from ._rollups import Rollup
-from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, order_key
+from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, as_sketch, order_key
 from ._sessions import Session
 from ._spikes import DetectorState
 
 ROOM_KEY_PREFIX = b"r/"
 DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
-SESSION_KEY_PREFIX = b"s/"
-ROLLUP_KEY_PREFIX = b"u/"
 
 #: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records;
-#: 4: + the shares counter
-ROOM_FORMAT_VERSION = 4
+#: 4: + the shares counter; 5: + the broadcast session and the open rollup windows
+ROOM_FORMAT_VERSION = 5
 #: counters per bucket in each room version: a migration pads older buckets with zeros
-_COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS}
+_COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS}
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
 META_FORMAT_VERSION = 3
-
-#: 1: the first
-SESSION_FORMAT_VERSION = 1
-#: 1: the first
-ROLLUP_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +74,6 @@ class Records(NamedTuple):
     meta: bytes | None
     rooms: list[tuple[bytes, bytes]]
     chunks: list[tuple[bytes, bytes]]
-    sessions: list[tuple[bytes, bytes]] = []
-    rollups: list[tuple[bytes, bytes]] = []
 
 
 def room_key(room_id: str) -> bytes:
@@ -103,8 +93,6 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
     meta = latest.pop(META_KEY, None)
     rooms: list[tuple[bytes, bytes]] = []
     chunks: list[tuple[bytes, bytes]] = []
-    sessions: list[tuple[bytes, bytes]] = []
-    rollups: list[tuple[bytes, bytes]] = []
     for key, value in latest.items():
         if value is None:
             continue
@@ -112,11 +100,7 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
             rooms.append((key, value))
         elif key.startswith(DEDUP_KEY_PREFIX):
             chunks.append((key, value))
-        elif key.startswith(SESSION_KEY_PREFIX):
-            sessions.append((key, value))
-        elif key.startswith(ROLLUP_KEY_PREFIX):
-            rollups.append((key, value))
-    return Records(meta, rooms, chunks, sessions, rollups)
+    return Records(meta, rooms, chunks)
 
 
 # -- rooms ----------------------------------------------------------------------------------
@@ -128,6 +112,9 @@ def encode_room(room: Room) -> bytes:
     uniques = [
         [ws, base64.b64encode(sketch.serialize_compact()).decode()] for ws, sketch in room.uniques.items()
     ]
+    session, rollups = room.session, room.rollups
+    # a window's sketch may be held by the session and the rollups at once: encoded once
+    encoded: dict[int, str | None] = {}
     return orjson.dumps(
         [
             ROOM_FORMAT_VERSION,
@@ -139,8 +126,36 @@ def encode_room(room: Room) -> bytes:
             uniques,
             room.open_ws,
             None if room.detector is None else room.detector.to_wire(),
+            None
+            if session is None
+            else [
+                session.start,
+                session.last_end,
+                session.totals,
+                _held_wire(session.uniques, encoded),
+                session.peak,
+                session.peak_ws,
+                session.updated_at,
+            ],
+            None
+            if rollups is None
+            else [
+                [r.length, r.start, r.totals, _held_wire(r.uniques, encoded), r.concurrent]
+                for r in rollups
+                if r is not None
+            ],
         ]
     )
+
+
+def _held_wire(held: Any, encoded: dict[int, str | None]) -> str | None:
+    """Unique viewers of a session or rollup (``_room.union_of``) as a base64 compact sketch."""
+    if held is None:
+        return None
+    wire = encoded.get(id(held))
+    if wire is None:
+        wire = encoded[id(held)] = base64.b64encode(as_sketch(held).serialize_compact()).decode()
+    return wire
 
 
 def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
@@ -164,6 +179,8 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
             detector = obj[9] if version == 2 else None
         if detector is not None:
             room.detector = DetectorState.from_wire(detector)
+        if version >= 5:
+            _decode_session_and_rollups(room, obj[9], obj[10])
         written = _COUNTERS_IN[version]
         for counters in room.buckets.values():
             if len(counters) != written:
@@ -171,8 +188,36 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
             if written < N_COUNTERS:  # counters added since that version start at zero
                 counters.extend([0] * (N_COUNTERS - written))
         return room
-    except (ValueError, TypeError, IndexError) as exc:
+    except (ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise StateError(f"corrupt room state v{version}: {exc}") from exc
+
+
+def _decode_session_and_rollups(room: Room, session: Any, rollups: Any) -> None:
+    if session is not None:
+        start, last_end, totals, sketch, peak, peak_ws, updated_at = session
+        room.session = decoded = Session(int(start), _check_counters(totals))
+        decoded.last_end, decoded.uniques = int(last_end), _decode_held(sketch)
+        decoded.peak, decoded.peak_ws, decoded.updated_at = int(peak), int(peak_ws), int(updated_at)
+    if rollups:
+        room.rollups = []
+        for length, start, totals, sketch, concurrent in rollups:
+            rollup = Rollup(int(length), int(start), _check_counters(totals))
+            rollup.uniques, rollup.concurrent = _decode_held(sketch), int(concurrent)
+            room.rollups.append(rollup)
+
+
+def _decode_held(sketch: Any) -> Any:
+    if sketch is None:
+        return None
+    if type(sketch) is not str:
+        raise ValueError("a unique-viewer sketch is a base64 string")
+    return hll_sketch.deserialize(base64.b64decode(sketch, validate=True))
+
+
+def _check_counters(totals: Any) -> list[int]:
+    if not isinstance(totals, list) or len(totals) != N_COUNTERS or not all(type(c) is int for c in totals):
+        raise ValueError(f"{N_COUNTERS} integer counters expected")
+    return totals
 
 
 def decode_room_record(key: bytes, value: bytes, window_ms: int) -> Room:
@@ -261,106 +306,6 @@ def decode_meta(raw: bytes) -> TaskMeta:
         )
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
         raise StateError(f"undecodable task metadata: {exc}") from exc
-
-
-# -- sessions -------------------------------------------------------------------------------
-
-
-def session_key(room_id: str) -> bytes:
-    return SESSION_KEY_PREFIX + room_id.encode()
-
-
-def _encode_union(union: Any) -> str | None:
-    """A unique-viewer union as a base64 compact sketch (None: no viewers yet)."""
-    return (
-        None if union is None else base64.b64encode(union.get_result(HLL_TYPE).serialize_compact()).decode()
-    )
-
-
-def _decode_union(sketch: str | None, lg_k: int) -> Any:
-    if sketch is None:
-        return None
-    union = hll_union(lg_k)
-    union.update(hll_sketch.deserialize(base64.b64decode(sketch)))
-    return union
-
-
-def _check_counters(totals: Any) -> list[int]:
-    if not isinstance(totals, list) or len(totals) != N_COUNTERS or not all(type(c) is int for c in totals):
-        raise ValueError(f"{N_COUNTERS} integer counters expected")
-    return totals
-
-
-def encode_session(session: Session) -> bytes:
-    return orjson.dumps(
-        [
-            SESSION_FORMAT_VERSION,
-            session.room_id,
-            session.start,
-            session.last_end,
-            session.totals,
-            _encode_union(session.union),
-            session.peak,
-            session.peak_ws,
-            session.updated_at,
-        ]
-    )
-
-
-def decode_session_record(key: bytes, value: bytes, lg_k: int) -> Session:
-    """A session record, checked against its key."""
-    try:
-        version, room_id, start, last_end, totals, sketch, peak, peak_ws, updated_at = orjson.loads(value)
-    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-        raise StateError(f"undecodable session {key!r}: {exc}") from exc
-    if version != SESSION_FORMAT_VERSION:
-        raise StateError(f"session version {version!r} is not supported (max {SESSION_FORMAT_VERSION})")
-    if type(room_id) is not str or room_id.encode() != key[len(SESSION_KEY_PREFIX) :]:
-        raise StateError(f"changelog key {key!r} holds the session of {room_id!r}")
-    try:
-        session = Session(room_id, int(start))
-        session.last_end, session.totals = int(last_end), _check_counters(totals)
-        session.peak, session.peak_ws, session.updated_at = int(peak), int(peak_ws), int(updated_at)
-        session.union = _decode_union(sketch, lg_k)
-        return session
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise StateError(f"corrupt session {key!r}: {exc}") from exc
-
-
-# -- rollups --------------------------------------------------------------------------------
-
-
-def rollup_key(length_ms: int, room_id: str) -> bytes:
-    """Changelog key of a room's open rollup window of one length: ``u/<length ms>/<room id>``."""
-    return b"%s%d/%s" % (ROLLUP_KEY_PREFIX, length_ms, room_id.encode())
-
-
-def encode_rollup(rollup: Rollup) -> bytes:
-    union = _encode_union(rollup.union)
-    return orjson.dumps(
-        [ROLLUP_FORMAT_VERSION, rollup.room_id, rollup.start, rollup.totals, union, rollup.concurrent]
-    )
-
-
-def decode_rollup_record(key: bytes, value: bytes, lg_k: int) -> tuple[int, Rollup]:
-    """``(length ms, rollup window)`` of a rollup record, checked against its key."""
-    try:
-        length_text, key_room = key[len(ROLLUP_KEY_PREFIX) :].decode().split("/", 1)
-        length = int(length_text)
-        version, room_id, start, totals, sketch, concurrent = orjson.loads(value)
-    except (orjson.JSONDecodeError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise StateError(f"undecodable rollup {key!r}: {exc}") from exc
-    if version != ROLLUP_FORMAT_VERSION:
-        raise StateError(f"rollup version {version!r} is not supported (max {ROLLUP_FORMAT_VERSION})")
-    if room_id != key_room:
-        raise StateError(f"changelog key {key!r} holds the rollup of {room_id!r}")
-    try:
-        rollup = Rollup(room_id, int(start))
-        rollup.totals, rollup.concurrent = _check_counters(totals), int(concurrent)
-        rollup.union = _decode_union(sketch, lg_k)
-        return length, rollup
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise StateError(f"corrupt rollup {key!r}: {exc}") from exc
 
 
 # -- leaderboard merge (task 0's changelog only) ---------------------------------------------

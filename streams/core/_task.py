@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from operator import add
+from typing import Any, NamedTuple
 
 from schemas import Event, OrderEvent, RoomSession, RoomStats, ViewerEvent
 
 from ..exceptions import StateError
 from ._alerts import AlertEvent
 from ._config import CoreConfig
-from ._rollups import Rollups
+from ._rollups import Rollup
 from ._room import (
     COMMENTS,
     GIFT_VALUE,
@@ -35,8 +36,9 @@ from ._room import (
     SHARES,
     Room,
     room_stats,
+    union_of,
 )
-from ._sessions import Sessions, bucket_span
+from ._sessions import ENDED, LIVE, Session, due_slot
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DetectorState, firing, observe, resolve_all
 from ._state_codec import (
@@ -46,18 +48,12 @@ from ._state_codec import (
     compact,
     decode_dedup_chunk,
     decode_meta,
-    decode_rollup_record,
     decode_room_record,
-    decode_session_record,
     dedup_key,
     encode_dedup_chunk,
     encode_meta,
-    encode_rollup,
     encode_room,
-    encode_session,
-    rollup_key,
     room_key,
-    session_key,
 )
 from ._windows import window_start
 
@@ -152,10 +148,13 @@ class TaskAggregator:
         #: changelog keys of dedup chunks forgotten with their (expired) rooms
         self._gone_chunks: list[bytes] = []
         self._outbox: list[RoomStats] = []
-        #: broadcast sessions, kept apart from the rooms (they outlive a room's idle expiry)
-        self.sessions = Sessions(config.session_gap_ms, config.window_ms, config.hll_lg_k)
-        #: open rollup windows (room-stats over longer windows), also kept apart from the rooms
-        self.rollups = Rollups(config.rollup_windows_ms, config.hll_lg_k)
+        #: rollup window end -> (room, position in rollup_windows_ms) of the rollups that end there
+        #: (an entry whose rollup has closed or been replaced is skipped)
+        self._rollup_ends: dict[int, list[tuple[Room, int]]] = {}
+        #: due slot -> rooms whose session may end when the watermark reaches it (stale: skipped)
+        self._session_due: dict[int, list[Room]] = {}
+        self._session_outbox: list[RoomSession] = []
+        self._rollup_outbox: list[tuple[int, RoomStats]] = []
         #: closed windows not yet seen by the spike detector (see ``detect``)
         self._undetected: list[tuple[Room, RoomStats]] = []
         self._last_expiry_scan = NO_TIME
@@ -179,11 +178,13 @@ class TaskAggregator:
 
     def drain_sessions(self) -> list[RoomSession]:
         """Session records (live at each closed window, ended once) since the last drain, in order."""
-        return self.sessions.drain()
+        out, self._session_outbox = self._session_outbox, []
+        return out
 
     def drain_rollups(self) -> list[tuple[int, RoomStats]]:
         """Closed rollup windows ``(length ms, record)`` since the last drain, in closing order."""
-        return self.rollups.drain()
+        out, self._rollup_outbox = self._rollup_outbox, []
+        return out
 
     def detect(self) -> None:
         """Run the spike detector over the windows closed since the last call, in closing order.
@@ -485,35 +486,152 @@ class TaskAggregator:
                 break
             for room in by_window.pop(ws):
                 outbox.append(close(room, ws))
-        sessions, rollups = self.sessions, self.rollups
-        if rollups.by_end:
-            rollups.close_due(wm)
-        if sessions.due:
-            sessions.end_due(wm, self._oldest_open)
+        if self._rollup_ends:
+            self._close_rollups(wm)
+        if self._session_due:
+            self._end_sessions(wm)
         self._next_close = self._next_due()
         # A scan visits every room: a tenth of the idle time is precise enough for freeing memory.
         if wm - self._last_expiry_scan >= max(window_ms, self.config.room_idle_ms // 10):
             self._expire_idle_rooms()
 
     def _next_due(self) -> int:
-        """The watermark at which something is next due: a window's end or a session's end."""
+        """The watermark at which something is next due: a window's, a rollup's or a session's end."""
         due = min(self._by_window) + self.config.window_ms if self._by_window else NEVER
-        for other in (self.sessions.next_due(), self.rollups.next_end()):
-            if other is not None and other < due:
-                due = other
+        for index in (self._rollup_ends, self._session_due):
+            if index:
+                other = min(index)
+                if other < due:
+                    due = other
         return due
 
-    def _oldest_open(self, room_id: str) -> int | None:
-        room = self.rooms.get(room_id)
-        return min(room.open_ws) if room is not None and room.open_ws else None
+    def _touch(self, room: Room) -> None:
+        if not room.dirty:
+            room.dirty = True
+            self._dirty.append(room)
+
+    # -- rollups and sessions, folded from closed windows ----------------------------------------
+
+    def _fold_rollups(self, room: Room, ws: int, total: list[int], sketch: Any, concurrent: int) -> None:
+        """Add one closed base window ``[ws, ws + window_ms)`` of a room to its rollup windows."""
+        lengths = self.config.rollup_windows_ms
+        held = room.rollups
+        if held is None:
+            held = room.rollups = [None] * len(lengths)
+        lg_k = self.config.hll_lg_k
+        for i, length in enumerate(lengths):
+            start = ws - ws % length
+            rollup = held[i]
+            if rollup is not None:
+                if rollup.start == start:
+                    rollup.totals = list(map(add, rollup.totals, total))
+                    rollup.uniques = union_of(rollup.uniques, sketch, lg_k)
+                    rollup.concurrent = concurrent
+                    continue
+                # an older rollup due in the same close as this window: every base window in it is in
+                self._close_rollup(room, i, rollup)
+                room.rollups = held  # the same list: this window opens the rollup that follows
+            rollup = held[i] = Rollup(length, start, total)
+            rollup.uniques = sketch
+            rollup.concurrent = concurrent
+            end = start + length
+            members = self._rollup_ends.get(end)
+            if members is None:
+                members = self._rollup_ends[end] = []
+            members.append((room, i))
+
+    def _close_rollups(self, wm: int) -> None:
+        """Close every rollup window whose end is at or before ``wm``, oldest first."""
+        ends = self._rollup_ends
+        while ends:
+            end = min(ends)
+            if end > wm:
+                return
+            for room, i in ends.pop(end):
+                held = room.rollups
+                rollup = None if held is None else held[i]
+                if rollup is not None and rollup.start + rollup.length == end:
+                    self._close_rollup(room, i, rollup)
+
+    def _close_rollup(self, room: Room, i: int, rollup: Rollup) -> None:
+        held = room.rollups
+        assert held is not None
+        held[i] = None
+        if not any(held):
+            room.rollups = None
+        self._rollup_outbox.append((rollup.length, rollup.record(room.room_id)))
+        self._touch(room)
+
+    def _fold_session(
+        self, room: Room, ws: int, first: int, last: int, total: list[int], sketch: Any, concurrent: int
+    ) -> None:
+        """Add one closed window of a room to its session; ``first`` and ``last`` are the window's
+        first and last active bucket numbers (-1: none)."""
+        cfg = self.config
+        session = room.session
+        if first >= 0:
+            start = first * cfg.bucket_ms
+            if session is None or start - session.last_end >= cfg.session_gap_ms:
+                if session is not None:
+                    self._end_session(room, session)
+                session = room.session = Session(start, total)
+                session.uniques = sketch
+            else:
+                session.totals = list(map(add, session.totals, total))
+                session.uniques = union_of(session.uniques, sketch, cfg.hll_lg_k)
+            end = (last + 1) * cfg.bucket_ms
+            if end > session.last_end:
+                session.last_end = end
+        elif session is None:
+            return  # nothing active and no session: nothing to count
+        else:
+            session.totals = list(map(add, session.totals, total))
+            session.uniques = union_of(session.uniques, sketch, cfg.hll_lg_k)
+        if concurrent > session.peak:
+            session.peak, session.peak_ws = concurrent, ws
+        session.updated_at = ws + cfg.window_ms
+        due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+        if due != session.due:
+            self._index_session(room, session, due)
+        self._session_outbox.append(session.record(room.room_id, LIVE))
+
+    def _index_session(self, room: Room, session: Session, due: int) -> None:
+        session.due = due
+        members = self._session_due.get(due)
+        if members is None:
+            members = self._session_due[due] = []
+        members.append(room)
+
+    def _end_sessions(self, wm: int) -> None:
+        """End the sessions due at or before ``wm`` whose room has no open window that could
+        still extend them (that window's close extends or ends the session)."""
+        due, gap = self._session_due, self.config.session_gap_ms
+        while due:
+            slot = min(due)
+            if slot > wm:
+                return
+            for room in due.pop(slot):
+                session = room.session
+                if session is None or session.due != slot:
+                    continue
+                session.due = None
+                if room.open_ws and min(room.open_ws) < session.last_end + gap:
+                    continue
+                self._end_session(room, session)
+
+    def _end_session(self, room: Room, session: Session) -> None:
+        cfg = self.config
+        session.updated_at = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+        self._session_outbox.append(session.record(room.room_id, ENDED))
+        room.session = None
+        self._touch(room)
 
     def _close_room_window(self, room: Room, ws: int) -> RoomStats:
         cfg = self.config
         window_ms = cfg.window_ms
         first = ws // cfg.bucket_ms
         end = first + window_ms // cfg.bucket_ms
-        span = bucket_span(room.buckets, first, end, cfg.bucket_ms)
-        total = room.take_window(first, end)
+        total, active_first, active_last = room.take_window(first, end)
         room.open_ws.remove(ws)
         concurrent = room.concurrent + total[JOINS] - total[LEAVES]
         room.concurrent = concurrent = concurrent if concurrent > 0 else 0
@@ -527,9 +645,9 @@ class TaskAggregator:
                 self._watermark - cfg.dedup_ttl_ms - window_ms + 1, cfg.dedup_max_per_room
             )
         unique_viewers = 0 if sketch is None else round(sketch.get_estimate())
-        self.sessions.fold(room.room_id, ws, span, total, sketch, concurrent)
-        if self.rollups.lengths_ms:
-            self.rollups.fold(room.room_id, ws, total, sketch, concurrent)
+        if cfg.rollup_windows_ms:
+            self._fold_rollups(room, ws, total, sketch, concurrent)
+        self._fold_session(room, ws, active_first, active_last, total, sketch, concurrent)
         stats = room_stats(room.room_id, ws, window_ms, total, unique_viewers, concurrent)
         room.last_closed = stats
         self.counters.windows_emitted += 1
@@ -559,8 +677,9 @@ class TaskAggregator:
         # Dedup memory lives its full TTL even when the room expires sooner: such a room is reset
         # (as a returning room would be) but kept with its order keys until they are all past the TTL.
         dedup_cutoff = self._watermark - cfg.dedup_ttl_ms - cfg.window_ms + 1
+        # A room with a live session or an open rollup is kept too (reset), until they have ended.
         keep: list[Room] = []
-        if any(r.seen_chunks for r in idle):
+        if any(r.seen_chunks or r.session is not None or r.rollups is not None for r in idle):
             gone: list[Room] = []
             for room in idle:
                 if room.seen_chunks:
@@ -569,7 +688,8 @@ class TaskAggregator:
                     if len(room.seen_gone) != before and not room.dirty:
                         room.dirty = True
                         self._dirty.append(room)
-                (keep if room.seen_chunks else gone).append(room)
+                kept = room.seen_chunks or room.session is not None or room.rollups is not None
+                (keep if kept else gone).append(room)
             idle = gone
         if idle and self._undetected:  # a room's last windows are evaluated before it is forgotten
             leaving, staying = set(idle), []
@@ -629,22 +749,6 @@ class TaskAggregator:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
                 room.seen_gone.clear()
         self._dirty = []
-        sessions = self.sessions
-        for room_id in sorted(sessions.dirty):
-            session = sessions.by_room.get(room_id)
-            if session is None:
-                deletes.append(session_key(room_id))
-            else:
-                upserts.append((session_key(room_id), encode_session(session)))
-        sessions.dirty.clear()
-        rollups = self.rollups
-        for length, room_id in sorted(rollups.dirty):
-            rollup = rollups.open[length].get(room_id)
-            if rollup is None:
-                deletes.append(rollup_key(length, room_id))
-            else:
-                upserts.append((rollup_key(length, room_id), encode_rollup(rollup)))
-        rollups.dirty.clear()
         deletes.extend(room_key(room_id) for room_id in sorted(self._expired))
         deletes.extend(self._gone_chunks)
         self._expired = set()
@@ -685,20 +789,6 @@ class TaskAggregator:
                 self.quarantined.append((key, value, str(exc)))
                 continue
             self._restore_chunk(room_id, ws, keys)
-        for key, value in live.sessions:
-            try:
-                session = decode_session_record(key, value, self.config.hll_lg_k)
-            except StateError as exc:
-                self.quarantined.append((key, value, str(exc)))
-                continue
-            self.sessions.adopt(session)
-        for key, value in live.rollups:
-            try:
-                length, rollup = decode_rollup_record(key, value, self.config.hll_lg_k)
-            except StateError as exc:
-                self.quarantined.append((key, value, str(exc)))
-                continue
-            self.rollups.adopt(length, rollup)
         self._next_close = self._next_due()
         return len(self.rooms)
 
@@ -714,6 +804,18 @@ class TaskAggregator:
             room.reg_ws = max(room.open_ws)
         if room.detector is not None and firing(room.detector):
             self.firing_rooms.add(room.room_id)
+        if room.rollups is not None:  # as written: placed by the lengths configured now
+            by_length = {rollup.length: rollup for rollup in room.rollups}
+            room.rollups = [by_length.get(length) for length in self.config.rollup_windows_ms]
+            if not any(room.rollups):
+                room.rollups = None
+            for i, rollup in enumerate(room.rollups or ()):
+                if rollup is not None:
+                    self._rollup_ends.setdefault(rollup.start + rollup.length, []).append((room, i))
+        session = room.session
+        if session is not None:
+            cfg = self.config
+            self._index_session(room, session, due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms))
         for source, offset in room.offsets.items():
             if offset > self._replay_until.get(source, -1):
                 self._replay_until[source] = offset

@@ -75,7 +75,9 @@ def test_a_retried_payment_after_a_quiet_spell_is_a_duplicate() -> None:
 
 
 def test_an_expired_room_takes_its_chunks_with_it_once_past_the_ttl() -> None:
-    agg = TaskAggregator(CoreConfig(room_idle_ms=30_000, dedup_ttl_ms=60_000))
+    # no rollups and a one-window session gap: nothing but the dedup memory keeps the room
+    cfg = CoreConfig(room_idle_ms=30_000, dedup_ttl_ms=60_000, session_gap_ms=W, rollup_windows_ms=())
+    agg = TaskAggregator(cfg)
     agg.apply(0, [(1, order("o1", BASE_MS)), (2, order("o9", BASE_MS, room="other"))], 0)
     agg.checkpoint()
     for step in range(1, 6):  # "r" silent past room_idle_ms but not past the dedup TTL: kept

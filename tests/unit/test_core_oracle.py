@@ -151,7 +151,8 @@ def assert_same_windows(emitted: list[RoomStats], reference: list[RoomStats]) ->
 
 
 def test_checkpoint_writes_only_dirty_rooms_and_tombstones_expired() -> None:
-    cfg = CoreConfig(room_idle_ms=30_000)
+    # no rollups and a one-window session gap: neither keeps a silent room past room_idle_ms
+    cfg = CoreConfig(room_idle_ms=30_000, session_gap_ms=10_000, rollup_windows_ms=())
     agg = TaskAggregator(cfg)
     agg.apply(
         0, [(1, ViewerEvent("join", "a", "u", BASE_MS)), (2, ViewerEvent("join", "b", "u", BASE_MS))], 0

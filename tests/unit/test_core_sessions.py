@@ -7,13 +7,15 @@ import random
 from collections.abc import Callable
 from typing import TypeVar
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.oracle import expected_sessions, unique_viewers_close
 from schemas import Event, RoomSession, ViewerEvent
-from streams.core import CoreConfig, TaskAggregator
+from streams.core import CoreConfig, TaskAggregator, room_view
+from streams.core._state_codec import decode_room
 from streams.exceptions import ConfigError
 from tests.unit.test_core_oracle import BASE_MS, SOURCES, make_stream, run
 
@@ -105,7 +107,7 @@ def test_sessions_equal_oracle(
     assert_sessions_match(latest(records), want)
     if end == "ended":
         assert all(s.status == "ended" for s in want.values())
-        assert not agg.sessions.by_room  # an ended session leaves no state behind
+        assert all(room.session is None for room in agg.rooms.values())  # nothing left behind
 
 
 def test_each_session_ends_once_and_its_state_is_deleted() -> None:
@@ -117,12 +119,14 @@ def test_each_session_ends_once_and_its_state_is_deleted() -> None:
     agg.apply(0, [(3, ViewerEvent("like", "r", "a", t + 25_000))], now_ms=0)
     records = settle(agg, 15_000)  # watermark newest + 13 s: both windows close
     assert [r.status for r in records] == ["live", "live"]
-    key = b"s/r"
-    assert key in dict(agg.checkpoint().upserts)
-    # another room moves the watermark past r's idle time: r's window state expires, its session stays
+    key = b"r/r"
+    assert decode_room(dict(agg.checkpoint().upserts)[key]).session is not None  # in the room's record
+    # another room moves the watermark past r's idle time: r's window state is reset, its session stays
     agg.apply(0, [(4, ViewerEvent("heartbeat", "o", "x", t + 52_000))], now_ms=15_000)
     settle(agg, 25_000)
-    assert "r" not in agg.rooms and "r" in agg.sessions.by_room
+    kept = agg.rooms["r"]
+    assert (kept.open_ws, kept.buckets, kept.last_closed) == ([], {}, None) and kept.session is not None
+    assert room_view(agg, "r")["session"]["status"] == "live"  # type: ignore[index]
     # more than the gap of silence: a second session, and the first one ends
     agg.apply(0, [(5, ViewerEvent("join", "r", "c", t + 150_000))], now_ms=10**6)
     records = [r for r in settle(agg, 10**6 + 15_000) if r.room_id == "r"]
@@ -131,10 +135,12 @@ def test_each_session_ends_once_and_its_state_is_deleted() -> None:
     assert (ended.session_start, ended.session_end, ended.updated_at) == (t, t + 26_000, t + 90_000)
     assert (ended.views, ended.unique_viewers, ended.likes, ended.peak_concurrent_viewers) == (2, 2, 1, 2)
     assert records[1].session_start == t + 150_000 and records[1].session_end is None
-    assert key in dict(agg.checkpoint().upserts)  # the new session
+    session = decode_room(dict(agg.checkpoint().upserts)[key]).session
+    assert session is not None and session.start == t + 150_000  # the new session
     records = [r for r in settle(agg, 10**8) if r.room_id == "r"]
     assert [r.status for r in records] == ["ended"]
-    assert key in agg.checkpoint().deletes
+    # the session ended and the hour's rollup closed: nothing keeps the silent room any longer
+    assert "r" not in agg.rooms and key in agg.checkpoint().deletes
     assert settle(agg, 10**9) == []
 
 
@@ -163,23 +169,32 @@ def test_session_gap_shorter_than_a_window_is_refused() -> None:
         CoreConfig(window_ms=10_000, session_gap_ms=5_000)
 
 
+def _room_record(session: object, rollups: object) -> bytes:
+    room = [5, "r", 0, BASE_MS, [], [], [], [], None]
+    return orjson.dumps([*room, session, rollups])
+
+
+ZEROS = [0] * 11
+
+
 @pytest.mark.parametrize(
-    ("key", "value"),
+    "value",
     [
-        (b"s/r", b"{not json"),
-        (b"s/r", b'[2, "r", 0, 1000, [0,0,0,0,0,0,0,0,0,0,0], null, 0, 0, 0]'),  # a future version
-        (b"s/r", b'[1, "other", 0, 1000, [0,0,0,0,0,0,0,0,0,0,0], null, 0, 0, 0]'),  # under another key
-        (b"s/r", b'[1, "r", 0, 1000, [0, 0], null, 0, 0, 0]'),  # counters missing
-        (b"u/60000/r", b'[1, "r", 0, [0,0,0,0,0,0,0,0,0,0,0], "%%%", 0]'),  # not a sketch
+        _room_record([0, 1000, [0, 0], None, 0, 0, 0], None),  # session counters missing
+        _room_record([0, 1000, ZEROS, "%%%", 0, 0, 0], None),  # not a sketch
+        _room_record([0, 1000, ZEROS, None, 0, 0], None),  # a session field missing
+        _room_record(None, [[60_000, 0, ZEROS, 5, 0]]),  # a rollup's sketch not a string
+        _room_record(None, [[60_000, 0, [0.5] * 11, None, 0]]),  # counters not integers
     ],
 )
-def test_an_undecodable_session_or_rollup_record_is_quarantined(key: bytes, value: bytes) -> None:
+def test_a_room_record_with_an_undecodable_session_or_rollup_is_quarantined(value: bytes) -> None:
+    assert decode_room(_room_record(None, None)).room_id == "r"  # the same record, sound, decodes
     agg = TaskAggregator(CFG, SOURCES)
     t = BASE_MS
     agg.apply(0, [(1, ViewerEvent("join", "ok", "a", t))], now_ms=0)
     settle(agg, 15_000)
     good = agg.checkpoint().upserts
     restored = TaskAggregator(CFG, SOURCES)
-    restored.restore([*good, (key, value)])
-    assert [q[0] for q in restored.quarantined] == [key]
-    assert "ok" in restored.sessions.by_room and "r" not in restored.sessions.by_room
+    restored.restore([*good, (b"r/r", value)])
+    assert [q[0] for q in restored.quarantined] == [b"r/r"]
+    assert restored.rooms["ok"].session is not None and "r" not in restored.rooms

@@ -11,6 +11,7 @@ import pytest
 
 from schemas import Source, decode_dead_letter, decode_room_session, decode_room_stats
 from streams.core import CoreConfig, PartitionCache, TaskAggregator
+from streams.core._state_codec import decode_room
 from streams.metrics import Metrics
 from streams.pipeline import MARKER_HEADER, SOURCE_HEADER, Record, Routing, TaskPipeline
 from streams.settings import Settings
@@ -238,7 +239,7 @@ def test_alerts_are_written_keyed_by_fingerprint_with_an_expiry_in_wall_time(res
     assert sum(counter(metrics, "livepulse_alerts_fired_total", metric=m) for m in fired) >= 1
 
 
-def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_leave_the_changelog() -> None:
+def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_leave_the_room_state() -> None:
     pipeline, sink, _ = make(partition=2)
     (room,) = rooms_on(2, 1)
     batch = [viewer("join", room, f"u{i}", T0 + i * 5_000) for i in range(14)]  # 65 s of joins
@@ -248,9 +249,10 @@ def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_l
             pipeline.core.sender_progress(sender, NOW_MS)
     pipeline.tick(NOW_MS + 3_000)  # every window and minute closes; the hour and the session go on
     pipeline.stage_checkpoint(NOW_MS, {})
-    changelog = sink.take(TOPICS.changelog)
-    assert {b"s/" + room.encode(), b"u/3600000/" + room.encode()} <= {k for _, k, v, _ in changelog if v}
-    assert b"u/60000/" + room.encode() in {k for _, k, v, _ in changelog if v is None}
+    changelog = {k: v for _, k, v, _ in sink.take(TOPICS.changelog)}
+    state = decode_room(changelog[b"r/" + room.encode()])  # the session and open rollups in its record
+    assert state.session is not None and state.session.start == T0
+    assert [r.length for r in state.rollups or ()] == [3_600_000]  # the minutes closed, the hour is open
     for sender in range(PARTITIONS):  # past the end of the hour and of the session's gap
         if sender != 2:
             pipeline.core.sender_progress(sender, NOW_MS + 5_000_000)
@@ -275,5 +277,6 @@ def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_l
         T0 + 66_000,
     )
     pipeline.stage_checkpoint(NOW_MS + 5_000_000, {})
-    deleted = {k for _, k, v, _ in sink.take(TOPICS.changelog) if v is None}
-    assert {b"s/" + room.encode(), b"u/3600000/" + room.encode()} <= deleted
+    changelog = {k: v for _, k, v, _ in sink.take(TOPICS.changelog)}
+    state = decode_room(changelog[b"r/" + room.encode()])  # (rooms do not expire in this test)
+    assert (state.session, state.rollups) == (None, None)  # the session ended and the hour closed
