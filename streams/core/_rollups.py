@@ -26,7 +26,7 @@ from ._room import estimate, room_stats
 class Rollup:
     """One open rollup window of one room."""
 
-    __slots__ = ("concurrent", "length", "start", "totals", "uniques")
+    __slots__ = ("concurrent", "length", "start", "totals", "uniques", "wire")
 
     def __init__(self, length: int, start: int, totals: list[int]) -> None:
         self.length = length
@@ -37,6 +37,8 @@ class Rollup:
         self.uniques: Any = None
         #: concurrent viewers at the end of the last folded base window
         self.concurrent = 0
+        #: ``uniques`` as last encoded for the changelog (None: not since it changed)
+        self.wire: str | None = None
 
     def record(self, room_id: str) -> RoomStats:
         uniques = estimate(self.uniques)

@@ -42,7 +42,7 @@ LIVE, ENDED = "live", "ended"
 class Session:
     """The running totals of a room's current session."""
 
-    __slots__ = ("due", "last_end", "peak", "peak_ws", "start", "totals", "uniques", "updated_at")
+    __slots__ = ("due", "last_end", "peak", "peak_ws", "start", "totals", "uniques", "updated_at", "wire")
 
     def __init__(self, start: int, totals: list[int]) -> None:
         #: start of the first active bucket (ms)
@@ -58,6 +58,8 @@ class Session:
         self.updated_at = start
         #: the due slot (a window end) the session is indexed under, or None
         self.due: int | None = None
+        #: ``uniques`` as last encoded for the changelog (None: not since it changed)
+        self.wire: str | None = None
 
     def record(self, room_id: str, status: str) -> RoomSession:
         """The published record of the session: the one mapping from its counters."""

@@ -114,7 +114,7 @@ def encode_room(room: Room) -> bytes:
     ]
     session, rollups = room.session, room.rollups
     # a window's sketch may be held by the session and the rollups at once: encoded once
-    encoded: dict[int, str | None] = {}
+    encoded: dict[int, str] = {}
     return orjson.dumps(
         [
             ROOM_FORMAT_VERSION,
@@ -132,7 +132,7 @@ def encode_room(room: Room) -> bytes:
                 session.start,
                 session.last_end,
                 session.totals,
-                _held_wire(session.uniques, encoded),
+                _held_wire(session, encoded),
                 session.peak,
                 session.peak_ws,
                 session.updated_at,
@@ -140,7 +140,7 @@ def encode_room(room: Room) -> bytes:
             None
             if rollups is None
             else [
-                [r.length, r.start, r.totals, _held_wire(r.uniques, encoded), r.concurrent]
+                [r.length, r.start, r.totals, _held_wire(r, encoded), r.concurrent]
                 for r in rollups
                 if r is not None
             ],
@@ -148,13 +148,18 @@ def encode_room(room: Room) -> bytes:
     )
 
 
-def _held_wire(held: Any, encoded: dict[int, str | None]) -> str | None:
-    """Unique viewers of a session or rollup (``_room.union_of``) as a base64 compact sketch."""
-    if held is None:
-        return None
-    wire = encoded.get(id(held))
+def _held_wire(holder: Session | Rollup, encoded: dict[int, str]) -> str | None:
+    """Unique viewers of a session or rollup (``_room.union_of``) as a base64 compact sketch; kept
+    on the holder until they change, and encoded once for holders sharing them."""
+    wire = holder.wire
     if wire is None:
-        wire = encoded[id(held)] = base64.b64encode(as_sketch(held).serialize_compact()).decode()
+        held = holder.uniques
+        if held is None:
+            return None
+        wire = encoded.get(id(held))
+        if wire is None:
+            wire = encoded[id(held)] = base64.b64encode(as_sketch(held).serialize_compact()).decode()
+        holder.wire = wire
     return wire
 
 

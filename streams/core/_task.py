@@ -512,33 +512,90 @@ class TaskAggregator:
 
     # -- rollups and sessions, folded from closed windows ----------------------------------------
 
-    def _fold_rollups(self, room: Room, ws: int, total: list[int], sketch: Any, concurrent: int) -> None:
-        """Add one closed base window ``[ws, ws + window_ms)`` of a room to its rollup windows."""
-        lengths = self.config.rollup_windows_ms
-        held = room.rollups
-        if held is None:
-            held = room.rollups = [None] * len(lengths)
-        lg_k = self.config.hll_lg_k
-        for i, length in enumerate(lengths):
-            start = ws - ws % length
-            rollup = held[i]
-            if rollup is not None:
-                if rollup.start == start:
-                    rollup.totals = list(map(add, rollup.totals, total))
-                    rollup.uniques = union_of(rollup.uniques, sketch, lg_k)
-                    rollup.concurrent = concurrent
-                    continue
-                # an older rollup due in the same close as this window: every base window in it is in
-                self._close_rollup(room, i, rollup)
-                room.rollups = held  # the same list: this window opens the rollup that follows
-            rollup = held[i] = Rollup(length, start, total)
-            rollup.uniques = sketch
-            rollup.concurrent = concurrent
-            end = start + length
-            members = self._rollup_ends.get(end)
-            if members is None:
-                members = self._rollup_ends[end] = []
-            members.append((room, i))
+    def _fold(
+        self,
+        room: Room,
+        ws: int,
+        first: int,
+        last: int,
+        total: list[int],
+        sketch: Any,
+        concurrent: int,
+    ) -> None:
+        """Fold one closed window ``[ws, ws + window_ms)`` of a room into its session and its
+        rollup windows; ``first`` and ``last`` are the window's first and last active bucket
+        numbers (-1: none).
+
+        A new session or rollup takes the window's counters and sketch as they are (neither is
+        ever changed in place). The ones already open fold it in; those that held the same
+        counters or sketch before get the same result (computed once): they fold the same windows
+        from then on, and a union that absorbs a sketch twice is unchanged."""
+        cfg = self.config
+        folding: list[Session | Rollup] = []
+        session = room.session
+        if first >= 0:
+            start = first * cfg.bucket_ms
+            if session is None or start - session.last_end >= cfg.session_gap_ms:
+                if session is not None:
+                    self._end_session(room, session)
+                session = room.session = Session(start, total)
+                session.uniques = sketch
+            else:
+                folding.append(session)
+            end = (last + 1) * cfg.bucket_ms
+            if end > session.last_end:
+                session.last_end = end
+        elif session is not None:
+            folding.append(session)
+        lengths = cfg.rollup_windows_ms
+        if lengths:
+            held = room.rollups
+            if held is None:
+                held = room.rollups = [None] * len(lengths)
+            for i, length in enumerate(lengths):
+                rollup_start = ws - ws % length
+                rollup = held[i]
+                if rollup is not None:
+                    if rollup.start == rollup_start:
+                        rollup.concurrent = concurrent
+                        folding.append(rollup)
+                        continue
+                    # an older rollup due in the same close as this window: every base window in it is in
+                    self._close_rollup(room, i, rollup)
+                    room.rollups = held  # the same list: this window opens the rollup that follows
+                rollup = held[i] = Rollup(length, rollup_start, total)
+                rollup.uniques = sketch
+                rollup.concurrent = concurrent
+                end = rollup_start + length
+                members = self._rollup_ends.get(end)
+                if members is None:
+                    members = self._rollup_ends[end] = []
+                members.append((room, i))
+        if folding:
+            lg_k = cfg.hll_lg_k
+            sums: dict[int, list[int]] = {}
+            unions: dict[int, Any] = {}
+            for holder in folding:
+                totals = holder.totals
+                summed = sums.get(id(totals))
+                if summed is None:
+                    summed = sums[id(totals)] = list(map(add, totals, total))
+                holder.totals = summed
+                if sketch is not None:
+                    held_uniques = holder.uniques
+                    union = unions.get(id(held_uniques))
+                    if union is None:
+                        union = unions[id(held_uniques)] = union_of(held_uniques, sketch, lg_k)
+                    holder.uniques = union
+                    holder.wire = None
+        if session is not None:
+            if concurrent > session.peak:
+                session.peak, session.peak_ws = concurrent, ws
+            session.updated_at = ws + cfg.window_ms
+            due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+            if due != session.due:
+                self._index_session(room, session, due)
+            self._session_outbox.append(session.record(room.room_id, LIVE))
 
     def _close_rollups(self, wm: int) -> None:
         """Close every rollup window whose end is at or before ``wm``, oldest first."""
@@ -561,39 +618,6 @@ class TaskAggregator:
             room.rollups = None
         self._rollup_outbox.append((rollup.length, rollup.record(room.room_id)))
         self._touch(room)
-
-    def _fold_session(
-        self, room: Room, ws: int, first: int, last: int, total: list[int], sketch: Any, concurrent: int
-    ) -> None:
-        """Add one closed window of a room to its session; ``first`` and ``last`` are the window's
-        first and last active bucket numbers (-1: none)."""
-        cfg = self.config
-        session = room.session
-        if first >= 0:
-            start = first * cfg.bucket_ms
-            if session is None or start - session.last_end >= cfg.session_gap_ms:
-                if session is not None:
-                    self._end_session(room, session)
-                session = room.session = Session(start, total)
-                session.uniques = sketch
-            else:
-                session.totals = list(map(add, session.totals, total))
-                session.uniques = union_of(session.uniques, sketch, cfg.hll_lg_k)
-            end = (last + 1) * cfg.bucket_ms
-            if end > session.last_end:
-                session.last_end = end
-        elif session is None:
-            return  # nothing active and no session: nothing to count
-        else:
-            session.totals = list(map(add, session.totals, total))
-            session.uniques = union_of(session.uniques, sketch, cfg.hll_lg_k)
-        if concurrent > session.peak:
-            session.peak, session.peak_ws = concurrent, ws
-        session.updated_at = ws + cfg.window_ms
-        due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
-        if due != session.due:
-            self._index_session(room, session, due)
-        self._session_outbox.append(session.record(room.room_id, LIVE))
 
     def _index_session(self, room: Room, session: Session, due: int) -> None:
         session.due = due
@@ -645,9 +669,7 @@ class TaskAggregator:
                 self._watermark - cfg.dedup_ttl_ms - window_ms + 1, cfg.dedup_max_per_room
             )
         unique_viewers = 0 if sketch is None else round(sketch.get_estimate())
-        if cfg.rollup_windows_ms:
-            self._fold_rollups(room, ws, total, sketch, concurrent)
-        self._fold_session(room, ws, active_first, active_last, total, sketch, concurrent)
+        self._fold(room, ws, active_first, active_last, total, sketch, concurrent)
         stats = room_stats(room.room_id, ws, window_ms, total, unique_viewers, concurrent)
         room.last_closed = stats
         self.counters.windows_emitted += 1
