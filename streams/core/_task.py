@@ -505,11 +505,6 @@ class TaskAggregator:
                     due = other
         return due
 
-    def _touch(self, room: Room) -> None:
-        if not room.dirty:
-            room.dirty = True
-            self._dirty.append(room)
-
     # -- rollups and sessions, folded from closed windows ----------------------------------------
 
     def _fold(
@@ -617,7 +612,6 @@ class TaskAggregator:
         if not any(held):
             room.rollups = None
         self._rollup_outbox.append((rollup.length, rollup.record(room.room_id)))
-        self._touch(room)
 
     def _index_session(self, room: Room, session: Session, due: int) -> None:
         session.due = due
@@ -648,7 +642,6 @@ class TaskAggregator:
         session.updated_at = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
         self._session_outbox.append(session.record(room.room_id, ENDED))
         room.session = None
-        self._touch(room)
 
     def _close_room_window(self, room: Room, ws: int) -> RoomStats:
         cfg = self.config
@@ -826,9 +819,15 @@ class TaskAggregator:
             room.reg_ws = max(room.open_ws)
         if room.detector is not None and firing(room.detector):
             self.firing_rooms.add(room.room_id)
-        if room.rollups is not None:  # as written: placed by the lengths configured now
-            by_length = {rollup.length: rollup for rollup in room.rollups}
-            room.rollups = [by_length.get(length) for length in self.config.rollup_windows_ms]
+        # Closing a rollup or ending a session does not rewrite the room's record (no checkpoint
+        # pays for it): whatever was due at the restored watermark was closed, published and
+        # committed with it, so it is dropped here rather than published again.
+        cfg, wm = self.config, self._watermark
+        if room.rollups is not None:  # placed by the lengths configured now
+            by_length = {
+                rollup.length: rollup for rollup in room.rollups if rollup.start + rollup.length > wm
+            }
+            room.rollups = [by_length.get(length) for length in cfg.rollup_windows_ms]
             if not any(room.rollups):
                 room.rollups = None
             for i, rollup in enumerate(room.rollups or ()):
@@ -836,8 +835,12 @@ class TaskAggregator:
                     self._rollup_ends.setdefault(rollup.start + rollup.length, []).append((room, i))
         session = room.session
         if session is not None:
-            cfg = self.config
-            self._index_session(room, session, due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms))
+            due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+            extensible = room.open_ws and min(room.open_ws) < session.last_end + cfg.session_gap_ms
+            if due <= wm and not extensible:
+                room.session = None  # ended (see _end_sessions)
+            else:
+                self._index_session(room, session, due)
         for source, offset in room.offsets.items():
             if offset > self._replay_until.get(source, -1):
                 self._replay_until[source] = offset

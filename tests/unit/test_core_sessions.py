@@ -162,6 +162,8 @@ def test_restore_mid_session_gives_the_same_sessions(seed: int, n: int, cut: flo
     restored.restore(changelog)
     after = feed(restored, stream[k:], seed + 3) + settle(restored, 10**6) + settle(restored, 2 * 10**6)
     assert latest(before + after) == latest(reference)
+    ended = [(r.room_id, r.session_start) for r in before + after if r.status == "ended"]
+    assert len(ended) == len(set(ended))  # each session ends once, a restore in between or not
 
 
 def test_session_gap_shorter_than_a_window_is_refused() -> None:
