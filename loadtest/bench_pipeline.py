@@ -7,7 +7,7 @@ seed as ``livepulse loadtest run``), cuts it into the fetch rounds a consumer
 hands over (per partition and topic), and drives the product's own per-batch
 pipeline (``streams.pipeline.TaskPipeline``, one per task) with them as the
 data plane does: each batch processed, one tick per task and round, alerts,
-and a checkpoint per task every ``--checkpoint-s`` of CPU time, whose
+and a checkpoint per task every ``--checkpoint-rounds`` fetch rounds, whose
 repartition records (markers, re-routed events) reach their receivers in
 the next round. Records go into Kafka record batches (aiokafka's own
 builder, as the producer path does). Only the network and the consumer's
@@ -51,6 +51,9 @@ from .traffic import Phase, TrafficConfig
 
 DECODERS = (decode_viewer_batch, decode_order_batch, decode_gift_batch)
 PARTITIONS = 4
+#: event time of the backlog's start, fixed so that every run closes the same windows (with a
+#: start taken from the clock, where window boundaries fall changed the work by up to 10 %)
+START_MS = 1_767_225_603_000  # 2026-01-01T00:00:03Z
 BATCH_BYTES = 1024 * 1024
 
 
@@ -195,15 +198,17 @@ def run_plain_windows(rounds: Sequence[list[Fetch]], _now_ms: int) -> int:
 def run_pipeline(
     rounds: Sequence[list[Fetch]],
     now_ms: int,
-    checkpoint_s: float = 1.0,
+    checkpoint_rounds: int = 45,
     detect_spikes: bool = True,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
 
     Per round: every partition's batch through its task's pipeline, one tick per task with
-    every input busy (a backlog), alerts; every ``checkpoint_s`` of CPU time a checkpoint per
-    task, after which the repartition records it staged (watermark markers, re-routed events)
-    are delivered to their receivers with the next round, as a commit makes them visible.
+    every input busy (a backlog), alerts; every ``checkpoint_rounds`` fetch rounds a checkpoint
+    per task (counted in rounds, not CPU time, so that two versions of the code do the same work:
+    which windows close before the backlog ends follows the markers checkpoints publish), after
+    which the repartition records it staged (watermark markers, re-routed events) are delivered
+    to their receivers with the next round, as a commit makes them visible.
     """
     settings = Settings(partitions=PARTITIONS)
     topics = settings.topics
@@ -218,9 +223,9 @@ def run_pipeline(
     visible: dict[int, list[Record]] = defaultdict(list)
     delivered = dict.fromkeys(range(PARTITIONS), 0)
     positions: dict[int, dict[int, int]] = {p: {} for p in range(PARTITIONS)}
-    last_checkpoint = last_resend = time.process_time()
+    last_resend = time.process_time()
     n = 0
-    for fetched in rounds:
+    for round_number, fetched in enumerate(rounds, 1):
         for partition, source, items in fetched:
             pipelines[partition].process(names[source], items, now_ms)
             positions[partition][source] = items[-1].offset + 1
@@ -237,7 +242,7 @@ def run_pipeline(
             last_resend = time.process_time()
             for pipeline in pipelines.values():
                 pipeline.firing(now_ms, resend=True)
-        if time.process_time() - last_checkpoint >= checkpoint_s:
+        if round_number % checkpoint_rounds == 0:
             for p, pipeline in pipelines.items():
                 pipeline.stage_checkpoint(now_ms, positions[p])
                 sink = pipeline.sink
@@ -246,7 +251,6 @@ def run_pipeline(
                     visible[receiver].append(Record(delivered[receiver], key, value, headers))
                     delivered[receiver] += 1
                 sink.staged.clear()
-            last_checkpoint = time.process_time()
     OUTPUTS.clear()
     for pipeline in pipelines.values():
         assert isinstance(pipeline.sink, Sink)
@@ -322,7 +326,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scenario", default="all")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2_000, help="messages per partition fetch")
-    parser.add_argument("--checkpoint-s", type=float, default=1.0)
+    parser.add_argument(
+        "--checkpoint-rounds",
+        type=int,
+        default=45,
+        help="fetch rounds per checkpoint (~1 s at 90k msg/s)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", help="comma-separated variants to run (default: all)")
@@ -348,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         window_ms=10_000,
         grace_ms=2_000,
         realtime=False,
+        start_ms=START_MS,
     )
     batches = fetches(phase, args.batch)
     now_ms = phase.end_ms + 60_000
@@ -368,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "plain": (run_plain, {}),
         "plain+windows": (run_plain_windows, {}),
         "decode": (run_decode, {}),
-        "no-checkpoint": (run_pipeline, {"checkpoint_s": float("inf")}),
-        "no-detector": (run_pipeline, {"checkpoint_s": args.checkpoint_s, "detect_spikes": False}),
-        "pipeline": (run_pipeline, {"checkpoint_s": args.checkpoint_s}),
+        "no-checkpoint": (run_pipeline, {"checkpoint_rounds": 10**9}),
+        "no-detector": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "detect_spikes": False}),
+        "pipeline": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds}),
     }
     if args.only:
         variants = {name: variants[name] for name in args.only.split(",")}
@@ -392,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(run_pipeline, batches, now_ms, checkpoint_s=args.checkpoint_s)
+        prof.runcall(run_pipeline, batches, now_ms, checkpoint_rounds=args.checkpoint_rounds)
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(30)

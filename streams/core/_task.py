@@ -154,6 +154,10 @@ class TaskAggregator:
         #: due slot -> rooms whose session may end when the watermark reaches it (stale: skipped)
         self._session_due: dict[int, list[Room]] = {}
         self._session_outbox: list[RoomSession] = []
+        #: positions in rollup_windows_ms, longest first (the order rollups fold in)
+        self._rollups_longest_first = sorted(
+            range(len(config.rollup_windows_ms)), key=lambda i: -config.rollup_windows_ms[i]
+        )
         self._rollup_outbox: list[tuple[int, RoomStats]] = []
         #: closed windows not yet seen by the spike detector (see ``detect``)
         self._undetected: list[tuple[Room, RoomStats]] = []
@@ -522,12 +526,29 @@ class TaskAggregator:
         numbers (-1: none).
 
         A new session or rollup takes the window's counters and sketch as they are (neither is
-        ever changed in place). The ones already open fold it in; those that held the same
-        counters or sketch before get the same result (computed once): they fold the same windows
-        from then on, and a union that absorbs a sketch twice is unchanged."""
+        ever changed in place). One already open folds the window in; when it held the very
+        counters or sketch the previous one did (a session and its hour typically start from the
+        same window), it takes the same result: they fold the same windows from then on, and a
+        union that absorbs a sketch twice is unchanged. The session goes first, then the rollups
+        longest first, so such holders are neighbours."""
         cfg = self.config
-        folding: list[Session | Rollup] = []
+        lg_k = cfg.hll_lg_k
+        lengths = cfg.rollup_windows_ms
+        held = room.rollups
+        if held is not None:
+            # Rollups that end before this window are due in the same close: every base window in
+            # them is in. They close first, before a union they share is folded into.
+            for i, rollup in enumerate(held):
+                if rollup is not None and rollup.start + rollup.length <= ws:
+                    self._close_rollup(room, i, rollup)
+            room.rollups = held  # the same list: this window opens the rollups that follow
+        # the previous holder's counters and sketch before and after this fold
+        totals_in: Any = None
+        totals_out: Any = None
+        uniques_in: Any = None
+        uniques_out: Any = None
         session = room.session
+        fold_session = session is not None
         if first >= 0:
             start = first * cfg.bucket_ms
             if session is None or start - session.last_end >= cfg.session_gap_ms:
@@ -535,59 +556,51 @@ class TaskAggregator:
                     self._end_session(room, session)
                 session = room.session = Session(start, total)
                 session.uniques = sketch
-            else:
-                folding.append(session)
+                fold_session = False
             end = (last + 1) * cfg.bucket_ms
             if end > session.last_end:
                 session.last_end = end
-        elif session is not None:
-            folding.append(session)
-        lengths = cfg.rollup_windows_ms
+        if fold_session:
+            assert session is not None
+            totals_in, uniques_in = session.totals, session.uniques
+            session.totals = totals_out = list(map(add, totals_in, total))
+            if sketch is not None:
+                session.uniques = uniques_out = union_of(uniques_in, sketch, lg_k)
+                session.wire = None
         if lengths:
-            held = room.rollups
             if held is None:
                 held = room.rollups = [None] * len(lengths)
-            for i, length in enumerate(lengths):
-                rollup_start = ws - ws % length
+            for i in self._rollups_longest_first:
+                length = lengths[i]
                 rollup = held[i]
-                if rollup is not None:
-                    if rollup.start == rollup_start:
-                        rollup.concurrent = concurrent
-                        folding.append(rollup)
-                        continue
-                    # an older rollup due in the same close as this window: every base window in it is in
-                    self._close_rollup(room, i, rollup)
-                    room.rollups = held  # the same list: this window opens the rollup that follows
-                rollup = held[i] = Rollup(length, rollup_start, total)
+                if rollup is not None:  # open since an earlier window of this rollup window
+                    rollup.concurrent = concurrent
+                    if rollup.totals is totals_in:
+                        rollup.totals = totals_out
+                    else:
+                        totals_in = rollup.totals
+                        rollup.totals = totals_out = list(map(add, totals_in, total))
+                    if sketch is not None:
+                        if rollup.uniques is uniques_in:
+                            rollup.uniques = uniques_out
+                        else:
+                            uniques_in = rollup.uniques
+                            rollup.uniques = uniques_out = union_of(uniques_in, sketch, lg_k)
+                        rollup.wire = None
+                    continue
+                rollup = held[i] = Rollup(length, ws - ws % length, total)
                 rollup.uniques = sketch
                 rollup.concurrent = concurrent
-                end = rollup_start + length
+                end = rollup.start + length
                 members = self._rollup_ends.get(end)
                 if members is None:
                     members = self._rollup_ends[end] = []
                 members.append((room, i))
-        if folding:
-            lg_k = cfg.hll_lg_k
-            sums: dict[int, list[int]] = {}
-            unions: dict[int, Any] = {}
-            for holder in folding:
-                totals = holder.totals
-                summed = sums.get(id(totals))
-                if summed is None:
-                    summed = sums[id(totals)] = list(map(add, totals, total))
-                holder.totals = summed
-                if sketch is not None:
-                    held_uniques = holder.uniques
-                    union = unions.get(id(held_uniques))
-                    if union is None:
-                        union = unions[id(held_uniques)] = union_of(held_uniques, sketch, lg_k)
-                    holder.uniques = union
-                    holder.wire = None
         if session is not None:
             if concurrent > session.peak:
                 session.peak, session.peak_ws = concurrent, ws
             session.updated_at = ws + cfg.window_ms
-            due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+            due = -(-(session.last_end + cfg.session_gap_ms) // cfg.window_ms) * cfg.window_ms  # due_slot
             if due != session.due:
                 self._index_session(room, session, due)
             self._session_outbox.append(session.record(room.room_id, LIVE))
