@@ -184,6 +184,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "HLL_LG_K": ("core", "hll_lg_k"),
     "MAX_INPUT_LAG_MS": ("core", "max_input_lag_ms"),
     "MAX_ROOMS": ("core", "max_rooms"),
+    "SESSIONS": ("core", "sessions"),
     "SESSION_GAP_MS": ("core", "session_gap_ms"),
     "ROLLUP_WINDOWS_MS": ("core", "rollup_windows_ms"),
     "MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),

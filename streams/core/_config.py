@@ -34,6 +34,8 @@ class CoreConfig:
     max_input_lag_ms: int = 60_000
     #: rooms one task keeps; an event that would open one more is dead-lettered (``room_cap``)
     max_rooms: int = 200_000
+    #: whether rooms' broadcast sessions are kept and published (live.room-sessions)
+    sessions: bool = True
     #: event-time silence that ends a room's broadcast session (at least one window)
     session_gap_ms: int = 1_800_000
     #: lengths of the rollup windows (room-stats over longer windows), each a multiple of window_ms

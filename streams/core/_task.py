@@ -549,7 +549,7 @@ class TaskAggregator:
         uniques_out: Any = None
         session = room.session
         fold_session = session is not None
-        if first >= 0:
+        if first >= 0 and cfg.sessions:
             start = first * cfg.bucket_ms
             if session is None or start - session.last_end >= cfg.session_gap_ms:
                 if session is not None:

@@ -200,3 +200,11 @@ def test_a_room_record_with_an_undecodable_session_or_rollup_is_quarantined(valu
     restored.restore([*good, (b"r/r", value)])
     assert [q[0] for q in restored.quarantined] == [b"r/r"]
     assert restored.rooms["ok"].session is not None and "r" not in restored.rooms
+
+
+def test_sessions_can_be_switched_off() -> None:
+    agg = TaskAggregator(dataclasses.replace(CFG, sessions=False), SOURCES)
+    agg.apply(0, [(1, ViewerEvent("join", "r", "a", BASE_MS))], now_ms=0)
+    agg.tick(now_ms=15_000)
+    assert len(agg.drain()) == 1  # the window closed
+    assert agg.drain_sessions() == [] and agg.rooms["r"].session is None

@@ -89,5 +89,7 @@ def test_session_gap_and_rollup_windows_come_from_the_environment() -> None:
     ]
     assert settings_from_env({}).core.rollup_windows_ms == (60_000, 3_600_000)
     assert settings_from_env({"LIVEPULSE_ROLLUP_WINDOWS_MS": ""}).core.rollup_windows_ms == ()
+    assert settings_from_env({}).core.sessions
+    assert not settings_from_env({"LIVEPULSE_SESSIONS": "false"}).core.sessions
     with pytest.raises(ConfigError, match="multiple"):
         settings_from_env({"LIVEPULSE_ROLLUP_WINDOWS_MS": "45000"})
