@@ -14,7 +14,9 @@ whale order barely moves them). Once a room leaves the quiet fast path (some
 metric reached a floor) it also learns a seasonal term: per phase bin of
 ``season_s`` an exponentially weighted mean of the residual, used in the
 expected value once a full period has been learned (recurring flash-sale slots
-stop alerting from their second occurrence on).
+stop alerting from their second occurrence on). A rule may add a longer term
+(a week for ``GAUGE_RULE``) that replaces it on series that have lived long
+enough and whose long term has lately predicted them better.
 
 Gauge rules (``GAUGE_RULE``; off in the room defaults, which keep the quiet fast
 path) add a drift test: a fast mean of the de-seasoned value against a slow one,
