@@ -56,6 +56,9 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "season_s": ("f", 0.0, 1e8),
     "season_bins": ("i", 1, 1_440),
     "season_half_life_periods": ("f", 0.01, 1e3),
+    "long_season_s": ("f", 0.0, 1e9),
+    "long_season_bins": ("i", 1, 10_080),
+    "long_season_after_periods": ("f", 0.0, 1e3),
     "drift_z": ("f", 0.0, math.inf),
     "drift_half_life_s": ("f", 1.0, 1e9),
     "slow_half_life_s": ("f", 1.0, 1e10),
@@ -130,7 +133,15 @@ class MetricRule:
     term: ``season_bins`` phase bins over the period, each an exponentially
     weighted mean of the residual in that phase (half-life
     ``season_half_life_periods`` periods, i.e. visits of the bin), added to the
-    level; a one-sided rule uses only its positive part.
+    level; a one-sided rule uses only its positive part. With ``long_season_s``
+    > 0 as well (0, off, by default; a week in ``GAUGE_RULE``) a second,
+    longer term in ``long_season_bins`` bins (same half-life in its own
+    periods) learns beside it, and once the series has been learned for
+    ``long_season_after_periods`` long periods it replaces the short term
+    whenever its slow mean squared miss (half-life ``slow_half_life_s``,
+    measured from the end of its first period) is the smaller of the two: a
+    series that lives for weeks can learn its weekly pattern, a short one keeps
+    the daily term, and one without a weekly pattern keeps it too.
     Each metric is tested on the scale that fits its noise (see ``_spikes``):
     counts against Poisson counting noise as well as the observed scale, money
     on the square-root scale (compound sums of lognormal amounts), levels as
@@ -195,6 +206,9 @@ class MetricRule:
     season_s: float = 0.0
     season_bins: int = 60
     season_half_life_periods: float = 0.5
+    long_season_s: float = 0.0
+    long_season_bins: int = 168
+    long_season_after_periods: float = 2.0
     drift_z: float = 0.0
     drift_half_life_s: float = 3_600.0
     slow_half_life_s: float = 7 * 86_400.0
@@ -408,6 +422,9 @@ GAUGE_RULE: Final = MetricRule(
     season_s=86_400.0,
     season_bins=24,
     season_half_life_periods=1.0,
+    long_season_s=7 * 86_400.0,
+    long_season_bins=168,
+    long_season_after_periods=2.0,
     drift_z=3.0,
     drift_half_life_s=5_400.0,
     slow_half_life_s=7 * 86_400.0,

@@ -14,7 +14,9 @@ whale order barely moves them). Once a room leaves the quiet fast path (some
 metric reached a floor) it also learns a seasonal term: per phase bin of
 ``season_s`` an exponentially weighted mean of the residual, used in the
 expected value once a full period has been learned (recurring flash-sale slots
-stop alerting from their second occurrence on).
+stop alerting from their second occurrence on). A rule may add a longer term
+(a week for ``GAUGE_RULE``) that replaces it on series that have lived long
+enough and whose long term has lately predicted them better.
 
 Gauge rules (``GAUGE_RULE``; off in the room defaults, which keep the quiet fast
 path) add a drift test: a fast mean of the de-seasoned value against a slow one,
@@ -444,17 +446,31 @@ def _step(
         s_index = -1
         s_term = 0.0
         basis = plan.basis[i]
+        l_index = -1
         if season is not None and plan.season_ms[i]:
             period = plan.season_ms[i]
             s_index = plan.season_offsets[i] + (window[0] % period) * rule.season_bins // period
-            if learned >= period - period // rule.season_bins:  # the bin's last visit was learned
+            long_period = plan.long_season_ms[i]
+            use_long = False
+            if long_period:
+                offset = plan.long_season_offsets[i]
+                l_index = offset + (window[0] % long_period) * rule.long_season_bins // long_period
+                errors = offset + rule.long_season_bins
+                use_long = learned >= plan.long_season_after_ms[i] and season[errors + 1] < season[errors]
+            if use_long:
+                # A series that has lived long enough (weeks) uses its long term in place of the
+                # short one (the long period's bins hold the short cycle too: a day in a week) when
+                # the long term has predicted it better lately.
+                s_term = season[l_index]
+                basis = plan.long_season_basis[i]
+            elif learned >= period - period // rule.season_bins:  # the bin's last visit was learned
                 s_term = season[s_index]
-                if s_term < 0.0 and not rule.two_sided:
-                    # A one-sided rule only lets the season raise its expectation: a trough learned
-                    # from a one-off fall (a ramp's lagging level, a spike's aftermath) must not
-                    # turn an ordinary value an hour later into a spike.
-                    s_term = 0.0
                 basis = plan.season_basis[i]
+            if s_term < 0.0 and not rule.two_sided:
+                # A one-sided rule only lets the season raise its expectation: a trough learned
+                # from a one-off fall (a ramp's lagging level, a spike's aftermath) must not
+                # turn an ordinary value an hour later into a spike.
+                s_term = 0.0
         center = level + s_term
         std = math.sqrt(var)
         expected = _expected_raw(center, var, root)
@@ -564,6 +580,7 @@ def _step(
         # of level is still absorbed, slowly. The seasonal term learns the residual of its bin.
         diff = y - center
         alpha = plan.alphas[i]
+        alerting = False
         if not warmed:
             warm = span / (history + span)
             if warm > alpha:
@@ -575,16 +592,26 @@ def _step(
                 diff = band
             elif diff < -band:
                 diff = -band
-            if spike or drop or dip or _in_alert(state.alerts, metric):
-                b[2 * i] = level + alpha * diff
-                if s_index >= 0 and season is not None:
-                    season[s_index] += plan.season_alphas[i] * (y - level - season[s_index])
-                continue
-        incr = alpha * diff
-        b[2 * i] = level + incr
-        b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr)
+            alerting = spike or drop or dip or _in_alert(state.alerts, metric)
+        if alerting:
+            b[2 * i] = level + alpha * diff
+        else:
+            incr = alpha * diff
+            b[2 * i] = level + incr
+            b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr)
         if s_index >= 0 and season is not None:
-            season[s_index] += plan.season_alphas[i] * (y - level - season[s_index])
+            # the seasonal terms learn the raw residual of their bin (a flash-sale slot in full)
+            short_miss = y - level - season[s_index]
+            season[s_index] += plan.season_alphas[i] * short_miss
+            if l_index >= 0:
+                long_miss = y - level - season[l_index]
+                season[l_index] += plan.long_season_alphas[i] * long_miss
+                if learned >= plan.long_season_ms[i]:
+                    # Once every long bin has been visited, each term's slow mean squared miss.
+                    errors = plan.long_season_offsets[i] + rule.long_season_bins
+                    gamma = plan.slow_alphas[i]
+                    season[errors] += gamma * (short_miss * short_miss - season[errors])
+                    season[errors + 1] += gamma * (long_miss * long_miss - season[errors + 1])
     if state.alerts is not None and not state.alerts:
         state.alerts = None
     state.history_ms = history + span
@@ -603,6 +630,11 @@ class _Plan:
         "drop_floor",
         "drop_timing",
         "floors",
+        "long_season_after_ms",
+        "long_season_alphas",
+        "long_season_basis",
+        "long_season_ms",
+        "long_season_offsets",
         "loud",
         "max_warmup_ms",
         "season_alphas",
@@ -657,7 +689,27 @@ class _Plan:
             offsets.append(total)
             total += r.season_bins if period else 0
         self.season_offsets = tuple(offsets)
+        self.long_season_ms = tuple(
+            round(r.long_season_s * 1_000) if period else 0
+            for r, period in zip(ordered, self.season_ms, strict=True)
+        )
+        self.long_season_after_ms = tuple(
+            round(long * r.long_season_after_periods)
+            for r, long in zip(ordered, self.long_season_ms, strict=True)
+        )
+        long_offsets = []
+        for r, long in zip(ordered, self.long_season_ms, strict=True):
+            long_offsets.append(total)
+            # the bins, then the slow mean squared miss of the short and of the long term
+            total += r.long_season_bins + 2 if long else 0
+        self.long_season_offsets = tuple(long_offsets)
         self.season_total = total
+        self.long_season_alphas = tuple(
+            1.0 - 2.0 ** (-window_ms * r.long_season_bins / (long * r.season_half_life_periods))
+            if long
+            else 0.0
+            for r, long in zip(ordered, self.long_season_ms, strict=True)
+        )
         self.season_alphas = tuple(
             1.0 - 2.0 ** (-window_ms * r.season_bins / (period * r.season_half_life_periods))
             if period
@@ -679,6 +731,10 @@ class _Plan:
         )
         self.season_basis = tuple(
             f"{basis} + seasonal term ({r.season_s:g} s in {r.season_bins} bins)"
+            for basis, r in zip(self.basis, ordered, strict=True)
+        )
+        self.long_season_basis = tuple(
+            f"{basis} + seasonal term ({r.long_season_s:g} s in {r.long_season_bins} bins)"
             for basis, r in zip(self.basis, ordered, strict=True)
         )
 

@@ -154,6 +154,19 @@ def test_drift_and_tail_are_off_for_rooms_and_on_for_the_gauge_rule() -> None:
     assert rules_for(rules, "r-1")["concurrent_viewers"].drift_z == 3.0
 
 
+def test_the_long_seasonal_term_is_off_for_rooms_and_a_week_for_the_gauge_rule() -> None:
+    from streams.core._spike_rules import GAUGE_RULE
+
+    for rule in DEFAULT_RULES.defaults.values():
+        assert rule.long_season_s == 0.0  # room state keeps its size
+    assert GAUGE_RULE.long_season_s == 7 * GAUGE_RULE.season_s and GAUGE_RULE.long_season_bins == 168
+    for bad in ({"long_season_s": -1.0}, {"long_season_bins": 0}, {"long_season_bins": 2.5}):
+        with pytest.raises(SpikeRuleError):
+            MetricRule(**bad)  # type: ignore[arg-type]
+    rules = apply_override(DEFAULT_RULES, override("room", "r-1", "concurrent_viewers", long_season_bins=84))
+    assert rules_for(rules, "r-1")["concurrent_viewers"].long_season_bins == 84
+
+
 def test_the_readme_override_gives_a_metric_the_gauge_rule() -> None:
     """README, "Spike alerts": the control-topic message that selects GAUGE_RULE for a metric."""
     import json

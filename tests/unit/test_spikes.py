@@ -865,3 +865,98 @@ def test_version_2_state_still_decodes() -> None:
 
     with pytest.raises(StateError):
         DetectorState.from_wire([*wire[:-1], [0.0] * 5])
+
+
+# --- the long (weekly) seasonal term (GAUGE_RULE) --------------------------------------------------
+
+HALF_HOUR_MS = 1_800_000
+WEEK_ROWS = 7 * 48  # half-hour rows
+
+
+def weekly_series(rng: random.Random, weeks: int, weekend: float) -> list[float]:
+    """Half-hour rows: a daily cycle, ``weekend`` added on days 5 and 6 of each week, noise."""
+    return [
+        100.0
+        + 20.0 * math.sin(2 * math.pi * (i % 48) / 48)
+        + (weekend if (i // 48) % 7 >= 5 else 0.0)
+        + rng.gauss(0.0, 3.0)
+        for i in range(weeks * WEEK_ROWS)
+    ]
+
+
+def firing_rows(alerts: Sequence[tuple[str, str, str, int]]) -> list[int]:
+    return [row for _, status, _, row in alerts if status == "firing"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_weekly_pattern_stops_alerting_once_the_long_term_is_learned(seed: int) -> None:
+    """Weekends 10 sd above weekdays, 8 weeks: with the daily term alone every weekend keeps
+    alerting; with the long term, nothing fires after week 3 but an injected spike."""
+    values = weekly_series(random.Random(seed), 8, weekend=30.0)
+    # a Wednesday of week 7, the second row of its hourly bin: the bins learn the raw residual, so
+    # a spike in a bin's first row can make the row after it a dip (seed 0 does)
+    spike_at = 6 * WEEK_ROWS + 2 * 48 + 21
+    values[spike_at] += 60.0
+    _, daily_only = gauge_alerts(values, HALF_HOUR_MS, replace(GAUGE_RULE, long_season_s=0.0))
+    _, weekly = gauge_alerts(values, HALF_HOUR_MS, GAUGE_RULE)
+    late = 3 * WEEK_ROWS
+    assert len([r for r in firing_rows(daily_only) if r >= late]) >= 5
+    assert [r for r in firing_rows(weekly) if r >= late] == [spike_at]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_long_term_changes_nothing_before_it_may_count(seed: int) -> None:
+    """A series shorter than ``long_season_after_periods`` long periods alerts exactly as without it."""
+    values = weekly_series(random.Random(seed), 2, weekend=30.0)
+    values[WEEK_ROWS + 30] -= 50.0
+    _, daily_only = gauge_alerts(values, HALF_HOUR_MS, replace(GAUGE_RULE, long_season_s=0.0))
+    _, weekly = gauge_alerts(values, HALF_HOUR_MS, GAUGE_RULE)
+    assert weekly == daily_only and firing_rows(weekly)
+
+
+def test_without_a_weekly_pattern_the_daily_term_stays_in_use() -> None:
+    """Daily cycle only, 6 weeks: the long term predicts no better, so alerts name the daily term."""
+    values = weekly_series(random.Random(4), 6, weekend=0.0)
+    values[5 * WEEK_ROWS + 100] += 40.0
+    state, _ = gauge_alerts(values, HALF_HOUR_MS, GAUGE_RULE)
+    rules = dict.fromkeys(METRICS, GAUGE_RULE)
+    vector = [0.0] * len(METRICS)
+    vector[GAUGE_SLOT] = values[-1] + 40.0
+    end = T0 + len(values) * HALF_HOUR_MS
+    events = observe_values(state, vector, end, end + HALF_HOUR_MS, rules)
+    assert events and "86400 s in 24 bins" in events[0].basis
+
+
+def test_long_seasonal_state_round_trip_resumes_identically() -> None:
+    """The long term and its miss averages live in the seasonal array: a restore at any cut is seamless."""
+    values = weekly_series(random.Random(8), 5, weekend=30.0)
+    values[4 * WEEK_ROWS + 51] += 60.0
+    whole_state, whole = gauge_alerts(values, HALF_HOUR_MS, GAUGE_RULE)
+    assert whole_state.season is not None and len(whole_state.season) == len(METRICS) * (24 + 168 + 2)
+    assert any("604800 s in 168 bins" in basis for basis in _bases(values, GAUGE_RULE))
+    for cut in range(0, len(values), 131):
+        state, first = gauge_alerts(values[:cut], HALF_HOUR_MS, GAUGE_RULE)
+        restored = DetectorState.from_wire(orjson.loads(orjson.dumps(state.to_wire())))
+        assert restored.to_wire() == state.to_wire()
+        rules = dict.fromkeys(METRICS, GAUGE_RULE)
+        vector = [0.0] * len(METRICS)
+        rest = []
+        for i in range(cut, len(values)):
+            vector[GAUGE_SLOT] = values[i]
+            ws = T0 + i * HALF_HOUR_MS
+            for e in observe_values(restored, vector, ws, ws + HALF_HOUR_MS, rules):
+                rest.append((e.alertname, e.status, e.test, i))
+        assert first + rest == whole, cut
+        assert restored.to_wire() == whole_state.to_wire(), cut
+
+
+def _bases(values: Sequence[float], rule: MetricRule) -> list[str]:
+    state = DetectorState("gauge")
+    rules = dict.fromkeys(METRICS, rule)
+    vector = [0.0] * len(METRICS)
+    out = []
+    for i, x in enumerate(values):
+        vector[GAUGE_SLOT] = x
+        ws = T0 + i * HALF_HOUR_MS
+        out += [e.basis for e in observe_values(state, vector, ws, ws + HALF_HOUR_MS, rules)]
+    return out
