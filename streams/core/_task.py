@@ -600,8 +600,8 @@ class TaskAggregator:
             if concurrent > session.peak:
                 session.peak, session.peak_ws = concurrent, ws
             session.updated_at = ws + cfg.window_ms
-            due = -(-(session.last_end + cfg.session_gap_ms) // cfg.window_ms) * cfg.window_ms  # due_slot
-            if due != session.due:
+            if session.due is None:  # once indexed, it stays so; _end_sessions moves it on
+                due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
                 self._index_session(room, session, due)
             self._session_outbox.append(session.record(room.room_id, LIVE))
 
@@ -635,8 +635,12 @@ class TaskAggregator:
 
     def _end_sessions(self, wm: int) -> None:
         """End the sessions due at or before ``wm`` whose room has no open window that could
-        still extend them (that window's close extends or ends the session)."""
-        due, gap = self._session_due, self.config.session_gap_ms
+        still extend them (that window's close extends or ends the session).
+
+        A session is indexed once, under the due time it had then; activity since only moves its
+        due time later, so when that slot comes it is checked and, if still live, indexed again
+        under its due time now: one index entry per live session, not one per closed window."""
+        due, cfg = self._session_due, self.config
         while due:
             slot = min(due)
             if slot > wm:
@@ -644,9 +648,13 @@ class TaskAggregator:
             for room in due.pop(slot):
                 session = room.session
                 if session is None or session.due != slot:
+                    continue  # ended, or replaced by a newer session, since it was indexed
+                now_due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+                if now_due > wm:
+                    self._index_session(room, session, now_due)
                     continue
-                session.due = None
-                if room.open_ws and min(room.open_ws) < session.last_end + gap:
+                session.due = None  # the next window folded in indexes it again
+                if room.open_ws and min(room.open_ws) < session.last_end + cfg.session_gap_ms:
                     continue
                 self._end_session(room, session)
 
