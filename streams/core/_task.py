@@ -148,9 +148,9 @@ class TaskAggregator:
         #: changelog keys of dedup chunks forgotten with their (expired) rooms
         self._gone_chunks: list[bytes] = []
         self._outbox: list[RoomStats] = []
-        #: rollup window end -> (room, position in rollup_windows_ms) of the rollups that end there
-        #: (an entry whose rollup has closed or been replaced is skipped)
-        self._rollup_ends: dict[int, list[tuple[Room, int]]] = {}
+        #: rollup window end -> rooms with a rollup window ending there (a room whose rollup has
+        #: closed since, or that is listed twice, has nothing left to close there)
+        self._rollup_ends: dict[int, list[Room]] = {}
         #: due slot -> rooms whose session may end when the watermark reaches it (stale: skipped)
         self._session_due: dict[int, list[Room]] = {}
         self._session_outbox: list[RoomSession] = []
@@ -595,7 +595,7 @@ class TaskAggregator:
                 members = self._rollup_ends.get(end)
                 if members is None:
                     members = self._rollup_ends[end] = []
-                members.append((room, i))
+                members.append(room)
         if session is not None:
             if concurrent > session.peak:
                 session.peak, session.peak_ws = concurrent, ws
@@ -612,11 +612,12 @@ class TaskAggregator:
             end = min(ends)
             if end > wm:
                 return
-            for room, i in ends.pop(end):
+            for room in ends.pop(end):
                 held = room.rollups
-                rollup = None if held is None else held[i]
-                if rollup is not None and rollup.start + rollup.length == end:
-                    self._close_rollup(room, i, rollup)
+                if held is not None:
+                    for i, rollup in enumerate(held):
+                        if rollup is not None and rollup.start + rollup.length == end:
+                            self._close_rollup(room, i, rollup)
 
     def _close_rollup(self, room: Room, i: int, rollup: Rollup) -> None:
         held = room.rollups
@@ -851,9 +852,9 @@ class TaskAggregator:
             room.rollups = [by_length.get(length) for length in cfg.rollup_windows_ms]
             if not any(room.rollups):
                 room.rollups = None
-            for i, rollup in enumerate(room.rollups or ()):
+            for rollup in room.rollups or ():
                 if rollup is not None:
-                    self._rollup_ends.setdefault(rollup.start + rollup.length, []).append((room, i))
+                    self._rollup_ends.setdefault(rollup.start + rollup.length, []).append(room)
         session = room.session
         if session is not None:
             due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
