@@ -675,6 +675,12 @@ class TaskAggregator:
         concurrent = room.concurrent + total[JOINS] - total[LEAVES]
         room.concurrent = concurrent = concurrent if concurrent > 0 else 0
         sketch = room.uniques.pop(ws, None)
+        # An emptied dict keeps its table (224 bytes, against 64 for a new one): an idle room
+        # should not pay for the windows it had.
+        if not room.buckets:
+            room.buckets = {}
+        if not room.uniques:
+            room.uniques = {}
         if not room.dirty:
             room.dirty = True
             self._dirty.append(room)
@@ -777,11 +783,12 @@ class TaskAggregator:
                 continue
             room.dirty = False
             upserts.append((room_key(room.room_id), encode_room(room)))
-            if room.seen_dirty:
+            changed = room.seen_dirty
+            if isinstance(changed, set) and changed:
                 chunks = room.seen_chunks
-                for ws in room.seen_dirty:
+                for ws in changed:
                     upserts.append((dedup_key(room.room_id, ws), encode_dedup_chunk(chunks[ws])))
-                room.seen_dirty.clear()
+                changed.clear()
             if room.seen_gone:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
                 room.seen_gone.clear()
@@ -871,8 +878,7 @@ class TaskAggregator:
         room = self.rooms.get(room_id)
         if room is None:
             return  # no such room: nothing to attach it to (a room and its chunks are deleted together)
-        room.seen_chunks[ws] = keys
-        room.seen.update(keys)
+        room.restore_chunk(ws, keys)
 
     def _restore_meta(self, meta: TaskMeta) -> None:
         self._max_ts, self._watermark = meta.max_ts, meta.watermark

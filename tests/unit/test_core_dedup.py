@@ -112,3 +112,21 @@ def test_a_version_2_room_moves_its_dedup_memory_into_chunks() -> None:
     assert orjson.loads(written[b"r/r"])[0] == ROOM_FORMAT_VERSION
     assert orjson.loads(written[chunk("r", BASE_MS)]) == ["paid:o1"]
     assert orjson.loads(written[chunk("r", BASE_MS - W)]) == ["created:o0"]
+
+
+def test_rooms_without_orders_share_an_empty_dedup_memory_and_a_restored_one_still_forgets() -> None:
+    agg = TaskAggregator(CoreConfig(dedup_ttl_ms=60_000))
+    viewers = [(i, ViewerEvent("join", f"v{i}", "u", BASE_MS)) for i in range(1, 3)]
+    agg.apply(0, viewers, 0)
+    assert agg.rooms["v1"].seen is agg.rooms["v2"].seen  # one shared empty set, not one each
+    agg.apply(0, [(3, order("o1", BASE_MS))], 0)
+    assert agg.rooms["r"].seen == {"paid:o1"} and agg.rooms["v1"].seen == frozenset()
+    restored = TaskAggregator(CoreConfig(dedup_ttl_ms=60_000, room_idle_ms=30_000))
+    restored.restore(agg.checkpoint().upserts)  # the chunk comes back into a fresh room
+    # another room moves the watermark past the TTL: r, idle, forgets its restored chunk without
+    # having taken an order since (its set of changed chunks is still the shared empty one)
+    for step in range(1, 9):
+        restored.apply(0, [(3 + step, order(f"x{step}", BASE_MS + step * W, room="other"))], 0)
+    assert "paid:o1" not in restored.rooms["r"].seen
+    assert chunk("r", BASE_MS) in restored.checkpoint().deletes
+    assert restored.apply(0, [(20, order("o1", BASE_MS + 9 * W))], 0).applied == 1  # forgotten
