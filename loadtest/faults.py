@@ -17,7 +17,10 @@ fault, lets the last windows close, and compares what the workers published
   re-routed;
 * ``freeze``: two workers, one frozen (SIGSTOP) past the session timeout and resumed;
 * ``rolling``: two workers stopped (SIGTERM) and restarted one after the other;
-* ``broker-restart``: the broker stopped and started again mid-traffic;
+* ``broker-restart``: the broker stopped and started again mid-traffic; the librdkafka half is
+  held back from the outage until 4 s after the broker is back, as a producer backing off between
+  reconnects delivers it (librdkafka's default backoff grows to 10 s), so aiokafka's fresh events
+  arrive seconds before the buffered ones (the worker's outage hold must keep those on time);
 * ``corrupt-changelog``: a worker killed, an undecodable record written over an
   active room's state, the worker restarted: it must quarantine the record and run on.
 
@@ -128,6 +131,11 @@ class FaultConfig:
             hostile_messages=100_000,
             max_rooms=5_000,
         )
+
+
+#: broker-restart: seconds after the broker is back that the librdkafka half delivers its backlog
+#: (within the worker's 10 s outage hold; over its 2 s grace)
+SLOW_PRODUCER_BACK_S = 4.0
 
 
 @dataclass
@@ -256,20 +264,41 @@ class Supervisor:
 # -- traffic ------------------------------------------------------------------------------------
 
 
+@dataclass
+class SlowReconnect:
+    """A producer that is cut off when ``down`` is set and delivers what it buffered (then goes
+    on) once ``back`` is set."""
+
+    down: asyncio.Event = field(default_factory=asyncio.Event)
+    back: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def cut_off(self) -> bool:
+        return self.down.is_set() and not self.back.is_set()
+
+
 async def send_paced(
-    bootstrap: str, inputs: Sequence[str], messages: Sequence[Message], *, librdkafka_share: float, seed: int
+    bootstrap: str,
+    inputs: Sequence[str],
+    messages: Sequence[Message],
+    *,
+    librdkafka_share: float,
+    seed: int,
+    slow: SlowReconnect | None = None,
 ) -> None:
     """Send each message when the wall clock reaches its event time.
 
     A ``librdkafka_share`` of the messages goes through a confluent-kafka
     producer that picks the partition itself (librdkafka's default partitioner);
-    the rest through aiokafka onto the murmur2 partition. Both idempotent.
+    the rest through aiokafka onto the murmur2 partition. Both idempotent. With
+    ``slow``, the librdkafka share is buffered while it is cut off.
     """
     aio = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
     await aio.start()
     rd = _librdkafka_producer(bootstrap) if librdkafka_share > 0 else None
     rng = random.Random(seed)
     pending: list[asyncio.Future[Any]] = []
+    buffered: list[tuple[str, bytes, bytes | None]] = []
     try:
         for source, partition, key, raw, ts, _ in messages:
             ahead = ts / 1000 - time.time()
@@ -278,6 +307,12 @@ async def send_paced(
                     rd.poll(0)
                 await asyncio.sleep(ahead)
             if rd is not None and rng.random() < librdkafka_share:
+                if slow is not None and slow.cut_off:
+                    buffered.append((inputs[source], raw, key))
+                    continue
+                for args in buffered:
+                    rd.produce(*args)
+                buffered.clear()
                 rd.produce(inputs[source], raw, key)
             else:
                 pending.append(await aio.send(inputs[source], raw, key=key, partition=partition))
@@ -285,6 +320,10 @@ async def send_paced(
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
+        if buffered and slow is not None and rd is not None:
+            await slow.back.wait()
+            for args in buffered:
+                rd.produce(*args)
         if rd is not None:
             left = await asyncio.to_thread(rd.flush, 120)
             if left:
@@ -391,6 +430,8 @@ class Scenario:
         #: the corrupt-changelog scenario: the room whose state is lost, and when (wall ms)
         self.corrupted: str | None = None
         self.corrupted_span_ms = (0, 0)
+        #: broker-restart: the librdkafka half comes back this long after the broker
+        self.slow = SlowReconnect() if name == "broker-restart" else None
 
     async def run(self) -> Row:
         cfg = self.cfg
@@ -424,7 +465,12 @@ class Scenario:
             ) as collector:
                 sending = asyncio.create_task(
                     send_paced(
-                        self.bootstrap, self.inputs, phase.messages, librdkafka_share=share, seed=cfg.seed
+                        self.bootstrap,
+                        self.inputs,
+                        phase.messages,
+                        librdkafka_share=share,
+                        seed=cfg.seed,
+                        slow=self.slow,
                     )
                 )
                 bad = None
@@ -599,12 +645,18 @@ class Scenario:
             row.ready_s = max(ready)
         elif name == "broker-restart":
             await self._at(start_ms, 0.35)
+            assert self.slow is not None
+            self.slow.down.set()
             await asyncio.to_thread(stop_broker, self.broker)
             await asyncio.sleep(cfg.broker_down_s)
             before = await first.mark()
             await asyncio.to_thread(ensure_broker, self.broker)
+            asyncio.get_running_loop().call_later(SLOW_PRODUCER_BACK_S, self.slow.back.set)
             row.ready_s = await first.recovered(time.monotonic(), before)
-            row.notes.append(f"broker down {cfg.broker_down_s:.0f} s")
+            row.notes.append(
+                f"broker down {cfg.broker_down_s:.0f} s; "
+                f"librdkafka half back {SLOW_PRODUCER_BACK_S:.0f} s later"
+            )
         elif name == "corrupt-changelog":
             await self._at(start_ms, 0.45)
             killed_ms = int(time.time() * 1000)

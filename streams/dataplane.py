@@ -90,6 +90,8 @@ class DataPlane:
             **settings.security.client_kwargs(),
         }
         self.runtime: dict[int, _Task] = {}
+        #: monotonic wall and process CPU time at the start of the last round (see _after_blind_spot)
+        self._last_round = (0.0, 0.0)
         #: partitions whose per-partition metric series this worker exports
         self._held: set[int] = set()
         self.partitions = 0
@@ -239,6 +241,7 @@ class DataPlane:
         and alerts sent (the caller commits at checkpoints)."""
         now = self._clock()
         now_ms = int(now * 1000)
+        self._after_blind_spot(now_ms)
         m = self.metrics
         started = time.perf_counter()
         total = 0
@@ -282,6 +285,19 @@ class DataPlane:
         if now - self._last_top >= self.settings.core.window_seconds:
             self._last_top = now
             self._export_top_rooms()
+
+    def _after_blind_spot(self, now_ms: int) -> None:
+        """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and
+        the process mostly waited meanwhile (a send or commit waiting for an unreachable broker; a
+        long computation does not count), every task holds its watermark (``outage_hold_ms``):
+        the producers buffered through the same outage and come back at their own pace."""
+        wall, cpu = time.monotonic(), time.process_time()
+        last_wall, last_cpu = self._last_round
+        self._last_round = (wall, cpu)
+        gap = wall - last_wall
+        if last_wall and gap * 1000 >= self.settings.core.idle_partition_ms and cpu - last_cpu < gap / 2:
+            for task in self.runtime.values():
+                task.core.hold_after_outage(now_ms)
 
     async def _send(self) -> float:
         """Hand what every task queued to its producer; returns the seconds that took."""

@@ -144,6 +144,11 @@ class Metrics:
         self.assigned_partitions = Gauge(
             "livepulse_assigned_partitions", "Input partition numbers owned by this worker", registry=r
         )
+        self.watermark_holds = Counter(
+            "livepulse_watermark_holds_total",
+            "Times a task held its watermark after an input outage (LIVEPULSE_OUTAGE_HOLD_MS)",
+            registry=r,
+        )
         self.windows_emitted = Counter(
             "livepulse_windows_emitted_total", "Room-stats records published", registry=r
         )

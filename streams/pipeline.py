@@ -19,6 +19,7 @@ sinks gathered and commits each task's transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -51,6 +52,8 @@ from .core import (
 from .leaderboard import LeaderboardStage
 from .metrics import Metrics
 from .settings import Settings, Topics
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MARKER_HEADER",
@@ -158,6 +161,8 @@ class TaskPipeline:
         self.merge: LeaderboardStage | None = None
         #: the last progress mark written (a new pipeline, e.g. after a restore, writes it again)
         self._progress_sent: int | None = None
+        #: the core's outage holds already counted in the metric
+        self._holds_seen = 0
         if partition == 0:
             self.merge = LeaderboardStage(
                 routing.partitions, self._leaderboard_size, sink, self._topics, metrics
@@ -207,7 +212,18 @@ class TaskPipeline:
     def tick(self, now_ms: int, busy: Iterable[int] = ()) -> int:
         """Advance the watermark on wall time (``busy``: sources not known to be caught up); returns
         the windows published."""
-        self.core.tick(now_ms, busy)
+        core = self.core
+        core.tick(now_ms, busy)
+        holds = core.counters.outage_holds
+        if holds != self._holds_seen:
+            self.metrics.watermark_holds.inc(holds - self._holds_seen)
+            self._holds_seen = holds
+            log.warning(
+                "task %d: input back after an outage, watermark held for %.1f s so buffered events "
+                "are not late (LIVEPULSE_OUTAGE_HOLD_MS)",
+                self.partition,
+                ((core.holding_until_ms or now_ms) - now_ms) / 1000,
+            )
         return self.publish_windows()
 
     def _split_repartitioned(

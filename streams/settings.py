@@ -179,6 +179,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "WINDOW_MS": ("core", "window_ms"),
     "GRACE_MS": ("core", "grace_ms"),
     "IDLE_PARTITION_MS": ("core", "idle_partition_ms"),
+    "OUTAGE_HOLD_MS": ("core", "outage_hold_ms"),
     "ROOM_IDLE_MS": ("core", "room_idle_ms"),
     "DEDUP_TTL_MS": ("core", "dedup_ttl_ms"),
     "HLL_LG_K": ("core", "hll_lg_k"),

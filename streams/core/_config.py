@@ -20,6 +20,11 @@ class CoreConfig:
     grace_ms: int = 2_000
     #: wall-clock silence after which a partition's watermark follows wall time
     idle_partition_ms: int = 2_000
+    #: after an input was busy yet silent for idle_partition_ms (the broker unreachable: nothing
+    #: fetched), the watermark stays where it was this long once it delivers or is caught up again,
+    #: so events the producers buffered through the outage are not late when one producer
+    #: reconnects later than another (librdkafka backs off up to 10 s by default); 0: no hold
+    outage_hold_ms: int = 10_000
     #: event-time silence after which a room is forgotten (after its last window; rooms are
     #: scanned every max(window_ms, room_idle_ms / 10) of event time)
     room_idle_ms: int = 300_000
@@ -46,8 +51,10 @@ class CoreConfig:
             raise ConfigError("bucket_ms and window_ms must be positive")
         if self.window_ms % self.bucket_ms:
             raise ConfigError(f"window_ms {self.window_ms} is not a multiple of bucket_ms {self.bucket_ms}")
-        if self.grace_ms < 0 or self.idle_partition_ms <= 0 or self.room_idle_ms <= 0:
-            raise ConfigError("grace_ms must be >= 0; idle_partition_ms and room_idle_ms > 0")
+        if self.grace_ms < 0 or self.outage_hold_ms < 0:
+            raise ConfigError("grace_ms and outage_hold_ms must be >= 0")
+        if self.idle_partition_ms <= 0 or self.room_idle_ms <= 0:
+            raise ConfigError("idle_partition_ms and room_idle_ms must be > 0")
         if self.dedup_ttl_ms < 0 or self.dedup_max_per_room <= 0:
             raise ConfigError("dedup_ttl_ms must be >= 0 and dedup_max_per_room > 0")
         if self.max_input_lag_ms <= 0 or self.max_rooms <= 0:

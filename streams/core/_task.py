@@ -74,6 +74,8 @@ class TaskCounters:
     windows_emitted: int = 0
     rooms_expired: int = 0
     detector_evaluations: int = 0
+    #: times the watermark was held after an input outage (``CoreConfig.outage_hold_ms``)
+    outage_holds: int = 0
 
 
 class ApplyResult(NamedTuple):
@@ -128,10 +130,17 @@ class TaskAggregator:
         self._next_close = NEVER
         #: newest event time per source; a source missing here has delivered nothing yet
         self._src_max: dict[int, int] = {}
-        #: wall time of each source's last delivery (or of the task's first sight of it)
+        #: wall time of each source's last delivery, of the task's first sight of it, or of the last
+        #: tick that found it busy: silence (and event time moving on with wall time) counts from there
         self._src_wall: dict[int, int] = {}
         #: sources caught up and silent for idle_partition_ms: they no longer hold the watermark
         self._idle: set[int] = set()
+        #: sources that delivered or were caught up in this process (a stall before that is startup)
+        self._live: set[int] = set()
+        #: wall time since which a live source has been busy without delivering anything
+        self._busy_since: dict[int, int] = {}
+        #: the watermark stays put until this wall time (after an outage; see ``outage_hold_ms``)
+        self._hold_until = NO_TIME
         #: sources caught up with their log end yet trailing the fastest other source by more than
         #: max_input_lag_ms (a producer sending old events): they no longer hold the watermark
         self._trailing: set[int] = set()
@@ -231,9 +240,14 @@ class TaskAggregator:
                     src_wall.setdefault(expected, now_ms)
             src_wall[source] = now_ms
             self._idle.discard(source)
+            self._live.add(source)
+            if self._busy_since:
+                self._end_stall(source, now_ms)
             # The watermark is the slowest non-idle source's newest event time minus grace, so a
             # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
             others = self._slowest(exclude=source)
+            if now_ms < self._hold_until:
+                others = min(others, self._watermark + self.config.grace_ms)
             source_max = self._src_max.get(source, NO_TIME)
         else:
             # Re-routed events: their senders' published progress moves the watermark instead.
@@ -351,7 +365,8 @@ class TaskAggregator:
 
         A source silent for ``idle_partition_ms`` (and not ``busy``, i.e. not
         lagging behind its log end, nor of unknown state) stops holding the
-        watermark back; a busy source holds it again. When all
+        watermark back; a busy source holds it again, and its silence is
+        counted afresh from the last tick that found it busy. When all
         sources are idle, event time is assumed to move on like wall time from
         the newest event seen, so a quiet room's last window still closes.
 
@@ -359,17 +374,35 @@ class TaskAggregator:
         trails the fastest other source by more than ``max_input_lag_ms`` is a producer sending
         old events: it stops holding the watermark back and its events count late. After
         downtime every input has a backlog (``busy``), so catch-up never releases one.
+
+        A source busy for ``idle_partition_ms`` without delivering anything (the broker
+        unreachable) had an outage: once it delivers or is caught up again, the watermark stays
+        put for ``outage_hold_ms``, in ``apply`` as here. The producers buffered through the same
+        outage and each reconnects at its own pace; without the hold, the first one's fresh
+        events would make the others' buffered ones late.
         """
         idle_after = self.config.idle_partition_ms
         busy = set(busy)
         for source in self.sources:
             last = self._src_wall.setdefault(source, now_ms)
             if source in busy:
-                # unread input (or nothing known: the broker is unreachable) holds the watermark again
+                # unread input (or nothing known: the broker is unreachable) holds the watermark again;
+                # its silence starts when it is caught up, not at its last delivery: after a broker
+                # outage the producers' buffered events are still on their way, and the outage is not
+                # event time that passed
                 self._idle.discard(source)
-            elif now_ms - last >= idle_after:
+                self._src_wall[source] = now_ms
+                if source in self._live:
+                    self._busy_since.setdefault(source, now_ms)
+                continue
+            self._live.add(source)
+            if self._busy_since:
+                self._end_stall(source, now_ms)
+            if now_ms - last >= idle_after:
                 self._idle.add(source)
         self._trailing = self._find_trailing(busy)
+        if now_ms < self._hold_until:
+            return
         slowest = self._slowest()
         if slowest != NEVER:
             candidate = slowest - self.config.grace_ms
@@ -381,6 +414,33 @@ class TaskAggregator:
             self._watermark = candidate
             if candidate >= self._next_close:
                 self._close_due()
+
+    def _end_stall(self, source: int, now_ms: int) -> None:
+        """``source`` delivered or is caught up: if it was busy without delivering for
+        ``idle_partition_ms`` (an outage), hold the watermark for ``outage_hold_ms`` from now."""
+        since = self._busy_since.pop(source, None)
+        if since is not None and now_ms - since >= self.config.idle_partition_ms:
+            self._hold(now_ms)
+
+    def hold_after_outage(self, now_ms: int) -> None:
+        """The task could not look at its inputs for a while because the broker was unreachable
+        (the runtime's loop waited on it): nothing is known of that time, so every input's silence
+        counts afresh from now, and the watermark stays put for ``outage_hold_ms``."""
+        for source in self.sources:
+            self._src_wall[source] = now_ms
+        self._idle.clear()
+        self._hold(now_ms)
+
+    def _hold(self, now_ms: int) -> None:
+        hold_ms = self.config.outage_hold_ms
+        if hold_ms and now_ms + hold_ms > self._hold_until:
+            self._hold_until = now_ms + hold_ms
+            self.counters.outage_holds += 1
+
+    @property
+    def holding_until_ms(self) -> int | None:
+        """Wall time until which the watermark is held after an outage (None: not held)."""
+        return None if self._hold_until == NO_TIME else self._hold_until
 
     def _find_trailing(self, busy: set[int]) -> set[int]:
         # Compared with every other source's newest event, idle ones included: the others falling

@@ -204,7 +204,9 @@ def test_slowest_source_holds_the_watermark_until_idle() -> None:
     agg.tick(now_ms=10 + CFG.idle_partition_ms, busy={1})
     assert agg.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms  # lagging sources are never idle
     agg.tick(now_ms=10 + CFG.idle_partition_ms)
-    # Both idle: event time moves on like wall time since the last delivery.
+    assert agg.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms  # 1's silence starts when it caught up
+    agg.tick(now_ms=10 + 2 * CFG.idle_partition_ms)
+    # Both idle: event time moves on like wall time since 1 was last seen busy.
     assert agg.watermark_ms == BASE_MS + 60_000 - CFG.grace_ms + CFG.idle_partition_ms
     closed = agg.drain()
     assert [(s.window_start, s.orders, s.views) for s in closed] == [(BASE_MS, 1, 0)]

@@ -223,8 +223,102 @@ def test_an_idle_input_that_turns_busy_holds_the_watermark_again() -> None:
     assert held == BASE_MS  # newest event - grace + the idle time
     agg.tick(now_ms=CFG.idle_partition_ms + 5_000, busy={0, 1})
     assert agg.watermark_ms == held
-    agg.tick(now_ms=CFG.idle_partition_ms + 6_000, busy={1})  # 0 known idle again; 1 still holds
+    agg.tick(now_ms=CFG.idle_partition_ms + 6_000, busy={1})  # 0 caught up again; 1 still holds
     assert agg.watermark_ms == held
+
+
+def test_a_broker_outage_is_not_silence() -> None:
+    """The broker comes back, the consumer finds both inputs caught up, and the producers' events
+    buffered during the outage arrive a moment later: the outage did not count as idle time, so
+    none of them is late and no window closed early."""
+    agg = TaskAggregator(CFG, sources=(0, 1))
+    agg.apply(0, [(1, join("r", "u", BASE_MS))], now_ms=0)
+    agg.apply(1, [(1, join("r", "v", BASE_MS))], now_ms=0)
+    for now in range(500, 10_001, 500):  # unreachable for 10 s: nothing known, both busy
+        agg.tick(now_ms=now, busy={0, 1})
+    held = agg.watermark_ms
+    agg.tick(now_ms=10_100)  # reachable again, nothing new yet: both read to their log end
+    agg.tick(now_ms=10_000 + CFG.idle_partition_ms - 1)
+    assert agg.watermark_ms == held
+    buffered = [(k + 2, join("r", f"u{k}", BASE_MS + k * 1_000)) for k in range(1, 11)]
+    result = agg.apply(0, buffered, now_ms=10_000 + CFG.idle_partition_ms - 1)
+    assert (result.applied, result.late) == (10, 0)
+    # silent from then on: after idle_partition_ms the watermark moves on with wall time again
+    agg.tick(now_ms=20_000)
+    agg.tick(now_ms=20_000 + CFG.idle_partition_ms)
+    assert agg.watermark_ms > held
+
+
+def _through_outage(cfg: CoreConfig) -> tuple[TaskAggregator, int]:
+    """Two inputs live, then 10 s with the broker unreachable (both busy, nothing delivered);
+    returns the task and the wall time the broker is back."""
+    agg = TaskAggregator(cfg, sources=(0, 1))
+    agg.apply(0, [(1, join("r", "u", BASE_MS))], now_ms=0)
+    agg.apply(1, [(1, join("r", "v", BASE_MS))], now_ms=0)
+    for now in range(500, 10_001, 500):
+        agg.tick(now_ms=now, busy={0, 1})
+    return agg, 10_000
+
+
+@pytest.mark.parametrize("hold_ms", [10_000, 0])
+def test_after_an_outage_the_watermark_waits_for_the_producer_that_reconnects_last(hold_ms: int) -> None:
+    """One producer is back at once and sends fresh events on both inputs; the other reconnects
+    5 s later with what it buffered through the outage. Held, none of that is late; with the hold
+    switched off, the fresh events move the watermark past the buffered ones."""
+    cfg = CoreConfig(
+        bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, outage_hold_ms=hold_ms
+    )
+    agg, back = _through_outage(cfg)
+    for step in range(1, 11):  # the fast producer: events at wall time, ~10 s on from the last ones
+        now = back + step * 500
+        for source in (0, 1):
+            agg.apply(source, [(step + 1, join("r", f"fast{step}", BASE_MS + now))], now_ms=now)
+        agg.tick(now_ms=now)
+    buffered = [(20 + k, join("r", f"slow{k}", BASE_MS + k * 1_000)) for k in range(1, 10)]
+    result = agg.apply(0, buffered, now_ms=back + 5_000)
+    if hold_ms:
+        assert (result.applied, result.late) == (9, 0)
+        assert agg.counters.outage_holds == 1
+        agg.tick(now_ms=back + 500 + hold_ms)  # held from the first delivery; over now
+        closed = {s.window_start: s.views for s in agg.drain()}
+        assert closed[BASE_MS] == 2 + 9
+    else:
+        assert result.late == 9
+        assert agg.counters.outage_holds == 0
+
+
+def test_a_blind_spot_is_an_outage_too() -> None:
+    """The runtime's loop waited on the unreachable broker, so no tick saw the inputs busy: it
+    says so (``hold_after_outage``) before the first events after it, and the inputs' silence
+    before the outage does not make them idle at once."""
+    agg = TaskAggregator(CFG, sources=(0, 1))
+    agg.apply(0, [(1, join("r", "u", BASE_MS))], now_ms=0)
+    agg.apply(1, [(1, join("r", "v", BASE_MS))], now_ms=0)
+    agg.tick(now_ms=500)
+    held = agg.watermark_ms
+    agg.hold_after_outage(now_ms=11_000)  # nothing seen from 500 to 11 000
+    agg.tick(now_ms=11_000)
+    assert agg.watermark_ms == held  # not idle: silent 0 s, not 10.5 s
+    fresh = agg.apply(1, [(2, join("r", "w", BASE_MS + 11_000))], now_ms=11_000)
+    buffered = agg.apply(0, [(k + 2, join("r", f"b{k}", BASE_MS + k * 1_000)) for k in range(1, 10)], 15_000)
+    assert (fresh.late, buffered.late, buffered.applied) == (0, 0, 9)
+    assert agg.holding_until_ms == 11_000 + CFG.outage_hold_ms
+
+
+def test_no_hold_for_a_slow_start_or_a_backlog_read_without_pause() -> None:
+    """Busy before the task ever saw an input caught up (startup), or busy but delivering (a
+    backlog): neither is an outage, so the first windows after a restart are not delayed."""
+    agg = TaskAggregator(CFG, sources=(0,))
+    for now in range(0, 5_001, 500):  # the first fetch takes 5 s
+        agg.tick(now_ms=now, busy={0})
+    for step in range(1, 30):  # then a backlog, read a batch per tick
+        now = 5_000 + step * 500
+        agg.apply(0, [(step, join("r", f"u{step}", BASE_MS + step * 1_000))], now_ms=now)
+        agg.tick(now_ms=now, busy={0})
+    agg.tick(now_ms=20_000)
+    assert agg.counters.outage_holds == 0
+    assert agg.holding_until_ms is None
+    assert BASE_MS in {s.window_start for s in agg.drain()}
 
 
 def test_a_task_that_never_got_an_event_does_not_hold_receivers_once_idle() -> None:
