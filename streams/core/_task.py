@@ -651,28 +651,19 @@ class TaskAggregator:
                 rollup = held[i] = Rollup(length, ws - ws % length, total)
                 rollup.uniques = sketch
                 rollup.concurrent = concurrent
-                end = rollup.start + length
-                members = self._rollup_ends.get(end)
-                if members is None:
-                    members = self._rollup_ends[end] = []
-                members.append(room)
+                _enlist(self._rollup_ends, rollup.start + length, room)
         if session is not None:
             if concurrent > session.peak:
                 session.peak, session.peak_ws = concurrent, ws
             session.updated_at = ws + cfg.window_ms
             if session.due is None:  # once indexed, it stays so; _end_sessions moves it on
-                due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
-                self._index_session(room, session, due)
+                self._index_session(room, session, self._due_of(session))
             self._session_outbox.append(session.record(room.room_id, LIVE))
 
     def _close_rollups(self, wm: int) -> None:
         """Close every rollup window whose end is at or before ``wm``, oldest first."""
-        ends = self._rollup_ends
-        while ends:
-            end = min(ends)
-            if end > wm:
-                return
-            for room in ends.pop(end):
+        for end, rooms in _pop_due(self._rollup_ends, wm):
+            for room in rooms:
                 held = room.rollups
                 if held is not None:
                     for i, rollup in enumerate(held):
@@ -689,10 +680,16 @@ class TaskAggregator:
 
     def _index_session(self, room: Room, session: Session, due: int) -> None:
         session.due = due
-        members = self._session_due.get(due)
-        if members is None:
-            members = self._session_due[due] = []
-        members.append(room)
+        _enlist(self._session_due, due, room)
+
+    def _due_of(self, session: Session) -> int:
+        """The window end at which ``session`` ends if its room stays silent."""
+        cfg = self.config
+        return due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+
+    def _extensible(self, room: Room, session: Session) -> bool:
+        """Whether an open window of ``room`` could still extend ``session`` (its close decides)."""
+        return bool(room.open_ws) and min(room.open_ws) < session.last_end + self.config.session_gap_ms
 
     def _end_sessions(self, wm: int) -> None:
         """End the sessions due at or before ``wm`` whose room has no open window that could
@@ -701,27 +698,21 @@ class TaskAggregator:
         A session is indexed once, under the due time it had then; activity since only moves its
         due time later, so when that slot comes it is checked and, if still live, indexed again
         under its due time now: one index entry per live session, not one per closed window."""
-        due, cfg = self._session_due, self.config
-        while due:
-            slot = min(due)
-            if slot > wm:
-                return
-            for room in due.pop(slot):
+        for slot, rooms in _pop_due(self._session_due, wm):
+            for room in rooms:
                 session = room.session
                 if session is None or session.due != slot:
                     continue  # ended, or replaced by a newer session, since it was indexed
-                now_due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+                now_due = self._due_of(session)
                 if now_due > wm:
                     self._index_session(room, session, now_due)
                     continue
                 session.due = None  # the next window folded in indexes it again
-                if room.open_ws and min(room.open_ws) < session.last_end + cfg.session_gap_ms:
-                    continue
-                self._end_session(room, session)
+                if not self._extensible(room, session):
+                    self._end_session(room, session)
 
     def _end_session(self, room: Room, session: Session) -> None:
-        cfg = self.config
-        session.updated_at = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
+        session.updated_at = self._due_of(session)
         self._session_outbox.append(session.record(room.room_id, ENDED))
         room.session = None
 
@@ -921,12 +912,11 @@ class TaskAggregator:
                 room.rollups = None
             for rollup in room.rollups or ():
                 if rollup is not None:
-                    self._rollup_ends.setdefault(rollup.start + rollup.length, []).append(room)
+                    _enlist(self._rollup_ends, rollup.start + rollup.length, room)
         session = room.session
         if session is not None:
-            due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms)
-            extensible = room.open_ws and min(room.open_ws) < session.last_end + cfg.session_gap_ms
-            if due <= wm and not extensible:
+            due = self._due_of(session)
+            if due <= wm and not self._extensible(room, session):
                 room.session = None  # ended (see _end_sessions)
             else:
                 self._index_session(room, session, due)
@@ -964,3 +954,21 @@ def _reset(room: Room) -> bool:
     room.uniques.clear()
     room.buckets.clear()
     return True
+
+
+def _enlist(index: dict[int, list[Room]], due: int, room: Room) -> None:
+    """List ``room`` under ``due`` in a due index (rollup ends, session slots)."""
+    members = index.get(due)
+    if members is None:
+        members = index[due] = []
+    members.append(room)
+
+
+def _pop_due(index: dict[int, list[Room]], wm: int) -> Iterator[tuple[int, list[Room]]]:
+    """Take the entries of a due index at or before ``wm``, earliest first; entries added
+    meanwhile (a session moved on to a later slot) are taken too when they are due."""
+    while index:
+        due = min(index)
+        if due > wm:
+            return
+        yield due, index.pop(due)
