@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -260,6 +260,10 @@ class LongerWindows:
         return out
 
 
+#: (expected, got) -> {field: (expected, got)} for the fields that differ
+_Differ = Callable[[Any, Any], dict[str, tuple[Any, Any]]]
+
+
 def compare_sessions_and_rollups(
     truth: Truth,
     out: Outputs,
@@ -275,27 +279,24 @@ def compare_sessions_and_rollups(
     want_s = {k: s for k, s in truth.sessions.items() if not skip_room(k[0])}
     got_s = {k: s for k, s in out.sessions.items() if not skip_room(k[0])}
     res.rollups_expected, res.sessions_expected = len(want_r), len(want_s)
-    diffs: list[tuple[Any, dict[str, tuple[Any, Any]]]] = []
-    for key, expected in want_r.items():
-        have = got_r.get(key)
-        if have is None:
-            res.missing.append(key)
-        else:
-            diffs.append((key, _diff(expected, have)))
-    for skey, want_session in want_s.items():
-        have_session = got_s.get(skey)
-        if have_session is None:
-            res.missing.append(skey)
-        else:
-            diffs.append((skey, _session_diff(want_session, have_session)))
-    for key, diff in diffs:
-        if late_slack:
-            diff.pop("late_events", None)
-        if diff:
-            res.wrong.append((key, diff))
-            if any(isinstance(w, int) and isinstance(h, int) and h > w for w, h in diff.values()):
-                res.double_counted += 1
-    res.unexpected = [k for k in got_r if k not in want_r] + [k for k in got_s if k not in want_s]
+    differs: tuple[tuple[Mapping[Any, Any], Mapping[Any, Any], _Differ], ...] = (
+        (want_r, got_r, _diff),
+        (want_s, got_s, _session_diff),
+    )
+    for want, got, differ in differs:
+        for key, expected in want.items():
+            have = got.get(key)
+            if have is None:
+                res.missing.append(key)
+                continue
+            diff = differ(expected, have)
+            if late_slack:
+                diff.pop("late_events", None)
+            if diff:
+                res.wrong.append((key, diff))
+                if any(isinstance(w, int) and isinstance(h, int) and h > w for w, h in diff.values()):
+                    res.double_counted += 1
+        res.unexpected += [k for k in got if k not in want]
     return res
 
 

@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Collection, Container, Mapping
+from collections.abc import Callable, Collection, Container, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -26,6 +26,7 @@ from schemas import RoomSession, RoomStats, decode_room_session, decode_room_sta
 from streams.settings import Topics
 
 WindowKey = tuple[str, int]
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,16 +124,17 @@ class Collector:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    def _dead_letters(self, messages: list[Any]) -> None:
-        out = self.outputs
+    def _decoded(self, messages: list[Any], decode: Callable[[bytes], T]) -> Iterator[tuple[Any, T]]:
+        """``(message, decode(value))`` for each message that decodes; the others are counted."""
         for m in messages:
             try:
-                letter = orjson.loads(m.value)
-                source = (letter["topic"], letter["partition"], letter["offset"])
-                reason = letter["reason"]
+                yield m, decode(m.value)
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                out.undecodable += 1
-                continue
+                self.outputs.undecodable += 1
+
+    def _dead_letters(self, messages: list[Any]) -> None:
+        out = self.outputs
+        for _, (source, reason) in self._decoded(messages, _dead_letter):
             if source in out.dlq_seen:
                 out.dlq_duplicates += 1
             else:
@@ -141,13 +143,7 @@ class Collector:
 
     def _leaderboards(self, messages: list[Any]) -> None:
         out = self.outputs
-        for m in messages:
-            try:
-                record = orjson.loads(m.value)
-                ws = record["window_start"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                out.undecodable += 1
-                continue
+        for _, (ws, record) in self._decoded(messages, _leaderboard):
             if ws in out.leaderboards:
                 out.leaderboard_repeats.append(record)
             else:
@@ -155,22 +151,11 @@ class Collector:
 
     async def wait_for_leaderboards(self, window_starts: set[int], timeout_s: float) -> bool:
         """Wait until a leaderboard record of every window in ``window_starts`` has arrived."""
-        deadline = time.monotonic() + timeout_s
-        got = self.outputs.leaderboards
-        while time.monotonic() < deadline:
-            if window_starts <= got.keys():
-                return True
-            await asyncio.sleep(0.25)
-        return window_starts <= got.keys()
+        return await _arrived(window_starts, self.outputs.leaderboards, timeout_s)
 
     def _windows(self, messages: list[Any], now: float) -> None:
         out = self.outputs
-        for m in messages:
-            try:
-                stats = decode_room_stats(m.value)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                out.undecodable += 1
-                continue
+        for m, stats in self._decoded(messages, decode_room_stats):
             key = (stats.room_id, stats.window_start)
             previous = out.windows.get(key)
             if previous is None:
@@ -184,12 +169,7 @@ class Collector:
 
     def _rollups(self, length: int, messages: list[Any]) -> None:
         out = self.outputs
-        for m in messages:
-            try:
-                stats = decode_room_stats(m.value)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                out.undecodable += 1
-                continue
+        for _, stats in self._decoded(messages, decode_room_stats):
             key = (length, stats.room_id, stats.window_start)
             previous = out.rollups.get(key)
             if previous is None:
@@ -201,12 +181,7 @@ class Collector:
 
     def _sessions(self, messages: list[Any]) -> None:
         out = self.outputs
-        for m in messages:
-            try:
-                session = decode_room_session(m.value)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                out.undecodable += 1
-                continue
+        for _, session in self._decoded(messages, decode_room_session):
             out.sessions[(session.room_id, session.session_start)] = session
 
     async def wait_for_rollups(self, keys: set[tuple[int, str, int]], timeout_s: float) -> bool:
@@ -216,6 +191,18 @@ class Collector:
     async def wait_for(self, keys: set[WindowKey], timeout_s: float) -> bool:
         """Wait until every key in ``keys`` has arrived (True) or the time is up (False)."""
         return await _arrived(keys, self.outputs.windows, timeout_s)
+
+
+def _dead_letter(raw: bytes) -> tuple[tuple[str, int, int], str]:
+    """A dead letter's source (topic, partition, offset) and reason."""
+    letter = orjson.loads(raw)
+    return (letter["topic"], letter["partition"], letter["offset"]), letter["reason"]
+
+
+def _leaderboard(raw: bytes) -> tuple[int, dict[str, Any]]:
+    """A leaderboard record's window start, and the record."""
+    record: dict[str, Any] = orjson.loads(raw)
+    return record["window_start"], record
 
 
 async def _arrived(keys: Collection[Any], received: Container[Any], timeout_s: float) -> bool:
