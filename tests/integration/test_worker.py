@@ -20,7 +20,6 @@ from loadtest.oracle import (
     expected_rollups,
     expected_sessions,
     expected_windows,
-    unique_viewers_close,
 )
 from loadtest.traffic import TrafficConfig, encode
 from schemas import (
@@ -46,6 +45,7 @@ from tests.integration.workers import (
     records,
     room_stats_by_key,
 )
+from tests.records import assert_records_match
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +92,7 @@ async def collect(
 def assert_equal_to_oracle(
     got: dict[tuple[str, int], RoomStats], expected: dict[tuple[str, int], RoomStats]
 ) -> None:
-    assert sorted(got) == sorted(expected)
-    for key, want in expected.items():
-        have = got[key]
-        assert unique_viewers_close(have.unique_viewers, want.unique_viewers), (key, have, want)
-        strip = lambda s: {f: getattr(s, f) for f in s.__slots__ if f != "unique_viewers"}  # noqa: E731
-        assert strip(have) == strip(want), key
+    assert_records_match(got, expected)
 
 
 async def assert_leaderboard_equal_to_oracle(
@@ -249,9 +244,7 @@ async def test_kill_9_mid_session_leaves_rollups_and_sessions_exact(
                 stats = decode_room_stats(raw)
                 key = (length, stats.room_id, stats.window_start)
                 assert got_rollups.setdefault(key, stats) == stats, f"{key} published twice, differently"
-        assert sorted(got_rollups) == sorted(want_rollups)
-        for key, want in want_rollups.items():
-            _assert_close(got_rollups[key], want, key)
+        assert_records_match(got_rollups, want_rollups)
 
         def sessions(values: list[bytes]) -> dict[tuple[str, int], RoomSession]:
             latest = {}
@@ -269,9 +262,7 @@ async def test_kill_9_mid_session_leaves_rollups_and_sessions_exact(
             ),
         )
         got_sessions = sessions(values)
-        assert sorted(got_sessions) == sorted(want_sessions)
-        for skey, want_session in want_sessions.items():
-            _assert_close(got_sessions[skey], want_session, skey)
+        assert_records_match(got_sessions, want_sessions)
         status, body = second.get("/rooms/r0")
         assert status == 200 and orjson.loads(body)["session"]["status"] == "live"
     finally:
@@ -286,12 +277,6 @@ def _stream(events: list[tuple[str, Event]]) -> list[tuple[int, int, Event]]:
         offsets[kind] += 1
         stream.append((SOURCE[kind], offsets[kind], ev))
     return stream
-
-
-def _assert_close(have: RoomStats | RoomSession, want: RoomStats | RoomSession, key: object) -> None:
-    assert unique_viewers_close(have.unique_viewers, want.unique_viewers), (key, have, want)
-    strip = lambda s: {f: getattr(s, f) for f in s.__slots__ if f != "unique_viewers"}  # noqa: E731
-    assert strip(have) == strip(want), key
 
 
 async def test_two_workers_split_partitions_and_hand_over_state(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from loadtest.oracle import expected_windows, unique_viewers_close
 from schemas import Event, GiftEvent, OrderEvent, RoomStats, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
+from tests.records import assert_records_match
 
 BASE_MS = 1_700_000_000_000
 CFG = CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, dedup_ttl_ms=10**9)
@@ -81,15 +82,7 @@ def assert_matches_oracle(emitted: list[RoomStats], stream: list[tuple[int, int,
     for stats in emitted:
         key = (stats.room_id, stats.window_start)
         assert got.setdefault(key, stats) == stats, f"conflicting duplicate for {key}"
-    assert sorted(got) == sorted(expected)
-    for key, want in expected.items():
-        have = got[key]
-        assert unique_viewers_close(have.unique_viewers, want.unique_viewers), (key, have, want)
-        assert _without_uv(have) == _without_uv(want), key
-
-
-def _without_uv(stats: RoomStats) -> tuple[object, ...]:
-    return tuple(getattr(stats, f) for f in stats.__slots__ if f != "unique_viewers")
+    assert_records_match(got, expected)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,11 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.oracle import expected_sessions, unique_viewers_close
+from loadtest.oracle import expected_sessions
 from schemas import Event, RoomSession, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator, room_view
 from streams.core._state_codec import decode_room
 from streams.exceptions import ConfigError
+from tests.records import assert_records_match
 from tests.unit.test_core_oracle import BASE_MS, SOURCES, make_stream, run
 
 CFG = CoreConfig(
@@ -69,13 +70,7 @@ def settle(agg: TaskAggregator, now_ms: int) -> list[RoomSession]:
 def assert_sessions_match(
     got: dict[tuple[str, int], RoomSession], want: dict[tuple[str, int], RoomSession]
 ) -> None:
-    assert sorted(got) == sorted(want)
-    for key, expected in want.items():
-        have = got[key]
-        assert unique_viewers_close(have.unique_viewers, expected.unique_viewers), (key, have, expected)
-        assert dataclasses.replace(have, unique_viewers=0) == dataclasses.replace(
-            expected, unique_viewers=0
-        ), key
+    assert_records_match(got, want)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
