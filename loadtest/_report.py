@@ -16,6 +16,11 @@ from typing import Any
 HEADING = "## Load test (issue 6)"
 NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+#: what a ``--variants`` row differs in (harness.VARIANTS, not imported: the report reads JSON results too)
+VARIANT_LABELS = {
+    "bare": "sessions and rollups off",
+    "default-rollups": "rollups of 1 m and 1 h (the defaults) instead of 2 and 6 windows",
+}
 
 
 def _med(values: list[float]) -> float:
@@ -69,7 +74,9 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
         "",
         f"Backlog: {bl.get('messages', 0):,} messages ({bl.get('events', 0):,} events, "
         f"{bl.get('malformed', 0):,} malformed) over {bl.get('span_s', 0):,.0f} s of "
-        f"event time, {cfg['rooms']:,} rooms, scenarios {', '.join(cfg['scenarios'])}; "
+        f"event time ({bl.get('event_rate', 0):,.0f} events/s, "
+        f"{bl.get('event_rate', 0) * cfg['window_ms'] / 1000 / max(cfg['rooms'], 1):.2f} events per "
+        f"room-window), {cfg['rooms']:,} rooms, scenarios {', '.join(cfg['scenarios'])}; "
         f"{cfg['partitions']} partitions per topic, window {cfg['window_ms'] / 1000:g} s, grace "
         f"{cfg['grace_ms'] / 1000:g} s, checkpoint every 1 s, spike alerts on. Produced at "
         f"{result.backlog.get('produce_rate', 0):,.0f} messages/s "
@@ -101,6 +108,17 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
             f"| {labels.get(name, name)}{note} | {_span([r['per_cpu_s'] for r in rows])} | "
             f"{_span([r['per_s'] for r in rows])} | {ratio:.2f}x | >= {targets.get(name, 0):g}x: "
             f"{_yes(ratio >= targets.get(name, 0))} |"
+        )
+    by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in getattr(result, "variants", []):
+        by_variant[row["name"]].append(row)
+    for name, rows in by_variant.items():
+        other = _med([r["per_cpu_s"] for r in rows])
+        ratio = lp_cpu / other if other else math.nan
+        lines.append(
+            f"| livepulse variant `{name}`: {VARIANT_LABELS.get(name, name)} | "
+            f"{_span([r['per_cpu_s'] for r in rows])} | {_span([r['per_s'] for r in rows])} | "
+            f"{ratio:.2f}x (CPU per event {1 / ratio - 1:+.0%} for livepulse as measured) | — |"
         )
     live, restore, corr = result.live, result.restore, result.correctness
     rss = max((r["peak_rss"] for r in lp), default=0)

@@ -53,6 +53,18 @@ from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: ``--variants``: livepulse workers with other settings, name -> (what differs, their settings)
+VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "bare": (
+        "sessions and rollups off (the leaderboard stays on)",
+        (("LIVEPULSE_SESSIONS", "false"), ("LIVEPULSE_ROLLUP_WINDOWS_MS", "")),
+    ),
+    "default-rollups": (
+        "the default rollups (1 m, 1 h) instead of the harness's 2 and 6 windows",
+        (("LIVEPULSE_ROLLUP_WINDOWS_MS", "60000,3600000"),),
+    ),
+}
+
 
 @dataclass(frozen=True)
 class HarnessConfig:
@@ -68,6 +80,10 @@ class HarnessConfig:
     live_s: float = 90.0
     live_load: float = 0.5
     baselines: tuple[str, ...] = BASELINES
+    #: livepulse workers with other settings (``VARIANTS``), timed on the same backlog in every run
+    variants: tuple[str, ...] = ()
+    #: events per second of event time (None: the events spread over the scenarios' minimum span)
+    event_rate: float | None = None
     #: faust moves a few thousand events/s: it is timed on this prefix of the backlog
     faust_max_messages: int = 200_000
     quick: bool = False
@@ -110,6 +126,8 @@ class Result:
     machine: dict[str, Any] = field(default_factory=dict)
     backlog: dict[str, Any] = field(default_factory=dict)
     livepulse: list[dict[str, Any]] = field(default_factory=list)
+    #: the same measurement of the workers in ``HarnessConfig.variants``, each row named
+    variants: list[dict[str, Any]] = field(default_factory=list)
     baselines: list[dict[str, Any]] = field(default_factory=list)
     restore: dict[str, Any] = field(default_factory=dict)
     live: dict[str, Any] = field(default_factory=dict)
@@ -156,12 +174,22 @@ class Harness:
         deployment: Deployment | None = None
         for run in range(cfg.runs):
             await self._baselines(bootstrap, inputs, total, run)
-            deployment = Deployment(
-                bootstrap, inputs, f"lt-{self.suffix}-r{run}", cfg.partitions, cfg.window_ms, cfg.grace_ms
+            for name in cfg.variants:
+                variant = self._deployment(bootstrap, inputs, f"{name}-r{run}", VARIANTS[name][1])
+                row, other = await self._catch_up(variant, total, f"{name}-r{run}")
+                self.result.variants.append({"name": name, "run": run, **row})
+                other.stop()
+                self.say(f"variant {name} run {run + 1}: {row['per_cpu_s']:,.0f} events/CPU-s")
+            deployment = self._deployment(bootstrap, inputs, f"r{run}")
+            row, worker = await self._catch_up(deployment, total, f"r{run}")
+            self.result.livepulse.append({"run": run, **row})
+            self.say(
+                f"livepulse run {run + 1}: {row['per_cpu_s']:,.0f} events/CPU-s, "
+                f"{row['per_s']:,.0f} events/s, peak RSS {row['peak_rss'] / 1e6:,.0f} MB, "
+                f"{row['active_rooms']:,.0f} rooms"
             )
-            self.topics_created += [t for t in asdict(deployment.topics).values() if t not in inputs]
-            last = run == cfg.runs - 1
-            worker = await self._catch_up(deployment, total, run, keep=last)
+            if run < cfg.runs - 1:
+                worker.stop()
         assert worker is not None and deployment is not None
         worker = await self._restart(worker, deployment)
         try:
@@ -200,6 +228,7 @@ class Harness:
             window_ms=cfg.window_ms,
             grace_ms=cfg.grace_ms,
             realtime=False,
+            event_rate=cfg.event_rate,
         )
         gen_s = time.perf_counter() - t0
         span_s = (phase.end_ms - phase.start_ms) / 1000
@@ -250,8 +279,27 @@ class Harness:
             rate = f"{b.events_per_cpu_s:,.0f}/CPU-s" if b.events_per_cpu_s else b.error
             self.say(f"baseline {name} run {run + 1}: {rate}")
 
-    async def _catch_up(self, deployment: Deployment, total: int, run: int, *, keep: bool) -> WorkerProcess:
-        worker = WorkerProcess(deployment, self.log_dir, f"livepulse-r{run}")
+    def _deployment(
+        self, bootstrap: str, inputs: tuple[str, str, str], label: str, env: tuple[tuple[str, str], ...] = ()
+    ) -> Deployment:
+        cfg = self.cfg
+        deployment = Deployment(
+            bootstrap,
+            inputs,
+            f"lt-{self.suffix}-{label}",
+            cfg.partitions,
+            cfg.window_ms,
+            cfg.grace_ms,
+            extra_env=env,
+        )
+        self.topics_created += [t for t in asdict(deployment.topics).values() if t not in inputs]
+        return deployment
+
+    async def _catch_up(
+        self, deployment: Deployment, total: int, label: str
+    ) -> tuple[dict[str, Any], WorkerProcess]:
+        """A fresh worker of ``deployment`` timed until it consumed the backlog; it is left running."""
+        worker = WorkerProcess(deployment, self.log_dir, f"livepulse-{label}")
         ready_s = await worker.wait_ready()
         sampler = Sampler(worker, every_s=0.25)
         await sampler.until_consumed(total, self.cfg.timeout_s)
@@ -259,7 +307,6 @@ class Harness:
         metrics = await worker.metrics()
         checkpoint = histogram(metrics, "livepulse_checkpoint_seconds")
         row = {
-            "run": run,
             "ready_s": ready_s,
             "messages": rate.messages,
             "cpu_s": rate.cpu_s,
@@ -276,15 +323,8 @@ class Harness:
             "invalid": metrics.get("livepulse_events_invalid_total", 0.0),
             "windows_emitted": metrics.get("livepulse_windows_emitted_total", 0.0),
         }
-        self.result.livepulse.append(row)
-        self.result.series[f"catchup_r{run}"] = [asdict(s) for s in sampler.samples]
-        self.say(
-            f"livepulse run {run + 1}: {rate.per_cpu_s:,.0f} events/CPU-s, {rate.per_s:,.0f} events/s, "
-            f"peak RSS {row['peak_rss'] / 1e6:,.0f} MB, {row['active_rooms']:,.0f} rooms"
-        )
-        if not keep:
-            worker.stop()
-        return worker
+        self.result.series[f"catchup_{label}"] = [asdict(s) for s in sampler.samples]
+        return row, worker
 
     async def _restart(self, worker: WorkerProcess, deployment: Deployment) -> WorkerProcess:
         """Kill (or stop) the caught-up worker, start another: restore time from its /metrics."""
@@ -571,6 +611,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default=",".join(d.baselines), help="comma-separated, or 'none'")
     p.add_argument("--faust-max-messages", type=int, default=d.faust_max_messages)
     p.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated livepulse variants timed beside it in every run: "
+        + "; ".join(f"{k}: {v[0]}" for k, v in VARIANTS.items()),
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="events per second of event time, which sets the density: events per room-window "
+        "= rate x window / rooms (default: the events over the scenarios' minimum span)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="a few seconds of traffic, all scenarios, correctness only"
     )
     p.add_argument("--report", action="store_true", help="update loadtest/RESULTS.md and loadtest/plots/")
@@ -597,6 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             raise SystemExit(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
+        variants = tuple(v for v in args.variants.split(",") if v)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
         cfg = HarnessConfig(
             events=args.events,
             rooms=args.rooms,
@@ -605,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             live_load=args.live_load,
             baselines=baselines,
             faust_max_messages=args.faust_max_messages,
+            variants=variants,
+            event_rate=args.rate,
             **common,
         )
     result = asyncio.run(run_harness(cfg))

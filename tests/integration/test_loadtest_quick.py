@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from loadtest import _report
 from loadtest.harness import Harness, HarnessConfig
 
 pytestmark = pytest.mark.integration
 
 
 async def test_quick_load_test_matches_the_ground_truth(kafka_bootstrap: str, tmp_path: Path) -> None:
-    cfg = HarnessConfig.quick_config(brokers=kafka_bootstrap, out_dir=tmp_path)
+    # with a variant beside it (sessions and rollups off), as the feature-cost measurement runs it
+    cfg = HarnessConfig.quick_config(brokers=kafka_bootstrap, out_dir=tmp_path, variants=("bare",))
 
     result = await Harness(cfg).run(kafka_bootstrap)
 
@@ -38,3 +40,11 @@ async def test_quick_load_test_matches_the_ground_truth(kafka_bootstrap: str, tm
     assert len(verdict.dlq_expected) >= 10  # every malformed kind, each with its reason code
     assert result.restore["partitions"] == cfg.partitions
     assert result.live["latency_events"] > 0 and result.live["latency_missing"] == 0
+    # the variant was timed on the same backlog (the same messages, the same ones refused)
+    (bare,) = result.variants
+    (full,) = result.livepulse
+    assert bare["name"] == "bare" and bare["messages"] > 0 and full["messages"] > 0
+    assert bare["invalid"] == full["invalid"] > 0 and bare["per_cpu_s"] > 0
+    report = tmp_path / "RESULTS.md"
+    _report.update_results_md(result, [], ["--quick"], path=report)
+    assert "livepulse variant `bare`: sessions and rollups off" in report.read_text()
