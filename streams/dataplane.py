@@ -260,9 +260,9 @@ class DataPlane:
             task.positions[tp] = messages[-1].offset + 1
             if published:
                 waited += await self._send()  # out before the next partition's work
-        busy = await self._lagging(now_ms)
+        busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
-            task.pipeline.tick(now_ms, busy.get(partition, ()))
+            task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -316,8 +316,10 @@ class DataPlane:
                 value = getattr(ranked[rank - 1], field) if rank <= len(ranked) else 0
                 gauge.labels(str(rank)).set(value)
 
-    async def _lagging(self, now_ms: int) -> dict[int, set[int]]:
-        """Input sources behind their last stable offset, or not known to be caught up, by partition.
+    async def _lagging(self, now_ms: int) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+        """Input sources behind their last stable offset, or not known to be caught up, by partition;
+        and of those, the ones known to be behind (the last fetch response showed records past the
+        position: a busy loop has not read them yet, the broker is not the reason).
 
         A source counts as caught up only if a fetch response said so within
         ``idle_partition_ms``: while the broker is unreachable nothing is known,
@@ -330,6 +332,7 @@ class DataPlane:
         sources = self._routing.sources
         fresh_ms = self.settings.core.idle_partition_ms
         busy: dict[int, set[int]] = {}
+        behind: dict[int, set[int]] = {}
         for tp in consumer.assignment():
             if tp.topic not in sources:
                 continue  # the leaderboard partials: not a watermark source
@@ -350,9 +353,11 @@ class DataPlane:
             unknown = end is None or polled is None or now_ms - polled > fresh_ms
             if (unknown or position < end) and source != REPARTITION:
                 busy.setdefault(tp.partition, set()).add(source)
+                if end is not None and position < end:
+                    behind.setdefault(tp.partition, set()).add(source)
             if end is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
-        return busy
+        return busy, behind
 
     def _count_firing(self, now_ms: int, *, resend: bool) -> None:
         """Update the firing gauge; with ``resend``, re-publish every firing alert."""

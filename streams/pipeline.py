@@ -209,11 +209,11 @@ class TaskPipeline:
             core.sender_progress(sender, frontier)
         return self.publish_windows()
 
-    def tick(self, now_ms: int, busy: Iterable[int] = ()) -> int:
-        """Advance the watermark on wall time (``busy``: sources not known to be caught up); returns
-        the windows published."""
+    def tick(self, now_ms: int, busy: Iterable[int] = (), behind: Iterable[int] = ()) -> int:
+        """Advance the watermark on wall time (``busy``: sources not known to be caught up, of which
+        ``behind``: known to have unread records); returns the windows published."""
         core = self.core
-        core.tick(now_ms, busy)
+        core.tick(now_ms, busy, behind)
         holds = core.counters.outage_holds
         if holds != self._holds_seen:
             self.metrics.watermark_holds.inc(holds - self._holds_seen)

@@ -137,8 +137,11 @@ class TaskAggregator:
         self._idle: set[int] = set()
         #: sources that delivered or were caught up in this process (a stall before that is startup)
         self._live: set[int] = set()
-        #: wall time since which a live source has been busy without delivering anything
+        #: wall time of the first tick that found a live source busy without a delivery since the
+        #: tick before (a slow round between two deliveries is no stall)
         self._busy_since: dict[int, int] = {}
+        #: sources that delivered since the last tick
+        self._delivered: set[int] = set()
         #: the watermark stays put until this wall time (after an outage; see ``outage_hold_ms``)
         self._hold_until = NO_TIME
         #: sources caught up with their log end yet trailing the fastest other source by more than
@@ -241,6 +244,7 @@ class TaskAggregator:
             src_wall[source] = now_ms
             self._idle.discard(source)
             self._live.add(source)
+            self._delivered.add(source)
             if self._busy_since:
                 self._end_stall(source, now_ms)
             # The watermark is the slowest non-idle source's newest event time minus grace, so a
@@ -360,7 +364,7 @@ class TaskAggregator:
         out, self._overflow = self._overflow, []
         return out
 
-    def tick(self, now_ms: int, busy: Iterable[int] = ()) -> None:
+    def tick(self, now_ms: int, busy: Iterable[int] = (), behind: Iterable[int] = ()) -> None:
         """Let wall-clock time release idle sources and advance the watermark; close what is due.
 
         A source silent for ``idle_partition_ms`` (and not ``busy``, i.e. not
@@ -379,10 +383,15 @@ class TaskAggregator:
         unreachable) had an outage: once it delivers or is caught up again, the watermark stays
         put for ``outage_hold_ms``, in ``apply`` as here. The producers buffered through the same
         outage and each reconnects at its own pace; without the hold, the first one's fresh
-        events would make the others' buffered ones late.
+        events would make the others' buffered ones late. The stall counts from the first tick
+        that found the source busy with nothing delivered since the tick before and not
+        ``behind`` (known to have unread records, which a busy loop has not taken yet): slow
+        rounds while a backlog is read are no outage.
         """
         idle_after = self.config.idle_partition_ms
         busy = set(busy)
+        delivered, self._delivered = self._delivered, set()
+        delivered.update(behind)
         for source in self.sources:
             last = self._src_wall.setdefault(source, now_ms)
             if source in busy:
@@ -392,7 +401,7 @@ class TaskAggregator:
                 # event time that passed
                 self._idle.discard(source)
                 self._src_wall[source] = now_ms
-                if source in self._live:
+                if source in self._live and source not in delivered:
                     self._busy_since.setdefault(source, now_ms)
                 continue
             self._live.add(source)

@@ -321,6 +321,31 @@ def test_no_hold_for_a_slow_start_or_a_backlog_read_without_pause() -> None:
     assert BASE_MS in {s.window_start for s in agg.drain()}
 
 
+def test_no_hold_for_slow_rounds_that_each_deliver() -> None:
+    """A backlog read in rounds of 3 s (a big window boundary, a checkpoint waiting on a busy
+    broker): the input delivered at every round, so it never stalled and nothing is held. Only
+    ticks that find it busy with nothing delivered since the tick before count towards a stall."""
+    agg = TaskAggregator(CFG, sources=(0,))
+    for step in range(1, 14):
+        now = step * 3_000
+        agg.apply(0, [(step, join("r", f"u{step}", BASE_MS + step * 1_000))], now_ms=now)
+        agg.tick(now_ms=now, busy={0})
+    assert agg.counters.outage_holds == 0
+    assert BASE_MS in {s.window_start for s in agg.drain()}
+    # records known to be waiting (``behind``), handed over only 4 s later: the loop was busy
+    for wait in (1_000, 2_000, 3_000, 4_000):
+        agg.tick(now_ms=now + wait, busy={0}, behind={0})
+    now += 4_000
+    agg.apply(0, [(14, join("r", "u14", BASE_MS + 13_500))], now_ms=now)
+    assert agg.counters.outage_holds == 0
+    agg.tick(now_ms=now, busy={0})  # the round of that delivery
+    # then a round that delivered nothing, nothing known to wait: a stall of 3 s from its tick
+    now += 3_000
+    agg.tick(now_ms=now, busy={0})
+    agg.apply(0, [(20, join("r", "late-comer", BASE_MS + 14_000))], now_ms=now + 3_000)
+    assert agg.counters.outage_holds == 1
+
+
 def test_a_task_that_never_got_an_event_does_not_hold_receivers_once_idle() -> None:
     quiet = TaskAggregator(CFG, sources=(0, 1), senders=(0,))
     assert quiet.frontier_ms(now_ms=0) == -(2**62)  # nothing known yet: holds
