@@ -30,11 +30,16 @@ class Rate:
 
 
 def catch_up_rate(samples: Sequence[Sample]) -> Rate:
-    """From the last sample before consumption started (or the first) to the first that saw everything."""
+    """From the last sample before consumption started (or the first): messages per CPU-second up
+    to the first sample that saw the last window closed (the work of the whole backlog, the windows
+    closed by wall time after its end included), per wall second up to the first that saw every
+    message consumed (the read rate; the last windows wait for wall time, not for the worker)."""
     idle = [s for s in samples if s.consumed == 0]
     start = idle[-1] if idle else samples[0]
-    end = samples[-1]
-    return Rate(end.consumed - start.consumed, end.cpu_s - start.cpu_s, end.t - start.t)
+    consumed, windows = samples[-1].consumed, samples[-1].windows
+    read = next(s for s in samples if s.consumed >= consumed)
+    done = next(s for s in samples if s.consumed >= consumed and s.windows >= windows)
+    return Rate(consumed - start.consumed, done.cpu_s - start.cpu_s, read.t - start.t)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -243,6 +243,21 @@ class Sampler:
             await asyncio.sleep(self.every_s)
         raise RuntimeError(f"worker consumed {self.samples[-1].consumed:.0f}/{total} in {timeout_s:.0f} s")
 
+    async def until_settled(self, quiet_s: float, timeout_s: float) -> Sample:
+        """Sample until no window has closed for ``quiet_s`` (the last ones close on wall time)."""
+        last = await self.sample()
+        since = time.monotonic()
+        deadline = since + timeout_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.every_s)
+            self.worker.check_alive()
+            s = await self.sample()
+            if s.windows != last.windows:
+                last, since = s, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return last
+        raise RuntimeError(f"windows still closing after {timeout_s:.0f} s")
+
     async def run(self, stop: asyncio.Event) -> None:
         """Sample until ``stop`` is set (for the live phase)."""
         while not stop.is_set():

@@ -7,9 +7,10 @@
 2. Generate the backlog (``loadtest.traffic`` + the named scenarios, event time compressed into the
    last minutes) and send it to fresh input topics as fast as the broker takes it.
 3. ``--runs`` times, on that same backlog: the baselines (``loadtest.baselines``), each a process
-   timed until it consumed everything, then a fresh livepulse worker (own app id and outputs),
-   timed the same way: events per second and per worker CPU-second (psutil), peak RSS, checkpoint
-   seconds from its ``/metrics``.
+   timed until it consumed everything, then a fresh livepulse worker (own app id and outputs)
+   and the ``--variants``, timed until they consumed everything and closed the last window:
+   events per worker CPU-second (psutil) over all that work, events per second read, peak RSS,
+   checkpoint seconds from its ``/metrics``.
 4. The last worker is killed (SIGKILL) once caught up and started again: restore seconds.
 5. A live phase in real time at ``--live-load`` x the measured capacity: the backlog's rooms go on
    at their own rate (one trending spike among them), the rest of the load comes from a second
@@ -298,11 +299,15 @@ class Harness:
     async def _catch_up(
         self, deployment: Deployment, total: int, label: str
     ) -> tuple[dict[str, Any], WorkerProcess]:
-        """A fresh worker of ``deployment`` timed until it consumed the backlog; it is left running."""
+        """A fresh worker of ``deployment`` timed until it consumed the backlog and closed its last
+        window (see ``catch_up_rate``); it is left running."""
         worker = WorkerProcess(deployment, self.log_dir, f"livepulse-{label}")
         ready_s = await worker.wait_ready()
         sampler = Sampler(worker, every_s=0.25)
         await sampler.until_consumed(total, self.cfg.timeout_s)
+        # the backlog's last windows close once its inputs are idle and wall time moved past them
+        cfg = self.cfg
+        await sampler.until_settled((cfg.window_ms + cfg.grace_ms) / 1000 + 3, cfg.timeout_s)
         rate = catch_up_rate(sampler.samples)
         metrics = await worker.metrics()
         checkpoint = histogram(metrics, "livepulse_checkpoint_seconds")
