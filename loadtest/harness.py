@@ -99,6 +99,8 @@ class HarnessConfig:
     cleanup: bool = True
     timeout_s: float = 900.0
     verbose: bool = True
+    #: the command line, for the report
+    argv: tuple[str, ...] = ()
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> HarnessConfig:
@@ -634,11 +636,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--brokers", help="use these brokers instead of the local one")
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument("--keep-topics", action="store_true")
+    p.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="run nothing: rewrite loadtest/RESULTS.md and the plots from a run's results.json",
+    )
     return p
+
+
+def load_result(path: Path) -> Result:
+    """A run's ``results.json`` as a :class:`Result` (without its verdict object; the report
+    reads the correctness summary it holds)."""
+    doc = orjson.loads(path.read_bytes())
+    doc.pop("verdict", None)
+    result = Result(**doc)
+    result.correctness.setdefault("results_file", str(path))
+    return result
+
+
+def write_report(result: Result, argv: list[str]) -> None:
+    from . import _report, plots
+
+    written = plots.write_all(result, REPO / "loadtest" / "plots")
+    _report.update_results_md(result, written, argv=argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.report_from:
+        result = load_result(args.report_from)
+        write_report(result, list(result.config.get("argv") or ["..."]))
+        return 0
     common = {
         "scenarios": tuple(scenarios.parse(args.scenario)),
         "seed": args.seed,
@@ -646,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "out_dir": args.out_dir,
         "report": args.report,
         "cleanup": not args.keep_topics,
+        "argv": tuple(argv if argv is not None else sys.argv[1:]),
     }
     if args.quick:
         cfg = HarnessConfig.quick_config(**common)
@@ -672,9 +702,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     result = asyncio.run(run_harness(cfg))
     if cfg.report:
-        from . import _report, plots
-
-        written = plots.write_all(result, REPO / "loadtest" / "plots")
-        _report.update_results_md(result, written, argv=list(argv if argv is not None else sys.argv[1:]))
+        write_report(result, list(cfg.argv))
     print(result.verdict.summary() if result.verdict else "no verdict")
     return 0 if result.ok else 1

@@ -50,7 +50,7 @@ def _save(fig: Any, path: Path) -> None:
 def throughput(result: Any, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, samples in sorted(result.series.items()):
-        if name.startswith("catchup_") and len(samples) > 1:
+        if name.startswith("catchup_r") and len(samples) > 1:  # the variants are not drawn
             xs, ys = _rates(samples)
             ax.plot(xs, [y / 1000 for y in ys], label=f"catch-up {name.removeprefix('catchup_')}", lw=1)
     live = result.series.get("live") or []
@@ -96,7 +96,7 @@ def latency_cdf(result: Any, path: Path) -> None:
 def memory(result: Any, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, samples in sorted(result.series.items()):
-        if (name.startswith("catchup_") or name == "live") and samples:
+        if (name.startswith("catchup_r") or name == "live") and samples:
             t0 = samples[0]["t"]
             ax.plot([s["t"] - t0 for s in samples], [s["rss"] / 1e6 for s in samples], label=name, lw=1)
     ax.axhline(500, color="red", ls="--", lw=1, label="500 MB target (100 k rooms)")
