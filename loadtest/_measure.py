@@ -29,17 +29,18 @@ class Rate:
         return self.messages / self.wall_s if self.wall_s > 0 else math.nan
 
 
-def catch_up_rate(samples: Sequence[Sample]) -> Rate:
+def catch_up_rate(samples: Sequence[Sample], total: float) -> Rate:
     """From the last sample before consumption started (or the first): messages per CPU-second up
     to the first sample that saw the last window closed (the work of the whole backlog, the windows
-    closed by wall time after its end included), per wall second up to the first that saw every
-    message consumed (the read rate; the last windows wait for wall time, not for the worker)."""
+    closed by wall time after its end included), per wall second up to the first that saw the
+    ``total`` messages of the backlog consumed (the read rate; the last windows wait for wall time,
+    not for the worker, and the worker's own topics go on trickling into the consumed count)."""
     idle = [s for s in samples if s.consumed == 0]
     start = idle[-1] if idle else samples[0]
-    consumed, windows = samples[-1].consumed, samples[-1].windows
-    read = next(s for s in samples if s.consumed >= consumed)
-    done = next(s for s in samples if s.consumed >= consumed and s.windows >= windows)
-    return Rate(consumed - start.consumed, done.cpu_s - start.cpu_s, read.t - start.t)
+    read = next(s for s in samples if s.consumed >= total)
+    windows = samples[-1].windows
+    done = next(s for s in samples if s.consumed >= total and s.windows >= windows)
+    return Rate(read.consumed - start.consumed, done.cpu_s - start.cpu_s, read.t - start.t)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -310,7 +310,7 @@ class Harness:
         # the backlog's last windows close once its inputs are idle and wall time moved past them
         cfg = self.cfg
         await sampler.until_settled((cfg.window_ms + cfg.grace_ms) / 1000 + 3, cfg.timeout_s)
-        rate = catch_up_rate(sampler.samples)
+        rate = catch_up_rate(sampler.samples, total)
         metrics = await worker.metrics()
         checkpoint = histogram(metrics, "livepulse_checkpoint_seconds")
         row = {
