@@ -74,6 +74,12 @@ OPERATIONS: tuple[PanelSpec, ...] = (
         description="Wall clock minus the partition watermark; windows close this long after their end.",
     ),
     PanelSpec(
+        "Watermark holds after input outages",
+        (Query("sum by (instance) (increase(livepulse_watermark_holds_total[5m]))", "{{instance}}"),),
+        description="Each hold delays window closes by LIVEPULSE_OUTAGE_HOLD_MS after an input stalled "
+        "(one per task and broker outage); see the RUNBOOK's LivepulseWatermarkHeldOften.",
+    ),
+    PanelSpec(
         "Dead-letter ratio",
         (Query("livepulse:events_invalid:ratio_rate1m", "{{topic}}"),),
         unit="percentunit",
