@@ -156,6 +156,8 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
         f"| ... restarted worker at the end of the live phase | {live.get('peak_rss', 0) / 1e6:,.0f} MB with "
         f"{live.get('active_rooms', 0):,.0f} rooms | "
         f"{memory_verdict(live.get('peak_rss', 0), live.get('active_rooms', 0))} |",
+        f"| peak RSS of the load-test process itself (generator, sender, reader, ground truth) | "
+        f"{m.get('harness_peak_rss', 0) / 1e6:,.0f} MB | — |",
         f"| checkpoint (changelog write + commit), mean / p99 bucket | {ckpt * 1000:.0f} ms / "
         f"<= {_med([r['checkpoint_p99_le_s'] for r in lp]) * 1000:.0f} ms | — |",
         f"| restore after {restore.get('how', '?')} (sum over partitions), rooms | "

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import statistics
 import sys
 import time
@@ -210,6 +211,8 @@ class Harness:
             self.say(f"worker stopped ({code}); logs in {self.log_dir}")
         if cfg.cleanup:
             await self._delete_topics(bootstrap)
+        # the load test's own peak (VmHWM; ru_maxrss is in KB on Linux): it must stay bounded
+        res.machine["harness_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         path = self.log_dir / "results.json"
         path.write_bytes(
             orjson.dumps(_jsonable(res), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)

@@ -27,7 +27,7 @@ import orjson
 
 from streams.core import DEFAULT_RULES
 
-from .traffic import GIFT, ORDER, VIEWER, Injection, Scenario, TickContext, zipf_shares
+from .traffic import GIFT, ORDER, VIEWER, Injection, Scenario, TickContext, kept, zipf_shares
 
 NAMES = ("steady", "trending", "flash-sale", "hot-room", "late", "malformed")
 #: windows of history the spike detector needs before a spike (not a surge) can fire, plus margin
@@ -233,7 +233,7 @@ class Late(Scenario):
 
 
 def _raw(obj: object) -> bytes:
-    return orjson.dumps(obj)
+    return kept(orjson.dumps(obj))
 
 
 @dataclass

@@ -146,9 +146,18 @@ def zipf_shares(rooms: int, s: float) -> list[float]:
     return [w / total for w in weights]
 
 
+def kept(raw: bytes) -> bytes:
+    """A copy of ``raw`` the size of its bytes, for messages held until they are sent or checked.
+
+    orjson (3.13) hands back each ``dumps`` result in a 4 KB allocation, whatever its length: a
+    backlog of 1.4 M messages of ~100 bytes held 6.4 GB of them, and the load test's process was
+    killed at 23 GB with a live phase on top. A copy of a short message costs ~0.1 µs."""
+    return bytes(memoryview(raw))
+
+
 def encode(ev: Event) -> bytes:
     """Wire form of an input event: one JSON object, fields named and ordered as in ``schemas``."""
-    return orjson.dumps(ev._asdict())
+    return kept(orjson.dumps(ev._asdict()))
 
 
 class Scenario:
