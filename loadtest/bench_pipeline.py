@@ -324,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rooms", type=int, default=100_000)
     parser.add_argument("--scenario", default="all")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="events per second of event time (default: the events over the scenarios' minimum span); "
+        "events per room-window = rate x 10 s / rooms",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2_000, help="messages per partition fetch")
     parser.add_argument(
@@ -357,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         window_ms=10_000,
         grace_ms=2_000,
         realtime=False,
+        event_rate=args.rate,
         start_ms=START_MS,
     )
     batches = fetches(phase, args.batch)
