@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas import ROOM_SESSION_FIELDS, ROOM_STATS_FIELDS, RoomSession, RoomStats
 
@@ -127,7 +127,7 @@ def check(
     production order. With slack, late counts are compared per room, and a
     window holding nothing but late counts may sit in another window; so may a
     rollup window, and a session whose first activity was a late event may
-    start up to a window apart (``_excuse_late_placement``).
+    start up to a window apart (``_excuse_late_session_start``).
     """
     v = Verdict()
     _check_windows(truth, out, v, limit, late_slack)
@@ -195,18 +195,7 @@ def _check_windows(truth: Truth, out: Outputs, v: Verdict, limit: int, late_slac
     v.conflicts, v.duplicates = len(out.conflicts), out.duplicates
     v.late_expected = sum(s.late_events for s in want.values())
     v.late_got = sum(s.late_events for s in got.values())
-    for key, expected in want.items():
-        have = got.get(key)
-        if have is None:
-            if not (late_slack and _late_only(expected)):
-                v.missing.append(key)
-            continue
-        diff = _diff(expected, have)
-        if late_slack:
-            diff.pop("late_events", None)
-        if diff:
-            v.mismatched.append((key, diff))
-    v.unexpected = [key for key, s in got.items() if key not in want and not (late_slack and _late_only(s))]
+    v.missing, v.unexpected, v.mismatched = _compare(want, got, _diff, late_slack, _late_only)
     if late_slack:
         per_room_want: Counter[str] = Counter()
         per_room_got: Counter[str] = Counter()
@@ -264,6 +253,7 @@ class LongerWindows:
 
 #: (expected, got) -> {field: (expected, got)} for the fields that differ
 _Differ = Callable[[Any, Any], dict[str, tuple[Any, Any]]]
+T = TypeVar("T")
 
 
 def compare_sessions_and_rollups(
@@ -281,44 +271,60 @@ def compare_sessions_and_rollups(
     want_s = {k: s for k, s in truth.sessions.items() if not skip_room(k[0])}
     got_s = {k: s for k, s in out.sessions.items() if not skip_room(k[0])}
     res.rollups_expected, res.sessions_expected = len(want_r), len(want_s)
-    differs: tuple[tuple[Mapping[Any, Any], Mapping[Any, Any], _Differ], ...] = (
-        (want_r, got_r, _diff),
-        (want_s, got_s, _session_diff),
+    compared = (
+        _compare(want_r, got_r, _diff, late_slack, _late_only),
+        _compare(want_s, got_s, _session_diff, late_slack, lambda s: False),
     )
-    for want, got, differ in differs:
-        for key, expected in want.items():
-            have = got.get(key)
-            if have is None:
-                res.missing.append(key)
-                continue
-            diff = differ(expected, have)
-            if late_slack:
-                diff.pop("late_events", None)
-            if diff:
-                res.wrong.append((key, diff))
-                if any(isinstance(w, int) and isinstance(h, int) and h > w for w, h in diff.values()):
-                    res.double_counted += 1
-        res.unexpected += [k for k in got if k not in want]
+    for missing, unexpected, wrong in compared:
+        res.missing += missing
+        res.unexpected += unexpected
+        res.wrong += wrong
+        res.double_counted += sum(
+            any(isinstance(w, int) and isinstance(h, int) and h > w for w, h in diff.values())
+            for _, diff in wrong
+        )
     if late_slack:
-        _excuse_late_placement(res, (want_r, got_r), (want_s, got_s), truth.window_ms)
+        _excuse_late_session_start(res, want_s, got_s, truth.window_ms)
     return res
 
 
-def _excuse_late_placement(
+def _compare(
+    want: Mapping[Any, T],
+    got: Mapping[Any, T],
+    differ: _Differ,
+    late_slack: bool,
+    late_only: Callable[[T], bool],
+) -> tuple[list[Any], list[Any], list[tuple[Any, dict[str, tuple[Any, Any]]]]]:
+    """Keys missing, keys unexpected, and ``(key, {field: (expected, got)})`` for records that
+    differ. With ``late_slack`` (see ``check``) late counts are not compared per record, and a
+    record holding nothing but late counts (``late_only``) may be missing or extra."""
+    missing: list[Any] = []
+    wrong: list[tuple[Any, dict[str, tuple[Any, Any]]]] = []
+    for key, expected in want.items():
+        have = got.get(key)
+        if have is None:
+            if not (late_slack and late_only(expected)):
+                missing.append(key)
+            continue
+        diff = differ(expected, have)
+        if late_slack:
+            diff.pop("late_events", None)
+        if diff:
+            wrong.append((key, diff))
+    unexpected = [key for key, s in got.items() if key not in want and not (late_slack and late_only(s))]
+    return missing, unexpected, wrong
+
+
+def _excuse_late_session_start(
     res: LongerWindows,
-    rollups: tuple[Mapping[Any, RoomStats], Mapping[Any, RoomStats]],
-    sessions: tuple[Mapping[Any, RoomSession], Mapping[Any, RoomSession]],
+    want_s: Mapping[Any, RoomSession],
+    got_s: Mapping[Any, RoomSession],
     window_ms: int,
 ) -> None:
-    """With late slack (see ``check``), where a late event is counted follows the watermark when it
-    arrived: a rollup window holding nothing but late counts may be missing or extra, as a window
-    may; and a session whose first activity was a late event starts in the bucket of that
-    watermark, so its key may differ from the truth's by less than a window. Such a session is
-    matched to the truth's session of its room and compared without its start and late count."""
-    want_r, got_r = rollups
-    want_s, got_s = sessions
-    res.missing = [k for k in res.missing if not (k in want_r and _late_only(want_r[k]))]
-    res.unexpected = [k for k in res.unexpected if not (k in got_r and _late_only(got_r[k]))]
+    """With late slack (see ``check``): a late event counts in the bucket of the watermark when it
+    arrived, so a session whose first activity was a late event may start less than a window from
+    the truth's. Such a session is matched to the truth's session of its room and compared without
+    its start and late count."""
     extra = [k for k in res.unexpected if k in got_s]
     for key in [k for k in res.missing if k in want_s]:
         room, start = key

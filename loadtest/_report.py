@@ -13,14 +13,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .harness import VARIANTS
+
 HEADING = "## Load test (issue 6)"
 NOTES_OPEN, NOTES_CLOSE = "<!-- notes -->", "<!-- /notes -->"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-#: what a ``--variants`` row differs in (harness.VARIANTS, not imported: the report reads JSON results too)
-VARIANT_LABELS = {
-    "bare": "sessions and rollups off",
-    "default-rollups": "rollups of 1 m and 1 h (the defaults) instead of 2 and 6 windows",
-}
 
 
 def _med(values: list[float]) -> float:
@@ -116,7 +113,7 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
         other = _med([r["per_cpu_s"] for r in rows])
         ratio = lp_cpu / other if other else math.nan
         lines.append(
-            f"| livepulse variant `{name}`: {VARIANT_LABELS.get(name, name)} | "
+            f"| livepulse variant `{name}`: {VARIANTS[name][0] if name in VARIANTS else name} | "
             f"{_span([r['per_cpu_s'] for r in rows])} | {_span([r['per_s'] for r in rows])} | "
             f"{ratio:.2f}x (CPU per event {1 / ratio - 1:+.0%} for livepulse as measured) | — |"
         )
