@@ -25,15 +25,17 @@ from aiokafka import AIOKafkaConsumer
 from schemas import RoomSession, RoomStats, decode_room_session, decode_room_stats
 from streams.settings import Topics
 
+from ._packed import PackedRecords
+
 WindowKey = tuple[str, int]
 T = TypeVar("T")
 
 
 @dataclass
 class Outputs:
-    """Everything a deployment published, as seen by the harness."""
+    """Everything a deployment published, as seen by the harness (records packed: ``loadtest._packed``)."""
 
-    windows: dict[WindowKey, RoomStats] = field(default_factory=dict)
+    windows: PackedRecords[WindowKey, RoomStats] = field(default_factory=lambda: PackedRecords(RoomStats))
     #: first arrival (unix seconds) per window
     arrivals: dict[WindowKey, float] = field(default_factory=dict)
     #: record timestamp (unix seconds; set by the worker's producer when it queued the record) per window
@@ -48,11 +50,15 @@ class Outputs:
     dlq_duplicates: int = 0
     undecodable: int = 0
     #: closed rollup windows by (length ms, room_id, window_start); repeats as for windows
-    rollups: dict[tuple[int, str, int], RoomStats] = field(default_factory=dict)
+    rollups: PackedRecords[tuple[int, str, int], RoomStats] = field(
+        default_factory=lambda: PackedRecords(RoomStats)
+    )
     rollup_conflicts: list[tuple[RoomStats, RoomStats]] = field(default_factory=list)
     rollup_duplicates: int = 0
     #: the last record of each session by (room_id, session_start)
-    sessions: dict[tuple[str, int], RoomSession] = field(default_factory=dict)
+    sessions: PackedRecords[tuple[str, int], RoomSession] = field(
+        default_factory=lambda: PackedRecords(RoomSession)
+    )
     #: platform leaderboard records by window start; any repeat (even identical) is a duplicate:
     #: the leaderboard is exactly once
     leaderboards: dict[int, dict[str, Any]] = field(default_factory=dict)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .deployment import Sample
@@ -83,7 +83,7 @@ def histogram(metrics: Mapping[str, float], name: str) -> Histogram:
 
 
 def event_latencies(
-    messages: Sequence[Message], arrivals: Mapping[WindowKey, float], window_ms: int, grace_ms: int
+    messages: Iterable[Message], arrivals: Mapping[WindowKey, float], window_ms: int, grace_ms: int
 ) -> tuple[list[float], int]:
     """Seconds from each on-time event's event time to the arrival of its room-stats window, sorted.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import orjson
 
 from schemas import ROOM_STATS_FIELDS, Event, RoomSession, RoomStats
 
+from ._packed import PackedRecords
 from .oracle import expected_rollups, expected_sessions, expected_windows
 from .traffic import Injection, Phase, no_gc
 
@@ -37,7 +38,7 @@ class Truth:
     window_ms: int
     grace_ms: int
     partitions: int
-    windows: dict[WindowKey, RoomStats]
+    windows: MutableMapping[WindowKey, RoomStats]
     injections: list[Injection]
     malformed: Counter[str]
     events: int
@@ -48,9 +49,9 @@ class Truth:
     #: rollup lengths the truth was computed for (none: rollups and sessions not computed)
     rollup_windows_ms: tuple[int, ...] = ()
     #: closed rollup windows by (length, room_id, window_start)
-    rollups: dict[tuple[int, str, int], RoomStats] = field(default_factory=dict)
+    rollups: MutableMapping[tuple[int, str, int], RoomStats] = field(default_factory=dict)
     #: the latest record of every session by (room_id, session_start), as of the stream's watermark
-    sessions: dict[tuple[str, int], RoomSession] = field(default_factory=dict)
+    sessions: MutableMapping[tuple[str, int], RoomSession] = field(default_factory=dict)
 
     def expected_alerts(self) -> set[AlertKey]:
         """Firing alerts the detector raises over the true windows (computed once)."""
@@ -75,48 +76,68 @@ def compute(
     With ``rollup_windows_ms``, also the rollup windows of those lengths and the sessions.
     """
     with no_gc():
-        truth = _compute(phases, partitions=partitions, window_ms=window_ms, grace_ms=grace_ms)
-        if rollup_windows_ms:
-            _sessions_and_rollups(truth, phases, rollup_windows_ms, session_gap_ms, bucket_ms)
-        return truth
+        return _compute(
+            phases,
+            partitions=partitions,
+            window_ms=window_ms,
+            grace_ms=grace_ms,
+            rollup_windows_ms=rollup_windows_ms,
+            session_gap_ms=session_gap_ms,
+            bucket_ms=bucket_ms,
+        )
 
 
-def _partition_streams(phases: Sequence[Phase]) -> dict[int, list[tuple[int, int, Event]]]:
-    """Per partition, its ``(source, offset, event)`` in production order."""
-    streams: dict[int, list[tuple[int, int, Event]]] = defaultdict(list)
-    offsets: Counter[tuple[int, int]] = Counter()
+def _partition_stream(phases: Sequence[Phase], part: int) -> list[tuple[int, int, Event]]:
+    """One partition's ``(source, offset, event)`` in production order (decoded one partition at a
+    time: all of them at once were the load test's largest allocation)."""
+    stream: list[tuple[int, int, Event]] = []
+    offsets = [0, 0, 0]
     for phase in phases:
-        for source, part, _key, _raw, _ts, ev in phase.messages:
-            if ev is None:
-                continue
-            offsets[(part, source)] += 1
-            streams[part].append((source, offsets[(part, source)], ev))
-    return streams
+        for source, ev in phase.messages.events_of(part):
+            offsets[source] += 1
+            stream.append((source, offsets[source], ev))
+    return stream
 
 
-def _sessions_and_rollups(
-    truth: Truth, phases: Sequence[Phase], lengths_ms: tuple[int, ...], gap_ms: int, bucket_ms: int
-) -> None:
-    truth.rollup_windows_ms = lengths_ms
-    w, g = truth.window_ms, truth.grace_ms
-    for _, stream in sorted(_partition_streams(phases).items()):
-        truth.rollups.update(
-            expected_rollups(stream, window_ms=w, grace_ms=g, lengths_ms=lengths_ms, sources=(0, 1, 2))
-        )
-        truth.sessions.update(
-            expected_sessions(
-                stream, window_ms=w, grace_ms=g, bucket_ms=bucket_ms, gap_ms=gap_ms, sources=(0, 1, 2)
+def _compute(
+    phases: Sequence[Phase],
+    *,
+    partitions: int,
+    window_ms: int,
+    grace_ms: int,
+    rollup_windows_ms: tuple[int, ...],
+    session_gap_ms: int,
+    bucket_ms: int,
+) -> Truth:
+    # packed (``loadtest._packed``): the truth of a full load test is millions of records
+    windows: PackedRecords[WindowKey, RoomStats] = PackedRecords(RoomStats)
+    rollups: PackedRecords[tuple[int, str, int], RoomStats] = PackedRecords(RoomStats)
+    sessions: PackedRecords[tuple[str, int], RoomSession] = PackedRecords(RoomSession)
+    sources = (0, 1, 2)
+    for part in sorted(set().union(*(phase.messages.partitions() for phase in phases))):
+        stream = _partition_stream(phases, part)
+        windows.update(expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources))
+        if rollup_windows_ms:
+            rollups.update(
+                expected_rollups(
+                    stream,
+                    window_ms=window_ms,
+                    grace_ms=grace_ms,
+                    lengths_ms=rollup_windows_ms,
+                    sources=sources,
+                )
             )
-        )
-
-
-def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_ms: int) -> Truth:
-    streams = _partition_streams(phases)
-    windows: dict[WindowKey, RoomStats] = {}
-    for part in sorted(streams):
-        windows.update(
-            expected_windows(streams[part], window_ms=window_ms, grace_ms=grace_ms, sources=(0, 1, 2))
-        )
+            sessions.update(
+                expected_sessions(
+                    stream,
+                    window_ms=window_ms,
+                    grace_ms=grace_ms,
+                    bucket_ms=bucket_ms,
+                    gap_ms=session_gap_ms,
+                    sources=sources,
+                )
+            )
+        del stream
     malformed: Counter[str] = Counter()
     for phase in phases:
         malformed.update(phase.malformed)
@@ -130,6 +151,9 @@ def _compute(phases: Sequence[Phase], *, partitions: int, window_ms: int, grace_
         events=sum(phase.events for phase in phases),
         messages=sum(len(phase.messages) for phase in phases),
         late_events=sum(phase.late_events for phase in phases),
+        rollup_windows_ms=rollup_windows_ms,
+        rollups=rollups,
+        sessions=sessions,
         phases=[
             {
                 "start_ms": p.start_ms,
@@ -190,7 +214,7 @@ def read(path: Path) -> Truth:
     raw = path.read_bytes()
     doc = orjson.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
     fields = doc["fields"]
-    windows = {}
+    windows: PackedRecords[WindowKey, RoomStats] = PackedRecords(RoomStats)
     for row in doc["windows"]:
         stats = RoomStats(**dict(zip(fields, row, strict=True)))
         windows[(stats.room_id, stats.window_start)] = stats

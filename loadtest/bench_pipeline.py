@@ -111,7 +111,7 @@ def fetches(phase: Phase, batch: int) -> list[list[Fetch]]:
     """Fetch rounds: in each, up to ``batch`` messages of every (partition, source) log that has
     more, as a round-robin consumer hands them over."""
     logs: dict[tuple[int, int], list[Record]] = defaultdict(list)
-    for source, partition, key, payload, _ts, _ev in phase.messages:
+    for source, partition, key, payload, _ts, _ in phase.messages.wire():
         log = logs[(partition, source)]
         log.append(Record(len(log), key, payload))
     cursors = dict.fromkeys(logs, 0)

@@ -164,7 +164,7 @@ async def _produce(bootstrap: str, topics: Topics, args: argparse.Namespace, dea
         for sent, messages in enumerate(model.ticks(int(time.time() * 1000)), start=1):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            for source, _, key, raw, _, _ in messages:
+            for source, _, key, raw, _, _ in messages.wire():
                 await producer.send(inputs[source], raw, key=key)
             elapsed = time.monotonic() - started
             spiking = args.spike_at <= elapsed < args.spike_at + args.spike_for

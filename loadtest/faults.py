@@ -79,7 +79,7 @@ from .deployment import REPO, Deployment, WorkerProcess, free_port, short_rollup
 from .oracle import expected_leaderboards, unique_viewers_close
 from .produce import ensure_topics
 from .scenarios import malformed
-from .traffic import GIFT, VIEWER, Message, Phase, TrafficConfig, TrafficModel, no_gc
+from .traffic import GIFT, VIEWER, MessageLog, Phase, TrafficConfig, TrafficModel, no_gc
 
 HOSTILE = ("clock-fast", "stale-input", "malformed-flood", "room-flood")
 SCENARIOS = (
@@ -280,7 +280,7 @@ class SlowReconnect:
 async def send_paced(
     bootstrap: str,
     inputs: Sequence[str],
-    messages: Sequence[Message],
+    messages: MessageLog,
     *,
     librdkafka_share: float,
     seed: int,
@@ -300,7 +300,7 @@ async def send_paced(
     pending: list[asyncio.Future[Any]] = []
     buffered: list[tuple[str, bytes, bytes | None]] = []
     try:
-        for source, partition, key, raw, ts, _ in messages:
+        for source, partition, key, raw, ts, _ in messages.wire():
             ahead = ts / 1000 - time.time()
             if ahead > 0.005:
                 if rd is not None:
@@ -564,7 +564,7 @@ class Scenario:
 
         # The flood starts once every honest room has had its first event, so none meets a full task.
         first: dict[bytes, int] = {}
-        for _, _, key, _, ts, _ in phase.messages:
+        for _, _, key, _, ts, _ in phase.messages.wire():
             first.setdefault(key, ts)
         begin = max(first.values()) / 1000 + 0.5
         span = max(1.0, end_s - 0.05 * cfg.seconds - begin)

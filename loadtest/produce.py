@@ -33,7 +33,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from streams.settings import Topics, settings_from_env
 
 from . import _truth, scenarios
-from .traffic import Message, Phase, TrafficConfig, TrafficModel, no_gc
+from .traffic import MessageLog, Phase, TrafficConfig, TrafficModel, no_gc
 
 _SECURITY_ENV = frozenset(
     f"LIVEPULSE_{name}"
@@ -124,7 +124,7 @@ async def ensure_topics(
 async def send(
     bootstrap: str,
     topics: Sequence[str],
-    messages: Sequence[Message],
+    messages: MessageLog,
     *,
     rate: float = 0.0,
     realtime: bool = False,
@@ -166,8 +166,8 @@ async def send(
     behind_s = 0.0
     try:
         with no_gc():
-            for i, (source, part, key, raw, ts, ev) in enumerate(messages):
-                if realtime and ev is not None and ts >= newest_ts + REALTIME_QUANTUM_MS:
+            for i, (source, part, key, raw, ts, valid) in enumerate(messages.wire()):
+                if realtime and valid and ts >= newest_ts + REALTIME_QUANTUM_MS:
                     # Entering a new quantum of event time: what came before goes out once the wall
                     # clock has reached it (like a producer lingering up to a quantum).
                     newest_ts = ts - ts % REALTIME_QUANTUM_MS

@@ -210,7 +210,7 @@ def _traffic_cases(per_input: int = 60) -> list[Case]:
     phase = model.phase(NOW - 60_000, 30.0)
     taken: Counter[int] = Counter()
     out = []
-    for source, _, _, raw, _, _ in phase.messages:
+    for source, _, _, raw, _, _ in phase.messages.wire():
         if taken[source] < per_input:
             taken[source] += 1
             out.append(Case(f"traffic-{source}-{taken[source]}", BY_SOURCE[source], raw))
