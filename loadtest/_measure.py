@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,14 +83,40 @@ def histogram(metrics: Mapping[str, float], name: str) -> Histogram:
     return Histogram(count, metrics.get(name + "_sum", 0.0), p99, highest)
 
 
+class SenderLag:
+    """How late the real-time sender put out the messages of each moment of event time, from
+    ``SendStats.lags``: on a shared machine the load generator falls behind the clock, and that
+    delay is in every latency measured from event time although the worker had no part in it."""
+
+    def __init__(self, lags: Sequence[tuple[int, float]]) -> None:
+        self._ends = [end for end, _ in lags]
+        self._lags = [lag for _, lag in lags]
+
+    def at(self, ts_ms: int) -> float:
+        """Seconds late the messages of event time ``ts_ms`` went out (0 if never recorded)."""
+        i = bisect.bisect_right(self._ends, ts_ms)  # the first quantum that ends after ts_ms
+        if i < len(self._lags):
+            return self._lags[i]
+        return self._lags[-1] if self._lags else 0.0
+
+    def values(self) -> list[float]:
+        return sorted(self._lags)
+
+
 def event_latencies(
-    messages: Iterable[Message], arrivals: Mapping[WindowKey, float], window_ms: int, grace_ms: int
+    messages: Iterable[Message],
+    arrivals: Mapping[WindowKey, float],
+    window_ms: int,
+    grace_ms: int,
+    lag: SenderLag | None = None,
 ) -> tuple[list[float], int]:
     """Seconds from each on-time event's event time to the arrival of its room-stats window, sorted.
 
     Late events (older than their partition's newest event time minus grace)
     are left out: they are counted, not windowed. Returns the latencies and
-    how many events had no window arrive.
+    how many events had no window arrive. With ``lag``, each latency is less what the sender's
+    own lag added: how late it sent the messages of event time window end + grace, the first that
+    can move the watermark past the window.
     """
     newest: dict[int, int] = {}
     out: list[float] = []
@@ -103,10 +130,13 @@ def event_latencies(
         newest[part] = top
         if ts < top - grace_ms:
             continue
-        arrival = arrivals.get((ev.room_id, ts - ts % window_ms))
+        ws = ts - ts % window_ms
+        arrival = arrivals.get((ev.room_id, ws))
         if arrival is None:
             missing += 1
-        else:
+        elif lag is None:
             out.append(arrival - ts / 1000)
+        else:
+            out.append(arrival - ts / 1000 - lag.at(ws + window_ms + grace_ms))
     out.sort()
     return out, missing

@@ -148,6 +148,11 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
         f"{live.get('latency_worker_p50_s', math.nan):.2f} s / "
         f"{live.get('latency_worker_p99_s', math.nan):.2f} s "
         "| (diagnostic: the rest is producer, broker and the harness's reader) |",
+        f"| ... both less the sender's own lag where each window could close (sender lag p99 "
+        f"{live.get('sender_lag_p99_s', math.nan):.2f} s), p99 at the reader / at the worker | "
+        f"{live.get('latency_sender_adjusted_p99_s', math.nan):.2f} s / "
+        f"{live.get('latency_worker_sender_adjusted_p99_s', math.nan):.2f} s "
+        "| (diagnostic: the harness shares the 2 cores; see RESULTS.md) |",
         f"| peak RSS of the worker (VmHWM), rooms held: after the backlog | {rss / 1e6:,.0f} MB with "
         f"{rooms:,.0f} rooms | {memory_verdict(rss, rooms)} |",
         f"| ... restarted worker at the end of the live phase | {live.get('peak_rss', 0) / 1e6:,.0f} MB with "

@@ -45,7 +45,7 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from . import _truth, scenarios
 from ._checks import Verdict, check, parse_iso_ms
 from ._collect import Collector
-from ._measure import catch_up_rate, event_latencies, histogram, percentile
+from ._measure import SenderLag, catch_up_rate, event_latencies, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
 from .deployment import Deployment, Sampler, WorkerProcess, short_rollup_windows
@@ -154,6 +154,7 @@ class Harness:
         self.log_dir = cfg.out_dir / f"run-{self.stamp}-{self.suffix}"
         self.result = Result(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
         self.topics_created: list[str] = []
+        self._sender_lag = SenderLag(())
 
     def say(self, text: str) -> None:
         if self.cfg.verbose:
@@ -419,12 +420,14 @@ class Harness:
             sent=stats.messages,
             sent_rate=stats.rate,
             sender_behind_s=stats.behind_s,
+            sender_lag_p99_s=percentile(sorted(lag for _, lag in stats.lags), 99),
             seconds=stats.seconds,
             injections=[asdict(i) for i in phase.injections],
             late_events=phase.late_events,
             start_ms=phase.start_ms,
         )
         self.result.series["live"] = [asdict(s) for s in sampler.samples]
+        self._sender_lag = SenderLag(stats.lags)
         return phase
 
     async def _settle_and_truth(self, backlog: Phase, live: Phase, collector: Collector) -> _truth.Truth:
@@ -472,6 +475,14 @@ class Harness:
         # The same up to the moment the worker queued the record: what the harness's own reader
         # (sharing the 2 cores) and the broker add is the difference.
         at_worker, _ = event_latencies(live.messages, out.produced, cfg.window_ms, cfg.grace_ms)
+        # Both less the sender's own lag behind the clock where the window could close.
+        lag = self._sender_lag
+        adjusted, _ = event_latencies(live.messages, out.arrivals, cfg.window_ms, cfg.grace_ms, lag)
+        at_worker_adjusted, _ = event_latencies(live.messages, out.produced, cfg.window_ms, cfg.grace_ms, lag)
+        res.live.update(
+            latency_sender_adjusted_p99_s=percentile(adjusted, 99),
+            latency_worker_sender_adjusted_p99_s=percentile(at_worker_adjusted, 99),
+        )
         res.live.update(
             latency_events=len(latencies),
             latency_missing=no_window,

@@ -22,7 +22,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class SendStats:
     seconds: float
     #: real time only: the most the sender fell behind event time (generation ran late, or a stall)
     behind_s: float = 0.0
+    #: real time only: (end of a quantum of event time in ms, seconds after that end its messages
+    #: went out) for each quantum sent, in order; 0 when on time (see ``_measure.SenderLag``)
+    lags: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -164,6 +167,7 @@ async def send(
     started = time.perf_counter()
     newest_ts = 0
     behind_s = 0.0
+    lags: list[tuple[int, float]] = []
     try:
         with no_gc():
             for i, (source, part, key, raw, ts, valid) in enumerate(messages.wire()):
@@ -176,6 +180,8 @@ async def send(
                         await asyncio.sleep(ahead_s)
                     else:
                         behind_s = max(behind_s, -ahead_s)
+                    if newest_ts and builders:  # what came before goes out now: how late?
+                        lags.append((newest_ts, max(0.0, time.time() - newest_ts / 1000)))
                     await ship_all()
                 elif rate and i % 512 == 0:
                     ahead_s = i / rate - (time.perf_counter() - started)
@@ -193,6 +199,9 @@ async def send(
                 sent_bytes += len(raw) + len(key)
                 if progress is not None and i % 4096 == 0:
                     progress(i)
+            if realtime and newest_ts:
+                end_ms = newest_ts + REALTIME_QUANTUM_MS
+                lags.append((end_ms, max(0.0, time.time() - end_ms / 1000)))
             await ship_all()
             while in_flight:
                 await in_flight.popleft()
@@ -201,7 +210,7 @@ async def send(
         await producer.stop()
     if progress is not None:
         progress(len(messages), final=True)
-    return SendStats(len(messages), sent_bytes, seconds, behind_s)
+    return SendStats(len(messages), sent_bytes, seconds, behind_s, lags)
 
 
 def input_topics(topics: Topics) -> tuple[str, str, str]:

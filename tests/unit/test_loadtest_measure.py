@@ -1,11 +1,14 @@
-"""How the load-test harness turns a worker's samples into a catch-up rate."""
+"""How the load-test harness turns a worker's samples into a catch-up rate, and arrivals into
+event latencies."""
 
 from __future__ import annotations
 
 import pytest
 
-from loadtest._measure import catch_up_rate
+from loadtest._measure import SenderLag, catch_up_rate, event_latencies
 from loadtest.deployment import Sample
+from loadtest.traffic import encode
+from schemas import ViewerEvent
 
 
 def sample(t: float, cpu_s: float, consumed: float, windows: float) -> Sample:
@@ -32,3 +35,27 @@ def test_without_an_idle_sample_the_first_one_is_the_start() -> None:
     rate = catch_up_rate(samples, total=600)
     assert (rate.messages, rate.cpu_s, rate.wall_s) == (400, 2.0, 2)
     assert rate.per_cpu_s == pytest.approx(200)
+
+
+def test_sender_lag_is_that_of_the_quantum_holding_the_event_time() -> None:
+    lag = SenderLag([(1_050, 0.0), (1_100, 0.4), (1_150, 2.0)])
+    assert lag.at(1_000) == 0.0 and lag.at(1_049) == 0.0
+    assert lag.at(1_050) == 0.4 and lag.at(1_099) == 0.4
+    assert lag.at(1_100) == 2.0
+    assert lag.at(5_000) == 2.0  # after the last quantum: its lag
+    assert SenderLag([]).at(1_000) == 0.0
+    assert lag.values() == [0.0, 0.4, 2.0]
+
+
+def test_adjusted_latency_takes_off_the_lag_where_the_window_could_close() -> None:
+    """Window [0, 10 s), grace 2 s: the window can close once event time 12 s is sent; a sender 3 s
+    late there delays the window by 3 s whatever it did at the event's own time."""
+    events = [ViewerEvent("join", "r1", "u1", 1_000), ViewerEvent("join", "r1", "u2", 9_000)]
+    messages = [(0, 0, b"r1", encode(ev), ev.ts, ev) for ev in events]
+    arrivals = {("r1", 0): 16.0}
+    lag = SenderLag([(12_000, 0.5), (12_050, 3.0), (12_100, 9.0)])
+    plain, missing = event_latencies(messages, arrivals, 10_000, 2_000)
+    adjusted, _ = event_latencies(messages, arrivals, 10_000, 2_000, lag)
+    assert missing == 0
+    assert plain == [7.0, 15.0]
+    assert adjusted == [4.0, 12.0]
