@@ -10,7 +10,9 @@ queued for publishing.
 Exactly once (``streams._transactions``): each task writes everything —
 room-stats, alerts, dead letters, re-routed events, changelog — through its
 own transactional producer; every ``commit_interval_ms`` (and before
-partitions are given up) a checkpoint adds the task's watermark markers,
+partitions are given up; and at once after a round that published windows
+without filling its fetch, i.e. caught up, as read_committed readers see
+them only then) a checkpoint adds the task's watermark markers,
 its changed rooms and metadata (with the input offsets) and commits the
 transaction with the input offsets. On assignment a task's producer is
 started first (fencing a previous owner), then the changelog is read
@@ -55,6 +57,10 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+#: the least time between two checkpoints taken early because windows closed while caught up: a
+#: window boundary reaches the tasks' watermarks a round or two apart
+PROMPT_COMMIT_GAP_MS = 100
 
 
 class _Task:
@@ -105,6 +111,8 @@ class DataPlane:
         self._routing: Routing | None = None
         self._lock = asyncio.Lock()
         self._last_checkpoint = 0.0
+        #: windows were published while caught up: checkpoint as soon as PROMPT_COMMIT_GAP_MS allows
+        self._commit_soon = False
         self._last_top = 0.0
         self._stopping = False
         self._last_resend = 0.0
@@ -187,8 +195,11 @@ class DataPlane:
                 if self._rebalancing or generation != self._generation:
                     await self._rewind(batches)  # fetched across a rebalance: read it again
                     continue
-                await self._process(batches)
-                if (self._clock() - self._last_checkpoint) * 1000 >= s.commit_interval_ms:
+                if await self._process(batches):
+                    self._commit_soon = True
+                since_ms = (self._clock() - self._last_checkpoint) * 1000
+                prompt = self._commit_soon and since_ms >= PROMPT_COMMIT_GAP_MS
+                if prompt or since_ms >= s.commit_interval_ms:
                     await self._checkpoint(self.runtime)
 
     async def _rewind(self, batches: Mapping[TopicPartition, list[Any]]) -> None:
@@ -236,9 +247,13 @@ class DataPlane:
 
     # -- processing ------------------------------------------------------------------------
 
-    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> bool:
         """One fetch round: each partition through its task's pipeline, then a tick, the windows
-        and alerts sent (the caller commits at checkpoints)."""
+        and alerts sent (the caller commits at checkpoints). Returns whether windows were published
+        by a round that did not fill its fetch: caught up, they should be committed now (a catch-up,
+        whose fetches are full, goes on at the commit interval). The consumer's positions against
+        its ends would not tell: it prefetches, so in live traffic it nearly always knows of records
+        it has not handed over yet."""
         now = self._clock()
         now_ms = int(now * 1000)
         self._after_blind_spot(now_ms)
@@ -246,6 +261,7 @@ class DataPlane:
         started = time.perf_counter()
         total = 0
         waited = 0.0
+        windows = 0
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
             if task is None or not messages:
@@ -259,10 +275,11 @@ class DataPlane:
             published = task.pipeline.process(tp.topic, messages, now_ms)
             task.positions[tp] = messages[-1].offset + 1
             if published:
+                windows += published
                 waited += await self._send()  # out before the next partition's work
         busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
-            task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
+            windows += task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -285,6 +302,7 @@ class DataPlane:
         if now - self._last_top >= self.settings.core.window_seconds:
             self._last_top = now
             self._export_top_rooms()
+        return bool(windows) and total < self.settings.max_batch_records
 
     def _after_blind_spot(self, now_ms: int) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and
@@ -410,6 +428,7 @@ class DataPlane:
             raise failures[0]
         self.metrics.checkpoint_rooms.inc(sum(r for r in results if isinstance(r, int)))
         self._last_checkpoint = self._clock()
+        self._commit_soon = False
         self._refresh_rules()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 

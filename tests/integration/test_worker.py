@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from loadtest.oracle import (
@@ -433,3 +434,50 @@ async def test_worker_refuses_inputs_that_are_not_co_partitioned(
     )
     assert result.returncode == 2
     assert f"input topics are not co-partitioned: {t.viewer}=4, {t.order}=3, {t.gift}=4" in result.stderr
+
+
+async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]
+    """Outputs are visible to read_committed readers only at a checkpoint's commit. With a commit
+    interval of 20 s, windows closed in live traffic must still be readable within a few seconds of
+    being closed: a round that closed windows while caught up commits at once. (Without that they
+    wait the whole interval: a task's watermark follows the other tasks' frontier markers, which
+    come with their commits, so windows close just after one commit and wait for the next.)"""
+    deployment.extra_env["LIVEPULSE_COMMIT_INTERVAL_MS"] = "20000"
+    worker = workers()
+    await worker.wait_ready()
+    config = TrafficConfig(rooms=40, users=500, rate_per_s=200)
+    events = model_events(config, seed=11, start_ms=int(time.time() * 1000))
+    live = list(itertools.islice(events, 200 * 38))  # 38 s of event time from now
+    consumer = AIOKafkaConsumer(
+        deployment.topics.room_stats,
+        bootstrap_servers=deployment.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    #: window start -> the most seconds between the worker closing one of its records (the record's
+    #: timestamp) and the reader first seeing it
+    waited: dict[int, float] = {}
+
+    async def read() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for messages in batch.values():
+                for m in messages:
+                    ws = decode_room_stats(m.value).window_start
+                    waited[ws] = max(waited.get(ws, 0.0), now - m.timestamp / 1000)
+
+    reading = asyncio.create_task(read())
+    try:
+        # sent as it happens: each event when the wall clock reaches its time
+        await produce(
+            deployment.bootstrap, deployment.topics, live, partitions=deployment.partitions, pace_per_s=200
+        )
+        await eventually(lambda: len(waited) >= 3, "three windows read", timeout_s=30)
+    finally:
+        reading.cancel()
+        await consumer.stop()
+    assert len(waited) >= 3, waited
+    assert max(waited.values()) < 5.0, waited
