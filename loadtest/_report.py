@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,31 @@ def memory_verdict(rss: float, rooms: float) -> str:
     return "n/a"
 
 
-def render(result: Any, plots: list[Path], argv: list[str]) -> str:
+def density_table(results: Sequence[Any]) -> list[str]:
+    """Issue 13's table: per run (one room density each), livepulse against every baseline of the
+    same run, medians of its runs."""
+    ran = {r["name"] for res in results for r in res.baselines}
+    names = [n for n in ("plain", "quix", "faust") if n in ran]
+    lines = [
+        "| rooms | events per room-window | runs | livepulse events/CPU-s | "
+        + " | ".join(f"{n} | livepulse ÷ {n}" for n in names)
+        + " |",
+        "|---:|---:|---:|---:|" + "---:|---:|" * len(names),
+    ]
+    for res in sorted(results, key=lambda r: -r.config["rooms"]):
+        cfg = res.config
+        lp = _med([r["per_cpu_s"] for r in res.livepulse])
+        density = res.backlog.get("event_rate", 0) * cfg["window_ms"] / 1000 / max(cfg["rooms"], 1)
+        cells = []
+        for name in names:
+            base = _med([r["per_cpu_s"] for r in res.baselines if r["name"] == name])
+            cells.append("— | —" if math.isnan(base) or not base else f"{base:,.0f} | {lp / base:.2f}x")
+        head = f"| {cfg['rooms']:,} | {density:.2f} | {len(res.livepulse)} | {lp:,.0f} | "
+        lines.append(head + " | ".join(cells) + " |")
+    return lines
+
+
+def render(result: Any, plots: list[Path], argv: list[str], densities: Sequence[Any] = ()) -> str:
     cfg, m = result.config, result.machine
     lp = result.livepulse
     lp_cpu = _med([r["per_cpu_s"] for r in lp])
@@ -80,6 +105,18 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
         f"({result.backlog.get('produce_mb_s', 0):,.1f} MB/s) by one process with the batching producer "
         "of `livepulse loadtest produce` (target >= 200 k/s).",
         "",
+        *(
+            [
+                "### Room densities side by side (issue 13's table)",
+                "",
+                "One run of the harness per density, the same command but for `--rooms` (and `--live-load`):",
+                "",
+                *density_table(densities),
+                "",
+            ]
+            if len(densities) > 1
+            else []
+        ),
         f"### Throughput (median of {len(lp)} runs, min-max)",
         "",
         "| consumer | events / CPU-s | events / s | livepulse ÷ it (CPU-s) | target |",
@@ -190,9 +227,11 @@ def render(result: Any, plots: list[Path], argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def update_results_md(result: Any, plots: list[Path], argv: list[str], path: Path = RESULTS_MD) -> None:
+def update_results_md(
+    result: Any, plots: list[Path], argv: list[str], path: Path = RESULTS_MD, densities: Sequence[Any] = ()
+) -> None:
     text = path.read_text() if path.exists() else "# livepulse results\n"
-    body = render(result, plots, argv)
+    body = render(result, plots, argv, densities)
     start = text.find(HEADING)
     if start < 0:
         path.write_text(text.rstrip("\n") + "\n\n" + body + "\n" + NOTES_OPEN + "\n" + NOTES_CLOSE + "\n")

@@ -653,8 +653,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report-from",
         type=Path,
+        nargs="+",
         metavar="RESULTS_JSON",
-        help="run nothing: rewrite loadtest/RESULTS.md and the plots from a run's results.json",
+        help="run nothing: rewrite loadtest/RESULTS.md and the plots from a run's results.json; with "
+        "more (runs at other room densities), also a table of every density side by side",
     )
     return p
 
@@ -669,18 +671,18 @@ def load_result(path: Path) -> Result:
     return result
 
 
-def write_report(result: Result, argv: list[str]) -> None:
+def write_report(result: Result, argv: list[str], densities: Sequence[Result] = ()) -> None:
     from . import _report, plots
 
     written = plots.write_all(result, REPO / "loadtest" / "plots")
-    _report.update_results_md(result, written, argv=argv)
+    _report.update_results_md(result, written, argv=argv, densities=densities)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.report_from:
-        result = load_result(args.report_from)
-        write_report(result, list(result.config.get("argv") or ["..."]))
+        results = [load_result(path) for path in args.report_from]
+        write_report(results[0], list(results[0].config.get("argv") or ["..."]), results)
         return 0
     common = {
         "scenarios": tuple(scenarios.parse(args.scenario)),
