@@ -10,9 +10,10 @@ queued for publishing.
 Exactly once (``streams._transactions``): each task writes everything —
 room-stats, alerts, dead letters, re-routed events, changelog — through its
 own transactional producer; every ``commit_interval_ms`` (and before
-partitions are given up; and at once after a round that published windows
-without filling its fetch, i.e. caught up, as read_committed readers see
-them only then) a checkpoint adds the task's watermark markers,
+partitions are given up; and at once when, caught up, a round published
+windows or moved a task's frontier past a window's end: readers see
+windows only at a commit, and other tasks see the markers that let them
+close theirs only then) a checkpoint adds the task's watermark markers,
 its changed rooms and metadata (with the input offsets) and commits the
 transaction with the input offsets. On assignment a task's producer is
 started first (fencing a previous owner), then the changelog is read
@@ -249,11 +250,13 @@ class DataPlane:
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> bool:
         """One fetch round: each partition through its task's pipeline, then a tick, the windows
-        and alerts sent (the caller commits at checkpoints). Returns whether windows were published
-        by a round that did not fill its fetch: caught up, they should be committed now (a catch-up,
-        whose fetches are full, goes on at the commit interval). The consumer's positions against
-        its ends would not tell: it prefetches, so in live traffic it nearly always knows of records
-        it has not handed over yet."""
+        and alerts sent (the caller commits at checkpoints). Returns whether, in a round that did
+        not fill its fetch (caught up), windows were published or a task's frontier passed a
+        window's end + grace: then a checkpoint should come now, to make the windows visible or to
+        write the markers that let the other tasks close theirs (a catch-up, whose fetches are
+        full, goes on at the commit interval). The consumer's positions against its ends would
+        not tell what is caught up: it prefetches, so in live traffic it nearly always knows of
+        records it has not handed over yet."""
         now = self._clock()
         now_ms = int(now * 1000)
         self._after_blind_spot(now_ms)
@@ -302,7 +305,9 @@ class DataPlane:
         if now - self._last_top >= self.settings.core.window_seconds:
             self._last_top = now
             self._export_top_rooms()
-        return bool(windows) and total < self.settings.max_batch_records
+        if total >= self.settings.max_batch_records:
+            return False
+        return bool(windows) or any(t.pipeline.marker_releases_windows(now_ms) for t in self.runtime.values())
 
     def _after_blind_spot(self, now_ms: int) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and

@@ -161,6 +161,8 @@ class TaskPipeline:
         self.merge: LeaderboardStage | None = None
         #: the last progress mark written (a new pipeline, e.g. after a restore, writes it again)
         self._progress_sent: int | None = None
+        #: the frontier in the last watermark markers written (None: none yet)
+        self._marker_sent: int | None = None
         #: the core's outage holds already counted in the metric
         self._holds_seen = 0
         if partition == 0:
@@ -394,7 +396,8 @@ class TaskPipeline:
         changelog records written. The caller commits them with the input offsets."""
         t = self._topics
         add = self.sink.add
-        marker = orjson.dumps(self.core.frontier_ms(now_ms))
+        frontier = self._marker_sent = self.core.frontier_ms(now_ms)
+        marker = orjson.dumps(frontier)
         header = [(MARKER_HEADER, b"%d" % self.partition)]
         for receiver in range(self.routing.partitions):
             if receiver != self.partition:
@@ -414,6 +417,18 @@ class TaskPipeline:
         if self.merge is not None:
             written += self.merge.stage_checkpoint()
         return written
+
+    def marker_releases_windows(self, now_ms: int) -> bool:
+        """Whether this task's frontier has passed a window's end + grace since the markers it last
+        wrote: markers written now would let the tasks it re-routes to close that window."""
+        if self.routing.partitions < 2:
+            return False
+        sent = self._marker_sent
+        if sent is None:
+            return True
+        cfg = self.core.config
+        frontier = self.core.frontier_ms(now_ms)
+        return (frontier - cfg.grace_ms) // cfg.window_ms > (sent - cfg.grace_ms) // cfg.window_ms
 
     def quarantine(self, key_offsets: Mapping[bytes, int], now_ms: int) -> list[tuple[bytes, str]]:
         """Dead-letter the changelog records the restore could not decode and delete them; returns

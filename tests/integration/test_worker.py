@@ -437,11 +437,12 @@ async def test_worker_refuses_inputs_that_are_not_co_partitioned(
 
 
 async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]
-    """Outputs are visible to read_committed readers only at a checkpoint's commit. With a commit
-    interval of 20 s, windows closed in live traffic must still be readable within a few seconds of
-    being closed: a round that closed windows while caught up commits at once. (Without that they
-    wait the whole interval: a task's watermark follows the other tasks' frontier markers, which
-    come with their commits, so windows close just after one commit and wait for the next.)"""
+    """Outputs are visible to read_committed readers only at a checkpoint's commit, and a task's
+    watermark follows the other tasks' frontier markers, which come with their commits. With a
+    commit interval of 20 s, live windows must still close within a few seconds of their end +
+    grace and be readable within a few seconds of closing: caught up, a round that moved a frontier
+    past a window's end or closed windows commits at once. (Without that each waits for the
+    periodic commit: 20 s.)"""
     deployment.extra_env["LIVEPULSE_COMMIT_INTERVAL_MS"] = "20000"
     worker = workers()
     await worker.wait_ready()
@@ -459,6 +460,9 @@ async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: 
     #: window start -> the most seconds between the worker closing one of its records (the record's
     #: timestamp) and the reader first seeing it
     waited: dict[int, float] = {}
+    #: window start -> the most seconds from the moment its end + grace passed to its close
+    closed_after: dict[int, float] = {}
+    due_s = (deployment.window_ms + deployment.grace_ms) / 1000
 
     async def read() -> None:
         while True:
@@ -468,6 +472,8 @@ async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: 
                 for m in messages:
                     ws = decode_room_stats(m.value).window_start
                     waited[ws] = max(waited.get(ws, 0.0), now - m.timestamp / 1000)
+                    late_s = m.timestamp / 1000 - (ws / 1000 + due_s)
+                    closed_after[ws] = max(closed_after.get(ws, 0.0), late_s)
 
     reading = asyncio.create_task(read())
     try:
@@ -481,3 +487,4 @@ async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: 
         await consumer.stop()
     assert len(waited) >= 3, waited
     assert max(waited.values()) < 5.0, waited
+    assert max(closed_after.values()) < 5.0, closed_after

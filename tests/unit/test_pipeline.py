@@ -285,3 +285,51 @@ def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_l
     assert (restored.rooms[room].session, restored.rooms[room].rollups) == (None, None)
     restored.tick(NOW_MS + 6_000_000)
     assert restored.drain_sessions() == [] and restored.drain_rollups() == []
+
+
+def test_markers_are_due_when_the_frontier_passes_a_window_end_plus_grace() -> None:
+    """The other tasks close a window once this task's markers say its inputs passed the window's
+    end + grace; until its frontier gets there, new markers would release nothing."""
+    pipeline, _, _ = make(partition=0)
+    (room,) = rooms_on(0, 1)
+    window, grace = SETTINGS.core.window_ms, SETTINGS.core.grace_ms
+    assert pipeline.marker_releases_windows(NOW_MS)  # none written yet
+    topics = (TOPICS.viewer, TOPICS.order, TOPICS.gift)
+
+    def feed(ts: int, offset: int) -> None:  # every input at ``ts``
+        for topic in topics:
+            payload = (
+                viewer("like", room, "u", ts)
+                if topic == TOPICS.viewer
+                else orjson.dumps(
+                    {
+                        "order_id": f"o{offset}",
+                        "room_id": room,
+                        "user_id": "u",
+                        "ts": ts,
+                        "status": "created",
+                        "amount_minor": 100,
+                        "currency": "CNY",
+                    }
+                    if topic == TOPICS.order
+                    else {
+                        "gift_id": f"g{offset}",
+                        "room_id": room,
+                        "user_id": "u",
+                        "ts": ts,
+                        "count": 1,
+                        "value_minor": 10,
+                    }
+                )
+            )
+            pipeline.process(topic, records([payload], first_offset=offset), NOW_MS)
+
+    feed(T0 + grace, 0)  # releases the window before [T0, T0 + 10 s)
+    pipeline.stage_checkpoint(NOW_MS, {})
+    assert not pipeline.marker_releases_windows(NOW_MS)
+    feed(T0 + window + grace - 1, 1)  # the window [T0, T0 + 10 s) is not released yet
+    assert not pipeline.marker_releases_windows(NOW_MS)
+    feed(T0 + window + grace, 2)  # now it is
+    assert pipeline.marker_releases_windows(NOW_MS)
+    pipeline.stage_checkpoint(NOW_MS, {})
+    assert not pipeline.marker_releases_windows(NOW_MS)
