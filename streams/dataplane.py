@@ -117,7 +117,7 @@ class DataPlane:
         self._routing: Routing | None = None
         self._lock = asyncio.Lock()
         self._last_checkpoint = 0.0
-        #: windows were published while caught up: checkpoint as soon as PROMPT_COMMIT_GAP_MS allows
+        #: caught up, a round published windows or passed a window boundary: checkpoint early (see _run)
         self._commit_soon = False
         self._last_top = 0.0
         self._stopping = False
