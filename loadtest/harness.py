@@ -420,7 +420,7 @@ class Harness:
             sent=stats.messages,
             sent_rate=stats.rate,
             sender_behind_s=stats.behind_s,
-            sender_lag_p99_s=percentile(sorted(lag for _, lag in stats.lags), 99),
+            sender_lag_p99_s=percentile(SenderLag(stats.lags).values(), 99),
             seconds=stats.seconds,
             injections=[asdict(i) for i in phase.injections],
             late_events=phase.late_events,
