@@ -33,7 +33,8 @@ import pstats
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -105,28 +106,42 @@ class TaskSink(Sink):
 
 
 Fetch = tuple[int, int, list[Record]]
+#: the backlog as the broker holds it: (partition, source) -> its log
+Logs = dict[tuple[int, int], list[Record]]
 
 
-def fetches(phase: Phase, batch: int) -> list[list[Fetch]]:
-    """Fetch rounds: in each, up to ``batch`` messages of every (partition, source) log that has
-    more, as a round-robin consumer hands them over."""
-    logs: dict[tuple[int, int], list[Record]] = defaultdict(list)
+def logs_of(phase: Phase) -> Logs:
+    logs: Logs = defaultdict(list)
     for source, partition, key, payload, _ts, _ in phase.messages.wire():
         log = logs[(partition, source)]
         log.append(Record(len(log), key, payload))
+    return dict(logs)
+
+
+def fetch_rounds(
+    logs: Logs, batch: int, held: Callable[[int], frozenset[int]] | None = None
+) -> Iterator[list[Fetch]]:
+    """Fetch rounds: in each, up to ``batch`` messages of every (partition, source) log that has
+    more, as a round-robin consumer hands them over; with ``held``, not of the sources it names
+    for a partition at that round (paused, as the data plane pauses inputs that ran ahead)."""
     cursors = dict.fromkeys(logs, 0)
-    rounds = []
     while cursors:
         fetched = []
         for tp in sorted(cursors):
+            if held is not None and tp[1] in held(tp[0]):
+                continue
             at = cursors[tp]
             fetched.append((tp[0], tp[1], logs[tp][at : at + batch]))
             if at + batch >= len(logs[tp]):
                 del cursors[tp]
             else:
                 cursors[tp] = at + batch
-        rounds.append(fetched)
-    return rounds
+        yield fetched
+
+
+def fetches(logs: Logs, batch: int) -> list[list[Fetch]]:
+    """Every fetch round of ``logs`` with nothing held back (for the consumers without a watermark)."""
+    return list(fetch_rounds(logs, batch))
 
 
 def each_fetch(rounds: Sequence[list[Fetch]]) -> Iterator[Fetch]:
@@ -196,10 +211,12 @@ def run_plain_windows(rounds: Sequence[list[Fetch]], _now_ms: int) -> int:
 
 
 def run_pipeline(
-    rounds: Sequence[list[Fetch]],
+    logs: Logs,
     now_ms: int,
+    batch: int = 2_000,
     checkpoint_rounds: int = 45,
     detect_spikes: bool = True,
+    drift_ms: int | None = None,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
 
@@ -208,9 +225,14 @@ def run_pipeline(
     per task (counted in rounds, not CPU time, so that two versions of the code do the same work:
     which windows close before the backlog ends follows the markers checkpoints publish), after
     which the repartition records it staged (watermark markers, re-routed events) are delivered
-    to their receivers with the next round, as a commit makes them visible.
+    to their receivers with the next round, as a commit makes them visible. After each round's
+    tick an input that ran ahead of its task's slowest is held back as the data plane pauses it
+    (``max_source_drift_ms``); once any input of a partition has been read to its end, nothing of
+    that partition is held (the data plane's input would turn idle after ``idle_partition_ms``).
     """
     settings = Settings(partitions=PARTITIONS)
+    if drift_ms is not None:
+        settings = replace(settings, core=replace(settings.core, max_source_drift_ms=drift_ms))
     topics = settings.topics
     routing = Routing(topics, PARTITIONS)
     metrics = Metrics()
@@ -224,18 +246,23 @@ def run_pipeline(
     delivered = dict.fromkeys(range(PARTITIONS), 0)
     positions: dict[int, dict[int, int]] = {p: {} for p in range(PARTITIONS)}
     last_resend = time.process_time()
+    held = dict.fromkeys(range(PARTITIONS), frozenset[int]())
+    remaining = {tp: len(log) for tp, log in logs.items()}
     n = 0
-    for round_number, fetched in enumerate(rounds, 1):
+    for round_number, fetched in enumerate(fetch_rounds(logs, batch, held.__getitem__), 1):
         for partition, source, items in fetched:
             pipelines[partition].process(names[source], items, now_ms)
             positions[partition][source] = items[-1].offset + 1
+            remaining[(partition, source)] -= len(items)
             n += len(items)
         for partition, records in visible.items():
             if records:
                 pipelines[partition].process(topics.repartition, records, now_ms)
         visible.clear()
-        for pipeline in pipelines.values():
+        for p, pipeline in pipelines.items():
             pipeline.tick(now_ms, busy)
+            reading = all(remaining.get((p, source), 0) for source in busy)
+            held[p] = pipeline.core.sources_to_hold(held[p]) if reading else frozenset()
         for pipeline in pipelines.values():
             pipeline.publish_alerts(now_ms)
         if time.process_time() - last_resend >= settings.alert_resend_ms / 1000:
@@ -338,6 +365,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=45,
         help="fetch rounds per checkpoint (~1 s at 90k msg/s)",
     )
+    parser.add_argument(
+        "--drift-ms",
+        type=int,
+        default=None,
+        help="as LIVEPULSE_MAX_SOURCE_DRIFT_MS (0: inputs never held back); adds a variant "
+        "'pipeline@drift' with it beside 'pipeline' (the default)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", help="comma-separated variants to run (default: all)")
@@ -366,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         event_rate=args.rate,
         start_ms=START_MS,
     )
-    batches = fetches(phase, args.batch)
+    logs = logs_of(phase)
+    batches = fetches(logs, args.batch)
     now_ms = phase.end_ms + 60_000
     summary = (len(phase.messages), phase.end_ms - phase.start_ms)
     del phase, _model
@@ -389,12 +424,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "no-detector": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "detect_spikes": False}),
         "pipeline": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds}),
     }
+    if args.drift_ms is not None:
+        variants["pipeline@drift"] = (
+            run_pipeline,
+            {"checkpoint_rounds": args.checkpoint_rounds, "drift_ms": args.drift_ms},
+        )
+    pipelines = {name for name, (fn, _) in variants.items() if fn is run_pipeline}
     if args.only:
         variants = {name: variants[name] for name in args.only.split(",")}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeat):
         for name, (fn, kwargs) in variants.items():
-            rates[name].append(measure(fn, batches, now_ms, **kwargs))
+            if name in pipelines:
+                rates[name].append(measure(fn, logs, now_ms, batch=args.batch, **kwargs))
+            else:
+                rates[name].append(measure(fn, batches, now_ms, **kwargs))
     base = statistics.median(rates["plain"]) if "plain" in rates else float("nan")
     print(f"{'variant':<15}{'median msg/CPU-s':>18}{'min':>12}{'max':>12}{'vs plain':>10}{'us/msg':>8}")
     for name, got in rates.items():
@@ -409,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(run_pipeline, batches, now_ms, checkpoint_rounds=args.checkpoint_rounds)
+        prof.runcall(run_pipeline, logs, now_ms, batch=args.batch, checkpoint_rounds=args.checkpoint_rounds)
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(30)

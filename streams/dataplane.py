@@ -73,13 +73,15 @@ class _Task:
     """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
     its input positions."""
 
-    __slots__ = ("pipeline", "positions", "producer")
+    __slots__ = ("held", "pipeline", "positions", "producer")
 
     def __init__(self, pipeline: TaskPipeline, producer: TaskProducer) -> None:
         self.pipeline = pipeline
         self.producer = producer
         #: next offset to read per input topic-partition (known after seek or fetch)
         self.positions: dict[TopicPartition, int] = {}
+        #: input sources paused for running ahead of the task's slowest input (see ``_align``)
+        self.held: frozenset[int] = frozenset()
 
     @property
     def partition(self) -> int:
@@ -287,10 +289,14 @@ class DataPlane:
                 waited += await self._send()  # out before the next partition's work
         busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
+            if task.held:  # not read on purpose: they hold the watermark and are no outage
+                busy.setdefault(partition, set()).update(task.held)
+                behind.setdefault(partition, set()).update(task.held)
             windows += task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
+        self._align()
         # Closed windows go to the producer before the spike detector evaluates them: at a window
         # boundary tens of thousands of rooms close at once, and their records need not wait for it.
         waited += await self._send()
@@ -313,6 +319,27 @@ class DataPlane:
         if total >= self.settings.max_batch_records:
             return False
         return bool(windows) or any(t.pipeline.marker_releases_windows(now_ms) for t in self.runtime.values())
+
+    def _align(self) -> None:
+        """Pause the inputs that ran ahead of their task's slowest input, resume those back within
+        reach (``TaskAggregator.sources_to_hold``). A paused partition's prefetched records are
+        dropped by the client and fetched again after it resumes."""
+        assert self._consumer is not None and self._routing is not None
+        names = self._routing.names
+        for partition, task in self.runtime.items():
+            held = task.pipeline.core.sources_to_hold(task.held)
+            if held == task.held:
+                continue
+            paused = [TopicPartition(names[s], partition) for s in held - task.held]
+            resumed = [TopicPartition(names[s], partition) for s in task.held - held]
+            if paused:
+                self._consumer.pause(*paused)
+                for tp in paused:
+                    self.metrics.input_holds.labels(tp.topic).inc()
+            if resumed:
+                self._consumer.resume(*resumed)
+            task.held = held
+        self.metrics.inputs_held.set(sum(len(task.held) for task in self.runtime.values()))
 
     def _few_dirty(self) -> bool:
         """Whether a checkpoint now would write few rooms (see ``PROMPT_COMMIT_MAX_ROOMS``)."""

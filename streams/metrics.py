@@ -141,6 +141,18 @@ class Metrics:
             registry=r,
         )
         self.active_rooms = Gauge("livepulse_active_rooms", "Rooms held in memory", registry=r)
+        self.inputs_held = Gauge(
+            "livepulse_inputs_held",
+            "Input partitions not read for now: their event time ran ahead of their task's slowest "
+            "input by more than LIVEPULSE_MAX_SOURCE_DRIFT_MS (watermark alignment)",
+            registry=r,
+        )
+        self.input_holds = Counter(
+            "livepulse_input_holds_total",
+            "Times an input partition was held back for running ahead of its task's slowest input",
+            ["topic"],
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "livepulse_assigned_partitions", "Input partition numbers owned by this worker", registry=r
         )

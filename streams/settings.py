@@ -184,6 +184,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "DEDUP_TTL_MS": ("core", "dedup_ttl_ms"),
     "HLL_LG_K": ("core", "hll_lg_k"),
     "MAX_INPUT_LAG_MS": ("core", "max_input_lag_ms"),
+    "MAX_SOURCE_DRIFT_MS": ("core", "max_source_drift_ms"),
     "MAX_ROOMS": ("core", "max_rooms"),
     "SESSIONS": ("core", "sessions"),
     "SESSION_GAP_MS": ("core", "session_gap_ms"),

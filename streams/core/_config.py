@@ -37,6 +37,12 @@ class CoreConfig:
     #: an input caught up with its log end whose newest event time trails the fastest other input
     #: by more than this stops holding the watermark back (its events then count late)
     max_input_lag_ms: int = 60_000
+    #: an input whose newest event time runs ahead of the slowest input of its task by more than
+    #: this is not read until the slowest is within half of it (watermark alignment: in a catch-up
+    #: the small order and gift topics would otherwise run minutes ahead of the viewer topic, and
+    #: every room would hold, and checkpoint, buckets for all of that); 0: inputs are never held
+    #: back. Above ``max_future_ms`` plus the lag of a live input, so live traffic is never held.
+    max_source_drift_ms: int = 30_000
     #: rooms one task keeps; an event that would open one more is dead-lettered (``room_cap``)
     max_rooms: int = 200_000
     #: whether rooms' broadcast sessions are kept and published (live.room-sessions)
@@ -59,6 +65,8 @@ class CoreConfig:
             raise ConfigError("dedup_ttl_ms must be >= 0 and dedup_max_per_room > 0")
         if self.max_input_lag_ms <= 0 or self.max_rooms <= 0:
             raise ConfigError("max_input_lag_ms and max_rooms must be > 0")
+        if self.max_source_drift_ms < 0:
+            raise ConfigError("max_source_drift_ms must be >= 0")
         if self.session_gap_ms < self.window_ms:
             raise ConfigError(
                 f"session_gap_ms {self.session_gap_ms} is shorter than window_ms {self.window_ms}"
