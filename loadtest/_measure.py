@@ -118,9 +118,21 @@ def event_latencies(
     own lag added: how late it sent the messages of event time window end + grace, the first that
     can move the watermark past the window.
     """
+    [(out, missing)] = event_latencies_each(messages, [(arrivals, lag)], window_ms, grace_ms)
+    return out, missing
+
+
+def event_latencies_each(
+    messages: Iterable[Message],
+    targets: Sequence[tuple[Mapping[WindowKey, float], SenderLag | None]],
+    window_ms: int,
+    grace_ms: int,
+) -> list[tuple[list[float], int]]:
+    """``event_latencies`` for each ``(arrivals, lag)`` of ``targets``, in one pass over the messages
+    (a live phase is millions of them, each decoded from its payload as it is read)."""
     newest: dict[int, int] = {}
-    out: list[float] = []
-    missing = 0
+    outs: list[list[float]] = [[] for _ in targets]
+    missing = [0] * len(targets)
     for _source, part, _key, _raw, ts, ev in messages:
         if ev is None:
             continue
@@ -131,12 +143,15 @@ def event_latencies(
         if ts < top - grace_ms:
             continue
         ws = ts - ts % window_ms
-        arrival = arrivals.get((ev.room_id, ws))
-        if arrival is None:
-            missing += 1
-        elif lag is None:
-            out.append(arrival - ts / 1000)
-        else:
-            out.append(arrival - ts / 1000 - lag.at(ws + window_ms + grace_ms))
-    out.sort()
-    return out, missing
+        key = (ev.room_id, ws)
+        for i, (arrivals, lag) in enumerate(targets):
+            arrival = arrivals.get(key)
+            if arrival is None:
+                missing[i] += 1
+            elif lag is None:
+                outs[i].append(arrival - ts / 1000)
+            else:
+                outs[i].append(arrival - ts / 1000 - lag.at(ws + window_ms + grace_ms))
+    for out in outs:
+        out.sort()
+    return list(zip(outs, missing, strict=True))

@@ -46,6 +46,12 @@ def memory_verdict(rss: float, rooms: float) -> str:
     return "n/a"
 
 
+def events_per_room_window(result: Any) -> float:
+    """The backlog's room density: events per second of event time x window / rooms."""
+    cfg = result.config
+    return float(result.backlog.get("event_rate", 0) * cfg["window_ms"] / 1000 / max(cfg["rooms"], 1))
+
+
 def density_table(results: Sequence[Any]) -> list[str]:
     """Issue 13's table: per run (one room density each), livepulse against every baseline of the
     same run, medians of its runs."""
@@ -60,7 +66,7 @@ def density_table(results: Sequence[Any]) -> list[str]:
     for res in sorted(results, key=lambda r: -r.config["rooms"]):
         cfg = res.config
         lp = _med([r["per_cpu_s"] for r in res.livepulse])
-        density = res.backlog.get("event_rate", 0) * cfg["window_ms"] / 1000 / max(cfg["rooms"], 1)
+        density = events_per_room_window(res)
         cells = []
         for name in names:
             base = _med([r["per_cpu_s"] for r in res.baselines if r["name"] == name])
@@ -97,7 +103,7 @@ def render(result: Any, plots: list[Path], argv: list[str], densities: Sequence[
         f"Backlog: {bl.get('messages', 0):,} messages ({bl.get('events', 0):,} events, "
         f"{bl.get('malformed', 0):,} malformed) over {bl.get('span_s', 0):,.0f} s of "
         f"event time ({bl.get('event_rate', 0):,.0f} events/s, "
-        f"{bl.get('event_rate', 0) * cfg['window_ms'] / 1000 / max(cfg['rooms'], 1):.2f} events per "
+        f"{events_per_room_window(result):.2f} events per "
         f"room-window), {cfg['rooms']:,} rooms, scenarios {', '.join(cfg['scenarios'])}; "
         f"{cfg['partitions']} partitions per topic, window {cfg['window_ms'] / 1000:g} s, grace "
         f"{cfg['grace_ms'] / 1000:g} s, checkpoint every 1 s, spike alerts on. Produced at "

@@ -45,7 +45,7 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from . import _truth, scenarios
 from ._checks import Verdict, check, parse_iso_ms
 from ._collect import Collector
-from ._measure import SenderLag, catch_up_rate, event_latencies, histogram, percentile
+from ._measure import SenderLag, catch_up_rate, event_latencies_each, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
 from .deployment import Deployment, Sampler, WorkerProcess, short_rollup_windows
@@ -475,14 +475,23 @@ class Harness:
     def _record_correctness(self, truth: _truth.Truth, live: Phase, collector: Collector) -> None:
         res, cfg = self.result, self.cfg
         out = collector.outputs
-        latencies, no_window = event_latencies(live.messages, out.arrivals, cfg.window_ms, cfg.grace_ms)
-        # The same up to the moment the worker queued the record: what the harness's own reader
-        # (sharing the 2 cores) and the broker add is the difference.
-        at_worker, _ = event_latencies(live.messages, out.produced, cfg.window_ms, cfg.grace_ms)
-        # Both less the sender's own lag behind the clock where the window could close.
         lag = self._sender_lag
-        adjusted, _ = event_latencies(live.messages, out.arrivals, cfg.window_ms, cfg.grace_ms, lag)
-        at_worker_adjusted, _ = event_latencies(live.messages, out.produced, cfg.window_ms, cfg.grace_ms, lag)
+        [(latencies, no_window), (at_worker, _), (adjusted, _), (at_worker_adjusted, _)] = (
+            event_latencies_each(
+                live.messages,
+                [
+                    (out.arrivals, None),
+                    # The same up to the moment the worker queued the record: what the harness's own
+                    # reader (sharing the 2 cores) and the broker add is the difference.
+                    (out.produced, None),
+                    # Both less the sender's own lag behind the clock where the window could close.
+                    (out.arrivals, lag),
+                    (out.produced, lag),
+                ],
+                cfg.window_ms,
+                cfg.grace_ms,
+            )
+        )
         res.live.update(
             latency_sender_adjusted_p99_s=percentile(adjusted, 99),
             latency_worker_sender_adjusted_p99_s=percentile(at_worker_adjusted, 99),

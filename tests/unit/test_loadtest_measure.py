@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest._measure import SenderLag, catch_up_rate, event_latencies
+from loadtest._measure import SenderLag, catch_up_rate, event_latencies, event_latencies_each
 from loadtest.deployment import Sample
 from loadtest.traffic import encode
 from schemas import ViewerEvent
@@ -59,3 +59,22 @@ def test_adjusted_latency_takes_off_the_lag_where_the_window_could_close() -> No
     assert missing == 0
     assert plain == [7.0, 15.0]
     assert adjusted == [4.0, 12.0]
+
+
+def test_latencies_of_several_targets_in_one_pass_equal_each_alone() -> None:
+    events = [
+        ViewerEvent("join", "r1", "u1", 1_000),
+        ViewerEvent("join", "r2", "u2", 9_000),
+        ViewerEvent("join", "r1", "u3", 14_000),
+        ViewerEvent("join", "r1", "u4", 3_000),  # late: 11 s behind its partition's newest
+    ]
+    messages = [(0, 0, b"k", encode(ev), ev.ts, ev) for ev in events]
+    arrivals = {("r1", 0): 16.0, ("r2", 0): 17.5, ("r1", 10_000): 25.0}
+    produced = {("r1", 0): 15.0, ("r1", 10_000): 24.0}  # r2's window never queued
+    lag = SenderLag([(12_000, 0.5), (22_000, 1.5)])
+    targets = [(arrivals, None), (produced, None), (arrivals, lag), (produced, lag)]
+    together = event_latencies_each(messages, targets, 10_000, 2_000)
+    alone = [event_latencies(messages, a, 10_000, 2_000, g) for a, g in targets]
+    assert together == alone
+    assert together[0] == ([8.5, 11.0, 15.0], 0)
+    assert together[1] == ([10.0, 14.0], 1)
