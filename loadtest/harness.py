@@ -65,6 +65,10 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "the default rollups (1 m, 1 h) instead of the harness's 2 and 6 windows",
         (("LIVEPULSE_ROLLUP_WINDOWS_MS", "60000,3600000"),),
     ),
+    "drift30": (
+        "watermark alignment with a 30 s drift instead of 120 s",
+        (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "30000"),),
+    ),
     "unaligned": (
         "no watermark alignment: inputs read as fast as the client hands them over",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "0"),),
