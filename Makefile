@@ -11,8 +11,11 @@ KAFKA := $(VENV)/bin/livepulse kafka
 
 venv: $(STAMP)
 
-# Redone only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+# Redone only when pyproject.toml or the native decoders change (or the venv is missing). The
+# install builds schemas/native (Rust, through setuptools-rust): cargo must be on the PATH.
+NATIVE_SRC := schemas/native/Cargo.toml schemas/native/Cargo.lock $(wildcard schemas/native/src/*.rs)
+$(STAMP): pyproject.toml $(NATIVE_SRC)
+	@command -v cargo >/dev/null || { echo "cargo not found: the native decoders need Rust (https://rustup.rs)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@

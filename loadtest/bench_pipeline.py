@@ -15,7 +15,8 @@ fetch are missing, so this isolates the worker's own CPU cost. In the same
 run it measures the plain ceiling of the load test (orjson-decode each
 message and count per room in a dict) and reports
 messages per CPU-second, medians of ``--repeat`` interleaved runs. Variants
-take parts away to attribute the cost: ``decode`` (strict decoding alone),
+take parts away to attribute the cost: ``decode`` (strict decoding alone; ``decode-py`` and
+``pipeline-py`` with the Python loops instead of the native decoders of ``schemas/native``),
 ``plain+windows`` (the plain loop plus one output record per room and window),
 ``no-checkpoint``, ``no-detector``.
 
@@ -40,7 +41,16 @@ from typing import Any
 import orjson
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from schemas import Limits, Source, ViewerEvent, decode_gift_batch, decode_order_batch, decode_viewer_batch
+from schemas import (
+    Limits,
+    Source,
+    ViewerEvent,
+    _batch,
+    decode_gift_batch,
+    decode_order_batch,
+    decode_viewer_batch,
+)
+from streams import pipeline as pipeline_module
 from streams.core import TaskAggregator
 from streams.metrics import Metrics
 from streams.pipeline import Record, Routing, TaskPipeline
@@ -339,11 +349,26 @@ def burst(rooms: int, repeat: int) -> None:
     )
 
 
-def measure(fn: Any, batches: Any, now_ms: int, **kwargs: Any) -> float:
-    gc.collect()
-    t0 = time.process_time()
-    n: int = fn(batches, now_ms, **kwargs)
-    return n / (time.process_time() - t0)
+def measure(fn: Any, batches: Any, now_ms: int, python_decoders: bool = False, **kwargs: Any) -> float:
+    """Messages per CPU-second of ``fn``; ``python_decoders``: with the Python loops of
+    ``schemas._batch`` in place of the native decoders, in this benchmark and in the pipeline."""
+    native = DECODERS, dict(pipeline_module._DECODERS)
+    if python_decoders:
+        py = (_batch.decode_viewer_batch_py, _batch.decode_order_batch_py, _batch.decode_gift_batch_py)
+        _use_decoders(py, dict(zip((Source.VIEWER, Source.ORDER, Source.GIFT), py, strict=True)))
+    try:
+        gc.collect()
+        t0 = time.process_time()
+        n: int = fn(batches, now_ms, **kwargs)
+        return n / (time.process_time() - t0)
+    finally:
+        _use_decoders(*native)
+
+
+def _use_decoders(decoders: tuple[Any, ...], by_source: dict[int, Any]) -> None:
+    global DECODERS
+    DECODERS = decoders
+    pipeline_module._DECODERS.update(by_source)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -420,9 +445,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "plain": (run_plain, {}),
         "plain+windows": (run_plain_windows, {}),
         "decode": (run_decode, {}),
+        "decode-py": (run_decode, {"python_decoders": True}),
         "no-checkpoint": (run_pipeline, {"checkpoint_rounds": 10**9}),
         "no-detector": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "detect_spikes": False}),
         "pipeline": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds}),
+        "pipeline-py": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "python_decoders": True}),
     }
     if args.drift_ms is not None:
         variants["pipeline@drift"] = (

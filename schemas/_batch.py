@@ -1,14 +1,18 @@
 """Batch decoders for the hot path: one loop per batch, no per-message function calls.
 
-Each message takes an inlined fast path that accepts exactly what the
-single-message decoder accepts; anything else falls to that decoder, which
-names the reason. ``tests/unit/test_batch_decoders.py`` holds the two to the
-same verdicts.
+Two stages. The native decoders (``schemas/native``, Rust, built by ``pip install -e .``) take
+the common case: flat objects of printable-ASCII strings and integers. They accept a subset of
+what the strict decoder accepts and hand every other message back untouched. Those, or every
+message when the extension is not built, go through the Python loops below (``*_py``): each
+message takes an inlined fast path that accepts exactly what the single-message decoder
+accepts; anything else falls to that decoder, which names the reason.
+``tests/unit/test_batch_decoders.py`` holds all three to the same verdicts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -16,17 +20,94 @@ from ._decode import clean_id, decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._records import ORDER_STATUSES, VIEWER_TYPES, GiftEvent, Invalid, OrderEvent, ViewerEvent
 
+try:
+    from . import _fastdecode  # type: ignore[attr-defined]
+except ImportError:  # not built: the Python loops do all the work (slower, same verdicts)
+    _fastdecode = None
+
+#: whether the native decoders are in use (the worker logs it at start)
+NATIVE: bool = _fastdecode is not None
+
 Good = list[tuple[int, ViewerEvent]] | list[tuple[int, OrderEvent]] | list[tuple[int, GiftEvent]]
 Bad = list[tuple[int, bytes, Invalid]]
 
 _new = tuple.__new__
 _loads = orjson.loads
+_KINDS = tuple(sorted(VIEWER_TYPES))
+_STATUSES = tuple(sorted(ORDER_STATUSES))
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _bounds(now_ms: int, limits: Limits) -> tuple[int, int, int, int]:
+    """Message size, id length and event-time bounds, clamped to what the native side takes."""
+    lo = min(max(now_ms - limits.max_past_ms, _I64_MIN), _I64_MAX)
+    hi = min(max(now_ms + limits.max_future_ms, _I64_MIN), _I64_MAX)
+    return min(limits.max_message_bytes, _I64_MAX), min(limits.max_id_len, _I64_MAX), lo, hi
 
 
 def decode_viewer_batch(
     items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, ViewerEvent]], Bad]:
     """Decode ``(offset, raw)`` pairs of ``live.viewer`` into good ``(offset, event)`` and bad triples."""
+    if _fastdecode is None:
+        return decode_viewer_batch_py(items, now_ms, limits)
+    max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
+    good, rest = _fastdecode.viewer_batch(_as_list(items), ViewerEvent, _KINDS, max_bytes, max_id, lo, hi)
+    return (good, []) if not rest else _finish(good, rest, decode_viewer_batch_py, now_ms, limits)
+
+
+def decode_order_batch(
+    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[tuple[int, OrderEvent]], Bad]:
+    """Decode ``(offset, raw)`` pairs of ``live.order``."""
+    if _fastdecode is None:
+        return decode_order_batch_py(items, now_ms, limits)
+    max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
+    max_amount = min(limits.max_amount_minor, _I64_MAX)
+    good, rest = _fastdecode.order_batch(
+        _as_list(items), OrderEvent, _STATUSES, max_bytes, max_id, lo, hi, max_amount
+    )
+    return (good, []) if not rest else _finish(good, rest, decode_order_batch_py, now_ms, limits)
+
+
+def decode_gift_batch(
+    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[tuple[int, GiftEvent]], Bad]:
+    """Decode ``(offset, raw)`` pairs of ``live.gift``."""
+    if _fastdecode is None:
+        return decode_gift_batch_py(items, now_ms, limits)
+    max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
+    max_amount, max_count = min(limits.max_amount_minor, _I64_MAX), min(limits.max_gift_count, _I64_MAX)
+    good, rest = _fastdecode.gift_batch(
+        _as_list(items), GiftEvent, max_bytes, max_id, lo, hi, max_amount, max_count
+    )
+    return (good, []) if not rest else _finish(good, rest, decode_gift_batch_py, now_ms, limits)
+
+
+def _as_list(items: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    return items if type(items) is list else list(items)
+
+
+def _finish(good: list[Any], rest: list[tuple[int, bytes]], decode: Any, now_ms: int, limits: Limits) -> Any:
+    """Put the Python verdicts on the messages the native pass handed back (``rest``, in order)
+    where it left a ``None`` for each of them in ``good``."""
+    out: list[Any] = []
+    bad: Bad = []
+    pending = iter(rest)
+    for entry in good:
+        if entry is None:
+            taken, refused = decode([next(pending)], now_ms, limits)
+            out += taken
+            bad += refused
+        else:
+            out.append(entry)
+    return out, bad
+
+
+def decode_viewer_batch_py(
+    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[tuple[int, ViewerEvent]], Bad]:
+    """The Python loop: decode ``(offset, raw)`` pairs of ``live.viewer``."""
     good: list[tuple[int, ViewerEvent]] = []
     bad: Bad = []
     max_bytes, max_id = limits.max_message_bytes, limits.max_id_len
@@ -59,10 +140,10 @@ def decode_viewer_batch(
     return good, bad
 
 
-def decode_order_batch(
+def decode_order_batch_py(
     items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, OrderEvent]], Bad]:
-    """Decode ``(offset, raw)`` pairs of ``live.order``."""
+    """The Python loop: decode ``(offset, raw)`` pairs of ``live.order``."""
     good: list[tuple[int, OrderEvent]] = []
     bad: Bad = []
     max_bytes, max_id, max_amount = limits.max_message_bytes, limits.max_id_len, limits.max_amount_minor
@@ -107,10 +188,10 @@ def decode_order_batch(
     return good, bad
 
 
-def decode_gift_batch(
+def decode_gift_batch_py(
     items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, GiftEvent]], Bad]:
-    """Decode ``(offset, raw)`` pairs of ``live.gift``."""
+    """The Python loop: decode ``(offset, raw)`` pairs of ``live.gift``."""
     good: list[tuple[int, GiftEvent]] = []
     bad: Bad = []
     max_bytes, max_id, max_amount = limits.max_message_bytes, limits.max_id_len, limits.max_amount_minor

@@ -1,6 +1,8 @@
 """The batch decoders of the hot path (``schemas._batch``) against their strict single-message twins.
 
-A batch decoder must give, message for message, exactly what mapping the strict decoder over
+Every test runs twice: against the decoders the pipeline uses (the native pass of
+``schemas/native`` with the Python loops for what it hands back) and against the Python loops
+alone. A batch decoder must give, message for message, exactly what mapping the strict decoder over
 the batch gives: the same events (same record type) at the same offsets, the same ``Invalid``
 (reason and detail) for the rest, order kept. The cases are the strict decoder's own tables
 (``test_schemas``), the load test's malformed corpus and the traffic model's messages, one at a
@@ -31,6 +33,7 @@ from schemas import (
     VIEWER_TYPES,
     Invalid,
     Limits,
+    _batch,
     decode_gift_batch,
     decode_order_batch,
     decode_viewer_batch,
@@ -68,11 +71,16 @@ from tests.unit.test_schemas import (
 
 LIM = DEFAULT_LIMITS
 BatchDecoder = Callable[[Sequence[tuple[int, bytes]], int, Limits], tuple[list[Any], list[Any]]]
-BATCH: dict[str, BatchDecoder] = {
-    "viewer": decode_viewer_batch,
-    "order": decode_order_batch,
-    "gift": decode_gift_batch,
+BATCH: dict[str, dict[str, BatchDecoder]] = {
+    "native": {"viewer": decode_viewer_batch, "order": decode_order_batch, "gift": decode_gift_batch},
+    "python": {
+        "viewer": _batch.decode_viewer_batch_py,
+        "order": _batch.decode_order_batch_py,
+        "gift": _batch.decode_gift_batch_py,
+    },
 }
+IMPLS = list(BATCH)
+impls = pytest.mark.parametrize("impl", IMPLS)
 BY_SOURCE = {VIEWER_SOURCE: VIEWER, ORDER_SOURCE: ORDER, GIFT_SOURCE: GIFT}
 
 
@@ -102,9 +110,9 @@ def strict_batch(
 
 
 def assert_batch_is_strict(
-    schema: Schema, items: Sequence[tuple[int, bytes]], now: int = NOW, limits: Limits = LIM
+    impl: str, schema: Schema, items: Sequence[tuple[int, bytes]], now: int = NOW, limits: Limits = LIM
 ) -> None:
-    got = BATCH[schema.name](items, now, limits)
+    got = BATCH[impl][schema.name](items, now, limits)
     want = strict_batch(schema, items, now, limits)
     assert got == want
     # NamedTuple equality is tuple equality: the record types must match too.
@@ -149,6 +157,7 @@ def _cases_for(s: Schema) -> list[Case]:
         c += [(f"{name}-ctl-{ctl!r}", with_(s, **{name: f"ok{ctl}id"})) for ctl in CONTROL_CHARS]
         c += [(f"{name}-rtl-override", with_(s, **{name: "r\u202eevil"}))]  # not printable, not control
     c += [(f"unicode-{u}", with_(s, **{n: u + n for n in _id_fields(s)})) for u in UNICODE_IDS]
+    c += _native_grammar(s)
     c += [("surrogates-128", with_literal(s, "room_id", b'"' + b"\\ud83d\\ude00" * 128 + b'"'))]
     c += [("surrogates-129", with_literal(s, "room_id", b'"' + b"\\ud83d\\ude00" * 129 + b'"'))]
     for name, kind in _amounts(s):
@@ -193,6 +202,50 @@ def _cases_for(s: Schema) -> list[Case]:
         Case("small-over", s, enc(s.valid) + b" ", limits=small),
     ]
     return cases
+
+
+#: raw JSON values for an id field, a number field and an unknown field: where the native pass's
+#: grammar (printable ASCII without escapes, integers of at most 18 digits) has its edges
+ID_LITERALS = [b'"\\u0041bc"', b'"a\\/b"', b'"a\\"b"', b'"a\x7fb"', b'"\xc3\xa9t\xc3\xa9"', b'"a b"']
+INT_LITERALS = [b"-0", b"0", b"00", b"0123", b"1e3", b"1E3", b"10.5", b"-1", b"+1"]
+INT_LITERALS += [b"999999999999999999", b"1000000000000000000", b"-999999999999999999"]
+EXTRA_LITERALS = {"true": b"true", "false": b"false", "null": b"null", "float": b"1.5", "exp": b"-2E-3"}
+EXTRA_LITERALS |= {"neg": b"-7", "big": b"1234567890" * 3, "tru": b"tru", "nul": b"nul", "nan": b"NaN"}
+EXTRA_LITERALS |= {"str-esc": b'"\\n"', "empty-arr": b"[]", "obj": b"{}", "lead0": b"01"}
+
+
+def _native_grammar(s: Schema) -> list[tuple[str, bytes]]:
+    """Shapes at the edges of the native pass's subset: duplicates, escaped keys, number forms,
+    DEL and non-ASCII text, literals, broken separators."""
+    raw = enc(s.valid)
+    body = raw[1:-1]
+
+    def escaped(name: str) -> bytes:
+        return b'"' + name.encode().replace(b"_", b"\\u005f") + b'"'
+
+    c = [("duplicate-first-same", b"{" + body + b"," + body.split(b",")[0] + b"}")]
+    c += [(f"duplicate-{name}-other", b"{" + body + b',"' + name.encode() + b'":"zz"}') for name in s.names]
+    c += [("duplicate-extra", b"{" + body + b',"x":1,"x":"y"}')]
+    for name in s.names:
+        c += [(f"escaped-key-{name}", raw.replace(f'"{name}"'.encode(), escaped(name)))]
+        c += [(f"escaped-key-dup-{name}", b"{" + body + b"," + escaped(name) + b':"zz"}')]
+    for name in _id_fields(s):
+        c += [(f"{name}-literal-{lit!r}", with_literal(s, name, lit)) for lit in ID_LITERALS]
+    for lit in INT_LITERALS:
+        c += [(f"ts-literal-{lit!r}", with_literal(s, "ts", lit))]
+        c += [(f"{name}-literal-{lit!r}", with_literal(s, name, lit)) for name, _ in _amounts(s)]
+    for form, tail in (("frac", b".0"), ("exp", b"e0"), ("space", b" ")):
+        c += [(f"ts-literal-now-{form}", with_literal(s, "ts", str(NOW).encode() + tail))]
+    for k, extra in EXTRA_LITERALS.items():
+        c += [(f"extra-literal-{k}", b"{" + body + b',"x":' + extra + b"}")]
+        c += [(f"extra-literal-first-{k}", b'{"x":' + extra + b"," + body + b"}")]
+    c += [("trailing-comma", b"{" + body + b",}"), ("leading-comma", b"{," + body + b"}")]
+    c += [("missing-comma", b"{" + body.replace(b",", b" ", 1) + b"}")]
+    c += [("missing-colon", b"{" + body.replace(b":", b" ", 1) + b"}")]
+    c += [("trailing-garbage", raw + b"x"), ("two-objects", raw + raw)]
+    c += [("bom", b"\xef\xbb\xbf" + raw), ("nul-after", raw + b"\x00"), ("formfeed", b"\x0c" + raw)]
+    c += [("unquoted-key", raw.replace(b'"' + s.names[0].encode() + b'"', s.names[0].encode()))]
+    return c
 
 
 def _corpus_cases() -> list[Case]:
@@ -249,41 +302,45 @@ def test_the_cases_reach_every_reason_code_and_accept_many_shapes(schema: Schema
 # -- one message at a time ----------------------------------------------------------------------
 
 
+@impls
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.schema.name}-{c.name}" for c in CASES])
-def test_each_message_alone_gets_the_strict_verdict(case: Case) -> None:
-    assert_batch_is_strict(case.schema, [(41, case.raw)], case.now, case.limits)
+def test_each_message_alone_gets_the_strict_verdict(impl: str, case: Case) -> None:
+    assert_batch_is_strict(impl, case.schema, [(41, case.raw)], case.now, case.limits)
 
 
 # -- batches ------------------------------------------------------------------------------------
 
 
+@impls
 @pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
-def test_empty_batch(schema: Schema) -> None:
-    assert BATCH[schema.name]([], NOW, LIM) == ([], [])
+def test_empty_batch(impl: str, schema: Schema) -> None:
+    assert BATCH[impl][schema.name]([], NOW, LIM) == ([], [])
 
 
+@impls
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
-def test_mixed_batch_keeps_offsets_and_order(schema: Schema, seed: int) -> None:
+def test_mixed_batch_keeps_offsets_and_order(impl: str, schema: Schema, seed: int) -> None:
     """Every case of the input in one batch, good and bad shuffled together, offsets with gaps."""
     rng = random.Random(seed)
     raws = [c.raw for c in cases_of(schema)]
     rng.shuffle(raws)
     offsets = sorted(rng.sample(range(10 * len(raws)), len(raws)))
     items = list(zip(offsets, raws, strict=True))
-    assert_batch_is_strict(schema, items)
-    good, bad = BATCH[schema.name](items, NOW, LIM)
+    assert_batch_is_strict(impl, schema, items)
+    good, bad = BATCH[impl][schema.name](items, NOW, LIM)
     assert good and bad
     assert sorted([o for o, _ in good] + [o for o, _, _ in bad]) == offsets
 
 
+@impls
 @pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
-def test_same_message_repeated_and_runs_of_bad(schema: Schema) -> None:
+def test_same_message_repeated_and_runs_of_bad(impl: str, schema: Schema) -> None:
     bad = next(c.raw for c in cases_of(schema) if c.name == "garbage-empty")
     items = [(0, bad), (1, bad), (2, enc(schema.valid)), (3, enc(schema.valid)), (4, bad), (9, bad)]
-    assert_batch_is_strict(schema, items)
-    assert_batch_is_strict(schema, [(i, bad) for i in range(50)])
-    assert_batch_is_strict(schema, [(i, enc(schema.valid)) for i in range(50)])
+    assert_batch_is_strict(impl, schema, items)
+    assert_batch_is_strict(impl, schema, [(i, bad) for i in range(50)])
+    assert_batch_is_strict(impl, schema, [(i, enc(schema.valid)) for i in range(50)])
 
 
 # -- property: random batches --------------------------------------------------------------------
@@ -299,6 +356,7 @@ message_st = st.one_of(
 )
 
 
+@impls
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
@@ -307,7 +365,7 @@ message_st = st.one_of(
     now=st.one_of(st.just(NOW), st.integers(-(2**62), 2**62)),
 )
 def test_random_batches_equal_the_strict_decoder_mapped(
-    data: st.DataObject, schema: Schema, limits: Limits, now: int
+    impl: str, data: st.DataObject, schema: Schema, limits: Limits, now: int
 ) -> None:
     one = st.one_of(
         message_st,
@@ -316,4 +374,46 @@ def test_random_batches_equal_the_strict_decoder_mapped(
     )
     raws = data.draw(st.lists(one, max_size=12))
     offsets = sorted(data.draw(st.sets(st.integers(0, 2**40), min_size=len(raws), max_size=len(raws))))
-    assert_batch_is_strict(schema, list(zip(offsets, raws, strict=True)), now, limits)
+    assert_batch_is_strict(impl, schema, list(zip(offsets, raws, strict=True)), now, limits)
+
+
+# -- the native pass takes the common case ------------------------------------------------------
+
+
+def test_the_native_decoders_are_built() -> None:
+    """``make test`` builds them (``pip install -e .``); the worker must not run without them unseen."""
+    assert _batch.NATIVE
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_the_native_pass_takes_honest_traffic_whole(schema: Schema) -> None:
+    """The traffic model's messages and the valid shapes above never fall to the Python loops:
+    otherwise the native pass could hand everything back and every test above would still pass."""
+    assert _batch._fastdecode is not None
+    shapes = ("traffic-", "valid", "rotated-", "whitespace")
+    honest = [c.raw for c in cases_of(schema) if c.name.startswith(shapes)]
+    honest += [enc(with_(schema, **{n: "Room-42_x.y:z" for n in _id_fields(schema)}))]
+    assert len(honest) >= 10
+    items = list(enumerate(honest))
+    bounds = _batch._bounds(NOW, LIM)
+    native, amount, count = _batch._fastdecode, LIM.max_amount_minor, LIM.max_gift_count
+    if schema is VIEWER:
+        good, rest = native.viewer_batch(items, schema.record, _batch._KINDS, *bounds)
+    elif schema is ORDER:
+        good, rest = native.order_batch(items, schema.record, _batch._STATUSES, *bounds, amount)
+    else:
+        good, rest = native.gift_batch(items, schema.record, *bounds, amount, count)
+    assert rest == []
+    assert good == strict_batch(schema, items, NOW, LIM)[0]
+
+
+def test_the_native_pass_refuses_a_record_type_it_cannot_build() -> None:
+    native = _batch._fastdecode
+    assert native is not None
+
+    class WithDict(tuple):  # type: ignore[type-arg]  # a tuple subclass with a __dict__
+        pass
+
+    for cls in (WithDict, list, dict):
+        with pytest.raises(TypeError):
+            native.viewer_batch([], cls, _batch._KINDS, 100, 10, 0, 1)
