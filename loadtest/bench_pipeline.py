@@ -45,7 +45,6 @@ from schemas import (
     Limits,
     Source,
     ViewerEvent,
-    _batch,
     decode_gift_batch,
     decode_order_batch,
     decode_viewer_batch,
@@ -354,8 +353,7 @@ def measure(fn: Any, batches: Any, now_ms: int, python_decoders: bool = False, *
     ``schemas._batch`` in place of the native decoders, in this benchmark and in the pipeline."""
     native = DECODERS, dict(pipeline_module._DECODERS)
     if python_decoders:
-        py = (_batch.decode_viewer_batch_py, _batch.decode_order_batch_py, _batch.decode_gift_batch_py)
-        _use_decoders(py, dict(zip((Source.VIEWER, Source.ORDER, Source.GIFT), py, strict=True)))
+        _use_decoders(tuple(pipeline_module._PY_DECODERS.values()), pipeline_module._PY_DECODERS)
     try:
         gc.collect()
         t0 = time.process_time()

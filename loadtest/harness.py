@@ -69,6 +69,10 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "watermark alignment with a 30 s drift instead of 120 s",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "30000"),),
     ),
+    "py-decoders": (
+        "the Python decoding loops alone, without the native pass of schemas/native",
+        (("LIVEPULSE_NATIVE_DECODERS", "false"),),
+    ),
     "unaligned": (
         "no watermark alignment: inputs read as fast as the client hands them over",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "0"),),

@@ -4,7 +4,15 @@ Decoders take raw message bytes and return a record or an :class:`Invalid`
 carrying a machine-readable reason code; they never raise on bad input.
 """
 
-from ._batch import decode_gift_batch, decode_order_batch, decode_viewer_batch
+from ._batch import NATIVE as NATIVE_DECODERS
+from ._batch import (
+    decode_gift_batch,
+    decode_gift_batch_py,
+    decode_order_batch,
+    decode_order_batch_py,
+    decode_viewer_batch,
+    decode_viewer_batch_py,
+)
 from ._decode import decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._outputs import (
@@ -36,6 +44,7 @@ from ._records import (
 __all__ = [
     "DEFAULT_LIMITS",
     "DLQ_RAW_CAP_BYTES",
+    "NATIVE_DECODERS",
     "ORDER_STATUSES",
     "ROOM_SESSION_FIELDS",
     "ROOM_STATS_FIELDS",
@@ -54,12 +63,15 @@ __all__ = [
     "decode_dead_letter",
     "decode_gift",
     "decode_gift_batch",
+    "decode_gift_batch_py",
     "decode_order",
     "decode_order_batch",
+    "decode_order_batch_py",
     "decode_room_session",
     "decode_room_stats",
     "decode_viewer",
     "decode_viewer_batch",
+    "decode_viewer_batch_py",
     "encode_dead_letter",
     "encode_room_session",
     "encode_room_stats",

@@ -52,8 +52,8 @@ def decode_viewer_batch(
     if _fastdecode is None:
         return decode_viewer_batch_py(items, now_ms, limits)
     max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
-    good, rest = _fastdecode.viewer_batch(_as_list(items), ViewerEvent, _KINDS, max_bytes, max_id, lo, hi)
-    return (good, []) if not rest else _finish(good, rest, decode_viewer_batch_py, now_ms, limits)
+    good, rest, at = _fastdecode.viewer_batch(_as_list(items), ViewerEvent, _KINDS, max_bytes, max_id, lo, hi)
+    return (good, []) if not rest else _finish(good, rest, at, decode_viewer_batch_py, now_ms, limits)
 
 
 def decode_order_batch(
@@ -64,10 +64,10 @@ def decode_order_batch(
         return decode_order_batch_py(items, now_ms, limits)
     max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
     max_amount = min(limits.max_amount_minor, _I64_MAX)
-    good, rest = _fastdecode.order_batch(
+    good, rest, at = _fastdecode.order_batch(
         _as_list(items), OrderEvent, _STATUSES, max_bytes, max_id, lo, hi, max_amount
     )
-    return (good, []) if not rest else _finish(good, rest, decode_order_batch_py, now_ms, limits)
+    return (good, []) if not rest else _finish(good, rest, at, decode_order_batch_py, now_ms, limits)
 
 
 def decode_gift_batch(
@@ -78,30 +78,29 @@ def decode_gift_batch(
         return decode_gift_batch_py(items, now_ms, limits)
     max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
     max_amount, max_count = min(limits.max_amount_minor, _I64_MAX), min(limits.max_gift_count, _I64_MAX)
-    good, rest = _fastdecode.gift_batch(
+    good, rest, at = _fastdecode.gift_batch(
         _as_list(items), GiftEvent, max_bytes, max_id, lo, hi, max_amount, max_count
     )
-    return (good, []) if not rest else _finish(good, rest, decode_gift_batch_py, now_ms, limits)
+    return (good, []) if not rest else _finish(good, rest, at, decode_gift_batch_py, now_ms, limits)
 
 
 def _as_list(items: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return items if type(items) is list else list(items)
 
 
-def _finish(good: list[Any], rest: list[tuple[int, bytes]], decode: Any, now_ms: int, limits: Limits) -> Any:
-    """Put the Python verdicts on the messages the native pass handed back (``rest``, in order)
-    where it left a ``None`` for each of them in ``good``."""
-    out: list[Any] = []
+def _finish(
+    good: list[Any], rest: list[tuple[int, bytes]], at: list[int], decode: Any, now_ms: int, limits: Limits
+) -> Any:
+    """Judge the messages the native pass handed back (``rest``) with the Python loop, one at a
+    time, and put any it accepts at its place in ``good`` (``at``: positions in ``good``)."""
     bad: Bad = []
-    pending = iter(rest)
-    for entry in good:
-        if entry is None:
-            taken, refused = decode([next(pending)], now_ms, limits)
-            out += taken
-            bad += refused
-        else:
-            out.append(entry)
-    return out, bad
+    for i in range(len(rest) - 1, -1, -1):  # from the back: the positions before stay valid
+        taken, refused = decode(rest[i : i + 1], now_ms, limits)
+        if taken:
+            good[at[i] : at[i]] = taken
+        bad += refused
+    bad.reverse()
+    return good, bad
 
 
 def decode_viewer_batch_py(

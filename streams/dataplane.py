@@ -44,6 +44,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 
+from schemas import NATIVE_DECODERS
+
 from ._changelog import read_partition
 from ._errors import kafka_errors
 from ._rules import RuleSet, rules_from_entries
@@ -152,6 +154,12 @@ class DataPlane:
         with kafka_errors("starting the data plane"):
             await self._start_clients()
         log.info("data plane started: %d partitions per input, group %s", self.partitions, s.group_id)
+        if not s.native_decoders:
+            log.info("native decoders off (LIVEPULSE_NATIVE_DECODERS): inputs decoded by the Python loops")
+        elif not NATIVE_DECODERS:
+            log.warning(
+                "native decoders not built (schemas/native): inputs decoded by the Python loops, slower"
+            )
 
     async def _start_clients(self) -> None:
         s = self.settings

@@ -31,8 +31,11 @@ from schemas import (
     Source,
     dead_letter,
     decode_gift_batch,
+    decode_gift_batch_py,
     decode_order_batch,
+    decode_order_batch_py,
     decode_viewer_batch,
+    decode_viewer_batch_py,
     encode_dead_letter,
     encode_room_session,
     encode_room_stats,
@@ -70,10 +73,13 @@ VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain i
 SOURCE_HEADER = "livepulse-source"
 #: on a repartition record: a watermark marker from the task numbered in the header's value
 MARKER_HEADER = "livepulse-watermark"
-_DECODERS: dict[int, Callable[..., tuple[list[Any], list[Any]]]] = {
-    VIEWER: decode_viewer_batch,
-    ORDER: decode_order_batch,
-    GIFT: decode_gift_batch,
+Decoders = dict[int, Callable[..., tuple[list[Any], list[Any]]]]
+_DECODERS: Decoders = {VIEWER: decode_viewer_batch, ORDER: decode_order_batch, GIFT: decode_gift_batch}
+#: ``native_decoders`` off: the Python loops alone
+_PY_DECODERS: Decoders = {
+    VIEWER: decode_viewer_batch_py,
+    ORDER: decode_order_batch_py,
+    GIFT: decode_gift_batch_py,
 }
 
 Headers = Sequence[tuple[str, bytes]]
@@ -151,6 +157,7 @@ class TaskPipeline:
         self.metrics = metrics
         self._topics = settings.topics
         self._limits: Limits = settings.limits
+        self._decoders = _DECODERS if settings.native_decoders else _PY_DECODERS
         self._max_rooms = settings.core.max_rooms
         self._resend_ms = settings.alert_resend_ms
         self._rollup_topics = {
@@ -190,7 +197,7 @@ class TaskPipeline:
             groups = [(source, topic, messages)]
         for origin, origin_topic, group in groups:
             items = [(msg.offset, msg.value or b"") for msg in group]
-            good, bad = _DECODERS[origin](items, now_ms, self._limits)
+            good, bad = self._decoders[origin](items, now_ms, self._limits)
             if bad:
                 self._dead_letter(topic, group, bad, now_ms)
             if source != REPARTITION:

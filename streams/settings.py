@@ -123,6 +123,9 @@ class Settings:
     gc_threshold: int = 50_000
     #: rooms in each ranking of the platform leaderboard
     leaderboard_size: int = 100
+    #: decode inputs with the native pass of ``schemas/native`` when it is built (same verdicts;
+    #: false: the Python loops alone, e.g. to rule the native pass out)
+    native_decoders: bool = True
 
     @property
     def faust_data_dir(self) -> str:
@@ -175,6 +178,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "DATA_DIR": ("", "data_dir"),
     "GC_THRESHOLD": ("", "gc_threshold"),
     "LEADERBOARD_SIZE": ("", "leaderboard_size"),
+    "NATIVE_DECODERS": ("", "native_decoders"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),
     "GRACE_MS": ("core", "grace_ms"),

@@ -398,12 +398,12 @@ def test_the_native_pass_takes_honest_traffic_whole(schema: Schema) -> None:
     bounds = _batch._bounds(NOW, LIM)
     native, amount, count = _batch._fastdecode, LIM.max_amount_minor, LIM.max_gift_count
     if schema is VIEWER:
-        good, rest = native.viewer_batch(items, schema.record, _batch._KINDS, *bounds)
+        good, rest, at = native.viewer_batch(items, schema.record, _batch._KINDS, *bounds)
     elif schema is ORDER:
-        good, rest = native.order_batch(items, schema.record, _batch._STATUSES, *bounds, amount)
+        good, rest, at = native.order_batch(items, schema.record, _batch._STATUSES, *bounds, amount)
     else:
-        good, rest = native.gift_batch(items, schema.record, *bounds, amount, count)
-    assert rest == []
+        good, rest, at = native.gift_batch(items, schema.record, *bounds, amount, count)
+    assert rest == at == []
     assert good == strict_batch(schema, items, NOW, LIM)[0]
 
 

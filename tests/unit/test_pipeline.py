@@ -5,6 +5,7 @@ broker."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -13,7 +14,15 @@ from schemas import Source, decode_dead_letter, decode_room_session, decode_room
 from streams.core import CoreConfig, PartitionCache, TaskAggregator
 from streams.core._state_codec import decode_room
 from streams.metrics import Metrics
-from streams.pipeline import MARKER_HEADER, SOURCE_HEADER, Record, Routing, TaskPipeline
+from streams.pipeline import (
+    _DECODERS,
+    _PY_DECODERS,
+    MARKER_HEADER,
+    SOURCE_HEADER,
+    Record,
+    Routing,
+    TaskPipeline,
+)
 from streams.settings import Settings
 
 NOW_MS = 1_700_001_000_000
@@ -63,11 +72,11 @@ def records(payloads: list[bytes], first_offset: int = 0) -> list[Record]:
     return [Record(first_offset + i, b"k", payload) for i, payload in enumerate(payloads)]
 
 
-def make(partition: int = 0) -> tuple[TaskPipeline, ListSink, Metrics]:
+def make(partition: int = 0, settings: Settings = SETTINGS) -> tuple[TaskPipeline, ListSink, Metrics]:
     sink, metrics = ListSink(), Metrics()
     routing = Routing(TOPICS, PARTITIONS)
     pipeline = TaskPipeline(
-        partition, routing.task_core(partition, SETTINGS.core), sink, routing, SETTINGS, metrics
+        partition, routing.task_core(partition, settings.core), sink, routing, settings, metrics
     )
     return pipeline, sink, metrics
 
@@ -100,14 +109,16 @@ def test_a_batch_becomes_room_stats_keyed_by_room_on_the_task_partition() -> Non
     assert counter(metrics, "livepulse_windows_emitted_total") == 2
 
 
-def test_invalid_messages_are_dead_lettered_with_their_reason_and_the_rest_applied() -> None:
-    pipeline, sink, metrics = make(partition=0)
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_invalid_messages_are_dead_lettered_with_their_reason_and_the_rest_applied(native: bool) -> None:
+    pipeline, sink, metrics = make(partition=0, settings=replace(SETTINGS, native_decoders=native))
+    assert (pipeline._decoders is _DECODERS) is native and (pipeline._decoders is _PY_DECODERS) is not native
     (room,) = rooms_on(0, 1)
     batch = [
         viewer("join", room, "u1", T0),
         b"{not json",
         viewer("teleport", room, "u2", T0),
-        viewer("join", room, "u3", T0),
+        viewer("join", room, "u\u00e9", T0),  # valid, not ASCII: the native pass hands it back
     ]
     pipeline.process(TOPICS.viewer, records(batch, first_offset=40), NOW_MS)
     letters = sink.take(TOPICS.dlq)
@@ -119,6 +130,9 @@ def test_invalid_messages_are_dead_lettered_with_their_reason_and_the_rest_appli
     ]
     assert counter(metrics, "livepulse_events_invalid_total", topic=TOPICS.viewer, reason="invalid_json") == 1
     assert counter(metrics, "livepulse_events_applied_total", topic=TOPICS.viewer) == 2
+    close_everything(pipeline)
+    (stats,) = [decode_room_stats(v) for _, _, v, _ in sink.take(TOPICS.room_stats) if v is not None]
+    assert stats.views == 2 and stats.unique_viewers == 2
 
 
 def test_events_of_another_task_are_re_routed_with_their_origin_and_not_applied() -> None:

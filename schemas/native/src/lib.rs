@@ -266,20 +266,24 @@ fn pair<'py>(
     Ok(PyTuple::new(py, [a, b])?.into_any())
 }
 
-/// Runs `take` over the `(offset, raw)` pairs of `items`: what it accepts goes to the first list
-/// as `(offset, record)`; every other item (not a pair of an object and `bytes`, over
-/// `max_bytes`, or refused) goes to the second, as it was, and leaves a `None` in the first.
+/// What a batch gives back: `(offset, record)` for each accepted item; the items handed back,
+/// as they were; and for each of those, the position in the first list where it belongs.
+type Taken<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
+
+/// Runs `take` over the `(offset, raw)` pairs of `items`. Every item it does not accept (not a
+/// pair of an object and `bytes`, over `max_bytes`, or refused) is handed back.
 fn batch<'py, F>(
     py: Python<'py>,
     items: &Bound<'py, PyList>,
     max_bytes: usize,
     mut take: F,
-) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)>
+) -> PyResult<Taken<'py>>
 where
     F: FnMut(&[u8]) -> PyResult<Option<Bound<'py, PyAny>>>,
 {
     let good = PyList::empty(py);
     let rest = PyList::empty(py);
+    let rest_at = PyList::empty(py);
     for item in items.iter() {
         let accepted = match item.cast::<PyTuple>() {
             Ok(t) if t.len() == 2 => match t.get_item(1)?.cast::<PyBytes>() {
@@ -294,12 +298,12 @@ where
         match accepted {
             Some(entry) => good.append(entry)?,
             None => {
-                good.append(py.None())?;
+                rest_at.append(good.len())?;
                 rest.append(item)?;
             }
         }
     }
-    Ok((good, rest))
+    Ok((good, rest, rest_at))
 }
 
 /// `live.viewer`: `(type, room_id, user_id, ts)`.
@@ -314,7 +318,7 @@ fn viewer_batch<'py>(
     max_id: usize,
     ts_low: i64,
     ts_high: i64,
-) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+) -> PyResult<Taken<'py>> {
     check_record_type(cls)?;
     let kinds = names_of(kinds)?;
     let b = Bounds {
@@ -357,7 +361,7 @@ fn order_batch<'py>(
     ts_low: i64,
     ts_high: i64,
     max_amount: i64,
-) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+) -> PyResult<Taken<'py>> {
     check_record_type(cls)?;
     let statuses = names_of(statuses)?;
     let b = Bounds {
@@ -420,7 +424,7 @@ fn gift_batch<'py>(
     ts_high: i64,
     max_amount: i64,
     max_count: i64,
-) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+) -> PyResult<Taken<'py>> {
     check_record_type(cls)?;
     let b = Bounds {
         max_id,
