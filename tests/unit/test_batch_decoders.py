@@ -12,6 +12,7 @@ time and interleaved in one batch; hypothesis adds random and near-valid batches
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -207,6 +208,9 @@ def _cases_for(s: Schema) -> list[Case]:
 #: raw JSON values for an id field, a number field and an unknown field: where the native pass's
 #: grammar (printable ASCII without escapes, integers of at most 18 digits) has its edges
 ID_LITERALS = [b'"\\u0041bc"', b'"a\\/b"', b'"a\\"b"', b'"a\x7fb"', b'"\xc3\xa9t\xc3\xa9"', b'"a b"']
+ID_LITERALS += [b'"a\\%cc"' % e for e in b"bfnrt0x"]  # control escapes, and escapes JSON has not
+ID_LITERALS += [b'"\\ud83d\\ude00"', b'"\\ud83d\\ud83d"', b'"\\ud83d"', b'"\\ude00"', b'"\\ud83dx"']
+ID_LITERALS += [b'"\\u00e9\\u0085"', b'"\\u0"', b'"\\u00g1"', b'"\xed\xa0\xbd"', b'"\xc0\xaf"', b'"\xe9"']
 INT_LITERALS = [b"-0", b"0", b"00", b"0123", b"1e3", b"1E3", b"10.5", b"-1", b"+1"]
 INT_LITERALS += [b"999999999999999999", b"1000000000000000000", b"-999999999999999999"]
 EXTRA_LITERALS = {"true": b"true", "false": b"false", "null": b"null", "float": b"1.5", "exp": b"-2E-3"}
@@ -371,6 +375,8 @@ def test_random_batches_equal_the_strict_decoder_mapped(
         message_st,
         near_valid_message(schema, limits),
         valid_event(schema).map(lambda fields_raw: fields_raw[1]),
+        # the same written by Python's json: every non-ASCII character as a \u escape
+        valid_event(schema).map(lambda fields_raw: json.dumps(json.loads(fields_raw[1])).encode()),
     )
     raws = data.draw(st.lists(one, max_size=12))
     offsets = sorted(data.draw(st.sets(st.integers(0, 2**40), min_size=len(raws), max_size=len(raws))))
@@ -393,6 +399,11 @@ def test_the_native_pass_takes_honest_traffic_whole(schema: Schema) -> None:
     shapes = ("traffic-", "valid", "rotated-", "whitespace")
     honest = [c.raw for c in cases_of(schema) if c.name.startswith(shapes)]
     honest += [enc(with_(schema, **{n: "Room-42_x.y:z" for n in _id_fields(schema)}))]
+    # other producers' ways of writing the same: raw UTF-8 (orjson, Jackson), \u escapes with
+    # surrogate pairs (Python's json), escaped slashes (PHP)
+    text = with_(schema, **{n: f"直播-{n}-été-😀" for n in _id_fields(schema)})
+    honest += [enc(text), json.dumps(text).encode(), json.dumps(text, ensure_ascii=False).encode()]
+    honest += [enc(with_(schema, **{n: "a/b" for n in _id_fields(schema)})).replace(b"/", b"\\/")]
     assert len(honest) >= 10
     items = list(enumerate(honest))
     bounds = _batch._bounds(NOW, LIM)

@@ -2,12 +2,15 @@
 //!
 //! It accepts a strict subset of what the Python decoders accept, and hands everything else back
 //! untouched, in order, for them to judge (and name the reason of). Accepted: one flat JSON
-//! object whose required fields hold valid values, where every string is printable ASCII without
-//! escapes, every number an integer of at most 18 digits, every other value `true`, `false` or
-//! `null`, and no required key appears twice. Anything else (invalid messages, and valid ones
-//! with escapes, non-ASCII text, floats or nested values) goes back: the Python decoders and
-//! orjson stay the definition of what is valid, this only takes the common case faster.
+//! object whose required fields hold valid values, where every string is valid UTF-8 (escapes
+//! decoded; no raw control character or DEL, no lone surrogate), every number an integer of at
+//! most 18 digits, every other value `true`, `false` or `null`, and no required key appears
+//! twice. Anything else (invalid messages, and valid ones with floats or nested values) goes
+//! back: the Python decoders and orjson stay the definition of what is valid, this only takes
+//! the common case faster.
 //! `tests/unit/test_batch_decoders.py` holds both to the strict decoder's verdicts.
+
+use std::borrow::Cow;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -15,10 +18,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
 
 /// A value of the object's top level, as far as the fast path cares.
-#[derive(Clone, Copy)]
 enum Val<'a> {
     Missing,
-    Str(&'a [u8]),
+    Str(Cow<'a, str>),
     Int(i64),
     Other,
 }
@@ -47,19 +49,87 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// The rest of a string of printable ASCII without escapes (its opening quote eaten).
-    fn plain_str(&mut self) -> Option<&'a [u8]> {
+    /// The rest of a string (its opening quote eaten), decoded; `None` for a raw control
+    /// character or DEL, invalid UTF-8, an unknown escape or a lone surrogate.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
         let start = self.i;
+        // the usual case: printable ASCII, borrowed as it is
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    let s = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+                    self.i += 1;
+                    return Some(Cow::Borrowed(s));
+                }
+                b'\\' => break,
+                0x20..=0x7e => self.i += 1,
+                _ => break,
+            }
+        }
+        let mut out = String::from(std::str::from_utf8(&self.b[start..self.i]).ok()?);
         loop {
             let c = *self.b.get(self.i)?;
             self.i += 1;
             match c {
-                b'"' => return Some(&self.b[start..self.i - 1]),
-                b'\\' => return None,
-                0x20..=0x7e => {}
+                b'"' => return Some(Cow::Owned(out)),
+                b'\\' => out.push(self.escape()?),
+                0x20..=0x7e => out.push(char::from(c)),
+                0xc2..=0xf4 => {
+                    let len = if c < 0xe0 {
+                        2
+                    } else if c < 0xf0 {
+                        3
+                    } else {
+                        4
+                    };
+                    let seq = self.b.get(self.i - 1..self.i - 1 + len)?;
+                    out.push_str(std::str::from_utf8(seq).ok()?);
+                    self.i += len - 1;
+                }
                 _ => return None,
             }
         }
+    }
+
+    /// The character of the escape after a backslash.
+    fn escape(&mut self) -> Option<char> {
+        let e = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(match e {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let high = self.hex4()?;
+                if (0xd800..0xdc00).contains(&high) {
+                    if !(self.eat(b'\\') && self.eat(b'u')) {
+                        return None;
+                    }
+                    let low = self.hex4()?;
+                    if !(0xdc00..0xe000).contains(&low) {
+                        return None;
+                    }
+                    char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                } else {
+                    char::from_u32(high)? // a lone low surrogate is no char: None
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = std::str::from_utf8(self.b.get(self.i..self.i + 4)?).ok()?;
+        if !digits.bytes().all(|d| d.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.i += 4;
+        u32::from_str_radix(digits, 16).ok()
     }
 
     /// An integer: `-?(0|[1-9][0-9]*)` of at most 18 digits, not `-0`. A fraction or an
@@ -95,7 +165,7 @@ impl<'a> Parser<'a> {
         match *self.b.get(self.i)? {
             b'"' => {
                 self.i += 1;
-                self.plain_str().map(Val::Str)
+                self.string().map(Val::Str)
             }
             b'-' | b'0'..=b'9' => self.int().map(Val::Int),
             b't' if self.literal(b"true") => Some(Val::Other),
@@ -109,7 +179,7 @@ impl<'a> Parser<'a> {
 /// The values of `keys` in the flat object `raw`, or `None` if `raw` is not in the fast path's
 /// subset (a missing key is `Val::Missing`: the caller's checks hand it back).
 fn parse<'a>(raw: &'a [u8], keys: &[&[u8]]) -> Option<[Val<'a>; MAX_FIELDS]> {
-    let mut vals = [Val::Missing; MAX_FIELDS];
+    let mut vals: [Val<'a>; MAX_FIELDS] = std::array::from_fn(|_| Val::Missing);
     let mut p = Parser { b: raw, i: 0 };
     p.ws();
     if !p.eat(b'{') {
@@ -121,14 +191,14 @@ fn parse<'a>(raw: &'a [u8], keys: &[&[u8]]) -> Option<[Val<'a>; MAX_FIELDS]> {
             if !p.eat(b'"') {
                 return None;
             }
-            let key = p.plain_str()?;
+            let key = p.string()?;
             p.ws();
             if !p.eat(b':') {
                 return None;
             }
             p.ws();
             let v = p.value()?;
-            if let Some(j) = keys.iter().position(|k| *k == key) {
+            if let Some(j) = keys.iter().position(|k| *k == key.as_bytes()) {
                 if !matches!(vals[j], Val::Missing) {
                     return None;
                 }
@@ -163,22 +233,31 @@ struct Bounds {
 }
 
 impl Bounds {
-    fn id<'a>(&self, v: Val<'a>) -> Option<&'a [u8]> {
-        match v {
-            Val::Str(s) if !s.is_empty() && s.len() <= self.max_id => Some(s),
-            _ => None,
+    /// An id: 1 to `max_id` characters, none of them a control character (the strict decoder's
+    /// rule: U+0000-U+001F, U+007F-U+009F).
+    fn id<'v>(&self, v: &'v Val<'_>) -> Option<&'v str> {
+        let Val::Str(s) = v else { return None };
+        let clean = |c: char| !matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}');
+        if s.is_ascii() {
+            // the usual case: bytes are characters
+            let ok = !s.is_empty()
+                && s.len() <= self.max_id
+                && s.bytes().all(|c| (0x20..0x7f).contains(&c));
+            return ok.then_some(s);
         }
+        let n = s.chars().count();
+        (0 < n && n <= self.max_id && s.chars().all(clean)).then_some(s)
     }
 
-    fn ts(&self, v: Val<'_>) -> Option<i64> {
-        match v {
+    fn ts(&self, v: &Val<'_>) -> Option<i64> {
+        match *v {
             Val::Int(t) if self.ts_low <= t && t <= self.ts_high => Some(t),
             _ => None,
         }
     }
 
-    fn int_in(v: Val<'_>, low: i64, high: i64) -> Option<i64> {
-        match v {
+    fn int_in(v: &Val<'_>, low: i64, high: i64) -> Option<i64> {
+        match *v {
             Val::Int(n) if low <= n && n <= high => Some(n),
             _ => None,
         }
@@ -187,11 +266,14 @@ impl Bounds {
 
 /// One of a fixed set of strings (viewer types, order statuses), as the caller's own objects.
 fn one_of<'py>(
-    v: Val<'_>,
+    v: &Val<'_>,
     names: &[(Vec<u8>, Bound<'py, PyString>)],
 ) -> Option<Bound<'py, PyString>> {
     match v {
-        Val::Str(s) => names.iter().find(|(n, _)| n == s).map(|(_, o)| o.clone()),
+        Val::Str(s) => names
+            .iter()
+            .find(|(n, _)| n == s.as_bytes())
+            .map(|(_, o)| o.clone()),
         _ => None,
     }
 }
@@ -206,9 +288,8 @@ fn names_of<'py>(names: &Bound<'py, PyTuple>) -> PyResult<Vec<(Vec<u8>, Bound<'p
         .collect()
 }
 
-fn ascii<'py>(py: Python<'py>, s: &[u8]) -> Bound<'py, PyAny> {
-    // printable ASCII only reaches here (Parser::plain_str)
-    PyString::new(py, std::str::from_utf8(s).expect("ASCII")).into_any()
+fn text<'py>(py: Python<'py>, s: &str) -> Bound<'py, PyAny> {
+    PyString::new(py, s).into_any()
 }
 
 fn int<'py>(py: Python<'py>, n: i64) -> Bound<'py, PyAny> {
@@ -334,16 +415,11 @@ fn viewer_batch<'py>(
             return Ok(None);
         };
         let (Some(kind), Some(room), Some(user), Some(ts)) =
-            (one_of(v[0], &kinds), b.id(v[1]), b.id(v[2]), b.ts(v[3]))
+            (one_of(&v[0], &kinds), b.id(&v[1]), b.id(&v[2]), b.ts(&v[3]))
         else {
             return Ok(None);
         };
-        let fields = vec![
-            kind.into_any(),
-            ascii(py, room),
-            ascii(py, user),
-            int(py, ts),
-        ];
+        let fields = vec![kind.into_any(), text(py, room), text(py, user), int(py, ts)];
         record(py, cls, fields).map(Some)
     })
 }
@@ -385,27 +461,27 @@ fn order_batch<'py>(
             return Ok(None);
         };
         let (Some(order), Some(room), Some(user), Some(ts), Some(status), Some(amount)) = (
-            b.id(v[0]),
-            b.id(v[1]),
-            b.id(v[2]),
-            b.ts(v[3]),
-            one_of(v[4], &statuses),
-            Bounds::int_in(v[5], 0, b.max_amount),
+            b.id(&v[0]),
+            b.id(&v[1]),
+            b.id(&v[2]),
+            b.ts(&v[3]),
+            one_of(&v[4], &statuses),
+            Bounds::int_in(&v[5], 0, b.max_amount),
         ) else {
             return Ok(None);
         };
-        let currency = match v[6] {
-            Val::Str(c) if c.len() == 3 && c.iter().all(u8::is_ascii_uppercase) => c,
+        let currency = match &v[6] {
+            Val::Str(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => c,
             _ => return Ok(None),
         };
         let fields = vec![
-            ascii(py, order),
-            ascii(py, room),
-            ascii(py, user),
+            text(py, order),
+            text(py, room),
+            text(py, user),
             int(py, ts),
             status.into_any(),
             int(py, amount),
-            ascii(py, currency),
+            text(py, currency),
         ];
         record(py, cls, fields).map(Some)
     })
@@ -446,19 +522,19 @@ fn gift_batch<'py>(
             return Ok(None);
         };
         let (Some(gift), Some(room), Some(user), Some(ts), Some(count), Some(value)) = (
-            b.id(v[0]),
-            b.id(v[1]),
-            b.id(v[2]),
-            b.ts(v[3]),
-            Bounds::int_in(v[4], 1, b.max_count),
-            Bounds::int_in(v[5], 0, b.max_amount),
+            b.id(&v[0]),
+            b.id(&v[1]),
+            b.id(&v[2]),
+            b.ts(&v[3]),
+            Bounds::int_in(&v[4], 1, b.max_count),
+            Bounds::int_in(&v[5], 0, b.max_amount),
         ) else {
             return Ok(None);
         };
         let fields = vec![
-            ascii(py, gift),
-            ascii(py, room),
-            ascii(py, user),
+            text(py, gift),
+            text(py, room),
+            text(py, user),
             int(py, ts),
             int(py, count),
             int(py, value),
