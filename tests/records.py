@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from loadtest.oracle import unique_viewers_close
@@ -19,4 +20,4 @@ def assert_records_match(got: Mapping[Any, Any], want: Mapping[Any, Any]) -> Non
 
 
 def without_unique_viewers(record: Any) -> dict[str, Any]:
-    return {f: getattr(record, f) for f in record.__slots__ if f != "unique_viewers"}
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != "unique_viewers"}
