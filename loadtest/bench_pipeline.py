@@ -46,10 +46,12 @@ from schemas import (
     Source,
     ViewerEvent,
     decode_gift_batch,
+    decode_gift_batch_py,
     decode_order_batch,
+    decode_order_batch_py,
     decode_viewer_batch,
+    decode_viewer_batch_py,
 )
-from streams import pipeline as pipeline_module
 from streams.core import TaskAggregator
 from streams.metrics import Metrics
 from streams.pipeline import Record, Routing, TaskPipeline
@@ -60,6 +62,7 @@ from .produce import generate
 from .traffic import Phase, TrafficConfig
 
 DECODERS = (decode_viewer_batch, decode_order_batch, decode_gift_batch)
+PY_DECODERS = (decode_viewer_batch_py, decode_order_batch_py, decode_gift_batch_py)
 PARTITIONS = 4
 #: event time of the backlog's start, fixed so that every run closes the same windows (with a
 #: start taken from the clock, where window boundaries fall changed the work by up to 10 %)
@@ -174,12 +177,13 @@ def run_plain(rounds: Sequence[list[Fetch]], _now_ms: int) -> int:
     return n
 
 
-def run_decode(rounds: Sequence[list[Fetch]], now_ms: int) -> int:
+def run_decode(rounds: Sequence[list[Fetch]], now_ms: int, python_decoders: bool = False) -> int:
     """Strict decoding and validation alone (the first step of the pipeline)."""
     limits = Limits()
+    decoders = PY_DECODERS if python_decoders else DECODERS
     n = 0
     for _p, source, items in each_fetch(rounds):
-        DECODERS[source]([(msg.offset, msg.value or b"") for msg in items], now_ms, limits)
+        decoders[source]([(msg.offset, msg.value or b"") for msg in items], now_ms, limits)
         n += len(items)
     return n
 
@@ -226,6 +230,7 @@ def run_pipeline(
     checkpoint_rounds: int = 45,
     detect_spikes: bool = True,
     drift_ms: int | None = None,
+    python_decoders: bool = False,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
 
@@ -239,7 +244,7 @@ def run_pipeline(
     (``max_source_drift_ms``); once any input of a partition has been read to its end, nothing of
     that partition is held (the data plane's input would turn idle after ``idle_partition_ms``).
     """
-    settings = Settings(partitions=PARTITIONS)
+    settings = Settings(partitions=PARTITIONS, native_decoders=not python_decoders)
     if drift_ms is not None:
         settings = replace(settings, core=replace(settings.core, max_source_drift_ms=drift_ms))
     topics = settings.topics
@@ -348,25 +353,11 @@ def burst(rooms: int, repeat: int) -> None:
     )
 
 
-def measure(fn: Any, batches: Any, now_ms: int, python_decoders: bool = False, **kwargs: Any) -> float:
-    """Messages per CPU-second of ``fn``; ``python_decoders``: with the Python loops of
-    ``schemas._batch`` in place of the native decoders, in this benchmark and in the pipeline."""
-    native = DECODERS, dict(pipeline_module._DECODERS)
-    if python_decoders:
-        _use_decoders(tuple(pipeline_module._PY_DECODERS.values()), pipeline_module._PY_DECODERS)
-    try:
-        gc.collect()
-        t0 = time.process_time()
-        n: int = fn(batches, now_ms, **kwargs)
-        return n / (time.process_time() - t0)
-    finally:
-        _use_decoders(*native)
-
-
-def _use_decoders(decoders: tuple[Any, ...], by_source: dict[int, Any]) -> None:
-    global DECODERS
-    DECODERS = decoders
-    pipeline_module._DECODERS.update(by_source)
+def measure(fn: Any, batches: Any, now_ms: int, **kwargs: Any) -> float:
+    gc.collect()
+    t0 = time.process_time()
+    n: int = fn(batches, now_ms, **kwargs)
+    return n / (time.process_time() - t0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 #: stage -> the functions (``file:function``) whose samples it takes, innermost frame first
 STAGES: dict[str, tuple[str, ...]] = {
     "decode + validate": tuple(
-        f"_batch.py:decode_{topic}_batch{impl}" for topic in ("viewer", "order", "gift") for impl in ("", "_py")
+        f"_batch.py:decode_{topic}_batch{py}" for topic in ("viewer", "order", "gift") for py in ("", "_py")
     ),
     "re-routing check, dead letters": (
         "pipeline.py:_keep_local",
