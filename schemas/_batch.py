@@ -3,10 +3,9 @@
 Two stages. The native decoders (``schemas/native``, Rust, built by ``pip install -e .``) take
 the common case: flat objects of strings (any UTF-8, escaped or not), integers and literals.
 They accept a subset of what the strict decoder accepts and hand every other message back
-untouched. Those, or every
-message when the extension is not built, go through the Python loops below (``*_py``): each
-message takes an inlined fast path that accepts exactly what the single-message decoder
-accepts; anything else falls to that decoder, which names the reason.
+untouched. Those (or every message, when the extension is not built) go through the Python
+loops below (``*_py``): each message takes an inlined fast path that accepts exactly what the
+single-message decoder accepts; anything else falls to that decoder, which names the reason.
 ``tests/unit/test_batch_decoders.py`` holds all three to the same verdicts.
 """
 
