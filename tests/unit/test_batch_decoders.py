@@ -428,3 +428,35 @@ def test_the_native_pass_refuses_a_record_type_it_cannot_build() -> None:
     for cls in (WithDict, list, dict):
         with pytest.raises(TypeError):
             native.viewer_batch([], cls, _batch._KINDS, 100, 10, 0, 1)
+
+
+#: what a mutation inserts or writes over: JSON structure, escapes (surrogate halves among them),
+#: UTF-8 fragments, controls, literals and required keys
+MUTATIONS = [b'"', b"\\", b"{", b"}", b",", b":", b" ", b"u", b"0", b"9", b"-", b".", b"e", b"d8", b"1"]
+MUTATIONS += [b"\\ud83d", b"\\ude00", b"\\u00", b"\\n", b"\\/", b"\xc3", b"\xa9", b"\xe7\x94\xa8", b"\x00"]
+MUTATIONS += [b"\x7f", b"\xc2\x85", b"n", b"true", b"null", b"[", b"]", b'"ts"', b'"room_id"']
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_mutated_messages_get_the_strict_verdict(schema: Schema) -> None:
+    """Valid messages as three producers write them, each with 1-4 random edits: the decoders
+    the pipeline uses give the strict decoder's verdict on every one."""
+    rng = random.Random(schema.name)
+    text = with_(schema, **{n: f"{n}-用户-é" for n in _id_fields(schema)})
+    writings = [enc(text), json.dumps(text).encode(), json.dumps(text, ensure_ascii=False, indent=1).encode()]
+    items = []
+    for offset in range(6_000):
+        raw = bytearray(rng.choice(writings))
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(raw))
+            edit = rng.random()
+            if edit < 0.4:
+                raw[i:i] = rng.choice(MUTATIONS)
+            elif edit < 0.7:
+                del raw[i]
+            else:
+                raw[i : i + 1] = rng.choice(MUTATIONS)
+        items.append((offset, bytes(raw)))
+    assert_batch_is_strict("native", schema, items)
+    good, _ = BATCH["native"][schema.name](items, NOW, LIM)
+    assert len(good) > 300  # the edits leave many valid: both verdicts are exercised
