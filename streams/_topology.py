@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, SaslAuthenticationFailed
+from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
 
-from .exceptions import ConfigError, TopologyError
+from .exceptions import ConfigError, InfrastructureError, TopologyError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -191,11 +192,34 @@ def prepare_topics(settings: Settings) -> int:
 
     async def run() -> int:
         await check_credentials(settings)
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, **settings.security.client_kwargs())
-        await admin.start()
+        admin = await connected_admin(settings)
         try:
             return await ensure_topology(admin, settings)
         finally:
             await admin.close()
 
     return asyncio.run(run())
+
+
+async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:
+    """An admin client bootstrapped from ``settings.brokers``, retried with backoff for up to
+    ``broker_wait_ms``: a worker restarted while its brokers restart waits for them instead of
+    exiting at once (and being restarted in a loop by its supervisor)."""
+    deadline = time.monotonic() + settings.broker_wait_ms / 1000
+    delay = 0.25
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, **settings.security.client_kwargs())
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError as exc:
+            await admin.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InfrastructureError(
+                    f"no broker of {settings.brokers} answered within LIVEPULSE_BROKER_WAIT_MS="
+                    f"{settings.broker_wait_ms}: {exc}"
+                ) from None
+            log.warning("waiting for the brokers %s (%s); next try in %.1f s", settings.brokers, exc, delay)
+            await asyncio.sleep(min(delay, left))
+            delay = min(2 * delay, 5.0)

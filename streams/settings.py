@@ -110,6 +110,9 @@ class Settings:
     transaction_timeout_ms: int = 30_000
     #: SIGTERM: the worker exits within this, after a last checkpoint when it can
     shutdown_timeout_ms: int = 20_000
+    #: at start, how long the worker waits for a broker to answer before it gives up (a worker
+    #: restarted while the brokers restart waits for them instead of exiting at once)
+    broker_wait_ms: int = 60_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     alertmanager_url: str | None = None
@@ -149,6 +152,8 @@ class Settings:
             raise ConfigError("transaction_timeout_ms must exceed commit_interval_ms")
         if self.shutdown_timeout_ms <= 0:
             raise ConfigError("shutdown_timeout_ms must be > 0")
+        if self.broker_wait_ms < 0:
+            raise ConfigError("broker_wait_ms must be >= 0")
         if not 0 < self.leaderboard_size <= 10_000:
             raise ConfigError("leaderboard_size must be in 1..10000")
         if self.gc_threshold < 0:
@@ -170,6 +175,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "MIN_INSYNC_REPLICAS": ("", "min_insync_replicas"),
     "TRANSACTION_TIMEOUT_MS": ("", "transaction_timeout_ms"),
     "SHUTDOWN_TIMEOUT_MS": ("", "shutdown_timeout_ms"),
+    "BROKER_WAIT_MS": ("", "broker_wait_ms"),
     "WEB_HOST": ("", "web_host"),
     "WEB_PORT": ("", "web_port"),
     "ALERTMANAGER_URL": ("", "alertmanager_url"),

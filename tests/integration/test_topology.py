@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import time
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams._topology import ensure_topology
-from streams.exceptions import TopologyError
+from loadtest.deployment import free_port
+from streams._topology import connected_admin, ensure_topology
+from streams.exceptions import InfrastructureError, TopologyError
 from streams.settings import Settings
 from tests.integration.workers import Deployment
 
@@ -59,3 +63,45 @@ async def test_missing_outputs_without_permission_to_create_are_named(kafka_boot
     inputs = [NewTopic(name, 4, 1) for name in t.inputs]
     with pytest.raises(TopologyError, match=rf"topics missing: .*{t.room_stats}.*LIVEPULSE_CREATE_TOPICS"):
         await _check(deployment, inputs, create_topics=False)
+
+
+async def test_a_worker_start_waits_for_brokers_that_are_not_up_yet(kafka_bootstrap: str) -> None:
+    """The brokers answer only ~1.5 s after the start (a TCP relay to the real broker that opens
+    late): the admin client is there once they do, after warnings, not a failed start."""
+    host, port = kafka_bootstrap.rsplit(":", 1)
+    relay_port = free_port()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def open_late() -> asyncio.Server:
+        await asyncio.sleep(1.5)
+        return await asyncio.start_server(relay, "127.0.0.1", relay_port)
+
+    opening = asyncio.create_task(open_late())
+    t0 = time.monotonic()
+    admin = await connected_admin(Settings(brokers=f"127.0.0.1:{relay_port}", broker_wait_ms=30_000))
+    try:
+        assert time.monotonic() - t0 >= 1.4
+        assert isinstance(await admin.list_topics(), list)
+    finally:
+        await admin.close()
+        server = await opening
+        server.close()
+
+
+async def test_a_worker_start_gives_up_on_unreachable_brokers_with_the_setting_named() -> None:
+    t0 = time.monotonic()
+    named = r"no broker of 127\.0\.0\.1:\d+ answered within LIVEPULSE_BROKER_WAIT_MS=1200"
+    with pytest.raises(InfrastructureError, match=named):
+        await connected_admin(Settings(brokers=f"127.0.0.1:{free_port()}", broker_wait_ms=1_200))
+    assert 1.1 <= time.monotonic() - t0 < 10
