@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -105,3 +108,15 @@ async def test_a_worker_start_gives_up_on_unreachable_brokers_with_the_setting_n
     with pytest.raises(InfrastructureError, match=named):
         await connected_admin(Settings(brokers=f"127.0.0.1:{free_port()}", broker_wait_ms=1_200))
     assert 1.1 <= time.monotonic() - t0 < 10
+
+
+def test_the_worker_command_exits_with_a_clear_error_when_no_broker_answers() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEPULSE_")}
+    env |= {"LIVEPULSE_BROKERS": f"127.0.0.1:{free_port()}", "LIVEPULSE_BROKER_WAIT_MS": "1500"}
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "answered within LIVEPULSE_BROKER_WAIT_MS=1500" in done.stderr
+    assert "waiting for the brokers" in done.stderr
+    assert "Traceback" not in done.stderr
