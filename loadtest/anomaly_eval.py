@@ -13,8 +13,12 @@ wrap the same sweeper in pandas and multiprocessing; only the wrapper is not
 used.
 
 Each NAB series is fed to the detector row by row as one metric of a room
-(:func:`streams.core._spikes.observe_values`), one window per row of the
-file's median spacing, with ``GAUGE_RULE`` (``streams/core/_spike_rules.py``), the documented
+(:func:`streams.core._spikes.observe_values`), each row in the window of the
+file's median spacing that holds its timestamp; rows missing from an
+irregularly sampled file (realTraffic's, rogue_agent_key_hold's) are gaps the
+detector's clock runs through without learning (``skip_gaps``), so the rule's
+seconds are the series' seconds. The rule is ``GAUGE_RULE``
+(``streams/core/_spike_rules.py``), the documented
 rule for a gauge of unknown kind (README, "Spike alerts"), unchanged. A row
 where an alert fires (``RoomSpike`` or ``RoomDip``) gets anomaly score 1, every
 other row 0; NAB's threshold is then irrelevant (any value in (0, 1]).
@@ -83,19 +87,27 @@ def read_series(path: Path) -> tuple[list[datetime], list[float]]:
 
 
 def detect(timestamps: Sequence[datetime], values: Sequence[float], rule: MetricRule) -> list[float]:
-    """Anomaly score per row: 1.0 where an alert fires, else 0.0."""
+    """Anomaly score per row: 1.0 where an alert fires, else 0.0.
+
+    Each row is the window of the file's median spacing that holds its timestamp (a row in the
+    window of the row before it takes the next window), and a stretch without rows is a gap in
+    the sampling (``skip_gaps``): durations in the rule are the series' own seconds.
+    """
     steps = [(b - a).total_seconds() for a, b in itertools.pairwise(timestamps)]
     window_ms = max(1_000, round(statistics.median(steps) * 1_000)) if steps else 60_000
     rules = dict.fromkeys(METRICS, rule)
     state = DetectorState("nab")
-    start = round(timestamps[0].replace(tzinfo=UTC).timestamp() * 1_000) if timestamps else 0
-    start -= start % window_ms
     scores = []
     vector = [0.0] * len(METRICS)
-    for i, x in enumerate(values):
+    last = None
+    for t, x in zip(timestamps, values, strict=True):
+        ms = round(t.replace(tzinfo=UTC).timestamp() * 1_000)
+        ws = ms - ms % window_ms
+        if last is not None and ws <= last:
+            ws = last + window_ms
+        last = ws
         vector[SLOT] = x
-        ws = start + i * window_ms
-        events = observe_values(state, vector, ws, ws + window_ms, rules)
+        events = observe_values(state, vector, ws, ws + window_ms, rules, skip_gaps=True)
         scores.append(1.0 if any(e.status == "firing" for e in events) else 0.0)
     return scores
 

@@ -49,6 +49,7 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "winsor_k": ("f", 0.5, math.inf),
     "resolve_ratio": ("f", 0.0, math.inf),
     "resolve_s": ("f", 0.0, 1e9),
+    "resolve_z": ("f", 0.0, 1e6),
     "cooldown_s": ("f", 0.0, 1e9),
     "surge_value": ("f?", 0.0, math.inf),
     "surge_resolve_fraction": ("f", 0.0, 1.0),
@@ -154,7 +155,10 @@ class MetricRule:
     ``confirm_miss_s`` seconds of windows in between that miss the rule without
     falling below the resolve threshold; ``startsAt`` is the first of them. It
     resolves after ``resolve_s`` seconds of windows below ``resolve_ratio *
-    expected`` (or below ``min_volume``), then cannot fire again for
+    expected`` (or below ``min_volume``, or, with ``resolve_z`` > 0, scoring
+    below ``resolve_z``: for a gauge whose ``resolve_ratio`` is 1 a noisy value
+    back at its expectation is below it only half the time, so the ratio
+    alone would keep the alert firing for days), then cannot fire again for
     ``cooldown_s`` seconds. With ``two_sided`` the mirror rule (``RoomDip``:
     value ``<= expected / ratio`` and score ``<= -z_threshold``) runs as well,
     for gauges where a fall is as telling as a rise.
@@ -199,6 +203,7 @@ class MetricRule:
     winsor_k: float = 3.0
     resolve_ratio: float = 1.5
     resolve_s: float = 30.0
+    resolve_z: float = 0.0
     cooldown_s: float = 120.0
     surge_value: float | None = None
     surge_resolve_fraction: float = 0.5
@@ -417,6 +422,7 @@ GAUGE_RULE: Final = MetricRule(
     winsor_k=3.0,
     resolve_ratio=1.0,
     resolve_s=3_600.0,
+    resolve_z=3.0,
     cooldown_s=86_400.0,
     two_sided=True,
     season_s=86_400.0,

@@ -530,6 +530,8 @@ def _step(
         surge_at = rule.surge_value
         surge = not warmed and surge_at is not None and x >= surge_at
         timing = plan.timing[i]
+        # resolve_z 0 (the room default): only the value resolves an alert, never its score
+        resolve_z = rule.resolve_z if rule.resolve_z > 0.0 else -math.inf
         at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
         drift_at = at
         drift_up = drift_up and x >= rule.min_volume and not spike
@@ -557,7 +559,7 @@ def _step(
             else:
                 at_dip = at
             if dip or (alerts and (metric, ALERT_DIP) in alerts):
-                recovered = x * rule.resolve_ratio > expected
+                recovered = x * rule.resolve_ratio > expected or z > -resolve_z
                 _advance(state, events, (metric, ALERT_DIP), dip, recovered, timing, at_dip)
         if drift_up:
             spike, at = True, drift_at
@@ -571,7 +573,7 @@ def _step(
             _advance(state, events, (metric, ALERT_SURGE), surge, surge_over, timing, surge_at_)
             surge_slot = state.alerts.get((metric, ALERT_SURGE)) if state.alerts else None
             surging = surge_slot is not None and surge_slot.phase == _FIRING
-            spike_over = x < rule.resolve_ratio * expected or x < rule.min_volume
+            spike_over = x < rule.resolve_ratio * expected or x < rule.min_volume or z < resolve_z
             _advance(state, events, (metric, ALERT_SPIKE), spike and not surging, spike_over, timing, at)
         # Fold into the baseline: time-weighted running mean and variance during warm-up, EWMA
         # after. The residual is winsorised at winsor_k scales; while the metric meets a rule or
@@ -844,6 +846,27 @@ def _fold_quiet_run(
     state.history_ms = h0 + windows * span
 
 
+def _skip(state: DetectorState, until_ms: int) -> None:
+    """Let time pass to ``until_ms`` without readings: warm-up and cooldowns run, nothing is learned.
+
+    A pending alert meets the gap as windows that missed its rule; a firing one waits for
+    readings to resolve it.
+    """
+    assert state.last_window_end is not None
+    gap = until_ms - state.last_window_end
+    state.history_ms += gap
+    state.last_window_end = until_ms
+    alerts = state.alerts
+    if alerts:
+        for key, slot in list(alerts.items()):
+            if slot.phase == _COOLDOWN:
+                slot.count -= gap
+                if slot.count <= 0:
+                    del alerts[key]
+        if not alerts:
+            state.alerts = None
+
+
 def _restart(state: DetectorState, end_ms: int, events: list[AlertEvent]) -> None:
     """Start a new session after a long silence: resolve what still fires, forget the baselines."""
     for key, slot in (state.alerts or {}).items():
@@ -909,8 +932,15 @@ def observe_values(
     rules: Mapping[str, MetricRule],
     *,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    skip_gaps: bool = False,
 ) -> list[AlertEvent]:
-    """:func:`observe` for metric values already computed (METRICS order), e.g. a generic series."""
+    """:func:`observe` for metric values already computed (METRICS order), e.g. a generic series.
+
+    Windows missing before ``window_start`` are a room's idle windows (flows 0, levels carried)
+    up to ``max_gap_s``, and a restart after a longer gap. With ``skip_gaps`` they are instead
+    windows of a sampled series with no reading: nothing is learned or tested on them, but time
+    passes through them (warm-up, seasonal position, cooldowns), as it does for the series.
+    """
     window_ms = window_end - window_start
     if window_ms <= 0:
         raise ValueError(f"window must have a positive length, got [{window_start}, {window_end})")
@@ -920,7 +950,9 @@ def observe_values(
         if window_start < last_end:
             return events
         missed = (window_start - last_end) // window_ms
-        if missed > 0:
+        if missed > 0 and skip_gaps:
+            _skip(state, window_start)
+        elif missed > 0:
             replayed = min(missed, max(0, int(max_gap_s * 1_000) // window_ms))
             idle = [0.0] * _N
             idle[_CONCURRENT] = state.last_concurrent

@@ -706,6 +706,31 @@ def test_anomaly_eval_feeds_a_generic_series_row_by_row() -> None:
     assert [i for i, s in enumerate(scores) if s] == [3 * 288]  # the step, nothing on the daily cycle
 
 
+def test_anomaly_eval_places_irregular_rows_at_their_own_times() -> None:
+    """A series sampled at irregular times (NAB's realTraffic) keeps its clock: gaps are skipped,
+    not squeezed out, so the daily term still learns the day and durations stay seconds."""
+    from datetime import datetime, timedelta
+
+    from loadtest.anomaly_eval import detect
+
+    t0 = datetime(2026, 1, 1)
+    rng = random.Random(2)
+    step = 4 * 288
+    kept = [i for i in range(5 * 288) if i == step or rng.random() < 0.4]
+    timestamps = [t0 + timedelta(minutes=5 * i) for i in kept]
+    timestamps.insert(1, timestamps[0] + timedelta(minutes=1))  # two rows in one window
+    values = [
+        50.0
+        + 20 * math.sin(2 * math.pi * t.hour / 24)
+        + rng.gauss(0, 1)
+        + (40.0 if t >= t0 + timedelta(minutes=5 * step) else 0.0)
+        for t in timestamps
+    ]
+    scores = detect(timestamps, values, GAUGE_RULE)
+    assert len(scores) == len(timestamps)
+    assert [timestamps[i] for i, s in enumerate(scores) if s] == [t0 + timedelta(minutes=5 * step)]
+
+
 # --- the drift test and the tail-adapted threshold (GAUGE_RULE) ------------------------------------
 
 FIVE_MIN_MS = 300_000
@@ -865,6 +890,91 @@ def test_version_2_state_still_decodes() -> None:
 
     with pytest.raises(StateError):
         DetectorState.from_wire([*wire[:-1], [0.0] * 5])
+
+
+# --- resolving a gauge alert by its score, and gaps in a sampled series ---------------------------
+
+
+def _dip_then_back(seed: int) -> list[float]:
+    """A day of noise around 100 (sd 5, 5-minute rows), an hour at 40, then back to the same noise."""
+    rng = random.Random(seed)
+    values = [100.0 + rng.gauss(0.0, 5.0) for _ in range(3 * 288)]
+    for i in range(288, 300):
+        values[i] = 40.0 + rng.gauss(0.0, 1.0)
+    return values
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_gauge_dip_resolves_once_its_score_is_back_within_resolve_z(seed: int) -> None:
+    rule = replace(GAUGE_RULE, season_s=0.0, long_season_s=0.0, drift_z=0.0)
+    _, alerts = gauge_alerts(_dip_then_back(seed), FIVE_MIN_MS, rule)
+    dips = [(status, row) for name, status, _, row in alerts if name == "RoomDip"]
+    assert dips[0] == ("firing", 288)
+    # back at row 300; resolved after resolve_s (1 h = 12 rows) of scores above -resolve_z
+    assert dips[1][0] == "resolved" and 311 <= dips[1][1] <= 320
+    # The ratio alone (resolve_z 0) needs an hour of rows all above the expectation: a noisy
+    # series back at its level gives that about once in 2^12 rows, so the dip keeps firing.
+    _, stuck = gauge_alerts(_dip_then_back(seed), FIVE_MIN_MS, replace(rule, resolve_z=0.0))
+    assert [(status, row) for name, status, _, row in stuck if name == "RoomDip"] == [("firing", 288)]
+
+
+def _sampled(
+    state: DetectorState, rows: Sequence[tuple[int, float]], rule: MetricRule
+) -> list[tuple[str, str, int]]:
+    """Rows (5-minute window index, value) of a sampled gauge, gaps skipped: (alertname, status, index)."""
+    rules = dict.fromkeys(METRICS, rule)
+    vector = [0.0] * len(METRICS)
+    out = []
+    for k, x in rows:
+        vector[GAUGE_SLOT] = x
+        ws = T0 + k * FIVE_MIN_MS
+        for e in observe_values(state, vector, ws, ws + FIVE_MIN_MS, rules, skip_gaps=True):
+            out.append((e.alertname, e.status, k))
+    return out
+
+
+def test_a_gap_in_a_sampled_series_is_skipped_not_replayed_nor_a_restart() -> None:
+    rule = replace(GAUGE_RULE, season_s=0.0, long_season_s=0.0, drift_z=0.0, warmup_s=3_600.0)
+    rng = random.Random(5)
+    state = DetectorState("gauge")
+    assert _sampled(state, [(k, 100.0 + rng.gauss(0.0, 5.0)) for k in range(100)], rule) == []
+    before = state.baselines.tolist()
+    # two days without a reading (far beyond max_gap_s), then a spike: nothing was learned on the
+    # gap, the warm-up was not restarted, and the spike fires on its first row
+    assert _sampled(state, [(100 + 576, 200.0)], rule) == [("RoomSpike", "firing", 676)]
+    assert state.history_ms == 677 * FIVE_MIN_MS
+    level, var = before[2 * GAUGE_SLOT], before[2 * GAUGE_SLOT + 1]
+    # the spike moved the level by at most one window's weight of its winsor band, not the scale
+    alpha = GAUGE_RULE.alpha(FIVE_MIN_MS / 1_000)
+    assert 0.0 < state.baselines[2 * GAUGE_SLOT] - level <= alpha * 3.0 * math.sqrt(var) + 1e-9
+    assert state.baselines[2 * GAUGE_SLOT + 1] == var
+    # the same gap fed as a room's idle windows restarts the detector: the spike is not seen
+    restarted = DetectorState("gauge")
+    _sampled(restarted, [(k, 100.0 + rng.gauss(0.0, 5.0)) for k in range(100)], rule)
+    rules = dict.fromkeys(METRICS, rule)
+    vector = [0.0] * len(METRICS)
+    vector[GAUGE_SLOT] = 200.0
+    ws = T0 + 676 * FIVE_MIN_MS
+    assert [e.status for e in observe_values(restarted, vector, ws, ws + FIVE_MIN_MS, rules)] == []
+    assert restarted.history_ms == FIVE_MIN_MS
+
+
+def test_cooldowns_run_through_a_gap_in_a_sampled_series() -> None:
+    rule = replace(
+        GAUGE_RULE, season_s=0.0, long_season_s=0.0, drift_z=0.0, warmup_s=3_600.0, resolve_s=600.0
+    )
+    rng = random.Random(6)
+    rows = [(k, 100.0 + rng.gauss(0.0, 5.0)) for k in range(100)]
+    rows += [(100, 200.0), (101, 100.0), (102, 100.0), (103, 100.0)]  # fires, resolves
+    state = DetectorState("gauge")
+    assert [(n, s) for n, s, _ in _sampled(state, rows, rule)] == [
+        ("RoomSpike", "firing"),
+        ("RoomSpike", "resolved"),
+    ]
+    assert state.alerts is not None  # in its 1-day cooldown
+    # a row 2 hours later: still cooling down; a row after a gap longer than the cooldown: fires
+    assert _sampled(state, [(104 + 24, 200.0)], rule) == []
+    assert _sampled(state, [(104 + 24 + 300, 200.0)], rule) == [("RoomSpike", "firing", 428)]
 
 
 # --- the long (weekly) seasonal term (GAUGE_RULE) --------------------------------------------------
