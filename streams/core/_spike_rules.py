@@ -57,6 +57,7 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "season_s": ("f", 0.0, 1e8),
     "season_bins": ("i", 1, 1_440),
     "season_half_life_periods": ("f", 0.01, 1e3),
+    "season_learns_alerts": ("b", 0, 1),
     "long_season_s": ("f", 0.0, 1e9),
     "long_season_bins": ("i", 1, 10_080),
     "long_season_after_periods": ("f", 0.0, 1e3),
@@ -134,7 +135,12 @@ class MetricRule:
     term: ``season_bins`` phase bins over the period, each an exponentially
     weighted mean of the residual in that phase (half-life
     ``season_half_life_periods`` periods, i.e. visits of the bin), added to the
-    level; a one-sided rule uses only its positive part. With ``long_season_s``
+    level; a one-sided rule uses only its positive part. Each bin learns the
+    raw residual, so a flash-sale slot is routine from its second occurrence;
+    with ``season_learns_alerts`` false (``GAUGE_RULE``) a window in which the
+    metric alerts teaches the bins only its residual clipped at the winsor band,
+    so a one-off spike is not expected again a period later, where it would
+    read as a dip. With ``long_season_s``
     > 0 as well (0, off, by default; a week in ``GAUGE_RULE``) a second,
     longer term in ``long_season_bins`` bins (same half-life in its own
     periods) learns beside it, and once the series has been learned for
@@ -211,6 +217,7 @@ class MetricRule:
     season_s: float = 0.0
     season_bins: int = 60
     season_half_life_periods: float = 0.5
+    season_learns_alerts: bool = True
     long_season_s: float = 0.0
     long_season_bins: int = 168
     long_season_after_periods: float = 2.0
@@ -428,6 +435,7 @@ GAUGE_RULE: Final = MetricRule(
     season_s=86_400.0,
     season_bins=24,
     season_half_life_periods=1.0,
+    season_learns_alerts=False,
     long_season_s=7 * 86_400.0,
     long_season_bins=168,
     long_season_after_periods=2.0,

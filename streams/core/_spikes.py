@@ -305,6 +305,10 @@ def _from_wire_v1(wire: Sequence[Any], window_ms: int) -> DetectorState:
     return state
 
 
+def _clip(x: float, band: float) -> float:
+    return band if x > band else (-band if x < -band else x)
+
+
 def _zscore(delta: float, std: float) -> float:
     if std > _STD_EPS:
         return max(-_Z_CAP, min(_Z_CAP, delta / std))
@@ -602,12 +606,17 @@ def _step(
             b[2 * i] = level + incr
             b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr)
         if s_index >= 0 and season is not None:
-            # the seasonal terms learn the raw residual of their bin (a flash-sale slot in full)
+            # The seasonal terms learn the raw residual of their bin (a flash-sale slot in full),
+            # or, without season_learns_alerts, while the metric alerts the residual clipped at
+            # its winsor band (so a one-off spike does not come back as a dip a period later).
             short_miss = y - level - season[s_index]
-            season[s_index] += plan.season_alphas[i] * short_miss
+            clip = alerting and not rule.season_learns_alerts
+            season[s_index] += plan.season_alphas[i] * (_clip(short_miss, band) if clip else short_miss)
             if l_index >= 0:
                 long_miss = y - level - season[l_index]
-                season[l_index] += plan.long_season_alphas[i] * long_miss
+                season[l_index] += plan.long_season_alphas[i] * (
+                    _clip(long_miss, band) if clip else long_miss
+                )
                 if learned >= plan.long_season_ms[i]:
                     # Once every long bin has been visited, each term's slow mean squared miss.
                     errors = plan.long_season_offsets[i] + rule.long_season_bins

@@ -977,6 +977,24 @@ def test_cooldowns_run_through_a_gap_in_a_sampled_series() -> None:
     assert _sampled(state, [(104 + 24 + 300, 200.0)], rule) == [("RoomSpike", "firing", 428)]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_one_off_spike_does_not_come_back_as_a_dip_a_day_later(seed: int) -> None:
+    """GAUGE_RULE's seasonal term learns only the clipped residual of windows that alert."""
+    rng = random.Random(seed)
+    values = [100 + 20 * math.sin(2 * math.pi * i / 288) + rng.gauss(0, 3) for i in range(6 * 288)]
+    spike = 3 * 288 + 120  # day 3, 10:00, for an hour
+    for i in range(spike, spike + 12):
+        values[i] += 150
+    _, alerts = gauge_alerts(values, FIVE_MIN_MS, GAUGE_RULE)
+    assert [(name, status, row) for name, status, _, row in alerts] == [
+        ("RoomSpike", "firing", spike),
+        ("RoomSpike", "resolved", spike + 23),
+    ]
+    # learning the raw residual, the daily bins expect the spike again: a dip a day later
+    _, echo = gauge_alerts(values, FIVE_MIN_MS, replace(GAUGE_RULE, season_learns_alerts=True))
+    assert ("RoomDip", "firing", spike + 288) in [(name, status, row) for name, status, _, row in echo]
+
+
 # --- the long (weekly) seasonal term (GAUGE_RULE) --------------------------------------------------
 
 HALF_HOUR_MS = 1_800_000
