@@ -151,36 +151,63 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
     raise TopologyError(f"topics {names} not visible after creation")
 
 
-async def check_credentials(settings: Settings) -> None:
+class BrokerWait:
+    """Backoff (0.25 s, doubling up to 5 s) while no broker answers, for up to
+    ``settings.broker_wait_ms`` from its creation: one budget for every step of a start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.brokers = settings.brokers
+        self.budget_ms = settings.broker_wait_ms
+        self.deadline = time.monotonic() + settings.broker_wait_ms / 1000
+        self.delay = 0.25
+
+    async def pause(self, why: object) -> bool:
+        """Sleep before the next try and return True, or return False when the budget is spent."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return False
+        wait = min(self.delay, left)
+        log.warning("waiting for the brokers %s (%s); next try in %.1f s", self.brokers, why, wait)
+        await asyncio.sleep(wait)
+        self.delay = min(2 * self.delay, 5.0)
+        return True
+
+
+async def check_credentials(settings: Settings, wait: BrokerWait | None = None) -> None:
     """Fail at start, naming the setting, when TLS or SASL is misconfigured.
 
     aiokafka's clients log a refused handshake and retry until "Unable to bootstrap": one direct
-    connection to each bootstrap server surfaces the real reason. A server that does not answer
-    at all is left to the clients' own retries.
+    connection to each bootstrap server surfaces the real reason. While no server answers at all
+    (the brokers restarting) it retries under ``wait``; once that is spent the admin client's own
+    wait reports the outage.
     """
     sec = settings.security
     if sec.security_protocol == "PLAINTEXT":
         return
+    wait = wait or BrokerWait(settings)
     kwargs = sec.client_kwargs()
-    for server in settings.brokers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            conn = await asyncio.wait_for(create_conn(host, int(port), **kwargs), 30)
-        except ssl.SSLCertVerificationError as exc:
-            raise ConfigError(
-                f"the certificate of broker {server} is not trusted by LIVEPULSE_SSL_CAFILE="
-                f"{sec.ssl_cafile or '(system CAs)'}: {exc.verify_message or exc}"
-            ) from None
-        except SaslAuthenticationFailed as exc:
-            raise ConfigError(
-                f"broker {server} refused the SASL {sec.sasl_mechanism} login of LIVEPULSE_SASL_USERNAME="
-                f"{sec.sasl_username}: check LIVEPULSE_SASL_PASSWORD ({exc.description or exc})"
-            ) from None
-        except (OSError, TimeoutError, KafkaError) as exc:
-            log.warning("could not check the credentials against broker %s: %r", server, exc)
-            continue
-        conn.close()
-        return
+    while True:
+        for server in settings.brokers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                conn = await asyncio.wait_for(create_conn(host, int(port), **kwargs), 30)
+            except ssl.SSLCertVerificationError as exc:
+                raise ConfigError(
+                    f"the certificate of broker {server} is not trusted by LIVEPULSE_SSL_CAFILE="
+                    f"{sec.ssl_cafile or '(system CAs)'}: {exc.verify_message or exc}"
+                ) from None
+            except SaslAuthenticationFailed as exc:
+                raise ConfigError(
+                    f"broker {server} refused the SASL {sec.sasl_mechanism} login of LIVEPULSE_SASL_USERNAME="
+                    f"{sec.sasl_username}: check LIVEPULSE_SASL_PASSWORD ({exc.description or exc})"
+                ) from None
+            except (OSError, TimeoutError, KafkaError) as exc:
+                log.warning("could not check the credentials against broker %s: %r", server, exc)
+                continue
+            conn.close()
+            return
+        if not await wait.pause("no broker answered the credential check"):
+            return
 
 
 def prepare_topics(settings: Settings) -> int:
@@ -191,8 +218,9 @@ def prepare_topics(settings: Settings) -> int:
     """
 
     async def run() -> int:
-        await check_credentials(settings)
-        admin = await connected_admin(settings)
+        wait = BrokerWait(settings)
+        await check_credentials(settings, wait)
+        admin = await connected_admin(settings, wait)
         try:
             return await ensure_topology(admin, settings)
         finally:
@@ -201,12 +229,11 @@ def prepare_topics(settings: Settings) -> int:
     return asyncio.run(run())
 
 
-async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:
+async def connected_admin(settings: Settings, wait: BrokerWait | None = None) -> AIOKafkaAdminClient:
     """An admin client bootstrapped from ``settings.brokers``, retried with backoff for up to
     ``broker_wait_ms``: a worker restarted while its brokers restart waits for them instead of
     exiting at once (and being restarted in a loop by its supervisor)."""
-    deadline = time.monotonic() + settings.broker_wait_ms / 1000
-    delay = 0.25
+    wait = wait or BrokerWait(settings)
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, **settings.security.client_kwargs())
         try:
@@ -214,12 +241,8 @@ async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:
             return admin
         except KafkaConnectionError as exc:
             await admin.close()
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if not await wait.pause(exc):
                 raise InfrastructureError(
                     f"no broker of {settings.brokers} answered within LIVEPULSE_BROKER_WAIT_MS="
-                    f"{settings.broker_wait_ms}: {exc}"
+                    f"{wait.budget_ms}: {exc}"
                 ) from None
-            log.warning("waiting for the brokers %s (%s); next try in %.1f s", settings.brokers, exc, delay)
-            await asyncio.sleep(min(delay, left))
-            delay = min(2 * delay, 5.0)

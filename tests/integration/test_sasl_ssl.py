@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,11 @@ from aiokafka import AIOKafkaProducer
 
 from deploy.exceptions import BrokerError
 from deploy.localkafka import BrokerSettings, ensure_broker, stop_broker
+from streams._topology import check_credentials
+from streams.exceptions import ConfigError
 from streams.settings import settings_from_env
 from tests.integration.pki import PASSWORD, Pki, make_pki
-from tests.integration.workers import REPO, Deployment, Worker, eventually, free_port
+from tests.integration.workers import REPO, Deployment, Worker, eventually, free_port, late_relay
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +136,22 @@ def test_bad_credentials_fail_at_start_naming_the_setting(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("livepulse: ") and setting in last, done.stderr[-3000:]
     assert "not-the-password" not in done.stderr
+
+
+async def test_bad_credentials_are_named_even_when_the_brokers_answer_late(
+    secure_broker: tuple[BrokerSettings, Pki], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker (re)starting while its brokers restart, with a wrong password: the credential
+    check waits for them under LIVEPULSE_BROKER_WAIT_MS, then names the setting."""
+    broker, pki = secure_broker
+    assert broker.sasl_ssl_bootstrap is not None
+    secure = security_env(pki.ca_pem, password="not-the-password")
+    async with late_relay(broker.sasl_ssl_bootstrap, 1.5) as relayed:
+        settings = settings_from_env(
+            secure | {"LIVEPULSE_BROKERS": relayed, "LIVEPULSE_BROKER_WAIT_MS": "30000"}
+        )
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match="LIVEPULSE_SASL_PASSWORD"):
+            await check_credentials(settings)
+        assert time.monotonic() - t0 >= 1.4
+    assert "no broker answered the credential check" in caplog.text

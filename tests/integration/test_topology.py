@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import subprocess
@@ -14,10 +13,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from loadtest.deployment import free_port
-from streams._topology import connected_admin, ensure_topology
+from streams._topology import connected_admin, ensure_topology, partition_counts
 from streams.exceptions import InfrastructureError, TopologyError
 from streams.settings import Settings
-from tests.integration.workers import Deployment
+from tests.integration.workers import Deployment, late_relay
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +27,12 @@ async def _check(deployment: Deployment, existing: list[NewTopic], **settings: o
     try:
         if existing:
             await admin.create_topics(existing)
+            # the controller answers before every broker's metadata has the topics: wait for them
+            names = [nt.name for nt in existing]
+            for _ in range(100):
+                if len(await partition_counts(admin, names)) == len(names):
+                    break
+                await asyncio.sleep(0.1)
         s = dataclasses.replace(Settings(brokers=deployment.bootstrap, topics=deployment.topics), **settings)
         return await ensure_topology(admin, s)
     finally:
@@ -71,35 +76,14 @@ async def test_missing_outputs_without_permission_to_create_are_named(kafka_boot
 async def test_a_worker_start_waits_for_brokers_that_are_not_up_yet(kafka_bootstrap: str) -> None:
     """The brokers answer only ~1.5 s after the start (a TCP relay to the real broker that opens
     late): the admin client is there once they do, after warnings, not a failed start."""
-    host, port = kafka_bootstrap.rsplit(":", 1)
-    relay_port = free_port()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def open_late() -> asyncio.Server:
-        await asyncio.sleep(1.5)
-        return await asyncio.start_server(relay, "127.0.0.1", relay_port)
-
-    opening = asyncio.create_task(open_late())
-    t0 = time.monotonic()
-    admin = await connected_admin(Settings(brokers=f"127.0.0.1:{relay_port}", broker_wait_ms=30_000))
-    try:
-        assert time.monotonic() - t0 >= 1.4
-        assert isinstance(await admin.list_topics(), list)
-    finally:
-        await admin.close()
-        server = await opening
-        server.close()
+    async with late_relay(kafka_bootstrap, 1.5) as relayed:
+        t0 = time.monotonic()
+        admin = await connected_admin(Settings(brokers=relayed, broker_wait_ms=30_000))
+        try:
+            assert time.monotonic() - t0 >= 1.4
+            assert isinstance(await admin.list_topics(), list)
+        finally:
+            await admin.close()
 
 
 async def test_a_worker_start_gives_up_on_unreachable_brokers_with_the_setting_named() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,3 +211,39 @@ async def eventually(condition: Callable[[], bool], what: str, timeout_s: float 
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"timed out waiting until {what}")
+
+
+@contextlib.asynccontextmanager
+async def late_relay(target: str, delay_s: float) -> AsyncIterator[str]:
+    """A TCP relay to ``target`` ("host:port") that starts listening only ``delay_s`` after entry
+    (brokers that are not up yet); yields its own "host:port"."""
+    host, port = target.rsplit(":", 1)
+    relay_port = free_port()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writers.extend((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def open_late() -> asyncio.Server:
+        await asyncio.sleep(delay_s)
+        return await asyncio.start_server(relay, "127.0.0.1", relay_port)
+
+    opening = asyncio.create_task(open_late())
+    try:
+        yield f"127.0.0.1:{relay_port}"
+    finally:
+        server = await opening
+        server.close()
+        for writer in writers:  # connections a client left open
+            writer.close()
+        await server.wait_closed()
