@@ -38,6 +38,12 @@ Per (metric, alertname) an alert slot moves idle -> pending (rule met for less
 than ``confirm_s``) -> firing -> (``resolve_s`` below the lower threshold)
 resolved -> cooldown (``cooldown_s``) -> idle.
 
+A window missing before the one observed is a room's idle window (flows 0,
+levels carried) up to ``max_gap_s``, and a restart after a longer gap; with
+``observe_values(..., skip_gaps=True)`` (a sampled series, e.g. the NAB
+harness) it is a window without a reading: nothing is learned or tested, the
+warm-up does not advance, cooldowns do.
+
 A missing window is a window without activity: flow metrics are 0 and
 concurrent viewers keep their last value. Up to ``max_gap_s`` of such windows
 are replayed; a longer silence starts a new session: firing alerts resolve at
@@ -534,7 +540,8 @@ def _step(
         surge_at = rule.surge_value
         surge = not warmed and surge_at is not None and x >= surge_at
         timing = plan.timing[i]
-        # resolve_z 0 (the room default): only the value resolves an alert, never its score
+        # A window that does not meet the rule (neither test) may resolve an alert by its
+        # single-window score; resolve_z 0 (the room default): only the value resolves it.
         resolve_z = rule.resolve_z if rule.resolve_z > 0.0 else -math.inf
         at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
         drift_at = at
@@ -563,7 +570,7 @@ def _step(
             else:
                 at_dip = at
             if dip or (alerts and (metric, ALERT_DIP) in alerts):
-                recovered = x * rule.resolve_ratio > expected or z > -resolve_z
+                recovered = x * rule.resolve_ratio > expected or (z > -resolve_z and not dip)
                 _advance(state, events, (metric, ALERT_DIP), dip, recovered, timing, at_dip)
         if drift_up:
             spike, at = True, drift_at
@@ -577,7 +584,9 @@ def _step(
             _advance(state, events, (metric, ALERT_SURGE), surge, surge_over, timing, surge_at_)
             surge_slot = state.alerts.get((metric, ALERT_SURGE)) if state.alerts else None
             surging = surge_slot is not None and surge_slot.phase == _FIRING
-            spike_over = x < rule.resolve_ratio * expected or x < rule.min_volume or z < resolve_z
+            spike_over = (
+                x < rule.resolve_ratio * expected or x < rule.min_volume or (z < resolve_z and not spike)
+            )
             _advance(state, events, (metric, ALERT_SPIKE), spike and not surging, spike_over, timing, at)
         # Fold into the baseline: time-weighted running mean and variance during warm-up, EWMA
         # after. The residual is winsorised at winsor_k scales; while the metric meets a rule or
@@ -855,15 +864,15 @@ def _fold_quiet_run(
     state.history_ms = h0 + windows * span
 
 
-def _skip(state: DetectorState, until_ms: int) -> None:
-    """Let time pass to ``until_ms`` without readings: warm-up and cooldowns run, nothing is learned.
+def _skip(state: DetectorState, until_ms: int, plan: _Plan) -> None:
+    """Let time pass to ``until_ms`` without readings: cooldowns run, nothing is learned.
 
-    A pending alert meets the gap as windows that missed its rule; a firing one waits for
-    readings to resolve it.
+    The warm-up counts observed time only (``history_ms`` is the time behind the baselines). A
+    pending alert meets the gap as windows that missed its rule; a firing one waits for readings
+    to resolve it.
     """
     assert state.last_window_end is not None
     gap = until_ms - state.last_window_end
-    state.history_ms += gap
     state.last_window_end = until_ms
     alerts = state.alerts
     if alerts:
@@ -871,6 +880,10 @@ def _skip(state: DetectorState, until_ms: int) -> None:
             if slot.phase == _COOLDOWN:
                 slot.count -= gap
                 if slot.count <= 0:
+                    del alerts[key]
+            elif slot.phase == _PENDING:
+                timing = plan.drop_timing if key[1] == ALERT_DROP else plan.timing[METRICS.index(key[0])]
+                if until_ms - slot.started_ms - slot.count > timing[1]:
                     del alerts[key]
         if not alerts:
             state.alerts = None
@@ -960,7 +973,7 @@ def observe_values(
             return events
         missed = (window_start - last_end) // window_ms
         if missed > 0 and skip_gaps:
-            _skip(state, window_start)
+            _skip(state, window_start, _plan(rules, window_ms))
         elif missed > 0:
             replayed = min(missed, max(0, int(max_gap_s * 1_000) // window_ms))
             idle = [0.0] * _N

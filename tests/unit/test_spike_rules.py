@@ -167,6 +167,26 @@ def test_the_long_seasonal_term_is_off_for_rooms_and_a_week_for_the_gauge_rule()
     assert rules_for(rules, "r-1")["concurrent_viewers"].long_season_bins == 84
 
 
+def test_resolving_by_score_and_learning_alerts_are_room_defaults_and_off_in_the_gauge_rule() -> None:
+    from streams.core._spike_rules import GAUGE_RULE
+
+    for rule in DEFAULT_RULES.defaults.values():
+        assert rule.resolve_z == 0.0 and rule.season_learns_alerts  # rooms: unchanged behaviour
+    assert 0 < GAUGE_RULE.resolve_z < GAUGE_RULE.z_threshold and not GAUGE_RULE.season_learns_alerts
+    for bad in ({"resolve_z": -1.0}, {"resolve_z": float("nan")}, {"season_learns_alerts": 0}):
+        with pytest.raises(SpikeRuleError):
+            MetricRule(**bad)  # type: ignore[arg-type]
+    for changes in ({"season_learns_alerts": "false"}, {"resolve_z": True}):
+        with pytest.raises(SpikeRuleError):
+            apply_override(DEFAULT_RULES, override("room", "r-1", "concurrent_viewers", **changes))
+    rules = apply_override(
+        DEFAULT_RULES,
+        override("room", "r-1", "concurrent_viewers", resolve_z=2.5, season_learns_alerts=False),
+    )
+    rule = rules_for(rules, "r-1")["concurrent_viewers"]
+    assert rule.resolve_z == 2.5 and rule.season_learns_alerts is False
+
+
 def test_the_readme_override_gives_a_metric_the_gauge_rule() -> None:
     """README, "Spike alerts": the control-topic message that selects GAUGE_RULE for a metric."""
     import json
