@@ -1069,6 +1069,21 @@ def test_a_weekly_pattern_stops_alerting_once_the_long_term_is_learned(seed: int
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_a_one_off_spike_does_not_come_back_a_week_later_through_the_long_term(seed: int) -> None:
+    values = weekly_series(random.Random(seed), 7, weekend=30.0)
+    spike = 4 * WEEK_ROWS + 2 * 48 + 20  # the Wednesday of week 4, 10:00, for two hours
+    for i in range(spike, spike + 4):
+        values[i] += 80.0
+    _, alerts = gauge_alerts(values, HALF_HOUR_MS, GAUGE_RULE)
+    assert [(name, status) for name, status, _, row in alerts if row >= spike] == [
+        ("RoomSpike", "firing"),
+        ("RoomSpike", "resolved"),
+    ]
+    _, echo = gauge_alerts(values, HALF_HOUR_MS, replace(GAUGE_RULE, season_learns_alerts=True))
+    assert ("RoomDip", "firing", spike + WEEK_ROWS) in [(name, status, row) for name, status, _, row in echo]
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_the_long_term_changes_nothing_before_it_may_count(seed: int) -> None:
     """A series shorter than ``long_season_after_periods`` long periods alerts exactly as without it."""
     values = weekly_series(random.Random(seed), 2, weekend=30.0)
