@@ -228,8 +228,6 @@ struct Bounds {
     max_id: usize,
     ts_low: i64,
     ts_high: i64,
-    max_amount: i64,
-    max_count: i64,
 }
 
 impl Bounds {
@@ -406,8 +404,6 @@ fn viewer_batch<'py>(
         max_id,
         ts_low,
         ts_high,
-        max_amount: 0,
-        max_count: 0,
     };
     const KEYS: [&[u8]; 4] = [b"type", b"room_id", b"user_id", b"ts"];
     batch(py, items, max_bytes, |raw| {
@@ -444,8 +440,6 @@ fn order_batch<'py>(
         max_id,
         ts_low,
         ts_high,
-        max_amount,
-        max_count: 0,
     };
     const KEYS: [&[u8]; 7] = [
         b"order_id",
@@ -466,7 +460,7 @@ fn order_batch<'py>(
             b.id(&v[2]),
             b.ts(&v[3]),
             one_of(&v[4], &statuses),
-            Bounds::int_in(&v[5], 0, b.max_amount),
+            Bounds::int_in(&v[5], 0, max_amount),
         ) else {
             return Ok(None);
         };
@@ -506,8 +500,6 @@ fn gift_batch<'py>(
         max_id,
         ts_low,
         ts_high,
-        max_amount,
-        max_count,
     };
     const KEYS: [&[u8]; 6] = [
         b"gift_id",
@@ -526,8 +518,8 @@ fn gift_batch<'py>(
             b.id(&v[1]),
             b.id(&v[2]),
             b.ts(&v[3]),
-            Bounds::int_in(&v[4], 1, b.max_count),
-            Bounds::int_in(&v[5], 0, b.max_amount),
+            Bounds::int_in(&v[4], 1, max_count),
+            Bounds::int_in(&v[5], 0, max_amount),
         ) else {
             return Ok(None);
         };
