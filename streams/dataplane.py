@@ -82,7 +82,7 @@ class _Task:
         self.producer = producer
         #: next offset to read per input topic-partition (known after seek or fetch)
         self.positions: dict[TopicPartition, int] = {}
-        #: input sources paused for running ahead of the task's slowest input (see ``_align``)
+        #: input sources paused for running ahead of what the task's watermark waits for (``_align``)
         self.held: frozenset[int] = frozenset()
 
     @property
@@ -329,9 +329,10 @@ class DataPlane:
         return bool(windows) or any(t.pipeline.marker_releases_windows(now_ms) for t in self.runtime.values())
 
     def _align(self) -> None:
-        """Pause the inputs that ran ahead of their task's slowest input, resume those back within
-        reach (``TaskAggregator.sources_to_hold``). A paused partition's prefetched records are
-        dropped by the client and fetched again after it resumes."""
+        """Pause the inputs that ran ahead of their task's watermark (its slowest input or
+        re-routing sender), resume those back within reach (``TaskAggregator.sources_to_hold``).
+        A paused partition's prefetched records are dropped by the client and fetched again after
+        it resumes."""
         assert self._consumer is not None and self._routing is not None
         names = self._routing.names
         for partition, task in self.runtime.items():

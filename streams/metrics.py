@@ -149,7 +149,8 @@ class Metrics:
         )
         self.input_holds = Counter(
             "livepulse_input_holds_total",
-            "Times an input partition was held back for running ahead of its task's slowest input",
+            "Times an input partition was held back for running ahead of what its task's watermark waits "
+            "for (its slowest input or re-routing sender)",
             ["topic"],
             registry=r,
         )

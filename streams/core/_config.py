@@ -37,8 +37,9 @@ class CoreConfig:
     #: an input caught up with its log end whose newest event time trails the fastest other input
     #: by more than this stops holding the watermark back (its events then count late)
     max_input_lag_ms: int = 60_000
-    #: an input whose newest event time runs ahead of the slowest input of its task by more than
-    #: this is not read until the slowest is within half of it (watermark alignment: in a catch-up
+    #: an input whose newest event time runs ahead of the slowest input of its task (or the slowest
+    #: frontier of the tasks re-routing to it) by more than this is not read until that is within
+    #: half of it (watermark alignment: in a catch-up
     #: the small order and gift topics would otherwise run minutes ahead of the viewer topic, and
     #: every room would hold, and checkpoint, buckets for all of that); 0: inputs are never held
     #: back. Above ``max_future_ms`` plus the lag of a live input, so live traffic is never held.
