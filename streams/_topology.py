@@ -13,6 +13,7 @@ import logging
 import ssl
 import time
 
+from aiokafka import codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
@@ -210,12 +211,29 @@ async def check_credentials(settings: Settings, wait: BrokerWait | None = None) 
             return
 
 
+def check_codecs() -> None:
+    """Refuse to start without the codecs producers compress with: a consumer that meets a batch
+    it cannot decompress stops, at the first such batch, and again after every restart."""
+    missing = [
+        name
+        for name, present in (("snappy", codec.has_snappy), ("lz4", codec.has_lz4), ("zstd", codec.has_zstd))
+        if not present()
+    ]
+    if missing:
+        raise ConfigError(
+            f"this installation cannot decompress {', '.join(missing)} batches, which producers may send: "
+            "install cramjam (pip install 'aiokafka[lz4,snappy,zstd]')"
+        )
+
+
 def prepare_topics(settings: Settings) -> int:
-    """Check the credentials, then check and create every topic before the worker starts (faust
-    subscribes only to existing topics).
+    """Check the codecs and the credentials, then check and create every topic before the worker
+    starts (faust subscribes only to existing topics).
 
     Synchronous: call it before the faust worker's event loop runs.
     """
+
+    check_codecs()
 
     async def run() -> int:
         wait = BrokerWait(settings)

@@ -41,6 +41,7 @@ from tests.integration.workers import (
     free_port,
     model_events,
     produce,
+    produce_librdkafka,
     produce_raw,
     read_topic,
     records,
@@ -335,6 +336,31 @@ async def test_events_from_a_non_murmur2_partitioner_still_aggregate_per_room(
     )
     assert_equal_to_oracle(got, expected)
     assert worker.metric("livepulse_events_rerouted_total") > 0
+    assert worker.metric("livepulse_events_applied_total") == len(events) - retried(events)
+
+
+async def test_compressed_batches_from_librdkafka_aggregate_like_plain_ones(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    """Producers compress: librdkafka with lz4 (viewer), zstd (order) and snappy (gift), codecs
+    the consumer must decode (aiokafka needs cramjam for all three)."""
+    worker = workers()
+    await worker.wait_ready()
+    events = traffic(4_000, seed=6, rate_per_s=400)
+    expected = oracle(events, deployment)
+    codecs = {"viewer": "lz4", "order": "zstd", "gift": "snappy"}
+    await asyncio.to_thread(
+        produce_librdkafka,
+        deployment.bootstrap,
+        deployment.topics,
+        events,
+        partitions=deployment.partitions,
+        compression=codecs,
+    )
+
+    got = await collect(deployment, expected)
+
+    assert_equal_to_oracle(got, expected)
     assert worker.metric("livepulse_events_applied_total") == len(events) - retried(events)
 
 

@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +137,47 @@ async def produce(
         await producer.flush()
     finally:
         await producer.stop()
+    return sent
+
+
+def produce_librdkafka(
+    bootstrap: str,
+    topics: Topics,
+    events: Iterable[tuple[str, Event]],
+    *,
+    partitions: int,
+    compression: Mapping[str, str],
+) -> int:
+    """Send ``(kind, event)`` pairs through librdkafka (confluent-kafka), one producer per kind
+    with that kind's ``compression.type`` (none, gzip, snappy, lz4, zstd), onto murmur2 partitions."""
+    from confluent_kafka import Producer
+
+    producers = {
+        kind: Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 20,
+                "compression.type": codec,
+            }
+        )
+        for kind, codec in compression.items()
+    }
+    sent = 0
+    for kind, event in events:
+        producer = producers[kind]
+        producer.produce(
+            getattr(topics, kind),
+            encode(event),
+            key=event.room_id.encode(),
+            partition=murmur2_partitioner(event.room_id, partitions),
+        )
+        producer.poll(0)
+        sent += 1
+    for kind, producer in producers.items():
+        left = producer.flush(60)
+        if left:
+            raise RuntimeError(f"librdkafka could not deliver {left} {kind} messages")
     return sent
 
 
