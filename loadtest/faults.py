@@ -12,7 +12,7 @@ fault, lets the last windows close, and compares what the workers published
 
 * ``kill9-murmur2`` / ``kill9-mixed``: one worker, SIGKILL mid-traffic, restarted.
   Mixed: half the events come from a confluent-kafka (librdkafka) producer with
-  its default partitioner (crc32 of the key), the rest from aiokafka (murmur2),
+  its default partitioner (crc32 of the key) and lz4 compression, the rest from aiokafka (murmur2),
   interleaved, so a room's events arrive on two partitions and half of them are
   re-routed;
 * ``freeze``: two workers, one frozen (SIGSTOP) past the session timeout and resumed;
@@ -341,6 +341,8 @@ def _librdkafka_producer(bootstrap: str) -> Any:
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 120_000,
+            # as many production producers do: the worker must decompress what it reads
+            "compression.type": "lz4",
         }
     )
 
