@@ -38,17 +38,14 @@ Per (metric, alertname) an alert slot moves idle -> pending (rule met for less
 than ``confirm_s``) -> firing -> (``resolve_s`` below the lower threshold)
 resolved -> cooldown (``cooldown_s``) -> idle.
 
-A window missing before the one observed is a room's idle window (flows 0,
-levels carried) up to ``max_gap_s``, and a restart after a longer gap; with
-``observe_values(..., skip_gaps=True)`` (a sampled series, e.g. the NAB
-harness) it is a window without a reading: nothing is learned or tested, the
-warm-up does not advance, cooldowns do.
-
 A missing window is a window without activity: flow metrics are 0 and
 concurrent viewers keep their last value. Up to ``max_gap_s`` of such windows
 are replayed; a longer silence starts a new session: firing alerts resolve at
 the end of the replayed span and the baselines restart their warm-up. Synthetic
 windows are no evidence for the drop rule: it neither fires nor holds on them.
+For a sampled series (``observe_values(..., skip_gaps=True)``, the NAB harness)
+a missing window is one without a reading instead: nothing is learned or
+tested, the warm-up does not advance, cooldowns do.
 """
 
 from __future__ import annotations
@@ -960,8 +957,8 @@ def observe_values(
 
     Windows missing before ``window_start`` are a room's idle windows (flows 0, levels carried)
     up to ``max_gap_s``, and a restart after a longer gap. With ``skip_gaps`` they are instead
-    windows of a sampled series with no reading: nothing is learned or tested on them, but time
-    passes through them (warm-up, seasonal position, cooldowns), as it does for the series.
+    windows of a sampled series with no reading: nothing is learned or tested on them and the
+    warm-up does not advance, but time passes through them (seasonal position, cooldowns).
     """
     window_ms = window_end - window_start
     if window_ms <= 0:
