@@ -341,7 +341,9 @@ def _librdkafka_producer(bootstrap: str) -> Any:
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 120_000,
-            # as many production producers do: the worker must decompress what it reads
+            # as many production producers do: the worker must decompress what it reads (librdkafka
+            # sends a batch uncompressed when compressing it does not make it smaller, so at this
+            # pace many may not be; the worker integration test checks compressed batches on disk)
             "compression.type": "lz4",
         }
     )

@@ -162,10 +162,14 @@ class BrokerWait:
         self.deadline = time.monotonic() + settings.broker_wait_ms / 1000
         self.delay = 0.25
 
+    def left(self) -> float:
+        """Seconds of the budget left (0 once spent)."""
+        return max(0.0, self.deadline - time.monotonic())
+
     async def pause(self, why: object) -> bool:
         """Sleep before the next try and return True, or return False when the budget is spent."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
+        left = self.left()
+        if not left:
             return False
         wait = min(self.delay, left)
         log.warning("waiting for the brokers %s (%s); next try in %.1f s", self.brokers, why, wait)
@@ -190,8 +194,11 @@ async def check_credentials(settings: Settings, wait: BrokerWait | None = None) 
     while True:
         for server in settings.brokers.split(","):
             host, _, port = server.strip().rpartition(":")
+            # a server that takes the TCP connection but never answers the handshake must not
+            # hold the start past the budget
+            timeout = min(30.0, max(0.5, wait.left()))
             try:
-                conn = await asyncio.wait_for(create_conn(host, int(port), **kwargs), 30)
+                conn = await asyncio.wait_for(create_conn(host, int(port), **kwargs), timeout)
             except ssl.SSLCertVerificationError as exc:
                 raise ConfigError(
                     f"the certificate of broker {server} is not trusted by LIVEPULSE_SSL_CAFILE="
@@ -204,6 +211,8 @@ async def check_credentials(settings: Settings, wait: BrokerWait | None = None) 
                 ) from None
             except (OSError, TimeoutError, KafkaError) as exc:
                 log.warning("could not check the credentials against broker %s: %r", server, exc)
+                if not wait.left():
+                    return
                 continue
             conn.close()
             return

@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from deploy.localkafka import Broker
 from loadtest.oracle import (
     expected_leaderboards,
     expected_rollups,
@@ -36,6 +37,7 @@ from tests.integration.workers import (
     REPO,
     Deployment,
     Worker,
+    batch_codecs,
     crc32_partitioner,
     eventually,
     free_port,
@@ -340,7 +342,7 @@ async def test_events_from_a_non_murmur2_partitioner_still_aggregate_per_room(
 
 
 async def test_compressed_batches_from_librdkafka_aggregate_like_plain_ones(
-    deployment: Deployment, workers
+    deployment: Deployment, workers, kafka_broker: Broker
 ) -> None:  # type: ignore[no-untyped-def]
     """Producers compress: librdkafka with lz4 (viewer), zstd (order) and snappy (gift), codecs
     the consumer must decode (aiokafka needs cramjam for all three)."""
@@ -362,6 +364,11 @@ async def test_compressed_batches_from_librdkafka_aggregate_like_plain_ones(
 
     assert_equal_to_oracle(got, expected)
     assert worker.metric("livepulse_events_applied_total") == len(events) - retried(events)
+    # the batches the worker read were compressed with each codec (the broker keeps the producer's)
+    log_dir = kafka_broker.settings.work_dir / "data"
+    for kind, code in (("viewer", 3), ("order", 4), ("gift", 2)):
+        codecs = batch_codecs(log_dir, getattr(deployment.topics, kind))
+        assert codecs[code] > 0 and codecs[code] >= codecs[0], (kind, codecs)
 
 
 def malformed(rng: random.Random, now_ms: int) -> list[bytes]:

@@ -8,12 +8,14 @@ import os
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.record.memory_records import MemoryRecords
 
 from loadtest.deployment import WorkerProcess
 from loadtest.deployment import free_port as free_port  # re-exported for the tests
@@ -152,12 +154,20 @@ def produce_librdkafka(
     with that kind's ``compression.type`` (none, gzip, snappy, lz4, zstd), onto murmur2 partitions."""
     from confluent_kafka import Producer
 
+    failed: list[object] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            failed.append(err)
+
     producers = {
         kind: Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "enable.idempotence": True,
-                "linger.ms": 20,
+                # batches of many messages: librdkafka sends a batch uncompressed when compressing
+                # does not make it smaller, as with one or two small messages
+                "linger.ms": 50,
                 "compression.type": codec,
             }
         )
@@ -171,6 +181,7 @@ def produce_librdkafka(
             encode(event),
             key=event.room_id.encode(),
             partition=murmur2_partitioner(event.room_id, partitions),
+            on_delivery=delivered,
         )
         producer.poll(0)
         sent += 1
@@ -178,7 +189,20 @@ def produce_librdkafka(
         left = producer.flush(60)
         if left:
             raise RuntimeError(f"librdkafka could not deliver {left} {kind} messages")
+    if failed:
+        raise RuntimeError(f"librdkafka failed {len(failed)} deliveries, e.g. {failed[0]}")
     return sent
+
+
+def batch_codecs(log_dir: Path, topic: str) -> Counter[int]:
+    """Record batches per compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd) in ``topic``'s
+    log segments on the broker's disk, as the broker stored what the producers sent."""
+    codecs: Counter[int] = Counter()
+    for segment in sorted(log_dir.glob(f"{topic}-*/*.log")):
+        records = MemoryRecords(segment.read_bytes())
+        while (batch := records.next_batch()) is not None:
+            codecs[batch.compression_type] += 1
+    return codecs
 
 
 def model_events(config: TrafficConfig, *, seed: int, start_ms: int) -> Iterator[tuple[str, Event]]:
@@ -263,8 +287,13 @@ async def late_relay(target: str, delay_s: float) -> AsyncIterator[str]:
     writers: list[asyncio.StreamWriter] = []
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        writers.extend((writer, up_writer))
+        writers.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.close()
+            return
+        writers.append(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
@@ -283,8 +312,10 @@ async def late_relay(target: str, delay_s: float) -> AsyncIterator[str]:
     try:
         yield f"127.0.0.1:{relay_port}"
     finally:
-        server = await opening
-        server.close()
+        if not opening.done():
+            opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            server = await opening
+            server.close()
         for writer in writers:  # connections a client left open
             writer.close()
-        await server.wait_closed()
