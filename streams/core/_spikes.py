@@ -537,9 +537,7 @@ def _step(
         surge_at = rule.surge_value
         surge = not warmed and surge_at is not None and x >= surge_at
         timing = plan.timing[i]
-        # A window that does not meet the rule (neither test) may resolve an alert by its
-        # single-window score; resolve_z 0 (the room default): only the value resolves it.
-        resolve_z = rule.resolve_z if rule.resolve_z > 0.0 else -math.inf
+        resolve_z = plan.resolve_zs[i]
         at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
         drift_at = at
         drift_up = drift_up and x >= rule.min_volume and not spike
@@ -654,6 +652,7 @@ class _Plan:
         "long_season_offsets",
         "loud",
         "max_warmup_ms",
+        "resolve_zs",
         "season_alphas",
         "season_basis",
         "season_ms",
@@ -688,6 +687,9 @@ class _Plan:
             )
             for r in ordered
         )
+        #: a window meeting neither test resolves by its score below this (above minus it for a
+        #: dip); -inf with resolve_z 0, the room default: only the value resolves an alert
+        self.resolve_zs = tuple(r.resolve_z if r.resolve_z > 0.0 else -math.inf for r in ordered)
         orders = ordered[_ORDERS]
         self.drop_timing = (
             max(window_ms, round(orders.drop_confirm_s * 1_000)),
