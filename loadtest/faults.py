@@ -295,7 +295,7 @@ async def send_paced(
     """
     aio = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
     await aio.start()
-    rd = _librdkafka_producer(bootstrap) if librdkafka_share > 0 else None
+    rd = librdkafka_producer(bootstrap) if librdkafka_share > 0 else None
     rng = random.Random(seed)
     pending: list[asyncio.Future[Any]] = []
     buffered: list[tuple[str, bytes, bytes | None]] = []
@@ -332,19 +332,22 @@ async def send_paced(
         await aio.stop()
 
 
-def _librdkafka_producer(bootstrap: str) -> Any:
+def librdkafka_producer(bootstrap: str, *, compression: str = "lz4", linger_ms: int = 5) -> Any:
+    """An idempotent confluent-kafka (librdkafka) producer: the fault suite's second client.
+
+    It compresses with ``compression``, as many production producers do: the worker must decompress
+    what it reads. librdkafka sends a batch uncompressed when compressing does not make it smaller,
+    so at the suite's pace many may not be; the worker integration test (a longer linger, batches
+    of many messages) checks compressed batches on the broker's disk."""
     from confluent_kafka import Producer  # only the fault suite and its tests need it
 
     return Producer(
         {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
             "message.timeout.ms": 120_000,
-            # as many production producers do: the worker must decompress what it reads (librdkafka
-            # sends a batch uncompressed when compressing it does not make it smaller, so at this
-            # pace many may not be; the worker integration test checks compressed batches on disk)
-            "compression.type": "lz4",
+            "compression.type": compression,
         }
     )
 
@@ -375,7 +378,7 @@ class Hostile:
         from streams.core import PartitionCache
 
         route = PartitionCache(partitions)
-        producer = _librdkafka_producer(bootstrap)
+        producer = librdkafka_producer(bootstrap)
         time.sleep(max(0.0, self.start_s - time.time()))
         t0 = time.time()
         try:

@@ -19,6 +19,7 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from loadtest.deployment import WorkerProcess
 from loadtest.deployment import free_port as free_port  # re-exported for the tests
+from loadtest.faults import librdkafka_producer
 from loadtest.traffic import SOURCE_NAMES, TrafficConfig, TrafficModel, encode
 from schemas import Event, RoomStats, decode_room_stats
 from streams.core import partition_for
@@ -152,25 +153,16 @@ def produce_librdkafka(
 ) -> int:
     """Send ``(kind, event)`` pairs through librdkafka (confluent-kafka), one producer per kind
     with that kind's ``compression.type`` (none, gzip, snappy, lz4, zstd), onto murmur2 partitions."""
-    from confluent_kafka import Producer
-
     failed: list[object] = []
 
     def delivered(err: object, _msg: object) -> None:
         if err is not None:
             failed.append(err)
 
+    # a long linger makes batches of many messages: librdkafka sends a batch uncompressed when
+    # compressing does not make it smaller, as with one or two small messages
     producers = {
-        kind: Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                # batches of many messages: librdkafka sends a batch uncompressed when compressing
-                # does not make it smaller, as with one or two small messages
-                "linger.ms": 50,
-                "compression.type": codec,
-            }
-        )
+        kind: librdkafka_producer(bootstrap, compression=codec, linger_ms=50)
         for kind, codec in compression.items()
     }
     sent = 0
