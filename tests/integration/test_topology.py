@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import subprocess
@@ -13,9 +12,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from loadtest.deployment import free_port
-from streams._topology import connected_admin, ensure_topology, partition_counts
+from streams._topology import connected_admin, ensure_topology
 from streams.exceptions import InfrastructureError, TopologyError
 from streams.settings import Settings
+from tests.integration.kafkatools import await_leaders
 from tests.integration.workers import Deployment, late_relay
 
 pytestmark = pytest.mark.integration
@@ -28,11 +28,8 @@ async def _check(deployment: Deployment, existing: list[NewTopic], **settings: o
         if existing:
             await admin.create_topics(existing)
             # the controller answers before every broker's metadata has the topics: wait for them
-            names = [nt.name for nt in existing]
-            for _ in range(100):
-                if len(await partition_counts(admin, names)) == len(names):
-                    break
-                await asyncio.sleep(0.1)
+            for topic in existing:
+                await await_leaders(admin, topic.name, topic.num_partitions)
         s = dataclasses.replace(Settings(brokers=deployment.bootstrap, topics=deployment.topics), **settings)
         return await ensure_topology(admin, s)
     finally:
