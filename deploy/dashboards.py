@@ -59,8 +59,12 @@ OPERATIONS: tuple[PanelSpec, ...] = (
     ),
     PanelSpec(
         "Consumer lag",
-        (Query("sum by (topic) (livepulse:consumer_lag_messages:sum)", "{{topic}}"),),
-        description="Messages behind the log end; growing lag means the workers cannot keep up.",
+        (
+            Query("sum by (topic) (livepulse:consumer_lag_messages:sum)", "{{topic}}"),
+            Query("sum by (topic) (livepulse_input_uncommitted_messages)", "{{topic}} uncommitted"),
+        ),
+        description="Messages behind the last stable offset; growing lag means the workers cannot keep up. "
+        "Uncommitted: messages of open upstream transactions, not readable yet; they hold the watermark.",
     ),
     PanelSpec(
         "Watermark delay",

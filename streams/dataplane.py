@@ -413,9 +413,13 @@ class DataPlane:
             except TimeoutError:
                 busy.setdefault(tp.partition, set()).add(sources[tp.topic])
                 continue
-            end = consumer.last_stable_offset(tp)
-            if end is None:
-                end = consumer.highwater(tp)
+            # read_committed: the position stops at the last stable offset, and records of an open
+            # upstream transaction lie between it and the high watermark. They are events on their
+            # way (a transactional producer commits once per checkpoint: seconds), not silence, so
+            # the input is busy and behind until the log end (aborted records are skipped over).
+            high = consumer.highwater(tp)
+            stable = consumer.last_stable_offset(tp)
+            end = high if high is not None else stable
             source = sources[tp.topic]
             polled = consumer.last_poll_timestamp(tp)
             unknown = end is None or polled is None or now_ms - polled > fresh_ms
@@ -423,8 +427,11 @@ class DataPlane:
                 busy.setdefault(tp.partition, set()).add(source)
                 if end is not None and position < end:
                     behind.setdefault(tp.partition, set()).add(source)
-            if end is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+            readable = stable if stable is not None else end
+            if readable is not None:
+                label = (tp.topic, str(tp.partition))
+                self.metrics.consumer_lag.labels(*label).set(max(0, readable - position))
+                self.metrics.uncommitted.labels(*label).set(max(0, end - readable))
         return busy, behind
 
     def _count_firing(self, now_ms: int, *, resend: bool) -> None:

@@ -134,6 +134,14 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.uncommitted = Gauge(
+            "livepulse_input_uncommitted_messages",
+            "Messages of open upstream transactions past the last stable offset: not readable until their "
+            "producer commits, they hold the task's watermark (a producer that died mid-transaction holds "
+            "it until the broker aborts the transaction)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.watermark_delay = Gauge(
             "livepulse_watermark_delay_seconds",
             "Wall clock minus the partition watermark",
@@ -258,6 +266,7 @@ class Metrics:
         }
         for topic in topics:
             self.consumer_lag.remove(topic, wanted)
+            self.uncommitted.remove(topic, wanted)
         if any(
             sample.labels["partition"] == wanted
             for family in self.watermark_delay.collect()

@@ -43,6 +43,7 @@ from tests.integration.workers import (
     free_port,
     model_events,
     produce,
+    produce_in_transactions,
     produce_librdkafka,
     produce_raw,
     read_topic,
@@ -369,6 +370,38 @@ async def test_compressed_batches_from_librdkafka_aggregate_like_plain_ones(
     for kind, code in (("viewer", 3), ("order", 4), ("gift", 2)):
         codecs = batch_codecs(log_dir, getattr(deployment.topics, kind))
         assert codecs[code] > 0 and codecs[code] >= codecs[0], (kind, codecs)
+
+
+async def test_upstream_transactions_held_open_lose_no_event_and_aborted_ones_count_nothing(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    """A transactional upstream (Flink's exactly-once sink commits once per checkpoint) keeps its
+    records past the last stable offset for seconds: a ``read_committed`` reader sees nothing new
+    and is at the last stable offset, yet those events are on their way. They must hold the
+    watermark (not count late when the commit comes), and an aborted transaction counts nothing."""
+    worker = workers()
+    await worker.wait_ready()
+    window = deployment.window_ms
+    start = (int(time.time() * 1000) - 60_000) // window * window
+    events = traffic(6_400, seed=8, rate_per_s=400, start_ms=start)  # 16 s of event time
+    first, second = events[:3_200], events[3_200:]
+    aborted = traffic(1_000, seed=9, rate_per_s=400, start_ms=start + 8_000)
+    expected = oracle(events, deployment)
+    # While the second transaction is open (9 s) every input is caught up with its last stable
+    # offset: were that taken for silence, event time would move on with the clock from ~start + 8 s
+    # and the window [start, start + 10 s) would close before the second half of its events came.
+    await produce_in_transactions(
+        deployment.bootstrap,
+        deployment.topics,
+        [(first, True, 0.0), (aborted, False, 1.0), (second, True, 9.0)],
+        partitions=deployment.partitions,
+    )
+
+    got = await collect(deployment, expected)
+
+    assert worker.metric("livepulse_events_late_total") == 0
+    assert_equal_to_oracle(got, expected)
+    assert worker.metric("livepulse_events_applied_total") == len(events) - retried(events)
 
 
 def malformed(rng: random.Random, now_ms: int) -> list[bytes]:

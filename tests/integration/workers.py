@@ -125,13 +125,7 @@ async def produce(
     started = time.monotonic()
     try:
         for kind, event in events:
-            topic = getattr(topics, kind)
-            await producer.send(
-                topic,
-                encode(event),
-                key=event.room_id.encode(),
-                partition=choose(event.room_id, partitions),
-            )
+            await _send(producer, topics, kind, event, choose(event.room_id, partitions))
             sent += 1
             if pace_per_s and sent % 50 == 0:
                 ahead = sent / pace_per_s - (time.monotonic() - started)
@@ -141,6 +135,34 @@ async def produce(
     finally:
         await producer.stop()
     return sent
+
+
+async def _send(producer: AIOKafkaProducer, topics: Topics, kind: str, event: Event, partition: int) -> None:
+    await producer.send(getattr(topics, kind), encode(event), key=event.room_id.encode(), partition=partition)
+
+
+async def produce_in_transactions(
+    bootstrap: str,
+    topics: Topics,
+    transactions: Iterable[tuple[list[tuple[str, Event]], bool, float]],
+    *,
+    partitions: int,
+) -> None:
+    """A transactional upstream (as Kafka Streams or Flink under exactly-once write): for each
+    ``(events, commit, hold_s)`` one transaction sends the events (murmur2 partitions), flushes them
+    to the log, keeps the transaction open ``hold_s`` seconds, then commits or aborts it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"upstream-{uuid.uuid4().hex}")
+    await producer.start()
+    try:
+        for events, commit, hold_s in transactions:
+            await producer.begin_transaction()
+            for kind, event in events:
+                await _send(producer, topics, kind, event, murmur2_partitioner(event.room_id, partitions))
+            await producer.flush()  # in the log, past the last stable offset, until the end
+            await asyncio.sleep(hold_s)
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+    finally:
+        await producer.stop()
 
 
 def produce_librdkafka(

@@ -46,12 +46,14 @@ def test_forget_partition_removes_only_that_partitions_series() -> None:
         m.watermark_delay.labels(p).set(1.5)
         for topic in ("live.viewer", "live.order"):
             m.consumer_lag.labels(topic, p).set(7)
+            m.uncommitted.labels(topic, p).set(3)
     m.forget_partition(1)
     names = series(m)
-    assert {(s["topic"], s["partition"]) for s in names["livepulse_consumer_lag_messages"]} == {
-        ("live.viewer", "0"),
-        ("live.order", "0"),
-    }
+    for name in ("livepulse_consumer_lag_messages", "livepulse_input_uncommitted_messages"):
+        assert {(s["topic"], s["partition"]) for s in names[name]} == {
+            ("live.viewer", "0"),
+            ("live.order", "0"),
+        }
     assert names["livepulse_watermark_delay_seconds"] == [{"partition": "0"}]
     m.forget_partition(1)  # forgetting twice, or a partition never seen, is harmless
     m.forget_partition(9)
