@@ -59,6 +59,7 @@ __all__ = [
     "ensure_broker",
     "fetch_jars",
     "fingerprint",
+    "java_binary",
     "main",
     "new_cluster_id",
     "render_properties",
@@ -137,7 +138,7 @@ def ensure_broker(settings: BrokerSettings) -> Broker:
                     "(--port/--controller-port, LIVEPULSE_KAFKA_PORT/_CONTROLLER_PORT)"
                 )
         lib_dir = fetch_jars(settings.lib_dir)
-        java = _java()
+        java = java_binary()
         _write_config(settings)
         if not (settings.work_dir / "data" / "meta.properties").is_file():
             _format(settings, java, lib_dir)
@@ -181,7 +182,8 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _java() -> str:
+def java_binary() -> str:
+    """The ``java`` that runs the broker (``JAVA_HOME``'s, else the PATH's)."""
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if java is None or not Path(java).is_file():

@@ -44,6 +44,7 @@ from tests.integration.workers import (
     model_events,
     produce,
     produce_in_transactions,
+    produce_java,
     produce_librdkafka,
     produce_raw,
     read_topic,
@@ -370,6 +371,35 @@ async def test_compressed_batches_from_librdkafka_aggregate_like_plain_ones(
     for kind, code in (("viewer", 3), ("order", 4), ("gift", 2)):
         codecs = batch_codecs(log_dir, getattr(deployment.topics, kind))
         assert codecs[code] > 0 and codecs[code] >= codecs[0], (kind, codecs)
+
+
+async def test_events_from_the_java_client_aggregate_like_any_other(
+    deployment: Deployment, workers, kafka_broker: Broker
+) -> None:  # type: ignore[no-untyped-def]
+    """The reference client with its defaults (idempotent, its own partitioner for keyed records)
+    and gzip: every event lands where the worker expects it (nothing re-routed), windows exact."""
+    worker = workers()
+    await worker.wait_ready()
+    events = traffic(4_000, seed=10, rate_per_s=400)
+    expected = oracle(events, deployment)
+    sent = await asyncio.to_thread(
+        produce_java,
+        deployment.bootstrap,
+        deployment.topics,
+        events,
+        lib_dir=kafka_broker.settings.lib_dir,
+        compression="gzip",
+    )
+    assert sent == len(events)
+
+    got = await collect(deployment, expected)
+
+    assert_equal_to_oracle(got, expected)
+    assert worker.metric("livepulse_events_applied_total") == len(events) - retried(events)
+    assert worker.metric("livepulse_events_rerouted_total") == 0
+    log_dir = kafka_broker.settings.work_dir / "data"
+    codecs = batch_codecs(log_dir, deployment.topics.viewer)
+    assert codecs[1] > 0 and codecs[1] >= codecs[0], codecs  # gzip (1), as the Java client sent it
 
 
 async def test_upstream_transactions_held_open_lose_no_event_and_aborted_ones_count_nothing(

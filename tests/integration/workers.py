@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 import uuid
 import zlib
@@ -17,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.record.memory_records import MemoryRecords
 
+from deploy.localkafka import java_binary
 from loadtest.deployment import WorkerProcess
 from loadtest.deployment import free_port as free_port  # re-exported for the tests
 from loadtest.faults import librdkafka_producer
@@ -26,6 +28,7 @@ from streams.core import partition_for
 from streams.settings import Topics
 
 REPO = Path(__file__).resolve().parents[2]
+JAVA_PRODUCER = Path(__file__).with_name("JavaProducer.java")
 
 
 @dataclass
@@ -206,6 +209,27 @@ def produce_librdkafka(
     if failed:
         raise RuntimeError(f"librdkafka failed {len(failed)} deliveries, e.g. {failed[0]}")
     return sent
+
+
+def produce_java(
+    bootstrap: str, topics: Topics, events: Iterable[tuple[str, Event]], *, lib_dir: Path, compression: str
+) -> int:
+    """Send ``(kind, event)`` pairs through the Java client (``JavaProducer.java``, run on the
+    broker's jars): its default partitioner places keyed records, not ours."""
+    lines = b"".join(
+        b"%s\t%s\t%s\n" % (getattr(topics, kind).encode(), event.room_id.encode(), encode(event))
+        for kind, event in events
+    )
+    done = subprocess.run(
+        [java_binary(), "-cp", f"{lib_dir}/*", str(JAVA_PRODUCER), bootstrap, compression, "20"],
+        input=lines,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    if done.returncode:
+        raise RuntimeError(f"the Java producer failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return int(done.stdout)
 
 
 def batch_codecs(log_dir: Path, topic: str) -> Counter[int]:
