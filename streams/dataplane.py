@@ -413,25 +413,21 @@ class DataPlane:
             except TimeoutError:
                 busy.setdefault(tp.partition, set()).add(sources[tp.topic])
                 continue
-            # read_committed: the position stops at the last stable offset, and records of an open
-            # upstream transaction lie between it and the high watermark. They are events on their
-            # way (a transactional producer commits once per checkpoint: seconds), not silence, so
-            # the input is busy and behind until the log end (aborted records are skipped over).
-            high = consumer.highwater(tp)
-            stable = consumer.last_stable_offset(tp)
-            end = high if high is not None else stable
+            high, stable = consumer.highwater(tp), consumer.last_stable_offset(tp)
             source = sources[tp.topic]
-            polled = consumer.last_poll_timestamp(tp)
-            unknown = end is None or polled is None or now_ms - polled > fresh_ms
-            if (unknown or position < end) and source != REPARTITION:
-                busy.setdefault(tp.partition, set()).add(source)
-                if end is not None and position < end:
+            if source != REPARTITION:
+                is_busy, is_behind = input_state(
+                    position, high, stable, consumer.last_poll_timestamp(tp), now_ms, fresh_ms
+                )
+                if is_busy:
+                    busy.setdefault(tp.partition, set()).add(source)
+                if is_behind:
                     behind.setdefault(tp.partition, set()).add(source)
-            readable = stable if stable is not None else end
+            readable = stable if stable is not None else high
             if readable is not None:
                 label = (tp.topic, str(tp.partition))
                 self.metrics.consumer_lag.labels(*label).set(max(0, readable - position))
-                self.metrics.uncommitted.labels(*label).set(max(0, end - readable))
+                self.metrics.uncommitted.labels(*label).set(max(0, (high or readable) - readable))
         return busy, behind
 
     def _count_firing(self, now_ms: int, *, resend: bool) -> None:
@@ -608,6 +604,30 @@ class DataPlane:
             seconds,
         )
         return task
+
+
+def input_state(
+    position: int, high: int | None, stable: int | None, polled_ms: int | None, now_ms: int, fresh_ms: int
+) -> tuple[bool, bool]:
+    """Whether an input partition read ``read_committed`` is busy (holds its task's watermark) and
+    whether it is behind (busy for a reason other than an outage), from the consumer's position, the
+    high watermark and last stable offset of its last fetch response, and when that came.
+
+    The position stops at the last stable offset; records of an open upstream transaction lie
+    between it and the high watermark. They are events on their way (a transactional producer
+    commits once per checkpoint: seconds), not silence: the input is busy until the position reaches
+    the high watermark (aborted records are skipped over). Without a fetch response within
+    ``fresh_ms`` nothing is known (the broker may be unreachable): busy, and behind only if the last
+    response showed records it could read.
+    """
+    end = high if high is not None else stable
+    readable = stable if stable is not None else high
+    if end is None or readable is None:  # no fetch response yet
+        return True, False
+    fresh = polled_ms is not None and now_ms - polled_ms <= fresh_ms
+    if fresh and position >= end:
+        return False, False
+    return True, position < readable or (fresh and position < end)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
