@@ -95,6 +95,13 @@ def as_sketch(held: Any) -> Any:
     return held.get_result(HLL_TYPE) if type(held) is hll_union else held
 
 
+#: order keys per dedup chunk. A chunk is one changelog record, rewritten at every checkpoint that
+#: adds to it, so it must stay well below the broker's record limit (``message.max.bytes``, 1 MiB by
+#: default) however hot the room: a flash sale of 1 250 orders/s fills one window with 25 000 keys
+#: (created + paid), 1.1 MB in one record. 1 024 keys of up to 138 characters are at most ~570 KB
+#: even if every character took 4 bytes, and ~40-140 KB in practice.
+CHUNK_KEYS = 1_024
+
 #: the dedup memory of a room that has seen no order yet: one shared empty set (an empty set is
 #: 216 bytes, and most rooms of a viewer flood or a quiet platform never see an order)
 _NO_KEYS: frozenset[str] = frozenset()
@@ -205,18 +212,31 @@ class Room:
         return total, min(numbers), max(numbers)
 
     def remember(self, key: str, ws: int) -> None:
-        """Add an order key to the dedup memory, in the chunk of window ``ws``."""
+        """Add an order key to the dedup memory, in the open chunk of window ``ws`` (chunk id ``ws``).
+
+        A full open chunk (``CHUNK_KEYS``) is sealed first: moved to the first free id above ``ws``
+        (``ws + 1``, ``ws + 2``, ...), which only makes it outlive the window by as many
+        milliseconds at expiry, and the open chunk starts again empty.
+        """
         seen = self.seen
         if isinstance(seen, frozenset):  # the first order: the room gets a set of its own
             seen = self.seen = set()
         seen.add(key)
-        chunk = self.seen_chunks.get(ws)
-        if chunk is None:
-            chunk = self.seen_chunks[ws] = []
-        chunk.append(key)
         dirty = self.seen_dirty
         if isinstance(dirty, frozenset):
             dirty = self.seen_dirty = set()
+        chunks = self.seen_chunks
+        chunk = chunks.get(ws)
+        if chunk is None:
+            chunk = chunks[ws] = []
+        elif len(chunk) >= CHUNK_KEYS:
+            sealed = ws + 1
+            while sealed in chunks:
+                sealed += 1
+            chunks[sealed] = chunk
+            dirty.add(sealed)
+            chunk = chunks[ws] = []
+        chunk.append(key)
         dirty.add(ws)
 
     def restore_chunk(self, ws: int, keys: list[str]) -> None:

@@ -6,6 +6,7 @@ import orjson
 
 from schemas import OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
+from streams.core._room import CHUNK_KEYS
 from streams.core._state_codec import ROOM_FORMAT_VERSION
 
 BASE_MS = 1_700_000_000_000  # a multiple of 10 s
@@ -130,3 +131,45 @@ def test_rooms_without_orders_share_an_empty_dedup_memory_and_a_restored_one_sti
     assert "paid:o1" not in restored.rooms["r"].seen
     assert chunk("r", BASE_MS) in restored.checkpoint().deletes
     assert restored.apply(0, [(20, order("o1", BASE_MS + 9 * W))], 0).applied == 1  # forgotten
+
+
+def test_a_flash_sale_splits_its_window_into_chunks_that_stay_small_records() -> None:
+    """~1 250 orders/s in one room (created + paid): one window's dedup memory would be one
+    changelog record of over 1 MB, the broker's default record limit (a crash loop: the restart
+    replays the same orders). It is split into chunks of CHUNK_KEYS, each its own record, written
+    when it changes; duplicates are still caught across every chunk after a restore, and every
+    chunk of the window goes at the TTL."""
+    long_id = "o" * 120  # ids up to the 128-character limit
+    orders = [
+        (i + 1, order(f"{long_id}{i:06d}", BASE_MS + i * W // 12_500, status))
+        for i in range(12_500)
+        for status in ("created", "paid")
+    ]
+    orders = [(n, ev) for n, (_, ev) in enumerate(orders, 1)]
+    cfg = CoreConfig(dedup_ttl_ms=20_000, grace_ms=W)  # the retries below are not late
+    agg = TaskAggregator(cfg)
+    written: dict[bytes, bytes] = {}
+    for start in range(0, len(orders), 5_000):  # a checkpoint every 5 000 orders (~2 s)
+        assert agg.apply(0, orders[start : start + 5_000], 0).applied == 5_000
+        upserts = agg.checkpoint().upserts
+        assert max(len(v) for _, v in upserts) < 200_000
+        written.update(upserts)
+    chunks = {k: orjson.loads(v) for k, v in written.items() if k.startswith(b"d/")}
+    assert len(chunks) == -(-25_000 // CHUNK_KEYS)
+    assert all(len(keys) <= CHUNK_KEYS for keys in chunks.values())
+    assert sorted(k for keys in chunks.values() for k in keys) == sorted(
+        f"{ev.status}:{ev.order_id}" for _, ev in orders
+    )
+
+    restored = TaskAggregator(cfg)
+    restored.restore(written.items())
+    retried = [(len(orders) + 1 + i, ev) for i, (_, ev) in enumerate(orders[::997])]
+    result = restored.apply(0, retried, 0)
+    assert (result.applied, result.duplicate) == (0, len(retried))
+
+    # past the TTL every chunk of the window is forgotten and tombstoned
+    restored.apply(0, [(10**6, order("late-comer", BASE_MS + 4 * W + 2_000))], 0)
+    restored.apply(0, [(10**6 + 1, order("later", BASE_MS + 5 * W + 2_000))], 0)
+    room = restored.rooms["r"]
+    assert not any(BASE_MS <= ws < BASE_MS + W for ws in room.seen_chunks)
+    assert set(chunks) <= set(restored.checkpoint().deletes)
