@@ -200,9 +200,12 @@ class TaskPipeline:
             good, bad = self._decoders[origin](items, now_ms, self._limits)
             if bad:
                 self._dead_letter(topic, group, bad, now_ms)
+            passed_ts = None
             if source != REPARTITION:
-                good = self._keep_local(origin_topic, group, good)
+                good, passed_ts = self._keep_local(origin_topic, group, good)
             result = core.apply(source, good, now_ms)
+            if passed_ts is not None:
+                core.passed_on(source, passed_ts, now_ms)
             if result.overflow:
                 self._refuse_overflow(topic, group, now_ms)
             if result.applied:
@@ -255,8 +258,11 @@ class TaskPipeline:
         names = self.routing.names
         return [(origin, names[origin], group) for origin, group in by_origin.items()]
 
-    def _keep_local(self, topic: str, messages: Sequence[Message], good: list[Any]) -> list[Any]:
+    def _keep_local(
+        self, topic: str, messages: Sequence[Message], good: list[Any]
+    ) -> tuple[list[Any], int | None]:
         """Events whose room belongs to this task; the others are re-routed to the right one.
+        With the newest event time among those re-routed (None: none was).
 
         Rooms the task already aggregates are local by construction, so the murmur2 check runs
         only for rooms seen here for the first time.
@@ -267,13 +273,14 @@ class TaskPipeline:
             if room_id not in known and route(room_id) != here:
                 break
         else:
-            return good
+            return good, None
         raw_by_offset = {msg.offset: msg.value for msg in messages}
         keep = []
         header = [(SOURCE_HEADER, topic.encode())]
         add = self.sink.add
         repartition = self._topics.repartition
         rerouted = 0
+        newest: int | None = None
         for offset, ev in good:
             target = route(ev.room_id)
             if target == here:
@@ -281,8 +288,10 @@ class TaskPipeline:
             else:
                 add(repartition, target, ev.room_id.encode(), raw_by_offset[offset], header)
                 rerouted += 1
+                if newest is None or ev.ts > newest:
+                    newest = ev.ts
         self.metrics.events_rerouted.labels(topic).inc(rerouted)
-        return keep
+        return keep, newest
 
     def _dead_letter(self, topic: str, messages: Sequence[Message], bad: list[Any], now_ms: int) -> None:
         by_offset = {msg.offset: msg for msg in messages}

@@ -237,21 +237,7 @@ class TaskAggregator:
             return _NOTHING
         moves_watermark = source in self.sources
         if moves_watermark:
-            src_wall = self._src_wall
-            if len(src_wall) < len(self.sources):
-                for expected in self.sources:  # silence is measured from the task's first delivery
-                    src_wall.setdefault(expected, now_ms)
-            src_wall[source] = now_ms
-            self._idle.discard(source)
-            self._live.add(source)
-            self._delivered.add(source)
-            if self._busy_since:
-                self._end_stall(source, now_ms)
-            # The watermark is the slowest non-idle source's newest event time minus grace, so a
-            # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
-            others = self._slowest(exclude=source)
-            if now_ms < self._hold_until:
-                others = min(others, self._watermark + self.config.grace_ms)
+            others = self._delivery(source, now_ms)
             source_max = self._src_max.get(source, NO_TIME)
         else:
             # Re-routed events: their senders' published progress moves the watermark instead.
@@ -358,6 +344,49 @@ class TaskAggregator:
             if n:
                 bucket_dict[source] = bucket_dict.get(source, 0) + n
         return ApplyResult(applied, late, duplicate, replayed, overflow)
+
+    def _delivery(self, source: int, now_ms: int) -> int:
+        """``source`` delivered: it is live and not idle (nor stalled). Returns the time the other
+        sources allow the watermark to move to (before grace) while this one's events are taken."""
+        src_wall = self._src_wall
+        if len(src_wall) < len(self.sources):
+            for expected in self.sources:  # silence is measured from the task's first delivery
+                src_wall.setdefault(expected, now_ms)
+        src_wall[source] = now_ms
+        self._idle.discard(source)
+        self._live.add(source)
+        self._delivered.add(source)
+        if self._busy_since:
+            self._end_stall(source, now_ms)
+        # The watermark is the slowest non-idle source's newest event time minus grace, so a
+        # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
+        others = self._slowest(exclude=source)
+        if now_ms < self._hold_until:
+            others = min(others, self._watermark + self.config.grace_ms)
+        return others
+
+    def passed_on(self, source: int, newest_ts: int, now_ms: int) -> None:
+        """Events of input ``source`` up to event time ``newest_ts`` were read here and handed on to
+        their rooms' tasks (re-routed), after this batch's own events were applied.
+
+        They are the input's progress (its newest event time and its liveness) as applied events
+        are, though no room here takes them. Otherwise an input busy with other tasks' rooms (a
+        producer without murmur2 putting a hot room here) would keep this task's frontier, and with
+        it every receiving task's watermark, at its last own event, or at no time at all.
+        """
+        if source not in self.sources:
+            return
+        others = self._delivery(source, now_ms)
+        if newest_ts <= self._src_max.get(source, NO_TIME):
+            return
+        self._src_max[source] = newest_ts
+        if newest_ts > self._max_ts:
+            self._max_ts = newest_ts
+        limit = newest_ts if newest_ts < others else others
+        if limit - self.config.grace_ms > self._watermark:
+            self._watermark = limit - self.config.grace_ms
+            if self._watermark >= self._next_close:
+                self._close_due()
 
     def take_overflow(self) -> list[int]:
         """Offsets (of the last applied source) refused at the room cap since the last call."""

@@ -147,6 +147,31 @@ def test_events_of_another_task_are_re_routed_with_their_origin_and_not_applied(
     assert counter(metrics, "livepulse_events_rerouted_total", topic=TOPICS.viewer) == 1
 
 
+@pytest.mark.parametrize("local_first", [True, False], ids=["one local event first", "never a local event"])
+def test_an_input_of_other_tasks_rooms_moves_the_frontier_with_the_events_it_passes_on(
+    local_first: bool,
+) -> None:
+    """A producer without murmur2 (librdkafka's crc32, sarama) puts a hot room on this task's
+    partition: the input is busy with events that all go elsewhere. They are the input's progress
+    all the same, or the frontier this task publishes (and every receiver's watermark) would stay
+    at its last local event, or at no time at all."""
+    pipeline, _, _ = make(partition=0)
+    (hot,) = rooms_on(1, 1, "hot")
+    (quiet,) = rooms_on(0, 1, "quiet")
+    offset = 0
+    if local_first:
+        pipeline.process(TOPICS.viewer, records([viewer("join", quiet, "u", T0)], offset), NOW_MS)
+        offset += 1
+    for step in range(1, 601):  # 60 s of the hot room only, the input never caught up
+        now = NOW_MS + step * 100
+        event = viewer("join", hot, f"u{step}", T0 + step * 100)
+        pipeline.process(TOPICS.viewer, records([event], offset), now)
+        pipeline.tick(now, busy={Source.VIEWER})
+        offset += 1
+    # the order and gift inputs are idle (silent, caught up): the viewer input is the slowest
+    assert pipeline.core.frontier_ms(now) == T0 + 60_000
+
+
 def test_re_routed_events_are_applied_under_their_origin_and_markers_hold_the_watermark() -> None:
     sender, sink_s, _ = make(partition=3)
     receiver, sink, metrics = make(partition=0)
