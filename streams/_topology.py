@@ -25,10 +25,18 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 UNKNOWN_TOPIC = 3
+#: the largest record livepulse writes to its own state topics (the changelog, the leaderboard's
+#: partials and output): its producers' ``max_request_size``. Brokers default to 1 MiB. A room
+#: record holds one unique-viewer sketch per open window (up to 2^hll_lg_k bytes each), the
+#: leaderboard merge state a ranking pair per pending window: rare rooms and large leaderboards
+#: pass 1 MiB, and a record the broker refuses stops the worker at every restart.
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+LARGE_RECORDS = {"max.message.bytes": str(MAX_RECORD_BYTES)}
 CHANGELOG_CONFIG = {
     "cleanup.policy": "compact",
     "min.cleanable.dirty.ratio": "0.1",
     "segment.ms": "600000",
+    **LARGE_RECORDS,
 }
 
 
@@ -100,7 +108,13 @@ async def ensure_topology(admin: AIOKafkaAdminClient, settings: Settings) -> int
         for name, configs in {**internal, **outputs}.items()
         if name not in existing
     ]
-    to_create += await _single_partition_topics(admin, [t.leaderboard_partials, t.leaderboard], rf, isr)
+    to_create += await _single_partition_topics(
+        admin, [t.leaderboard_partials, t.leaderboard], rf, {**isr, **LARGE_RECORDS}
+    )
+    created = {nt.name for nt in to_create}
+    for name in (t.changelog, t.leaderboard_partials, t.leaderboard):
+        if name not in created:
+            await _warn_small_records(admin, name)
     if to_create:
         if not settings.create_topics:
             names = ", ".join(nt.name for nt in to_create)
@@ -122,6 +136,23 @@ async def _single_partition_topics(
                 "(or point the setting at another topic)"
             )
     return [NewTopic(name, 1, rf, topic_configs=isr) for name in names if name not in existing]
+
+
+async def _warn_small_records(admin: AIOKafkaAdminClient, topic: str) -> None:
+    """Warn if an existing state topic takes smaller records than livepulse may write to it."""
+    limit = await _topic_config(admin, topic, "max.message.bytes")
+    if limit is not None and limit.isdigit() and int(limit) < MAX_RECORD_BYTES:
+        log.warning(
+            "topic %s takes records of at most %s bytes; livepulse may write up to %d (a room with "
+            "many open windows of large sketches, a large leaderboard), and a refused record stops "
+            "the worker: kafka-configs --alter --entity-type topics --entity-name %s "
+            "--add-config max.message.bytes=%d",
+            topic,
+            limit,
+            MAX_RECORD_BYTES,
+            topic,
+            MAX_RECORD_BYTES,
+        )
 
 
 async def _topic_config(admin: AIOKafkaAdminClient, topic: str, name: str) -> str | None:

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 
 from ._errors import kafka_errors
 from ._outbound import Outbound
+from ._topology import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class TaskProducer:
             transaction_timeout_ms=transaction_timeout_ms,
             linger_ms=5,
             max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=MAX_RECORD_BYTES,
         )
         self.outbound = Outbound(self._producer)
         self._started = False

@@ -16,7 +16,8 @@ create() {  # name partitions [--config k=v ...]
 for topic in live.viewer live.order live.gift livepulse.repartition; do
   create "$topic" "$PARTITIONS" --config retention.ms=604800000
 done
-create livepulse.room-state-changelog "$PARTITIONS" --config cleanup.policy=compact --config min.compaction.lag.ms=60000
+create livepulse.room-state-changelog "$PARTITIONS" --config cleanup.policy=compact --config min.compaction.lag.ms=60000 \
+  --config max.message.bytes=8388608
 create livepulse.rules 1 --config cleanup.policy=compact
 create live.room-stats "$PARTITIONS" --config retention.ms=604800000
 create live.room-stats-1m "$PARTITIONS" --config retention.ms=604800000
@@ -25,6 +26,6 @@ create live.room-sessions "$PARTITIONS" --config cleanup.policy=compact
 create live.alerts "$PARTITIONS" --config retention.ms=604800000
 create live.dlq "$PARTITIONS" --config retention.ms=1209600000
 # the platform leaderboard: one partition each (one merge stage, windows in order)
-create livepulse.leaderboard-partials 1 --config retention.ms=604800000
-create live.leaderboard 1 --config retention.ms=604800000
+create livepulse.leaderboard-partials 1 --config retention.ms=604800000 --config max.message.bytes=8388608
+create live.leaderboard 1 --config retention.ms=604800000 --config max.message.bytes=8388608
 "$KT" --bootstrap-server "$BOOTSTRAP" --list

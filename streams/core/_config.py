@@ -32,7 +32,8 @@ class CoreConfig:
     dedup_ttl_ms: int = 600_000
     #: cap on remembered order keys per room (oldest forgotten first)
     dedup_max_per_room: int = 100_000
-    #: HyperLogLog log2(k); 12 gives ~1.6 % relative standard error
+    #: HyperLogLog log2(k); 12 gives ~1.6 % relative standard error, 16 (the most) ~0.4 %. A sketch
+    #: takes up to 2^lg_k bytes (HLL_8), and a room's changelog record holds one per open window
     hll_lg_k: int = 12
     #: an input caught up with its log end whose newest event time trails the fastest other input
     #: by more than this stops holding the watermark back (its events then count late)
@@ -81,8 +82,8 @@ class CoreConfig:
                 )
         if len(set(self.rollup_windows_ms)) != len(self.rollup_windows_ms):
             raise ConfigError(f"rollup windows repeat: {self.rollup_windows_ms}")
-        if not 4 <= self.hll_lg_k <= 21:
-            raise ConfigError("hll_lg_k must be in 4..21")
+        if not 4 <= self.hll_lg_k <= 16:
+            raise ConfigError("hll_lg_k must be in 4..16")
 
     @property
     def window_seconds(self) -> float:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
 import time
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import MessageSizeTooLargeError
 
 from loadtest.deployment import free_port
-from streams._topology import connected_admin, ensure_topology
+from streams._topology import MAX_RECORD_BYTES, connected_admin, ensure_topology
 from streams.exceptions import InfrastructureError, TopologyError
 from streams.settings import Settings
 from tests.integration.kafkatools import await_leaders
@@ -41,6 +44,35 @@ async def test_missing_topics_are_created_with_the_configured_shape(kafka_bootst
     assert await _check(deployment, [], partitions=3, min_insync_replicas=1) == 3
     # A second worker finds them all in place and agrees.
     assert await _check(deployment, []) == 3
+
+
+async def test_state_topics_take_large_records_and_existing_small_ones_are_named(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The changelog and the leaderboard topics are created for records up to MAX_RECORD_BYTES
+    (the broker's default is 1 MiB): a 2 MB state record is taken there and refused elsewhere. An
+    existing changelog with the default limit is named at start, with the command that fixes it."""
+    deployment = Deployment(kafka_bootstrap)
+    t = deployment.topics
+    await _check(deployment, [])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=MAX_RECORD_BYTES)
+    await producer.start()
+    try:
+        big = b"x" * 2_000_000
+        for topic in (t.changelog, t.leaderboard, t.leaderboard_partials):
+            await producer.send_and_wait(topic, big, key=b"k", partition=0)
+        with pytest.raises(MessageSizeTooLargeError):
+            await producer.send_and_wait(t.room_stats, big, key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    assert "max.message.bytes" not in caplog.text
+
+    other = Deployment(kafka_bootstrap)
+    changelog = other.topics.changelog
+    with caplog.at_level(logging.WARNING, logger="streams._topology"):
+        await _check(other, [NewTopic(changelog, 4, 1, topic_configs={"cleanup.policy": "compact"})])
+    assert f"topic {changelog} takes records of at most 1048588 bytes" in caplog.text
+    assert f"--entity-name {changelog} --add-config max.message.bytes={MAX_RECORD_BYTES}" in caplog.text
 
 
 async def test_a_changelog_that_is_not_compacted_is_refused(kafka_bootstrap: str) -> None:

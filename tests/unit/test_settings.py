@@ -41,6 +41,9 @@ def test_environment_is_typed_and_flags_win() -> None:
         ({"LIVEPULSE_WINDOW_SIZE": "1"}, "unknown settings: LIVEPULSE_WINDOW_SIZE"),
         ({"LIVEPULSE_WINDOW_MS": "1500"}, "not a multiple of bucket_ms"),
         ({"LIVEPULSE_WEB_PORT": "70000"}, "web_port 70000 out of range"),
+        # bounded so that no state record outgrows the 8 MiB of the topics it goes to
+        ({"LIVEPULSE_LEADERBOARD_SIZE": "1001"}, r"leaderboard_size must be in 1\.\.1000"),
+        ({"LIVEPULSE_HLL_LG_K": "17"}, r"hll_lg_k must be in 4\.\.16"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
