@@ -578,6 +578,9 @@ class DataPlane:
             log.error("partition %d: quarantined changelog record %r: %s", partition, key, reason)
         if pipeline.merge is not None:
             pipeline.merge.restore(records)
+        ends = await self._consumer.end_offsets(
+            [tp for tp in tps if tp.topic != s.topics.leaderboard_partials]
+        )
         for tp in tps:
             if tp.topic == s.topics.leaderboard_partials:
                 offset = None if pipeline.merge is None else pipeline.merge.merge.next_offset
@@ -588,6 +591,8 @@ class DataPlane:
                     task.positions[tp] = offset
                 continue
             offset = core.restored_offsets.get(sources[tp.topic])
+            if offset is not None and ends[tp] < offset:
+                offset = self._rebase(core, tp, offset, ends[tp])
             if offset is None:  # no checkpoint recorded it (first start, or a quarantined metadata record)
                 offset = await self._consumer.committed(tp)
             if offset is None:
@@ -604,6 +609,24 @@ class DataPlane:
             seconds,
         )
         return task
+
+    def _rebase(self, core: TaskAggregator, tp: TopicPartition, held: int, end: int) -> int:
+        """The log of ``tp`` ends below the offset the restored state recorded: resume at its end."""
+        log.error(
+            "%s[%d] ends at offset %d but the restored state holds it up to %d: the log was truncated "
+            "(an unclean leader election) or the topic recreated. Resuming at %d: records from there "
+            "on count as new. If the topic was recreated, records written to it before this start "
+            "are not counted: reset the state (RUNBOOK: Reset state) to count them",
+            tp.topic,
+            tp.partition,
+            end,
+            held,
+            end,
+        )
+        self.metrics.inputs_rebased.labels(tp.topic).inc()
+        assert self._routing is not None
+        core.rebase(self._routing.sources[tp.topic], end)
+        return end
 
 
 def input_state(

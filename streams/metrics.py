@@ -134,6 +134,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.inputs_rebased = Counter(
+            "livepulse_inputs_rebased_total",
+            "Input partitions whose log ended below the offsets the restored state held (truncated or "
+            "recreated): resumed at the log end",
+            ["topic"],
+            registry=r,
+        )
         self.uncommitted = Gauge(
             "livepulse_input_uncommitted_messages",
             "Messages of open upstream transactions past the last stable offset: not readable until their "

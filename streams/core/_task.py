@@ -992,6 +992,20 @@ class TaskAggregator:
             if offset > self._replay_until.get(source, -1):
                 self._replay_until[source] = offset
 
+    def rebase(self, source: int, log_end: int) -> None:
+        """The log of input ``source`` ends at ``log_end``, below the offsets the restored state
+        holds: it was truncated (an unclean leader election) or recreated. Records from
+        ``log_end`` on are not the ones the state took: none of them counts as replayed, and the
+        input resumes there (``restored_offsets``)."""
+        held = log_end - 1
+        if self._replay_until.get(source, -1) > held:
+            self._replay_until[source] = held
+        for room in self.rooms.values():
+            if room.offsets.get(source, -1) > held:
+                room.offsets[source] = held
+        self._offsets[source] = log_end
+        self.restored_offsets[source] = log_end
+
     def _restore_chunk(self, room_id: str, ws: int, keys: list[str]) -> None:
         room = self.rooms.get(room_id)
         if room is None:

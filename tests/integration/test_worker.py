@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from deploy.localkafka import Broker
 from loadtest.oracle import (
@@ -33,6 +34,7 @@ from schemas import (
     decode_room_stats,
     decode_viewer,
 )
+from tests.integration.kafkatools import await_leaders
 from tests.integration.workers import (
     REPO,
     Deployment,
@@ -432,6 +434,57 @@ async def test_upstream_transactions_held_open_lose_no_event_and_aborted_ones_co
     assert worker.metric("livepulse_events_late_total") == 0
     assert_equal_to_oracle(got, expected)
     assert worker.metric("livepulse_events_applied_total") == len(events) - retried(events)
+
+
+async def test_an_input_recreated_below_the_recorded_offsets_resumes_at_its_end_and_counts_new_events(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    """The viewer topic is deleted and recreated while the worker is down (as after a disaster
+    recovery), so its log ends below the offsets the changelog recorded. The restarted worker says
+    so, resumes at the log end and counts what comes next; it must not drop new records as
+    replays of offsets the state already holds, nor re-read the log waiting to reach them."""
+    now_ms = int(time.time() * 1000)
+    window = deployment.window_ms
+    before = traffic(2_000, seed=11, rate_per_s=400, start_ms=(now_ms - 80_000) // window * window)
+    after = traffic(600, seed=12, rate_per_s=400, start_ms=(now_ms - 40_000) // window * window)
+    first = workers("first")
+    await first.wait_ready()
+    await produce(deployment.bootstrap, deployment.topics, before, partitions=deployment.partitions)
+    await collect(deployment, oracle(before, deployment))
+    assert first.stop() == 0  # checkpointed: the changelog holds the viewer offsets
+
+    viewer = deployment.topics.viewer
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([viewer])
+        async with asyncio.timeout(60):
+            while True:  # a topic marked for deletion cannot be created again yet
+                try:
+                    await admin.create_topics([NewTopic(viewer, deployment.partitions, 1)])
+                    break
+                except TopicAlreadyExistsError:
+                    await asyncio.sleep(0.5)
+        await await_leaders(admin, viewer, deployment.partitions)
+    finally:
+        await admin.close()
+    second = workers("second")
+    await second.wait_ready()
+    await produce(deployment.bootstrap, deployment.topics, after, partitions=deployment.partitions)
+
+    # the rooms carry state across the restart (concurrent viewers): the oracle sees both halves
+    fresh = oracle(after, deployment)
+    expected = {key: stats for key, stats in oracle(before + after, deployment).items() if key in fresh}
+    values = await read_topic(
+        deployment.bootstrap,
+        deployment.topics.room_stats,
+        until=lambda vs: set(expected) <= {(r["room_id"], r["window_start"]) for r in records(vs)},
+    )
+    got = {key: stats for key, stats in room_stats_by_key(values).items() if key in expected}
+    assert_equal_to_oracle(got, expected)
+    assert second.metric("livepulse_inputs_rebased_total", topic=viewer) == deployment.partitions
+    assert second.metric("livepulse_events_replayed_total") == 0
+    assert "the log was truncated" in second.tail(200)
 
 
 def malformed(rng: random.Random, now_ms: int) -> list[bytes]:

@@ -188,6 +188,30 @@ def test_unique_viewer_sketches_survive_restore() -> None:
     assert restored.counters.replayed == {0: 3000}
 
 
+def test_an_input_log_that_ends_below_the_state_is_rebased_and_its_new_records_count() -> None:
+    """The state holds viewer offsets 1..3000, but the log now ends at 1000 (truncated by an
+    unclean leader election, or recreated): the records from 1000 on are new ones, not replays."""
+    agg = TaskAggregator(CFG)
+    agg.apply(0, [(i, ViewerEvent("join", "r", f"u{i}", BASE_MS + i)) for i in range(1, 3001)], 0)
+    checkpoint = agg.checkpoint({0: 3001})
+    new = [(1000 + i, ViewerEvent("join", "r", f"v{i}", BASE_MS + 3001 + i)) for i in range(500)]
+
+    unaware = TaskAggregator(CFG)
+    unaware.restore(checkpoint.upserts)
+    assert unaware.apply(0, new, 0).replayed == 500  # what would happen without the rebase
+
+    restored = TaskAggregator(CFG)
+    restored.restore(checkpoint.upserts)
+    assert restored.restored_offsets[0] == 3001
+    restored.rebase(0, 1000)
+    assert (restored.restored_offsets[0], restored.rooms["r"].offsets[0]) == (1000, 999)
+    restored.rebase(0, 1200)  # a log end above what the state holds now: nothing more to forget
+    assert restored.rooms["r"].offsets[0] == 999
+    assert restored.apply(0, new, 0).applied == 500
+    (stats,) = finish(restored)
+    assert stats.views == 3500
+
+
 def test_slowest_source_holds_the_watermark_until_idle() -> None:
     agg = TaskAggregator(CFG, sources=(0, 1))
     agg.apply(0, [(1, ViewerEvent("join", "r", "u1", BASE_MS + 60_000))], now_ms=0)
