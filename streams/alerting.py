@@ -5,6 +5,14 @@ Nothing is dropped silently: when the queue is full the oldest alert goes and
 ``livepulse_alerts_forward_dropped_total`` counts it; a batch that still fails
 after every retry is logged and counted in ``livepulse_alerts_forward_failed_total``.
 A firing alert is re-sent at an interval anyway, so one lost delivery heals.
+
+At least once: each queued alert keeps the partition and offset of its record,
+and :meth:`AlertForwarder.take_commit` gives, per partition, the offset below
+which every record was delivered (or given up on): the feeding consumer commits
+only that. A restarted worker's queue is lost, and the records it held are read
+again; a partition moved to another worker leaves its queued alerts behind
+(:meth:`AlertForwarder.forget`), so the two never deliver one partition's
+alerts out of order.
 """
 
 from __future__ import annotations
@@ -69,7 +77,13 @@ class AlertForwarder:
         self.endpoint = url.rstrip("/") + "/api/v2/alerts"
         #: the endpoint as logs may show it (a credential in the URL masked)
         self.shown_endpoint = redact_url(self.endpoint)
-        self._queue: deque[dict[str, Any]] = deque()
+        #: (alert, source, offset): source is the record's partition (None: not from a record)
+        self._queue: deque[tuple[dict[str, Any], Any, int]] = deque()
+        #: the batch being delivered
+        self._inflight: list[tuple[dict[str, Any], Any, int]] = []
+        #: source -> the offset after the newest record offered; and what take_commit last gave
+        self._offered: dict[Any, int] = {}
+        self._committed: dict[Any, int] = {}
         self._max_queue = max_queue
         self._max_batch = max_batch
         self._attempts = attempts
@@ -78,28 +92,60 @@ class AlertForwarder:
         self._wakeup = asyncio.Event()
         self._sent, self._failed, self._dropped, self._skipped = sent, failed, dropped, skipped
 
-    def offer_records(self, raws: Iterable[bytes | None]) -> None:
-        """Queue the alerts among raw records of the alerts topic; anything else is counted, skipped."""
+    def offer_records(self, records: Iterable[tuple[int, bytes | None]], source: Any = None) -> None:
+        """Queue the alerts among ``(offset, raw)`` records of the alerts topic, read in offset
+        order from partition ``source``; anything else is counted and skipped."""
         alerts = []
-        for raw in raws:
+        for offset, raw in records:
             alert = alert_from_record(raw)
             if alert is None:
                 self._skipped.inc()
                 log.warning("skipped a record of the alerts topic, not an alert: %r", (raw or b"")[:120])
             else:
-                alerts.append(alert)
+                alerts.append((alert, offset))
+            if source is not None:
+                self._offered[source] = offset + 1
         if alerts:
-            self.offer(alerts)
+            self.offer(alerts, source)
 
-    def offer(self, alerts: Iterable[Mapping[str, Any]]) -> None:
-        """Queue alerts for delivery, dropping (and counting) the oldest when full."""
-        for alert in alerts:
+    def offer(self, alerts: Iterable[tuple[Mapping[str, Any], int]], source: Any = None) -> None:
+        """Queue ``(alert, offset)`` pairs for delivery, dropping (and counting) the oldest when full."""
+        for alert, offset in alerts:
             if len(self._queue) >= self._max_queue:
                 self._queue.popleft()
                 self._dropped.inc()
                 log.warning("alert forward queue full (%d): dropped the oldest alert", self._max_queue)
-            self._queue.append({k: alert[k] for k in POSTABLE_FIELDS if k in alert})
+            self._queue.append(({k: alert[k] for k in POSTABLE_FIELDS if k in alert}, source, offset))
         self._wakeup.set()
+
+    def take_commit(self) -> dict[Any, int]:
+        """Per source, the offset below which every record was delivered, given up on or skipped,
+        where it moved since the last call: what the feeding consumer may commit."""
+        pending: dict[Any, int] = {}
+        for _, source, offset in (*self._inflight, *self._queue):
+            if source is not None and source not in pending:
+                pending[source] = offset  # each source's records are queued in offset order
+        moved = {}
+        for source, offered in self._offered.items():
+            done = pending.get(source, offered)
+            if done > self._committed.get(source, -1):
+                moved[source] = self._committed[source] = done
+        return moved
+
+    def retry_commit(self, offsets: Mapping[Any, int]) -> None:
+        """``offsets`` from :meth:`take_commit` were not committed: give them again next time."""
+        for source, offset in offsets.items():
+            if self._committed.get(source) == offset:
+                del self._committed[source]
+
+    def forget(self, sources: Iterable[Any]) -> None:
+        """Leave the queued alerts of ``sources`` (partitions given up) to their next reader."""
+        gone = set(sources)
+        if gone:
+            self._queue = deque(entry for entry in self._queue if entry[1] not in gone)
+            for source in gone:
+                self._offered.pop(source, None)
+                self._committed.pop(source, None)
 
     @property
     def queued(self) -> int:
@@ -114,8 +160,13 @@ class AlertForwarder:
                 if not self._queue:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-                await self._deliver(session, batch)
+                self._inflight = [
+                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
+                ]
+                try:
+                    await self._deliver(session, [alert for alert, _, _ in self._inflight])
+                finally:
+                    self._inflight = []
 
     async def _deliver(self, session: aiohttp.ClientSession, batch: list[dict[str, Any]]) -> None:
         delay = self._backoff_s
@@ -125,10 +176,11 @@ class AlertForwarder:
                     if response.status < 300:
                         self._sent.inc(len(batch))
                         return
-                    error = f"HTTP {response.status}: {(await response.text())[:200]}"
+                    body = (await response.read())[:200].decode(errors="replace")
+                    error = f"HTTP {response.status}: {body}"
                     if 400 <= response.status < 500:
                         break  # Alertmanager rejected the payload: retrying will not help
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:  # whatever a proxy in front answers: a failed attempt, not a dead worker
                 error = repr(exc)
             if attempt < self._attempts:
                 log.warning("alertmanager delivery attempt %d failed (%s); retrying", attempt, error)

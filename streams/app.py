@@ -12,6 +12,7 @@ checkpoint: a half-dead worker that answers 503 forever helps no one. A stop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -23,7 +24,8 @@ from typing import Any
 import faust
 import mode
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from ._redact import install_log_redaction
 from ._rules import fold
@@ -123,27 +125,60 @@ async def _feed_alerts(settings: Settings, forwarder: AlertForwarder) -> None:
     """Hand every committed record of the alerts topic to the forwarder.
 
     ``read_committed``: an alert of a checkpoint that was aborted (a crash, a fenced worker) never
-    reaches Alertmanager. One consumer group for all workers, so each alert goes out once (at
-    least once across restarts; Alertmanager takes repeats). Anything can be written to a topic:
-    a record that is not an alert is counted and skipped.
+    reaches Alertmanager. One consumer group for all workers, so each alert goes out once, and at
+    least once across restarts and rebalances (Alertmanager takes repeats): the group's offsets
+    are committed only up to what the forwarder delivered (``AlertForwarder.take_commit``), and a
+    partition given up leaves its queued alerts to the next owner. Anything can be written to a
+    topic: a record that is not an alert is counted and skipped.
     """
     consumer = AIOKafkaConsumer(
-        settings.topics.alerts,
         bootstrap_servers=settings.brokers,
         group_id=f"{settings.app_id}-alert-forwarder",
         isolation_level="read_committed",
         auto_offset_reset="earliest",
-        enable_auto_commit=True,
+        enable_auto_commit=False,
         **settings.security.client_kwargs(),
     )
     await consumer.start()
+    consumer.subscribe([settings.topics.alerts], listener=_ForwarderRebalance(consumer, forwarder))
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=1_000, max_records=500)
-            for messages in batches.values():
-                forwarder.offer_records(message.value for message in messages)
+            for tp, messages in batches.items():
+                forwarder.offer_records(((m.offset, m.value) for m in messages), tp)
+            await _commit_delivered(consumer, forwarder)
     finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await _commit_delivered(consumer, forwarder)
         await consumer.stop()
+
+
+async def _commit_delivered(consumer: AIOKafkaConsumer, forwarder: AlertForwarder) -> None:
+    """Commit the alert records delivered since the last call (a failed commit is retried later)."""
+    done = forwarder.take_commit()
+    if not done:
+        return
+    try:
+        await consumer.commit(done)
+    except KafkaError as exc:  # a rebalance under way, the coordinator moving: the next call commits
+        log.warning("alert forwarder: could not commit delivered offsets (%r); will retry", exc)
+        forwarder.retry_commit(done)
+
+
+class _ForwarderRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commit what was delivered of the partitions given up, and leave their queued alerts to the
+    next owner (it reads them again from there): one partition's alerts never go out of order."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, forwarder: AlertForwarder) -> None:
+        self._consumer, self._forwarder = consumer, forwarder
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await _commit_delivered(self._consumer, self._forwarder)
+        self._forwarder.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
 
 
 EXIT_DATA_PLANE_FAILED = 3

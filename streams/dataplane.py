@@ -554,6 +554,9 @@ class DataPlane:
                 gc.collect()
                 gc.freeze()  # restored state is long-lived: keep it out of every later collection
             self._last_checkpoint = self._clock()
+            # The rebalance (revoke, join, restore) was no round and mostly waiting: not an outage
+            # the next round should hold every watermark for (_after_blind_spot).
+            self._last_round = (time.monotonic(), time.process_time())
             self._generation += 1
             self._rebalancing = False
             self.ready = True

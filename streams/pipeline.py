@@ -251,12 +251,37 @@ class TaskPipeline:
                 if key == SOURCE_HEADER:
                     origin = by_header.get(value)
                 elif key == MARKER_HEADER:
-                    markers.append((int(value), orjson.loads(msg.value or b"null")))
+                    marker = self._marker(value, msg.value)
+                    if marker is None:
+                        log.error(
+                            "task %d: repartition record at offset %d is no watermark marker (header %r, "
+                            "value %r): skipped",
+                            self.partition,
+                            msg.offset,
+                            value[:40],
+                            (msg.value or b"")[:40],
+                        )
+                    else:
+                        markers.append(marker)
                     break
             else:
                 by_origin.setdefault(VIEWER if origin is None else origin, []).append(msg)
         names = self.routing.names
         return [(origin, names[origin], group) for origin, group in by_origin.items()]
+
+    def _marker(self, header: bytes, value: bytes | None) -> tuple[int, int | None] | None:
+        """``(sender, frontier)`` of a watermark marker (frontier None: the sender is idle); None if
+        the record is not one a livepulse task writes: only they write here, but a record that
+        cannot be a marker must not stop the worker at every restart."""
+        try:
+            sender, frontier = int(header), orjson.loads(value or b"null")
+        except (ValueError, orjson.JSONDecodeError):
+            return None
+        if not 0 <= sender < self.routing.partitions or sender == self.partition:
+            return None
+        if frontier is not None and type(frontier) is not int:
+            return None
+        return sender, frontier
 
     def _keep_local(
         self, topic: str, messages: Sequence[Message], good: list[Any]

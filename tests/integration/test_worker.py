@@ -303,6 +303,8 @@ async def test_two_workers_split_partitions_and_hand_over_state(deployment: Depl
     assert sorted(_partitions(a) + _partitions(b)) == list(range(deployment.partitions))
     without_merge = a if 0 not in _partitions(a) else b
     assert b"livepulse_platform_" not in without_merge.get("/metrics")[1]  # no stale totals elsewhere
+    # a rebalance is no broker outage: no watermark is held for outage_hold_ms after it
+    assert a.metric("livepulse_watermark_holds_total") == 0
 
     assert a.stop() == 0  # graceful: checkpoint, commit, leave the group
     await eventually(lambda: _partitions(b) == list(range(deployment.partitions)), "b owns every partition")
@@ -313,6 +315,7 @@ async def test_two_workers_split_partitions_and_hand_over_state(deployment: Depl
     assert_equal_to_oracle(got, expected)
     await assert_leaderboard_equal_to_oracle(deployment, expected)  # the merge moved with task 0
     assert b.metric("livepulse_platform_rooms_live") > 0  # b runs task 0 now, hence the merge
+    assert b.metric("livepulse_watermark_holds_total") == 0
 
 
 async def test_events_from_a_non_murmur2_partitioner_still_aggregate_per_room(

@@ -460,3 +460,22 @@ def test_mutated_messages_get_the_strict_verdict(schema: Schema) -> None:
     assert_batch_is_strict("native", schema, items)
     good, _ = BATCH["native"][schema.name](items, NOW, LIM)
     assert len(good) > 300  # the edits leave many valid: both verdicts are exercised
+
+
+def test_a_valid_message_the_fast_path_refused_is_taken_and_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Were the inline fast path to refuse a valid message (a bug), the strict decoder's verdict
+    stands: the event is taken and the bug logged, instead of an exception that would stop the
+    worker at the same message after every restart."""
+    from schemas._batch import _judge
+    from schemas._records import Invalid, ViewerEvent
+
+    good: list[Any] = []
+    bad: list[Any] = []
+    event = ViewerEvent("join", "r", "u", 1)
+    _judge(good, bad, 7, b"{}", event)
+    invalid = Invalid("missing_field", "no room_id")
+    _judge(good, bad, 8, b"{}", invalid)
+    assert (good, bad) == ([(7, event)], [(8, b"{}", invalid)])
+    assert "fast path refused a message the strict decoder accepts" in caplog.text

@@ -66,7 +66,7 @@ def test_the_forwarder_counts_and_skips_hostile_records_and_queues_the_rest() ->
     registry = CollectorRegistry()
     counters = {n: Counter(f"t_{n}", n, registry=registry) for n in ("sent", "failed", "dropped", "skipped")}
     forwarder = AlertForwarder("http://127.0.0.1:1", **counters)
-    forwarder.offer_records([*HOSTILE, GOOD])
+    forwarder.offer_records(enumerate([*HOSTILE, GOOD]))
     assert forwarder.queued == 1
     assert registry.get_sample_value("t_skipped_total") == len(HOSTILE)
 

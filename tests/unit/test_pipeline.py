@@ -172,6 +172,29 @@ def test_an_input_of_other_tasks_rooms_moves_the_frontier_with_the_events_it_pas
     assert pipeline.core.frontier_ms(now) == T0 + 60_000
 
 
+def test_a_repartition_record_that_is_no_marker_is_skipped_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only livepulse's tasks write the repartition topic, but a record there that cannot be a
+    marker must not stop the worker (and every worker that takes the partition next)."""
+    pipeline, _, _ = make(partition=0)
+    hostile = [
+        Record(0, None, b"5", ((MARKER_HEADER, b"x"),)),  # no task number
+        Record(1, None, b'"abc"', ((MARKER_HEADER, b"1"),)),  # no time
+        Record(2, None, b"[1]", ((MARKER_HEADER, b"2"),)),
+        Record(3, None, b"true", ((MARKER_HEADER, b"3"),)),
+        Record(4, None, b"{", ((MARKER_HEADER, b"3"),)),
+        Record(5, None, b"5", ((MARKER_HEADER, b"0"),)),  # from itself
+        Record(6, None, b"5", ((MARKER_HEADER, b"9"),)),  # no such task
+    ]
+    pipeline.process(TOPICS.repartition, hostile, NOW_MS)
+    pipeline.tick(NOW_MS + 100 * SETTINGS.core.idle_partition_ms)
+    assert caplog.text.count("is no watermark marker") == len(hostile)
+    good = Record(7, None, b"%d" % T0, ((MARKER_HEADER, b"1"),))
+    pipeline.process(TOPICS.repartition, [good], NOW_MS)
+    assert pipeline.core._sender_frontier[1] == T0
+
+
 def test_re_routed_events_are_applied_under_their_origin_and_markers_hold_the_watermark() -> None:
     sender, sink_s, _ = make(partition=3)
     receiver, sink, metrics = make(partition=0)
