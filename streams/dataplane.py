@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+#: a change of wall minus monotonic time between two rounds taken for a step of the wall clock
+CLOCK_STEP_S = 1.0
+
 #: the least time between two checkpoints taken early because windows closed while caught up: a
 #: window boundary reaches the tasks' watermarks a round or two apart
 PROMPT_COMMIT_GAP_MS = 100
@@ -126,6 +129,8 @@ class DataPlane:
         self._last_top = 0.0
         self._stopping = False
         self._last_resend = 0.0
+        #: wall minus monotonic time at the last round (see _follow_clock_steps)
+        self._wall_offset: float | None = None
         #: where rule overrides come from (a faust table in the worker); polled at checkpoints
         self._rules_source: Callable[[], Mapping[str, Any]] | None = None
         self._rules_seen: dict[str, Any] = {}
@@ -187,7 +192,7 @@ class DataPlane:
         self._consumer.subscribe(
             [*s.topics.inputs, s.topics.repartition, s.topics.leaderboard_partials], listener=_Rebalance(self)
         )
-        self._last_checkpoint = self._clock()
+        self._last_checkpoint = time.monotonic()
 
     async def run(self) -> None:
         """Fetch and process until :meth:`stop`; infrastructure errors propagate as
@@ -213,7 +218,7 @@ class DataPlane:
                     continue
                 if await self._process(batches):
                     self._commit_soon = True
-                since_ms = (self._clock() - self._last_checkpoint) * 1000
+                since_ms = (time.monotonic() - self._last_checkpoint) * 1000
                 prompt = self._commit_soon and since_ms >= PROMPT_COMMIT_GAP_MS and self._few_dirty()
                 if prompt or since_ms >= s.commit_interval_ms:
                     await self._checkpoint(self.runtime)
@@ -274,6 +279,8 @@ class DataPlane:
         records it has not handed over yet."""
         now = self._clock()
         now_ms = int(now * 1000)
+        steady = time.monotonic()
+        self._follow_clock_steps(now, steady)
         self._after_blind_spot(now_ms)
         m = self.metrics
         started = time.perf_counter()
@@ -313,7 +320,7 @@ class DataPlane:
         transitions = False
         for task in self.runtime.values():
             transitions = task.pipeline.publish_alerts(now_ms) or transitions
-        resend = now - self._last_resend >= self.settings.alert_resend_ms / 1000
+        resend = steady - self._last_resend >= self.settings.alert_resend_ms / 1000
         if transitions or resend:
             self._count_firing(now_ms, resend=resend)
         await self._send()
@@ -321,8 +328,8 @@ class DataPlane:
             m.batch_size.observe(total)
             m.batch_seconds.observe(time.perf_counter() - started)
         m.active_rooms.set(sum(len(task.core.rooms) for task in self.runtime.values()))
-        if now - self._last_top >= self.settings.core.window_seconds:
-            self._last_top = now
+        if steady - self._last_top >= self.settings.core.window_seconds:
+            self._last_top = steady
             self._export_top_rooms()
         if total >= self.settings.max_batch_records:
             return False
@@ -353,6 +360,22 @@ class DataPlane:
     def _few_dirty(self) -> bool:
         """Whether a checkpoint now would write few rooms (see ``PROMPT_COMMIT_MAX_ROOMS``)."""
         return sum(task.core.dirty_rooms for task in self.runtime.values()) <= PROMPT_COMMIT_MAX_ROOMS
+
+    def _follow_clock_steps(self, wall: float, steady: float) -> None:
+        """Tell every task when the wall clock stepped (NTP setting it, a resume from suspend):
+        wall minus monotonic time moved by over a second since the last round. Intervals are
+        measured on the monotonic clock; the tasks keep wall-clock instants, which move with it."""
+        offset = wall - steady
+        last, self._wall_offset = self._wall_offset, offset
+        if last is None or abs(offset - last) < CLOCK_STEP_S:
+            return
+        step_ms = round((offset - last) * 1000)
+        log.warning(
+            "the wall clock stepped by %+.1f s: silences and holds leave the step out", step_ms / 1000
+        )
+        self.metrics.clock_steps.inc()
+        for task in self.runtime.values():
+            task.core.clock_stepped(step_ms)
 
     def _after_blind_spot(self, now_ms: int) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and
@@ -434,7 +457,7 @@ class DataPlane:
         """Update the firing gauge; with ``resend``, re-publish every firing alert."""
         by_metric = dict.fromkeys(SPIKE_METRICS, 0)
         if resend:
-            self._last_resend = now_ms / 1000
+            self._last_resend = time.monotonic()
         for task in self.runtime.values():
             for event in task.pipeline.firing(now_ms, resend=resend):
                 by_metric[event.metric] += 1
@@ -480,7 +503,7 @@ class DataPlane:
         if failures:
             raise failures[0]
         self.metrics.checkpoint_rooms.inc(sum(r for r in results if isinstance(r, int)))
-        self._last_checkpoint = self._clock()
+        self._last_checkpoint = time.monotonic()
         self._commit_soon = False
         self._refresh_rules()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
@@ -553,7 +576,7 @@ class DataPlane:
             if self.settings.gc_threshold:
                 gc.collect()
                 gc.freeze()  # restored state is long-lived: keep it out of every later collection
-            self._last_checkpoint = self._clock()
+            self._last_checkpoint = time.monotonic()
             # The rebalance (revoke, join, restore) was no round and mostly waiting: not an outage
             # the next round should hold every watermark for (_after_blind_spot).
             self._last_round = (time.monotonic(), time.process_time())

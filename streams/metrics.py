@@ -134,6 +134,12 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.clock_steps = Counter(
+            "livepulse_clock_steps_total",
+            "Steps of the host's wall clock seen (NTP setting it, a resume from suspend): left out of "
+            "input silences and watermark holds",
+            registry=r,
+        )
         self.inputs_rebased = Counter(
             "livepulse_inputs_rebased_total",
             "Input partitions whose log ended below the offsets the restored state held (truncated or "

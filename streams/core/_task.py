@@ -453,6 +453,17 @@ class TaskAggregator:
             if candidate >= self._next_close:
                 self._close_due()
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock stepped by ``delta_ms`` without that time passing (NTP setting it, a
+        host resumed from suspend). The wall-clock instants the task keeps (last deliveries,
+        stalls, a hold) move with it: silence and holds are measured in time that passed, and a
+        step forward is no silence the idle advance would turn into event time."""
+        for table in (self._src_wall, self._busy_since):
+            for source in table:
+                table[source] += delta_ms
+        if self._hold_until != NO_TIME:
+            self._hold_until += delta_ms
+
     def _end_stall(self, source: int, now_ms: int) -> None:
         """``source`` delivered or is caught up: if it was busy without delivering for
         ``idle_partition_ms`` (an outage), hold the watermark for ``outage_hold_ms`` from now."""

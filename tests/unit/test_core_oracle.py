@@ -212,6 +212,28 @@ def test_an_input_log_that_ends_below_the_state_is_rebased_and_its_new_records_c
     assert stats.views == 3500
 
 
+def test_a_wall_clock_step_is_no_time_that_passed_for_the_idle_advance() -> None:
+    """Idle inputs let event time move on like wall time; the host's clock stepping 5 min forward
+    (NTP) is no 5 min of silence: the minutes of events after it would all count late."""
+
+    def idle_task() -> TaskAggregator:
+        agg = TaskAggregator(CFG, sources=(0,))
+        agg.apply(0, [(1, ViewerEvent("join", "r", "u1", BASE_MS + 1_000))], now_ms=1_000)
+        agg.tick(now_ms=1_000 + CFG.idle_partition_ms)  # idle
+        return agg
+
+    unaware = idle_task()
+    unaware.tick(now_ms=1_000 + CFG.idle_partition_ms + 300_000)
+    assert unaware.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms + CFG.idle_partition_ms + 300_000
+
+    agg = idle_task()
+    agg.clock_stepped(300_000)
+    agg.tick(now_ms=1_000 + CFG.idle_partition_ms + 300_000 + 500)  # 0.5 s later, after the step
+    assert agg.watermark_ms == BASE_MS + 1_000 - CFG.grace_ms + CFG.idle_partition_ms + 500
+    result = agg.apply(0, [(2, ViewerEvent("join", "r", "u2", BASE_MS + 4_000))], now_ms=302_000)
+    assert (result.applied, result.late) == (1, 0)
+
+
 def test_slowest_source_holds_the_watermark_until_idle() -> None:
     agg = TaskAggregator(CFG, sources=(0, 1))
     agg.apply(0, [(1, ViewerEvent("join", "r", "u1", BASE_MS + 60_000))], now_ms=0)

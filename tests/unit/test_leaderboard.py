@@ -86,6 +86,33 @@ def test_a_partial_for_a_final_window_is_counted_late_and_changes_nothing() -> N
     assert merge.late_partials == 1 and merge.take_final() == [] and merge.latest == first
 
 
+def test_a_task_stuck_for_long_gets_the_oldest_windows_published_without_it() -> None:
+    """Task 2 makes no progress (an input stuck behind an upstream transaction nobody ends): the
+    merge state, one changelog record, must not grow without end. Past max_pending windows the
+    oldest goes out as it is, naming the task it misses; task 2's partials for it come too late."""
+    merge = LeaderboardMerge(tasks=3, n=100)
+    assert merge.max_pending == 200
+    for i in range(250):
+        ws = T0 + i * W
+        for task in (0, 1):
+            rooms = [stats(f"room-{task}-{k:02d}-{'x' * 60}", ws, views=k + 1) for k in range(100)]
+            for item in leaderboard_partials(task, rooms, 100):
+                merge.add(item)
+            merge.add(leaderboard_progress(task, ws + W))
+        merge.take_final()
+        assert len(merge.pending) <= merge.max_pending
+        assert len(encode_leaderboard(merge)) < 8 * 1024 * 1024
+    assert merge.final_before == T0 + 50 * W
+    assert merge.latest is not None and merge.latest["missing_tasks"] == [2]
+    assert merge.latest["window_start"] == T0 + 49 * W and merge.latest["rooms_live"] == 200
+    merge.add(leaderboard_partials(2, [stats("late", T0 + 10 * W, views=1)], 100)[0])
+    assert merge.late_partials == 1
+    merge.add(leaderboard_progress(2, T0 + 250 * W))  # task 2 back: the rest is complete
+    final = merge.take_final()
+    assert len(final) == 200 and not any("missing_tasks" in r for r in final)
+    assert merge.pending == {}
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_merge_of_shuffled_partials_equals_the_brute_force_leaderboard(seed: int) -> None:
     """Rooms spread over 4 tasks, some windows with idle tasks, many ties; partials of different
