@@ -1,12 +1,22 @@
 """Memory and restore cost of room state (run by hand; not a test).
 
     python -m loadtest.bench_memory [--rooms 100000] [--events-per-room 20]
+    python -m loadtest.bench_memory --long-lived WINDOWS [--rooms N] [--new-viewers 5]
+        [--plain] [--no-spikes] [--no-trim]
 
 Builds one task with ``--rooms`` active rooms (viewer events from distinct
 users, some orders and gifts, all inside open windows), reports process RSS
 growth per room while windows are open and after they closed (idle rooms),
 then checkpoints every room and times a restore from those records (decode
 only; reading the changelog from Kafka is measured by the load test).
+
+``--long-lived WINDOWS``: rooms live that many windows, each window bringing
+``--new-viewers`` viewers never seen before (a broadcast's audience grows), so
+the unique-viewer sketches of their sessions and rollups fill up; reports RSS
+growth and changelog bytes per room at the end. ``--plain``: without sessions and
+rollups; ``--no-spikes``: without the spike detector. A checkpoint follows every window (the
+worker takes one a second), then a ``malloc_trim`` as the worker's (``--no-trim``: none); the last
+checkpoint's size is reported.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import psutil
 
 from schemas import GiftEvent, OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
+from streams.dataplane import release_free_memory
 
 MB = 1024 * 1024
 
@@ -33,7 +44,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=100_000)
     parser.add_argument("--events-per-room", type=int, default=20)
+    parser.add_argument("--long-lived", type=int, default=0, metavar="WINDOWS")
+    parser.add_argument("--new-viewers", type=int, default=5)
+    parser.add_argument("--plain", action="store_true")
+    parser.add_argument("--no-spikes", action="store_true")
+    parser.add_argument("--no-trim", action="store_true")
     args = parser.parse_args()
+    if args.long_lived:
+        long_lived(
+            args.rooms,
+            args.long_lived,
+            args.new_viewers,
+            plain=args.plain,
+            spikes=not args.no_spikes,
+            trim=not args.no_trim,
+        )
+        return
     rng = random.Random(1)
     # A fixed event time, 5 s into a window: every room's 8 s of events span two windows (with a
     # start from the clock, where the boundary fell changed the state measured by up to 15 %).
@@ -98,6 +124,38 @@ def main() -> None:
     restored.restore(checkpoint.upserts)
     restore_s = time.perf_counter() - t0
     print(f"restore of {len(restored.rooms)} rooms from records: {restore_s:.2f}s")
+
+
+def long_lived(rooms: int, windows: int, new_viewers: int, *, plain: bool, spikes: bool, trim: bool) -> None:
+    """Rooms that live ``windows`` windows, each with ``new_viewers`` new viewers (see the module doc)."""
+    start_ms = 1_767_225_600_000  # a window boundary
+    kwargs: dict[str, object] = {"sessions": False, "rollup_windows_ms": ()} if plain else {}
+    config = CoreConfig(**kwargs)  # type: ignore[arg-type]
+    task = TaskAggregator(config, sources=(0,), detect_spikes=spikes)
+    base = rss()
+    offset = 0
+    for window in range(windows):
+        for viewer in range(new_viewers):
+            ts = start_ms + window * config.window_ms + viewer * config.window_ms // new_viewers
+            batch = []
+            for room in range(rooms):
+                offset += 1
+                batch.append((offset, ViewerEvent("join", f"room-{room}", f"user-{window}-{viewer}", ts)))
+            task.apply(0, batch, now_ms=0)
+        task.drain()
+        task.drain_sessions()
+        task.drain_rollups()
+        task.drain_alerts()
+        size = sum(len(v) for _, v in task.checkpoint().upserts)  # as the worker does, every second
+        if trim:
+            release_free_memory()  # as the worker does after a checkpoint, every 10 s
+    grown = rss() - base
+    print(
+        f"{rooms} rooms, {windows} windows of {new_viewers} new viewers each "
+        f"(sessions and rollups {'off' if plain else 'on'}, spikes {'on' if spikes else 'off'}, "
+        f"malloc_trim {'each window' if trim else 'never'}): "
+        f"RSS +{grown / rooms / 1024:.1f} KiB/room, changelog {size / rooms / 1024:.1f} KiB/room"
+    )
 
 
 if __name__ == "__main__":

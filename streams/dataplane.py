@@ -33,6 +33,8 @@ re-routed), and receivers hold their watermark to the minimum over senders.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
@@ -129,6 +131,7 @@ class DataPlane:
         self._last_top = 0.0
         self._stopping = False
         self._last_resend = 0.0
+        self._last_trim = 0.0
         #: wall minus monotonic time at the last round (see _follow_clock_steps)
         self._wall_offset: float | None = None
         #: where rule overrides come from (a faust table in the worker); polled at checkpoints
@@ -507,6 +510,10 @@ class DataPlane:
         self._commit_soon = False
         self._refresh_rules()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        trim_s = self.settings.malloc_trim_ms / 1000
+        if trim_s and self._last_checkpoint - self._last_trim >= trim_s:
+            self._last_trim = self._last_checkpoint
+            release_free_memory()  # the records just sent were the last use of much of the heap
 
     async def _commit(self, task: _Task) -> int:
         """One task's checkpoint transaction; returns the changelog records written."""
@@ -653,6 +660,27 @@ class DataPlane:
         assert self._routing is not None
         core.rebase(self._routing.sources[tp.topic], end)
         return end
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    libc = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(libc).malloc_trim if libc else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Hand the allocator's free pages back to the system (glibc ``malloc_trim(0)``: every arena,
+    whole free pages anywhere in the heap, not only at its top); False where there is no such call."""
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
 
 def input_state(
