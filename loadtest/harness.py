@@ -69,6 +69,10 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "watermark alignment with a 30 s drift instead of 120 s",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "30000"),),
     ),
+    "no-trim": (
+        "free heap pages never handed back to the system (no malloc_trim)",
+        (("LIVEPULSE_MALLOC_TRIM_MS", "0"),),
+    ),
     "py-decoders": (
         "the Python decoding loops alone, without the native pass of schemas/native",
         (("LIVEPULSE_NATIVE_DECODERS", "false"),),
