@@ -123,8 +123,8 @@ class AlertForwarder:
         where it moved since the last call: what the feeding consumer may commit."""
         pending: dict[Any, int] = {}
         for _, source, offset in (*self._inflight, *self._queue):
-            if source is not None and source not in pending:
-                pending[source] = offset  # each source's records are queued in offset order
+            if source is not None and offset < pending.get(source, offset + 1):
+                pending[source] = offset
         moved = {}
         for source, offered in self._offered.items():
             done = pending.get(source, offered)
@@ -143,6 +143,7 @@ class AlertForwarder:
         gone = set(sources)
         if gone:
             self._queue = deque(entry for entry in self._queue if entry[1] not in gone)
+            self._inflight = [entry for entry in self._inflight if entry[1] not in gone]
             for source in gone:
                 self._offered.pop(source, None)
                 self._committed.pop(source, None)
@@ -164,13 +165,19 @@ class AlertForwarder:
                     self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
                 ]
                 try:
-                    await self._deliver(session, [alert for alert, _, _ in self._inflight])
+                    await self._deliver(session)
                 finally:
                     self._inflight = []
 
-    async def _deliver(self, session: aiohttp.ClientSession, batch: list[dict[str, Any]]) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession) -> None:
+        """Post the batch in flight, with retries. Each attempt posts what is left of it: alerts of
+        a partition given up meanwhile (``forget``) are its next owner's to send, in order."""
         delay = self._backoff_s
+        batch: list[dict[str, Any]] = []
         for attempt in range(1, self._attempts + 1):
+            batch = [alert for alert, _, _ in self._inflight]
+            if not batch:
+                return
             try:
                 async with session.post(self.endpoint, json=batch) as response:
                     if response.status < 300:

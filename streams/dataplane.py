@@ -132,6 +132,8 @@ class DataPlane:
         self._stopping = False
         self._last_resend = 0.0
         self._last_trim = 0.0
+        #: the rounds had stopped for a while (an outage) when the last revocation came
+        self._outage_before_rebalance = False
         #: wall minus monotonic time at the last round (see _follow_clock_steps)
         self._wall_offset: float | None = None
         #: where rule overrides come from (a faust table in the worker); polled at checkpoints
@@ -386,12 +388,22 @@ class DataPlane:
         long computation does not count), every task holds its watermark (``outage_hold_ms``):
         the producers buffered through the same outage and come back at their own pace."""
         wall, cpu = time.monotonic(), time.process_time()
-        last_wall, last_cpu = self._last_round
+        outage = self._blind_spot(wall, cpu)
         self._last_round = (wall, cpu)
-        gap = wall - last_wall
-        if last_wall and gap * 1000 >= self.settings.core.idle_partition_ms and cpu - last_cpu < gap / 2:
+        if outage:
             for task in self.runtime.values():
                 task.core.hold_after_outage(now_ms)
+
+    def _blind_spot(self, wall: float, cpu: float) -> bool:
+        """Whether the last round was ``idle_partition_ms`` or more ago and the process mostly
+        waited since (monotonic ``wall`` and process ``cpu`` seconds now)."""
+        last_wall, last_cpu = self._last_round
+        gap = wall - last_wall
+        return (
+            bool(last_wall)
+            and gap * 1000 >= self.settings.core.idle_partition_ms
+            and cpu - last_cpu < gap / 2
+        )
 
     async def _send(self) -> float:
         """Hand what every task queued to its producer; returns the seconds that took."""
@@ -548,6 +560,10 @@ class DataPlane:
         aborted and the next owner resumes from the last committed checkpoint.
         """
         async with self._lock:
+            # A rebalance after a blind spot (the broker unreachable past the session timeout: the
+            # group dropped this member) is still an outage: the next owners hold (see _assign).
+            wall, cpu = time.monotonic(), time.process_time()
+            self._outage_before_rebalance = self._outage_before_rebalance or self._blind_spot(wall, cpu)
             self.ready = False
             self._rebalancing = True
             self._generation += 1
@@ -585,8 +601,14 @@ class DataPlane:
                 gc.freeze()  # restored state is long-lived: keep it out of every later collection
             self._last_checkpoint = time.monotonic()
             # The rebalance (revoke, join, restore) was no round and mostly waiting: not an outage
-            # the next round should hold every watermark for (_after_blind_spot).
+            # the next round should hold every watermark for (_after_blind_spot) - unless the
+            # rounds had stopped before it (_revoke).
             self._last_round = (time.monotonic(), time.process_time())
+            if self._outage_before_rebalance:
+                self._outage_before_rebalance = False
+                now_ms = int(self._clock() * 1000)
+                for task in self.runtime.values():
+                    task.core.hold_after_outage(now_ms)
             self._generation += 1
             self._rebalancing = False
             self.ready = True

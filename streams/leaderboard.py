@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._topology import MAX_RECORD_BYTES
 from .core import (
     LEADERBOARD_KEY,
     LeaderboardMerge,
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: final windows kept in memory for ``/leaderboard?window_start=``
 HISTORY = 360
+#: the merge state record at most: three quarters of what the changelog takes (MAX_RECORD_BYTES)
+MAX_STATE_BYTES = MAX_RECORD_BYTES * 3 // 4
 
 
 class LeaderboardStage:
@@ -81,7 +84,9 @@ class LeaderboardStage:
         return self.publish()
 
     def publish(self) -> int:
-        final = self.merge.take_final()
+        return self._publish(self.merge.take_final())
+
+    def _publish(self, final: list[dict[str, Any]]) -> int:
         topic = self.topics.leaderboard
         for record in final:
             self.sink.add(topic, 0, b"%d" % record["window_start"], orjson.dumps(record))
@@ -95,7 +100,20 @@ class LeaderboardStage:
         """Write the merge state to task 0's changelog if it changed; returns the records written."""
         if not self.merge.dirty:
             return 0
-        self.sink.add(self.topics.changelog, 0, LEADERBOARD_KEY, encode_leaderboard(self.merge))
+        state = encode_leaderboard(self.merge)
+        while len(state) > MAX_STATE_BYTES and self.merge.pending:
+            # Some task's progress stayed behind for long (the tasks' markers keep them within
+            # minutes of each other otherwise): part of a window beats failing at every restart.
+            record = self.merge.take_oldest_incomplete()
+            log.error(
+                "leaderboard merge state is %d bytes: window %d published without tasks %s",
+                len(state),
+                record["window_start"],
+                record["missing_tasks"],
+            )
+            self._publish([record])
+            state = encode_leaderboard(self.merge)
+        self.sink.add(self.topics.changelog, 0, LEADERBOARD_KEY, state)
         self.merge.dirty = False
         return 1
 

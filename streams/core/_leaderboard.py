@@ -34,15 +34,6 @@ TOTALS = ("events", "rooms_live", "gmv_minor", "orders")
 
 Ranked = list[tuple[str, int]]
 
-#: ranking entries (pending windows x 2 x n) the merge holds at most. Its state is one changelog
-#: record: a task that makes no progress for long (an input stuck behind an upstream transaction
-#: its producer never ended) would grow it past what the broker takes, and task 0 would fail at
-#: every restart. Beyond the bound the oldest pending window is published as it is, naming the
-#: tasks it misses: 200 windows of n = 100 (33 min of 10 s windows), 20 of n = 1 000.
-MAX_PENDING_ENTRIES = 40_000
-#: ... but never fewer than this many pending windows (tasks a few windows apart is normal)
-MIN_PENDING_WINDOWS = 12
-
 
 def rank_rooms(entries: Iterable[tuple[str, int]], n: int) -> Ranked:
     """The top ``n`` of ``(room_id, value)`` by value desc, room_id asc; zero values left out."""
@@ -173,39 +164,43 @@ class LeaderboardMerge:
             return None
         return min(self.progress[task] for task in range(self.tasks))
 
-    @property
-    def max_pending(self) -> int:
-        """Pending windows held at most (see ``MAX_PENDING_ENTRIES``)."""
-        return max(MIN_PENDING_WINDOWS, MAX_PENDING_ENTRIES // (2 * self.n))
-
     def take_final(self) -> list[dict[str, Any]]:
-        """The records of the windows that became final, oldest first; and of the oldest windows
-        beyond ``max_pending``, published incomplete (``missing_tasks``): their late partials are
-        then counted in ``late_partials`` and dropped."""
+        """The records of the windows that became final, oldest first."""
         done = self.complete_before()
+        if done is None:
+            return []
         out = []
         for ws in sorted(self.pending):
             pending = self.pending[ws]
-            if done is not None and pending.we <= done:
-                record = leaderboard_record(ws, pending.we, self.n, pending.top, pending.totals)
-            elif len(self.pending) > self.max_pending:
-                record = leaderboard_record(ws, pending.we, self.n, pending.top, pending.totals)
-                record["missing_tasks"] = [
-                    task for task in range(self.tasks) if self.progress.get(task, pending.we - 1) < pending.we
-                ]
-                if self.final_before is None or pending.we > self.final_before:
-                    self.final_before = pending.we
-            else:
+            if pending.we > done:
                 break
             del self.pending[ws]
-            out.append(record)
-            self.dirty = True
-        if done is not None and (self.final_before is None or done > self.final_before):
+            out.append(leaderboard_record(ws, pending.we, self.n, pending.top, pending.totals))
+        if self.final_before is None or done > self.final_before:
             self.final_before = done
             self.dirty = True
         if out:
             self.latest = out[-1]
         return out
+
+    def take_oldest_incomplete(self) -> dict[str, Any]:
+        """The record of the oldest pending window as it stands, naming the tasks it misses
+        (``missing_tasks``), made final: their partials for it will count in ``late_partials``.
+
+        Only for a merge state grown too large for its changelog record (a task whose progress
+        stayed behind for long): publishing part of a window beats failing at every restart.
+        """
+        ws = min(self.pending)
+        pending = self.pending.pop(ws)
+        record = leaderboard_record(ws, pending.we, self.n, pending.top, pending.totals)
+        record["missing_tasks"] = [
+            task for task in range(self.tasks) if self.progress.get(task, pending.we - 1) < pending.we
+        ]
+        if self.final_before is None or pending.we > self.final_before:
+            self.final_before = pending.we
+        self.latest = record
+        self.dirty = True
+        return record
 
     # -- state (encoded by streams.core._state_codec) ---------------------------------------
 

@@ -42,9 +42,10 @@ def test_only_what_was_delivered_or_given_up_may_be_committed() -> None:
 def test_a_partition_given_up_leaves_its_queued_alerts_to_the_next_owner() -> None:
     fw, _ = forwarder()
     fw.offer_records([(0, alert("a")), (1, alert("b"))], "p0")
-    fw.offer_records([(7, alert("c"))], "p1")
-    fw.forget(["p0"])
-    assert fw.queued == 1
+    fw.offer_records([(7, alert("c")), (8, alert("d"))], "p1")
+    fw._inflight = [fw._queue.popleft(), fw._queue.pop()]  # p0's first and p1's last, being sent
+    fw.forget(["p0"])  # the next owner sends p0's alerts from offset 0, in order: not this worker
+    assert fw.queued == 1 and [(src, offset) for _, src, offset in fw._inflight] == [("p1", 8)]
     assert fw.take_commit() == {"p1": 7}
 
 

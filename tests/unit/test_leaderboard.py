@@ -25,10 +25,11 @@ from streams.core import (
     rank_rooms,
 )
 from streams.exceptions import StateError
+from streams.leaderboard import MAX_STATE_BYTES, LeaderboardStage
 from streams.metrics import Metrics
 from streams.pipeline import Record
 
-from .test_pipeline import NOW_MS, PARTITIONS, T0, TOPICS, close_everything, make, rooms_on, viewer
+from .test_pipeline import NOW_MS, PARTITIONS, T0, TOPICS, ListSink, close_everything, make, rooms_on, viewer
 
 W = 10_000
 
@@ -86,31 +87,36 @@ def test_a_partial_for_a_final_window_is_counted_late_and_changes_nothing() -> N
     assert merge.late_partials == 1 and merge.take_final() == [] and merge.latest == first
 
 
-def test_a_task_stuck_for_long_gets_the_oldest_windows_published_without_it() -> None:
-    """Task 2 makes no progress (an input stuck behind an upstream transaction nobody ends): the
-    merge state, one changelog record, must not grow without end. Past max_pending windows the
-    oldest goes out as it is, naming the task it misses; task 2's partials for it come too late."""
-    merge = LeaderboardMerge(tasks=3, n=100)
-    assert merge.max_pending == 200
-    for i in range(250):
+def test_a_merge_state_too_large_for_its_record_publishes_its_oldest_windows_without_the_late_task() -> None:
+    """Task 2's progress stays behind while the others go on: the merge state, one changelog
+    record, must stay within what the topic takes. Beyond MAX_STATE_BYTES the oldest pending
+    window goes out as it is, naming the task it misses; task 2's partials for it come too late."""
+    sink = ListSink()
+    stage = LeaderboardStage(3, 1_000, sink, TOPICS, Metrics())
+    merge = stage.merge
+    for i in range(40):
         ws = T0 + i * W
         for task in (0, 1):
-            rooms = [stats(f"room-{task}-{k:02d}-{'x' * 60}", ws, views=k + 1) for k in range(100)]
-            for item in leaderboard_partials(task, rooms, 100):
+            rooms = [
+                stats(f"room-{task}-{k:04d}-{'x' * 100}", ws, views=k + 1, gmv=k + 1) for k in range(1_000)
+            ]
+            for item in leaderboard_partials(task, rooms, 1_000):
                 merge.add(item)
             merge.add(leaderboard_progress(task, ws + W))
-        merge.take_final()
-        assert len(merge.pending) <= merge.max_pending
-        assert len(encode_leaderboard(merge)) < 8 * 1024 * 1024
-    assert merge.final_before == T0 + 50 * W
-    assert merge.latest is not None and merge.latest["missing_tasks"] == [2]
-    assert merge.latest["window_start"] == T0 + 49 * W and merge.latest["rooms_live"] == 200
-    merge.add(leaderboard_partials(2, [stats("late", T0 + 10 * W, views=1)], 100)[0])
+        assert stage.publish() == 0  # task 2 has not reported: nothing final
+        stage.stage_checkpoint()
+        (state,) = [v for _, k, v, _ in sink.take(TOPICS.changelog) if k == LEADERBOARD_KEY]
+        assert state is not None and len(state) <= MAX_STATE_BYTES
+    shed = [orjson.loads(v) for _, _, v, _ in sink.take(TOPICS.leaderboard) if v is not None]
+    assert 0 < len(shed) < 40 and all(r["missing_tasks"] == [2] for r in shed)
+    assert [r["window_start"] for r in shed] == [T0 + i * W for i in range(len(shed))]
+    assert merge.final_before == T0 + len(shed) * W
+    merge.add(leaderboard_partials(2, [stats("late", T0, views=1)], 1_000)[0])
     assert merge.late_partials == 1
-    merge.add(leaderboard_progress(2, T0 + 250 * W))  # task 2 back: the rest is complete
-    final = merge.take_final()
-    assert len(final) == 200 and not any("missing_tasks" in r for r in final)
-    assert merge.pending == {}
+    merge.add(leaderboard_progress(2, T0 + 40 * W))  # task 2 caught up: the rest is complete
+    assert stage.publish() == 40 - len(shed)
+    rest = [orjson.loads(v) for _, _, v, _ in sink.take(TOPICS.leaderboard) if v is not None]
+    assert not any("missing_tasks" in r for r in rest) and merge.pending == {}
 
 
 @pytest.mark.parametrize("seed", range(8))
