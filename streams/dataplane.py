@@ -286,7 +286,7 @@ class DataPlane:
         now_ms = int(now * 1000)
         steady = time.monotonic()
         self._follow_clock_steps(now, steady)
-        self._after_blind_spot(now_ms)
+        self._after_blind_spot(now_ms, steady)
         m = self.metrics
         started = time.perf_counter()
         total = 0
@@ -382,12 +382,13 @@ class DataPlane:
         for task in self.runtime.values():
             task.core.clock_stepped(step_ms)
 
-    def _after_blind_spot(self, now_ms: int) -> None:
+    def _after_blind_spot(self, now_ms: int, wall: float) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and
         the process mostly waited meanwhile (a send or commit waiting for an unreachable broker; a
         long computation does not count), every task holds its watermark (``outage_hold_ms``):
-        the producers buffered through the same outage and come back at their own pace."""
-        wall, cpu = time.monotonic(), time.process_time()
+        the producers buffered through the same outage and come back at their own pace. ``wall``:
+        the round's monotonic time."""
+        cpu = time.process_time()
         outage = self._blind_spot(wall, cpu)
         self._last_round = (wall, cpu)
         if outage:
@@ -461,11 +462,11 @@ class DataPlane:
                     busy.setdefault(tp.partition, set()).add(source)
                 if is_behind:
                     behind.setdefault(tp.partition, set()).add(source)
-            readable = stable if stable is not None else high
-            if readable is not None:
+            end, readable = log_ends(high, stable)
+            if end is not None and readable is not None:
                 label = (tp.topic, str(tp.partition))
                 self.metrics.consumer_lag.labels(*label).set(max(0, readable - position))
-                self.metrics.uncommitted.labels(*label).set(max(0, (high or readable) - readable))
+                self.metrics.uncommitted.labels(*label).set(max(0, end - readable))
         return busy, behind
 
     def _count_firing(self, now_ms: int, *, resend: bool) -> None:
@@ -705,6 +706,12 @@ def release_free_memory() -> bool:
     return True
 
 
+def log_ends(high: int | None, stable: int | None) -> tuple[int | None, int | None]:
+    """``(end, readable)`` of an input partition from its last fetch response: the high watermark
+    and the last stable offset, each standing in for the other when a response lacks it."""
+    return (high if high is not None else stable), (stable if stable is not None else high)
+
+
 def input_state(
     position: int, high: int | None, stable: int | None, polled_ms: int | None, now_ms: int, fresh_ms: int
 ) -> tuple[bool, bool]:
@@ -719,8 +726,7 @@ def input_state(
     ``fresh_ms`` nothing is known (the broker may be unreachable): busy, and behind only if the last
     response showed records it could read.
     """
-    end = high if high is not None else stable
-    readable = stable if stable is not None else high
+    end, readable = log_ends(high, stable)
     if end is None or readable is None:  # no fetch response yet
         return True, False
     fresh = polled_ms is not None and now_ms - polled_ms <= fresh_ms

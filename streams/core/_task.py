@@ -382,11 +382,7 @@ class TaskAggregator:
         self._src_max[source] = newest_ts
         if newest_ts > self._max_ts:
             self._max_ts = newest_ts
-        limit = newest_ts if newest_ts < others else others
-        if limit - self.config.grace_ms > self._watermark:
-            self._watermark = limit - self.config.grace_ms
-            if self._watermark >= self._next_close:
-                self._close_due()
+        self._raise_watermark(min(newest_ts, others) - self.config.grace_ms)
 
     def take_overflow(self) -> list[int]:
         """Offsets (of the last applied source) refused at the room cap since the last call."""
@@ -448,6 +444,10 @@ class TaskAggregator:
             candidate = self._max_ts - self.config.grace_ms + now_ms - self._last_delivery_ms()
         else:
             return
+        self._raise_watermark(candidate)
+
+    def _raise_watermark(self, candidate: int) -> None:
+        """Move the watermark up to ``candidate`` (never down), closing what that makes due."""
         if candidate > self._watermark:
             self._watermark = candidate
             if candidate >= self._next_close:
