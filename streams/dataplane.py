@@ -111,7 +111,9 @@ class DataPlane:
             **settings.security.client_kwargs(),
         }
         self.runtime: dict[int, _Task] = {}
-        #: monotonic wall and process CPU time at the start of the last round (see _after_blind_spot)
+        #: seconds the loop spent waiting for the broker (sends, checkpoint commits), all told
+        self._broker_wait = 0.0
+        #: monotonic time and _broker_wait at the start of the last round (see _after_blind_spot)
         self._last_round = (0.0, 0.0)
         #: partitions whose per-partition metric series this worker exports
         self._held: set[int] = set()
@@ -384,26 +386,29 @@ class DataPlane:
 
     def _after_blind_spot(self, now_ms: int, wall: float) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and
-        the process mostly waited meanwhile (a send or commit waiting for an unreachable broker; a
-        long computation does not count), every task holds its watermark (``outage_hold_ms``):
-        the producers buffered through the same outage and come back at their own pace. ``wall``:
-        the round's monotonic time."""
-        cpu = time.process_time()
-        outage = self._blind_spot(wall, cpu)
-        self._last_round = (wall, cpu)
+        the loop spent most of that time waiting for the broker (a send or commit waiting for an
+        unreachable broker; a long computation does not count), every task holds its watermark
+        (``outage_hold_ms``): the producers buffered through the same outage and come back at their
+        own pace. ``wall``: the round's monotonic time."""
+        outage = self._blind_spot(wall)
+        self._last_round = (wall, self._broker_wait)
         if outage:
             for task in self.runtime.values():
                 task.core.hold_after_outage(now_ms)
 
-    def _blind_spot(self, wall: float, cpu: float) -> bool:
-        """Whether the last round was ``idle_partition_ms`` or more ago and the process mostly
-        waited since (monotonic ``wall`` and process ``cpu`` seconds now)."""
-        last_wall, last_cpu = self._last_round
+    def _blind_spot(self, wall: float) -> bool:
+        """Whether the last round was ``idle_partition_ms`` or more before monotonic time ``wall``
+        and the loop waited for the broker for at least half of that time.
+
+        Timed waits, not the process's idle CPU: while the broker is unreachable the clients keep
+        trying to reconnect and may log thousands of errors a second, work that made a blocked
+        checkpoint look like a busy process and hid the outage."""
+        last_wall, last_wait = self._last_round
         gap = wall - last_wall
         return (
             bool(last_wall)
             and gap * 1000 >= self.settings.core.idle_partition_ms
-            and cpu - last_cpu < gap / 2
+            and self._broker_wait - last_wait >= gap / 2
         )
 
     async def _send(self) -> float:
@@ -411,7 +416,9 @@ class DataPlane:
         started = time.perf_counter()
         for task in self.runtime.values():
             await task.producer.send()
-        return time.perf_counter() - started
+        waited = time.perf_counter() - started
+        self._broker_wait += waited
+        return waited
 
     def _export_top_rooms(self, n: int = 10) -> None:
         """Bounded business view for Prometheus: the top-n rooms by GMV and by views, by rank (not a
@@ -510,9 +517,13 @@ class DataPlane:
         Raises if any task's transaction failed; the others are committed.
         """
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(self._commit(task) for task in tasks.values()), return_exceptions=True
-        )
+        staging: list[float] = []  # the tasks' synchronous staging; the rest of the gather waits
+        try:
+            results = await asyncio.gather(
+                *(self._commit(task, staging) for task in tasks.values()), return_exceptions=True
+            )
+        finally:
+            self._broker_wait += time.perf_counter() - started - sum(staging)
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
             self.metrics.checkpoint_failures.labels(type(failure).__name__).inc()
@@ -528,12 +539,17 @@ class DataPlane:
             self._last_trim = self._last_checkpoint
             release_free_memory()  # the records just sent were the last use of much of the heap
 
-    async def _commit(self, task: _Task) -> int:
-        """One task's checkpoint transaction; returns the changelog records written."""
+    async def _commit(self, task: _Task, staging: list[float]) -> int:
+        """One task's checkpoint transaction; returns the changelog records written. The seconds
+        its staging took are added to ``staging``."""
         assert self._routing is not None
         sources = self._routing.sources
         offsets = {sources[tp.topic]: offset for tp, offset in task.positions.items() if tp.topic in sources}
-        written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
+        started = time.perf_counter()
+        try:
+            written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
+        finally:
+            staging.append(time.perf_counter() - started)
         await task.producer.commit(task.positions, self.settings.group_id)
         return written
 
@@ -563,8 +579,9 @@ class DataPlane:
         async with self._lock:
             # A rebalance after a blind spot (the broker unreachable past the session timeout: the
             # group dropped this member) is still an outage: the next owners hold (see _assign).
-            wall, cpu = time.monotonic(), time.process_time()
-            self._outage_before_rebalance = self._outage_before_rebalance or self._blind_spot(wall, cpu)
+            self._outage_before_rebalance = self._outage_before_rebalance or self._blind_spot(
+                time.monotonic()
+            )
             self.ready = False
             self._rebalancing = True
             self._generation += 1
@@ -604,7 +621,7 @@ class DataPlane:
             # The rebalance (revoke, join, restore) was no round and mostly waiting: not an outage
             # the next round should hold every watermark for (_after_blind_spot) - unless the
             # rounds had stopped before it (_revoke).
-            self._last_round = (time.monotonic(), time.process_time())
+            self._last_round = (time.monotonic(), self._broker_wait)
             if self._outage_before_rebalance:
                 self._outage_before_rebalance = False
                 now_ms = int(self._clock() * 1000)

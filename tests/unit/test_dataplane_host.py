@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
 from schemas import ViewerEvent
 from streams.dataplane import DataPlane, _Task
 from streams.metrics import Metrics
+from streams.pipeline import Routing
 from streams.settings import Settings
-from tests.unit.test_pipeline import NOW_MS, T0, make
+from tests.unit.test_pipeline import NOW_MS, PARTITIONS, T0, TOPICS, make
 
 
 def test_a_step_of_the_wall_clock_moves_the_tasks_wall_instants_and_is_counted() -> None:
@@ -42,3 +48,61 @@ def test_free_pages_inside_a_fragmented_heap_go_back_to_the_system() -> None:
     assert release_free_memory()
     assert before - rss() > 100 * 1024 * 1024  # of the ~150 MB freed
     assert len(kept) == 30_000
+
+
+def test_rounds_apart_while_the_loop_waited_for_the_broker_hold_every_watermark() -> None:
+    """A checkpoint blocked for the outage keeps the next round away: that round holds. A round
+    as late because of the process's own work (a long computation, a freeze) does not: no producer
+    buffered meanwhile. Waiting is timed, not read off the process's idle CPU: the clients' retries
+    while the broker is gone can keep the process busy."""
+    plane = DataPlane(Settings(partitions=4), Metrics())
+    pipeline, _, _ = make(partition=0)
+    plane.runtime = {0: _Task(pipeline, producer=None)}  # type: ignore[arg-type]
+    core = pipeline.core
+
+    plane._after_blind_spot(NOW_MS, 100.0)
+    plane._after_blind_spot(NOW_MS + 10_000, 110.0)  # 10 s of computation or a freeze
+    assert core.holding_until_ms is None
+    plane._broker_wait += 1.0  # a round 3 s later, one of them waiting: not mostly waiting
+    plane._after_blind_spot(NOW_MS + 13_000, 113.0)
+    assert core.holding_until_ms is None
+    plane._broker_wait += 9.0  # a commit waited 9 of the 10 s
+    plane._after_blind_spot(NOW_MS + 23_000, 123.0)
+    assert core.holding_until_ms == NOW_MS + 23_000 + plane.settings.core.outage_hold_ms
+    assert core.counters.outage_holds == 1
+
+
+class _SlowBroker:
+    """A task producer whose commit waits for the broker ``seconds`` long."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def commit(self, offsets: Mapping[Any, int], group_id: str) -> None:
+        await asyncio.sleep(self.seconds)
+
+
+def test_a_checkpoint_counts_its_commits_waiting_as_waiting_and_its_staging_as_work() -> None:
+    """Two tasks, each staging for 0.4 s (synchronous work), each commit waiting 0.3 s for the
+    broker, side by side: 0.3 s of waiting, not the ~1.1 s the checkpoint took."""
+    plane = DataPlane(Settings(partitions=4), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane.runtime = {}
+    for p in range(2):
+        pipeline = make(partition=p)[0]
+        pipeline.core.apply(
+            0, [(i, ViewerEvent("join", f"room-{p}", f"u{i}", T0)) for i in range(100)], NOW_MS
+        )
+        stage = pipeline.stage_checkpoint
+
+        def slow_stage(now_ms: int, offsets: Mapping[int, int], stage: Any = stage) -> int:
+            time.sleep(0.4)
+            return int(stage(now_ms, offsets))
+
+        pipeline.stage_checkpoint = slow_stage  # type: ignore[method-assign]
+        plane.runtime[p] = _Task(pipeline, _SlowBroker(0.3))  # type: ignore[arg-type]
+
+    started = time.perf_counter()
+    asyncio.run(plane._checkpoint(plane.runtime))
+    assert time.perf_counter() - started >= 1.1
+    assert 0.3 <= plane._broker_wait < 0.7
