@@ -27,6 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from ._logstorm import limit_repeats
 from ._redact import install_log_redaction
 from ._rules import fold
 from ._topology import prepare_topics
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> faust.App:
     """A faust app hosting a data plane configured by ``settings``."""
     install_log_redaction()
+    limit_repeats()  # the Kafka client's retry errors while a broker is away
     metrics = Metrics()
     plane = DataPlane(settings, metrics)
     Path(settings.faust_data_dir).parent.mkdir(parents=True, exist_ok=True)  # faust makes only the leaf
