@@ -35,13 +35,19 @@ def expected_windows(
     """
     accepted, late_at, _ = _classify(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
     late: dict[tuple[str, int], int] = defaultdict(int)
-    for room_id, wm in late_at:
+    moves: dict[tuple[str, int], list[int]] = defaultdict(list)  # late joins (+1) and leaves (-1)
+    for room_id, wm, move in late_at:
         late[(room_id, wm - wm % window_ms)] += 1
+        if move:
+            moves[(room_id, wm - wm % window_ms)].append(move)
     out: dict[tuple[str, int], RoomStats] = {}
     concurrent: dict[str, int] = defaultdict(int)
     for room_id, ws in sorted(set(accepted) | set(late)):
         totals = _totals(accepted.get((room_id, ws), []))
-        concurrent[room_id] = max(0, concurrent[room_id] + totals["views"] - totals.pop("leaves"))
+        level = concurrent[room_id]
+        for move in moves.get((room_id, ws), ()):  # they arrived before this window closed, in order
+            level = max(0, level + move)
+        concurrent[room_id] = max(0, level + totals["views"] - totals.pop("leaves"))
         out[(room_id, ws)] = _stats(
             room_id, ws, window_ms, totals, concurrent[room_id], late.get((room_id, ws), 0)
         )
@@ -120,7 +126,7 @@ def expected_sessions(
     for (room_id, _), evs in accepted.items():
         events[room_id].extend(evs)
     late: dict[str, list[int]] = defaultdict(list)
-    for room_id, at in late_at:
+    for room_id, at, _ in late_at:
         late[room_id].append(at // bucket_ms)
     room_windows: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for (r, ws), w in windows.items():
@@ -188,7 +194,7 @@ def expected_rollups(
         for (room_id, ws), evs in accepted.items():
             events[(room_id, ws - ws % length)].extend(evs)
         late: dict[tuple[str, int], int] = defaultdict(int)
-        for room_id, at in late_at:
+        for room_id, at, _ in late_at:
             late[(room_id, at - at % length)] += 1
         last_window: dict[tuple[str, int], tuple[int, int]] = {}
         for (room_id, ws), stats in windows.items():
@@ -205,16 +211,17 @@ def expected_rollups(
 
 def _classify(
     stream: Iterable[tuple[int, int, Event]], *, window_ms: int, grace_ms: int, sources: Iterable[int]
-) -> tuple[dict[tuple[str, int], list[Event]], list[tuple[str, int]], int | None]:
-    """Replay the processing order: accepted events by (room, window), the (room, watermark) of
-    each late event, and the final watermark."""
+) -> tuple[dict[tuple[str, int], list[Event]], list[tuple[str, int, int]], int | None]:
+    """Replay the processing order: accepted events by (room, window); the room, the watermark
+    and the move of the concurrent level (+1 a join, -1 a leave, else 0) of each late event, in
+    order; and the final watermark."""
     wm: int | None = None
     source_max: dict[int, int] = {}
     expected = set(sources)
     last_offset: dict[tuple[str, int], int] = {}
     seen_orders: set[tuple[str, str, str]] = set()
     accepted: dict[tuple[str, int], list[Event]] = defaultdict(list)
-    late: list[tuple[str, int]] = []
+    late: list[tuple[str, int, int]] = []
     for source, offset, ev in stream:
         source_max[source] = max(source_max.get(source, ev.ts), ev.ts)
         if all(s in source_max for s in expected | {source}):
@@ -225,7 +232,10 @@ def _classify(
             continue
         last_offset[guard] = offset
         if wm is not None and ev.ts < wm:
-            late.append((ev.room_id, wm))
+            move = 0
+            if isinstance(ev, ViewerEvent):
+                move = 1 if ev.type == "join" else -1 if ev.type == "leave" else 0
+            late.append((ev.room_id, wm, move))
             continue
         if isinstance(ev, OrderEvent):
             key = (ev.room_id, ev.order_id, ev.status)

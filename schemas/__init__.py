@@ -16,6 +16,7 @@ from ._batch import (
 from ._decode import decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._outputs import (
+    DLQ_KEY_CAP_BYTES,
     DLQ_RAW_CAP_BYTES,
     ROOM_SESSION_FIELDS,
     ROOM_STATS_FIELDS,
@@ -43,6 +44,7 @@ from ._records import (
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DLQ_KEY_CAP_BYTES",
     "DLQ_RAW_CAP_BYTES",
     "NATIVE_DECODERS",
     "ORDER_STATUSES",

@@ -15,6 +15,10 @@ import orjson
 from ._records import Invalid
 
 DLQ_RAW_CAP_BYTES = 4_096
+#: bytes of the input's Kafka key a dead letter keeps (as its own key and in ``key``): a record
+#: of the input's maximum size with a huge key and a bad value must not make a dead letter the
+#: broker refuses (the checkpoint would fail at the same record after every restart)
+DLQ_KEY_CAP_BYTES = 256
 
 
 @dataclass(slots=True)
@@ -148,7 +152,7 @@ def dead_letter(
         topic=topic,
         partition=partition,
         offset=offset,
-        key=None if key is None else key[:256].decode("utf-8", "replace"),
+        key=None if key is None else key[:DLQ_KEY_CAP_BYTES].decode("utf-8", "replace"),
         raw_b64=base64.b64encode(kept).decode("ascii"),
         raw_len=len(raw),
         truncated=len(kept) < len(raw),

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from schemas import (
+    DLQ_KEY_CAP_BYTES,
     Invalid,
     Limits,
     Source,
@@ -333,7 +334,8 @@ class TaskPipeline:
                 raw=raw,
                 now_ms=now_ms,
             )
-            add(dlq, self.partition, msg.key, encode_dead_letter(letter))
+            key = None if msg.key is None else msg.key[:DLQ_KEY_CAP_BYTES]
+            add(dlq, self.partition, key, encode_dead_letter(letter))
             self.metrics.events_invalid.labels(topic, invalid.reason).inc()
 
     def _refuse_overflow(self, topic: str, messages: Sequence[Message], now_ms: int) -> None:

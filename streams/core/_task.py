@@ -284,6 +284,15 @@ class TaskAggregator:
                 dirty.append(room)
             if ts < wm:
                 late += 1
+                if type(ev) is viewer_t:
+                    # Not counted in any window, but the concurrent level is the room's state: a late
+                    # join or leave (a mobile client's reconnect, a retry backlog) still moves it, or
+                    # the level stays off until the room expires.
+                    action = ev.type
+                    if action == "join":
+                        room.concurrent += 1
+                    elif action == "leave" and room.concurrent > 0:
+                        room.concurrent -= 1
                 self._charge_late(room, wm)
                 next_close = self._next_close
                 continue

@@ -175,6 +175,29 @@ def test_late_event_is_counted_not_applied() -> None:
     assert agg.counters.late == {0: 1}
 
 
+def test_late_joins_and_leaves_still_move_the_concurrent_level() -> None:
+    """Ten viewers join; their leaves arrive 20 s late (a mobile client's retry backlog). They count
+    in no window, but the level they moved is the room's state: it drops to 0, as the oracle says,
+    instead of staying at 10 until the room expires."""
+    agg = TaskAggregator(CFG)
+    joins = [(i, ViewerEvent("join", "r", f"u{i}", BASE_MS + i)) for i in range(1, 11)]
+    agg.apply(0, joins, 0)
+    agg.apply(0, [(11, ViewerEvent("like", "r", "u1", BASE_MS + 22_500))], 0)  # watermark 20.5 s
+    leaves = [(11 + i, ViewerEvent("leave", "r", f"u{i}", BASE_MS + 500 + i)) for i in range(1, 11)]
+    agg.apply(0, leaves, 0)
+    agg.apply(0, [(22, ViewerEvent("like", "r", "u1", BASE_MS + 41_000))], 0)
+    out = finish(agg)
+    assert [(s.window_start - BASE_MS, s.concurrent_viewers, s.late_events) for s in out] == [
+        (0, 10, 0),
+        (20_000, 0, 10),
+        (40_000, 0, 0),
+    ]
+    stream = [(0, o, e) for o, e in joins] + [(0, 11, ViewerEvent("like", "r", "u1", BASE_MS + 22_500))]
+    stream += [(0, o, e) for o, e in leaves] + [(0, 22, ViewerEvent("like", "r", "u1", BASE_MS + 41_000))]
+    expected = expected_windows(stream, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms)
+    assert [expected[("r", s.window_start)].concurrent_viewers for s in out] == [10, 0, 0]
+
+
 def test_unique_viewer_sketches_survive_restore() -> None:
     cfg = CoreConfig()
     agg = TaskAggregator(cfg)

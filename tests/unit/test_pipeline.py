@@ -253,6 +253,17 @@ def test_a_checkpoint_writes_markers_to_every_other_task_and_state_that_restores
     assert set(restored.rooms) == set(rooms)
 
 
+def test_a_dead_letter_keeps_at_most_256_bytes_of_a_huge_input_key() -> None:
+    """An input of the broker's default 1 MiB limit, nearly all key, with a bad value: its dead
+    letter must stay well under that limit, or the broker refuses it at every restart."""
+    pipeline, sink, _ = make(partition=0)
+    huge = Record(7, b"k" * 1_048_000, b"{not json")
+    pipeline.process(TOPICS.viewer, [huge], NOW_MS)
+    ((_, key, value, _),) = sink.take(TOPICS.dlq)
+    assert key == b"k" * 256 and value is not None and len(value) < 2_000
+    assert decode_dead_letter(value).key == "k" * 256
+
+
 def test_rooms_past_the_cap_are_dead_lettered_as_room_cap() -> None:
     pipeline, sink, metrics = make(partition=0)
     rooms = rooms_on(0, 5)  # max_rooms=3

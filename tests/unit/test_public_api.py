@@ -19,6 +19,7 @@ PACKAGES = ("streams", "schemas", "loadtest", "deploy")
 PINNED = {
     "schemas": {
         "DEFAULT_LIMITS",
+        "DLQ_KEY_CAP_BYTES",
         "DLQ_RAW_CAP_BYTES",
         "ORDER_STATUSES",
         "ROOM_SESSION_FIELDS",
