@@ -54,7 +54,7 @@ from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
 from ._transactions import TaskProducer
 from .core import SPIKE_METRICS, TaskAggregator, top_rooms
-from .exceptions import LivepulseError
+from .exceptions import LivepulseError, TopologyError
 from .leaderboard import LeaderboardStage
 from .metrics import Metrics
 from .pipeline import REPARTITION, Routing, TaskPipeline
@@ -192,6 +192,8 @@ class DataPlane:
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
+            session_timeout_ms=s.group_session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, s.group_session_timeout_ms // 3),
         )
         await self._consumer.start()
         # The one-partition leaderboard partials topic: range assignment gives its partition 0 to the
@@ -591,6 +593,8 @@ class DataPlane:
                 except LivepulseError as exc:
                     log.warning("checkpoint at revocation failed; uncommitted work discarded: %r", exc)
             await self._close_tasks()
+            # none until the next assignment: a group that cannot settle shows 0, and its alert fires
+            self.metrics.assigned_partitions.set(0)
 
     async def _close_tasks(self) -> None:
         tasks, self.runtime = self.runtime, {}
@@ -598,11 +602,13 @@ class DataPlane:
             await task.producer.close()
 
     async def _assign(self, assigned: Iterable[TopicPartition]) -> None:
+        started = time.monotonic()
         async with self._lock:
             by_partition: dict[int, list[TopicPartition]] = {}
             for tp in assigned:
                 by_partition.setdefault(tp.partition, []).append(tp)
             await self._close_tasks()  # normally done at revocation
+            self._check_assignment(by_partition)
             for gone in self._held - set(by_partition):
                 self.metrics.forget_partition(gone)  # no stale lag or watermark series for moved partitions
             self._held = set(by_partition)
@@ -630,7 +636,34 @@ class DataPlane:
             self._generation += 1
             self._rebalancing = False
             self.ready = True
-            log.info("assigned partitions %s; state restored", sorted(by_partition))
+            took = time.monotonic() - started
+            log.info("assigned partitions %s; state restored in %.1f s", sorted(by_partition), took)
+            session_s = self.settings.group_session_timeout_ms / 1000
+            if took > session_s / 2:
+                # No heartbeat goes out during the assignment: near the session timeout the group
+                # drops this member, which then restores again at the next assignment, and again.
+                log.warning(
+                    "taking over partitions took %.1f s, over half the group session timeout (%.0f s): "
+                    "raise LIVEPULSE_GROUP_SESSION_TIMEOUT_MS (or spread the rooms over more partitions)",
+                    took,
+                    session_s,
+                )
+
+    def _check_assignment(self, by_partition: Mapping[int, list[TopicPartition]]) -> None:
+        """Refuse an assignment no task layout fits: partitions were added to an input topic while
+        the workers ran (tasks past the changelog's partitions; or, when only some inputs grew, one
+        task's inputs split across workers, which would fence each other)."""
+        assert self._routing is not None
+        inputs = set(self.settings.topics.inputs)
+        for partition, tps in sorted(by_partition.items()):
+            topics = {tp.topic for tp in tps}
+            if partition >= self.partitions or not inputs <= topics:
+                raise TopologyError(
+                    f"assigned partition {partition} of {sorted(topics & inputs)} but the tasks were laid "
+                    f"out for {self.partitions} partitions of every input {sorted(inputs)}: partitions "
+                    "added to an input topic while the workers ran? Stop them; the RUNBOOK, 'Add a worker "
+                    "(scale out)', says how to change the partition count"
+                )
 
     async def _open_task(self, partition: int, tps: list[TopicPartition]) -> _Task:
         """Fence the previous owner, restore the committed state, seek to the offsets it recorded."""

@@ -117,6 +117,11 @@ class Settings:
     #: at start, how long the worker waits for a broker to answer before it gives up (a worker
     #: restarted while the brokers restart waits for them instead of exiting at once)
     broker_wait_ms: int = 60_000
+    #: the data plane's consumer group: a member silent this long is dropped and its partitions
+    #: move (a killed worker's too). A worker sends no heartbeat while it restores the partitions
+    #: it was given (aiokafka runs the assignment callback with its heartbeat stopped), so this
+    #: must exceed the longest restore plus a heartbeat interval (a third of it, at most 3 s)
+    group_session_timeout_ms: int = 10_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     alertmanager_url: str | None = None
@@ -163,6 +168,8 @@ class Settings:
             raise ConfigError("shutdown_timeout_ms must be > 0")
         if self.broker_wait_ms < 0:
             raise ConfigError("broker_wait_ms must be >= 0")
+        if self.group_session_timeout_ms < 6_000:  # the brokers' group.min.session.timeout.ms
+            raise ConfigError("group_session_timeout_ms must be >= 6000")
         if not 0 < self.leaderboard_size <= MAX_LEADERBOARD_SIZE:
             raise ConfigError(f"leaderboard_size must be in 1..{MAX_LEADERBOARD_SIZE}")
         if self.gc_threshold < 0 or self.malloc_trim_ms < 0:
@@ -185,6 +192,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "TRANSACTION_TIMEOUT_MS": ("", "transaction_timeout_ms"),
     "SHUTDOWN_TIMEOUT_MS": ("", "shutdown_timeout_ms"),
     "BROKER_WAIT_MS": ("", "broker_wait_ms"),
+    "GROUP_SESSION_TIMEOUT_MS": ("", "group_session_timeout_ms"),
     "WEB_HOST": ("", "web_host"),
     "WEB_PORT": ("", "web_port"),
     "ALERTMANAGER_URL": ("", "alertmanager_url"),

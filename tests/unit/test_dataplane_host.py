@@ -106,3 +106,28 @@ def test_a_checkpoint_counts_its_commits_waiting_as_waiting_and_its_staging_as_w
     asyncio.run(plane._checkpoint(plane.runtime))
     assert time.perf_counter() - started >= 1.1
     assert 0.3 <= plane._broker_wait < 0.7
+
+
+def test_an_assignment_no_task_layout_fits_is_refused_by_name() -> None:
+    """Partitions added to inputs while the workers ran: tasks past the changelog's partitions, or
+    (only one input grew, two workers) a task whose inputs went to different workers."""
+    import pytest
+    from aiokafka import TopicPartition
+
+    from streams.exceptions import TopologyError
+
+    plane = DataPlane(Settings(partitions=4), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane.partitions = 4
+
+    def tasks(*spec: tuple[int, tuple[str, ...]]) -> dict[int, list[TopicPartition]]:
+        return {p: [TopicPartition(t, p) for t in topics] for p, topics in spec}
+
+    inputs = tuple(TOPICS.inputs)
+    plane._check_assignment(
+        tasks((0, (*inputs, TOPICS.repartition, TOPICS.leaderboard_partials)), (3, inputs))
+    )
+    with pytest.raises(TopologyError, match="assigned partition 5"):
+        plane._check_assignment(tasks((1, inputs), (5, (TOPICS.viewer,))))
+    with pytest.raises(TopologyError, match="assigned partition 2 of"):
+        plane._check_assignment(tasks((2, (TOPICS.viewer, TOPICS.gift))))
