@@ -165,6 +165,9 @@ class TaskPipeline:
             length: self._topics.rollup(length) for length in settings.core.rollup_windows_ms
         }
         self._leaderboard_size = settings.leaderboard_size
+        self._currency = settings.currency
+        #: currencies of the orders taken so far, when any is summed (a warning for each new one)
+        self._currencies: set[str] = set()
         #: the leaderboard merge, in task 0 only (see ``streams.leaderboard``)
         self.merge: LeaderboardStage | None = None
         #: the last progress mark written (a new pipeline, e.g. after a restore, writes it again)
@@ -202,6 +205,8 @@ class TaskPipeline:
             if bad:
                 self._dead_letter(topic, group, bad, now_ms)
             passed_ts = None
+            if origin == Source.ORDER and good and source != REPARTITION:  # checked once, where read
+                good = self._check_currency(topic, group, good, now_ms)
             if source != REPARTITION:
                 good, passed_ts = self._keep_local(origin_topic, group, good)
             result = core.apply(source, good, now_ms)
@@ -337,6 +342,42 @@ class TaskPipeline:
             key = None if msg.key is None else msg.key[:DLQ_KEY_CAP_BYTES]
             add(dlq, self.partition, key, encode_dead_letter(letter))
             self.metrics.events_invalid.labels(topic, invalid.reason).inc()
+
+    def _check_currency(
+        self, topic: str, messages: Sequence[Message], orders: list[Any], now_ms: int
+    ) -> list[Any]:
+        """With ``LIVEPULSE_CURRENCY`` set, dead-letter the orders in another currency
+        (``unsupported_currency``): GMV in minor units of one currency plus another means nothing.
+        Without it, take them all and warn once for each currency after the first."""
+        currencies = {ev.currency for _, ev in orders}
+        if not self._currency:
+            new = currencies - self._currencies
+            if new and len(self._currencies) < 64:  # bounded: the codes come from the producers
+                seen = self._currencies
+                seen.update(new)
+                if len(seen) > 1:
+                    log.warning(
+                        "task %d: orders in more than one currency (%s): GMV sums their minor units as "
+                        "they come; set LIVEPULSE_CURRENCY to take one and dead-letter the others",
+                        self.partition,
+                        ", ".join(sorted(seen)),
+                    )
+            return orders
+        if currencies == {self._currency}:
+            return orders
+        kept, refused = [], []
+        raw = {msg.offset: msg.value or b"" for msg in messages}
+        for offset, ev in orders:
+            if ev.currency == self._currency:
+                kept.append((offset, ev))
+            else:
+                why = Invalid(
+                    "unsupported_currency",
+                    f"currency {ev.currency} is not LIVEPULSE_CURRENCY={self._currency}",
+                )
+                refused.append((offset, raw[offset], why))
+        self._dead_letter(topic, messages, refused, now_ms)
+        return kept
 
     def _refuse_overflow(self, topic: str, messages: Sequence[Message], now_ms: int) -> None:
         """Dead-letter the events the task refused at its room cap (reason ``room_cap``)."""

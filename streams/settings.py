@@ -140,6 +140,10 @@ class Settings:
     malloc_trim_ms: int = 10_000
     #: rooms in each ranking of the platform leaderboard
     leaderboard_size: int = 100
+    #: the one ISO 4217 currency GMV and refunds are summed in: orders in another go to the
+    #: dead-letter topic (``unsupported_currency``). Empty: any is summed as it comes (minor units
+    #: of different currencies added up), with a warning when a second one appears
+    currency: str = ""
     #: decode inputs with the native pass of ``schemas/native`` when it is built (same verdicts;
     #: false: the Python loops alone, e.g. to rule the native pass out)
     native_decoders: bool = True
@@ -174,6 +178,9 @@ class Settings:
             raise ConfigError(f"leaderboard_size must be in 1..{MAX_LEADERBOARD_SIZE}")
         if self.gc_threshold < 0 or self.malloc_trim_ms < 0:
             raise ConfigError("gc_threshold and malloc_trim_ms must be >= 0")
+        code = self.currency
+        if code and not (len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()):
+            raise ConfigError(f"currency {self.currency!r} is not an ISO 4217 code (three capital letters)")
         if not 0 < self.web_port < 65536:
             raise ConfigError(f"web_port {self.web_port} out of range")
 
@@ -202,6 +209,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "GC_THRESHOLD": ("", "gc_threshold"),
     "MALLOC_TRIM_MS": ("", "malloc_trim_ms"),
     "LEADERBOARD_SIZE": ("", "leaderboard_size"),
+    "CURRENCY": ("", "currency"),
     "NATIVE_DECODERS": ("", "native_decoders"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),

@@ -264,6 +264,51 @@ def test_a_dead_letter_keeps_at_most_256_bytes_of_a_huge_input_key() -> None:
     assert decode_dead_letter(value).key == "k" * 256
 
 
+def paid(room: str, order_id: str, amount: int, currency: str) -> bytes:
+    return orjson.dumps(
+        {
+            "order_id": order_id,
+            "room_id": room,
+            "user_id": "u",
+            "ts": T0,
+            "status": "paid",
+            "amount_minor": amount,
+            "currency": currency,
+        }
+    )
+
+
+def test_with_a_currency_set_orders_in_another_are_dead_lettered_not_summed() -> None:
+    pipeline, sink, metrics = make(partition=0, settings=replace(SETTINGS, currency="CNY"))
+    (room,) = rooms_on(0, 1)
+    batch = [paid(room, "o1", 1_999, "CNY"), paid(room, "o2", 500_000, "JPY"), paid(room, "o3", 7, "CNY")]
+    pipeline.process(TOPICS.order, records(batch), NOW_MS)
+    letters = [decode_dead_letter(v) for _, _, v, _ in sink.take(TOPICS.dlq) if v is not None]
+    assert [(d.reason, d.offset) for d in letters] == [("unsupported_currency", 1)]
+    assert "JPY" in letters[0].error
+    reason = "unsupported_currency"
+    assert counter(metrics, "livepulse_events_invalid_total", topic=TOPICS.order, reason=reason) == 1
+    close_everything(pipeline)
+    (stats,) = [decode_room_stats(v) for _, _, v, _ in sink.take(TOPICS.room_stats) if v is not None]
+    assert (stats.orders, stats.gmv_minor) == (2, 2_006)
+
+
+def test_without_a_currency_set_a_second_one_is_summed_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline, sink, _ = make(partition=0)
+    (room,) = rooms_on(0, 1)
+    pipeline.process(TOPICS.order, records([paid(room, "o1", 1_999, "CNY")]), NOW_MS)
+    assert not caplog.records
+    pipeline.process(TOPICS.order, records([paid(room, "o2", 100, "USD")], first_offset=1), NOW_MS)
+    assert "orders in more than one currency (CNY, USD)" in caplog.text
+    assert "LIVEPULSE_CURRENCY" in caplog.text
+    close_everything(pipeline)
+    (stats,) = [decode_room_stats(v) for _, _, v, _ in sink.take(TOPICS.room_stats) if v is not None]
+    assert stats.gmv_minor == 2_099
+    assert sink.take(TOPICS.dlq) == []
+
+
 def test_rooms_past_the_cap_are_dead_lettered_as_room_cap() -> None:
     pipeline, sink, metrics = make(partition=0)
     rooms = rooms_on(0, 5)  # max_rooms=3

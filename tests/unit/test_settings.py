@@ -46,6 +46,7 @@ def test_environment_is_typed_and_flags_win() -> None:
         ({"LIVEPULSE_HLL_LG_K": "17"}, r"hll_lg_k must be in 4\.\.16"),
         ({"LIVEPULSE_MALLOC_TRIM_MS": "-1"}, "malloc_trim_ms must be >= 0"),
         ({"LIVEPULSE_GROUP_SESSION_TIMEOUT_MS": "3000"}, "group_session_timeout_ms must be >= 6000"),
+        ({"LIVEPULSE_CURRENCY": "usd"}, "currency 'usd' is not an ISO 4217 code"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
