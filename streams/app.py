@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,9 @@ async def _feed_alerts(settings: Settings, forwarder: AlertForwarder) -> None:
         enable_auto_commit=False,
         **settings.security.client_kwargs(),
     )
-    await consumer.start()
-    consumer.subscribe([settings.topics.alerts], listener=_ForwarderRebalance(consumer, forwarder))
     try:
+        await consumer.start()
+        consumer.subscribe([settings.topics.alerts], listener=_ForwarderRebalance(consumer, forwarder))
         while True:
             batches = await consumer.getmany(timeout_ms=1_000, max_records=500)
             for tp, messages in batches.items():
@@ -153,7 +154,40 @@ async def _feed_alerts(settings: Settings, forwarder: AlertForwarder) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await _commit_delivered(consumer, forwarder)
-        await consumer.stop()
+        forwarder.forget(consumer.assignment())  # what is queued is read again from the commit
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+#: seconds between attempts to read the alerts topic again after a failure, at most
+FEED_BACKOFF_MAX_S = 60.0
+
+
+async def _keep_feeding_alerts(
+    settings: Settings, forwarder: AlertForwarder, failures: Any, backoff_max_s: float = FEED_BACKOFF_MAX_S
+) -> None:
+    """:func:`_feed_alerts` again after any failure, with backoff (1 s doubling to ``backoff_max_s``;
+    back to 1 s after a minute without one). Forwarding is optional: a refused group (a missing
+    ACL), a deleted alerts topic or a broker gone must not stop the room-stats. Each failure is
+    logged and counted in ``failures``; the alerts wait on their topic."""
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            await _feed_alerts(settings, forwarder)
+            return
+        except Exception as exc:
+            failures.inc()
+            if time.monotonic() - started >= 60:
+                backoff = 1.0
+            log.error(
+                "alert forwarding: reading %s failed (%r); room-stats go on, retrying in %.0f s",
+                settings.topics.alerts,
+                exc,
+                backoff,
+            )
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, backoff_max_s)
 
 
 async def _commit_delivered(consumer: AIOKafkaConsumer, forwarder: AlertForwarder) -> None:
@@ -219,7 +253,9 @@ def _hosted_service(
             if forwarder is not None:
                 self._deliver = asyncio.ensure_future(forwarder.run())
                 self._deliver.add_done_callback(self._on_done)
-                self._feed = asyncio.ensure_future(_feed_alerts(settings, forwarder))
+                self._feed = asyncio.ensure_future(
+                    _keep_feeding_alerts(settings, forwarder, plane.metrics.alerts_feed_failures)
+                )
                 self._feed.add_done_callback(self._on_done)
 
         def _on_done(self, task: asyncio.Task[None]) -> None:

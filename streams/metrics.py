@@ -219,6 +219,11 @@ class Metrics:
             "Alerts dropped from a full forwarding queue",
             registry=r,
         )
+        self.alerts_feed_failures = Counter(
+            "livepulse_alerts_feed_failures_total",
+            "Times reading the alerts topic for forwarding failed (retried with backoff; room-stats go on)",
+            registry=r,
+        )
         self.alerts_forward_skipped = Counter(
             "livepulse_alerts_forward_skipped_total",
             "Records of the alerts topic skipped as not alerts (null, not JSON, wrong shape)",

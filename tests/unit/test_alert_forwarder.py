@@ -80,3 +80,29 @@ async def test_an_undecodable_error_page_is_a_failed_attempt_not_a_dead_forwarde
         await runner.cleanup()
     with pytest.raises(asyncio.CancelledError):
         await running
+
+
+def test_reading_the_alerts_topic_failing_is_counted_and_retried_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No broker answers (as good as a refused group or a deleted topic for the feed): each attempt
+    fails, is logged and counted, and the feed tries again after its backoff instead of ending
+    (which used to stop the whole worker, room-stats included)."""
+    from streams.app import _keep_feeding_alerts
+    from streams.settings import Settings
+
+    fw, registry = forwarder()
+    failures = Counter("t_feed_failures", "feed failures", registry=registry)
+
+    async def scenario() -> None:
+        feed = asyncio.ensure_future(_keep_feeding_alerts(Settings(brokers="127.0.0.1:1"), fw, failures))
+        await asyncio.sleep(2.5)  # a refused connection fails at once: attempts at 0 s and 1 s
+        assert not feed.done()
+        feed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await feed
+
+    asyncio.run(scenario())
+    assert (registry.get_sample_value("t_feed_failures_total") or 0) >= 1
+    assert "alert forwarding: reading live.alerts failed" in caplog.text
+    assert "retrying in 1 s" in caplog.text
