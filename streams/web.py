@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,35 @@ from .dataplane import DataPlane
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4"
 METRIC_ALIASES = {"gmv": "gmv_minor", "gift_value": "gift_value_minor", "refunds": "refunds_minor"}
 MAX_TOP_N = 1_000
+#: seconds a ``/rooms/top`` answer is served again (rankings change only at window closes)
+TOP_CACHE_S = 1.0
+
+
+class AnswerCache:
+    """Answers kept for ``ttl_s`` (all of them dropped together when that passed): a ranking scans
+    every room of the worker on the event loop (~30 ms per 100 000 rooms), so dashboards polling it
+    from many tabs must not each pay for a scan."""
+
+    def __init__(self, ttl_s: float = TOP_CACHE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._since = clock()
+        self._answers: dict[Any, Any] = {}
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        now = self._clock()
+        if now - self._since >= self.ttl_s:
+            self._answers.clear()
+            self._since = now
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = compute()
+        return answer
 
 
 def register_views(app: faust.App, plane: DataPlane, healthy: Callable[[], bool]) -> None:
     """Add livepulse's pages to ``app`` (``/rooms/top`` before ``/rooms/{room_id}``)."""
+    top_answers = AnswerCache()
 
     @app.page("/metrics")
     async def metrics(self: faust.web.View, request: Any) -> Any:
@@ -69,9 +95,10 @@ def register_views(app: faust.App, plane: DataPlane, healthy: Callable[[], bool]
                 },
                 status=400,
             )
-        ranked = top_rooms(plane.tasks.values(), metric, n)
-        return self.json(
-            {
+
+        def rank() -> dict[str, Any]:
+            ranked = top_rooms(plane.tasks.values(), metric, n)
+            return {
                 "metric": metric,
                 "scope": {"partitions": sorted(plane.tasks)},
                 "rooms": [
@@ -79,7 +106,8 @@ def register_views(app: faust.App, plane: DataPlane, healthy: Callable[[], bool]
                     for s in ranked
                 ],
             }
-        )
+
+        return self.json(top_answers.get((metric, n), rank))
 
     @app.page("/rooms/{room_id}")
     async def room(self: faust.web.View, request: Any, room_id: str) -> Any:
