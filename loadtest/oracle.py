@@ -44,10 +44,10 @@ def expected_windows(
     concurrent: dict[str, int] = defaultdict(int)
     for room_id, ws in sorted(set(accepted) | set(late)):
         totals = _totals(accepted.get((room_id, ws), []))
-        level = concurrent[room_id]
-        for move in moves.get((room_id, ws), ()):  # they arrived before this window closed, in order
-            level = max(0, level + move)
-        concurrent[room_id] = max(0, level + totals["views"] - totals.pop("leaves"))
+        late_moves = sum(moves.get((room_id, ws), ()))  # they arrived before this window closed
+        concurrent[room_id] = max(
+            0, concurrent[room_id] + late_moves + totals["views"] - totals.pop("leaves")
+        )
         out[(room_id, ws)] = _stats(
             room_id, ws, window_ms, totals, concurrent[room_id], late.get((room_id, ws), 0)
         )

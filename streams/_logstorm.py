@@ -18,8 +18,16 @@ from collections.abc import Callable
 REPEAT_WINDOW_S = 10.0
 
 
+#: kinds remembered at most (they are templates of the client's code, a few dozen; messages
+#: redacted into literals by ``streams._redact`` each make one, so the table is bounded)
+MAX_KINDS = 1_000
+
+
 class RepeatFilter(logging.Filter):
-    """At most one record per kind (logger, level, message template) every ``window_s`` seconds."""
+    """At most one record per kind (logger, level, message template) every ``window_s`` seconds,
+    for warnings and errors: informational lines (a group joined, partitions assigned) share their
+    templates across the process's consumer groups and pass unthinned. The count of a burst's last
+    repeats shows only if that kind comes again."""
 
     def __init__(
         self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic
@@ -31,12 +39,16 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
         kind = (record.name, record.levelno, str(record.msg))
         now = self._clock()
         seen = self._seen.get(kind)
         if seen is not None and now - seen[0] < self.window_s:
             self._seen[kind] = (seen[0], seen[1] + 1)
             return False
+        if len(self._seen) >= MAX_KINDS:
+            self._seen.clear()
         self._seen[kind] = (now, 0)
         if seen is not None and seen[1]:
             try:

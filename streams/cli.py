@@ -27,6 +27,7 @@ WORKER_FLAGS = (
 def _worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
+    from ._logstorm import limit_repeats
     from ._topology import prepare_topics
     from .app import create_app
 
@@ -35,6 +36,7 @@ def _worker(args: argparse.Namespace) -> int:
         for flag, *_ in WORKER_FLAGS
     }
     settings = settings_from_env(**overrides)
+    limit_repeats()  # before the topic checks: they may wait out a broker restart
     prepare_topics(settings)
     app = create_app(settings)
     worker = Worker(app, loglevel=settings.log_level)

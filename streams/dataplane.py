@@ -661,8 +661,9 @@ class DataPlane:
                 raise TopologyError(
                     f"assigned partition {partition} of {sorted(topics & inputs)} but the tasks were laid "
                     f"out for {self.partitions} partitions of every input {sorted(inputs)}: partitions "
-                    "added to an input topic while the workers ran? Stop them; the RUNBOOK, 'Add a worker "
-                    "(scale out)', says how to change the partition count"
+                    "added to an input topic while the workers ran (the RUNBOOK's 'Add a worker (scale out)' "
+                    "says how to change the count), or a topic's metadata missing for a moment (the "
+                    "restarted worker checks every topic at start)"
                 )
 
     async def _open_task(self, partition: int, tps: list[TopicPartition]) -> _Task:

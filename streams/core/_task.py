@@ -287,11 +287,12 @@ class TaskAggregator:
                 if type(ev) is viewer_t:
                     # Not counted in any window, but the concurrent level is the room's state: a late
                     # join or leave (a mobile client's reconnect, a retry backlog) still moves it, or
-                    # the level stays off until the room expires.
+                    # the level stays off until the room expires. Unclamped here (its join may sit in
+                    # a window still open): the level is floored at 0 when the next window closes.
                     action = ev.type
                     if action == "join":
                         room.concurrent += 1
-                    elif action == "leave" and room.concurrent > 0:
+                    elif action == "leave":
                         room.concurrent -= 1
                 self._charge_late(room, wm)
                 next_close = self._next_close

@@ -198,6 +198,32 @@ def test_late_joins_and_leaves_still_move_the_concurrent_level() -> None:
     assert [expected[("r", s.window_start)].concurrent_viewers for s in out] == [10, 0, 0]
 
 
+def test_a_late_leave_whose_join_is_in_a_window_still_open_still_counts() -> None:
+    """Ten joins in the window [10 s, 20 s) while the watermark passes 12 s, then their leaves
+    (at ~12 s) late: the level the window closes with is 0, not 10; and a late leave taken before
+    its late join nets 0 too. The floor at 0 applies when a window closes, not at each late event."""
+    agg = TaskAggregator(CFG)
+    joins = [(i, ViewerEvent("join", "r", f"u{i}", BASE_MS + 10_000 + i)) for i in range(1, 11)]
+    agg.apply(0, joins, 0)
+    agg.apply(0, [(11, ViewerEvent("like", "r", "u1", BASE_MS + 17_000))], 0)  # watermark 15 s
+    leaves = [(11 + i, ViewerEvent("leave", "r", f"u{i}", BASE_MS + 12_000 + i)) for i in range(1, 11)]
+    agg.apply(0, leaves, 0)
+    agg.apply(0, [(22, ViewerEvent("leave", "r", "v", BASE_MS + 12_500))], 0)  # its join comes later
+    agg.apply(0, [(23, ViewerEvent("join", "r", "v", BASE_MS + 12_400))], 0)
+    agg.apply(0, [(24, ViewerEvent("like", "r", "u1", BASE_MS + 31_000))], 0)
+    out = finish(agg)
+    assert [(s.window_start - BASE_MS, s.concurrent_viewers) for s in out] == [(10_000, 0), (30_000, 0)]
+    stream = [(0, o, e) for o, e in joins] + [(0, 11, ViewerEvent("like", "r", "u1", BASE_MS + 17_000))]
+    stream += [(0, o, e) for o, e in leaves]
+    stream += [
+        (0, 22, ViewerEvent("leave", "r", "v", BASE_MS + 12_500)),
+        (0, 23, ViewerEvent("join", "r", "v", BASE_MS + 12_400)),
+        (0, 24, ViewerEvent("like", "r", "u1", BASE_MS + 31_000)),
+    ]
+    expected = expected_windows(stream, window_ms=CFG.window_ms, grace_ms=CFG.grace_ms)
+    assert [expected[("r", s.window_start)].concurrent_viewers for s in out] == [0, 0]
+
+
 def test_unique_viewer_sketches_survive_restore() -> None:
     cfg = CoreConfig()
     agg = TaskAggregator(cfg)

@@ -33,6 +33,8 @@ def test_repeats_of_one_kind_are_dropped_for_the_window_then_counted(
             clock.now += 10.5
             logger.error("Unable connect to node with id %s: %s", 1, "refused again")
             logger.error("Unable connect to node with id %s: %s", 1, "refused at once")
+            for group in ("livepulse", "livepulse-dataplane"):  # information is never thinned
+                logger.info("Joined group %r", group)
     finally:
         logger.removeFilter(repeat)
     assert [r.getMessage() for r in caplog.records] == [
@@ -41,6 +43,8 @@ def test_repeats_of_one_kind_are_dropped_for_the_window_then_counted(
         "Unable to update metadata from [1]",
         "Unable connect to node with id 1: refused again"
         " (4999 more like this in the 10 s before, not logged)",
+        "Joined group 'livepulse'",
+        "Joined group 'livepulse-dataplane'",
     ]
 
 
