@@ -35,16 +35,15 @@ def expected_windows(
     """
     accepted, late_at, _ = _classify(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources)
     late: dict[tuple[str, int], int] = defaultdict(int)
-    moves: dict[tuple[str, int], list[int]] = defaultdict(list)  # late joins (+1) and leaves (-1)
+    moves: dict[tuple[str, int], int] = defaultdict(int)  # late joins (+1) minus late leaves (-1)
     for room_id, wm, move in late_at:
         late[(room_id, wm - wm % window_ms)] += 1
-        if move:
-            moves[(room_id, wm - wm % window_ms)].append(move)
+        moves[(room_id, wm - wm % window_ms)] += move
     out: dict[tuple[str, int], RoomStats] = {}
     concurrent: dict[str, int] = defaultdict(int)
     for room_id, ws in sorted(set(accepted) | set(late)):
         totals = _totals(accepted.get((room_id, ws), []))
-        late_moves = sum(moves.get((room_id, ws), ()))  # they arrived before this window closed
+        late_moves = moves.get((room_id, ws), 0)  # they arrived before this window closed
         concurrent[room_id] = max(
             0, concurrent[room_id] + late_moves + totals["views"] - totals.pop("leaves")
         )
