@@ -296,6 +296,7 @@ class DataPlane:
         total = 0
         waited = 0.0
         windows = 0
+        self._arriving(batches, now_ms)
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
             if task is None or not messages:
@@ -385,6 +386,20 @@ class DataPlane:
         self.metrics.clock_steps.inc()
         for task in self.runtime.values():
             task.core.clock_stepped(step_ms)
+
+    def _arriving(self, batches: Mapping[TopicPartition, list[Any]], now_ms: int) -> None:
+        """Tell each task which of its inputs this round brings records of, before any is applied
+        (``TaskAggregator.arriving``)."""
+        assert self._routing is not None
+        sources = self._routing.sources
+        for tp, messages in batches.items():
+            task = self.runtime.get(tp.partition)
+            source = sources.get(tp.topic)
+            if task is None or not messages or source is None or source == REPARTITION:
+                continue
+            position = task.positions.get(tp)
+            if position is None or messages[-1].offset >= position:
+                task.core.arriving(source, now_ms)
 
     def _after_blind_spot(self, now_ms: int, wall: float) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and

@@ -172,8 +172,9 @@ class TaskPipeline:
         self.merge: LeaderboardStage | None = None
         #: the last progress mark written (a new pipeline, e.g. after a restore, writes it again)
         self._progress_sent: int | None = None
-        #: the frontier in the last watermark markers written (None: none yet)
+        #: the frontier in the last watermark markers written (None: idle, never fed)
         self._marker_sent: int | None = None
+        self._markers_written = False
         #: the core's outage holds already counted in the metric
         self._holds_seen = 0
         if partition == 0:
@@ -481,6 +482,7 @@ class TaskPipeline:
         t = self._topics
         add = self.sink.add
         frontier = self._marker_sent = self.core.frontier_ms(now_ms)
+        self._markers_written = True
         marker = orjson.dumps(frontier)
         header = [(MARKER_HEADER, b"%d" % self.partition)]
         for receiver in range(self.routing.partitions):
@@ -507,11 +509,12 @@ class TaskPipeline:
         wrote: markers written now would let the tasks it re-routes to close that window."""
         if self.routing.partitions < 2:
             return False
-        sent = self._marker_sent
-        if sent is None:
+        if not self._markers_written:
             return True
+        frontier, sent = self.core.frontier_ms(now_ms), self._marker_sent
+        if frontier is None or sent is None:
+            return False  # the receivers do not wait for an idle sender that never took an event
         cfg = self.core.config
-        frontier = self.core.frontier_ms(now_ms)
         return (frontier - cfg.grace_ms) // cfg.window_ms > (sent - cfg.grace_ms) // cfg.window_ms
 
     def quarantine(self, key_offsets: Mapping[bytes, int], now_ms: int) -> list[tuple[bytes, str]]:

@@ -375,6 +375,19 @@ class TaskAggregator:
             others = min(others, self._watermark + self.config.grace_ms)
         return others
 
+    def arriving(self, source: int, now_ms: int) -> None:
+        """Records of input ``source`` are in hand and this round will apply them: it holds the
+        watermark from now, before the inputs applied ahead of it in the round move it.
+
+        After every input of a task fell idle (a quiet spell, or a deployment started before
+        its producers), one fetch often brings several inputs' first records at once, and they
+        are applied input by input: the first must not close windows the others' events of the
+        same fetch belong to. An input whose records all turn out undecodable holds the
+        watermark at its last event time until it is idle again (``idle_partition_ms``)."""
+        if source in self.sources:
+            self._idle.discard(source)
+            self._src_wall[source] = now_ms
+
     def passed_on(self, source: int, newest_ts: int, now_ms: int) -> None:
         """Events of input ``source`` up to event time ``newest_ts`` were read here and handed on to
         their rooms' tasks (re-routed), after this batch's own events were applied.
@@ -570,22 +583,29 @@ class TaskAggregator:
                     slowest = frontier
         return slowest
 
-    def frontier_ms(self, now_ms: int) -> int:
+    def frontier_ms(self, now_ms: int) -> int | None:
         """This task's own input progress, for the tasks it re-routes to.
 
         The newest event time of its slowest non-idle input, without grace and without its own
         senders (re-routing is one hop: a shuffle's receivers never send back). With every
         input idle, the newest event time moved on by the wall time since the last delivery,
-        as the task's own watermark moves: never "no opinion", because an event may arrive the
-        moment after the marker, and after a crash the receivers hold at the last published
-        time until this task's next owner publishes again. Events it re-routes later are at
-        or after this time, up to the same disorder as any event.
+        as the task's own watermark moves: never "no opinion" once it has seen an event,
+        because an event may arrive the moment after the marker, and after a crash the
+        receivers hold at the last published time until this task's next owner publishes
+        again. Events it re-routes later are at or after this time, up to the same disorder as
+        any event.
+
+        None (idle) when every input is idle and it never took an event: it holds no receiver,
+        and it moves none either. Wall time extends event time a task has seen, never event
+        time it has not: otherwise a deployment started on empty topics would run its
+        watermarks on the wall clock through the receivers, and the first backlog its
+        producers send (seconds old, say buffered while they started) would all be late.
         """
         slowest = self._slowest(senders=False)
         if slowest != NEVER:
             return slowest
         if self._max_ts == NO_TIME:
-            return now_ms  # idle and never fed: anything it gets from now on is from now on
+            return None
         return self._max_ts + now_ms - self._last_delivery_ms()
 
     def _last_delivery_ms(self) -> int:
@@ -596,8 +616,8 @@ class TaskAggregator:
     def sender_progress(self, sender: int, frontier_ms: int | None) -> None:
         """Record a sender's published frontier; every event it re-routed before it is applied.
 
-        ``None`` (written by no current version) releases the sender. Call ``tick`` afterwards
-        to close what the new frontier releases.
+        ``None``: the sender is idle and never took an event; it holds nothing. Call ``tick``
+        afterwards to close what the new frontier releases.
         """
         if sender in self.senders:
             self._sender_frontier[sender] = frontier_ms

@@ -171,6 +171,29 @@ async def test_room_stats_equal_the_oracle(deployment: Deployment, workers) -> N
     assert worker.metric("livepulse_platform_rooms_live") == last["rooms_live"]
 
 
+async def test_a_backlog_sent_after_the_worker_sat_idle_on_empty_topics_is_counted(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    """A deployment started before its producers: every input idle well past
+    ``idle_partition_ms``, the tasks exchanging markers. Then half a minute of buffered events
+    arrives at once. No task has seen an event, so no watermark ran on with the wall clock:
+    every window is exact, nothing late (as it was, it all came late)."""
+    worker = workers()
+    await worker.wait_ready()
+    await eventually(
+        lambda: worker.metric("livepulse_assigned_partitions") == deployment.partitions, "assigned"
+    )
+    await asyncio.sleep(3 * 2.0)  # three times the default idle_partition_ms: every input idle
+    events = traffic(4_000, seed=12, rate_per_s=400)
+    expected = oracle(events, deployment)
+    await produce(deployment.bootstrap, deployment.topics, events, partitions=deployment.partitions)
+
+    got = await collect(deployment, expected)
+
+    assert_equal_to_oracle(got, expected)
+    assert worker.metric("livepulse_events_late_total") == 0
+
+
 async def test_kill_9_mid_stream_then_restart_gives_the_same_room_stats(
     deployment: Deployment, workers
 ) -> None:  # type: ignore[no-untyped-def]
@@ -656,7 +679,11 @@ async def test_inputs_paused_for_running_ahead_in_a_backlog_lose_nothing(
     first = workers("first")
     await first.wait_ready()  # topics made; then gone, so that the events wait as a backlog
     first.kill()
-    events = traffic(RATE * 300, seed=7, rate_per_s=RATE, start_ms=int(time.time() * 1000) - 3_600_000)
+    start_ms = int(time.time() * 1000) - 3_600_000
+    events = traffic(RATE * 300, seed=7, rate_per_s=RATE, start_ms=start_ms)
+    # Gifts begin 200 s into the backlog: each task reads its gift input's first events 200 s of
+    # event time ahead of its viewer input, which forces a hold however the fetches interleave.
+    events = [(kind, ev) for kind, ev in events if kind != "gift" or ev.ts >= start_ms + 200_000]
     expected = oracle(events, deployment)
     await produce(deployment.bootstrap, deployment.topics, events, partitions=deployment.partitions)
     second = workers("second")

@@ -348,7 +348,69 @@ def test_no_hold_for_slow_rounds_that_each_deliver() -> None:
 
 def test_a_task_that_never_got_an_event_does_not_hold_receivers_once_idle() -> None:
     quiet = TaskAggregator(CFG, sources=(0, 1), senders=(0,))
-    assert quiet.frontier_ms(now_ms=0) == -(2**62)  # nothing known yet: holds
+    assert quiet.frontier_ms(now_ms=0) == NOTHING_YET  # nothing known yet: holds
     quiet.tick(now_ms=0)
     quiet.tick(now_ms=CFG.idle_partition_ms)  # caught up and silent
-    assert quiet.frontier_ms(now_ms=CFG.idle_partition_ms) == CFG.idle_partition_ms
+    assert quiet.frontier_ms(now_ms=CFG.idle_partition_ms) is None  # idle: holds no receiver
+    receiver = TaskAggregator(CFG, sources=(0,), senders=(1,))
+    receiver.apply(0, [(1, join("r", "u", BASE_MS + 30_000))], now_ms=0)
+    receiver.sender_progress(1, quiet.frontier_ms(now_ms=CFG.idle_partition_ms))
+    receiver.tick(now_ms=1)
+    assert receiver.watermark_ms == BASE_MS + 30_000 - CFG.grace_ms
+
+
+def test_a_deployment_that_never_got_an_event_keeps_its_watermarks_off_the_wall_clock() -> None:
+    """Every task idle from the start and exchanging markers for a minute: no watermark moves,
+    so the first backlog the producers send, half a minute old, is counted, none of it late.
+    (Publishing the wall clock as an idle task's frontier made it all late.)"""
+    tasks = [
+        TaskAggregator(CFG, sources=(0, 1, 2), senders=tuple(s for s in range(3) if s != p)) for p in range(3)
+    ]
+    start = BASE_MS
+    for now in range(start, start + 60_000, 500):
+        frontiers = [task.frontier_ms(now) for task in tasks]
+        for p, task in enumerate(tasks):
+            for sender, frontier in enumerate(frontiers):
+                if sender != p:
+                    task.sender_progress(sender, frontier)
+            task.tick(now)
+    assert [task.watermark_ms for task in tasks] == [None, None, None]
+    now = start + 60_000
+    backlog = [(i, join(f"r{i % 4}", f"u{i}", now - 30_000 + i * 100)) for i in range(100)]
+    task = tasks[0]
+    for source in (0, 1):  # the fetch brought records of inputs 0 and 1
+        task.arriving(source, now)
+    task.apply(0, backlog[:50], now_ms=now)
+    task.apply(1, backlog[50:], now_ms=now)
+    assert task.counters.late == {}
+    assert task.watermark_ms == min(backlog[49][1].ts, backlog[-1][1].ts) - CFG.grace_ms
+
+
+def test_inputs_with_records_in_one_round_hold_the_watermark_before_the_first_is_applied() -> None:
+    """All inputs idle after a quiet spell; one fetch brings two inputs' records, applied one after
+    the other. Announced as arriving first, the second's events are not late behind the first's."""
+    agg = TaskAggregator(CFG, sources=(0, 1))
+    agg.apply(0, [(1, join("r", "u0", BASE_MS))], now_ms=0)
+    agg.apply(1, [(1, join("r", "v0", BASE_MS))], now_ms=0)
+    agg.tick(now_ms=0)
+    agg.tick(now_ms=CFG.idle_partition_ms)  # both caught up and silent: idle
+    wm_idle = agg.watermark_ms
+    now = CFG.idle_partition_ms + 1
+    first = [(2 + i, join("r", f"u{i}", BASE_MS + 1_000 + i * 1_000)) for i in range(20)]
+    second = [(2 + i, join("r", f"v{i}", BASE_MS + 1_000 + i * 1_000)) for i in range(20)]
+    agg.arriving(0, now)
+    agg.arriving(1, now)
+    agg.apply(0, first, now_ms=now)
+    assert agg.watermark_ms == wm_idle  # input 1 holds it at its last event, as any live input
+    agg.apply(1, second, now_ms=now)
+    assert agg.counters.late == {}
+    assert agg.watermark_ms == BASE_MS + 20_000 - CFG.grace_ms
+    # without the announcement the first input's events take the watermark on alone
+    alone = TaskAggregator(CFG, sources=(0, 1))
+    alone.apply(0, [(1, join("r", "u0", BASE_MS))], now_ms=0)
+    alone.apply(1, [(1, join("r", "v0", BASE_MS))], now_ms=0)
+    alone.tick(now_ms=0)
+    alone.tick(now_ms=CFG.idle_partition_ms)
+    alone.apply(0, first, now_ms=now)
+    alone.apply(1, second, now_ms=now)
+    assert sum(alone.counters.late.values()) > 0

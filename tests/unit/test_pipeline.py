@@ -451,3 +451,22 @@ def test_markers_are_due_when_the_frontier_passes_a_window_end_plus_grace() -> N
     assert pipeline.marker_releases_windows(NOW_MS)
     pipeline.stage_checkpoint(NOW_MS, {})
     assert not pipeline.marker_releases_windows(NOW_MS)
+
+
+def test_an_idle_task_that_never_got_an_event_writes_idle_markers_and_none_are_due() -> None:
+    """Its markers say ``null`` (idle: it holds no receiver and moves none), and being idle is
+    nothing to hurry a checkpoint for; its first events make its markers hold again."""
+    pipeline, sink, _ = make(partition=0)
+    idle_ms = SETTINGS.core.idle_partition_ms
+    pipeline.tick(NOW_MS)
+    pipeline.tick(NOW_MS + idle_ms)  # every input caught up and silent
+    assert pipeline.marker_releases_windows(NOW_MS + idle_ms)  # none written yet
+    pipeline.stage_checkpoint(NOW_MS + idle_ms, {})
+    markers = sink.take(TOPICS.repartition)
+    assert len(markers) == PARTITIONS - 1 and {v for _, _, v, _ in markers} == {b"null"}
+    assert not pipeline.marker_releases_windows(NOW_MS + 10 * idle_ms)
+    (room,) = rooms_on(0, 1)
+    pipeline.process(TOPICS.viewer, records([viewer("like", room, "u", T0)]), NOW_MS + 10 * idle_ms)
+    assert not pipeline.marker_releases_windows(NOW_MS + 10 * idle_ms)  # holding more releases nothing
+    pipeline.stage_checkpoint(NOW_MS + 10 * idle_ms, {})
+    assert {v for _, _, v, _ in sink.take(TOPICS.repartition)} == {b"%d" % T0}
