@@ -142,6 +142,8 @@ class TaskAggregator:
         self._busy_since: dict[int, int] = {}
         #: sources that delivered since the last tick
         self._delivered: set[int] = set()
+        #: sources announced by ``arriving`` since the last tick -> (were idle, their wall time)
+        self._arriving: dict[int, tuple[bool, int | None]] = {}
         #: the watermark stays put until this wall time (after an outage; see ``outage_hold_ms``)
         self._hold_until = NO_TIME
         #: sources caught up with their log end yet trailing the fastest other source by more than
@@ -382,9 +384,11 @@ class TaskAggregator:
         After every input of a task fell idle (a quiet spell, or a deployment started before
         its producers), one fetch often brings several inputs' first records at once, and they
         are applied input by input: the first must not close windows the others' events of the
-        same fetch belong to. An input whose records all turn out undecodable holds the
-        watermark at its last event time until it is idle again (``idle_partition_ms``)."""
-        if source in self.sources:
+        same fetch belong to. An input whose records all turn out undecodable (no event applied
+        or passed on before the round's ``tick``) is as it was before the call: garbage alone
+        neither holds the watermark nor keeps an input from turning idle."""
+        if source in self.sources and source not in self._arriving:
+            self._arriving[source] = (source in self._idle, self._src_wall.get(source))
             self._idle.discard(source)
             self._src_wall[source] = now_ms
 
@@ -439,6 +443,7 @@ class TaskAggregator:
         idle_after = self.config.idle_partition_ms
         busy = set(busy)
         delivered, self._delivered = self._delivered, set()
+        self._unannounce(delivered)
         delivered.update(behind)
         for source in self.sources:
             last = self._src_wall.setdefault(source, now_ms)
@@ -468,6 +473,19 @@ class TaskAggregator:
         else:
             return
         self._raise_watermark(candidate)
+
+    def _unannounce(self, delivered: set[int]) -> None:
+        """Put back the inputs ``arriving`` announced that delivered no event after all."""
+        for source, (was_idle, wall) in self._arriving.items():
+            if source in delivered:
+                continue
+            if was_idle:
+                self._idle.add(source)
+            if wall is None:
+                del self._src_wall[source]
+            else:
+                self._src_wall[source] = wall
+        self._arriving.clear()
 
     def _raise_watermark(self, candidate: int) -> None:
         """Move the watermark up to ``candidate`` (never down), closing what that makes due."""

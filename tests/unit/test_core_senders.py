@@ -414,3 +414,22 @@ def test_inputs_with_records_in_one_round_hold_the_watermark_before_the_first_is
     alone.apply(0, first, now_ms=now)
     alone.apply(1, second, now_ms=now)
     assert sum(alone.counters.late.values()) > 0
+
+
+def test_an_input_announced_that_brings_no_event_neither_holds_nor_stays_busy() -> None:
+    """A producer sending only garbage to an otherwise silent input: every round announces it,
+    none of its records is an event. It stays idle, and the other input's events close windows
+    as before (holding on to it froze every window of the task)."""
+    agg = TaskAggregator(CFG, sources=(0, 1))
+    agg.apply(0, [(1, join("r", "u0", BASE_MS))], now_ms=0)
+    agg.apply(1, [(1, join("r", "v0", BASE_MS))], now_ms=0)
+    agg.tick(now_ms=0)
+    agg.tick(now_ms=CFG.idle_partition_ms)  # both idle
+    for step in range(1, 40):
+        now = CFG.idle_partition_ms + step * 500
+        agg.arriving(1, now)  # garbage only: nothing applied from it
+        agg.arriving(0, now)
+        agg.apply(0, [(1 + step, join("r", f"u{step}", BASE_MS + step * 500))], now_ms=now)
+        agg.tick(now_ms=now)
+    assert agg.watermark_ms == BASE_MS + 39 * 500 - CFG.grace_ms
+    assert [s.window_start for s in agg.drain()] == [BASE_MS]
