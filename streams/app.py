@@ -27,6 +27,7 @@ import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from ._logstorm import limit_repeats
 from ._redact import install_log_redaction
@@ -164,7 +165,10 @@ FEED_BACKOFF_MAX_S = 60.0
 
 
 async def _keep_feeding_alerts(
-    settings: Settings, forwarder: AlertForwarder, failures: Any, backoff_max_s: float = FEED_BACKOFF_MAX_S
+    settings: Settings,
+    forwarder: AlertForwarder,
+    failures: Counter,
+    backoff_max_s: float = FEED_BACKOFF_MAX_S,
 ) -> None:
     """:func:`_feed_alerts` again after any failure, with backoff (1 s doubling to ``backoff_max_s``;
     back to 1 s after a minute without one). Forwarding is optional: a refused group (a missing

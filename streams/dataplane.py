@@ -668,7 +668,6 @@ class DataPlane:
         """Refuse an assignment no task layout fits: partitions were added to an input topic while
         the workers ran (tasks past the changelog's partitions; or, when only some inputs grew, one
         task's inputs split across workers, which would fence each other)."""
-        assert self._routing is not None
         inputs = set(self.settings.topics.inputs)
         for partition, tps in sorted(by_partition.items()):
             topics = {tp.topic for tp in tps}

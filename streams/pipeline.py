@@ -326,21 +326,23 @@ class TaskPipeline:
         return keep, newest
 
     def _dead_letter(self, topic: str, messages: Sequence[Message], bad: list[Any], now_ms: int) -> None:
+        """Dead-letter ``(offset, raw, Invalid)`` triples of ``messages`` (raw None: the message's
+        value as read)."""
         by_offset = {msg.offset: msg for msg in messages}
         dlq = self._topics.dlq
         add = self.sink.add
         for offset, raw, invalid in bad:
             msg = by_offset[offset]
+            key = None if msg.key is None else msg.key[:DLQ_KEY_CAP_BYTES]
             letter = dead_letter(
                 invalid,
                 topic=topic,
                 partition=self.partition,
                 offset=offset,
-                key=msg.key,
-                raw=raw,
+                key=key,
+                raw=msg.value or b"" if raw is None else raw,
                 now_ms=now_ms,
             )
-            key = None if msg.key is None else msg.key[:DLQ_KEY_CAP_BYTES]
             add(dlq, self.partition, key, encode_dead_letter(letter))
             self.metrics.events_invalid.labels(topic, invalid.reason).inc()
 
@@ -367,7 +369,6 @@ class TaskPipeline:
         if currencies == {self._currency}:
             return orders
         kept, refused = [], []
-        raw = {msg.offset: msg.value or b"" for msg in messages}
         for offset, ev in orders:
             if ev.currency == self._currency:
                 kept.append((offset, ev))
@@ -376,15 +377,14 @@ class TaskPipeline:
                     "unsupported_currency",
                     f"currency {ev.currency} is not LIVEPULSE_CURRENCY={self._currency}",
                 )
-                refused.append((offset, raw[offset], why))
+                refused.append((offset, None, why))
         self._dead_letter(topic, messages, refused, now_ms)
         return kept
 
     def _refuse_overflow(self, topic: str, messages: Sequence[Message], now_ms: int) -> None:
         """Dead-letter the events the task refused at its room cap (reason ``room_cap``)."""
-        raw = {msg.offset: msg.value or b"" for msg in messages}
         why = Invalid("room_cap", f"task {self.partition} holds max_rooms={self._max_rooms} rooms")
-        refused = [(offset, raw[offset], why) for offset in self.core.take_overflow()]
+        refused = [(offset, None, why) for offset in self.core.take_overflow()]
         self._dead_letter(topic, messages, refused, now_ms)
 
     # -- output ------------------------------------------------------------------------------
