@@ -212,8 +212,9 @@ def _classify(
     stream: Iterable[tuple[int, int, Event]], *, window_ms: int, grace_ms: int, sources: Iterable[int]
 ) -> tuple[dict[tuple[str, int], list[Event]], list[tuple[str, int, int]], int | None]:
     """Replay the processing order: accepted events by (room, window); the room, the watermark
-    and the move of the concurrent level (+1 a join, -1 a leave, else 0) of each late event, in
-    order; and the final watermark."""
+    and the move of the concurrent level (+1 a join, -1 a leave, else 0) of each late event of
+    a room already open (one that had an event in time: a late event opens no room, and no
+    room closes here), in order; and the final watermark."""
     wm: int | None = None
     source_max: dict[int, int] = {}
     expected = set(sources)
@@ -221,6 +222,7 @@ def _classify(
     seen_orders: set[tuple[str, str, str]] = set()
     accepted: dict[tuple[str, int], list[Event]] = defaultdict(list)
     late: list[tuple[str, int, int]] = []
+    opened: set[str] = set()
     for source, offset, ev in stream:
         source_max[source] = max(source_max.get(source, ev.ts), ev.ts)
         if all(s in source_max for s in expected | {source}):
@@ -231,11 +233,13 @@ def _classify(
             continue
         last_offset[guard] = offset
         if wm is not None and ev.ts < wm:
-            move = 0
-            if isinstance(ev, ViewerEvent):
-                move = 1 if ev.type == "join" else -1 if ev.type == "leave" else 0
-            late.append((ev.room_id, wm, move))
+            if ev.room_id in opened:
+                move = 0
+                if isinstance(ev, ViewerEvent):
+                    move = 1 if ev.type == "join" else -1 if ev.type == "leave" else 0
+                late.append((ev.room_id, wm, move))
             continue
+        opened.add(ev.room_id)
         if isinstance(ev, OrderEvent):
             key = (ev.room_id, ev.order_id, ev.status)
             if key in seen_orders:

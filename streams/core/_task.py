@@ -271,6 +271,13 @@ class TaskAggregator:
             room_id = ev.room_id
             room = rooms.get(room_id)
             if room is None:
+                if ts < wm:
+                    # A late event of a room without state here (never seen, or expired) opens
+                    # none: it is counted late (the task's counters, the metrics) in no room's
+                    # window. Opened, a replay of old events made rooms that lived on for up to
+                    # an hour (sessions, rollups), filled the room cap and shut out live rooms.
+                    late += 1
+                    continue
                 if len(rooms) >= max_rooms:  # the cap holds: the runtime dead-letters it (room_cap)
                     overflow += 1
                     self._overflow.append(offset)

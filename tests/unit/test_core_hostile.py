@@ -26,8 +26,12 @@ def test_an_input_sending_hour_old_events_stops_holding_the_watermark_back() -> 
     assert agg.watermark_ms == BASE_MS + 5 * W - 2_000
     closed = {(s.room_id, s.window_start): s for s in agg.drain()}
     assert [closed[("r", BASE_MS + k * W)].views for k in range(4)] == [1, 1, 1, 1]
-    late = sum(s.late_events for s in closed.values() if s.room_id == "old")
-    assert late >= 4  # the trailing input's events count late, none is added
+    # the trailing input's events count late, none is added; its room's only event in time was
+    # an hour old, so the room expired at once and its late events open no room again
+    assert agg.counters.late == {1: 5}
+    old = [(ws - BASE_MS, s.views, s.late_events) for (room, ws), s in closed.items() if room == "old"]
+    assert old == [(-HOUR, 2, 0)]  # the two hour-old joins in time (before any watermark), nothing else
+    assert "old" not in agg.rooms
 
 
 def test_the_last_windows_close_when_the_others_fall_quiet_and_the_trailing_input_keeps_sending() -> None:
@@ -75,3 +79,22 @@ def test_rooms_beyond_the_cap_are_refused_and_reported() -> None:
     assert (result.applied, result.overflow) == (1, 1)
     assert set(agg.rooms) == {"a", "b"}
     assert agg.counters.overflow == {0: 2}
+
+
+def test_a_replay_of_old_events_opens_no_room_and_leaves_the_room_cap_to_live_rooms() -> None:
+    """A producer re-sends a day of joins for 2 000 rooms, all behind the watermark. They are late,
+    counted, and open no room: the cap of 1 000 rooms stays free for live rooms, no room-stats,
+    session or rollup record is published for the replayed rooms, nothing is dead-lettered."""
+    agg = TaskAggregator(CoreConfig(max_rooms=1_000), sources=(0,))
+    agg.apply(0, [(0, join("live", BASE_MS))], BASE_MS)
+    agg.apply(0, [(1, join("live", BASE_MS + 5 * W))], BASE_MS)  # the watermark moves on
+    day_old = [(2 + i, join(f"old-{i}", BASE_MS - 24 * HOUR + i)) for i in range(2_000)]
+    result = agg.apply(0, day_old, BASE_MS)
+    assert (result.late, result.overflow, result.applied) == (2_000, 0, 0)
+    assert set(agg.rooms) == {"live"}
+    assert agg.apply(0, [(3_000, join("fresh", BASE_MS + 5 * W))], BASE_MS).applied == 1
+    for step in range(1, 400):  # 66 minutes of live heartbeats close every window
+        agg.apply(0, [(3_000 + step, join("live", BASE_MS + 5 * W + step * W))], BASE_MS)
+    published = {s.room_id for s in agg.drain()} | {s.room_id for s in agg.drain_sessions()}
+    published |= {s.room_id for _, s in agg.drain_rollups()}
+    assert published == {"live", "fresh"}
