@@ -388,10 +388,14 @@ class DataPlane:
             task.core.clock_stepped(step_ms)
 
     def _arriving(self, batches: Mapping[TopicPartition, list[Any]], now_ms: int) -> None:
-        """Tell each task which of its inputs this round brings records of, before any is applied
-        (``TaskAggregator.arriving``)."""
-        assert self._routing is not None
-        sources = self._routing.sources
+        """Before any of the round is applied, tell each task which of its inputs will deliver
+        (``TaskAggregator.arriving``): those with records in this round, and those the client's
+        last fetch response showed readable records of past the position (left in its buffer by
+        this round's ``max_records``, or on their way in the next fetch). Without the latter, a
+        backlog read over several rounds after every input fell idle made the inputs of the
+        later rounds late behind the first round's."""
+        assert self._consumer is not None and self._routing is not None
+        consumer, sources = self._consumer, self._routing.sources
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
             source = sources.get(tp.topic)
@@ -400,6 +404,14 @@ class DataPlane:
             position = task.positions.get(tp)
             if position is None or messages[-1].offset >= position:
                 task.core.arriving(source, now_ms)
+        for task in self.runtime.values():
+            for tp, position in task.positions.items():
+                source = sources.get(tp.topic)
+                if source is None or source == REPARTITION or source in task.held or tp in batches:
+                    continue
+                _, readable = log_ends(consumer.highwater(tp), consumer.last_stable_offset(tp))
+                if readable is not None and readable > position:
+                    task.core.arriving(source, now_ms)
 
     def _after_blind_spot(self, now_ms: int, wall: float) -> None:
         """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and

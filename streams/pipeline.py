@@ -513,7 +513,9 @@ class TaskPipeline:
             return True
         frontier, sent = self.core.frontier_ms(now_ms), self._marker_sent
         if frontier is None or sent is None:
-            return False  # the receivers do not wait for an idle sender that never took an event
+            # To or from idle (a task that never took an event holds no receiver): what the
+            # receivers may close changes either way, e.g. at start from "nothing known yet".
+            return frontier != sent
         cfg = self.core.config
         return (frontier - cfg.grace_ms) // cfg.window_ms > (sent - cfg.grace_ms) // cfg.window_ms
 

@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from schemas import ViewerEvent
 from streams.dataplane import DataPlane, _Task
 from streams.metrics import Metrics
@@ -131,3 +133,64 @@ def test_an_assignment_no_task_layout_fits_is_refused_by_name() -> None:
         plane._check_assignment(tasks((1, inputs), (5, (TOPICS.viewer,))))
     with pytest.raises(TopologyError, match="assigned partition 2 of"):
         plane._check_assignment(tasks((2, (TOPICS.viewer, TOPICS.gift))))
+
+
+class _Fetched:
+    """The consumer's knowledge from its last fetch responses: log ends per partition."""
+
+    def __init__(self, ends: Mapping[Any, int]) -> None:
+        self.ends = ends
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.ends.get(tp)
+
+    def last_stable_offset(self, tp: Any) -> int | None:
+        return self.ends.get(tp)
+
+
+def test_a_backlog_read_over_two_rounds_after_every_input_fell_idle_is_not_late() -> None:
+    """Every input idle; then a backlog on two inputs. The first round brings only the viewer
+    records (the client's ``max_records`` used up), but the last fetch response showed the order
+    input's records past its position: both are announced, so the viewer events do not take the
+    watermark past the orders of the next round."""
+    from aiokafka import TopicPartition
+
+    from tests.unit.test_pipeline import records, rooms_on, viewer
+
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    pipeline, _, _ = make(partition=0)
+    plane.runtime = {0: _Task(pipeline, producer=None)}  # type: ignore[arg-type]
+    views, orders, gifts = (TopicPartition(t, 0) for t in (TOPICS.viewer, TOPICS.order, TOPICS.gift))
+    task = plane.runtime[0]
+    task.positions = {views: 0, orders: 0, gifts: 0}
+    plane._consumer = _Fetched({views: 300, orders: 300, gifts: 0})  # type: ignore[assignment]
+    (room,) = rooms_on(0, 1)
+    now = NOW_MS + 10 * plane.settings.core.idle_partition_ms
+    for sender in range(1, PARTITIONS):  # the other tasks never got an event either
+        pipeline.core.sender_progress(sender, None)
+    pipeline.tick(NOW_MS)
+    pipeline.tick(now)  # every input caught up and silent: idle
+    backlog = [viewer("like", room, f"u{i}", T0 + i * 100) for i in range(300)]
+    plane._arriving({views: records(backlog)}, now)
+    pipeline.process(TOPICS.viewer, records(backlog), now)
+    task.positions[views] = 300
+    pipeline.tick(now, busy={1}, behind={1})
+    order_backlog = [
+        orjson.dumps(
+            {
+                "order_id": f"o{i}",
+                "room_id": room,
+                "user_id": "u",
+                "ts": T0 + i * 100,
+                "status": "paid",
+                "amount_minor": 100,
+                "currency": "CNY",
+            }
+        )
+        for i in range(300)
+    ]
+    plane._arriving({orders: records(order_backlog)}, now)
+    pipeline.process(TOPICS.order, records(order_backlog), now)
+    assert pipeline.core.counters.late == {}
+    assert pipeline.core.watermark_ms == T0 + 29_900 - plane.settings.core.grace_ms

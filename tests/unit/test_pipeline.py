@@ -467,6 +467,19 @@ def test_an_idle_task_that_never_got_an_event_writes_idle_markers_and_none_are_d
     assert not pipeline.marker_releases_windows(NOW_MS + 10 * idle_ms)
     (room,) = rooms_on(0, 1)
     pipeline.process(TOPICS.viewer, records([viewer("like", room, "u", T0)]), NOW_MS + 10 * idle_ms)
-    assert not pipeline.marker_releases_windows(NOW_MS + 10 * idle_ms)  # holding more releases nothing
+    assert pipeline.marker_releases_windows(NOW_MS + 10 * idle_ms)  # a receiver fed by it alone waits
     pipeline.stage_checkpoint(NOW_MS + 10 * idle_ms, {})
     assert {v for _, _, v, _ in sink.take(TOPICS.repartition)} == {b"%d" % T0}
+
+
+def test_the_markers_are_due_at_once_when_a_task_that_never_got_an_event_turns_idle() -> None:
+    """At start a task's inputs are not known to be idle: its first markers say "nothing known
+    yet" and hold every receiver. Once they turn idle, the "idle" markers release them: they are
+    due at once, not at the next regular checkpoint."""
+    pipeline, sink, _ = make(partition=0)
+    pipeline.tick(NOW_MS)
+    pipeline.stage_checkpoint(NOW_MS, {})
+    assert {v for _, _, v, _ in sink.take(TOPICS.repartition)} == {b"%d" % -(2**62)}
+    assert not pipeline.marker_releases_windows(NOW_MS + 1)
+    pipeline.tick(NOW_MS + SETTINGS.core.idle_partition_ms)
+    assert pipeline.marker_releases_windows(NOW_MS + SETTINGS.core.idle_partition_ms)
