@@ -602,7 +602,10 @@ class Scenario:
         In the hostile rows no honest event is late (each row checks), so these are hostile ones.
         A late event of a room without state is counted there only: it opens no room."""
         key = f'livepulse_events_late_total{{topic="{self.inputs[source]}"}}'
-        return sum(int((await sup.worker.metrics()).get(key, 0)) for sup in self.workers)
+        late = 0
+        for sup in self.workers:
+            late += int((await sup.worker.metrics()).get(key, 0))
+        return late
 
     async def _account(self, hostile: Hostile, out: Outputs) -> None:
         """Every bad message where it belongs: in the DLQ with its reason, or (stale, flood) in its room
