@@ -51,11 +51,15 @@ def test_rerouted_events_in_flight_are_not_late() -> None:
     agg.sender_progress(2, None)
     agg.sender_progress(1, BASE_MS + 5_000)
     agg.apply(0, [(i, join("r", f"d{i}", BASE_MS + i * 1_000)) for i in range(60)], now_ms=0)
+    after_hold = CFG.outage_hold_ms  # its first event, with sender 2 idle: held that long
+    agg.tick(now_ms=after_hold, busy={0})
     assert agg.watermark_ms == BASE_MS + 5_000 - CFG.grace_ms  # held by sender 1, not by the direct input
-    agg.apply(REROUTED, [(i, join("r", f"x{i}", BASE_MS + 4_000 + i)) for i in range(5)], now_ms=1)
+    agg.apply(
+        REROUTED, [(i, join("r", f"x{i}", BASE_MS + 4_000 + i)) for i in range(5)], now_ms=after_hold + 1
+    )
     assert agg.counters.late == {}
     agg.sender_progress(1, BASE_MS + 60_000)
-    agg.tick(now_ms=2)
+    agg.tick(now_ms=after_hold + 2)
     first = {s.window_start: s for s in agg.drain()}[BASE_MS]
     assert first.views == 10 + 5 and first.late_events == 0
 
@@ -95,9 +99,10 @@ def test_a_sender_idle_at_its_last_commit_still_holds_receivers_after_it_dies() 
     r.sender_progress(2, None)
     # The receiver's own input runs on for 30 s while the sender's task is down.
     r.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(1, 31)], now_ms=1)
+    r.tick(now_ms=1 + CFG.outage_hold_ms, busy={0})  # its first event, with sender 2 idle: held
     assert r.watermark_ms == published - CFG.grace_ms
     # The sender's next owner re-routes the backlog that arrived meanwhile.
-    r.apply(REROUTED, [(1, join("far-room", "v", BASE_MS + 3_500))], now_ms=2)
+    r.apply(REROUTED, [(1, join("far-room", "v", BASE_MS + 3_500))], now_ms=2 + CFG.outage_hold_ms)
     assert r.counters.late == {}
 
 
@@ -383,6 +388,8 @@ def test_a_deployment_that_never_got_an_event_keeps_its_watermarks_off_the_wall_
     task.apply(0, backlog[:50], now_ms=now)
     task.apply(1, backlog[50:], now_ms=now)
     assert task.counters.late == {}
+    assert task.watermark_ms is None  # its first events, the other tasks idle: held
+    task.tick(now + CFG.outage_hold_ms, busy={0, 1})
     assert task.watermark_ms == min(backlog[49][1].ts, backlog[-1][1].ts) - CFG.grace_ms
 
 
@@ -433,3 +440,35 @@ def test_an_input_announced_that_brings_no_event_neither_holds_nor_stays_busy() 
         agg.tick(now_ms=now)
     assert agg.watermark_ms == BASE_MS + 39 * 500 - CFG.grace_ms
     assert [s.window_start for s in agg.drain()] == [BASE_MS]
+
+
+def test_a_backlog_misrouted_after_the_deployment_sat_idle_is_not_late_at_its_rooms_task() -> None:
+    """Producers without murmur2 start after the worker: every task idle, never fed, their markers
+    "idle". Task 1 applies the rooms that landed on its own partition; the half of its rooms that
+    landed on partition 0 reaches it only after task 0's next commit. Its first event holds its
+    watermark (as after an outage) until they and task 0's marker are in: none is late."""
+    tasks = [TaskAggregator(CFG, sources=(0, 1, 2), senders=(1 - p,)) for p in range(2)]
+    wall = BASE_MS + 30_000  # the backlog is 30 s old
+    for now in (wall, wall + 2_000, wall + 4_000):
+        frontiers = [task.frontier_ms(now) for task in tasks]
+        for p, task in enumerate(tasks):
+            task.sender_progress(1 - p, frontiers[1 - p])
+            task.tick(now)
+    assert [task.frontier_ms(wall + 4_000) for task in tasks] == [None, None]
+    now = wall + 6_000
+    own = [(i, join(f"room{i % 5}", f"u{i}", BASE_MS + i * 10)) for i in range(0, 3_000, 2)]
+    misrouted = [(i, join(f"room{i % 5}", f"u{i}", BASE_MS + i * 10)) for i in range(1, 3_000, 2)]
+    sender, receiver = tasks
+    sender.arriving(0, now)
+    sender.passed_on(0, misrouted[-1][1].ts, now)
+    sender.tick(now)
+    receiver.arriving(0, now)
+    receiver.apply(0, own, now)
+    receiver.tick(now)
+    assert receiver.watermark_ms is None  # held: task 0 may be re-routing its first events here
+    now += 300  # task 0's commit (the re-routed events, then its marker) is read
+    receiver.apply(REROUTED, misrouted, now)
+    receiver.sender_progress(0, sender.frontier_ms(now))
+    receiver.tick(now + CFG.outage_hold_ms)
+    assert receiver.counters.late == {} and receiver.counters.outage_holds == 0
+    assert receiver.watermark_ms == BASE_MS + 2_999 * 10 - CFG.grace_ms

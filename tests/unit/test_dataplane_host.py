@@ -148,11 +148,18 @@ class _Fetched:
         return self.ends.get(tp)
 
 
+def _paid(room: str, i: int, ts: int) -> bytes:
+    return orjson.dumps(
+        {"order_id": f"o{i}", "room_id": room, "user_id": "u", "ts": ts, "status": "paid"}
+        | {"amount_minor": 100, "currency": "CNY"}
+    )
+
+
 def test_a_backlog_read_over_two_rounds_after_every_input_fell_idle_is_not_late() -> None:
-    """Every input idle; then a backlog on two inputs. The first round brings only the viewer
-    records (the client's ``max_records`` used up), but the last fetch response showed the order
-    input's records past its position: both are announced, so the viewer events do not take the
-    watermark past the orders of the next round."""
+    """Every input idle after a quiet spell; then a backlog on two inputs. The first round brings
+    only the viewer records (the client's ``max_records`` used up), but the last fetch response
+    showed the order input's records past its position: both are announced, so the viewer events
+    do not take the watermark past the orders of the next round."""
     from aiokafka import TopicPartition
 
     from tests.unit.test_pipeline import records, rooms_on, viewer
@@ -163,34 +170,23 @@ def test_a_backlog_read_over_two_rounds_after_every_input_fell_idle_is_not_late(
     plane.runtime = {0: _Task(pipeline, producer=None)}  # type: ignore[arg-type]
     views, orders, gifts = (TopicPartition(t, 0) for t in (TOPICS.viewer, TOPICS.order, TOPICS.gift))
     task = plane.runtime[0]
-    task.positions = {views: 0, orders: 0, gifts: 0}
-    plane._consumer = _Fetched({views: 300, orders: 300, gifts: 0})  # type: ignore[assignment]
     (room,) = rooms_on(0, 1)
-    now = NOW_MS + 10 * plane.settings.core.idle_partition_ms
-    for sender in range(1, PARTITIONS):  # the other tasks never got an event either
+    pipeline.process(TOPICS.viewer, records([viewer("like", room, "u", T0 - 1_000)]), NOW_MS)
+    pipeline.process(TOPICS.order, records([_paid(room, 0, T0 - 1_000)]), NOW_MS)
+    for sender in range(1, PARTITIONS):  # the other tasks idle, never fed: they hold nothing
         pipeline.core.sender_progress(sender, None)
+    task.positions = {views: 1, orders: 1, gifts: 0}
+    plane._consumer = _Fetched({views: 301, orders: 301, gifts: 0})  # type: ignore[assignment]
+    now = NOW_MS + plane.settings.core.idle_partition_ms
     pipeline.tick(NOW_MS)
-    pipeline.tick(now)  # every input caught up and silent: idle
-    backlog = [viewer("like", room, f"u{i}", T0 + i * 100) for i in range(300)]
-    plane._arriving({views: records(backlog)}, now)
-    pipeline.process(TOPICS.viewer, records(backlog), now)
-    task.positions[views] = 300
+    pipeline.tick(now)  # every input caught up and silent since: idle
+    backlog = records([viewer("like", room, f"u{i}", T0 + i * 100) for i in range(300)], first_offset=1)
+    plane._arriving({views: backlog}, now)
+    pipeline.process(TOPICS.viewer, backlog, now)
+    task.positions[views] = 301
     pipeline.tick(now, busy={1}, behind={1})
-    order_backlog = [
-        orjson.dumps(
-            {
-                "order_id": f"o{i}",
-                "room_id": room,
-                "user_id": "u",
-                "ts": T0 + i * 100,
-                "status": "paid",
-                "amount_minor": 100,
-                "currency": "CNY",
-            }
-        )
-        for i in range(300)
-    ]
-    plane._arriving({orders: records(order_backlog)}, now)
-    pipeline.process(TOPICS.order, records(order_backlog), now)
+    order_backlog = records([_paid(room, 1 + i, T0 + i * 100) for i in range(300)], first_offset=1)
+    plane._arriving({orders: order_backlog}, now)
+    pipeline.process(TOPICS.order, order_backlog, now)
     assert pipeline.core.counters.late == {}
     assert pipeline.core.watermark_ms == T0 + 29_900 - plane.settings.core.grace_ms
