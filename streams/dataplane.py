@@ -614,7 +614,7 @@ class DataPlane:
             self.ready = False
             self._rebalancing = True
             self._generation += 1
-            if self.runtime and self._failure is None and not self._stopping:
+            if self.runtime and self._failure is None:  # stopping too: stop() finds no task after this
                 try:
                     await self._checkpoint(self.runtime)
                 except LivepulseError as exc:
@@ -631,10 +631,16 @@ class DataPlane:
     async def _assign(self, assigned: Iterable[TopicPartition]) -> None:
         started = time.monotonic()
         async with self._lock:
+            await self._close_tasks()  # normally done at revocation
+            if self._stopping:
+                # Leaving the group: aiokafka finishes a join in flight on its way out and hands
+                # over partitions. Opening them would fence their next owners' producers and
+                # restore state within the shutdown budget, for a worker that reads nothing more.
+                self.metrics.assigned_partitions.set(0)
+                return
             by_partition: dict[int, list[TopicPartition]] = {}
             for tp in assigned:
                 by_partition.setdefault(tp.partition, []).append(tp)
-            await self._close_tasks()  # normally done at revocation
             self._check_assignment(by_partition)
             for gone in self._held - set(by_partition):
                 self.metrics.forget_partition(gone)  # no stale lag or watermark series for moved partitions

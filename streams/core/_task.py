@@ -637,7 +637,10 @@ class TaskAggregator:
             return slowest
         if self._max_ts == NO_TIME:
             return None
-        return self._max_ts + now_ms - self._last_delivery_ms()
+        # Never below its own watermark (+ grace): after a restore the wall time since the last
+        # delivery counts from the restore, so a task quiet for an hour and then moved would
+        # publish a frontier an hour back and hold every receiver that far behind.
+        return max(self._max_ts + now_ms - self._last_delivery_ms(), self._watermark + self.config.grace_ms)
 
     def _last_delivery_ms(self) -> int:
         """Wall time of the last delivery of a source that is not trailing (those keep sending)."""

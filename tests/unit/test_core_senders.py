@@ -472,3 +472,37 @@ def test_a_backlog_misrouted_after_the_deployment_sat_idle_is_not_late_at_its_ro
     receiver.tick(now + CFG.outage_hold_ms)
     assert receiver.counters.late == {} and receiver.counters.outage_holds == 0
     assert receiver.watermark_ms == BASE_MS + 2_999 * 10 - CFG.grace_ms
+
+
+def test_a_task_quiet_for_an_hour_then_moved_does_not_publish_a_frontier_an_hour_back() -> None:
+    """Its partition quiet for an hour, the task is restored elsewhere (a deploy, a scale-out).
+    The wall time since its last delivery now counts from the restore: without a floor at its own
+    watermark its frontier fell an hour back, and every receiver waited an hour behind."""
+    cfg = CoreConfig(room_idle_ms=10**9)
+
+    def task(p: int) -> TaskAggregator:
+        return TaskAggregator(cfg, sources=(0, 1, 2), senders=(1 - p,))
+
+    busy, quiet = task(0), task(1)
+    quiet.apply(0, [(0, join("q-room", "u", BASE_MS))], now_ms=BASE_MS)  # its last event
+    now = BASE_MS
+    for s in range(1, 3_601):  # an hour of live traffic on the busy task only
+        now = BASE_MS + s * 1_000
+        busy.apply(0, [(s, join("b-room", f"u{s}", now - 300))], now_ms=now)
+        for t in (busy, quiet):
+            t.tick(now)
+        busy.sender_progress(1, quiet.frontier_ms(now))
+        quiet.sender_progress(0, busy.frontier_ms(now))
+    moved = task(1)
+    moved.restore(quiet.checkpoint({0: 1}).upserts)
+    for s in range(5, 66):
+        t = now + s * 1_000
+        busy.apply(0, [(4_000 + s, join("b-room", f"w{s}", t - 300))], now_ms=t)
+        moved.sender_progress(0, busy.frontier_ms(t))
+        moved.tick(t)
+        frontier = moved.frontier_ms(t)
+        if s >= 5 + cfg.idle_partition_ms // 1_000:  # its inputs known idle again ("nothing known" till then)
+            assert frontier is not None and t - frontier < 10_000, (s, t - (frontier or 0))
+        busy.sender_progress(1, frontier)
+        busy.tick(t)
+    assert t - (busy.watermark_ms or 0) < 5_000

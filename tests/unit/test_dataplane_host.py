@@ -190,3 +190,69 @@ def test_a_backlog_read_over_two_rounds_after_every_input_fell_idle_is_not_late(
     pipeline.process(TOPICS.order, order_backlog, now)
     assert pipeline.core.counters.late == {}
     assert pipeline.core.watermark_ms == T0 + 29_900 - plane.settings.core.grace_ms
+
+
+class _Committing:
+    """A task producer that records its commits and whether it was closed."""
+
+    def __init__(self, commits: list[int], partition: int) -> None:
+        self.commits, self.partition, self.closed = commits, partition, False
+
+    async def send(self) -> None:
+        pass
+
+    async def commit(self, offsets: Any, group_id: str) -> None:
+        self.commits.append(self.partition)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_a_revocation_between_sigterm_and_the_last_checkpoint_still_commits_it() -> None:
+    """SIGTERM lands, then the group's revocation callback takes the lock before ``stop()``:
+    the revocation's checkpoint is the last one (``stop()`` finds no task after it)."""
+
+    class _Leaving:
+        async def stop(self) -> None:
+            pass
+
+    commits: list[int] = []
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane._consumer = _Leaving()  # type: ignore[assignment]
+    plane.runtime = {p: _Task(make(partition=p)[0], _Committing(commits, p)) for p in (0, 1)}  # type: ignore[arg-type]
+    plane.request_stop()
+
+    async def shutdown() -> None:
+        await plane._revoke()
+        await plane.stop()
+
+    asyncio.run(shutdown())
+    assert sorted(commits) == [0, 1]
+
+
+def test_an_assignment_handed_over_while_the_worker_stops_opens_no_task() -> None:
+    """aiokafka finishes a join in flight while the consumer stops and calls the assignment
+    callback: a stopping worker opens nothing (no producer fencing the next owner, no restore
+    within the shutdown budget) and does not report ready again."""
+    from aiokafka import TopicPartition
+
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane.partitions = PARTITIONS
+    opened: list[int] = []
+
+    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
+        opened.append(partition)
+        return _Task(make(partition=partition)[0], _Committing([], partition))  # type: ignore[arg-type]
+
+    plane._open_task = open_task  # type: ignore[method-assign]
+
+    class _JoinInFlight:
+        async def stop(self) -> None:
+            await plane.on_assigned([TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs])
+
+    plane._consumer = _JoinInFlight()  # type: ignore[assignment]
+    plane.request_stop()
+    asyncio.run(plane.stop())
+    assert (opened, plane.runtime, plane.ready) == ([], {}, False)
