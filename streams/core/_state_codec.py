@@ -43,8 +43,9 @@ ROOM_FORMAT_VERSION = 5
 #: counters per bucket in each room version: a migration pads older buckets with zeros
 _COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS}
 
-#: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets
-META_FORMAT_VERSION = 3
+#: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets;
+#: 4: + the window geometry (bucket_ms, window_ms) the state was cut with
+META_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,8 @@ class TaskMeta(NamedTuple):
     senders: dict[int, int | None]
     #: source -> next offset to read
     offsets: dict[int, int]
+    #: (bucket_ms, window_ms) of the settings that wrote it (None: a version before 4)
+    geometry: tuple[int, int] | None = None
 
 
 class Records(NamedTuple):
@@ -288,6 +291,7 @@ def encode_meta(meta: TaskMeta) -> bytes:
             list(meta.source_max.items()),
             list(meta.senders.items()),
             list(meta.offsets.items()),
+            list(meta.geometry) if meta.geometry is not None else None,
         ]
     )
 
@@ -296,18 +300,20 @@ def decode_meta(raw: bytes) -> TaskMeta:
     """Task metadata of any version (v1 had no per-source event times, v2 no senders or offsets)."""
     try:
         version, max_ts, watermark, *rest = orjson.loads(raw)
-        if version not in (1, 2, 3):
+        if version not in (1, 2, 3, 4):
             raise StateError(f"task metadata version {version!r} is not supported")
         # v1 had no per-source event times: the restored task waits for every source again.
         source_max = rest[0] if version >= 2 else []
         senders = rest[1] if version >= 3 else []
         offsets = rest[2] if version >= 3 else []
+        geometry = rest[3] if version >= 4 else None
         return TaskMeta(
             int(max_ts),
             int(watermark),
             {int(source): int(ts) for source, ts in source_max},
             {int(s): None if f is None else int(f) for s, f in senders},
             {int(source): int(offset) for source, offset in offsets},
+            None if geometry is None else (int(geometry[0]), int(geometry[1])),
         )
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
         raise StateError(f"undecodable task metadata: {exc}") from exc

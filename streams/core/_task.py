@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from schemas import Event, OrderEvent, RoomSession, RoomStats, ViewerEvent
 
-from ..exceptions import StateError
+from ..exceptions import ConfigError, StateError
 from ._alerts import AlertEvent
 from ._config import CoreConfig
 from ._rollups import Rollup
@@ -993,7 +993,15 @@ class TaskAggregator:
         self._gone_chunks = []
         if offsets:
             self._offsets.update(offsets)
-        meta = TaskMeta(self._max_ts, self._watermark, self._src_max, self._sender_frontier, self._offsets)
+        cfg = self.config
+        meta = TaskMeta(
+            self._max_ts,
+            self._watermark,
+            self._src_max,
+            self._sender_frontier,
+            self._offsets,
+            (cfg.bucket_ms, cfg.window_ms),
+        )
         upserts.append((META_KEY, encode_meta(meta)))
         return Checkpoint(upserts, deletes)
 
@@ -1010,9 +1018,12 @@ class TaskAggregator:
         live = compact(records)
         if live.meta is not None:
             try:
-                self._restore_meta(decode_meta(live.meta))
+                meta = decode_meta(live.meta)
             except StateError as exc:
                 self.quarantined.append((META_KEY, live.meta, str(exc)))
+            else:
+                self._check_geometry(meta.geometry)
+                self._restore_meta(meta)
         for key, value in live.rooms:
             try:
                 room = decode_room_record(key, value, self.config.window_ms)
@@ -1056,6 +1067,8 @@ class TaskAggregator:
             for rollup in room.rollups or ():
                 if rollup is not None:
                     _enlist(self._rollup_ends, rollup.start + rollup.length, room)
+        if not cfg.sessions:
+            room.session = None  # sessions turned off since the checkpoint: none is folded or published
         session = room.session
         if session is not None:
             due = self._due_of(session)
@@ -1086,6 +1099,19 @@ class TaskAggregator:
         if room is None:
             return  # no such room: nothing to attach it to (a room and its chunks are deleted together)
         room.restore_chunk(ws, keys)
+
+    def _check_geometry(self, geometry: tuple[int, int] | None) -> None:
+        """Refuse state cut with other buckets or windows: its open windows cannot be re-cut, and
+        restored as they are they published misaligned windows and lost buckets without a word."""
+        cfg = self.config
+        if geometry is None or geometry == (cfg.bucket_ms, cfg.window_ms):
+            return
+        bucket_ms, window_ms = geometry
+        raise ConfigError(
+            f"the task state was written with LIVEPULSE_BUCKET_MS={bucket_ms} and LIVEPULSE_WINDOW_MS="
+            f"{window_ms}; this worker runs with {cfg.bucket_ms} and {cfg.window_ms}: open windows cannot "
+            "be re-cut. Go back to the old settings, or reset the state (the RUNBOOK's 'Reset state')"
+        )
 
     def _restore_meta(self, meta: TaskMeta) -> None:
         self._max_ts, self._watermark = meta.max_ts, meta.watermark

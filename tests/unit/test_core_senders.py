@@ -13,6 +13,7 @@ from loadtest.oracle import expected_windows
 from schemas import RoomStats, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
 from streams.core._state_codec import META_KEY
+from streams.exceptions import ConfigError
 
 BASE_MS = 1_700_000_000_000
 CFG = CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, dedup_ttl_ms=10**9)
@@ -506,3 +507,37 @@ def test_a_task_quiet_for_an_hour_then_moved_does_not_publish_a_frontier_an_hour
         busy.sender_progress(1, frontier)
         busy.tick(t)
     assert t - (busy.watermark_ms or 0) < 5_000
+
+
+@pytest.mark.parametrize(("bucket_ms", "window_ms"), [(1_000, 5_000), (1_000, 20_000), (500, 10_000)])
+def test_state_cut_with_other_buckets_or_windows_is_refused_naming_the_settings(
+    bucket_ms: int, window_ms: int
+) -> None:
+    """Restored as it was, state of 10 s windows published misaligned windows under 5 s or 20 s
+    ones and lost buckets of another length, without a word."""
+    agg = receiver()
+    agg.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(10)], now_ms=0)
+    records = agg.checkpoint({0: 10}).upserts
+    other = CoreConfig(bucket_ms=bucket_ms, window_ms=window_ms, grace_ms=2_000, room_idle_ms=10**9)
+    with pytest.raises(ConfigError, match=r"LIVEPULSE_WINDOW_MS=10000.*Reset state"):
+        TaskAggregator(other, sources=(0,), senders=(1, 2)).restore(records)
+    assert TaskAggregator(CFG, sources=(0,), senders=(1, 2)).restore(records) == 1  # same settings: fine
+
+
+def test_sessions_turned_off_since_the_checkpoint_are_not_folded_or_published() -> None:
+    agg = receiver()
+    agg.sender_progress(1, None)
+    agg.sender_progress(2, None)
+    agg.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(30)], now_ms=0)
+    agg.tick(now_ms=CFG.outage_hold_ms, busy={0})
+    assert agg.drain_sessions()  # sessions on: published
+    records = agg.checkpoint({0: 30}).upserts
+    off = TaskAggregator(
+        CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, sessions=False),
+        sources=(0,),
+        senders=(1, 2),
+    )
+    off.restore(records)
+    off.apply(0, [(30 + i, join("r", f"v{i}", BASE_MS + 30_000 + i * 1_000)) for i in range(30)], now_ms=1)
+    off.tick(now_ms=CFG.outage_hold_ms + 1, busy={0})
+    assert off.drain() and off.drain_sessions() == []

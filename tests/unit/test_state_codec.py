@@ -141,7 +141,12 @@ def test_garbage_dedup_chunks_are_state_errors(key: bytes, value: bytes) -> None
 
 def test_task_metadata_round_trips() -> None:
     meta = TaskMeta(
-        BASE_MS, BASE_MS - 2_000, {0: BASE_MS, 1: BASE_MS - 5}, {1: BASE_MS, 2: None}, {0: 8, 3: 41}
+        BASE_MS,
+        BASE_MS - 2_000,
+        {0: BASE_MS, 1: BASE_MS - 5},
+        {1: BASE_MS, 2: None},
+        {0: 8, 3: 41},
+        (1_000, 10_000),
     )
     assert decode_meta(encode_meta(meta)) == meta
 
@@ -152,6 +157,7 @@ def test_task_metadata_round_trips() -> None:
         ([1, BASE_MS, BASE_MS - 2_000], TaskMeta(BASE_MS, BASE_MS - 2_000, {}, {}, {})),
         ([2, BASE_MS, 0, [[0, BASE_MS]]], TaskMeta(BASE_MS, 0, {0: BASE_MS}, {}, {})),
         ([3, 5, 3, [[2, 5]], [[1, None]], [[2, 9]]], TaskMeta(5, 3, {2: 5}, {1: None}, {2: 9})),
+        ([4, 5, 3, [], [], [], [500, 5_000]], TaskMeta(5, 3, {}, {}, {}, (500, 5_000))),
     ],
 )
 def test_every_task_metadata_version_decodes(record: list[object], meta: TaskMeta) -> None:
