@@ -39,6 +39,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -708,7 +709,9 @@ class DataPlane:
         )
         await producer.start()
         records, key_offsets, seconds = await read_partition(s, partition)
-        core = self._routing.task_core(partition, s.core)
+        # the other tasks' next checkpoint, and the fetch that reads it (see first_event_hold_ms)
+        hold_ms = 2 * s.commit_interval_ms
+        core = self._routing.task_core(partition, replace(s.core, first_event_hold_ms=hold_ms))
         core.rules, core.categories = self._rules.rules, self._rules.categories
         rooms = core.restore(records)
         pipeline = TaskPipeline(partition, core, producer.outbound, self._routing, s, self.metrics)

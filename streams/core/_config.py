@@ -25,6 +25,11 @@ class CoreConfig:
     #: so events the producers buffered through the outage are not late when one producer
     #: reconnects later than another (librdkafka backs off up to 10 s by default); 0: no hold
     outage_hold_ms: int = 10_000
+    #: a task's first event, while a task re-routing to it has never taken one (its markers say
+    #: "idle"), holds the watermark this long: that task may be taking its first events too, and
+    #: the ones it re-routes, with the marker that holds this task, come with its next checkpoint.
+    #: The data plane sets it to twice the commit interval; 0: no hold
+    first_event_hold_ms: int = 2_000
     #: event-time silence after which a room is forgotten (after its last window; rooms are
     #: scanned every max(window_ms, room_idle_ms / 10) of event time)
     room_idle_ms: int = 300_000
@@ -61,8 +66,8 @@ class CoreConfig:
             raise ConfigError("bucket_ms and window_ms must be positive")
         if self.window_ms % self.bucket_ms:
             raise ConfigError(f"window_ms {self.window_ms} is not a multiple of bucket_ms {self.bucket_ms}")
-        if self.grace_ms < 0 or self.outage_hold_ms < 0:
-            raise ConfigError("grace_ms and outage_hold_ms must be >= 0")
+        if self.grace_ms < 0 or self.outage_hold_ms < 0 or self.first_event_hold_ms < 0:
+            raise ConfigError("grace_ms, outage_hold_ms and first_event_hold_ms must be >= 0")
         if self.idle_partition_ms <= 0 or self.room_idle_ms <= 0:
             raise ConfigError("idle_partition_ms and room_idle_ms must be > 0")
         if self.dedup_ttl_ms < 0 or self.dedup_max_per_room <= 0:

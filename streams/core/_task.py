@@ -381,8 +381,8 @@ class TaskAggregator:
             # The task's first event, while a task re-routing to it has never taken one (its
             # markers say "idle"): that task may be taking its first events now too, and the ones
             # it re-routes here, with the marker that holds this watermark, come only with its next
-            # checkpoint. Hold for ``outage_hold_ms``, as after an outage (not counted as one).
-            self._hold_until = max(self._hold_until, now_ms + self.config.outage_hold_ms)
+            # checkpoint. Hold for ``first_event_hold_ms`` (not counted as an outage).
+            self._hold_until = max(self._hold_until, now_ms + self.config.first_event_hold_ms)
         # The watermark is the slowest non-idle source's newest event time minus grace, so a
         # topic read ahead of the others (backlog, uneven fetches) does not make theirs late.
         others = self._slowest(exclude=source)

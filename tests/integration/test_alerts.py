@@ -64,7 +64,12 @@ async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(
         deployment = Deployment(
             kafka_bootstrap,
             window_ms=WINDOW_MS,
-            extra_env={"LIVEPULSE_BUCKET_MS": "500", "LIVEPULSE_ALERTMANAGER_URL": am_url},
+            # no periodic re-send inside the firing span: "fires once" is about transitions
+            extra_env={
+                "LIVEPULSE_BUCKET_MS": "500",
+                "LIVEPULSE_ALERTMANAGER_URL": am_url,
+                "LIVEPULSE_ALERT_RESEND_MS": "600000",
+            },
         )
         worker = Worker(deployment, tmp_path, "alerts")
         try:

@@ -98,6 +98,13 @@ async def test_prometheus_scrapes_the_worker_and_the_alerts_follow_faults(
             assert not prom.query('{__name__=~"livepulse_.+_created"}'), "no _created series"
 
             # A few events far behind the watermark: counted late, giving the late-ratio series.
+            # Every task has a watermark first (none while a task's first events are held).
+            await until(
+                lambda: has_data(
+                    prom, f"count(livepulse_watermark_delay_seconds) == {deployment.partitions}"
+                ),
+                "every task has a watermark",
+            )
             stale_ms = int(time.time() * 1000) - 60_000
             late = [("viewer", ViewerEvent("join", f"room-{i}", f"late-{i}", stale_ms)) for i in range(20)]
             await produce(kafka_bootstrap, topics, late, partitions=deployment.partitions)

@@ -329,7 +329,7 @@ async def test_two_workers_split_partitions_and_hand_over_state(deployment: Depl
     # a rebalance is no broker outage: no watermark is held for outage_hold_ms after it
     assert a.metric("livepulse_watermark_holds_total") == 0
 
-    assert a.stop() == 0  # graceful: checkpoint, commit, leave the group
+    assert await asyncio.to_thread(a.stop) == 0  # graceful: checkpoint, commit, leave the group
     await eventually(lambda: _partitions(b) == list(range(deployment.partitions)), "b owns every partition")
     await producing
 
@@ -477,7 +477,7 @@ async def test_an_input_recreated_below_the_recorded_offsets_resumes_at_its_end_
     await first.wait_ready()
     await produce(deployment.bootstrap, deployment.topics, before, partitions=deployment.partitions)
     await collect(deployment, oracle(before, deployment))
-    assert first.stop() == 0  # checkpointed: the changelog holds the viewer offsets
+    assert await asyncio.to_thread(first.stop) == 0  # checkpointed: the changelog holds the viewer offsets
 
     viewer = deployment.topics.viewer
     admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)

@@ -52,7 +52,7 @@ def test_rerouted_events_in_flight_are_not_late() -> None:
     agg.sender_progress(2, None)
     agg.sender_progress(1, BASE_MS + 5_000)
     agg.apply(0, [(i, join("r", f"d{i}", BASE_MS + i * 1_000)) for i in range(60)], now_ms=0)
-    after_hold = CFG.outage_hold_ms  # its first event, with sender 2 idle: held that long
+    after_hold = CFG.first_event_hold_ms  # its first event, with sender 2 idle: held that long
     agg.tick(now_ms=after_hold, busy={0})
     assert agg.watermark_ms == BASE_MS + 5_000 - CFG.grace_ms  # held by sender 1, not by the direct input
     agg.apply(
@@ -100,10 +100,10 @@ def test_a_sender_idle_at_its_last_commit_still_holds_receivers_after_it_dies() 
     r.sender_progress(2, None)
     # The receiver's own input runs on for 30 s while the sender's task is down.
     r.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(1, 31)], now_ms=1)
-    r.tick(now_ms=1 + CFG.outage_hold_ms, busy={0})  # its first event, with sender 2 idle: held
+    r.tick(now_ms=1 + CFG.first_event_hold_ms, busy={0})  # its first event, with sender 2 idle: held
     assert r.watermark_ms == published - CFG.grace_ms
     # The sender's next owner re-routes the backlog that arrived meanwhile.
-    r.apply(REROUTED, [(1, join("far-room", "v", BASE_MS + 3_500))], now_ms=2 + CFG.outage_hold_ms)
+    r.apply(REROUTED, [(1, join("far-room", "v", BASE_MS + 3_500))], now_ms=2 + CFG.first_event_hold_ms)
     assert r.counters.late == {}
 
 
@@ -390,7 +390,7 @@ def test_a_deployment_that_never_got_an_event_keeps_its_watermarks_off_the_wall_
     task.apply(1, backlog[50:], now_ms=now)
     assert task.counters.late == {}
     assert task.watermark_ms is None  # its first events, the other tasks idle: held
-    task.tick(now + CFG.outage_hold_ms, busy={0, 1})
+    task.tick(now + CFG.first_event_hold_ms, busy={0, 1})
     assert task.watermark_ms == min(backlog[49][1].ts, backlog[-1][1].ts) - CFG.grace_ms
 
 
@@ -447,7 +447,7 @@ def test_a_backlog_misrouted_after_the_deployment_sat_idle_is_not_late_at_its_ro
     """Producers without murmur2 start after the worker: every task idle, never fed, their markers
     "idle". Task 1 applies the rooms that landed on its own partition; the half of its rooms that
     landed on partition 0 reaches it only after task 0's next commit. Its first event holds its
-    watermark (as after an outage) until they and task 0's marker are in: none is late."""
+    watermark (first_event_hold_ms) until they and task 0's marker are in: none is late."""
     tasks = [TaskAggregator(CFG, sources=(0, 1, 2), senders=(1 - p,)) for p in range(2)]
     wall = BASE_MS + 30_000  # the backlog is 30 s old
     for now in (wall, wall + 2_000, wall + 4_000):
@@ -470,7 +470,7 @@ def test_a_backlog_misrouted_after_the_deployment_sat_idle_is_not_late_at_its_ro
     now += 300  # task 0's commit (the re-routed events, then its marker) is read
     receiver.apply(REROUTED, misrouted, now)
     receiver.sender_progress(0, sender.frontier_ms(now))
-    receiver.tick(now + CFG.outage_hold_ms)
+    receiver.tick(now + CFG.first_event_hold_ms)
     assert receiver.counters.late == {} and receiver.counters.outage_holds == 0
     assert receiver.watermark_ms == BASE_MS + 2_999 * 10 - CFG.grace_ms
 
@@ -529,7 +529,7 @@ def test_sessions_turned_off_since_the_checkpoint_are_not_folded_or_published() 
     agg.sender_progress(1, None)
     agg.sender_progress(2, None)
     agg.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(30)], now_ms=0)
-    agg.tick(now_ms=CFG.outage_hold_ms, busy={0})
+    agg.tick(now_ms=CFG.first_event_hold_ms, busy={0})
     assert agg.drain_sessions()  # sessions on: published
     records = agg.checkpoint({0: 30}).upserts
     off = TaskAggregator(
@@ -539,5 +539,5 @@ def test_sessions_turned_off_since_the_checkpoint_are_not_folded_or_published() 
     )
     off.restore(records)
     off.apply(0, [(30 + i, join("r", f"v{i}", BASE_MS + 30_000 + i * 1_000)) for i in range(30)], now_ms=1)
-    off.tick(now_ms=CFG.outage_hold_ms + 1, busy={0})
+    off.tick(now_ms=CFG.first_event_hold_ms + 1, busy={0})
     assert off.drain() and off.drain_sessions() == []
