@@ -48,7 +48,7 @@ from tests.integration.workers import (
     produce_in_transactions,
     produce_java,
     produce_librdkafka,
-    produce_raw,
+    produce_mixed,
     read_topic,
     records,
     room_stats_by_key,
@@ -545,18 +545,17 @@ async def test_malformed_flood_goes_to_the_dead_letter_topic_with_reasons(
     bad = [raw for _ in range(40) for raw in malformed(rng, now_ms)]
     want_reasons = sorted(_reason(raw, now_ms) for raw in bad)
 
-    # Interleave the bad with the good on the viewer topic; order/gift stay clean.
-    viewer_good = [ev for kind, ev in good if kind == "viewer"]
-    mixed: list[tuple[bytes | None, bytes]] = [(ev.room_id.encode(), encode(ev)) for ev in viewer_good]
+    # The bad interleaved with the good on the viewer topic; order/gift stay clean. One producer
+    # sends all of it in event order: a second one, started after the first had sent the whole
+    # viewer backlog, left it to timing whether the worker saw the orders before the viewers'
+    # newest events made them late.
+    topics = deployment.topics
+    mixed: list[tuple[str, bytes | None, bytes]] = [
+        (getattr(topics, kind), ev.room_id.encode(), encode(ev)) for kind, ev in good
+    ]
     for raw in bad:
-        mixed.insert(rng.randrange(len(mixed) + 1), (b"room-1", raw))
-    await produce_raw(deployment.bootstrap, deployment.topics.viewer, mixed)
-    await produce(
-        deployment.bootstrap,
-        deployment.topics,
-        [(k, ev) for k, ev in good if k != "viewer"],
-        partitions=deployment.partitions,
-    )
+        mixed.insert(rng.randrange(len(mixed) + 1), (topics.viewer, b"room-1", raw))
+    await produce_mixed(deployment.bootstrap, mixed)
 
     letters = await read_topic(
         deployment.bootstrap, deployment.topics.dlq, until=lambda vs: len(vs) >= len(bad)

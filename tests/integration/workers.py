@@ -254,12 +254,17 @@ def model_events(config: TrafficConfig, *, seed: int, start_ms: int) -> Iterator
 async def produce_raw(
     bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
 ) -> None:
+    await produce_mixed(bootstrap, ((topic, key, value) for key, value in messages))
+
+
+async def produce_mixed(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
+    """Send ``(topic, key, value)`` in order through one producer (keyed records by murmur2)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
     )
     await producer.start()
     try:
-        for key, value in messages:
+        for topic, key, value in messages:
             await producer.send(topic, value, key=key)
         await producer.flush()
     finally:
