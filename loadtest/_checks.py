@@ -424,15 +424,17 @@ def _check_alerts(truth: Truth, out: Outputs, v: Verdict, require: bool, limit: 
         else:
             v.failures.append(f"injected {inj.scenario} in {inj.room_id} was not alerted")
         v.spikes.append(result)
-    expected = truth.expected_alerts()
+    expected, possible = truth.expected_alerts(), truth.possible_alerts()
     injected = {key for key in firing if any(_matches(inj, key, w) for inj in truth.injections)}
-    doubtful = [key for key in firing if key not in expected and key not in injected]
+    doubtful = [key for key in firing if key not in possible and key not in injected]
     v.not_raised = [key for key in expected if key not in firing]
     hll_rooms = {key[0] for key in doubtful + v.not_raised if key[2] == "unique_viewers"}
-    replay = detector_alerts(_room_windows(out.windows.values(), hll_rooms), truth.window_ms)
+    replay = detector_alerts(
+        _room_windows(out.windows.values(), hll_rooms), truth.window_ms, truth.surge_from
+    )
     v.unexplained = [k for k in doubtful if not (k[2] == "unique_viewers" and k in replay)]
     v.not_raised = [k for k in v.not_raised if not (k[2] == "unique_viewers" and k not in replay)]
-    v.organic = [key for key in firing if key in expected and key not in injected]
+    v.organic = [key for key in firing if key in possible and key not in injected]
     if v.unexplained:
         v.failures.append(f"{len(v.unexplained)} unexplained alerts, e.g. {v.unexplained[:limit]}")
     if v.not_raised:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from schemas import ROOM_STATS_FIELDS, Event, RoomSession, RoomStats
+from streams.core import partition_for
 
 from ._packed import PackedRecords
 from .oracle import expected_rollups, expected_sessions, expected_windows
@@ -52,13 +53,63 @@ class Truth:
     rollups: MutableMapping[tuple[int, str, int], RoomStats] = field(default_factory=dict)
     #: the latest record of every session by (room_id, session_start), as of the stream's watermark
     sessions: MutableMapping[tuple[str, int], RoomSession] = field(default_factory=dict)
+    #: per partition, the windows a task's state can begin in (``TaskAggregator.watch_start``):
+    #: that of the first event of each input, whichever the task happens to apply first
+    starts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: alerts the worker may raise beyond ``expected_alerts`` (which start above decides)
+    _possible: set[AlertKey] = field(default_factory=set)
 
     def expected_alerts(self) -> set[AlertKey]:
-        """Firing alerts the detector raises over the true windows (computed once)."""
+        """Firing alerts the detector raises over the true windows, whichever of ``starts`` the
+        worker's tasks began at (computed once)."""
         if self._alerts is None:
             with no_gc():
-                self._alerts = detector_alerts(self.windows.values(), self.window_ms)
+                self._alerts, self._possible = self._detect()
         return self._alerts
+
+    def possible_alerts(self) -> set[AlertKey]:
+        """``expected_alerts`` and those raised only for some of the ``starts``."""
+        return self.expected_alerts() | self._possible
+
+    def surge_from(self, room_id: str) -> int | None:
+        """The detector's ``surge_from`` for a room whose task began at its partition's earliest
+        possible start."""
+        starts = self.starts.get(partition_for(room_id.encode(), self.partitions))
+        return starts[0] + 2 * self.window_ms if starts else None
+
+    def _detect(self) -> tuple[set[AlertKey], set[AlertKey]]:
+        must = detector_alerts(self.windows.values(), self.window_ms, self.surge_from)
+        # A room whose first window falls between the partition's earliest and latest possible
+        # starts (two windows on) surges under some of them only: every variant is replayed.
+        first: dict[str, int] = {}
+        for room_id, ws in self.windows:
+            if ws < first.get(room_id, ws + 1):
+                first[room_id] = ws
+        w2 = 2 * self.window_ms
+        ambiguous: dict[str, tuple[int, ...]] = {}
+        for room_id, ws in first.items():
+            starts = self.starts.get(partition_for(room_id.encode(), self.partitions), ())
+            if len(starts) > 1 and starts[0] + w2 <= ws < starts[-1] + w2:
+                ambiguous[room_id] = starts
+        series: dict[str, list[RoomStats]] = defaultdict(list)
+        if ambiguous:
+            for (room_id, _ws), stats in self.windows.items():
+                if room_id in ambiguous:
+                    series[room_id].append(stats)
+        possible: set[AlertKey] = set()
+        for room_id, starts in ambiguous.items():
+            variants = [
+                detector_alerts(series[room_id], self.window_ms, _fixed(start + w2)) for start in starts
+            ]
+            always = variants[0].intersection(*variants[1:])
+            must -= {key for key in must if key[0] == room_id}
+            must |= always
+            possible |= variants[0].union(*variants[1:]) - always
+        return must, possible
+
+
+def _fixed(surge_from: int) -> Callable[[str], int]:
+    return lambda _room_id: surge_from
 
 
 def compute(
@@ -114,8 +165,13 @@ def _compute(
     rollups: PackedRecords[tuple[int, str, int], RoomStats] = PackedRecords(RoomStats)
     sessions: PackedRecords[tuple[str, int], RoomSession] = PackedRecords(RoomSession)
     sources = (0, 1, 2)
+    starts: dict[int, tuple[int, ...]] = {}
     for part in sorted(set().union(*(phase.messages.partitions() for phase in phases))):
         stream = _partition_stream(phases, part)
+        firsts: dict[int, int] = {}
+        for source, _offset, ev in stream:
+            firsts.setdefault(source, ev.ts - ev.ts % window_ms)
+        starts[part] = tuple(sorted(set(firsts.values())))
         windows.update(expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources))
         if rollup_windows_ms:
             rollups.update(
@@ -154,6 +210,7 @@ def _compute(
         rollup_windows_ms=rollup_windows_ms,
         rollups=rollups,
         sessions=sessions,
+        starts=starts,
         phases=[
             {
                 "start_ms": p.start_ms,
@@ -169,8 +226,12 @@ def _compute(
     )
 
 
-def detector_alerts(windows: Iterable[RoomStats], window_ms: int) -> set[AlertKey]:
-    """Replay the worker's spike detector (default rules) room by room; the firing transitions."""
+def detector_alerts(
+    windows: Iterable[RoomStats], window_ms: int, surge_from: Callable[[str], int | None] | None = None
+) -> set[AlertKey]:
+    """Replay the worker's spike detector (default rules) room by room; the firing transitions.
+
+    ``surge_from`` gives each room's (see ``streams.core.observe``; None: the surge rule always)."""
     from streams.core import DEFAULT_RULES, DetectorState, observe, rules_for
 
     by_room: dict[str, list[RoomStats]] = defaultdict(list)
@@ -180,8 +241,9 @@ def detector_alerts(windows: Iterable[RoomStats], window_ms: int) -> set[AlertKe
     for room_id, series in by_room.items():
         state = DetectorState(room_id)
         rules = rules_for(DEFAULT_RULES, room_id)
+        since = None if surge_from is None else surge_from(room_id)
         for stats in sorted(series, key=lambda s: s.window_start):
-            for ev in observe(state, stats, rules, window_ms):
+            for ev in observe(state, stats, rules, window_ms, surge_from=since):
                 if ev.status == "firing":
                     out.add((ev.room_id, ev.alertname, ev.metric, ev.starts_at_ms))
     return out
@@ -201,6 +263,8 @@ def write(truth: Truth, path: Path, extra: Mapping[str, Any] | None = None) -> N
         "phases": truth.phases,
         "injections": [dataclasses.asdict(inj) for inj in truth.injections],
         "expected_alerts": sorted(truth.expected_alerts()),
+        "possible_alerts": sorted(truth.possible_alerts() - truth.expected_alerts()),
+        "starts": sorted(truth.starts.items()),
         "fields": list(ROOM_STATS_FIELDS),
         "windows": [dataclasses.astuple(s) for _, s in sorted(truth.windows.items())],
         **(extra or {}),
@@ -231,4 +295,6 @@ def read(path: Path) -> Truth:
         phases=doc["phases"],
     )
     truth._alerts = {(a[0], a[1], a[2], a[3]) for a in doc["expected_alerts"]}
+    truth._possible = {(a[0], a[1], a[2], a[3]) for a in doc.get("possible_alerts", ())}
+    truth.starts = {int(part): tuple(starts) for part, starts in doc.get("starts", ())}
     return truth

@@ -797,10 +797,13 @@ class Scenario:
         honest = lambda k: k[0] != self.corrupted and not k[0].startswith(HOSTILE_ROOM)  # noqa: E731
         published = {k for k in firing if honest(k)}
         expected_alerts = {k for k in truth.expected_alerts() if honest(k)}
-        row.alerts_wrong = len(published ^ expected_alerts) + len(problems) + out.undecodable
+        unexplained = published - truth.possible_alerts()
+        row.alerts_wrong = (
+            len(unexplained) + len(expected_alerts - published) + len(problems) + out.undecodable
+        )
         if row.alerts_wrong:
             row.examples.append(
-                f"alerts published only: {sorted(published - expected_alerts)[:3]}, "
+                f"alerts published only: {sorted(unexplained)[:3]}, "
                 f"expected only: {sorted(expected_alerts - published)[:3]}"
             )
         if self._compares_leaderboard:

@@ -425,8 +425,12 @@ def _step(
     rules: Mapping[str, MetricRule],
     synthetic: bool,
     events: list[AlertEvent],
+    surge_from: int | None = None,
 ) -> None:
-    """Evaluate every metric against its pre-window baseline, then fold the window into the baselines."""
+    """Evaluate every metric against its pre-window baseline, then fold the window into the baselines.
+
+    The surge rule is for baselines that began at or after ``surge_from`` (None: any).
+    """
     if state.alerts is None and state.season is None and _fold_quiet(state, values, window, rules):
         return
     plan = _plan(rules, window[1] - window[0])
@@ -535,7 +539,12 @@ def _step(
                 d[j + 2] += max(gamma, warm) * (gap * gap - d[j + 2])
         spike = warmed and x >= rule.min_volume and x >= rule.ratio * expected and z >= rule.z_threshold
         surge_at = rule.surge_value
-        surge = not warmed and surge_at is not None and x >= surge_at
+        surge = (
+            not warmed
+            and surge_at is not None
+            and x >= surge_at
+            and (surge_from is None or window[0] - history >= surge_from)
+        )
         timing = plan.timing[i]
         resolve_z = plan.resolve_zs[i]
         at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
@@ -927,11 +936,16 @@ def observe(
     window_ms: int,
     *,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    surge_from: int | None = None,
 ) -> list[AlertEvent]:
     """Feed one closed window of the room; returns the alert transitions (firing, resolved) it caused.
 
     ``rules`` must hold a rule for every name in METRICS (see ``rules_for``).
     Windows at or before the last one observed are ignored (replays are idempotent).
+    ``surge_from``: the surge rule (``RoomSurge``) holds only for a baseline that began at or
+    after this event time (None: always). Whoever starts watching rooms that are already live
+    (a first deployment, a state reset) cannot tell them from new ones: it sets this past the
+    first windows it saw, or every room already above a ``surge_value`` would raise one.
     """
     if window_ms <= 0:
         raise ValueError(f"window_ms must be positive, got {window_ms}")
@@ -942,6 +956,7 @@ def observe(
         stats.window_start + window_ms,
         rules,
         max_gap_s=max_gap_s,
+        surge_from=surge_from,
     )
 
 
@@ -954,6 +969,7 @@ def observe_values(
     *,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
     skip_gaps: bool = False,
+    surge_from: int | None = None,
 ) -> list[AlertEvent]:
     """:func:`observe` for metric values already computed (METRICS order), e.g. a generic series.
 
@@ -988,10 +1004,10 @@ def observe_values(
             else:
                 for k in range(replayed):
                     ws = last_end + k * window_ms
-                    _step(state, idle, (ws, ws + window_ms), rules, True, events)
+                    _step(state, idle, (ws, ws + window_ms), rules, True, events, surge_from)
             if missed > replayed:
                 _restart(state, last_end + replayed * window_ms, events)
-    _step(state, values, (window_start, window_end), rules, False, events)
+    _step(state, values, (window_start, window_end), rules, False, events, surge_from)
     return events
 
 

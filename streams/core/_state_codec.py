@@ -7,7 +7,8 @@ A task's changelog partition holds five kinds of records, all orjson:
   totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` or null and
   ``rollups`` the open rollup windows ``[[length, start, totals, sketch, concurrent], ...]`` or null;
 * ``d/<window start>/<room id>`` -> one dedup chunk: the order keys of that window;
-* ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets]``;
+* ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets,
+  geometry, watch_start]``;
 * ``l/merge`` -> the leaderboard merge's state (task 0 only).
 
 A tombstone (value ``None``) deletes a key; restore keeps the last write per key. Decoders read
@@ -44,7 +45,9 @@ ROOM_FORMAT_VERSION = 5
 _COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS}
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets;
-#: 4: + the window geometry (bucket_ms, window_ms) the state was cut with
+#: 4: + the window geometry (bucket_ms, window_ms) the state was cut with, and optionally (a field
+#: older workers ignore, so a rolling update either way keeps the metadata) the start of the
+#: first window the task's state saw a room in
 META_FORMAT_VERSION = 4
 
 
@@ -69,6 +72,8 @@ class TaskMeta(NamedTuple):
     offsets: dict[int, int]
     #: (bucket_ms, window_ms) of the settings that wrote it (None: a version before 4)
     geometry: tuple[int, int] | None = None
+    #: start of the first window the state saw a room in (None: no room yet, or not recorded)
+    watch_start: int | None = None
 
 
 class Records(NamedTuple):
@@ -292,6 +297,7 @@ def encode_meta(meta: TaskMeta) -> bytes:
             list(meta.senders.items()),
             list(meta.offsets.items()),
             list(meta.geometry) if meta.geometry is not None else None,
+            meta.watch_start,
         ]
     )
 
@@ -307,6 +313,7 @@ def decode_meta(raw: bytes) -> TaskMeta:
         senders = rest[1] if version >= 3 else []
         offsets = rest[2] if version >= 3 else []
         geometry = rest[3] if version >= 4 else None
+        watch_start = rest[4] if len(rest) > 4 else None
         return TaskMeta(
             int(max_ts),
             int(watermark),
@@ -314,6 +321,7 @@ def decode_meta(raw: bytes) -> TaskMeta:
             {int(s): None if f is None else int(f) for s, f in senders},
             {int(source): int(offset) for source, offset in offsets},
             None if geometry is None else (int(geometry[0]), int(geometry[1])),
+            None if watch_start is None else int(watch_start),
         )
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as exc:
         raise StateError(f"undecodable task metadata: {exc}") from exc

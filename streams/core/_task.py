@@ -178,6 +178,11 @@ class TaskAggregator:
         self._last_expiry_scan = NO_TIME
         #: next offset to read per source, as last checkpointed
         self._offsets: dict[int, int] = {}
+        #: start of the first window this task's state saw a room in (None: no room yet; NO_TIME:
+        #: state written before it was recorded). Rooms live then were live before it too.
+        self.watch_start: int | None = None
+        #: the spike detector's surge rule holds for baselines from this event time (None: any)
+        self._surge_from: int | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -284,6 +289,8 @@ class TaskAggregator:
                     continue
                 room = rooms[room_id] = Room(room_id)
                 self._expired.discard(room_id)
+                if self.watch_start is None:
+                    self._watching_from(ts - ts % window_ms)
             # Only right after a restore can an event be one the state already holds.
             if offset <= replay_until and offset <= room.offsets.get(source, -1):
                 replayed += 1
@@ -892,12 +899,23 @@ class TaskAggregator:
             self._undetected.append((room, stats))
         return stats
 
+    def _watching_from(self, ws: int | None) -> None:
+        """This task's state begins at window ``ws`` (NO_TIME: long ago; None: not yet).
+
+        A room seen in that window or the next was most likely live before it: it is no new
+        room, and gets no ``RoomSurge`` however big it is (after a first deployment or a state
+        reset, every room above a ``surge_value`` raised one). The next window leaves room for
+        the first events arriving late in their window.
+        """
+        self.watch_start = ws
+        self._surge_from = None if ws is None or ws == NO_TIME else ws + 2 * self.config.window_ms
+
     def _detect(self, room: Room, stats: RoomStats) -> None:
         state = room.detector
         if state is None:
             state = room.detector = DetectorState(room.room_id)
         rules = rules_for(self.rules, room.room_id, self.categories.get(room.room_id))
-        events = observe(state, stats, rules, self.config.window_ms)
+        events = observe(state, stats, rules, self.config.window_ms, surge_from=self._surge_from)
         self.counters.detector_evaluations += 1
         if events:
             self._alerts.extend(events)
@@ -1001,6 +1019,7 @@ class TaskAggregator:
             self._sender_frontier,
             self._offsets,
             (cfg.bucket_ms, cfg.window_ms),
+            self.watch_start,
         )
         upserts.append((META_KEY, encode_meta(meta)))
         return Checkpoint(upserts, deletes)
@@ -1031,6 +1050,8 @@ class TaskAggregator:
                 self.quarantined.append((key, value, str(exc)))
                 continue
             self._adopt(room)
+        if self.watch_start is None and self.rooms:
+            self._watching_from(NO_TIME)  # rooms from before the start was recorded
         for key, value in live.chunks:
             try:
                 room_id, ws, keys = decode_dedup_chunk(key, value)
@@ -1119,6 +1140,7 @@ class TaskAggregator:
         self._sender_frontier = dict(meta.senders)
         self._offsets = dict(meta.offsets)
         self.restored_offsets = dict(meta.offsets)
+        self._watching_from(meta.watch_start)
 
     # -- queries ------------------------------------------------------------------------
 

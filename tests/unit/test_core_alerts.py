@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from schemas import ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
 
@@ -66,3 +68,73 @@ def test_detector_state_survives_a_restore_mid_alert() -> None:
     restored.restore(first.checkpoint().upserts)
     assert restored.firing_rooms == {"r"}
     assert before + run(restored, batches[43:]) == reference
+
+
+def rooms_per_window(windows: int, rooms: dict[str, tuple[int, int]]) -> list[list[tuple[int, ViewerEvent]]]:
+    """One batch per 10 s window; ``rooms`` maps a room to (its first window, joins per window)."""
+    offset = 0
+    batches = []
+    for w in range(windows):
+        batch = []
+        for room_id, (first, n) in rooms.items():
+            for i in range(n if w >= first else 0):
+                offset += 1
+                ts = BASE_MS + w * 10_000 + i * 10_000 // n
+                batch.append((offset, ViewerEvent("join", room_id, f"{room_id}-u{w}-{i}", ts)))
+        batches.append(sorted(batch, key=lambda item: item[1].ts))
+    return batches
+
+
+def surges(task: TaskAggregator, batches: list[list[tuple[int, ViewerEvent]]]) -> set[tuple[str, str]]:
+    """(room, metric) of every RoomSurge fired while ``batches`` are applied."""
+    fired = set()
+    for batch in batches:
+        task.apply(0, batch, now_ms=0)
+        fired |= {(e.room_id, e.metric) for e in task.drain_alerts() if e.alertname == "RoomSurge"}
+    return fired
+
+
+def test_rooms_live_when_a_task_starts_from_nothing_raise_no_surge() -> None:
+    """A first deployment (or a state reset) sees big rooms that were live before it: none is a new
+    room. Rooms from its third window on are, and surge as before."""
+    big = 1_500  # 150 views/s against the surge value of 100, and 20 000 concurrent in 14 windows
+    batches = rooms_per_window(
+        30, {"small": (0, 3), "old": (0, big), "late-in-window": (1, big), "debut": (2, big)}
+    )
+    fired = surges(TaskAggregator(CFG), batches)
+    assert fired == {("debut", "views_per_sec"), ("debut", "concurrent_viewers")}
+
+
+def test_the_start_of_a_task_state_is_checkpointed_and_restored() -> None:
+    """A restored task is not starting from nothing: a room new after the restore surges, as one new
+    after the task's first two windows always did."""
+    batches = rooms_per_window(30, {"small": (0, 3), "debut": (8, 1_500)})
+    first = TaskAggregator(CFG)
+    assert surges(first, batches[:6]) == set()
+    assert first.watch_start == BASE_MS
+    restored = TaskAggregator(CFG)
+    restored.restore(first.checkpoint().upserts)
+    assert restored.watch_start == BASE_MS
+    assert ("debut", "views_per_sec") in surges(restored, batches[6:])
+    # a task starting fresh one window before the room's first sees it as live at its start
+    assert surges(TaskAggregator(CFG), batches[7:]) == set()
+
+
+def test_state_from_before_the_start_was_recorded_counts_as_watched_long_ago() -> None:
+    from streams.core._state_codec import META_KEY
+
+    batches = rooms_per_window(30, {"small": (0, 3), "debut": (6, 1_500)})
+    first = TaskAggregator(CFG)
+    surges(first, batches[:6])
+    upserts = first.checkpoint().upserts
+    meta = orjson.loads(dict(upserts)[META_KEY])
+    assert meta[0] == 4 and len(meta) == 8  # an eighth field, which older workers ignore
+    old = [(k, orjson.dumps(meta[:7]) if k == META_KEY else v) for k, v in upserts]
+    restored = TaskAggregator(CFG)
+    restored.restore(old)
+    assert restored.watch_start is not None and restored.watch_start < BASE_MS
+    assert ("debut", "views_per_sec") in surges(restored, batches[6:])
+    # an old task state with no room at all starts from its first room, like a new one
+    empty = TaskAggregator(CFG)
+    empty.restore([(META_KEY, orjson.dumps(meta[:7]))])
+    assert empty.watch_start is None

@@ -213,6 +213,29 @@ def test_surge_fires_during_warmup_and_resolves_once_the_baseline_knows_the_room
     assert index_of(later[0].window_end_ms) == 21
 
 
+def test_surge_only_for_a_baseline_begun_at_or_after_surge_from() -> None:
+    """``surge_from`` names the first window of a new room; a baseline begun before it (a room the
+    caller saw at its own start) gets no surge, and a baseline restarted after a long silence
+    (the room is back as a new one) gets it again."""
+
+    def surged(series: Iterable[RoomStats], surge_from: int, state: DetectorState) -> list[int]:
+        events = [e for s in series for e in observe(state, s, RULES, W, surge_from=surge_from)]
+        return [index_of(e.starts_at_ms) for e in events if e.alertname == "RoomSurge"]
+
+    big = [window(i, views=1_500) for i in range(5)]
+    assert surged(big, T0 + W, DetectorState("room-1")) == []
+    assert surged(big, T0, DetectorState("room-1")) == [0]
+    assert surged(big[1:], T0 + W, DetectorState("room-1")) == [1]
+    # a quiet room growing past the surge level later in its warm-up began before surge_from
+    growing = [window(i, views=50 if i < 4 else 1_500) for i in range(10)]
+    assert surged(growing, T0 + W, DetectorState("room-1")) == []
+    # back after a silence long enough to restart the baseline: a new room again
+    state = DetectorState("room-1")
+    assert surged(big, T0 + W, state) == []
+    back = [window(i, views=1_500) for i in range(200, 203)]
+    assert surged(back, T0 + W, state) == [200]
+
+
 def test_no_spike_alert_while_a_surge_fires() -> None:
     # still surging when warm-up ends (18 windows), then 10x more: the surge covers it
     series = [window(i, views=1_500 if i < 18 else 15_000) for i in range(30)]

@@ -147,8 +147,10 @@ def test_task_metadata_round_trips() -> None:
         {1: BASE_MS, 2: None},
         {0: 8, 3: 41},
         (1_000, 10_000),
+        BASE_MS - 60_000,
     )
     assert decode_meta(encode_meta(meta)) == meta
+    assert decode_meta(encode_meta(meta._replace(watch_start=None))).watch_start is None
 
 
 @pytest.mark.parametrize(
@@ -158,6 +160,8 @@ def test_task_metadata_round_trips() -> None:
         ([2, BASE_MS, 0, [[0, BASE_MS]]], TaskMeta(BASE_MS, 0, {0: BASE_MS}, {}, {})),
         ([3, 5, 3, [[2, 5]], [[1, None]], [[2, 9]]], TaskMeta(5, 3, {2: 5}, {1: None}, {2: 9})),
         ([4, 5, 3, [], [], [], [500, 5_000]], TaskMeta(5, 3, {}, {}, {}, (500, 5_000))),
+        ([4, 5, 3, [], [], [], [500, 5_000], 0], TaskMeta(5, 3, {}, {}, {}, (500, 5_000), 0)),
+        ([4, 5, 3, [], [], [], [500, 5_000], None], TaskMeta(5, 3, {}, {}, {}, (500, 5_000))),
     ],
 )
 def test_every_task_metadata_version_decodes(record: list[object], meta: TaskMeta) -> None:
