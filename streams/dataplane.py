@@ -300,13 +300,11 @@ class DataPlane:
         self._arriving(batches, now_ms)
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
-            if task is None or not messages:
+            if task is None:
                 continue  # revoked while the fetch was in flight; the new owner re-reads it
-            position = task.positions.get(tp)
-            if position is not None and messages[0].offset < position:
-                messages = [msg for msg in messages if msg.offset >= position]  # fetched before a seek
-                if not messages:
-                    continue
+            messages = _unread(task, tp, messages)  # checked here: a send above may have let a
+            if not messages:  # rebalance in, and a new owner restored at other positions
+                continue
             total += len(messages)
             published = task.pipeline.process(tp.topic, messages, now_ms)
             task.positions[tp] = messages[-1].offset + 1
@@ -400,10 +398,9 @@ class DataPlane:
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
             source = sources.get(tp.topic)
-            if task is None or not messages or source is None or source == REPARTITION:
+            if task is None or source is None or source == REPARTITION:
                 continue
-            position = task.positions.get(tp)
-            if position is None or messages[-1].offset >= position:
+            if _unread(task, tp, messages):
                 task.core.arriving(source, now_ms)
         for task in self.runtime.values():
             for tp, position in task.positions.items():
@@ -709,9 +706,10 @@ class DataPlane:
         )
         await producer.start()
         records, key_offsets, seconds = await read_partition(s, partition)
-        # the other tasks' next checkpoint, and the fetch that reads it (see first_event_hold_ms)
-        hold_ms = 2 * s.commit_interval_ms
-        core = self._routing.task_core(partition, replace(s.core, first_event_hold_ms=hold_ms))
+        # The first-event hold waits for the other tasks' next checkpoint and the fetch that reads
+        # it (see first_event_hold_ms); here now_ms is the wall clock, which caps the watermark.
+        config = replace(s.core, first_event_hold_ms=2 * s.commit_interval_ms, max_watermark_lead_ms=0)
+        core = self._routing.task_core(partition, config)
         core.rules, core.categories = self._rules.rules, self._rules.categories
         rooms = core.restore(records)
         pipeline = TaskPipeline(partition, core, producer.outbound, self._routing, s, self.metrics)
@@ -769,6 +767,15 @@ class DataPlane:
         assert self._routing is not None
         core.rebase(self._routing.sources[tp.topic], end)
         return end
+
+
+def _unread(task: _Task, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+    """The fetched ``messages`` of ``tp`` at or past the task's position: a fetch in flight
+    across a seek (a restore) may bring records the task's state already holds."""
+    position = task.positions.get(tp)
+    if position is None or not messages or messages[0].offset >= position:
+        return messages
+    return [msg for msg in messages if msg.offset >= position]
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:

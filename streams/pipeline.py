@@ -74,6 +74,8 @@ VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain i
 SOURCE_HEADER = "livepulse-source"
 #: on a repartition record: a watermark marker from the task numbered in the header's value
 MARKER_HEADER = "livepulse-watermark"
+#: no watermark marker written yet by this pipeline
+_NOT_SENT = object()
 Decoders = dict[int, Callable[..., tuple[list[Any], list[Any]]]]
 _DECODERS: Decoders = {VIEWER: decode_viewer_batch, ORDER: decode_order_batch, GIFT: decode_gift_batch}
 #: ``native_decoders`` off: the Python loops alone
@@ -172,9 +174,8 @@ class TaskPipeline:
         self.merge: LeaderboardStage | None = None
         #: the last progress mark written (a new pipeline, e.g. after a restore, writes it again)
         self._progress_sent: int | None = None
-        #: the frontier in the last watermark markers written (None: idle, never fed)
-        self._marker_sent: int | None = None
-        self._markers_written = False
+        #: the frontier in the last watermark markers written (None: idle, never fed; _NOT_SENT)
+        self._marker_sent: int | object | None = _NOT_SENT
         #: the core's outage holds already counted in the metric
         self._holds_seen = 0
         if partition == 0:
@@ -482,7 +483,6 @@ class TaskPipeline:
         t = self._topics
         add = self.sink.add
         frontier = self._marker_sent = self.core.frontier_ms(now_ms)
-        self._markers_written = True
         marker = orjson.dumps(frontier)
         header = [(MARKER_HEADER, b"%d" % self.partition)]
         for receiver in range(self.routing.partitions):
@@ -509,10 +509,10 @@ class TaskPipeline:
         wrote: markers written now would let the tasks it re-routes to close that window."""
         if self.routing.partitions < 2:
             return False
-        if not self._markers_written:
-            return True
         frontier, sent = self.core.frontier_ms(now_ms), self._marker_sent
-        if frontier is None or sent is None:
+        if sent is _NOT_SENT:
+            return True
+        if frontier is None or not isinstance(sent, int):
             # To or from idle (a task that never took an event holds no receiver): what the
             # receivers may close changes either way, e.g. at start from "nothing known yet".
             return frontier != sent

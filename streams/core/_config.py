@@ -30,6 +30,11 @@ class CoreConfig:
     #: the ones it re-routes, with the marker that holds this task, come with its next checkpoint.
     #: The data plane sets it to twice the commit interval; 0: no hold
     first_event_hold_ms: int = 2_000
+    #: the watermark never passes the wall clock (``now_ms`` given to ``apply`` and ``tick``) minus
+    #: ``grace_ms`` plus this: a producer whose clock runs a few seconds fast (its events within
+    #: ``max_future_ms``, so accepted) then cannot make honest events late. The data plane sets 0;
+    #: None: event time alone moves it (replays and tests of the pure core, whose now_ms is no clock)
+    max_watermark_lead_ms: int | None = None
     #: event-time silence after which a room is forgotten (after its last window; rooms are
     #: scanned every max(window_ms, room_idle_ms / 10) of event time)
     room_idle_ms: int = 300_000
@@ -68,6 +73,8 @@ class CoreConfig:
             raise ConfigError(f"window_ms {self.window_ms} is not a multiple of bucket_ms {self.bucket_ms}")
         if self.grace_ms < 0 or self.outage_hold_ms < 0 or self.first_event_hold_ms < 0:
             raise ConfigError("grace_ms, outage_hold_ms and first_event_hold_ms must be >= 0")
+        if self.max_watermark_lead_ms is not None and self.max_watermark_lead_ms < 0:
+            raise ConfigError("max_watermark_lead_ms must be >= 0 (or None)")
         if self.idle_partition_ms <= 0 or self.room_idle_ms <= 0:
             raise ConfigError("idle_partition_ms and room_idle_ms must be > 0")
         if self.dedup_ttl_ms < 0 or self.dedup_max_per_room <= 0:

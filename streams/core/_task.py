@@ -395,6 +395,9 @@ class TaskAggregator:
         others = self._slowest(exclude=source)
         if now_ms < self._hold_until:
             others = min(others, self._watermark + self.config.grace_ms)
+        lead = self.config.max_watermark_lead_ms
+        if lead is not None and now_ms + lead < others:
+            others = now_ms + lead  # no event time ahead of the wall clock moves the watermark
         return others
 
     def arriving(self, source: int, now_ms: int) -> None:
@@ -492,6 +495,9 @@ class TaskAggregator:
             candidate = self._max_ts - self.config.grace_ms + now_ms - self._last_delivery_ms()
         else:
             return
+        lead = self.config.max_watermark_lead_ms
+        if lead is not None:
+            candidate = min(candidate, now_ms + lead - self.config.grace_ms)
         self._raise_watermark(candidate)
 
     def _unannounce(self, delivered: set[int]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -30,6 +30,7 @@ from schemas import (
     OrderEvent,
     RoomSession,
     RoomStats,
+    ViewerEvent,
     decode_room_session,
     decode_room_stats,
     decode_viewer,
@@ -192,6 +193,46 @@ async def test_a_backlog_sent_after_the_worker_sat_idle_on_empty_topics_is_count
 
     assert_equal_to_oracle(got, expected)
     assert worker.metric("livepulse_events_late_total") == 0
+
+
+async def test_a_producer_clock_seconds_fast_makes_no_honest_event_late(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    """One producer's clock runs 8 s fast (inside LIVEPULSE_MAX_FUTURE_MS, so its events are
+    taken), another's is right; only the viewer topic is busy (orders and gifts idle), so nothing
+    else holds the watermark. Event time alone put the watermark 6 s ahead of the wall clock and
+    made every honest join late; the worker's watermark never passes the wall clock less grace."""
+    worker = workers()
+    await worker.wait_ready()
+    honest: list[tuple[str, Event]] = []
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for i in range(200):  # 20 s, paced on the wall clock
+            now = int(time.time() * 1000)
+            right = ViewerEvent("join", f"h{i % 8}", f"u{i}", now - 300)
+            fast = ViewerEvent("join", f"fast{i % 8}", f"v{i}", now + 8_000)
+            honest.append(("viewer", right))
+            for ev in (right, fast):
+                await producer.send(deployment.topics.viewer, encode(ev), key=ev.room_id.encode())
+            await asyncio.sleep(0.1)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    expected = oracle(honest, deployment)
+
+    values = await read_topic(
+        deployment.bootstrap,
+        deployment.topics.room_stats,
+        until=lambda vs: set(expected) <= {(r["room_id"], r["window_start"]) for r in records(vs)},
+    )
+    got = room_stats_by_key(values)
+
+    assert_equal_to_oracle({k: v for k, v in got.items() if k in expected}, expected)
+    assert worker.metric("livepulse_events_late_total") == 0
+    # the fast producer's joins are taken too (not ts_skew), in their own windows
+    assert any(s.views for (room, _), s in got.items() if room.startswith("fast"))
+    assert worker.metric("livepulse_events_applied_total") > len(honest)
 
 
 async def test_kill_9_mid_stream_then_restart_gives_the_same_room_stats(

@@ -1,4 +1,4 @@
-"""Hostile input against the core: an input sending old events, a flood of room ids."""
+"""Hostile input against the core: an input sending old events, a fast clock, a flood of room ids."""
 
 from __future__ import annotations
 
@@ -68,6 +68,35 @@ def test_an_input_read_to_its_end_behind_a_backlogged_one_is_not_released() -> N
     agg.tick(now, busy=(1,))
     assert agg.trailing_sources == frozenset()
     assert agg.watermark_ms == BASE_MS - 2_000
+
+
+def test_a_producer_clock_seconds_fast_makes_no_honest_event_late() -> None:
+    """Views from a producer 8 s fast (within max_future_ms: accepted) beside honest ones, on the
+    only input that is not idle. Event time alone would put the watermark 6 s ahead of the wall
+    clock, and the honest views that follow (0.5 s old, as they reach the worker) late."""
+
+    def run(lead: int | None) -> TaskAggregator:
+        agg = TaskAggregator(CoreConfig(max_watermark_lead_ms=lead), sources=(0, 1))
+        agg.apply(1, [(0, join("quiet", BASE_MS))], BASE_MS)  # the other input, then silent
+        offset = 0
+        for step in range(1, 25):
+            now = BASE_MS + step * 1_000
+            agg.tick(now, busy=())
+            offset += 2
+            agg.apply(0, [(offset, join("fast", now + 8_000)), (offset + 1, join("r", now - 500))], now)
+        agg.tick(BASE_MS + 40_000, busy=())
+        return agg
+
+    capped = run(0)
+    assert capped.counters.late == {}
+    views = {(s.room_id, s.window_start - BASE_MS): s.views for s in capped.drain()}
+    assert views[("r", 0)] == views[("r", W)] == 10  # every honest view of each window
+    assert views[("fast", W)] == 10  # the fast producer's views count too, in their own windows
+    # The watermark follows the wall clock less grace (plus the idle advance at the last tick).
+    assert capped.watermark_ms == BASE_MS + 40_000 - 2_000
+    # without the cap (event time alone: the pure core's default), the honest views were late
+    uncapped = run(None)
+    assert uncapped.counters.late.get(0, 0) > 15
 
 
 def test_rooms_beyond_the_cap_are_refused_and_reported() -> None:
