@@ -47,7 +47,6 @@ from .core import (
     CoreConfig,
     PartitionCache,
     TaskAggregator,
-    iso_utc,
     leaderboard_partials,
     leaderboard_progress,
     partition_for,
@@ -439,37 +438,41 @@ class TaskPipeline:
         for partial in leaderboard_partials(self.partition, closed, self._leaderboard_size):
             add(topic, 0, task, orjson.dumps(partial))
 
-    def publish_alerts(self, now_ms: int) -> bool:
+    def publish_alerts(self) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;
         returns whether there were any."""
         events = self.core.drain_alerts()
-        self._write_alerts(events, now_ms, transitions=True)
+        self._write_alerts(events, transitions=True)
         return bool(events)
 
-    def firing(self, now_ms: int, *, resend: bool) -> list[AlertEvent]:
+    def firing(self, *, resend: bool) -> list[AlertEvent]:
         """The alerts firing now; with ``resend``, written again (Alertmanager resolves an alert that
         is not refreshed before its endsAt)."""
         firing = self.core.firing_alerts()
         if resend:
-            self._write_alerts(firing, now_ms, transitions=False)
+            self._write_alerts(firing, transitions=False)
         return firing
 
-    def _write_alerts(self, events: list[AlertEvent], now_ms: int, *, transitions: bool) -> None:
-        """Write alerts to the alerts topic, keyed by fingerprint; count fired/resolved transitions."""
+    def _write_alerts(self, events: list[AlertEvent], *, transitions: bool) -> None:
+        """Write alerts to the alerts topic, keyed by fingerprint; count fired/resolved transitions.
+
+        A firing alert's endsAt is the end of the room's latest window + 4 re-send intervals, in
+        event time (the Prometheus convention): Alertmanager resolves it unless re-sent. Live,
+        event time is the wall clock a window and the grace ago. In a catch-up after downtime it
+        is the past: a spike that ended an hour ago reaches Alertmanager already over and pages
+        no one (with wall-clock expiry it fired until its resolution came, seconds later in the
+        catch-up), while a spike still going on is paged once the catch-up is within 4 re-send
+        intervals of it. A silent room's firing alert expires 4 intervals after its last window."""
         if not events:
             return
         topic = self._topics.alerts
         partitions = self.routing.partitions
         add = self.sink.add
-        # A firing alert expires in Alertmanager unless re-sent: 4 re-send intervals of wall time
-        # (not event time, which lags behind during a catch-up).
-        expires_at = iso_utc(now_ms + 4 * self._resend_ms)
+        expires_after_ms = 4 * self._resend_ms
         m = self.metrics
         for event in events:
             key = event.fingerprint.encode()
-            alert = to_alertmanager(event)
-            if event.status == "firing":
-                alert["endsAt"] = expires_at
+            alert = to_alertmanager(event, expires_after_ms=expires_after_ms)
             add(topic, partition_for(key, partitions), key, orjson.dumps(alert))
             if transitions:
                 (m.alerts_fired if event.status == "firing" else m.alerts_resolved).labels(event.metric).inc()

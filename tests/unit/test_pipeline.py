@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from schemas import Source, decode_dead_letter, decode_room_session, decode_room_stats
-from streams.core import CoreConfig, PartitionCache, TaskAggregator
+from streams.core import CoreConfig, PartitionCache, TaskAggregator, iso_utc
 from streams.core._state_codec import decode_room
 from streams.metrics import Metrics
 from streams.pipeline import (
@@ -333,7 +333,7 @@ def test_undecodable_state_is_quarantined_to_the_dead_letter_topic_and_deleted()
 
 
 @pytest.mark.parametrize("resend", [False, True])
-def test_alerts_are_written_keyed_by_fingerprint_with_an_expiry_in_wall_time(resend: bool) -> None:
+def test_alerts_are_written_keyed_by_fingerprint_expiring_4_resends_after_their_window(resend: bool) -> None:
     pipeline, sink, metrics = make(partition=0)
     (room,) = rooms_on(0, 1)
     offset = 0
@@ -343,7 +343,7 @@ def test_alerts_are_written_keyed_by_fingerprint_with_an_expiry_in_wall_time(res
         pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
         offset += n
     close_everything(pipeline)
-    assert pipeline.publish_alerts(NOW_MS)
+    assert pipeline.publish_alerts()
     alerts = sink.take(TOPICS.alerts)
     assert alerts, "a 20x step in views fires"
     for partition, key, value, _ in alerts:
@@ -351,8 +351,14 @@ def test_alerts_are_written_keyed_by_fingerprint_with_an_expiry_in_wall_time(res
         alert = orjson.loads(value)
         assert alert["labels"]["room_id"] == room
         assert 0 <= partition < PARTITIONS
-    firing = pipeline.firing(NOW_MS, resend=resend)
-    assert len(sink.take(TOPICS.alerts)) == (len(firing) if resend else 0)
+        if alert["status"] == "firing":
+            # in event time (not NOW_MS): the end of a spiking window it fired at + 4 x the 60 s re-send
+            assert alert["endsAt"] in {iso_utc(T0 + w * 10_000 + 4 * 60_000) for w in range(41, 47)}
+    firing = pipeline.firing(resend=resend)
+    resent = sink.take(TOPICS.alerts)
+    assert len(resent) == (len(firing) if resend else 0)
+    for _, _, value, _ in resent:  # the latest window evaluated + 4 x the re-send
+        assert value is not None and orjson.loads(value)["endsAt"] == iso_utc(T0 + 46 * 10_000 + 4 * 60_000)
     fired = {orjson.loads(v)["labels"]["metric"] for _, _, v, _ in alerts if v is not None}
     assert sum(counter(metrics, "livepulse_alerts_fired_total", metric=m) for m in fired) >= 1
 
