@@ -78,9 +78,8 @@ class Truth:
         return starts[0] + 2 * self.window_ms if starts else None
 
     def _detect(self) -> tuple[set[AlertKey], set[AlertKey]]:
-        must = detector_alerts(self.windows.values(), self.window_ms, self.surge_from)
-        # A room whose first window falls between the partition's earliest and latest possible
-        # starts (two windows on) surges under some of them only: every variant is replayed.
+        # A room whose first window falls between its partition's earliest and latest possible
+        # starts (two windows on) surges under some of them only: it is replayed under each.
         first: dict[str, int] = {}
         for room_id, ws in self.windows:
             if ws < first.get(room_id, ws + 1):
@@ -91,18 +90,19 @@ class Truth:
             starts = self.starts.get(partition_for(room_id.encode(), self.partitions), ())
             if len(starts) > 1 and starts[0] + w2 <= ws < starts[-1] + w2:
                 ambiguous[room_id] = starts
+        windows = self.windows
+        clear = (windows[key] for key in windows if key[0] not in ambiguous)
+        must = detector_alerts(clear, self.window_ms, self.surge_from)
         series: dict[str, list[RoomStats]] = defaultdict(list)
-        if ambiguous:
-            for (room_id, _ws), stats in self.windows.items():
-                if room_id in ambiguous:
-                    series[room_id].append(stats)
+        for key in windows if ambiguous else ():
+            if key[0] in ambiguous:
+                series[key[0]].append(windows[key])
         possible: set[AlertKey] = set()
         for room_id, starts in ambiguous.items():
             variants = [
                 detector_alerts(series[room_id], self.window_ms, _fixed(start + w2)) for start in starts
             ]
             always = variants[0].intersection(*variants[1:])
-            must -= {key for key in must if key[0] == room_id}
             must |= always
             possible |= variants[0].union(*variants[1:]) - always
         return must, possible

@@ -178,9 +178,11 @@ class TaskAggregator:
         self._last_expiry_scan = NO_TIME
         #: next offset to read per source, as last checkpointed
         self._offsets: dict[int, int] = {}
-        #: start of the first window this task's state saw a room in (None: no room yet; NO_TIME:
-        #: state written before it was recorded). Rooms live then were live before it too.
+        #: the window this task's state began at (None: no event yet; NO_TIME: state written before
+        #: it was recorded): rooms live then were live before it too (see ``_watching_from``)
         self.watch_start: int | None = None
+        #: whether watch_start is final (from the first detection on, or restored)
+        self._watch_settled = False
         #: the spike detector's surge rule holds for baselines from this event time (None: any)
         self._surge_from: int | None = None
 
@@ -246,6 +248,8 @@ class TaskAggregator:
         if moves_watermark:
             others = self._delivery(source, now_ms)
             source_max = self._src_max.get(source, NO_TIME)
+            if source_max == NO_TIME and not self._watch_settled:
+                self._first_delivery(items[0][1].ts)
         else:
             # Re-routed events: their senders' published progress moves the watermark instead.
             others, source_max = NO_TIME, NEVER
@@ -289,8 +293,8 @@ class TaskAggregator:
                     continue
                 room = rooms[room_id] = Room(room_id)
                 self._expired.discard(room_id)
-                if self.watch_start is None:
-                    self._watching_from(ts - ts % window_ms)
+                if self.watch_start is None:  # re-routed events, before any input delivered
+                    self._first_delivery(ts)
             # Only right after a restore can an event be one the state already holds.
             if offset <= replay_until and offset <= room.offsets.get(source, -1):
                 replayed += 1
@@ -429,6 +433,8 @@ class TaskAggregator:
         others = self._delivery(source, now_ms)
         if newest_ts <= self._src_max.get(source, NO_TIME):
             return
+        if source not in self._src_max and not self._watch_settled:
+            self._first_delivery(newest_ts)
         self._src_max[source] = newest_ts
         if newest_ts > self._max_ts:
             self._max_ts = newest_ts
@@ -905,6 +911,15 @@ class TaskAggregator:
             self._undetected.append((room, stats))
         return stats
 
+    def _first_delivery(self, ts: int) -> None:
+        """An input's first event (time ``ts``) in a task whose state began here: the state
+        begins at the latest input's first window, until the first window is evaluated. One
+        input may start with old records (a replay, a stale producer): the others' live rooms
+        are no newer for that."""
+        ws = ts - ts % self.config.window_ms
+        if self.watch_start is None or ws > self.watch_start:
+            self._watching_from(ws)
+
     def _watching_from(self, ws: int | None) -> None:
         """This task's state begins at window ``ws`` (NO_TIME: long ago; None: not yet).
 
@@ -917,6 +932,7 @@ class TaskAggregator:
         self._surge_from = None if ws is None or ws == NO_TIME else ws + 2 * self.config.window_ms
 
     def _detect(self, room: Room, stats: RoomStats) -> None:
+        self._watch_settled = True
         state = room.detector
         if state is None:
             state = room.detector = DetectorState(room.room_id)
@@ -1056,8 +1072,9 @@ class TaskAggregator:
                 self.quarantined.append((key, value, str(exc)))
                 continue
             self._adopt(room)
-        if self.watch_start is None and self.rooms:
-            self._watching_from(NO_TIME)  # rooms from before the start was recorded
+        if self.watch_start is None and (self.rooms or self._max_ts != NO_TIME):
+            self._watching_from(NO_TIME)  # state from before the start was recorded
+        self._watch_settled = self.watch_start is not None
         for key, value in live.chunks:
             try:
                 room_id, ws, keys = decode_dedup_chunk(key, value)

@@ -134,7 +134,31 @@ def test_state_from_before_the_start_was_recorded_counts_as_watched_long_ago() -
     restored.restore(old)
     assert restored.watch_start is not None and restored.watch_start < BASE_MS
     assert ("debut", "views_per_sec") in surges(restored, batches[6:])
-    # an old task state with no room at all starts from its first room, like a new one
-    empty = TaskAggregator(CFG)
-    empty.restore([(META_KEY, orjson.dumps(meta[:7]))])
-    assert empty.watch_start is None
+    # an old task state with no room left but events seen (a quiet partition) started long ago too
+    quiet = TaskAggregator(CFG)
+    quiet.restore([(META_KEY, orjson.dumps(meta[:7]))])
+    assert quiet.watch_start is not None and quiet.watch_start < BASE_MS
+    # one that never saw an event starts from its first, like a new one
+    fresh = TaskAggregator(CFG)
+    fresh.restore([(META_KEY, orjson.dumps([4, -(2**62), -(2**62), [], [], [], [1_000, 10_000]]))])
+    assert fresh.watch_start is None
+    assert surges(fresh, batches[:8]) == set()
+    assert fresh.watch_start == BASE_MS
+
+
+def test_an_input_starting_with_old_records_does_not_move_the_start_back() -> None:
+    """A stale input's hour-old record applied first (a fresh task has no watermark yet, so it is
+    in time): the state begins where the other inputs' first records are, and the big rooms live
+    there get no surge."""
+    stale = [(1, ViewerEvent("join", "stale", "s", BASE_MS - 3_600_000))]
+    batches = rooms_per_window(30, {"small": (0, 3), "old": (0, 1_500)})
+    task = TaskAggregator(CFG, sources=(0, 2))
+    task.apply(2, stale, now_ms=0)
+    assert task.watch_start == BASE_MS - 3_600_000
+    fired = set()
+    for batch in batches:
+        task.apply(0, batch, now_ms=0)
+        task.tick(10_000)  # the stale input silent since: idle, it holds nothing
+        fired |= {(e.room_id, e.alertname) for e in task.drain_alerts()}
+    assert task.watch_start == BASE_MS
+    assert task.counters.windows_emitted > 30 and fired == set()

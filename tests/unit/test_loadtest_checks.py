@@ -58,3 +58,21 @@ def test_a_rollup_window_of_late_counts_only_may_sit_elsewhere_but_not_one_with_
     assert compare([], [], late_only, []) == (0, 0, 0)
     assert compare([], [], [], late_only) == (0, 0, 0)
     assert compare([], [], [rollup("r1", T0, views=1, late_events=2)], []) == (1, 0, 0)
+
+
+def test_expected_alerts_allow_for_each_start_a_task_may_have_taken() -> None:
+    """The worker's task begins at the window of one of its inputs' first events (which one
+    depends on fetch order). A big room first seen two windows after the earliest start surges
+    if the task began there, not if it began a window later: its surge is possible, not expected.
+    A big room present from the earliest start never surges; one from well after, always."""
+    w = 10_000
+
+    def big(room: str, first: int) -> list[RoomStats]:  # 150 views/s from window `first` on
+        return [rollup(room, T0 + k * w, window_end=T0 + (k + 1) * w, views=1_500) for k in range(first, 30)]
+
+    rooms = big("at-start", 0) + big("edge", 2) + big("later", 5)
+    truth = Truth(w, 2_000, 1, {(s.room_id, s.window_start): s for s in rooms}, [], Counter(), 0, 0, 0)
+    truth.starts = {0: (T0, T0 + w)}
+    surged = lambda alerts: {(room, metric) for room, name, metric, _ in alerts if name == "RoomSurge"}  # noqa: E731
+    assert surged(truth.expected_alerts()) == {("later", "views_per_sec")}
+    assert surged(truth.possible_alerts()) == {("later", "views_per_sec"), ("edge", "views_per_sec")}
