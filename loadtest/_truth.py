@@ -54,7 +54,7 @@ class Truth:
     #: the latest record of every session by (room_id, session_start), as of the stream's watermark
     sessions: MutableMapping[tuple[str, int], RoomSession] = field(default_factory=dict)
     #: per partition, the windows a task's state can begin in (``TaskAggregator.watch_start``):
-    #: that of the first event of each input, whichever the task happens to apply first
+    #: the latest of its inputs' first windows (inputs may deliver in any order)
     starts: dict[int, tuple[int, ...]] = field(default_factory=dict)
     #: alerts the worker may raise beyond ``expected_alerts`` (which start above decides)
     _possible: set[AlertKey] = field(default_factory=set)
@@ -171,7 +171,7 @@ def _compute(
         firsts: dict[int, int] = {}
         for source, _offset, ev in stream:
             firsts.setdefault(source, ev.ts - ev.ts % window_ms)
-        starts[part] = tuple(sorted(set(firsts.values())))
+        starts[part] = tuple(firsts.values())
         windows.update(expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources))
         if rollup_windows_ms:
             rollups.update(
@@ -194,6 +194,10 @@ def _compute(
                 )
             )
         del stream
+    # Events re-routed (producers without murmur2) reach a task through other partitions' inputs
+    # and its repartition topic, so its first may be any partition's: every start is possible.
+    everywhere = tuple(sorted({ws for firsts in starts.values() for ws in firsts}))
+    starts = dict.fromkeys(starts, everywhere)
     malformed: Counter[str] = Counter()
     for phase in phases:
         malformed.update(phase.malformed)

@@ -278,11 +278,11 @@ def run_pipeline(
             reading = all(remaining.get((p, source), 0) for source in busy)
             held[p] = pipeline.core.sources_to_hold(held[p]) if reading else frozenset()
         for pipeline in pipelines.values():
-            pipeline.publish_alerts()
+            pipeline.publish_alerts(now_ms)
         if time.process_time() - last_resend >= settings.alert_resend_ms / 1000:
             last_resend = time.process_time()
             for pipeline in pipelines.values():
-                pipeline.firing(resend=True)
+                pipeline.firing(now_ms, resend=True)
         if round_number % checkpoint_rounds == 0:
             for p, pipeline in pipelines.items():
                 pipeline.stage_checkpoint(now_ms, positions[p])
@@ -342,7 +342,7 @@ def burst(rooms: int, repeat: int) -> None:
         task.apply(0, [(offset + 1, ViewerEvent("join", "tick", "u", base + 32_500))], 0)
         pipeline.publish_windows()
         t1 = time.process_time()
-        pipeline.publish_alerts()
+        pipeline.publish_alerts(base + 60_000)
         t2 = time.process_time()
         publish.append(t1 - t0)
         detect.append(t2 - t1)

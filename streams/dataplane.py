@@ -328,10 +328,10 @@ class DataPlane:
         await asyncio.sleep(0)
         transitions = False
         for task in self.runtime.values():
-            transitions = task.pipeline.publish_alerts() or transitions
+            transitions = task.pipeline.publish_alerts(now_ms) or transitions
         resend = steady - self._last_resend >= self.settings.alert_resend_ms / 1000
         if transitions or resend:
-            self._count_firing(resend=resend)
+            self._count_firing(now_ms, resend=resend)
         await self._send()
         if total:
             m.batch_size.observe(total)
@@ -503,13 +503,13 @@ class DataPlane:
                 self.metrics.uncommitted.labels(*label).set(max(0, end - readable))
         return busy, behind
 
-    def _count_firing(self, *, resend: bool) -> None:
+    def _count_firing(self, now_ms: int, *, resend: bool) -> None:
         """Update the firing gauge; with ``resend``, re-publish every firing alert."""
         by_metric = dict.fromkeys(SPIKE_METRICS, 0)
         if resend:
             self._last_resend = time.monotonic()
         for task in self.runtime.values():
-            for event in task.pipeline.firing(resend=resend):
+            for event in task.pipeline.firing(now_ms, resend=resend):
                 by_metric[event.metric] += 1
         for metric, count in by_metric.items():
             self.metrics.alerts_firing.labels(metric).set(count)

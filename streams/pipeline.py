@@ -47,6 +47,7 @@ from .core import (
     CoreConfig,
     PartitionCache,
     TaskAggregator,
+    iso_utc,
     leaderboard_partials,
     leaderboard_progress,
     partition_for,
@@ -438,41 +439,42 @@ class TaskPipeline:
         for partial in leaderboard_partials(self.partition, closed, self._leaderboard_size):
             add(topic, 0, task, orjson.dumps(partial))
 
-    def publish_alerts(self) -> bool:
+    def publish_alerts(self, now_ms: int) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;
         returns whether there were any."""
         events = self.core.drain_alerts()
-        self._write_alerts(events, transitions=True)
+        self._write_alerts(events, now_ms, transitions=True)
         return bool(events)
 
-    def firing(self, *, resend: bool) -> list[AlertEvent]:
+    def firing(self, now_ms: int, *, resend: bool) -> list[AlertEvent]:
         """The alerts firing now; with ``resend``, written again (Alertmanager resolves an alert that
         is not refreshed before its endsAt)."""
         firing = self.core.firing_alerts()
         if resend:
-            self._write_alerts(firing, transitions=False)
+            self._write_alerts(firing, now_ms, transitions=False)
         return firing
 
-    def _write_alerts(self, events: list[AlertEvent], *, transitions: bool) -> None:
-        """Write alerts to the alerts topic, keyed by fingerprint; count fired/resolved transitions.
-
-        A firing alert's endsAt is the end of the room's latest window + 4 re-send intervals, in
-        event time (the Prometheus convention): Alertmanager resolves it unless re-sent. Live,
-        event time is the wall clock a window and the grace ago. In a catch-up after downtime it
-        is the past: a spike that ended an hour ago reaches Alertmanager already over and pages
-        no one (with wall-clock expiry it fired until its resolution came, seconds later in the
-        catch-up), while a spike still going on is paged once the catch-up is within 4 re-send
-        intervals of it. A silent room's firing alert expires 4 intervals after its last window."""
+    def _write_alerts(self, events: list[AlertEvent], now_ms: int, *, transitions: bool) -> None:
+        """Write alerts to the alerts topic, keyed by fingerprint; count fired/resolved transitions."""
         if not events:
             return
         topic = self._topics.alerts
         partitions = self.routing.partitions
         add = self.sink.add
-        expires_after_ms = 4 * self._resend_ms
+        resend, cfg = self._resend_ms, self.core.config
+        fresh = now_ms + 4 * resend
         m = self.metrics
         for event in events:
             key = event.fingerprint.encode()
-            alert = to_alertmanager(event, expires_after_ms=expires_after_ms)
+            alert = to_alertmanager(event)
+            if event.status == "firing":
+                # Alertmanager resolves a firing alert not re-sent before its endsAt: 4 re-send
+                # intervals from now (Prometheus' convention), but at most 8 past the time the
+                # room's next window is due (latest end + window + grace). Live, the first bound
+                # holds; in a catch-up after downtime an alert about a spike long over reaches
+                # Alertmanager already over, instead of firing until its resolution is read.
+                due = event.window_end_ms + cfg.window_ms + cfg.grace_ms
+                alert["endsAt"] = iso_utc(min(fresh, due + 8 * resend))
             add(topic, partition_for(key, partitions), key, orjson.dumps(alert))
             if transitions:
                 (m.alerts_fired if event.status == "firing" else m.alerts_resolved).labels(event.metric).inc()

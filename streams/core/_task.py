@@ -181,8 +181,6 @@ class TaskAggregator:
         #: the window this task's state began at (None: no event yet; NO_TIME: state written before
         #: it was recorded): rooms live then were live before it too (see ``_watching_from``)
         self.watch_start: int | None = None
-        #: whether watch_start is final (from the first detection on, or restored)
-        self._watch_settled = False
         #: the spike detector's surge rule holds for baselines from this event time (None: any)
         self._surge_from: int | None = None
 
@@ -248,7 +246,7 @@ class TaskAggregator:
         if moves_watermark:
             others = self._delivery(source, now_ms)
             source_max = self._src_max.get(source, NO_TIME)
-            if source_max == NO_TIME and not self._watch_settled:
+            if source_max == NO_TIME:
                 self._first_delivery(items[0][1].ts)
         else:
             # Re-routed events: their senders' published progress moves the watermark instead.
@@ -433,7 +431,7 @@ class TaskAggregator:
         others = self._delivery(source, now_ms)
         if newest_ts <= self._src_max.get(source, NO_TIME):
             return
-        if source not in self._src_max and not self._watch_settled:
+        if source not in self._src_max:
             self._first_delivery(newest_ts)
         self._src_max[source] = newest_ts
         if newest_ts > self._max_ts:
@@ -912,10 +910,11 @@ class TaskAggregator:
         return stats
 
     def _first_delivery(self, ts: int) -> None:
-        """An input's first event (time ``ts``) in a task whose state began here: the state
-        begins at the latest input's first window, until the first window is evaluated. One
-        input may start with old records (a replay, a stale producer): the others' live rooms
-        are no newer for that."""
+        """An input's first event (time ``ts``) in this task's state: the state begins at the
+        latest input's first window. One input may start with old records (a replay, a stale
+        producer), alone for a while: the others' live rooms are no newer for that. (An input
+        whose first event ever comes later, say a gift topic quiet for days, moves the start
+        then: rooms still warming up at that moment lose the surge rule.)"""
         ws = ts - ts % self.config.window_ms
         if self.watch_start is None or ws > self.watch_start:
             self._watching_from(ws)
@@ -932,7 +931,6 @@ class TaskAggregator:
         self._surge_from = None if ws is None or ws == NO_TIME else ws + 2 * self.config.window_ms
 
     def _detect(self, room: Room, stats: RoomStats) -> None:
-        self._watch_settled = True
         state = room.detector
         if state is None:
             state = room.detector = DetectorState(room.room_id)
@@ -1074,7 +1072,6 @@ class TaskAggregator:
             self._adopt(room)
         if self.watch_start is None and (self.rooms or self._max_ts != NO_TIME):
             self._watching_from(NO_TIME)  # state from before the start was recorded
-        self._watch_settled = self.watch_start is not None
         for key, value in live.chunks:
             try:
                 room_id, ws, keys = decode_dedup_chunk(key, value)

@@ -155,10 +155,14 @@ def test_an_input_starting_with_old_records_does_not_move_the_start_back() -> No
     task = TaskAggregator(CFG, sources=(0, 2))
     task.apply(2, stale, now_ms=0)
     assert task.watch_start == BASE_MS - 3_600_000
+    # alone for 15 s: the other input turns idle and wall time closes the stale room's window
+    task.tick(3_000)
+    task.tick(15_000)
+    assert [s.room_id for s in task.drain()] == ["stale"] and task.drain_alerts() == []
     fired = set()
     for batch in batches:
-        task.apply(0, batch, now_ms=0)
-        task.tick(10_000)  # the stale input silent since: idle, it holds nothing
+        task.apply(0, batch, now_ms=20_000)
+        task.tick(20_000)  # the stale input silent since: idle, it holds nothing
         fired |= {(e.room_id, e.alertname) for e in task.drain_alerts()}
     assert task.watch_start == BASE_MS
     assert task.counters.windows_emitted > 30 and fired == set()

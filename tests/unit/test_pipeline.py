@@ -333,7 +333,7 @@ def test_undecodable_state_is_quarantined_to_the_dead_letter_topic_and_deleted()
 
 
 @pytest.mark.parametrize("resend", [False, True])
-def test_alerts_are_written_keyed_by_fingerprint_expiring_4_resends_after_their_window(resend: bool) -> None:
+def test_alerts_are_written_keyed_by_fingerprint_and_expire_unless_re_sent(resend: bool) -> None:
     pipeline, sink, metrics = make(partition=0)
     (room,) = rooms_on(0, 1)
     offset = 0
@@ -343,7 +343,8 @@ def test_alerts_are_written_keyed_by_fingerprint_expiring_4_resends_after_their_
         pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
         offset += n
     close_everything(pipeline)
-    assert pipeline.publish_alerts()
+    live = T0 + 475_000  # the wall clock just after the spike's last window closed
+    assert pipeline.publish_alerts(live)
     alerts = sink.take(TOPICS.alerts)
     assert alerts, "a 20x step in views fires"
     for partition, key, value, _ in alerts:
@@ -351,14 +352,16 @@ def test_alerts_are_written_keyed_by_fingerprint_expiring_4_resends_after_their_
         alert = orjson.loads(value)
         assert alert["labels"]["room_id"] == room
         assert 0 <= partition < PARTITIONS
-        if alert["status"] == "firing":
-            # in event time (not NOW_MS): the end of a spiking window it fired at + 4 x the 60 s re-send
-            assert alert["endsAt"] in {iso_utc(T0 + w * 10_000 + 4 * 60_000) for w in range(41, 47)}
-    firing = pipeline.firing(resend=resend)
+        if alert["status"] == "firing":  # live: 4 re-send intervals (60 s) from now
+            assert alert["endsAt"] == iso_utc(live + 240_000)
+    firing = pipeline.firing(NOW_MS, resend=resend)
     resent = sink.take(TOPICS.alerts)
     assert len(resent) == (len(firing) if resend else 0)
-    for _, _, value, _ in resent:  # the latest window evaluated + 4 x the re-send
-        assert value is not None and orjson.loads(value)["endsAt"] == iso_utc(T0 + 46 * 10_000 + 4 * 60_000)
+    # NOW_MS is 1 000 s after the data (a catch-up after downtime): no later than 8 intervals past
+    # the time the room's next window was due (the last window's end + window + grace)
+    for _, _, value, _ in resent:
+        assert value is not None
+        assert orjson.loads(value)["endsAt"] == iso_utc(T0 + 460_000 + 12_000 + 480_000)
     fired = {orjson.loads(v)["labels"]["metric"] for _, _, v, _ in alerts if v is not None}
     assert sum(counter(metrics, "livepulse_alerts_fired_total", metric=m) for m in fired) >= 1
 
