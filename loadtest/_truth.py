@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 
 from schemas import ROOM_STATS_FIELDS, Event, RoomSession, RoomStats
-from streams.core import partition_for
 
 from ._packed import PackedRecords
 from .oracle import expected_rollups, expected_sessions, expected_windows
@@ -53,9 +52,10 @@ class Truth:
     rollups: MutableMapping[tuple[int, str, int], RoomStats] = field(default_factory=dict)
     #: the latest record of every session by (room_id, session_start), as of the stream's watermark
     sessions: MutableMapping[tuple[str, int], RoomSession] = field(default_factory=dict)
-    #: per partition, the windows a task's state can begin in (``TaskAggregator.watch_start``):
-    #: the latest of its inputs' first windows (inputs may deliver in any order)
-    starts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: the windows a task's state can begin in (``TaskAggregator.watch_start``: the latest of its
+    #: inputs' first windows): any partition's inputs' first windows, since inputs deliver in any
+    #: order and re-routed events (producers without murmur2) reach a task through other partitions
+    starts: tuple[int, ...] = ()
     #: alerts the worker may raise beyond ``expected_alerts`` (which start above decides)
     _possible: set[AlertKey] = field(default_factory=set)
 
@@ -71,25 +71,22 @@ class Truth:
         """``expected_alerts`` and those raised only for some of the ``starts``."""
         return self.expected_alerts() | self._possible
 
-    def surge_from(self, room_id: str) -> int | None:
-        """The detector's ``surge_from`` for a room whose task began at its partition's earliest
-        possible start."""
-        starts = self.starts.get(partition_for(room_id.encode(), self.partitions))
-        return starts[0] + 2 * self.window_ms if starts else None
+    @property
+    def surge_from(self) -> int | None:
+        """The detector's ``surge_from`` for a task that began at the earliest possible start."""
+        return self.starts[0] + 2 * self.window_ms if self.starts else None
 
     def _detect(self) -> tuple[set[AlertKey], set[AlertKey]]:
-        # A room whose first window falls between its partition's earliest and latest possible
-        # starts (two windows on) surges under some of them only: it is replayed under each.
+        # A room whose first window falls between the earliest and latest possible starts (two
+        # windows on) surges under some of them only: it is replayed under each.
         first: dict[str, int] = {}
         for room_id, ws in self.windows:
             if ws < first.get(room_id, ws + 1):
                 first[room_id] = ws
-        w2 = 2 * self.window_ms
-        ambiguous: dict[str, tuple[int, ...]] = {}
-        for room_id, ws in first.items():
-            starts = self.starts.get(partition_for(room_id.encode(), self.partitions), ())
-            if len(starts) > 1 and starts[0] + w2 <= ws < starts[-1] + w2:
-                ambiguous[room_id] = starts
+        w2, starts = 2 * self.window_ms, self.starts
+        ambiguous = set()
+        if len(starts) > 1:
+            ambiguous = {room_id for room_id, ws in first.items() if starts[0] + w2 <= ws < starts[-1] + w2}
         windows = self.windows
         clear = (windows[key] for key in windows if key[0] not in ambiguous)
         must = detector_alerts(clear, self.window_ms, self.surge_from)
@@ -98,18 +95,12 @@ class Truth:
             if key[0] in ambiguous:
                 series[key[0]].append(windows[key])
         possible: set[AlertKey] = set()
-        for room_id, starts in ambiguous.items():
-            variants = [
-                detector_alerts(series[room_id], self.window_ms, _fixed(start + w2)) for start in starts
-            ]
+        for room_id in ambiguous:
+            variants = [detector_alerts(series[room_id], self.window_ms, start + w2) for start in starts]
             always = variants[0].intersection(*variants[1:])
             must |= always
             possible |= variants[0].union(*variants[1:]) - always
         return must, possible
-
-
-def _fixed(surge_from: int) -> Callable[[str], int]:
-    return lambda _room_id: surge_from
 
 
 def compute(
@@ -165,13 +156,13 @@ def _compute(
     rollups: PackedRecords[tuple[int, str, int], RoomStats] = PackedRecords(RoomStats)
     sessions: PackedRecords[tuple[str, int], RoomSession] = PackedRecords(RoomSession)
     sources = (0, 1, 2)
-    starts: dict[int, tuple[int, ...]] = {}
+    starts: set[int] = set()
     for part in sorted(set().union(*(phase.messages.partitions() for phase in phases))):
         stream = _partition_stream(phases, part)
         firsts: dict[int, int] = {}
         for source, _offset, ev in stream:
             firsts.setdefault(source, ev.ts - ev.ts % window_ms)
-        starts[part] = tuple(firsts.values())
+        starts.update(firsts.values())
         windows.update(expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources))
         if rollup_windows_ms:
             rollups.update(
@@ -194,10 +185,6 @@ def _compute(
                 )
             )
         del stream
-    # Events re-routed (producers without murmur2) reach a task through other partitions' inputs
-    # and its repartition topic, so its first may be any partition's: every start is possible.
-    everywhere = tuple(sorted({ws for firsts in starts.values() for ws in firsts}))
-    starts = dict.fromkeys(starts, everywhere)
     malformed: Counter[str] = Counter()
     for phase in phases:
         malformed.update(phase.malformed)
@@ -214,7 +201,7 @@ def _compute(
         rollup_windows_ms=rollup_windows_ms,
         rollups=rollups,
         sessions=sessions,
-        starts=starts,
+        starts=tuple(sorted(starts)),
         phases=[
             {
                 "start_ms": p.start_ms,
@@ -231,11 +218,11 @@ def _compute(
 
 
 def detector_alerts(
-    windows: Iterable[RoomStats], window_ms: int, surge_from: Callable[[str], int | None] | None = None
+    windows: Iterable[RoomStats], window_ms: int, surge_from: int | None = None
 ) -> set[AlertKey]:
     """Replay the worker's spike detector (default rules) room by room; the firing transitions.
 
-    ``surge_from`` gives each room's (see ``streams.core.observe``; None: the surge rule always)."""
+    ``surge_from`` as in ``streams.core.observe`` (None: the surge rule always)."""
     from streams.core import DEFAULT_RULES, DetectorState, observe, rules_for
 
     by_room: dict[str, list[RoomStats]] = defaultdict(list)
@@ -245,9 +232,8 @@ def detector_alerts(
     for room_id, series in by_room.items():
         state = DetectorState(room_id)
         rules = rules_for(DEFAULT_RULES, room_id)
-        since = None if surge_from is None else surge_from(room_id)
         for stats in sorted(series, key=lambda s: s.window_start):
-            for ev in observe(state, stats, rules, window_ms, surge_from=since):
+            for ev in observe(state, stats, rules, window_ms, surge_from=surge_from):
                 if ev.status == "firing":
                     out.add((ev.room_id, ev.alertname, ev.metric, ev.starts_at_ms))
     return out
@@ -268,7 +254,7 @@ def write(truth: Truth, path: Path, extra: Mapping[str, Any] | None = None) -> N
         "injections": [dataclasses.asdict(inj) for inj in truth.injections],
         "expected_alerts": sorted(truth.expected_alerts()),
         "possible_alerts": sorted(truth.possible_alerts() - truth.expected_alerts()),
-        "starts": sorted(truth.starts.items()),
+        "starts": list(truth.starts),
         "fields": list(ROOM_STATS_FIELDS),
         "windows": [dataclasses.astuple(s) for _, s in sorted(truth.windows.items())],
         **(extra or {}),
@@ -300,5 +286,5 @@ def read(path: Path) -> Truth:
     )
     truth._alerts = {(a[0], a[1], a[2], a[3]) for a in doc["expected_alerts"]}
     truth._possible = {(a[0], a[1], a[2], a[3]) for a in doc.get("possible_alerts", ())}
-    truth.starts = {int(part): tuple(starts) for part, starts in doc.get("starts", ())}
+    truth.starts = tuple(doc.get("starts", ()))
     return truth

@@ -514,9 +514,10 @@ class TaskPipeline:
         wrote: markers written now would let the tasks it re-routes to close that window."""
         if self.routing.partitions < 2:
             return False
-        frontier, sent = self.core.frontier_ms(now_ms), self._marker_sent
+        sent = self._marker_sent
         if sent is _NOT_SENT:
             return True
+        frontier = self.core.frontier_ms(now_ms)
         if frontier is None or not isinstance(sent, int):
             # To or from idle (a task that never took an event holds no receiver): what the
             # receivers may close changes either way, e.g. at start from "nothing known yet".

@@ -46,8 +46,8 @@ _COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS}
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets;
 #: 4: + the window geometry (bucket_ms, window_ms) the state was cut with, and optionally (a field
-#: older workers ignore, so a rolling update either way keeps the metadata) the start of the
-#: first window the task's state saw a room in
+#: older workers ignore, so a rolling update either way keeps the metadata) the window the task's
+#: state began at (``TaskAggregator.watch_start``)
 META_FORMAT_VERSION = 4
 
 
@@ -72,7 +72,7 @@ class TaskMeta(NamedTuple):
     offsets: dict[int, int]
     #: (bucket_ms, window_ms) of the settings that wrote it (None: a version before 4)
     geometry: tuple[int, int] | None = None
-    #: start of the first window the state saw a room in (None: no room yet, or not recorded)
+    #: the window the task's state began at (None: no event yet, or not recorded)
     watch_start: int | None = None
 
 

@@ -72,7 +72,7 @@ def test_expected_alerts_allow_for_each_start_a_task_may_have_taken() -> None:
 
     rooms = big("at-start", 0) + big("edge", 2) + big("later", 5)
     truth = Truth(w, 2_000, 1, {(s.room_id, s.window_start): s for s in rooms}, [], Counter(), 0, 0, 0)
-    truth.starts = {0: (T0, T0 + w)}
+    truth.starts = (T0, T0 + w)
     surged = lambda alerts: {(room, metric) for room, name, metric, _ in alerts if name == "RoomSurge"}  # noqa: E731
     assert surged(truth.expected_alerts()) == {("later", "views_per_sec")}
     assert surged(truth.possible_alerts()) == {("later", "views_per_sec"), ("edge", "views_per_sec")}
