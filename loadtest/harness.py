@@ -69,6 +69,10 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "watermark alignment with a 30 s drift instead of 120 s",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "30000"),),
     ),
+    "fetch4m": (
+        "the consumer fetches 4 MiB per partition (the default before session 13) instead of 1 MiB",
+        (("LIVEPULSE_FETCH_PARTITION_BYTES", "4194304"),),
+    ),
     "no-trim": (
         "free heap pages never handed back to the system (no malloc_trim)",
         (("LIVEPULSE_MALLOC_TRIM_MS", "0"),),

@@ -24,8 +24,12 @@ STALL_S = 60.0
 async def read_partition(
     settings: Settings, partition: int
 ) -> tuple[list[tuple[bytes, bytes | None]], dict[bytes, int], float]:
-    """Every committed record of one changelog partition in log order, each key's latest offset,
-    and the seconds it took.
+    """The latest committed record of each key of one changelog partition (a tombstone as ``None``),
+    keys in the order of their first record; each key's latest offset; and the seconds it took.
+
+    Older records of a key are dropped as they are read: the log is compacted only now and then,
+    and a restore that held every record read would hold every checkpoint since (several times
+    the state).
 
     Call it after the task's producer started: that fenced the previous owner
     and ended its open transaction, so the last stable offset is the log end.
@@ -43,7 +47,7 @@ async def read_partition(
         **settings.security.client_kwargs(),
     )
     await consumer.start()
-    records: list[tuple[bytes, bytes | None]] = []
+    latest: dict[bytes, bytes | None] = {}
     offsets: dict[bytes, int] = {}
     try:
         consumer.assign([tp])
@@ -62,8 +66,8 @@ async def read_partition(
                 )
             for message in batch.get(tp, ()):
                 if message.key is not None:
-                    records.append((message.key, message.value))
+                    latest[message.key] = message.value
                     offsets[message.key] = message.offset
     finally:
         await consumer.stop()
-    return records, offsets, time.perf_counter() - started
+    return list(latest.items()), offsets, time.perf_counter() - started

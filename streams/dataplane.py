@@ -191,7 +191,7 @@ class DataPlane:
             # Re-routed events and markers are written in transactions: only committed ones count.
             isolation_level="read_committed",
             partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=s.fetch_partition_bytes,
             fetch_max_bytes=64 * 1024 * 1024,
             session_timeout_ms=s.group_session_timeout_ms,
             heartbeat_interval_ms=min(3_000, s.group_session_timeout_ms // 3),

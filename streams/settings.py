@@ -104,6 +104,10 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     commit_interval_ms: int = 1_000
     max_batch_records: int = 20_000
+    #: the most the consumer fetches and buffers per input partition in one request
+    #: (``max_partition_fetch_bytes``, Kafka's default). In a catch-up every partition's buffer is
+    #: full: 4 MiB took 70-130 MB more peak RSS at 100 000 rooms and read no faster (RESULTS)
+    fetch_partition_bytes: int = 1024 * 1024
     fetch_timeout_ms: int = 200
     create_topics: bool = True
     partitions: int = 4
@@ -158,6 +162,8 @@ class Settings:
         return f"{self.app_id}-dataplane"
 
     def __post_init__(self) -> None:
+        if self.fetch_partition_bytes < 1024:
+            raise ConfigError("fetch_partition_bytes must be >= 1024")
         if self.commit_interval_ms <= 0 or self.max_batch_records <= 0 or self.fetch_timeout_ms < 0:
             raise ConfigError("commit_interval_ms and max_batch_records must be > 0, fetch_timeout_ms >= 0")
         if self.alert_resend_ms <= 0:
@@ -191,6 +197,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "APP_ID": ("", "app_id"),
     "COMMIT_INTERVAL_MS": ("", "commit_interval_ms"),
     "MAX_BATCH_RECORDS": ("", "max_batch_records"),
+    "FETCH_PARTITION_BYTES": ("", "fetch_partition_bytes"),
     "FETCH_TIMEOUT_MS": ("", "fetch_timeout_ms"),
     "CREATE_TOPICS": ("", "create_topics"),
     "PARTITIONS": ("", "partitions"),

@@ -24,7 +24,8 @@ A room's changelog encoding, in every version, is ``streams.core._state_codec``.
 from __future__ import annotations
 
 from operator import add
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 from datasketches import hll_sketch, hll_union, tgt_hll_type
 
@@ -105,7 +106,17 @@ CHUNK_KEYS = 1_024
 #: the dedup memory of a room that has seen no order yet: one shared empty set (an empty set is
 #: 216 bytes, and most rooms of a viewer flood or a quiet platform never see an order)
 _NO_KEYS: frozenset[str] = frozenset()
-_NO_WINDOWS: frozenset[int] = frozenset()
+NO_WINDOWS: frozenset[int] = frozenset()
+
+#: what a room holds while it has no bucket, sketch or dedup chunk: one shared read-only mapping
+#: (an empty dict is 64 bytes; idle rooms are most of a platform's rooms). Writers give the room a
+#: dict of its own first (``own``); reading it is reading an empty dict.
+EMPTY: dict[Any, Any] = cast(dict[Any, Any], MappingProxyType({}))
+
+
+def own(mapping: dict[Any, Any]) -> dict[Any, Any]:
+    """``mapping``, or a new dict in place of ``EMPTY``."""
+    return mapping if type(mapping) is dict else {}
 
 
 class Room:
@@ -134,26 +145,27 @@ class Room:
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id
         #: bucket number -> counters (layout: JOINS..LATE), for buckets of open windows
-        self.buckets: dict[int, list[int]] = {}
+        self.buckets: dict[int, list[int]] = EMPTY
         #: concurrent viewers as of the end of the last closed window
         self.concurrent = 0
         #: start of the newest window with activity (or a late event's watermark), for expiry
         self.last_ts = -1
-        #: input source -> offset up to which the room holds every event (set at checkpoints)
-        self.offsets: dict[int, int] = {}
+        #: input source -> offset up to which the room holds every event (set at checkpoints).
+        #: Never changed in place: rooms written by one checkpoint share one dict.
+        self.offsets: dict[int, int] = EMPTY
         #: window start -> user ids (exact) or a HyperLogLog sketch, per open window
-        self.uniques: dict[int, Any] = {}  # window start -> hll_sketch (untyped extension)
-        #: starts of windows with activity that have not been emitted yet
-        self.open_ws: list[int] = []
+        self.uniques: dict[int, Any] = EMPTY  # window start -> hll_sketch (untyped extension)
+        #: starts of windows with activity that have not been emitted yet (``()``: none)
+        self.open_ws: list[int] | tuple[()] = ()
         #: the window this room was last registered for (fast-path check)
         self.reg_ws = -1
         #: "<status>:<order_id>" of every order event remembered, for duplicate detection
         self.seen: set[str] | frozenset[str] = _NO_KEYS
         #: window start -> the keys of ``seen`` whose event time falls in that window
-        self.seen_chunks: dict[int, list[str]] = {}
-        #: chunks changed since the last checkpoint, and chunks forgotten since then
-        self.seen_dirty: set[int] | frozenset[int] = _NO_WINDOWS
-        self.seen_gone: list[int] = []
+        self.seen_chunks: dict[int, list[str]] = EMPTY
+        #: chunks changed since the last checkpoint, and chunks forgotten since then (``()``: none)
+        self.seen_dirty: set[int] | frozenset[int] = NO_WINDOWS
+        self.seen_gone: list[int] | tuple[()] = ()
         self.dirty = False
         self.last_closed: Any = None
         #: spike baselines and alert lifecycle, created at the room's first closed window
@@ -167,14 +179,16 @@ class Room:
         """The counters of ``bucket``, created at zero if new."""
         counters = self.buckets.get(bucket)
         if counters is None:
-            counters = self.buckets[bucket] = [0] * N_COUNTERS
+            self.buckets = store = own(self.buckets)
+            counters = store[bucket] = [0] * N_COUNTERS
         return counters
 
     def sketch(self, ws: int, lg_k: int) -> Any:
         """The unique-viewer sketch of window ``ws``, created empty if new."""
         sketch = self.uniques.get(ws)
         if sketch is None:
-            sketch = self.uniques[ws] = hll_sketch(lg_k, HLL_TYPE)
+            self.uniques = store = own(self.uniques)
+            sketch = store[ws] = hll_sketch(lg_k, HLL_TYPE)
         return sketch
 
     def unique_count(self, ws: int) -> int:
@@ -225,7 +239,7 @@ class Room:
         dirty = self.seen_dirty
         if isinstance(dirty, frozenset):
             dirty = self.seen_dirty = set()
-        chunks = self.seen_chunks
+        chunks = self.seen_chunks = own(self.seen_chunks)
         chunk = chunks.get(ws)
         if chunk is None:
             chunk = chunks[ws] = []
@@ -241,6 +255,7 @@ class Room:
 
     def restore_chunk(self, ws: int, keys: list[str]) -> None:
         """Take a dedup chunk read back from the changelog."""
+        self.seen_chunks = own(self.seen_chunks)
         self.seen_chunks[ws] = keys
         if isinstance(self.seen, frozenset):
             self.seen = set()
@@ -258,6 +273,8 @@ class Room:
                 self.seen.difference_update(keys)
             if isinstance(self.seen_dirty, set):
                 self.seen_dirty.discard(oldest)
+            if isinstance(self.seen_gone, tuple):
+                self.seen_gone = []
             self.seen_gone.append(oldest)
 
 

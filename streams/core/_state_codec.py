@@ -247,9 +247,12 @@ def _decode_v1(obj: list[Any], window_ms: int) -> Room:
     room.concurrent = concurrent
     room.last_ts = last_ts
     room.offsets = {source: offset for source, offset in offsets}
-    room.buckets = {bucket: counters for bucket, *counters in buckets}
-    room.uniques = {ws: _decode_uniques(users) for ws, users in uniques}
-    room.open_ws = list(open_ws)
+    if buckets:
+        room.buckets = {bucket: counters for bucket, *counters in buckets}
+    if uniques:
+        room.uniques = {ws: _decode_uniques(users) for ws, users in uniques}
+    if open_ws:
+        room.open_ws = list(open_ws)
     for order_id, status, ts in seen:  # v1/v2: moved into chunks, written as such at the next checkpoint
         room.remember(order_key(order_id, status), ts - ts % window_ms)
     return room

@@ -24,6 +24,7 @@ from ._config import CoreConfig
 from ._rollups import Rollup
 from ._room import (
     COMMENTS,
+    EMPTY,
     GIFT_VALUE,
     GIFTS,
     GMV,
@@ -31,6 +32,7 @@ from ._room import (
     LATE,
     LEAVES,
     LIKES,
+    NO_WINDOWS,
     ORDERS,
     REFUNDS,
     SHARES,
@@ -679,9 +681,13 @@ class TaskAggregator:
         room.reg_ws = ws
         if ws > room.last_ts:
             room.last_ts = ws
-        if ws in room.open_ws:
+        open_ws = room.open_ws
+        if ws in open_ws:
             return
-        room.open_ws.append(ws)
+        if isinstance(open_ws, list):
+            open_ws.append(ws)
+        else:
+            room.open_ws = [ws]
         members = self._by_window.get(ws)
         if members is None:
             members = self._by_window[ws] = {}
@@ -882,16 +888,21 @@ class TaskAggregator:
         first = ws // cfg.bucket_ms
         end = first + window_ms // cfg.bucket_ms
         total, active_first, active_last = room.take_window(first, end)
-        room.open_ws.remove(ws)
+        open_ws = room.open_ws
+        assert isinstance(open_ws, list)  # it holds ws
+        open_ws.remove(ws)
         concurrent = room.concurrent + total[JOINS] - total[LEAVES]
         room.concurrent = concurrent = concurrent if concurrent > 0 else 0
-        sketch = room.uniques.pop(ws, None)
-        # An emptied dict keeps its table (224 bytes, against 64 for a new one): an idle room
-        # should not pay for the windows it had.
+        uniques = room.uniques
+        sketch = uniques.pop(ws, None) if uniques else None
+        # An idle room should not pay for the windows it had (an emptied dict keeps its table,
+        # 224 bytes): it goes back to the shared empty containers.
+        if not open_ws:
+            room.open_ws = ()
         if not room.buckets:
-            room.buckets = {}
+            room.buckets = EMPTY
         if not room.uniques:
-            room.uniques = {}
+            room.uniques = EMPTY
         if not room.dirty:
             room.dirty = True
             self._dirty.append(room)
@@ -1006,8 +1017,11 @@ class TaskAggregator:
         self.detect()
         # Every event taken so far is in the state, so a changed room holds everything up to these
         # offsets: a replay after a restore skips what is at or below them for that room.
+        consumed = dict(self._consumed)  # shared by every room this checkpoint writes
         for room in self._dirty:
-            room.offsets.update(self._consumed)
+            held = room.offsets
+            if held is not consumed:
+                room.offsets = consumed if held.keys() <= consumed.keys() else {**held, **consumed}
         upserts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
         for room in self._dirty:
@@ -1020,10 +1034,10 @@ class TaskAggregator:
                 chunks = room.seen_chunks
                 for ws in changed:
                     upserts.append((dedup_key(room.room_id, ws), encode_dedup_chunk(chunks[ws])))
-                changed.clear()
+                room.seen_dirty = NO_WINDOWS  # an emptied set keeps its table
             if room.seen_gone:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
-                room.seen_gone.clear()
+                room.seen_gone = ()
         self._dirty = []
         deletes.extend(room_key(room_id) for room_id in sorted(self._expired))
         deletes.extend(self._gone_chunks)
@@ -1063,12 +1077,14 @@ class TaskAggregator:
             else:
                 self._check_geometry(meta.geometry)
                 self._restore_meta(meta)
+        shared: dict[tuple[tuple[int, int], ...], dict[int, int]] = {}  # rooms of one checkpoint
         for key, value in live.rooms:
             try:
                 room = decode_room_record(key, value, self.config.window_ms)
             except StateError as exc:
                 self.quarantined.append((key, value, str(exc)))
                 continue
+            room.offsets = shared.setdefault(tuple(room.offsets.items()), room.offsets)
             self._adopt(room)
         if self.watch_start is None and (self.rooms or self._max_ts != NO_TIME):
             self._watching_from(NO_TIME)  # state from before the start was recorded
@@ -1131,7 +1147,7 @@ class TaskAggregator:
             self._replay_until[source] = held
         for room in self.rooms.values():
             if room.offsets.get(source, -1) > held:
-                room.offsets[source] = held
+                room.offsets = {**room.offsets, source: held}  # shared with other rooms
         self._offsets[source] = log_end
         self.restored_offsets[source] = log_end
 
@@ -1176,8 +1192,8 @@ def _reset(room: Room) -> bool:
     room.concurrent = 0
     room.detector = None
     room.last_closed = None
-    room.uniques.clear()
-    room.buckets.clear()
+    room.uniques = EMPTY
+    room.buckets = EMPTY
     return True
 
 

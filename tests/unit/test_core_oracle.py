@@ -298,3 +298,36 @@ def test_slowest_source_holds_the_watermark_until_idle() -> None:
     assert agg.watermark_ms == BASE_MS + 60_000 - CFG.grace_ms + CFG.idle_partition_ms
     closed = agg.drain()
     assert [(s.window_start, s.orders, s.views) for s in closed] == [(BASE_MS, 1, 0)]
+
+
+def test_idle_rooms_own_no_empty_containers_and_share_their_checkpoint_offsets() -> None:
+    """At 100 000 rooms every empty dict, list and set a room keeps is ~6 MB of state: an idle room
+    holds the shared empty ones, and the rooms one checkpoint writes share one offsets dict. A room
+    that becomes active again gets containers of its own, and the shared ones stay empty."""
+    agg = TaskAggregator(CFG)
+    rooms = ("a", "b", "c")
+    agg.apply(0, [(i, ViewerEvent("join", room, "u", BASE_MS + i)) for i, room in enumerate(rooms, 1)], 0)
+    agg.apply(1, [(1, OrderEvent("o1", "a", "u", BASE_MS + 5, "paid", 100, "CNY"))], 0)
+    agg.checkpoint({0: 4, 1: 2})
+    a, b, c = (agg.rooms[room] for room in rooms)
+    assert a.offsets is b.offsets is c.offsets and a.offsets == {0: 3, 1: 1}
+    agg.tick(now_ms=10**6)  # the inputs fall idle: every window closes, no room is old enough to expire
+    agg.tick(now_ms=2 * 10**6)
+    (stats,) = [s for s in agg.drain() if s.room_id == "a"]
+    assert stats.orders == 1 and set(agg.rooms) == set(rooms)
+    agg.checkpoint()
+    for room in (a, b, c):
+        assert type(room.buckets) is not dict and type(room.uniques) is not dict  # the shared empty one
+        assert room.open_ws == () and room.seen_gone == ()
+    assert type(b.seen_chunks) is not dict and type(a.seen_chunks) is dict  # a's holds its order
+    assert type(a.seen_dirty) is frozenset  # written: no set of its own until its next order
+    # active again: its own containers; the shared ones stay empty for the other rooms
+    later = BASE_MS + 3_600_000
+    agg.apply(0, [(4, ViewerEvent("join", "b", "v", later))], 0)
+    agg.apply(1, [(2, OrderEvent("o2", "b", "u", later, "paid", 7, "CNY"))], 0)
+    assert type(b.buckets) is dict and type(b.uniques) is dict and b.open_ws == [later - later % 10_000]
+    assert len(c.buckets) == len(c.uniques) == len(c.seen_chunks) == 0 and c.open_ws == ()
+    agg.rebase(0, 2)  # a log that ends below the state: every room's offset is lowered, one by one
+    assert (a.offsets[0], b.offsets[0], c.offsets[0], a.offsets[1]) == (1, 1, 1, 1)
+    (stats,) = [s for s in finish(agg) if s.room_id == "b"]
+    assert (stats.orders, stats.gmv_minor, stats.unique_viewers) == (1, 7, 1)

@@ -120,7 +120,8 @@ def test_each_session_ends_once_and_its_state_is_deleted() -> None:
     agg.apply(0, [(4, ViewerEvent("heartbeat", "o", "x", t + 52_000))], now_ms=15_000)
     settle(agg, 25_000)
     kept = agg.rooms["r"]
-    assert (kept.open_ws, kept.buckets, kept.last_closed) == ([], {}, None) and kept.session is not None
+    assert (list(kept.open_ws), dict(kept.buckets), kept.last_closed) == ([], {}, None)
+    assert kept.session is not None
     assert room_view(agg, "r")["session"]["status"] == "live"  # type: ignore[index]
     # more than the gap of silence: a second session, and the first one ends
     agg.apply(0, [(5, ViewerEvent("join", "r", "c", t + 150_000))], now_ms=10**6)
