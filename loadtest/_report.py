@@ -166,7 +166,10 @@ def render(result: Any, plots: list[Path], argv: list[str], densities: Sequence[
     lat_target = live.get("latency_target_s", math.nan)
     p99 = live.get("latency_p99_s", math.nan)
     ckpt = _med([r["checkpoint_mean_s"] for r in lp])
-    restored, restore_s = restore.get("rooms", 0), restore.get("restore_s_total", math.inf)
+    # The assignment's wall time (every partition read side by side, then decoded); results from
+    # before it was measured have the per-partition reads summed only.
+    restored = restore.get("rooms", 0)
+    restore_s = restore.get("assignment_s", restore.get("restore_s_total", math.inf))
     restore_verdict = "n/a (no rooms)"
     if restored >= 100_000:
         restore_verdict = _yes(restore_s < 10)
@@ -205,9 +208,10 @@ def render(result: Any, plots: list[Path], argv: list[str], densities: Sequence[
         f"{m.get('harness_peak_rss', 0) / 1e6:,.0f} MB | — |",
         f"| checkpoint (changelog write + commit), mean / p99 bucket | {ckpt * 1000:.0f} ms / "
         f"<= {_med([r['checkpoint_p99_le_s'] for r in lp]) * 1000:.0f} ms | — |",
-        f"| restore after {restore.get('how', '?')} (sum over partitions), rooms | "
-        f"{restore.get('restore_s_total', math.nan):.2f} s for {restore.get('rooms', 0):,.0f} rooms "
-        f"| 100 k rooms < 10 s: {restore_verdict} |",
+        f"| restore after {restore.get('how', '?')} (the assignment: every partition's changelog read "
+        f"side by side and decoded), rooms | {restore.get('assignment_s', math.nan):.2f} s for "
+        f"{restore.get('rooms', 0):,.0f} rooms (the partitions' reads summed: "
+        f"{restore.get('restore_s_total', math.nan):.2f} s) | 100 k rooms < 10 s: {restore_verdict} |",
         f"| restart to ready (process start -> /readyz 200) | {restore.get('ready_s', math.nan):.1f} s | — |",
         f"| room-stats windows vs ground truth | {corr.get('windows', 0):,} windows, "
         f"{corr.get('mismatches', '?')} "

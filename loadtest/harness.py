@@ -373,19 +373,23 @@ class Harness:
             await asyncio.sleep(0.1)
             m = await again.metrics()
         restore = histogram(m, "livepulse_restore_seconds")
+        assignment = histogram(m, "livepulse_assignment_seconds")
         self.result.restore = {
             "how": "SIGKILL" if crash else "SIGTERM",
             "ready_s": ready_s,
             "restore_s_total": restore.total,
+            "assignment_s": assignment.total,
+            "assignments": assignment.count,
             "partitions": restore.count,
             "restore_s_max_le": restore.max_bound,
             "rooms": m.get("livepulse_active_rooms", 0.0),
             "rss_after": again.rss(),
         }
         self.say(
-            f"{'killed' if crash else 'stopped'} and restarted: {restore.total:.2f} s restoring "
-            f"{m.get('livepulse_active_rooms', 0):,.0f} "
-            f"rooms over {restore.count:.0f} partitions; ready {ready_s:.1f} s after start"
+            f"{'killed' if crash else 'stopped'} and restarted: {m.get('livepulse_active_rooms', 0):,.0f} "
+            f"rooms restored in {assignment.total:.2f} s (the assignment: {restore.count:.0f} partitions "
+            f"read side by side, {restore.total:.2f} s summed, and decoded); "
+            f"ready {ready_s:.1f} s after start"
         )
         return again
 

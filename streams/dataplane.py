@@ -668,6 +668,7 @@ class DataPlane:
             self._rebalancing = False
             self.ready = True
             took = time.monotonic() - started
+            self.metrics.assignment_seconds.observe(took)
             log.info("assigned partitions %s; state restored in %.1f s", sorted(by_partition), took)
             session_s = self.settings.group_session_timeout_ms / 1000
             if took > session_s / 2:

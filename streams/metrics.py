@@ -124,7 +124,14 @@ class Metrics:
         )
         self.restore_seconds = Histogram(
             "livepulse_restore_seconds",
-            "Time to restore one partition's state from the changelog",
+            "Time to read one partition's state from the changelog (partitions are read side by side)",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.assignment_seconds = Histogram(
+            "livepulse_assignment_seconds",
+            "Time from a partition assignment to processing again: every assigned task's changelog "
+            "read and its state decoded (no heartbeat goes out meanwhile)",
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
