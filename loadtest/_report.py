@@ -33,6 +33,10 @@ def _span(values: list[float]) -> str:
     return f"{_med(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
+def _seconds(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} s"
+
+
 def _yes(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -209,7 +213,7 @@ def render(result: Any, plots: list[Path], argv: list[str], densities: Sequence[
         f"| checkpoint (changelog write + commit), mean / p99 bucket | {ckpt * 1000:.0f} ms / "
         f"<= {_med([r['checkpoint_p99_le_s'] for r in lp]) * 1000:.0f} ms | — |",
         f"| restore after {restore.get('how', '?')} (the assignment: every partition's changelog read "
-        f"side by side and decoded), rooms | {restore.get('assignment_s', math.nan):.2f} s for "
+        f"side by side and decoded), rooms | {_seconds(restore.get('assignment_s'))} for "
         f"{restore.get('rooms', 0):,.0f} rooms (the partitions' reads summed: "
         f"{restore.get('restore_s_total', math.nan):.2f} s) | 100 k rooms < 10 s: {restore_verdict} |",
         f"| restart to ready (process start -> /readyz 200) | {restore.get('ready_s', math.nan):.1f} s | — |",

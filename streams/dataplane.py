@@ -743,7 +743,7 @@ class DataPlane:
                 task.positions[tp] = offset
         self.metrics.restore_seconds.observe(seconds)
         log.info(
-            "partition %d: restored %d rooms from %d records in %.2fs",
+            "partition %d: restored %d rooms from %d changelog keys in %.2fs",
             partition,
             rooms,
             len(records),

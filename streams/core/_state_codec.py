@@ -30,7 +30,7 @@ from datasketches import hll_sketch
 from ..exceptions import StateError
 from ._leaderboard import LeaderboardMerge
 from ._rollups import Rollup
-from ._room import DEFAULT_LG_K, HLL_TYPE, N_COUNTERS, Room, as_sketch, order_key
+from ._room import DEFAULT_LG_K, EMPTY, HLL_TYPE, N_COUNTERS, Room, as_sketch, order_key
 from ._sessions import Session
 from ._spikes import DetectorState
 
@@ -247,12 +247,10 @@ def _decode_v1(obj: list[Any], window_ms: int) -> Room:
     room.concurrent = concurrent
     room.last_ts = last_ts
     room.offsets = {source: offset for source, offset in offsets}
-    if buckets:
-        room.buckets = {bucket: counters for bucket, *counters in buckets}
-    if uniques:
-        room.uniques = {ws: _decode_uniques(users) for ws, users in uniques}
-    if open_ws:
-        room.open_ws = list(open_ws)
+    # an idle room's empty containers are the shared ones (``_room.EMPTY``)
+    room.buckets = {bucket: counters for bucket, *counters in buckets} or EMPTY
+    room.uniques = {ws: _decode_uniques(users) for ws, users in uniques} or EMPTY
+    room.open_ws = list(open_ws) or ()
     for order_id, status, ts in seen:  # v1/v2: moved into chunks, written as such at the next checkpoint
         room.remember(order_key(order_id, status), ts - ts % window_ms)
     return room

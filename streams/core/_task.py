@@ -1018,10 +1018,17 @@ class TaskAggregator:
         # Every event taken so far is in the state, so a changed room holds everything up to these
         # offsets: a replay after a restore skips what is at or below them for that room.
         consumed = dict(self._consumed)  # shared by every room this checkpoint writes
+        merged: dict[int, dict[int, int]] = {}  # id of a shared dict -> it merged with consumed
         for room in self._dirty:
             held = room.offsets
-            if held is not consumed:
-                room.offsets = consumed if held.keys() <= consumed.keys() else {**held, **consumed}
+            if held is consumed:
+                continue
+            if held.keys() <= consumed.keys():
+                room.offsets = consumed
+            else:  # a source silent since a restore: rooms that shared offsets go on sharing them
+                if id(held) not in merged:
+                    merged[id(held)] = {**held, **consumed}
+                room.offsets = merged[id(held)]
         upserts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
         for room in self._dirty:
@@ -1030,7 +1037,7 @@ class TaskAggregator:
             room.dirty = False
             upserts.append((room_key(room.room_id), encode_room(room)))
             changed = room.seen_dirty
-            if isinstance(changed, set) and changed:
+            if isinstance(changed, set):
                 chunks = room.seen_chunks
                 for ws in changed:
                     upserts.append((dedup_key(room.room_id, ws), encode_dedup_chunk(chunks[ws])))
@@ -1145,9 +1152,13 @@ class TaskAggregator:
         held = log_end - 1
         if self._replay_until.get(source, -1) > held:
             self._replay_until[source] = held
+        lowered: dict[int, dict[int, int]] = {}  # offsets are shared by rooms: id -> lowered copy
         for room in self.rooms.values():
-            if room.offsets.get(source, -1) > held:
-                room.offsets = {**room.offsets, source: held}  # shared with other rooms
+            offsets = room.offsets
+            if offsets.get(source, -1) > held:
+                if id(offsets) not in lowered:
+                    lowered[id(offsets)] = {**offsets, source: held}
+                room.offsets = lowered[id(offsets)]
         self._offsets[source] = log_end
         self.restored_offsets[source] = log_end
 

@@ -331,3 +331,24 @@ def test_idle_rooms_own_no_empty_containers_and_share_their_checkpoint_offsets()
     assert (a.offsets[0], b.offsets[0], c.offsets[0], a.offsets[1]) == (1, 1, 1, 1)
     (stats,) = [s for s in finish(agg) if s.room_id == "b"]
     assert (stats.orders, stats.gmv_minor, stats.unique_viewers) == (1, 7, 1)
+
+
+def test_rooms_restored_together_go_on_sharing_offsets_while_an_input_is_silent() -> None:
+    """After a restore the orders input has delivered nothing yet: the rooms the next checkpoint
+    writes keep its restored offset, in one dict for all of them, not one each."""
+    agg = TaskAggregator(CFG)
+    rooms = [f"r{i}" for i in range(50)]
+    agg.apply(0, [(i, ViewerEvent("join", room, "u", BASE_MS + i)) for i, room in enumerate(rooms, 1)], 0)
+    agg.apply(1, [(1, OrderEvent("o1", "r0", "u", BASE_MS + 5, "paid", 100, "CNY"))], 0)
+    restored = TaskAggregator(CFG)
+    restored.restore(agg.checkpoint({0: 51, 1: 2}).upserts)
+    assert len({id(restored.rooms[room].offsets) for room in rooms}) == 1
+    restored.apply(
+        0, [(51 + i, ViewerEvent("join", room, "v", BASE_MS + 100 + i)) for i, room in enumerate(rooms)], 0
+    )
+    restored.checkpoint()
+    assert len({id(restored.rooms[room].offsets) for room in rooms}) == 1
+    assert restored.rooms["r7"].offsets == {0: 100, 1: 1}
+    restored.rebase(0, 60)
+    assert len({id(restored.rooms[room].offsets) for room in rooms}) == 1
+    assert restored.rooms["r7"].offsets == {0: 59, 1: 1}

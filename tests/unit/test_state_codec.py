@@ -111,6 +111,10 @@ def test_a_version_2_detector_decodes() -> None:
         orjson.dumps([[ROOM_FORMAT_VERSION], "r"]),  # not a version
         orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [[1, 2, 3]], [], [], None]),  # a short bucket
         orjson.dumps([3, "r", 0, 0, [], [[1, *range(11)]], [], [], None]),  # v3 had 10 counters
+        # no buckets, sketches or open windows is an empty list, never null, 0 or false
+        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], None, [], [], None, None, None]),
+        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [], 0, [], None, None, None]),
+        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [], [], False, None, None, None]),
     ],
 )
 def test_garbage_rooms_are_state_errors(raw: bytes) -> None:
