@@ -73,6 +73,10 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "the consumer fetches 4 MiB per partition (the default before session 13) instead of 1 MiB",
         (("LIVEPULSE_FETCH_PARTITION_BYTES", "4194304"),),
     ),
+    "trim1s": (
+        "free heap pages handed back after every checkpoint (malloc_trim at most every 1 s, not 10 s)",
+        (("LIVEPULSE_MALLOC_TRIM_MS", "1000"),),
+    ),
     "no-trim": (
         "free heap pages never handed back to the system (no malloc_trim)",
         (("LIVEPULSE_MALLOC_TRIM_MS", "0"),),
