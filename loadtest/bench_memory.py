@@ -1,6 +1,7 @@
 """Memory and restore cost of room state (run by hand; not a test).
 
     python -m loadtest.bench_memory [--rooms 100000] [--events-per-room 20]
+    python -m loadtest.bench_memory --census [--rooms 100000]
     python -m loadtest.bench_memory --long-lived WINDOWS [--rooms N] [--new-viewers 5]
         [--plain] [--no-spikes] [--no-trim]
 
@@ -9,6 +10,12 @@ users, some orders and gifts, all inside open windows), reports process RSS
 growth per room while windows are open and after they closed (idle rooms),
 then checkpoints every room and times a restore from those records (decode
 only; reading the changelog from Kafka is measured by the load test).
+
+``--census``: instead, the load test's backlog (``--rooms``, 1 M events, all
+scenarios) through the worker's pipeline as ``loadtest.bench_pipeline`` drives it,
+then the bytes of Python objects each field of a room holds, per room (an object
+shared by rooms counted once; a HyperLogLog sketch by its serialised size, an
+estimate of its C++ memory).
 
 ``--long-lived WINDOWS``: rooms live that many windows, each window bringing
 ``--new-viewers`` viewers never seen before (a broadcast's audience grows), so
@@ -24,9 +31,14 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import sys
 import time
+import types
+from collections import Counter
+from typing import Any
 
 import psutil
+from datasketches import hll_sketch, hll_union
 
 from schemas import GiftEvent, OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
@@ -49,7 +61,11 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--no-spikes", action="store_true")
     parser.add_argument("--no-trim", action="store_true")
+    parser.add_argument("--census", action="store_true")
     args = parser.parse_args()
+    if args.census:
+        census(args.rooms)
+        return
     if args.long_lived:
         long_lived(
             args.rooms,
@@ -124,6 +140,60 @@ def main() -> None:
     restored.restore(checkpoint.upserts)
     restore_s = time.perf_counter() - t0
     print(f"restore of {len(restored.rooms)} rooms from records: {restore_s:.2f}s")
+
+
+def census(rooms: int) -> None:
+    """Bytes per room of each field of the rooms the load test's backlog leaves (see the module doc)."""
+    from . import bench_pipeline, scenarios
+    from .produce import generate
+    from .traffic import TrafficConfig
+
+    _, phase = generate(
+        TrafficConfig(rooms=rooms, partitions=bench_pipeline.PARTITIONS),
+        scenarios.parse("all"),
+        seed=1,
+        events=1_000_000,
+        window_ms=10_000,
+        grace_ms=2_000,
+        realtime=False,
+        event_rate=None,
+        start_ms=bench_pipeline.START_MS,
+    )
+    logs, now_ms = bench_pipeline.logs_of(phase), phase.end_ms + 60_000
+    del phase
+    kept: list[Any] = []
+    bench_pipeline.run_pipeline(logs, now_ms, kept=kept)
+    del logs
+    counted: set[int] = set()
+    skipped = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+    def size(obj: object) -> int:
+        total, stack = 0, [obj]
+        while stack:
+            item = stack.pop()
+            if id(item) in counted or isinstance(item, skipped):
+                continue
+            counted.add(id(item))
+            total += sys.getsizeof(item)
+            if isinstance(item, hll_sketch):
+                total += item.get_updatable_serialization_bytes()
+            elif isinstance(item, hll_union):
+                total += item.get_result().get_updatable_serialization_bytes()
+            elif not isinstance(item, (str, bytes, int, float)):
+                stack.extend(gc.get_referents(item))
+        return total
+
+    fields: Counter[str] = Counter()
+    held = [room for pipeline in kept for room in pipeline.core.rooms.values()]
+    for room in held:
+        counted.add(id(room))
+        fields["the room object"] += sys.getsizeof(room)
+        for name in type(room).__slots__:
+            fields[name] += size(getattr(room, name))
+    print(f"{len(held):,} rooms; process RSS {rss() / MB:.0f} MB; bytes of Python objects per room:")
+    for name, total in fields.most_common():
+        print(f"  {name:16} {total / len(held):7.0f}")
+    print(f"  {'all':16} {sum(fields.values()) / len(held):7.0f}")
 
 
 def long_lived(rooms: int, windows: int, new_viewers: int, *, plain: bool, spikes: bool, trim: bool) -> None:

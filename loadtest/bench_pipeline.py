@@ -231,6 +231,7 @@ def run_pipeline(
     detect_spikes: bool = True,
     drift_ms: int | None = None,
     python_decoders: bool = False,
+    kept: list[TaskPipeline] | None = None,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
 
@@ -243,6 +244,7 @@ def run_pipeline(
     tick an input that ran ahead of its task's slowest is held back as the data plane pauses it
     (``max_source_drift_ms``); once any input of a partition has been read to its end, nothing of
     that partition is held (the data plane's input would turn idle after ``idle_partition_ms``).
+    ``kept``: the task pipelines are appended to it, with their state, for a look afterwards.
     """
     settings = Settings(partitions=PARTITIONS, native_decoders=not python_decoders)
     if drift_ms is not None:
@@ -292,6 +294,8 @@ def run_pipeline(
                     visible[receiver].append(Record(delivered[receiver], key, value, headers))
                     delivered[receiver] += 1
                 sink.staged.clear()
+    if kept is not None:
+        kept.extend(pipelines.values())
     OUTPUTS.clear()
     for pipeline in pipelines.values():
         assert isinstance(pipeline.sink, Sink)
