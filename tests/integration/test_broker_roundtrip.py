@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from loadtest.traffic import encode
 from schemas import ViewerEvent, decode_viewer
+from streams.settings import Settings
 from tests.integration.kafkatools import TopicFactory
 
 pytestmark = pytest.mark.integration
@@ -83,3 +84,50 @@ async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[byte
     finally:
         await consumer.stop()
     return received
+
+
+async def test_a_record_batch_larger_than_the_workers_fetch_size_is_read_whole(
+    kafka_bootstrap: str, create_topic: TopicFactory
+) -> None:
+    """The worker fetches ``fetch_partition_bytes`` (1 MiB) per partition; a producer may write
+    one record batch larger than that (a topic allowing bigger messages, a large ``batch.size``).
+    The broker returns such a batch whole (KIP-74), and the consumer must take it, not skip it."""
+    fetch_bytes = Settings().fetch_partition_bytes
+    topic = await create_topic(config={"max.message.bytes": str(4 * fetch_bytes)})
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        acks="all",
+        linger_ms=1_000,
+        max_batch_size=3 * fetch_bytes,
+        max_request_size=4 * fetch_bytes,
+    )
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        value, n = b"x" * 1_000, 0
+        while batch.append(key=None, value=value, timestamp=None) is not None:
+            n += 1
+        assert n * len(value) > 2 * fetch_bytes  # one batch of more than twice the fetch size
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:10]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=fetch_bytes,
+    )
+    await consumer.start()
+    received = 0
+    try:
+        deadline = time.monotonic() + 30
+        while received < n and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            received += sum(len(records) for records in batches.values())
+    finally:
+        await consumer.stop()
+    assert received == n
