@@ -144,22 +144,10 @@ def main() -> None:
 
 def census(rooms: int) -> None:
     """Bytes per room of each field of the rooms the load test's backlog leaves (see the module doc)."""
-    from . import bench_pipeline, scenarios
-    from .produce import generate
-    from .traffic import TrafficConfig
+    from . import bench_pipeline
 
-    _, phase = generate(
-        TrafficConfig(rooms=rooms, partitions=bench_pipeline.PARTITIONS),
-        scenarios.parse("all"),
-        seed=1,
-        events=1_000_000,
-        window_ms=10_000,
-        grace_ms=2_000,
-        realtime=False,
-        event_rate=None,
-        start_ms=bench_pipeline.START_MS,
-    )
-    logs, now_ms = bench_pipeline.logs_of(phase), phase.end_ms + 60_000
+    phase, now_ms = bench_pipeline.backlog(rooms)
+    logs = bench_pipeline.logs_of(phase)
     del phase
     kept: list[Any] = []
     bench_pipeline.run_pipeline(logs, now_ms, kept=kept)
