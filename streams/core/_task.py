@@ -1017,18 +1017,17 @@ class TaskAggregator:
         self.detect()
         # Every event taken so far is in the state, so a changed room holds everything up to these
         # offsets: a replay after a restore skips what is at or below them for that room.
-        consumed = dict(self._consumed)  # shared by every room this checkpoint writes
-        merged: dict[int, dict[int, int]] = {}  # id of a shared dict -> it merged with consumed
+        # Rooms share offsets dicts: each one held is merged once (consumed itself when it adds
+        # nothing; otherwise a source silent since a restore, whose rooms go on sharing).
+        consumed = dict(self._consumed)
+        merged: dict[int, dict[int, int]] = {}  # id of a dict held before -> it merged
         for room in self._dirty:
             held = room.offsets
-            if held is consumed:
-                continue
-            if held.keys() <= consumed.keys():
-                room.offsets = consumed
-            else:  # a source silent since a restore: rooms that shared offsets go on sharing them
-                if id(held) not in merged:
-                    merged[id(held)] = {**held, **consumed}
-                room.offsets = merged[id(held)]
+            shared = merged.get(id(held))
+            if shared is None:
+                shared = consumed if held.keys() <= consumed.keys() else {**held, **consumed}
+                merged[id(held)] = shared
+            room.offsets = shared
         upserts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
         for room in self._dirty:
