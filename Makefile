@@ -11,9 +11,9 @@ KAFKA := $(VENV)/bin/livepulse kafka
 
 venv: $(STAMP)
 
-# Redone only when pyproject.toml or the native decoders change (or the venv is missing). The
-# install builds schemas/native (Rust, through setuptools-rust): cargo must be on the PATH.
-NATIVE_SRC := schemas/native/Cargo.toml schemas/native/Cargo.lock $(wildcard schemas/native/src/*.rs)
+# Redone only when pyproject.toml or the native crates change (or the venv is missing). The
+# install builds schemas/native and streams/native (Rust, through setuptools-rust): cargo must be on the PATH.
+NATIVE_SRC := $(foreach crate,schemas/native streams/native,$(crate)/Cargo.toml $(crate)/Cargo.lock $(wildcard $(crate)/src/*.rs))
 $(STAMP): pyproject.toml $(NATIVE_SRC)
 	@command -v cargo >/dev/null || { echo "cargo not found: the native decoders need Rust (https://rustup.rs)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

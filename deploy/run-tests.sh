@@ -17,4 +17,5 @@ trap 'exit 143' TERM
 "$PY" -m ruff check streams schemas deploy loadtest tests
 "$PY" -m mypy
 cargo fmt --check --manifest-path schemas/native/Cargo.toml
+cargo fmt --check --manifest-path streams/native/Cargo.toml
 "$PY" -m pytest tests "$@"

@@ -16,7 +16,8 @@ run it measures the plain ceiling of the load test (orjson-decode each
 message and count per room in a dict) and reports
 messages per CPU-second, medians of ``--repeat`` interleaved runs. Variants
 take parts away to attribute the cost: ``decode`` (strict decoding alone; ``decode-py`` and
-``pipeline-py`` with the Python loops instead of the native decoders of ``schemas/native``),
+``pipeline-py`` with the Python loops instead of the native decoders of ``schemas/native``,
+``pipeline-pycore`` with the Python spike detector instead of the native quiet path of ``streams/native``),
 ``plain+windows`` (the plain loop plus one output record per room and window),
 ``no-checkpoint``, ``no-detector``.
 
@@ -250,6 +251,7 @@ def run_pipeline(
     detect_spikes: bool = True,
     drift_ms: int | None = None,
     python_decoders: bool = False,
+    python_core: bool = False,
     kept: list[TaskPipeline] | None = None,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
@@ -266,6 +268,7 @@ def run_pipeline(
     ``kept``: the task pipelines are appended to it, with their state, for a look afterwards.
     """
     settings = Settings(partitions=PARTITIONS, native_decoders=not python_decoders)
+    settings = replace(settings, core=replace(settings.core, native_core=not python_core))
     if drift_ms is not None:
         settings = replace(settings, core=replace(settings.core, max_source_drift_ms=drift_ms))
     topics = settings.topics
@@ -450,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "no-detector": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "detect_spikes": False}),
         "pipeline": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds}),
         "pipeline-py": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "python_decoders": True}),
+        "pipeline-pycore": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "python_core": True}),
     }
     if args.drift_ms is not None:
         variants["pipeline@drift"] = (

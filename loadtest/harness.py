@@ -85,6 +85,10 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "the Python decoding loops alone, without the native pass of schemas/native",
         (("LIVEPULSE_NATIVE_DECODERS", "false"),),
     ),
+    "py-core": (
+        "the Python spike detector alone, without the native quiet path of streams/native",
+        (("LIVEPULSE_NATIVE_CORE", "false"),),
+    ),
     "unaligned": (
         "no watermark alignment: inputs read as fast as the client hands them over",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "0"),),

@@ -54,7 +54,7 @@ from ._errors import kafka_errors
 from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
 from ._transactions import TaskProducer
-from .core import SPIKE_METRICS, TaskAggregator, top_rooms
+from .core import NATIVE_CORE, SPIKE_METRICS, TaskAggregator, top_rooms
 from .exceptions import LivepulseError, TopologyError
 from .leaderboard import LeaderboardStage
 from .metrics import Metrics
@@ -172,6 +172,12 @@ class DataPlane:
         elif not NATIVE_DECODERS:
             log.warning(
                 "native decoders not built (schemas/native): inputs decoded by the Python loops, slower"
+            )
+        if not s.core.native_core:
+            log.info("native core off (LIVEPULSE_NATIVE_CORE): every window through the Python detector")
+        elif not NATIVE_CORE:
+            log.warning(
+                "native core not built (streams/native): every window through the Python detector, slower"
             )
 
     async def _start_clients(self) -> None:

@@ -19,6 +19,7 @@ from ._spike_rules import (
     rules_for,
 )
 from ._spike_rules import METRICS as SPIKE_METRICS
+from ._spikes import NATIVE as NATIVE_CORE
 from ._spikes import DetectorState, observe, observe_values
 from ._state_codec import (
     LEADERBOARD_KEY,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_RULES",
     "GAUGE_RULE",
     "LEADERBOARD_KEY",
+    "NATIVE_CORE",
     "RANKABLE_METRICS",
     "SPIKE_METRICS",
     "AlertEvent",

@@ -65,6 +65,9 @@ class CoreConfig:
     session_gap_ms: int = 1_800_000
     #: lengths of the rollup windows (room-stats over longer windows), each a multiple of window_ms
     rollup_windows_ms: tuple[int, ...] = (60_000, 3_600_000)
+    #: quiet windows to the spike detector's native kernel where it is built (``streams/native``:
+    #: the same baselines, bit for bit); false: the Python detector takes every window
+    native_core: bool = True
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.window_ms <= 0:

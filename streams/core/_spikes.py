@@ -74,6 +74,14 @@ from ._alerts import (
 )
 from ._spike_rules import LEGACY_WINDOW_S, METRICS, MetricRule
 
+try:
+    from . import _fastcore  # type: ignore[attr-defined]
+except ImportError:  # not built: the Python detector takes every window (slower, same states)
+    _fastcore = None
+
+#: whether the native quiet path (``streams/native``) is built
+NATIVE: bool = _fastcore is not None
+
 #: 1: durations in windows, plain EWMA; 2: durations in ms, test scales, seasonal term, tests in alerts;
 #: 3: per metric the drift test's means and normaliser and the score's tail (absent unless a rule
 #: enables either)
@@ -106,6 +114,15 @@ TEST_DROP: Final = "drop-ratio"
 TEST_DRIFT: Final = "ewma-drift"
 _CONCURRENT = METRICS.index("concurrent_viewers")
 _ORDERS = METRICS.index("orders_per_sec")
+#: the RoomStats field of each metric, and whether it is per second of the window (``metric_values``)
+_FIELDS: Final = (
+    ("views", True),
+    ("unique_viewers", False),
+    ("concurrent_viewers", False),
+    ("orders_per_sec", False),
+    ("gmv_minor", True),
+    ("gift_value_minor", True),
+)
 #: per metric in DetectorState.drift: fast mean, slow mean, mean square of their gap, tail of z
 _DRIFT_SLOTS = 4
 _Z_CAP = 1e9  # keeps z finite (JSON has no inf) when the baseline has no variance yet
@@ -661,6 +678,7 @@ class _Plan:
         "long_season_offsets",
         "loud",
         "max_warmup_ms",
+        "quiet",
         "resolve_zs",
         "season_alphas",
         "season_basis",
@@ -765,6 +783,27 @@ class _Plan:
             f"{basis} + seasonal term ({r.long_season_s:g} s in {r.long_season_bins} bins)"
             for basis, r in zip(self.basis, ordered, strict=True)
         )
+        #: the native quiet path's copy of these numbers (None: not built, or no quiet path)
+        self.quiet = _quiet_plan(self)
+
+
+def _quiet_plan(plan: _Plan) -> Any:
+    """``plan``'s numbers for the native quiet path (``_fastcore.observe_quiet``), or None when
+    it is not built, the rules have no quiet path, or a floor is no float (compared as one)."""
+    drop = plan.drop_floor
+    if _fastcore is None or plan.loud or any(float(f) != f for f in (*plan.floors, drop or 0.0)):
+        return None
+    return _fastcore.QuietPlan(
+        [float(f) for f in plan.floors],
+        list(plan.alphas),
+        list(plan.warmup_ms),
+        list(_SQRT),
+        None if drop is None else float(drop),
+        _CONCURRENT,
+        _ORDERS,
+        [name for name, _ in _FIELDS],
+        [per_second for _, per_second in _FIELDS],
+    )
 
 
 _PLANS: dict[tuple[int, int], tuple[Mapping[str, MetricRule], _Plan]] = {}
@@ -937,6 +976,7 @@ def observe(
     *,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
     surge_from: int | None = None,
+    native: bool = True,
 ) -> list[AlertEvent]:
     """Feed one closed window of the room; returns the alert transitions (firing, resolved) it caused.
 
@@ -946,9 +986,18 @@ def observe(
     after this event time (None: always). Whoever starts watching rooms that are already live
     (a first deployment, a state reset) cannot tell them from new ones: it sets this past the
     first windows it saw, or every room already above a ``surge_value`` would raise one.
+    ``native``: a quiet window (no rule can trigger, no alert open, no seasonal term) goes to the
+    native kernel where it is built (``streams/native``: the same state, bit for bit, faster);
+    False: the Python detector takes every window.
     """
     if window_ms <= 0:
         raise ValueError(f"window_ms must be positive, got {window_ms}")
+    if native and state.alerts is None and state.season is None:
+        quiet = _plan(rules, window_ms).quiet
+        if quiet is not None and _fastcore.observe_quiet(
+            state, stats, window_ms, int(max_gap_s * 1_000), quiet
+        ):
+            return []
     return observe_values(
         state,
         metric_values(stats, window_ms),

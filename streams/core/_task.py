@@ -946,7 +946,10 @@ class TaskAggregator:
         if state is None:
             state = room.detector = DetectorState(room.room_id)
         rules = rules_for(self.rules, room.room_id, self.categories.get(room.room_id))
-        events = observe(state, stats, rules, self.config.window_ms, surge_from=self._surge_from)
+        cfg = self.config
+        events = observe(
+            state, stats, rules, cfg.window_ms, surge_from=self._surge_from, native=cfg.native_core
+        )
         self.counters.detector_evaluations += 1
         if events:
             self._alerts.extend(events)

@@ -1,0 +1,316 @@
+//! Native kernels of livepulse's core (`streams.core`), beside the Python code that defines them.
+//!
+//! `observe_quiet` is the spike detector's quiet path (`streams.core._spikes`): a closed window
+//! that no rule can trigger on, in a room with no alert slot open and no seasonal term, only
+//! moves the room's baselines, and so does a gap of silent windows before it. At 100 000 sparse
+//! rooms nearly every closed window takes this path. The kernel computes exactly what
+//! `_fold_quiet_run` and `_fold_quiet` compute, in the same order of IEEE operations (no fused
+//! multiply-add, the same libm `pow` and `sqrt`), and writes the state back only once it knows
+//! the whole window is quiet. Anything else (an alert slot, a seasonal term, a gap long enough to
+//! restart the baselines, a value at a rule's floor, an attribute of an unexpected type) returns
+//! `False` with the state untouched, and the Python detector takes the window.
+//! `tests/unit/test_fastcore.py` holds the two to the same states, bit for bit.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt, PyString};
+
+const MAX_METRICS: usize = 8;
+
+/// The numbers of one rules mapping at one window length that the quiet path reads, in the
+/// detector's METRICS order (built once per `streams.core._spikes._Plan`).
+#[pyclass(frozen, module = "streams.core._fastcore")]
+struct QuietPlan {
+    n: usize,
+    /// a value at or above its floor might trigger a rule
+    floors: [f64; MAX_METRICS],
+    alphas: [f64; MAX_METRICS],
+    warmups: [i64; MAX_METRICS],
+    /// metrics tested on their square root (money)
+    roots: [bool; MAX_METRICS],
+    /// an orders baseline at or above it might meet the drop rule (None: drop disabled)
+    drop_floor: Option<f64>,
+    concurrent: usize,
+    orders: usize,
+    /// the RoomStats attribute of each metric, and whether it is divided by the window's seconds
+    names: Vec<Py<PyString>>,
+    per_second: [bool; MAX_METRICS],
+}
+
+fn fill<T: Copy>(into: &mut [T; MAX_METRICS], from: &[T]) {
+    into[..from.len()].copy_from_slice(from);
+}
+
+#[pymethods]
+impl QuietPlan {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        floors: Vec<f64>,
+        alphas: Vec<f64>,
+        warmups: Vec<i64>,
+        roots: Vec<bool>,
+        drop_floor: Option<f64>,
+        concurrent: usize,
+        orders: usize,
+        names: Vec<Py<PyString>>,
+        per_second: Vec<bool>,
+    ) -> PyResult<Self> {
+        let n = floors.len();
+        let lengths = [
+            alphas.len(),
+            warmups.len(),
+            roots.len(),
+            names.len(),
+            per_second.len(),
+        ];
+        if n == 0 || n > MAX_METRICS || lengths.iter().any(|&len| len != n) {
+            return Err(PyValueError::new_err(format!(
+                "a quiet plan needs 1 to {MAX_METRICS} metrics, each with every field"
+            )));
+        }
+        if concurrent >= n || orders >= n {
+            return Err(PyValueError::new_err(
+                "concurrent and orders must index a metric",
+            ));
+        }
+        let mut plan = QuietPlan {
+            n,
+            floors: [0.0; MAX_METRICS],
+            alphas: [0.0; MAX_METRICS],
+            warmups: [0; MAX_METRICS],
+            roots: [false; MAX_METRICS],
+            drop_floor,
+            concurrent,
+            orders,
+            names,
+            per_second: [false; MAX_METRICS],
+        };
+        fill(&mut plan.floors, &floors);
+        fill(&mut plan.alphas, &alphas);
+        fill(&mut plan.warmups, &warmups);
+        fill(&mut plan.roots, &roots);
+        fill(&mut plan.per_second, &per_second);
+        Ok(plan)
+    }
+}
+
+/// An exact Python int that fits an i64 (not a bool, not a float).
+fn exact_int(value: &Bound<'_, PyAny>) -> Option<i64> {
+    if value.is_exact_instance_of::<PyInt>() {
+        value.extract::<i64>().ok()
+    } else {
+        None
+    }
+}
+
+fn exact_float(value: &Bound<'_, PyAny>) -> Option<f64> {
+    value.cast_exact::<PyFloat>().ok().map(|f| f.value())
+}
+
+/// A value on its test scale: the square root for money, clamped at zero.
+fn scaled(x: f64, root: bool) -> f64 {
+    if !root {
+        x
+    } else if x > 0.0 {
+        x.sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// `_is_quiet`: no value reaches its floor, and the orders baseline is below the drop floor.
+fn is_quiet(plan: &QuietPlan, values: &[f64], b: &[f64]) -> bool {
+    if values.iter().zip(&plan.floors).any(|(x, floor)| x >= floor) {
+        return false;
+    }
+    match plan.drop_floor {
+        None => true,
+        Some(floor) => b[2 * plan.orders] < floor,
+    }
+}
+
+/// `_fold_quiet_run`: `windows` repeats of the quiet `values` (`span` ms each) folded at once into
+/// `b`, whose baselines are behind `h0` ms of history. None where Python would raise (a zero or
+/// non-finite alpha): the caller leaves the window to Python.
+fn fold_run(
+    plan: &QuietPlan,
+    values: &[f64],
+    windows: i64,
+    span: i64,
+    h0: i64,
+    b: &mut [f64],
+) -> Option<()> {
+    let n0 = h0 as f64 / span as f64;
+    for i in 0..plan.n {
+        let x = scaled(values[i], plan.roots[i]);
+        let alpha = plan.alphas[i];
+        let (mut mean, mut var) = (b[2 * i], b[2 * i + 1]);
+        if x == mean && var == 0.0 {
+            continue; // a constant at its mean with no variance stays there
+        }
+        let mut running: i64 = 0;
+        let warmup = plan.warmups[i];
+        if h0 < warmup {
+            // windows still weighted 1/(n+1) > alpha
+            let until_warm = (warmup - h0 + span - 1) / span;
+            let cap = (1.0 / alpha - n0).floor();
+            if !cap.is_finite() || cap.abs() >= 9.0e18 {
+                return None;
+            }
+            running = windows.min(until_warm.min(cap as i64).max(0));
+        }
+        if running != 0 {
+            let r = running as f64;
+            let total = n0 + r;
+            let diff = x - mean;
+            mean = (n0 * mean + r * x) / total;
+            var = (n0 * var + n0 * r * diff * diff / total) / total;
+        }
+        let left = windows - running;
+        if left != 0 {
+            let rk = (1.0 - alpha).powf(left as f64);
+            let diff = x - mean;
+            mean = x - diff * rk;
+            var = rk * (var + diff * diff * (1.0 - rk));
+        }
+        b[2 * i] = mean;
+        b[2 * i + 1] = var;
+    }
+    Some(())
+}
+
+/// `_fold_quiet`'s fold: one quiet window of `span` ms into `b`, behind `history` ms.
+fn fold_one(plan: &QuietPlan, values: &[f64], span: i64, history: i64, b: &mut [f64]) {
+    let warm = span as f64 / (history + span) as f64;
+    for i in 0..plan.n {
+        let x = scaled(values[i], plan.roots[i]);
+        let (level, var) = (b[2 * i], b[2 * i + 1]);
+        if x == level && var == 0.0 {
+            continue; // the fold leaves both as they are (a metric never seen)
+        }
+        let alpha = plan.alphas[i];
+        let a = if history >= plan.warmups[i] || alpha > warm {
+            alpha
+        } else {
+            warm
+        };
+        let diff = x - level;
+        let incr = a * diff;
+        b[2 * i] = level + incr;
+        b[2 * i + 1] = (1.0 - a) * (var + diff * incr);
+    }
+}
+
+/// The detector's quiet path for one closed window of a room (`streams.core._spikes.observe`):
+/// True if it took the window (the state is updated, no alert transition can result), False if
+/// the Python detector must (the state is untouched).
+///
+/// `state` is a `DetectorState`, `stats` a `RoomStats` of `window_ms`; `max_gap_ms` is the
+/// longest silence replayed as idle windows (`max_gap_s` in ms).
+#[pyfunction]
+fn observe_quiet(
+    py: Python<'_>,
+    state: &Bound<'_, PyAny>,
+    stats: &Bound<'_, PyAny>,
+    window_ms: i64,
+    max_gap_ms: i64,
+    plan: &Bound<'_, QuietPlan>,
+) -> PyResult<bool> {
+    let plan = plan.get();
+    let n = plan.n;
+    if window_ms <= 0
+        || !state.getattr(intern!(py, "alerts"))?.is_none()
+        || !state.getattr(intern!(py, "season"))?.is_none()
+    {
+        return Ok(false);
+    }
+    let Some(window_start) = exact_int(&stats.getattr(intern!(py, "window_start"))?) else {
+        return Ok(false);
+    };
+    // metric_values: per-second metrics over the window's seconds, the others as they are
+    let seconds = window_ms as f64 / 1_000.0;
+    let mut values = [0.0f64; MAX_METRICS];
+    for (i, slot) in values.iter_mut().enumerate().take(n) {
+        let value = stats.getattr(plan.names[i].bind(py))?;
+        let x = if let Some(x) = exact_float(&value) {
+            x
+        } else if let Some(x) = exact_int(&value) {
+            x as f64
+        } else {
+            return Ok(false);
+        };
+        *slot = if plan.per_second[i] { x / seconds } else { x };
+    }
+    let values = &values[..n];
+    let last_end = state.getattr(intern!(py, "last_window_end"))?;
+    let last_end = if last_end.is_none() {
+        None
+    } else {
+        match exact_int(&last_end) {
+            Some(end) => Some(end),
+            None => return Ok(false),
+        }
+    };
+    let Some(mut history) = exact_int(&state.getattr(intern!(py, "history_ms"))?) else {
+        return Ok(false);
+    };
+    let baselines = state.getattr(intern!(py, "baselines"))?;
+    let Ok(buffer) = PyBuffer::<f64>::get(&baselines) else {
+        return Ok(false);
+    };
+    if buffer.item_count() != 2 * n || buffer.readonly() || !buffer.is_c_contiguous() {
+        return Ok(false);
+    }
+    let mut b = [0.0f64; 2 * MAX_METRICS];
+    let b = &mut b[..2 * n];
+    buffer.copy_to_slice(py, b)?;
+
+    if let Some(last_end) = last_end {
+        if window_start < last_end {
+            return Ok(true); // at or before the last window observed: ignored, as in Python
+        }
+        let missed = (window_start - last_end) / window_ms;
+        if missed > 0 {
+            let replayable = if max_gap_ms > 0 {
+                max_gap_ms / window_ms
+            } else {
+                0
+            };
+            if missed > replayable {
+                return Ok(false); // the baselines restart: Python's
+            }
+            let Some(concurrent) = exact_float(&state.getattr(intern!(py, "last_concurrent"))?)
+            else {
+                return Ok(false);
+            };
+            let mut idle = [0.0f64; MAX_METRICS];
+            idle[plan.concurrent] = concurrent;
+            let idle = &idle[..n];
+            if !is_quiet(plan, idle, b)
+                || fold_run(plan, idle, missed, window_ms, history, b).is_none()
+            {
+                return Ok(false);
+            }
+            history += missed * window_ms;
+        }
+    }
+    if !is_quiet(plan, values, b) {
+        return Ok(false);
+    }
+    fold_one(plan, values, window_ms, history, b);
+    buffer.copy_from_slice(py, b)?;
+    state.setattr(intern!(py, "history_ms"), history + window_ms)?;
+    state.setattr(intern!(py, "last_window_end"), window_start + window_ms)?;
+    state.setattr(intern!(py, "last_concurrent"), values[plan.concurrent])?;
+    Ok(true)
+}
+
+#[pymodule]
+fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<QuietPlan>()?;
+    m.add_function(wrap_pyfunction!(observe_quiet, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,281 @@
+"""The native quiet path of the spike detector (``streams/native``) against the Python detector.
+
+Two rooms fed the same windows, one through ``observe(native=True)``, the other through the
+Python detector alone, must hold the same state after every window, bit for bit, and raise the
+same alerts. The counts of windows the kernel took make sure these tests exercise it (a kernel
+that handed every window back would pass the comparisons).
+"""
+
+from __future__ import annotations
+
+import copy
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import RoomStats
+from streams.core import _spikes
+from streams.core._spike_rules import METRICS, MetricRule, SpikeRules, rules_for
+from streams.core._spikes import DetectorState, metric_values, observe
+
+W = 10_000
+T0 = 1_767_225_600_000
+ROOM = rules_for(SpikeRules(), "room-1")
+
+
+def test_the_native_core_is_built() -> None:
+    """``make test`` builds streams/native; without it every window would take the Python path."""
+    assert _spikes.NATIVE
+    assert _spikes._plan(ROOM, W).quiet is not None
+
+
+def stats(
+    ws: int,
+    views: int = 0,
+    unique: int = 0,
+    concurrent: int = 0,
+    orders: int = 0,
+    gmv: int = 0,
+    gifts: int = 0,
+) -> RoomStats:
+    return RoomStats(
+        "room-1",
+        ws,
+        ws + W,
+        views,
+        unique,
+        concurrent,
+        0,
+        0,
+        orders,
+        orders / (W / 1_000),
+        gmv,
+        0,
+        0,
+        gifts,
+        0,
+    )
+
+
+def snapshot(state: DetectorState) -> tuple[Any, ...]:
+    alerts = None
+    if state.alerts is not None:
+        alerts = {key: (a.phase, a.started_ms, a.count, a.severity) for key, a in state.alerts.items()}
+    return (
+        state.baselines.tobytes(),
+        state.history_ms,
+        type(state.history_ms),
+        state.last_window_end,
+        state.last_concurrent,
+        type(state.last_concurrent),
+        None if state.season is None else state.season.tobytes(),
+        state.season_since_ms,
+        None if state.drift is None else state.drift.tobytes(),
+        alerts,
+    )
+
+
+@contextmanager
+def counting() -> Iterator[list[int]]:
+    """Counts the windows the kernel took ([taken, handed back])."""
+    kernel = _spikes._fastcore
+    counts = [0, 0]
+
+    class Counting:
+        QuietPlan = kernel.QuietPlan
+
+        @staticmethod
+        def observe_quiet(*args: Any) -> bool:
+            took = kernel.observe_quiet(*args)
+            counts[0 if took else 1] += 1
+            return took
+
+    _spikes._fastcore = Counting
+    try:
+        yield counts
+    finally:
+        _spikes._fastcore = kernel
+
+
+def run_both(windows: list[RoomStats], rules: Any, max_gap_s: float = 600.0) -> tuple[int, int, int]:
+    """Feed ``windows`` to a native and a Python room in lockstep; returns the windows the kernel
+    took, the ones it handed back, and the alert transitions."""
+    native, python = DetectorState("room-1"), DetectorState("room-1")
+    transitions = 0
+    with counting() as counts:
+        for i, window in enumerate(windows):
+            got = observe(native, window, rules, W, max_gap_s=max_gap_s)
+            want = observe(python, window, rules, W, max_gap_s=max_gap_s, native=False)
+            assert got == want, f"window {i}"
+            assert snapshot(native) == snapshot(python), f"window {i}"
+            transitions += len(got)
+    return counts[0], counts[1], transitions
+
+
+# -- series -------------------------------------------------------------------------------------
+
+
+def test_a_quiet_room_with_gaps_takes_the_native_path_and_ends_in_the_same_state() -> None:
+    """Sparse windows of a small room, with silences short (replayed as idle windows) and long
+    (the baselines restart, which the Python side does), through warm-up and after it."""
+    windows, t = [], T0
+    for i in range(400):
+        t += W * (1 + (i * 7919) % 13 if i % 5 else 1)
+        if i % 97 == 0:
+            t += 70 * W  # past max_gap_s: a restart
+        windows.append(stats(t, views=i % 3, unique=i % 2, concurrent=i % 4, gmv=(i % 2) * 500))
+    taken, handed_back, _ = run_both(windows, ROOM)
+    assert taken > 300
+    assert handed_back > 0  # the restarts
+
+
+def test_a_room_growing_into_its_rules_leaves_the_native_path() -> None:
+    """A room that grows until a spike fires, then calms down: the quiet windows before agree with
+    the Python detector, and from the first loud window on (a seasonal term, an alert slot) the
+    Python detector takes them all."""
+    windows = [stats(T0 + i * W, views=5, unique=3, concurrent=min(i, 9)) for i in range(60)]
+    windows += [stats(T0 + (60 + i) * W, views=5_000, unique=900, concurrent=4_000) for i in range(10)]
+    windows += [stats(T0 + (70 + i) * W, views=5, unique=3, concurrent=2) for i in range(40)]
+    taken, handed_back, transitions = run_both(windows, ROOM)
+    assert taken >= 55
+    assert handed_back == 1  # the first loud window: after it the room has a seasonal term
+    assert transitions >= 2  # fired and resolved
+
+
+def test_replayed_and_out_of_order_windows_are_ignored_on_both_paths() -> None:
+    windows = [stats(T0 + i * W, views=1, concurrent=1) for i in range(5)]
+    windows += [windows[2], stats(T0 + 3 * W + 5_000, views=1), stats(T0 + 9 * W, views=2)]
+    assert run_both(windows, ROOM)[:2] == (len(windows), 0)
+
+
+# -- rules the kernel reads: floors, the drop floor, warm-up, weights ---------------------------
+
+
+def test_an_orders_baseline_at_the_drop_floor_leaves_the_native_path() -> None:
+    """With the drop rule on, quiet orders (0.3/s, below every floor) build a baseline that
+    reaches ``drop_min_baseline``: from then on a drop might fire, and Python takes the window."""
+    rules = dict(ROOM)
+    rules["orders_per_sec"] = replace(rules["orders_per_sec"], drop_enabled=True, drop_min_baseline=0.25)
+    windows = [stats(T0 + i * W, views=3, concurrent=5, orders=3) for i in range(40)]
+    taken, handed_back, _ = run_both(windows, rules)
+    assert 0 < taken < len(windows)
+    assert handed_back == 1  # the first window past the floor: then the room has a seasonal term
+
+
+def test_a_value_at_its_level_still_shrinks_the_variance() -> None:
+    """Concurrent viewers 1, 3, then 2: the warm-up's running mean is exactly 2.0, and the third
+    window, at the level, still folds the variance down (only a metric with no variance at its
+    level is left as it is)."""
+    windows = [stats(T0 + i * W, concurrent=c) for i, c in enumerate((1, 3, 2, 2))]
+    native = DetectorState("room-1")
+    for window in windows[:2]:
+        observe(native, window, ROOM, W)
+    i = 2 * METRICS.index("concurrent_viewers")
+    assert native.baselines[i] == 2.0 and native.baselines[i + 1] > 0.0
+    assert run_both(windows, ROOM)[:2] == (len(windows), 0)
+
+RULE_CHANGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "min_volume": st.sampled_from([0.5, 1.0, 3.0, 20.0, 1e9]),
+        "surge_value": st.sampled_from([None, 2.0, 50.0]),
+        "warmup_s": st.sampled_from([0.0, 10.0, 60.0, 180.0, 3_600.0]),
+        "half_life_s": st.sampled_from([10.0, 60.0, 200.0, 5_000.0]),
+        "drop_enabled": st.booleans(),
+        "drop_min_baseline": st.sampled_from([0.05, 1.0, 30.0]),
+    },
+)
+VALUE = st.integers(min_value=0, max_value=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.sampled_from(METRICS), RULE_CHANGES), max_size=4),
+    steps=st.lists(
+        st.tuples(st.integers(min_value=-2, max_value=70), VALUE, VALUE, VALUE, VALUE, VALUE, VALUE),
+        min_size=1,
+        max_size=60,
+    ),
+    max_gap_s=st.sampled_from([0.0, 30.0, 600.0, -1.0]),
+)
+def test_any_rules_and_series_give_the_same_states_on_both_paths(
+    changes: list[tuple[str, dict[str, Any]]], steps: list[tuple[int, ...]], max_gap_s: float
+) -> None:
+    rules: dict[str, MetricRule] = dict(ROOM)
+    for metric, change in changes:
+        rules[metric] = replace(rules[metric], **change)
+    windows, t = [], T0
+    for gap, views, unique, concurrent, orders, gmv, gifts in steps:
+        t += gap * W  # a negative gap replays an older window, 0 the same one again
+        windows.append(stats(t, views, unique, concurrent, orders, gmv * gmv * 100, gifts * 1_000))
+    run_both(windows, rules, max_gap_s)
+
+
+def test_the_kernel_reads_the_metrics_metric_values_reads() -> None:
+    """The native side takes its metrics from ``_spikes._FIELDS``: the same as ``metric_values``."""
+    window = stats(T0, views=7, unique=5, concurrent=3, orders=2, gmv=1_234, gifts=999)
+    by_field = tuple(
+        getattr(window, name) / (W / 1_000) if per_second else float(getattr(window, name))
+        for name, per_second in _spikes._FIELDS
+    )
+    assert by_field == metric_values(window, W)
+
+
+# -- what the kernel hands back untouched ------------------------------------------------------
+
+
+def warmed(windows: int = 30) -> DetectorState:
+    state = DetectorState("room-1")
+    for i in range(windows):
+        observe(state, stats(T0 + i * W, views=1, concurrent=1), ROOM, W, native=False)
+    return state
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda s: setattr(s, "last_concurrent", 1), id="last_concurrent an int"),
+        pytest.param(lambda s: setattr(s, "history_ms", float(s.history_ms)), id="history a float"),
+        pytest.param(lambda s: setattr(s, "history_ms", True), id="history a bool"),
+        pytest.param(lambda s: setattr(s, "last_window_end", 2**70), id="window end past i64"),
+        pytest.param(lambda s: setattr(s, "baselines", array("f", [0.0]) * 12), id="float32 baselines"),
+        pytest.param(lambda s: setattr(s, "baselines", s.baselines[:10]), id="short baselines"),
+    ],
+)
+def test_unexpected_state_is_handed_back_untouched(spoil: Any) -> None:
+    state = warmed()
+    spoil(state)
+    before = copy.deepcopy(state)
+    plan = _spikes._plan(ROOM, W).quiet
+    # a gap of 3 windows, so that last_concurrent is read too
+    took = _spikes._fastcore.observe_quiet(state, stats(T0 + 33 * W, views=1), W, 600_000, plan)
+    assert took is False
+    assert snapshot(state) == snapshot(before)
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        pytest.param(replace(stats(T0 + 30 * W), views=True), id="a bool count"),
+        pytest.param(replace(stats(T0 + 30 * W), views=2**64), id="a count past i64"),
+        pytest.param(replace(stats(T0 + 30 * W), window_start=float(T0 + 30 * W)), id="a float window start"),
+        pytest.param(stats(T0 + 30 * W, views=20), id="views at the floor"),
+    ],
+)
+def test_an_unexpected_or_loud_window_is_handed_back_untouched(window: RoomStats) -> None:
+    state = warmed()
+    before = copy.deepcopy(state)
+    plan = _spikes._plan(ROOM, W).quiet
+    assert _spikes._fastcore.observe_quiet(state, window, W, 600_000, plan) is False
+    assert snapshot(state) == snapshot(before)
+
+
+def test_rules_without_a_quiet_path_have_no_native_plan() -> None:
+    loud = {metric: replace(rule, two_sided=True) for metric, rule in ROOM.items()}
+    assert _spikes._plan(loud, W).quiet is None
