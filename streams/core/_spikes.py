@@ -81,6 +81,8 @@ except ImportError:  # not built: the Python detector takes every window (slower
 
 #: whether the native quiet path (``streams/native``) is built
 NATIVE: bool = _fastcore is not None
+#: the longest max_gap_s (in ms) the native quiet path takes (a 64-bit int on its side)
+_NATIVE_GAP_MS: Final = 2.0**62
 
 #: 1: durations in windows, plain EWMA; 2: durations in ms, test scales, seasonal term, tests in alerts;
 #: 3: per metric the drift test's means and normaliser and the score's tail (absent unless a rule
@@ -992,11 +994,11 @@ def observe(
     """
     if window_ms <= 0:
         raise ValueError(f"window_ms must be positive, got {window_ms}")
-    if native and state.alerts is None and state.season is None:
-        quiet = _plan(rules, window_ms).quiet
-        if quiet is not None and _fastcore.observe_quiet(
-            state, stats, window_ms, int(max_gap_s * 1_000), quiet
-        ):
+    if native and state.alerts is None and state.season is None and type(window_ms) is int:
+        # the kernel takes the gap as a 64-bit int: inf, nan or a longer one are Python's
+        max_gap_ms = max_gap_s * 1_000
+        quiet = _plan(rules, window_ms).quiet if -_NATIVE_GAP_MS < max_gap_ms < _NATIVE_GAP_MS else None
+        if quiet is not None and _fastcore.observe_quiet(state, stats, window_ms, int(max_gap_ms), quiet):
             return []
     return observe_values(
         state,

@@ -9,6 +9,7 @@ that handed every window back would pass the comparisons).
 from __future__ import annotations
 
 import copy
+import math
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,6 +181,7 @@ def test_a_value_at_its_level_still_shrinks_the_variance() -> None:
     assert native.baselines[i] == 2.0 and native.baselines[i + 1] > 0.0
     assert run_both(windows, ROOM)[:2] == (len(windows), 0)
 
+
 RULE_CHANGES = st.fixed_dictionaries(
     {},
     optional={
@@ -274,6 +276,63 @@ def test_an_unexpected_or_loud_window_is_handed_back_untouched(window: RoomStats
     plan = _spikes._plan(ROOM, W).quiet
     assert _spikes._fastcore.observe_quiet(state, window, W, 600_000, plan) is False
     assert snapshot(state) == snapshot(before)
+
+
+I64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("spoil", "window"),
+    [
+        pytest.param(
+            lambda s: setattr(s, "last_window_end", None), stats(I64_MAX - 5_000), id="window end past i64"
+        ),
+        pytest.param(lambda s: setattr(s, "history_ms", I64_MAX - 5_000), None, id="history past i64"),
+        pytest.param(lambda s: setattr(s, "last_window_end", -(2**62)), stats(2**62), id="gap past i64"),
+        pytest.param(lambda s: setattr(s, "history_ms", -W), None, id="negative history"),
+        pytest.param(
+            lambda s: (setattr(s, "history_ms", -W), setattr(s, "last_window_end", T0 + 28 * W)),
+            None,
+            id="negative history and a gap",
+        ),
+    ],
+)
+def test_results_python_ints_hold_and_i64_does_not_go_to_python(spoil: Any, window: RoomStats | None) -> None:
+    """Python's ints do not overflow and a negative history may divide by zero there: the kernel
+    hands such windows back (found by review: it wrapped around, or wrote inf and nan)."""
+    native, python = warmed(), warmed()
+    if spoil is not None:
+        spoil(native)
+        spoil(python)
+    window = window or stats(T0 + 30 * W, views=1)
+    with counting() as counts:
+        want = outcome(lambda: observe(python, window, ROOM, W, native=False))
+        got = outcome(lambda: observe(native, window, ROOM, W))
+    assert got == want
+    assert snapshot(native) == snapshot(python)
+    assert counts == [0, 1]
+
+
+def outcome(call: Any) -> Any:
+    """What ``call()`` returns, or the type of what it raises."""
+    try:
+        return call()
+    except (ArithmeticError, ValueError) as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("gap", [0, 4])
+@pytest.mark.parametrize("max_gap_s", [math.inf, -math.inf, math.nan, 1e17])
+def test_a_gap_bound_past_i64_is_left_to_python(max_gap_s: float, gap: int) -> None:
+    """Python converts ``max_gap_s`` only for a window after a gap (and raises for inf or nan)."""
+    native, python = warmed(), warmed()
+    window = stats(T0 + (30 + gap) * W, views=1)
+    with counting() as counts:
+        got = outcome(lambda: observe(native, window, ROOM, W, max_gap_s=max_gap_s))
+        want = outcome(lambda: observe(python, window, ROOM, W, max_gap_s=max_gap_s, native=False))
+    assert got == want
+    assert snapshot(native) == snapshot(python)
+    assert counts == [0, 0]
 
 
 def test_rules_without_a_quiet_path_have_no_native_plan() -> None:

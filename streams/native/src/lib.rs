@@ -155,7 +155,7 @@ fn fold_run(
         let warmup = plan.warmups[i];
         if h0 < warmup {
             // windows still weighted 1/(n+1) > alpha
-            let until_warm = (warmup - h0 + span - 1) / span;
+            let until_warm = (warmup - h0).checked_add(span - 1)? / span;
             let cap = (1.0 / alpha - n0).floor();
             if !cap.is_finite() || cap.abs() >= 9.0e18 {
                 return None;
@@ -254,7 +254,17 @@ fn observe_quiet(
             None => return Ok(false),
         }
     };
-    let Some(mut history) = exact_int(&state.getattr(intern!(py, "history_ms"))?) else {
+    // a negative history (only a corrupt record holds one) is Python's to judge: it may divide by zero
+    let Some(mut history) =
+        exact_int(&state.getattr(intern!(py, "history_ms"))?).filter(|&h| h >= 0)
+    else {
+        return Ok(false);
+    };
+    // every result below fits an i64 (Python's ints do not overflow; the kernel hands those back)
+    let (Some(window_end), Some(_)) = (
+        window_start.checked_add(window_ms),
+        history.checked_add(window_ms),
+    ) else {
         return Ok(false);
     };
     let baselines = state.getattr(intern!(py, "baselines"))?;
@@ -272,7 +282,12 @@ fn observe_quiet(
         if window_start < last_end {
             return Ok(true); // at or before the last window observed: ignored, as in Python
         }
-        let missed = (window_start - last_end) / window_ms;
+        let Some(missed) = window_start
+            .checked_sub(last_end)
+            .map(|gap| gap / window_ms)
+        else {
+            return Ok(false);
+        };
         if missed > 0 {
             let replayable = if max_gap_ms > 0 {
                 max_gap_ms / window_ms
@@ -294,7 +309,13 @@ fn observe_quiet(
             {
                 return Ok(false);
             }
-            history += missed * window_ms;
+            let Some(gap_ms) = missed
+                .checked_mul(window_ms)
+                .filter(|gap| gap.checked_add(history + window_ms).is_some())
+            else {
+                return Ok(false);
+            };
+            history += gap_ms;
         }
     }
     if !is_quiet(plan, values, b) {
@@ -303,7 +324,7 @@ fn observe_quiet(
     fold_one(plan, values, window_ms, history, b);
     buffer.copy_from_slice(py, b)?;
     state.setattr(intern!(py, "history_ms"), history + window_ms)?;
-    state.setattr(intern!(py, "last_window_end"), window_start + window_ms)?;
+    state.setattr(intern!(py, "last_window_end"), window_end)?;
     state.setattr(intern!(py, "last_concurrent"), values[plan.concurrent])?;
     Ok(true)
 }
