@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import resource
 import statistics
@@ -719,9 +720,25 @@ def write_report(result: Result, argv: list[str], densities: Sequence[Result] = 
     _report.update_results_md(result, written, argv=argv, densities=densities)
 
 
+#: modules a baseline's process imports that the worker's own dependencies do not bring
+BASELINE_NEEDS: dict[str, str] = {"quix": "quixstreams"}
+
+
+def missing_extras(baselines: Sequence[str], *, report: bool) -> list[str]:
+    """Modules the run would need and cannot import: checked before the run, which otherwise
+    finds out minutes in (a baseline process that exits at its first import; the plots after
+    every run)."""
+    needed = [BASELINE_NEEDS[b] for b in baselines if b in BASELINE_NEEDS]
+    if report:
+        needed.append("matplotlib")
+    return [module for module in needed if importlib.util.find_spec(module) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.report_from:
+        if missing_extras((), report=True):
+            raise SystemExit("not installed: matplotlib (the `bench` extra: pip install -e '.[bench]')")
         results = [load_result(path) for path in args.report_from]
         write_report(results[0], list(results[0].config.get("argv") or ["..."]), results)
         return 0
@@ -756,6 +773,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants=variants,
             event_rate=args.rate,
             **common,
+        )
+    missing = missing_extras(cfg.baselines, report=args.report)
+    if missing:
+        raise SystemExit(
+            f"not installed: {', '.join(missing)} (the `bench` extra: pip install -e '.[bench]'); "
+            "or leave the baselines that need them out with --baselines"
         )
     result = asyncio.run(run_harness(cfg))
     if cfg.report:
