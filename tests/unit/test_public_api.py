@@ -57,6 +57,7 @@ PINNED = {
         "DEFAULT_RULES",
         "GAUGE_RULE",
         "LEADERBOARD_KEY",
+        "NATIVE_CORE",
         "RANKABLE_METRICS",
         "SPIKE_METRICS",
         "AlertEvent",
