@@ -734,11 +734,20 @@ def missing_extras(baselines: Sequence[str], *, report: bool) -> list[str]:
     return [module for module in needed if importlib.util.find_spec(module) is None]
 
 
+def require_extras(baselines: Sequence[str], *, report: bool) -> None:
+    """Stop with a clear message if :func:`missing_extras` names any."""
+    missing = missing_extras(baselines, report=report)
+    if missing:
+        raise SystemExit(
+            f"not installed: {', '.join(missing)} (the `bench` extra: pip install -e '.[bench]')"
+            + ("; or leave the baselines that need them out with --baselines" if baselines else "")
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.report_from:
-        if missing_extras((), report=True):
-            raise SystemExit("not installed: matplotlib (the `bench` extra: pip install -e '.[bench]')")
+        require_extras((), report=True)
         results = [load_result(path) for path in args.report_from]
         write_report(results[0], list(results[0].config.get("argv") or ["..."]), results)
         return 0
@@ -774,12 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             event_rate=args.rate,
             **common,
         )
-    missing = missing_extras(cfg.baselines, report=args.report)
-    if missing:
-        raise SystemExit(
-            f"not installed: {', '.join(missing)} (the `bench` extra: pip install -e '.[bench]'); "
-            "or leave the baselines that need them out with --baselines"
-        )
+    require_extras(cfg.baselines, report=args.report)
     result = asyncio.run(run_harness(cfg))
     if cfg.report:
         write_report(result, list(cfg.argv))
