@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas import RoomSession, RoomStats, decode_room_session, decode_room_stats
 from streams.settings import Topics
 
-from ._packed import PackedRecords
+from ._packed import PackedRecords, SpilledMap, packed_floats
 
 WindowKey = tuple[str, int]
 T = TypeVar("T")
@@ -37,9 +37,9 @@ class Outputs:
 
     windows: PackedRecords[WindowKey, RoomStats] = field(default_factory=lambda: PackedRecords(RoomStats))
     #: first arrival (unix seconds) per window
-    arrivals: dict[WindowKey, float] = field(default_factory=dict)
+    arrivals: SpilledMap[WindowKey, float] = field(default_factory=packed_floats)
     #: record timestamp (unix seconds; set by the worker's producer when it queued the record) per window
-    produced: dict[WindowKey, float] = field(default_factory=dict)
+    produced: SpilledMap[WindowKey, float] = field(default_factory=packed_floats)
     conflicts: list[tuple[RoomStats, RoomStats]] = field(default_factory=list)
     duplicates: int = 0
     #: (arrival unix seconds, alert record) for every record on the alerts topic
@@ -212,9 +212,11 @@ def _leaderboard(raw: bytes) -> tuple[int, dict[str, Any]]:
 
 
 async def _arrived(keys: Collection[Any], received: Container[Any], timeout_s: float) -> bool:
+    """Whether every key of ``keys`` is in ``received`` within ``timeout_s``; each check looks up
+    only the keys still missing (the records may be on disk: ``loadtest._packed``)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(key in received for key in keys):
-            return True
+    missing = [key for key in keys if key not in received]
+    while missing and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
-    return all(key in received for key in keys)
+        missing = [key for key in missing if key not in received]
+    return not missing

@@ -133,6 +133,10 @@ def event_latencies_each(
     newest: dict[int, int] = {}
     outs: list[list[float]] = [[] for _ in targets]
     missing = [0] * len(targets)
+    # each distinct mapping is looked up once per event (they may be on disk: ``loadtest._packed``)
+    maps = list({id(arrivals): arrivals for arrivals, _ in targets}.values())
+    slot = [next(j for j, m in enumerate(maps) if m is arrivals) for arrivals, _ in targets]
+    recent: dict[WindowKey, list[float | None]] = {}
     for _source, part, _key, _raw, ts, ev in messages:
         if ev is None:
             continue
@@ -144,8 +148,13 @@ def event_latencies_each(
             continue
         ws = ts - ts % window_ms
         key = (ev.room_id, ws)
-        for i, (arrivals, lag) in enumerate(targets):
-            arrival = arrivals.get(key)
+        found = recent.get(key)
+        if found is None:
+            if len(recent) >= 50_000:  # the windows of the last few seconds are the ones asked for
+                recent.clear()
+            found = recent[key] = [m.get(key) for m in maps]
+        for i, (_, lag) in enumerate(targets):
+            arrival = found[slot[i]]
             if arrival is None:
                 missing[i] += 1
             elif lag is None:

@@ -236,6 +236,23 @@ class Harness:
                     truth, collector.outputs, require_alerts=cfg.require_alerts, late_slack=cfg.late_slack
                 )
                 self._record_correctness(truth, live, collector)
+                out = collector.outputs
+                # what the harness kept on disk rather than in memory (``loadtest._packed``, ``MessageLog``)
+                res.machine["harness_on_disk"] = sorted(
+                    name
+                    for name, held in (
+                        ("backlog messages", backlog.messages),
+                        ("live messages", live.messages),
+                        ("true windows", truth.windows),
+                        ("true rollups", truth.rollups),
+                        ("true sessions", truth.sessions),
+                        ("received windows", out.windows),
+                        ("received rollups", out.rollups),
+                        ("received sessions", out.sessions),
+                        ("arrival times", out.arrivals),
+                    )
+                    if getattr(held, "spilled", False)
+                )
         finally:
             code = worker.stop()
             self.say(f"worker stopped ({code}); logs in {self.log_dir}")

@@ -28,11 +28,14 @@ import gc
 import heapq
 import itertools
 import math
+import os
 import random
-from array import array
+import struct
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import orjson
 
@@ -53,6 +56,12 @@ ORDER_AMOUNTS_MINOR = (990, 1_990, 4_990, 9_900, 29_900, 129_900)
 Message = tuple[int, int, bytes, bytes, int, Event | None]
 #: one message as a sender needs it: the event replaced by whether there is one (not malformed)
 Wire = tuple[int, int, bytes, bytes, int, bool]
+#: one message's header in a :class:`MessageLog`: payload length, key length, source,
+#: well-formed, partition, event time
+_HEADER = struct.Struct("<IHbbiq")
+#: bytes of records a :class:`MessageLog` holds in memory before it moves them to a file
+LOG_SPILL_BYTES = 32 * 1024 * 1024
+_READ_BLOCK = 4 * 1024 * 1024
 #: the event type of each input source, to read a well-formed payload back (see ``encode``)
 _EVENT_TYPES: tuple[type[ViewerEvent], type[OrderEvent], type[GiftEvent]] = (
     ViewerEvent,
@@ -62,54 +71,105 @@ _EVENT_TYPES: tuple[type[ViewerEvent], type[OrderEvent], type[GiftEvent]] = (
 
 
 class MessageLog:
-    """Messages in production order, held in columns: payloads in one buffer, numbers in arrays.
+    """Messages in production order, each held as one packed record: a 20-byte header (payload and
+    key lengths, source, well-formedness, partition, event time), the key, the payload.
 
     A generated message held as a tuple with its event object took ~455 bytes (1.43 M messages of
-    a 100 000-room backlog: 650 MB); here it takes its payload plus ~26 bytes. The events are not
-    kept: iterating reads each well-formed payload back into the event it was encoded from
-    (``encode`` is ``orjson.dumps(event._asdict())``, so the fields come back as they went out);
-    :meth:`wire` skips that for senders. Appending takes a :data:`Message`, as a list would.
+    a 100 000-room backlog: 650 MB); here it takes its key and payload plus 20 bytes. Past
+    ``spill_bytes`` (default ``LOG_SPILL_BYTES``) the records move to an anonymous temporary file
+    and every read goes through it a block at a time, so a phase of millions of messages does not
+    stay in the load test's memory. The events are not kept: iterating reads each well-formed
+    payload back into the event it was encoded from (``encode`` is
+    ``orjson.dumps(event._asdict())``, so the fields come back as they went out); :meth:`wire`
+    skips that for senders. Appending takes a :data:`Message`, as a list would.
     """
 
-    __slots__ = ("_blob", "_ends", "_keys", "_parts", "_sources", "_ts", "_valid")
+    __slots__ = ("_buf", "_count", "_file", "_parts", "_spill_bytes")
 
-    def __init__(self, messages: Iterable[Message] = ()) -> None:
-        self._blob = bytearray()
-        self._ends = array("Q")
-        self._keys: list[bytes] = []  # the model's key objects, shared by every message of a room
-        self._sources = array("b")
-        self._parts = array("i")
-        self._ts = array("q")
-        self._valid = array("b")
+    def __init__(self, messages: Iterable[Message] = (), *, spill_bytes: int | None = None) -> None:
+        self._buf = bytearray()  # records not in the file yet (all of them until it spills)
+        self._file: BinaryIO | None = None
+        self._count = 0
+        self._parts: set[int] = set()
+        self._spill_bytes = LOG_SPILL_BYTES if spill_bytes is None else spill_bytes
         for message in messages:
             self.append(message)
 
     def append(self, message: Message) -> None:
         source, part, key, raw, ts, ev = message
-        self._blob += raw
-        self._ends.append(len(self._blob))
-        self._keys.append(key)
-        self._sources.append(source)
-        self._parts.append(part)
-        self._ts.append(ts)
-        self._valid.append(ev is not None)
+        buf = self._buf
+        buf += _HEADER.pack(len(raw), len(key), source, ev is not None, part, ts)
+        buf += key
+        buf += raw
+        self._count += 1
+        self._parts.add(part)
+        if len(buf) >= self._spill_bytes:
+            self._spill()
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._count
+
+    @property
+    def spilled(self) -> bool:
+        return self._file is not None
 
     def clear(self) -> None:
-        del self._blob[:], self._ends[:], self._keys[:], self._sources[:]
-        del self._parts[:], self._ts[:], self._valid[:]
+        del self._buf[:]
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._count = 0
+        self._parts.clear()
+
+    def __del__(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="livepulse-messages-")  # noqa: SIM115 (closed by clear/del)
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(self._buf)
+        del self._buf[:]
+
+    def _blocks(self) -> Iterator[bytes]:
+        """The records in order, in blocks of whole records or not (the reader joins them)."""
+        file = self._file
+        if file is not None:
+            size = file.seek(0, os.SEEK_END)
+            at = 0
+            while at < size:
+                block = os.pread(file.fileno(), min(_READ_BLOCK, size - at), at)
+                at += len(block)
+                yield block
+        yield bytes(self._buf)  # a copy: a view would keep the buffer from growing while it lives
+
+    def _records(self) -> Iterator[tuple[int, int, int, int, bytes, memoryview]]:
+        """``(source, partition, event time, well-formed, key, payload view)`` in order; a payload
+        view is valid until the next record is read."""
+        unpack, size = _HEADER.unpack_from, _HEADER.size
+        rest = b""
+        for block in self._blocks():
+            data = memoryview(rest + block if rest else block)
+            at, end = 0, len(data)
+            while end - at >= size:
+                n_raw, n_key, source, valid, part, ts = unpack(data, at)
+                stop = at + size + n_key + n_raw
+                if stop > end:
+                    break
+                key_at = at + size
+                raw_at = key_at + n_key
+                yield source, part, ts, valid, bytes(data[key_at:raw_at]), data[raw_at:stop]
+                at = stop
+            rest = bytes(data[at:])
+            data.release()
+        if rest:
+            raise ValueError("a message log ends inside a record")
 
     def wire(self) -> Iterator[Wire]:
         """``(source, partition, key, payload, event time, well-formed)`` in order, without events."""
-        blob = memoryview(self._blob)
-        start = 0
-        for end, key, source, part, ts, valid in zip(
-            self._ends, self._keys, self._sources, self._parts, self._ts, self._valid, strict=True
-        ):
-            yield source, part, key, bytes(blob[start:end]), ts, bool(valid)
-            start = end
+        for source, part, ts, valid, key, raw in self._records():
+            yield source, part, key, bytes(raw), ts, bool(valid)
 
     def __iter__(self) -> Iterator[Message]:
         types, loads = _EVENT_TYPES, orjson.loads
@@ -118,12 +178,10 @@ class MessageLog:
 
     def events_of(self, partition: int) -> Iterator[tuple[int, Event]]:
         """``(source, event)`` of the well-formed messages of one partition, in order."""
-        blob, types, loads = self._blob, _EVENT_TYPES, orjson.loads
-        start = 0
-        for end, source, part, valid in zip(self._ends, self._sources, self._parts, self._valid, strict=True):
+        types, loads = _EVENT_TYPES, orjson.loads
+        for source, part, _ts, valid, _key, raw in self._records():
             if part == partition and valid:
-                yield source, types[source](**loads(blob[start:end]))
-            start = end
+                yield source, types[source](**loads(raw))
 
     def partitions(self) -> set[int]:
         return set(self._parts)

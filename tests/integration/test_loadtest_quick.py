@@ -5,7 +5,8 @@ debut room, out-of-order and late events, malformed messages) goes through a
 real worker, which is restarted once; a short live phase follows. Everything
 published must match the ground truth: windows, dead letters, every injected
 spike alerted and no alert unexplained, the platform leaderboard of every
-window. No timing is asserted.
+window. No timing is asserted. The harness keeps its messages and records on disk here, as it does
+past a few hundred thousand of them in a full run.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import _report
+from loadtest import _packed, _report, traffic
 from loadtest.harness import Harness, HarnessConfig
 
 pytestmark = pytest.mark.integration
 
 
-async def test_quick_load_test_matches_the_ground_truth(kafka_bootstrap: str, tmp_path: Path) -> None:
+async def test_quick_load_test_matches_the_ground_truth(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_packed, "SPILL_AT", 2_000)
+    monkeypatch.setattr(traffic, "LOG_SPILL_BYTES", 256 * 1024)
     # with a variant beside it (sessions and rollups off), as the feature-cost measurement runs it
     cfg = HarnessConfig.quick_config(brokers=kafka_bootstrap, out_dir=tmp_path, variants=("bare",))
 
@@ -45,6 +50,16 @@ async def test_quick_load_test_matches_the_ground_truth(kafka_bootstrap: str, tm
     (full,) = result.livepulse
     assert bare["name"] == "bare" and bare["messages"] > 0 and full["messages"] > 0
     assert bare["invalid"] == full["invalid"] > 0 and bare["per_cpu_s"] > 0
+    # every store the harness keeps by the million went to disk (a small run keeps them in memory)
+    assert set(result.machine["harness_on_disk"]) >= {
+        "backlog messages",
+        "live messages",
+        "true windows",
+        "true rollups",
+        "received windows",
+        "received rollups",
+        "arrival times",
+    }, result.machine["harness_on_disk"]
     report = tmp_path / "RESULTS.md"
     _report.update_results_md(result, [], ["--quick"], path=report)
     assert "livepulse variant `bare`: sessions and rollups off" in report.read_text()

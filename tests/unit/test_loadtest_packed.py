@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
+import pytest
+
+from loadtest import _packed
 from loadtest._packed import PackedRecords
 from schemas import RoomSession, RoomStats
 
@@ -51,3 +55,63 @@ def test_a_packed_record_takes_a_fraction_of_the_object() -> None:
     finally:
         tracemalloc.stop()
     assert held / len(records) < 250
+
+
+@pytest.mark.parametrize("spill_at", [1_000_000, 0, 3], ids=["in-memory", "on-disk", "spills-midway"])
+def test_the_mapping_behaves_as_a_dict_in_memory_and_on_disk(
+    monkeypatch: pytest.MonkeyPatch, spill_at: int
+) -> None:
+    """Random writes, replacements, deletes and reads, against a dict: the same entries in the same
+    order (a replaced key keeps its place), whether the writes are buffered or in the database."""
+    monkeypatch.setattr(_packed, "_BATCH", 4)
+    records: PackedRecords[tuple[str, int], RoomStats] = PackedRecords(RoomStats, spill_at=spill_at)
+    model: dict[tuple[str, int], RoomStats] = {}
+    rng = random.Random(5)
+    for step in range(600):
+        key = (f"r{rng.randrange(12)}", 10_000 * rng.randrange(5))
+        op = rng.random()
+        if op < 0.6:
+            model[key] = records[key] = _stats(key[0], key[1], views=step)
+        elif op < 0.75:
+            assert (key in records) is (key in model)
+            if key in model:
+                del model[key], records[key]
+            else:
+                with pytest.raises(KeyError):
+                    del records[key]
+        else:
+            assert records.get(key) == model.get(key)
+            if key not in model:
+                with pytest.raises(KeyError):
+                    records[key]
+        if step % 37 == 0:
+            assert list(records.items()) == list(model.items())
+            assert list(records.values()) == list(model.values()) and len(records) == len(model)
+    assert list(records) == list(model) and all(type(k) is tuple for k in records)
+    assert records.spilled is (spill_at < 600)
+
+
+def test_arrival_times_come_back_as_the_same_floats() -> None:
+    times = _packed.packed_floats(spill_at=2)
+    values = {("r1", 0): 1_767_225_612.345678, ("r2", 0): 0.1, ("r1", 10_000): 2.0**60 + 0.5}
+    for key, value in values.items():
+        times[key] = value
+    assert times.spilled and dict(times.items()) == values and times.get(("r9", 0)) is None
+
+
+def test_records_on_disk_hold_next_to_nothing_in_memory() -> None:
+    """Past ``spill_at`` the records are in SQLite's temporary file: Python holds only a batch of
+    writes (the page cache, a few MB at most, is SQLite's own and not traced here)."""
+    records: PackedRecords[tuple[str, int], RoomStats] = PackedRecords(RoomStats, spill_at=1_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(60_000):
+            room = "room-" + str(i % 500)
+            records[(room, 10_000 * i)] = _stats(room, 10_000 * i)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert records.spilled and len(records) == 60_000
+    assert held < _packed._BATCH * 250  # at most one batch of writes waiting, never the 60 000
+    assert records[("room-7", 70_000)] == _stats("room-7", 70_000)

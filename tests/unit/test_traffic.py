@@ -103,10 +103,17 @@ def test_the_model_does_not_import_the_scenarios() -> None:
     assert issubclass(scenarios.Trending, traffic.Scenario)
 
 
-def test_the_message_log_gives_back_every_message_as_generated(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("spill_bytes", [None, 10_000], ids=["in-memory", "on-disk"])
+def test_the_message_log_gives_back_every_message_as_generated(
+    monkeypatch: pytest.MonkeyPatch, spill_bytes: int | None
+) -> None:
     """The log keeps payloads and numbers, not events: iterating it reads each well-formed payload
     back into an event of the same type and fields as the one generated, and a malformed one into
-    None; ``wire`` gives the same without events, ``events_of`` a partition's events."""
+    None; ``wire`` gives the same without events, ``events_of`` a partition's events. The same
+    when it has moved to its file, read in blocks that end inside records."""
+    if spill_bytes is not None:
+        monkeypatch.setattr(traffic, "LOG_SPILL_BYTES", spill_bytes)
+        monkeypatch.setattr(traffic, "_READ_BLOCK", 777)
     generated: list[traffic.Message] = []
     append = traffic.MessageLog.append
 
@@ -119,6 +126,7 @@ def test_the_message_log_gives_back_every_message_as_generated(monkeypatch: pyte
         START, 60.0, scenarios.build(scenarios.NAMES, span_s=60.0, window_ms=1_000, grace_ms=500)
     )
     assert len(phase.messages) == len(generated) > 5_000 and sum(phase.malformed.values()) > 0
+    assert phase.messages.spilled is (spill_bytes is not None)
     back = list(phase.messages)
     assert back == generated
     assert [type(m[5]) for m in back] == [type(m[5]) for m in generated]
@@ -128,7 +136,31 @@ def test_the_message_log_gives_back_every_message_as_generated(monkeypatch: pyte
             (m[0], m[5]) for m in generated if m[1] == part and m[5] is not None
         ]
     phase.messages.clear()
-    assert len(phase.messages) == 0 and list(phase.messages) == []
+    assert len(phase.messages) == 0 and list(phase.messages) == [] and not phase.messages.spilled
+    phase.messages.append(generated[0])  # a cleared log takes messages again
+    assert list(phase.messages.wire()) == [(*generated[0][:5], generated[0][5] is not None)]
+
+
+def test_a_message_log_past_its_spill_size_holds_next_to_nothing_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live phase of the 100 000-room load test is 2 M messages: once past ``LOG_SPILL_BYTES`` the
+    log's records are in its file, and memory holds at most that much of them."""
+    import tracemalloc
+
+    monkeypatch.setattr(traffic, "LOG_SPILL_BYTES", 64 * 1024)
+    model = TrafficModel(CONFIG, seed=3)
+    model.phase(START, 5.0)  # the model's own state (rooms, users, orders) grows at first
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        phase = model.phase(START + 5_000, 30.0)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(phase.messages) > 20_000 and phase.messages.spilled
+    assert held < 64 * 1024 + 8 * len(phase.messages)  # ~130 bytes per message when held in memory
+    assert sum(1 for _ in phase.messages.wire()) == len(phase.messages)
 
 
 def test_generated_messages_are_held_in_their_own_size() -> None:
