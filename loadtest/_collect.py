@@ -29,6 +29,8 @@ from ._packed import PackedRecords, SpilledMap, packed_floats
 
 WindowKey = tuple[str, int]
 T = TypeVar("T")
+K = TypeVar("K")
+R = TypeVar("R")
 
 
 @dataclass
@@ -76,6 +78,8 @@ class Collector:
         #: topic -> rollup length; with rollup topics, the session topic is followed too
         self._rollup_lengths = {topic: length for length, topic in (rollup_topics or {}).items()}
         self.outputs = Outputs()
+        #: records fetched so far, of every topic
+        self.fetched = 0
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -107,9 +111,11 @@ class Collector:
         out, t = self.outputs, self.topics
         try:
             while not self._stop.is_set():
-                batches = await consumer.getmany(timeout_ms=50, max_records=50_000)
+                # a few thousand records per round: the harness's sender shares this loop
+                batches = await consumer.getmany(timeout_ms=50, max_records=5_000)
                 now = time.time()
                 for tp, messages in batches.items():
+                    self.fetched += len(messages)
                     if tp.topic == t.room_stats:
                         self._windows(messages, now)
                     elif tp.topic in self._rollup_lengths:
@@ -155,35 +161,40 @@ class Collector:
             else:
                 out.leaderboards[ws] = record
 
+    async def quiet(self, quiet_s: float = 3.0, timeout_s: float = 600.0) -> bool:
+        """Wait until nothing new has been fetched for ``quiet_s`` (True), after a first record, or
+        until ``timeout_s`` has passed (False): what a deployment published so far has been read."""
+        deadline = time.monotonic() + timeout_s
+        count, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if self.fetched != count:
+                count, since = self.fetched, time.monotonic()
+            elif count > 0 and time.monotonic() - since >= quiet_s:
+                return True
+            await asyncio.sleep(0.25)
+        return False
+
     async def wait_for_leaderboards(self, window_starts: set[int], timeout_s: float) -> bool:
         """Wait until a leaderboard record of every window in ``window_starts`` has arrived."""
         return await _arrived(window_starts, self.outputs.leaderboards, timeout_s)
 
     def _windows(self, messages: list[Any], now: float) -> None:
         out = self.outputs
-        for m, stats in self._decoded(messages, decode_room_stats):
-            key = (stats.room_id, stats.window_start)
-            previous = out.windows.get(key)
-            if previous is None:
-                out.windows[key] = stats
+        decoded = list(self._decoded(messages, decode_room_stats))
+        keys = [(stats.room_id, stats.window_start) for _, stats in decoded]
+        fresh, duplicates = _keep_first(out.windows, keys, [stats for _, stats in decoded], out.conflicts)
+        out.duplicates += duplicates
+        for (m, _), key, new in zip(decoded, keys, fresh, strict=True):
+            if new:
                 out.arrivals[key] = now
                 out.produced[key] = m.timestamp / 1000
-            elif previous == stats:
-                out.duplicates += 1
-            else:
-                out.conflicts.append((previous, stats))
 
     def _rollups(self, length: int, messages: list[Any]) -> None:
         out = self.outputs
-        for _, stats in self._decoded(messages, decode_room_stats):
-            key = (length, stats.room_id, stats.window_start)
-            previous = out.rollups.get(key)
-            if previous is None:
-                out.rollups[key] = stats
-            elif previous == stats:
-                out.rollup_duplicates += 1
-            else:
-                out.rollup_conflicts.append((previous, stats))
+        records = [stats for _, stats in self._decoded(messages, decode_room_stats)]
+        keys = [(length, stats.room_id, stats.window_start) for stats in records]
+        _, duplicates = _keep_first(out.rollups, keys, records, out.rollup_conflicts)
+        out.rollup_duplicates += duplicates
 
     def _sessions(self, messages: list[Any]) -> None:
         out = self.outputs
@@ -197,6 +208,30 @@ class Collector:
     async def wait_for(self, keys: set[WindowKey], timeout_s: float) -> bool:
         """Wait until every key in ``keys`` has arrived (True) or the time is up (False)."""
         return await _arrived(keys, self.outputs.windows, timeout_s)
+
+
+def _keep_first(
+    held: SpilledMap[K, R], keys: list[K], records: list[R], conflicts: list[tuple[R, R]]
+) -> tuple[list[bool], int]:
+    """Keep each record under its key unless one is there already: a repeat must be the same record
+    (a duplicate, counted), a different one is a conflict. Returns which records were new and the
+    number of duplicates. The records may be on disk: the keys are looked up together."""
+    fresh: list[bool] = []
+    duplicates = 0
+    batch: dict[K, R] = {}  # kept from this batch (a repeat may follow in the same fetch)
+    for key, record, previous in zip(keys, records, held.get_many(keys), strict=True):
+        if previous is None:
+            previous = batch.get(key)
+        if previous is None:
+            held[key] = batch[key] = record
+            fresh.append(True)
+            continue
+        fresh.append(False)
+        if previous == record:
+            duplicates += 1
+        else:
+            conflicts.append((previous, record))
+    return fresh, duplicates
 
 
 def _dead_letter(raw: bytes) -> tuple[tuple[str, int, int], str]:
@@ -215,8 +250,14 @@ async def _arrived(keys: Collection[Any], received: Container[Any], timeout_s: f
     """Whether every key of ``keys`` is in ``received`` within ``timeout_s``; each check looks up
     only the keys still missing (the records may be on disk: ``loadtest._packed``)."""
     deadline = time.monotonic() + timeout_s
-    missing = [key for key in keys if key not in received]
+    missing = _absent(keys, received)
     while missing and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
-        missing = [key for key in missing if key not in received]
+        missing = _absent(missing, received)
     return not missing
+
+
+def _absent(keys: Collection[Any], received: Container[Any]) -> list[Any]:
+    if isinstance(received, SpilledMap):
+        return received.absent(keys)
+    return [key for key in keys if key not in received]

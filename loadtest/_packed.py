@@ -10,7 +10,7 @@ and new writes are buffered and written in batches: the load test's memory then 
 with the length of the run (a 100 000-room run held 2.1 GB, most of it these records and the
 message logs, ``loadtest.traffic.MessageLog``).
 
-The mapping behaves as a dict, insertion order included (a replaced value keeps its place).
+The mapping behaves as a dict, but for its order once on disk (``SpilledMap``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,16 @@ from __future__ import annotations
 import sqlite3
 import struct
 import sys
-from collections.abc import Callable, Hashable, ItemsView, Iterator, MutableMapping, ValuesView
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import fields
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
@@ -36,23 +45,34 @@ SPILL_AT = 100_000
 #: buffered writes per batch once on disk
 _BATCH = 20_000
 #: SQLite's page cache per mapping, in KiB (a negative ``cache_size`` is KiB)
-_CACHE_KIB = 8_192
+_CACHE_KIB = 16_384
+#: keys per lookup query of :meth:`SpilledMap.get_many`, and rows per write of a batch
+_LOOKUP = 500
+_WRITE = 1_000
 _FLOAT = struct.Struct("<d")
 
 
 def _key_bytes(key: Any) -> bytes:
-    return kept(orjson.dumps(key))  # orjson's own result sits in a 4 KB allocation
+    """A key's bytes on disk: the JSON of a tuple reversed, so the window start or session start at
+    its end comes first and keys written in time order land at the end of the index (appending to
+    a B-tree needs only its last pages in the cache; keys in room order touched a random page
+    each). Held only while a batch is written or looked up (orjson's result sits in a 4 KB
+    allocation)."""
+    return orjson.dumps(key[::-1] if type(key) is tuple else key)
 
 
 def _key_of(raw: bytes) -> Any:
     key = orjson.loads(raw)
-    return tuple(key) if type(key) is list else key
+    return tuple(reversed(key)) if type(key) is list else key
 
 
 class SpilledMap(MutableMapping[K, V], Generic[K, V]):
     """A dict whose values are kept as bytes (``dumps``/``loads``), in memory up to ``spill_at``
     entries (default ``SPILL_AT``) and in a temporary SQLite database after that. Keys are tuples
-    of str and int (or one of those): on disk they are their JSON."""
+    of str and int (or one of those): on disk they are their JSON, reversed (``_key_bytes``).
+
+    Iteration is in insertion order in memory, and in key order on disk (by window or session
+    start first): nothing that reads these mappings depends on their order."""
 
     __slots__ = ("_db", "_dumps", "_loads", "_mem", "_pending", "_spill_at")
 
@@ -64,8 +84,8 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
         self._spill_at = SPILL_AT if spill_at is None else spill_at
         self._mem: dict[Any, bytes] | None = {}
         self._db: sqlite3.Connection | None = None
-        #: writes not yet in the database (key bytes -> value bytes), in order
-        self._pending: dict[bytes, bytes] = {}
+        #: writes not yet in the database, key -> value bytes
+        self._pending: dict[Any, bytes] = {}
 
     @property
     def spilled(self) -> bool:
@@ -79,17 +99,29 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
 
     def __getitem__(self, key: K) -> V:
         mem = self._mem
-        if mem is not None:
-            return self._loads(mem[key])
-        raw = self._raw(_key_bytes(key))
+        raw = mem[key] if mem is not None else self._raw(key)
         if raw is None:
             raise KeyError(key)
         return self._loads(raw)
 
     def get(self, key: K, default: Any = None) -> Any:
         mem = self._mem
-        raw = mem.get(key) if mem is not None else self._raw(_key_bytes(key))
+        raw = mem.get(key) if mem is not None else self._raw(key)
         return default if raw is None else self._loads(raw)
+
+    def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        """``[self.get(key) for key in keys]``, with one query per few hundred keys once on disk."""
+        mem = self._mem
+        found = mem if mem is not None else self._raw_many(keys)
+        loads = self._loads
+        return [None if (raw := found.get(key)) is None else loads(raw) for key in keys]
+
+    def absent(self, keys: Iterable[K]) -> list[K]:
+        """The keys of ``keys`` not in the mapping, in order (one query per few hundred keys)."""
+        keys = list(keys)
+        mem = self._mem
+        found = mem if mem is not None else self._raw_many(keys)
+        return [key for key in keys if key not in found]
 
     def __setitem__(self, key: K, value: V) -> None:
         raw = self._dumps(value)
@@ -102,7 +134,7 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
                 self._spill()
             return
         pending = self._pending
-        pending[_key_bytes(key)] = raw
+        pending[key] = raw
         if len(pending) >= _BATCH:
             self._flush()
 
@@ -120,7 +152,7 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
         mem = self._mem
         if mem is not None:
             return key in mem
-        return self._raw(_key_bytes(key)) is not None
+        return self._raw(key) is not None
 
     def __iter__(self) -> Iterator[K]:
         mem = self._mem
@@ -162,32 +194,47 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
                 yield _key_of(k), loads(raw)
 
     def _rows(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key bytes, value bytes) in insertion order, read a batch at a time."""
+        """Every (key bytes, value bytes) in key order, read a batch at a time."""
         self._flush()
         assert self._db is not None
-        cursor = self._db.execute("SELECT k, v FROM m ORDER BY rowid")
+        cursor = self._db.execute("SELECT k, v FROM m ORDER BY k")
         while rows := cursor.fetchmany(_BATCH):
             yield from rows
 
-    def _raw(self, k: bytes) -> bytes | None:
-        raw = self._pending.get(k)
+    def _raw(self, key: Any) -> bytes | None:
+        raw = self._pending.get(key)
         if raw is not None:
             return raw
         assert self._db is not None
-        row = self._db.execute("SELECT v FROM m WHERE k = ?", (k,)).fetchone()
+        row = self._db.execute("SELECT v FROM m WHERE k = ?", (_key_bytes(key),)).fetchone()
         return None if row is None else row[0]
+
+    def _raw_many(self, keys: Sequence[Any]) -> dict[Any, bytes]:
+        """Key -> value bytes of those of ``keys`` present (the buffered writes are the newer)."""
+        pending = self._pending
+        db = self._db
+        assert db is not None
+        ask = [key for key in dict.fromkeys(keys) if key not in pending]
+        found: dict[Any, bytes] = {}
+        for i in range(0, len(ask), _LOOKUP):
+            asked = {_key_bytes(key): key for key in ask[i : i + _LOOKUP]}  # one slice's key bytes at a time
+            marks = ",".join("?" * len(asked))
+            for k, raw in db.execute(f"SELECT k, v FROM m WHERE k IN ({marks})", list(asked)):
+                found[asked[k]] = raw
+        for key in keys:
+            raw = pending.get(key)
+            if raw is not None:
+                found[key] = raw
+        return found
 
     def _spill(self) -> None:
         """Move every entry to a private temporary database (SQLite deletes its file on close)."""
         db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         for pragma in ("journal_mode = OFF", "synchronous = OFF", f"cache_size = -{_CACHE_KIB}"):
             db.execute(f"PRAGMA {pragma}")
-        db.execute("CREATE TABLE m (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
+        db.execute("CREATE TABLE m (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
         self._db = db
-        mem, self._mem = self._mem, None
-        assert mem is not None
-        self._pending = {_key_bytes(key): raw for key, raw in mem.items()}
-        del mem
+        self._pending, self._mem = self._mem or {}, None
         self._flush()
 
     def _flush(self) -> None:
@@ -197,11 +244,12 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
         db = self._db
         assert db is not None
         db.execute("BEGIN")
-        # an upsert keeps a replaced key's rowid: its place in the order, as a dict does
-        db.executemany(
-            "INSERT INTO m (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            pending.items(),
-        )
+        items = list(pending.items())
+        for i in range(0, len(items), _WRITE):  # the key bytes of one slice at a time
+            db.executemany(
+                "INSERT OR REPLACE INTO m (k, v) VALUES (?, ?)",
+                [(_key_bytes(key), raw) for key, raw in items[i : i + _WRITE]],
+            )
         db.execute("COMMIT")
         self._pending = {}
 

@@ -225,9 +225,17 @@ class Harness:
             if run < cfg.runs - 1:
                 worker.stop()
         assert worker is not None and deployment is not None
-        worker = await self._restart(worker, deployment)
         try:
             async with Collector(bootstrap, deployment.topics, deployment.rollup_topics) as collector:
+                # What the catch-up published is read first, with the machine otherwise idle: read
+                # during the live phase, it took the sender's CPU (the records may go to disk).
+                t0 = time.monotonic()
+                if not await collector.quiet():
+                    self.say("the catch-up's outputs were still arriving after 600 s")
+                self.say(
+                    f"catch-up outputs read: {collector.fetched:,} records in {time.monotonic() - t0:.1f} s"
+                )
+                worker = await self._restart(worker, deployment)
                 live = await self._live(model, worker, collector)
                 truth = await self._settle_and_truth(backlog, live, collector)
                 m = await worker.metrics()

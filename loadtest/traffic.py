@@ -144,9 +144,11 @@ class MessageLog:
                 yield block
         yield bytes(self._buf)  # a copy: a view would keep the buffer from growing while it lives
 
-    def _records(self) -> Iterator[tuple[int, int, int, int, bytes, memoryview]]:
-        """``(source, partition, event time, well-formed, key, payload view)`` in order; a payload
-        view is valid until the next record is read."""
+    def _records(
+        self, partition: int | None = None
+    ) -> Iterator[tuple[int, int, int, int, memoryview, memoryview]]:
+        """``(source, partition, event time, well-formed, key view, payload view)`` in order, of one
+        partition or all."""
         unpack, size = _HEADER.unpack_from, _HEADER.size
         rest = b""
         for block in self._blocks():
@@ -157,9 +159,12 @@ class MessageLog:
                 stop = at + size + n_key + n_raw
                 if stop > end:
                     break
+                if partition is not None and part != partition:
+                    at = stop
+                    continue
                 key_at = at + size
                 raw_at = key_at + n_key
-                yield source, part, ts, valid, bytes(data[key_at:raw_at]), data[raw_at:stop]
+                yield source, part, ts, valid, data[key_at:raw_at], data[raw_at:stop]
                 at = stop
             rest = bytes(data[at:])
             data.release()
@@ -169,7 +174,7 @@ class MessageLog:
     def wire(self) -> Iterator[Wire]:
         """``(source, partition, key, payload, event time, well-formed)`` in order, without events."""
         for source, part, ts, valid, key, raw in self._records():
-            yield source, part, key, bytes(raw), ts, bool(valid)
+            yield source, part, bytes(key), bytes(raw), ts, bool(valid)
 
     def __iter__(self) -> Iterator[Message]:
         types, loads = _EVENT_TYPES, orjson.loads
@@ -179,8 +184,8 @@ class MessageLog:
     def events_of(self, partition: int) -> Iterator[tuple[int, Event]]:
         """``(source, event)`` of the well-formed messages of one partition, in order."""
         types, loads = _EVENT_TYPES, orjson.loads
-        for source, part, _ts, valid, _key, raw in self._records():
-            if part == partition and valid:
+        for source, _part, _ts, valid, _key, raw in self._records(partition):
+            if valid:
                 yield source, types[source](**loads(raw))
 
     def partitions(self) -> set[int]:

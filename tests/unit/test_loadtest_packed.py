@@ -8,6 +8,7 @@ import tracemalloc
 import pytest
 
 from loadtest import _packed
+from loadtest._collect import _keep_first
 from loadtest._packed import PackedRecords
 from schemas import RoomSession, RoomStats
 
@@ -61,8 +62,8 @@ def test_a_packed_record_takes_a_fraction_of_the_object() -> None:
 def test_the_mapping_behaves_as_a_dict_in_memory_and_on_disk(
     monkeypatch: pytest.MonkeyPatch, spill_at: int
 ) -> None:
-    """Random writes, replacements, deletes and reads, against a dict: the same entries in the same
-    order (a replaced key keeps its place), whether the writes are buffered or in the database."""
+    """Random writes, replacements, deletes and reads, against a dict: the same entries, whether the
+    writes are buffered or in the database, and in memory in the same order."""
     monkeypatch.setattr(_packed, "_BATCH", 4)
     records: PackedRecords[tuple[str, int], RoomStats] = PackedRecords(RoomStats, spill_at=spill_at)
     model: dict[tuple[str, int], RoomStats] = {}
@@ -85,9 +86,14 @@ def test_the_mapping_behaves_as_a_dict_in_memory_and_on_disk(
                 with pytest.raises(KeyError):
                     records[key]
         if step % 37 == 0:
-            assert list(records.items()) == list(model.items())
-            assert list(records.values()) == list(model.values()) and len(records) == len(model)
-    assert list(records) == list(model) and all(type(k) is tuple for k in records)
+            probe = [(f"r{i % 13}", 10_000 * (i % 6)) for i in range(step % 50)]
+            assert records.get_many(probe) == [model.get(k) for k in probe]
+            assert records.absent(probe) == [k for k in probe if k not in model]
+            assert dict(records.items()) == model and len(records) == len(model)
+            assert sorted(map(repr, records.values())) == sorted(map(repr, model.values()))
+            if not records.spilled:  # in memory, a dict's order too (on disk, the keys' order)
+                assert list(records.items()) == list(model.items())
+    assert set(records) == set(model) and all(type(k) is tuple for k in records)
     assert records.spilled is (spill_at < 600)
 
 
@@ -103,15 +109,31 @@ def test_records_on_disk_hold_next_to_nothing_in_memory() -> None:
     """Past ``spill_at`` the records are in SQLite's temporary file: Python holds only a batch of
     writes (the page cache, a few MB at most, is SQLite's own and not traced here)."""
     records: PackedRecords[tuple[str, int], RoomStats] = PackedRecords(RoomStats, spill_at=1_000)
+    count = 120_000  # ~27 MB in memory
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for i in range(60_000):
+        for i in range(count):
             room = "room-" + str(i % 500)
             records[(room, 10_000 * i)] = _stats(room, 10_000 * i)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert records.spilled and len(records) == 60_000
-    assert held < _packed._BATCH * 250  # at most one batch of writes waiting, never the 60 000
+    assert records.spilled and len(records) == count
+    # at most one batch of writes waiting (its keys as tuples, ~400 bytes each), never all of them
+    assert held < _packed._BATCH * 400
     assert records[("room-7", 70_000)] == _stats("room-7", 70_000)
+
+
+@pytest.mark.parametrize("spill_at", [1_000_000, 0], ids=["in-memory", "on-disk"])
+def test_the_collector_keeps_the_first_record_and_tells_repeats_from_conflicts(spill_at: int) -> None:
+    """A replayed window must repeat the record it replays: the same record is a duplicate, another
+    one a conflict, whether it comes in the same fetch or a later one."""
+    held: PackedRecords[tuple[str, int], RoomStats] = PackedRecords(RoomStats, spill_at=spill_at)
+    conflicts: list[tuple[RoomStats, RoomStats]] = []
+    a, b, a2 = _stats("r1", 0), _stats("r2", 0), _stats("r1", 0, views=99)
+    fresh, duplicates = _keep_first(held, [("r1", 0), ("r2", 0), ("r1", 0)], [a, b, a], conflicts)
+    assert fresh == [True, True, False] and duplicates == 1 and conflicts == []
+    fresh, duplicates = _keep_first(held, [("r1", 0), ("r2", 0), ("r3", 0)], [a2, b, a], conflicts)
+    assert fresh == [False, False, True] and duplicates == 1 and conflicts == [(a, a2)]
+    assert dict(held.items()) == {("r1", 0): a, ("r2", 0): b, ("r3", 0): a}
