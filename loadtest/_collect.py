@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -133,7 +133,10 @@ class Collector:
                     else:
                         self._dead_letters(messages)
         finally:
-            with contextlib.suppress(Exception):
+            # aiokafka's fetcher awaits the fetch tasks it has just cancelled: a fetch in its retry
+            # backoff (the broker connection timed out while the ground truth held the loop)
+            # raises CancelledError out of stop(), after the consumer is closed
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await consumer.stop()
 
     def _decoded(self, messages: list[Any], decode: Callable[[bytes], T]) -> Iterator[tuple[Any, T]]:
@@ -201,11 +204,11 @@ class Collector:
         for _, session in self._decoded(messages, decode_room_session):
             out.sessions[(session.room_id, session.session_start)] = session
 
-    async def wait_for_rollups(self, keys: set[tuple[int, str, int]], timeout_s: float) -> bool:
+    async def wait_for_rollups(self, keys: Iterable[tuple[int, str, int]], timeout_s: float) -> bool:
         """Wait until every rollup key in ``keys`` has arrived (True) or the time is up (False)."""
         return await _arrived(keys, self.outputs.rollups, timeout_s)
 
-    async def wait_for(self, keys: set[WindowKey], timeout_s: float) -> bool:
+    async def wait_for(self, keys: Iterable[WindowKey], timeout_s: float) -> bool:
         """Wait until every key in ``keys`` has arrived (True) or the time is up (False)."""
         return await _arrived(keys, self.outputs.windows, timeout_s)
 
@@ -246,7 +249,7 @@ def _leaderboard(raw: bytes) -> tuple[int, dict[str, Any]]:
     return record["window_start"], record
 
 
-async def _arrived(keys: Collection[Any], received: Container[Any], timeout_s: float) -> bool:
+async def _arrived(keys: Iterable[Any], received: Container[Any], timeout_s: float) -> bool:
     """Whether every key of ``keys`` is in ``received`` within ``timeout_s``; each check looks up
     only the keys still missing (the records may be on disk: ``loadtest._packed``)."""
     deadline = time.monotonic() + timeout_s
@@ -257,7 +260,7 @@ async def _arrived(keys: Collection[Any], received: Container[Any], timeout_s: f
     return not missing
 
 
-def _absent(keys: Collection[Any], received: Container[Any]) -> list[Any]:
+def _absent(keys: Iterable[Any], received: Container[Any]) -> list[Any]:
     if isinstance(received, SpilledMap):
         return received.absent(keys)
     return [key for key in keys if key not in received]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,8 +110,9 @@ def event_latencies(
     window_ms: int,
     grace_ms: int,
     lag: SenderLag | None = None,
-) -> tuple[list[float], int]:
-    """Seconds from each on-time event's event time to the arrival of its room-stats window, sorted.
+) -> tuple[array[float], int]:
+    """Seconds from each on-time event's event time to the arrival of its room-stats window, sorted
+    (an array of doubles: a live phase is millions of them).
 
     Late events (older than their partition's newest event time minus grace)
     are left out: they are counted, not windowed. Returns the latencies and
@@ -127,11 +129,11 @@ def event_latencies_each(
     targets: Sequence[tuple[Mapping[WindowKey, float], SenderLag | None]],
     window_ms: int,
     grace_ms: int,
-) -> list[tuple[list[float], int]]:
+) -> list[tuple[array[float], int]]:
     """``event_latencies`` for each ``(arrivals, lag)`` of ``targets``, in one pass over the messages
     (a live phase is millions of them, each decoded from its payload as it is read)."""
     newest: dict[int, int] = {}
-    outs: list[list[float]] = [[] for _ in targets]
+    outs: list[array[float]] = [array("d") for _ in targets]
     missing = [0] * len(targets)
     # each distinct mapping is looked up once per event (they may be on disk: ``loadtest._packed``)
     maps = list({id(arrivals): arrivals for arrivals, _ in targets}.values())
@@ -161,6 +163,6 @@ def event_latencies_each(
                 outs[i].append(arrival - ts / 1000)
             else:
                 outs[i].append(arrival - ts / 1000 - lag.at(ws + window_ms + grace_ms))
-    for out in outs:
-        out.sort()
+    for i, out in enumerate(outs):
+        outs[i] = array("d", sorted(out))  # one list of floats at a time
     return list(zip(outs, missing, strict=True))

@@ -29,6 +29,7 @@ from collections.abc import (
     ValuesView,
 )
 from dataclasses import fields
+from itertools import islice
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
@@ -117,11 +118,17 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
         return [None if (raw := found.get(key)) is None else loads(raw) for key in keys]
 
     def absent(self, keys: Iterable[K]) -> list[K]:
-        """The keys of ``keys`` not in the mapping, in order (one query per few hundred keys)."""
-        keys = list(keys)
+        """The keys of ``keys`` not in the mapping, in order (one query per few hundred keys; the
+        keys are read as they come, so another mapping on disk can be passed as it is)."""
         mem = self._mem
-        found = mem if mem is not None else self._raw_many(keys)
-        return [key for key in keys if key not in found]
+        if mem is not None:
+            return [key for key in keys if key not in mem]
+        out: list[K] = []
+        it = iter(keys)
+        while chunk := list(islice(it, _LOOKUP)):
+            found = self._raw_many(chunk)
+            out += [key for key in chunk if key not in found]
+        return out
 
     def __setitem__(self, key: K, value: V) -> None:
         raw = self._dumps(value)

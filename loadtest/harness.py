@@ -233,7 +233,8 @@ class Harness:
                 if not await collector.quiet():
                     self.say("the catch-up's outputs were still arriving after 600 s")
                 self.say(
-                    f"catch-up outputs read: {collector.fetched:,} records in {time.monotonic() - t0:.1f} s"
+                    f"catch-up outputs read: {collector.fetched:,} records in "
+                    f"{time.monotonic() - t0:.1f} s ({_own_rss()})"
                 )
                 worker = await self._restart(worker, deployment)
                 live = await self._live(model, worker, collector)
@@ -513,12 +514,13 @@ class Harness:
         truth.expected_alerts()
         self.say(
             f"ground truth: {len(truth.windows):,} windows, {len(truth.rollups):,} rollups, "
-            f"{len(truth.sessions):,} sessions ({time.perf_counter() - t0:.1f} s)"
+            f"{len(truth.sessions):,} sessions ({time.perf_counter() - t0:.1f} s; {_own_rss()})"
         )
-        if not await collector.wait_for(set(truth.windows), 30):
+        # the keys are read as they are waited for (a set of them was hundreds of MB)
+        if not await collector.wait_for(truth.windows.keys(), 30):
             self.say("some expected windows never arrived")
         # the longest rollup closes up to its length after the last window (watermark by wall time)
-        if not await collector.wait_for_rollups(set(truth.rollups), max(rollups) / 1000 + 30):
+        if not await collector.wait_for_rollups(truth.rollups.keys(), max(rollups) / 1000 + 30):
             self.say("some expected rollup windows never arrived")
         boards = set(expected_leaderboards(truth.windows.values(), 1))
         if not await collector.wait_for_leaderboards(boards, 30):
@@ -561,7 +563,7 @@ class Harness:
             latency_target_s=(cfg.window_ms + cfg.grace_ms) / 1000 + 1,
         )
         step = max(1, len(latencies) // 2_000)
-        res.series["latency_cdf"] = latencies[::step] + latencies[-1:]
+        res.series["latency_cdf"] = [*latencies[::step], *latencies[-1:]]
         v = res.verdict
         assert v is not None
         realtime_from = live.start_ms
@@ -598,7 +600,8 @@ class Harness:
         }
         self.say(
             f"live latency p50 {res.live['latency_p50_s']:.2f} s, p99 {res.live['latency_p99_s']:.2f} s "
-            f"over {len(latencies):,} events (target p99 <= {res.live['latency_target_s']:.1f} s)"
+            f"over {len(latencies):,} events (target p99 <= {res.live['latency_target_s']:.1f} s); "
+            f"{_own_rss()}"
         )
         self.say("correctness:\n" + v.summary())
 
@@ -614,6 +617,20 @@ class Harness:
             self.say(f"could not delete topics: {exc!r}")
         finally:
             await admin.close()
+
+
+def _own_rss() -> str:
+    """The load test's own memory now and at its peak so far (VmRSS, VmHWM), for its log."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return "own memory unknown"
+    kb = {
+        line.split(":")[0]: int(line.split()[1])
+        for line in status.splitlines()
+        if line.startswith(("VmRSS", "VmHWM"))
+    }
+    return f"load test RSS {kb.get('VmRSS', 0) / 1024:,.0f} MB, peak {kb.get('VmHWM', 0) / 1024:,.0f} MB"
 
 
 def machine_facts() -> dict[str, Any]:
