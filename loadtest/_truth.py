@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import zlib
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,12 @@ import orjson
 from schemas import ROOM_STATS_FIELDS, Event, RoomSession, RoomStats
 
 from ._packed import PackedRecords
-from .oracle import expected_rollups, expected_sessions, expected_windows
+from .oracle import expected_all, expected_windows
 from .traffic import Injection, Phase, no_gc
 
 WindowKey = tuple[str, int]
+#: messages of one partition the oracle replays at once (see ``compute``)
+EVENTS_PER_REPLAY = 200_000
 #: (room_id, alertname, metric, startsAt ms)
 AlertKey = tuple[str, str, str, int]
 
@@ -112,10 +116,14 @@ def compute(
     rollup_windows_ms: tuple[int, ...] = (),
     session_gap_ms: int = 1_800_000,
     bucket_ms: int = 1_000,
+    events_per_replay: int | None = None,
 ) -> Truth:
     """Run the oracle per partition over every phase's events, in production order.
 
-    With ``rollup_windows_ms``, also the rollup windows of those lengths and the sessions.
+    With ``rollup_windows_ms``, also the rollup windows of those lengths and the sessions. A
+    partition of more than ``events_per_replay`` messages (default ``EVENTS_PER_REPLAY``) is
+    replayed several times, each time for a share of its rooms (by the CRC-32 of the message key,
+    the room id), so the oracle holds only that share's events as objects.
     """
     with no_gc():
         return _compute(
@@ -126,19 +134,48 @@ def compute(
             rollup_windows_ms=rollup_windows_ms,
             session_gap_ms=session_gap_ms,
             bucket_ms=bucket_ms,
+            events_per_replay=EVENTS_PER_REPLAY if events_per_replay is None else events_per_replay,
         )
 
 
-def _partition_stream(phases: Sequence[Phase], part: int) -> list[tuple[int, int, Event]]:
-    """One partition's ``(source, offset, event)`` in production order (decoded one partition at a
-    time: all of them at once were the load test's largest allocation)."""
-    stream: list[tuple[int, int, Event]] = []
-    offsets = [0, 0, 0]
-    for phase in phases:
-        for source, ev in phase.messages.events_of(part):
-            offsets[source] += 1
-            stream.append((source, offsets[source], ev))
-    return stream
+class _Replay:
+    """One partition's ``(source, offset, event)`` in production order, for one replay of the
+    oracle over a share of its rooms: the events of those rooms, and the event times of the
+    others (they move the watermark only; ``loadtest.oracle._classify``). Held in columns, and
+    events only for the rooms replayed: a partition of a full load test is ~800 000 events, ~300
+    MB as objects."""
+
+    def __init__(self, phases: Sequence[Phase], part: int, share: int, shares: int) -> None:
+        self.sources = array("b")
+        self.offsets = array("q")
+        self.times = array("q")  # -1: an event of the share, in ``events``
+        self.events: list[Event] = []
+        keep = None if shares == 1 else (lambda key: zlib.crc32(key) % shares == share)
+        offsets = [0, 0, 0]
+        for phase in phases:
+            for source, ev in phase.messages.events_of(part, keep):
+                offsets[source] += 1
+                self.sources.append(source)
+                self.offsets.append(offsets[source])
+                if isinstance(ev, int):
+                    self.times.append(ev)
+                    continue
+                # the share is picked by the message key: every message of a room must carry its id
+                if shares > 1 and zlib.crc32(ev.room_id.encode()) % shares != share:
+                    raise ValueError(f"a message of room {ev.room_id!r} keyed by another room")
+                self.times.append(-1)
+                self.events.append(ev)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __contains__(self, item: object) -> bool:
+        return any(item == row for row in self)
+
+    def __iter__(self) -> Iterator[tuple[int, int, Event | int]]:
+        events = iter(self.events)
+        for source, offset, ts in zip(self.sources, self.offsets, self.times, strict=True):
+            yield source, offset, next(events) if ts < 0 else ts
 
 
 def _compute(
@@ -150,6 +187,7 @@ def _compute(
     rollup_windows_ms: tuple[int, ...],
     session_gap_ms: int,
     bucket_ms: int,
+    events_per_replay: int,
 ) -> Truth:
     # packed (``loadtest._packed``): the truth of a full load test is millions of records
     windows: PackedRecords[WindowKey, RoomStats] = PackedRecords(RoomStats)
@@ -158,33 +196,36 @@ def _compute(
     sources = (0, 1, 2)
     starts: set[int] = set()
     for part in sorted(set().union(*(phase.messages.partitions() for phase in phases))):
-        stream = _partition_stream(phases, part)
-        firsts: dict[int, int] = {}
-        for source, _offset, ev in stream:
-            firsts.setdefault(source, ev.ts - ev.ts % window_ms)
-        starts.update(firsts.values())
-        windows.update(expected_windows(stream, window_ms=window_ms, grace_ms=grace_ms, sources=sources))
-        if rollup_windows_ms:
-            rollups.update(
-                expected_rollups(
-                    stream,
-                    window_ms=window_ms,
-                    grace_ms=grace_ms,
-                    lengths_ms=rollup_windows_ms,
-                    sources=sources,
-                )
-            )
-            sessions.update(
-                expected_sessions(
-                    stream,
+        messages = sum(phase.messages.count_of(part) for phase in phases)
+        shares = max(1, -(-messages // events_per_replay))
+        for share in range(shares):
+            replay = _Replay(phases, part, share, shares)
+            if share == 0:  # each input's first window in this partition (every event counts)
+                firsts: dict[int, int] = {}
+                for source, _offset, ev in replay:
+                    if source not in firsts:
+                        ts = ev if isinstance(ev, int) else ev.ts
+                        firsts[source] = ts - ts % window_ms
+                starts.update(firsts.values())
+            if rollup_windows_ms:
+                got_windows, got_rollups, got_sessions = expected_all(
+                    replay,
                     window_ms=window_ms,
                     grace_ms=grace_ms,
                     bucket_ms=bucket_ms,
                     gap_ms=session_gap_ms,
+                    lengths_ms=rollup_windows_ms,
                     sources=sources,
                 )
-            )
-        del stream
+                rollups.update(got_rollups)
+                sessions.update(got_sessions)
+                del got_rollups, got_sessions
+            else:
+                got_windows = expected_windows(
+                    replay, window_ms=window_ms, grace_ms=grace_ms, sources=sources
+                )
+            windows.update(got_windows)
+            del replay, got_windows
     malformed: Counter[str] = Counter()
     for phase in phases:
         malformed.update(phase.malformed)

@@ -33,7 +33,7 @@ import random
 import struct
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -90,7 +90,7 @@ class MessageLog:
         self._buf = bytearray()  # records not in the file yet (all of them until it spills)
         self._file: BinaryIO | None = None
         self._count = 0
-        self._parts: set[int] = set()
+        self._parts: Counter[int] = Counter()  # messages per partition
         self._spill_bytes = LOG_SPILL_BYTES if spill_bytes is None else spill_bytes
         for message in messages:
             self.append(message)
@@ -102,7 +102,7 @@ class MessageLog:
         buf += key
         buf += raw
         self._count += 1
-        self._parts.add(part)
+        self._parts[part] += 1
         if len(buf) >= self._spill_bytes:
             self._spill()
 
@@ -181,15 +181,27 @@ class MessageLog:
         for source, part, key, raw, ts, valid in self.wire():
             yield source, part, key, raw, ts, types[source](**loads(raw)) if valid else None
 
-    def events_of(self, partition: int) -> Iterator[tuple[int, Event]]:
-        """``(source, event)`` of the well-formed messages of one partition, in order."""
+    def events_of(
+        self, partition: int, keep: Callable[[memoryview], bool] | None = None
+    ) -> Iterator[tuple[int, Event | int]]:
+        """``(source, event)`` of the well-formed messages of one partition, in order. With ``keep``
+        (of a message's key), the messages it refuses give their event time instead of their event
+        (they are not decoded)."""
         types, loads = _EVENT_TYPES, orjson.loads
-        for source, _part, _ts, valid, _key, raw in self._records(partition):
-            if valid:
+        for source, _part, ts, valid, key, raw in self._records(partition):
+            if not valid:
+                continue
+            if keep is None or keep(key):
                 yield source, types[source](**loads(raw))
+            else:
+                yield source, ts
 
     def partitions(self) -> set[int]:
         return set(self._parts)
+
+    def count_of(self, partition: int) -> int:
+        """Messages of ``partition``, malformed ones included."""
+        return self._parts[partition]
 
 
 @dataclass(frozen=True, slots=True)
