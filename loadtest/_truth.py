@@ -1,8 +1,9 @@
 """Ground truth of a generated load: expected room-stats windows and alerts, and its JSON file.
 
-Windows come from the brute-force oracle (``loadtest.oracle``) run once per
+Windows come from the brute-force oracle (``loadtest.oracle``) run per
 partition, in production order, because the worker keeps one watermark per
-partition number. Expected alerts are the spike detector of ``streams.core``
+partition number; a large partition in several replays, each over a share of
+its rooms (``compute``). Expected alerts are the spike detector of ``streams.core``
 replayed over those windows: what the worker must raise if its windows are
 right. Injected spikes are checked separately, against their known room and
 time (``loadtest._checks``).
