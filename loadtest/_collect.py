@@ -12,7 +12,6 @@ record per key).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
@@ -135,9 +134,16 @@ class Collector:
         finally:
             # aiokafka's fetcher awaits the fetch tasks it has just cancelled: a fetch in its retry
             # backoff (the broker connection timed out while the ground truth held the loop)
-            # raises CancelledError out of stop(), after the consumer is closed
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            # raises CancelledError out of stop(). That one is absorbed; a cancellation of this
+            # task is not.
+            try:
                 await consumer.stop()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:
+                pass  # closing: nothing more to do with this consumer
 
     def _decoded(self, messages: list[Any], decode: Callable[[bytes], T]) -> Iterator[tuple[Any, T]]:
         """``(message, decode(value))`` for each message that decodes; the others are counted."""

@@ -131,11 +131,19 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
         return out
 
     def __setitem__(self, key: K, value: V) -> None:
+        # only keys that come back from disk as they went: str, int, or a flat tuple of them (no
+        # float or bool, which a dict takes as equal to an int, no nesting)
+        parts: Any = key
+        if type(parts) is tuple:
+            if not all(type(part) is str or type(part) is int for part in parts):
+                raise TypeError(f"a key of str and int only, not {key!r}")
+        elif type(parts) is not str and type(parts) is not int:
+            raise TypeError(f"a key of str and int only, not {key!r}")
         raw = self._dumps(value)
         mem = self._mem
         if mem is not None:
-            if isinstance(key, tuple):
-                key = tuple(sys.intern(part) if type(part) is str else part for part in key)  # type: ignore[assignment]
+            if type(parts) is tuple:
+                key = tuple(sys.intern(part) if type(part) is str else part for part in parts)  # type: ignore[assignment]
             mem[key] = raw
             if len(mem) > self._spill_at:
                 self._spill()
@@ -251,14 +259,25 @@ class SpilledMap(MutableMapping[K, V], Generic[K, V]):
         db = self._db
         assert db is not None
         db.execute("BEGIN")
-        items = list(pending.items())
-        for i in range(0, len(items), _WRITE):  # the key bytes of one slice at a time
-            db.executemany(
-                "INSERT OR REPLACE INTO m (k, v) VALUES (?, ?)",
-                [(_key_bytes(key), raw) for key, raw in items[i : i + _WRITE]],
-            )
+        try:
+            items = list(pending.items())
+            for i in range(0, len(items), _WRITE):  # the key bytes of one slice at a time
+                db.executemany(
+                    "INSERT OR REPLACE INTO m (k, v) VALUES (?, ?)",
+                    [(_key_bytes(key), raw) for key, raw in items[i : i + _WRITE]],
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         db.execute("COMMIT")
         self._pending = {}
+
+    def clear(self) -> None:
+        """Empty, back in memory (the inherited ``clear`` removes one entry per query)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._mem, self._pending = {}, {}
 
 
 class _Items(ItemsView[K, V]):

@@ -149,7 +149,8 @@ class _Replay:
     def __init__(self, phases: Sequence[Phase], part: int, share: int, shares: int) -> None:
         self.sources = array("b")
         self.offsets = array("q")
-        self.times = array("q")  # -1: an event of the share, in ``events``
+        self.times = array("q")
+        self.replayed = array("b")  # 1: an event of the share, in ``events``
         self.events: list[Event] = []
         keep = None if shares == 1 else (lambda key: zlib.crc32(key) % shares == share)
         offsets = [0, 0, 0]
@@ -160,11 +161,13 @@ class _Replay:
                 self.offsets.append(offsets[source])
                 if isinstance(ev, int):
                     self.times.append(ev)
+                    self.replayed.append(0)
                     continue
                 # the share is picked by the message key: every message of a room must carry its id
                 if shares > 1 and zlib.crc32(ev.room_id.encode()) % shares != share:
                     raise ValueError(f"a message of room {ev.room_id!r} keyed by another room")
-                self.times.append(-1)
+                self.times.append(ev.ts)
+                self.replayed.append(1)
                 self.events.append(ev)
 
     def __len__(self) -> int:
@@ -175,8 +178,10 @@ class _Replay:
 
     def __iter__(self) -> Iterator[tuple[int, int, Event | int]]:
         events = iter(self.events)
-        for source, offset, ts in zip(self.sources, self.offsets, self.times, strict=True):
-            yield source, offset, next(events) if ts < 0 else ts
+        for source, offset, ts, replayed in zip(
+            self.sources, self.offsets, self.times, self.replayed, strict=True
+        ):
+            yield source, offset, next(events) if replayed else ts
 
 
 def _compute(

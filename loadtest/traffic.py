@@ -84,11 +84,12 @@ class MessageLog:
     skips that for senders. Appending takes a :data:`Message`, as a list would.
     """
 
-    __slots__ = ("_buf", "_count", "_file", "_parts", "_spill_bytes")
+    __slots__ = ("_buf", "_count", "_file", "_filed", "_parts", "_spill_bytes")
 
     def __init__(self, messages: Iterable[Message] = (), *, spill_bytes: int | None = None) -> None:
         self._buf = bytearray()  # records not in the file yet (all of them until it spills)
         self._file: BinaryIO | None = None
+        self._filed = 0  # bytes of records in the file; the buffer's records come after them
         self._count = 0
         self._parts: Counter[int] = Counter()  # messages per partition
         self._spill_bytes = LOG_SPILL_BYTES if spill_bytes is None else spill_bytes
@@ -118,6 +119,7 @@ class MessageLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._filed = 0
         self._count = 0
         self._parts.clear()
 
@@ -128,21 +130,30 @@ class MessageLog:
     def _spill(self) -> None:
         if self._file is None:
             self._file = tempfile.TemporaryFile(prefix="livepulse-messages-")  # noqa: SIM115 (closed by clear/del)
-        self._file.seek(0, os.SEEK_END)
         self._file.write(self._buf)
+        self._file.flush()  # read back with pread, below the file object's buffer
+        self._filed += len(self._buf)
         del self._buf[:]
 
     def _blocks(self) -> Iterator[bytes]:
-        """The records in order, in blocks of whole records or not (the reader joins them)."""
-        file = self._file
-        if file is not None:
-            size = file.seek(0, os.SEEK_END)
-            at = 0
-            while at < size:
-                block = os.pread(file.fileno(), min(_READ_BLOCK, size - at), at)
+        """The records in order, in blocks of whole records or not (the reader joins them). As a
+        list's iterator, it goes on to messages appended while it reads, wherever they are by then:
+        a position in the log is one in the file's bytes, then in the buffer's."""
+        at = 0
+        while True:
+            filed = self._filed
+            if at < filed:
+                assert self._file is not None
+                block = os.pread(self._file.fileno(), min(_READ_BLOCK, filed - at), at)
                 at += len(block)
                 yield block
-        yield bytes(self._buf)  # a copy: a view would keep the buffer from growing while it lives
+                continue
+            with memoryview(self._buf) as view:  # a copy: a view held would keep the buffer from growing
+                tail = bytes(view[at - filed :])
+            if not tail:
+                return
+            at += len(tail)
+            yield tail
 
     def _records(
         self, partition: int | None = None

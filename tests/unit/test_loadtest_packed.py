@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -137,3 +138,26 @@ def test_the_collector_keeps_the_first_record_and_tells_repeats_from_conflicts(s
     fresh, duplicates = _keep_first(held, [("r1", 0), ("r2", 0), ("r3", 0)], [a2, b, a], conflicts)
     assert fresh == [False, False, True] and duplicates == 1 and conflicts == [(a, a2)]
     assert dict(held.items()) == {("r1", 0): a, ("r2", 0): b, ("r3", 0): a}
+
+
+@pytest.mark.parametrize("spill_at", [1_000_000, 0], ids=["in-memory", "on-disk"])
+@pytest.mark.parametrize("key", [("r1", 1.0), ("r1", True), (("r1", 1), 2), ("r1", b"x"), 1.5])
+def test_keys_that_would_not_come_back_from_disk_as_they_went_are_refused(spill_at: int, key: object) -> None:
+    """A float or a bool equals an int in a dict but not on disk, and a nested tuple comes back as
+    a list: such keys are refused in memory too, so a run does not change behaviour as it grows."""
+    records: PackedRecords[Any, RoomStats] = PackedRecords(RoomStats, spill_at=spill_at)
+    records[("r0", 0)] = _stats("r0", 0)
+    with pytest.raises(TypeError):
+        records[key] = _stats("r1", 0)
+    assert len(records) == 1 and dict(records.items()) == {("r0", 0): _stats("r0", 0)}
+
+
+def test_clearing_a_mapping_on_disk_takes_it_back_to_memory() -> None:
+    records: PackedRecords[tuple[str, int], RoomStats] = PackedRecords(RoomStats, spill_at=10)
+    for i in range(5_000):
+        records[("r", i)] = _stats("r", i)
+    assert records.spilled
+    records.clear()
+    assert not records.spilled and len(records) == 0
+    records[("r", 1)] = _stats("r", 1)
+    assert dict(records.items()) == {("r", 1): _stats("r", 1)}

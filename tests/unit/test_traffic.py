@@ -182,3 +182,19 @@ def test_generated_messages_are_held_in_their_own_size() -> None:
         tracemalloc.stop()
     assert len(phase.messages) > 3_000 and sum(phase.malformed.values()) > 0
     assert held / len(phase.messages) < 250  # bytes per message, every object of it included (~125)
+
+
+def test_a_message_log_read_while_messages_are_appended_gives_every_one() -> None:
+    """As a list's iterator does: messages appended during a read are read too, whether they are
+    still in memory or have moved to the file meanwhile."""
+    phase = TrafficModel(CONFIG, seed=4).phase(START, 3.0)
+    generated = list(phase.messages)
+    log = traffic.MessageLog(spill_bytes=2_000)
+    for message in generated[:50]:
+        log.append(message)
+    reader = log.wire()
+    got = [next(reader)]
+    for message in generated[50:200]:
+        log.append(message)  # spills to the file several times while the reader is at message 1
+    got += list(reader)
+    assert log.spilled and got == [(*m[:5], m[5] is not None) for m in generated[:200]]
