@@ -152,12 +152,16 @@ class _Replay:
         self.times = array("q")
         self.replayed = array("b")  # 1: an event of the share, in ``events``
         self.events: list[Event] = []
+        #: source -> the event time of its first event in the partition (every event counts)
+        self.first_ts: dict[int, int] = {}
         keep = None if shares == 1 else (lambda key: zlib.crc32(key) % shares == share)
         offsets = [0, 0, 0]
         for phase in phases:
             for source, ev in phase.messages.events_of(part, keep):
                 offsets[source] += 1
                 self.sources.append(source)
+                if source not in self.first_ts:
+                    self.first_ts[source] = ev if isinstance(ev, int) else ev.ts
                 self.offsets.append(offsets[source])
                 if isinstance(ev, int):
                     self.times.append(ev)
@@ -206,13 +210,8 @@ def _compute(
         shares = max(1, -(-messages // events_per_replay))
         for share in range(shares):
             replay = _Replay(phases, part, share, shares)
-            if share == 0:  # each input's first window in this partition (every event counts)
-                firsts: dict[int, int] = {}
-                for source, _offset, ev in replay:
-                    if source not in firsts:
-                        ts = ev if isinstance(ev, int) else ev.ts
-                        firsts[source] = ts - ts % window_ms
-                starts.update(firsts.values())
+            if share == 0:  # each input's first window in this partition
+                starts.update(ts - ts % window_ms for ts in replay.first_ts.values())
             if rollup_windows_ms:
                 got_windows, got_rollups, got_sessions = expected_all(
                     replay,

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_broker
@@ -267,8 +268,8 @@ class Harness:
             self.say(f"worker stopped ({code}); logs in {self.log_dir}")
         if cfg.cleanup:
             await self._delete_topics(bootstrap)
-        # the load test's own peak (VmHWM; ru_maxrss is in KB on Linux): it must stay bounded
-        res.machine["harness_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # the load test's own peak: it must stay bounded
+        res.machine["harness_peak_rss"] = _own_peak_rss()
         path = self.log_dir / "results.json"
         path.write_bytes(
             orjson.dumps(_jsonable(res), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
@@ -619,18 +620,15 @@ class Harness:
             await admin.close()
 
 
+def _own_peak_rss() -> int:
+    """The load test's own peak resident set size in bytes (VmHWM; ru_maxrss is in KB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _own_rss() -> str:
-    """The load test's own memory now and at its peak so far (VmRSS, VmHWM), for its log."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return "own memory unknown"
-    kb = {
-        line.split(":")[0]: int(line.split()[1])
-        for line in status.splitlines()
-        if line.startswith(("VmRSS", "VmHWM"))
-    }
-    return f"load test RSS {kb.get('VmRSS', 0) / 1024:,.0f} MB, peak {kb.get('VmHWM', 0) / 1024:,.0f} MB"
+    """The load test's own memory now and at its peak so far, for its log."""
+    now = psutil.Process().memory_info().rss
+    return f"load test RSS {now / 2**20:,.0f} MB, peak {_own_peak_rss() / 2**20:,.0f} MB"
 
 
 def machine_facts() -> dict[str, Any]:

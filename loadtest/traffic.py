@@ -84,13 +84,12 @@ class MessageLog:
     skips that for senders. Appending takes a :data:`Message`, as a list would.
     """
 
-    __slots__ = ("_buf", "_count", "_file", "_filed", "_parts", "_spill_bytes")
+    __slots__ = ("_buf", "_file", "_filed", "_parts", "_spill_bytes")
 
     def __init__(self, messages: Iterable[Message] = (), *, spill_bytes: int | None = None) -> None:
         self._buf = bytearray()  # records not in the file yet (all of them until it spills)
         self._file: BinaryIO | None = None
         self._filed = 0  # bytes of records in the file; the buffer's records come after them
-        self._count = 0
         self._parts: Counter[int] = Counter()  # messages per partition
         self._spill_bytes = LOG_SPILL_BYTES if spill_bytes is None else spill_bytes
         for message in messages:
@@ -102,13 +101,12 @@ class MessageLog:
         buf += _HEADER.pack(len(raw), len(key), source, ev is not None, part, ts)
         buf += key
         buf += raw
-        self._count += 1
         self._parts[part] += 1
         if len(buf) >= self._spill_bytes:
             self._spill()
 
     def __len__(self) -> int:
-        return self._count
+        return self._parts.total()
 
     @property
     def spilled(self) -> bool:
@@ -120,7 +118,6 @@ class MessageLog:
             self._file.close()
             self._file = None
         self._filed = 0
-        self._count = 0
         self._parts.clear()
 
     def __del__(self) -> None:
