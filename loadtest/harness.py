@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,12 @@ from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_br
 from . import _truth, scenarios
 from ._checks import Verdict, check, parse_iso_ms
 from ._collect import Collector
-from ._measure import SenderLag, catch_up_rate, event_latencies_each, histogram, percentile
+from ._measure import SenderLag, WindowKey, catch_up_rate, event_latencies_each, histogram, percentile
 from .baselines import BASELINES
 from .baselines.runner import run_baseline
 from .deployment import Deployment, Sampler, WorkerProcess, short_rollup_windows
 from .oracle import expected_leaderboards
+from .probe import Probe
 from .produce import Progress, ensure_topics, generate, send
 from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
 
@@ -238,14 +239,22 @@ class Harness:
                     f"{time.monotonic() - t0:.1f} s ({_own_rss()})"
                 )
                 worker = await self._restart(worker, deployment)
-                live = await self._live(model, worker, collector)
-                truth = await self._settle_and_truth(backlog, live, collector)
+                # a reader of room-stats alone, in its own process: arrivals not delayed by the
+                # collector's checks nor by the sender sharing its loop (``loadtest.probe``)
+                probe = Probe(bootstrap, deployment.topics.room_stats, self.log_dir / "probe.bin")
+                try:
+                    await probe.ready()
+                    live = await self._live(model, worker, collector)
+                    truth = await self._settle_and_truth(backlog, live, collector)
+                    probed = probe.stop()
+                finally:
+                    probe.kill()
                 m = await worker.metrics()
                 res.live.update(peak_rss=worker.peak_rss(), active_rooms=m.get("livepulse_active_rooms", 0.0))
                 res.verdict = check(
                     truth, collector.outputs, require_alerts=cfg.require_alerts, late_slack=cfg.late_slack
                 )
-                self._record_correctness(truth, live, collector)
+                self._record_correctness(truth, live, collector, probed)
                 out = collector.outputs
                 # what the harness kept on disk rather than in memory (``loadtest._packed``, ``MessageLog``)
                 res.machine["harness_on_disk"] = sorted(
@@ -529,25 +538,35 @@ class Harness:
         await asyncio.sleep(1)  # stragglers: late duplicates or alerts
         return truth
 
-    def _record_correctness(self, truth: _truth.Truth, live: Phase, collector: Collector) -> None:
+    def _record_correctness(
+        self, truth: _truth.Truth, live: Phase, collector: Collector, probed: Mapping[WindowKey, float]
+    ) -> None:
         res, cfg = self.result, self.cfg
         out = collector.outputs
         lag = self._sender_lag
-        [(latencies, no_window), (at_worker, _), (adjusted, _), (at_worker_adjusted, _)] = (
-            event_latencies_each(
-                live.messages,
-                [
-                    (out.arrivals, None),
-                    # The same up to the moment the worker queued the record: what the harness's own
-                    # reader (sharing the 2 cores) and the broker add is the difference.
-                    (out.produced, None),
-                    # Both less the sender's own lag behind the clock where the window could close.
-                    (out.arrivals, lag),
-                    (out.produced, lag),
-                ],
-                cfg.window_ms,
-                cfg.grace_ms,
-            )
+        [
+            (latencies, no_window),
+            (at_worker, _),
+            (adjusted, _),
+            (at_worker_adjusted, _),
+            (at_probe, probe_missing),
+            (at_probe_adjusted, _),
+        ] = event_latencies_each(
+            live.messages,
+            [
+                (out.arrivals, None),
+                # The same up to the moment the worker queued the record: what the harness's own
+                # reader (sharing the 2 cores) and the broker add is the difference.
+                (out.produced, None),
+                # Both less the sender's own lag behind the clock where the window could close.
+                (out.arrivals, lag),
+                (out.produced, lag),
+                # At a reader that does nothing else (``loadtest.probe``).
+                (probed, None),
+                (probed, lag),
+            ],
+            cfg.window_ms,
+            cfg.grace_ms,
         )
         res.live.update(
             latency_sender_adjusted_p99_s=percentile(adjusted, 99),
@@ -561,6 +580,11 @@ class Harness:
             latency_max_s=latencies[-1] if latencies else None,
             latency_worker_p50_s=percentile(at_worker, 50),
             latency_worker_p99_s=percentile(at_worker, 99),
+            latency_probe_events=len(at_probe),
+            latency_probe_missing=probe_missing,
+            latency_probe_p50_s=percentile(at_probe, 50),
+            latency_probe_p99_s=percentile(at_probe, 99),
+            latency_probe_sender_adjusted_p99_s=percentile(at_probe_adjusted, 99),
             latency_target_s=(cfg.window_ms + cfg.grace_ms) / 1000 + 1,
         )
         step = max(1, len(latencies) // 2_000)
@@ -602,6 +626,9 @@ class Harness:
         self.say(
             f"live latency p50 {res.live['latency_p50_s']:.2f} s, p99 {res.live['latency_p99_s']:.2f} s "
             f"over {len(latencies):,} events (target p99 <= {res.live['latency_target_s']:.1f} s); "
+            f"at the probe p50 {res.live['latency_probe_p50_s']:.2f} s, "
+            f"p99 {res.live['latency_probe_p99_s']:.2f} s "
+            f"({probe_missing:,} events without a window there); "
             f"{_own_rss()}"
         )
         self.say("correctness:\n" + v.summary())

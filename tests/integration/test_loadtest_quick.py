@@ -45,6 +45,9 @@ async def test_quick_load_test_matches_the_ground_truth(
     assert len(verdict.dlq_expected) >= 10  # every malformed kind, each with its reason code
     assert result.restore["partitions"] == cfg.partitions
     assert result.live["latency_events"] > 0 and result.live["latency_missing"] == 0
+    # the probe (a reader in its own process) saw the window of every event the collector timed
+    assert result.live["latency_probe_events"] == result.live["latency_events"]
+    assert result.live["latency_probe_missing"] == 0
     # the variant was timed on the same backlog (the same messages, the same ones refused)
     (bare,) = result.variants
     (full,) = result.livepulse
