@@ -81,7 +81,7 @@ class _Task:
     """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
     its input positions."""
 
-    __slots__ = ("held", "pipeline", "positions", "producer")
+    __slots__ = ("committed_at", "held", "pipeline", "positions", "producer")
 
     def __init__(self, pipeline: TaskPipeline, producer: TaskProducer) -> None:
         self.pipeline = pipeline
@@ -90,6 +90,8 @@ class _Task:
         self.positions: dict[TopicPartition, int] = {}
         #: input sources paused for running ahead of what the task's watermark waits for (``_align``)
         self.held: frozenset[int] = frozenset()
+        #: monotonic time of its last committed checkpoint (0: none yet)
+        self.committed_at = 0.0
 
     @property
     def partition(self) -> int:
@@ -304,6 +306,9 @@ class DataPlane:
         waited = 0.0
         windows = 0
         self._arriving(batches, now_ms)
+        # caught up (the fetch did not fill): a task that publishes windows commits at once, so its
+        # readers see them before the other tasks' boundary work is done (see _commit_task)
+        caught_up = sum(len(messages) for messages in batches.values()) < self.settings.max_batch_records
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
             if task is None:
@@ -317,12 +322,18 @@ class DataPlane:
             if published:
                 windows += published
                 waited += await self._send()  # out before the next partition's work
+                if caught_up:
+                    await self._commit_task(task)
         busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
             if task.held:  # not read on purpose: they hold the watermark and are no outage
                 busy.setdefault(partition, set()).update(task.held)
                 behind.setdefault(partition, set()).update(task.held)
-            windows += task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
+            published = task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
+            if published:
+                windows += published
+                if caught_up:
+                    await self._commit_task(task)
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -572,6 +583,29 @@ class DataPlane:
             self._last_trim = self._last_checkpoint
             release_free_memory()  # the records just sent were the last use of much of the heap
 
+    async def _commit_task(self, task: _Task) -> None:
+        """Commit one task's transaction now: it just published windows while caught up.
+
+        Readers (``read_committed``) see a window only once its transaction commits. At a window
+        boundary every task closes thousands of rooms in turn, and the round's checkpoint came
+        after the last of them: the first task's windows waited for all the others' work. Its own
+        checkpoint writes only its rooms, and the next round's checkpoint commits the others.
+        At most one such commit per task every ``PROMPT_COMMIT_GAP_MS``."""
+        now = time.monotonic()
+        if (now - task.committed_at) * 1000 < PROMPT_COMMIT_GAP_MS:
+            return
+        started = time.perf_counter()
+        staging: list[float] = []
+        try:
+            written = await self._commit(task, staging)
+        except BaseException as exc:
+            self.metrics.checkpoint_failures.labels(type(exc).__name__).inc()
+            raise
+        finally:
+            self._broker_wait += time.perf_counter() - started - sum(staging)
+        self.metrics.checkpoint_rooms.inc(written)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
     async def _commit(self, task: _Task, staging: list[float]) -> int:
         """One task's checkpoint transaction; returns the changelog records written. The seconds
         its staging took are added to ``staging``."""
@@ -584,6 +618,7 @@ class DataPlane:
         finally:
             staging.append(time.perf_counter() - started)
         await task.producer.commit(task.positions, self.settings.group_id)
+        task.committed_at = time.monotonic()
         return written
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:

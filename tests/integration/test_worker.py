@@ -654,19 +654,26 @@ async def test_worker_refuses_inputs_that_are_not_co_partitioned(
     assert f"input topics are not co-partitioned: {t.viewer}=4, {t.order}=3, {t.gift}=4" in result.stderr
 
 
-async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: Deployment, workers) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("rooms, rate", [(40, 200), (9_000, 1_000)], ids=["few-rooms", "many-rooms"])
+async def test_windows_closed_while_caught_up_are_committed_at_once(  # type: ignore[no-untyped-def]
+    deployment: Deployment, workers, rooms: int, rate: int
+) -> None:
     """Outputs are visible to read_committed readers only at a checkpoint's commit, and a task's
     watermark follows the other tasks' frontier markers, which come with their commits. With a
     commit interval of 20 s, live windows must still close within a few seconds of their end +
     grace and be readable within a few seconds of closing: caught up, a round that moved a frontier
     past a window's end or closed windows commits at once. (Without that each waits for the
-    periodic commit: 20 s.)"""
+    periodic commit: 20 s.)
+
+    With many rooms, more than ``PROMPT_COMMIT_MAX_ROOMS`` are changed when a boundary comes, so
+    the whole worker does not commit early: each task that closed windows commits its own
+    transaction at once (``DataPlane._commit_task``)."""
     deployment.extra_env["LIVEPULSE_COMMIT_INTERVAL_MS"] = "20000"
     worker = workers()
     await worker.wait_ready()
-    config = TrafficConfig(rooms=40, users=500, rate_per_s=200)
+    config = TrafficConfig(rooms=rooms, users=max(500, 2 * rooms), rate_per_s=rate)
     events = model_events(config, seed=11, start_ms=int(time.time() * 1000))
-    live = list(itertools.islice(events, 200 * 38))  # 38 s of event time from now
+    live = list(itertools.islice(events, rate * 38))  # 38 s of event time from now
     consumer = AIOKafkaConsumer(
         deployment.topics.room_stats,
         bootstrap_servers=deployment.bootstrap,
@@ -697,7 +704,7 @@ async def test_windows_closed_while_caught_up_are_committed_at_once(deployment: 
     try:
         # sent as it happens: each event when the wall clock reaches its time
         await produce(
-            deployment.bootstrap, deployment.topics, live, partitions=deployment.partitions, pace_per_s=200
+            deployment.bootstrap, deployment.topics, live, partitions=deployment.partitions, pace_per_s=rate
         )
         await eventually(lambda: len(waited) >= 3, "three windows read", timeout_s=30)
     finally:
