@@ -32,7 +32,9 @@ def test_records_read_back_in_order_a_cut_record_left_out(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("spill_at", [None, 1_000])
-def test_first_arrival_per_window_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill_at: int | None) -> None:
+def test_first_arrival_per_window_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill_at: int | None
+) -> None:
     if spill_at is not None:  # on disk, as at 100 000 rooms
         monkeypatch.setattr(_packed, "SPILL_AT", spill_at)
     rng = random.Random(7)
