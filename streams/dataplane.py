@@ -330,10 +330,9 @@ class DataPlane:
                 busy.setdefault(partition, set()).update(task.held)
                 behind.setdefault(partition, set()).update(task.held)
             published = task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
-            if published:
-                windows += published
-                if caught_up:
-                    await self._commit_task(task)
+            windows += published
+            if caught_up and (published or task.pipeline.marker_releases_windows(now_ms)):
+                await self._commit_task(task)
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -584,13 +583,16 @@ class DataPlane:
             release_free_memory()  # the records just sent were the last use of much of the heap
 
     async def _commit_task(self, task: _Task) -> None:
-        """Commit one task's transaction now: it just published windows while caught up.
+        """Commit one task's transaction now: while caught up, it just published windows, or its
+        frontier passed a window's end + grace.
 
-        Readers (``read_committed``) see a window only once its transaction commits. At a window
-        boundary every task closes thousands of rooms in turn, and the round's checkpoint came
-        after the last of them: the first task's windows waited for all the others' work. Its own
-        checkpoint writes only its rooms, and the next round's checkpoint commits the others.
-        At most one such commit per task every ``PROMPT_COMMIT_GAP_MS``."""
+        Readers (``read_committed``) see a window only once its transaction commits, and a task
+        closes a window only once every other task's marker says its frontier passed the window's
+        end + grace; markers go out with their task's commit. With many rooms changed, the whole
+        worker's early checkpoint is skipped (``PROMPT_COMMIT_MAX_ROOMS``), so at each boundary
+        the markers waited for the commit interval, and the first task's windows for the other
+        tasks' boundary work too. A task's own checkpoint writes only its rooms (a few thousand
+        at 100 000 rooms). At most one such commit per task every ``PROMPT_COMMIT_GAP_MS``."""
         now = time.monotonic()
         if (now - task.committed_at) * 1000 < PROMPT_COMMIT_GAP_MS:
             return
