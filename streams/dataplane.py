@@ -306,8 +306,8 @@ class DataPlane:
         waited = 0.0
         windows = 0
         self._arriving(batches, now_ms)
-        # caught up (the fetch did not fill): a task that publishes windows commits at once, so its
-        # readers see them before the other tasks' boundary work is done (see _commit_task)
+        # caught up (the fetch did not fill) with live traffic: a task that publishes windows, or
+        # whose markers would let others close theirs, commits at once (see _commit_task)
         caught_up = sum(len(messages) for messages in batches.values()) < self.settings.max_batch_records
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
@@ -322,7 +322,7 @@ class DataPlane:
             if published:
                 windows += published
                 waited += await self._send()  # out before the next partition's work
-                if caught_up:
+                if caught_up and self._live(task, now_ms):
                     await self._commit_task(task)
         busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
@@ -331,7 +331,11 @@ class DataPlane:
                 behind.setdefault(partition, set()).update(task.held)
             published = task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
             windows += published
-            if caught_up and (published or task.pipeline.marker_releases_windows(now_ms)):
+            if (
+                caught_up
+                and self._live(task, now_ms)
+                and (published or task.pipeline.marker_releases_windows(now_ms))
+            ):
                 await self._commit_task(task)
             watermark = task.core.watermark_ms
             if watermark is not None:
@@ -581,6 +585,15 @@ class DataPlane:
         if trim_s and self._last_checkpoint - self._last_trim >= trim_s:
             self._last_trim = self._last_checkpoint
             release_free_memory()  # the records just sent were the last use of much of the heap
+
+    def _live(self, task: _Task, now_ms: int) -> bool:
+        """Whether ``task`` reads live traffic: its watermark is within a window (plus grace) of
+        the wall clock. A fetch that did not fill says little in a catch-up (the client hands
+        over what it has prefetched), and a commit per task at every boundary of a backlog cost
+        a quarter of its throughput (measured at 100 000 rooms: 22 k against 28-32 k events/CPU-s)."""
+        watermark = task.core.watermark_ms
+        cfg = self.settings.core
+        return watermark is not None and now_ms - watermark <= cfg.window_ms + cfg.grace_ms
 
     async def _commit_task(self, task: _Task) -> None:
         """Commit one task's transaction now: while caught up, it just published windows, or its
