@@ -587,13 +587,15 @@ class DataPlane:
             release_free_memory()  # the records just sent were the last use of much of the heap
 
     def _live(self, task: _Task, now_ms: int) -> bool:
-        """Whether ``task`` reads live traffic: its watermark is within a window (plus grace) of
-        the wall clock. A fetch that did not fill says little in a catch-up (the client hands
-        over what it has prefetched), and a commit per task at every boundary of a backlog cost
-        a quarter of its throughput (measured at 100 000 rooms: 22 k against 28-32 k events/CPU-s)."""
-        watermark = task.core.watermark_ms
+        """Whether ``task`` reads live traffic: its own inputs' progress (``frontier_ms``) is within
+        a window (plus grace) of the wall clock. A fetch that did not fill says little in a
+        catch-up (the client hands over what it has prefetched), and a commit per task at every
+        boundary of a backlog cost up to a quarter of its throughput. Not the watermark: that
+        waits for the other tasks' markers, and a task holding back on them would hold back its
+        own markers too, each task waiting for the others until the commit interval."""
+        frontier = task.core.frontier_ms(now_ms)
         cfg = self.settings.core
-        return watermark is not None and now_ms - watermark <= cfg.window_ms + cfg.grace_ms
+        return frontier is not None and now_ms - frontier <= cfg.window_ms + cfg.grace_ms
 
     async def _commit_task(self, task: _Task) -> None:
         """Commit one task's transaction now: while caught up, it just published windows, or its
