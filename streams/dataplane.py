@@ -81,7 +81,7 @@ class _Task:
     """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
     its input positions."""
 
-    __slots__ = ("committed_at", "held", "pipeline", "positions", "producer")
+    __slots__ = ("committed_at", "held", "owed", "pipeline", "positions", "producer")
 
     def __init__(self, pipeline: TaskPipeline, producer: TaskProducer) -> None:
         self.pipeline = pipeline
@@ -92,6 +92,8 @@ class _Task:
         self.held: frozenset[int] = frozenset()
         #: monotonic time of its last committed checkpoint (0: none yet)
         self.committed_at = 0.0
+        #: an early commit was due while the last was under PROMPT_COMMIT_GAP_MS ago (``_commit_task``)
+        self.owed = False
 
     @property
     def partition(self) -> int:
@@ -288,13 +290,14 @@ class DataPlane:
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> bool:
         """One fetch round: each partition through its task's pipeline, then a tick, the windows
-        and alerts sent (the caller commits at checkpoints). Returns whether, in a round that did
-        not fill its fetch (caught up), windows were published or a task's frontier passed a
-        window's end + grace: then a checkpoint should come now, to make the windows visible or to
-        write the markers that let the other tasks close theirs (a catch-up, whose fetches are
-        full, goes on at the commit interval). The consumer's positions against its ends would
-        not tell what is caught up: it prefetches, so in live traffic it nearly always knows of
-        records it has not handed over yet."""
+        and alerts sent (the caller commits at checkpoints; a task reading live traffic commits its
+        own at once, ``_commit_task``). Returns whether, in a round that did not fill its fetch
+        (caught up), windows were published or a task's frontier passed a window's end + grace,
+        and no task commit of the round covered them: then a checkpoint should come now, to make
+        the windows visible or to write the markers that let the other tasks close theirs (a
+        catch-up, whose fetches are full, goes on at the commit interval). The consumer's
+        positions against its ends would not tell what is caught up: it prefetches, so in live
+        traffic it nearly always knows of records it has not handed over yet."""
         now = self._clock()
         now_ms = int(now * 1000)
         steady = time.monotonic()
@@ -305,6 +308,9 @@ class DataPlane:
         total = 0
         waited = 0.0
         windows = 0
+        #: windows published by tasks that did not commit at once; alert transitions staged early
+        uncommitted = 0
+        transitions = False
         self._arriving(batches, now_ms)
         # caught up (the fetch did not fill) with live traffic: a task that publishes windows, or
         # whose markers would let others close theirs, commits at once (see _commit_task)
@@ -323,7 +329,12 @@ class DataPlane:
                 windows += published
                 waited += await self._send()  # out before the next partition's work
                 if caught_up and self._live(task, now_ms):
-                    await self._commit_task(task)
+                    committed, alerted = await self._commit_task(task, now_ms)
+                    transitions = transitions or alerted
+                    if not committed:
+                        uncommitted += published
+                else:
+                    uncommitted += published
         busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
             if task.held:  # not read on purpose: they hold the watermark and are no outage
@@ -334,9 +345,14 @@ class DataPlane:
             if (
                 caught_up
                 and self._live(task, now_ms)
-                and (published or task.pipeline.marker_releases_windows(now_ms))
+                and (published or task.owed or task.pipeline.marker_releases_windows(now_ms))
             ):
-                await self._commit_task(task)
+                committed, alerted = await self._commit_task(task, now_ms)
+                transitions = transitions or alerted
+                if not committed:
+                    uncommitted += published
+            else:
+                uncommitted += published
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -346,7 +362,6 @@ class DataPlane:
         waited += await self._send()
         m.publish_wait_seconds.observe(waited)
         await asyncio.sleep(0)
-        transitions = False
         for task in self.runtime.values():
             transitions = task.pipeline.publish_alerts(now_ms) or transitions
         resend = steady - self._last_resend >= self.settings.alert_resend_ms / 1000
@@ -362,7 +377,8 @@ class DataPlane:
             self._export_top_rooms()
         if total >= self.settings.max_batch_records:
             return False
-        return bool(windows) or any(t.pipeline.marker_releases_windows(now_ms) for t in self.runtime.values())
+        runtime = self.runtime.values()
+        return bool(uncommitted) or any(t.pipeline.marker_releases_windows(now_ms) for t in runtime)
 
     def _align(self) -> None:
         """Pause the inputs that ran ahead of their task's watermark (its slowest input or
@@ -597,7 +613,7 @@ class DataPlane:
         cfg = self.settings.core
         return frontier is not None and now_ms - frontier <= cfg.window_ms + cfg.grace_ms
 
-    async def _commit_task(self, task: _Task) -> None:
+    async def _commit_task(self, task: _Task, now_ms: int) -> tuple[bool, bool]:
         """Commit one task's transaction now: while caught up, it just published windows, or its
         frontier passed a window's end + grace.
 
@@ -607,10 +623,16 @@ class DataPlane:
         worker's early checkpoint is skipped (``PROMPT_COMMIT_MAX_ROOMS``), so at each boundary
         the markers waited for the commit interval, and the first task's windows for the other
         tasks' boundary work too. A task's own checkpoint writes only its rooms (a few thousand
-        at 100 000 rooms). At most one such commit per task every ``PROMPT_COMMIT_GAP_MS``."""
-        now = time.monotonic()
-        if (now - task.committed_at) * 1000 < PROMPT_COMMIT_GAP_MS:
-            return
+        at 100 000 rooms). At most one such commit per task every ``PROMPT_COMMIT_GAP_MS``: one
+        asked for sooner is owed (``_Task.owed``), and taken in a later round.
+
+        The checkpoint runs the spike detector over the windows closed so far (its state goes into
+        the changelog), so the task's alert transitions are written first, into the same
+        transaction. Returns whether it committed, and whether there were alert transitions."""
+        if (time.monotonic() - task.committed_at) * 1000 < PROMPT_COMMIT_GAP_MS:
+            task.owed = True
+            return False, False
+        alerted = task.pipeline.publish_alerts(now_ms)
         started = time.perf_counter()
         staging: list[float] = []
         try:
@@ -622,6 +644,7 @@ class DataPlane:
             self._broker_wait += time.perf_counter() - started - sum(staging)
         self.metrics.checkpoint_rooms.inc(written)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        return True, alerted
 
     async def _commit(self, task: _Task, staging: list[float]) -> int:
         """One task's checkpoint transaction; returns the changelog records written. The seconds
@@ -636,6 +659,7 @@ class DataPlane:
             staging.append(time.perf_counter() - started)
         await task.producer.commit(task.positions, self.settings.group_id)
         task.committed_at = time.monotonic()
+        task.owed = False
         return written
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
