@@ -76,6 +76,14 @@ PROMPT_COMMIT_GAP_MS = 100
 #: release (measured: p99 13.4 -> 13.9 s at the worker); those wait for the interval
 PROMPT_COMMIT_MAX_ROOMS = 5_000
 
+#: aiokafka's default, set explicitly: a member that fetches nothing this long leaves the group. The
+#: main loop fetches nothing while it restores an assignment (``_take_over``). It is the rebalance
+#: timeout too, as in the Java client (aiokafka's default is the session timeout): how long the group
+#: waits for a member to give its partitions up, which waits for a restore under way and for the
+#: checkpoint; a member that misses it is dropped, its checkpoint fenced, and it joins again - which
+#: starts another rebalance the others may miss while they restore, and so on
+MAX_POLL_INTERVAL_MS = 300_000
+
 
 class _Task:
     """One task at run time: its pipeline (over the pure aggregator), its transactional producer,
@@ -141,6 +149,8 @@ class DataPlane:
         self._last_trim = 0.0
         #: the rounds had stopped for a while (an outage) when the last revocation came
         self._outage_before_rebalance = False
+        #: an assignment whose tasks the main loop has yet to open (``_take_over``), and when it came
+        self._pending: tuple[dict[int, list[TopicPartition]], float] | None = None
         #: wall minus monotonic time at the last round (see _follow_clock_steps)
         self._wall_offset: float | None = None
         #: where rule overrides come from (a faust table in the worker); polled at checkpoints
@@ -205,6 +215,8 @@ class DataPlane:
             fetch_max_bytes=64 * 1024 * 1024,
             session_timeout_ms=s.group_session_timeout_ms,
             heartbeat_interval_ms=min(3_000, s.group_session_timeout_ms // 3),
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            rebalance_timeout_ms=MAX_POLL_INTERVAL_MS,
         )
         await self._consumer.start()
         # The one-partition leaderboard partials topic: range assignment gives its partition 0 to the
@@ -224,6 +236,9 @@ class DataPlane:
         assert self._consumer is not None
         s = self.settings
         while not self._stopping:
+            if self._pending is not None:
+                with kafka_errors("taking over partitions"):
+                    await self._take_over()
             generation = self._generation
             batches = await self._consumer.getmany(
                 timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
@@ -693,6 +708,7 @@ class DataPlane:
             )
             self.ready = False
             self._rebalancing = True
+            self._pending = None  # not opened yet: nothing to give up
             self._generation += 1
             if self.runtime and self._failure is None:  # stopping too: stop() finds no task after this
                 try:
@@ -709,29 +725,53 @@ class DataPlane:
             await task.producer.close()
 
     async def _assign(self, assigned: Iterable[TopicPartition]) -> None:
-        started = time.monotonic()
+        """Take note of the assignment and pause its partitions; the main loop opens the tasks
+        (``_take_over``) once this callback has returned.
+
+        aiokafka starts a member's heartbeats only after its assignment callback returns: a
+        restore inside it that outlasted the session timeout had the member dropped, assigned
+        again and restoring again, round after round (seen with 7.6 s restores of 100 000 rooms
+        under a 10 s session timeout). Outside it, the heartbeats go on while the tasks restore.
+        """
         async with self._lock:
             await self._close_tasks()  # normally done at revocation
+            self._pending = None
             if self._stopping:
                 # Leaving the group: aiokafka finishes a join in flight on its way out and hands
                 # over partitions. Opening them would fence their next owners' producers and
                 # restore state within the shutdown budget, for a worker that reads nothing more.
                 self.metrics.assigned_partitions.set(0)
                 return
+            tps = list(assigned)
             by_partition: dict[int, list[TopicPartition]] = {}
-            for tp in assigned:
+            for tp in tps:
                 by_partition.setdefault(tp.partition, []).append(tp)
             self._check_assignment(by_partition)
+            assert self._consumer is not None
+            if tps:
+                self._consumer.pause(*tps)  # nothing is read before its task is restored and seeked
+            self._pending = (by_partition, time.monotonic())
+
+    async def _take_over(self) -> None:
+        """Open the tasks of the assignment noted by ``_assign``: restore each (side by side), seek
+        its inputs to the offsets its checkpoint recorded, resume them. Runs in the main loop,
+        between fetches, under the lock: a revocation meanwhile waits for it, then gives the tasks
+        up; one before it cancels it (``_revoke`` drops the pending assignment)."""
+        async with self._lock:
+            if self._pending is None or self._stopping:
+                return
+            (by_partition, started), self._pending = self._pending, None
+            assert self._consumer is not None
             for gone in self._held - set(by_partition):
                 self.metrics.forget_partition(gone)  # no stale lag or watermark series for moved partitions
             self._held = set(by_partition)
             if 0 not in by_partition:
                 self.metrics.platform.clear()  # the leaderboard merge runs elsewhere now
-            # Concurrently: a member slow to finish its assignment misses the next rebalance.
             opened = await asyncio.gather(
                 *(self._open_task(partition, tps) for partition, tps in sorted(by_partition.items()))
             )
             self.runtime = {task.partition: task for task in opened}
+            self._consumer.resume(*(tp for tps in by_partition.values() for tp in tps))
             self.metrics.assigned_partitions.set(len(by_partition))
             if self.settings.gc_threshold:
                 gc.collect()
@@ -752,15 +792,14 @@ class DataPlane:
             took = time.monotonic() - started
             self.metrics.assignment_seconds.observe(took)
             log.info("assigned partitions %s; state restored in %.1f s", sorted(by_partition), took)
-            session_s = self.settings.group_session_timeout_ms / 1000
-            if took > session_s / 2:
-                # No heartbeat goes out during the assignment: near the session timeout the group
-                # drops this member, which then restores again at the next assignment, and again.
+            if took > MAX_POLL_INTERVAL_MS / 2000:
+                # The consumer fetches nothing while the tasks restore: past the poll interval
+                # aiokafka leaves the group, and the next assignment restores again.
                 log.warning(
-                    "taking over partitions took %.1f s, over half the group session timeout (%.0f s): "
-                    "raise LIVEPULSE_GROUP_SESSION_TIMEOUT_MS (or spread the rooms over more partitions)",
+                    "taking over partitions took %.1f s, over half the consumer's poll interval "
+                    "(%.0f s): spread the rooms over more partitions and workers",
                     took,
-                    session_s,
+                    MAX_POLL_INTERVAL_MS / 1000,
                 )
 
     def _check_assignment(self, by_partition: Mapping[int, list[TopicPartition]]) -> None:

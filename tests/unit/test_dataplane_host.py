@@ -256,3 +256,57 @@ def test_an_assignment_handed_over_while_the_worker_stops_opens_no_task() -> Non
     plane.request_stop()
     asyncio.run(plane.stop())
     assert (opened, plane.runtime, plane.ready) == ([], {}, False)
+
+
+class _PausingConsumer:
+    def __init__(self) -> None:
+        self.paused: set[Any] = set()
+
+    def pause(self, *tps: Any) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: Any) -> None:
+        self.paused.difference_update(tps)
+
+    def seek(self, tp: Any, offset: int) -> None:
+        pass
+
+
+def test_the_assignment_callback_only_pauses_and_the_main_loop_opens_the_tasks() -> None:
+    """aiokafka sends no heartbeat until the assignment callback returns: the callback opens no
+    task (no restore), it pauses the partitions; the take-over opens them and resumes them. A
+    revocation before the take-over leaves nothing to open."""
+    from aiokafka import TopicPartition
+
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane.partitions = PARTITIONS
+    consumer = _PausingConsumer()
+    plane._consumer = consumer  # type: ignore[assignment]
+    opened: list[int] = []
+
+    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
+        opened.append(partition)
+        return _Task(make(partition=partition)[0], _Committing([], partition))  # type: ignore[arg-type]
+
+    plane._open_task = open_task  # type: ignore[method-assign]
+    assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+
+    async def scenario() -> None:
+        await plane.on_assigned(assigned)
+        assert (opened, plane.runtime, plane.ready, consumer.paused) == ([], {}, False, set(assigned))
+        await plane._take_over()
+        assert (sorted(opened), sorted(plane.runtime), plane.ready, consumer.paused) == (
+            [0, 1],
+            [0, 1],
+            True,
+            set(),
+        )
+        await plane._revoke()
+        opened.clear()
+        await plane.on_assigned(assigned)
+        await plane._revoke()  # before the main loop took the assignment over
+        await plane._take_over()
+        assert (opened, plane.runtime, plane.ready) == ([], {}, False)
+
+    asyncio.run(scenario())
