@@ -310,3 +310,40 @@ def test_the_assignment_callback_only_pauses_and_the_main_loop_opens_the_tasks()
         assert (opened, plane.runtime, plane.ready) == ([], {}, False)
 
     asyncio.run(scenario())
+
+
+def test_a_task_is_live_only_while_its_own_inputs_are_within_a_window_and_grace_of_the_clock() -> None:
+    """Per-task early commits are for live traffic: a task whose inputs' newest events are older
+    than a window plus grace is catching up (and one that has seen no event is not live)."""
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    cfg = plane.settings.core
+    pipeline = make(partition=0)[0]
+    task = _Task(pipeline, _Committing([], 0))  # type: ignore[arg-type]
+    assert not plane._live(task, NOW_MS)
+    newest = T0 + 5_000
+    for source in (0, 1, 2):  # every input seen: the frontier is the slowest one's newest event
+        pipeline.core.apply(source, [(1, ViewerEvent("join", "r", "u", newest))], newest + 100)
+    assert plane._live(task, newest + cfg.window_ms + cfg.grace_ms)
+    assert not plane._live(task, newest + cfg.window_ms + cfg.grace_ms + 1)
+
+
+def test_an_early_commit_asked_for_within_the_gap_is_owed_then_taken() -> None:
+    """At most one early commit per task every PROMPT_COMMIT_GAP_MS: one asked for sooner is not
+    dropped but owed, and the next commit pays it."""
+    from streams.dataplane import PROMPT_COMMIT_GAP_MS
+
+    commits: list[int] = []
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    task = _Task(make(partition=1)[0], _Committing(commits, 1))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        assert (await plane._commit_task(task, NOW_MS))[0]
+        assert (commits, task.owed) == ([1], False)
+        assert not (await plane._commit_task(task, NOW_MS))[0]  # within the gap
+        assert (commits, task.owed) == ([1], True)
+        task.committed_at -= PROMPT_COMMIT_GAP_MS / 1000
+        assert (await plane._commit_task(task, NOW_MS))[0]
+        assert (commits, task.owed) == ([1, 1], False)
+
+    asyncio.run(scenario())
