@@ -77,12 +77,15 @@ PROMPT_COMMIT_GAP_MS = 100
 PROMPT_COMMIT_MAX_ROOMS = 5_000
 
 #: aiokafka's default, set explicitly: a member that fetches nothing this long leaves the group. The
-#: main loop fetches nothing while it restores an assignment (``_take_over``). It is the rebalance
-#: timeout too, as in the Java client (aiokafka's default is the session timeout): how long the group
-#: waits for a member to give its partitions up, which waits for a restore under way and for the
-#: checkpoint; a member that misses it is dropped, its checkpoint fenced, and it joins again - which
-#: starts another rebalance the others may miss while they restore, and so on
+#: main loop fetches nothing while it restores an assignment (``_take_over``)
 MAX_POLL_INTERVAL_MS = 300_000
+#: how long the group waits for a member to give its partitions up in a rebalance: that waits for a
+#: restore under way and for the checkpoint. aiokafka's default is the session timeout: a member
+#: restoring while another joined missed it, was dropped (its checkpoint fenced), joined again and
+#: started another rebalance the others missed while they restored, and so on. Below aiokafka's
+#: request timeout (40 s), which its JoinGroup requests wait under (the Java client waits the
+#: rebalance timeout + 5 s); a member stuck giving its partitions up holds the group this long
+REBALANCE_TIMEOUT_MS = 30_000
 
 
 class _Task:
@@ -216,7 +219,7 @@ class DataPlane:
             session_timeout_ms=s.group_session_timeout_ms,
             heartbeat_interval_ms=min(3_000, s.group_session_timeout_ms // 3),
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-            rebalance_timeout_ms=MAX_POLL_INTERVAL_MS,
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         )
         await self._consumer.start()
         # The one-partition leaderboard partials topic: range assignment gives its partition 0 to the
@@ -236,6 +239,8 @@ class DataPlane:
         assert self._consumer is not None
         s = self.settings
         while not self._stopping:
+            if self._failure is not None:  # a rebalance callback failed: take nothing over
+                raise self._failure
             if self._pending is not None:
                 with kafka_errors("taking over partitions"):
                     await self._take_over()
@@ -770,6 +775,11 @@ class DataPlane:
             opened = await asyncio.gather(
                 *(self._open_task(partition, tps) for partition, tps in sorted(by_partition.items()))
             )
+            if self._stopping:  # asked to stop while restoring: no checkpoint of state just read
+                for task in opened:
+                    await task.producer.close()
+                self.metrics.assigned_partitions.set(0)
+                return
             self.runtime = {task.partition: task for task in opened}
             self._consumer.resume(*(tp for tps in by_partition.values() for tp in tps))
             self.metrics.assigned_partitions.set(len(by_partition))
@@ -792,14 +802,14 @@ class DataPlane:
             took = time.monotonic() - started
             self.metrics.assignment_seconds.observe(took)
             log.info("assigned partitions %s; state restored in %.1f s", sorted(by_partition), took)
-            if took > MAX_POLL_INTERVAL_MS / 2000:
-                # The consumer fetches nothing while the tasks restore: past the poll interval
-                # aiokafka leaves the group, and the next assignment restores again.
+            if took > REBALANCE_TIMEOUT_MS / 2000:
+                # A member still restoring when the next rebalance starts makes the group wait for it
+                # (up to REBALANCE_TIMEOUT_MS, then it is dropped and joins again).
                 log.warning(
-                    "taking over partitions took %.1f s, over half the consumer's poll interval "
+                    "taking over partitions took %.1f s, over half the group's rebalance timeout "
                     "(%.0f s): spread the rooms over more partitions and workers",
                     took,
-                    MAX_POLL_INTERVAL_MS / 1000,
+                    REBALANCE_TIMEOUT_MS / 1000,
                 )
 
     def _check_assignment(self, by_partition: Mapping[int, list[TopicPartition]]) -> None:
@@ -834,6 +844,7 @@ class DataPlane:
         core = self._routing.task_core(partition, config)
         core.rules, core.categories = self._rules.rules, self._rules.categories
         rooms = core.restore(records)
+        await asyncio.sleep(0)  # heartbeats between one partition's decoding and the next's
         pipeline = TaskPipeline(partition, core, producer.outbound, self._routing, s, self.metrics)
         task = _Task(pipeline, producer)
         for key, reason in pipeline.quarantine(key_offsets, int(self._clock() * 1000)):

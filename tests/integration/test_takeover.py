@@ -82,6 +82,16 @@ def assignments(plane: DataPlane) -> float:
     return value or 0.0
 
 
+def checkpoint_failures(plane: DataPlane) -> float:
+    return sum(
+        sample.value
+        for metric in plane.metrics.registry.collect()
+        if metric.name == "livepulse_checkpoint_failures"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
 async def test_a_restore_longer_than_the_session_timeout_keeps_the_member(
     deployment: Deployment, slow_restores: list[int]
 ) -> None:
@@ -126,6 +136,10 @@ async def test_a_member_joining_during_a_slow_restore_splits_the_partitions_exac
                 timeout_s=6 * SLOW_RESTORE_S,
             )
             assert sorted([*a.tasks, *b.tasks]) == list(range(partitions)) and a.tasks and b.tasks
+            # a restored everything, gave it up once, took its share; b took its share: no one dropped
+            assert len(slow_restores) == 2 * partitions
+            assert (assignments(a), assignments(b)) == (2, 1)
+            assert checkpoint_failures(a) == checkpoint_failures(b) == 0
             await produce(deployment.bootstrap, deployment.topics, events[1_500:], partitions=partitions)
             got = await collect(deployment, expected)
     assert_records_match(got, expected)

@@ -347,3 +347,82 @@ def test_an_early_commit_asked_for_within_the_gap_is_owed_then_taken() -> None:
         assert (commits, task.owed) == ([1, 1], False)
 
     asyncio.run(scenario())
+
+
+def test_a_revocation_during_a_take_over_waits_for_it_then_commits_and_closes_the_tasks() -> None:
+    """The group revokes while the main loop is restoring: the revocation waits for the restore
+    (under the lock), then checkpoints and closes every task it opened; nothing is left open."""
+    from aiokafka import TopicPartition
+
+    commits: list[int] = []
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane.partitions = PARTITIONS
+    consumer = _PausingConsumer()
+    plane._consumer = consumer  # type: ignore[assignment]
+    restoring = asyncio.Event()
+    release = asyncio.Event()
+    opened: list[_Task] = []
+
+    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
+        restoring.set()
+        await release.wait()
+        task = _Task(make(partition=partition)[0], _Committing(commits, partition))  # type: ignore[arg-type]
+        opened.append(task)
+        return task
+
+    plane._open_task = open_task  # type: ignore[method-assign]
+    assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+
+    async def scenario() -> None:
+        await plane.on_assigned(assigned)
+        take_over = asyncio.create_task(plane._take_over())
+        await restoring.wait()
+        revoke = asyncio.create_task(plane.on_revoked(assigned))
+        await asyncio.sleep(0.05)
+        assert not revoke.done() and commits == []  # waits for the restore
+        release.set()
+        await asyncio.gather(take_over, revoke)
+
+    asyncio.run(scenario())
+    assert sorted(commits) == [0, 1]
+    assert all(task.producer.closed for task in opened)  # type: ignore[attr-defined]
+    assert (plane.runtime, plane.ready, plane._pending) == ({}, False, None)
+
+
+def test_a_stop_asked_for_during_a_take_over_closes_what_it_opened_and_reports_nothing_ready() -> None:
+    """SIGTERM while the main loop restores: the restored tasks are closed as they are (no
+    checkpoint of state just read, within the shutdown budget), nothing resumes, not ready."""
+    from aiokafka import TopicPartition
+
+    commits: list[int] = []
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane.partitions = PARTITIONS
+    consumer = _PausingConsumer()
+    plane._consumer = consumer  # type: ignore[assignment]
+    restoring = asyncio.Event()
+    release = asyncio.Event()
+    opened: list[_Task] = []
+
+    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
+        restoring.set()
+        await release.wait()
+        task = _Task(make(partition=partition)[0], _Committing(commits, partition))  # type: ignore[arg-type]
+        opened.append(task)
+        return task
+
+    plane._open_task = open_task  # type: ignore[method-assign]
+    assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+
+    async def scenario() -> None:
+        await plane.on_assigned(assigned)
+        take_over = asyncio.create_task(plane._take_over())
+        await restoring.wait()
+        plane.request_stop()
+        release.set()
+        await take_over
+
+    asyncio.run(scenario())
+    assert len(opened) == 2 and all(task.producer.closed for task in opened)  # type: ignore[attr-defined]
+    assert (commits, plane.runtime, plane.ready, consumer.paused) == ([], {}, False, set(assigned))
