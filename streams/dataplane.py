@@ -348,13 +348,9 @@ class DataPlane:
             if published:
                 windows += published
                 waited += await self._send()  # out before the next partition's work
-                if caught_up and self._live(task, now_ms):
-                    committed, alerted = await self._commit_task(task, now_ms)
-                    transitions = transitions or alerted
-                    if not committed:
-                        uncommitted += published
-                else:
-                    uncommitted += published
+                left, alerted = await self._commit_if_live(task, now_ms, caught_up, published)
+                uncommitted += left
+                transitions = transitions or alerted
         busy, behind = await self._lagging(now_ms)
         for partition, task in self.runtime.items():
             if task.held:  # not read on purpose: they hold the watermark and are no outage
@@ -362,17 +358,10 @@ class DataPlane:
                 behind.setdefault(partition, set()).update(task.held)
             published = task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
             windows += published
-            if (
-                caught_up
-                and self._live(task, now_ms)
-                and (published or task.owed or task.pipeline.marker_releases_windows(now_ms))
-            ):
-                committed, alerted = await self._commit_task(task, now_ms)
-                transitions = transitions or alerted
-                if not committed:
-                    uncommitted += published
-            else:
-                uncommitted += published
+            due = caught_up and bool(published or task.owed or task.pipeline.marker_releases_windows(now_ms))
+            left, alerted = await self._commit_if_live(task, now_ms, due, published)
+            uncommitted += left
+            transitions = transitions or alerted
             watermark = task.core.watermark_ms
             if watermark is not None:
                 m.watermark_delay.labels(str(partition)).set(max(0.0, now - watermark / 1000))
@@ -632,6 +621,15 @@ class DataPlane:
         frontier = task.core.frontier_ms(now_ms)
         cfg = self.settings.core
         return frontier is not None and now_ms - frontier <= cfg.window_ms + cfg.grace_ms
+
+    async def _commit_if_live(self, task: _Task, now_ms: int, due: bool, published: int) -> tuple[int, bool]:
+        """Commit ``task`` at once if a commit is ``due`` and it reads live traffic (``_live``);
+        returns how many of the ``published`` windows are left for a later checkpoint, and
+        whether alert transitions were written."""
+        if not (due and self._live(task, now_ms)):
+            return published, False
+        committed, alerted = await self._commit_task(task, now_ms)
+        return (0 if committed else published), alerted
 
     async def _commit_task(self, task: _Task, now_ms: int) -> tuple[bool, bool]:
         """Commit one task's transaction now: while caught up, it just published windows, or its

@@ -272,42 +272,61 @@ class _PausingConsumer:
         pass
 
 
+class _TakeOver:
+    """A data plane over a pausing consumer whose task opening (the restore) waits for
+    ``release`` (set at once unless ``blocked``), recording the tasks opened and their commits."""
+
+    def __init__(self, *, blocked: bool) -> None:
+        from aiokafka import TopicPartition
+
+        self.commits: list[int] = []
+        self.opened: list[_Task] = []
+        self.plane = plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+        plane._routing = Routing(TOPICS, PARTITIONS)
+        plane.partitions = PARTITIONS
+        self.consumer = _PausingConsumer()
+        plane._consumer = self.consumer  # type: ignore[assignment]
+        plane._open_task = self._open_task  # type: ignore[method-assign]
+        self.restoring = asyncio.Event()
+        self.release = asyncio.Event()
+        if not blocked:
+            self.release.set()
+        self.assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+
+    async def _open_task(self, partition: int, tps: list[Any]) -> _Task:
+        self.restoring.set()
+        await self.release.wait()
+        task = _Task(make(partition=partition)[0], _Committing(self.commits, partition))  # type: ignore[arg-type]
+        self.opened.append(task)
+        return task
+
+
 def test_the_assignment_callback_only_pauses_and_the_main_loop_opens_the_tasks() -> None:
     """aiokafka sends no heartbeat until the assignment callback returns: the callback opens no
     task (no restore), it pauses the partitions; the take-over opens them and resumes them. A
     revocation before the take-over leaves nothing to open."""
-    from aiokafka import TopicPartition
+    t = _TakeOver(blocked=False)
+    plane, assigned = t.plane, t.assigned
 
-    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
-    plane._routing = Routing(TOPICS, PARTITIONS)
-    plane.partitions = PARTITIONS
-    consumer = _PausingConsumer()
-    plane._consumer = consumer  # type: ignore[assignment]
-    opened: list[int] = []
-
-    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
-        opened.append(partition)
-        return _Task(make(partition=partition)[0], _Committing([], partition))  # type: ignore[arg-type]
-
-    plane._open_task = open_task  # type: ignore[method-assign]
-    assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+    def opened() -> list[int]:
+        return sorted(task.partition for task in t.opened)
 
     async def scenario() -> None:
         await plane.on_assigned(assigned)
-        assert (opened, plane.runtime, plane.ready, consumer.paused) == ([], {}, False, set(assigned))
+        assert (opened(), plane.runtime, plane.ready, t.consumer.paused) == ([], {}, False, set(assigned))
         await plane._take_over()
-        assert (sorted(opened), sorted(plane.runtime), plane.ready, consumer.paused) == (
+        assert (opened(), sorted(plane.runtime), plane.ready, t.consumer.paused) == (
             [0, 1],
             [0, 1],
             True,
             set(),
         )
         await plane._revoke()
-        opened.clear()
+        t.opened.clear()
         await plane.on_assigned(assigned)
         await plane._revoke()  # before the main loop took the assignment over
         await plane._take_over()
-        assert (opened, plane.runtime, plane.ready) == ([], {}, False)
+        assert (opened(), plane.runtime, plane.ready) == ([], {}, False)
 
     asyncio.run(scenario())
 
@@ -352,77 +371,39 @@ def test_an_early_commit_asked_for_within_the_gap_is_owed_then_taken() -> None:
 def test_a_revocation_during_a_take_over_waits_for_it_then_commits_and_closes_the_tasks() -> None:
     """The group revokes while the main loop is restoring: the revocation waits for the restore
     (under the lock), then checkpoints and closes every task it opened; nothing is left open."""
-    from aiokafka import TopicPartition
-
-    commits: list[int] = []
-    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
-    plane._routing = Routing(TOPICS, PARTITIONS)
-    plane.partitions = PARTITIONS
-    consumer = _PausingConsumer()
-    plane._consumer = consumer  # type: ignore[assignment]
-    restoring = asyncio.Event()
-    release = asyncio.Event()
-    opened: list[_Task] = []
-
-    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
-        restoring.set()
-        await release.wait()
-        task = _Task(make(partition=partition)[0], _Committing(commits, partition))  # type: ignore[arg-type]
-        opened.append(task)
-        return task
-
-    plane._open_task = open_task  # type: ignore[method-assign]
-    assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+    t = _TakeOver(blocked=True)
+    plane = t.plane
 
     async def scenario() -> None:
-        await plane.on_assigned(assigned)
+        await plane.on_assigned(t.assigned)
         take_over = asyncio.create_task(plane._take_over())
-        await restoring.wait()
-        revoke = asyncio.create_task(plane.on_revoked(assigned))
+        await t.restoring.wait()
+        revoke = asyncio.create_task(plane.on_revoked(t.assigned))
         await asyncio.sleep(0.05)
-        assert not revoke.done() and commits == []  # waits for the restore
-        release.set()
+        assert not revoke.done() and t.commits == []  # waits for the restore
+        t.release.set()
         await asyncio.gather(take_over, revoke)
 
     asyncio.run(scenario())
-    assert sorted(commits) == [0, 1]
-    assert all(task.producer.closed for task in opened)  # type: ignore[attr-defined]
+    assert sorted(t.commits) == [0, 1]
+    assert all(task.producer.closed for task in t.opened)  # type: ignore[attr-defined]
     assert (plane.runtime, plane.ready, plane._pending) == ({}, False, None)
 
 
 def test_a_stop_asked_for_during_a_take_over_closes_what_it_opened_and_reports_nothing_ready() -> None:
     """SIGTERM while the main loop restores: the restored tasks are closed as they are (no
     checkpoint of state just read, within the shutdown budget), nothing resumes, not ready."""
-    from aiokafka import TopicPartition
-
-    commits: list[int] = []
-    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
-    plane._routing = Routing(TOPICS, PARTITIONS)
-    plane.partitions = PARTITIONS
-    consumer = _PausingConsumer()
-    plane._consumer = consumer  # type: ignore[assignment]
-    restoring = asyncio.Event()
-    release = asyncio.Event()
-    opened: list[_Task] = []
-
-    async def open_task(partition: int, tps: list[TopicPartition]) -> _Task:
-        restoring.set()
-        await release.wait()
-        task = _Task(make(partition=partition)[0], _Committing(commits, partition))  # type: ignore[arg-type]
-        opened.append(task)
-        return task
-
-    plane._open_task = open_task  # type: ignore[method-assign]
-    assigned = [TopicPartition(t, p) for p in (0, 1) for t in TOPICS.inputs]
+    t = _TakeOver(blocked=True)
+    plane = t.plane
 
     async def scenario() -> None:
-        await plane.on_assigned(assigned)
+        await plane.on_assigned(t.assigned)
         take_over = asyncio.create_task(plane._take_over())
-        await restoring.wait()
+        await t.restoring.wait()
         plane.request_stop()
-        release.set()
+        t.release.set()
         await take_over
 
     asyncio.run(scenario())
-    assert len(opened) == 2 and all(task.producer.closed for task in opened)  # type: ignore[attr-defined]
-    assert (commits, plane.runtime, plane.ready, consumer.paused) == ([], {}, False, set(assigned))
+    assert len(t.opened) == 2 and all(task.producer.closed for task in t.opened)  # type: ignore[attr-defined]
+    assert (t.commits, plane.runtime, plane.ready, t.consumer.paused) == ([], {}, False, set(t.assigned))
