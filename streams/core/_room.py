@@ -139,6 +139,7 @@ class Room:
         "seen_dirty",
         "seen_gone",
         "session",
+        "tail_dirty",
         "uniques",
     )
 
@@ -167,6 +168,8 @@ class Room:
         self.seen_dirty: set[int] | frozenset[int] = NO_WINDOWS
         self.seen_gone: list[int] | tuple[()] = ()
         self.dirty = False
+        #: detector, session or rollups changed since the last checkpoint (their own record, ``t/``)
+        self.tail_dirty = False
         self.last_closed: Any = None
         #: spike baselines and alert lifecycle, created at the room's first closed window
         self.detector: DetectorState | None = None

@@ -2,14 +2,23 @@
 
 A task's changelog partition holds five kinds of records, all orjson:
 
-* ``r/<room id>`` -> a room: ``[version, room_id, concurrent, last_ts, offsets, buckets,
-  uniques, open_ws, detector, session, rollups]``, where ``session`` is ``[start, last_end,
-  totals, unique-viewer sketch (base64, or null), peak, peak_ws, updated_at]`` or null and
-  ``rollups`` the open rollup windows ``[[length, start, totals, sketch, concurrent], ...]`` or null;
+* ``r/<room id>`` -> a room's counters: ``[version, room_id, concurrent, last_ts, offsets,
+  buckets, uniques, open_ws]``, buckets as ``[[bucket, counters], ...]``;
+* ``t/<room id>`` -> what a room folds from its closed windows, rewritten only when a window
+  closes (or an expiry resets it): ``[version, room_id, detector, session, rollups]``, where
+  ``session`` is ``[start, last_end, totals, unique-viewer sketch (base64, or null), peak, peak_ws,
+  updated_at]`` or null and ``rollups`` the open rollup windows ``[[length, start, totals, sketch,
+  concurrent], ...]`` or null. A room with none of the three has no such record;
 * ``d/<window start>/<room id>`` -> one dedup chunk: the order keys of that window;
 * ``m/task`` -> the task metadata: ``[version, max_ts, watermark, source_max, senders, offsets,
   geometry, watch_start]``;
 * ``l/merge`` -> the leaderboard merge's state (task 0 only).
+
+Room records up to version 5 held both parts in one ``r/`` record; they still decode, and a
+``t/`` record next to one is older than it and ignored. Splitting them made the checkpoint of a
+room that only took events (most checkpoints between window closes) a third of the bytes and
+of the encoding time: the detector's floats and the sketches of sessions and rollups are most
+of a room's record, and they change only when a window closes.
 
 A tombstone (value ``None``) deletes a key; restore keeps the last write per key. Decoders read
 every version ever written and raise :class:`StateError` on anything else, which the task turns
@@ -20,7 +29,7 @@ into a quarantined record. ``streams.core._task`` decides what to write and what
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,14 +44,18 @@ from ._sessions import Session
 from ._spikes import DetectorState
 
 ROOM_KEY_PREFIX = b"r/"
+TAIL_KEY_PREFIX = b"t/"
 DEDUP_KEY_PREFIX = b"d/"
 META_KEY = b"m/task"
 
 #: 1: counters, uniques, offsets, dedup; 2: + spike detector state; 3: dedup in chunk records;
-#: 4: + the shares counter; 5: + the broadcast session and the open rollup windows
-ROOM_FORMAT_VERSION = 5
+#: 4: + the shares counter; 5: + the broadcast session and the open rollup windows; 6: detector,
+#: session and rollups in a record of their own (``t/``), buckets as [bucket, counters] pairs
+ROOM_FORMAT_VERSION = 6
 #: counters per bucket in each room version: a migration pads older buckets with zeros
-_COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS}
+_COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS, 6: N_COUNTERS}
+#: 1: detector, session, rollups (the fields room versions 2-5 ended with)
+TAIL_FORMAT_VERSION = 1
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets;
 #: 4: + the window geometry (bucket_ms, window_ms) the state was cut with, and optionally (a field
@@ -82,10 +95,16 @@ class Records(NamedTuple):
     meta: bytes | None
     rooms: list[tuple[bytes, bytes]]
     chunks: list[tuple[bytes, bytes]]
+    #: room id (bytes, as in the key) -> its ``t/`` record
+    tails: dict[bytes, bytes]
 
 
 def room_key(room_id: str) -> bytes:
     return ROOM_KEY_PREFIX + room_id.encode()
+
+
+def tail_key(room_id: str) -> bytes:
+    return TAIL_KEY_PREFIX + room_id.encode()
 
 
 def dedup_key(room_id: str, ws: int) -> bytes:
@@ -101,6 +120,7 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
     meta = latest.pop(META_KEY, None)
     rooms: list[tuple[bytes, bytes]] = []
     chunks: list[tuple[bytes, bytes]] = []
+    tails: dict[bytes, bytes] = {}
     for key, value in latest.items():
         if value is None:
             continue
@@ -108,21 +128,16 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
             rooms.append((key, value))
         elif key.startswith(DEDUP_KEY_PREFIX):
             chunks.append((key, value))
-    return Records(meta, rooms, chunks)
+        elif key.startswith(TAIL_KEY_PREFIX):
+            tails[key[len(TAIL_KEY_PREFIX) :]] = value
+    return Records(meta, rooms, chunks, tails)
 
 
 # -- rooms ----------------------------------------------------------------------------------
 
 
 def encode_room(room: Room) -> bytes:
-    """Serialise a room for the changelog (current version)."""
-    buckets = [[bucket, *counters] for bucket, counters in room.buckets.items()]
-    uniques = [
-        [ws, base64.b64encode(sketch.serialize_compact()).decode()] for ws, sketch in room.uniques.items()
-    ]
-    session, rollups = room.session, room.rollups
-    # a window's sketch may be held by the session and the rollups at once: encoded once
-    encoded: dict[int, str] = {}
+    """A room's ``r/`` record (current version): its counters, sketches and open windows."""
     return orjson.dumps(
         [
             ROOM_FORMAT_VERSION,
@@ -130,10 +145,28 @@ def encode_room(room: Room) -> bytes:
             room.concurrent,
             room.last_ts,
             list(room.offsets.items()),
-            buckets,
-            uniques,
+            list(room.buckets.items()),
+            [
+                [ws, base64.b64encode(sketch.serialize_compact()).decode()]
+                for ws, sketch in room.uniques.items()
+            ],
             room.open_ws,
-            None if room.detector is None else room.detector.to_wire(),
+        ]
+    )
+
+
+def encode_room_tail(room: Room) -> bytes | None:
+    """A room's ``t/`` record: its detector, session and open rollups (None: it has none)."""
+    detector, session, rollups = room.detector, room.session, room.rollups
+    if detector is None and session is None and rollups is None:
+        return None
+    # a window's sketch may be held by the session and the rollups at once: encoded once
+    encoded: dict[int, str] = {}
+    return orjson.dumps(
+        [
+            TAIL_FORMAT_VERSION,
+            room.room_id,
+            None if detector is None else detector.to_wire(),
             None
             if session is None
             else [
@@ -172,10 +205,16 @@ def _held_wire(holder: Session | Rollup, encoded: dict[int, str]) -> str | None:
 
 
 def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
-    """Rebuild a room from any version of its changelog encoding.
+    """Rebuild a room from any version of its ``r/`` record (from version 6 on, without its
+    detector, session and rollups: ``decode_room_tail`` adds them).
 
     ``window_ms`` places the dedup memory of v1/v2 records into window chunks.
     """
+    return decode_room_versioned(raw, window_ms)[0]
+
+
+def decode_room_versioned(raw: bytes, window_ms: int = 10_000) -> tuple[Room, int]:
+    """``decode_room``, with the record's version."""
     try:
         obj = orjson.loads(raw)
         version = obj[0]
@@ -184,7 +223,13 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
     if type(version) is not int or version not in _COUNTERS_IN:
         raise StateError(f"room state version {version!r} is not supported (max {ROOM_FORMAT_VERSION})")
     try:
-        if version >= 3:  # dedup memory in chunk records
+        if version >= 6:
+            if len(obj) != 8:
+                raise ValueError(f"{len(obj)} fields, not 8")
+            room = _decode_v1([*obj[:5], [], obj[6], obj[7], []], window_ms)
+            room.buckets = dict(obj[5]) or EMPTY
+            detector = None
+        elif version >= 3:  # dedup memory in chunk records
             room = _decode_v1([*obj[:8], []], window_ms)
             detector = obj[8]
         else:
@@ -192,15 +237,15 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
             detector = obj[9] if version == 2 else None
         if detector is not None:
             room.detector = DetectorState.from_wire(detector)
-        if version >= 5:
+        if version == 5:
             _decode_session_and_rollups(room, obj[9], obj[10])
         written = _COUNTERS_IN[version]
         for counters in room.buckets.values():
-            if len(counters) != written:
+            if type(counters) is not list or len(counters) != written:
                 raise ValueError(f"a bucket of {len(counters)} counters, not {written}")
             if written < N_COUNTERS:  # counters added since that version start at zero
                 counters.extend([0] * (N_COUNTERS - written))
-        return room
+        return room, version
     except (ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise StateError(f"corrupt room state v{version}: {exc}") from exc
 
@@ -235,10 +280,52 @@ def _check_counters(totals: Any) -> list[int]:
 
 def decode_room_record(key: bytes, value: bytes, window_ms: int) -> Room:
     """A room record, checked against its key (a room under another room's key is corrupt)."""
-    room = decode_room(value, window_ms)
+    return decode_room_entry(key, value, window_ms)[0]
+
+
+def decode_room_entry(key: bytes, value: bytes, window_ms: int) -> tuple[Room, int]:
+    """``decode_room_record`` with the record's version (from 6 on, its ``t/`` record goes with it)."""
+    room, version = decode_room_versioned(value, window_ms)
     if room.room_id.encode() != key[len(ROOM_KEY_PREFIX) :]:
         raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
+    return room, version
+
+
+def room_state(records: Mapping[bytes, bytes | None], room_id: str, window_ms: int = 10_000) -> Room:
+    """Room ``room_id`` as the changelog records ``records`` (key -> latest value) hold it: its
+    ``r/`` record with, from version 6 on, its ``t/`` record. For tools and tests; the restore
+    reads a whole partition (``TaskAggregator.restore``)."""
+    raw = records[room_key(room_id)]
+    if raw is None:
+        raise KeyError(room_id)
+    room, version = decode_room_entry(room_key(room_id), raw, window_ms)
+    tail = records.get(tail_key(room_id))
+    if version >= 6 and tail is not None:
+        decode_room_tail(tail_key(room_id), tail, room)
     return room
+
+
+def decode_room_tail(key: bytes, value: bytes, room: Room) -> None:
+    """Add a ``t/`` record (under ``key``) to ``room``, decoded from an ``r/`` record of version 6
+    or later; :class:`StateError` if it is corrupt or another room's."""
+    try:
+        obj = orjson.loads(value)
+        version = obj[0]
+    except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
+        raise StateError(f"undecodable room tail {key!r}: {exc}") from exc
+    if version != TAIL_FORMAT_VERSION:
+        raise StateError(f"room tail version {version!r} is not supported (max {TAIL_FORMAT_VERSION})")
+    try:
+        _, room_id, detector, session, rollups = obj
+        if room_id != room.room_id or key[len(TAIL_KEY_PREFIX) :] != room_id.encode():
+            raise ValueError(f"record {room_id!r} under {key!r}, read for room {room.room_id!r}")
+        decoded = Room(room.room_id)  # decoded whole before any of it goes into the room
+        if detector is not None:
+            decoded.detector = DetectorState.from_wire(detector)
+        _decode_session_and_rollups(decoded, session, rollups)
+    except (ValueError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
+        raise StateError(f"corrupt room tail {key!r}: {exc}") from exc
+    room.detector, room.session, room.rollups = decoded.detector, decoded.session, decoded.rollups
 
 
 def _decode_v1(obj: list[Any], window_ms: int) -> Room:

@@ -45,17 +45,21 @@ from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DetectorState, firing, observe, resolve_all
 from ._state_codec import (
     META_KEY,
+    ROOM_KEY_PREFIX,
     Checkpoint,
     TaskMeta,
     compact,
     decode_dedup_chunk,
     decode_meta,
-    decode_room_record,
+    decode_room_entry,
+    decode_room_tail,
     dedup_key,
     encode_dedup_chunk,
     encode_meta,
     encode_room,
+    encode_room_tail,
     room_key,
+    tail_key,
 )
 from ._windows import window_start
 
@@ -162,7 +166,7 @@ class TaskAggregator:
         self._dirty: list[Room] = []
         self._expired: set[str] = set()
         #: changelog keys of dedup chunks forgotten with their (expired) rooms
-        self._gone_chunks: list[bytes] = []
+        self._gone_keys: list[bytes] = []
         self._outbox: list[RoomStats] = []
         #: rollup window end -> rooms with a rollup window ending there (a room whose rollup has
         #: closed since, or that is listed twice, has nothing left to close there)
@@ -292,7 +296,10 @@ class TaskAggregator:
                     self._overflow.append(offset)
                     continue
                 room = rooms[room_id] = Room(room_id)
-                self._expired.discard(room_id)
+                if room_id in self._expired:  # its records were to be deleted: they are written,
+                    self._expired.discard(room_id)
+                    room.tail_dirty = True  # a t/ record of the room before it deleted
+
                 if self.watch_start is None:  # re-routed events, before any input delivered
                     self._first_delivery(ts)
             # Only right after a restore can an event be one the state already holds.
@@ -906,6 +913,7 @@ class TaskAggregator:
         if not room.dirty:
             room.dirty = True
             self._dirty.append(room)
+        room.tail_dirty = True  # the fold below, and the detector when it evaluates the window
         if room.seen_chunks:
             # a chunk goes once every key in it is older than the dedup TTL
             room.forget_chunks_before(
@@ -992,9 +1000,11 @@ class TaskAggregator:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
                 self.firing_rooms.discard(room.room_id)
-            if _reset(room) and not room.dirty:
-                room.dirty = True
-                self._dirty.append(room)
+            if _reset(room):
+                room.tail_dirty = True
+                if not room.dirty:
+                    room.dirty = True
+                    self._dirty.append(room)
         for room in idle:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
@@ -1002,7 +1012,7 @@ class TaskAggregator:
             del self.rooms[room.room_id]
             self._expired.add(room.room_id)
             for ws in [*room.seen_chunks, *room.seen_gone]:
-                self._gone_chunks.append(dedup_key(room.room_id, ws))
+                self._gone_keys.append(dedup_key(room.room_id, ws))
             room.dirty = False
         if idle:
             # in place: apply() holds this list in a local across the scan
@@ -1038,6 +1048,13 @@ class TaskAggregator:
                 continue
             room.dirty = False
             upserts.append((room_key(room.room_id), encode_room(room)))
+            if room.tail_dirty:
+                room.tail_dirty = False
+                tail = encode_room_tail(room)
+                if tail is None:
+                    deletes.append(tail_key(room.room_id))
+                else:
+                    upserts.append((tail_key(room.room_id), tail))
             changed = room.seen_dirty
             if isinstance(changed, set):
                 chunks = room.seen_chunks
@@ -1048,10 +1065,11 @@ class TaskAggregator:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
                 room.seen_gone = ()
         self._dirty = []
-        deletes.extend(room_key(room_id) for room_id in sorted(self._expired))
-        deletes.extend(self._gone_chunks)
+        for room_id in sorted(self._expired):
+            deletes += (room_key(room_id), tail_key(room_id))
+        deletes.extend(self._gone_keys)
         self._expired = set()
-        self._gone_chunks = []
+        self._gone_keys = []
         if offsets:
             self._offsets.update(offsets)
         cfg = self.config
@@ -1087,14 +1105,33 @@ class TaskAggregator:
                 self._check_geometry(meta.geometry)
                 self._restore_meta(meta)
         shared: dict[tuple[tuple[int, int], ...], dict[int, int]] = {}  # rooms of one checkpoint
+        tails = live.tails
         for key, value in live.rooms:
             try:
-                room = decode_room_record(key, value, self.config.window_ms)
+                room, version = decode_room_entry(key, value, self.config.window_ms)
             except StateError as exc:
                 self.quarantined.append((key, value, str(exc)))
                 continue
+            tail = tails.pop(key[len(ROOM_KEY_PREFIX) :], None)
+            if version < 6:
+                # Its record holds the detector, session and rollups. They are written as a t/
+                # record with its next r/ record, which no longer holds them: at the next checkpoint
+                # if a t/ record is beside it (older: written before a worker of an earlier version
+                # took the room over), so that no restore reads the two together.
+                room.tail_dirty = True
+                if tail is not None:
+                    room.dirty = True
+                    self._dirty.append(room)
+            elif tail is not None:
+                try:
+                    decode_room_tail(tail_key(room.room_id), tail, room)
+                except StateError as exc:  # the room goes on without its spike history and session
+                    self.quarantined.append((tail_key(room.room_id), tail, str(exc)))
             room.offsets = shared.setdefault(tuple(room.offsets.items()), room.offsets)
             self._adopt(room)
+        # t/ records of no room (its r/ record was quarantined) are deleted with the next checkpoint,
+        # as an expired room's are: unless the room comes back first and writes its own
+        self._expired.update(room_id.decode() for room_id in tails)
         if self.watch_start is None and (self.rooms or self._max_ts != NO_TIME):
             self._watching_from(NO_TIME)  # state from before the start was recorded
         for key, value in live.chunks:

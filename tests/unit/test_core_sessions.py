@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from loadtest.oracle import expected_sessions
 from schemas import Event, RoomSession, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator, room_view
-from streams.core._state_codec import decode_room
+from streams.core._state_codec import decode_room, room_state
 from streams.exceptions import ConfigError
 from tests.records import assert_records_match
 from tests.unit.test_core_oracle import BASE_MS, SOURCES, make_stream, run
@@ -115,7 +115,7 @@ def test_each_session_ends_once_and_its_state_is_deleted() -> None:
     records = settle(agg, 15_000)  # watermark newest + 13 s: both windows close
     assert [r.status for r in records] == ["live", "live"]
     key = b"r/r"
-    assert decode_room(dict(agg.checkpoint().upserts)[key]).session is not None  # in the room's record
+    assert room_state(dict(agg.checkpoint().upserts), "r").session is not None  # in the room's records
     # another room moves the watermark past r's idle time: r's window state is reset, its session stays
     agg.apply(0, [(4, ViewerEvent("heartbeat", "o", "x", t + 52_000))], now_ms=15_000)
     settle(agg, 25_000)
@@ -131,12 +131,13 @@ def test_each_session_ends_once_and_its_state_is_deleted() -> None:
     assert (ended.session_start, ended.session_end, ended.updated_at) == (t, t + 26_000, t + 90_000)
     assert (ended.views, ended.unique_viewers, ended.likes, ended.peak_concurrent_viewers) == (2, 2, 1, 2)
     assert records[1].session_start == t + 150_000 and records[1].session_end is None
-    session = decode_room(dict(agg.checkpoint().upserts)[key]).session
+    session = room_state(dict(agg.checkpoint().upserts), "r").session
     assert session is not None and session.start == t + 150_000  # the new session
     records = [r for r in settle(agg, 10**8) if r.room_id == "r"]
     assert [r.status for r in records] == ["ended"]
     # the session ended and the hour's rollup closed: nothing keeps the silent room any longer
-    assert "r" not in agg.rooms and key in agg.checkpoint().deletes
+    deletes = agg.checkpoint().deletes
+    assert "r" not in agg.rooms and key in deletes and b"t/r" in deletes
     assert settle(agg, 10**9) == []
 
 

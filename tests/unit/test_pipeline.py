@@ -12,7 +12,7 @@ import pytest
 
 from schemas import Source, decode_dead_letter, decode_room_session, decode_room_stats
 from streams.core import CoreConfig, PartitionCache, TaskAggregator, iso_utc
-from streams.core._state_codec import decode_room
+from streams.core._state_codec import room_state
 from streams.metrics import Metrics
 from streams.pipeline import (
     _DECODERS,
@@ -377,7 +377,7 @@ def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_l
     pipeline.tick(NOW_MS + 3_000)  # every window and minute closes; the hour and the session go on
     pipeline.stage_checkpoint(NOW_MS, {})
     log = [(k, v) for _, k, v, _ in sink.take(TOPICS.changelog)]
-    state = decode_room(dict(log)[b"r/" + room.encode()])  # the session and open rollups in its record
+    state = room_state(dict(log), room)  # the session and open rollups in its records
     assert state.session is not None and state.session.start == T0
     assert [r.length for r in state.rollups or ()] == [3_600_000]  # the minutes closed, the hour is open
     for sender in range(PARTITIONS):  # past the end of the hour and of the session's gap

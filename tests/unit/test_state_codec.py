@@ -18,11 +18,14 @@ from streams.core._state_codec import (
     decode_meta,
     decode_room,
     decode_room_record,
+    decode_room_tail,
     dedup_key,
     encode_dedup_chunk,
     encode_meta,
     encode_room,
+    encode_room_tail,
     room_key,
+    tail_key,
 )
 from streams.exceptions import StateError
 
@@ -60,8 +63,38 @@ def test_a_room_round_trips() -> None:
     raw = encode_room(room)
     assert orjson.loads(raw)[0] == ROOM_FORMAT_VERSION
     back = decode_room_record(room_key("r"), raw, W)
+    assert back.detector is None  # it travels in the room's t/ record
+    tail = encode_room_tail(room)
+    assert tail is not None
+    decode_room_tail(tail_key("r"), tail, back)
     assert same_state(back, room)
     assert not back.seen  # the dedup memory travels in chunk records
+
+
+def test_a_room_with_no_detector_session_or_rollups_has_no_tail_record() -> None:
+    room = Room("r")
+    room.concurrent = 3
+    assert encode_room_tail(room) is None
+    assert same_state(decode_room(encode_room(room), W), room)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"{",  # not JSON
+        orjson.dumps([2, "r", None, None, None]),  # a version from the future
+        orjson.dumps([1, "other", None, None, None]),  # another room's
+        orjson.dumps([1, "r", None, None]),  # a field missing
+        orjson.dumps([1, "r", [99], None, None]),  # a detector of no known version
+        orjson.dumps([1, "r", None, [0, 1000, [0, 0], None, 0, 0, 0], None]),  # session counters missing
+        orjson.dumps([1, "r", None, None, [[60_000, 0, [0] * N_COUNTERS, 5, 0]]]),  # sketch not a string
+    ],
+)
+def test_an_undecodable_tail_record_is_a_state_error_and_leaves_the_room_as_it_was(value: bytes) -> None:
+    room = decode_room(encode_room(lived_room()), W)
+    with pytest.raises(StateError):
+        decode_room_tail(tail_key("r"), value, room)
+    assert room.detector is None and room.session is None and room.rollups is None
 
 
 def test_a_room_under_another_rooms_key_is_corrupt() -> None:

@@ -1,0 +1,165 @@
+"""The changelog holds the live state at every checkpoint: a task restored from it has every room
+the live one has, record for record (``r/``, and ``t/`` for its detector, session and rollups,
+which a checkpoint rewrites only when they changed)."""
+
+from __future__ import annotations
+
+import base64
+import random
+from typing import Any
+
+import orjson
+from datasketches import hll_sketch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import ViewerEvent
+from streams.core import CoreConfig, TaskAggregator
+from streams.core._state_codec import encode_room, encode_room_tail
+from tests.unit.test_core_oracle import SOURCES, make_stream, run
+
+CFG = CoreConfig(
+    bucket_ms=1_000,
+    window_ms=10_000,
+    grace_ms=2_000,
+    room_idle_ms=60_000,  # rooms expire (and come back) within the stream
+    dedup_ttl_ms=120_000,
+    session_gap_ms=30_000,
+    rollup_windows_ms=(30_000, 60_000),
+)
+
+
+def state_of(agg: TaskAggregator) -> dict[str, tuple[Any, Any]]:
+    """Each room's two records, decoded, a sketch as its estimate (a set-mode sketch rebuilt from
+    its bytes may list the same coupons in another order than the union it was taken from)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for room_id, room in agg.rooms.items():
+        head = orjson.loads(encode_room(room))
+        head[6] = [[ws, estimate(sketch)] for ws, sketch in head[6]]
+        raw_tail = encode_room_tail(room)
+        tail = None if raw_tail is None else orjson.loads(raw_tail)
+        if tail is not None and tail[3] is not None:
+            tail[3][3] = estimate(tail[3][3])
+        for rollup in () if tail is None else tail[4] or ():
+            rollup[3] = estimate(rollup[3])
+        out[room_id] = (head, tail)
+    return out
+
+
+def estimate(sketch: str | None) -> float | None:
+    return None if sketch is None else hll_sketch.deserialize(base64.b64decode(sketch)).get_estimate()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(50, 800),
+    rooms=st.integers(1, 25),
+    disorder_ms=st.sampled_from([0, 1_900, 15_000]),
+    span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
+)
+def test_a_restore_at_any_checkpoint_has_the_live_state(
+    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int
+) -> None:
+    rng = random.Random(seed)
+    stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
+    agg = TaskAggregator(CFG, SOURCES)
+    log: list[tuple[bytes, bytes | None]] = []
+    i = 0
+    while i < len(stream):
+        j = min(len(stream), i + rng.randint(1, 120))
+        run(agg, stream[i:j], rng)
+        if rng.random() < 0.3:  # wall time releases idle sources: windows, rollups, sessions close
+            agg.tick(now_ms=rng.randint(0, 10**7))
+        agg.drain(), agg.drain_rollups(), agg.drain_sessions(), agg.drain_alerts()
+        checkpoint = agg.checkpoint()
+        log += checkpoint.upserts
+        log += [(key, None) for key in checkpoint.deletes]
+        restored = TaskAggregator(CFG, SOURCES)
+        restored.restore(log)
+        assert restored.quarantined == []
+        assert state_of(restored) == state_of(agg)
+        i = j
+
+
+BASE_MS = 1_700_000_000_000
+
+
+def lived(room_id: str = "r") -> tuple[TaskAggregator, list[tuple[bytes, bytes | None]]]:
+    """A task whose room closed windows (a detector, a session, open rollups), and its changelog."""
+    agg = TaskAggregator(CFG, SOURCES)
+    for k in range(3):
+        agg.apply(0, [(k + 1, ViewerEvent("join", room_id, f"u{k}", BASE_MS + k * 10_000))], now_ms=0)
+    agg.tick(now_ms=13_000)  # the wall clock releases the watermark to the newest event + 11 s
+    checkpoint = agg.checkpoint()
+    room = agg.rooms[room_id]
+    assert room.detector is not None and room.session is not None and room.rollups is not None
+    return agg, [*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)]
+
+
+def as_version_5(agg: TaskAggregator, room_id: str) -> bytes:
+    """The room's state as a worker before the t/ record wrote it: one record."""
+    room = agg.rooms[room_id]
+    head = orjson.loads(encode_room(room))
+    tail = orjson.loads(encode_room_tail(room) or b"null")
+    buckets = [[bucket, *counters] for bucket, counters in head[5]]
+    return orjson.dumps([5, *head[1:5], buckets, *head[6:8], *tail[2:]])
+
+
+def test_a_room_of_a_version_5_record_writes_its_tail_with_its_next_record() -> None:
+    agg, log = lived()
+    # an earlier worker took the room over and wrote it whole; the t/ record beside it is older
+    log = [*log, (b"r/r", as_version_5(agg, "r"))]
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore(log)
+    assert restored.quarantined == [] and state_of(restored) == state_of(agg)
+    written = dict(restored.checkpoint().upserts)  # at once, over the older t/ record
+    assert orjson.loads(written[b"r/r"])[0] == 6 and b"t/r" in written
+    again = TaskAggregator(CFG, SOURCES)
+    again.restore([*log, *written.items()])
+    assert state_of(again) == state_of(restored)
+
+
+def test_a_room_of_a_version_5_record_without_a_tail_record_writes_one_with_its_next_record() -> None:
+    agg, log = lived()
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore([(k, v) for k, v in log if k != b"t/r"] + [(b"r/r", as_version_5(agg, "r"))])
+    assert state_of(restored) == state_of(agg)
+    assert b"r/r" not in dict(restored.checkpoint().upserts)  # nothing changed, nothing written
+    restored.apply(0, [(9, ViewerEvent("like", "r", "u1", BASE_MS + 40_000))], now_ms=13_000)
+    written = restored.checkpoint().upserts
+    again = TaskAggregator(CFG, SOURCES)
+    again.restore([*log, (b"r/r", as_version_5(agg, "r")), *written])
+    assert {k for k, _ in written} >= {b"r/r", b"t/r"} and state_of(again) == state_of(restored)
+
+
+def test_a_tail_record_of_no_room_is_deleted() -> None:
+    _, log = lived()
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore([*log, (b"r/r", b"{not json")])
+    assert [key for key, _, _ in restored.quarantined] == [b"r/r"] and "r" not in restored.rooms
+    assert b"t/r" in restored.checkpoint().deletes  # it would be another room's history if it came back
+
+
+def test_a_room_back_after_its_record_was_quarantined_keeps_the_tail_it_writes() -> None:
+    _, log = lived()
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore([*log, (b"r/r", b"{not json")])
+    for k in range(4):  # the room comes back and closes a window before the next checkpoint
+        restored.apply(0, [(20 + k, ViewerEvent("join", "r", f"v{k}", BASE_MS + 40_000 + k * 5_000))], 13_000)
+    restored.tick(now_ms=30_000)
+    checkpoint = restored.checkpoint()
+    assert b"t/r" in dict(checkpoint.upserts) and b"t/r" not in checkpoint.deletes
+    again = TaskAggregator(CFG, SOURCES)
+    again.restore([*log, (b"r/r", None), *checkpoint.upserts, *((k, None) for k in checkpoint.deletes)])
+    assert state_of(again) == state_of(restored) and again.rooms["r"].session is not None
+
+
+def test_a_corrupt_tail_record_is_quarantined_and_the_room_goes_on_without_it() -> None:
+    agg, log = lived()
+    restored = TaskAggregator(CFG, SOURCES)
+    restored.restore([*log, (b"t/r", orjson.dumps([1, "r", [99], None, None]))])
+    assert [key for key, _, _ in restored.quarantined] == [b"t/r"]
+    room = restored.rooms["r"]
+    assert room.detector is None and room.session is None and room.rollups is None
+    assert orjson.loads(encode_room(room)) == orjson.loads(encode_room(agg.rooms["r"]))
