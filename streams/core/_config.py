@@ -68,6 +68,10 @@ class CoreConfig:
     #: quiet windows to the spike detector's native kernel where it is built (``streams/native``:
     #: the same baselines, bit for bit); false: the Python detector takes every window
     native_core: bool = True
+    #: the room state format checkpoints write (``_state_codec``): 6, a room's counters and what it
+    #: folds from closed windows in two records; or 5, one record, which workers before 6 read too:
+    #: the first step of a rolling upgrade from them (the RUNBOOK's "Upgrade across a state format")
+    state_format: int = 6
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.window_ms <= 0:
@@ -97,6 +101,8 @@ class CoreConfig:
                 )
         if len(set(self.rollup_windows_ms)) != len(self.rollup_windows_ms):
             raise ConfigError(f"rollup windows repeat: {self.rollup_windows_ms}")
+        if self.state_format not in (5, 6):
+            raise ConfigError(f"state_format {self.state_format} is not 5 or 6")
         if not 4 <= self.hll_lg_k <= 16:
             raise ConfigError("hll_lg_k must be in 4..16")
 

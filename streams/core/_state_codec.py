@@ -56,6 +56,8 @@ ROOM_FORMAT_VERSION = 6
 _COUNTERS_IN = {1: 10, 2: 10, 3: 10, 4: N_COUNTERS, 5: N_COUNTERS, 6: N_COUNTERS}
 #: 1: detector, session, rollups (the fields room versions 2-5 ended with)
 TAIL_FORMAT_VERSION = 1
+#: the last room version with the detector, session and rollups in the room's record
+WHOLE_ROOM_VERSION = 5
 
 #: 1: event times; 2: + per-source event times; 3: + sender frontiers and input offsets;
 #: 4: + the window geometry (bucket_ms, window_ms) the state was cut with, and optionally (a field
@@ -146,10 +148,7 @@ def encode_room(room: Room) -> bytes:
             room.last_ts,
             list(room.offsets.items()),
             list(room.buckets.items()),
-            [
-                [ws, base64.b64encode(sketch.serialize_compact()).decode()]
-                for ws, sketch in room.uniques.items()
-            ],
+            _uniques_wire(room),
             room.open_ws,
         ]
     )
@@ -157,35 +156,60 @@ def encode_room(room: Room) -> bytes:
 
 def encode_room_tail(room: Room) -> bytes | None:
     """A room's ``t/`` record: its detector, session and open rollups (None: it has none)."""
-    detector, session, rollups = room.detector, room.session, room.rollups
-    if detector is None and session is None and rollups is None:
+    if room.detector is None and room.session is None and room.rollups is None:
         return None
-    # a window's sketch may be held by the session and the rollups at once: encoded once
-    encoded: dict[int, str] = {}
+    return orjson.dumps([TAIL_FORMAT_VERSION, room.room_id, *_tail_fields(room)])
+
+
+def encode_room_whole(room: Room) -> bytes:
+    """A room as one ``r/`` record of version 5, its detector, session and rollups in it: what
+    workers before version 6 read (``CoreConfig.state_format`` 5, a rolling upgrade's first step)."""
     return orjson.dumps(
         [
-            TAIL_FORMAT_VERSION,
+            WHOLE_ROOM_VERSION,
             room.room_id,
-            None if detector is None else detector.to_wire(),
-            None
-            if session is None
-            else [
-                session.start,
-                session.last_end,
-                session.totals,
-                _held_wire(session, encoded),
-                session.peak,
-                session.peak_ws,
-                session.updated_at,
-            ],
-            None
-            if rollups is None
-            else [
-                [r.length, r.start, r.totals, _held_wire(r, encoded), r.concurrent]
-                for r in rollups
-                if r is not None
-            ],
+            room.concurrent,
+            room.last_ts,
+            list(room.offsets.items()),
+            [[bucket, *counters] for bucket, counters in room.buckets.items()],
+            _uniques_wire(room),
+            room.open_ws,
+            *_tail_fields(room),
         ]
+    )
+
+
+def _uniques_wire(room: Room) -> list[list[Any]]:
+    return [
+        [ws, base64.b64encode(sketch.serialize_compact()).decode()] for ws, sketch in room.uniques.items()
+    ]
+
+
+def _tail_fields(room: Room) -> tuple[Any, Any, Any]:
+    """``[detector, session, rollups]`` as a room's records hold them."""
+    session, rollups = room.session, room.rollups
+    # a window's sketch may be held by the session and the rollups at once: encoded once
+    encoded: dict[int, str] = {}
+    return (
+        None if room.detector is None else room.detector.to_wire(),
+        None
+        if session is None
+        else [
+            session.start,
+            session.last_end,
+            session.totals,
+            _held_wire(session, encoded),
+            session.peak,
+            session.peak_ws,
+            session.updated_at,
+        ],
+        None
+        if rollups is None
+        else [
+            [r.length, r.start, r.totals, _held_wire(r, encoded), r.concurrent]
+            for r in rollups
+            if r is not None
+        ],
     )
 
 
@@ -227,7 +251,11 @@ def decode_room_versioned(raw: bytes, window_ms: int = 10_000) -> tuple[Room, in
             if len(obj) != 8:
                 raise ValueError(f"{len(obj)} fields, not 8")
             room = _decode_v1([*obj[:5], [], obj[6], obj[7], []], window_ms)
+            if type(obj[5]) is not list:
+                raise ValueError("buckets are a list of [bucket, counters] pairs")
             room.buckets = dict(obj[5]) or EMPTY
+            if not all(type(bucket) is int for bucket in room.buckets):
+                raise ValueError("a bucket number is not an integer")
             detector = None
         elif version >= 3:  # dedup memory in chunk records
             room = _decode_v1([*obj[:8], []], window_ms)
@@ -239,6 +267,8 @@ def decode_room_versioned(raw: bytes, window_ms: int = 10_000) -> tuple[Room, in
             room.detector = DetectorState.from_wire(detector)
         if version == 5:
             _decode_session_and_rollups(room, obj[9], obj[10])
+        if type(room.room_id) is not str:
+            raise ValueError(f"room id {room.room_id!r} is not a string")
         written = _COUNTERS_IN[version]
         for counters in room.buckets.values():
             if type(counters) is not list or len(counters) != written:
@@ -313,7 +343,7 @@ def decode_room_tail(key: bytes, value: bytes, room: Room) -> None:
         version = obj[0]
     except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
         raise StateError(f"undecodable room tail {key!r}: {exc}") from exc
-    if version != TAIL_FORMAT_VERSION:
+    if type(version) is not int or version != TAIL_FORMAT_VERSION:
         raise StateError(f"room tail version {version!r} is not supported (max {TAIL_FORMAT_VERSION})")
     try:
         _, room_id, detector, session, rollups = obj

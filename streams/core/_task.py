@@ -46,6 +46,8 @@ from ._spikes import DetectorState, firing, observe, resolve_all
 from ._state_codec import (
     META_KEY,
     ROOM_KEY_PREFIX,
+    TAIL_KEY_PREFIX,
+    WHOLE_ROOM_VERSION,
     Checkpoint,
     TaskMeta,
     compact,
@@ -58,6 +60,7 @@ from ._state_codec import (
     encode_meta,
     encode_room,
     encode_room_tail,
+    encode_room_whole,
     room_key,
     tail_key,
 )
@@ -1043,12 +1046,16 @@ class TaskAggregator:
             room.offsets = shared
         upserts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
+        whole = self.config.state_format == WHOLE_ROOM_VERSION
         for room in self._dirty:
             if not room.dirty:
                 continue
             room.dirty = False
-            upserts.append((room_key(room.room_id), encode_room(room)))
-            if room.tail_dirty:
+            if whole:
+                upserts.append((room_key(room.room_id), encode_room_whole(room)))
+            else:
+                upserts.append((room_key(room.room_id), encode_room(room)))
+            if room.tail_dirty and not whole:
                 room.tail_dirty = False
                 tail = encode_room_tail(room)
                 if tail is None:
@@ -1119,7 +1126,9 @@ class TaskAggregator:
                 # if a t/ record is beside it (older: written before a worker of an earlier version
                 # took the room over), so that no restore reads the two together.
                 room.tail_dirty = True
-                if tail is not None:
+                if tail is not None and self.config.state_format == WHOLE_ROOM_VERSION:
+                    self._gone_keys.append(tail_key(room.room_id))  # (no t/ record is written)
+                elif tail is not None:
                     room.dirty = True
                     self._dirty.append(room)
             elif tail is not None:
@@ -1131,7 +1140,11 @@ class TaskAggregator:
             self._adopt(room)
         # t/ records of no room (its r/ record was quarantined) are deleted with the next checkpoint,
         # as an expired room's are: unless the room comes back first and writes its own
-        self._expired.update(room_id.decode() for room_id in tails)
+        for orphan in tails:
+            try:
+                self._expired.add(orphan.decode())
+            except UnicodeDecodeError:  # no room has that id: nothing can write that key again
+                self._gone_keys.append(TAIL_KEY_PREFIX + orphan)
         if self.watch_start is None and (self.rooms or self._max_ts != NO_TIME):
             self._watching_from(NO_TIME)  # state from before the start was recorded
         for key, value in live.chunks:

@@ -83,6 +83,8 @@ def test_a_room_with_no_detector_session_or_rollups_has_no_tail_record() -> None
     [
         b"{",  # not JSON
         orjson.dumps([2, "r", None, None, None]),  # a version from the future
+        orjson.dumps([True, "r", None, None, None]),  # not a version
+        orjson.dumps([1.0, "r", None, None, None]),
         orjson.dumps([1, "other", None, None, None]),  # another room's
         orjson.dumps([1, "r", None, None]),  # a field missing
         orjson.dumps([1, "r", [99], None, None]),  # a detector of no known version
@@ -139,15 +141,26 @@ def test_a_version_2_detector_decodes() -> None:
         b"[]",
         orjson.dumps([99, "r"]),  # a version this code does not know
         orjson.dumps([ROOM_FORMAT_VERSION, "r"]),  # truncated
-        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [[0]], [], [], [], None]),  # a bad offset pair
+        orjson.dumps([6, "r", 0, 0, [[0]], [], [], []]),  # a bad offset pair
+        orjson.dumps([5, "r", 0, 0, [[0]], [], [], [], None, None, None]),
         orjson.dumps([1, "r", 0, 0, [], [], [], [], [["o1", "paid"]]]),  # a bad v1 order
         orjson.dumps([[ROOM_FORMAT_VERSION], "r"]),  # not a version
-        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [[1, 2, 3]], [], [], None]),  # a short bucket
+        orjson.dumps([6, "r", 0, 0, [], [[1, [2, 3]]], [], []]),  # a short bucket
+        orjson.dumps([6, "r", 0, 0, [], [[1, 2, 3]], [], []]),  # a bucket not a pair
+        orjson.dumps([6, "r", 0, 0, [], [[1, "abcdefghijk"]], [], []]),  # counters not a list
+        orjson.dumps([6, "r", 0, 0, [], {"5": [0] * N_COUNTERS}, [], []]),  # buckets not pairs
+        orjson.dumps([6, "r", 0, 0, [], [["5", [0] * N_COUNTERS]], [], []]),  # a bucket number not an int
+        orjson.dumps([6, 5, 0, 0, [], [], [], []]),  # a room id not a string
+        orjson.dumps([6, "r", 0, 0, [], [], [], [], None]),  # a v5 record's fields under v6
+        orjson.dumps([5, "r", 0, 0, [], [[1, 2, 3]], [], [], None, None, None]),  # a short bucket
         orjson.dumps([3, "r", 0, 0, [], [[1, *range(11)]], [], [], None]),  # v3 had 10 counters
         # no buckets, sketches or open windows is an empty list, never null, 0 or false
-        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], None, [], [], None, None, None]),
-        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [], 0, [], None, None, None]),
-        orjson.dumps([ROOM_FORMAT_VERSION, "r", 0, 0, [], [], [], False, None, None, None]),
+        orjson.dumps([6, "r", 0, 0, [], None, [], []]),
+        orjson.dumps([6, "r", 0, 0, [], [], 0, []]),
+        orjson.dumps([6, "r", 0, 0, [], [], [], False]),
+        orjson.dumps([5, "r", 0, 0, [], None, [], [], None, None, None]),
+        orjson.dumps([5, "r", 0, 0, [], [], 0, [], None, None, None]),
+        orjson.dumps([5, "r", 0, 0, [], [], [], False, None, None, None]),
     ],
 )
 def test_garbage_rooms_are_state_errors(raw: bytes) -> None:
