@@ -1200,7 +1200,9 @@ class TaskAggregator:
         """The log of input ``source`` ends at ``log_end``, below the offsets the restored state
         holds: it was truncated (an unclean leader election) or recreated. Records from
         ``log_end`` on are not the ones the state took: none of them counts as replayed, and the
-        input resumes there (``restored_offsets``)."""
+        input resumes there (``restored_offsets``). The rooms whose offsets it lowers are written
+        at the next checkpoint: restored from their records as they were, they would count the new
+        records up to the old offsets as replayed."""
         held = log_end - 1
         if self._replay_until.get(source, -1) > held:
             self._replay_until[source] = held
@@ -1211,6 +1213,9 @@ class TaskAggregator:
                 if id(offsets) not in lowered:
                     lowered[id(offsets)] = {**offsets, source: held}
                 room.offsets = lowered[id(offsets)]
+                if not room.dirty:
+                    room.dirty = True
+                    self._dirty.append(room)
         self._offsets[source] = log_end
         self.restored_offsets[source] = log_end
 

@@ -261,6 +261,23 @@ def test_an_input_log_that_ends_below_the_state_is_rebased_and_its_new_records_c
     assert stats.views == 3500
 
 
+def test_a_rebase_is_in_the_next_checkpoint() -> None:
+    """A checkpoint right after a rebase (before any new record) writes the lowered offsets: a
+    restore from it must not take the new records up to the old offsets for replays."""
+    agg = TaskAggregator(CFG)
+    agg.apply(0, [(i, ViewerEvent("join", "r", f"u{i}", BASE_MS + i)) for i in range(1, 3001)], 0)
+    first = agg.checkpoint({0: 3001})
+    rebased = TaskAggregator(CFG)
+    rebased.restore(first.upserts)
+    rebased.rebase(0, 1000)
+    second = rebased.checkpoint({0: 1000})
+    restored = TaskAggregator(CFG)
+    restored.restore([*first.upserts, *second.upserts])
+    assert restored.rooms["r"].offsets[0] == 999
+    new = [(1000 + i, ViewerEvent("join", "r", f"v{i}", BASE_MS + 3001 + i)) for i in range(500)]
+    assert restored.apply(0, new, 0).applied == 500
+
+
 def test_a_wall_clock_step_is_no_time_that_passed_for_the_idle_advance() -> None:
     """Idle inputs let event time move on like wall time; the host's clock stepping 5 min forward
     (NTP) is no 5 min of silence: the minutes of events after it would all count late."""
