@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import pytest
 from datasketches import hll_sketch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 from schemas import ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
 from streams.core._state_codec import encode_room, encode_room_tail
+from streams.exceptions import ConfigError
+from streams.settings import settings_from_env
 from tests.unit.test_core_oracle import SOURCES, make_stream, run
 
 CFG = CoreConfig(
@@ -204,3 +207,9 @@ def test_format_5_writes_one_record_per_room_as_workers_before_format_6_read_it(
     new = TaskAggregator(CFG, SOURCES)
     new.restore([*log, *checkpoint.upserts, *((k, None) for k in checkpoint.deletes)])
     assert state_of(new) == state_of(whole)
+
+
+def test_a_state_format_other_than_5_or_6_is_refused() -> None:
+    with pytest.raises(ConfigError, match="state_format"):
+        CoreConfig(state_format=4)
+    assert settings_from_env({"LIVEPULSE_STATE_FORMAT": "5"}).core.state_format == 5
