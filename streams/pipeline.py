@@ -19,6 +19,7 @@ sinks gathered and commits each task's transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -499,12 +500,8 @@ class TaskPipeline:
             progress = orjson.dumps(leaderboard_progress(self.partition, watermark))
             add(t.leaderboard_partials, 0, b"%d" % self.partition, progress)
             self._progress_sent = watermark
-        checkpoint = self.core.checkpoint(offsets)
-        for key, value in checkpoint.upserts:
-            add(t.changelog, self.partition, key, value)
-        for key in checkpoint.deletes:
-            add(t.changelog, self.partition, key, None)
-        written = len(checkpoint.upserts) + len(checkpoint.deletes)
+        # each record into its producer batch as it is encoded (see TaskAggregator.write_checkpoint)
+        written = self.core.write_checkpoint(functools.partial(add, t.changelog, self.partition), offsets)
         if self.merge is not None:
             written += self.merge.stage_checkpoint()
         return written

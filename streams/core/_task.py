@@ -11,7 +11,7 @@ comes from the changelog; its record formats are ``streams.core._state_codec``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add
 from typing import Any, NamedTuple
@@ -1025,7 +1025,27 @@ class TaskAggregator:
     # -- checkpoint and restore ---------------------------------------------------------
 
     def checkpoint(self, offsets: Mapping[int, int] | None = None) -> Checkpoint:
-        """Changelog records for rooms changed since the last checkpoint, plus task metadata.
+        """Changelog records for rooms changed since the last checkpoint, plus task metadata
+        (``write_checkpoint``, gathered)."""
+        upserts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
+
+        def gather(key: bytes, value: bytes | None) -> None:
+            if value is None:
+                deletes.append(key)
+            else:
+                upserts.append((key, value))
+
+        self.write_checkpoint(gather, offsets)
+        return Checkpoint(upserts, deletes)
+
+    def write_checkpoint(
+        self, write: Callable[[bytes, bytes | None], None], offsets: Mapping[int, int] | None = None
+    ) -> int:
+        """Hand ``write`` the changelog records of the rooms changed since the last checkpoint, then
+        the task metadata, then the tombstones (value None), each as soon as it is encoded: a
+        checkpoint of every room holds one record at a time, not all of them (a catch-up's
+        checkpoint covers most rooms, a window boundary tens of thousands). Returns how many.
 
         ``offsets`` (source -> next offset to read) go into the metadata record: written in the
         same transaction as the state, they say exactly where a restored task resumes.
@@ -1044,29 +1064,29 @@ class TaskAggregator:
                 shared = consumed if held.keys() <= consumed.keys() else {**held, **consumed}
                 merged[id(held)] = shared
             room.offsets = shared
-        upserts: list[tuple[bytes, bytes]] = []
-        deletes: list[bytes] = []
+        written = 0
+        deletes: list[bytes] = []  # written after every upsert: never before a write of its key
         whole = self.config.state_format == WHOLE_ROOM_VERSION
         for room in self._dirty:
             if not room.dirty:
                 continue
             room.dirty = False
-            if whole:
-                upserts.append((room_key(room.room_id), encode_room_whole(room)))
-            else:
-                upserts.append((room_key(room.room_id), encode_room(room)))
+            write(room_key(room.room_id), encode_room_whole(room) if whole else encode_room(room))
+            written += 1
             if room.tail_dirty and not whole:
                 room.tail_dirty = False
                 tail = encode_room_tail(room)
                 if tail is None:
                     deletes.append(tail_key(room.room_id))
                 else:
-                    upserts.append((tail_key(room.room_id), tail))
+                    write(tail_key(room.room_id), tail)
+                    written += 1
             changed = room.seen_dirty
             if isinstance(changed, set):
                 chunks = room.seen_chunks
                 for ws in changed:
-                    upserts.append((dedup_key(room.room_id, ws), encode_dedup_chunk(chunks[ws])))
+                    write(dedup_key(room.room_id, ws), encode_dedup_chunk(chunks[ws]))
+                written += len(changed)
                 room.seen_dirty = NO_WINDOWS  # an emptied set keeps its table
             if room.seen_gone:
                 deletes.extend(dedup_key(room.room_id, ws) for ws in room.seen_gone)
@@ -1089,8 +1109,10 @@ class TaskAggregator:
             (cfg.bucket_ms, cfg.window_ms),
             self.watch_start,
         )
-        upserts.append((META_KEY, encode_meta(meta)))
-        return Checkpoint(upserts, deletes)
+        write(META_KEY, encode_meta(meta))
+        for key in deletes:
+            write(key, None)
+        return written + 1 + len(deletes)
 
     @property
     def dirty_rooms(self) -> int:

@@ -213,3 +213,20 @@ def test_a_state_format_other_than_5_or_6_is_refused() -> None:
     with pytest.raises(ConfigError, match="state_format"):
         CoreConfig(state_format=4)
     assert settings_from_env({"LIVEPULSE_STATE_FORMAT": "5"}).core.state_format == 5
+
+
+def test_write_checkpoint_hands_over_the_records_checkpoint_gathers_in_their_order() -> None:
+    """Streamed (the data plane's path) or gathered, a checkpoint is the same records, upserts
+    first: a tombstone never comes before a write of its key."""
+    rng = random.Random(5)
+    stream = make_stream(rng, 600, 12, 400_000, 1_900)
+    gathered, streamed = TaskAggregator(CFG, SOURCES), TaskAggregator(CFG, SOURCES)
+    for i in range(0, len(stream), 60):
+        for agg in (gathered, streamed):
+            run(agg, stream[i : i + 60], random.Random(i))
+            agg.tick(now_ms=i * 1_000)
+        checkpoint = gathered.checkpoint({0: i})
+        records: list[tuple[bytes, bytes | None]] = []
+        count = streamed.write_checkpoint(lambda key, value, into=records: into.append((key, value)), {0: i})
+        assert records == [*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)]
+        assert count == len(records) and records[len(checkpoint.upserts) - 1][0] == b"m/task"
