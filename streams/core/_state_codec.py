@@ -140,18 +140,7 @@ def compact(records: Iterable[tuple[bytes, bytes | None]]) -> Records:
 
 def encode_room(room: Room) -> bytes:
     """A room's ``r/`` record (current version): its counters, sketches and open windows."""
-    return orjson.dumps(
-        [
-            ROOM_FORMAT_VERSION,
-            room.room_id,
-            room.concurrent,
-            room.last_ts,
-            list(room.offsets.items()),
-            list(room.buckets.items()),
-            _uniques_wire(room),
-            room.open_ws,
-        ]
-    )
+    return orjson.dumps(_room_fields(room, ROOM_FORMAT_VERSION, list(room.buckets.items())))
 
 
 def encode_room_tail(room: Room) -> bytes | None:
@@ -164,24 +153,24 @@ def encode_room_tail(room: Room) -> bytes | None:
 def encode_room_whole(room: Room) -> bytes:
     """A room as one ``r/`` record of version 5, its detector, session and rollups in it: what
     workers before version 6 read (``CoreConfig.state_format`` 5, a rolling upgrade's first step)."""
-    return orjson.dumps(
-        [
-            WHOLE_ROOM_VERSION,
-            room.room_id,
-            room.concurrent,
-            room.last_ts,
-            list(room.offsets.items()),
-            [[bucket, *counters] for bucket, counters in room.buckets.items()],
-            _uniques_wire(room),
-            room.open_ws,
-            *_tail_fields(room),
-        ]
-    )
+    buckets = [[bucket, *counters] for bucket, counters in room.buckets.items()]
+    return orjson.dumps([*_room_fields(room, WHOLE_ROOM_VERSION, buckets), *_tail_fields(room)])
 
 
-def _uniques_wire(room: Room) -> list[list[Any]]:
-    return [
+def _room_fields(room: Room, version: int, buckets: list[Any]) -> list[Any]:
+    """The fields an ``r/`` record of ``version`` starts with (``buckets`` as it writes them)."""
+    uniques = [
         [ws, base64.b64encode(sketch.serialize_compact()).decode()] for ws, sketch in room.uniques.items()
+    ]
+    return [
+        version,
+        room.room_id,
+        room.concurrent,
+        room.last_ts,
+        list(room.offsets.items()),
+        buckets,
+        uniques,
+        room.open_ws,
     ]
 
 
@@ -234,11 +223,10 @@ def decode_room(raw: bytes, window_ms: int = 10_000) -> Room:
 
     ``window_ms`` places the dedup memory of v1/v2 records into window chunks.
     """
-    return decode_room_versioned(raw, window_ms)[0]
+    return _decode_room(raw, window_ms)[0]
 
 
-def decode_room_versioned(raw: bytes, window_ms: int = 10_000) -> tuple[Room, int]:
-    """``decode_room``, with the record's version."""
+def _decode_room(raw: bytes, window_ms: int) -> tuple[Room, int]:
     try:
         obj = orjson.loads(raw)
         version = obj[0]
@@ -308,14 +296,10 @@ def _check_counters(totals: Any) -> list[int]:
     return totals
 
 
-def decode_room_record(key: bytes, value: bytes, window_ms: int) -> Room:
-    """A room record, checked against its key (a room under another room's key is corrupt)."""
-    return decode_room_entry(key, value, window_ms)[0]
-
-
-def decode_room_entry(key: bytes, value: bytes, window_ms: int) -> tuple[Room, int]:
-    """``decode_room_record`` with the record's version (from 6 on, its ``t/`` record goes with it)."""
-    room, version = decode_room_versioned(value, window_ms)
+def decode_room_record(key: bytes, value: bytes, window_ms: int) -> tuple[Room, int]:
+    """A room record checked against its key (a room under another room's key is corrupt), and
+    the record's version (from 6 on, its ``t/`` record goes with it)."""
+    room, version = _decode_room(value, window_ms)
     if room.room_id.encode() != key[len(ROOM_KEY_PREFIX) :]:
         raise StateError(f"changelog key {key!r} holds room {room.room_id!r}")
     return room, version
@@ -328,7 +312,7 @@ def room_state(records: Mapping[bytes, bytes | None], room_id: str, window_ms: i
     raw = records[room_key(room_id)]
     if raw is None:
         raise KeyError(room_id)
-    room, version = decode_room_entry(room_key(room_id), raw, window_ms)
+    room, version = decode_room_record(room_key(room_id), raw, window_ms)
     tail = records.get(tail_key(room_id))
     if version >= 6 and tail is not None:
         decode_room_tail(tail_key(room_id), tail, room)

@@ -53,7 +53,7 @@ from ._state_codec import (
     compact,
     decode_dedup_chunk,
     decode_meta,
-    decode_room_entry,
+    decode_room_record,
     decode_room_tail,
     dedup_key,
     encode_dedup_chunk,
@@ -299,10 +299,11 @@ class TaskAggregator:
                     self._overflow.append(offset)
                     continue
                 room = rooms[room_id] = Room(room_id)
-                if room_id in self._expired:  # its records were to be deleted: they are written,
+                if room_id in self._expired:
+                    # Its records were to be deleted at the next checkpoint: they are written
+                    # instead, its t/ record too (the one it had before expiring is still there).
                     self._expired.discard(room_id)
-                    room.tail_dirty = True  # a t/ record of the room before it deleted
-
+                    room.tail_dirty = True
                 if self.watch_start is None:  # re-routed events, before any input delivered
                     self._first_delivery(ts)
             # Only right after a restore can an event be one the state already holds.
@@ -913,9 +914,7 @@ class TaskAggregator:
             room.buckets = EMPTY
         if not room.uniques:
             room.uniques = EMPTY
-        if not room.dirty:
-            room.dirty = True
-            self._dirty.append(room)
+        self._changed(room)
         room.tail_dirty = True  # the fold below, and the detector when it evaluates the window
         if room.seen_chunks:
             # a chunk goes once every key in it is older than the dedup TTL
@@ -985,9 +984,8 @@ class TaskAggregator:
                 if room.seen_chunks:
                     before = len(room.seen_gone)
                     room.forget_chunks_before(dedup_cutoff, cfg.dedup_max_per_room)
-                    if len(room.seen_gone) != before and not room.dirty:
-                        room.dirty = True
-                        self._dirty.append(room)
+                    if len(room.seen_gone) != before:
+                        self._changed(room)
                 kept = room.seen_chunks or room.session is not None or room.rollups is not None
                 (keep if kept else gone).append(room)
             idle = gone
@@ -1005,9 +1003,7 @@ class TaskAggregator:
                 self.firing_rooms.discard(room.room_id)
             if _reset(room):
                 room.tail_dirty = True
-                if not room.dirty:
-                    room.dirty = True
-                    self._dirty.append(room)
+                self._changed(room)
         for room in idle:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
@@ -1023,6 +1019,12 @@ class TaskAggregator:
             self.counters.rooms_expired += len(idle)
 
     # -- checkpoint and restore ---------------------------------------------------------
+
+    def _changed(self, room: Room) -> None:
+        """Write the room's record at the next checkpoint (apply's loop does this inline)."""
+        if not room.dirty:
+            room.dirty = True
+            self._dirty.append(room)
 
     def checkpoint(self, offsets: Mapping[int, int] | None = None) -> Checkpoint:
         """Changelog records for rooms changed since the last checkpoint, plus task metadata
@@ -1137,7 +1139,7 @@ class TaskAggregator:
         tails = live.tails
         for key, value in live.rooms:
             try:
-                room, version = decode_room_entry(key, value, self.config.window_ms)
+                room, version = decode_room_record(key, value, self.config.window_ms)
             except StateError as exc:
                 self.quarantined.append((key, value, str(exc)))
                 continue
@@ -1151,8 +1153,7 @@ class TaskAggregator:
                 if tail is not None and self.config.state_format == WHOLE_ROOM_VERSION:
                     self._gone_keys.append(tail_key(room.room_id))  # (no t/ record is written)
                 elif tail is not None:
-                    room.dirty = True
-                    self._dirty.append(room)
+                    self._changed(room)
             elif tail is not None:
                 try:
                     decode_room_tail(tail_key(room.room_id), tail, room)
@@ -1183,8 +1184,7 @@ class TaskAggregator:
         """Take a decoded room into the task's indexes."""
         self.rooms[room.room_id] = room
         if room.seen_dirty:  # an old format's dedup memory: rewrite it as chunks next checkpoint
-            room.dirty = True
-            self._dirty.append(room)
+            self._changed(room)
         for ws in room.open_ws:
             self._by_window.setdefault(ws, {})[room] = None
         if room.open_ws:
@@ -1235,9 +1235,7 @@ class TaskAggregator:
                 if id(offsets) not in lowered:
                     lowered[id(offsets)] = {**offsets, source: held}
                 room.offsets = lowered[id(offsets)]
-                if not room.dirty:
-                    room.dirty = True
-                    self._dirty.append(room)
+                self._changed(room)
         self._offsets[source] = log_end
         self.restored_offsets[source] = log_end
 

@@ -62,7 +62,8 @@ def test_a_room_round_trips() -> None:
     room = lived_room()
     raw = encode_room(room)
     assert orjson.loads(raw)[0] == ROOM_FORMAT_VERSION
-    back = decode_room_record(room_key("r"), raw, W)
+    back, version = decode_room_record(room_key("r"), raw, W)
+    assert version == ROOM_FORMAT_VERSION
     assert back.detector is None  # it travels in the room's t/ record
     tail = encode_room_tail(room)
     assert tail is not None
