@@ -233,7 +233,9 @@ class Room:
 
         A full open chunk (``CHUNK_KEYS``) is sealed first: moved to the first free id above ``ws``
         (``ws + 1``, ``ws + 2``, ...), which only makes it outlive the window by as many
-        milliseconds at expiry, and the open chunk starts again empty.
+        milliseconds at expiry, and the open chunk starts again empty. An id forgotten since the
+        last checkpoint (``seen_gone``: the cap forgets open windows' chunks too) and used again is
+        written by that checkpoint, not deleted after.
         """
         seen = self.seen
         if isinstance(seen, frozenset):  # the first order: the room gets a set of its own
@@ -246,12 +248,16 @@ class Room:
         chunk = chunks.get(ws)
         if chunk is None:
             chunk = chunks[ws] = []
+            if ws in self.seen_gone:
+                self.seen_gone.remove(ws)  # type: ignore[union-attr]  # (a list once not empty)
         elif len(chunk) >= CHUNK_KEYS:
             sealed = ws + 1
             while sealed in chunks:
                 sealed += 1
             chunks[sealed] = chunk
             dirty.add(sealed)
+            if sealed in self.seen_gone:
+                self.seen_gone.remove(sealed)  # type: ignore[union-attr]
             chunk = chunks[ws] = []
         chunk.append(key)
         dirty.add(ws)

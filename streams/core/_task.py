@@ -168,6 +168,9 @@ class TaskAggregator:
         self._by_window: dict[int, dict[Room, None]] = {}
         self._dirty: list[Room] = []
         self._expired: set[str] = set()
+        #: dedup chunks the restore found of no room ``(room id, chunk id)``: deleted at the next
+        #: checkpoint unless the room came back and wrote that chunk again
+        self._orphan_chunks: list[tuple[str, int]] = []
         #: changelog keys of dedup chunks forgotten with their (expired) rooms
         self._gone_keys: list[bytes] = []
         self._outbox: list[RoomStats] = []
@@ -1051,6 +1054,10 @@ class TaskAggregator:
 
         ``offsets`` (source -> next offset to read) go into the metadata record: written in the
         same transaction as the state, they say exactly where a restored task resumes.
+
+        It clears what it writes as it goes: after a checkpoint that failed half-way, or whose
+        transaction was aborted, this task must not write another (the data plane exits, and the
+        partition's next owner restores from the last committed one).
         """
         self.detect()
         # Every event taken so far is in the state, so a changed room holds everything up to these
@@ -1096,6 +1103,11 @@ class TaskAggregator:
         self._dirty = []
         for room_id in sorted(self._expired):
             deletes += (room_key(room_id), tail_key(room_id))
+        for room_id, ws in self._orphan_chunks:
+            back = self.rooms.get(room_id)
+            if back is None or ws not in back.seen_chunks:
+                deletes.append(dedup_key(room_id, ws))
+        self._orphan_chunks = []
         deletes.extend(self._gone_keys)
         self._expired = set()
         self._gone_keys = []
@@ -1200,13 +1212,22 @@ class TaskAggregator:
                 rollup.length: rollup for rollup in room.rollups if rollup.start + rollup.length > wm
             }
             room.rollups = [by_length.get(length) for length in cfg.rollup_windows_ms]
+            if len(by_length) > sum(rollup is not None for rollup in room.rollups):
+                # open rollups of lengths no longer configured: gone from the record too, or they
+                # would come back if their length were configured again
+                room.tail_dirty = True
+                self._changed(room)
             if not any(room.rollups):
                 room.rollups = None
             for rollup in room.rollups or ():
                 if rollup is not None:
                     _enlist(self._rollup_ends, rollup.start + rollup.length, room)
-        if not cfg.sessions:
-            room.session = None  # sessions turned off since the checkpoint: none is folded or published
+        if not cfg.sessions and room.session is not None:
+            # sessions turned off since the checkpoint: none is folded or published, and the
+            # record forgets it (turned on again, the room would carry on that old session)
+            room.session = None
+            room.tail_dirty = True
+            self._changed(room)
         session = room.session
         if session is not None:
             due = self._due_of(session)
@@ -1242,7 +1263,10 @@ class TaskAggregator:
     def _restore_chunk(self, room_id: str, ws: int, keys: list[str]) -> None:
         room = self.rooms.get(room_id)
         if room is None:
-            return  # no such room: nothing to attach it to (a room and its chunks are deleted together)
+            # Its room's record was quarantined (an expiry deletes a room's chunks with it): the
+            # room starts again without the keys, which must not come back at a later restore.
+            self._orphan_chunks.append((room_id, ws))
+            return
         room.restore_chunk(ws, keys)
 
     def _check_geometry(self, geometry: tuple[int, int] | None) -> None:

@@ -1,6 +1,6 @@
 """The changelog holds the live state at every checkpoint: a task restored from it has every room
-the live one has, record for record (``r/``, and ``t/`` for its detector, session and rollups,
-which a checkpoint rewrites only when they changed)."""
+the live one has, record for record (``r/``, ``t/`` for its detector, session and rollups, which a
+checkpoint rewrites only when they changed, and ``d/`` for its order-dedup memory)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datasketches import hll_sketch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import ViewerEvent
+from schemas import OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
 from streams.core._state_codec import encode_room, encode_room_tail
 from streams.exceptions import ConfigError
@@ -33,10 +33,11 @@ CFG = CoreConfig(
 )
 
 
-def state_of(agg: TaskAggregator) -> dict[str, tuple[Any, Any]]:
+def state_of(agg: TaskAggregator) -> dict[str, tuple[Any, ...]]:
     """Each room's two records, decoded, a sketch as its estimate (a set-mode sketch rebuilt from
-    its bytes may list the same coupons in another order than the union it was taken from)."""
-    out: dict[str, tuple[Any, Any]] = {}
+    its bytes may list the same coupons in another order than the union it was taken from), and
+    its dedup memory by chunk."""
+    out: dict[str, tuple[Any, ...]] = {}
     for room_id, room in agg.rooms.items():
         head = orjson.loads(encode_room(room))
         head[6] = [[ws, estimate(sketch)] for ws, sketch in head[6]]
@@ -46,7 +47,8 @@ def state_of(agg: TaskAggregator) -> dict[str, tuple[Any, Any]]:
             tail[3][3] = estimate(tail[3][3])
         for rollup in () if tail is None else tail[4] or ():
             rollup[3] = estimate(rollup[3])
-        out[room_id] = (head, tail)
+        chunks = {ws: list(keys) for ws, keys in room.seen_chunks.items()}
+        out[room_id] = (head, tail, sorted(room.seen), chunks)
     return out
 
 
@@ -62,16 +64,19 @@ def estimate(sketch: str | None) -> float | None:
     disorder_ms=st.sampled_from([0, 1_900, 15_000]),
     span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
     formats=st.sampled_from([(6,), (5,), (5, 6)]),
+    dedup_cap=st.sampled_from([100_000, 3]),
 )
 def test_a_restore_at_any_checkpoint_has_the_live_state(
-    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, formats: tuple[int, ...]
+    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, formats: tuple[int, ...], dedup_cap: int
 ) -> None:
     """Each checkpoint is restored into a new task, which half the time goes on in place of the
     live one (what a crash or a rebalance does), writing the state format it was given: with
-    ``(5, 6)`` each task writes either, as workers do during a rolling upgrade."""
+    ``(5, 6)`` each task writes either, as workers do during a rolling upgrade. A dedup cap of 3
+    keys per room forgets chunks while windows are open, and the room opens them again."""
     rng = random.Random(seed)
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
-    agg = TaskAggregator(replace(CFG, state_format=rng.choice(formats)), SOURCES)
+    cfg = replace(CFG, dedup_max_per_room=dedup_cap)
+    agg = TaskAggregator(replace(cfg, state_format=rng.choice(formats)), SOURCES)
     log: list[tuple[bytes, bytes | None]] = []
     i = 0
     while i < len(stream):
@@ -83,7 +88,7 @@ def test_a_restore_at_any_checkpoint_has_the_live_state(
         checkpoint = agg.checkpoint()
         log += checkpoint.upserts
         log += [(key, None) for key in checkpoint.deletes]
-        restored = TaskAggregator(replace(CFG, state_format=rng.choice(formats)), SOURCES)
+        restored = TaskAggregator(replace(cfg, state_format=rng.choice(formats)), SOURCES)
         restored.restore(log)
         assert restored.quarantined == []
         assert state_of(restored) == state_of(agg)
@@ -230,3 +235,88 @@ def test_write_checkpoint_hands_over_the_records_checkpoint_gathers_in_their_ord
         count = streamed.write_checkpoint(lambda key, value, into=records: into.append((key, value)), {0: i})
         assert records == [*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)]
         assert count == len(records) and records[len(checkpoint.upserts) - 1][0] == b"m/task"
+
+
+def order(order_id: str, ts: int) -> OrderEvent:
+    return OrderEvent(order_id, "r", "u", ts, "paid", 100, "CNY")
+
+
+def test_a_dedup_chunk_the_cap_forgot_and_the_room_opened_again_is_kept() -> None:
+    """The cap forgets the open window's chunk with the closed one's; an order in that window
+    opens it again before the checkpoint, which must write it and not delete it after."""
+    cfg = replace(CFG, dedup_max_per_room=2)
+    agg = TaskAggregator(cfg, (0,))  # one input: its events alone move the watermark
+    events = [order("o1", BASE_MS + 1_000), order("o2", BASE_MS + 10_500), order("o3", BASE_MS + 10_600)]
+    events += [order("o4", BASE_MS + 10_700), ViewerEvent("join", "r", "u1", BASE_MS + 12_100)]
+    events.append(order("o5", BASE_MS + 12_200))  # after the close that forgot both chunks
+    agg.apply(0, list(enumerate(events, 1)), now_ms=0)
+    assert agg.counters.windows_emitted == 1  # the close forgot both chunks, then o5 came
+    checkpoint = agg.checkpoint()
+    written = {key for key, _ in checkpoint.upserts if key.startswith(b"d/")}
+    assert written and not written & set(checkpoint.deletes)
+    restored = TaskAggregator(cfg, (0,))
+    restored.restore([*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    assert state_of(restored) == state_of(agg)
+    retry = [(9, order("o5", BASE_MS + 12_300))]  # a producer's retry of o5
+    assert restored.apply(0, retry, now_ms=0).duplicate == agg.apply(0, retry, now_ms=0).duplicate == 1
+
+
+def test_the_dedup_chunks_of_a_quarantined_room_are_deleted() -> None:
+    """A room whose record cannot be read starts again; its old order keys must not come back
+    with a later restore (the live task would count an order the restored one calls a retry)."""
+    first = TaskAggregator(CFG, SOURCES)
+    first.apply(0, [(1, order("o1", BASE_MS + 1_000))], now_ms=0)
+    written = first.checkpoint().upserts
+    old_chunk = next(key for key, _ in written if key.startswith(b"d/"))
+    log = [*written, (b"r/r", b"{not json")]
+    live = TaskAggregator(CFG, SOURCES)
+    live.restore(log)
+    assert [key for key, _, _ in live.quarantined] == [b"r/r"]
+    log.append((b"r/r", None))  # the quarantine's delete
+    live.apply(0, [(2, order("o2", BASE_MS + 21_000))], now_ms=0)  # the room comes back
+    checkpoint = live.checkpoint()
+    assert old_chunk in checkpoint.deletes
+    again = TaskAggregator(CFG, SOURCES)
+    again.restore([*log, *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    assert state_of(again) == state_of(live)
+    retry = [(3, order("o1", BASE_MS + 22_000))]
+    assert again.apply(0, retry, now_ms=0).applied == live.apply(0, retry, now_ms=0).applied == 1
+
+
+def test_a_quarantined_room_back_in_the_same_window_keeps_the_chunk_it_writes() -> None:
+    first = TaskAggregator(CFG, SOURCES)
+    first.apply(0, [(1, order("o1", BASE_MS + 1_000))], now_ms=0)
+    log = [*first.checkpoint().upserts, (b"r/r", b"{not json")]
+    live = TaskAggregator(CFG, SOURCES)
+    live.restore(log)
+    live.apply(0, [(2, order("o2", BASE_MS + 2_000))], now_ms=0)  # the same window: the same chunk id
+    checkpoint = live.checkpoint()
+    chunks = {key for key, _ in checkpoint.upserts if key.startswith(b"d/")}
+    assert chunks and not chunks & set(checkpoint.deletes)
+    again = TaskAggregator(CFG, SOURCES)
+    again.restore([*log, (b"r/r", None), *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    assert state_of(again) == state_of(live) and again.rooms["r"].seen == {"paid:o2"}
+
+
+def test_a_session_dropped_because_sessions_were_turned_off_stays_gone() -> None:
+    _, log = lived()
+    off = TaskAggregator(replace(CFG, sessions=False), SOURCES)
+    off.restore(log)
+    assert off.rooms["r"].session is None
+    checkpoint = off.checkpoint()  # the room is not otherwise changed: its t/ record is rewritten
+    assert b"t/r" in dict(checkpoint.upserts)
+    on = TaskAggregator(CFG, SOURCES)
+    on.restore([*log, *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    assert on.rooms["r"].session is None
+
+
+def test_a_rollup_of_a_length_no_longer_configured_stays_gone() -> None:
+    _, log = lived()
+    fewer = TaskAggregator(replace(CFG, rollup_windows_ms=(30_000,)), SOURCES)
+    fewer.restore(log)
+    checkpoint = fewer.checkpoint()
+    assert b"t/r" in dict(checkpoint.upserts)
+    again = TaskAggregator(CFG, SOURCES)
+    again.restore([*log, *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    lengths = {rollup.length for rollup in again.rooms["r"].rollups or () if rollup is not None}
+    assert 60_000 not in lengths
