@@ -122,9 +122,9 @@ class Settings:
     #: restarted while the brokers restart waits for them instead of exiting at once)
     broker_wait_ms: int = 60_000
     #: the data plane's consumer group: a member silent this long is dropped and its partitions
-    #: move (a killed worker's too). A worker sends no heartbeat while it restores the partitions
-    #: it was given (aiokafka runs the assignment callback with its heartbeat stopped), so this
-    #: must exceed the longest restore plus a heartbeat interval (a third of it, at most 3 s)
+    #: move (a killed worker's too). Heartbeats go on while a worker restores the partitions it
+    #: was given (the main loop restores them after the assignment callback), so a restore may
+    #: take longer; each synchronous step of it (decoding one partition's rooms) may not
     group_session_timeout_ms: int = 10_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
