@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from schemas import OrderEvent, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
-from streams.core._state_codec import encode_room, encode_room_tail
+from streams.core._state_codec import Checkpoint, encode_room, encode_room_tail
 from streams.exceptions import ConfigError
 from streams.settings import settings_from_env
 from tests.unit.test_core_oracle import SOURCES, make_stream, run
@@ -50,6 +50,11 @@ def state_of(agg: TaskAggregator) -> dict[str, tuple[Any, ...]]:
         chunks = {ws: list(keys) for ws, keys in room.seen_chunks.items()}
         out[room_id] = (head, tail, sorted(room.seen), chunks)
     return out
+
+
+def as_log(checkpoint: Checkpoint) -> list[tuple[bytes, bytes | None]]:
+    """A checkpoint's records as the changelog holds them: upserts, then tombstones."""
+    return [*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)]
 
 
 def estimate(sketch: str | None) -> float | None:
@@ -86,8 +91,7 @@ def test_a_restore_at_any_checkpoint_has_the_live_state(
             agg.tick(now_ms=rng.randint(0, 10**7))
         agg.drain(), agg.drain_rollups(), agg.drain_sessions(), agg.drain_alerts()
         checkpoint = agg.checkpoint()
-        log += checkpoint.upserts
-        log += [(key, None) for key in checkpoint.deletes]
+        log += as_log(checkpoint)
         restored = TaskAggregator(replace(cfg, state_format=rng.choice(formats)), SOURCES)
         restored.restore(log)
         assert restored.quarantined == []
@@ -109,7 +113,7 @@ def lived(room_id: str = "r") -> tuple[TaskAggregator, list[tuple[bytes, bytes |
     checkpoint = agg.checkpoint()
     room = agg.rooms[room_id]
     assert room.detector is not None and room.session is not None and room.rollups is not None
-    return agg, [*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)]
+    return agg, [*as_log(checkpoint)]
 
 
 def as_version_5(agg: TaskAggregator, room_id: str) -> bytes:
@@ -166,7 +170,7 @@ def test_a_room_back_after_its_record_was_quarantined_keeps_the_tail_it_writes()
     checkpoint = restored.checkpoint()
     assert b"t/r" in dict(checkpoint.upserts) and b"t/r" not in checkpoint.deletes
     again = TaskAggregator(CFG, SOURCES)
-    again.restore([*log, (b"r/r", None), *checkpoint.upserts, *((k, None) for k in checkpoint.deletes)])
+    again.restore([*log, (b"r/r", None), *as_log(checkpoint)])
     assert state_of(again) == state_of(restored) and again.rooms["r"].session is not None
 
 
@@ -185,7 +189,7 @@ def test_a_corrupt_tail_record_is_quarantined_and_the_room_goes_on_without_it() 
     restored.tick(now_ms=30_000)
     checkpoint = restored.checkpoint()
     again = TaskAggregator(CFG, SOURCES)
-    again.restore([*log, *checkpoint.upserts, *((k, None) for k in checkpoint.deletes)])
+    again.restore([*log, *as_log(checkpoint)])
     assert again.rooms["r"].detector is not None and state_of(again) == state_of(restored)
 
 
@@ -210,7 +214,7 @@ def test_format_5_writes_one_record_per_room_as_workers_before_format_6_read_it(
     assert not any(key.startswith(b"t/") for key in written) and b"t/r" not in checkpoint.deletes
     # a format-6 worker takes it over: the older t/ record beside it is not read
     new = TaskAggregator(CFG, SOURCES)
-    new.restore([*log, *checkpoint.upserts, *((k, None) for k in checkpoint.deletes)])
+    new.restore([*log, *as_log(checkpoint)])
     assert state_of(new) == state_of(whole)
 
 
@@ -233,7 +237,7 @@ def test_write_checkpoint_hands_over_the_records_checkpoint_gathers_in_their_ord
         checkpoint = gathered.checkpoint({0: i})
         records: list[tuple[bytes, bytes | None]] = []
         count = streamed.write_checkpoint(lambda key, value, into=records: into.append((key, value)), {0: i})
-        assert records == [*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)]
+        assert records == [*as_log(checkpoint)]
         assert count == len(records) and records[len(checkpoint.upserts) - 1][0] == b"m/task"
 
 
@@ -255,7 +259,7 @@ def test_a_dedup_chunk_the_cap_forgot_and_the_room_opened_again_is_kept() -> Non
     written = {key for key, _ in checkpoint.upserts if key.startswith(b"d/")}
     assert written and not written & set(checkpoint.deletes)
     restored = TaskAggregator(cfg, (0,))
-    restored.restore([*checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    restored.restore([*as_log(checkpoint)])
     assert state_of(restored) == state_of(agg)
     retry = [(9, order("o5", BASE_MS + 12_300))]  # a producer's retry of o5
     assert restored.apply(0, retry, now_ms=0).duplicate == agg.apply(0, retry, now_ms=0).duplicate == 1
@@ -277,7 +281,7 @@ def test_the_dedup_chunks_of_a_quarantined_room_are_deleted() -> None:
     checkpoint = live.checkpoint()
     assert old_chunk in checkpoint.deletes
     again = TaskAggregator(CFG, SOURCES)
-    again.restore([*log, *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    again.restore([*log, *as_log(checkpoint)])
     assert state_of(again) == state_of(live)
     retry = [(3, order("o1", BASE_MS + 22_000))]
     assert again.apply(0, retry, now_ms=0).applied == live.apply(0, retry, now_ms=0).applied == 1
@@ -294,7 +298,7 @@ def test_a_quarantined_room_back_in_the_same_window_keeps_the_chunk_it_writes() 
     chunks = {key for key, _ in checkpoint.upserts if key.startswith(b"d/")}
     assert chunks and not chunks & set(checkpoint.deletes)
     again = TaskAggregator(CFG, SOURCES)
-    again.restore([*log, (b"r/r", None), *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    again.restore([*log, (b"r/r", None), *as_log(checkpoint)])
     assert state_of(again) == state_of(live) and again.rooms["r"].seen == {"paid:o2"}
 
 
@@ -306,7 +310,7 @@ def test_a_session_dropped_because_sessions_were_turned_off_stays_gone() -> None
     checkpoint = off.checkpoint()  # the room is not otherwise changed: its t/ record is rewritten
     assert b"t/r" in dict(checkpoint.upserts)
     on = TaskAggregator(CFG, SOURCES)
-    on.restore([*log, *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    on.restore([*log, *as_log(checkpoint)])
     assert on.rooms["r"].session is None
 
 
@@ -317,6 +321,6 @@ def test_a_rollup_of_a_length_no_longer_configured_stays_gone() -> None:
     checkpoint = fewer.checkpoint()
     assert b"t/r" in dict(checkpoint.upserts)
     again = TaskAggregator(CFG, SOURCES)
-    again.restore([*log, *checkpoint.upserts, *((key, None) for key in checkpoint.deletes)])
+    again.restore([*log, *as_log(checkpoint)])
     lengths = {rollup.length for rollup in again.rooms["r"].rollups or () if rollup is not None}
     assert 60_000 not in lengths
