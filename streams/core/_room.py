@@ -248,19 +248,22 @@ class Room:
         chunk = chunks.get(ws)
         if chunk is None:
             chunk = chunks[ws] = []
-            if ws in self.seen_gone:
-                self.seen_gone.remove(ws)  # type: ignore[union-attr]  # (a list once not empty)
+            self._unforget(ws)
         elif len(chunk) >= CHUNK_KEYS:
             sealed = ws + 1
             while sealed in chunks:
                 sealed += 1
             chunks[sealed] = chunk
             dirty.add(sealed)
-            if sealed in self.seen_gone:
-                self.seen_gone.remove(sealed)  # type: ignore[union-attr]
+            self._unforget(sealed)
             chunk = chunks[ws] = []
         chunk.append(key)
         dirty.add(ws)
+
+    def _unforget(self, chunk_id: int) -> None:
+        """A chunk id in use again: written by the next checkpoint, not deleted (``remember``)."""
+        if chunk_id in self.seen_gone:
+            self.seen_gone.remove(chunk_id)  # type: ignore[union-attr]  # (a list once not empty)
 
     def restore_chunk(self, ws: int, keys: list[str]) -> None:
         """Take a dedup chunk read back from the changelog."""

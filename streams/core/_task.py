@@ -917,8 +917,7 @@ class TaskAggregator:
             room.buckets = EMPTY
         if not room.uniques:
             room.uniques = EMPTY
-        self._changed(room)
-        room.tail_dirty = True  # the fold below, and the detector when it evaluates the window
+        self._tail_changed(room)  # the fold below, and the detector when it evaluates the window
         if room.seen_chunks:
             # a chunk goes once every key in it is older than the dedup TTL
             room.forget_chunks_before(
@@ -1005,8 +1004,7 @@ class TaskAggregator:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
                 self.firing_rooms.discard(room.room_id)
             if _reset(room):
-                room.tail_dirty = True
-                self._changed(room)
+                self._tail_changed(room)
         for room in idle:
             if room.room_id in self.firing_rooms and room.detector is not None:
                 self._alerts.extend(resolve_all(room.detector, self._watermark))
@@ -1028,6 +1026,11 @@ class TaskAggregator:
         if not room.dirty:
             room.dirty = True
             self._dirty.append(room)
+
+    def _tail_changed(self, room: Room) -> None:
+        """Write both of the room's records, ``r/`` and ``t/``, at the next checkpoint."""
+        room.tail_dirty = True
+        self._changed(room)
 
     def checkpoint(self, offsets: Mapping[int, int] | None = None) -> Checkpoint:
         """Changelog records for rooms changed since the last checkpoint, plus task metadata
@@ -1215,8 +1218,7 @@ class TaskAggregator:
             if len(by_length) > sum(rollup is not None for rollup in room.rollups):
                 # open rollups of lengths no longer configured: gone from the record too, or they
                 # would come back if their length were configured again
-                room.tail_dirty = True
-                self._changed(room)
+                self._tail_changed(room)
             if not any(room.rollups):
                 room.rollups = None
             for rollup in room.rollups or ():
@@ -1226,8 +1228,7 @@ class TaskAggregator:
             # sessions turned off since the checkpoint: none is folded or published, and the
             # record forgets it (turned on again, the room would carry on that old session)
             room.session = None
-            room.tail_dirty = True
-            self._changed(room)
+            self._tail_changed(room)
         session = room.session
         if session is not None:
             due = self._due_of(session)
