@@ -8,6 +8,8 @@ the same bad message always gets the same reason.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Any
 
@@ -42,10 +44,55 @@ def _parse(raw: bytes, limits: Limits) -> dict[str, Any] | Invalid:
     try:
         obj = _loads(raw)
     except _JSONDecodeError as exc:
-        return Invalid("invalid_json", str(exc))
+        obj = _parse_refused(raw) if _REFUSED.search(exc.msg) else None
+        if obj is None:
+            return Invalid("invalid_json", str(exc))
     if type(obj) is not dict:
         return Invalid("not_an_object", f"top-level JSON is {type(obj).__name__}")
     return obj
+
+
+def _parse_refused(raw: bytes) -> dict[str, Any] | None:
+    """An object orjson refused that is JSON (RFC 8259) all the same, where the cause is in a field
+    no topic reads: a lone surrogate escape (``"\\ud83d"``: JavaScript's ``JSON.stringify``
+    writes one for a text cut inside an emoji) or a number beyond a double (``1e400``). Only
+    messages orjson refused for one of those come here (``_REFUSED``). None otherwise: not JSON,
+    ``NaN``/``Infinity``, too deep, not an object, or a field read holding such a value (that
+    stays ``invalid_json``, as orjson has it). A field read gets what orjson gives: an integer
+    beyond 64 bits as a float."""
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (ValueError: over 4 300 digits too)
+        return None
+    if type(obj) is not dict:
+        return None
+    for name in _READ_FIELDS.intersection(obj):
+        value = obj[name]
+        if type(value) is str:
+            if not _utf8(value):
+                return None
+        elif type(value) is float:
+            if not math.isfinite(value):
+                return None
+        elif type(value) is int and not _I64_MIN <= value < _U64_END:
+            try:
+                obj[name] = float(value)  # as orjson reads it: bad_type, not out_of_range
+            except OverflowError:  # beyond a double
+                return None
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _utf8(value: str) -> bool:
+    """Whether ``value`` encodes to UTF-8 (no lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _missing(obj: dict[str, Any], fields: tuple[str, ...]) -> Invalid:
@@ -107,6 +154,10 @@ def _first(*checks: Invalid | None) -> Invalid | None:
 _VIEWER_FIELDS = ("type", "room_id", "user_id", "ts")
 _ORDER_FIELDS = ("order_id", "room_id", "user_id", "ts", "status", "amount_minor", "currency")
 _GIFT_FIELDS = ("gift_id", "room_id", "user_id", "ts", "count", "value_minor")
+_READ_FIELDS = frozenset(_VIEWER_FIELDS + _ORDER_FIELDS + _GIFT_FIELDS)
+_I64_MIN, _U64_END = -(2**63), 2**64
+#: orjson's reasons for refusing what is JSON all the same (see ``_parse_refused``)
+_REFUSED = re.compile("surrogate|infinity")
 
 
 def decode_viewer(raw: bytes, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> ViewerEvent | Invalid:

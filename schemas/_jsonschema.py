@@ -131,7 +131,7 @@ def dead_letter_schema() -> dict[str, Any]:
         "from, and its raw bytes (base64, truncated to a cap).",
     )
     schema["properties"]["reason"]["pattern"] = (
-        "^(oversized|invalid_json|not_an_object|ts_skew|bad_key|room_cap|unsupported_currency|state_undecodable"
+        "^(oversized|invalid_json|not_an_object|ts_skew|room_cap|unsupported_currency|state_undecodable"
         "|(missing_field|bad_type|out_of_range|unknown_enum|bad_format|control_chars):[a-z_]+)$"
     )
     schema["properties"]["raw_b64"]["contentEncoding"] = "base64"

@@ -69,7 +69,7 @@ class Invalid(NamedTuple):
 
     Reason codes: ``oversized``, ``invalid_json``, ``not_an_object``,
     ``missing_field:<f>``, ``bad_type:<f>``, ``out_of_range:<f>``,
-    ``unknown_enum:<f>``, ``bad_format:<f>``, ``control_chars:<f>``, ``ts_skew``, ``bad_key``;
+    ``unknown_enum:<f>``, ``bad_format:<f>``, ``control_chars:<f>``, ``ts_skew``;
     the data plane adds ``room_cap`` (a task's room cap reached).
     """
 

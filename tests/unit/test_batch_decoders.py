@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -479,3 +480,64 @@ def test_a_valid_message_the_fast_path_refused_is_taken_and_logged_not_raised(
     _judge(good, bad, 8, b"{}", invalid)
     assert (good, bad) == ([(7, event)], [(8, b"{}", invalid)])
     assert "fast path refused a message the strict decoder accepts" in caplog.text
+
+
+#: JSON (RFC 8259) that orjson refuses: what a JavaScript producer writes for a text cut inside an
+#: emoji (JSON.stringify escapes the lone half), numbers beyond a double
+REFUSED_BY_ORJSON = {
+    "lone-high-surrogate": b'"cut \\ud83d"',
+    "lone-low-surrogate": b'"\\ude00 cut"',
+    "1e400": b"1e400",
+    "minus-1e999": b"-1e999",
+    "400-digit-int": b"9" * 400,
+    "nested": b'{"title": ["\\ud800", 1e400]}',
+}
+
+
+@impls
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+@pytest.mark.parametrize("literal", list(REFUSED_BY_ORJSON.values()), ids=list(REFUSED_BY_ORJSON))
+def test_json_orjson_refuses_in_a_field_not_read_loses_no_event(
+    impl: str, schema: Schema, literal: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An extra field is ignored whatever JSON it holds: the event is taken, by every decoder, and
+    no decoder bug is logged."""
+    raw = with_literal(schema, "comment", literal)
+    assert len(raw) <= LIM.max_message_bytes
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)  # the case is one orjson refuses
+    expected = schema.record(**{name: schema.valid[name] for name in schema.names})
+    assert schema.decode(raw, NOW, LIM) == expected
+    assert BATCH[impl][schema.name]([(5, raw)], NOW, LIM) == ([(5, expected)], [])
+    assert "a bug" not in caplog.text
+
+
+@impls
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_json_orjson_refuses_in_a_field_read_stays_invalid_json(impl: str, schema: Schema) -> None:
+    """In a field livepulse reads, the same values stay ``invalid_json`` (no id with a lone
+    surrogate, which no output could encode; no infinite number), also beside an extra field that
+    sends the message to the fallback parser (an object or array there is ``bad_type``, as
+    always); NaN stays invalid anywhere."""
+    extra = b'"\\ud83d"'
+    for name in schema.names:
+        for case, literal in REFUSED_BY_ORJSON.items():
+            raw = with_literal(schema, name, literal)
+            want = f"bad_type:{name}" if case == "nested" else "invalid_json"
+            for message in (raw, raw[:-1] + b', "comment": ' + extra + b"}"):
+                verdict = schema.decode(message, NOW, LIM)
+                assert type(verdict) is Invalid and verdict.reason == want, (name, message)
+                assert_batch_is_strict(impl, schema, [(0, message)])
+    # the reason orjson gives stays: an integer beyond 64 bits is a float to it (bad_type)
+    for huge in (b"18446744073709551616", b"-9223372036854775809"):
+        raw = with_literal(schema, "ts", huge)
+        for message in (raw, raw[:-1] + b', "comment": ' + extra + b"}"):
+            assert schema.decode(message, NOW, LIM).reason == "bad_type:ts"  # type: ignore[union-attr]
+            assert_batch_is_strict(impl, schema, [(0, message)])
+    # cut short after such a value: still not JSON
+    cut = with_literal(schema, "comment", extra)[:-1]
+    assert schema.decode(cut, NOW, LIM).reason == "invalid_json"  # type: ignore[union-attr]
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"9" * 5000):
+        raw = with_literal(schema, "comment", literal)
+        assert schema.decode(raw, NOW, LIM).reason == "invalid_json"  # type: ignore[union-attr]
+        assert_batch_is_strict(impl, schema, [(0, raw)])
