@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -77,6 +78,8 @@ SOURCE_HEADER = "livepulse-source"
 MARKER_HEADER = "livepulse-watermark"
 #: no watermark marker written yet by this pipeline
 _NOT_SENT = object()
+#: an event-time bound that leaves only the 64-bit range the native decoders take: now +- 2^62
+_NO_BOUND = 2**62
 Decoders = dict[int, Callable[..., tuple[list[Any], list[Any]]]]
 _DECODERS: Decoders = {VIEWER: decode_viewer_batch, ORDER: decode_order_batch, GIFT: decode_gift_batch}
 #: ``native_decoders`` off: the Python loops alone
@@ -161,6 +164,10 @@ class TaskPipeline:
         self.metrics = metrics
         self._topics = settings.topics
         self._limits: Limits = settings.limits
+        #: for re-routed events, judged where they were first read, against that task's clock: an
+        #: event near a bound (a week old, or seconds ahead) judged again here, later or on another
+        #: host's clock, could turn ts_skew after it was taken
+        self._rerouted_limits = replace(settings.limits, max_past_ms=_NO_BOUND, max_future_ms=_NO_BOUND)
         self._decoders = _DECODERS if settings.native_decoders else _PY_DECODERS
         self._max_rooms = settings.core.max_rooms
         self._resend_ms = settings.alert_resend_ms
@@ -202,9 +209,10 @@ class TaskPipeline:
             groups = self._split_repartitioned(messages, markers)
         else:
             groups = [(source, topic, messages)]
+        limits = self._rerouted_limits if source == REPARTITION else self._limits
         for origin, origin_topic, group in groups:
             items = [(msg.offset, msg.value or b"") for msg in group]
-            good, bad = self._decoders[origin](items, now_ms, self._limits)
+            good, bad = self._decoders[origin](items, now_ms, limits)
             if bad:
                 self._dead_letter(topic, group, bad, now_ms)
             passed_ts = None
@@ -267,7 +275,7 @@ class TaskPipeline:
                             "value %r): skipped",
                             self.partition,
                             msg.offset,
-                            value[:40],
+                            (value or b"")[:40],
                             (msg.value or b"")[:40],
                         )
                     else:
@@ -284,7 +292,7 @@ class TaskPipeline:
         cannot be a marker must not stop the worker at every restart."""
         try:
             sender, frontier = int(header), orjson.loads(value or b"null")
-        except (ValueError, orjson.JSONDecodeError):
+        except (TypeError, ValueError, orjson.JSONDecodeError):  # (TypeError: a header of no value)
             return None
         if not 0 <= sender < self.routing.partitions or sender == self.partition:
             return None

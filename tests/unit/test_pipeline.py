@@ -186,11 +186,12 @@ def test_a_repartition_record_that_is_no_marker_is_skipped_not_raised(
         Record(4, None, b"{", ((MARKER_HEADER, b"3"),)),
         Record(5, None, b"5", ((MARKER_HEADER, b"0"),)),  # from itself
         Record(6, None, b"5", ((MARKER_HEADER, b"9"),)),  # no such task
+        Record(7, None, b"5", ((MARKER_HEADER, None),)),  # a header with no value  # type: ignore[arg-type]
     ]
     pipeline.process(TOPICS.repartition, hostile, NOW_MS)
     pipeline.tick(NOW_MS + 100 * SETTINGS.core.idle_partition_ms)
     assert caplog.text.count("is no watermark marker") == len(hostile)
-    good = Record(7, None, b"%d" % T0, ((MARKER_HEADER, b"1"),))
+    good = Record(8, None, b"%d" % T0, ((MARKER_HEADER, b"1"),))
     pipeline.process(TOPICS.repartition, [good], NOW_MS)
     assert pipeline.core._sender_frontier[1] == T0
 
@@ -235,6 +236,35 @@ def test_re_routed_events_are_applied_under_their_origin_and_markers_hold_the_wa
     assert (stats.room_id, stats.orders, stats.gmv_minor) == (room, 1, 1_500)
     assert counter(metrics, "livepulse_orders_paid_total") == 1
     assert counter(metrics, "livepulse_gmv_minor_total") == 1_500
+
+
+def test_re_routed_events_are_not_judged_again_against_the_receivers_clock() -> None:
+    """An event is judged once, where it is first read: one a week old to the millisecond, or
+    seconds ahead, taken by its sender, is applied by the task it is re-routed to although that
+    task reads it later, or on a host whose clock is behind, where it would be ts_skew."""
+    limits = SETTINGS.limits
+    sender, sink_s, _ = make(partition=3)
+    receiver, sink, metrics = make(partition=0)
+    old_room, new_room = rooms_on(0, 2)
+    week_old = NOW_MS - limits.max_past_ms + 50
+    ahead = NOW_MS + limits.max_future_ms
+    raw = [viewer("join", old_room, "u1", week_old), viewer("join", new_room, "u2", ahead)]
+    sender.process(TOPICS.viewer, records(raw), NOW_MS)
+    assert sink_s.take(TOPICS.dlq) == []
+    outgoing = [
+        Record(i, k, v, h) for i, (p, k, v, h) in enumerate(sink_s.take(TOPICS.repartition)) if p == 0
+    ]
+    assert [r.value for r in outgoing] == raw
+    receiver.process(TOPICS.repartition, outgoing[:1], NOW_MS + 200)  # read 200 ms later
+    receiver.process(TOPICS.repartition, outgoing[1:], NOW_MS - 1_000)  # a clock 1 s behind
+    assert sink.take(TOPICS.dlq) == []
+    assert counter(metrics, "livepulse_events_applied_total", topic=TOPICS.viewer) == 2
+    assert set(receiver.core.rooms) == {old_room, new_room}
+    # what no sender could have taken is still refused
+    bad = Record(2, b"k", b'{"type": "join"}', ((SOURCE_HEADER, TOPICS.viewer.encode()),))
+    receiver.process(TOPICS.repartition, [bad], NOW_MS)
+    (letter,) = [decode_dead_letter(v) for _, _, v, _ in sink.take(TOPICS.dlq) if v is not None]
+    assert letter.reason == "missing_field:room_id"
 
 
 def test_a_checkpoint_writes_markers_to_every_other_task_and_state_that_restores() -> None:
