@@ -197,6 +197,14 @@ class MetricRule:
     and concurrent viewers stay at or above ``drop_hold_ratio`` times their
     baseline; resolves after ``resolve_s`` seconds in which the value is back to
     ``drop_resolve_ratio * expected`` or the condition no longer holds.
+
+    A resolve threshold never lies past its firing threshold: ``resolve_ratio``
+    above ``ratio`` counts as ``ratio``, ``drop_resolve_ratio`` below
+    ``drop_ratio`` as ``drop_ratio`` (an override that lowers only ``ratio``
+    would otherwise resolve alerts that still meet the rule, and they would fire
+    again after each cooldown). An open dip or drop alert whose rule is turned
+    off (``two_sided``, ``drop_enabled``) resolves like one whose condition no
+    longer holds.
     """
 
     half_life_s: float = 200.0

@@ -566,6 +566,7 @@ def _step(
         )
         timing = plan.timing[i]
         resolve_z = plan.resolve_zs[i]
+        resolve_ratio = plan.resolve_ratios[i]
         at = (window[0], window[1], x, expected, z, plan.tests[i], basis)
         drift_at = at
         drift_up = drift_up and x >= rule.min_volume and not spike
@@ -574,16 +575,19 @@ def _step(
         drop = False
         dip = False
         alerts = state.alerts
-        if i == _ORDERS and rule.drop_enabled:
+        # An open slot of a rule turned off since (rules reloaded, the room's category changed)
+        # resolves like one whose rule no longer holds: left alone, it would fire for good.
+        if i == _ORDERS and (rule.drop_enabled or (alerts and (metric, ALERT_DROP) in alerts)):
             active = (
-                warmed
+                rule.drop_enabled
+                and warmed
                 and not synthetic
                 and expected >= rule.drop_min_baseline
                 and values[_CONCURRENT] >= rule.drop_hold_ratio * concurrent_level
             )
             drop = active and x <= rule.drop_ratio * expected
             if drop or (alerts and (metric, ALERT_DROP) in alerts):
-                recovered = not active or x >= rule.drop_resolve_ratio * expected
+                recovered = not active or x >= plan.drop_resolve_ratio * expected
                 drop_at = (*at[:5], TEST_DROP, basis)
                 _advance(state, events, (metric, ALERT_DROP), drop, recovered, plan.drop_timing, drop_at)
         if rule.two_sided:
@@ -593,23 +597,23 @@ def _step(
             else:
                 at_dip = at
             if dip or (alerts and (metric, ALERT_DIP) in alerts):
-                recovered = x * rule.resolve_ratio > expected or (z > -resolve_z and not dip)
+                recovered = x * resolve_ratio > expected or (z > -resolve_z and not dip)
                 _advance(state, events, (metric, ALERT_DIP), dip, recovered, timing, at_dip)
+        elif alerts and (metric, ALERT_DIP) in alerts:
+            _advance(state, events, (metric, ALERT_DIP), False, True, timing, at)
         if drift_up:
             spike, at = True, drift_at
         if spike or surge or state.alerts:
             surge_over = (
                 surge_at is None
                 or x < rule.surge_resolve_fraction * surge_at
-                or (warmed and x < rule.resolve_ratio * expected)
+                or (warmed and x < resolve_ratio * expected)
             )
             surge_at_ = (*at[:5], TEST_SURGE, "none (new room)")
             _advance(state, events, (metric, ALERT_SURGE), surge, surge_over, timing, surge_at_)
             surge_slot = state.alerts.get((metric, ALERT_SURGE)) if state.alerts else None
             surging = surge_slot is not None and surge_slot.phase == _FIRING
-            spike_over = (
-                x < rule.resolve_ratio * expected or x < rule.min_volume or (z < resolve_z and not spike)
-            )
+            spike_over = x < resolve_ratio * expected or x < rule.min_volume or (z < resolve_z and not spike)
             _advance(state, events, (metric, ALERT_SPIKE), spike and not surging, spike_over, timing, at)
         # Fold into the baseline: time-weighted running mean and variance during warm-up, EWMA
         # after. The residual is winsorised at winsor_k scales; while the metric meets a rule or
@@ -671,6 +675,7 @@ class _Plan:
         "drift_alphas",
         "drift_null_vars",
         "drop_floor",
+        "drop_resolve_ratio",
         "drop_timing",
         "floors",
         "long_season_after_ms",
@@ -681,6 +686,7 @@ class _Plan:
         "loud",
         "max_warmup_ms",
         "quiet",
+        "resolve_ratios",
         "resolve_zs",
         "season_alphas",
         "season_basis",
@@ -719,6 +725,10 @@ class _Plan:
         #: a window meeting neither test resolves by its score below this (above minus it for a
         #: dip); -inf with resolve_z 0, the room default: only the value resolves an alert
         self.resolve_zs = tuple(r.resolve_z if r.resolve_z > 0.0 else -math.inf for r in ordered)
+        #: the resolve thresholds, never past the firing ones: a rule made more sensitive (its
+        #: ratio lowered below the resolve ratio) would otherwise resolve alerts that still meet
+        #: it, and they would fire again after the cooldown, over and over
+        self.resolve_ratios = tuple(min(r.resolve_ratio, r.ratio) for r in ordered)
         orders = ordered[_ORDERS]
         self.drop_timing = (
             max(window_ms, round(orders.drop_confirm_s * 1_000)),
@@ -728,6 +738,7 @@ class _Plan:
         )
         #: an orders baseline at or above this might meet the drop rule (None: drop disabled)
         self.drop_floor = orders.drop_min_baseline if orders.drop_enabled else None
+        self.drop_resolve_ratio = max(orders.drop_resolve_ratio, orders.drop_ratio)
         # A seasonal bin is visited for period/bins seconds per period; its weight per window
         # gives the bin's estimate a half-life of season_half_life_periods visits, whatever
         # the window length.

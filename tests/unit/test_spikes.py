@@ -684,6 +684,67 @@ def test_two_sided_rule_fires_a_dip() -> None:
     assert ("RoomDip", "concurrent_viewers", "firing") in dips
 
 
+# --- rules changed while an alert is open ---------------------------------------------------------
+
+
+def test_a_drop_alert_resolves_once_the_drop_rule_is_turned_off() -> None:
+    """Rules reloaded (or the room's category changed) while OrdersDrop fires: the slot its rule no
+    longer reads resolves after resolve_s, instead of firing until the room expires."""
+    rng = random.Random(0)
+    state, events = run(drop_series(rng, viewers_after=1.0)[:66], rules=DROP_RULES)
+    assert [(e.alertname, e.status) for e in events] == [("OrdersDrop", "firing")]
+    # the collapse goes on: with the rule still on it keeps firing
+    collapse = [noisy(rng, i, scale=(1, 1, 1, 0.02)) for i in range(66, 80)]
+    kept, _ = run([], rules=DROP_RULES, state=DetectorState.from_wire(state.to_wire()))
+    _, still = run(collapse, rules=DROP_RULES, state=kept)
+    assert [e.status for e in still] == []
+    _, after = run(collapse, rules=RULES, state=state)
+    assert [(e.alertname, e.status) for e in after] == [("OrdersDrop", "resolved")]
+    assert firing(state) == []
+
+
+def test_a_dip_alert_resolves_once_the_rule_is_no_longer_two_sided() -> None:
+    gauge = replace(GAUGE_RULE, warmup_s=600.0, season_s=0.0)
+    rules = dict.fromkeys(METRICS, gauge)
+    rng = random.Random(3)
+    series = [noisy(rng, i, scale=(1, 1, 0.3 if i >= 200 else 1.0, 1)) for i in range(230)]
+    state, events = run(series, rules=rules)
+    assert ("RoomDip", "firing") in [
+        (e.alertname, e.status) for e in events if e.metric == "concurrent_viewers"
+    ]
+    one_sided = dict.fromkeys(METRICS, replace(gauge, two_sided=False))
+    low = [noisy(rng, i, scale=(1, 1, 0.3, 1)) for i in range(230, 230 + 400)]
+    _, after = run(low, rules=one_sided, state=state)
+    dips = [(e.alertname, e.status) for e in after if e.alertname == "RoomDip"]
+    assert dips == [("RoomDip", "resolved")] * len(dips) and dips, after
+    assert [e for e in firing(state) if e.alertname == "RoomDip"] == []
+
+
+def test_a_ratio_lowered_below_the_resolve_ratio_does_not_flap() -> None:
+    """An override that makes a room more sensitive (ratio 1.2, resolve_ratio left at 1.5): a level
+    1.3x its baseline fires once and resolves once, as the baseline takes the new level in, instead
+    of resolving while it still meets the rule and firing again after the cooldown (before: fired
+    at window 62, resolved at 65, fired at 79, resolved at 82)."""
+    sensitive = {**RULES, "views_per_sec": replace(RULES["views_per_sec"], ratio=1.2, z_threshold=1.0)}
+    assert sensitive["views_per_sec"].resolve_ratio == 1.5
+    _, events = run(baseline_then([130] * 240), rules=sensitive)
+    got = [(e.status, index_of(e.window_end_ms)) for e in events if e.metric == "views_per_sec"]
+    assert [status for status, _ in got] == ["firing", "resolved"]
+    assert got[1][1] - got[0][1] > 3 + round(sensitive["views_per_sec"].resolve_s * 1_000) // W
+
+
+def test_a_drop_ratio_raised_above_its_resolve_ratio_does_not_flap() -> None:
+    """The same for the drop rule: drop_ratio 0.6 over the default drop_resolve_ratio 0.5, orders at
+    0.55x (before: fired, resolved three windows later, fired again after the cooldown)."""
+    rules = {**RULES, "orders_per_sec": replace(RULES["orders_per_sec"], drop_enabled=True, drop_ratio=0.6)}
+    assert rules["orders_per_sec"].drop_resolve_ratio == 0.5
+    series = [window(i, orders=11 if i >= 60 else 20) for i in range(300)]
+    _, events = run(series, rules=rules)
+    got = [(e.status, index_of(e.window_end_ms)) for e in events if e.alertname == "OrdersDrop"]
+    assert [status for status, _ in got] == ["firing", "resolved"]
+    assert got[1][1] - got[0][1] > 3 + round(RULES["orders_per_sec"].resolve_s * 1_000) // W
+
+
 # --- state versions -------------------------------------------------------------------------------
 
 
