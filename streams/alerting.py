@@ -1,5 +1,10 @@
 """Forwarding alerts to Alertmanager: a bounded queue drained in batches, with retries.
 
+Each batch goes to every Alertmanager listed (an HA cluster's replicas share silences and
+notifications, not alerts: a sender must reach each, as Prometheus does; behind one
+load-balanced name each re-send would reach one replica, and the others would let the alert
+expire and notify a false "resolved").
+
 The alerts topic is the system of record; this is a delivery side channel.
 Nothing is dropped silently: when the queue is full the oldest alert goes and
 ``livepulse_alerts_forward_dropped_total`` counts it; a batch that still fails
@@ -57,12 +62,18 @@ def alert_from_record(raw: bytes | None) -> dict[str, Any] | None:
     return obj
 
 
+def alertmanager_endpoints(urls: str) -> list[str]:
+    """``<url>/api/v2/alerts`` for each of the comma-separated ``urls``."""
+    return [url.strip().rstrip("/") + "/api/v2/alerts" for url in urls.split(",") if url.strip()]
+
+
 class AlertForwarder:
-    """Posts alerts to ``<url>/api/v2/alerts``; ``offer`` never blocks, ``run`` delivers."""
+    """Posts alerts to ``<url>/api/v2/alerts`` of each Alertmanager in ``urls`` (comma-separated);
+    ``offer`` never blocks, ``run`` delivers."""
 
     def __init__(
         self,
-        url: str,
+        urls: str,
         *,
         sent: Counter,
         failed: Counter,
@@ -74,9 +85,9 @@ class AlertForwarder:
         backoff_s: float = 0.5,
         timeout_s: float = 10.0,
     ) -> None:
-        self.endpoint = url.rstrip("/") + "/api/v2/alerts"
-        #: the endpoint as logs may show it (a credential in the URL masked)
-        self.shown_endpoint = redact_url(self.endpoint)
+        self.endpoints = alertmanager_endpoints(urls)
+        if not self.endpoints:
+            raise ValueError("no Alertmanager URL given")
         #: (alert, source, offset): source is the record's partition (None: not from a record)
         self._queue: deque[tuple[dict[str, Any], Any, int]] = deque()
         #: the batch being delivered
@@ -154,8 +165,8 @@ class AlertForwarder:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
-        # The raw endpoint: the process's log redaction (streams._redact) masks any credential in it.
-        log.info("forwarding alerts to %s", self.endpoint)
+        # The raw endpoints: the process's log redaction (streams._redact) masks any credential in them.
+        log.info("forwarding alerts to %s", ", ".join(self.endpoints))
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
             while True:
                 if not self._queue:
@@ -170,18 +181,30 @@ class AlertForwarder:
                     self._inflight = []
 
     async def _deliver(self, session: aiohttp.ClientSession) -> None:
-        """Post the batch in flight, with retries. Each attempt posts what is left of it: alerts of
-        a partition given up meanwhile (``forget``) are its next owner's to send, in order."""
+        """Post the batch in flight to every Alertmanager, side by side; done when each took it or
+        was given up on. Once one took it, the others get no further attempt: an Alertmanager
+        down (a timeout per attempt) would otherwise hold every batch, for the others too, for
+        all its retries; the re-send of firing alerts brings it up to date once it is back."""
+        taken = asyncio.Event()
+        await asyncio.gather(*(self._deliver_to(session, endpoint, taken) for endpoint in self.endpoints))
+
+    async def _deliver_to(self, session: aiohttp.ClientSession, endpoint: str, taken: asyncio.Event) -> None:
+        """Post the batch in flight to one Alertmanager, with retries until it or another one
+        (``taken``) took it. Each attempt posts what is left of it: alerts of a partition given up
+        meanwhile (``forget``) are its next owner's to send, in order. Counts alerts sent (or
+        failed) per Alertmanager."""
         delay = self._backoff_s
+        shown = redact_url(endpoint)  # as logs may show it (a credential in the URL masked)
         batch: list[dict[str, Any]] = []
         for attempt in range(1, self._attempts + 1):
             batch = [alert for alert, _, _ in self._inflight]
             if not batch:
                 return
             try:
-                async with session.post(self.endpoint, json=batch) as response:
+                async with session.post(endpoint, json=batch) as response:
                     if response.status < 300:
                         self._sent.inc(len(batch))
+                        taken.set()
                         return
                     body = (await response.read())[:200].decode(errors="replace")
                     error = f"HTTP {response.status}: {body}"
@@ -189,9 +212,18 @@ class AlertForwarder:
                         break  # Alertmanager rejected the payload: retrying will not help
             except Exception as exc:  # whatever a proxy in front answers: a failed attempt, not a dead worker
                 error = repr(exc)
-            if attempt < self._attempts:
-                log.warning("alertmanager delivery attempt %d failed (%s); retrying", attempt, error)
-                await asyncio.sleep(delay)
+            if attempt < self._attempts and not taken.is_set():
+                log.warning(
+                    "alertmanager delivery attempt %d to %s failed (%s); retrying", attempt, shown, error
+                )
+                try:  # the backoff, cut short when another Alertmanager takes the batch
+                    async with asyncio.timeout(delay):
+                        await taken.wait()
+                except TimeoutError:
+                    pass
                 delay *= 2
+                if not taken.is_set():
+                    continue
+            break
         self._failed.inc(len(batch))
-        log.error("could not deliver %d alerts to %s: %s", len(batch), self.shown_endpoint, error)
+        log.error("could not deliver %d alerts to %s: %s", len(batch), shown, error)

@@ -721,6 +721,7 @@ class DataPlane:
             await self._close_tasks()
             # none until the next assignment: a group that cannot settle shows 0, and its alert fires
             self.metrics.assigned_partitions.set(0)
+            self._count_firing(0, resend=False)  # their next owner counts the rooms' alerts now
 
     async def _close_tasks(self) -> None:
         tasks, self.runtime = self.runtime, {}
@@ -797,6 +798,7 @@ class DataPlane:
             self._generation += 1
             self._rebalancing = False
             self.ready = True
+            self._count_firing(int(self._clock() * 1000), resend=False)  # the restored rooms' alerts
             took = time.monotonic() - started
             self.metrics.assignment_seconds.observe(took)
             log.info("assigned partitions %s; state restored in %.1f s", sorted(by_partition), took)

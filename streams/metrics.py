@@ -214,11 +214,13 @@ class Metrics:
             registry=r,
         )
         self.alerts_forward_sent = Counter(
-            "livepulse_alerts_forward_sent_total", "Alerts delivered to Alertmanager", registry=r
+            "livepulse_alerts_forward_sent_total",
+            "Alerts delivered to Alertmanager (once for each one listed that took them)",
+            registry=r,
         )
         self.alerts_forward_failed = Counter(
             "livepulse_alerts_forward_failed_total",
-            "Alerts Alertmanager did not take after every retry",
+            "Alerts an Alertmanager did not take after every retry (or once another one took them)",
             registry=r,
         )
         self.alerts_forward_dropped = Counter(

@@ -128,6 +128,7 @@ class Settings:
     group_session_timeout_ms: int = 10_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: comma-separated: every Alertmanager of an HA cluster gets every alert (``streams.alerting``)
     alertmanager_url: str | None = None
     #: firing alerts are re-published this often; Alertmanager expires them after 4x this
     alert_resend_ms: int = 60_000
@@ -168,6 +169,11 @@ class Settings:
             raise ConfigError("commit_interval_ms and max_batch_records must be > 0, fetch_timeout_ms >= 0")
         if self.alert_resend_ms <= 0:
             raise ConfigError("alert_resend_ms must be > 0")
+        if self.alertmanager_url is not None:
+            urls = [url.strip() for url in self.alertmanager_url.split(",")]
+            if not all(url.startswith(("http://", "https://")) for url in urls):
+                shown = redact_url(self.alertmanager_url)
+                raise ConfigError(f"alertmanager_url must be http(s) URLs, comma-separated: {shown!r}")
         if self.partitions <= 0:
             raise ConfigError("partitions must be > 0")
         if not 1 <= self.min_insync_replicas <= self.replication_factor:

@@ -60,14 +60,19 @@ def shown_by(url: str, metric: str) -> bool:
 async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    with running_alertmanager(tmp_path / "am", free_port()) as am_url:
+    """Two Alertmanagers listed, as the replicas of an HA cluster: each gets the alert and its
+    resolution."""
+    with (
+        running_alertmanager(tmp_path / "am", free_port()) as am_url,
+        running_alertmanager(tmp_path / "am2", free_port()) as am2_url,
+    ):
         deployment = Deployment(
             kafka_bootstrap,
             window_ms=WINDOW_MS,
             # no periodic re-send inside the firing span: "fires once" is about transitions
             extra_env={
                 "LIVEPULSE_BUCKET_MS": "500",
-                "LIVEPULSE_ALERTMANAGER_URL": am_url,
+                "LIVEPULSE_ALERTMANAGER_URL": f"{am_url}, {am2_url}",
                 "LIVEPULSE_ALERT_RESEND_MS": "600000",
             },
         )
@@ -79,12 +84,18 @@ async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(
             # Steady windows past the warm-up, then 24 s at 10x: the alert fires and keeps firing.
             before = windows(0, STEADY, 10, start_ms) + windows(STEADY, SPIKE, 100, start_ms)
             await produce(kafka_bootstrap, t, before, partitions=deployment.partitions)
-            await eventually(lambda: shown_by(am_url, "views_per_sec"), "Alertmanager shows the spike")
+            await eventually(
+                lambda: shown_by(am_url, "views_per_sec") and shown_by(am2_url, "views_per_sec"),
+                "both Alertmanagers show the spike",
+            )
 
             # Traffic returns to normal: the alert resolves and Alertmanager lets it go.
             after = windows(STEADY + SPIKE, AFTER, 10, start_ms)
             await produce(kafka_bootstrap, t, after, partitions=deployment.partitions)
-            await eventually(lambda: not shown_by(am_url, "views_per_sec"), "Alertmanager resolved the spike")
+            await eventually(
+                lambda: not shown_by(am_url, "views_per_sec") and not shown_by(am2_url, "views_per_sec"),
+                "both Alertmanagers resolved the spike",
+            )
 
             values = await read_topic(
                 kafka_bootstrap,
@@ -98,7 +109,7 @@ async def test_injected_spike_fires_once_resolves_once_and_reaches_alertmanager(
             assert firing["startsAt"] == resolved["startsAt"]
             assert firing["fingerprint"] == resolved["fingerprint"]
             assert float(firing["annotations"]["ratio"]) >= 5  # type: ignore[index]
-            assert worker.metric("livepulse_alerts_forward_sent_total") >= 2
+            assert worker.metric("livepulse_alerts_forward_sent_total") >= 4  # two, to each of two
             assert worker.metric("livepulse_alerts_forward_failed_total") == 0
         finally:
             worker.kill()

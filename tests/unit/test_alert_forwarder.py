@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -106,3 +107,109 @@ def test_reading_the_alerts_topic_failing_is_counted_and_retried_not_fatal(
     assert (registry.get_sample_value("t_feed_failures_total") or 0) >= 1
     assert "alert forwarding: reading live.alerts failed" in caplog.text
     assert "retrying in 1 s" in caplog.text
+
+
+async def test_every_alertmanager_listed_gets_every_alert_and_one_down_holds_back_no_other(
+    unused_tcp_port_factory: Any,
+) -> None:
+    """An HA Alertmanager cluster: each replica must get every alert (they share silences, not
+    alerts). Two up and one that refuses connections: both up get the batch, the one down is
+    counted as failed after its retries, and the records are then done with."""
+    got: dict[int, list[Any]] = {}
+    runners = []
+    up = [unused_tcp_port_factory(), unused_tcp_port_factory()]
+    down = unused_tcp_port_factory()
+    for port in up:
+
+        async def receive(request: web.Request, port: int = port) -> web.Response:
+            got.setdefault(port, []).extend(await request.json())
+            return web.Response(status=200)
+
+        app = web.Application()
+        app.router.add_post("/api/v2/alerts", receive)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+    urls = f"http://127.0.0.1:{up[0]}/, http://127.0.0.1:{down},http://127.0.0.1:{up[1]}"
+    fw, registry = forwarder(urls, attempts=2, backoff_s=0.01)
+    assert len(fw.endpoints) == 3
+    running = asyncio.create_task(fw.run())
+    try:
+        fw.offer_records([(0, alert("a")), (1, alert("b"))], "p0")
+        async with asyncio.timeout(10):
+            while registry.get_sample_value("t_failed_total") != 2:
+                await asyncio.sleep(0.01)
+        assert {port: [a["labels"]["alertname"] for a in alerts] for port, alerts in got.items()} == {
+            up[0]: ["a", "b"],
+            up[1]: ["a", "b"],
+        }
+        assert registry.get_sample_value("t_sent_total") == 4  # two alerts to each of two
+        assert fw.take_commit() == {"p0": 2}
+    finally:
+        running.cancel()
+        for runner in runners:
+            await runner.cleanup()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+def test_the_alertmanager_urls_are_checked_at_start() -> None:
+    from streams.settings import ConfigError, Settings
+
+    assert Settings(alertmanager_url="http://a:9093, https://b:9093").alertmanager_url
+    for bad in ("a:9093", "http://a:9093,", "http://a:9093,b:9093"):
+        with pytest.raises(ConfigError, match="alertmanager_url"):
+            Settings(alertmanager_url=bad)
+    with pytest.raises(ConfigError) as raised:
+        Settings(alertmanager_url="http://ops:s3cret@a:9093,b")
+    assert "s3cret" not in str(raised.value)
+
+
+async def test_an_alertmanager_that_never_answers_gets_one_attempt_per_batch_once_another_took_it(
+    unused_tcp_port_factory: Any,
+) -> None:
+    """A replica that takes connections and never answers (a node gone, its pod still listed): each
+    batch waits for one timeout there, not for all its retries, so the others are not held back."""
+    hits = {"healthy": 0, "hanging": 0}
+    got: list[str] = []
+    release = asyncio.Event()
+
+    async def healthy(request: web.Request) -> web.Response:
+        hits["healthy"] += 1
+        got.extend(a["labels"]["alertname"] for a in await request.json())
+        return web.Response(status=200)
+
+    async def hanging(request: web.Request) -> web.Response:
+        hits["hanging"] += 1
+        await release.wait()
+        return web.Response(status=200)
+
+    runners, ports = [], []
+    for handler in (healthy, hanging):
+        app = web.Application()
+        app.router.add_post("/api/v2/alerts", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = unused_tcp_port_factory()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        ports.append(port)
+    urls = ",".join(f"http://127.0.0.1:{port}" for port in ports)
+    fw, registry = forwarder(urls, max_batch=1, attempts=5, backoff_s=0.05, timeout_s=0.5)
+    running = asyncio.create_task(fw.run())
+    try:
+        fw.offer_records([(0, alert("a")), (1, alert("b"))], "p0")
+        async with asyncio.timeout(20):
+            while registry.get_sample_value("t_failed_total") != 2:
+                await asyncio.sleep(0.01)
+        assert got == ["a", "b"]
+        assert hits == {"healthy": 2, "hanging": 2}  # one attempt per batch (before: five)
+        assert fw.take_commit() == {"p0": 2}
+    finally:
+        release.set()
+        running.cancel()
+        for runner in runners:
+            await runner.cleanup()
+    with pytest.raises(asyncio.CancelledError):
+        await running

@@ -407,3 +407,14 @@ def test_a_stop_asked_for_during_a_take_over_closes_what_it_opened_and_reports_n
     asyncio.run(scenario())
     assert len(t.opened) == 2 and all(task.producer.closed for task in t.opened)  # type: ignore[attr-defined]
     assert (t.commits, plane.runtime, plane.ready, t.consumer.paused) == ([], {}, False, set(t.assigned))
+
+
+def test_partitions_given_up_take_their_firing_alerts_out_of_the_gauge() -> None:
+    """After a rebalance the next owner counts the moved rooms' firing alerts: the worker that gave
+    them up must not go on counting them until its next re-send (the sum over workers would count
+    them twice)."""
+    metrics = Metrics()
+    plane = DataPlane(Settings(partitions=4), metrics)
+    metrics.alerts_firing.labels("views_per_sec").set(3)  # counted while it held the rooms
+    asyncio.run(plane._revoke())
+    assert metrics.registry.get_sample_value("livepulse_alerts_firing", {"metric": "views_per_sec"}) == 0
