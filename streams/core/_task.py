@@ -99,6 +99,8 @@ class ApplyResult(NamedTuple):
 
 
 _NOTHING = ApplyResult(0, 0, 0, 0, 0)
+#: in ``_fold``: no session or rollup has folded the window yet
+_NO_HOLDER: Any = object()
 
 
 class TaskAggregator:
@@ -782,10 +784,11 @@ class TaskAggregator:
                 if rollup is not None and rollup.start + rollup.length <= ws:
                     self._close_rollup(room, i, rollup)
             room.rollups = held  # the same list: this window opens the rollups that follow
-        # the previous holder's counters and sketch before and after this fold
-        totals_in: Any = None
+        # the previous holder's counters and sketch before and after this fold (_NO_HOLDER: none
+        # folded yet; not None, which a holder without a sketch holds)
+        totals_in: Any = _NO_HOLDER
         totals_out: Any = None
-        uniques_in: Any = None
+        uniques_in: Any = _NO_HOLDER
         uniques_out: Any = None
         session = room.session
         fold_session = session is not None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.oracle import expected_rollups
-from schemas import Event, RoomStats
+from schemas import Event, OrderEvent, RoomStats, ViewerEvent
 from streams.core import CoreConfig, TaskAggregator
 from streams.core._state_codec import room_state
 from streams.exceptions import ConfigError
@@ -47,17 +48,23 @@ def keyed(records: list[tuple[int, RoomStats]]) -> dict[tuple[int, str, int], Ro
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32),
     n=st.integers(1, 600),
     rooms=st.integers(1, 20),
     disorder_ms=st.sampled_from([0, 1_900, 4_000, 15_000]),
     span_ms=st.sampled_from([20_000, 200_000, 1_000_000]),
+    sessions=st.sampled_from([None, 20_000, 1_800_000]),
 )
-def test_rollups_equal_oracle(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int) -> None:
+def test_rollups_equal_oracle(
+    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, sessions: int | None
+) -> None:
+    """With sessions off, or on with a gap short enough that rooms start new ones inside a rollup
+    window (the rollups share the session's sketch while they fold the same windows)."""
     stream = make_stream(random.Random(seed), n, rooms, span_ms, disorder_ms)
-    agg = TaskAggregator(CFG, SOURCES)
+    cfg = replace(CFG, sessions=False) if sessions is None else replace(CFG, session_gap_ms=sessions)
+    agg = TaskAggregator(cfg, SOURCES)
     got = keyed(feed(agg, stream, seed) + finish(agg))
     want = expected_rollups(
         stream,
@@ -87,6 +94,37 @@ def test_restore_mid_rollup_gives_the_same_rollups(seed: int, n: int, cut: float
     after = feed(restored, stream[k:], seed + 3) + finish(restored)
     assert keyed(before + after) == reference
     assert len(before + after) == len(reference)  # none closed twice (the restore drops what was due)
+
+
+VIEWER, ORDER = SOURCES[:2]
+#: a minute boundary, so the order's window and the viewers' are in one 1 min rollup window
+T0 = 1_700_000_040_000
+
+
+@pytest.mark.parametrize("sessions", [False, True])
+def test_a_rollup_opened_by_a_window_without_viewers_counts_the_unique_viewers_after_it(
+    sessions: bool,
+) -> None:
+    """A room's first window of a rollup holds only an order (no sketch); viewers come in the
+    next windows, and with sessions on after a gap that starts a new session. The rollup dropped
+    every later window's sketch: 0 (or 1) unique viewers for 6 views."""
+    cfg = replace(CFG, sessions=sessions, session_gap_ms=20_000)
+    agg = TaskAggregator(cfg, SOURCES)
+    order = OrderEvent("o1", "r", "buyer", T0 + 1_000, "paid", 1_500, "CNY")
+    joins = [ViewerEvent("join", "r", f"u{i}", T0 + 31_000 + 3_000 * i) for i in range(6)]
+    stream: list[tuple[int, int, Event]] = [(ORDER, 0, order)]
+    stream += [(VIEWER, i, join) for i, join in enumerate(joins)]
+    got = keyed(feed(agg, stream, 1) + finish(agg))
+    (minute,) = [stats for (length, _, _), stats in got.items() if length == 60_000]
+    assert (minute.views, minute.unique_viewers, minute.orders) == (6, 6, 1)
+    want = expected_rollups(
+        stream,
+        window_ms=cfg.window_ms,
+        grace_ms=cfg.grace_ms,
+        lengths_ms=cfg.rollup_windows_ms,
+        sources=SOURCES,
+    )
+    assert_records_match(got, want)
 
 
 def test_closed_rollups_leave_no_changelog_state() -> None:
