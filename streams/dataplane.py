@@ -771,6 +771,7 @@ class DataPlane:
             self._held = set(by_partition)
             if 0 not in by_partition:
                 self.metrics.platform.clear()  # the leaderboard merge runs elsewhere now
+                self.metrics.leaderboard_pending_windows.set(0)
             opened = await asyncio.gather(
                 *(self._open_task(partition, tps) for partition, tps in sorted(by_partition.items()))
             )

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 HISTORY = 360
 #: the merge state record at most: three quarters of what the changelog takes (MAX_RECORD_BYTES)
 MAX_STATE_BYTES = MAX_RECORD_BYTES * 3 // 4
+#: pending windows past which the merge names, in the log, the tasks it waits for
+WAITING_LOG_WINDOWS = 30
 
 
 class LeaderboardStage:
@@ -56,6 +58,8 @@ class LeaderboardStage:
         self.metrics = metrics
         #: recent final records by window start (the latest also lives in the state)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        #: the tasks last named in the log as holding the leaderboard back
+        self._waiting_on: list[int] = []
 
     @property
     def latest(self) -> dict[str, Any] | None:
@@ -84,7 +88,29 @@ class LeaderboardStage:
         return self.publish()
 
     def publish(self) -> int:
-        return self._publish(self.merge.take_final())
+        published = self._publish(self.merge.take_final())
+        self._show_pending()
+        return published
+
+    def _show_pending(self) -> None:
+        """Export how many windows wait; past ``WAITING_LOG_WINDOWS``, name the tasks they wait
+        for (once per change): a task that never got an event sends no progress, and the
+        leaderboard stops until it does (``LivepulseLeaderboardStalled``)."""
+        merge = self.merge
+        self.metrics.leaderboard_pending_windows.set(len(merge.pending))
+        waiting: list[int] = []
+        if len(merge.pending) > WAITING_LOG_WINDOWS:
+            oldest_end = merge.pending[min(merge.pending)].we
+            waiting = [t for t in range(merge.tasks) if merge.progress.get(t, oldest_end - 1) < oldest_end]
+        if waiting != self._waiting_on:
+            self._waiting_on = waiting
+            if waiting:
+                log.warning(
+                    "leaderboard: %d windows wait for progress from tasks %s (no event on their "
+                    "partitions yet, or their watermark does not move); none is published until then",
+                    len(merge.pending),
+                    waiting,
+                )
 
     def _publish(self, final: list[dict[str, Any]]) -> int:
         topic = self.topics.leaderboard
@@ -113,6 +139,7 @@ class LeaderboardStage:
             )
             self._publish([record])
             state = encode_leaderboard(self.merge)
+            self._show_pending()
         self.sink.add(self.topics.changelog, 0, LEADERBOARD_KEY, state)
         self.merge.dirty = False
         return 1
@@ -132,3 +159,4 @@ class LeaderboardStage:
         if self.merge.latest is not None:
             self.history.append(self.merge.latest)
             self.metrics.platform.set(self.merge.latest)
+        self._show_pending()

@@ -268,6 +268,12 @@ class Metrics:
             "Leaderboard partials for a window already final (dropped; none expected)",
             registry=r,
         )
+        self.leaderboard_pending_windows = Gauge(
+            "livepulse_leaderboard_pending_windows",
+            "Leaderboard windows the merge holds until every task's progress passes them (by the "
+            "merge's worker; a few in the normal course)",
+            registry=r,
+        )
         #: platform totals of the last final leaderboard window (exported by the merge's worker only)
         self.platform = PlatformTotals(registry=r)
 

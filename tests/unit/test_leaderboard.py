@@ -119,6 +119,32 @@ def test_a_merge_state_too_large_for_its_record_publishes_its_oldest_windows_wit
     assert not any("missing_tasks" in r for r in rest) and merge.pending == {}
 
 
+def test_windows_held_for_a_task_without_progress_are_exported_and_the_task_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Task 2 never got an event, so it sends no progress: every board waits. The merge's worker
+    exports how many windows wait (LivepulseLeaderboardStalled), and past 30 names the task in the
+    log, once; when task 2 reports, the boards go out and the gauge falls back."""
+    metrics = Metrics()
+    stage = LeaderboardStage(3, 10, ListSink(), TOPICS, metrics)
+
+    def pending() -> float | None:
+        return metrics.registry.get_sample_value("livepulse_leaderboard_pending_windows")
+
+    for i in range(45):
+        ws = T0 + i * W
+        for task in (0, 1):
+            for item in leaderboard_partials(task, [stats(f"r{task}", ws, views=1)], 10):
+                stage.merge.add(item)
+            stage.merge.add(leaderboard_progress(task, ws + W))
+        assert stage.publish() == 0
+        assert pending() == i + 1
+    assert caplog.text.count("windows wait for progress from tasks [2]") == 1
+    stage.merge.add(leaderboard_progress(2, T0 + 45 * W))
+    assert stage.publish() == 45
+    assert pending() == 0
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_merge_of_shuffled_partials_equals_the_brute_force_leaderboard(seed: int) -> None:
     """Rooms spread over 4 tasks, some windows with idle tasks, many ties; partials of different
