@@ -722,6 +722,8 @@ class DataPlane:
             # none until the next assignment: a group that cannot settle shows 0, and its alert fires
             self.metrics.assigned_partitions.set(0)
             self._count_firing(0, resend=False)  # their next owner counts the rooms' alerts now
+            self.metrics.leaderboard_pending_windows.set(0)  # the merge too, if task 0 was here
+            self.metrics.leaderboard_wait_seconds.set(0)
 
     async def _close_tasks(self) -> None:
         tasks, self.runtime = self.runtime, {}
@@ -771,7 +773,6 @@ class DataPlane:
             self._held = set(by_partition)
             if 0 not in by_partition:
                 self.metrics.platform.clear()  # the leaderboard merge runs elsewhere now
-                self.metrics.leaderboard_pending_windows.set(0)
             opened = await asyncio.gather(
                 *(self._open_task(partition, tps) for partition, tps in sorted(by_partition.items()))
             )

@@ -15,6 +15,8 @@ Broker-free like :mod:`streams.pipeline`: outputs go into a record sink.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,8 +46,10 @@ log = logging.getLogger(__name__)
 HISTORY = 360
 #: the merge state record at most: three quarters of what the changelog takes (MAX_RECORD_BYTES)
 MAX_STATE_BYTES = MAX_RECORD_BYTES * 3 // 4
-#: pending windows past which the merge names, in the log, the tasks it waits for
-WAITING_LOG_WINDOWS = 30
+#: event time a window may wait before the merge names, in the log, the tasks it waits for
+WAITING_LOG_MS = 300_000
+#: ... and the least time between two such lines (monotonic seconds)
+WAITING_LOG_GAP_S = 300.0
 
 
 class LeaderboardStage:
@@ -58,8 +62,8 @@ class LeaderboardStage:
         self.metrics = metrics
         #: recent final records by window start (the latest also lives in the state)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
-        #: the tasks last named in the log as holding the leaderboard back
-        self._waiting_on: list[int] = []
+        #: when the tasks holding the leaderboard back were last named in the log (monotonic)
+        self._waiting_logged = -math.inf
 
     @property
     def latest(self) -> dict[str, Any] | None:
@@ -93,24 +97,30 @@ class LeaderboardStage:
         return published
 
     def _show_pending(self) -> None:
-        """Export how many windows wait; past ``WAITING_LOG_WINDOWS``, name the tasks they wait
-        for (once per change): a task that never got an event sends no progress, and the
-        leaderboard stops until it does (``LivepulseLeaderboardStalled``)."""
+        """Export how many windows wait and how long (``LivepulseLeaderboardStalled``): the event
+        time from the oldest waiting window's end to the furthest task's progress. A task that
+        never got an event sends no progress, and every board waits for it. Past
+        ``WAITING_LOG_MS`` the tasks it waits for are named in the log, at most every
+        ``WAITING_LOG_GAP_S``."""
         merge = self.merge
-        self.metrics.leaderboard_pending_windows.set(len(merge.pending))
-        waiting: list[int] = []
-        if len(merge.pending) > WAITING_LOG_WINDOWS:
-            oldest_end = merge.pending[min(merge.pending)].we
+        pending = merge.pending
+        waited_ms = 0
+        if pending and merge.progress:
+            oldest_end = pending[min(pending)].we
+            waited_ms = max(0, max(merge.progress.values()) - oldest_end)
+        self.metrics.leaderboard_pending_windows.set(len(pending))
+        self.metrics.leaderboard_wait_seconds.set(waited_ms / 1000)
+        now = time.monotonic()
+        if waited_ms > WAITING_LOG_MS and now - self._waiting_logged >= WAITING_LOG_GAP_S:
+            self._waiting_logged = now
             waiting = [t for t in range(merge.tasks) if merge.progress.get(t, oldest_end - 1) < oldest_end]
-        if waiting != self._waiting_on:
-            self._waiting_on = waiting
-            if waiting:
-                log.warning(
-                    "leaderboard: %d windows wait for progress from tasks %s (no event on their "
-                    "partitions yet, or their watermark does not move); none is published until then",
-                    len(merge.pending),
-                    waiting,
-                )
+            log.warning(
+                "leaderboard: %d windows wait, the oldest for %.0f s of event time, for progress from "
+                "tasks %s (no event on their partitions yet, a watermark stuck or far behind)",
+                len(pending),
+                waited_ms / 1000,
+                waiting,
+            )
 
     def _publish(self, final: list[dict[str, Any]]) -> int:
         topic = self.topics.leaderboard
@@ -148,14 +158,12 @@ class LeaderboardStage:
         """Load the merge state from task 0's changelog records (log order); an undecodable record
         is logged and the merge starts over from the beginning of the partials topic."""
         raw = latest_leaderboard(records)
-        if raw is None:
-            return
         try:
-            decode_leaderboard(raw, self.merge)
+            if raw is not None:
+                decode_leaderboard(raw, self.merge)
         except StateError as exc:
             log.error("leaderboard merge state undecodable, re-reading every partial: %s", exc)
             self.merge = LeaderboardMerge(self.merge.tasks, self.merge.n)
-            return
         if self.merge.latest is not None:
             self.history.append(self.merge.latest)
             self.metrics.platform.set(self.merge.latest)

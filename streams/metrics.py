@@ -274,6 +274,12 @@ class Metrics:
             "merge's worker; a few in the normal course)",
             registry=r,
         )
+        self.leaderboard_wait_seconds = Gauge(
+            "livepulse_leaderboard_wait_seconds",
+            "Event time from the end of the oldest leaderboard window the merge holds to the furthest "
+            "task's progress (by the merge's worker; about a window in the normal course)",
+            registry=r,
+        )
         #: platform totals of the last final leaderboard window (exported by the merge's worker only)
         self.platform = PlatformTotals(registry=r)
 

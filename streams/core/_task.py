@@ -767,11 +767,12 @@ class TaskAggregator:
         rollup windows; ``first`` and ``last`` are the window's first and last active bucket
         numbers (-1: none).
 
-        A new session or rollup takes the window's counters and sketch as they are (neither is
-        ever changed in place). One already open folds the window in; when it held the very
-        counters or sketch the previous one did (a session and its hour typically start from the
-        same window), it takes the same result: they fold the same windows from then on, and a
-        union that absorbs a sketch twice is unchanged. The session goes first, then the rollups
+        A new session or rollup takes the window's counters and sketch as they are (counters are
+        never changed in place; a union is, but every holder of it folds the same window in the
+        same call). One already open folds the window in; when it held the very counters or
+        sketch the previous one did (a session and its hour typically start from the same
+        window), it takes the same result: they fold the same windows from then on, and a union
+        that absorbs a sketch twice is unchanged. The session goes first, then the rollups
         longest first, so such holders are neighbours."""
         cfg = self.config
         lg_k = cfg.hll_lg_k

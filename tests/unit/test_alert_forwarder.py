@@ -138,7 +138,7 @@ async def test_every_alertmanager_listed_gets_every_alert_and_one_down_holds_bac
     try:
         fw.offer_records([(0, alert("a")), (1, alert("b"))], "p0")
         async with asyncio.timeout(10):
-            while registry.get_sample_value("t_failed_total") != 2:
+            while registry.get_sample_value("t_failed_total") != 2 or fw._inflight:  # (counted, then done)
                 await asyncio.sleep(0.01)
         assert {port: [a["labels"]["alertname"] for a in alerts] for port, alerts in got.items()} == {
             up[0]: ["a", "b"],
@@ -201,7 +201,7 @@ async def test_an_alertmanager_that_never_answers_gets_one_attempt_per_batch_onc
     try:
         fw.offer_records([(0, alert("a")), (1, alert("b"))], "p0")
         async with asyncio.timeout(20):
-            while registry.get_sample_value("t_failed_total") != 2:
+            while registry.get_sample_value("t_failed_total") != 2 or fw._inflight:  # (counted, then done)
                 await asyncio.sleep(0.01)
         assert got == ["a", "b"]
         assert hits == {"healthy": 2, "hanging": 2}  # one attempt per batch (before: five)

@@ -409,12 +409,18 @@ def test_a_stop_asked_for_during_a_take_over_closes_what_it_opened_and_reports_n
     assert (t.commits, plane.runtime, plane.ready, t.consumer.paused) == ([], {}, False, set(t.assigned))
 
 
-def test_partitions_given_up_take_their_firing_alerts_out_of_the_gauge() -> None:
+def test_partitions_given_up_take_their_firing_alerts_and_the_merge_out_of_the_gauges() -> None:
     """After a rebalance the next owner counts the moved rooms' firing alerts: the worker that gave
     them up must not go on counting them until its next re-send (the sum over workers would count
-    them twice)."""
+    them twice). Nor may it go on showing a leaderboard merge it no longer runs."""
     metrics = Metrics()
     plane = DataPlane(Settings(partitions=4), metrics)
     metrics.alerts_firing.labels("views_per_sec").set(3)  # counted while it held the rooms
+    metrics.leaderboard_pending_windows.set(40)
+    metrics.leaderboard_wait_seconds.set(400)
     asyncio.run(plane._revoke())
-    assert metrics.registry.get_sample_value("livepulse_alerts_firing", {"metric": "views_per_sec"}) == 0
+    sample = metrics.registry.get_sample_value
+    assert sample("livepulse_alerts_firing", {"metric": "views_per_sec"}) == 0
+    assert (
+        sample("livepulse_leaderboard_pending_windows") == sample("livepulse_leaderboard_wait_seconds") == 0
+    )

@@ -123,13 +123,14 @@ def test_windows_held_for_a_task_without_progress_are_exported_and_the_task_name
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Task 2 never got an event, so it sends no progress: every board waits. The merge's worker
-    exports how many windows wait (LivepulseLeaderboardStalled), and past 30 names the task in the
-    log, once; when task 2 reports, the boards go out and the gauge falls back."""
+    exports how many windows wait and for how much event time (LivepulseLeaderboardStalled), and
+    past 5 minutes of it names the task in the log, once in 5 minutes of wall time however the
+    count moves; when task 2 reports, the boards go out and the gauges fall back."""
     metrics = Metrics()
     stage = LeaderboardStage(3, 10, ListSink(), TOPICS, metrics)
 
-    def pending() -> float | None:
-        return metrics.registry.get_sample_value("livepulse_leaderboard_pending_windows")
+    def gauge(name: str) -> float | None:
+        return metrics.registry.get_sample_value(f"livepulse_leaderboard_{name}")
 
     for i in range(45):
         ws = T0 + i * W
@@ -138,11 +139,12 @@ def test_windows_held_for_a_task_without_progress_are_exported_and_the_task_name
                 stage.merge.add(item)
             stage.merge.add(leaderboard_progress(task, ws + W))
         assert stage.publish() == 0
-        assert pending() == i + 1
-    assert caplog.text.count("windows wait for progress from tasks [2]") == 1
+        assert gauge("pending_windows") == i + 1
+        assert gauge("wait_seconds") == i * W / 1000
+    assert caplog.text.count("for progress from tasks [2]") == 1
     stage.merge.add(leaderboard_progress(2, T0 + 45 * W))
     assert stage.publish() == 45
-    assert pending() == 0
+    assert gauge("pending_windows") == gauge("wait_seconds") == 0
 
 
 @pytest.mark.parametrize("seed", range(8))
