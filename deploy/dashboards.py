@@ -141,6 +141,14 @@ OPERATIONS: tuple[PanelSpec, ...] = (
         ),
         unit="ops",
     ),
+    PanelSpec(
+        "Leaderboard merge wait (event time)",
+        (Query("max(livepulse_leaderboard_wait_seconds)", "oldest held window"),),
+        unit="s",
+        description="From the oldest window the merge holds to the furthest task's progress; "
+        "about a window normally. It grows while some task sends no progress "
+        "(LivepulseLeaderboardStalled).",
+    ),
 )
 
 BUSINESS: tuple[PanelSpec, ...] = (
