@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, get_type_hints
 
 from ._decode import _GIFT_FIELDS, _ORDER_FIELDS, _VIEWER_FIELDS
 from ._limits import DEFAULT_LIMITS, Limits
-from ._outputs import DeadLetter, RoomStats
+from ._outputs import DeadLetter, RoomSession, RoomStats
 from ._records import ORDER_STATUSES, VIEWER_TYPES, GiftEvent, OrderEvent, ViewerEvent
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -88,6 +88,7 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
     "float": {"type": "number"},
     "bool": {"type": "boolean"},
     "str | None": {"type": ["string", "null"]},
+    "int | None": {"type": ["integer", "null"]},
 }
 
 
@@ -120,6 +121,62 @@ def room_stats_schema() -> dict[str, Any]:
         if name == "room_id":
             prop["minLength"] = 1
     return schema
+
+
+def room_session_schema() -> dict[str, Any]:
+    schema = _record_schema(
+        RoomSession,
+        "room-session",
+        "RoomSession",
+        "One record of live.room-sessions (compacted, key <room_id>:<session_start>): a room's "
+        "broadcast session so far (status live, session_end null) or once ended.",
+    )
+    for name, prop in schema["properties"].items():
+        if prop["type"] == "integer" or name == "session_end":
+            prop["minimum"] = 0
+    schema["properties"]["status"]["enum"] = ["live", "ended"]
+    schema["properties"]["room_id"]["minLength"] = 1
+    return schema
+
+
+def leaderboard_schema() -> dict[str, Any]:
+    """``live.leaderboard``'s records (``streams.core._leaderboard.leaderboard_record``)."""
+    count = {"type": "integer", "minimum": 0}
+
+    def ranking(value: str) -> dict[str, Any]:
+        entry = {
+            "type": "object",
+            "required": ["rank", "room_id", value],
+            "properties": {
+                "rank": {"type": "integer", "minimum": 1},
+                "room_id": {"type": "string"},
+                value: count,
+            },
+            "additionalProperties": False,
+        }
+        return {"type": "array", "items": entry}
+
+    totals = ("events", "rooms_live", "gmv_minor", "orders")
+    return {
+        "$schema": DIALECT,
+        "$id": f"{BASE_ID}leaderboard",
+        "title": "Leaderboard",
+        "description": "One record of live.leaderboard (key = window_start): the platform's top rooms "
+        "by GMV and by views in one closed window, by value descending then room_id, and the "
+        "window's totals over its live rooms. missing_tasks: published without those tasks' rooms "
+        "(the merge state outgrew its record).",
+        "type": "object",
+        "required": ["window_start", "window_end", "size", "top_gmv", "top_views", *totals],
+        "properties": {
+            "window_start": count,
+            "window_end": count,
+            "size": {"type": "integer", "minimum": 1},
+            "top_gmv": ranking("gmv_minor"),
+            "top_views": ranking("views"),
+            **dict.fromkeys(totals, count),
+            "missing_tasks": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        },
+    }
 
 
 def dead_letter_schema() -> dict[str, Any]:
@@ -173,6 +230,8 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     """File name -> schema, as written to ``schemas/json/``."""
     out = {f"{kind}-event.json": event_schema(kind) for kind in EVENT_KINDS}
     out["room-stats.json"] = room_stats_schema()
+    out["room-session.json"] = room_session_schema()
+    out["leaderboard.json"] = leaderboard_schema()
     out["dead-letter.json"] = dead_letter_schema()
     out["alert.json"] = alert_schema()
     return out
