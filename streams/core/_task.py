@@ -1230,7 +1230,13 @@ class TaskAggregator:
                     _enlist(self._rollup_ends, rollup.start + rollup.length, room)
         if not cfg.sessions and room.session is not None:
             # sessions turned off since the checkpoint: none is folded or published, and the
-            # record forgets it (turned on again, the room would carry on that old session)
+            # record forgets it (turned on again, the room would carry on that old session). Its
+            # record goes out once more, ended as of its last closed window: otherwise the live
+            # one stays on the compacted topic for good. Only a session not already due: that one
+            # ended, and its ended record went out before the checkpoint.
+            session = room.session
+            if not (self._due_of(session) <= wm and not self._extensible(room, session)):
+                self._session_outbox.append(session.record(room.room_id, ENDED))
             room.session = None
             self._tail_changed(room)
         session = room.session

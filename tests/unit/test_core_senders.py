@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import orjson
@@ -524,13 +525,16 @@ def test_state_cut_with_other_buckets_or_windows_is_refused_naming_the_settings(
     assert TaskAggregator(CFG, sources=(0,), senders=(1, 2)).restore(records) == 1  # same settings: fine
 
 
-def test_sessions_turned_off_since_the_checkpoint_are_not_folded_or_published() -> None:
+def test_sessions_turned_off_since_the_checkpoint_are_ended_once_then_not_folded_or_published() -> None:
+    """The live session's record goes out once more, ended as of its last closed window (on the
+    compacted topic the live one would stay for good); then no session is folded or published."""
     agg = receiver()
     agg.sender_progress(1, None)
     agg.sender_progress(2, None)
     agg.apply(0, [(i, join("r", f"u{i}", BASE_MS + i * 1_000)) for i in range(30)], now_ms=0)
     agg.tick(now_ms=CFG.first_event_hold_ms, busy={0})
-    assert agg.drain_sessions()  # sessions on: published
+    live = agg.drain_sessions()
+    assert live and live[-1].status == "live"  # sessions on: published
     records = agg.checkpoint({0: 30}).upserts
     off = TaskAggregator(
         CoreConfig(bucket_ms=1_000, window_ms=10_000, grace_ms=2_000, room_idle_ms=10**9, sessions=False),
@@ -538,6 +542,12 @@ def test_sessions_turned_off_since_the_checkpoint_are_not_folded_or_published() 
         senders=(1, 2),
     )
     off.restore(records)
+    (ended,) = off.drain_sessions()
+    # ended at the last active second of its closed windows (the open one is not folded any more)
+    assert ended == dataclasses.replace(live[-1], status="ended", session_end=BASE_MS + 20_000)
     off.apply(0, [(30 + i, join("r", f"v{i}", BASE_MS + 30_000 + i * 1_000)) for i in range(30)], now_ms=1)
     off.tick(now_ms=CFG.first_event_hold_ms + 1, busy={0})
     assert off.drain() and off.drain_sessions() == []
+    again = TaskAggregator(off.config, sources=(0,), senders=(1, 2))
+    again.restore([*records, *off.checkpoint({0: 60}).upserts])
+    assert again.drain_sessions() == []  # ended once: its state is gone from the checkpoint
