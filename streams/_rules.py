@@ -13,13 +13,18 @@ holds the effective overrides; every worker rebuilds its rules from the table.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .core import DEFAULT_RULES, SpikeRuleError, SpikeRules, apply_override
 
+log = logging.getLogger(__name__)
+
 ROOM_CATEGORY = "room-category"
+#: the longest room id or category name a room-category entry takes (as for override keys)
+MAX_KEY_CHARS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +47,23 @@ def fold(message: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, A
     scope, key = message.get("scope"), message.get("key")
     if scope == ROOM_CATEGORY:
         category = message.get("category")
-        if not isinstance(key, str) or not key or (category is not None and not isinstance(category, str)):
-            raise SpikeRuleError("room-category needs a room id 'key' and a 'category' string or null")
+        if not _name(key) or not (category is None or _name(category)):
+            raise SpikeRuleError(
+                f"room-category needs a room id 'key' and a 'category' string or null, of 1..{MAX_KEY_CHARS} "
+                "characters"
+            )
         return f"{ROOM_CATEGORY}/{key}", category or None
     metric = message.get("metric")
     entry = f"{scope}/{key}/{metric}"
     existing = current.get(entry) or {}
     layer = {str(key): {str(metric): existing}} if existing else {}
-    base = SpikeRules(room_overrides=layer) if scope == "room" else SpikeRules(category_overrides=layer)
+    try:
+        base = SpikeRules(room_overrides=layer) if scope == "room" else SpikeRules(category_overrides=layer)
+    except (SpikeRuleError, TypeError, ValueError) as exc:
+        # an entry stored by an older version (a field since renamed) or not through fold: the
+        # message replaces it, as if there were none, so that it can always be set or unset
+        log.warning("spike rule entry %r unreadable (%s): replaced by the new message", entry, exc)
+        base = SpikeRules()
     updated = apply_override(base, message)
     overrides = updated.room_overrides if scope == "room" else updated.category_overrides
     fields = dict(overrides.get(str(key), {}).get(str(metric), {}))
@@ -57,21 +71,53 @@ def fold(message: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, A
 
 
 def rules_from_entries(entries: Mapping[str, Any]) -> RuleSet:
-    """Rules built from the table: defaults, then category overrides, then room overrides."""
+    """Rules built from the table: defaults, then category overrides, then room overrides.
+
+    An entry today's checks refuse (stored by an older version, or not through :func:`fold`) is
+    left out and logged: the data plane builds these rules at its checkpoints, and one bad entry
+    must not stop every worker at every restart. A new control message for it replaces it.
+    """
     rooms: dict[str, dict[str, Mapping[str, float | int | bool | None]]] = {}
     categories_layer: dict[str, dict[str, Mapping[str, float | int | bool | None]]] = {}
     categories: dict[str, str] = {}
-    overrides = 0
     for entry, value in entries.items():
         if value is None:
             continue
         scope, _, rest = entry.partition("/")
         if scope == ROOM_CATEGORY:
-            categories[rest] = value
+            if _name(value):
+                categories[rest] = value
+            else:
+                log.error("spike rule entry %r = %r is no category: left out", entry, value)
             continue
         key, _, metric = rest.rpartition("/")
         target = rooms if scope == "room" else categories_layer
         target.setdefault(key, {})[metric] = value
-        overrides += 1
-    rules = SpikeRules(DEFAULT_RULES.defaults, category_overrides=categories_layer, room_overrides=rooms)
+    try:
+        rules = SpikeRules(DEFAULT_RULES.defaults, category_overrides=categories_layer, room_overrides=rooms)
+    except (SpikeRuleError, TypeError, ValueError):
+        categories_layer = _readable("category", categories_layer)
+        rooms = _readable("room", rooms)
+        rules = SpikeRules(DEFAULT_RULES.defaults, category_overrides=categories_layer, room_overrides=rooms)
+    overrides = sum(map(len, rooms.values())) + sum(map(len, categories_layer.values()))
     return RuleSet(rules, categories, overrides)
+
+
+def _readable(scope: str, layer: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries of ``layer`` that make valid rules on their own; the others logged."""
+    kept: dict[str, dict[str, Any]] = {}
+    for key, by_metric in layer.items():
+        for metric, value in by_metric.items():
+            one = {key: {metric: value}}
+            try:
+                SpikeRules(room_overrides=one) if scope == "room" else SpikeRules(category_overrides=one)
+            except (SpikeRuleError, TypeError, ValueError) as exc:
+                log.error("spike rule entry %r unreadable, left out: %s", f"{scope}/{key}/{metric}", exc)
+                continue
+            kept.setdefault(key, {})[metric] = value
+    return kept
+
+
+def _name(value: object) -> bool:
+    """A room id or category name a room-category entry takes."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_KEY_CHARS

@@ -104,13 +104,13 @@ def _control_agent(app: faust.App, settings: Settings, table: Any, metrics: Metr
                 entry, value = fold(orjson.loads(raw), table)
             except (orjson.JSONDecodeError, SpikeRuleError) as exc:
                 metrics.control_invalid.inc()
-                log.warning("ignored control message %r: %s", bytes(raw)[:200], exc)
+                log.warning("ignored control message %r: %s", bytes(raw or b"")[:200], exc)
                 continue
             if value is None:
                 table.pop(entry, None)
             else:
                 table[entry] = value
-            log.info("spike rule %s = %s", entry, value)
+            log.info("spike rule %r = %r", entry, value)  # (repr: no line or escape forged by a key)
 
 
 def _alert_forwarding(settings: Settings, metrics: Metrics) -> AlertForwarder:

@@ -61,7 +61,7 @@ _SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "long_season_s": ("f", 0.0, 1e9),
     "long_season_bins": ("i", 1, 10_080),
     "long_season_after_periods": ("f", 0.0, 1e3),
-    "drift_z": ("f", 0.0, math.inf),
+    "drift_z": ("f", 0.0, 1e6),
     "drift_half_life_s": ("f", 1.0, 1e9),
     "slow_half_life_s": ("f", 1.0, 1e10),
     "tail_cap": ("f", 0.0, 1e6),

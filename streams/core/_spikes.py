@@ -552,7 +552,7 @@ def _step(
                 if drift_up or drift_down:
                     gap = math.copysign(rule.drift_z * math.sqrt(norm), gap)
                 d[j + 1] = slow + gamma * gap
-                d[j + 2] = norm + gamma * (min(gap * gap, norm * rule.drift_z**2) - norm)
+                d[j + 2] = norm + gamma * (min(gap * gap, norm * rule.drift_z * rule.drift_z) - norm)
             else:
                 d[j + 1] = slow + max(gamma, warm) * (u - slow)
                 d[j + 2] += max(gamma, warm) * (gap * gap - d[j + 2])
