@@ -25,6 +25,9 @@ DEFAULT_APP_ID = "livepulse"
 #: ~170 KB (~350 KB with 128-character room ids), and the merge state holds one such ranking pair
 #: per window still pending: far below the 8 MiB its topics are created with.
 MAX_LEADERBOARD_SIZE = 1_000
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+#: what the Kafka clients take (aiokafka refuses anything else with a bare AssertionError)
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,26 @@ class Settings:
             raise ConfigError(f"currency {self.currency!r} is not an ISO 4217 code (three capital letters)")
         if not 0 < self.web_port < 65536:
             raise ConfigError(f"web_port {self.web_port} out of range")
+        if not self.app_id:
+            raise ConfigError("app_id must not be empty")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log_level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.security.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"security_protocol {self.security.security_protocol!r} is not one of "
+                f"{', '.join(SECURITY_PROTOCOLS)}"
+            )
+        for broker in self.brokers.split(","):
+            host, _, port = broker.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"brokers must be host:port, comma-separated; got {redact_url(broker)!r}")
+        names = [getattr(self.topics, name) for name in Topics.__dataclass_fields__]
+        names += [self.topics.rollup(length) for length in self.core.rollup_windows_ms]
+        if not all(names) or len(set(names)) != len(names):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            raise ConfigError(
+                f"topic names must be set and differ from each other: {repeated or 'an empty one'}"
+            )
 
 
 # Environment variable (after the prefix) -> (section, field). Section "" is Settings itself.

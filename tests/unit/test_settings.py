@@ -47,6 +47,17 @@ def test_environment_is_typed_and_flags_win() -> None:
         ({"LIVEPULSE_MALLOC_TRIM_MS": "-1"}, "malloc_trim_ms must be >= 0"),
         ({"LIVEPULSE_GROUP_SESSION_TIMEOUT_MS": "3000"}, "group_session_timeout_ms must be >= 6000"),
         ({"LIVEPULSE_CURRENCY": "usd"}, "currency 'usd' is not an ISO 4217 code"),
+        # refused at start, not by a client or faust later (a bare ValueError or AssertionError)
+        ({"LIVEPULSE_BROKERS": "kafka1"}, "brokers must be host:port"),
+        ({"LIVEPULSE_BROKERS": "kafka1:9092,kafka2"}, "brokers must be host:port"),
+        ({"LIVEPULSE_SECURITY_PROTOCOL": "TLS"}, "security_protocol 'TLS' is not one of PLAINTEXT"),
+        ({"LIVEPULSE_LOG_LEVEL": "loud"}, "log_level 'loud' is not one of"),
+        ({"LIVEPULSE_APP_ID": ""}, "app_id must not be empty"),
+        # an output written into an input, or two outputs into one topic
+        ({"LIVEPULSE_TOPIC_ROOM_STATS": "live.viewer"}, r"topic names must .* \['live.viewer'\]"),
+        ({"LIVEPULSE_TOPIC_ALERTS": "live.dlq"}, r"\['live.dlq'\]"),
+        ({"LIVEPULSE_TOPIC_ALERTS": ""}, "an empty one"),
+        ({"LIVEPULSE_TOPIC_ROOM_STATS": "x", "LIVEPULSE_TOPIC_VIEWER": "x-1m"}, r"\['x-1m'\]"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
