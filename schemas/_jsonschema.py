@@ -113,14 +113,7 @@ def room_stats_schema() -> dict[str, Any]:
         "One record of live.room-stats: one room's closed window [window_start, window_end) in ms "
         "since the epoch; (room_id, window_start) identifies it (a replay repeats the same record).",
     )
-    for name, prop in schema["properties"].items():
-        if prop["type"] == "integer":
-            prop["minimum"] = 0
-        if name == "orders_per_sec":
-            prop["minimum"] = 0
-        if name == "room_id":
-            prop["minLength"] = 1
-    return schema
+    return _counts_and_room(schema, "orders_per_sec")
 
 
 def room_session_schema() -> dict[str, Any]:
@@ -131,10 +124,15 @@ def room_session_schema() -> dict[str, Any]:
         "One record of live.room-sessions (compacted, key <room_id>:<session_start>): a room's "
         "broadcast session so far (status live, session_end null) or once ended.",
     )
-    for name, prop in schema["properties"].items():
-        if prop["type"] == "integer" or name == "session_end":
-            prop["minimum"] = 0
     schema["properties"]["status"]["enum"] = ["live", "ended"]
+    return _counts_and_room(schema, "session_end")
+
+
+def _counts_and_room(schema: dict[str, Any], *also: str) -> dict[str, Any]:
+    """An output record's integers (and the fields ``also``) are >= 0, its room id not empty."""
+    for name, prop in schema["properties"].items():
+        if prop["type"] == "integer" or name in also:
+            prop["minimum"] = 0
     schema["properties"]["room_id"]["minLength"] = 1
     return schema
 

@@ -23,6 +23,16 @@ def forwarder(url: str = "http://127.0.0.1:1", **kwargs: object) -> tuple[AlertF
     return AlertForwarder(url, **counters, **kwargs), registry  # type: ignore[arg-type]
 
 
+async def serve(handler: Any, port: int) -> web.AppRunner:
+    """An Alertmanager stand-in on 127.0.0.1:``port`` answering its alerts endpoint with ``handler``."""
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
 def test_only_what_was_delivered_or_given_up_may_be_committed() -> None:
     fw, _ = forwarder(max_batch=2)
     fw.offer_records([(10, alert("a")), (11, b"not an alert"), (12, alert("b")), (13, alert("c"))], "p0")
@@ -61,11 +71,7 @@ async def test_an_undecodable_error_page_is_a_failed_attempt_not_a_dead_forwarde
         answered += 1
         return web.Response(status=502, body=b"\xe9\xff\xfe", content_type="text/html", charset="utf-8")
 
-    app = web.Application()
-    app.router.add_post("/api/v2/alerts", bad_gateway)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    runner = await serve(bad_gateway, unused_tcp_port)
     fw, registry = forwarder(f"http://127.0.0.1:{unused_tcp_port}", attempts=2, backoff_s=0.01)
     running = asyncio.create_task(fw.run())
     try:
@@ -125,12 +131,7 @@ async def test_every_alertmanager_listed_gets_every_alert_and_one_down_holds_bac
             got.setdefault(port, []).extend(await request.json())
             return web.Response(status=200)
 
-        app = web.Application()
-        app.router.add_post("/api/v2/alerts", receive)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
+        runners.append(await serve(receive, port))
     urls = f"http://127.0.0.1:{up[0]}/, http://127.0.0.1:{down},http://127.0.0.1:{up[1]}"
     fw, registry = forwarder(urls, attempts=2, backoff_s=0.01)
     assert len(fw.endpoints) == 3
@@ -185,16 +186,8 @@ async def test_an_alertmanager_that_never_answers_gets_one_attempt_per_batch_onc
         await release.wait()
         return web.Response(status=200)
 
-    runners, ports = [], []
-    for handler in (healthy, hanging):
-        app = web.Application()
-        app.router.add_post("/api/v2/alerts", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = unused_tcp_port_factory()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        ports.append(port)
+    ports = [unused_tcp_port_factory(), unused_tcp_port_factory()]
+    runners = [await serve(handler, port) for handler, port in zip((healthy, hanging), ports, strict=True)]
     urls = ",".join(f"http://127.0.0.1:{port}" for port in ports)
     fw, registry = forwarder(urls, max_batch=1, attempts=5, backoff_s=0.05, timeout_s=0.5)
     running = asyncio.create_task(fw.run())

@@ -39,6 +39,17 @@ def finish(agg: TaskAggregator, now_ms: int = 10**9) -> list[tuple[int, RoomStat
     return agg.drain_rollups()
 
 
+def oracle(stream: list[tuple[int, int, Event]], cfg: CoreConfig) -> dict[tuple[int, str, int], RoomStats]:
+    """The brute-force rollups of ``stream`` under ``cfg``'s window, grace and lengths."""
+    return expected_rollups(
+        stream,
+        window_ms=cfg.window_ms,
+        grace_ms=cfg.grace_ms,
+        lengths_ms=cfg.rollup_windows_ms,
+        sources=SOURCES,
+    )
+
+
 def keyed(records: list[tuple[int, RoomStats]]) -> dict[tuple[int, str, int], RoomStats]:
     out: dict[tuple[int, str, int], RoomStats] = {}
     for length, stats in records:
@@ -66,14 +77,7 @@ def test_rollups_equal_oracle(
     cfg = replace(CFG, sessions=False) if sessions is None else replace(CFG, session_gap_ms=sessions)
     agg = TaskAggregator(cfg, SOURCES)
     got = keyed(feed(agg, stream, seed) + finish(agg))
-    want = expected_rollups(
-        stream,
-        window_ms=CFG.window_ms,
-        grace_ms=CFG.grace_ms,
-        lengths_ms=CFG.rollup_windows_ms,
-        sources=SOURCES,
-    )
-    assert_records_match(got, want)
+    assert_records_match(got, oracle(stream, cfg))
     assert all(room.rollups is None for room in agg.rooms.values())  # every rollup closed
 
 
@@ -117,14 +121,7 @@ def test_a_rollup_opened_by_a_window_without_viewers_counts_the_unique_viewers_a
     got = keyed(feed(agg, stream, 1) + finish(agg))
     (minute,) = [stats for (length, _, _), stats in got.items() if length == 60_000]
     assert (minute.views, minute.unique_viewers, minute.orders) == (6, 6, 1)
-    want = expected_rollups(
-        stream,
-        window_ms=cfg.window_ms,
-        grace_ms=cfg.grace_ms,
-        lengths_ms=cfg.rollup_windows_ms,
-        sources=SOURCES,
-    )
-    assert_records_match(got, want)
+    assert_records_match(got, oracle(stream, cfg))
 
 
 def test_closed_rollups_leave_no_changelog_state() -> None:
