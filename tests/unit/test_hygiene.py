@@ -111,3 +111,17 @@ def test_the_web_server_binds_exactly_where_configured(host: str | None, tmp_pat
         env["LIVEPULSE_WEB_HOST"] = host
     app = create_app(settings_from_env(env))
     assert app.conf.web_bind == (host or "127.0.0.1")
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_the_worker_leaves_debug_records_unbuilt_above_debug(level: str, tmp_path: object) -> None:
+    """faust's spinner turned the root logger to DEBUG at WARN and above: every library's debug
+    call built its record (aiokafka formats each request it sends) for the handler to drop."""
+    from streams.cli import make_worker
+
+    worker = make_worker(create_app(settings_from_env({"LIVEPULSE_DATA_DIR": str(tmp_path)})), level)
+    root = logging.Logger("root-under-test")
+    root.addHandler(logging.StreamHandler())
+    root.setLevel(logging.getLevelName(level.upper()))
+    worker.on_setup_root_logger(root, root.level)
+    assert root.isEnabledFor(logging.DEBUG) is (level == "debug")
