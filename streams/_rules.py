@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 ROOM_CATEGORY = "room-category"
 #: the longest room id or category name a room-category entry takes (as for override keys)
 MAX_KEY_CHARS = 128
+#: what building rules from a stored entry raises when today's checks refuse it
+_UNREADABLE = (SpikeRuleError, TypeError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,8 @@ def fold(message: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, A
     existing = current.get(entry) or {}
     layer = {str(key): {str(metric): existing}} if existing else {}
     try:
-        base = SpikeRules(room_overrides=layer) if scope == "room" else SpikeRules(category_overrides=layer)
-    except (SpikeRuleError, TypeError, ValueError) as exc:
+        base = _layer_rules(scope, layer)
+    except _UNREADABLE as exc:
         # an entry stored by an older version (a field since renamed) or not through fold: the
         # message replaces it, as if there were none, so that it can always be set or unset
         log.warning("spike rule entry %r unreadable (%s): replaced by the new message", entry, exc)
@@ -95,7 +97,7 @@ def rules_from_entries(entries: Mapping[str, Any]) -> RuleSet:
         target.setdefault(key, {})[metric] = value
     try:
         rules = SpikeRules(DEFAULT_RULES.defaults, category_overrides=categories_layer, room_overrides=rooms)
-    except (SpikeRuleError, TypeError, ValueError):
+    except _UNREADABLE:
         categories_layer = _readable("category", categories_layer)
         rooms = _readable("room", rooms)
         rules = SpikeRules(DEFAULT_RULES.defaults, category_overrides=categories_layer, room_overrides=rooms)
@@ -108,14 +110,20 @@ def _readable(scope: str, layer: dict[str, dict[str, Any]]) -> dict[str, dict[st
     kept: dict[str, dict[str, Any]] = {}
     for key, by_metric in layer.items():
         for metric, value in by_metric.items():
-            one = {key: {metric: value}}
             try:
-                SpikeRules(room_overrides=one) if scope == "room" else SpikeRules(category_overrides=one)
-            except (SpikeRuleError, TypeError, ValueError) as exc:
+                _layer_rules(scope, {key: {metric: value}})
+            except _UNREADABLE as exc:
                 log.error("spike rule entry %r unreadable, left out: %s", f"{scope}/{key}/{metric}", exc)
                 continue
             kept.setdefault(key, {})[metric] = value
     return kept
+
+
+def _layer_rules(scope: object, layer: Mapping[str, Mapping[str, Any]]) -> SpikeRules:
+    """Default rules with ``layer`` as their room overrides (``scope`` "room") or category ones."""
+    if scope == "room":
+        return SpikeRules(room_overrides=layer)
+    return SpikeRules(category_overrides=layer)
 
 
 def _name(value: object) -> bool:

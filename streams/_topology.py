@@ -223,13 +223,13 @@ async def check_credentials(settings: Settings, wait: BrokerWait | None = None) 
     wait = wait or BrokerWait(settings)
     kwargs = sec.client_kwargs()
     while True:
-        for server in settings.brokers.split(","):
-            host, _, port = server.strip().rpartition(":")
+        for host, port in settings.broker_addresses:
+            server = f"{host}:{port}"
             # a server that takes the TCP connection but never answers the handshake must not
             # hold the start past the budget
             timeout = min(30.0, max(0.5, wait.left()))
             try:
-                conn = await asyncio.wait_for(create_conn(host, int(port), **kwargs), timeout)
+                conn = await asyncio.wait_for(create_conn(host, port, **kwargs), timeout)
             except ssl.SSLCertVerificationError as exc:
                 raise ConfigError(
                     f"the certificate of broker {server} is not trusted by LIVEPULSE_SSL_CAFILE="

@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> faust.App:
     Path(settings.faust_data_dir).parent.mkdir(parents=True, exist_ok=True)  # faust makes only the leaf
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{host}" for host in settings.brokers.split(",")],
+        broker=[f"kafka://{host}:{port}" for host, port in settings.broker_addresses],
         broker_credentials=_credentials(settings),
         web_host=settings.web_host,
         web_port=settings.web_port,

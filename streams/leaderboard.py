@@ -113,13 +113,12 @@ class LeaderboardStage:
         now = time.monotonic()
         if waited_ms > WAITING_LOG_MS and now - self._waiting_logged >= WAITING_LOG_GAP_S:
             self._waiting_logged = now
-            waiting = [t for t in range(merge.tasks) if merge.progress.get(t, oldest_end - 1) < oldest_end]
             log.warning(
                 "leaderboard: %d windows wait, the oldest for %.0f s of event time, for progress from "
                 "tasks %s (no event on their partitions yet, a watermark stuck or far behind)",
                 len(pending),
                 waited_ms / 1000,
-                waiting,
+                merge.missing_tasks(oldest_end),
             )
 
     def _publish(self, final: list[dict[str, Any]]) -> int:

@@ -165,6 +165,11 @@ class Settings:
         """Consumer group of the batch data plane (faust's own group is ``app_id``)."""
         return f"{self.app_id}-dataplane"
 
+    @property
+    def broker_addresses(self) -> list[tuple[str, int]]:
+        """``brokers`` as (host, port) pairs (checked at construction)."""
+        return [address for broker in self.brokers.split(",") if (address := _broker_address(broker))]
+
     def __post_init__(self) -> None:
         if self.fetch_partition_bytes < 1024:
             raise ConfigError("fetch_partition_bytes must be >= 1024")
@@ -208,8 +213,7 @@ class Settings:
                 f"{', '.join(SECURITY_PROTOCOLS)}"
             )
         for broker in self.brokers.split(","):
-            host, _, port = broker.strip().rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if _broker_address(broker) is None:
                 raise ConfigError(f"brokers must be host:port, comma-separated; got {redact_url(broker)!r}")
         names = [getattr(self.topics, name) for name in Topics.__dataclass_fields__]
         names += [self.topics.rollup(length) for length in self.core.rollup_windows_ms]
@@ -284,6 +288,14 @@ _SECTION_TYPES = {
     "security": KafkaSecurity,
     "topics": Topics,
 }
+
+
+def _broker_address(broker: str) -> tuple[str, int] | None:
+    """``host:port`` as a pair; None when it is not one."""
+    host, _, port = broker.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

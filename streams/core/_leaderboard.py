@@ -193,14 +193,16 @@ class LeaderboardMerge:
         ws = min(self.pending)
         pending = self.pending.pop(ws)
         record = leaderboard_record(ws, pending.we, self.n, pending.top, pending.totals)
-        record["missing_tasks"] = [
-            task for task in range(self.tasks) if self.progress.get(task, pending.we - 1) < pending.we
-        ]
+        record["missing_tasks"] = self.missing_tasks(pending.we)
         if self.final_before is None or pending.we > self.final_before:
             self.final_before = pending.we
         self.latest = record
         self.dirty = True
         return record
+
+    def missing_tasks(self, we: int) -> list[int]:
+        """The tasks whose progress has not reached ``we`` (a window's end) yet."""
+        return [task for task in range(self.tasks) if self.progress.get(task, we - 1) < we]
 
     # -- state (encoded by streams.core._state_codec) ---------------------------------------
 

@@ -110,3 +110,16 @@ def test_session_gap_and_rollup_windows_come_from_the_environment() -> None:
     assert not settings_from_env({"LIVEPULSE_SESSIONS": "false"}).core.sessions
     with pytest.raises(ConfigError, match="multiple"):
         settings_from_env({"LIVEPULSE_ROLLUP_WINDOWS_MS": "45000"})
+
+
+def test_brokers_listed_with_spaces_reach_every_client_without_them(tmp_path: object) -> None:
+    from streams.app import create_app
+
+    settings = settings_from_env(
+        {"LIVEPULSE_BROKERS": "kafka1:9092, kafka2:9093", "LIVEPULSE_DATA_DIR": str(tmp_path)}
+    )
+    assert settings.broker_addresses == [("kafka1", 9092), ("kafka2", 9093)]
+    assert [str(url) for url in create_app(settings).conf.broker] == [
+        "kafka://kafka1:9092",
+        "kafka://kafka2:9093",
+    ]
