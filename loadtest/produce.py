@@ -56,6 +56,7 @@ REALTIME_QUANTUM_MS = 50
 class SendStats:
     messages: int
     bytes: int
+    #: from the first message's release (real time: once the clock reached its event time)
     seconds: float
     #: real time only: the most the sender fell behind event time (generation ran late, or a stall)
     behind_s: float = 0.0
@@ -174,12 +175,15 @@ async def send(
                 if realtime and valid and ts >= newest_ts + REALTIME_QUANTUM_MS:
                     # Entering a new quantum of event time: what came before goes out once the wall
                     # clock has reached it (like a producer lingering up to a quantum).
+                    first = not newest_ts
                     newest_ts = ts - ts % REALTIME_QUANTUM_MS
                     ahead_s = newest_ts / 1000 - time.time()
                     if ahead_s > 0:
                         await asyncio.sleep(ahead_s)
                     else:
                         behind_s = max(behind_s, -ahead_s)
+                    if first:  # the wait for the first event's time was no sending
+                        started = time.perf_counter()
                     if newest_ts and builders:  # what came before goes out now: how late?
                         lags.append((newest_ts, max(0.0, time.time() - newest_ts / 1000)))
                     await ship_all()
