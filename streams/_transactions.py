@@ -16,6 +16,7 @@ previous commit); the broker sees it only once something is written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,8 +27,12 @@ from aiokafka.errors import KafkaError
 from ._errors import kafka_errors
 from ._outbound import Outbound
 from ._topology import MAX_RECORD_BYTES
+from .exceptions import InfrastructureError
 
 log = logging.getLogger(__name__)
+
+#: the most a task's producer may take to get its producer id (see ``TaskProducer.start``)
+START_TIMEOUT_S = 60.0
 
 
 def transactional_id(app_id: str, partition: int) -> str:
@@ -53,12 +58,25 @@ class TaskProducer:
         self.outbound = Outbound(self._producer)
         self._started = False
 
-    async def start(self) -> None:
-        """Register the transactional id (fencing any previous owner) and open a transaction."""
+    async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Register the transactional id (fencing any previous owner) and open a transaction.
+
+        The client asks for the producer id until the broker has ended the previous owner's
+        transaction, with no bound of its own: one that cannot end (a partition it wrote to has
+        no leader) would hold the take-over, and every task of the worker, for good. Past
+        ``timeout_s`` this raises :class:`InfrastructureError` instead, for a restart."""
         with kafka_errors(f"starting transactional producer {self.transactional_id}"):
-            await self._producer.start()
-            self._started = True
-            await self._producer.begin_transaction()  # waits for the producer id: fencing is done
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._producer.start()
+                    self._started = True
+                    await self._producer.begin_transaction()  # waits for the producer id: fencing is done
+            except TimeoutError:
+                raise InfrastructureError(
+                    f"transactional producer {self.transactional_id} got no producer id in "
+                    f"{timeout_s:.0f} s: the broker could not end the previous owner's transaction "
+                    "(a partition without a leader?)"
+                ) from None
 
     async def send(self) -> None:
         """Hand the records gathered so far to the producer (see :meth:`Outbound.send`)."""

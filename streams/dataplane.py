@@ -231,9 +231,18 @@ class DataPlane:
 
     async def run(self) -> None:
         """Fetch and process until :meth:`stop`; infrastructure errors propagate as
-        :class:`~streams.exceptions.LivepulseError`."""
-        with kafka_errors("consuming"):
-            await self._run()
+        :class:`~streams.exceptions.LivepulseError`.
+
+        A failure is kept (``_failure``): a round that failed may have staged the tasks' changed
+        rooms into a transaction that was then aborted, so no checkpoint may follow it, neither
+        the group's revocation (which may take the lock as this unwinds) nor :meth:`stop`."""
+        try:
+            with kafka_errors("consuming"):
+                await self._run()
+        except Exception as exc:
+            if self._failure is None:
+                self._failure = exc
+            raise
 
     async def _run(self) -> None:
         assert self._consumer is not None

@@ -424,3 +424,65 @@ def test_partitions_given_up_take_their_firing_alerts_and_the_merge_out_of_the_g
     assert (
         sample("livepulse_leaderboard_pending_windows") == sample("livepulse_leaderboard_wait_seconds") == 0
     )
+
+
+def test_a_failed_round_is_never_followed_by_a_checkpoint_at_revocation_or_stop() -> None:
+    """A commit failed in the main loop: the tasks' dirty rooms were already staged into the
+    aborted transaction, so a later checkpoint (the group's revocation taking the lock as the loop
+    unwinds, or ``stop()``) would commit offsets past changes never written."""
+    from streams.exceptions import InfrastructureError
+
+    class _Leaving:
+        async def stop(self) -> None:
+            pass
+
+    commits: list[int] = []
+    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    plane._consumer = _Leaving()  # type: ignore[assignment]
+    plane.runtime = {p: _Task(make(partition=p)[0], _Committing(commits, p)) for p in (0, 1)}  # type: ignore[arg-type]
+
+    async def failing_round() -> None:
+        raise InfrastructureError("committing transaction livepulse-task-0: broker gone")
+
+    plane._run = failing_round  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        try:
+            await plane.run()
+        except InfrastructureError:
+            pass
+        else:
+            raise AssertionError("the round's failure was swallowed")
+        await plane._revoke()
+        await plane.stop()
+
+    asyncio.run(scenario())
+    assert commits == []
+
+
+def test_a_producer_id_that_never_comes_ends_the_take_over_with_an_error() -> None:
+    """The client retries for the producer id without a bound while the broker cannot end the
+    previous owner's transaction; the task's start gives up with an error the worker exits on."""
+    import pytest
+
+    from streams._transactions import TaskProducer
+    from streams.exceptions import InfrastructureError
+
+    class _NoProducerId:
+        async def start(self) -> None:
+            pass
+
+        async def begin_transaction(self) -> None:
+            await asyncio.Event().wait()
+
+    async def start() -> None:
+        producer = TaskProducer({"bootstrap_servers": "127.0.0.1:9"}, "app", 3, transaction_timeout_ms=60_000)
+        client, producer._producer = producer._producer, _NoProducerId()  # type: ignore[assignment]
+        try:
+            await producer.start(timeout_s=0.05)
+        finally:
+            await client.stop()  # never started: nothing to close but the object
+
+    with pytest.raises(InfrastructureError, match="app-task-3 got no producer id"):
+        asyncio.run(start())
