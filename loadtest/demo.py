@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.localkafka import BrokerSettings, broker_pid, ensure_broker, stop_broker
 from schemas import RoomStats, ViewerEvent, decode_room_stats
-from streams.settings import Topics
+from streams.settings import Topics, settings_from_env
 
 from .traffic import TrafficConfig, TrafficModel, encode
 
@@ -110,7 +110,7 @@ async def _demo(bootstrap: str, worker: subprocess.Popen[bytes], args: argparse.
         f"worker: ready   metrics {base}/metrics   top rooms {base}/rooms/top?metric=views&n=10", flush=True
     )
     deadline = time.monotonic() + args.duration if args.duration else None
-    topics = Topics()
+    topics = settings_from_env(os.environ).topics  # the worker's (LIVEPULSE_TOPIC_* included)
     windows = asyncio.Event()
     producer = asyncio.create_task(_produce(bootstrap, topics, args, deadline))
     display = asyncio.create_task(_display(bootstrap, topics, windows))
@@ -156,7 +156,10 @@ async def _produce(bootstrap: str, topics: Topics, args: argparse.Namespace, dea
     await producer.start()
     started = time.monotonic()
     model = TrafficModel(
-        TrafficConfig(rooms=args.rooms, rate_per_s=args.rate, diurnal_amplitude=0.0), seed=42
+        # a seed of its own per run: the worker keeps its state (order ids among it) from the last
+        # run, and a run repeating that run's order ids would have every order counted as a retry
+        TrafficConfig(rooms=args.rooms, rate_per_s=args.rate, diurnal_amplitude=0.0),
+        seed=time.time_ns(),
     )
     inputs = (topics.viewer, topics.order, topics.gift)
     tick_s = model.config.tick_ms / 1000
