@@ -22,13 +22,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from schemas import ROOM_SESSION_FIELDS, ROOM_STATS_FIELDS, RoomSession, RoomStats
 
 from ._collect import Outputs, WindowKey
 from ._truth import AlertKey, Truth, detector_alerts
-from .oracle import expected_leaderboards, unique_viewers_close
+from .oracle import UniqueTally, expected_leaderboards, unique_viewers_close
 from .traffic import Injection
 
 _EXACT_FIELDS = tuple(f for f in ROOM_STATS_FIELDS if f not in ("unique_viewers", "orders_per_sec"))
@@ -130,11 +131,14 @@ def check(
     start up to a window apart (``_excuse_late_session_start``).
     """
     v = Verdict()
-    _check_windows(truth, out, v, limit, late_slack)
+    tally = UniqueTally()
+    _check_windows(truth, out, v, limit, late_slack, tally)
     if truth.rollup_windows_ms:
-        longer = compare_sessions_and_rollups(truth, out, late_slack=late_slack)
+        longer = compare_sessions_and_rollups(truth, out, late_slack=late_slack, tally=tally)
         v.rollups_expected, v.sessions_expected = longer.rollups_expected, longer.sessions_expected
         v.failures += longer.failures(limit)
+    if (unique_failure := tally.failure()) is not None:
+        v.failures.append(unique_failure)
     _check_alerts(truth, out, v, require_alerts, limit)
     want = expected_leaderboards(truth.windows.values(), leaderboard_size)
     v.leaderboards_expected, v.leaderboards_got = len(want), len(out.leaderboards)
@@ -146,6 +150,14 @@ def check(
         )
     if out.undecodable:
         v.failures.append(f"{out.undecodable} output records could not be decoded")
+    # exactly once: a record read twice (read_committed) was committed twice
+    repeats = {
+        "windows": out.duplicates,
+        "rollup windows": out.rollup_duplicates,
+        "dead letters": out.dlq_duplicates,
+    }
+    if any(repeats.values()):
+        v.failures.append(f"records published more than once: {repeats}")
     return v
 
 
@@ -189,13 +201,17 @@ def _late_only(s: RoomStats) -> bool:
     )
 
 
-def _check_windows(truth: Truth, out: Outputs, v: Verdict, limit: int, late_slack: bool) -> None:
+def _check_windows(
+    truth: Truth, out: Outputs, v: Verdict, limit: int, late_slack: bool, tally: UniqueTally
+) -> None:
     want, got = truth.windows, out.windows
     v.windows_expected, v.windows_got = len(want), len(got)
     v.conflicts, v.duplicates = len(out.conflicts), out.duplicates
     v.late_expected = sum(s.late_events for s in want.values())
     v.late_got = sum(s.late_events for s in got.values())
-    v.missing, v.unexpected, v.mismatched = _compare(want, got, _diff, late_slack, _late_only)
+    v.missing, v.unexpected, v.mismatched = _compare(
+        want, got, partial(_diff, tally=tally), late_slack, _late_only
+    )
     if late_slack:
         per_room_want: Counter[str] = Counter()
         per_room_got: Counter[str] = Counter()
@@ -263,6 +279,7 @@ def compare_sessions_and_rollups(
     *,
     skip_room: Callable[[str], bool] = lambda room: False,
     late_slack: bool = False,
+    tally: UniqueTally | None = None,
 ) -> LongerWindows:
     """Every closed rollup window and the latest record of every session against the truth, field by
     field (unique viewers within the HLL bound). Rooms for which ``skip_room`` is true are left out."""
@@ -273,8 +290,8 @@ def compare_sessions_and_rollups(
     got_s = _without(out.sessions, lambda k: skip_room(k[0]))
     res.rollups_expected, res.sessions_expected = len(want_r), len(want_s)
     compared = (
-        _compare(want_r, got_r, _diff, late_slack, _late_only),
-        _compare(want_s, got_s, _session_diff, late_slack, lambda s: False),
+        _compare(want_r, got_r, partial(_diff, tally=tally), late_slack, _late_only),
+        _compare(want_s, got_s, partial(_session_diff, tally=tally), late_slack, lambda s: False),
     )
     for missing, unexpected, wrong in compared:
         res.missing += missing
@@ -352,24 +369,28 @@ def _excuse_late_session_start(
 _SESSION_EXACT = tuple(f for f in ROOM_SESSION_FIELDS if f != "unique_viewers")
 
 
-def _session_diff(want: RoomSession, have: RoomSession) -> dict[str, tuple[Any, Any]]:
+def _session_diff(
+    want: RoomSession, have: RoomSession, tally: UniqueTally | None = None
+) -> dict[str, tuple[Any, Any]]:
     diff = {
         f: (getattr(want, f), getattr(have, f))
         for f in _SESSION_EXACT
         if getattr(want, f) != getattr(have, f)
     }
-    if not unique_viewers_close(have.unique_viewers, want.unique_viewers):
+    close = unique_viewers_close if tally is None else tally.close
+    if not close(have.unique_viewers, want.unique_viewers):
         diff["unique_viewers"] = (want.unique_viewers, have.unique_viewers)
     return diff
 
 
-def _diff(want: RoomStats, have: RoomStats) -> dict[str, tuple[Any, Any]]:
+def _diff(want: RoomStats, have: RoomStats, tally: UniqueTally | None = None) -> dict[str, tuple[Any, Any]]:
     diff = {
         f: (getattr(want, f), getattr(have, f)) for f in _EXACT_FIELDS if getattr(want, f) != getattr(have, f)
     }
     if abs(want.orders_per_sec - have.orders_per_sec) > 1e-9:
         diff["orders_per_sec"] = (want.orders_per_sec, have.orders_per_sec)
-    if not unique_viewers_close(have.unique_viewers, want.unique_viewers):
+    close = unique_viewers_close if tally is None else tally.close
+    if not close(have.unique_viewers, want.unique_viewers):
         diff["unique_viewers"] = (want.unique_viewers, have.unique_viewers)
     return diff
 

@@ -46,7 +46,7 @@ class Outputs:
     #: (arrival unix seconds, alert record) for every record on the alerts topic
     alerts: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
-    #: dead letters are at-least-once: a replay after a crash dead-letters the same message again
+    #: dead letters go out in their task's transaction: one for a message replayed after a crash is a repeat
     dlq_seen: set[tuple[str, int, int]] = field(default_factory=set)
     dlq_duplicates: int = 0
     undecodable: int = 0

@@ -76,7 +76,7 @@ from . import _truth
 from ._checks import alert_keys, compare_leaderboards, compare_sessions_and_rollups, leaderboard_failures
 from ._collect import Collector, Outputs
 from .deployment import REPO, Deployment, WorkerProcess, free_port, short_rollup_windows
-from .oracle import expected_leaderboards, unique_viewers_close
+from .oracle import UniqueTally, expected_leaderboards
 from .produce import ensure_topics
 from .scenarios import malformed
 from .traffic import GIFT, VIEWER, MessageLog, Phase, TrafficConfig, TrafficModel, no_gc
@@ -759,6 +759,7 @@ class Scenario:
         row.windows_expected = len(want)
         row.missing = sum(1 for k in want if k not in got)
         row.unexpected = sum(1 for k in got if k not in want)
+        tally = UniqueTally()
         for key, expected in want.items():
             have = got.get(key)
             if have is None:
@@ -767,7 +768,7 @@ class Scenario:
             if key[0] == self.corrupted:  # after the loss: joins - leaves restarted from zero
                 fields = tuple(f for f in _EXACT if f != "concurrent_viewers")
             wrong = [f for f in fields if getattr(have, f) != getattr(expected, f)]
-            if not unique_viewers_close(have.unique_viewers, expected.unique_viewers):
+            if not tally.close(have.unique_viewers, expected.unique_viewers):
                 wrong.append("unique_viewers")
             if wrong:
                 row.wrong += 1
@@ -780,7 +781,7 @@ class Scenario:
         row.duplicates = out.duplicates + out.dlq_duplicates + out.rollup_duplicates
         # rollups and sessions: the hostile rooms and the corrupted one (its state is gone) left out
         longer = compare_sessions_and_rollups(
-            truth, out, skip_room=lambda r: r == self.corrupted or r.startswith(HOSTILE_ROOM)
+            truth, out, skip_room=lambda r: r == self.corrupted or r.startswith(HOSTILE_ROOM), tally=tally
         )
         row.missing += len(longer.missing)
         row.unexpected += len(longer.unexpected)
@@ -792,6 +793,9 @@ class Scenario:
         for failure in longer.failures(2):
             if len(row.examples) < 5:
                 row.examples.append(failure)
+        if (unique_failure := tally.failure()) is not None:
+            row.wrong += tally.under
+            row.examples.append(unique_failure)
         row.late_counted = sum(s.late_events for s in got.values())
         firing, _, problems = alert_keys(out)
         honest = lambda k: k[0] != self.corrupted and not k[0].startswith(HOSTILE_ROOM)  # noqa: E731

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from schemas import Event, GiftEvent, OrderEvent, RoomSession, RoomStats, ViewerEvent
@@ -345,6 +346,45 @@ def expected_leaderboards(windows: Iterable[RoomStats], n: int) -> dict[int, dic
     return out
 
 
+#: the most viewers the worker's sketch (HyperLogLog, lg_k 12: the default, and the load test's)
+#: holds as coupons, one per viewer: up to here its rounded estimate is the exact count, or one
+#: under when two viewers' hashes share a coupon (about one pair in 2**26)
+COUPON_VIEWERS = 384
+#: viewer pairs per shared coupon, on average
+_PAIRS_PER_SHARED_COUPON = 2**26
+
+
 def unique_viewers_close(estimate: int, exact: int, *, rse: float = 0.016) -> bool:
-    """Whether an HLL estimate is within 4 relative standard errors (+1) of the exact count."""
+    """Whether an HLL estimate fits the exact count: equal, or one under (a shared coupon), up to
+    ``COUPON_VIEWERS``; above, within 4 relative standard errors (+1). One under in many records
+    is a defect, not chance: ``UniqueTally`` tells."""
+    if exact <= COUPON_VIEWERS:
+        return estimate == exact or estimate == exact - 1
     return abs(estimate - exact) <= 4 * rse * exact + 1
+
+
+@dataclass
+class UniqueTally:
+    """Unique-viewer estimates of many records against their exact counts: each must fit
+    (``unique_viewers_close``), and of those up to ``COUPON_VIEWERS`` no more may come out one
+    under than shared coupons explain (3, plus ten times the number expected)."""
+
+    small: int = 0
+    under: int = 0
+    pairs: float = 0.0
+
+    def close(self, estimate: int, exact: int) -> bool:
+        if exact <= COUPON_VIEWERS:
+            self.small += 1
+            self.pairs += exact * (exact - 1) / 2
+            self.under += estimate == exact - 1
+        return unique_viewers_close(estimate, exact)
+
+    def failure(self) -> str | None:
+        allowed = 3 + 10 * self.pairs / _PAIRS_PER_SHARED_COUPON
+        if self.under <= allowed:
+            return None
+        return (
+            f"unique viewers one under the exact count in {self.under:,} of {self.small:,} records of up to "
+            f"{COUPON_VIEWERS} viewers (shared coupons explain at most {allowed:.0f})"
+        )

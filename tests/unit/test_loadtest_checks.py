@@ -76,3 +76,50 @@ def test_expected_alerts_allow_for_each_start_a_task_may_have_taken() -> None:
     surged = lambda alerts: {(room, metric) for room, name, metric, _ in alerts if name == "RoomSurge"}  # noqa: E731
     assert surged(truth.expected_alerts()) == {("later", "views_per_sec")}
     assert surged(truth.possible_alerts()) == {("later", "views_per_sec"), ("edge", "views_per_sec")}
+
+
+def test_unique_viewers_are_exact_while_the_sketch_holds_coupons() -> None:
+    """Up to COUPON_VIEWERS the worker's sketch counts exactly, or one under for a shared coupon:
+    a one-viewer window reported with none, or many records one under, are defects."""
+    from loadtest.oracle import COUPON_VIEWERS, UniqueTally, unique_viewers_close
+
+    assert unique_viewers_close(15, 15) and unique_viewers_close(14, 15)
+    assert not unique_viewers_close(13, 15) and not unique_viewers_close(16, 15)
+    assert not unique_viewers_close(360, COUPON_VIEWERS)  # the old bound allowed +-25 here
+    assert unique_viewers_close(10_500, 10_000) and not unique_viewers_close(11_000, 10_000)
+    rare = UniqueTally()
+    assert all(rare.close(n - (n == 7), n) for n in range(1, 300))
+    assert rare.failure() is None  # one shared coupon: chance
+    systematic = UniqueTally()
+    assert all(systematic.close(0, 1) for _ in range(20))
+    assert "20 of 20 records" in (systematic.failure() or "")
+
+
+def test_every_record_kind_counts_towards_the_unique_viewer_tally() -> None:
+    from loadtest.oracle import UniqueTally
+
+    tally = UniqueTally()
+    want_s = [session(f"s{i}", T0, unique_viewers=2) for i in range(5)]
+    want_r = [rollup(f"r{i}", T0, unique_viewers=2) for i in range(5)]
+    truth = Truth(10_000, 2_000, 1, {}, [], Counter(), 0, 0, 0, rollup_windows_ms=(20_000,))
+    truth.sessions = {(s.room_id, s.session_start): s for s in want_s}
+    truth.rollups = {(20_000, r.room_id, r.window_start): r for r in want_r}
+    out = Outputs(
+        sessions={k: dataclasses.replace(s, unique_viewers=1) for k, s in truth.sessions.items()},
+        rollups={k: dataclasses.replace(r, unique_viewers=1) for k, r in truth.rollups.items()},
+    )
+    assert not compare_sessions_and_rollups(
+        truth, out, tally=tally
+    ).wrong  # each alone may be a shared coupon
+    assert (tally.small, tally.under) == (10, 10) and tally.failure() is not None
+
+
+def test_a_record_read_twice_fails_the_check() -> None:
+    """Outputs are committed in transactions and read read_committed: a repeat is a second commit."""
+    from loadtest._checks import check
+
+    truth = Truth(10_000, 2_000, 1, {}, [], Counter(), 0, 0, 0)
+    assert check(truth, Outputs(), require_alerts=False).ok
+    for repeat in ("duplicates", "rollup_duplicates", "dlq_duplicates"):
+        verdict = check(truth, Outputs(**{repeat: 1}), require_alerts=False)
+        assert any("more than once" in f for f in verdict.failures), (repeat, verdict.failures)
