@@ -212,22 +212,10 @@ def _check_windows(
     v.missing, v.unexpected, v.mismatched = _compare(
         want, got, partial(_diff, tally=tally), late_slack, _late_only
     )
-    if late_slack:
-        per_room_want: Counter[str] = Counter()
-        per_room_got: Counter[str] = Counter()
-        for (room, _), s in want.items():
-            per_room_want[room] += s.late_events
-        for (room, _), s in got.items():
-            per_room_got[room] += s.late_events
-        wrong = {
-            r: (per_room_want[r], per_room_got[r])
-            for r in per_room_want | per_room_got
-            if per_room_want[r] != per_room_got[r]
-        }
-        if wrong:
-            v.failures.append(
-                f"late events per room differ for {len(wrong)} rooms: {list(wrong.items())[:limit]}"
-            )
+    if late_slack and (wrong := _late_totals_differ(want, got, lambda key: key[0])):
+        v.failures.append(
+            f"late events per room differ for {len(wrong)} rooms: {list(wrong.items())[:limit]}"
+        )
     for label, items in (("missing", v.missing), ("unexpected", v.unexpected), ("mismatched", v.mismatched)):
         if items:
             v.failures.append(f"{len(items)} windows {label}, e.g. {items[:limit]}")
@@ -250,6 +238,8 @@ class LongerWindows:
     #: of ``wrong``: some count above the truth
     double_counted: int = 0
     conflicts: int = 0
+    #: with late slack: (length, room) of rollups and room of sessions -> late events (expected, got)
+    late_wrong: dict[Any, tuple[int, int]] = field(default_factory=dict)
 
     def failures(self, limit: int = 5) -> list[str]:
         out = [
@@ -264,6 +254,11 @@ class LongerWindows:
         ]
         if self.conflicts:
             out.append(f"{self.conflicts} rollup windows published twice with different values")
+        if self.late_wrong:
+            out.append(
+                f"late events of rollups and sessions differ for {len(self.late_wrong)} rooms, e.g. "
+                f"{list(self.late_wrong.items())[:limit]}"
+            )
         return out
 
 
@@ -303,7 +298,22 @@ def compare_sessions_and_rollups(
         )
     if late_slack:
         _excuse_late_session_start(res, want_s, got_s, truth.window_ms)
+        # a late event may sit in a neighbouring rollup window or session, but in the same room
+        res.late_wrong = _late_totals_differ(want_r, got_r, lambda key: key[:2])
+        res.late_wrong |= _late_totals_differ(want_s, got_s, lambda key: key[0])
     return res
+
+
+def _late_totals_differ(
+    want: Mapping[K, Any], got: Mapping[K, Any], group: Callable[[K], Any]
+) -> dict[Any, tuple[int, int]]:
+    """Late events summed per ``group`` of keys, where the truth's and the output's differ."""
+    totals: tuple[Counter[Any], Counter[Any]] = (Counter(), Counter())
+    for records, counts in zip((want, got), totals, strict=True):
+        for key, record in records.items():
+            counts[group(key)] += record.late_events
+    expected, counted = totals
+    return {g: (expected[g], counted[g]) for g in expected | counted if expected[g] != counted[g]}
 
 
 def _without(records: Mapping[K, T], skip: Callable[[K], bool]) -> Mapping[K, T]:

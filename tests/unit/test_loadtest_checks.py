@@ -123,3 +123,30 @@ def test_a_record_read_twice_fails_the_check() -> None:
     for repeat in ("duplicates", "rollup_duplicates", "dlq_duplicates"):
         verdict = check(truth, Outputs(**{repeat: 1}), require_alerts=False)
         assert any("more than once" in f for f in verdict.failures), (repeat, verdict.failures)
+
+
+def test_with_slack_rollups_and_sessions_keep_their_late_events_per_room() -> None:
+    """Slack lets a late event sit in a neighbouring rollup window or session of its room, not vanish
+    or appear: the room's total must match."""
+
+    def late_wrong(
+        want_s: list[RoomSession], got_s: list[RoomSession], want_r: list[RoomStats], got_r: list[RoomStats]
+    ) -> dict:  # type: ignore[type-arg]
+        truth = Truth(10_000, 2_000, 1, {}, [], Counter(), 0, 0, 0, rollup_windows_ms=(20_000,))
+        truth.sessions = {(s.room_id, s.session_start): s for s in want_s}
+        truth.rollups = {(20_000, r.room_id, r.window_start): r for r in want_r}
+        out = Outputs(
+            sessions={(s.room_id, s.session_start): s for s in got_s},
+            rollups={(20_000, r.room_id, r.window_start): r for r in got_r},
+        )
+        res = compare_sessions_and_rollups(truth, out, late_slack=True)
+        assert not (res.missing or res.unexpected or res.wrong)
+        return res.late_wrong
+
+    moved = [rollup("r1", T0, views=1), rollup("r1", T0 + 20_000, late_events=2)]
+    assert late_wrong([], [], [rollup("r1", T0, views=1, late_events=2)], moved) == {}
+    lost = [rollup("r1", T0, views=1)]
+    assert late_wrong([], [], [rollup("r1", T0, views=1, late_events=2)], lost) == {(20_000, "r1"): (2, 0)}
+    invented = [rollup("r1", T0, views=1), rollup("r1", T0 + 20_000, late_events=50)]
+    assert late_wrong([], [], [rollup("r1", T0, views=1)], invented) == {(20_000, "r1"): (0, 50)}
+    assert late_wrong([session("r1", T0, late_events=4)], [session("r1", T0)], [], []) == {"r1": (4, 0)}
