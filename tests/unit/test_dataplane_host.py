@@ -208,19 +208,28 @@ class _Committing:
         self.closed = True
 
 
-def test_a_revocation_between_sigterm_and_the_last_checkpoint_still_commits_it() -> None:
-    """SIGTERM lands, then the group's revocation callback takes the lock before ``stop()``:
-    the revocation's checkpoint is the last one (``stop()`` finds no task after it)."""
+class _Leaving:
+    """A consumer that leaves its group at once."""
 
-    class _Leaving:
-        async def stop(self) -> None:
-            pass
+    async def stop(self) -> None:
+        pass
 
-    commits: list[int] = []
+
+def _plane_of_two_tasks(commits: list[int]) -> DataPlane:
+    """A data plane running tasks 0 and 1, whose commits are recorded in ``commits``."""
     plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
     plane._routing = Routing(TOPICS, PARTITIONS)
     plane._consumer = _Leaving()  # type: ignore[assignment]
     plane.runtime = {p: _Task(make(partition=p)[0], _Committing(commits, p)) for p in (0, 1)}  # type: ignore[arg-type]
+    return plane
+
+
+def test_a_revocation_between_sigterm_and_the_last_checkpoint_still_commits_it() -> None:
+    """SIGTERM lands, then the group's revocation callback takes the lock before ``stop()``:
+    the revocation's checkpoint is the last one (``stop()`` finds no task after it)."""
+
+    commits: list[int] = []
+    plane = _plane_of_two_tasks(commits)
     plane.request_stop()
 
     async def shutdown() -> None:
@@ -432,15 +441,8 @@ def test_a_failed_round_is_never_followed_by_a_checkpoint_at_revocation_or_stop(
     unwinds, or ``stop()``) would commit offsets past changes never written."""
     from streams.exceptions import InfrastructureError
 
-    class _Leaving:
-        async def stop(self) -> None:
-            pass
-
     commits: list[int] = []
-    plane = DataPlane(Settings(partitions=PARTITIONS), Metrics())
-    plane._routing = Routing(TOPICS, PARTITIONS)
-    plane._consumer = _Leaving()  # type: ignore[assignment]
-    plane.runtime = {p: _Task(make(partition=p)[0], _Committing(commits, p)) for p in (0, 1)}  # type: ignore[arg-type]
+    plane = _plane_of_two_tasks(commits)
 
     async def failing_round() -> None:
         raise InfrastructureError("committing transaction livepulse-task-0: broker gone")
