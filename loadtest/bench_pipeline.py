@@ -53,6 +53,7 @@ from schemas import (
     decode_viewer_batch,
     decode_viewer_batch_py,
 )
+from streams._outbound import append_record
 from streams.core import TaskAggregator
 from streams.metrics import Metrics
 from streams.pipeline import Record, Routing, TaskPipeline
@@ -90,9 +91,9 @@ class Sink:
         builder = self.batches.get((topic, partition))
         if builder is None:
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
-        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+        if not append_record(builder, key, value, headers):
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
-            builder.append(key=key, value=value, timestamp=None, headers=list(headers))
+            append_record(builder, key, value, headers)
         self.records += 1
         self.by_topic[topic] += 1
 

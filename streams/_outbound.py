@@ -12,8 +12,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 Headers = Sequence[tuple[str, bytes]]
+
+_NO_HEADERS: list[tuple[str, bytes]] = []  # passed for a record without headers; never changed
+
+
+def append_record(
+    builder: BatchBuilder, key: bytes | None, value: bytes | None, headers: Headers = ()
+) -> bool:
+    """Append one record (timestamp: now) to an aiokafka producer batch; False if it is full.
+
+    The same record as ``builder.append(key=..., value=..., timestamp=None, headers=...)``, whose
+    keyword arguments, serializer dispatch and header copy cost about 1 µs a record, twice what
+    the compiled record builder under it takes (a window boundary at 100 000 rooms writes five
+    records per room). This calls that builder directly; a batch made with serializers, or an
+    aiokafka whose batch has other internals (the project pins 0.14), takes the public method."""
+    if builder._key_serializer is not None or builder._value_serializer is not None:
+        return builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is not None
+    if builder._closed:
+        return False
+    listed = list(headers) if headers else _NO_HEADERS
+    if builder._builder.append(builder._relative_offset, None, key, value, listed) is None:
+        builder.close()
+        return False
+    builder._relative_offset += 1
+    return True
 
 
 class Outbound:
@@ -31,10 +56,10 @@ class Outbound:
         builder = self._open.get((topic, partition))
         if builder is None:
             builder = self._open[(topic, partition)] = self._producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+        if not append_record(builder, key, value, headers):
             self._full.append((topic, partition, builder))
             builder = self._open[(topic, partition)] = self._producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+            if not append_record(builder, key, value, headers):
                 raise ValueError(f"record for {topic} too large for one producer batch")
 
     @property
