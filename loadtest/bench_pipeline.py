@@ -53,10 +53,9 @@ from schemas import (
     decode_viewer_batch,
     decode_viewer_batch_py,
 )
-from streams._outbound import append_record
 from streams.core import TaskAggregator
 from streams.metrics import Metrics
-from streams.pipeline import Record, Routing, TaskPipeline
+from streams.pipeline import Record, Routing, TaskPipeline, append_record
 from streams.settings import Settings
 
 from . import scenarios

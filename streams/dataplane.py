@@ -45,7 +45,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from schemas import NATIVE_DECODERS
 
@@ -210,7 +210,10 @@ class DataPlane:
             **self._client,
             group_id=s.group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # A position outside its log raises (``_out_of_range``): the client's own reset went
+            # back to the log's start unannounced, and the records below the old position were
+            # then dropped as already read.
+            auto_offset_reset="none",
             # Re-routed events and markers are written in transactions: only committed ones count.
             isolation_level="read_committed",
             partition_assignment_strategy=(RangePartitionAssignor,),
@@ -254,9 +257,21 @@ class DataPlane:
                 with kafka_errors("taking over partitions"):
                     await self._take_over()
             generation = self._generation
-            batches = await self._consumer.getmany(
-                timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
-            )
+            try:
+                batches = await self._consumer.getmany(
+                    timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
+                )
+            except OffsetOutOfRangeError as exc:
+                async with self._lock:
+                    await self._out_of_range(exc.args[0] if exc.args else {})
+                continue
+            except NoOffsetForPartitionError as exc:
+                # Said of a partition just assigned that has no committed offset (the leaderboard
+                # partials never have one), and raised once even when the take-over has set its
+                # position since. Where a task stands decides; otherwise it is not taken over yet.
+                async with self._lock:
+                    await self._without_offset(exc.args[0] if exc.args else None)
+                continue
             if self._failure is not None:
                 raise self._failure
             async with self._lock:
@@ -894,17 +909,73 @@ class DataPlane:
         )
         return task
 
+    async def _without_offset(self, tp: TopicPartition | None) -> None:
+        """Give a partition the client found without a committed offset a position: the task's, or
+        the log's start (the take-over seeks it again when it opens the task)."""
+        assert self._consumer is not None
+        if not isinstance(tp, TopicPartition) or tp not in self._consumer.assignment():
+            return
+        task = self.runtime.get(tp.partition)
+        position = None if task is None else task.positions.get(tp)
+        if position is None:
+            await self._consumer.seek_to_beginning(tp)
+        else:
+            self._consumer.seek(tp, position)
+
+    async def _out_of_range(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Fetch ``positions`` that fell outside their partition's log (caller holds the lock).
+
+        Below the log's start: retention deleted records before they were read; they are
+        counted (``livepulse_input_records_expired_total``) and reading goes on at the start.
+        Past its end: the log was truncated (an unclean leader election) or the topic recreated
+        while it was read; as at a restore (``_rebase``), reading goes on at the log end and the
+        records from there on count as new. Back within the log by now (records arrived since):
+        read on from the position."""
+        assert self._consumer is not None and self._routing is not None
+        tps = [tp for tp in positions if tp.partition in self.runtime]
+        if not tps:
+            return
+        with kafka_errors("finding the logs of out-of-range positions"):
+            starts = await self._consumer.beginning_offsets(tps)
+            ends = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            task, held = self.runtime[tp.partition], positions[tp]
+            start, end = starts[tp], ends[tp]
+            resume = held
+            if held < start:
+                log.error(
+                    "%s[%d]: records %d to %d were deleted (retention) before this worker read them; "
+                    "they are not counted. Reading on at %d",
+                    tp.topic,
+                    tp.partition,
+                    held,
+                    start - 1,
+                    start,
+                )
+                self.metrics.input_records_expired.labels(tp.topic).inc(start - held)
+                resume = start
+            elif held > end:
+                if tp.topic in self._routing.sources:
+                    resume = self._rebase(task.pipeline.core, tp, held, end)
+                else:  # the leaderboard partials: written by the tasks' own transactions
+                    log.error("%s[%d] ends at %d, below %d", tp.topic, tp.partition, end, held)
+                    self.metrics.inputs_rebased.labels(tp.topic).inc()
+                    resume = end
+            self._consumer.seek(tp, resume)
+            task.positions[tp] = resume
+
     def _rebase(self, core: TaskAggregator, tp: TopicPartition, held: int, end: int) -> int:
-        """The log of ``tp`` ends below the offset the restored state recorded: resume at its end."""
+        """The log of ``tp`` ends below the offset the state holds: resume at its end."""
         log.error(
-            "%s[%d] ends at offset %d but the restored state holds it up to %d: the log was truncated "
+            "%s[%d] ends at offset %d but the state holds it up to %d: the log was truncated "
             "(an unclean leader election) or the topic recreated. Resuming at %d: records from there "
-            "on count as new. If the topic was recreated, records written to it before this start "
-            "are not counted: reset the state (RUNBOOK: Reset state) to count them",
+            "on count as new. If the topic was recreated, its records below %d are not counted: "
+            "reset the state (RUNBOOK: Reset state) to count them",
             tp.topic,
             tp.partition,
             end,
             held,
+            end,
             end,
         )
         self.metrics.inputs_rebased.labels(tp.topic).inc()

@@ -149,8 +149,14 @@ class Metrics:
         )
         self.inputs_rebased = Counter(
             "livepulse_inputs_rebased_total",
-            "Input partitions whose log ended below the offsets the restored state held (truncated or "
-            "recreated): resumed at the log end",
+            "Input partitions whose log ended below the offsets the state held (truncated or "
+            "recreated), at a restore or while read: resumed at the log end",
+            ["topic"],
+            registry=r,
+        )
+        self.input_records_expired = Counter(
+            "livepulse_input_records_expired_total",
+            "Input records deleted by the topic's retention before the worker read them (not counted)",
             ["topic"],
             registry=r,
         )

@@ -44,6 +44,7 @@ from schemas import (
     encode_room_stats,
 )
 
+from ._outbound import append_record  # the worker's record append, for sinks that model it
 from .core import (
     AlertEvent,
     CoreConfig,
@@ -69,6 +70,7 @@ __all__ = [
     "RecordSink",
     "Routing",
     "TaskPipeline",
+    "append_record",
 ]
 
 VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain ints on the hot path

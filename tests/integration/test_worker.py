@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.errors import TopicAlreadyExistsError
 
 from deploy.localkafka import Broker
@@ -555,6 +555,56 @@ async def test_an_input_recreated_below_the_recorded_offsets_resumes_at_its_end_
     assert second.metric("livepulse_inputs_rebased_total", topic=viewer) == deployment.partitions
     assert second.metric("livepulse_events_replayed_total") == 0
     assert "the log was truncated" in second.tail(200)
+
+
+async def test_input_records_deleted_before_they_were_read_are_counted_and_reading_goes_on(
+    deployment: Deployment, workers
+) -> None:  # type: ignore[no-untyped-def]
+    """Viewer records written while the worker is down are deleted (retention, or an operator's
+    delete-records) before it reads them: its recorded positions are below the logs' start. The
+    restarted worker says so, counts them (``livepulse_input_records_expired_total``) and reads
+    on from the start; before, the client reset to the start without a word."""
+    now_ms = int(time.time() * 1000)
+    window = deployment.window_ms
+    before = traffic(1_500, seed=21, rate_per_s=400, start_ms=(now_ms - 80_000) // window * window)
+    gone = [
+        (k, ev) for k, ev in traffic(700, seed=22, rate_per_s=400, start_ms=now_ms - 60_000) if k == "viewer"
+    ]
+    after = traffic(600, seed=23, rate_per_s=400, start_ms=(now_ms - 40_000) // window * window)
+    first = workers("first")
+    await first.wait_ready()
+    await produce(deployment.bootstrap, deployment.topics, before, partitions=deployment.partitions)
+    await collect(deployment, oracle(before, deployment))
+    assert await asyncio.to_thread(first.stop) == 0  # checkpointed: the changelog holds the viewer offsets
+
+    await produce(deployment.bootstrap, deployment.topics, gone, partitions=deployment.partitions)
+    viewer = deployment.topics.viewer
+    tps = [TopicPartition(viewer, p) for p in range(deployment.partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        await admin.delete_records({tp: RecordsToDelete(ends[tp]) for tp in tps})
+    finally:
+        await consumer.stop()
+        await admin.close()
+    second = workers("second")
+    await second.wait_ready()
+    await produce(deployment.bootstrap, deployment.topics, after, partitions=deployment.partitions)
+
+    fresh = oracle(after, deployment)
+    expected = {key: stats for key, stats in oracle(before + after, deployment).items() if key in fresh}
+    values = await read_topic(
+        deployment.bootstrap,
+        deployment.topics.room_stats,
+        until=lambda vs: set(expected) <= {(r["room_id"], r["window_start"]) for r in records(vs)},
+    )
+    got = {key: stats for key, stats in room_stats_by_key(values).items() if key in expected}
+    assert_equal_to_oracle(got, expected)
+    assert second.metric("livepulse_input_records_expired_total", topic=viewer) == len(gone)
+    assert "were deleted (retention) before this worker read them" in second.tail(200)
 
 
 def malformed(rng: random.Random, now_ms: int) -> list[bytes]:

@@ -14,7 +14,7 @@ from streams.dataplane import DataPlane, _Task
 from streams.metrics import Metrics
 from streams.pipeline import Routing
 from streams.settings import Settings
-from tests.unit.test_pipeline import NOW_MS, PARTITIONS, T0, TOPICS, make
+from tests.unit.test_pipeline import NOW_MS, PARTITIONS, T0, TOPICS, counter, make
 
 
 def test_a_step_of_the_wall_clock_moves_the_tasks_wall_instants_and_is_counted() -> None:
@@ -488,3 +488,58 @@ def test_a_producer_id_that_never_comes_ends_the_take_over_with_an_error() -> No
 
     with pytest.raises(InfrastructureError, match="app-task-3 got no producer id"):
         asyncio.run(start())
+
+
+class _Logs:
+    """The consumer's view of the input logs: where each starts and ends, and where it was moved."""
+
+    def __init__(self, starts: Mapping[Any, int], ends: Mapping[Any, int]) -> None:
+        self.starts, self.ends = starts, ends
+        self.seeks: dict[Any, int] = {}
+
+    async def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self.starts[tp] for tp in tps}
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self.ends[tp] for tp in tps}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks[tp] = offset
+
+
+def test_positions_outside_the_log_while_reading_are_rebased_or_counted_as_expired() -> None:
+    """The client no longer resets a position outside its log on its own (it went back to the log's
+    start, and the records below the old position were then dropped as read). Past the end (a
+    truncated or recreated log): read on at the end, and the records from there count as new, not
+    as replays. Below the start (retention deleted them unread): read on at the start, counted.
+    Back within the log by now: read on from the position."""
+    from aiokafka import TopicPartition
+
+    from streams.pipeline import VIEWER
+
+    metrics = Metrics()
+    plane = DataPlane(Settings(partitions=PARTITIONS), metrics)
+    plane._routing = Routing(TOPICS, PARTITIONS)
+    pipeline = make(partition=0)[0]
+    core = pipeline.core
+    viewer, order, gift = (TopicPartition(t, 0) for t in (TOPICS.viewer, TOPICS.order, TOPICS.gift))
+    other = TopicPartition(TOPICS.viewer, 1)  # not this worker's
+    core.apply(VIEWER, [(o, ViewerEvent("join", "r", f"u{o}", T0 + o)) for o in range(1000)], NOW_MS)
+    task = _Task(pipeline, producer=None)  # type: ignore[arg-type]
+    task.positions = {viewer: 1000, order: 50, gift: 70}
+    plane.runtime = {0: task}
+    logs = _Logs({viewer: 0, order: 120, gift: 0}, {viewer: 200, order: 400, gift: 90})
+    plane._consumer = logs  # type: ignore[assignment]
+
+    asyncio.run(plane._out_of_range({viewer: 1000, order: 50, gift: 70, other: 5}))
+
+    assert logs.seeks == {viewer: 200, order: 120, gift: 70}
+    assert task.positions == {viewer: 200, order: 120, gift: 70}
+    assert counter(metrics, "livepulse_inputs_rebased_total", topic=TOPICS.viewer) == 1
+    assert counter(metrics, "livepulse_input_records_expired_total", topic=TOPICS.order) == 70
+    assert counter(metrics, "livepulse_input_records_expired_total", topic=TOPICS.gift) == 0
+    # the new log's records 200.. are new events, not replays of the offsets the state held
+    result = core.apply(
+        VIEWER, [(o, ViewerEvent("join", "r", f"n{o}", T0 + 1000 + o)) for o in range(200, 260)], NOW_MS
+    )
+    assert result.replayed == 0

@@ -94,6 +94,7 @@ PINNED = {
         "RecordSink",
         "Routing",
         "TaskPipeline",
+        "append_record",
     },
 }
 
