@@ -26,7 +26,7 @@ import faust
 import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from prometheus_client import Counter
 
 from ._logstorm import limit_repeats
@@ -134,20 +134,31 @@ async def _feed_alerts(settings: Settings, forwarder: AlertForwarder) -> None:
     are committed only up to what the forwarder delivered (``AlertForwarder.take_commit``), and a
     partition given up leaves its queued alerts to the next owner. Anything can be written to a
     topic: a record that is not an alert is counted and skipped.
+
+    A partition the group has no offset for yet (forwarding just turned on, or a new app id) is
+    read from ``FIRST_START_LOOKBACK_RESENDS`` re-send intervals back (by record time). From the
+    start of the topic's retention, a first start posted up to 7 days of alerts that had all ended,
+    and past the forward queue's bound dropped them, which ``LivepulseAlertForwardingFailing``
+    watches for. The client's own reset is off: it would read before this could seek.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.brokers,
         group_id=f"{settings.app_id}-alert-forwarder",
         isolation_level="read_committed",
-        auto_offset_reset="earliest",
+        auto_offset_reset="none",  # positioned by _read_from_lookback instead
         enable_auto_commit=False,
         **settings.security.client_kwargs(),
     )
     try:
         await consumer.start()
         consumer.subscribe([settings.topics.alerts], listener=_ForwarderRebalance(consumer, forwarder))
+        lookback_ms = FIRST_START_LOOKBACK_RESENDS * settings.alert_resend_ms
         while True:
-            batches = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            try:
+                batches = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            except (NoOffsetForPartitionError, OffsetOutOfRangeError) as exc:
+                await _read_from_lookback(consumer, exc, lookback_ms)
+                continue
             for tp, messages in batches.items():
                 forwarder.offer_records(((m.offset, m.value) for m in messages), tp)
             await _commit_delivered(consumer, forwarder)
@@ -206,6 +217,12 @@ async def _commit_delivered(consumer: AIOKafkaConsumer, forwarder: AlertForwarde
         forwarder.retry_commit(done)
 
 
+#: re-send intervals of history a first start reads: every alert still firing was written (re-sent)
+#: within one, and any record older than the bound on a firing alert's endsAt (8 intervals past its
+#: room's next window) has ended
+FIRST_START_LOOKBACK_RESENDS = 10
+
+
 class _ForwarderRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Commit what was delivered of the partitions given up, and leave their queued alerts to the
     next owner (it reads them again from there): one partition's alerts never go out of order."""
@@ -219,6 +236,30 @@ class _ForwarderRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         pass
+
+
+async def _read_from_lookback(consumer: AIOKafkaConsumer, exc: Exception, lookback_ms: int) -> None:
+    """Position the alerts partitions ``exc`` names (no committed offset, or one outside the log)
+    at the first record written in the last ``lookback_ms`` (the log's end if none was)."""
+    named = exc.args[0] if exc.args else None
+    tps = [named] if isinstance(named, TopicPartition) else list(named or ())
+    tps = [tp for tp in tps if tp in consumer.assignment()]
+    if not tps:
+        return
+    since_ms = int(time.time() * 1000) - lookback_ms
+    found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+    for tp in tps:
+        at = found.get(tp)
+        if at is None:  # nothing written since
+            await consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, at.offset)
+    log.info(
+        "alert forwarder: %s has no committed offset or one outside its log (%s); reading it from %d s back",
+        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
+        type(exc).__name__,
+        lookback_ms // 1000,
+    )
 
 
 EXIT_DATA_PLANE_FAILED = 3

@@ -195,3 +195,58 @@ async def test_the_forwarder_survives_any_record_and_never_logs_the_url_credenti
         log_text = worker.log_path.read_text(errors="replace")
         assert f"forwarding alerts to http://***@{am_url.split('//')[1]}" in log_text
         assert secret not in log_text
+
+
+async def test_a_first_start_of_forwarding_skips_alerts_older_than_its_lookback(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Forwarding turned on over an alerts topic that already holds days of alerts: the group has
+    no offset, and reading from the start of retention would post every old alert (and, past the
+    queue's bound, drop them and raise LivepulseAlertForwardingFailing). It starts ten re-send
+    intervals back: an alert written two hours ago is not posted, one written a minute ago is."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    with running_alertmanager(tmp_path / "am", free_port()) as am_url:
+        deployment = Deployment(
+            kafka_bootstrap, window_ms=WINDOW_MS, extra_env={"LIVEPULSE_ALERTMANAGER_URL": am_url}
+        )
+        now_ms = int(time.time() * 1000)
+
+        def alert(metric: str) -> bytes:
+            event = AlertEvent(ROOM, "RoomSpike", metric, "warning", "firing", now_ms, None, now_ms, 9, 1, 9)
+            return orjson.dumps(to_alertmanager(event, expires_after_ms=3_600_000))
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(deployment.topics.alerts, deployment.partitions, 1)])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for partition in range(deployment.partitions):
+                await producer.send_and_wait(
+                    deployment.topics.alerts,
+                    alert("gmv_per_sec"),
+                    partition=partition,
+                    timestamp_ms=now_ms - 7_200_000,
+                )
+            await producer.send_and_wait(
+                deployment.topics.alerts, alert("views_per_sec"), partition=1, timestamp_ms=now_ms - 60_000
+            )
+        finally:
+            await producer.stop()
+        worker = Worker(deployment, tmp_path, "first-forwarding")
+        try:
+            await worker.wait_ready()
+            await eventually(
+                lambda: shown_by(am_url, "views_per_sec"), "the recent alert reaches Alertmanager"
+            )
+            assert not shown_by(am_url, "gmv_per_sec")  # older, so it would have been posted first
+            assert worker.metric("livepulse_alerts_forward_sent_total") == 1
+            worker.check_alive()
+        finally:
+            worker.kill()
+        assert "reading it from 600 s back" in worker.log_path.read_text(errors="replace")
