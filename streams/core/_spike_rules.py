@@ -329,6 +329,11 @@ class SpikeRules:
     _by_room: dict[tuple[str, str | None], Mapping[str, MetricRule]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    #: one mapping per distinct effective rule set: rooms given the same override share it, and the
+    #: detector's plans (cached per mapping, ``_spikes._plan``) with it
+    _interned: dict[tuple[tuple[str, MetricRule], ...], Mapping[str, MetricRule]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         missing = [m for m in METRICS if not isinstance(self.defaults.get(m), MetricRule)]
@@ -360,7 +365,14 @@ def rules_for(rules: SpikeRules, room_id: str, category: str | None = None) -> M
     if cached is None:
         if len(rules._by_room) >= _ROOM_CACHE_CAP:
             rules._by_room.clear()
-        cached = rules._by_room[key] = _merge(base, layer)
+        merged = _merge(base, layer)
+        content = tuple(sorted(merged.items()))
+        cached = rules._interned.get(content)
+        if cached is None:
+            if len(rules._interned) >= _ROOM_CACHE_CAP:
+                rules._interned.clear()
+            cached = rules._interned[content] = merged
+        rules._by_room[key] = cached
     return cached
 
 

@@ -198,3 +198,25 @@ def test_the_readme_override_gives_a_metric_the_gauge_rule() -> None:
     (line,) = [line for line in readme.read_text().splitlines() if '"drift_z"' in line]
     rules = apply_override(DEFAULT_RULES, json.loads(line))
     assert rules_for(rules, "room-1", "sensors")["concurrent_viewers"] == GAUGE_RULE
+
+
+def test_rooms_given_the_same_override_share_one_rules_mapping_and_one_detector_plan() -> None:
+    """Thousands of rooms overridden alike (a VIP tier's floor) hold one effective mapping, so the
+    detector's plan cache (per mapping, 4 096 entries) keeps one plan for them: with a mapping
+    per room it was cleared and rebuilt over and over once more than 4 096 such rooms were live."""
+    from streams.core import _spikes
+
+    room_overrides = {
+        f"vip-{i}": {"views_per_sec": {"min_volume": 50.0 if i % 2 else 80.0}} for i in range(6_000)
+    }
+    rules = SpikeRules(room_overrides=room_overrides)
+    mappings = {id(rules_for(rules, f"vip-{i}")) for i in range(6_000)}
+    assert len(mappings) == 2
+    assert rules_for(rules, "vip-1")["views_per_sec"].min_volume == 50.0
+    assert rules_for(rules, "vip-2")["views_per_sec"].min_volume == 80.0
+    assert rules_for(rules, "vip-2", "beauty") is rules_for(rules, "vip-4", "beauty")
+    _spikes._PLANS.clear()
+    for _ in range(2):
+        for i in range(6_000):
+            _spikes._plan(rules_for(rules, f"vip-{i}"), 10_000)
+    assert len(_spikes._PLANS) == 2
