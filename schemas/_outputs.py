@@ -21,7 +21,11 @@ DLQ_RAW_CAP_BYTES = 4_096
 DLQ_KEY_CAP_BYTES = 256
 
 
-@dataclass(slots=True)
+# Not slotted: orjson writes a dataclass from its __dict__ in a third of the time it takes to read
+# slots (0.63 against 1.84 us for this one, measured with orjson 3.13), and one is encoded per room
+# per window and per rollup window. Each room keeps its last one, which costs ~56 bytes more than
+# slotted (5.6 MB at 100 000 rooms).
+@dataclass
 class RoomStats:
     """One closed window ``[window_start, window_end)`` of one room (``live.room-stats``).
 
@@ -69,9 +73,7 @@ def decode_room_stats(raw: bytes) -> RoomStats:
     )
 
 
-# Not slotted: orjson writes a dataclass from its __dict__ in a third of the time it takes to read
-# slots (350 against 975 ns), and a session record is built once per closed window of a live
-# session and dropped once written. (RoomStats stays slotted: each room keeps its last one.)
+# Not slotted, as RoomStats: a session record is built once per closed window of a live session.
 @dataclass
 class RoomSession:
     """One broadcast session of one room (``live.room-sessions``, key ``<room_id>:<session_start>``).
