@@ -160,6 +160,12 @@ class DataPlane:
         self._rules_source: Callable[[], Mapping[str, Any]] | None = None
         self._rules_seen: dict[str, Any] = {}
         self._rules = RuleSet()
+        for topic in _read_topics(settings):
+            # Series at 0 from the start, so that a later skip is an increase Prometheus sees (a
+            # series whose first sample is already 70 shows none); LivepulseInputRecordsSkipped
+            # also catches one born non-zero, as after a restart that counts at its first fetch.
+            metrics.inputs_rebased.labels(topic)
+            metrics.input_records_expired.labels(topic)
 
     @property
     def tasks(self) -> dict[int, TaskAggregator]:
@@ -227,9 +233,7 @@ class DataPlane:
         await self._consumer.start()
         # The one-partition leaderboard partials topic: range assignment gives its partition 0 to the
         # member that gets partition 0 of the inputs, so the leaderboard merge runs with task 0.
-        self._consumer.subscribe(
-            [*s.topics.inputs, s.topics.repartition, s.topics.leaderboard_partials], listener=_Rebalance(self)
-        )
+        self._consumer.subscribe(_read_topics(s), listener=_Rebalance(self))
         self._last_checkpoint = time.monotonic()
 
     async def run(self) -> None:
@@ -267,8 +271,9 @@ class DataPlane:
                 continue
             except NoOffsetForPartitionError as exc:
                 # Said of a partition just assigned that has no committed offset (the leaderboard
-                # partials never have one), and raised once even when the take-over has set its
-                # position since. Where a task stands decides; otherwise it is not taken over yet.
+                # partials before the first checkpoint of the task that merges them, a new group),
+                # and raised once even when the take-over has set its position since. Where a task
+                # stands decides; otherwise it is not taken over yet.
                 async with self._lock:
                     await self._without_offset(exc.args[0] if exc.args else None)
                 continue
@@ -929,8 +934,8 @@ class DataPlane:
         counted (``livepulse_input_records_expired_total``) and reading goes on at the start.
         Past its end: the log was truncated (an unclean leader election) or the topic recreated
         while it was read; as at a restore (``_rebase``), reading goes on at the log end and the
-        records from there on count as new. Back within the log by now (records arrived since):
-        read on from the position."""
+        records from there on count as new. Back within the log by now (truncated and refilled
+        since): read on from the position, logged and counted as a rebase."""
         assert self._consumer is not None and self._routing is not None
         tps = [tp for tp in positions if tp.partition in self.runtime]
         if not tps:
@@ -954,7 +959,23 @@ class DataPlane:
                 )
                 self.metrics.input_records_expired.labels(tp.topic).inc(start - held)
                 resume = start
-            elif held > end:
+            elif held <= end:
+                # Within the log again: truncated below ``held`` (an unclean leader election) and
+                # refilled past it before the log's end was asked for. The records from the
+                # truncation point up to ``held`` are new ones this worker will not read: not
+                # knowing where the truncation was, it cannot count them, but it says so.
+                log.error(
+                    "%s[%d]: position %d was out of range and is within the log again (ends at %d): "
+                    "the log was most likely truncated and refilled; records below %d written since "
+                    "are not counted",
+                    tp.topic,
+                    tp.partition,
+                    held,
+                    end,
+                    held,
+                )
+                self.metrics.inputs_rebased.labels(tp.topic).inc()
+            else:
                 if tp.topic in self._routing.sources:
                     resume = self._rebase(task.pipeline.core, tp, held, end)
                 else:  # the leaderboard partials: written by the tasks' own transactions
@@ -982,6 +1003,12 @@ class DataPlane:
         assert self._routing is not None
         core.rebase(self._routing.sources[tp.topic], end)
         return end
+
+
+def _read_topics(settings: Settings) -> list[str]:
+    """The topics the data plane's consumer reads."""
+    t = settings.topics
+    return [*t.inputs, t.repartition, t.leaderboard_partials]
 
 
 def _unread(task: _Task, tp: TopicPartition, messages: list[Any]) -> list[Any]:

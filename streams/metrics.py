@@ -150,13 +150,15 @@ class Metrics:
         self.inputs_rebased = Counter(
             "livepulse_inputs_rebased_total",
             "Input partitions whose log ended below the offsets the state held (truncated or "
-            "recreated), at a restore or while read: resumed at the log end",
+            "recreated), at a restore or while read: resumed at the log end (or, refilled past "
+            "the position by then, at the position)",
             ["topic"],
             registry=r,
         )
         self.input_records_expired = Counter(
             "livepulse_input_records_expired_total",
-            "Input records deleted by the topic's retention before the worker read them (not counted)",
+            "Input offsets deleted by the topic's retention before the worker read them (not counted; "
+            "on a transactional topic some are commit markers or aborted records, not events)",
             ["topic"],
             registry=r,
         )

@@ -507,12 +507,25 @@ class _Logs:
         self.seeks[tp] = offset
 
 
+def test_skip_counters_are_exported_at_zero_for_every_topic_read_from_the_start() -> None:
+    """Prometheus sees no increase in a series whose first sample is already non-zero: the skip
+    counters of every topic the worker reads exist at 0 before anything is read."""
+    metrics = Metrics()
+    DataPlane(Settings(partitions=PARTITIONS), metrics)
+    topics = [*TOPICS.inputs, TOPICS.repartition, TOPICS.leaderboard_partials]
+    text = metrics.exposition().decode()
+    for name in ("livepulse_inputs_rebased_total", "livepulse_input_records_expired_total"):
+        for topic in topics:
+            assert f'{name}{{topic="{topic}"}} 0.0' in text
+
+
 def test_positions_outside_the_log_while_reading_are_rebased_or_counted_as_expired() -> None:
     """The client no longer resets a position outside its log on its own (it went back to the log's
     start, and the records below the old position were then dropped as read). Past the end (a
     truncated or recreated log): read on at the end, and the records from there count as new, not
     as replays. Below the start (retention deleted them unread): read on at the start, counted.
-    Back within the log by now: read on from the position."""
+    Back within the log by now (truncated and refilled past it): read on from the position, the
+    truncation logged and counted as a rebase."""
     from aiokafka import TopicPartition
 
     from streams.pipeline import VIEWER
@@ -538,6 +551,7 @@ def test_positions_outside_the_log_while_reading_are_rebased_or_counted_as_expir
     assert counter(metrics, "livepulse_inputs_rebased_total", topic=TOPICS.viewer) == 1
     assert counter(metrics, "livepulse_input_records_expired_total", topic=TOPICS.order) == 70
     assert counter(metrics, "livepulse_input_records_expired_total", topic=TOPICS.gift) == 0
+    assert counter(metrics, "livepulse_inputs_rebased_total", topic=TOPICS.gift) == 1
     # the new log's records 200.. are new events, not replays of the offsets the state held
     result = core.apply(
         VIEWER, [(o, ViewerEvent("join", "r", f"n{o}", T0 + 1000 + o)) for o in range(200, 260)], NOW_MS
