@@ -27,8 +27,9 @@ def append_record(
     The same record as ``builder.append(key=..., value=..., timestamp=None, headers=...)``, whose
     keyword arguments, serializer dispatch and header copy cost about 1 µs a record, twice what
     the compiled record builder under it takes (a window boundary at 100 000 rooms writes five
-    records per room). This calls that builder directly; a batch made with serializers, or an
-    aiokafka whose batch has other internals (the project pins 0.14), takes the public method."""
+    records per room). This calls that builder directly; a batch made with serializers takes the
+    public method. It relies on the internals of aiokafka's batch as of 0.14 (the project pins
+    <0.15; another version's would fail here loudly, not build other records)."""
     if builder._key_serializer is not None or builder._value_serializer is not None:
         return builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is not None
     if builder._closed:

@@ -249,6 +249,8 @@ async def _read_from_lookback(consumer: AIOKafkaConsumer, exc: Exception, lookba
     since_ms = int(time.time() * 1000) - lookback_ms
     found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
     for tp in tps:
+        if tp not in consumer.assignment():
+            continue  # revoked while the offsets were asked for (a seek would raise): its next owner's
         at = found.get(tp)
         if at is None:  # nothing written since
             await consumer.seek_to_end(tp)

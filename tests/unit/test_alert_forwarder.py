@@ -206,3 +206,40 @@ async def test_an_alertmanager_that_never_answers_gets_one_attempt_per_batch_onc
             await runner.cleanup()
     with pytest.raises(asyncio.CancelledError):
         await running
+
+
+def test_a_partition_revoked_while_its_lookback_offset_is_asked_for_is_not_sought() -> None:
+    """A rebalance can end while the forwarder asks for the lookback offsets (a rolling restart):
+    a seek on a partition no longer assigned raises, and the feed would restart for nothing."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import NoOffsetForPartitionError
+
+    from streams.app import _read_from_lookback
+
+    kept, revoked, fresh = (TopicPartition("live.alerts", p) for p in range(3))
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.assigned = {kept, revoked, fresh}
+            self.sought: dict[TopicPartition, object] = {}
+
+        def assignment(self) -> set[TopicPartition]:
+            return self.assigned
+
+        async def offsets_for_times(self, wanted: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
+            self.assigned = {kept, fresh}  # the rebalance lands meanwhile
+            at = type("At", (), {"offset": 7})()
+            return {kept: at, revoked: at, fresh: None}
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            assert tp in self.assigned, f"{tp} sought after its revocation"
+            self.sought[tp] = offset
+
+        async def seek_to_end(self, tp: TopicPartition) -> None:
+            assert tp in self.assigned, f"{tp} sought after its revocation"
+            self.sought[tp] = "end"
+
+    consumer = Consumer()
+    exc = NoOffsetForPartitionError([kept, revoked, fresh])
+    asyncio.run(_read_from_lookback(consumer, exc, 60_000))  # type: ignore[arg-type]
+    assert consumer.sought == {kept: 7, fresh: "end"}
