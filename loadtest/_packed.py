@@ -1,7 +1,7 @@
 """Records the load test keeps by the million (the truth and what the worker published), packed, and
 moved to disk once there are many.
 
-A record (a slots dataclass such as ``RoomStats``) is kept as the JSON array of its field values,
+A record (a dataclass such as ``RoomStats``) is kept as the JSON array of its field values,
 ~100 bytes, and read back into an equal record on every access; as objects each took ~500 bytes.
 Up to ``spill_at`` entries the mapping is a dict of those bytes (string parts of the keys interned,
 so the many windows of one room share its id). Past it, every entry moves to a private temporary

@@ -1,7 +1,9 @@
 """Output records (room-stats, dead letters) and their orjson codec.
 
-Outputs are frozen slotted dataclasses: orjson serialises them natively, and
-the field order is the wire order.
+Outputs are dataclasses: orjson serialises them natively, and the field order
+is the wire order. The two written per room and window (room-stats, sessions)
+are neither frozen nor slotted, for speed (see each); orjson writes every
+public attribute of those, so nothing but their fields is ever set on one.
 """
 
 from __future__ import annotations
