@@ -22,7 +22,9 @@ no leaderboard record.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from schemas import RoomStats
@@ -38,6 +40,33 @@ Ranked = list[tuple[str, int]]
 def rank_rooms(entries: Iterable[tuple[str, int]], n: int) -> Ranked:
     """The top ``n`` of ``(room_id, value)`` by value desc, room_id asc; zero values left out."""
     return sorted((e for e in entries if e[1] > 0), key=lambda e: (-e[1], e[0]))[:n]
+
+
+def top_rooms(group: Sequence[RoomStats], attr: str, n: int) -> Ranked:
+    """``rank_rooms`` of ``(room_id, <attr>)`` over ``group``, without sorting all of it.
+
+    A task's boundary ranks every room it closed (26 000 at 100 000 rooms), twice: this finds the
+    ``n``-th largest value from the values alone (a sort of ints), then orders only the rooms
+    above it and takes the smallest ids among those tied at it (value desc, room_id asc, like
+    ``rank_rooms``)."""
+    values = list(map(attrgetter(attr), group))
+    ranked = [v for v in values if v > 0]
+    if not ranked:
+        return []
+    if len(ranked) > n:
+        ranked.sort(reverse=True)
+        cut = ranked[n - 1]
+    else:
+        cut = 1
+    above = [(s.room_id, v) for s, v in zip(group, values, strict=True) if v > cut]
+    tied = [s.room_id for s, v in zip(group, values, strict=True) if v == cut]
+    above.sort(key=_ROOM)
+    above.sort(key=_VALUE, reverse=True)  # stable: equal values stay in room_id order
+    room_ids = heapq.nsmallest(n - len(above), tied)
+    return above + [(room_id, cut) for room_id in room_ids]
+
+
+_ROOM, _VALUE = itemgetter(0), itemgetter(1)
 
 
 def is_live(s: RoomStats) -> bool:
@@ -75,10 +104,7 @@ def leaderboard_partials(task: int, closed: Sequence[RoomStats], n: int) -> list
                 "task": task,
                 "window_start": ws,
                 "window_end": group[0].window_end,
-                **{
-                    name: rank_rooms(((s.room_id, getattr(s, attr)) for s in group), n)
-                    for name, attr in RANKINGS
-                },
+                **{name: top_rooms(group, attr, n) for name, attr in RANKINGS},
                 "totals": window_totals(group),
             }
         )
