@@ -250,7 +250,9 @@ async def _read_from_lookback(consumer: AIOKafkaConsumer, exc: Exception, lookba
     found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
     for tp in tps:
         if tp not in consumer.assignment():
-            continue  # revoked while the offsets were asked for (a seek would raise): its next owner's
+            # revoked while the offsets were asked for: a seek would raise, and its next owner
+            # positions it from its own lookback
+            continue
         at = found.get(tp)
         if at is None:  # nothing written since
             await consumer.seek_to_end(tp)
