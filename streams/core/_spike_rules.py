@@ -30,6 +30,10 @@ METRICS: Final[tuple[str, ...]] = (
 )
 
 _MAX_KEY_CHARS = 128
+#: entries of a rules object's per-room and interned caches before they start again. The per-room
+#: cache may hold twice its overridden rooms (a room seen under two categories): with a fixed cap
+#: below that, more overridden rooms live than the cap cleared it over and over, and every one of
+#: them merged its rules again at every evaluation.
 _ROOM_CACHE_CAP = 10_000
 
 
@@ -363,7 +367,7 @@ def rules_for(rules: SpikeRules, room_id: str, category: str | None = None) -> M
     key = (room_id, category)
     cached = rules._by_room.get(key)
     if cached is None:
-        if len(rules._by_room) >= _ROOM_CACHE_CAP:
+        if len(rules._by_room) >= max(_ROOM_CACHE_CAP, 2 * len(rules.room_overrides)):
             rules._by_room.clear()
         merged = _merge(base, layer)
         content = tuple(sorted(merged.items()))

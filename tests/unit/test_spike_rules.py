@@ -220,3 +220,30 @@ def test_rooms_given_the_same_override_share_one_rules_mapping_and_one_detector_
         for i in range(6_000):
             _spikes._plan(rules_for(rules, f"vip-{i}"), 10_000)
     assert len(_spikes._PLANS) == 2
+
+
+def test_more_overridden_rooms_than_the_cache_cap_merge_their_rules_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """12 000 rooms with overrides of their own, evaluated window after window: each merges its
+    rules once. With the cache's fixed cap of 10 000 it was cleared every 10 000 rooms, and every
+    room merged again at every evaluation."""
+    from streams.core import _spike_rules
+
+    n = 12_000
+    rules = SpikeRules(
+        room_overrides={f"r{i}": {"views_per_sec": {"min_volume": float(i)}} for i in range(n)}
+    )
+    merges = 0
+    merge = _spike_rules._merge
+
+    def counting(*args: Any) -> Any:
+        nonlocal merges
+        merges += 1
+        return merge(*args)
+
+    monkeypatch.setattr(_spike_rules, "_merge", counting)
+    for _ in range(3):
+        for i in range(n):
+            assert rules_for(rules, f"r{i}")["views_per_sec"].min_volume == float(i)
+    assert merges == n
