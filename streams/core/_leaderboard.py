@@ -42,7 +42,7 @@ def rank_rooms(entries: Iterable[tuple[str, int]], n: int) -> Ranked:
     return sorted((e for e in entries if e[1] > 0), key=lambda e: (-e[1], e[0]))[:n]
 
 
-def top_rooms(group: Sequence[RoomStats], attr: str, n: int) -> Ranked:
+def rank_group(group: Sequence[RoomStats], attr: str, n: int) -> Ranked:
     """``rank_rooms`` of ``(room_id, <attr>)`` over ``group``, without sorting all of it.
 
     A task's boundary ranks every room it closed (26 000 at 100 000 rooms), twice: this finds the
@@ -51,7 +51,7 @@ def top_rooms(group: Sequence[RoomStats], attr: str, n: int) -> Ranked:
     ``rank_rooms``)."""
     values = list(map(attrgetter(attr), group))
     ranked = [v for v in values if v > 0]
-    if not ranked:
+    if not ranked or n < 1:
         return []
     if len(ranked) > n:
         ranked.sort(reverse=True)
@@ -104,7 +104,7 @@ def leaderboard_partials(task: int, closed: Sequence[RoomStats], n: int) -> list
                 "task": task,
                 "window_start": ws,
                 "window_end": group[0].window_end,
-                **{name: top_rooms(group, attr, n) for name, attr in RANKINGS},
+                **{name: rank_group(group, attr, n) for name, attr in RANKINGS},
                 "totals": window_totals(group),
             }
         )
