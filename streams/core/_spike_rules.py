@@ -278,8 +278,20 @@ def default_metric_rules() -> Mapping[str, MetricRule]:
     }
 
 
-def _merge(base: Mapping[str, MetricRule], layer: Mapping[str, Override]) -> Mapping[str, MetricRule]:
-    merged = dict(base)
+class RuleSet(dict[str, MetricRule]):
+    """A resolved rules mapping (metric -> rule) that carries the detector's plans of it, one per
+    window length (``_spikes._plan``): a plan lives exactly as long as its rules, however many
+    distinct rule sets are live. Treat as immutable, like the rules."""
+
+    __slots__ = ("plans",)
+
+    def __init__(self, rules: Mapping[str, MetricRule]) -> None:
+        super().__init__(rules)
+        self.plans: dict[int, Any] = {}
+
+
+def _merge(base: Mapping[str, MetricRule], layer: Mapping[str, Override]) -> RuleSet:
+    merged = RuleSet(base)
     for metric, changes in layer.items():
         if changes:
             merged[metric] = replace(merged[metric], **changes)  # type: ignore[arg-type]
@@ -343,7 +355,7 @@ class SpikeRules:
         missing = [m for m in METRICS if not isinstance(self.defaults.get(m), MetricRule)]
         if missing:
             raise SpikeRuleError(f"defaults lack a MetricRule for {', '.join(missing)}")
-        object.__setattr__(self, "defaults", dict(self.defaults))
+        object.__setattr__(self, "defaults", RuleSet(self.defaults))
         object.__setattr__(
             self, "category_overrides", _normalise_overrides("category", self.category_overrides)
         )

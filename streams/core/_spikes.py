@@ -72,7 +72,7 @@ from ._alerts import (
     AlertEvent,
     severity_for,
 )
-from ._spike_rules import LEGACY_WINDOW_S, METRICS, MetricRule
+from ._spike_rules import LEGACY_WINDOW_S, METRICS, MetricRule, RuleSet
 
 try:
     from . import _fastcore  # type: ignore[attr-defined]
@@ -819,12 +819,19 @@ def _quiet_plan(plan: _Plan) -> Any:
     )
 
 
+#: plans of rules mappings that are no RuleSet (a caller's own dict), by identity
 _PLANS: dict[tuple[int, int], tuple[Mapping[str, MetricRule], _Plan]] = {}
 _PLAN_CACHE_CAP = 4_096
 
 
 def _plan(rules: Mapping[str, MetricRule], window_ms: int) -> _Plan:
-    """The plan of a rules mapping at a window length (rooms share a few mappings; cached by identity)."""
+    """The plan of a rules mapping at a window length. A :class:`RuleSet` (what ``rules_for``
+    returns) keeps its own; rooms share a few of them (one per distinct effective rule set)."""
+    if type(rules) is RuleSet:
+        cached: _Plan | None = rules.plans.get(window_ms)
+        if cached is None:
+            cached = rules.plans[window_ms] = _Plan(rules, window_ms)
+        return cached
     key = (id(rules), window_ms)
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is rules:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from schemas import RoomStats
+from streams.core import DetectorState, observe
 from streams.core._spike_rules import (
     DEFAULT_RULES,
     METRICS,
@@ -200,10 +203,11 @@ def test_the_readme_override_gives_a_metric_the_gauge_rule() -> None:
     assert rules_for(rules, "room-1", "sensors")["concurrent_viewers"] == GAUGE_RULE
 
 
-def test_rooms_given_the_same_override_share_one_rules_mapping_and_one_detector_plan() -> None:
-    """Thousands of rooms overridden alike (a VIP tier's floor) hold one effective mapping, so the
-    detector's plan cache (per mapping, 4 096 entries) keeps one plan for them: with a mapping
-    per room it was cleared and rebuilt over and over once more than 4 096 such rooms were live."""
+def test_rooms_given_the_same_override_share_one_rules_mapping_and_one_detector_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of rooms overridden alike (a VIP tier's floor) hold one effective mapping, and the
+    detector builds one plan for it."""
     from streams.core import _spikes
 
     room_overrides = {
@@ -215,11 +219,49 @@ def test_rooms_given_the_same_override_share_one_rules_mapping_and_one_detector_
     assert rules_for(rules, "vip-1")["views_per_sec"].min_volume == 50.0
     assert rules_for(rules, "vip-2")["views_per_sec"].min_volume == 80.0
     assert rules_for(rules, "vip-2", "beauty") is rules_for(rules, "vip-4", "beauty")
-    _spikes._PLANS.clear()
+    builds = _count_plan_builds(monkeypatch)
     for _ in range(2):
         for i in range(6_000):
             _spikes._plan(rules_for(rules, f"vip-{i}"), 10_000)
-    assert len(_spikes._PLANS) == 2
+    assert builds() == 2
+
+
+def test_more_distinct_rule_sets_than_the_plan_cache_held_build_each_plan_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """6 000 rooms, each with a floor of its own, through the detector window after window: each
+    rule set's plan is built once. The plans were in one cache of 4 096 that was cleared when
+    full, so with more rule sets live every room rebuilt its plan at every window."""
+
+    n = 6_000
+    rules = SpikeRules(
+        room_overrides={f"r{i}": {"views_per_sec": {"min_volume": 100.0 + i}} for i in range(n)}
+    )
+    states = {f"r{i}": DetectorState(f"r{i}") for i in range(n)}
+    builds = _count_plan_builds(monkeypatch)
+    for w in range(3):
+        start = 1_700_000_000_000 + w * 10_000
+        for room, state in states.items():
+            stats = RoomStats(room, start, start + 10_000, 5, 3, 2, 0, 0, 0, 0.0, 0, 0, 0, 0, 0, 0)
+            assert observe(state, stats, rules_for(rules, room), 10_000) == []
+    assert builds() == n
+    assert all(s.last_window_end == 1_700_000_030_000 for s in states.values())
+
+
+def _count_plan_builds(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    from streams.core import _spikes
+
+    built = 0
+    plan = _spikes._Plan
+
+    def counting(*args: Any) -> Any:
+        nonlocal built
+        built += 1
+        return plan(*args)
+
+    monkeypatch.setattr(_spikes, "_Plan", counting)
+    _spikes._PLANS.clear()
+    return lambda: built
 
 
 def test_more_overridden_rooms_than_the_cache_cap_merge_their_rules_once(
