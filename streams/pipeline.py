@@ -486,6 +486,13 @@ class TaskPipeline:
                 # Alertmanager already over, instead of firing until its resolution is read.
                 due = event.window_end_ms + cfg.window_ms + cfg.grace_ms
                 alert["endsAt"] = iso_utc(min(fresh, due + 8 * resend))
+            elif event.ends_at_ms is not None and event.ends_at_ms > now_ms:
+                # Event time may run ahead of this clock (producers' clocks, up to max_future_ms):
+                # Alertmanager would keep an alert ending in the future active until then, and
+                # refuses one that starts after it ends.
+                alert["endsAt"] = iso_utc(now_ms)
+                if event.starts_at_ms > now_ms:
+                    alert["startsAt"] = alert["endsAt"]
             add(topic, partition_for(key, partitions), key, orjson.dumps(alert))
             if transitions:
                 (m.alerts_fired if event.status == "firing" else m.alerts_resolved).labels(event.metric).inc()

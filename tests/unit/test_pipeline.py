@@ -396,6 +396,42 @@ def test_alerts_are_written_keyed_by_fingerprint_and_expire_unless_re_sent(resen
     assert sum(counter(metrics, "livepulse_alerts_fired_total", metric=m) for m in fired) >= 1
 
 
+def test_an_alert_resolved_ahead_of_the_wall_clock_is_sent_resolved_now() -> None:
+    """Event time may run ahead of the worker's clock (producers' clocks, up to max_future_ms):
+    the end of the window where an alert resolved can lie in the future. Alertmanager keeps an
+    alert whose endsAt is in the future active until then, so a resolution is sent ending now
+    (and starting no later than it ends, or Alertmanager refuses it)."""
+    pipeline, sink, _ = make(partition=0)
+    (room,) = rooms_on(0, 1)
+    offset = 0
+    for w, n in enumerate([20] * 40 + [400] * 3 + [20] * 60):
+        batch = [viewer("join", room, f"u{w}-{i}", T0 + w * 10_000 + i * 10_000 // n) for i in range(n)]
+        pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
+        offset += n
+    close_everything(pipeline)
+    events = pipeline.core.drain_alerts()
+    resolved = [e for e in events if e.status == "resolved"]
+    assert resolved and resolved[0].ends_at_ms is not None, "the spike fires and resolves"
+    now = min(e.ends_at_ms or 0 for e in resolved) - 4_000
+    pipeline._write_alerts(events, now, transitions=True)
+    sent = [orjson.loads(v) for _, _, v, _ in sink.take(TOPICS.alerts) if v is not None]
+    ahead = [a for a in sent if a["status"] == "resolved"]
+    assert len(ahead) == len(resolved)
+    for alert in ahead:
+        assert alert["endsAt"] == iso_utc(now)
+        assert alert["startsAt"] <= alert["endsAt"]
+    # the wall clock behind even the alert's start: it starts and ends now
+    early = min(e.starts_at_ms for e in resolved) - 1_000
+    pipeline._write_alerts(resolved, early, transitions=False)
+    for _, _, value, _ in sink.take(TOPICS.alerts):
+        assert value is not None
+        assert orjson.loads(value)["startsAt"] == orjson.loads(value)["endsAt"] == iso_utc(early)
+    # the wall clock past the window's end: the end as recorded
+    pipeline._write_alerts(resolved, now + 1_000_000, transitions=False)
+    behind = [orjson.loads(v)["endsAt"] for _, _, v, _ in sink.take(TOPICS.alerts) if v is not None]
+    assert behind == [iso_utc(e.ends_at_ms or 0) for e in resolved]
+
+
 def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_leave_the_room_state() -> None:
     pipeline, sink, _ = make(partition=2)
     (room,) = rooms_on(2, 1)
