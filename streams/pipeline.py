@@ -486,6 +486,10 @@ class TaskPipeline:
                 # Alertmanager already over, instead of firing until its resolution is read.
                 due = event.window_end_ms + cfg.window_ms + cfg.grace_ms
                 alert["endsAt"] = iso_utc(min(fresh, due + 8 * resend))
+                if event.starts_at_ms > now_ms:
+                    # started ahead of this clock (event time, up to max_future_ms): it starts
+                    # now, or a start past 4 re-send intervals is after its endsAt and refused
+                    alert["startsAt"] = iso_utc(now_ms)
             elif event.ends_at_ms is not None and event.ends_at_ms > now_ms:
                 # Event time may run ahead of this clock (producers' clocks, up to max_future_ms):
                 # Alertmanager would keep an alert ending in the future active until then, and

@@ -379,13 +379,14 @@ def rules_for(rules: SpikeRules, room_id: str, category: str | None = None) -> M
     key = (room_id, category)
     cached = rules._by_room.get(key)
     if cached is None:
-        if len(rules._by_room) >= max(_ROOM_CACHE_CAP, 2 * len(rules.room_overrides)):
+        cap = max(_ROOM_CACHE_CAP, 2 * len(rules.room_overrides))
+        if len(rules._by_room) >= cap:
             rules._by_room.clear()
         merged = _merge(base, layer)
         content = tuple(sorted(merged.items()))
         cached = rules._interned.get(content)
         if cached is None:
-            if len(rules._interned) >= _ROOM_CACHE_CAP:
+            if len(rules._interned) >= cap:
                 rules._interned.clear()
             cached = rules._interned[content] = merged
         rules._by_room[key] = cached

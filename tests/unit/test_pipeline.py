@@ -432,6 +432,35 @@ def test_an_alert_resolved_ahead_of_the_wall_clock_is_sent_resolved_now() -> Non
     assert behind == [iso_utc(e.ends_at_ms or 0) for e in resolved]
 
 
+def test_an_alert_firing_ahead_of_the_wall_clock_starts_now() -> None:
+    """An alert whose window starts ahead of the worker's clock (event time up to max_future_ms
+    ahead) is sent starting now: with re-sends every 2 s its endsAt (now + 8 s) would lie before
+    a start 60 s ahead, and Alertmanager refuses an alert that starts after it ends."""
+    pipeline, sink, _ = make(partition=0)
+    pipeline._resend_ms = 2_000
+    (room,) = rooms_on(0, 1)
+    offset = 0
+    for w, n in enumerate([20] * 40 + [400] * 6):
+        batch = [viewer("join", room, f"u{w}-{i}", T0 + w * 10_000 + i * 10_000 // n) for i in range(n)]
+        pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
+        offset += n
+    close_everything(pipeline)
+    firing = [e for e in pipeline.core.drain_alerts() if e.status == "firing"]
+    assert firing, "a 20x step in views fires"
+    now = min(e.starts_at_ms for e in firing) - 60_000
+    pipeline._write_alerts(firing, now, transitions=False)
+    sent = [orjson.loads(v) for _, _, v, _ in sink.take(TOPICS.alerts) if v is not None]
+    assert len(sent) == len(firing)
+    for alert in sent:
+        assert alert["startsAt"] == iso_utc(now)
+        assert alert["endsAt"] == iso_utc(now + 8_000)
+    # the clock past the start: the start as recorded
+    later = max(e.starts_at_ms for e in firing) + 1_000
+    pipeline._write_alerts(firing, later, transitions=False)
+    starts = [orjson.loads(v)["startsAt"] for _, _, v, _ in sink.take(TOPICS.alerts) if v is not None]
+    assert starts == [iso_utc(e.starts_at_ms) for e in firing]
+
+
 def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_leave_the_room_state() -> None:
     pipeline, sink, _ = make(partition=2)
     (room,) = rooms_on(2, 1)

@@ -289,3 +289,16 @@ def test_more_overridden_rooms_than_the_cache_cap_merge_their_rules_once(
         for i in range(n):
             assert rules_for(rules, f"r{i}")["views_per_sec"].min_volume == float(i)
     assert merges == n
+
+
+def test_more_distinct_overrides_than_the_cache_cap_are_resolved_to_one_rule_set_each() -> None:
+    """12 000 distinct room overrides, each given to two rooms: the two rooms share one resolved
+    rule set (and so one set of detector plans). With the interning cache's fixed cap of 10 000
+    it was cleared at the 10 001st, and the second room of the first 10 000 got a copy."""
+    n = 12_000
+    layers = [{"views_per_sec": {"min_volume": float(i)}} for i in range(n)]
+    rules = SpikeRules(
+        room_overrides={f"r{i}": layers[i] for i in range(n)} | {f"s{i}": layers[i] for i in range(n)}
+    )
+    first = [rules_for(rules, f"r{i}") for i in range(n)]
+    assert all(rules_for(rules, f"s{i}") is first[i] for i in range(n))
