@@ -486,17 +486,14 @@ class TaskPipeline:
                 # Alertmanager already over, instead of firing until its resolution is read.
                 due = event.window_end_ms + cfg.window_ms + cfg.grace_ms
                 alert["endsAt"] = iso_utc(min(fresh, due + 8 * resend))
-                if event.starts_at_ms > now_ms:
-                    # started ahead of this clock (event time, up to max_future_ms): it starts
-                    # now, or a start past 4 re-send intervals is after its endsAt and refused
-                    alert["startsAt"] = iso_utc(now_ms)
             elif event.ends_at_ms is not None and event.ends_at_ms > now_ms:
-                # Event time may run ahead of this clock (producers' clocks, up to max_future_ms):
-                # Alertmanager would keep an alert ending in the future active until then, and
-                # refuses one that starts after it ends.
+                # Alertmanager would keep a resolution ending in the future active until then.
                 alert["endsAt"] = iso_utc(now_ms)
-                if event.starts_at_ms > now_ms:
-                    alert["startsAt"] = alert["endsAt"]
+            if event.starts_at_ms > now_ms:
+                # Event time may run ahead of this clock (producers' clocks, up to max_future_ms):
+                # the alert starts now, or a start after its endsAt (a resolution ending now, a
+                # firing alert's start past 4 re-send intervals) is refused by Alertmanager.
+                alert["startsAt"] = iso_utc(now_ms)
             add(topic, partition_for(key, partitions), key, orjson.dumps(alert))
             if transitions:
                 (m.alerts_fired if event.status == "firing" else m.alerts_resolved).labels(event.metric).inc()

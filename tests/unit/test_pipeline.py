@@ -362,17 +362,24 @@ def test_undecodable_state_is_quarantined_to_the_dead_letter_topic_and_deleted()
     assert pipeline.core.quarantined == []
 
 
-@pytest.mark.parametrize("resend", [False, True])
-def test_alerts_are_written_keyed_by_fingerprint_and_expire_unless_re_sent(resend: bool) -> None:
-    pipeline, sink, metrics = make(partition=0)
+def feed_joins(pipeline: TaskPipeline, per_window: list[int]) -> str:
+    """Feed one room of partition 0 ``per_window[w]`` distinct joins spread over window ``w``
+    (10 s windows from T0), close every window and return the room."""
     (room,) = rooms_on(0, 1)
     offset = 0
-    # 400 s at 20 joins/window, then 60 s at 400: a spike in views.
-    for w, n in enumerate([20] * 40 + [400] * 6):
+    for w, n in enumerate(per_window):
         batch = [viewer("join", room, f"u{w}-{i}", T0 + w * 10_000 + i * 10_000 // n) for i in range(n)]
         pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
         offset += n
     close_everything(pipeline)
+    return room
+
+
+@pytest.mark.parametrize("resend", [False, True])
+def test_alerts_are_written_keyed_by_fingerprint_and_expire_unless_re_sent(resend: bool) -> None:
+    pipeline, sink, metrics = make(partition=0)
+    # 400 s at 20 joins/window, then 60 s at 400: a spike in views.
+    room = feed_joins(pipeline, [20] * 40 + [400] * 6)
     live = T0 + 475_000  # the wall clock just after the spike's last window closed
     assert pipeline.publish_alerts(live)
     alerts = sink.take(TOPICS.alerts)
@@ -402,13 +409,7 @@ def test_an_alert_resolved_ahead_of_the_wall_clock_is_sent_resolved_now() -> Non
     alert whose endsAt is in the future active until then, so a resolution is sent ending now
     (and starting no later than it ends, or Alertmanager refuses it)."""
     pipeline, sink, _ = make(partition=0)
-    (room,) = rooms_on(0, 1)
-    offset = 0
-    for w, n in enumerate([20] * 40 + [400] * 3 + [20] * 60):
-        batch = [viewer("join", room, f"u{w}-{i}", T0 + w * 10_000 + i * 10_000 // n) for i in range(n)]
-        pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
-        offset += n
-    close_everything(pipeline)
+    feed_joins(pipeline, [20] * 40 + [400] * 3 + [20] * 60)
     events = pipeline.core.drain_alerts()
     resolved = [e for e in events if e.status == "resolved"]
     assert resolved and resolved[0].ends_at_ms is not None, "the spike fires and resolves"
@@ -438,13 +439,7 @@ def test_an_alert_firing_ahead_of_the_wall_clock_starts_now() -> None:
     a start 60 s ahead, and Alertmanager refuses an alert that starts after it ends."""
     pipeline, sink, _ = make(partition=0)
     pipeline._resend_ms = 2_000
-    (room,) = rooms_on(0, 1)
-    offset = 0
-    for w, n in enumerate([20] * 40 + [400] * 6):
-        batch = [viewer("join", room, f"u{w}-{i}", T0 + w * 10_000 + i * 10_000 // n) for i in range(n)]
-        pipeline.process(TOPICS.viewer, records(batch, offset), NOW_MS)
-        offset += n
-    close_everything(pipeline)
+    feed_joins(pipeline, [20] * 40 + [400] * 6)
     firing = [e for e in pipeline.core.drain_alerts() if e.status == "firing"]
     assert firing, "a 20x step in views fires"
     now = min(e.starts_at_ms for e in firing) - 60_000
