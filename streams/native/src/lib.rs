@@ -10,6 +10,10 @@
 //! restart the baselines, a value at a rule's floor, an attribute of an unexpected type) returns
 //! `False` with the state untouched, and the Python detector takes the window.
 //! `tests/unit/test_fastcore.py` holds the two to the same states, bit for bit.
+//!
+//! `rooms` is the first step of the room state in native code (issue 13, item 1): see its plan.
+
+mod rooms;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -332,6 +336,7 @@ fn observe_quiet(
 #[pymodule]
 fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QuietPlan>()?;
+    m.add_class::<rooms::NativeRooms>()?;
     m.add_function(wrap_pyfunction!(observe_quiet, m)?)?;
     Ok(())
 }
