@@ -211,15 +211,29 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+fn write_int(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
 fn write_ints(out: &mut Vec<u8>, values: &[i64]) {
     out.push(b'[');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let _ = write!(out, "{}", v);
+        write_int(out, *v);
     }
     out.push(b']');
+}
+
+/// `a,b,...` without brackets
+fn write_ints_bare(out: &mut Vec<u8>, values: &[i64]) {
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_int(out, *v);
+    }
 }
 
 fn write_sketch(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -275,7 +289,9 @@ impl Room {
             return None;
         }
         let mut out = Vec::with_capacity(512);
-        let _ = write!(out, "[{},", TAIL_VERSION);
+        out.push(b'[');
+        write_int(&mut out, TAIL_VERSION);
+        out.push(b',');
         write_str(&mut out, &self.room_id);
         out.push(b',');
         match &self.detector {
@@ -286,11 +302,15 @@ impl Room {
         match &self.session {
             None => out.extend_from_slice(b"null"),
             Some(s) => {
-                let _ = write!(out, "[{},{},", s.start, s.last_end);
+                out.push(b'[');
+                write_ints_bare(&mut out, &[s.start, s.last_end]);
+                out.push(b',');
                 write_ints(&mut out, &s.totals);
                 out.push(b',');
                 write_held(&mut out, &s.uniques);
-                let _ = write!(out, ",{},{},{}]", s.peak, s.peak_ws, s.updated_at);
+                out.push(b',');
+                write_ints_bare(&mut out, &[s.peak, s.peak_ws, s.updated_at]);
+                out.push(b']');
             }
         }
         out.push(b',');
