@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import random
+from dataclasses import replace
+from typing import Any
 
 import orjson
 import pytest
@@ -14,14 +16,26 @@ from datasketches import hll_sketch, hll_union
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.core import TaskAggregator
+from streams.core import CoreConfig, TaskAggregator
 from streams.core._room import HLL_TYPE, Room
+from streams.core._sessions import ENDED
 from streams.core._state_codec import encode_room, encode_room_tail
-from tests.unit.test_core_changelog import CFG
+from tests.unit.test_core_changelog import CFG, as_log
 from tests.unit.test_core_oracle import SOURCES, make_stream, run
 
 _fastcore = pytest.importorskip("streams.core._fastcore")
-NativeRooms = _fastcore.NativeRooms
+
+
+def NativeRooms(cfg: CoreConfig = CFG) -> Any:
+    """A native table with ``cfg``'s window geometry, sessions and rollups."""
+    return _fastcore.NativeRooms(
+        bucket_ms=cfg.bucket_ms,
+        window_ms=cfg.window_ms,
+        session_gap_ms=cfg.session_gap_ms,
+        sessions=cfg.sessions,
+        rollup_windows_ms=list(cfg.rollup_windows_ms),
+        lg_k=cfg.hll_lg_k,
+    )
 
 
 def python_records(room: Room) -> tuple[bytes, bytes | None]:
@@ -47,7 +61,7 @@ def sketches_as_estimates(head: list, tail: list | None) -> tuple[list, list | N
     return head, tail
 
 
-def check_room(native: NativeRooms, room: Room) -> bool:
+def check_room(native: Any, room: Room) -> bool:
     """Read the room's records natively, write them again: the same records. Returns whether the
     bytes are the same too (they are unless a sketch in set mode lists its coupons differently)."""
     raw, raw_tail = python_records(room)
@@ -135,7 +149,7 @@ def test_a_native_union_is_the_python_union(users: int) -> None:
     room = Room("r")
     room.session = Session(0, [0] * 11)
     room.session.uniques = windows[0]
-    native = NativeRooms()
+    native = NativeRooms(CoreConfig())
     raw, raw_tail = python_records(room)
     native.restore_room(raw)
     native.restore_tail("r", raw_tail)
@@ -183,3 +197,156 @@ def test_a_tail_record_of_another_room_is_refused() -> None:
     with pytest.raises(KeyError):
         native.restore_tail("missing", b'[1,"missing",null,null,null]')
     assert native.encode_tail("r") is None
+
+
+# -- step 3: the window close ----------------------------------------------------------------
+
+
+def stats_numbers(stats: Any) -> tuple[Any, ...]:
+    """A room-stats record as the native close gives it: start, end, counters, uniques, concurrent."""
+    from streams.core._room import N_COUNTERS
+
+    counters = [0] * N_COUNTERS
+    (
+        counters[0],
+        counters[2],
+        counters[3],
+        counters[4],
+        counters[5],
+        counters[6],
+        counters[7],
+        counters[8],
+        counters[9],
+        counters[10],
+    ) = (
+        stats.views,
+        stats.likes,
+        stats.comments,
+        stats.orders,
+        stats.gmv_minor,
+        stats.refunds_minor,
+        stats.gifts,
+        stats.gift_value_minor,
+        stats.late_events,
+        stats.shares,
+    )
+    return (stats.window_start, stats.window_end, counters, stats.unique_viewers, stats.concurrent_viewers)
+
+
+def session_numbers(record: Any) -> tuple[Any, ...]:
+    return (
+        record.status == ENDED,
+        record.session_start,
+        record.updated_at,
+        record.views,
+        record.unique_viewers,
+        record.peak_concurrent_viewers,
+        record.peak_window_start,
+        record.likes,
+        record.comments,
+        record.shares,
+        record.orders,
+        record.gmv_minor,
+        record.refunds_minor,
+        record.gifts,
+        record.gift_value_minor,
+        record.late_events,
+    )
+
+
+def native_session_numbers(s: tuple[Any, ...]) -> tuple[Any, ...]:
+    ended, start, _last_end, t, uniques, peak, peak_ws, updated_at = s
+    return (
+        ended,
+        start,
+        updated_at,
+        t[0],
+        uniques,
+        peak,
+        peak_ws,
+        t[2],
+        t[3],
+        t[10],
+        t[4],
+        t[5],
+        t[6],
+        t[7],
+        t[8],
+        t[9],
+    )
+
+
+def published(numbers: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Native room-stats numbers as the record publishes them (leaves are not in it)."""
+    start, end, counters, uniques, concurrent = numbers
+    return (start, end, [0 if i == 1 else c for i, c in enumerate(counters)], uniques, concurrent)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(50, 800),
+    rooms=st.integers(1, 25),
+    disorder_ms=st.sampled_from([0, 1_900, 15_000]),
+    span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
+    gap_ms=st.sampled_from([30_000, 1_800_000]),
+)
+def test_closing_a_window_natively_yields_what_the_python_task_yields(
+    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, gap_ms: int
+) -> None:
+    close_and_compare(seed, n, rooms, disorder_ms, span_ms, gap_ms)
+
+
+def test_the_comparison_closes_windows() -> None:
+    """The comparison above is of closes, not of streams that had none open when checked."""
+    assert close_and_compare(3, 2_000, 20, 1_900, 1_500_000, 30_000) > 50
+
+
+def close_and_compare(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, gap_ms: int) -> int:
+    """At random points of a random stream the task is checkpointed and restored into a second
+    task; every room of it is read natively from its records, then each of its open windows is
+    closed, oldest first, both in that task (``_close_room_window``) and natively: the same
+    room-stats, closed rollups, session records (ended and live), and the same records after.
+    Returns the windows closed."""
+    rng = random.Random(seed)
+    cfg = replace(CFG, session_gap_ms=gap_ms)
+    stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
+    agg = TaskAggregator(cfg, SOURCES)
+    log: list[tuple[bytes, bytes | None]] = []
+    closed = 0
+    i = 0
+    while i < len(stream):
+        j = min(len(stream), i + rng.randint(1, 120))
+        run(agg, stream[i:j], rng)
+        agg.drain(), agg.drain_rollups(), agg.drain_sessions(), agg.drain_alerts()
+        log += as_log(agg.checkpoint())
+        i = j
+        if rng.random() < 0.6:
+            continue
+        copy = TaskAggregator(cfg, SOURCES)
+        copy.restore(log)
+        native = NativeRooms(cfg)
+        for room in list(copy.rooms.values()):
+            raw, raw_tail = python_records(room)
+            native.restore_room(raw)
+            if raw_tail is not None:
+                native.restore_tail(room.room_id, raw_tail)
+            assert native.open_windows(room.room_id) == sorted(room.open_ws)
+            for ws in sorted(room.open_ws):
+                copy._rollup_outbox.clear(), copy._session_outbox.clear()
+                stats = copy._close_room_window(room, ws)
+                got, rollups, sessions, _ends = native.close_window(room.room_id, ws)
+                assert published(got) == stats_numbers(stats)
+                assert [(length, published(numbers)) for length, numbers in rollups] == [
+                    (length, stats_numbers(r)) for length, r in copy._rollup_outbox
+                ]
+                assert [native_session_numbers(s) for s in sessions] == [
+                    session_numbers(r) for r in copy._session_outbox
+                ]
+                closed += 1
+            head, tail = python_records(room)
+            assert sketches_as_estimates(
+                orjson.loads(native.encode_room(room.room_id)),
+                orjson.loads(native.encode_tail(room.room_id) or b"null"),
+            ) == sketches_as_estimates(orjson.loads(head), orjson.loads(tail or b"null"))
+    return closed

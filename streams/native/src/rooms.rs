@@ -124,7 +124,9 @@ pub struct Room {
     /// the detector's part of the `t/` record as read (step 1: the detector stays in Python)
     pub detector: Option<Box<RawValue>>,
     pub session: Option<Session>,
-    pub rollups: Vec<Rollup>,
+    /// open rollup windows by position in the configured lengths (None: none open; an all-None
+    /// list is written as `[]`, as in Python)
+    pub rollups: Option<Vec<Option<Rollup>>>,
 }
 
 // -- encoding --------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ impl Room {
 
     /// The `t/` record (`encode_room_tail`), None when the room has no detector, session or rollup.
     pub fn encode_tail(&self) -> Option<Vec<u8>> {
-        if self.detector.is_none() && self.session.is_none() && self.rollups.is_empty() {
+        if self.detector.is_none() && self.session.is_none() && self.rollups.is_none() {
             return None;
         }
         let mut out = Vec::with_capacity(512);
@@ -314,24 +316,23 @@ impl Room {
             }
         }
         out.push(b',');
-        if self.rollups.is_empty() {
-            out.extend_from_slice(b"null");
-        } else {
-            out.push(b'[');
-            for (i, r) in self.rollups.iter().enumerate() {
-                let _ = write!(
-                    out,
-                    "{}[{},{},",
-                    if i > 0 { "," } else { "" },
-                    r.length,
-                    r.start
-                );
-                write_ints(&mut out, &r.totals);
-                out.push(b',');
-                write_held(&mut out, &r.uniques);
-                let _ = write!(out, ",{}]", r.concurrent);
+        match &self.rollups {
+            None => out.extend_from_slice(b"null"),
+            Some(rollups) => {
+                out.push(b'[');
+                for (i, r) in rollups.iter().flatten().enumerate() {
+                    out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+                    write_ints_bare(&mut out, &[r.length, r.start]);
+                    out.push(b',');
+                    write_ints(&mut out, &r.totals);
+                    out.push(b',');
+                    write_held(&mut out, &r.uniques);
+                    out.push(b',');
+                    write_int(&mut out, r.concurrent);
+                    out.push(b']');
+                }
+                out.push(b']');
             }
-            out.push(b']');
         }
         out.push(b']');
         Some(out)
@@ -429,13 +430,13 @@ impl Room {
             open_ws,
             detector: None,
             session: None,
-            rollups: Vec::new(),
+            rollups: None,
         })
     }
 
     /// Its `t/` record (version 1) into the room (`decode_room_tail`); nothing changes unless the
     /// whole record decodes.
-    pub fn decode_tail(&mut self, raw: &[u8]) -> Result<(), String> {
+    pub fn decode_tail(&mut self, raw: &[u8], lengths: &[i64]) -> Result<(), String> {
         #[derive(serde::Deserialize)]
         struct Tail<'a>(
             i64,
@@ -472,18 +473,28 @@ impl Room {
                 updated_at: int(&s[6], "updated_at")?,
             })
         };
-        let mut decoded = Vec::new();
-        if !rollups.is_null() {
-            for r in array(&rollups, "rollups")? {
-                let r = fields(r, 5, "a rollup")?;
-                decoded.push(Rollup {
-                    length: int(&r[0], "a rollup length")?,
-                    start: int(&r[1], "a rollup start")?,
-                    totals: counters(&r[2])?,
-                    uniques: held(&r[3])?,
-                    concurrent: int(&r[4], "concurrent")?,
-                });
-            }
+        let mut decoded: Option<Vec<Option<Rollup>>> = None;
+        let listed = if rollups.is_null() {
+            &[][..]
+        } else {
+            &array(&rollups, "rollups")?[..]
+        };
+        for r in listed {
+            // placed by length (step 4: the restore drops lengths no longer configured)
+            let r = fields(r, 5, "a rollup")?;
+            let length = int(&r[0], "a rollup length")?;
+            let position = lengths
+                .iter()
+                .position(|&l| l == length)
+                .ok_or_else(|| format!("a rollup of {length} ms, which is not configured"))?;
+            let placed = decoded.get_or_insert_with(|| lengths.iter().map(|_| None).collect());
+            placed[position] = Some(Rollup {
+                length,
+                start: int(&r[1], "a rollup start")?,
+                totals: counters(&r[2])?,
+                uniques: held(&r[3])?,
+                concurrent: int(&r[4], "concurrent")?,
+            });
         }
         self.detector = detector;
         self.session = session;
@@ -492,16 +503,275 @@ impl Room {
     }
 }
 
+// -- the window close (step 3) ----------------------------------------------------------------
+
+/// Counter positions (`streams.core._room`).
+const JOINS: usize = 0;
+const LEAVES: usize = 1;
+
+/// What the close of one room-window reads from the task's configuration (`CoreConfig`).
+pub struct Config {
+    pub bucket_ms: i64,
+    pub window_ms: i64,
+    pub session_gap_ms: i64,
+    pub sessions: bool,
+    /// `rollup_windows_ms`, and its positions longest first (the order rollups fold in)
+    pub rollup_lengths: Vec<i64>,
+    pub longest_first: Vec<usize>,
+    pub lg_k: u8,
+}
+
+/// A room-stats record's numbers (`streams.core._room.room_stats`): room id, window start and
+/// end, counters, unique viewers, concurrent viewers.
+pub struct Stats {
+    pub start: i64,
+    pub end: i64,
+    pub totals: Vec<i64>,
+    pub unique_viewers: i64,
+    pub concurrent: i64,
+}
+
+/// A session record's numbers (`Session.record`): ended or live.
+pub struct SessionRecord {
+    pub ended: bool,
+    pub start: i64,
+    pub last_end: i64,
+    pub totals: Vec<i64>,
+    pub unique_viewers: i64,
+    pub peak: i64,
+    pub peak_ws: i64,
+    pub updated_at: i64,
+}
+
+/// What closing one room-window yields: its room-stats, the rollup windows it closed first, the
+/// session records (an ended one, then the live one), and what the task indexes (rollup ends
+/// opened, the session's state for its due slot).
+pub struct Closed {
+    pub stats: Stats,
+    pub rollups_closed: Vec<(i64, Stats)>,
+    pub sessions: Vec<SessionRecord>,
+    pub rollup_ends_opened: Vec<i64>,
+}
+
+/// `round()` of an estimate, as Python rounds (half to even)
+fn rounded(estimate: f64) -> i64 {
+    estimate.round_ties_even() as i64
+}
+
+fn held_estimate(held: &Option<Held>) -> i64 {
+    held.as_ref().map_or(0, |h| rounded(h.estimate()))
+}
+
+fn fold_sketch(
+    held: Option<Held>,
+    sketch: Option<&HllSketch>,
+    lg_k: u8,
+) -> Result<Option<Held>, String> {
+    Ok(match (held, sketch) {
+        (held, None) => held,
+        (None, Some(sketch)) => Some(Held::Sketch(sketch.clone())),
+        (Some(held), Some(sketch)) => Some(held.absorb(sketch, lg_k)?),
+    })
+}
+
+fn added(a: &[i64], b: &[i64]) -> Vec<i64> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+impl Session {
+    fn record(&self, ended: bool) -> SessionRecord {
+        SessionRecord {
+            ended,
+            start: self.start,
+            last_end: self.last_end,
+            totals: self.totals.clone(),
+            unique_viewers: held_estimate(&self.uniques),
+            peak: self.peak.max(0),
+            peak_ws: self.peak_ws,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+impl Rollup {
+    fn record(&self) -> Stats {
+        Stats {
+            start: self.start,
+            end: self.start + self.length,
+            totals: self.totals.clone(),
+            unique_viewers: held_estimate(&self.uniques),
+            concurrent: self.concurrent,
+        }
+    }
+}
+
+impl Room {
+    /// `Room.take_window`: sum and drop the counters of buckets `first <= bucket < end`, with the
+    /// first and last active bucket (-1, -1: none).
+    fn take_window(&mut self, first: i64, end: i64) -> (Vec<i64>, i64, i64) {
+        let mut total = vec![0i64; N_COUNTERS];
+        let (mut lo, mut hi) = (-1i64, -1i64);
+        self.buckets.retain(|(bucket, counters)| {
+            if first <= *bucket && *bucket < end {
+                for (t, c) in total.iter_mut().zip(counters) {
+                    *t += c;
+                }
+                lo = if lo < 0 { *bucket } else { lo.min(*bucket) };
+                hi = hi.max(*bucket);
+                false
+            } else {
+                true
+            }
+        });
+        (total, lo, hi)
+    }
+
+    /// `TaskAggregator._close_room_window` and `_fold`: close window `ws` (its end at or before
+    /// the watermark): its counters and sketch, the concurrent level, the session and the rollups.
+    pub fn close_window(&mut self, ws: i64, cfg: &Config) -> Result<Closed, String> {
+        let first = ws.div_euclid(cfg.bucket_ms);
+        let end = first + cfg.window_ms / cfg.bucket_ms;
+        let (total, active_first, active_last) = self.take_window(first, end);
+        let at = self
+            .open_ws
+            .iter()
+            .position(|&w| w == ws)
+            .ok_or_else(|| format!("window {ws} is not open"))?;
+        self.open_ws.remove(at);
+        let concurrent = (self.concurrent + total[JOINS] - total[LEAVES]).max(0);
+        self.concurrent = concurrent;
+        let sketch = self
+            .uniques
+            .iter()
+            .position(|(w, _)| *w == ws)
+            .map(|i| self.uniques.remove(i).1);
+        let unique_viewers = sketch.as_ref().map_or(0, |s| rounded(s.estimate()));
+        let mut closed = Closed {
+            stats: Stats {
+                start: ws,
+                end: ws + cfg.window_ms,
+                totals: total.clone(),
+                unique_viewers,
+                concurrent,
+            },
+            rollups_closed: Vec::new(),
+            sessions: Vec::new(),
+            rollup_ends_opened: Vec::new(),
+        };
+        // rollups that end before this window: every base window in them is in
+        if let Some(held) = self.rollups.as_mut() {
+            for slot in held.iter_mut() {
+                if slot.as_ref().is_some_and(|r| r.start + r.length <= ws) {
+                    let rollup = slot.take().expect("checked");
+                    closed.rollups_closed.push((rollup.length, rollup.record()));
+                }
+            }
+        }
+        let mut fold_session = self.session.is_some();
+        if active_first >= 0 && cfg.sessions {
+            let start = active_first * cfg.bucket_ms;
+            let new = match &self.session {
+                None => true,
+                Some(s) => start - s.last_end >= cfg.session_gap_ms,
+            };
+            if new {
+                if let Some(mut old) = self.session.take() {
+                    old.updated_at = due_slot(old.last_end, cfg.session_gap_ms, cfg.window_ms);
+                    closed.sessions.push(old.record(true));
+                }
+                self.session = Some(Session {
+                    start,
+                    last_end: start,
+                    totals: total.clone(),
+                    uniques: sketch.as_ref().map(|s| Held::Sketch(s.clone())),
+                    peak: -1,
+                    peak_ws: start,
+                    updated_at: start,
+                });
+                fold_session = false;
+            }
+            let session = self.session.as_mut().expect("just set");
+            let last = (active_last + 1) * cfg.bucket_ms;
+            if last > session.last_end {
+                session.last_end = last;
+            }
+        }
+        if fold_session {
+            let session = self.session.as_mut().expect("checked");
+            session.totals = added(&session.totals, &total);
+            session.uniques = fold_sketch(session.uniques.take(), sketch.as_ref(), cfg.lg_k)?;
+        }
+        if !cfg.rollup_lengths.is_empty() {
+            let held = self
+                .rollups
+                .get_or_insert_with(|| cfg.rollup_lengths.iter().map(|_| None).collect());
+            for &i in &cfg.longest_first {
+                let length = cfg.rollup_lengths[i];
+                match held[i].as_mut() {
+                    Some(rollup) => {
+                        rollup.concurrent = concurrent;
+                        rollup.totals = added(&rollup.totals, &total);
+                        rollup.uniques =
+                            fold_sketch(rollup.uniques.take(), sketch.as_ref(), cfg.lg_k)?;
+                    }
+                    None => {
+                        let start = ws - ws.rem_euclid(length);
+                        held[i] = Some(Rollup {
+                            length,
+                            start,
+                            totals: total.clone(),
+                            uniques: sketch.as_ref().map(|s| Held::Sketch(s.clone())),
+                            concurrent,
+                        });
+                        closed.rollup_ends_opened.push(start + length);
+                    }
+                }
+            }
+        }
+        if let Some(session) = self.session.as_mut() {
+            if concurrent > session.peak {
+                session.peak = concurrent;
+                session.peak_ws = ws;
+            }
+            session.updated_at = ws + cfg.window_ms;
+            closed.sessions.push(session.record(false));
+        }
+        Ok(closed)
+    }
+}
+
+/// `streams.core._sessions.due_slot`: the first window end at or after `last_end + gap_ms`.
+fn due_slot(last_end: i64, gap_ms: i64, window_ms: i64) -> i64 {
+    -((-(last_end + gap_ms)).div_euclid(window_ms)) * window_ms
+}
+
 // -- the table Python holds ------------------------------------------------------------------
 
-/// A task's rooms (step 1: restored from and written to changelog records).
+/// A task's rooms (steps 1 and 3: restored from and written to changelog records, windows closed).
 #[pyclass(module = "streams.core._fastcore")]
 pub struct NativeRooms {
     rooms: std::collections::HashMap<String, Room>,
+    config: Config,
 }
 
 /// open windows' (start, estimate), the session's and each rollup's (None: no sketch held)
 type Estimates = (Vec<(i64, f64)>, Option<f64>, Vec<Option<f64>>);
+/// a room-stats record's numbers: start, end, counters, unique viewers, concurrent viewers
+type StatsTuple = (i64, i64, Vec<i64>, i64, i64);
+/// a session record's numbers: ended, start, last end, counters, unique viewers, peak, its window, as of
+type SessionTuple = (bool, i64, i64, Vec<i64>, i64, i64, i64, i64);
+
+/// a closed room-window: its room-stats, the rollups it closed, its session records, rollup ends opened
+type ClosedTuple = (
+    StatsTuple,
+    Vec<(i64, StatsTuple)>,
+    Vec<SessionTuple>,
+    Vec<i64>,
+);
+
+fn stats_tuple(s: Stats) -> StatsTuple {
+    (s.start, s.end, s.totals, s.unique_viewers, s.concurrent)
+}
 
 fn value_error(message: String) -> PyErr {
     PyValueError::new_err(message)
@@ -513,15 +783,53 @@ impl NativeRooms {
             .get(room_id)
             .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))
     }
+
+    fn room_mut(&mut self, room_id: &str) -> PyResult<&mut Room> {
+        self.rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))
+    }
 }
 
 #[pymethods]
 impl NativeRooms {
+    /// The defaults are `CoreConfig`'s.
     #[new]
-    fn new() -> Self {
-        NativeRooms {
-            rooms: std::collections::HashMap::new(),
+    #[pyo3(signature = (
+        bucket_ms=1_000,
+        window_ms=10_000,
+        session_gap_ms=1_800_000,
+        sessions=true,
+        rollup_windows_ms=vec![60_000, 3_600_000],
+        lg_k=12,
+    ))]
+    fn new(
+        bucket_ms: i64,
+        window_ms: i64,
+        session_gap_ms: i64,
+        sessions: bool,
+        rollup_windows_ms: Vec<i64>,
+        lg_k: u8,
+    ) -> PyResult<Self> {
+        if bucket_ms <= 0 || window_ms <= 0 || window_ms % bucket_ms != 0 {
+            return Err(value_error(format!(
+                "window_ms {window_ms} is not a positive multiple of bucket_ms {bucket_ms}"
+            )));
         }
+        let mut longest_first: Vec<usize> = (0..rollup_windows_ms.len()).collect();
+        longest_first.sort_by_key(|&i| std::cmp::Reverse(rollup_windows_ms[i]));
+        Ok(NativeRooms {
+            rooms: std::collections::HashMap::new(),
+            config: Config {
+                bucket_ms,
+                window_ms,
+                session_gap_ms,
+                sessions,
+                rollup_lengths: rollup_windows_ms,
+                longest_first,
+                lg_k,
+            },
+        })
     }
 
     fn __len__(&self) -> usize {
@@ -538,11 +846,9 @@ impl NativeRooms {
 
     /// Take a room's `t/` record (version 1).
     fn restore_tail(&mut self, room_id: &str, value: &[u8]) -> PyResult<()> {
-        let room = self
-            .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
-        room.decode_tail(value).map_err(value_error)
+        let lengths = self.config.rollup_lengths.clone();
+        let room = self.room_mut(room_id)?;
+        room.decode_tail(value, &lengths).map_err(value_error)
     }
 
     fn encode_room<'py>(&self, py: Python<'py>, room_id: &str) -> PyResult<Bound<'py, PyBytes>> {
@@ -575,6 +881,8 @@ impl NativeRooms {
                 .map(Held::estimate),
             room.rollups
                 .iter()
+                .flatten()
+                .flatten()
                 .map(|r| r.uniques.as_ref().map(Held::estimate))
                 .collect(),
         ))
@@ -584,10 +892,7 @@ impl NativeRooms {
     /// `union_of` does: for the tests of the union until the fold itself is native (step 3).
     fn fold_into_session(&mut self, room_id: &str, sketch_b64: &str, lg_k: u8) -> PyResult<()> {
         let window = sketch(&Value::String(sketch_b64.to_owned())).map_err(value_error)?;
-        let room = self
-            .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        let room = self.room_mut(room_id)?;
         let session = room
             .session
             .as_mut()
@@ -597,5 +902,48 @@ impl NativeRooms {
             Some(held) => held.absorb(&window, lg_k).map_err(value_error)?,
         });
         Ok(())
+    }
+
+    /// Close window `ws` of a room (`_close_room_window` and `_fold`): its room-stats, the rollup
+    /// windows closed first (length, room-stats), the session records (an ended one, then the live
+    /// one), the ends of the rollup windows it opened.
+    fn close_window(&mut self, room_id: &str, ws: i64) -> PyResult<ClosedTuple> {
+        let NativeRooms { rooms, config } = self;
+        let room = rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        let closed = room.close_window(ws, config).map_err(value_error)?;
+        Ok((
+            stats_tuple(closed.stats),
+            closed
+                .rollups_closed
+                .into_iter()
+                .map(|(length, s)| (length, stats_tuple(s)))
+                .collect(),
+            closed
+                .sessions
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.ended,
+                        s.start,
+                        s.last_end,
+                        s.totals,
+                        s.unique_viewers,
+                        s.peak,
+                        s.peak_ws,
+                        s.updated_at,
+                    )
+                })
+                .collect(),
+            closed.rollup_ends_opened,
+        ))
+    }
+
+    /// The room's open windows, oldest first.
+    fn open_windows(&self, room_id: &str) -> PyResult<Vec<i64>> {
+        let mut open = self.room(room_id)?.open_ws.clone();
+        open.sort_unstable();
+        Ok(open)
     }
 }
