@@ -16,6 +16,7 @@ from datasketches import hll_sketch, hll_union
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas import encode_room_session, encode_room_stats
 from streams.core import CoreConfig, TaskAggregator
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
@@ -325,12 +326,13 @@ def close_and_compare(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: 
             continue
         copy = TaskAggregator(cfg, SOURCES)
         copy.restore(log)
-        native = NativeRooms(cfg)
+        native, encoding = NativeRooms(cfg), NativeRooms(cfg)  # the second writes the records
         for room in list(copy.rooms.values()):
             raw, raw_tail = python_records(room)
-            native.restore_room(raw)
-            if raw_tail is not None:
-                native.restore_tail(room.room_id, raw_tail)
+            for table in (native, encoding):
+                table.restore_room(raw)
+                if raw_tail is not None:
+                    table.restore_tail(room.room_id, raw_tail)
             assert native.open_windows(room.room_id) == sorted(room.open_ws)
             for ws in sorted(room.open_ws):
                 copy._rollup_outbox.clear(), copy._session_outbox.clear()
@@ -343,6 +345,10 @@ def close_and_compare(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: 
                 assert [native_session_numbers(s) for s in sessions] == [
                     session_numbers(r) for r in copy._session_outbox
                 ]
+                record, rollup_records, session_records = encoding.close_window_records(room.room_id, ws)
+                assert record == encode_room_stats(stats)
+                assert rollup_records == [(length, encode_room_stats(r)) for length, r in copy._rollup_outbox]
+                assert session_records == [encode_room_session(r) for r in copy._session_outbox]
                 closed += 1
             head, tail = python_records(room)
             assert sketches_as_estimates(
@@ -350,3 +356,11 @@ def close_and_compare(seed: int, n: int, rooms: int, disorder_ms: int, span_ms: 
                 orjson.loads(native.encode_tail(room.room_id) or b"null"),
             ) == sketches_as_estimates(orjson.loads(head), orjson.loads(tail or b"null"))
     return closed
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(x=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**6), 10**6).map(lambda k: k / 10))
+def test_floats_are_written_as_orjson_writes_them(x: float) -> None:
+    """The records' one float (orders per second): shortest digits, fixed notation from 1e-5 to
+    below 1e16, orjson's exponents (``1e+16``, ``1e-7``), NaN and infinities as null."""
+    assert _fastcore.format_float(x) == orjson.dumps(x)

@@ -337,6 +337,7 @@ fn observe_quiet(
 fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QuietPlan>()?;
     m.add_class::<rooms::NativeRooms>()?;
+    m.add_function(wrap_pyfunction!(rooms::format_float, m)?)?;
     m.add_function(wrap_pyfunction!(observe_quiet, m)?)?;
     Ok(())
 }

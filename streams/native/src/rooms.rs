@@ -192,6 +192,98 @@ fn read_base64(text: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A float as orjson writes it: the shortest round-trip digits, fixed notation for decimal
+/// exponents -5..15 (with at least one decimal), otherwise `d.ddde+N` / `d.ddde-N`.
+fn write_float(out: &mut Vec<u8>, x: f64) {
+    if !x.is_finite() {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    // ryu's shortest digits, laid out again: it writes "1e16", "6.1911e-5", "0.1", "1.0"
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(x).as_bytes();
+    let (negative, text) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let mut digits = [0u8; 24];
+    let mut n = 0;
+    let mut point: Option<i32> = None; // digits before the decimal point
+    let mut exp: i32 = 0;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'.' => point = Some(n as i32),
+            b'e' | b'E' => {
+                exp = std::str::from_utf8(&text[i + 1..])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                break;
+            }
+            c => {
+                digits[n] = c;
+                n += 1;
+            }
+        }
+        i += 1;
+    }
+    // value = 0.d1d2... x 10^(point + exp): strip leading zeros ("0.0001" -> "1", point -3)
+    let mut point = point.unwrap_or(n as i32) + exp;
+    let mut start = 0;
+    while start + 1 < n && digits[start] == b'0' {
+        start += 1;
+        point -= 1;
+    }
+    let mut end = n;
+    while end > start + 1 && digits[end - 1] == b'0' {
+        end -= 1;
+    }
+    let digits = &digits[start..end];
+    if digits == b"0" {
+        point = 1;
+    }
+    let exp = point - 1; // decimal exponent of the first digit
+    if negative {
+        out.push(b'-');
+    }
+    if (-5..16).contains(&exp) {
+        if exp >= 0 {
+            let whole = exp as usize + 1;
+            if digits.len() <= whole {
+                out.extend_from_slice(digits);
+                out.extend(std::iter::repeat_n(b'0', whole - digits.len()));
+                out.extend_from_slice(b".0");
+            } else {
+                out.extend_from_slice(&digits[..whole]);
+                out.push(b'.');
+                out.extend_from_slice(&digits[whole..]);
+            }
+        } else {
+            out.extend_from_slice(b"0.");
+            out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
+            out.extend_from_slice(digits);
+        }
+    } else {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        out.push(if exp < 0 { b'-' } else { b'+' });
+        out.extend_from_slice(itoa::Buffer::new().format(exp.unsigned_abs()).as_bytes());
+    }
+}
+
+/// `write_float` as bytes, for the tests against orjson.
+#[pyfunction]
+pub fn format_float<'py>(py: Python<'py>, x: f64) -> Bound<'py, PyBytes> {
+    let mut out = Vec::new();
+    write_float(&mut out, x);
+    PyBytes::new(py, &out)
+}
+
 /// A string as orjson escapes it.
 fn write_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
@@ -745,6 +837,89 @@ fn due_slot(last_end: i64, gap_ms: i64, window_ms: i64) -> i64 {
     -((-(last_end + gap_ms)).div_euclid(window_ms)) * window_ms
 }
 
+// -- output records ------------------------------------------------------------------------
+
+/// Counter positions of the published fields (`streams.core._room`).
+const LIKES: usize = 2;
+const COMMENTS: usize = 3;
+const ORDERS: usize = 4;
+const GMV: usize = 5;
+const REFUNDS: usize = 6;
+const GIFTS: usize = 7;
+const GIFT_VALUE: usize = 8;
+const LATE: usize = 9;
+const SHARES: usize = 10;
+
+fn write_field(out: &mut Vec<u8>, name: &str, value: i64) {
+    out.push(b',');
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    write_int(out, value);
+}
+
+impl Stats {
+    /// The room-stats record (`encode_room_stats`: orjson's layout of the `RoomStats` dataclass).
+    pub fn encode(&self, room_id: &str, window_ms: i64) -> Vec<u8> {
+        let t = &self.totals;
+        let mut out = Vec::with_capacity(320);
+        out.extend_from_slice(b"{\"room_id\":");
+        write_str(&mut out, room_id);
+        write_field(&mut out, "window_start", self.start);
+        write_field(&mut out, "window_end", self.end);
+        write_field(&mut out, "views", t[JOINS]);
+        write_field(&mut out, "unique_viewers", self.unique_viewers);
+        write_field(&mut out, "concurrent_viewers", self.concurrent);
+        write_field(&mut out, "likes", t[LIKES]);
+        write_field(&mut out, "comments", t[COMMENTS]);
+        write_field(&mut out, "orders", t[ORDERS]);
+        out.extend_from_slice(b",\"orders_per_sec\":");
+        // the window's length, as `room_stats` divides: total[ORDERS] / (window_ms / 1_000)
+        write_float(&mut out, t[ORDERS] as f64 / (window_ms as f64 / 1_000.0));
+        write_field(&mut out, "gmv_minor", t[GMV]);
+        write_field(&mut out, "refunds_minor", t[REFUNDS]);
+        write_field(&mut out, "gifts", t[GIFTS]);
+        write_field(&mut out, "gift_value_minor", t[GIFT_VALUE]);
+        write_field(&mut out, "late_events", t[LATE]);
+        write_field(&mut out, "shares", t[SHARES]);
+        out.push(b'}');
+        out
+    }
+}
+
+impl SessionRecord {
+    /// The session record (`encode_room_session`).
+    pub fn encode(&self, room_id: &str) -> Vec<u8> {
+        let t = &self.totals;
+        let mut out = Vec::with_capacity(360);
+        out.extend_from_slice(b"{\"room_id\":");
+        write_str(&mut out, room_id);
+        write_field(&mut out, "session_start", self.start);
+        if self.ended {
+            write_field(&mut out, "session_end", self.last_end);
+            out.extend_from_slice(b",\"status\":\"ended\"");
+        } else {
+            out.extend_from_slice(b",\"session_end\":null,\"status\":\"live\"");
+        }
+        write_field(&mut out, "views", t[JOINS]);
+        write_field(&mut out, "unique_viewers", self.unique_viewers);
+        write_field(&mut out, "peak_concurrent_viewers", self.peak);
+        write_field(&mut out, "peak_window_start", self.peak_ws);
+        write_field(&mut out, "likes", t[LIKES]);
+        write_field(&mut out, "comments", t[COMMENTS]);
+        write_field(&mut out, "shares", t[SHARES]);
+        write_field(&mut out, "orders", t[ORDERS]);
+        write_field(&mut out, "gmv_minor", t[GMV]);
+        write_field(&mut out, "refunds_minor", t[REFUNDS]);
+        write_field(&mut out, "gifts", t[GIFTS]);
+        write_field(&mut out, "gift_value_minor", t[GIFT_VALUE]);
+        write_field(&mut out, "late_events", t[LATE]);
+        write_field(&mut out, "updated_at", self.updated_at);
+        out.push(b'}');
+        out
+    }
+}
+
 // -- the table Python holds ------------------------------------------------------------------
 
 /// A task's rooms (steps 1 and 3: restored from and written to changelog records, windows closed).
@@ -937,6 +1112,40 @@ impl NativeRooms {
                 })
                 .collect(),
             closed.rollup_ends_opened,
+        ))
+    }
+
+    /// `close_window` with the records as published: the room-stats record, the closed rollups'
+    /// (length, room-stats record), the session records (`encode_room_stats`,
+    /// `encode_room_session`: the same bytes).
+    #[allow(clippy::type_complexity)]
+    fn close_window_records<'py>(
+        &mut self,
+        py: Python<'py>,
+        room_id: &str,
+        ws: i64,
+    ) -> PyResult<(
+        Bound<'py, PyBytes>,
+        Vec<(i64, Bound<'py, PyBytes>)>,
+        Vec<Bound<'py, PyBytes>>,
+    )> {
+        let NativeRooms { rooms, config } = self;
+        let room = rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        let closed = room.close_window(ws, config).map_err(value_error)?;
+        Ok((
+            PyBytes::new(py, &closed.stats.encode(room_id, config.window_ms)),
+            closed
+                .rollups_closed
+                .iter()
+                .map(|(length, s)| (*length, PyBytes::new(py, &s.encode(room_id, *length))))
+                .collect(),
+            closed
+                .sessions
+                .iter()
+                .map(|s| PyBytes::new(py, &s.encode(room_id)))
+                .collect(),
         ))
     }
 
