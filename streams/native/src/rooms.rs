@@ -30,7 +30,7 @@ use std::io::Write;
 use datasketches::hll::{HllSketch, HllType, HllUnion};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -127,6 +127,123 @@ pub struct Room {
     /// open rollup windows by position in the configured lengths (None: none open; an all-None
     /// list is written as `[]`, as in Python)
     pub rollups: Option<Vec<Option<Rollup>>>,
+    /// the window this room was last registered for (the fast-path check of `apply`)
+    pub reg_ws: i64,
+    /// changed since the last checkpoint
+    pub dirty: bool,
+    /// dedup memory: `"<status>:<order_id>"` of every order remembered, in chunks by window
+    /// (`Room.remember`), the chunks changed and forgotten since the last checkpoint
+    pub seen: std::collections::HashSet<Box<str>>,
+    pub seen_chunks: Vec<(i64, Vec<Box<str>>)>,
+    pub seen_dirty: Vec<i64>,
+    pub seen_gone: Vec<i64>,
+}
+
+/// order keys per dedup chunk (`streams.core._room.CHUNK_KEYS`)
+const CHUNK_KEYS: usize = 1_024;
+
+impl Room {
+    pub fn new(room_id: &str) -> Room {
+        Room {
+            room_id: room_id.to_owned(),
+            concurrent: 0,
+            last_ts: -1,
+            offsets: Vec::new(),
+            buckets: Vec::new(),
+            uniques: Vec::new(),
+            open_ws: Vec::new(),
+            detector: None,
+            session: None,
+            rollups: None,
+            reg_ws: -1,
+            dirty: false,
+            seen: std::collections::HashSet::new(),
+            seen_chunks: Vec::new(),
+            seen_dirty: Vec::new(),
+            seen_gone: Vec::new(),
+        }
+    }
+
+    /// `Room.counters`: the counters of `bucket`, created at zero if new.
+    fn counters(&mut self, bucket: i64) -> &mut Vec<i64> {
+        let at = match self.buckets.iter().position(|(b, _)| *b == bucket) {
+            Some(at) => at,
+            None => {
+                self.buckets.push((bucket, vec![0; N_COUNTERS]));
+                self.buckets.len() - 1
+            }
+        };
+        &mut self.buckets[at].1
+    }
+
+    /// `Room.sketch`: the unique-viewer sketch of window `ws`, created empty if new.
+    fn sketch(&mut self, ws: i64, lg_k: u8) -> Result<&mut HllSketch, String> {
+        let at = match self.uniques.iter().position(|(w, _)| *w == ws) {
+            Some(at) => at,
+            None => {
+                let sketch = HllSketch::new(lg_k, HllType::Hll8).map_err(|e| e.to_string())?;
+                self.uniques.push((ws, sketch));
+                self.uniques.len() - 1
+            }
+        };
+        Ok(&mut self.uniques[at].1)
+    }
+
+    /// `Room.remember`: an order key into the open chunk of window `ws` (a full chunk sealed first).
+    fn remember(&mut self, key: &str, ws: i64) {
+        self.seen.insert(key.into());
+        let at = match self.seen_chunks.iter().position(|(w, _)| *w == ws) {
+            None => {
+                self.seen_chunks.push((ws, Vec::new()));
+                self.unforget(ws);
+                self.seen_chunks.len() - 1
+            }
+            Some(at) if self.seen_chunks[at].1.len() >= CHUNK_KEYS => {
+                let mut sealed = ws + 1;
+                while self.seen_chunks.iter().any(|(w, _)| *w == sealed) {
+                    sealed += 1;
+                }
+                let full = std::mem::take(&mut self.seen_chunks[at].1);
+                self.seen_chunks.push((sealed, full));
+                mark(&mut self.seen_dirty, sealed);
+                self.unforget(sealed);
+                at
+            }
+            Some(at) => at,
+        };
+        self.seen_chunks[at].1.push(key.into());
+        mark(&mut self.seen_dirty, ws);
+    }
+
+    /// `Room.forget_chunks_before`: chunks of windows starting before `cutoff_ws`, then the oldest
+    /// while the room remembers more than `cap` keys.
+    fn forget_chunks_before(&mut self, cutoff_ws: i64, cap: usize) {
+        while let Some(at) = (0..self.seen_chunks.len()).min_by_key(|&i| self.seen_chunks[i].0) {
+            let oldest = self.seen_chunks[at].0;
+            if oldest >= cutoff_ws && self.seen.len() <= cap {
+                return;
+            }
+            let (_, keys) = self.seen_chunks.remove(at);
+            for key in &keys {
+                self.seen.remove(key);
+            }
+            self.seen_dirty.retain(|&w| w != oldest);
+            self.seen_gone.push(oldest);
+        }
+    }
+
+    fn unforget(&mut self, chunk_id: i64) {
+        if let Some(at) = self.seen_gone.iter().position(|&w| w == chunk_id) {
+            self.seen_gone.remove(at);
+        }
+    }
+}
+
+/// `set.add` on a small set kept as a list
+fn mark(set: &mut Vec<i64>, value: i64) {
+    if !set.contains(&value) {
+        set.push(value);
+    }
 }
 
 // -- encoding --------------------------------------------------------------------------------
@@ -513,16 +630,13 @@ impl Room {
             .map(|ws| int(ws, "a window start"))
             .collect::<Result<_, _>>()?;
         Ok(Room {
-            room_id,
             concurrent: int(&items[2], "concurrent")?,
             last_ts: int(&items[3], "last_ts")?,
             offsets,
             buckets,
             uniques,
             open_ws,
-            detector: None,
-            session: None,
-            rollups: None,
+            ..Room::new(&room_id)
         })
     }
 
@@ -611,6 +725,10 @@ pub struct Config {
     pub rollup_lengths: Vec<i64>,
     pub longest_first: Vec<usize>,
     pub lg_k: u8,
+    pub grace_ms: i64,
+    pub max_rooms: usize,
+    pub dedup_ttl_ms: i64,
+    pub dedup_max_per_room: usize,
 }
 
 /// A room-stats record's numbers (`streams.core._room.room_stats`): room id, window start and
@@ -720,7 +838,12 @@ impl Room {
 
     /// `TaskAggregator._close_room_window` and `_fold`: close window `ws` (its end at or before
     /// the watermark): its counters and sketch, the concurrent level, the session and the rollups.
-    pub fn close_window(&mut self, ws: i64, cfg: &Config) -> Result<Closed, String> {
+    pub fn close_window(
+        &mut self,
+        ws: i64,
+        cfg: &Config,
+        watermark: i64,
+    ) -> Result<Closed, String> {
         let first = ws.div_euclid(cfg.bucket_ms);
         let end = first + cfg.window_ms / cfg.bucket_ms;
         let (total, active_first, active_last) = self.take_window(first, end);
@@ -737,6 +860,13 @@ impl Room {
             .iter()
             .position(|(w, _)| *w == ws)
             .map(|i| self.uniques.remove(i).1);
+        if !self.seen_chunks.is_empty() {
+            // a chunk goes once every key in it is older than the dedup TTL
+            self.forget_chunks_before(
+                watermark - cfg.dedup_ttl_ms - cfg.window_ms + 1,
+                cfg.dedup_max_per_room,
+            );
+        }
         let unique_viewers = sketch.as_ref().map_or(0, |s| rounded(s.estimate()));
         let mut closed = Closed {
             stats: Stats {
@@ -925,9 +1055,88 @@ impl SessionRecord {
 /// A task's rooms (steps 1 and 3: restored from and written to changelog records, windows closed).
 #[pyclass(module = "streams.core._fastcore")]
 pub struct NativeRooms {
-    rooms: std::collections::HashMap<String, Room>,
+    rooms: RoomMap,
     config: Config,
+    /// the task's event-time progress (`TaskAggregator._max_ts`, `_watermark`, `_src_max`)
+    max_ts: i64,
+    watermark: i64,
+    src_max: std::collections::HashMap<i64, i64>,
+    /// window start -> rooms with that window open, in registration order; the watermark at which
+    /// the oldest is due (`_by_window`, `_next_close`)
+    by_window: std::collections::BTreeMap<i64, Vec<String>>,
+    next_close: i64,
+    /// rooms changed since the last checkpoint, in the order they changed
+    changed: Vec<String>,
 }
+
+/// `streams.core._task.NO_TIME` and `NEVER`
+const NO_TIME: i64 = -(1 << 62);
+const NEVER: i64 = 1 << 62;
+
+/// What `apply` counted: applied, late, duplicate, replayed, over the room cap.
+#[derive(Default)]
+struct Applied {
+    applied: i64,
+    late: i64,
+    duplicate: i64,
+    replayed: i64,
+    overflow: i64,
+}
+
+/// The task's open-window index (`TaskAggregator._by_window`, `_next_close`).
+struct Windows<'a> {
+    by_window: &'a mut std::collections::BTreeMap<i64, Vec<String>>,
+    next_close: &'a mut i64,
+    window_ms: i64,
+}
+
+impl Windows<'_> {
+    /// `TaskAggregator._register`: the room has window `ws` open, indexed once.
+    fn register(&mut self, room: &mut Room, ws: i64) {
+        room.reg_ws = ws;
+        if ws > room.last_ts {
+            room.last_ts = ws;
+        }
+        if room.open_ws.contains(&ws) {
+            return;
+        }
+        room.open_ws.push(ws);
+        let members = self.by_window.entry(ws).or_insert_with(|| {
+            let end = ws + self.window_ms;
+            if end < *self.next_close {
+                *self.next_close = end;
+            }
+            Vec::new()
+        });
+        members.push(room.room_id.clone());
+    }
+}
+
+/// FNV-1a: room ids are short, and SipHash (the standard map's, DoS-resistant) costs more than
+/// the rest of an event's lookup. The ids come from producers: a flood of colliding ids degrades
+/// lookups, which the room cap bounds (`max_rooms`).
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type RoomMap = std::collections::HashMap<String, Room, std::hash::BuildHasherDefault<Fnv>>;
 
 /// open windows' (start, estimate), the session's and each rollup's (None: no sketch held)
 type Estimates = (Vec<(i64, f64)>, Option<f64>, Vec<Option<f64>>);
@@ -977,7 +1186,12 @@ impl NativeRooms {
         sessions=true,
         rollup_windows_ms=vec![60_000, 3_600_000],
         lg_k=12,
+        grace_ms=2_000,
+        max_rooms=200_000,
+        dedup_ttl_ms=600_000,
+        dedup_max_per_room=100_000,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         bucket_ms: i64,
         window_ms: i64,
@@ -985,6 +1199,10 @@ impl NativeRooms {
         sessions: bool,
         rollup_windows_ms: Vec<i64>,
         lg_k: u8,
+        grace_ms: i64,
+        max_rooms: usize,
+        dedup_ttl_ms: i64,
+        dedup_max_per_room: usize,
     ) -> PyResult<Self> {
         if bucket_ms <= 0 || window_ms <= 0 || window_ms % bucket_ms != 0 {
             return Err(value_error(format!(
@@ -994,7 +1212,13 @@ impl NativeRooms {
         let mut longest_first: Vec<usize> = (0..rollup_windows_ms.len()).collect();
         longest_first.sort_by_key(|&i| std::cmp::Reverse(rollup_windows_ms[i]));
         Ok(NativeRooms {
-            rooms: std::collections::HashMap::new(),
+            rooms: RoomMap::default(),
+            max_ts: NO_TIME,
+            watermark: NO_TIME,
+            src_max: std::collections::HashMap::new(),
+            by_window: std::collections::BTreeMap::new(),
+            next_close: NEVER,
+            changed: Vec::new(),
             config: Config {
                 bucket_ms,
                 window_ms,
@@ -1003,6 +1227,10 @@ impl NativeRooms {
                 rollup_lengths: rollup_windows_ms,
                 longest_first,
                 lg_k,
+                grace_ms,
+                max_rooms,
+                dedup_ttl_ms,
+                dedup_max_per_room,
             },
         })
     }
@@ -1083,11 +1311,18 @@ impl NativeRooms {
     /// windows closed first (length, room-stats), the session records (an ended one, then the live
     /// one), the ends of the rollup windows it opened.
     fn close_window(&mut self, room_id: &str, ws: i64) -> PyResult<ClosedTuple> {
-        let NativeRooms { rooms, config } = self;
+        let NativeRooms {
+            rooms,
+            config,
+            watermark,
+            ..
+        } = self;
         let room = rooms
             .get_mut(room_id)
             .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
-        let closed = room.close_window(ws, config).map_err(value_error)?;
+        let closed = room
+            .close_window(ws, config, *watermark)
+            .map_err(value_error)?;
         Ok((
             stats_tuple(closed.stats),
             closed
@@ -1129,11 +1364,18 @@ impl NativeRooms {
         Vec<(i64, Bound<'py, PyBytes>)>,
         Vec<Bound<'py, PyBytes>>,
     )> {
-        let NativeRooms { rooms, config } = self;
+        let NativeRooms {
+            rooms,
+            config,
+            watermark,
+            ..
+        } = self;
         let room = rooms
             .get_mut(room_id)
             .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
-        let closed = room.close_window(ws, config).map_err(value_error)?;
+        let closed = room
+            .close_window(ws, config, *watermark)
+            .map_err(value_error)?;
         Ok((
             PyBytes::new(py, &closed.stats.encode(room_id, config.window_ms)),
             closed
@@ -1147,6 +1389,234 @@ impl NativeRooms {
                 .map(|s| PyBytes::new(py, &s.encode(room_id)))
                 .collect(),
         ))
+    }
+
+    /// `TaskAggregator.apply`'s loop over `items[start:]` (`(offset, event)` pairs of input
+    /// `source`, events as decoded: `ViewerEvent`, `OrderEvent`, `GiftEvent`), with `others` the
+    /// time the other inputs let the watermark move to and `replay_until` the offset up to which
+    /// events may be ones the state holds. Returns where it stopped (`len(items)`, or the event
+    /// whose time made windows due: `close_due`, then `apply` again from there) and what it counted:
+    /// applied, late, duplicate, replayed, over the room cap.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        source: i64,
+        items: &Bound<'_, PyList>,
+        start: usize,
+        others: i64,
+        replay_until: i64,
+    ) -> PyResult<(usize, (i64, i64, i64, i64, i64))> {
+        let cfg_bucket = self.config.bucket_ms;
+        let window_ms = self.config.window_ms;
+        let grace_ms = self.config.grace_ms;
+        let lg_k = self.config.lg_k;
+        let mut source_max = *self.src_max.get(&source).unwrap_or(&NO_TIME);
+        let mut n = Applied::default();
+        let mut at = start;
+        let total = items.len();
+        let result = loop {
+            if at >= total {
+                break at;
+            }
+            let item = items.get_item(at)?;
+            let item = item.cast::<PyTuple>()?;
+            let offset: i64 = item.get_item(0)?.extract()?;
+            let ev = item.get_item(1)?;
+            let ev = ev.cast::<PyTuple>()?;
+            let kind = ev.len();
+            let ts: i64 = ev.get_item(3)?.extract()?;
+            if ts > source_max {
+                source_max = ts;
+                if ts > self.max_ts {
+                    self.max_ts = ts;
+                }
+                let limit = ts.min(others);
+                if limit - grace_ms > self.watermark {
+                    self.watermark = limit - grace_ms;
+                    if self.watermark >= self.next_close {
+                        self.src_max.insert(source, source_max);
+                        break at; // windows are due: the caller closes them, then goes on here
+                    }
+                }
+            }
+            at += 1;
+            let room_obj = ev.get_item(1)?;
+            let room_id = room_obj.cast::<PyString>()?.to_str()?;
+            let wm = self.watermark;
+            let held = self.rooms.len();
+            let mut windows = Windows {
+                by_window: &mut self.by_window,
+                next_close: &mut self.next_close,
+                window_ms,
+            };
+            let room = match self.rooms.get_mut(room_id) {
+                Some(room) => room,
+                None => {
+                    if ts < wm {
+                        n.late += 1;
+                        continue;
+                    }
+                    if held >= self.config.max_rooms {
+                        n.overflow += 1;
+                        continue;
+                    }
+                    self.rooms
+                        .entry(room_id.to_owned())
+                        .or_insert_with(|| Room::new(room_id))
+                }
+            };
+            if offset <= replay_until {
+                let held = room
+                    .offsets
+                    .iter()
+                    .find(|(s, _)| *s == source)
+                    .map_or(-1, |(_, o)| *o);
+                if offset <= held {
+                    n.replayed += 1;
+                    continue;
+                }
+            }
+            if !room.dirty {
+                room.dirty = true;
+                self.changed.push(room_id.to_owned());
+            }
+            if ts < wm {
+                n.late += 1;
+                if kind == 4 {
+                    let action = ev.get_item(0)?;
+                    match action.cast::<PyString>()?.to_str()? {
+                        "join" => room.concurrent += 1,
+                        "leave" => room.concurrent -= 1,
+                        _ => {}
+                    }
+                }
+                // `_charge_late`: the late event counts in the room's bucket at the watermark
+                room.counters(wm.div_euclid(cfg_bucket))[LATE] += 1;
+                if wm > room.last_ts {
+                    room.last_ts = wm;
+                }
+                let late_ws = wm - wm.rem_euclid(window_ms);
+                if late_ws != room.reg_ws {
+                    windows.register(room, late_ws);
+                }
+                continue;
+            }
+            let ws = ts - ts.rem_euclid(window_ms);
+            if kind == 7 {
+                let status = ev.get_item(4)?;
+                let status = status.cast::<PyString>()?.to_str()?;
+                let order_id = ev.get_item(0)?;
+                let key = format!("{}:{}", status, order_id.cast::<PyString>()?.to_str()?);
+                if room.seen.contains(key.as_str()) {
+                    n.duplicate += 1;
+                    continue;
+                }
+                room.remember(&key, ws);
+            }
+            let bucket = ts.div_euclid(cfg_bucket);
+            room.counters(bucket);
+            if ws != room.reg_ws {
+                windows.register(room, ws);
+            }
+            match kind {
+                4 => {
+                    let action = ev.get_item(0)?;
+                    let position = match action.cast::<PyString>()?.to_str()? {
+                        "join" => Some(JOINS),
+                        "leave" => Some(LEAVES),
+                        "like" => Some(LIKES),
+                        "comment" => Some(COMMENTS),
+                        "share" => Some(SHARES),
+                        _ => None,
+                    };
+                    if let Some(position) = position {
+                        room.counters(bucket)[position] += 1;
+                    }
+                    let user = ev.get_item(2)?;
+                    let user = user.cast::<PyString>()?.to_str()?;
+                    room.sketch(ws, lg_k)
+                        .map_err(value_error)?
+                        .update(datasketches::hash::value::raw_bytes::from_str(user));
+                }
+                7 => {
+                    let status = ev.get_item(4)?;
+                    let amount: i64 = ev.get_item(5)?.extract()?;
+                    match status.cast::<PyString>()?.to_str()? {
+                        "paid" => {
+                            let c = room.counters(bucket);
+                            c[ORDERS] += 1;
+                            c[GMV] += amount;
+                        }
+                        "refunded" => room.counters(bucket)[REFUNDS] += amount,
+                        _ => {}
+                    }
+                }
+                _ => {
+                    let count: i64 = ev.get_item(4)?.extract()?;
+                    let value: i64 = ev.get_item(5)?.extract()?;
+                    let c = room.counters(bucket);
+                    c[GIFTS] += count;
+                    c[GIFT_VALUE] += value;
+                }
+            }
+            n.applied += 1;
+        };
+        if result >= total {
+            self.src_max.insert(source, source_max);
+        }
+        Ok((
+            result,
+            (n.applied, n.late, n.duplicate, n.replayed, n.overflow),
+        ))
+    }
+
+    /// `_close_due`'s window closes: every open window whose end is at or before the watermark,
+    /// oldest first, each window's rooms in the order they opened it; their room-stats.
+    fn close_due(&mut self) -> PyResult<Vec<(String, StatsTuple)>> {
+        let mut out = Vec::new();
+        let window_ms = self.config.window_ms;
+        while let Some((&ws, _)) = self.by_window.iter().next() {
+            if ws + window_ms > self.watermark {
+                break;
+            }
+            let members = self.by_window.remove(&ws).expect("just seen");
+            for room_id in members {
+                let room = self
+                    .rooms
+                    .get_mut(&room_id)
+                    .expect("registered rooms exist");
+                let closed = room
+                    .close_window(ws, &self.config, self.watermark)
+                    .map_err(value_error)?;
+                out.push((room_id, stats_tuple(closed.stats)));
+            }
+        }
+        self.next_close = self
+            .by_window
+            .keys()
+            .next()
+            .map_or(NEVER, |ws| ws + window_ms);
+        Ok(out)
+    }
+
+    /// The watermark (`TaskAggregator.watermark_ms`; None before any)
+    fn watermark(&self) -> Option<i64> {
+        (self.watermark != NO_TIME).then_some(self.watermark)
+    }
+
+    /// A room's dedup chunks (window id -> its order keys), in the order they were opened.
+    fn dedup_chunks(&self, room_id: &str) -> PyResult<Vec<(i64, Vec<String>)>> {
+        Ok(self
+            .room(room_id)?
+            .seen_chunks
+            .iter()
+            .map(|(ws, keys)| (*ws, keys.iter().map(|k| k.to_string()).collect()))
+            .collect())
+    }
+
+    /// The rooms held.
+    fn room_ids(&self) -> Vec<String> {
+        self.rooms.keys().cloned().collect()
     }
 
     /// The room's open windows, oldest first.
