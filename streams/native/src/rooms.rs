@@ -100,6 +100,8 @@ pub struct Session {
     pub peak: i64,
     pub peak_ws: i64,
     pub updated_at: i64,
+    /// the due slot (a window end) the session is indexed under, or None
+    pub due: Option<i64>,
 }
 
 pub struct Rollup {
@@ -677,6 +679,7 @@ impl Room {
                 peak: int(&s[4], "a peak")?,
                 peak_ws: int(&s[5], "a peak window")?,
                 updated_at: int(&s[6], "updated_at")?,
+                due: None,
             })
         };
         let mut decoded: Option<Vec<Option<Rollup>>> = None;
@@ -909,6 +912,7 @@ impl Room {
                     peak: -1,
                     peak_ws: start,
                     updated_at: start,
+                    due: None,
                 });
                 fold_session = false;
             }
@@ -1065,6 +1069,9 @@ pub struct NativeRooms {
     /// the oldest is due (`_by_window`, `_next_close`)
     by_window: std::collections::BTreeMap<i64, Vec<String>>,
     next_close: i64,
+    /// due indexes: rollup window ends, session due slots -> rooms (`_rollup_ends`, `_session_due`)
+    rollup_ends: std::collections::BTreeMap<i64, Vec<String>>,
+    session_due: std::collections::BTreeMap<i64, Vec<String>>,
     /// rooms changed since the last checkpoint, in the order they changed
     changed: Vec<String>,
 }
@@ -1153,6 +1160,19 @@ type ClosedTuple = (
     Vec<i64>,
 );
 
+fn session_tuple(s: SessionRecord) -> SessionTuple {
+    (
+        s.ended,
+        s.start,
+        s.last_end,
+        s.totals,
+        s.unique_viewers,
+        s.peak,
+        s.peak_ws,
+        s.updated_at,
+    )
+}
+
 fn stats_tuple(s: Stats) -> StatsTuple {
     (s.start, s.end, s.totals, s.unique_viewers, s.concurrent)
 }
@@ -1218,6 +1238,8 @@ impl NativeRooms {
             src_max: std::collections::HashMap::new(),
             by_window: std::collections::BTreeMap::new(),
             next_close: NEVER,
+            rollup_ends: std::collections::BTreeMap::new(),
+            session_due: std::collections::BTreeMap::new(),
             changed: Vec::new(),
             config: Config {
                 bucket_ms,
@@ -1570,13 +1592,25 @@ impl NativeRooms {
         ))
     }
 
-    /// `_close_due`'s window closes: every open window whose end is at or before the watermark,
-    /// oldest first, each window's rooms in the order they opened it; their room-stats.
-    fn close_due(&mut self) -> PyResult<Vec<(String, StatsTuple)>> {
-        let mut out = Vec::new();
-        let window_ms = self.config.window_ms;
+    /// `_close_due`: every open window whose end is at or before the watermark, oldest first,
+    /// each window's rooms in the order they opened it; then the rollup windows and the sessions
+    /// due. Returns the room-stats records' numbers, the rollup records' (room, length, numbers)
+    /// and the session records' (room, numbers), each in the order Python writes them.
+    #[allow(clippy::type_complexity)]
+    fn close_due(
+        &mut self,
+    ) -> PyResult<(
+        Vec<(String, StatsTuple)>,
+        Vec<(String, i64, StatsTuple)>,
+        Vec<(String, SessionTuple)>,
+    )> {
+        let mut windows = Vec::new();
+        let mut rollups = Vec::new();
+        let mut sessions = Vec::new();
+        let cfg = &self.config;
+        let wm = self.watermark;
         while let Some((&ws, _)) = self.by_window.iter().next() {
-            if ws + window_ms > self.watermark {
+            if ws + cfg.window_ms > wm {
                 break;
             }
             let members = self.by_window.remove(&ws).expect("just seen");
@@ -1585,18 +1619,106 @@ impl NativeRooms {
                     .rooms
                     .get_mut(&room_id)
                     .expect("registered rooms exist");
-                let closed = room
-                    .close_window(ws, &self.config, self.watermark)
-                    .map_err(value_error)?;
-                out.push((room_id, stats_tuple(closed.stats)));
+                let closed = room.close_window(ws, cfg, wm).map_err(value_error)?;
+                for end in closed.rollup_ends_opened {
+                    self.rollup_ends
+                        .entry(end)
+                        .or_default()
+                        .push(room_id.clone());
+                }
+                if let Some(session) = room.session.as_mut() {
+                    if session.due.is_none() {
+                        let due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms);
+                        session.due = Some(due);
+                        self.session_due
+                            .entry(due)
+                            .or_default()
+                            .push(room_id.clone());
+                    }
+                }
+                for (length, stats) in closed.rollups_closed {
+                    rollups.push((room_id.clone(), length, stats_tuple(stats)));
+                }
+                for record in closed.sessions {
+                    sessions.push((room_id.clone(), session_tuple(record)));
+                }
+                windows.push((room_id, stats_tuple(closed.stats)));
             }
         }
+        // `_close_rollups`: rollup windows whose end is at or before the watermark
+        while let Some((&end, _)) = self.rollup_ends.iter().next() {
+            if end > wm {
+                break;
+            }
+            for room_id in self.rollup_ends.remove(&end).expect("just seen") {
+                let Some(room) = self.rooms.get_mut(&room_id) else {
+                    continue;
+                };
+                if let Some(held) = room.rollups.as_mut() {
+                    for slot in held.iter_mut() {
+                        if slot.as_ref().is_some_and(|r| r.start + r.length == end) {
+                            let rollup = slot.take().expect("checked");
+                            rollups.push((
+                                room_id.clone(),
+                                rollup.length,
+                                stats_tuple(rollup.record()),
+                            ));
+                        }
+                    }
+                    if held.iter().all(Option::is_none) {
+                        room.rollups = None;
+                    }
+                }
+            }
+        }
+        // `_end_sessions`: sessions due whose room has no open window that could extend them
+        while let Some((&slot, _)) = self.session_due.iter().next() {
+            if slot > wm {
+                break;
+            }
+            for room_id in self.session_due.remove(&slot).expect("just seen") {
+                let Some(room) = self.rooms.get_mut(&room_id) else {
+                    continue;
+                };
+                let Some(session) = room.session.as_mut() else {
+                    continue;
+                };
+                if session.due != Some(slot) {
+                    continue; // ended, or replaced by a newer session, since it was indexed
+                }
+                let now_due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms);
+                if now_due > wm {
+                    session.due = Some(now_due);
+                    self.session_due
+                        .entry(now_due)
+                        .or_default()
+                        .push(room_id.clone());
+                    continue;
+                }
+                session.due = None;
+                let extensible = room
+                    .open_ws
+                    .iter()
+                    .min()
+                    .is_some_and(|&first| first < session.last_end + cfg.session_gap_ms);
+                if !extensible {
+                    let mut ended = room.session.take().expect("checked");
+                    ended.updated_at = now_due;
+                    sessions.push((room_id.clone(), session_tuple(ended.record(true))));
+                }
+            }
+        }
+        let first = |index: &std::collections::BTreeMap<i64, Vec<String>>| {
+            index.keys().next().copied().unwrap_or(NEVER)
+        };
         self.next_close = self
             .by_window
             .keys()
             .next()
-            .map_or(NEVER, |ws| ws + window_ms);
-        Ok(out)
+            .map_or(NEVER, |ws| ws + cfg.window_ms)
+            .min(first(&self.rollup_ends))
+            .min(first(&self.session_due));
+        Ok((windows, rollups, sessions))
     }
 
     /// The watermark (`TaskAggregator.watermark_ms`; None before any)
