@@ -8,22 +8,31 @@
 //! the Python room was 6.6 against 7.0 µs, and 4.6 against 4.2 µs for the tail alone): the room
 //! state itself has to be native.
 //!
-//! The plan, in steps that each keep the Python `TaskAggregator` as the oracle (the same tests run
-//! against both, as `tests/unit/test_fastcore.py` does for the detector's quiet path):
+//! The plan, in steps that each keep the Python `TaskAggregator` as the oracle (the same streams
+//! through both, `tests/unit/test_native_rooms.py`, as `tests/unit/test_fastcore.py` does for the
+//! detector's quiet path). Status on this branch (`native-rooms`), 2026-12-04:
 //!
-//! 1. (this file) The state and its changelog records: a room's open-window counters and unique
+//! 1. Done. The state and its changelog records: a room's open-window counters and unique
 //!    viewer sketches (Apache DataSketches' Rust HLL, whose sketches are the Python binding's,
-//!    coupon for coupon: `hll_compat` in the tests), its offsets, its broadcast session and open
+//!    coupon for coupon and register for register), its offsets, its broadcast session and open
 //!    rollups, read from and written to the `r/` (version 6) and `t/` (version 1) records the
 //!    Python codec writes. The detector stays a Python object for now; its part of the `t/`
 //!    record is carried as the JSON it was read as.
-//! 2. `apply` over a decoded batch (the three event kinds, late events, order dedup chunks,
-//!    replay after restore, window registration), returning to Python when a window is due.
-//! 3. The window close and the fold into sessions and rollups, writing room-stats, session and
-//!    rollup records and the checkpoint's records as bytes; the quiet detector path on native
-//!    state; idle expiry.
-//! 4. `TaskAggregator` on this table (`native_core`), the restore, the query view; then the load
-//!    test's table.
+//! 2. Done but for what the wiring needs: `apply` over a decoded batch (the watermark moved per
+//!    event and handed back when windows are due, rooms opened or refused at the cap, replays
+//!    skipped, late events charged at the watermark, order dedup chunks, counters, window
+//!    registration, sketches). Left: the offsets of refused events (`_overflow`), a room back
+//!    after expiry (`_expired`), re-routed events' first delivery (`watch_start`); decoding fused
+//!    into it (today it reads the Python decoders' events).
+//! 3. Done: the window close, the fold into sessions and rollups, the rollup windows and
+//!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
+//!    as bytes. Left: the detector (the quiet path's fold on native baselines, the Python
+//!    detector for the rest), idle expiry, leaderboard partials.
+//! 4. Left: the checkpoint (offsets merged, `r/`, `t/`, `d/` records, tombstones, metadata),
+//!    the restore (rollups of lengths no longer configured, ended ones, sessions due or turned
+//!    off), quarantine, the query view, and `TaskAggregator` on this table when `native_core`
+//!    is on: the per-room work here, the control (inputs, idleness, stalls, markers, the wall
+//!    clock) in Python, setting the watermark here. Then the load test's table.
 
 use std::io::Write;
 
