@@ -8,8 +8,10 @@ Two measurements, CPU time, ``--repeat`` alternating runs each:
 - apply and close: the oracle tests' random stream (``tests.unit.test_core_oracle.make_stream``,
   ``--events`` over ``--rooms`` rooms, one input per batch of at most 500) through
   ``TaskAggregator.apply`` (the windows due closed, folded into sessions and rollups, drained) and
-  through the native table (``apply``, ``close_due``), from the same decoded events; the garbage
-  collector off (the stream's events are held throughout, and each collection would walk them);
+  through the native table (``apply``, ``close_due``, handed the watermark limit the Python task
+  computes for each batch), from the same decoded events, the room-windows closed checked equal;
+  the garbage collector off (the stream's events are held throughout, and each collection would
+  walk them);
 - a window boundary: ``loadtest.bench_boundary``'s task (26 000 rooms, a join, a like, an order
   and a gift each, three closed windows behind), each room's records read into the native table,
   then every room-window closed: in Python ``_close_room_window``, the room-stats, rollup and
@@ -50,6 +52,15 @@ def apply_and_close(events: int, rooms: int, repeat: int) -> dict[str, list[floa
             j += 1
         batches.append((source, [(offset, event) for _, offset, event in stream[i:j]]))
         i = j
+    # the time the other inputs let the watermark move to, per batch, as the Python task sees it
+    # (`_delivery`): the native table is handed the same, so both do the same work
+    shadow = TaskAggregator(cfg, SOURCES)
+    others: list[int] = []
+    windows = 0
+    for source, items in batches:
+        others.append(shadow._delivery(source, 0))
+        shadow.apply(source, items, now_ms=0)
+        windows += len(shadow.drain())
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -63,15 +74,17 @@ def apply_and_close(events: int, rooms: int, repeat: int) -> dict[str, list[floa
                 agg.drain(), agg.drain_sessions(), agg.drain_rollups()
             out["python"].append(1e6 * (time.process_time() - t0) / len(stream))
             native = NativeRooms(cfg)
+            closed = 0
             t0 = time.process_time()
-            for source, items in batches:
+            for (source, items), allowed in zip(batches, others, strict=True):
                 at = 0
                 while True:
-                    at, _ = native.apply(source, items, at, 2**62, -1)
+                    at, _ = native.apply(source, items, at, allowed, -1)
                     if at >= len(items):
                         break
-                    native.close_due()
+                    closed += len(native.close_due()[0])
             out["native"].append(1e6 * (time.process_time() - t0) / len(stream))
+            assert closed == windows, f"native closed {closed} room-windows, Python {windows}"
     finally:
         gc.enable()
         gc.unfreeze()

@@ -177,7 +177,10 @@ impl Room {
 
     /// `Room.counters`: the counters of `bucket`, created at zero if new.
     fn counters(&mut self, bucket: i64) -> &mut Vec<i64> {
-        let at = match self.buckets.iter().position(|(b, _)| *b == bucket) {
+        // newest first: events in time order find theirs at once, however many buckets a room
+        // holds while a lagging input keeps the watermark back (the search stays O(buckets) for
+        // an old one; an ordered map keeping insertion order is the step after)
+        let at = match self.buckets.iter().rposition(|(b, _)| *b == bucket) {
             Some(at) => at,
             None => {
                 self.buckets.push((bucket, vec![0; N_COUNTERS]));
@@ -189,7 +192,7 @@ impl Room {
 
     /// `Room.sketch`: the unique-viewer sketch of window `ws`, created empty if new.
     fn sketch(&mut self, ws: i64, lg_k: u8) -> Result<&mut HllSketch, String> {
-        let at = match self.uniques.iter().position(|(w, _)| *w == ws) {
+        let at = match self.uniques.iter().rposition(|(w, _)| *w == ws) {
             Some(at) => at,
             None => {
                 let sketch = HllSketch::new(lg_k, HllType::Hll8).map_err(|e| e.to_string())?;
@@ -203,7 +206,7 @@ impl Room {
     /// `Room.remember`: an order key into the open chunk of window `ws` (a full chunk sealed first).
     fn remember(&mut self, key: &str, ws: i64) {
         self.seen.insert(key.into());
-        let at = match self.seen_chunks.iter().position(|(w, _)| *w == ws) {
+        let at = match self.seen_chunks.iter().rposition(|(w, _)| *w == ws) {
             None => {
                 self.seen_chunks.push((ws, Vec::new()));
                 self.unforget(ws);
@@ -856,15 +859,15 @@ impl Room {
         cfg: &Config,
         watermark: i64,
     ) -> Result<Closed, String> {
-        let first = ws.div_euclid(cfg.bucket_ms);
-        let end = first + cfg.window_ms / cfg.bucket_ms;
-        let (total, active_first, active_last) = self.take_window(first, end);
         let at = self
             .open_ws
             .iter()
             .position(|&w| w == ws)
-            .ok_or_else(|| format!("window {ws} is not open"))?;
+            .ok_or_else(|| format!("window {ws} is not open"))?; // checked before anything changes
         self.open_ws.remove(at);
+        let first = ws.div_euclid(cfg.bucket_ms);
+        let end = first + cfg.window_ms / cfg.bucket_ms;
+        let (total, active_first, active_last) = self.take_window(first, end);
         let concurrent = (self.concurrent + total[JOINS] - total[LEAVES]).max(0);
         self.concurrent = concurrent;
         let sketch = self
