@@ -454,3 +454,16 @@ def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
         assert native.dedup_chunks(room.room_id) == [
             (ws, list(keys)) for ws, keys in room.seen_chunks.items()
         ]
+
+
+def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept() -> None:
+    """As the Python restore does: the session and the configured rollups stay."""
+    native = NativeRooms(CoreConfig(rollup_windows_ms=(60_000,)))
+    native.restore_room(b'[6,"r",0,-1,[],[],[],[]]')
+    totals = [1] + [0] * 10
+    session = [0, 10_000, totals, None, 1, 0, 10_000]
+    rollups = [[3_600_000, 0, totals, None, 1], [60_000, 0, totals, None, 1]]
+    native.restore_tail("r", orjson.dumps([1, "r", None, session, rollups]))
+    assert orjson.loads(native.encode_tail("r")) == [1, "r", None, session, [rollups[1]]]
+    native.restore_tail("r", orjson.dumps([1, "r", None, session, rollups[:1]]))
+    assert orjson.loads(native.encode_tail("r")) == [1, "r", None, session, None]

@@ -127,8 +127,9 @@ pub struct Room {
     pub last_ts: i64,
     /// source -> offset up to which the room holds every event, in the record's order
     pub offsets: Vec<(i64, i64)>,
-    /// bucket number -> counters, for buckets of open windows, in insertion order (a Python dict's)
-    pub buckets: Vec<(i64, Vec<i64>)>,
+    /// bucket number -> counters, for buckets of open windows, in insertion order (a Python
+    /// dict's, which the `r/` record keeps)
+    pub buckets: indexmap::IndexMap<i64, Vec<i64>>,
     /// window start -> unique viewers, per open window
     pub uniques: Vec<(i64, HllSketch)>,
     pub open_ws: Vec<i64>,
@@ -160,7 +161,7 @@ impl Room {
             concurrent: 0,
             last_ts: -1,
             offsets: Vec::new(),
-            buckets: Vec::new(),
+            buckets: indexmap::IndexMap::new(),
             uniques: Vec::new(),
             open_ws: Vec::new(),
             detector: None,
@@ -177,17 +178,9 @@ impl Room {
 
     /// `Room.counters`: the counters of `bucket`, created at zero if new.
     fn counters(&mut self, bucket: i64) -> &mut Vec<i64> {
-        // newest first: events in time order find theirs at once, however many buckets a room
-        // holds while a lagging input keeps the watermark back (the search stays O(buckets) for
-        // an old one; an ordered map keeping insertion order is the step after)
-        let at = match self.buckets.iter().rposition(|(b, _)| *b == bucket) {
-            Some(at) => at,
-            None => {
-                self.buckets.push((bucket, vec![0; N_COUNTERS]));
-                self.buckets.len() - 1
-            }
-        };
-        &mut self.buckets[at].1
+        self.buckets
+            .entry(bucket)
+            .or_insert_with(|| vec![0; N_COUNTERS])
     }
 
     /// `Room.sketch`: the unique-viewer sketch of window `ws`, created empty if new.
@@ -629,10 +622,11 @@ impl Room {
             let pair = fields(pair, 2, "an offset")?;
             offsets.push((int(&pair[0], "a source")?, int(&pair[1], "an offset")?));
         }
-        let mut buckets = Vec::new();
+        let mut buckets = indexmap::IndexMap::new();
         for pair in array(&items[5], "buckets")? {
             let pair = fields(pair, 2, "a bucket")?;
-            buckets.push((int(&pair[0], "a bucket number")?, counters(&pair[1])?));
+            // a number twice: the last counters, in the first one's place (`dict(pairs)`)
+            buckets.insert(int(&pair[0], "a bucket number")?, counters(&pair[1])?);
         }
         let mut uniques = Vec::new();
         for pair in array(&items[6], "uniques")? {
@@ -701,13 +695,13 @@ impl Room {
             &array(&rollups, "rollups")?[..]
         };
         for r in listed {
-            // placed by length (step 4: the restore drops lengths no longer configured)
+            // placed by length; one of a length no longer configured is dropped, as the Python
+            // restore drops it (which also marks the tail changed: step 4), a length twice: the last
             let r = fields(r, 5, "a rollup")?;
             let length = int(&r[0], "a rollup length")?;
-            let position = lengths
-                .iter()
-                .position(|&l| l == length)
-                .ok_or_else(|| format!("a rollup of {length} ms, which is not configured"))?;
+            let Some(position) = lengths.iter().position(|&l| l == length) else {
+                continue;
+            };
             let placed = decoded.get_or_insert_with(|| lengths.iter().map(|_| None).collect());
             placed[position] = Some(Rollup {
                 length,
@@ -835,19 +829,22 @@ impl Room {
     /// first and last active bucket (-1, -1: none).
     fn take_window(&mut self, first: i64, end: i64) -> (Vec<i64>, i64, i64) {
         let mut total = vec![0i64; N_COUNTERS];
-        let (mut lo, mut hi) = (-1i64, -1i64);
-        self.buckets.retain(|(bucket, counters)| {
-            if first <= *bucket && *bucket < end {
-                for (t, c) in total.iter_mut().zip(counters) {
+        let mut active: Option<(i64, i64)> = None;
+        self.buckets.retain(|&bucket, counters| {
+            if first <= bucket && bucket < end {
+                for (t, c) in total.iter_mut().zip(counters.iter()) {
                     *t += c;
                 }
-                lo = if lo < 0 { *bucket } else { lo.min(*bucket) };
-                hi = hi.max(*bucket);
+                active = Some(match active {
+                    None => (bucket, bucket),
+                    Some((lo, hi)) => (lo.min(bucket), hi.max(bucket)),
+                });
                 false
             } else {
                 true
             }
         });
+        let (lo, hi) = active.unwrap_or((-1, -1));
         (total, lo, hi)
     }
 
