@@ -28,11 +28,15 @@
 //!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
 //!    as bytes. Left: the detector (the quiet path's fold on native baselines, the Python
 //!    detector for the rest), idle expiry, leaderboard partials.
-//! 4. Left: the checkpoint (offsets merged, `r/`, `t/`, `d/` records, tombstones, metadata),
-//!    the restore (rollups of lengths no longer configured, ended ones, sessions due or turned
-//!    off), quarantine, the query view, and `TaskAggregator` on this table when `native_core`
-//!    is on: the per-room work here, the control (inputs, idleness, stalls, markers, the wall
-//!    clock) in Python, setting the watermark here. Then the load test's table.
+//! 4. Begun: the restore of version-6 records (`restore_progress`, `restore_room`,
+//!    `restore_tail`, `adopt`, `restore_chunk`, `finish_restore`: open windows, rollups and
+//!    sessions back in the due indexes, those due at the restored watermark dropped, sessions
+//!    turned off since). Left: older record versions (the Python codec migrates them), orphan
+//!    tails and chunks, quarantine; the checkpoint (offsets merged, `r/`, `t/`, `d/` records,
+//!    tombstones, metadata); the query view; and `TaskAggregator` on this table when
+//!    `native_core` is on: the per-room work here, the control (inputs, idleness, stalls,
+//!    markers, the wall clock) in Python, setting the watermark here. Then the load test's
+//!    table and the fault suite.
 
 use std::io::Write;
 
@@ -1748,6 +1752,116 @@ impl NativeRooms {
     /// The rooms held.
     fn room_ids(&self) -> Vec<String> {
         self.rooms.keys().cloned().collect()
+    }
+
+    /// The task's progress as its metadata record held it (`_restore_meta`): newest event time,
+    /// watermark, each input's newest event time.
+    fn restore_progress(
+        &mut self,
+        max_ts: i64,
+        watermark: i64,
+        src_max: std::collections::HashMap<i64, i64>,
+    ) {
+        self.max_ts = max_ts;
+        self.watermark = watermark;
+        self.src_max = src_max;
+    }
+
+    /// A restored room into the task's indexes (`_adopt`), after its records and before its
+    /// dedup chunks: its open windows, its rollups still open at the restored watermark, its
+    /// session unless it was due and could not be extended. Returns its offsets (the caller's
+    /// `replay_until`) and, when sessions are turned off since, its session's ended record (the
+    /// last one, unless it had already ended).
+    #[allow(clippy::type_complexity)]
+    fn adopt(&mut self, room_id: &str) -> PyResult<(Vec<(i64, i64)>, Option<SessionTuple>)> {
+        let NativeRooms {
+            rooms,
+            config: cfg,
+            watermark,
+            by_window,
+            rollup_ends,
+            session_due,
+            ..
+        } = self;
+        let wm = *watermark;
+        let room = rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        for &ws in &room.open_ws {
+            by_window.entry(ws).or_default().push(room_id.to_owned());
+        }
+        if let Some(&newest) = room.open_ws.iter().max() {
+            room.reg_ws = newest;
+        }
+        // what was due at the restored watermark was closed, published and committed with it
+        if let Some(held) = room.rollups.as_mut() {
+            for slot in held.iter_mut() {
+                if slot.as_ref().is_some_and(|r| r.start + r.length <= wm) {
+                    *slot = None;
+                }
+            }
+            if held.iter().all(Option::is_none) {
+                room.rollups = None;
+            }
+        }
+        for rollup in room.rollups.iter().flatten().flatten() {
+            rollup_ends
+                .entry(rollup.start + rollup.length)
+                .or_default()
+                .push(room_id.to_owned());
+        }
+        let extensible = |room: &Room, last_end: i64| {
+            room.open_ws
+                .iter()
+                .min()
+                .is_some_and(|&first| first < last_end + cfg.session_gap_ms)
+        };
+        let mut ended = None;
+        if let Some(session) = room.session.as_ref() {
+            let due = due_slot(session.last_end, cfg.session_gap_ms, cfg.window_ms);
+            let over = due <= wm && !extensible(room, session.last_end);
+            if !cfg.sessions {
+                if !over {
+                    ended = Some(session_tuple(session.record(true)));
+                }
+                room.session = None;
+            } else if over {
+                room.session = None; // ended (see `_end_sessions`)
+            } else {
+                room.session.as_mut().expect("checked").due = Some(due);
+                session_due.entry(due).or_default().push(room_id.to_owned());
+            }
+        }
+        Ok((room.offsets.clone(), ended))
+    }
+
+    /// A dedup chunk read back (`Room.restore_chunk`); False when the room is not held (its record
+    /// was quarantined: the caller deletes the chunk).
+    fn restore_chunk(&mut self, room_id: &str, ws: i64, keys: Vec<String>) -> bool {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return false;
+        };
+        let keys: Vec<Box<str>> = keys.into_iter().map(String::into_boxed_str).collect();
+        room.seen.extend(keys.iter().cloned());
+        match room.seen_chunks.iter_mut().find(|(w, _)| *w == ws) {
+            Some(chunk) => chunk.1 = keys,
+            None => room.seen_chunks.push((ws, keys)),
+        }
+        true
+    }
+
+    /// The restore done: the watermark at which something is next due (`_next_due`).
+    fn finish_restore(&mut self) {
+        let first = |index: &std::collections::BTreeMap<i64, Vec<String>>| {
+            index.keys().next().copied().unwrap_or(NEVER)
+        };
+        self.next_close = self
+            .by_window
+            .keys()
+            .next()
+            .map_or(NEVER, |ws| ws + self.config.window_ms)
+            .min(first(&self.rollup_ends))
+            .min(first(&self.session_due));
     }
 
     /// The room's open windows, oldest first.
