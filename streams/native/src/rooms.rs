@@ -31,11 +31,12 @@
 //! 4. Begun: the restore of version-6 records (`restore_progress`, `restore_room`,
 //!    `restore_tail`, `adopt`, `restore_chunk`, `finish_restore`: open windows, rollups and
 //!    sessions back in the due indexes, those due at the restored watermark dropped, sessions
-//!    turned off since). Left: older record versions (the Python codec migrates them), orphan
-//!    tails and chunks, quarantine; the checkpoint (offsets merged, `r/`, `t/`, `d/` records,
-//!    tombstones, metadata); the query view; and `TaskAggregator` on this table when
-//!    `native_core` is on: the per-room work here, the control (inputs, idleness, stalls,
-//!    markers, the wall clock) in Python, setting the watermark here. Then the load test's
+//!    turned off since) and the checkpoint's room records (`checkpoint`: offsets merged, `r/`,
+//!    `t/` and `d/` records and their tombstones, in the order rooms changed). Left: older record
+//!    versions (the Python codec migrates them), orphan tails and chunks, quarantine, expired
+//!    rooms' tombstones; the query view; and `TaskAggregator` on this table when `native_core`
+//!    is on: the per-room work here, the control (inputs, idleness, stalls, markers, the wall
+//!    clock, the metadata record) in Python, setting the watermark here. Then the load test's
 //!    table and the fault suite.
 
 use std::io::Write;
@@ -153,6 +154,10 @@ pub struct Room {
     pub seen_chunks: Vec<(i64, Vec<Box<str>>)>,
     pub seen_dirty: Vec<i64>,
     pub seen_gone: Vec<i64>,
+    /// its `t/` record is written at the next checkpoint (the detector, session or rollups changed)
+    pub tail_dirty: bool,
+    /// ends of rollups its `t/` record held at a length no longer configured (until `adopt`)
+    pub unconfigured_ends: Vec<i64>,
 }
 
 /// order keys per dedup chunk (`streams.core._room.CHUNK_KEYS`)
@@ -177,6 +182,8 @@ impl Room {
             seen_chunks: Vec::new(),
             seen_dirty: Vec::new(),
             seen_gone: Vec::new(),
+            tail_dirty: false,
+            unconfigured_ends: Vec::new(),
         }
     }
 
@@ -698,26 +705,32 @@ impl Room {
         } else {
             &array(&rollups, "rollups")?[..]
         };
+        let mut unconfigured = Vec::new();
         for r in listed {
-            // placed by length; one of a length no longer configured is dropped, as the Python
-            // restore drops it (which also marks the tail changed: step 4), a length twice: the last
             let r = fields(r, 5, "a rollup")?;
-            let length = int(&r[0], "a rollup length")?;
-            let Some(position) = lengths.iter().position(|&l| l == length) else {
-                continue;
-            };
-            let placed = decoded.get_or_insert_with(|| lengths.iter().map(|_| None).collect());
-            placed[position] = Some(Rollup {
-                length,
+            let rollup = Rollup {
+                length: int(&r[0], "a rollup length")?,
                 start: int(&r[1], "a rollup start")?,
                 totals: counters(&r[2])?,
                 uniques: held(&r[3])?,
                 concurrent: int(&r[4], "concurrent")?,
-            });
+            };
+            // placed by length (a length twice: the last); one of a length no longer configured
+            // is dropped, as the Python restore drops it, and its end kept for `adopt`, which
+            // rewrites the record if it was still open
+            match lengths.iter().position(|&l| l == rollup.length) {
+                Some(position) => {
+                    let placed =
+                        decoded.get_or_insert_with(|| lengths.iter().map(|_| None).collect());
+                    placed[position] = Some(rollup);
+                }
+                None => unconfigured.push(rollup.start + rollup.length),
+            }
         }
         self.detector = detector;
         self.session = session;
         self.rollups = decoded;
+        self.unconfigured_ends = unconfigured;
         Ok(())
     }
 }
@@ -1633,6 +1646,12 @@ impl NativeRooms {
                     .get_mut(&room_id)
                     .expect("registered rooms exist");
                 let closed = room.close_window(ws, cfg, wm).map_err(value_error)?;
+                // both records at the next checkpoint (`_tail_changed`): the fold, the detector
+                room.tail_dirty = true;
+                if !room.dirty {
+                    room.dirty = true;
+                    self.changed.push(room_id.clone());
+                }
                 for end in closed.rollup_ends_opened {
                     self.rollup_ends
                         .entry(end)
@@ -1781,12 +1800,16 @@ impl NativeRooms {
             by_window,
             rollup_ends,
             session_due,
+            changed,
             ..
         } = self;
         let wm = *watermark;
         let room = rooms
             .get_mut(room_id)
             .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        // open rollups of lengths no longer configured: gone from the record too, or they would
+        // come back if their length were configured again
+        let mut tail_changed = room.unconfigured_ends.drain(..).any(|end| end > wm);
         for &ws in &room.open_ws {
             by_window.entry(ws).or_default().push(room_id.to_owned());
         }
@@ -1825,6 +1848,7 @@ impl NativeRooms {
                     ended = Some(session_tuple(session.record(true)));
                 }
                 room.session = None;
+                tail_changed = true;
             } else if over {
                 room.session = None; // ended (see `_end_sessions`)
             } else {
@@ -1832,7 +1856,15 @@ impl NativeRooms {
                 session_due.entry(due).or_default().push(room_id.to_owned());
             }
         }
-        Ok((room.offsets.clone(), ended))
+        let offsets = room.offsets.clone();
+        if tail_changed {
+            room.tail_dirty = true;
+            if !room.dirty {
+                room.dirty = true;
+                changed.push(room_id.to_owned());
+            }
+        }
+        Ok((offsets, ended))
     }
 
     /// A dedup chunk read back (`Room.restore_chunk`); False when the room is not held (its record
@@ -1862,6 +1894,81 @@ impl NativeRooms {
             .map_or(NEVER, |ws| ws + self.config.window_ms)
             .min(first(&self.rollup_ends))
             .min(first(&self.session_due));
+    }
+
+    /// `TaskAggregator.write_checkpoint`'s records of the rooms changed since the last one, in the
+    /// order they changed: each room's `r/` record, its `t/` record when its detector, session or
+    /// rollups changed (a tombstone when it has none), its dedup chunks changed; then the
+    /// tombstones of its chunks forgotten. `consumed` (source -> the last offset taken, in the
+    /// order the task first took each) becomes the offsets of every room written. Returns the
+    /// upserts and the tombstone keys; the caller writes the metadata record between them.
+    #[allow(clippy::type_complexity)]
+    fn checkpoint<'py>(
+        &mut self,
+        py: Python<'py>,
+        consumed: Vec<(i64, i64)>,
+    ) -> (
+        Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+        Vec<Bound<'py, PyBytes>>,
+    ) {
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        let key =
+            |prefix: &str, room_id: &str| PyBytes::new(py, format!("{prefix}{room_id}").as_bytes());
+        for room_id in std::mem::take(&mut self.changed) {
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            if !room.dirty {
+                continue;
+            }
+            room.dirty = false;
+            // every event taken so far is in the state: `{**held, **consumed}`, or `consumed`
+            // itself when it holds every source the room held
+            let covered = room
+                .offsets
+                .iter()
+                .all(|(s, _)| consumed.iter().any(|(c, _)| c == s));
+            let offsets = if covered {
+                consumed.clone()
+            } else {
+                let mut merged = room.offsets.clone();
+                for &(source, offset) in &consumed {
+                    match merged.iter_mut().find(|(s, _)| *s == source) {
+                        Some(slot) => slot.1 = offset,
+                        None => merged.push((source, offset)),
+                    }
+                }
+                merged
+            };
+            room.offsets = offsets;
+            upserts.push((key("r/", &room_id), PyBytes::new(py, &room.encode())));
+            if room.tail_dirty {
+                room.tail_dirty = false;
+                match room.encode_tail() {
+                    Some(tail) => upserts.push((key("t/", &room_id), PyBytes::new(py, &tail))),
+                    None => deletes.push(key("t/", &room_id)),
+                }
+            }
+            for ws in std::mem::take(&mut room.seen_dirty) {
+                let Some((_, keys)) = room.seen_chunks.iter().find(|(w, _)| *w == ws) else {
+                    continue;
+                };
+                let mut out = vec![b'['];
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_str(&mut out, k);
+                }
+                out.push(b']');
+                upserts.push((key(&format!("d/{ws}/"), &room_id), PyBytes::new(py, &out)));
+            }
+            for ws in std::mem::take(&mut room.seen_gone) {
+                deletes.push(key(&format!("d/{ws}/"), &room_id));
+            }
+        }
+        (upserts, deletes)
     }
 
     /// The room's open windows, oldest first.
