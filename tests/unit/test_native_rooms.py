@@ -26,6 +26,15 @@ from tests.unit.test_core_oracle import SOURCES, make_stream, run
 
 _fastcore = pytest.importorskip("streams.core._fastcore")
 
+#: the oracle tests' random streams (``make_stream``): seed, length, rooms, disorder, span
+STREAMS = {
+    "seed": st.integers(0, 2**32),
+    "n": st.integers(50, 800),
+    "rooms": st.integers(1, 25),
+    "disorder_ms": st.sampled_from([0, 1_900, 15_000]),
+    "span_ms": st.sampled_from([60_000, 400_000, 1_500_000]),
+}
+
 
 def NativeRooms(cfg: CoreConfig = CFG) -> Any:
     """A native table with ``cfg``'s window geometry, sessions and rollups."""
@@ -82,13 +91,7 @@ def check_room(native: Any, room: Room) -> bool:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**32),
-    n=st.integers(50, 800),
-    rooms=st.integers(1, 25),
-    disorder_ms=st.sampled_from([0, 1_900, 15_000]),
-    span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
-)
+@given(**STREAMS)
 def test_the_records_of_every_room_of_a_random_stream_are_read_and_written_again(
     seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int
 ) -> None:
@@ -290,14 +293,7 @@ def published(numbers: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**32),
-    n=st.integers(50, 800),
-    rooms=st.integers(1, 25),
-    disorder_ms=st.sampled_from([0, 1_900, 15_000]),
-    span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
-    gap_ms=st.sampled_from([30_000, 1_800_000]),
-)
+@given(**STREAMS, gap_ms=st.sampled_from([30_000, 1_800_000]))
 def test_closing_a_window_natively_yields_what_the_python_task_yields(
     seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, gap_ms: int
 ) -> None:
@@ -375,21 +371,6 @@ def test_floats_are_written_as_orjson_writes_them(x: float) -> None:
 # -- step 2: applying events ---------------------------------------------------------------
 
 
-def native_apply(native: Any, source: int, items: list[Any], others: int) -> tuple[list[int], list[Any]]:
-    """``TaskAggregator.apply`` natively: the loop, and the windows it makes due closed between;
-    the counts and what the closes wrote (room-stats, rollup and session records' numbers)."""
-    counts = [0] * 5
-    closed: list[Any] = [[], [], []]
-    at = 0
-    while True:
-        at, counted = native.apply(source, items, at, others, -1)
-        counts = [a + b for a, b in zip(counts, counted, strict=True)]
-        if at >= len(items):
-            return counts, closed
-        for kind, written in zip(closed, native.close_due(), strict=True):
-            kind += written
-
-
 def normalized(
     upserts: list[tuple[bytes, bytes]], deletes: list[bytes]
 ) -> tuple[list[bytes], dict[bytes, Any]]:
@@ -415,14 +396,67 @@ def normalized(
     return order, out
 
 
+def feed_both(task: TaskAggregator, native: Any, items: list[Any], source: int, rng: random.Random) -> None:
+    """One batch to the Python task and to the native table (with the task's watermark limit and
+    replay bound): the same counts, the same records in the same order, the same watermark; now
+    and then a checkpoint on both, the same records."""
+    others = task._delivery(source, 0)
+    replay_until = task._replay_until.get(source, -1)
+    expected = task.apply(source, items, now_ms=0)
+    counts = [0] * 5
+    windows: list[Any] = []
+    rollups: list[Any] = []
+    sessions: list[Any] = []
+    at = 0
+    while True:
+        at, counted = native.apply(source, items, at, others, replay_until)
+        counts = [a + b for a, b in zip(counts, counted, strict=True)]
+        if at >= len(items):
+            break
+        closed_windows, closed_rollups, closed_sessions = native.close_due()
+        windows += closed_windows
+        rollups += closed_rollups
+        sessions += closed_sessions
+    assert counts == [expected.applied, expected.late, expected.duplicate, expected.replayed, 0]
+    assert [(room_id, published(numbers)) for room_id, numbers in windows] == [
+        (stats.room_id, stats_numbers(stats)) for stats in task.drain()
+    ]
+    assert [(room_id, length, published(numbers)) for room_id, length, numbers in rollups] == [
+        (stats.room_id, length, stats_numbers(stats)) for length, stats in task.drain_rollups()
+    ]
+    assert [(room_id, native_session_numbers(numbers)) for room_id, numbers in sessions] == [
+        (record.room_id, session_numbers(record)) for record in task.drain_sessions()
+    ]
+    assert native.watermark() == task.watermark_ms
+    if rng.random() < 0.3:  # a checkpoint: the same rooms' records, in the same order
+        task.detect()
+        expected_checkpoint = task.checkpoint()
+        upserts, deletes = native.checkpoint(list(task._consumed.items()))
+        assert normalized(upserts, deletes) == normalized(
+            expected_checkpoint.upserts, expected_checkpoint.deletes
+        )
+
+
+def same_rooms(task: TaskAggregator, native: Any) -> None:
+    """Every room's r/ record (byte for byte without set-mode sketches), t/ record (the detector
+    masked: a detector alone counts as none) and dedup chunks."""
+    assert sorted(native.room_ids()) == sorted(task.rooms)
+    task.detect()
+    for room in task.rooms.values():
+        head, tail = python_records(room)
+        native_head, native_tail = native.encode_room(room.room_id), native.encode_tail(room.room_id)
+        if not in_set_mode(head):  # list-mode sketches built from the same joins: the same bytes
+            assert native_head == head
+        key = room.room_id.encode()
+        assert normalized([(b"r/" + key, head), (b"t/" + key, tail or b"null")], []) == normalized(
+            [(b"r/" + key, native_head), (b"t/" + key, native_tail or b"null")], []
+        )
+        chunks = [(ws, list(keys)) for ws, keys in room.seen_chunks.items()]
+        assert native.dedup_chunks(room.room_id) == chunks
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**32),
-    n=st.integers(50, 1_500),
-    rooms=st.integers(1, 25),
-    disorder_ms=st.sampled_from([0, 1_900, 15_000, 60_000]),
-    span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
-)
+@given(**{**STREAMS, "n": st.integers(50, 1_500), "disorder_ms": st.sampled_from([0, 1_900, 15_000, 60_000])})
 def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
     seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int
 ) -> None:
@@ -435,7 +469,7 @@ def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
     rng = random.Random(seed)
     cfg = replace(CFG, room_idle_ms=10**12)  # no room expires: expiry is not native yet
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
-    agg = TaskAggregator(cfg, SOURCES)
+    task = TaskAggregator(cfg, SOURCES)
     native = NativeRooms(cfg)
     i = 0
     while i < len(stream):
@@ -444,48 +478,9 @@ def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
         limit = i + rng.randint(1, 50)
         while j < len(stream) and j < limit and stream[j][0] == source:
             j += 1
-        items = [(offset, event) for _, offset, event in stream[i:j]]
-        others = agg._delivery(source, 0)
-        expected = agg.apply(source, items, now_ms=0)
-        counts, (windows, rollups, sessions) = native_apply(native, source, items, others)
-        assert counts == [expected.applied, expected.late, expected.duplicate, expected.replayed, 0]
-        assert [(room_id, published(numbers)) for room_id, numbers in windows] == [
-            (stats.room_id, stats_numbers(stats)) for stats in agg.drain()
-        ]
-        assert [(room_id, length, published(numbers)) for room_id, length, numbers in rollups] == [
-            (stats.room_id, length, stats_numbers(stats)) for length, stats in agg.drain_rollups()
-        ]
-        assert [(room_id, native_session_numbers(numbers)) for room_id, numbers in sessions] == [
-            (record.room_id, session_numbers(record)) for record in agg.drain_sessions()
-        ]
-        assert native.watermark() == agg.watermark_ms
-        if rng.random() < 0.3:  # a checkpoint: the same rooms' records, in the same order
-            agg.detect()
-            expected_checkpoint = agg.checkpoint()
-            upserts, deletes = native.checkpoint(list(agg._consumed.items()))
-            assert normalized(upserts, deletes) == normalized(
-                expected_checkpoint.upserts, expected_checkpoint.deletes
-            )
+        feed_both(task, native, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
         i = j
-    assert sorted(native.room_ids()) == sorted(agg.rooms)
-    agg.detect()  # the detector's part of t/ is not native yet: compared without it
-    for room in agg.rooms.values():
-        head, tail = python_records(room)
-        expected_tail = orjson.loads(tail or b"null")
-        if expected_tail is not None:
-            expected_tail[2] = None
-            if expected_tail[3:] == [None, None]:
-                expected_tail = None  # a detector alone: no tail natively
-        if not in_set_mode(head):  # list-mode sketches built from the same joins: the same bytes
-            assert native.encode_room(room.room_id) == head
-        native_head = orjson.loads(native.encode_room(room.room_id))
-        native_tail = orjson.loads(native.encode_tail(room.room_id) or b"null")
-        assert sketches_as_estimates(native_head, native_tail) == sketches_as_estimates(
-            orjson.loads(head), expected_tail
-        )
-        assert native.dedup_chunks(room.room_id) == [
-            (ws, list(keys)) for ws, keys in room.seen_chunks.items()
-        ]
+    same_rooms(task, native)
 
 
 def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept() -> None:
@@ -525,14 +520,7 @@ def native_restore(native: Any, log: list[tuple[bytes, bytes | None]], restored:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**32),
-    n=st.integers(100, 1_500),
-    rooms=st.integers(1, 25),
-    disorder_ms=st.sampled_from([0, 1_900, 15_000]),
-    span_ms=st.sampled_from([60_000, 400_000, 1_500_000]),
-    gap_ms=st.sampled_from([30_000, 1_800_000]),
-)
+@given(**{**STREAMS, "n": st.integers(100, 1_500)}, gap_ms=st.sampled_from([30_000, 1_800_000]))
 def test_a_restored_native_table_goes_on_as_the_restored_python_task(
     seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, gap_ms: int
 ) -> None:
@@ -562,52 +550,6 @@ def test_a_restored_native_table_goes_on_as_the_restored_python_task(
         j = i
         while j < len(stream) and j < i + 50 and stream[j][0] == source:
             j += 1
-        items = [(offset, event) for _, offset, event in stream[i:j]]
-        others = restored._delivery(source, 0)
-        replay_until = restored._replay_until.get(source, -1)
-        expected = restored.apply(source, items, now_ms=0)
-        counts = [0] * 5
-        written: list[Any] = [[], [], []]
-        at = 0
-        while True:
-            at, counted = native.apply(source, items, at, others, replay_until)
-            counts = [a + b for a, b in zip(counts, counted, strict=True)]
-            if at >= len(items):
-                break
-            for kind, records in zip(written, native.close_due(), strict=True):
-                kind += records
-        assert counts == [expected.applied, expected.late, expected.duplicate, expected.replayed, 0]
-        windows, rollups, sessions = written
-        assert [(room_id, published(numbers)) for room_id, numbers in windows] == [
-            (stats.room_id, stats_numbers(stats)) for stats in restored.drain()
-        ]
-        assert [(room_id, length, published(numbers)) for room_id, length, numbers in rollups] == [
-            (stats.room_id, length, stats_numbers(stats)) for length, stats in restored.drain_rollups()
-        ]
-        assert [(room_id, native_session_numbers(numbers)) for room_id, numbers in sessions] == [
-            (record.room_id, session_numbers(record)) for record in restored.drain_sessions()
-        ]
-        if rng.random() < 0.3:  # a checkpoint: rooms restored with offsets of inputs not read since
-            restored.detect()
-            expected_checkpoint = restored.checkpoint()
-            upserts, deletes = native.checkpoint(list(restored._consumed.items()))
-            assert normalized(upserts, deletes) == normalized(
-                expected_checkpoint.upserts, expected_checkpoint.deletes
-            )
+        feed_both(restored, native, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
         i = j
-    restored.detect()
-    for room in restored.rooms.values():
-        head, tail = python_records(room)
-        expected_tail = orjson.loads(tail or b"null")
-        if expected_tail is not None:
-            expected_tail[2] = None
-            if expected_tail[3:] == [None, None]:
-                expected_tail = None
-        native_tail = orjson.loads(native.encode_tail(room.room_id) or b"null")
-        if native_tail is not None:
-            native_tail[2] = None  # the detector as restored, not evaluated since
-            if native_tail[3:] == [None, None]:
-                native_tail = None
-        assert sketches_as_estimates(orjson.loads(native.encode_room(room.room_id)), native_tail) == (
-            sketches_as_estimates(orjson.loads(head), expected_tail)
-        )
+    same_rooms(restored, native)

@@ -1208,6 +1208,16 @@ fn value_error(message: String) -> PyErr {
 }
 
 impl NativeRooms {
+    /// Close window `ws` of one room, outside `close_due` (for the tests and benchmarks).
+    fn close_one(&mut self, room_id: &str, ws: i64) -> PyResult<Closed> {
+        let wm = self.watermark;
+        let NativeRooms { rooms, config, .. } = self;
+        let room = rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        room.close_window(ws, config, wm).map_err(value_error)
+    }
+
     fn room(&self, room_id: &str) -> PyResult<&Room> {
         self.rooms
             .get(room_id)
@@ -1359,18 +1369,7 @@ impl NativeRooms {
     /// windows closed first (length, room-stats), the session records (an ended one, then the live
     /// one), the ends of the rollup windows it opened.
     fn close_window(&mut self, room_id: &str, ws: i64) -> PyResult<ClosedTuple> {
-        let NativeRooms {
-            rooms,
-            config,
-            watermark,
-            ..
-        } = self;
-        let room = rooms
-            .get_mut(room_id)
-            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
-        let closed = room
-            .close_window(ws, config, *watermark)
-            .map_err(value_error)?;
+        let closed = self.close_one(room_id, ws)?;
         Ok((
             stats_tuple(closed.stats),
             closed
@@ -1378,22 +1377,7 @@ impl NativeRooms {
                 .into_iter()
                 .map(|(length, s)| (length, stats_tuple(s)))
                 .collect(),
-            closed
-                .sessions
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.ended,
-                        s.start,
-                        s.last_end,
-                        s.totals,
-                        s.unique_viewers,
-                        s.peak,
-                        s.peak_ws,
-                        s.updated_at,
-                    )
-                })
-                .collect(),
+            closed.sessions.into_iter().map(session_tuple).collect(),
             closed.rollup_ends_opened,
         ))
     }
@@ -1412,20 +1396,10 @@ impl NativeRooms {
         Vec<(i64, Bound<'py, PyBytes>)>,
         Vec<Bound<'py, PyBytes>>,
     )> {
-        let NativeRooms {
-            rooms,
-            config,
-            watermark,
-            ..
-        } = self;
-        let room = rooms
-            .get_mut(room_id)
-            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
-        let closed = room
-            .close_window(ws, config, *watermark)
-            .map_err(value_error)?;
+        let closed = self.close_one(room_id, ws)?;
+        let window_ms = self.config.window_ms;
         Ok((
-            PyBytes::new(py, &closed.stats.encode(room_id, config.window_ms)),
+            PyBytes::new(py, &closed.stats.encode(room_id, window_ms)),
             closed
                 .rollups_closed
                 .iter()
