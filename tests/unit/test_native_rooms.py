@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import random
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 from schemas import encode_room_session, encode_room_stats
 from streams.core import CoreConfig, TaskAggregator
+from streams.core._native_rooms import MAX_GAP_MS, detect, firing_after_restore, quiet_planner
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
+from streams.core._spike_rules import SpikeRules, apply_override
 from streams.core._state_codec import encode_room, encode_room_tail
 from tests.unit.test_core_changelog import CFG, as_log
 from tests.unit.test_core_oracle import SOURCES, make_stream, run
@@ -36,8 +38,9 @@ STREAMS = {
 }
 
 
-def NativeRooms(cfg: CoreConfig = CFG) -> Any:
-    """A native table with ``cfg``'s window geometry, sessions and rollups."""
+def NativeRooms(cfg: CoreConfig = CFG, *, detect_spikes: bool = False) -> Any:
+    """A native table with ``cfg``'s window geometry, sessions and rollups (and the task's spike
+    detector, if ``detect_spikes``)."""
     return _fastcore.NativeRooms(
         bucket_ms=cfg.bucket_ms,
         window_ms=cfg.window_ms,
@@ -49,6 +52,8 @@ def NativeRooms(cfg: CoreConfig = CFG) -> Any:
         max_rooms=cfg.max_rooms,
         dedup_ttl_ms=cfg.dedup_ttl_ms,
         dedup_max_per_room=cfg.dedup_max_per_room,
+        detect_spikes=detect_spikes,
+        max_gap_ms=MAX_GAP_MS,
     )
 
 
@@ -375,18 +380,14 @@ def normalized(
     upserts: list[tuple[bytes, bytes]], deletes: list[bytes]
 ) -> tuple[list[bytes], dict[bytes, Any]]:
     """A checkpoint's records as the two sides can be held to each other: the order rooms are
-    written in, and per key its latest value, the detector masked (a t/ record of a detector
-    alone counts as none: the native table has no detector yet), sketches by estimate."""
+    written in, and per key its latest value, sketches by estimate (the detector's state as
+    it is: its floats compare exactly)."""
     order = [key for key, _ in upserts if key.startswith(b"r/")]
     latest: dict[bytes, bytes | None] = {**dict(upserts), **dict.fromkeys(deletes)}
     out: dict[bytes, Any] = {}
     for key, value in latest.items():
         if key.startswith(b"t/"):
             tail = None if value is None else orjson.loads(value)
-            if tail is not None:
-                tail[2] = None
-                if tail[3:] == [None, None]:
-                    tail = None
             out[key] = sketches_as_estimates([0, 0, 0, 0, 0, 0, [], []], tail)[1]
         elif key.startswith(b"r/"):
             assert value is not None
@@ -396,10 +397,34 @@ def normalized(
     return order, out
 
 
-def feed_both(task: TaskAggregator, native: Any, items: list[Any], source: int, rng: random.Random) -> None:
+@dataclass
+class Detection:
+    """The native side's detector outcome: alert transitions, rooms firing, windows evaluated."""
+
+    alerts: list[Any] = field(default_factory=list)
+    firing: set[str] = field(default_factory=set)
+    evaluated: int = 0
+
+
+def detect_both(task: TaskAggregator, native: Any, seen: Detection) -> None:
+    """The detector over the windows closed since the last call, in the task and natively (the
+    quiet path on native state, the Python detector for the rest): the same alerts, the same
+    rooms firing, the same windows evaluated."""
+    seen.evaluated += detect(
+        native, task.rules, task.categories, task.config.window_ms, task._surge_from, seen.alerts, seen.firing
+    )
+    assert seen.alerts == task.drain_alerts()
+    seen.alerts.clear()
+    assert seen.firing == task.firing_rooms
+    assert seen.evaluated == task.counters.detector_evaluations
+
+
+def feed_both(
+    task: TaskAggregator, native: Any, seen: Detection, items: list[Any], source: int, rng: random.Random
+) -> None:
     """One batch to the Python task and to the native table (with the task's watermark limit and
-    replay bound): the same counts, the same records in the same order, the same watermark; now
-    and then a checkpoint on both, the same records."""
+    replay bound): the same counts, the same records in the same order, the same watermark, the
+    same detector outcome; now and then a checkpoint on both, the same records."""
     others = task._delivery(source, 0)
     replay_until = task._replay_until.get(source, -1)
     expected = task.apply(source, items, now_ms=0)
@@ -428,8 +453,10 @@ def feed_both(task: TaskAggregator, native: Any, items: list[Any], source: int, 
         (record.room_id, session_numbers(record)) for record in task.drain_sessions()
     ]
     assert native.watermark() == task.watermark_ms
+    if rng.random() < 0.5:
+        detect_both(task, native, seen)
     if rng.random() < 0.3:  # a checkpoint: the same rooms' records, in the same order
-        task.detect()
+        detect_both(task, native, seen)
         expected_checkpoint = task.checkpoint()
         upserts, deletes = native.checkpoint(list(task._consumed.items()))
         assert normalized(upserts, deletes) == normalized(
@@ -437,11 +464,11 @@ def feed_both(task: TaskAggregator, native: Any, items: list[Any], source: int, 
         )
 
 
-def same_rooms(task: TaskAggregator, native: Any) -> None:
-    """Every room's r/ record (byte for byte without set-mode sketches), t/ record (the detector
-    masked: a detector alone counts as none) and dedup chunks."""
+def same_rooms(task: TaskAggregator, native: Any, seen: Detection) -> None:
+    """Every room's r/ record (byte for byte without set-mode sketches), t/ record, detector
+    state (byte for byte) and dedup chunks."""
     assert sorted(native.room_ids()) == sorted(task.rooms)
-    task.detect()
+    detect_both(task, native, seen)
     for room in task.rooms.values():
         head, tail = python_records(room)
         native_head, native_tail = native.encode_room(room.room_id), native.encode_tail(room.room_id)
@@ -451,8 +478,37 @@ def same_rooms(task: TaskAggregator, native: Any) -> None:
         assert normalized([(b"r/" + key, head), (b"t/" + key, tail or b"null")], []) == normalized(
             [(b"r/" + key, native_head), (b"t/" + key, native_tail or b"null")], []
         )
+        detector = None if room.detector is None else orjson.dumps(room.detector.to_wire())
+        assert native.detector_wire(room.room_id) == detector
         chunks = [(ws, list(keys)) for ws, keys in room.seen_chunks.items()]
         assert native.dedup_chunks(room.room_id) == chunks
+
+
+def alerting_rules() -> tuple[SpikeRules, dict[str, str]]:
+    """Rules the oracle streams alert on, and categories: two rooms of a sensitive category (views
+    and GMV), one with the orders drop rule of its own, the rest on the defaults (quiet)."""
+
+    def override(scope: str, key: str, metric: str, **fields: Any) -> dict[str, Any]:
+        return {"scope": scope, "key": key, "metric": metric, "set": fields}
+
+    rules = SpikeRules()
+    for message in (
+        override("category", "hot", "views_per_sec", min_volume=0.1, ratio=1.2, z_threshold=0.5),
+        override("category", "hot", "views_per_sec", surge_value=0.4),
+        override("category", "hot", "gmv_per_sec", min_volume=100.0, z_threshold=1.0, surge_value=None),
+        override("room", "room-2", "orders_per_sec", drop_enabled=True, drop_min_baseline=0.01),
+        override("room", "room-2", "orders_per_sec", min_volume=0.05),
+    ):
+        rules = apply_override(rules, message)
+    return rules, {"room-0": "hot", "room-1": "hot"}
+
+
+def detecting(task: TaskAggregator, cfg: CoreConfig) -> tuple[Any, Detection]:
+    """``task`` on the alerting rules, and a native table that detects as it does."""
+    task.rules, task.categories = alerting_rules()
+    native = NativeRooms(cfg, detect_spikes=True)
+    native.set_planner(quiet_planner(task.rules, task.categories, cfg.window_ms))
+    return native, Detection()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -464,23 +520,26 @@ def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
     native table: the same counts (applied, late, duplicate), the same room-stats in the same
     order, and after the stream every room's counters, sketches, open windows and dedup chunks.
     (No wall-clock ticks: the watermark moves on events alone. The rollup and session records
-    of the closes and of the watermark are compared too, and every room's t/ record but for its
-    detector, which is still Python's.)"""
+    of the closes and of the watermark are compared too, every room's t/ record, and the spike
+    detector's alerts and state; halfway, two more rooms join the sensitive category.)"""
     rng = random.Random(seed)
     cfg = replace(CFG, room_idle_ms=10**12)  # no room expires: expiry is not native yet
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
     task = TaskAggregator(cfg, SOURCES)
-    native = NativeRooms(cfg)
+    native, seen = detecting(task, cfg)
     i = 0
     while i < len(stream):
+        if i >= len(stream) // 2 and "room-3" not in task.categories:  # new categories, new plans
+            task.categories = {**task.categories, "room-3": "hot", "room-4": "hot"}
+            native.set_planner(quiet_planner(task.rules, task.categories, cfg.window_ms))
         source = stream[i][0]
         j = i
         limit = i + rng.randint(1, 50)
         while j < len(stream) and j < limit and stream[j][0] == source:
             j += 1
-        feed_both(task, native, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
+        feed_both(task, native, seen, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
         i = j
-    same_rooms(task, native)
+    same_rooms(task, native, seen)
 
 
 def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept() -> None:
@@ -499,9 +558,12 @@ def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept(
 # -- the restore, then more events -----------------------------------------------------------
 
 
-def native_restore(native: Any, log: list[tuple[bytes, bytes | None]], restored: TaskAggregator) -> None:
+def native_restore(
+    native: Any, log: list[tuple[bytes, bytes | None]], restored: TaskAggregator, firing: set[str]
+) -> None:
     """The task's changelog into the native table as ``restored`` (the Python task) took it: rooms
-    in the order it adopted them, then their dedup chunks."""
+    in the order it adopted them (those with an alert firing into ``firing``), then their dedup
+    chunks."""
     from streams.core._state_codec import compact, decode_dedup_chunk
 
     live = compact(log)
@@ -513,6 +575,8 @@ def native_restore(native: Any, log: list[tuple[bytes, bytes | None]], restored:
         if tail is not None:
             native.restore_tail(room_id, tail)
         native.adopt(room_id)
+        if firing_after_restore(native, room_id):
+            firing.add(room_id)
     for key, value in live.chunks:
         room_id, ws, keys = decode_dedup_chunk(key, value)
         native.restore_chunk(room_id, ws, keys)
@@ -532,6 +596,7 @@ def test_a_restored_native_table_goes_on_as_the_restored_python_task(
     cfg = replace(CFG, room_idle_ms=10**12, session_gap_ms=gap_ms)
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
     first = TaskAggregator(cfg, SOURCES)
+    first.rules, first.categories = alerting_rules()
     cut = rng.randrange(len(stream))
     log: list[tuple[bytes, bytes | None]] = []
     i = 0
@@ -543,13 +608,14 @@ def test_a_restored_native_table_goes_on_as_the_restored_python_task(
     restored = TaskAggregator(cfg, SOURCES)
     restored.restore(log)
     restored.drain(), restored.drain_rollups(), restored.drain_sessions()
-    native = NativeRooms(cfg)
-    native_restore(native, log, restored)
+    native, seen = detecting(restored, cfg)
+    native_restore(native, log, restored, seen.firing)
+    detect_both(restored, native, seen)
     while i < len(stream):
         source = stream[i][0]
         j = i
         while j < len(stream) and j < i + 50 and stream[j][0] == source:
             j += 1
-        feed_both(restored, native, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
+        feed_both(restored, native, seen, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
         i = j
-    same_rooms(restored, native)
+    same_rooms(restored, native, seen)

@@ -21,13 +21,13 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyString};
 
-const MAX_METRICS: usize = 8;
+pub const MAX_METRICS: usize = 8;
 
 /// The numbers of one rules mapping at one window length that the quiet path reads, in the
 /// detector's METRICS order (built once per `streams.core._spikes._Plan`).
 #[pyclass(frozen, module = "streams.core._fastcore")]
-struct QuietPlan {
-    n: usize,
+pub struct QuietPlan {
+    pub n: usize,
     /// a value at or above its floor might trigger a rule
     floors: [f64; MAX_METRICS],
     alphas: [f64; MAX_METRICS],
@@ -40,7 +40,9 @@ struct QuietPlan {
     orders: usize,
     /// the RoomStats attribute of each metric, and whether it is divided by the window's seconds
     names: Vec<Py<PyString>>,
-    per_second: [bool; MAX_METRICS],
+    pub per_second: [bool; MAX_METRICS],
+    /// where each metric is in a natively closed window's numbers (None: a name it has not)
+    pub sources: Option<[rooms::StatField; MAX_METRICS]>,
 }
 
 fn fill<T: Copy>(into: &mut [T; MAX_METRICS], from: &[T]) {
@@ -52,6 +54,7 @@ impl QuietPlan {
     #[new]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         floors: Vec<f64>,
         alphas: Vec<f64>,
         warmups: Vec<i64>,
@@ -80,6 +83,17 @@ impl QuietPlan {
                 "concurrent and orders must index a metric",
             ));
         }
+        let mut sources = Some([rooms::StatField::Unique; MAX_METRICS]);
+        for (i, name) in names.iter().enumerate() {
+            match rooms::StatField::of(name.bind(py).to_str()?) {
+                Some(field) => {
+                    if let Some(known) = sources.as_mut() {
+                        known[i] = field;
+                    }
+                }
+                None => sources = None,
+            }
+        }
         let mut plan = QuietPlan {
             n,
             floors: [0.0; MAX_METRICS],
@@ -91,6 +105,7 @@ impl QuietPlan {
             orders,
             names,
             per_second: [false; MAX_METRICS],
+            sources,
         };
         fill(&mut plan.floors, &floors);
         fill(&mut plan.alphas, &alphas);
@@ -208,6 +223,104 @@ fn fold_one(plan: &QuietPlan, values: &[f64], span: i64, history: i64, b: &mut [
     }
 }
 
+/// The part of a room's detector state the quiet path reads and writes (`DetectorState`'s
+/// `last_window_end`, `history_ms`, `last_concurrent` and `baselines`).
+pub struct QuietState<'a> {
+    pub last_end: Option<i64>,
+    pub history_ms: i64,
+    /// None: not a float (a corrupt record); a gap that needs it goes to Python
+    pub last_concurrent: Option<f64>,
+    pub baselines: &'a mut [f64],
+}
+
+/// What the quiet path did with a window.
+#[derive(PartialEq, Eq, Debug)]
+pub enum Quiet {
+    /// at or before the last window observed: nothing changes, as in Python
+    Ignored,
+    /// folded: the state moved, and no alert transition can result
+    Folded,
+    /// the Python detector's window: the state is untouched
+    Python,
+}
+
+/// The quiet path over one window: `values` (METRICS order, per-second metrics already divided)
+/// of the window starting at `window_start`, `window_ms` long; `max_gap_ms` is the longest
+/// silence replayed as idle windows. The caller has checked there is no alert slot and no
+/// seasonal term, and a negative history is the caller's to hand back.
+pub fn fold_quiet(
+    plan: &QuietPlan,
+    values: &[f64],
+    window_start: i64,
+    window_ms: i64,
+    max_gap_ms: i64,
+    state: &mut QuietState<'_>,
+) -> Quiet {
+    let n = plan.n;
+    if window_ms <= 0 || state.history_ms < 0 || state.baselines.len() != 2 * n {
+        return Quiet::Python;
+    }
+    let mut history = state.history_ms;
+    // every result below fits an i64 (Python's ints do not overflow; the kernel hands those back)
+    let (Some(window_end), Some(_)) = (
+        window_start.checked_add(window_ms),
+        history.checked_add(window_ms),
+    ) else {
+        return Quiet::Python;
+    };
+    let mut b = [0.0f64; 2 * MAX_METRICS];
+    let b = &mut b[..2 * n];
+    b.copy_from_slice(state.baselines);
+    if let Some(last_end) = state.last_end {
+        if window_start < last_end {
+            return Quiet::Ignored;
+        }
+        let Some(missed) = window_start
+            .checked_sub(last_end)
+            .map(|gap| gap / window_ms)
+        else {
+            return Quiet::Python;
+        };
+        if missed > 0 {
+            let replayable = if max_gap_ms > 0 {
+                max_gap_ms / window_ms
+            } else {
+                0
+            };
+            if missed > replayable {
+                return Quiet::Python; // the baselines restart: Python's
+            }
+            let Some(concurrent) = state.last_concurrent else {
+                return Quiet::Python;
+            };
+            let mut idle = [0.0f64; MAX_METRICS];
+            idle[plan.concurrent] = concurrent;
+            let idle = &idle[..n];
+            if !is_quiet(plan, idle, b)
+                || fold_run(plan, idle, missed, window_ms, history, b).is_none()
+            {
+                return Quiet::Python;
+            }
+            let Some(gap_ms) = missed
+                .checked_mul(window_ms)
+                .filter(|gap| gap.checked_add(history + window_ms).is_some())
+            else {
+                return Quiet::Python;
+            };
+            history += gap_ms;
+        }
+    }
+    if !is_quiet(plan, values, b) {
+        return Quiet::Python;
+    }
+    fold_one(plan, values, window_ms, history, b);
+    state.baselines.copy_from_slice(b);
+    state.history_ms = history + window_ms;
+    state.last_end = Some(window_end);
+    state.last_concurrent = Some(values[plan.concurrent]);
+    Quiet::Folded
+}
+
 /// The detector's quiet path for one closed window of a room (`streams.core._spikes.observe`):
 /// True if it took the window (the state is updated, no alert transition can result), False if
 /// the Python detector must (the state is untouched).
@@ -248,7 +361,6 @@ fn observe_quiet(
         };
         *slot = if plan.per_second[i] { x / seconds } else { x };
     }
-    let values = &values[..n];
     let last_end = state.getattr(intern!(py, "last_window_end"))?;
     let last_end = if last_end.is_none() {
         None
@@ -258,17 +370,7 @@ fn observe_quiet(
             None => return Ok(false),
         }
     };
-    // a negative history (only a corrupt record holds one) is Python's to judge: it may divide by zero
-    let Some(mut history) =
-        exact_int(&state.getattr(intern!(py, "history_ms"))?).filter(|&h| h >= 0)
-    else {
-        return Ok(false);
-    };
-    // every result below fits an i64 (Python's ints do not overflow; the kernel hands those back)
-    let (Some(window_end), Some(_)) = (
-        window_start.checked_add(window_ms),
-        history.checked_add(window_ms),
-    ) else {
+    let Some(history_ms) = exact_int(&state.getattr(intern!(py, "history_ms"))?) else {
         return Ok(false);
     };
     let baselines = state.getattr(intern!(py, "baselines"))?;
@@ -281,56 +383,31 @@ fn observe_quiet(
     let mut b = [0.0f64; 2 * MAX_METRICS];
     let b = &mut b[..2 * n];
     buffer.copy_to_slice(py, b)?;
-
-    if let Some(last_end) = last_end {
-        if window_start < last_end {
-            return Ok(true); // at or before the last window observed: ignored, as in Python
-        }
-        let Some(missed) = window_start
-            .checked_sub(last_end)
-            .map(|gap| gap / window_ms)
-        else {
-            return Ok(false);
-        };
-        if missed > 0 {
-            let replayable = if max_gap_ms > 0 {
-                max_gap_ms / window_ms
-            } else {
-                0
-            };
-            if missed > replayable {
-                return Ok(false); // the baselines restart: Python's
-            }
-            let Some(concurrent) = exact_float(&state.getattr(intern!(py, "last_concurrent"))?)
-            else {
-                return Ok(false);
-            };
-            let mut idle = [0.0f64; MAX_METRICS];
-            idle[plan.concurrent] = concurrent;
-            let idle = &idle[..n];
-            if !is_quiet(plan, idle, b)
-                || fold_run(plan, idle, missed, window_ms, history, b).is_none()
-            {
-                return Ok(false);
-            }
-            let Some(gap_ms) = missed
-                .checked_mul(window_ms)
-                .filter(|gap| gap.checked_add(history + window_ms).is_some())
-            else {
-                return Ok(false);
-            };
-            history += gap_ms;
+    let last_concurrent = exact_float(&state.getattr(intern!(py, "last_concurrent"))?);
+    let mut quiet = QuietState {
+        last_end,
+        history_ms,
+        last_concurrent,
+        baselines: b,
+    };
+    match fold_quiet(
+        plan,
+        &values[..n],
+        window_start,
+        window_ms,
+        max_gap_ms,
+        &mut quiet,
+    ) {
+        Quiet::Python => Ok(false),
+        Quiet::Ignored => Ok(true),
+        Quiet::Folded => {
+            buffer.copy_from_slice(py, quiet.baselines)?;
+            state.setattr(intern!(py, "history_ms"), quiet.history_ms)?;
+            state.setattr(intern!(py, "last_window_end"), quiet.last_end)?;
+            state.setattr(intern!(py, "last_concurrent"), values[plan.concurrent])?;
+            Ok(true)
         }
     }
-    if !is_quiet(plan, values, b) {
-        return Ok(false);
-    }
-    fold_one(plan, values, window_ms, history, b);
-    buffer.copy_from_slice(py, b)?;
-    state.setattr(intern!(py, "history_ms"), history + window_ms)?;
-    state.setattr(intern!(py, "last_window_end"), window_end)?;
-    state.setattr(intern!(py, "last_concurrent"), values[plan.concurrent])?;
-    Ok(true)
 }
 
 #[pymodule]

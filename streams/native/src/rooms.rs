@@ -15,9 +15,8 @@
 //! 1. Done. The state and its changelog records: a room's open-window counters and unique
 //!    viewer sketches (Apache DataSketches' Rust HLL, whose sketches are the Python binding's,
 //!    coupon for coupon and register for register), its offsets, its broadcast session and open
-//!    rollups, read from and written to the `r/` (version 6) and `t/` (version 1) records the
-//!    Python codec writes. The detector stays a Python object for now; its part of the `t/`
-//!    record is carried as the JSON it was read as.
+//!    rollups, its spike detector's state, read from and written to the `r/` (version 6) and
+//!    `t/` (version 1) records the Python codec writes.
 //! 2. Done but for what the wiring needs: `apply` over a decoded batch (the watermark moved per
 //!    event and handed back when windows are due, rooms opened or refused at the cap, replays
 //!    skipped, late events charged at the watermark, order dedup chunks, counters, window
@@ -26,14 +25,18 @@
 //!    into it (today it reads the Python decoders' events).
 //! 3. Done: the window close, the fold into sessions and rollups, the rollup windows and
 //!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
-//!    as bytes. Left: the detector (the quiet path's fold on native baselines, the Python
-//!    detector for the rest), idle expiry, leaderboard partials.
+//!    as bytes; the spike detector (`detect`): the quiet path (`crate::fold_quiet`, the kernel
+//!    the Python detector uses) on the room's native state, the other windows handed back with
+//!    the state to the Python detector (`streams.core._native_rooms.detect`), which hands the
+//!    state back. Left: idle expiry (with the detector's `resolve_all`), leaderboard partials.
 //! 4. Begun: the restore of version-6 records (`restore_progress`, `restore_room`,
 //!    `restore_tail`, `adopt`, `restore_chunk`, `finish_restore`: open windows, rollups and
 //!    sessions back in the due indexes, those due at the restored watermark dropped, sessions
 //!    turned off since) and the checkpoint's room records (`checkpoint`: offsets merged, `r/`,
 //!    `t/` and `d/` records and their tombstones, in the order rooms changed). Left: older record
-//!    versions (the Python codec migrates them), orphan tails and chunks, quarantine, expired
+//!    versions (the Python codec migrates them; an older detector state is kept as read and
+//!    migrated by the Python detector at its next window, but one it would refuse is refused
+//!    only then, not at the restore), orphan tails and chunks, quarantine, expired
 //!    rooms' tombstones; the query view; and `TaskAggregator` on this table when `native_core`
 //!    is on: the per-room work here, the control (inputs, idleness, stalls, markers, the wall
 //!    clock, the metadata record) in Python, setting the watermark here. Then the load test's
@@ -45,6 +48,8 @@ use datasketches::hll::{HllSketch, HllType, HllUnion};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -138,8 +143,10 @@ pub struct Room {
     /// window start -> unique viewers, per open window
     pub uniques: Vec<(i64, HllSketch)>,
     pub open_ws: Vec<i64>,
-    /// the detector's part of the `t/` record as read (step 1: the detector stays in Python)
-    pub detector: Option<Box<RawValue>>,
+    /// the spike detector's state (None: no window evaluated yet)
+    pub detector: Option<Detector>,
+    /// the quiet path's plan for this room's rules, and the planner epoch it was asked at
+    pub plan: Option<(u64, Option<Py<QuietPlan>>)>,
     pub session: Option<Session>,
     /// open rollup windows by position in the configured lengths (None: none open; an all-None
     /// list is written as `[]`, as in Python)
@@ -174,6 +181,7 @@ impl Room {
             uniques: Vec::new(),
             open_ws: Vec::new(),
             detector: None,
+            plan: None,
             session: None,
             rollups: None,
             reg_ws: -1,
@@ -525,7 +533,7 @@ impl Room {
         out.push(b',');
         match &self.detector {
             None => out.extend_from_slice(b"null"),
-            Some(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            Some(detector) => detector.write(&mut out, &self.room_id),
         }
         out.push(b',');
         match &self.session {
@@ -683,7 +691,7 @@ impl Room {
         }
         let detector = detector
             .filter(|raw| raw.get() != "null")
-            .map(|raw| raw.to_owned());
+            .map(|raw| Detector::read(raw, &room_id));
         let session = if session.is_null() {
             None
         } else {
@@ -735,6 +743,217 @@ impl Room {
     }
 }
 
+// -- the spike detector's state --------------------------------------------------------------
+
+/// `SPIKE_STATE_VERSION` of `streams.core._spikes`, and its `len(METRICS)`
+const DETECTOR_VERSION: i64 = 3;
+const N_METRICS: usize = 6;
+
+/// A room's spike-detector state (`DetectorState`).
+pub enum Detector {
+    /// version 3, as the quiet path reads and writes it
+    Native(NativeDetector),
+    /// anything else as it was read (an older version, another room's id, a field of an
+    /// unexpected type): the Python detector reads it, migrates or refuses it
+    Raw(Box<RawValue>),
+}
+
+/// `DetectorState`'s numbers the quiet path moves; the alert slots, the seasonal term and the
+/// drift test (which it never touches) as they were written.
+pub struct NativeDetector {
+    pub last_end: Option<i64>,
+    pub history_ms: i64,
+    pub last_concurrent: f64,
+    pub baselines: Vec<f64>,
+    pub alerts: Box<RawValue>,
+    pub season: Box<RawValue>,
+    pub drift: Box<RawValue>,
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).expect("valid JSON")
+}
+
+impl NativeDetector {
+    /// `DetectorState(room_id)`: no window observed, zero baselines.
+    fn new() -> NativeDetector {
+        NativeDetector {
+            last_end: None,
+            history_ms: 0,
+            last_concurrent: 0.0,
+            baselines: vec![0.0; 2 * N_METRICS],
+            alerts: raw("[]"),
+            season: raw("null"),
+            drift: raw("null"),
+        }
+    }
+
+    /// No alert slot and no seasonal term: a window may take the quiet path.
+    fn quiet_capable(&self) -> bool {
+        self.alerts.get() == "[]" && self.season.get() == "null"
+    }
+}
+
+impl Detector {
+    /// The detector's part of a `t/` record (`DetectorState.to_wire`, as JSON).
+    fn read(wire: &RawValue, room_id: &str) -> Detector {
+        #[derive(serde::Deserialize)]
+        struct Wire<'a>(
+            i64,
+            String,
+            Option<i64>,
+            i64,
+            f64,
+            Vec<f64>,
+            #[serde(borrow)] &'a RawValue,
+            #[serde(borrow)] &'a RawValue,
+            #[serde(borrow)] &'a RawValue,
+        );
+        match serde_json::from_str::<Wire>(wire.get()) {
+            Ok(Wire(DETECTOR_VERSION, id, last_end, history_ms, level, baselines, a, s, d))
+                if id == room_id && baselines.len() == 2 * N_METRICS =>
+            {
+                Detector::Native(NativeDetector {
+                    last_end,
+                    history_ms,
+                    last_concurrent: level,
+                    baselines,
+                    alerts: a.to_owned(),
+                    season: s.to_owned(),
+                    drift: d.to_owned(),
+                })
+            }
+            _ => Detector::Raw(wire.to_owned()),
+        }
+    }
+
+    /// `DetectorState.to_wire()` as orjson writes it.
+    fn write(&self, out: &mut Vec<u8>, room_id: &str) {
+        let d = match self {
+            Detector::Raw(wire) => return out.extend_from_slice(wire.get().as_bytes()),
+            Detector::Native(d) => d,
+        };
+        out.push(b'[');
+        write_int(out, DETECTOR_VERSION);
+        out.push(b',');
+        write_str(out, room_id);
+        out.push(b',');
+        match d.last_end {
+            None => out.extend_from_slice(b"null"),
+            Some(end) => write_int(out, end),
+        }
+        out.push(b',');
+        write_int(out, d.history_ms);
+        out.push(b',');
+        write_float(out, d.last_concurrent);
+        out.extend_from_slice(b",[");
+        for (i, &x) in d.baselines.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_float(out, x);
+        }
+        out.extend_from_slice(b"],");
+        for part in [&d.alerts, &d.season, &d.drift] {
+            out.extend_from_slice(part.get().as_bytes());
+            out.push(b',');
+        }
+        out.pop();
+        out.push(b']');
+    }
+}
+
+/// Where a detector metric (a `RoomStats` attribute) is in a natively closed window's numbers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StatField {
+    Counter(usize),
+    Unique,
+    Concurrent,
+    OrdersPerSec,
+}
+
+impl StatField {
+    /// The `RoomStats` attribute `name` (None: one the native numbers do not hold).
+    pub fn of(name: &str) -> Option<StatField> {
+        Some(match name {
+            "views" => StatField::Counter(JOINS),
+            "likes" => StatField::Counter(LIKES),
+            "comments" => StatField::Counter(COMMENTS),
+            "orders" => StatField::Counter(ORDERS),
+            "gmv_minor" => StatField::Counter(GMV),
+            "refunds_minor" => StatField::Counter(REFUNDS),
+            "gifts" => StatField::Counter(GIFTS),
+            "gift_value_minor" => StatField::Counter(GIFT_VALUE),
+            "late_events" => StatField::Counter(LATE),
+            "shares" => StatField::Counter(SHARES),
+            "unique_viewers" => StatField::Unique,
+            "concurrent_viewers" => StatField::Concurrent,
+            "orders_per_sec" => StatField::OrdersPerSec,
+            _ => return None,
+        })
+    }
+}
+
+/// `streams.core._spikes.observe` over a natively closed window: the quiet path on the room's
+/// native state where it applies (True: taken), False where the Python detector must take it
+/// (the state untouched).
+fn observe_quiet_natively(
+    detector: &mut NativeDetector,
+    plan: &QuietPlan,
+    stats: &Stats,
+    window_ms: i64,
+    max_gap_ms: i64,
+) -> bool {
+    let Some(sources) = plan.sources else {
+        return false;
+    };
+    if !detector.quiet_capable() {
+        return false;
+    }
+    // metric_values: per-second metrics over the window's seconds, the others as they are
+    let seconds = window_ms as f64 / 1_000.0;
+    let mut values = [0.0f64; crate::MAX_METRICS];
+    for (i, slot) in values.iter_mut().enumerate().take(plan.n) {
+        let x = match sources[i] {
+            StatField::Counter(at) => stats.totals[at] as f64,
+            StatField::Unique => stats.unique_viewers as f64,
+            StatField::Concurrent => stats.concurrent as f64,
+            StatField::OrdersPerSec => orders_per_sec(&stats.totals, window_ms),
+        };
+        *slot = if plan.per_second[i] { x / seconds } else { x };
+    }
+    let mut state = QuietState {
+        last_end: detector.last_end,
+        history_ms: detector.history_ms,
+        last_concurrent: Some(detector.last_concurrent),
+        baselines: &mut detector.baselines,
+    };
+    let outcome = fold_quiet(
+        plan,
+        &values[..plan.n],
+        stats.start,
+        window_ms,
+        max_gap_ms,
+        &mut state,
+    );
+    let (last_end, history_ms, level) = (state.last_end, state.history_ms, state.last_concurrent);
+    match outcome {
+        Quiet::Python => false,
+        Quiet::Ignored => true,
+        Quiet::Folded => {
+            detector.last_end = last_end;
+            detector.history_ms = history_ms;
+            detector.last_concurrent = level.expect("set by the fold");
+            true
+        }
+    }
+}
+
+/// `room_stats`' orders per second: `total[ORDERS] / (window_ms / 1_000)`
+fn orders_per_sec(totals: &[i64], window_ms: i64) -> f64 {
+    totals[ORDERS] as f64 / (window_ms as f64 / 1_000.0)
+}
+
 // -- the window close (step 3) ----------------------------------------------------------------
 
 /// Counter positions (`streams.core._room`).
@@ -759,6 +978,7 @@ pub struct Config {
 
 /// A room-stats record's numbers (`streams.core._room.room_stats`): room id, window start and
 /// end, counters, unique viewers, concurrent viewers.
+#[derive(Clone)]
 pub struct Stats {
     pub start: i64,
     pub end: i64,
@@ -1034,8 +1254,7 @@ impl Stats {
         write_field(&mut out, "comments", t[COMMENTS]);
         write_field(&mut out, "orders", t[ORDERS]);
         out.extend_from_slice(b",\"orders_per_sec\":");
-        // the window's length, as `room_stats` divides: total[ORDERS] / (window_ms / 1_000)
-        write_float(&mut out, t[ORDERS] as f64 / (window_ms as f64 / 1_000.0));
+        write_float(&mut out, orders_per_sec(t, window_ms));
         write_field(&mut out, "gmv_minor", t[GMV]);
         write_field(&mut out, "refunds_minor", t[REFUNDS]);
         write_field(&mut out, "gifts", t[GIFTS]);
@@ -1100,6 +1319,14 @@ pub struct NativeRooms {
     session_due: std::collections::BTreeMap<i64, Vec<String>>,
     /// rooms changed since the last checkpoint, in the order they changed
     changed: Vec<String>,
+    /// the spike detector: windows closed and not yet evaluated, in closing order
+    /// (`_undetected`); the longest silence replayed as idle windows; what gives a room's quiet
+    /// plan (a Python callable: room id -> `QuietPlan` or None) and how often it was replaced
+    detect_spikes: bool,
+    undetected: Vec<(String, Stats)>,
+    max_gap_ms: i64,
+    planner: Option<Py<PyAny>>,
+    plan_epoch: u64,
 }
 
 /// `streams.core._task.NO_TIME` and `NEVER`
@@ -1246,6 +1473,8 @@ impl NativeRooms {
         max_rooms=200_000,
         dedup_ttl_ms=600_000,
         dedup_max_per_room=100_000,
+        detect_spikes=false,
+        max_gap_ms=0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -1259,6 +1488,8 @@ impl NativeRooms {
         max_rooms: usize,
         dedup_ttl_ms: i64,
         dedup_max_per_room: usize,
+        detect_spikes: bool,
+        max_gap_ms: i64,
     ) -> PyResult<Self> {
         if bucket_ms <= 0 || window_ms <= 0 || window_ms % bucket_ms != 0 {
             return Err(value_error(format!(
@@ -1277,6 +1508,11 @@ impl NativeRooms {
             rollup_ends: std::collections::BTreeMap::new(),
             session_due: std::collections::BTreeMap::new(),
             changed: Vec::new(),
+            detect_spikes,
+            undetected: Vec::new(),
+            max_gap_ms,
+            planner: None,
+            plan_epoch: 0,
             config: Config {
                 bucket_ms,
                 window_ms,
@@ -1648,6 +1884,10 @@ impl NativeRooms {
                 for record in closed.sessions {
                     sessions.push((room_id.clone(), session_tuple(record)));
                 }
+                if self.detect_spikes {
+                    self.undetected
+                        .push((room_id.clone(), closed.stats.clone()));
+                }
                 windows.push((room_id, stats_tuple(closed.stats)));
             }
         }
@@ -1725,6 +1965,116 @@ impl NativeRooms {
             .min(first(&self.rollup_ends))
             .min(first(&self.session_due));
         Ok((windows, rollups, sessions))
+    }
+
+    /// The quiet plan of a room is `planner(room_id)` (a `QuietPlan`, or None: every window of
+    /// the room goes to the Python detector), asked again for every room after each call
+    /// (new rules or categories). None: no quiet path at all.
+    #[pyo3(signature = (planner))]
+    fn set_planner(&mut self, planner: Option<Py<PyAny>>) {
+        self.planner = planner;
+        self.plan_epoch += 1;
+    }
+
+    /// `TaskAggregator.detect` over the windows closed since the last call, in closing order:
+    /// each takes the quiet path on the room's native state where it can; the rest are handed
+    /// back, with the state of each room they belong to (once, as of the first: every later
+    /// window of that room is handed back too, in order). Returns the windows evaluated, the
+    /// windows handed back (room id, room-stats numbers) and the states (room id, the detector's
+    /// JSON); the caller runs the Python detector over them in that order and hands each room's
+    /// state back (`set_detector`).
+    #[allow(clippy::type_complexity)]
+    fn detect<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<(
+        i64,
+        Vec<(String, StatsTuple)>,
+        Vec<(String, Bound<'py, PyBytes>)>,
+    )> {
+        let pending = std::mem::take(&mut self.undetected);
+        let mut evaluated = 0;
+        let mut handed = Vec::new();
+        let mut states = Vec::new();
+        let mut python_rooms: std::collections::HashSet<String> = Default::default();
+        let window_ms = self.config.window_ms;
+        for (room_id, stats) in pending {
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            evaluated += 1;
+            if !python_rooms.contains(&room_id) {
+                if let Some(planner) = &self.planner {
+                    if !matches!(&room.plan, Some((epoch, _)) if *epoch == self.plan_epoch) {
+                        let plan: Option<Py<QuietPlan>> =
+                            planner.call1(py, (room_id.as_str(),))?.extract(py)?;
+                        room.plan = Some((self.plan_epoch, plan));
+                    }
+                }
+                let detector = room
+                    .detector
+                    .get_or_insert_with(|| Detector::Native(NativeDetector::new()));
+                if let (Some((_, Some(plan))), Detector::Native(state)) = (&room.plan, detector) {
+                    if observe_quiet_natively(state, plan.get(), &stats, window_ms, self.max_gap_ms)
+                    {
+                        continue;
+                    }
+                }
+                let mut wire = Vec::with_capacity(256);
+                room.detector
+                    .as_ref()
+                    .expect("just set")
+                    .write(&mut wire, &room_id);
+                states.push((room_id.clone(), PyBytes::new(py, &wire)));
+                python_rooms.insert(room_id.clone());
+            }
+            handed.push((room_id, stats_tuple(stats)));
+        }
+        Ok((evaluated, handed, states))
+    }
+
+    /// A room's detector state after the Python detector (`DetectorState.to_wire()` as JSON);
+    /// written at the next checkpoint.
+    fn set_detector(&mut self, room_id: &str, wire: &[u8]) -> PyResult<()> {
+        let wire = std::str::from_utf8(wire)
+            .map_err(|e| e.to_string())
+            .and_then(|text| RawValue::from_string(text.to_owned()).map_err(|e| e.to_string()))
+            .map_err(|e| value_error(format!("undecodable detector state: {e}")))?;
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        room.detector = Some(Detector::read(&wire, room_id));
+        room.tail_dirty = true;
+        if !room.dirty {
+            room.dirty = true;
+            self.changed.push(room_id.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether a room's detector may have an alert firing (an alert slot open, or a state only
+    /// the Python detector reads): `firing` of its `detector_wire` tells.
+    fn alert_slots(&self, room_id: &str) -> PyResult<bool> {
+        Ok(match &self.room(room_id)?.detector {
+            None => false,
+            Some(Detector::Native(d)) => d.alerts.get() != "[]",
+            Some(Detector::Raw(_)) => true,
+        })
+    }
+
+    /// A room's detector state as `DetectorState.to_wire()` writes it (None: it has none).
+    fn detector_wire<'py>(
+        &self,
+        py: Python<'py>,
+        room_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let room = self.room(room_id)?;
+        Ok(room.detector.as_ref().map(|detector| {
+            let mut wire = Vec::with_capacity(256);
+            detector.write(&mut wire, room_id);
+            PyBytes::new(py, &wire)
+        }))
     }
 
     /// The watermark (`TaskAggregator.watermark_ms`; None before any)
