@@ -3,10 +3,12 @@ task, on the same work (run by hand; not a test).
 
     python -m loadtest.bench_native_rooms [--events 100000] [--rooms 2000] [--repeat 3]
 
-Two measurements, CPU time, ``--repeat`` alternating runs each:
+Three measurements, CPU time, ``--repeat`` alternating runs each:
 
-- apply and close: the oracle tests' random stream (``tests.unit.test_core_oracle.make_stream``,
-  ``--events`` over ``--rooms`` rooms, one input per batch of at most 500) through
+- apply and close, without and with the spike detector (default rules; natively the quiet path
+  on native state and the Python detector for the rest): the oracle tests' random stream
+  (``tests.unit.test_core_oracle.make_stream``, ``--events`` over ``--rooms`` rooms, one input
+  per batch of at most 500) through
   ``TaskAggregator.apply`` (the windows due closed, folded into sessions and rollups, drained) and
   through the native table (``apply``, ``close_due``, handed the watermark limit the Python task
   computes for each batch), from the same decoded events, the room-windows closed checked equal;
@@ -34,13 +36,14 @@ import loadtest.bench_boundary as bb
 import streams.pipeline as sp
 from schemas import encode_room_session, encode_room_stats
 from streams.core import TaskAggregator
+from streams.core._native_rooms import detect, quiet_planner
 from streams.core._state_codec import encode_room, encode_room_tail
 from tests.unit.test_core_changelog import CFG
 from tests.unit.test_core_oracle import SOURCES, make_stream
 from tests.unit.test_native_rooms import NativeRooms, python_records
 
 
-def apply_and_close(events: int, rooms: int, repeat: int) -> dict[str, list[float]]:
+def apply_and_close(events: int, rooms: int, repeat: int, spikes: bool) -> dict[str, list[float]]:
     rng = random.Random(1)
     cfg = replace(CFG, room_idle_ms=10**12, max_rooms=10**7)
     stream = make_stream(rng, events, rooms, events * 10, 1_900)
@@ -67,14 +70,18 @@ def apply_and_close(events: int, rooms: int, repeat: int) -> dict[str, list[floa
     out: dict[str, list[float]] = {"python": [], "native": []}
     try:
         for _ in range(repeat):
-            agg = TaskAggregator(cfg, SOURCES)
+            agg = TaskAggregator(cfg, SOURCES, detect_spikes=spikes)
             t0 = time.process_time()
             for source, items in batches:
                 agg.apply(source, items, now_ms=0)
                 agg.drain(), agg.drain_sessions(), agg.drain_rollups()
+                if spikes:
+                    agg.detect()
             out["python"].append(1e6 * (time.process_time() - t0) / len(stream))
-            native = NativeRooms(cfg)
-            closed = 0
+            native = NativeRooms(cfg, detect_spikes=spikes)
+            native.set_planner(quiet_planner(agg.rules, agg.categories, cfg.window_ms))
+            alerts: list[Any] = []
+            closed = evaluated = 0
             t0 = time.process_time()
             for (source, items), allowed in zip(batches, others, strict=True):
                 at = 0
@@ -83,8 +90,12 @@ def apply_and_close(events: int, rooms: int, repeat: int) -> dict[str, list[floa
                     if at >= len(items):
                         break
                     closed += len(native.close_due()[0])
+                if spikes:
+                    evaluated += detect(native, agg.rules, agg.categories, cfg.window_ms, None, alerts, set())
             out["native"].append(1e6 * (time.process_time() - t0) / len(stream))
             assert closed == windows, f"native closed {closed} room-windows, Python {windows}"
+            assert evaluated == agg.counters.detector_evaluations
+            assert len(alerts) == len(agg.drain_alerts())
     finally:
         gc.enable()
         gc.unfreeze()
@@ -166,11 +177,13 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    report(
-        f"apply and close, {args.events:,} events over {args.rooms:,} rooms (medians of {args.repeat})",
-        apply_and_close(args.events, args.rooms, args.repeat),
-        "µs/event",
-    )
+    for spikes in (False, True):
+        report(
+            f"apply and close{', spike detector' if spikes else ''}, {args.events:,} events over"
+            f" {args.rooms:,} rooms (medians of {args.repeat})",
+            apply_and_close(args.events, args.rooms, args.repeat, spikes),
+            "µs/event",
+        )
     report(
         f"a boundary of 26 000 room-windows, close + records + r/ and t/ (medians of {args.repeat})",
         boundary(args.repeat),
