@@ -36,7 +36,7 @@ import loadtest.bench_boundary as bb
 import streams.pipeline as sp
 from schemas import encode_room_session, encode_room_stats
 from streams.core import TaskAggregator
-from streams.core._native_rooms import detect, quiet_planner
+from streams.core._native_rooms import NativeSpikes
 from streams.core._state_codec import encode_room, encode_room_tail
 from tests.unit.test_core_changelog import CFG
 from tests.unit.test_core_oracle import SOURCES, make_stream
@@ -79,9 +79,8 @@ def apply_and_close(events: int, rooms: int, repeat: int, spikes: bool) -> dict[
                     agg.detect()
             out["python"].append(1e6 * (time.process_time() - t0) / len(stream))
             native = NativeRooms(cfg, detect_spikes=spikes)
-            native.set_planner(quiet_planner(agg.rules, agg.categories, cfg.window_ms))
-            alerts: list[Any] = []
-            closed = evaluated = 0
+            spike_detector = NativeSpikes(native, cfg.window_ms)
+            closed = 0
             t0 = time.process_time()
             for (source, items), allowed in zip(batches, others, strict=True):
                 at = 0
@@ -91,11 +90,11 @@ def apply_and_close(events: int, rooms: int, repeat: int, spikes: bool) -> dict[
                         break
                     closed += len(native.close_due()[0])
                 if spikes:
-                    evaluated += detect(native, agg.rules, agg.categories, cfg.window_ms, None, alerts, set())
+                    spike_detector.detect(None)
             out["native"].append(1e6 * (time.process_time() - t0) / len(stream))
             assert closed == windows, f"native closed {closed} room-windows, Python {windows}"
-            assert evaluated == agg.counters.detector_evaluations
-            assert len(alerts) == len(agg.drain_alerts())
+            assert spike_detector.evaluated == agg.counters.detector_evaluations
+            assert len(spike_detector.alerts) == len(agg.drain_alerts())
     finally:
         gc.enable()
         gc.unfreeze()

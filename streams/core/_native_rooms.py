@@ -17,8 +17,8 @@ import orjson
 
 from ._alerts import AlertEvent
 from ._room import room_stats
-from ._spike_rules import SpikeRules, rules_for
-from ._spikes import DEFAULT_MAX_GAP_S, DetectorState, _plan, firing, observe
+from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
+from ._spikes import DEFAULT_MAX_GAP_S, DetectorState, _plan, firing, observe, resolve_all
 
 #: the longest silence a room's baselines replay as idle windows, in ms (``observe``'s default,
 #: which the task uses); the native table is built with it
@@ -35,41 +35,71 @@ def quiet_planner(rules: SpikeRules, categories: Mapping[str, str], window_ms: i
     return plan_of
 
 
-def detect(
-    table: Any,
-    rules: SpikeRules,
-    categories: Mapping[str, str],
-    window_ms: int,
-    surge_from: int | None,
-    alerts: list[AlertEvent],
-    firing_rooms: set[str],
-) -> int:
-    """``TaskAggregator.detect`` on a native table: the windows closed since the last call, in
-    closing order; the alert transitions appended to ``alerts``, ``firing_rooms`` kept. Returns
-    the windows evaluated (quiet ones included)."""
-    evaluated, handed, wires = table.detect()
-    if not handed:
-        return int(evaluated)
-    states = {room_id: DetectorState.from_wire(orjson.loads(wire)) for room_id, wire in wires}
-    for room_id, (start, _end, totals, unique_viewers, concurrent) in handed:
-        state = states[room_id]
-        stats = room_stats(room_id, start, window_ms, totals, unique_viewers, concurrent)
-        room_rules = rules_for(rules, room_id, categories.get(room_id))
-        events = observe(state, stats, room_rules, window_ms, surge_from=surge_from)
-        if events:
-            alerts.extend(events)
-            if firing(state):
-                firing_rooms.add(room_id)
-            else:
-                firing_rooms.discard(room_id)
-    for room_id, state in states.items():
-        table.set_detector(room_id, orjson.dumps(state.to_wire()))
-    return int(evaluated)
+class NativeSpikes:
+    """The spike detector's Python half over a native table (``NativeRooms`` built with
+    ``detect_spikes``): the task's rules and categories, the alert transitions not yet drained,
+    the rooms firing, and the windows evaluated (``TaskCounters.detector_evaluations``)."""
 
+    def __init__(self, table: Any, window_ms: int) -> None:
+        self.table = table
+        self.window_ms = window_ms
+        self.rules = DEFAULT_RULES
+        self.categories: Mapping[str, str] = {}
+        self.alerts: list[AlertEvent] = []
+        self.firing: set[str] = set()
+        self.evaluated = 0
+        table.set_planner(quiet_planner(self.rules, self.categories, window_ms))
 
-def firing_after_restore(table: Any, room_id: str) -> bool:
-    """Whether a room the table restored has an alert firing (``TaskAggregator._adopt``)."""
-    if not table.alert_slots(room_id):
-        return False
-    wire = table.detector_wire(room_id)
-    return bool(firing(DetectorState.from_wire(orjson.loads(wire))))
+    def set_rules(self, rules: SpikeRules, categories: Mapping[str, str]) -> None:
+        """New rules or categories: every room's quiet plan is asked for again."""
+        self.rules, self.categories = rules, categories
+        self.table.set_planner(quiet_planner(rules, categories, self.window_ms))
+
+    def detect(self, surge_from: int | None, rooms: set[str] | None = None) -> None:
+        """``TaskAggregator.detect``: the windows closed since the last call (of ``rooms`` only,
+        if given), in closing order."""
+        evaluated, handed, wires = self.table.detect(rooms)
+        self.evaluated += evaluated
+        if not handed:
+            return
+        states = {room_id: DetectorState.from_wire(orjson.loads(wire)) for room_id, wire in wires}
+        for room_id, (start, _end, totals, unique_viewers, concurrent) in handed:
+            state = states[room_id]
+            stats = room_stats(room_id, start, self.window_ms, totals, unique_viewers, concurrent)
+            room_rules = rules_for(self.rules, room_id, self.categories.get(room_id))
+            events = observe(state, stats, room_rules, self.window_ms, surge_from=surge_from)
+            if events:
+                self.alerts.extend(events)
+                if firing(state):
+                    self.firing.add(room_id)
+                else:
+                    self.firing.discard(room_id)
+        for room_id, state in states.items():
+            self.table.set_detector(room_id, orjson.dumps(state.to_wire()))
+
+    def expire(self, surge_from: int | None) -> None:
+        """Finish the expiry scan the table's ``close_due`` began (``_expire_idle_rooms``): the
+        leaving rooms' last windows evaluated, the alerts firing in the rooms scanned resolved,
+        then the table's ``expire``."""
+        scanned = self.table.expiring()
+        if scanned is None:
+            return
+        leaving, keeping = scanned
+        if leaving:
+            self.detect(surge_from, set(leaving))
+        watermark = self.table.watermark()
+        for room_id in [*keeping, *leaving]:
+            if room_id in self.firing:
+                wire = self.table.detector_wire(room_id)
+                if wire is not None:
+                    state = DetectorState.from_wire(orjson.loads(wire))
+                    self.alerts.extend(resolve_all(state, watermark))
+                    self.firing.discard(room_id)
+        self.table.expire()
+
+    def restored(self, room_id: str) -> None:
+        """A room the table restored: firing if its detector has an alert firing (``_adopt``)."""
+        if self.table.alert_slots(room_id):
+            wire = self.table.detector_wire(room_id)
+            if firing(DetectorState.from_wire(orjson.loads(wire))):
+                self.firing.add(room_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -16,9 +16,9 @@ from datasketches import hll_sketch, hll_union
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import encode_room_session, encode_room_stats
+from schemas import GiftEvent, OrderEvent, ViewerEvent, encode_room_session, encode_room_stats
 from streams.core import CoreConfig, TaskAggregator
-from streams.core._native_rooms import MAX_GAP_MS, detect, firing_after_restore, quiet_planner
+from streams.core._native_rooms import MAX_GAP_MS, NativeSpikes
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
 from streams.core._spike_rules import SpikeRules, apply_override
@@ -54,6 +54,7 @@ def NativeRooms(cfg: CoreConfig = CFG, *, detect_spikes: bool = False) -> Any:
         dedup_max_per_room=cfg.dedup_max_per_room,
         detect_spikes=detect_spikes,
         max_gap_ms=MAX_GAP_MS,
+        room_idle_ms=cfg.room_idle_ms,
     )
 
 
@@ -389,42 +390,34 @@ def normalized(
         if key.startswith(b"t/"):
             tail = None if value is None else orjson.loads(value)
             out[key] = sketches_as_estimates([0, 0, 0, 0, 0, 0, [], []], tail)[1]
-        elif key.startswith(b"r/"):
-            assert value is not None
-            out[key] = sketches_as_estimates(orjson.loads(value), None)[0]
+        elif key.startswith(b"r/"):  # None: the room expired
+            out[key] = None if value is None else sketches_as_estimates(orjson.loads(value), None)[0]
         elif key.startswith(b"d/"):
             out[key] = value
     return order, out
 
 
-@dataclass
-class Detection:
-    """The native side's detector outcome: alert transitions, rooms firing, windows evaluated."""
-
-    alerts: list[Any] = field(default_factory=list)
-    firing: set[str] = field(default_factory=set)
-    evaluated: int = 0
-
-
-def detect_both(task: TaskAggregator, native: Any, seen: Detection) -> None:
+def detect_both(task: TaskAggregator, seen: NativeSpikes) -> list[Any]:
     """The detector over the windows closed since the last call, in the task and natively (the
-    quiet path on native state, the Python detector for the rest): the same alerts, the same
-    rooms firing, the same windows evaluated."""
-    seen.evaluated += detect(
-        native, task.rules, task.categories, task.config.window_ms, task._surge_from, seen.alerts, seen.firing
-    )
-    assert seen.alerts == task.drain_alerts()
+    quiet path on native state, the Python detector for the rest): the same alerts (returned),
+    the same rooms firing, the same windows evaluated."""
+    seen.detect(task._surge_from)
+    alerts = task.drain_alerts()
+    assert seen.alerts == alerts
     seen.alerts.clear()
     assert seen.firing == task.firing_rooms
     assert seen.evaluated == task.counters.detector_evaluations
+    return alerts
 
 
 def feed_both(
-    task: TaskAggregator, native: Any, seen: Detection, items: list[Any], source: int, rng: random.Random
-) -> None:
+    task: TaskAggregator, seen: NativeSpikes, items: list[Any], source: int, rng: random.Random
+) -> list[Any]:
     """One batch to the Python task and to the native table (with the task's watermark limit and
     replay bound): the same counts, the same records in the same order, the same watermark, the
-    same detector outcome; now and then a checkpoint on both, the same records."""
+    same rooms expired, the same detector outcome (the alerts drained returned); now and then a
+    checkpoint on both, the same records."""
+    native = seen.table
     others = task._delivery(source, 0)
     replay_until = task._replay_until.get(source, -1)
     expected = task.apply(source, items, now_ms=0)
@@ -439,10 +432,12 @@ def feed_both(
         if at >= len(items):
             break
         closed_windows, closed_rollups, closed_sessions = native.close_due()
+        seen.expire(task._surge_from)
         windows += closed_windows
         rollups += closed_rollups
         sessions += closed_sessions
     assert counts == [expected.applied, expected.late, expected.duplicate, expected.replayed, 0]
+    assert native.rooms_expired == task.counters.rooms_expired
     assert [(room_id, published(numbers)) for room_id, numbers in windows] == [
         (stats.room_id, stats_numbers(stats)) for stats in task.drain()
     ]
@@ -453,22 +448,23 @@ def feed_both(
         (record.room_id, session_numbers(record)) for record in task.drain_sessions()
     ]
     assert native.watermark() == task.watermark_ms
-    if rng.random() < 0.5:
-        detect_both(task, native, seen)
+    alerts = detect_both(task, seen) if rng.random() < 0.5 else []
     if rng.random() < 0.3:  # a checkpoint: the same rooms' records, in the same order
-        detect_both(task, native, seen)
+        alerts += detect_both(task, seen)
         expected_checkpoint = task.checkpoint()
         upserts, deletes = native.checkpoint(list(task._consumed.items()))
         assert normalized(upserts, deletes) == normalized(
             expected_checkpoint.upserts, expected_checkpoint.deletes
         )
+    return alerts
 
 
-def same_rooms(task: TaskAggregator, native: Any, seen: Detection) -> None:
+def same_rooms(task: TaskAggregator, seen: NativeSpikes) -> None:
     """Every room's r/ record (byte for byte without set-mode sketches), t/ record, detector
     state (byte for byte) and dedup chunks."""
+    native = seen.table
     assert sorted(native.room_ids()) == sorted(task.rooms)
-    detect_both(task, native, seen)
+    detect_both(task, seen)
     for room in task.rooms.values():
         head, tail = python_records(room)
         native_head, native_tail = native.encode_room(room.room_id), native.encode_tail(room.room_id)
@@ -503,43 +499,100 @@ def alerting_rules() -> tuple[SpikeRules, dict[str, str]]:
     return rules, {"room-0": "hot", "room-1": "hot"}
 
 
-def detecting(task: TaskAggregator, cfg: CoreConfig) -> tuple[Any, Detection]:
-    """``task`` on the alerting rules, and a native table that detects as it does."""
+def detecting(task: TaskAggregator, cfg: CoreConfig) -> NativeSpikes:
+    """``task`` on the alerting rules, and a native table that detects as it does (or does not,
+    as the task)."""
     task.rules, task.categories = alerting_rules()
-    native = NativeRooms(cfg, detect_spikes=True)
-    native.set_planner(quiet_planner(task.rules, task.categories, cfg.window_ms))
-    return native, Detection()
+    seen = NativeSpikes(NativeRooms(cfg, detect_spikes=task.detect_spikes), cfg.window_ms)
+    seen.set_rules(task.rules, task.categories)
+    return seen
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(**{**STREAMS, "n": st.integers(50, 1_500), "disorder_ms": st.sampled_from([0, 1_900, 15_000, 60_000])})
+@given(
+    **{**STREAMS, "n": st.integers(50, 1_500), "disorder_ms": st.sampled_from([0, 1_900, 15_000, 60_000])},
+    spikes=st.booleans(),
+)
 def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
-    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int
+    seed: int, n: int, rooms: int, disorder_ms: int, span_ms: int, spikes: bool
 ) -> None:
     """The same batches (one input each, as a fetch hands them over) to the Python task and to a
     native table: the same counts (applied, late, duplicate), the same room-stats in the same
     order, and after the stream every room's counters, sketches, open windows and dedup chunks.
     (No wall-clock ticks: the watermark moves on events alone. The rollup and session records
     of the closes and of the watermark are compared too, every room's t/ record, and the spike
-    detector's alerts and state; halfway, two more rooms join the sensitive category.)"""
+    detector's alerts and state; halfway, two more rooms join the sensitive category. Without
+    the detector too: a room's reset at expiry then depends on the windows it closed alone.)"""
     rng = random.Random(seed)
-    cfg = replace(CFG, room_idle_ms=10**12)  # no room expires: expiry is not native yet
+    cfg = CFG  # rooms expire (and come back) within the stream
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
-    task = TaskAggregator(cfg, SOURCES)
-    native, seen = detecting(task, cfg)
+    task = TaskAggregator(cfg, SOURCES, detect_spikes=spikes)
+    seen = detecting(task, cfg)
     i = 0
     while i < len(stream):
         if i >= len(stream) // 2 and "room-3" not in task.categories:  # new categories, new plans
             task.categories = {**task.categories, "room-3": "hot", "room-4": "hot"}
-            native.set_planner(quiet_planner(task.rules, task.categories, cfg.window_ms))
+            seen.set_rules(task.rules, task.categories)
         source = stream[i][0]
         j = i
         limit = i + rng.randint(1, 50)
         while j < len(stream) and j < limit and stream[j][0] == source:
             j += 1
-        feed_both(task, native, seen, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
+        feed_both(task, seen, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
         i = j
-    same_rooms(task, native, seen)
+    same_rooms(task, seen)
+
+
+@pytest.mark.parametrize(
+    "held, session_gap_ms, dedup_ttl_ms",
+    [("gone", 30_000, 60_000), ("session", 120_000, 60_000), ("orders", 30_000, 200_000)],
+)
+def test_rooms_that_go_quiet_while_alerting_are_resolved_as_they_expire(
+    held: str, session_gap_ms: int, dedup_ttl_ms: int
+) -> None:
+    """Two rooms of the sensitive category surge, then fall silent while another room moves the
+    watermark on. The first scan that finds them idle lets them go (their alerts resolved), or
+    keeps them while their session lives or their order keys are within the dedup TTL (reset:
+    the alerts resolved; they go later). The same alerts and records as the Python task."""
+    from tests.unit.test_core_oracle import BASE_MS
+
+    cfg = replace(CFG, session_gap_ms=session_gap_ms, dedup_ttl_ms=dedup_ttl_ms)
+    orders = held == "orders"
+    task = TaskAggregator(cfg, SOURCES)
+    seen = detecting(task, cfg)
+    batches: list[tuple[int, list[Any]]] = []
+    offsets = {0: 0, 1: 0, 2: 0}
+
+    def send(source: int, event: Any) -> None:
+        offsets[source] += 1
+        if not batches or batches[-1][0] != source:
+            batches.append((source, []))
+        batches[-1][1].append((offsets[source], event))
+
+    for block in range(0, 400, 10):  # every input delivers, ten seconds at a time
+        for second in range(block, block + 10):
+            ts = BASE_MS + second * 1_000
+            send(0, ViewerEvent("like", "room-9", "u0", ts))  # a quiet room on the default rules
+            if 30 <= second < 90:  # the surge, seen from the third window on
+                for room in ("room-0", "room-1"):
+                    send(0, ViewerEvent("join", room, f"u{second}", ts))
+        for second in range(block, block + 10):
+            ts = BASE_MS + second * 1_000
+            send(1, OrderEvent(f"o{second}", "room-9", "u1", ts, "paid", 100, "CNY"))
+            if orders and 30 <= second < 90 and second % 10 == 0:
+                send(1, OrderEvent(f"o{second}", "room-1", "u1", ts, "paid", 100, "CNY"))
+        for second in range(block, block + 10):
+            send(2, GiftEvent(f"g{second}", "room-9", "u2", BASE_MS + second * 1_000, 1, 10))
+    rng = random.Random(1)
+    alerts: list[Any] = []
+    for source, items in batches:
+        for at in range(0, len(items), 40):
+            alerts += feed_both(task, seen, items[at : at + 40], source, rng)
+        alerts += detect_both(task, seen)
+    same_rooms(task, seen)
+    fired = [(a.room_id, a.status) for a in alerts if a.room_id in ("room-0", "room-1")]
+    assert ("room-0", "firing") in fired and ("room-0", "resolved") in fired
+    assert task.counters.rooms_expired == 2 and not {"room-0", "room-1"} & set(task.rooms)
 
 
 def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept() -> None:
@@ -559,11 +612,11 @@ def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept(
 
 
 def native_restore(
-    native: Any, log: list[tuple[bytes, bytes | None]], restored: TaskAggregator, firing: set[str]
+    seen: NativeSpikes, log: list[tuple[bytes, bytes | None]], restored: TaskAggregator
 ) -> None:
     """The task's changelog into the native table as ``restored`` (the Python task) took it: rooms
-    in the order it adopted them (those with an alert firing into ``firing``), then their dedup
-    chunks."""
+    in the order it adopted them (those with an alert firing), then their dedup chunks."""
+    native = seen.table
     from streams.core._state_codec import compact, decode_dedup_chunk
 
     live = compact(log)
@@ -575,8 +628,7 @@ def native_restore(
         if tail is not None:
             native.restore_tail(room_id, tail)
         native.adopt(room_id)
-        if firing_after_restore(native, room_id):
-            firing.add(room_id)
+        seen.restored(room_id)
     for key, value in live.chunks:
         room_id, ws, keys = decode_dedup_chunk(key, value)
         native.restore_chunk(room_id, ws, keys)
@@ -593,7 +645,7 @@ def test_a_restored_native_table_goes_on_as_the_restored_python_task(
     same records in the same order, and the same rooms at the end (windows, rollups and sessions
     open at the checkpoint close, end or go on; dedup keys from before still count)."""
     rng = random.Random(seed)
-    cfg = replace(CFG, room_idle_ms=10**12, session_gap_ms=gap_ms)
+    cfg = replace(CFG, session_gap_ms=gap_ms)
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
     first = TaskAggregator(cfg, SOURCES)
     first.rules, first.categories = alerting_rules()
@@ -608,14 +660,14 @@ def test_a_restored_native_table_goes_on_as_the_restored_python_task(
     restored = TaskAggregator(cfg, SOURCES)
     restored.restore(log)
     restored.drain(), restored.drain_rollups(), restored.drain_sessions()
-    native, seen = detecting(restored, cfg)
-    native_restore(native, log, restored, seen.firing)
-    detect_both(restored, native, seen)
+    seen = detecting(restored, cfg)
+    native_restore(seen, log, restored)
+    detect_both(restored, seen)
     while i < len(stream):
         source = stream[i][0]
         j = i
         while j < len(stream) and j < i + 50 and stream[j][0] == source:
             j += 1
-        feed_both(restored, native, seen, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
+        feed_both(restored, seen, [(offset, event) for _, offset, event in stream[i:j]], source, rng)
         i = j
-    same_rooms(restored, native, seen)
+    same_rooms(restored, seen)

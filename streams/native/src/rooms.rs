@@ -20,15 +20,17 @@
 //! 2. Done but for what the wiring needs: `apply` over a decoded batch (the watermark moved per
 //!    event and handed back when windows are due, rooms opened or refused at the cap, replays
 //!    skipped, late events charged at the watermark, order dedup chunks, counters, window
-//!    registration, sketches). Left: the offsets of refused events (`_overflow`), a room back
-//!    after expiry (`_expired`), re-routed events' first delivery (`watch_start`); decoding fused
-//!    into it (today it reads the Python decoders' events).
+//!    registration, sketches; the offsets of refused events, a room back after expiry). Left:
+//!    re-routed events' first delivery (`watch_start`); decoding fused into it (today it reads
+//!    the Python decoders' events).
 //! 3. Done: the window close, the fold into sessions and rollups, the rollup windows and
 //!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
 //!    as bytes; the spike detector (`detect`): the quiet path (`crate::fold_quiet`, the kernel
 //!    the Python detector uses) on the room's native state, the other windows handed back with
-//!    the state to the Python detector (`streams.core._native_rooms.detect`), which hands the
-//!    state back. Left: idle expiry (with the detector's `resolve_all`), leaderboard partials.
+//!    the state to the Python detector (`streams.core._native_rooms.NativeSpikes`), which
+//!    hands the state back; idle expiry (`close_due` scans, the Python half evaluates the leaving rooms'
+//!    last windows and resolves their alerts, `expire` finishes; expired rooms' tombstones at
+//!    the checkpoint). Left: leaderboard partials.
 //! 4. Begun: the restore of version-6 records (`restore_progress`, `restore_room`,
 //!    `restore_tail`, `adopt`, `restore_chunk`, `finish_restore`: open windows, rollups and
 //!    sessions back in the due indexes, those due at the restored watermark dropped, sessions
@@ -36,11 +38,11 @@
 //!    `t/` and `d/` records and their tombstones, in the order rooms changed). Left: older record
 //!    versions (the Python codec migrates them; an older detector state is kept as read and
 //!    migrated by the Python detector at its next window, but one it would refuse is refused
-//!    only then, not at the restore), orphan tails and chunks, quarantine, expired
-//!    rooms' tombstones; the query view; and `TaskAggregator` on this table when `native_core`
-//!    is on: the per-room work here, the control (inputs, idleness, stalls, markers, the wall
-//!    clock, the metadata record) in Python, setting the watermark here. Then the load test's
-//!    table and the fault suite.
+//!    only then, not at the restore), orphan tails and chunks, quarantine; the query view (and
+//!    a room's last closed window with it: today only whether there is one); and
+//!    `TaskAggregator` on this table when `native_core` is on: the per-room work here, the
+//!    control (inputs, idleness, stalls, markers, the wall clock, the metadata record) in
+//!    Python, setting the watermark here. Then the load test's table and the fault suite.
 
 use std::io::Write;
 
@@ -165,6 +167,11 @@ pub struct Room {
     pub tail_dirty: bool,
     /// ends of rollups its `t/` record held at a length no longer configured (until `adopt`)
     pub unconfigured_ends: Vec<i64>,
+    /// when the table took it (the task's rooms are a Python dict: expiry visits them in this
+    /// order)
+    pub seq: u64,
+    /// a window closed since it was created, restored or reset (`Room.last_closed` is not None)
+    pub closed_any: bool,
 }
 
 /// order keys per dedup chunk (`streams.core._room.CHUNK_KEYS`)
@@ -192,6 +199,8 @@ impl Room {
             seen_gone: Vec::new(),
             tail_dirty: false,
             unconfigured_ends: Vec::new(),
+            seq: 0,
+            closed_any: false,
         }
     }
 
@@ -1099,6 +1108,7 @@ impl Room {
             .position(|&w| w == ws)
             .ok_or_else(|| format!("window {ws} is not open"))?; // checked before anything changes
         self.open_ws.remove(at);
+        self.closed_any = true;
         let first = ws.div_euclid(cfg.bucket_ms);
         let end = first + cfg.window_ms / cfg.bucket_ms;
         let (total, active_first, active_last) = self.take_window(first, end);
@@ -1327,6 +1337,19 @@ pub struct NativeRooms {
     max_gap_ms: i64,
     planner: Option<Py<PyAny>>,
     plan_epoch: u64,
+    /// idle expiry (`_expire_idle_rooms`): rooms idle this long go; the watermark of the last
+    /// scan; a scan's rooms (leaving, kept but reset) until `expire`; rooms gone since the last
+    /// checkpoint (their records deleted then, unless they came back) and their chunks' keys
+    room_idle_ms: i64,
+    last_expiry_scan: i64,
+    expiring: Option<(Vec<String>, Vec<String>)>,
+    expired: std::collections::BTreeSet<String>,
+    gone_keys: Vec<String>,
+    rooms_expired: i64,
+    /// the order rooms were taken in (`Room.seq`)
+    next_seq: u64,
+    /// offsets of events refused at the room cap since the last `take_overflow`
+    overflow: Vec<i64>,
 }
 
 /// `streams.core._task.NO_TIME` and `NEVER`
@@ -1435,6 +1458,48 @@ fn value_error(message: String) -> PyErr {
 }
 
 impl NativeRooms {
+    /// `_expire_idle_rooms`' scan: the rooms with no open window and no event for `room_idle_ms`
+    /// of event time, in the order the table took them; dedup chunks past their TTL forgotten;
+    /// those with a chunk left, a session or a rollup kept (reset), the rest leaving. Pending
+    /// until `expire` (the caller evaluates the leaving rooms' windows and resolves alerts first).
+    fn scan_idle(&mut self) {
+        let wm = self.watermark;
+        self.last_expiry_scan = wm;
+        let cfg = &self.config;
+        let cutoff = wm - self.room_idle_ms;
+        let mut idle: Vec<(u64, &String)> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.open_ws.is_empty() && r.last_ts < cutoff)
+            .map(|(id, r)| (r.seq, id))
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        idle.sort_unstable();
+        let idle: Vec<String> = idle.into_iter().map(|(_, id)| id.clone()).collect();
+        // dedup memory lives its full TTL even when the room expires sooner
+        let dedup_cutoff = wm - cfg.dedup_ttl_ms - cfg.window_ms + 1;
+        let (mut leaving, mut keeping) = (Vec::new(), Vec::new());
+        for room_id in idle {
+            let room = self.rooms.get_mut(&room_id).expect("just seen");
+            if !room.seen_chunks.is_empty() {
+                let before = room.seen_gone.len();
+                room.forget_chunks_before(dedup_cutoff, cfg.dedup_max_per_room);
+                if room.seen_gone.len() != before && !room.dirty {
+                    room.dirty = true;
+                    self.changed.push(room_id.clone());
+                }
+            }
+            if room.seen_chunks.is_empty() && room.session.is_none() && room.rollups.is_none() {
+                leaving.push(room_id);
+            } else {
+                keeping.push(room_id);
+            }
+        }
+        self.expiring = Some((leaving, keeping));
+    }
+
     /// Close window `ws` of one room, outside `close_due` (for the tests and benchmarks).
     fn close_one(&mut self, room_id: &str, ws: i64) -> PyResult<Closed> {
         let wm = self.watermark;
@@ -1475,6 +1540,7 @@ impl NativeRooms {
         dedup_max_per_room=100_000,
         detect_spikes=false,
         max_gap_ms=0,
+        room_idle_ms=300_000,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -1490,6 +1556,7 @@ impl NativeRooms {
         dedup_max_per_room: usize,
         detect_spikes: bool,
         max_gap_ms: i64,
+        room_idle_ms: i64,
     ) -> PyResult<Self> {
         if bucket_ms <= 0 || window_ms <= 0 || window_ms % bucket_ms != 0 {
             return Err(value_error(format!(
@@ -1513,6 +1580,14 @@ impl NativeRooms {
             max_gap_ms,
             planner: None,
             plan_epoch: 0,
+            room_idle_ms,
+            last_expiry_scan: NO_TIME,
+            expiring: None,
+            expired: Default::default(),
+            gone_keys: Vec::new(),
+            rooms_expired: 0,
+            next_seq: 0,
+            overflow: Vec::new(),
             config: Config {
                 bucket_ms,
                 window_ms,
@@ -1535,8 +1610,10 @@ impl NativeRooms {
 
     /// Take a room's `r/` record (version 6); returns its room id.
     fn restore_room(&mut self, value: &[u8]) -> PyResult<String> {
-        let room = Room::decode(value).map_err(value_error)?;
+        let mut room = Room::decode(value).map_err(value_error)?;
         let room_id = room.room_id.clone();
+        room.seq = self.next_seq;
+        self.next_seq += 1;
         self.rooms.insert(room_id.clone(), room);
         Ok(room_id)
     }
@@ -1664,6 +1741,11 @@ impl NativeRooms {
         others: i64,
         replay_until: i64,
     ) -> PyResult<(usize, (i64, i64, i64, i64, i64))> {
+        if self.expiring.is_some() {
+            return Err(value_error(
+                "an expiry scan is pending: expire() first".to_owned(),
+            ));
+        }
         let cfg_bucket = self.config.bucket_ms;
         let window_ms = self.config.window_ms;
         let grace_ms = self.config.grace_ms;
@@ -1716,11 +1798,16 @@ impl NativeRooms {
                     }
                     if held >= self.config.max_rooms {
                         n.overflow += 1;
+                        self.overflow.push(offset);
                         continue;
                     }
-                    self.rooms
-                        .entry(room_id.to_owned())
-                        .or_insert_with(|| Room::new(room_id))
+                    let mut room = Room::new(room_id);
+                    room.seq = self.next_seq;
+                    self.next_seq += 1;
+                    // its records were to be deleted at the next checkpoint: they are written
+                    // instead, its t/ record too
+                    room.tail_dirty = self.expired.remove(room_id);
+                    self.rooms.entry(room_id.to_owned()).or_insert(room)
                 }
             };
             if offset <= replay_until {
@@ -1964,6 +2051,10 @@ impl NativeRooms {
             .map_or(NEVER, |ws| ws + cfg.window_ms)
             .min(first(&self.rollup_ends))
             .min(first(&self.session_due));
+        // a scan visits every room: a tenth of the idle time is precise enough for freeing memory
+        if wm - self.last_expiry_scan >= cfg.window_ms.max(self.room_idle_ms / 10) {
+            self.scan_idle();
+        }
         Ok((windows, rollups, sessions))
     }
 
@@ -1983,16 +2074,25 @@ impl NativeRooms {
     /// windows handed back (room id, room-stats numbers) and the states (room id, the detector's
     /// JSON); the caller runs the Python detector over them in that order and hands each room's
     /// state back (`set_detector`).
+    ///
+    /// `rooms`: only these rooms' windows (those leaving at an expiry); the others wait.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (rooms=None))]
     fn detect<'py>(
         &mut self,
         py: Python<'py>,
+        rooms: Option<std::collections::HashSet<String>>,
     ) -> PyResult<(
         i64,
         Vec<(String, StatsTuple)>,
         Vec<(String, Bound<'py, PyBytes>)>,
     )> {
-        let pending = std::mem::take(&mut self.undetected);
+        let mut pending = std::mem::take(&mut self.undetected);
+        if let Some(only) = &rooms {
+            let (taken, waiting) = pending.into_iter().partition(|(id, _)| only.contains(id));
+            pending = taken;
+            self.undetected = waiting;
+        }
         let mut evaluated = 0;
         let mut handed = Vec::new();
         let mut states = Vec::new();
@@ -2075,6 +2175,78 @@ impl NativeRooms {
             detector.write(&mut wire, room_id);
             PyBytes::new(py, &wire)
         }))
+    }
+
+    /// The rooms of an expiry scan `close_due` began (leaving, kept but reset; None: none
+    /// pending). Before `expire`, the caller evaluates the leaving rooms' windows still waiting
+    /// for the detector (`detect` with their ids) and resolves the alerts firing in all of them.
+    fn expiring(&self) -> Option<(Vec<String>, Vec<String>)> {
+        self.expiring.clone()
+    }
+
+    /// Finish the pending expiry scan: rooms kept lose their activity (concurrent viewers,
+    /// detector, open sketches; their dedup memory, session and rollups stay), the others go
+    /// (their records deleted at the next checkpoint, unless they come back first). Returns how
+    /// many went.
+    fn expire(&mut self) -> usize {
+        let Some((leaving, keeping)) = self.expiring.take() else {
+            return 0;
+        };
+        for room_id in keeping {
+            let room = self
+                .rooms
+                .get_mut(&room_id)
+                .expect("scanned rooms stay until expire");
+            // `_reset`: true if anything changed
+            if room.detector.is_some()
+                || room.concurrent != 0
+                || room.closed_any
+                || !room.uniques.is_empty()
+            {
+                room.concurrent = 0;
+                room.detector = None;
+                room.closed_any = false;
+                room.uniques.clear();
+                room.buckets.clear();
+                room.tail_dirty = true;
+                if !room.dirty {
+                    room.dirty = true;
+                    self.changed.push(room_id);
+                }
+            }
+        }
+        let gone = leaving.len();
+        for room_id in leaving {
+            let room = self
+                .rooms
+                .remove(&room_id)
+                .expect("scanned rooms stay until expire");
+            for (ws, _) in &room.seen_chunks {
+                self.gone_keys.push(format!("d/{ws}/{room_id}"));
+            }
+            for ws in &room.seen_gone {
+                self.gone_keys.push(format!("d/{ws}/{room_id}"));
+            }
+            self.expired.insert(room_id);
+        }
+        if gone > 0 {
+            let rooms = &self.rooms;
+            self.changed
+                .retain(|id| rooms.get(id).is_some_and(|room| room.dirty));
+            self.rooms_expired += gone as i64;
+        }
+        gone
+    }
+
+    /// Rooms expired so far (`TaskCounters.rooms_expired`).
+    #[getter]
+    fn rooms_expired(&self) -> i64 {
+        self.rooms_expired
+    }
+
+    /// Offsets of the events refused at the room cap since the last call (`take_overflow`).
+    fn take_overflow(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.overflow)
     }
 
     /// The watermark (`TaskAggregator.watermark_ms`; None before any)
@@ -2291,6 +2463,13 @@ impl NativeRooms {
             for ws in std::mem::take(&mut room.seen_gone) {
                 deletes.push(key(&format!("d/{ws}/"), &room_id));
             }
+        }
+        for room_id in std::mem::take(&mut self.expired) {
+            deletes.push(key("r/", &room_id));
+            deletes.push(key("t/", &room_id));
+        }
+        for gone in std::mem::take(&mut self.gone_keys) {
+            deletes.push(PyBytes::new(py, gone.as_bytes()));
         }
         (upserts, deletes)
     }
