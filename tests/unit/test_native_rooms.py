@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from schemas import GiftEvent, OrderEvent, ViewerEvent, encode_room_session, encode_room_stats
 from streams.core import CoreConfig, TaskAggregator
+from streams.core._leaderboard import leaderboard_partials
 from streams.core._native_rooms import MAX_GAP_MS, NativeSpikes
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
@@ -38,9 +39,9 @@ STREAMS = {
 }
 
 
-def NativeRooms(cfg: CoreConfig = CFG, *, detect_spikes: bool = False) -> Any:
+def NativeRooms(cfg: CoreConfig = CFG, *, detect_spikes: bool = False, leaderboard_size: int = 0) -> Any:
     """A native table with ``cfg``'s window geometry, sessions and rollups (and the task's spike
-    detector, if ``detect_spikes``)."""
+    detector, if ``detect_spikes``; leaderboard partials of that size, task 0, if not 0)."""
     return _fastcore.NativeRooms(
         bucket_ms=cfg.bucket_ms,
         window_ms=cfg.window_ms,
@@ -55,6 +56,7 @@ def NativeRooms(cfg: CoreConfig = CFG, *, detect_spikes: bool = False) -> Any:
         detect_spikes=detect_spikes,
         max_gap_ms=MAX_GAP_MS,
         room_idle_ms=cfg.room_idle_ms,
+        leaderboard_size=leaderboard_size,
     )
 
 
@@ -397,6 +399,10 @@ def normalized(
     return order, out
 
 
+#: the leaderboard partials' ranking size in the comparisons (small: cut-offs and ties matter)
+LEADERBOARD = 3
+
+
 def detect_both(task: TaskAggregator, seen: NativeSpikes) -> list[Any]:
     """The detector over the windows closed since the last call, in the task and natively (the
     quiet path on native state, the Python detector for the rest): the same alerts (returned),
@@ -438,9 +444,11 @@ def feed_both(
         sessions += closed_sessions
     assert counts == [expected.applied, expected.late, expected.duplicate, expected.replayed, 0]
     assert native.rooms_expired == task.counters.rooms_expired
+    closed = task.drain()
     assert [(room_id, published(numbers)) for room_id, numbers in windows] == [
-        (stats.room_id, stats_numbers(stats)) for stats in task.drain()
+        (stats.room_id, stats_numbers(stats)) for stats in closed
     ]
+    assert native.take_partials() == [orjson.dumps(p) for p in leaderboard_partials(0, closed, LEADERBOARD)]
     assert [(room_id, length, published(numbers)) for room_id, length, numbers in rollups] == [
         (stats.room_id, length, stats_numbers(stats)) for length, stats in task.drain_rollups()
     ]
@@ -503,7 +511,8 @@ def detecting(task: TaskAggregator, cfg: CoreConfig) -> NativeSpikes:
     """``task`` on the alerting rules, and a native table that detects as it does (or does not,
     as the task)."""
     task.rules, task.categories = alerting_rules()
-    seen = NativeSpikes(NativeRooms(cfg, detect_spikes=task.detect_spikes), cfg.window_ms)
+    table = NativeRooms(cfg, detect_spikes=task.detect_spikes, leaderboard_size=LEADERBOARD)
+    seen = NativeSpikes(table, cfg.window_ms)
     seen.set_rules(task.rules, task.categories)
     return seen
 
@@ -593,6 +602,30 @@ def test_rooms_that_go_quiet_while_alerting_are_resolved_as_they_expire(
     fired = [(a.room_id, a.status) for a in alerts if a.room_id in ("room-0", "room-1")]
     assert ("room-0", "firing") in fired and ("room-0", "resolved") in fired
     assert task.counters.rooms_expired == 2 and not {"room-0", "room-1"} & set(task.rooms)
+
+
+def test_a_window_of_one_kind_of_event_is_on_the_leaderboard_as_in_python() -> None:
+    """Rooms whose window holds one kind of event each (every viewer action, every order status,
+    a gift): live on the leaderboard, or not, as the Python partials have them."""
+    from tests.unit.test_core_oracle import BASE_MS
+
+    task = TaskAggregator(CFG, SOURCES)
+    seen = detecting(task, CFG)
+    rng = random.Random(1)
+    for at in (BASE_MS, BASE_MS + 30_000):  # the second round moves the watermark past the first
+        viewers = [
+            ViewerEvent(kind, f"{kind}-{at}", "u1", at)
+            for kind in ("join", "leave", "heartbeat", "like", "comment", "share")
+        ]
+        orders = [
+            OrderEvent(f"o-{status}", f"{status}-{at}", "u1", at, status, 500, "CNY")
+            for status in ("created", "paid", "cancelled", "refunded")
+        ]
+        gifts = [GiftEvent(f"g-{at}", f"gift-{at}", "u1", at, 1, 10)]
+        for source, events in enumerate((viewers, orders, gifts)):
+            items = [(at - BASE_MS + i + 1, event) for i, event in enumerate(events)]
+            feed_both(task, seen, items, source, rng)
+    assert task.counters.windows_emitted == 11
 
 
 def test_a_rollup_of_a_length_no_longer_configured_is_dropped_and_the_rest_kept() -> None:

@@ -30,7 +30,7 @@
 //!    the state to the Python detector (`streams.core._native_rooms.NativeSpikes`), which
 //!    hands the state back; idle expiry (`close_due` scans, the Python half evaluates the leaving rooms'
 //!    last windows and resolves their alerts, `expire` finishes; expired rooms' tombstones at
-//!    the checkpoint). Left: leaderboard partials.
+//!    the checkpoint); the leaderboard partials of the windows closed (`take_partials`).
 //! 4. Begun: the restore of version-6 records (`restore_progress`, `restore_room`,
 //!    `restore_tail`, `adopt`, `restore_chunk`, `finish_restore`: open windows, rollups and
 //!    sessions back in the due indexes, those due at the restored watermark dropped, sessions
@@ -1309,6 +1309,70 @@ impl SessionRecord {
     }
 }
 
+// -- the platform leaderboard's partials ---------------------------------------------------------
+
+/// `streams.core._leaderboard.is_live`: any activity besides late events and the concurrent level.
+fn is_live(stats: &StatsTuple) -> bool {
+    let (_, _, t, unique_viewers, _) = stats;
+    *unique_viewers != 0
+        || [
+            JOINS, LIKES, COMMENTS, SHARES, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE,
+        ]
+        .iter()
+        .any(|&at| t[at] != 0)
+}
+
+/// `rank_rooms`: the top `n` of (room id, value) by value descending, then room id ascending
+/// (Python's string order is the code points', which is UTF-8's byte order); zeros left out.
+fn rank(mut entries: Vec<(&str, i64)>, n: usize) -> Vec<(&str, i64)> {
+    entries.retain(|&(_, value)| value > 0);
+    let order = |a: &(&str, i64), b: &(&str, i64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
+    if entries.len() > n {
+        entries.select_nth_unstable_by(n, order);
+        entries.truncate(n);
+    }
+    entries.sort_unstable_by(order);
+    entries
+}
+
+/// One window's partial (`leaderboard_partials` for one window start, as orjson writes it), from
+/// the task's closed room-windows of that window; None when no room in it is live.
+fn leaderboard_partial(task: i64, n: usize, group: &[(String, StatsTuple)]) -> Option<Vec<u8>> {
+    let live: Vec<&(String, StatsTuple)> = group.iter().filter(|(_, s)| is_live(s)).collect();
+    let (_, (start, end, _, _, _)) = live.first()?;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"kind\":\"partial\"");
+    write_field(&mut out, "task", task);
+    write_field(&mut out, "window_start", *start);
+    write_field(&mut out, "window_end", *end);
+    for (name, at) in [("top_gmv", GMV), ("top_views", JOINS)] {
+        let ranked = rank(
+            live.iter().map(|(id, s)| (id.as_str(), s.2[at])).collect(),
+            n,
+        );
+        let _ = write!(out, ",\"{name}\":[");
+        for (i, (room_id, value)) in ranked.iter().enumerate() {
+            out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+            write_str(&mut out, room_id);
+            out.push(b',');
+            write_int(&mut out, *value);
+            out.push(b']');
+        }
+        out.push(b']');
+    }
+    let mut totals = [0i64; 4]; // events, rooms live, GMV, orders
+    for (_, (_, _, t, _, _)) in &live {
+        totals[0] += t[JOINS] + t[LIKES] + t[COMMENTS] + t[SHARES] + t[ORDERS] + t[GIFTS];
+        totals[1] += 1;
+        totals[2] += t[GMV];
+        totals[3] += t[ORDERS];
+    }
+    out.extend_from_slice(b",\"totals\":");
+    write_ints(&mut out, &totals);
+    out.push(b'}');
+    Some(out)
+}
+
 // -- the table Python holds ------------------------------------------------------------------
 
 /// A task's rooms (steps 1 and 3: restored from and written to changelog records, windows closed).
@@ -1350,6 +1414,11 @@ pub struct NativeRooms {
     next_seq: u64,
     /// offsets of events refused at the room cap since the last `take_overflow`
     overflow: Vec<i64>,
+    /// the platform leaderboard: this task's number and the ranking size (0: no partials), and
+    /// the partials of windows closed since the last `take_partials`
+    task: i64,
+    leaderboard_size: usize,
+    partials: Vec<Vec<u8>>,
 }
 
 /// `streams.core._task.NO_TIME` and `NEVER`
@@ -1541,6 +1610,8 @@ impl NativeRooms {
         detect_spikes=false,
         max_gap_ms=0,
         room_idle_ms=300_000,
+        task=0,
+        leaderboard_size=0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -1557,6 +1628,8 @@ impl NativeRooms {
         detect_spikes: bool,
         max_gap_ms: i64,
         room_idle_ms: i64,
+        task: i64,
+        leaderboard_size: usize,
     ) -> PyResult<Self> {
         if bucket_ms <= 0 || window_ms <= 0 || window_ms % bucket_ms != 0 {
             return Err(value_error(format!(
@@ -1588,6 +1661,9 @@ impl NativeRooms {
             rooms_expired: 0,
             next_seq: 0,
             overflow: Vec::new(),
+            task,
+            leaderboard_size,
+            partials: Vec::new(),
             config: Config {
                 bucket_ms,
                 window_ms,
@@ -1937,6 +2013,7 @@ impl NativeRooms {
                 break;
             }
             let members = self.by_window.remove(&ws).expect("just seen");
+            let first_closed = windows.len();
             for room_id in members {
                 let room = self
                     .rooms
@@ -1976,6 +2053,13 @@ impl NativeRooms {
                         .push((room_id.clone(), closed.stats.clone()));
                 }
                 windows.push((room_id, stats_tuple(closed.stats)));
+            }
+            if self.leaderboard_size > 0 {
+                let group = &windows[first_closed..];
+                if let Some(partial) = leaderboard_partial(self.task, self.leaderboard_size, group)
+                {
+                    self.partials.push(partial);
+                }
             }
         }
         // `_close_rollups`: rollup windows whose end is at or before the watermark
@@ -2242,6 +2326,15 @@ impl NativeRooms {
     #[getter]
     fn rooms_expired(&self) -> i64 {
         self.rooms_expired
+    }
+
+    /// The leaderboard partials of the windows closed since the last call, oldest window first
+    /// (`leaderboard_partials` of the closed windows, as orjson writes each).
+    fn take_partials<'py>(&mut self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        std::mem::take(&mut self.partials)
+            .iter()
+            .map(|partial| PyBytes::new(py, partial))
+            .collect()
     }
 
     /// Offsets of the events refused at the room cap since the last call (`take_overflow`).
