@@ -24,6 +24,7 @@ from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
 from streams.core._spike_rules import SpikeRules, apply_override
 from streams.core._state_codec import encode_room, encode_room_tail
+from streams.core._task import NO_TIME
 from tests.unit.test_core_changelog import CFG, as_log
 from tests.unit.test_core_oracle import SOURCES, make_stream, run
 
@@ -424,7 +425,10 @@ def feed_both(
     same rooms expired, the same detector outcome (the alerts drained returned); now and then a
     checkpoint on both, the same records."""
     native = seen.table
-    others = task._delivery(source, 0)
+    moves = source in task.sources  # else re-routed events: they never move the watermark
+    others = task._delivery(source, 0) if moves else NO_TIME
+    # the task's state has a start once an input delivered, or an event opened a room
+    watching = task.watch_start is not None or (moves and source not in task._src_max)
     replay_until = task._replay_until.get(source, -1)
     expected = task.apply(source, items, now_ms=0)
     counts = [0] * 5
@@ -433,7 +437,7 @@ def feed_both(
     sessions: list[Any] = []
     at = 0
     while True:
-        at, counted = native.apply(source, items, at, others, replay_until)
+        at, counted = native.apply(source, items, at, others, replay_until, moves, watching)
         counts = [a + b for a, b in zip(counts, counted, strict=True)]
         if at >= len(items):
             break
@@ -443,6 +447,9 @@ def feed_both(
         rollups += closed_rollups
         sessions += closed_sessions
     assert counts == [expected.applied, expected.late, expected.duplicate, expected.replayed, 0]
+    first = native.take_first_room_ts()
+    if not watching:
+        assert task.watch_start == (None if first is None else first - first % task.config.window_ms)
     assert native.rooms_expired == task.counters.rooms_expired
     closed = task.drain()
     assert [(room_id, published(numbers)) for room_id, numbers in windows] == [
@@ -456,6 +463,7 @@ def feed_both(
         (record.room_id, session_numbers(record)) for record in task.drain_sessions()
     ]
     assert native.watermark() == task.watermark_ms
+    assert native.progress() == (task._max_ts, task._watermark, task._src_max)
     alerts = detect_both(task, seen) if rng.random() < 0.5 else []
     if rng.random() < 0.3:  # a checkpoint: the same rooms' records, in the same order
         alerts += detect_both(task, seen)
@@ -535,6 +543,8 @@ def test_applying_a_stream_natively_gives_the_python_tasks_windows_and_rooms(
     rng = random.Random(seed)
     cfg = CFG  # rooms expire (and come back) within the stream
     stream = make_stream(rng, n, rooms, span_ms, disorder_ms)
+    if rng.random() < 0.3:  # some of input 0's events re-routed here from another task's input
+        stream = [(7 if s == 0 and rng.random() < 0.3 else s, offset, event) for s, offset, event in stream]
     task = TaskAggregator(cfg, SOURCES, detect_spikes=spikes)
     seen = detecting(task, cfg)
     i = 0

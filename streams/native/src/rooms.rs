@@ -20,9 +20,10 @@
 //! 2. Done but for what the wiring needs: `apply` over a decoded batch (the watermark moved per
 //!    event and handed back when windows are due, rooms opened or refused at the cap, replays
 //!    skipped, late events charged at the watermark, order dedup chunks, counters, window
-//!    registration, sketches; the offsets of refused events, a room back after expiry). Left:
-//!    re-routed events' first delivery (`watch_start`); decoding fused into it (today it reads
-//!    the Python decoders' events).
+//!    registration, sketches; the offsets of refused events, a room back after expiry;
+//!    re-routed events, which never move the watermark, and the first room one opens before the
+//!    task watches anything). Left: decoding fused into it (today it reads the Python decoders'
+//!    events).
 //! 3. Done: the window close, the fold into sessions and rollups, the rollup windows and
 //!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
 //!    as bytes; the spike detector (`detect`): the quiet path (`crate::fold_quiet`, the kernel
@@ -1414,6 +1415,8 @@ pub struct NativeRooms {
     next_seq: u64,
     /// offsets of events refused at the room cap since the last `take_overflow`
     overflow: Vec<i64>,
+    /// the time of the first event that opened a room while the task was not yet watching
+    first_room_ts: Option<i64>,
     /// the platform leaderboard: this task's number and the ranking size (0: no partials), and
     /// the partials of windows closed since the last `take_partials`
     task: i64,
@@ -1661,6 +1664,7 @@ impl NativeRooms {
             rooms_expired: 0,
             next_seq: 0,
             overflow: Vec::new(),
+            first_room_ts: None,
             task,
             leaderboard_size,
             partials: Vec::new(),
@@ -1808,7 +1812,13 @@ impl NativeRooms {
     /// events may be ones the state holds. Returns where it stopped (`len(items)`, or the event
     /// whose time made windows due: `close_due`, then `apply` again from there) and what it counted:
     /// applied, late, duplicate, replayed, over the room cap.
-    #[allow(clippy::type_complexity)]
+    ///
+    /// `moves_watermark`: false for re-routed events (a source not among the task's inputs), which
+    /// are applied but never move the watermark. `watching`: false while the task's state has no
+    /// start (`watch_start` None): the time of the first event that opens a room is kept for
+    /// `take_first_room_ts` (`_first_delivery`).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[pyo3(signature = (source, items, start, others, replay_until, moves_watermark=true, watching=true))]
     fn apply(
         &mut self,
         source: i64,
@@ -1816,6 +1826,8 @@ impl NativeRooms {
         start: usize,
         others: i64,
         replay_until: i64,
+        moves_watermark: bool,
+        watching: bool,
     ) -> PyResult<(usize, (i64, i64, i64, i64, i64))> {
         if self.expiring.is_some() {
             return Err(value_error(
@@ -1826,7 +1838,11 @@ impl NativeRooms {
         let window_ms = self.config.window_ms;
         let grace_ms = self.config.grace_ms;
         let lg_k = self.config.lg_k;
-        let mut source_max = *self.src_max.get(&source).unwrap_or(&NO_TIME);
+        let mut source_max = if moves_watermark {
+            *self.src_max.get(&source).unwrap_or(&NO_TIME)
+        } else {
+            NEVER
+        };
         let mut n = Applied::default();
         let mut at = start;
         let total = items.len();
@@ -1883,6 +1899,9 @@ impl NativeRooms {
                     // its records were to be deleted at the next checkpoint: they are written
                     // instead, its t/ record too
                     room.tail_dirty = self.expired.remove(room_id);
+                    if !watching && self.first_room_ts.is_none() {
+                        self.first_room_ts = Some(ts);
+                    }
                     self.rooms.entry(room_id.to_owned()).or_insert(room)
                 }
             };
@@ -1982,7 +2001,7 @@ impl NativeRooms {
             }
             n.applied += 1;
         };
-        if result >= total {
+        if result >= total && moves_watermark {
             self.src_max.insert(source, source_max);
         }
         Ok((
@@ -2337,6 +2356,12 @@ impl NativeRooms {
             .collect()
     }
 
+    /// The time of the first event that opened a room in an `apply` not `watching` since the
+    /// last call (None: none did).
+    fn take_first_room_ts(&mut self) -> Option<i64> {
+        self.first_room_ts.take()
+    }
+
     /// Offsets of the events refused at the room cap since the last call (`take_overflow`).
     fn take_overflow(&mut self) -> Vec<i64> {
         std::mem::take(&mut self.overflow)
@@ -2373,6 +2398,12 @@ impl NativeRooms {
         self.max_ts = max_ts;
         self.watermark = watermark;
         self.src_max = src_max;
+    }
+
+    /// The task's event-time progress: newest event time, watermark, each input's newest event
+    /// time (`_max_ts`, `_watermark`, `_src_max`).
+    fn progress(&self) -> (i64, i64, std::collections::HashMap<i64, i64>) {
+        (self.max_ts, self.watermark, self.src_max.clone())
     }
 
     /// A restored room into the task's indexes (`_adopt`), after its records and before its
