@@ -10,15 +10,49 @@ of 124 931), so this loop sees the rooms that matter: those near or in an alert.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from schemas import Event, RoomSession
+
+from . import _fastcore  # type: ignore[attr-defined]
 from ._alerts import AlertEvent
-from ._room import room_stats
+from ._config import CoreConfig
+from ._room import (
+    COMMENTS,
+    GIFT_VALUE,
+    GIFTS,
+    GMV,
+    JOINS,
+    LATE,
+    LIKES,
+    ORDERS,
+    REFUNDS,
+    SHARES,
+    Room,
+    room_stats,
+)
+from ._sessions import ENDED, LIVE
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DEFAULT_MAX_GAP_S, DetectorState, _plan, firing, observe, resolve_all
+from ._state_codec import (
+    META_KEY,
+    ROOM_KEY_PREFIX,
+    TAIL_KEY_PREFIX,
+    WHOLE_ROOM_VERSION,
+    TaskMeta,
+    decode_room,
+    decode_room_tail,
+    dedup_key,
+    encode_meta,
+    encode_room,
+    encode_room_tail,
+    encode_room_whole,
+    tail_key,
+)
+from ._task import NO_TIME, ApplyResult, TaskAggregator
 
 #: the longest silence a room's baselines replay as idle windows, in ms (``observe``'s default,
 #: which the task uses); the native table is built with it
@@ -103,3 +137,335 @@ class NativeSpikes:
             wire = self.table.detector_wire(room_id)
             if firing(DetectorState.from_wire(orjson.loads(wire))):
                 self.firing.add(room_id)
+
+
+class NativeRoomsView(Mapping[str, Room]):
+    """A native task's rooms, read-only, each decoded from its records when asked for (the query
+    view and tests read rooms rarely; a room decoded here is a copy, not the state)."""
+
+    def __init__(self, table: Any, window_ms: int) -> None:
+        self._table = table
+        self._window_ms = window_ms
+
+    def __getitem__(self, room_id: str) -> Room:
+        if not self._table.has_room(room_id):
+            raise KeyError(room_id)
+        room = decode_room(self._table.encode_room(room_id), self._window_ms)
+        tail = self._table.encode_tail(room_id)
+        if tail is not None:
+            decode_room_tail(tail_key(room_id), tail, room)
+        for ws, keys in self._table.dedup_chunks(room_id):
+            room.restore_chunk(ws, keys)
+        last = self._table.last_closed(room_id)
+        if last is not None:
+            start, _end, totals, unique_viewers, concurrent = last
+            room.last_closed = room_stats(room_id, start, self._window_ms, totals, unique_viewers, concurrent)
+        return room
+
+    def __contains__(self, room_id: object) -> bool:
+        return isinstance(room_id, str) and bool(self._table.has_room(room_id))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.room_ids())
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class NativeTaskAggregator(TaskAggregator):
+    """``TaskAggregator`` with its rooms in the native table (issue 13, item 1; branch
+    ``native-rooms``): the per-room work (apply, the window close, sessions, rollups, the
+    detector's quiet path, idle expiry, the rooms' changelog records) natively; the control
+    (inputs, idleness, stalls, holds, the wall clock, the metadata record) and the detector's
+    other windows in Python, in the base class. The restore runs the Python one and hands its
+    rooms over (older record versions, quarantine and orphans as the Python task has them)."""
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        sources: Iterable[int] = (0,),
+        *,
+        senders: Iterable[int] = (),
+        detect_spikes: bool = True,
+    ) -> None:
+        self._table = _fastcore.NativeRooms(
+            bucket_ms=config.bucket_ms,
+            window_ms=config.window_ms,
+            session_gap_ms=config.session_gap_ms,
+            sessions=config.sessions,
+            rollup_windows_ms=list(config.rollup_windows_ms),
+            lg_k=config.hll_lg_k,
+            grace_ms=config.grace_ms,
+            max_rooms=config.max_rooms,
+            dedup_ttl_ms=config.dedup_ttl_ms,
+            dedup_max_per_room=config.dedup_max_per_room,
+            detect_spikes=detect_spikes,
+            max_gap_ms=MAX_GAP_MS,
+            room_idle_ms=config.room_idle_ms,
+        )
+        self._spikes = NativeSpikes(self._table, config.window_ms)
+        super().__init__(config, sources, senders=senders, detect_spikes=detect_spikes)
+
+    # the detector's state lives with the table's Python half
+    @property
+    def rules(self) -> SpikeRules:
+        return self._spikes.rules
+
+    @rules.setter
+    def rules(self, rules: SpikeRules) -> None:
+        self._spikes.set_rules(rules, self._spikes.categories)
+
+    @property
+    def categories(self) -> Mapping[str, str]:
+        return self._spikes.categories
+
+    @categories.setter
+    def categories(self, categories: Mapping[str, str]) -> None:
+        self._spikes.set_rules(self._spikes.rules, categories)
+
+    @property
+    def firing_rooms(self) -> set[str]:
+        return self._spikes.firing
+
+    @firing_rooms.setter
+    def firing_rooms(self, rooms: set[str]) -> None:
+        self._spikes.firing = rooms
+
+    @property
+    def _alerts(self) -> list[AlertEvent]:
+        return self._spikes.alerts
+
+    @_alerts.setter
+    def _alerts(self, alerts: list[AlertEvent]) -> None:
+        self._spikes.alerts = alerts
+
+    @property  # type: ignore[override]
+    def rooms(self) -> Mapping[str, Room]:
+        return NativeRoomsView(self._table, self.config.window_ms)
+
+    @rooms.setter
+    def rooms(self, rooms: Any) -> None:
+        """The base class's empty dict at construction; the table holds the rooms."""
+
+    def iter_rooms(self) -> Iterator[Room]:
+        view = self.rooms
+        return (view[room_id] for room_id in view)
+
+    @property
+    def dirty_rooms(self) -> int:
+        return int(self._table.dirty_rooms())
+
+    # -- the hot path ----------------------------------------------------------------
+
+    def _push_progress(self) -> None:
+        self._table.restore_progress(self._max_ts, self._watermark, list(self._src_max.items()))
+
+    def _pull_progress(self) -> None:
+        self._max_ts, self._watermark, src_max = self._table.progress()
+        self._src_max = dict(src_max)
+        self._next_close = self._table.next_close()
+
+    def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> ApplyResult:
+        if not items:
+            return ApplyResult(0, 0, 0, 0, 0)
+        moves_watermark = source in self.sources
+        if moves_watermark:
+            others = self._delivery(source, now_ms)
+            if self._src_max.get(source, NO_TIME) == NO_TIME:
+                self._first_delivery(items[0][1].ts)
+        else:
+            others = NO_TIME  # re-routed events: their senders' progress moves the watermark
+        watching = self.watch_start is not None
+        replay_until = self._replay_until.get(source, -1)
+        batch = items if type(items) is list else list(items)
+        table = self._table
+        self._push_progress()
+        counts = [0, 0, 0, 0, 0]
+        at = 0
+        while True:
+            at, counted = table.apply(source, batch, at, others, replay_until, moves_watermark, watching)
+            counts = [a + b for a, b in zip(counts, counted, strict=True)]
+            if at >= len(batch):
+                break
+            self._close_natively()
+        self._pull_progress()
+        first = table.take_first_room_ts()
+        if first is not None and self.watch_start is None:
+            self._first_delivery(first)
+        self._overflow += table.take_overflow()
+        self._consumed[source] = batch[-1][0]
+        c = self.counters
+        for by_source, n in zip(
+            (c.applied, c.late, c.duplicate, c.replayed, c.overflow), counts, strict=True
+        ):
+            if n:
+                by_source[source] = by_source.get(source, 0) + n
+        return ApplyResult(*counts)
+
+    def _close_due(self) -> None:
+        self._push_progress()
+        self._close_natively()
+        self._pull_progress()
+
+    def _close_natively(self) -> None:
+        """The table's ``close_due`` (at the watermark it holds), its records into the outboxes,
+        and the expiry scan it may have begun finished."""
+        window_ms = self.config.window_ms
+        windows, rollups, sessions = self._table.close_due()
+        self._outbox += [
+            room_stats(room_id, start, window_ms, totals, unique_viewers, concurrent)
+            for room_id, (start, _end, totals, unique_viewers, concurrent) in windows
+        ]
+        self._rollup_outbox += [
+            (length, room_stats(room_id, start, length, totals, unique_viewers, concurrent))
+            for room_id, length, (start, _end, totals, unique_viewers, concurrent) in rollups
+        ]
+        self._session_outbox += [_session_record(room_id, numbers) for room_id, numbers in sessions]
+        self.counters.windows_emitted += len(windows)
+        if self._table.expiring() is not None:
+            self._spikes.expire(self._surge_from)
+            self.counters.rooms_expired = self._table.rooms_expired
+        self.counters.detector_evaluations = self._spikes.evaluated
+
+    def detect(self) -> None:
+        self._spikes.detect(self._surge_from)
+        self.counters.detector_evaluations = self._spikes.evaluated
+
+    def firing_alerts(self) -> list[AlertEvent]:
+        self.detect()
+        out: list[AlertEvent] = []
+        for room_id in sorted(self.firing_rooms):
+            wire = self._table.detector_wire(room_id) if self._table.has_room(room_id) else None
+            if wire is not None:
+                out.extend(firing(DetectorState.from_wire(orjson.loads(wire))))
+        return out
+
+    # -- checkpoint and restore ---------------------------------------------------------
+
+    def write_checkpoint(
+        self, write: Callable[[bytes, bytes | None], None], offsets: Mapping[int, int] | None = None
+    ) -> int:
+        self.detect()
+        upserts, deletes = self._table.checkpoint(list(self._consumed.items()))
+        if self.config.state_format == WHOLE_ROOM_VERSION:
+            upserts, deletes = self._whole(upserts, deletes)
+        for key, value in upserts:
+            write(key, value)
+        deletes = list(deletes)
+        for room_id, ws in self._orphan_chunks:
+            if not self._table.has_chunk(room_id, ws):
+                deletes.append(dedup_key(room_id, ws))
+        self._orphan_chunks = []
+        deletes += self._gone_keys
+        self._gone_keys = []
+        if offsets:
+            self._offsets.update(offsets)
+        cfg = self.config
+        meta = TaskMeta(
+            self._max_ts,
+            self._watermark,
+            self._src_max,
+            self._sender_frontier,
+            self._offsets,
+            (cfg.bucket_ms, cfg.window_ms),
+            self.watch_start,
+        )
+        write(META_KEY, encode_meta(meta))
+        for key in deletes:
+            write(key, None)
+        return len(upserts) + 1 + len(deletes)
+
+    def _whole(
+        self, upserts: list[tuple[bytes, bytes]], deletes: list[bytes]
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+        """State format 5 (for workers older than format 6, during an upgrade): each room as one
+        record holding its detector, session and rollups, no t/ records written or deleted but an
+        expired room's (slow: every room written is decoded here; this format is for an upgrade)."""
+        rooms = self.rooms
+        whole = [
+            (key, encode_room_whole(rooms[key[len(ROOM_KEY_PREFIX) :].decode()]))
+            if key.startswith(ROOM_KEY_PREFIX)
+            else (key, value)
+            for key, value in upserts
+            if not key.startswith(TAIL_KEY_PREFIX)
+        ]
+        gone = {key[len(ROOM_KEY_PREFIX) :] for key in deletes if key.startswith(ROOM_KEY_PREFIX)}
+        kept = [
+            key
+            for key in deletes
+            if not key.startswith(TAIL_KEY_PREFIX) or key[len(TAIL_KEY_PREFIX) :] in gone
+        ]
+        return whole, kept
+
+    def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+        """The Python task's restore, its rooms then handed to the table in the order it took
+        them (adopted: what was due at the restored watermark is gone already), with what its
+        next checkpoint writes."""
+        shadow = TaskAggregator(
+            self.config, self.sources, senders=self.senders, detect_spikes=self.detect_spikes
+        )
+        restored = shadow.restore(records)
+        table = self._table
+        table.restore_progress(shadow._max_ts, shadow._watermark, list(shadow._src_max.items()))
+        for room in shadow.rooms.values():
+            table.restore_room(encode_room(room))
+            tail = encode_room_tail(room)
+            if tail is not None:
+                table.restore_tail(room.room_id, tail)
+            table.adopt(room.room_id)
+            for ws, keys in room.seen_chunks.items():
+                table.restore_chunk(room.room_id, ws, list(keys))
+            if room.seen_dirty:  # an older record's dedup memory, moved into chunks
+                table.mark_chunks_changed(room.room_id, list(room.seen_dirty))
+        for room in shadow.rooms.values():
+            if room.tail_dirty and not room.dirty:
+                table.mark_changed(room.room_id, False, True)
+        for room in shadow._dirty:
+            table.mark_changed(room.room_id, True, room.tail_dirty)
+        table.restore_expired(sorted(shadow._expired))
+        table.finish_restore()
+        for name in (
+            "_max_ts", "_watermark", "_src_max", "_sender_frontier", "_offsets", "restored_offsets",
+            "watch_start", "_surge_from", "_replay_until", "_orphan_chunks", "_gone_keys",
+        ):  # fmt: skip
+            setattr(self, name, getattr(shadow, name))
+        self.quarantined += shadow.quarantined
+        self._session_outbox += shadow._session_outbox
+        self._outbox += shadow._outbox
+        self._rollup_outbox += shadow._rollup_outbox
+        self.firing_rooms.update(shadow.firing_rooms)
+        self._next_close = table.next_close()
+        return restored
+
+    def rebase(self, source: int, log_end: int) -> None:
+        held = log_end - 1
+        if self._replay_until.get(source, -1) > held:
+            self._replay_until[source] = held
+        self._table.rebase(source, held)
+        self._offsets[source] = log_end
+        self.restored_offsets[source] = log_end
+
+
+def _session_record(room_id: str, numbers: tuple[Any, ...]) -> RoomSession:
+    """A session record from the table's numbers (``Session.record``)."""
+    ended, start, last_end, t, unique_viewers, peak, peak_ws, updated_at = numbers
+    return RoomSession(
+        room_id,
+        start,
+        last_end if ended else None,
+        ENDED if ended else LIVE,
+        t[JOINS],
+        unique_viewers,
+        peak,
+        peak_ws,
+        t[LIKES],
+        t[COMMENTS],
+        t[SHARES],
+        t[ORDERS],
+        t[GMV],
+        t[REFUNDS],
+        t[GIFTS],
+        t[GIFT_VALUE],
+        t[LATE],
+        updated_at,
+    )

@@ -463,7 +463,7 @@ def feed_both(
         (record.room_id, session_numbers(record)) for record in task.drain_sessions()
     ]
     assert native.watermark() == task.watermark_ms
-    assert native.progress() == (task._max_ts, task._watermark, task._src_max)
+    assert native.progress() == (task._max_ts, task._watermark, list(task._src_max.items()))
     alerts = detect_both(task, seen) if rng.random() < 0.5 else []
     if rng.random() < 0.3:  # a checkpoint: the same rooms' records, in the same order
         alerts += detect_both(task, seen)
@@ -664,7 +664,7 @@ def native_restore(
 
     live = compact(log)
     records = dict(live.rooms)
-    native.restore_progress(restored._max_ts, restored._watermark, dict(restored._src_max))
+    native.restore_progress(restored._max_ts, restored._watermark, list(restored._src_max.items()))
     for room_id in restored.rooms:
         native.restore_room(records[b"r/" + room_id.encode()])
         tail = live.tails.get(room_id.encode())

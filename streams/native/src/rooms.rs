@@ -171,8 +171,9 @@ pub struct Room {
     /// when the table took it (the task's rooms are a Python dict: expiry visits them in this
     /// order)
     pub seq: u64,
-    /// a window closed since it was created, restored or reset (`Room.last_closed` is not None)
-    pub closed_any: bool,
+    /// its last closed window (`Room.last_closed`; None: none since it was created, restored or
+    /// reset)
+    pub last_closed: Option<Stats>,
 }
 
 /// order keys per dedup chunk (`streams.core._room.CHUNK_KEYS`)
@@ -201,7 +202,7 @@ impl Room {
             tail_dirty: false,
             unconfigured_ends: Vec::new(),
             seq: 0,
-            closed_any: false,
+            last_closed: None,
         }
     }
 
@@ -1109,7 +1110,6 @@ impl Room {
             .position(|&w| w == ws)
             .ok_or_else(|| format!("window {ws} is not open"))?; // checked before anything changes
         self.open_ws.remove(at);
-        self.closed_any = true;
         let first = ws.div_euclid(cfg.bucket_ms);
         let end = first + cfg.window_ms / cfg.bucket_ms;
         let (total, active_first, active_last) = self.take_window(first, end);
@@ -1140,6 +1140,7 @@ impl Room {
             sessions: Vec::new(),
             rollup_ends_opened: Vec::new(),
         };
+        self.last_closed = Some(closed.stats.clone());
         // rollups that end before this window: every base window in them is in
         if let Some(held) = self.rollups.as_mut() {
             for slot in held.iter_mut() {
@@ -1384,7 +1385,8 @@ pub struct NativeRooms {
     /// the task's event-time progress (`TaskAggregator._max_ts`, `_watermark`, `_src_max`)
     max_ts: i64,
     watermark: i64,
-    src_max: std::collections::HashMap<i64, i64>,
+    /// (in the order inputs first delivered: the metadata record lists them so)
+    src_max: indexmap::IndexMap<i64, i64>,
     /// window start -> rooms with that window open, in registration order; the watermark at which
     /// the oldest is due (`_by_window`, `_next_close`)
     by_window: std::collections::BTreeMap<i64, Vec<String>>,
@@ -1645,7 +1647,7 @@ impl NativeRooms {
             rooms: RoomMap::default(),
             max_ts: NO_TIME,
             watermark: NO_TIME,
-            src_max: std::collections::HashMap::new(),
+            src_max: indexmap::IndexMap::new(),
             by_window: std::collections::BTreeMap::new(),
             next_close: NEVER,
             rollup_ends: std::collections::BTreeMap::new(),
@@ -2303,12 +2305,12 @@ impl NativeRooms {
             // `_reset`: true if anything changed
             if room.detector.is_some()
                 || room.concurrent != 0
-                || room.closed_any
+                || room.last_closed.is_some()
                 || !room.uniques.is_empty()
             {
                 room.concurrent = 0;
                 room.detector = None;
-                room.closed_any = false;
+                room.last_closed = None;
                 room.uniques.clear();
                 room.buckets.clear();
                 room.tail_dirty = true;
@@ -2382,28 +2384,112 @@ impl NativeRooms {
             .collect())
     }
 
-    /// The rooms held.
+    /// A room's last closed window (`Room.last_closed`), as the room-stats numbers.
+    fn last_closed(&self, room_id: &str) -> PyResult<Option<StatsTuple>> {
+        Ok(self.room(room_id)?.last_closed.clone().map(stats_tuple))
+    }
+
+    /// A restored room's dedup chunks to write again at the next checkpoint (an older record's
+    /// dedup memory, moved into chunks).
+    fn mark_chunks_changed(&mut self, room_id: &str, chunks: Vec<i64>) -> PyResult<()> {
+        let room = self.room_mut(room_id)?;
+        for ws in chunks {
+            if !room.seen_dirty.contains(&ws) {
+                room.seen_dirty.push(ws);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rooms held, in the order the table took them (a Python task's dict order).
     fn room_ids(&self) -> Vec<String> {
-        self.rooms.keys().cloned().collect()
+        let mut ids: Vec<(u64, &String)> = self.rooms.iter().map(|(id, r)| (r.seq, id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Rooms to write at the next checkpoint (`TaskAggregator.dirty_rooms`).
+    fn dirty_rooms(&self) -> usize {
+        self.changed.len()
     }
 
     /// The task's progress as its metadata record held it (`_restore_meta`): newest event time,
     /// watermark, each input's newest event time.
-    fn restore_progress(
-        &mut self,
-        max_ts: i64,
-        watermark: i64,
-        src_max: std::collections::HashMap<i64, i64>,
-    ) {
+    fn restore_progress(&mut self, max_ts: i64, watermark: i64, src_max: Vec<(i64, i64)>) {
         self.max_ts = max_ts;
         self.watermark = watermark;
-        self.src_max = src_max;
+        self.src_max = src_max.into_iter().collect();
+    }
+
+    /// The watermark at which something is next due (`_next_close`).
+    fn next_close(&self) -> i64 {
+        self.next_close
+    }
+
+    /// Whether the table holds the room.
+    fn has_room(&self, room_id: &str) -> bool {
+        self.rooms.contains_key(room_id)
+    }
+
+    /// Whether the room holds dedup chunk `ws`.
+    fn has_chunk(&self, room_id: &str, ws: i64) -> bool {
+        self.rooms
+            .get(room_id)
+            .is_some_and(|room| room.seen_chunks.iter().any(|(w, _)| *w == ws))
+    }
+
+    /// A restored room's records are written at the next checkpoint (`dirty`: its `r/` record,
+    /// in the order of these calls), its `t/` record with its next `r/` record (`tail`).
+    fn mark_changed(&mut self, room_id: &str, dirty: bool, tail: bool) -> PyResult<()> {
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| PyKeyError::new_err(room_id.to_owned()))?;
+        room.tail_dirty |= tail;
+        if dirty && !room.dirty {
+            room.dirty = true;
+            self.changed.push(room_id.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Rooms whose records the next checkpoint deletes unless they come back first (a restore's
+    /// `t/` records of no room).
+    fn restore_expired(&mut self, room_ids: Vec<String>) {
+        self.expired.extend(room_ids);
+    }
+
+    /// `TaskAggregator.rebase`'s rooms: every room holding input `source` beyond `held` holds it
+    /// up to `held`, and is written at the next checkpoint. Returns how many.
+    fn rebase(&mut self, source: i64, held: i64) -> usize {
+        let mut count = 0;
+        let mut lowered: Vec<(u64, String)> = Vec::new();
+        for (room_id, room) in self.rooms.iter_mut() {
+            if let Some(slot) = room
+                .offsets
+                .iter_mut()
+                .find(|(s, o)| *s == source && *o > held)
+            {
+                slot.1 = held;
+                count += 1;
+                if !room.dirty {
+                    room.dirty = true;
+                    lowered.push((room.seq, room_id.clone()));
+                }
+            }
+        }
+        // in the order the task took the rooms, as the Python task visits them
+        lowered.sort_unstable();
+        self.changed
+            .extend(lowered.into_iter().map(|(_, room_id)| room_id));
+        count
     }
 
     /// The task's event-time progress: newest event time, watermark, each input's newest event
     /// time (`_max_ts`, `_watermark`, `_src_max`).
-    fn progress(&self) -> (i64, i64, std::collections::HashMap<i64, i64>) {
-        (self.max_ts, self.watermark, self.src_max.clone())
+    fn progress(&self) -> (i64, i64, Vec<(i64, i64)>) {
+        let src_max = self.src_max.iter().map(|(&s, &t)| (s, t)).collect();
+        (self.max_ts, self.watermark, src_max)
     }
 
     /// A restored room into the task's indexes (`_adopt`), after its records and before its

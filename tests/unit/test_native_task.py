@@ -1,0 +1,49 @@
+"""The Python task's tests, unchanged, against ``NativeTaskAggregator`` (its rooms in the native
+table, ``streams/native/src/rooms.rs``): every test of the modules below runs a second time here,
+with the module's ``TaskAggregator`` the native one.
+
+Left out, each for its reason (``NOT_NATIVE``): tests of how the Python rooms keep their memory
+(shared offsets dicts, empty containers), which the native rooms keep otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+import pytest
+
+native_rooms = pytest.importorskip("streams.core._native_rooms")
+
+MODULES = (
+    "test_core_oracle",
+    "test_core_changelog",
+    "test_core_dedup",
+    "test_core_expiry",
+    "test_core_hostile",
+    "test_core_rollups",
+    "test_core_sessions",
+    "test_core_alerts",
+    "test_core_alignment",
+    "test_core_senders",
+    "test_core_query",
+)
+
+#: tests of the Python rooms' own layout in memory
+NOT_NATIVE = {
+    "test_core_oracle.test_idle_rooms_own_no_empty_containers_and_share_their_checkpoint_offsets",
+    "test_core_oracle.test_rooms_restored_together_go_on_sharing_offsets_while_an_input_is_silent",
+}
+
+_modules = [importlib.import_module(f"tests.unit.{name}") for name in MODULES]
+for _module, _name in zip(_modules, MODULES, strict=True):
+    for _attr, _test in vars(_module).items():
+        if _attr.startswith("test_") and callable(_test) and f"{_name}.{_attr}" not in NOT_NATIVE:
+            globals()[f"test_{_name[len('test_') :]}__{_attr[len('test_') :]}"] = _test
+
+
+@pytest.fixture(autouse=True)
+def native_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for module in _modules:
+        monkeypatch.setattr(module, "TaskAggregator", native_rooms.NativeTaskAggregator)
+    yield
