@@ -17,12 +17,14 @@ message and count per room in a dict) and reports
 messages per CPU-second, medians of ``--repeat`` interleaved runs. Variants
 take parts away to attribute the cost: ``decode`` (strict decoding alone; ``decode-py`` and
 ``pipeline-py`` with the Python loops instead of the native decoders of ``schemas/native``,
-``pipeline-pycore`` with the Python spike detector instead of the native quiet path of ``streams/native``),
+``pipeline-pycore`` with the Python spike detector instead of the native quiet path of ``streams/native``,
+``pipeline-native`` with the tasks' rooms in the native table, ``NativeTaskAggregator``; branch
+``native-rooms``: its records per topic checked equal to ``pipeline``'s),
 ``plain+windows`` (the plain loop plus one output record per room and window),
 ``no-checkpoint``, ``no-detector``.
 
-``--profile`` runs the pipeline once more under cProfile and prints the top
-functions by own and cumulative time.
+``--profile [VARIANT]`` runs a pipeline variant (default ``pipeline``) once more under cProfile
+and prints the top functions by own and cumulative time.
 """
 
 from __future__ import annotations
@@ -252,6 +254,7 @@ def run_pipeline(
     drift_ms: int | None = None,
     python_decoders: bool = False,
     python_core: bool = False,
+    native_rooms: bool = False,
     kept: list[TaskPipeline] | None = None,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
@@ -276,7 +279,7 @@ def run_pipeline(
     metrics = Metrics()
     pipelines = {}
     for p in range(PARTITIONS):
-        core = routing.task_core(p, settings.core, detect_spikes=detect_spikes)
+        core = routing.task_core(p, settings.core, detect_spikes=detect_spikes, native_rooms=native_rooms)
         pipelines[p] = TaskPipeline(p, core, TaskSink(topics.repartition), routing, settings, metrics)
     names = routing.names
     busy = (Source.VIEWER, Source.ORDER, Source.GIFT)
@@ -413,7 +416,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "'pipeline@drift' with it beside 'pipeline' (the default)",
     )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="pipeline",
+        help="profile a pipeline variant once more (default: pipeline)",
+    )
     parser.add_argument("--only", help="comma-separated variants to run (default: all)")
     parser.add_argument(
         "--gc-threshold", type=int, default=Settings().gc_threshold, help="as LIVEPULSE_GC_THRESHOLD"
@@ -454,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pipeline": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds}),
         "pipeline-py": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "python_decoders": True}),
         "pipeline-pycore": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "python_core": True}),
+        "pipeline-native": (
+            run_pipeline,
+            {"checkpoint_rounds": args.checkpoint_rounds, "native_rooms": True},
+        ),
     }
     if args.drift_ms is not None:
         variants["pipeline@drift"] = (
@@ -461,15 +473,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             {"checkpoint_rounds": args.checkpoint_rounds, "drift_ms": args.drift_ms},
         )
     pipelines = {name for name, (fn, _) in variants.items() if fn is run_pipeline}
+    profiled = variants[args.profile] if args.profile else None
     if args.only:
         variants = {name: variants[name] for name in args.only.split(",")}
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    written: dict[str, dict[str, int]] = {}
     for _ in range(args.repeat):
         for name, (fn, kwargs) in variants.items():
             if name in pipelines:
                 rates[name].append(measure(fn, logs, now_ms, batch=args.batch, **kwargs))
+                written[name] = dict(OUTPUTS)
             else:
                 rates[name].append(measure(fn, batches, now_ms, **kwargs))
+    if "pipeline" in written and "pipeline-native" in written:
+        # the same records per topic (the dead letters and alerts too)
+        assert written["pipeline-native"] == written["pipeline"], (
+            written["pipeline-native"],
+            written["pipeline"],
+        )
     base = statistics.median(rates["plain"]) if "plain" in rates else float("nan")
     print(f"{'variant':<15}{'median msg/CPU-s':>18}{'min':>12}{'max':>12}{'vs plain':>10}{'us/msg':>8}")
     for name, got in rates.items():
@@ -482,9 +503,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "records written by the last pipeline run:",
             ", ".join(f"{t} {n:,}" for t, n in sorted(OUTPUTS.items())),
         )
-    if args.profile:
+    if profiled is not None:
         prof = cProfile.Profile()
-        prof.runcall(run_pipeline, logs, now_ms, batch=args.batch, checkpoint_rounds=args.checkpoint_rounds)
+        prof.runcall(profiled[0], logs, now_ms, batch=args.batch, **profiled[1])
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(30)

@@ -139,37 +139,29 @@ class NativeSpikes:
                 self.firing.add(room_id)
 
 
-class NativeRoomsView(Mapping[str, Room]):
-    """A native task's rooms, read-only, each decoded from its records when asked for (the query
-    view and tests read rooms rarely; a room decoded here is a copy, not the state)."""
-
-    def __init__(self, table: Any, window_ms: int) -> None:
-        self._table = table
-        self._window_ms = window_ms
+class RoomTable(_fastcore.NativeRooms, Mapping[str, Room]):  # type: ignore[misc]
+    """The native table as a read-only mapping of its rooms: membership and size natively (the
+    pipeline asks for every event it routes), a room decoded from its records when asked for (the
+    query view and tests read rooms rarely; a room decoded here is a copy, not the state)."""
 
     def __getitem__(self, room_id: str) -> Room:
-        if not self._table.has_room(room_id):
+        if not self.has_room(room_id):
             raise KeyError(room_id)
-        room = decode_room(self._table.encode_room(room_id), self._window_ms)
-        tail = self._table.encode_tail(room_id)
+        window_ms = self.window_ms
+        room = decode_room(self.encode_room(room_id), window_ms)
+        tail = self.encode_tail(room_id)
         if tail is not None:
             decode_room_tail(tail_key(room_id), tail, room)
-        for ws, keys in self._table.dedup_chunks(room_id):
+        for ws, keys in self.dedup_chunks(room_id):
             room.restore_chunk(ws, keys)
-        last = self._table.last_closed(room_id)
+        last = self.last_closed(room_id)
         if last is not None:
             start, _end, totals, unique_viewers, concurrent = last
-            room.last_closed = room_stats(room_id, start, self._window_ms, totals, unique_viewers, concurrent)
+            room.last_closed = room_stats(room_id, start, window_ms, totals, unique_viewers, concurrent)
         return room
 
-    def __contains__(self, room_id: object) -> bool:
-        return isinstance(room_id, str) and bool(self._table.has_room(room_id))
-
     def __iter__(self) -> Iterator[str]:
-        return iter(self._table.room_ids())
-
-    def __len__(self) -> int:
-        return len(self._table)
+        return iter(self.room_ids())
 
 
 class NativeTaskAggregator(TaskAggregator):
@@ -188,7 +180,7 @@ class NativeTaskAggregator(TaskAggregator):
         senders: Iterable[int] = (),
         detect_spikes: bool = True,
     ) -> None:
-        self._table = _fastcore.NativeRooms(
+        self._table = RoomTable(
             bucket_ms=config.bucket_ms,
             window_ms=config.window_ms,
             session_gap_ms=config.session_gap_ms,
@@ -241,7 +233,7 @@ class NativeTaskAggregator(TaskAggregator):
 
     @property  # type: ignore[override]
     def rooms(self) -> Mapping[str, Room]:
-        return NativeRoomsView(self._table, self.config.window_ms)
+        return self._table
 
     @rooms.setter
     def rooms(self, rooms: Any) -> None:

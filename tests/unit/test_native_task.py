@@ -1,6 +1,6 @@
 """The Python task's tests, unchanged, against ``NativeTaskAggregator`` (its rooms in the native
 table, ``streams/native/src/rooms.rs``): every test of the modules below runs a second time here,
-with the module's ``TaskAggregator`` the native one.
+with the module's ``TaskAggregator`` the native one (and the pipeline's tasks native).
 
 Left out, each for its reason (``NOT_NATIVE``): tests of how the Python rooms keep their memory
 (shared offsets dicts, empty containers), which the native rooms keep otherwise.
@@ -12,6 +12,8 @@ import importlib
 from collections.abc import Iterator
 
 import pytest
+
+import streams.pipeline as pipeline
 
 native_rooms = pytest.importorskip("streams.core._native_rooms")
 
@@ -27,6 +29,7 @@ MODULES = (
     "test_core_alignment",
     "test_core_senders",
     "test_core_query",
+    "test_pipeline",
 )
 
 #: tests of the Python rooms' own layout in memory
@@ -46,4 +49,5 @@ for _module, _name in zip(_modules, MODULES, strict=True):
 def native_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for module in _modules:
         monkeypatch.setattr(module, "TaskAggregator", native_rooms.NativeTaskAggregator)
+    monkeypatch.setattr(pipeline, "TaskAggregator", native_rooms.NativeTaskAggregator)  # its tasks
     yield

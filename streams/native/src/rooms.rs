@@ -1378,7 +1378,8 @@ fn leaderboard_partial(task: i64, n: usize, group: &[(String, StatsTuple)]) -> O
 // -- the table Python holds ------------------------------------------------------------------
 
 /// A task's rooms (steps 1 and 3: restored from and written to changelog records, windows closed).
-#[pyclass(module = "streams.core._fastcore")]
+/// Python subclasses it as a mapping of its rooms (`streams.core._native_rooms.RoomTable`).
+#[pyclass(subclass, module = "streams.core._fastcore")]
 pub struct NativeRooms {
     rooms: RoomMap,
     config: Config,
@@ -1688,6 +1689,11 @@ impl NativeRooms {
 
     fn __len__(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Whether the table holds the room (the pipeline asks for every event it routes).
+    fn __contains__(&self, room_id: &str) -> bool {
+        self.rooms.contains_key(room_id)
     }
 
     /// Take a room's `r/` record (version 6); returns its room id.
@@ -2419,6 +2425,12 @@ impl NativeRooms {
         self.max_ts = max_ts;
         self.watermark = watermark;
         self.src_max = src_max.into_iter().collect();
+    }
+
+    /// The window length (`CoreConfig.window_ms`).
+    #[getter]
+    fn window_ms(&self) -> i64 {
+        self.config.window_ms
     }
 
     /// The watermark at which something is next due (`_next_close`).
