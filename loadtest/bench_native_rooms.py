@@ -36,11 +36,17 @@ import loadtest.bench_boundary as bb
 import streams.pipeline as sp
 from schemas import encode_room_session, encode_room_stats
 from streams.core import TaskAggregator
-from streams.core._native_rooms import NativeSpikes
-from streams.core._state_codec import encode_room, encode_room_tail
 from tests.unit.test_core_changelog import CFG
 from tests.unit.test_core_oracle import SOURCES, make_stream
-from tests.unit.test_native_rooms import NativeRooms, python_records
+
+# the core's internals, through the tests that hold the native table to them
+from tests.unit.test_native_rooms import (
+    NativeRooms,
+    NativeSpikes,
+    encode_room,
+    encode_room_tail,
+    python_records,
+)
 
 
 def apply_and_close(events: int, rooms: int, repeat: int, spikes: bool) -> dict[str, list[float]]:
@@ -88,7 +94,7 @@ def apply_and_close(events: int, rooms: int, repeat: int, spikes: bool) -> dict[
                     at, _ = native.apply(source, items, at, allowed, -1)
                     if at >= len(items):
                         break
-                    closed += len(native.close_due()[0])
+                    closed += native.close_due()
                 if spikes:
                     spike_detector.detect(None)
             out["native"].append(1e6 * (time.process_time() - t0) / len(stream))

@@ -40,8 +40,6 @@ from schemas import (
     decode_viewer_batch,
     decode_viewer_batch_py,
     encode_dead_letter,
-    encode_room_session,
-    encode_room_stats,
 )
 
 from ._outbound import append_record  # the worker's record append, for sinks that model it
@@ -51,7 +49,6 @@ from .core import (
     PartitionCache,
     TaskAggregator,
     iso_utc,
-    leaderboard_partials,
     leaderboard_progress,
     partition_for,
     to_alertmanager,
@@ -411,53 +408,36 @@ class TaskPipeline:
     # -- output ------------------------------------------------------------------------------
 
     def publish_windows(self) -> int:
-        """Write the task's closed windows to the room-stats topic; returns how many."""
+        """Write the task's closed windows to the room-stats topic, with the rollup windows, the
+        session records and the leaderboard partials since the last call; returns how many
+        windows."""
         core = self.core
-        closed = core.drain()
-        self.publish_sessions_and_rollups()
-        if not closed:
-            return 0
-        topic = self._topics.room_stats
-        add = self.sink.add
-        partition = self.partition
         # Keyed by room on the task's own partition number: every room here hashes to it
         # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
-        orders = gmv = 0
-        for stats in closed:
-            add(topic, partition, stats.room_id.encode(), encode_room_stats(stats))
-            orders += stats.orders
-            gmv += stats.gmv_minor
-        m = self.metrics
-        m.windows_emitted.inc(len(closed))
-        m.orders_paid.inc(orders)
-        m.gmv_minor.inc(gmv)
-        if core.detect_spikes:
-            m.detector_evaluations.inc(len(closed))
-        self._publish_partials(closed)
-        return len(closed)
-
-    def publish_sessions_and_rollups(self) -> int:
-        """Write the closed rollup windows and the session records (live or ended) since the last
-        call; returns how many. Keyed like room-stats on the task's own partition; a session's key
-        is ``<room_id>:<session_start>`` (the session topic is compacted)."""
-        core = self.core
         add, partition = self.sink.add, self.partition
-        rollups = core.drain_rollups()
+        closed = core.drain_encoded(self.partition, self._leaderboard_size)
         topics = self._rollup_topics
-        for length, stats in rollups:
-            add(topics[length], partition, stats.room_id.encode(), encode_room_stats(stats))
-        sessions = core.drain_sessions()
+        for length, key, record in closed.rollups:
+            add(topics[length], partition, key, record)
         topic = self._topics.room_sessions
-        for session in sessions:
-            key = b"%s:%d" % (session.room_id.encode(), session.session_start)
-            add(topic, partition, key, encode_room_session(session))
-        return len(rollups) + len(sessions)
-
-    def _publish_partials(self, closed: Sequence[Any]) -> None:
-        """This task's part of the platform leaderboard: one partial per window just closed."""
-        topic, add, task = self._topics.leaderboard_partials, self.sink.add, b"%d" % self.partition
-        for partial in leaderboard_partials(self.partition, closed, self._leaderboard_size):
-            add(topic, 0, task, orjson.dumps(partial))
+        for key, record in closed.sessions:
+            add(topic, partition, key, record)
+        if not closed.windows:
+            return 0
+        topic = self._topics.room_stats
+        for key, record in closed.windows:
+            add(topic, partition, key, record)
+        n = len(closed.windows)
+        m = self.metrics
+        m.windows_emitted.inc(n)
+        m.orders_paid.inc(closed.orders)
+        m.gmv_minor.inc(closed.gmv_minor)
+        if core.detect_spikes:
+            m.detector_evaluations.inc(n)
+        topic, task = self._topics.leaderboard_partials, b"%d" % self.partition
+        for partial in closed.partials:
+            add(topic, 0, task, partial)
+        return n
 
     def publish_alerts(self, now_ms: int) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;

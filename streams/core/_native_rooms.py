@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from schemas import Event, RoomSession
+from schemas import Event, RoomSession, RoomStats
 
 from . import _fastcore  # type: ignore[attr-defined]
 from ._alerts import AlertEvent
@@ -52,7 +52,7 @@ from ._state_codec import (
     encode_room_whole,
     tail_key,
 )
-from ._task import NO_TIME, ApplyResult, TaskAggregator
+from ._task import NO_TIME, ApplyResult, Encoded, TaskAggregator
 
 #: the longest silence a room's baselines replay as idle windows, in ms (``observe``'s default,
 #: which the task uses); the native table is built with it
@@ -300,10 +300,19 @@ class NativeTaskAggregator(TaskAggregator):
         self._pull_progress()
 
     def _close_natively(self) -> None:
-        """The table's ``close_due`` (at the watermark it holds), its records into the outboxes,
-        and the expiry scan it may have begun finished."""
+        """The table's ``close_due`` (at the watermark it holds), and the expiry scan it may have
+        begun finished. What it closed waits in the table for a drain."""
+        self.counters.windows_emitted += self._table.close_due()
+        if self._table.expiring() is not None:
+            self._spikes.expire(self._surge_from)
+            self.counters.rooms_expired = self._table.rooms_expired
+        self.counters.detector_evaluations = self._spikes.evaluated
+
+    def _take_closed(self) -> None:
+        """What the table closed since the last drain into the outboxes, as the Python task's
+        records."""
+        windows, rollups, sessions = self._table.take_closed()
         window_ms = self.config.window_ms
-        windows, rollups, sessions = self._table.close_due()
         self._outbox += [
             room_stats(room_id, start, window_ms, totals, unique_viewers, concurrent)
             for room_id, (start, _end, totals, unique_viewers, concurrent) in windows
@@ -313,11 +322,34 @@ class NativeTaskAggregator(TaskAggregator):
             for room_id, length, (start, _end, totals, unique_viewers, concurrent) in rollups
         ]
         self._session_outbox += [_session_record(room_id, numbers) for room_id, numbers in sessions]
-        self.counters.windows_emitted += len(windows)
-        if self._table.expiring() is not None:
-            self._spikes.expire(self._surge_from)
-            self.counters.rooms_expired = self._table.rooms_expired
-        self.counters.detector_evaluations = self._spikes.evaluated
+
+    def drain(self) -> list[RoomStats]:
+        self._take_closed()
+        return super().drain()
+
+    def drain_rollups(self) -> list[tuple[int, RoomStats]]:
+        self._take_closed()
+        return super().drain_rollups()
+
+    def drain_sessions(self) -> list[RoomSession]:
+        self._take_closed()
+        return super().drain_sessions()
+
+    def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
+        """The records of what the table closed, encoded natively (after any the outboxes hold:
+        a restore's, or a drain's left over)."""
+        held = super().drain_encoded(task, leaderboard_size)
+        windows, orders, gmv, partials, rollups, sessions = self._table.take_encoded(task, leaderboard_size)
+        if not (held.windows or held.rollups or held.sessions):
+            return Encoded(windows, orders, gmv, partials, rollups, sessions)
+        return Encoded(
+            held.windows + windows,
+            held.orders + orders,
+            held.gmv_minor + gmv,
+            held.partials + partials,
+            held.rollups + rollups,
+            held.sessions + sessions,
+        )
 
     def detect(self) -> None:
         self._spikes.detect(self._surge_from)

@@ -16,11 +16,22 @@ from dataclasses import dataclass, field
 from operator import add
 from typing import Any, NamedTuple
 
-from schemas import Event, OrderEvent, RoomSession, RoomStats, ViewerEvent
+import orjson
+
+from schemas import (
+    Event,
+    OrderEvent,
+    RoomSession,
+    RoomStats,
+    ViewerEvent,
+    encode_room_session,
+    encode_room_stats,
+)
 
 from ..exceptions import ConfigError, StateError
 from ._alerts import AlertEvent
 from ._config import CoreConfig
+from ._leaderboard import leaderboard_partials
 from ._rollups import Rollup
 from ._room import (
     COMMENTS,
@@ -85,6 +96,22 @@ class TaskCounters:
     detector_evaluations: int = 0
     #: times the watermark was held after an input outage (``CoreConfig.outage_hold_ms``)
     outage_holds: int = 0
+
+
+class Encoded(NamedTuple):
+    """A task's closed windows as the records the pipeline publishes (``drain_encoded``)."""
+
+    #: room-stats: (key: the room id, record), in closing order
+    windows: list[tuple[bytes, bytes]]
+    #: paid orders and GMV in those windows
+    orders: int
+    gmv_minor: int
+    #: the platform leaderboard's partials of those windows (``leaderboard_partials``)
+    partials: list[bytes]
+    #: rollup windows: (length ms, key, record)
+    rollups: list[tuple[int, bytes, bytes]]
+    #: session records: (key ``<room_id>:<session_start>``, record)
+    sessions: list[tuple[bytes, bytes]]
 
 
 class ApplyResult(NamedTuple):
@@ -222,6 +249,27 @@ class TaskAggregator:
         """Closed rollup windows ``(length ms, record)`` since the last drain, in closing order."""
         out, self._rollup_outbox = self._rollup_outbox, []
         return out
+
+    def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
+        """``drain``, ``drain_rollups`` and ``drain_sessions`` as the records the pipeline
+        publishes, with the leaderboard partials (of task ``task``, top ``leaderboard_size``)."""
+        closed = self.drain()
+        orders = gmv = 0
+        windows = []
+        for stats in closed:
+            windows.append((stats.room_id.encode(), encode_room_stats(stats)))
+            orders += stats.orders
+            gmv += stats.gmv_minor
+        partials = [orjson.dumps(p) for p in leaderboard_partials(task, closed, leaderboard_size)]
+        rollups = [
+            (length, stats.room_id.encode(), encode_room_stats(stats))
+            for length, stats in self.drain_rollups()
+        ]
+        sessions = [
+            (b"%s:%d" % (s.room_id.encode(), s.session_start), encode_room_session(s))
+            for s in self.drain_sessions()
+        ]
+        return Encoded(windows, orders, gmv, partials, rollups, sessions)
 
     def detect(self) -> None:
         """Run the spike detector over the windows closed since the last call, in closing order.

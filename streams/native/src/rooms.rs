@@ -31,7 +31,9 @@
 //!    the state to the Python detector (`streams.core._native_rooms.NativeSpikes`), which
 //!    hands the state back; idle expiry (`close_due` scans, the Python half evaluates the leaving rooms'
 //!    last windows and resolves their alerts, `expire` finishes; expired rooms' tombstones at
-//!    the checkpoint); the leaderboard partials of the windows closed (`take_partials`).
+//!    the checkpoint); what the closes leave taken as numbers (`take_closed`) or as the records
+//!    the pipeline publishes (`take_encoded`: room-stats, rollup and session records, the
+//!    leaderboard partials).
 //! 4. Begun: the restore of version-6 records (`restore_progress`, `restore_room`,
 //!    `restore_tail`, `adopt`, `restore_chunk`, `finish_restore`: open windows, rollups and
 //!    sessions back in the due indexes, those due at the restored watermark dropped, sessions
@@ -1314,9 +1316,9 @@ impl SessionRecord {
 // -- the platform leaderboard's partials ---------------------------------------------------------
 
 /// `streams.core._leaderboard.is_live`: any activity besides late events and the concurrent level.
-fn is_live(stats: &StatsTuple) -> bool {
-    let (_, _, t, unique_viewers, _) = stats;
-    *unique_viewers != 0
+fn is_live(stats: &Stats) -> bool {
+    let t = &stats.totals;
+    stats.unique_viewers != 0
         || [
             JOINS, LIKES, COMMENTS, SHARES, ORDERS, GMV, REFUNDS, GIFTS, GIFT_VALUE,
         ]
@@ -1339,9 +1341,10 @@ fn rank(mut entries: Vec<(&str, i64)>, n: usize) -> Vec<(&str, i64)> {
 
 /// One window's partial (`leaderboard_partials` for one window start, as orjson writes it), from
 /// the task's closed room-windows of that window; None when no room in it is live.
-fn leaderboard_partial(task: i64, n: usize, group: &[(String, StatsTuple)]) -> Option<Vec<u8>> {
-    let live: Vec<&(String, StatsTuple)> = group.iter().filter(|(_, s)| is_live(s)).collect();
-    let (_, (start, end, _, _, _)) = live.first()?;
+fn leaderboard_partial(task: i64, n: usize, group: &[(String, Stats)]) -> Option<Vec<u8>> {
+    let live: Vec<&(String, Stats)> = group.iter().filter(|(_, s)| is_live(s)).collect();
+    let (_, first) = live.first()?;
+    let (start, end) = (&first.start, &first.end);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"kind\":\"partial\"");
     write_field(&mut out, "task", task);
@@ -1349,7 +1352,9 @@ fn leaderboard_partial(task: i64, n: usize, group: &[(String, StatsTuple)]) -> O
     write_field(&mut out, "window_end", *end);
     for (name, at) in [("top_gmv", GMV), ("top_views", JOINS)] {
         let ranked = rank(
-            live.iter().map(|(id, s)| (id.as_str(), s.2[at])).collect(),
+            live.iter()
+                .map(|(id, s)| (id.as_str(), s.totals[at]))
+                .collect(),
             n,
         );
         let _ = write!(out, ",\"{name}\":[");
@@ -1363,7 +1368,8 @@ fn leaderboard_partial(task: i64, n: usize, group: &[(String, StatsTuple)]) -> O
         out.push(b']');
     }
     let mut totals = [0i64; 4]; // events, rooms live, GMV, orders
-    for (_, (_, _, t, _, _)) in &live {
+    for (_, s) in &live {
+        let t = &s.totals;
         totals[0] += t[JOINS] + t[LIKES] + t[COMMENTS] + t[SHARES] + t[ORDERS] + t[GIFTS];
         totals[1] += 1;
         totals[2] += t[GMV];
@@ -1420,11 +1426,10 @@ pub struct NativeRooms {
     overflow: Vec<i64>,
     /// the time of the first event that opened a room while the task was not yet watching
     first_room_ts: Option<i64>,
-    /// the platform leaderboard: this task's number and the ranking size (0: no partials), and
-    /// the partials of windows closed since the last `take_partials`
-    task: i64,
-    leaderboard_size: usize,
-    partials: Vec<Vec<u8>>,
+    /// what the closes left since the last take (`take_closed`, `take_encoded`)
+    closed_windows: Vec<(String, Stats)>,
+    closed_rollups: Vec<(String, i64, Stats)>,
+    closed_sessions: Vec<(String, SessionRecord)>,
 }
 
 /// `streams.core._task.NO_TIME` and `NEVER`
@@ -1616,8 +1621,6 @@ impl NativeRooms {
         detect_spikes=false,
         max_gap_ms=0,
         room_idle_ms=300_000,
-        task=0,
-        leaderboard_size=0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -1634,8 +1637,6 @@ impl NativeRooms {
         detect_spikes: bool,
         max_gap_ms: i64,
         room_idle_ms: i64,
-        task: i64,
-        leaderboard_size: usize,
     ) -> PyResult<Self> {
         if bucket_ms <= 0 || window_ms <= 0 || window_ms % bucket_ms != 0 {
             return Err(value_error(format!(
@@ -1668,9 +1669,9 @@ impl NativeRooms {
             next_seq: 0,
             overflow: Vec::new(),
             first_room_ts: None,
-            task,
-            leaderboard_size,
-            partials: Vec::new(),
+            closed_windows: Vec::new(),
+            closed_rollups: Vec::new(),
+            closed_sessions: Vec::new(),
             config: Config {
                 bucket_ms,
                 window_ms,
@@ -2023,16 +2024,11 @@ impl NativeRooms {
     /// due. Returns the room-stats records' numbers, the rollup records' (room, length, numbers)
     /// and the session records' (room, numbers), each in the order Python writes them.
     #[allow(clippy::type_complexity)]
-    fn close_due(
-        &mut self,
-    ) -> PyResult<(
-        Vec<(String, StatsTuple)>,
-        Vec<(String, i64, StatsTuple)>,
-        Vec<(String, SessionTuple)>,
-    )> {
-        let mut windows = Vec::new();
-        let mut rollups = Vec::new();
-        let mut sessions = Vec::new();
+    fn close_due(&mut self) -> PyResult<usize> {
+        let before = self.closed_windows.len();
+        let windows = &mut self.closed_windows;
+        let rollups = &mut self.closed_rollups;
+        let sessions = &mut self.closed_sessions;
         let cfg = &self.config;
         let wm = self.watermark;
         while let Some((&ws, _)) = self.by_window.iter().next() {
@@ -2040,7 +2036,6 @@ impl NativeRooms {
                 break;
             }
             let members = self.by_window.remove(&ws).expect("just seen");
-            let first_closed = windows.len();
             for room_id in members {
                 let room = self
                     .rooms
@@ -2070,23 +2065,16 @@ impl NativeRooms {
                     }
                 }
                 for (length, stats) in closed.rollups_closed {
-                    rollups.push((room_id.clone(), length, stats_tuple(stats)));
+                    rollups.push((room_id.clone(), length, stats));
                 }
                 for record in closed.sessions {
-                    sessions.push((room_id.clone(), session_tuple(record)));
+                    sessions.push((room_id.clone(), record));
                 }
                 if self.detect_spikes {
                     self.undetected
                         .push((room_id.clone(), closed.stats.clone()));
                 }
-                windows.push((room_id, stats_tuple(closed.stats)));
-            }
-            if self.leaderboard_size > 0 {
-                let group = &windows[first_closed..];
-                if let Some(partial) = leaderboard_partial(self.task, self.leaderboard_size, group)
-                {
-                    self.partials.push(partial);
-                }
+                windows.push((room_id, closed.stats));
             }
         }
         // `_close_rollups`: rollup windows whose end is at or before the watermark
@@ -2102,11 +2090,7 @@ impl NativeRooms {
                     for slot in held.iter_mut() {
                         if slot.as_ref().is_some_and(|r| r.start + r.length == end) {
                             let rollup = slot.take().expect("checked");
-                            rollups.push((
-                                room_id.clone(),
-                                rollup.length,
-                                stats_tuple(rollup.record()),
-                            ));
+                            rollups.push((room_id.clone(), rollup.length, rollup.record()));
                         }
                     }
                     if held.iter().all(Option::is_none) {
@@ -2148,7 +2132,7 @@ impl NativeRooms {
                 if !extensible {
                     let mut ended = room.session.take().expect("checked");
                     ended.updated_at = now_due;
-                    sessions.push((room_id.clone(), session_tuple(ended.record(true))));
+                    sessions.push((room_id.clone(), ended.record(true)));
                 }
             }
         }
@@ -2166,7 +2150,100 @@ impl NativeRooms {
         if wm - self.last_expiry_scan >= cfg.window_ms.max(self.room_idle_ms / 10) {
             self.scan_idle();
         }
-        Ok((windows, rollups, sessions))
+        Ok(self.closed_windows.len() - before)
+    }
+
+    /// What the closes since the last take left, as numbers (`drain`, `drain_rollups`,
+    /// `drain_sessions`): room-stats (room id, numbers), rollup windows (room id, length,
+    /// numbers), session records (room id, numbers), each in closing order.
+    #[allow(clippy::type_complexity)]
+    fn take_closed(
+        &mut self,
+    ) -> (
+        Vec<(String, StatsTuple)>,
+        Vec<(String, i64, StatsTuple)>,
+        Vec<(String, SessionTuple)>,
+    ) {
+        let windows = std::mem::take(&mut self.closed_windows);
+        let rollups = std::mem::take(&mut self.closed_rollups);
+        let sessions = std::mem::take(&mut self.closed_sessions);
+        (
+            windows
+                .into_iter()
+                .map(|(id, s)| (id, stats_tuple(s)))
+                .collect(),
+            rollups
+                .into_iter()
+                .map(|(id, length, s)| (id, length, stats_tuple(s)))
+                .collect(),
+            sessions
+                .into_iter()
+                .map(|(id, s)| (id, session_tuple(s)))
+                .collect(),
+        )
+    }
+
+    /// What the closes since the last take left, as the records the pipeline publishes
+    /// (`TaskAggregator.drain_encoded`): room-stats (key, record), the paid orders and GMV in
+    /// them, the leaderboard partials of task `task` (top `leaderboard_size`; none if 0), rollup
+    /// windows (length, key, record), session records (key, record).
+    #[allow(clippy::type_complexity)]
+    fn take_encoded<'py>(
+        &mut self,
+        py: Python<'py>,
+        task: i64,
+        leaderboard_size: usize,
+    ) -> (
+        Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+        i64,
+        i64,
+        Vec<Bound<'py, PyBytes>>,
+        Vec<(i64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+        Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+    ) {
+        let window_ms = self.config.window_ms;
+        let mut windows = std::mem::take(&mut self.closed_windows);
+        let (mut orders, mut gmv) = (0, 0);
+        let records = windows
+            .iter()
+            .map(|(id, s)| {
+                orders += s.totals[ORDERS];
+                gmv += s.totals[GMV];
+                (
+                    PyBytes::new(py, id.as_bytes()),
+                    PyBytes::new(py, &s.encode(id, window_ms)),
+                )
+            })
+            .collect();
+        let mut partials = Vec::new();
+        if leaderboard_size > 0 {
+            windows.sort_by_key(|(_, s)| s.start); // stable: rooms in closing order
+            for group in windows.chunk_by(|a, b| a.1.start == b.1.start) {
+                if let Some(partial) = leaderboard_partial(task, leaderboard_size, group) {
+                    partials.push(PyBytes::new(py, &partial));
+                }
+            }
+        }
+        let rollups = std::mem::take(&mut self.closed_rollups)
+            .iter()
+            .map(|(id, length, s)| {
+                (
+                    *length,
+                    PyBytes::new(py, id.as_bytes()),
+                    PyBytes::new(py, &s.encode(id, *length)),
+                )
+            })
+            .collect();
+        let sessions = std::mem::take(&mut self.closed_sessions)
+            .iter()
+            .map(|(id, s)| {
+                (
+                    PyBytes::new(py, format!("{id}:{}", s.start).as_bytes()),
+                    PyBytes::new(py, &s.encode(id)),
+                )
+            })
+            .collect();
+        (records, orders, gmv, partials, rollups, sessions)
     }
 
     /// The quiet plan of a room is `planner(room_id)` (a `QuietPlan`, or None: every window of
@@ -2353,15 +2430,6 @@ impl NativeRooms {
     #[getter]
     fn rooms_expired(&self) -> i64 {
         self.rooms_expired
-    }
-
-    /// The leaderboard partials of the windows closed since the last call, oldest window first
-    /// (`leaderboard_partials` of the closed windows, as orjson writes each).
-    fn take_partials<'py>(&mut self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        std::mem::take(&mut self.partials)
-            .iter()
-            .map(|partial| PyBytes::new(py, partial))
-            .collect()
     }
 
     /// The time of the first event that opened a room in an `apply` not `watching` since the
