@@ -338,10 +338,10 @@ class NativeTaskAggregator(TaskAggregator):
     def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
         """The records of what the table closed, encoded natively (after any the outboxes hold:
         a restore's, or a drain's left over)."""
-        held = super().drain_encoded(task, leaderboard_size)
         windows, orders, gmv, partials, rollups, sessions = self._table.take_encoded(task, leaderboard_size)
-        if not (held.windows or held.rollups or held.sessions):
+        if not (self._outbox or self._rollup_outbox or self._session_outbox):
             return Encoded(windows, orders, gmv, partials, rollups, sessions)
+        held = super().drain_encoded(task, leaderboard_size)  # the table has nothing left to take
         return Encoded(
             held.windows + windows,
             held.orders + orders,
