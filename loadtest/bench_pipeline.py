@@ -271,7 +271,9 @@ def run_pipeline(
     ``kept``: the task pipelines are appended to it, with their state, for a look afterwards.
     """
     settings = Settings(partitions=PARTITIONS, native_decoders=not python_decoders)
-    settings = replace(settings, core=replace(settings.core, native_core=not python_core))
+    settings = replace(
+        settings, core=replace(settings.core, native_core=not python_core, native_rooms=native_rooms)
+    )
     if drift_ms is not None:
         settings = replace(settings, core=replace(settings.core, max_source_drift_ms=drift_ms))
     topics = settings.topics
@@ -279,7 +281,7 @@ def run_pipeline(
     metrics = Metrics()
     pipelines = {}
     for p in range(PARTITIONS):
-        core = routing.task_core(p, settings.core, detect_spikes=detect_spikes, native_rooms=native_rooms)
+        core = routing.task_core(p, settings.core, detect_spikes=detect_spikes)
         pipelines[p] = TaskPipeline(p, core, TaskSink(topics.repartition), routing, settings, metrics)
     names = routing.names
     busy = (Source.VIEWER, Source.ORDER, Source.GIFT)

@@ -133,15 +133,12 @@ class Routing:
         self.sources[topics.repartition] = REPARTITION
         self.by_header = {name.encode(): source for source, name in self.names.items()}
 
-    def task_core(
-        self, partition: int, config: CoreConfig, *, detect_spikes: bool = True, native_rooms: bool = False
-    ) -> TaskAggregator:
+    def task_core(self, partition: int, config: CoreConfig, *, detect_spikes: bool = True) -> TaskAggregator:
         """The aggregator of task ``partition``: held back by its direct inputs and by every other
         task, whose re-routed events and watermark markers reach it through the repartition topic.
-        ``native_rooms``: its rooms in the native table (``NativeTaskAggregator``; branch
-        ``native-rooms``, not yet a setting)."""
+        With ``config.native_rooms`` its rooms are in the native table (``NativeTaskAggregator``)."""
         cls = TaskAggregator
-        if native_rooms:
+        if config.native_rooms:
             from .core._native_rooms import NativeTaskAggregator
 
             cls = NativeTaskAggregator

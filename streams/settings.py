@@ -266,6 +266,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "SESSION_GAP_MS": ("core", "session_gap_ms"),
     "ROLLUP_WINDOWS_MS": ("core", "rollup_windows_ms"),
     "NATIVE_CORE": ("core", "native_core"),
+    "NATIVE_ROOMS": ("core", "native_rooms"),
     "STATE_FORMAT": ("core", "state_format"),
     "MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
     "MAX_AMOUNT_MINOR": ("limits", "max_amount_minor"),

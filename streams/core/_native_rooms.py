@@ -355,6 +355,15 @@ class NativeTaskAggregator(TaskAggregator):
         self._spikes.detect(self._surge_from)
         self.counters.detector_evaluations = self._spikes.evaluated
 
+    def top_closed(self, metric: str, n: int) -> list[RoomStats]:
+        window_ms = self.config.window_ms
+        return [
+            room_stats(room_id, start, window_ms, totals, unique_viewers, concurrent)
+            for room_id, (start, _end, totals, unique_viewers, concurrent) in self._table.top_closed(
+                metric, n
+            )
+        ]
+
     def firing_alerts(self) -> list[AlertEvent]:
         self.detect()
         out: list[AlertEvent] = []

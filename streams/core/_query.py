@@ -57,7 +57,7 @@ def top_rooms(tasks: Iterable[TaskAggregator], metric: str, n: int) -> list[Room
     """The ``n`` rooms with the highest ``metric`` in their last closed window, across tasks."""
     if metric not in RANKABLE_METRICS:
         raise ValueError(f"unknown metric {metric!r}; one of {sorted(RANKABLE_METRICS)}")
-    closed = (room.last_closed for task in tasks for room in task.rooms.values() if room.last_closed)
+    closed = (stats for task in tasks for stats in task.top_closed(metric, n))
     return heapq.nlargest(n, closed, key=lambda stats: (getattr(stats, metric), stats.room_id))
 
 

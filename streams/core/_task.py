@@ -11,6 +11,7 @@ comes from the changelog; its record formats are ``streams.core._state_codec``.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add
@@ -249,6 +250,12 @@ class TaskAggregator:
         """Closed rollup windows ``(length ms, record)`` since the last drain, in closing order."""
         out, self._rollup_outbox = self._rollup_outbox, []
         return out
+
+    def top_closed(self, metric: str, n: int) -> list[RoomStats]:
+        """The ``n`` rooms with the highest ``metric`` in their last closed window, highest first
+        (ties: the greater room id first)."""
+        closed = (room.last_closed for room in self.rooms.values() if room.last_closed)
+        return heapq.nlargest(n, closed, key=lambda stats: (getattr(stats, metric), stats.room_id))
 
     def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
         """``drain``, ``drain_rollups`` and ``drain_sessions`` as the records the pipeline

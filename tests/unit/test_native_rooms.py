@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import GiftEvent, OrderEvent, ViewerEvent, encode_room_session, encode_room_stats
-from streams.core import CoreConfig, TaskAggregator
+from streams.core import RANKABLE_METRICS, CoreConfig, TaskAggregator
 from streams.core._native_rooms import MAX_GAP_MS, NativeSpikes
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
@@ -739,6 +739,9 @@ def test_the_native_task_publishes_the_python_tasks_records(
             run(task, stream[i:j], rng)
         number = rng.randrange(4)
         python, native = (task.drain_encoded(number, LEADERBOARD) for task in tasks)
+        assert native == python
+        metric, top = rng.choice(sorted(RANKABLE_METRICS)), rng.randint(0, 6)  # last closed windows ranked
+        python, native = (task.top_closed(metric, top) for task in tasks)
         assert native == python
         for log, task in zip(logs, tasks, strict=True):
             log += as_log(task.checkpoint())

@@ -2458,6 +2458,49 @@ impl NativeRooms {
             .collect())
     }
 
+    /// The `n` rooms with the highest `metric` (a numeric room-stats field) in their last closed
+    /// window, highest first, ties by the greater room id (`TaskAggregator.top_closed`).
+    fn top_closed(&self, metric: &str, n: usize) -> PyResult<Vec<(String, StatsTuple)>> {
+        let field = StatField::of(metric)
+            .ok_or_else(|| value_error(format!("unknown metric {metric:?}")))?;
+        let window_ms = self.config.window_ms;
+        let int = |s: &Stats| match field {
+            StatField::Counter(at) => s.totals[at],
+            StatField::Unique => s.unique_viewers,
+            StatField::Concurrent => s.concurrent,
+            StatField::OrdersPerSec => 0,
+        };
+        let order = |a: &(&String, &Stats), b: &(&String, &Stats)| {
+            let by_value = if field == StatField::OrdersPerSec {
+                let (x, y) = (
+                    orders_per_sec(&a.1.totals, window_ms),
+                    orders_per_sec(&b.1.totals, window_ms),
+                );
+                y.total_cmp(&x)
+            } else {
+                int(b.1).cmp(&int(a.1))
+            };
+            by_value.then_with(|| b.0.cmp(a.0))
+        };
+        let mut ranked: Vec<(&String, &Stats)> = self
+            .rooms
+            .iter()
+            .filter_map(|(id, room)| room.last_closed.as_ref().map(|s| (id, s)))
+            .collect();
+        if ranked.len() > n {
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            ranked.select_nth_unstable_by(n - 1, order);
+            ranked.truncate(n);
+        }
+        ranked.sort_unstable_by(order);
+        Ok(ranked
+            .into_iter()
+            .map(|(id, s)| (id.clone(), stats_tuple(s.clone())))
+            .collect())
+    }
+
     /// A room's last closed window (`Room.last_closed`), as the room-stats numbers.
     fn last_closed(&self, room_id: &str) -> PyResult<Option<StatsTuple>> {
         Ok(self.room(room_id)?.last_closed.clone().map(stats_tuple))
