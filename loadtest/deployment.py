@@ -74,7 +74,7 @@ class Deployment:
 
     def env(self, web_port: int, data_dir: Path) -> dict[str, str]:
         t = self.topics
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEPULSE_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEPULSE_") or k in PASSED_ON}
         env.update(
             LIVEPULSE_BROKERS=self.bootstrap,
             LIVEPULSE_APP_ID=self.name,
@@ -92,6 +92,12 @@ class Deployment:
         )
         env.update(self.extra_env)
         return env
+
+
+#: settings the harness's own environment gives every worker it starts (the rest of its LIVEPULSE_*
+#: settings are not the workers'): ``LIVEPULSE_NATIVE_ROOMS=true python -m loadtest.faults`` runs
+#: the fault suite, and ``livepulse loadtest run`` its measured worker, on native rooms
+PASSED_ON = ("LIVEPULSE_NATIVE_ROOMS",)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

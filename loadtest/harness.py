@@ -92,6 +92,14 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "the Python spike detector alone, without the native quiet path of streams/native",
         (("LIVEPULSE_NATIVE_CORE", "false"),),
     ),
+    "native-rooms": (
+        "each task's rooms in the native table (streams/native/src/rooms.rs)",
+        (("LIVEPULSE_NATIVE_ROOMS", "true"),),
+    ),
+    "python-rooms": (
+        "each task's rooms as Python objects (the default; beside a run whose workers have native rooms)",
+        (("LIVEPULSE_NATIVE_ROOMS", "false"),),
+    ),
     "unaligned": (
         "no watermark alignment: inputs read as fast as the client hands them over",
         (("LIVEPULSE_MAX_SOURCE_DRIFT_MS", "0"),),
