@@ -38,15 +38,12 @@ from ._sessions import ENDED, LIVE
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DEFAULT_MAX_GAP_S, DetectorState, _plan, firing, observe, resolve_all
 from ._state_codec import (
-    META_KEY,
     ROOM_KEY_PREFIX,
     TAIL_KEY_PREFIX,
     WHOLE_ROOM_VERSION,
-    TaskMeta,
     decode_room,
     decode_room_tail,
     dedup_key,
-    encode_meta,
     encode_room,
     encode_room_tail,
     encode_room_whole,
@@ -164,6 +161,25 @@ class RoomTable(_fastcore.NativeRooms, Mapping[str, Room]):  # type: ignore[misc
         return iter(self.room_ids())
 
 
+def new_table(config: CoreConfig, *, detect_spikes: bool) -> RoomTable:
+    """A native table of ``config``'s window geometry, sessions, rollups, caps and idle time."""
+    return RoomTable(
+        bucket_ms=config.bucket_ms,
+        window_ms=config.window_ms,
+        session_gap_ms=config.session_gap_ms,
+        sessions=config.sessions,
+        rollup_windows_ms=list(config.rollup_windows_ms),
+        lg_k=config.hll_lg_k,
+        grace_ms=config.grace_ms,
+        max_rooms=config.max_rooms,
+        dedup_ttl_ms=config.dedup_ttl_ms,
+        dedup_max_per_room=config.dedup_max_per_room,
+        detect_spikes=detect_spikes,
+        max_gap_ms=MAX_GAP_MS,
+        room_idle_ms=config.room_idle_ms,
+    )
+
+
 class NativeTaskAggregator(TaskAggregator):
     """``TaskAggregator`` with its rooms in the native table (issue 13, item 1; branch
     ``native-rooms``): the per-room work (apply, the window close, sessions, rollups, the
@@ -180,21 +196,7 @@ class NativeTaskAggregator(TaskAggregator):
         senders: Iterable[int] = (),
         detect_spikes: bool = True,
     ) -> None:
-        self._table = RoomTable(
-            bucket_ms=config.bucket_ms,
-            window_ms=config.window_ms,
-            session_gap_ms=config.session_gap_ms,
-            sessions=config.sessions,
-            rollup_windows_ms=list(config.rollup_windows_ms),
-            lg_k=config.hll_lg_k,
-            grace_ms=config.grace_ms,
-            max_rooms=config.max_rooms,
-            dedup_ttl_ms=config.dedup_ttl_ms,
-            dedup_max_per_room=config.dedup_max_per_room,
-            detect_spikes=detect_spikes,
-            max_gap_ms=MAX_GAP_MS,
-            room_idle_ms=config.room_idle_ms,
-        )
+        self._table = new_table(config, detect_spikes=detect_spikes)
         self._spikes = NativeSpikes(self._table, config.window_ms)
         super().__init__(config, sources, senders=senders, detect_spikes=detect_spikes)
 
@@ -391,22 +393,7 @@ class NativeTaskAggregator(TaskAggregator):
         self._orphan_chunks = []
         deletes += self._gone_keys
         self._gone_keys = []
-        if offsets:
-            self._offsets.update(offsets)
-        cfg = self.config
-        meta = TaskMeta(
-            self._max_ts,
-            self._watermark,
-            self._src_max,
-            self._sender_frontier,
-            self._offsets,
-            (cfg.bucket_ms, cfg.window_ms),
-            self.watch_start,
-        )
-        write(META_KEY, encode_meta(meta))
-        for key in deletes:
-            write(key, None)
-        return len(upserts) + 1 + len(deletes)
+        return len(upserts) + self._write_meta(write, deletes, offsets)
 
     def _whole(
         self, upserts: list[tuple[bytes, bytes]], deletes: list[bytes]

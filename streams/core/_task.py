@@ -1173,6 +1173,16 @@ class TaskAggregator:
         deletes.extend(self._gone_keys)
         self._expired = set()
         self._gone_keys = []
+        return written + self._write_meta(write, deletes, offsets)
+
+    def _write_meta(
+        self,
+        write: Callable[[bytes, bytes | None], None],
+        deletes: list[bytes],
+        offsets: Mapping[int, int] | None,
+    ) -> int:
+        """The end of a checkpoint: the task metadata (with ``offsets``, the next offsets to read),
+        then the tombstones. Returns how many records."""
         if offsets:
             self._offsets.update(offsets)
         cfg = self.config
@@ -1188,7 +1198,7 @@ class TaskAggregator:
         write(META_KEY, encode_meta(meta))
         for key in deletes:
             write(key, None)
-        return written + 1 + len(deletes)
+        return 1 + len(deletes)
 
     @property
     def dirty_rooms(self) -> int:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from schemas import GiftEvent, OrderEvent, ViewerEvent, encode_room_session, encode_room_stats
 from streams.core import RANKABLE_METRICS, CoreConfig, TaskAggregator
-from streams.core._native_rooms import MAX_GAP_MS, NativeSpikes
+from streams.core._native_rooms import NativeSpikes, new_table
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
 from streams.core._spike_rules import SpikeRules, apply_override
@@ -42,21 +42,7 @@ STREAMS = {
 def NativeRooms(cfg: CoreConfig = CFG, *, detect_spikes: bool = False) -> Any:
     """A native table with ``cfg``'s window geometry, sessions and rollups (and the task's spike
     detector, if ``detect_spikes``)."""
-    return _fastcore.NativeRooms(
-        bucket_ms=cfg.bucket_ms,
-        window_ms=cfg.window_ms,
-        session_gap_ms=cfg.session_gap_ms,
-        sessions=cfg.sessions,
-        rollup_windows_ms=list(cfg.rollup_windows_ms),
-        lg_k=cfg.hll_lg_k,
-        grace_ms=cfg.grace_ms,
-        max_rooms=cfg.max_rooms,
-        dedup_ttl_ms=cfg.dedup_ttl_ms,
-        dedup_max_per_room=cfg.dedup_max_per_room,
-        detect_spikes=detect_spikes,
-        max_gap_ms=MAX_GAP_MS,
-        room_idle_ms=cfg.room_idle_ms,
-    )
+    return new_table(cfg, detect_spikes=detect_spikes)
 
 
 def python_records(room: Room) -> tuple[bytes, bytes | None]:
