@@ -419,12 +419,12 @@ class TaskPipeline:
         topic = self._topics.room_sessions
         for key, record in closed.sessions:
             add(topic, partition, key, record)
-        if not closed.windows:
+        n = closed.n_windows
+        if not n:
             return 0
         topic = self._topics.room_stats
         for key, record in closed.windows:
             add(topic, partition, key, record)
-        n = len(closed.windows)
         m = self.metrics
         m.windows_emitted.inc(n)
         m.orders_paid.inc(closed.orders)

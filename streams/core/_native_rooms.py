@@ -11,6 +11,7 @@ of 124 931), so this loop sees the rooms that matter: those near or in an alert.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -342,15 +343,16 @@ class NativeTaskAggregator(TaskAggregator):
         a restore's, or a drain's left over)."""
         windows, orders, gmv, partials, rollups, sessions = self._table.take_encoded(task, leaderboard_size)
         if not (self._outbox or self._rollup_outbox or self._session_outbox):
-            return Encoded(windows, orders, gmv, partials, rollups, sessions)
+            return Encoded(windows, len(windows), orders, gmv, partials, rollups, sessions)
         held = super().drain_encoded(task, leaderboard_size)  # the table has nothing left to take
         return Encoded(
-            held.windows + windows,
+            chain(held.windows, windows),
+            held.n_windows + len(windows),
             held.orders + orders,
             held.gmv_minor + gmv,
             held.partials + partials,
-            held.rollups + rollups,
-            held.sessions + sessions,
+            chain(held.rollups, rollups),
+            chain(held.sessions, sessions),
         )
 
     def detect(self) -> None:

@@ -100,19 +100,23 @@ class TaskCounters:
 
 
 class Encoded(NamedTuple):
-    """A task's closed windows as the records the pipeline publishes (``drain_encoded``)."""
+    """A task's closed windows as the records the pipeline publishes (``drain_encoded``). The
+    records may be encoded as they are iterated: each goes to its batch before the next is
+    encoded (an orjson result holds ~4 KB of heap until it is freed; at a boundary of 100 000
+    rooms all of them at once held a few hundred MB)."""
 
     #: room-stats: (key: the room id, record), in closing order
-    windows: list[tuple[bytes, bytes]]
-    #: paid orders and GMV in those windows
+    windows: Iterable[tuple[bytes, bytes]]
+    #: how many; the paid orders and GMV in them
+    n_windows: int
     orders: int
     gmv_minor: int
     #: the platform leaderboard's partials of those windows (``leaderboard_partials``)
     partials: list[bytes]
     #: rollup windows: (length ms, key, record)
-    rollups: list[tuple[int, bytes, bytes]]
+    rollups: Iterable[tuple[int, bytes, bytes]]
     #: session records: (key ``<room_id>:<session_start>``, record)
-    sessions: list[tuple[bytes, bytes]]
+    sessions: Iterable[tuple[bytes, bytes]]
 
 
 class ApplyResult(NamedTuple):
@@ -262,21 +266,21 @@ class TaskAggregator:
         publishes, with the leaderboard partials (of task ``task``, top ``leaderboard_size``)."""
         closed = self.drain()
         orders = gmv = 0
-        windows = []
         for stats in closed:
-            windows.append((stats.room_id.encode(), encode_room_stats(stats)))
             orders += stats.orders
             gmv += stats.gmv_minor
         partials = [orjson.dumps(p) for p in leaderboard_partials(task, closed, leaderboard_size)]
-        rollups = [
+        # encoded as the pipeline takes them (see Encoded); drained now
+        windows = ((stats.room_id.encode(), encode_room_stats(stats)) for stats in closed)
+        rollups = (
             (length, stats.room_id.encode(), encode_room_stats(stats))
             for length, stats in self.drain_rollups()
-        ]
-        sessions = [
+        )
+        sessions = (
             (b"%s:%d" % (s.room_id.encode(), s.session_start), encode_room_session(s))
             for s in self.drain_sessions()
-        ]
-        return Encoded(windows, orders, gmv, partials, rollups, sessions)
+        )
+        return Encoded(windows, len(closed), orders, gmv, partials, rollups, sessions)
 
     def detect(self) -> None:
         """Run the spike detector over the windows closed since the last call, in closing order.
