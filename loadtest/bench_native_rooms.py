@@ -1,4 +1,4 @@
-"""The native room state (branch ``native-rooms``, ``streams/native/src/rooms.rs``) against the Python
+"""The native room state (``streams/native/src/rooms.rs``, ``LIVEPULSE_NATIVE_ROOMS``) against the Python
 task, on the same work (run by hand; not a test).
 
     python -m loadtest.bench_native_rooms [--events 100000] [--rooms 2000] [--repeat 3]

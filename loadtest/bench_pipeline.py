@@ -18,8 +18,8 @@ messages per CPU-second, medians of ``--repeat`` interleaved runs. Variants
 take parts away to attribute the cost: ``decode`` (strict decoding alone; ``decode-py`` and
 ``pipeline-py`` with the Python loops instead of the native decoders of ``schemas/native``,
 ``pipeline-pycore`` with the Python spike detector instead of the native quiet path of ``streams/native``,
-``pipeline-native`` with the tasks' rooms in the native table, ``NativeTaskAggregator``; branch
-``native-rooms``: its records per topic checked equal to ``pipeline``'s),
+``pipeline-native`` with the tasks' rooms in the native table, ``NativeTaskAggregator``,
+``LIVEPULSE_NATIVE_ROOMS``: its records per topic checked equal to ``pipeline``'s),
 ``plain+windows`` (the plain loop plus one output record per room and window),
 ``no-checkpoint``, ``no-detector``.
 

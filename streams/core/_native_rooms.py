@@ -182,8 +182,8 @@ def new_table(config: CoreConfig, *, detect_spikes: bool) -> RoomTable:
 
 
 class NativeTaskAggregator(TaskAggregator):
-    """``TaskAggregator`` with its rooms in the native table (issue 13, item 1; branch
-    ``native-rooms``): the per-room work (apply, the window close, sessions, rollups, the
+    """``TaskAggregator`` with its rooms in the native table (issue 13, item 1;
+    ``LIVEPULSE_NATIVE_ROOMS``): the per-room work (apply, the window close, sessions, rollups, the
     detector's quiet path, idle expiry, the rooms' changelog records) natively; the control
     (inputs, idleness, stalls, holds, the wall clock, the metadata record) and the detector's
     other windows in Python, in the base class. The restore runs the Python one and hands its
