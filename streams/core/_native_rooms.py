@@ -22,20 +22,10 @@ from . import _fastcore  # type: ignore[attr-defined]
 from ._alerts import AlertEvent
 from ._config import CoreConfig
 from ._room import (
-    COMMENTS,
-    GIFT_VALUE,
-    GIFTS,
-    GMV,
-    JOINS,
-    LATE,
-    LIKES,
-    ORDERS,
-    REFUNDS,
-    SHARES,
     Room,
     room_stats,
 )
-from ._sessions import ENDED, LIVE
+from ._sessions import ENDED, LIVE, session_record
 from ._spike_rules import DEFAULT_RULES, SpikeRules, rules_for
 from ._spikes import DEFAULT_MAX_GAP_S, DetectorState, _plan, firing, observe, resolve_all
 from ._state_codec import (
@@ -324,7 +314,10 @@ class NativeTaskAggregator(TaskAggregator):
             (length, room_stats(room_id, start, length, totals, unique_viewers, concurrent))
             for room_id, length, (start, _end, totals, unique_viewers, concurrent) in rollups
         ]
-        self._session_outbox += [_session_record(room_id, numbers) for room_id, numbers in sessions]
+        self._session_outbox += [
+            session_record(room_id, ENDED if ended else LIVE, start, last_end, *numbers)
+            for room_id, (ended, start, last_end, *numbers) in sessions
+        ]
 
     def drain(self) -> list[RoomStats]:
         self._take_closed()
@@ -466,28 +459,3 @@ class NativeTaskAggregator(TaskAggregator):
         self._table.rebase(source, held)
         self._offsets[source] = log_end
         self.restored_offsets[source] = log_end
-
-
-def _session_record(room_id: str, numbers: tuple[Any, ...]) -> RoomSession:
-    """A session record from the table's numbers (``Session.record``)."""
-    ended, start, last_end, t, unique_viewers, peak, peak_ws, updated_at = numbers
-    return RoomSession(
-        room_id,
-        start,
-        last_end if ended else None,
-        ENDED if ended else LIVE,
-        t[JOINS],
-        unique_viewers,
-        peak,
-        peak_ws,
-        t[LIKES],
-        t[COMMENTS],
-        t[SHARES],
-        t[ORDERS],
-        t[GMV],
-        t[REFUNDS],
-        t[GIFTS],
-        t[GIFT_VALUE],
-        t[LATE],
-        updated_at,
-    )

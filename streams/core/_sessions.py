@@ -18,6 +18,7 @@ room, session included.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from schemas import RoomSession
@@ -62,28 +63,54 @@ class Session:
         self.wire: str | None = None
 
     def record(self, room_id: str, status: str) -> RoomSession:
-        """The published record of the session: the one mapping from its counters."""
-        t = self.totals
-        return RoomSession(
+        """The published record of the session."""
+        return session_record(
             room_id,
-            self.start,
-            self.last_end if status == ENDED else None,
             status,
-            t[JOINS],
+            self.start,
+            self.last_end,
+            self.totals,
             estimate(self.uniques),
-            max(self.peak, 0),
+            self.peak,
             self.peak_ws,
-            t[LIKES],
-            t[COMMENTS],
-            t[SHARES],
-            t[ORDERS],
-            t[GMV],
-            t[REFUNDS],
-            t[GIFTS],
-            t[GIFT_VALUE],
-            t[LATE],
             self.updated_at,
         )
+
+
+def session_record(
+    room_id: str,
+    status: str,
+    start: int,
+    last_end: int,
+    totals: Sequence[int],
+    unique_viewers: int,
+    peak: int,
+    peak_ws: int,
+    updated_at: int,
+) -> RoomSession:
+    """The published record of a session from its numbers: the one mapping, for the Python rooms
+    (``Session.record``) and the native table's sessions alike."""
+    t = totals
+    return RoomSession(
+        room_id,
+        start,
+        last_end if status == ENDED else None,
+        status,
+        t[JOINS],
+        unique_viewers,
+        max(peak, 0),
+        peak_ws,
+        t[LIKES],
+        t[COMMENTS],
+        t[SHARES],
+        t[ORDERS],
+        t[GMV],
+        t[REFUNDS],
+        t[GIFTS],
+        t[GIFT_VALUE],
+        t[LATE],
+        updated_at,
+    )
 
 
 def due_slot(last_end: int, gap_ms: int, window_ms: int) -> int:

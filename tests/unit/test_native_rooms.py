@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import GiftEvent, OrderEvent, ViewerEvent, encode_room_session, encode_room_stats
-from streams.core import RANKABLE_METRICS, CoreConfig, TaskAggregator
+from streams.core import RANKABLE_METRICS, CoreConfig, TaskAggregator, _fastcore
 from streams.core._native_rooms import NativeSpikes, new_table
 from streams.core._room import HLL_TYPE, Room
 from streams.core._sessions import ENDED
@@ -26,8 +26,6 @@ from streams.core._state_codec import encode_room, encode_room_tail
 from streams.core._task import NO_TIME
 from tests.unit.test_core_changelog import CFG, as_log
 from tests.unit.test_core_oracle import SOURCES, make_stream, run
-
-_fastcore = pytest.importorskip("streams.core._fastcore")
 
 #: the oracle tests' random streams (``make_stream``): seed, length, rooms, disorder, span
 STREAMS = {

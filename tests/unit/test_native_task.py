@@ -14,8 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 import streams.pipeline as pipeline
-
-native_rooms = pytest.importorskip("streams.core._native_rooms")
+from streams.core import _native_rooms as native_rooms
 
 MODULES = (
     "test_core_oracle",
