@@ -19,7 +19,9 @@ take parts away to attribute the cost: ``decode`` (strict decoding alone; ``deco
 ``pipeline-py`` with the Python loops instead of the native decoders of ``schemas/native``,
 ``pipeline-pycore`` with the Python spike detector instead of the native quiet path of ``streams/native``,
 ``pipeline-native`` with the tasks' rooms in the native table, ``NativeTaskAggregator``,
-``LIVEPULSE_NATIVE_ROOMS``: its records per topic checked equal to ``pipeline``'s),
+``LIVEPULSE_NATIVE_ROOMS``, writing into native record batches as the worker does,
+``native-pybatch`` the same into aiokafka's batch builders: records per topic checked equal to
+``pipeline``'s),
 ``plain+windows`` (the plain loop plus one output record per room and window),
 ``no-checkpoint``, ``no-detector``.
 
@@ -55,7 +57,7 @@ from schemas import (
     decode_viewer_batch,
     decode_viewer_batch_py,
 )
-from streams.core import TaskAggregator
+from streams.core import TaskAggregator, _fastcore
 from streams.metrics import Metrics
 from streams.pipeline import Record, Routing, TaskPipeline, append_record
 from streams.settings import Settings
@@ -74,12 +76,16 @@ BATCH_BYTES = 1024 * 1024
 
 
 class Sink:
-    """Kafka record batches per (topic, partition), built like the producer path builds them."""
+    """Kafka record batches per (topic, partition), built like the producer path builds them:
+    aiokafka's builders, or with ``native`` the native outbox (``streams._outbound.Outbound``
+    picks it for a producer that does not compress). ``flush`` builds the batches gathered (their
+    header and CRC, as the producer's sender does) and counts their records per topic."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool = False) -> None:
         self.batches: dict[tuple[str, int], BatchBuilder] = {}
         self.records = 0
         self.by_topic: dict[str, int] = defaultdict(int)
+        self.outbox = _fastcore.Outbox(BATCH_BYTES, True) if native else None
 
     def add(
         self,
@@ -89,21 +95,36 @@ class Sink:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
+        if self.outbox is not None:
+            self.outbox.add(topic, partition, key, value, list(headers))
+            return
         builder = self.batches.get((topic, partition))
         if builder is None:
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
         if not append_record(builder, key, value, headers):
+            self._built(topic, builder)
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
             append_record(builder, key, value, headers)
-        self.records += 1
-        self.by_topic[topic] += 1
+
+    def _built(self, topic: str, batch: Any) -> None:
+        batch._build()
+        self.records += batch.record_count()
+        self.by_topic[topic] += batch.record_count()
+
+    def flush(self) -> None:
+        for (topic, _), builder in self.batches.items():
+            self._built(topic, builder)
+        self.batches.clear()
+        if self.outbox is not None:
+            for topic, _, batch in self.outbox.take():
+                self._built(topic, batch)
 
 
 class TaskSink(Sink):
     """One task's sink: repartition records are also kept, to be delivered after the next commit."""
 
-    def __init__(self, repartition: str) -> None:
-        super().__init__()
+    def __init__(self, repartition: str, *, native: bool = False) -> None:
+        super().__init__(native=native)
         self._repartition = repartition
         self.staged: list[tuple[int, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
 
@@ -255,6 +276,7 @@ def run_pipeline(
     python_decoders: bool = False,
     python_core: bool = False,
     native_rooms: bool = False,
+    native_batches: bool = False,
     kept: list[TaskPipeline] | None = None,
 ) -> int:
     """What the data plane does with each fetch round (``streams.pipeline``), minus the network.
@@ -268,6 +290,8 @@ def run_pipeline(
     tick an input that ran ahead of its task's slowest is held back as the data plane pauses it
     (``max_source_drift_ms``); once any input of a partition has been read to its end, nothing of
     that partition is held (the data plane's input would turn idle after ``idle_partition_ms``).
+    Output records go into producer batches (``Sink``; ``native_batches``: the native outbox),
+    built after each checkpoint, as a commit sends them.
     ``kept``: the task pipelines are appended to it, with their state, for a look afterwards.
     """
     settings = Settings(partitions=PARTITIONS, native_decoders=not python_decoders)
@@ -282,7 +306,8 @@ def run_pipeline(
     pipelines = {}
     for p in range(PARTITIONS):
         core = routing.task_core(p, settings.core, detect_spikes=detect_spikes)
-        pipelines[p] = TaskPipeline(p, core, TaskSink(topics.repartition), routing, settings, metrics)
+        sink = TaskSink(topics.repartition, native=native_batches)
+        pipelines[p] = TaskPipeline(p, core, sink, routing, settings, metrics)
     names = routing.names
     busy = (Source.VIEWER, Source.ORDER, Source.GIFT)
     visible: dict[int, list[Record]] = defaultdict(list)
@@ -321,11 +346,13 @@ def run_pipeline(
                     visible[receiver].append(Record(delivered[receiver], key, value, headers))
                     delivered[receiver] += 1
                 sink.staged.clear()
+                sink.flush()
     if kept is not None:
         kept.extend(pipelines.values())
     OUTPUTS.clear()
     for pipeline in pipelines.values():
         assert isinstance(pipeline.sink, Sink)
+        pipeline.sink.flush()
         for topic, count in pipeline.sink.by_topic.items():
             OUTPUTS[topic] = OUTPUTS.get(topic, 0) + count
     return n
@@ -466,6 +493,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pipeline-pycore": (run_pipeline, {"checkpoint_rounds": args.checkpoint_rounds, "python_core": True}),
         "pipeline-native": (
             run_pipeline,
+            {"checkpoint_rounds": args.checkpoint_rounds, "native_rooms": True, "native_batches": True},
+        ),
+        "native-pybatch": (
+            run_pipeline,
             {"checkpoint_rounds": args.checkpoint_rounds, "native_rooms": True},
         ),
     }
@@ -487,12 +518,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 written[name] = dict(OUTPUTS)
             else:
                 rates[name].append(measure(fn, batches, now_ms, **kwargs))
-    if "pipeline" in written and "pipeline-native" in written:
-        # the same records per topic (the dead letters and alerts too)
-        assert written["pipeline-native"] == written["pipeline"], (
-            written["pipeline-native"],
-            written["pipeline"],
-        )
+    for name in ("pipeline-native", "native-pybatch"):
+        if "pipeline" in written and name in written:
+            # the same records per topic (the dead letters and alerts too)
+            assert written[name] == written["pipeline"], (name, written[name], written["pipeline"])
     base = statistics.median(rates["plain"]) if "plain" in rates else float("nan")
     print(f"{'variant':<15}{'median msg/CPU-s':>18}{'min':>12}{'max':>12}{'vs plain':>10}{'us/msg':>8}")
     for name, got in rates.items():

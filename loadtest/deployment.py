@@ -205,7 +205,8 @@ class WorkerProcess:
         return code
 
     def tail(self, lines: int = 40) -> str:
-        self._log.flush()
+        if not self._log.closed:  # closed once the worker was stopped or killed
+            self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 

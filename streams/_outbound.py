@@ -1,5 +1,8 @@
 """Batch-first publishing: records gather per (topic, partition) and go out as whole batches.
 
+The batches are written natively (``_fastcore.Outbox``, ``streams/native/src/batches.rs``: the
+same bytes as aiokafka's builder, without a Python call a record for what the native room table
+writes) unless the producer compresses or serializes, when aiokafka's own builder writes them.
 ``send`` hands the gathered batches to the producer without waiting for the
 broker; ``flush`` waits until every batch handed over so far is acknowledged
 and raises if any failed. The checkpoint protocol is built on the two.
@@ -13,6 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
+
+from .core import _fastcore  # type: ignore[attr-defined]
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -42,14 +47,31 @@ def append_record(
     return True
 
 
+def native_outbox(producer: AIOKafkaProducer) -> Any:
+    """A native outbox writing the batches ``producer.create_batch()`` would (its batch size, its
+    transactional flag), or None when that producer compresses or serializes records. Relies on
+    aiokafka 0.14's accumulator, as ``append_record`` does on its batch."""
+    accumulator = producer._message_accumulator
+    if accumulator._compression_type or producer._key_serializer or producer._value_serializer:
+        return None
+    txn = accumulator._txn_manager
+    return _fastcore.Outbox(accumulator._batch_size, txn is not None and txn.transactional_id is not None)
+
+
 class Outbound:
-    """Accumulates records and publishes them in producer batches."""
+    """Accumulates records and publishes them in producer batches.
+
+    ``outbox``: the native outbox the records go to (None: aiokafka's builders, in Python), which
+    the native room table writes into directly."""
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[asyncio.Future[Any]] = []
+        self.outbox = native_outbox(producer)
+        if self.outbox is not None:
+            self.add = self.outbox.add  # type: ignore[method-assign]
 
     def add(
         self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()
@@ -65,12 +87,15 @@ class Outbound:
 
     @property
     def pending(self) -> bool:
-        return bool(self._open or self._full or self._in_flight)
+        native = self.outbox is not None and self.outbox.pending
+        return bool(native or self._open or self._full or self._in_flight)
 
     async def send(self) -> None:
         """Hand every gathered batch to the producer (does not wait for acknowledgement)."""
         batches = self._full + [(topic, partition, b) for (topic, partition), b in self._open.items()]
         self._full, self._open = [], {}
+        if self.outbox is not None:
+            batches += self.outbox.take()
         for topic, partition, builder in batches:
             if builder.record_count():
                 future = await self._producer.send_batch(builder, topic, partition=partition)

@@ -92,7 +92,10 @@ Headers = Sequence[tuple[str, bytes]]
 
 
 class RecordSink(Protocol):
-    """Where a task's output records are queued (``streams._outbound.Outbound`` in the worker)."""
+    """Where a task's output records are queued (``streams._outbound.Outbound`` in the worker).
+
+    A sink with an ``outbox`` attribute (a native ``_fastcore.Outbox``, or None) lets the native
+    room table write its records into it directly."""
 
     def add(
         self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()
@@ -165,6 +168,8 @@ class TaskPipeline:
         self.partition = partition
         self.core = core
         self.sink = sink
+        #: the native outbox behind ``sink``, which a native room table writes into directly
+        self._outbox = getattr(sink, "outbox", None)
         self.routing = routing
         self.metrics = metrics
         self._topics = settings.topics
@@ -411,30 +416,49 @@ class TaskPipeline:
         core = self.core
         # Keyed by room on the task's own partition number: every room here hashes to it
         # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
+        partition, topics = self.partition, self._topics
+        written = None
+        if self._outbox is not None:
+            written = core.publish_into(
+                self._outbox,
+                partition,
+                self._leaderboard_size,
+                topics.room_stats,
+                self._rollup_topics,
+                topics.room_sessions,
+                topics.leaderboard_partials,
+            )
+        if written is None:
+            written = self._publish_encoded()
+        n, orders, gmv_minor = written
+        if not n:
+            return 0
+        m = self.metrics
+        m.windows_emitted.inc(n)
+        m.orders_paid.inc(orders)
+        m.gmv_minor.inc(gmv_minor)
+        if core.detect_spikes:
+            m.detector_evaluations.inc(n)
+        return n
+
+    def _publish_encoded(self) -> tuple[int, int, int]:
+        """``publish_windows`` a record at a time (the core's records encoded in Python, or a sink
+        without a native outbox)."""
         add, partition = self.sink.add, self.partition
-        closed = core.drain_encoded(self.partition, self._leaderboard_size)
+        closed = self.core.drain_encoded(partition, self._leaderboard_size)
         topics = self._rollup_topics
         for length, key, record in closed.rollups:
             add(topics[length], partition, key, record)
         topic = self._topics.room_sessions
         for key, record in closed.sessions:
             add(topic, partition, key, record)
-        n = closed.n_windows
-        if not n:
-            return 0
         topic = self._topics.room_stats
         for key, record in closed.windows:
             add(topic, partition, key, record)
-        m = self.metrics
-        m.windows_emitted.inc(n)
-        m.orders_paid.inc(closed.orders)
-        m.gmv_minor.inc(closed.gmv_minor)
-        if core.detect_spikes:
-            m.detector_evaluations.inc(n)
-        topic, task = self._topics.leaderboard_partials, b"%d" % self.partition
+        topic, task = self._topics.leaderboard_partials, b"%d" % partition
         for partial in closed.partials:
             add(topic, 0, task, partial)
-        return n
+        return closed.n_windows, closed.orders, closed.gmv_minor
 
     def publish_alerts(self, now_ms: int) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;
@@ -505,7 +529,9 @@ class TaskPipeline:
             add(t.leaderboard_partials, 0, b"%d" % self.partition, progress)
             self._progress_sent = watermark
         # each record into its producer batch as it is encoded (see TaskAggregator.write_checkpoint)
-        written = self.core.write_checkpoint(functools.partial(add, t.changelog, self.partition), offsets)
+        write = functools.partial(add, t.changelog, self.partition)
+        into = None if self._outbox is None else (self._outbox, t.changelog, self.partition)
+        written = self.core.write_checkpoint(write, offsets, into=into)
         if self.merge is not None:
             written += self.merge.stage_checkpoint()
         return written

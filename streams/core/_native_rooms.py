@@ -331,6 +331,24 @@ class NativeTaskAggregator(TaskAggregator):
         self._take_closed()
         return super().drain_sessions()
 
+    def publish_into(
+        self,
+        outbox: Any,
+        partition: int,
+        leaderboard_size: int,
+        room_stats: str,
+        rollups: Mapping[int, str],
+        sessions: str,
+        partials: str,
+    ) -> tuple[int, int, int] | None:
+        """The table's records written into ``outbox`` natively; None while the outboxes hold
+        records (a restore's, or a drain's left over): ``drain_encoded`` publishes those first."""
+        if self._outbox or self._rollup_outbox or self._session_outbox:
+            return None
+        return self._table.publish_into(  # type: ignore[no-any-return]
+            outbox, partition, partition, leaderboard_size, room_stats, dict(rollups), sessions, partials
+        )
+
     def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
         """The records of what the table closed, encoded natively (after any the outboxes hold:
         a restore's, or a drain's left over)."""
@@ -373,14 +391,25 @@ class NativeTaskAggregator(TaskAggregator):
     # -- checkpoint and restore ---------------------------------------------------------
 
     def write_checkpoint(
-        self, write: Callable[[bytes, bytes | None], None], offsets: Mapping[int, int] | None = None
+        self,
+        write: Callable[[bytes, bytes | None], None],
+        offsets: Mapping[int, int] | None = None,
+        *,
+        into: tuple[Any, str, int] | None = None,
     ) -> int:
         self.detect()
-        upserts, deletes = self._table.checkpoint(list(self._consumed.items()))
-        if self.config.state_format == WHOLE_ROOM_VERSION:
-            upserts, deletes = self._whole(upserts, deletes)
-        for key, value in upserts:
-            write(key, value)
+        consumed = list(self._consumed.items())
+        if into is not None and self.config.state_format != WHOLE_ROOM_VERSION:
+            outbox, topic, partition = into
+            written: int
+            written, deletes = self._table.checkpoint_into(outbox, topic, partition, consumed)
+        else:
+            upserts, deletes = self._table.checkpoint(consumed)
+            if self.config.state_format == WHOLE_ROOM_VERSION:
+                upserts, deletes = self._whole(upserts, deletes)
+            for key, value in upserts:
+                write(key, value)
+            written = len(upserts)
         deletes = list(deletes)
         for room_id, ws in self._orphan_chunks:
             if not self._table.has_chunk(room_id, ws):
@@ -388,7 +417,7 @@ class NativeTaskAggregator(TaskAggregator):
         self._orphan_chunks = []
         deletes += self._gone_keys
         self._gone_keys = []
-        return len(upserts) + self._write_meta(write, deletes, offsets)
+        return written + self._write_meta(write, deletes, offsets)
 
     def _whole(
         self, upserts: list[tuple[bytes, bytes]], deletes: list[bytes]

@@ -261,6 +261,21 @@ class TaskAggregator:
         closed = (room.last_closed for room in self.rooms.values() if room.last_closed)
         return heapq.nlargest(n, closed, key=lambda stats: (getattr(stats, metric), stats.room_id))
 
+    def publish_into(
+        self,
+        outbox: Any,
+        partition: int,
+        leaderboard_size: int,
+        room_stats: str,
+        rollups: Mapping[int, str],
+        sessions: str,
+        partials: str,
+    ) -> tuple[int, int, int] | None:
+        """``drain_encoded``'s records written into a native outbox (``_fastcore.Outbox``) by the
+        core itself, returning the windows, their orders and GMV; None: this core does not, the
+        caller takes ``drain_encoded``. The Python rooms do not (the native table does)."""
+        return None
+
     def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
         """``drain``, ``drain_rollups`` and ``drain_sessions`` as the records the pipeline
         publishes, with the leaderboard partials (of task ``task``, top ``leaderboard_size``)."""
@@ -1111,7 +1126,11 @@ class TaskAggregator:
         return Checkpoint(upserts, deletes)
 
     def write_checkpoint(
-        self, write: Callable[[bytes, bytes | None], None], offsets: Mapping[int, int] | None = None
+        self,
+        write: Callable[[bytes, bytes | None], None],
+        offsets: Mapping[int, int] | None = None,
+        *,
+        into: tuple[Any, str, int] | None = None,
     ) -> int:
         """Hand ``write`` the changelog records of the rooms changed since the last checkpoint, then
         the task metadata, then the tombstones (value None), each as soon as it is encoded: a
@@ -1120,6 +1139,9 @@ class TaskAggregator:
 
         ``offsets`` (source -> next offset to read) go into the metadata record: written in the
         same transaction as the state, they say exactly where a restored task resumes.
+
+        ``into``: the native outbox, topic and partition ``write`` writes to, which a native core
+        may write the rooms' records into itself (the Python rooms do not).
 
         It clears what it writes as it goes: after a checkpoint that failed half-way, or whose
         transaction was aborted, this task must not write another (the data plane exits, and the

@@ -1,6 +1,8 @@
 """The Python task's tests, unchanged, against ``NativeTaskAggregator`` (its rooms in the native
 table, ``streams/native/src/rooms.rs``): every test of the modules below runs a second time here,
-with the module's ``TaskAggregator`` the native one (and the pipeline's tasks native).
+with the module's ``TaskAggregator`` the native one (and the pipeline's tasks native). The
+pipeline's tests write into a native outbox here (``OutboxSink``), as the worker does: the table
+writes its records into the outbox's batches itself, and the tests read them back from the bytes.
 
 Left out, each for its reason (``NOT_NATIVE``): tests of how the Python rooms keep their memory
 (shared offsets dicts, empty containers), which the native rooms keep otherwise.
@@ -9,12 +11,15 @@ Left out, each for its reason (``NOT_NATIVE``): tests of how the Python rooms ke
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatch
 
 import streams.pipeline as pipeline
+from streams.core import _fastcore
 from streams.core import _native_rooms as native_rooms
+from tests.unit import test_pipeline
 
 MODULES = (
     "test_core_oracle",
@@ -44,9 +49,44 @@ for _module, _name in zip(_modules, MODULES, strict=True):
             globals()[f"test_{_name[len('test_') :]}__{_attr[len('test_') :]}"] = _test
 
 
+class OutboxSink(test_pipeline.ListSink):
+    """The pipeline tests' sink with a native outbox (``streams._outbound.Outbound``'s in the
+    worker): records written into it, by ``add`` or by the native table directly, are read back
+    from its record batches (aiokafka's reader) when the test looks at them."""
+
+    def __init__(self) -> None:
+        self.outbox = _fastcore.Outbox(1 << 20, True)
+        super().__init__()
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        self.outbox.add(topic, partition, key, value, list(headers))
+
+    @property  # type: ignore[override]
+    def records(self) -> list[tuple[str, int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]]:
+        for topic, partition, batch in self.outbox.take():
+            read = DefaultRecordBatch(batch.build_bytes())
+            assert read.validate_crc()
+            self._read += [(topic, partition, r.key, r.value, tuple(r.headers)) for r in read]
+        return self._read
+
+    @records.setter
+    def records(
+        self, records: list[tuple[str, int, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]]
+    ) -> None:
+        self._read = records
+
+
 @pytest.fixture(autouse=True)
 def native_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for module in _modules:
         monkeypatch.setattr(module, "TaskAggregator", native_rooms.NativeTaskAggregator)
     monkeypatch.setattr(pipeline, "TaskAggregator", native_rooms.NativeTaskAggregator)  # its tasks
+    monkeypatch.setattr(test_pipeline, "ListSink", OutboxSink)
     yield

@@ -453,7 +453,8 @@ def test_an_alert_firing_ahead_of_the_wall_clock_starts_now() -> None:
     later = max(e.starts_at_ms for e in firing) + 1_000
     pipeline._write_alerts(firing, later, transitions=False)
     starts = [orjson.loads(v)["startsAt"] for _, _, v, _ in sink.take(TOPICS.alerts) if v is not None]
-    assert starts == [iso_utc(e.starts_at_ms) for e in firing]
+    # keyed by fingerprint: alerts on different partitions have no order between them
+    assert sorted(starts) == sorted(iso_utc(e.starts_at_ms) for e in firing)
 
 
 def test_rollups_and_sessions_are_published_with_their_keys_and_ended_sessions_leave_the_room_state() -> None:

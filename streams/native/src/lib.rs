@@ -13,6 +13,7 @@
 //!
 //! `rooms` is the first step of the room state in native code (issue 13, item 1): see its plan.
 
+mod batches;
 mod rooms;
 
 use pyo3::buffer::PyBuffer;
@@ -414,6 +415,8 @@ fn observe_quiet(
 fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QuietPlan>()?;
     m.add_class::<rooms::NativeRooms>()?;
+    m.add_class::<batches::Outbox>()?;
+    m.add_class::<batches::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(rooms::format_float, m)?)?;
     m.add_function(wrap_pyfunction!(observe_quiet, m)?)?;
     Ok(())

@@ -55,11 +55,20 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::batches::{record_time, Outbox};
 use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub const N_COUNTERS: usize = 11;
+
+/// What a record of a closed window is (`NativeRooms::encode_closed`).
+enum Out {
+    Window,
+    Rollup(i64),
+    Session,
+    Partial,
+}
 /// `ROOM_FORMAT_VERSION` and `TAIL_FORMAT_VERSION` of `streams.core._state_codec`
 const ROOM_VERSION: i64 = 6;
 const TAIL_VERSION: i64 = 1;
@@ -1539,6 +1548,117 @@ fn value_error(message: String) -> PyErr {
 }
 
 impl NativeRooms {
+    /// The records of what the table closed since the last call, each handed to `out` (what it
+    /// is, key, value) as it is encoded: room-stats, the leaderboard partials of each window
+    /// start (rooms in closing order), rollups, sessions. Returns the windows, their orders and
+    /// GMV.
+    fn encode_closed(
+        &mut self,
+        task: i64,
+        leaderboard_size: usize,
+        mut out: impl FnMut(Out, &[u8], &[u8]),
+    ) -> (i64, i64, i64) {
+        let window_ms = self.config.window_ms;
+        let mut windows = std::mem::take(&mut self.closed_windows);
+        let (mut orders, mut gmv) = (0, 0);
+        for (id, s) in &windows {
+            orders += s.totals[ORDERS];
+            gmv += s.totals[GMV];
+            out(Out::Window, id.as_bytes(), &s.encode(id, window_ms));
+        }
+        if leaderboard_size > 0 {
+            windows.sort_by_key(|(_, s)| s.start); // stable: rooms in closing order
+            for group in windows.chunk_by(|a, b| a.1.start == b.1.start) {
+                if let Some(partial) = leaderboard_partial(task, leaderboard_size, group) {
+                    out(Out::Partial, b"", &partial);
+                }
+            }
+        }
+        for (id, length, s) in std::mem::take(&mut self.closed_rollups) {
+            out(Out::Rollup(length), id.as_bytes(), &s.encode(&id, length));
+        }
+        for (id, s) in std::mem::take(&mut self.closed_sessions) {
+            out(
+                Out::Session,
+                format!("{id}:{}", s.start).as_bytes(),
+                &s.encode(&id),
+            );
+        }
+        (windows.len() as i64, orders, gmv)
+    }
+
+    /// The body of `checkpoint`: each upsert handed to `upsert` (key, value) as it is encoded;
+    /// returns the tombstone keys.
+    fn checkpoint_with(
+        &mut self,
+        consumed: Vec<(i64, i64)>,
+        mut upsert: impl FnMut(&[u8], &[u8]),
+    ) -> Vec<Vec<u8>> {
+        let mut deletes = Vec::new();
+        let key = |prefix: &str, room_id: &str| format!("{prefix}{room_id}").into_bytes();
+        for room_id in std::mem::take(&mut self.changed) {
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            if !room.dirty {
+                continue;
+            }
+            room.dirty = false;
+            // every event taken so far is in the state: `{**held, **consumed}`, or `consumed`
+            // itself when it holds every source the room held
+            let covered = room
+                .offsets
+                .iter()
+                .all(|(s, _)| consumed.iter().any(|(c, _)| c == s));
+            let offsets = if covered {
+                consumed.clone()
+            } else {
+                let mut merged = room.offsets.clone();
+                for &(source, offset) in &consumed {
+                    match merged.iter_mut().find(|(s, _)| *s == source) {
+                        Some(slot) => slot.1 = offset,
+                        None => merged.push((source, offset)),
+                    }
+                }
+                merged
+            };
+            room.offsets = offsets;
+            upsert(&key("r/", &room_id), &room.encode());
+            if room.tail_dirty {
+                room.tail_dirty = false;
+                match room.encode_tail() {
+                    Some(tail) => upsert(&key("t/", &room_id), &tail),
+                    None => deletes.push(key("t/", &room_id)),
+                }
+            }
+            for ws in std::mem::take(&mut room.seen_dirty) {
+                let Some((_, keys)) = room.seen_chunks.iter().find(|(w, _)| *w == ws) else {
+                    continue;
+                };
+                let mut out = vec![b'['];
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_str(&mut out, k);
+                }
+                out.push(b']');
+                upsert(&key(&format!("d/{ws}/"), &room_id), &out);
+            }
+            for ws in std::mem::take(&mut room.seen_gone) {
+                deletes.push(key(&format!("d/{ws}/"), &room_id));
+            }
+        }
+        for room_id in std::mem::take(&mut self.expired) {
+            deletes.push(key("r/", &room_id));
+            deletes.push(key("t/", &room_id));
+        }
+        for gone in std::mem::take(&mut self.gone_keys) {
+            deletes.push(gone.into_bytes());
+        }
+        deletes
+    }
+
     /// `_expire_idle_rooms`' scan: the rooms with no open window and no event for `room_idle_ms`
     /// of event time, in the order the table took them; dedup chunks past their TTL forgotten;
     /// those with a chunk left, a session or a rollup kept (reset), the rest leaving. Pending
@@ -2202,49 +2322,59 @@ impl NativeRooms {
         Vec<(i64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
         Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
     ) {
-        let window_ms = self.config.window_ms;
-        let mut windows = std::mem::take(&mut self.closed_windows);
-        let (mut orders, mut gmv) = (0, 0);
-        let records = windows
-            .iter()
-            .map(|(id, s)| {
-                orders += s.totals[ORDERS];
-                gmv += s.totals[GMV];
-                (
-                    PyBytes::new(py, id.as_bytes()),
-                    PyBytes::new(py, &s.encode(id, window_ms)),
-                )
-            })
-            .collect();
-        let mut partials = Vec::new();
-        if leaderboard_size > 0 {
-            windows.sort_by_key(|(_, s)| s.start); // stable: rooms in closing order
-            for group in windows.chunk_by(|a, b| a.1.start == b.1.start) {
-                if let Some(partial) = leaderboard_partial(task, leaderboard_size, group) {
-                    partials.push(PyBytes::new(py, &partial));
-                }
+        let (mut windows, mut partials, mut rollups, mut sessions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (_, orders, gmv) = self.encode_closed(task, leaderboard_size, |out, key, value| {
+            let (key, value) = (PyBytes::new(py, key), PyBytes::new(py, value));
+            match out {
+                Out::Window => windows.push((key, value)),
+                Out::Rollup(length) => rollups.push((length, key, value)),
+                Out::Session => sessions.push((key, value)),
+                Out::Partial => partials.push(value),
             }
+        });
+        (windows, orders, gmv, partials, rollups, sessions)
+    }
+
+    /// `take_encoded`'s records written into `outbox` (timestamp now): room-stats to
+    /// (`room_stats`, `partition`), rollups to `rollups[length]`, sessions to `sessions`, the
+    /// leaderboard partials to (`partials`, 0) keyed by the task. Returns the windows written,
+    /// their orders and GMV.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_into(
+        &mut self,
+        mut outbox: PyRefMut<'_, Outbox>,
+        partition: i32,
+        task: i64,
+        leaderboard_size: usize,
+        room_stats: &str,
+        rollups: std::collections::HashMap<i64, String>,
+        sessions: &str,
+        partials: &str,
+    ) -> PyResult<(i64, i64, i64)> {
+        if let Some(length) = self
+            .config
+            .rollup_lengths
+            .iter()
+            .find(|l| !rollups.contains_key(l))
+        {
+            return Err(PyValueError::new_err(format!(
+                "no topic for the {length} ms rollups"
+            )));
         }
-        let rollups = std::mem::take(&mut self.closed_rollups)
-            .iter()
-            .map(|(id, length, s)| {
-                (
-                    *length,
-                    PyBytes::new(py, id.as_bytes()),
-                    PyBytes::new(py, &s.encode(id, *length)),
-                )
-            })
-            .collect();
-        let sessions = std::mem::take(&mut self.closed_sessions)
-            .iter()
-            .map(|(id, s)| {
-                (
-                    PyBytes::new(py, format!("{id}:{}", s.start).as_bytes()),
-                    PyBytes::new(py, &s.encode(id)),
-                )
-            })
-            .collect();
-        (records, orders, gmv, partials, rollups, sessions)
+        let ts = record_time();
+        let task_key = task.to_string();
+        Ok(
+            self.encode_closed(task, leaderboard_size, |out, key, value| {
+                let (topic, partition, key) = match out {
+                    Out::Window => (room_stats, partition, key),
+                    Out::Rollup(length) => (rollups[&length].as_str(), partition, key),
+                    Out::Session => (sessions, partition, key),
+                    Out::Partial => (partials, 0, task_key.as_bytes()),
+                };
+                outbox.append(topic, partition, ts, Some(key), Some(value), &[]);
+            }),
+        )
     }
 
     /// The quiet plan of a room is `planner(room_id)` (a `QuietPlan`, or None: every window of
@@ -2742,70 +2872,33 @@ impl NativeRooms {
         Vec<Bound<'py, PyBytes>>,
     ) {
         let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        let key =
-            |prefix: &str, room_id: &str| PyBytes::new(py, format!("{prefix}{room_id}").as_bytes());
-        for room_id in std::mem::take(&mut self.changed) {
-            let Some(room) = self.rooms.get_mut(&room_id) else {
-                continue;
-            };
-            if !room.dirty {
-                continue;
-            }
-            room.dirty = false;
-            // every event taken so far is in the state: `{**held, **consumed}`, or `consumed`
-            // itself when it holds every source the room held
-            let covered = room
-                .offsets
-                .iter()
-                .all(|(s, _)| consumed.iter().any(|(c, _)| c == s));
-            let offsets = if covered {
-                consumed.clone()
-            } else {
-                let mut merged = room.offsets.clone();
-                for &(source, offset) in &consumed {
-                    match merged.iter_mut().find(|(s, _)| *s == source) {
-                        Some(slot) => slot.1 = offset,
-                        None => merged.push((source, offset)),
-                    }
-                }
-                merged
-            };
-            room.offsets = offsets;
-            upserts.push((key("r/", &room_id), PyBytes::new(py, &room.encode())));
-            if room.tail_dirty {
-                room.tail_dirty = false;
-                match room.encode_tail() {
-                    Some(tail) => upserts.push((key("t/", &room_id), PyBytes::new(py, &tail))),
-                    None => deletes.push(key("t/", &room_id)),
-                }
-            }
-            for ws in std::mem::take(&mut room.seen_dirty) {
-                let Some((_, keys)) = room.seen_chunks.iter().find(|(w, _)| *w == ws) else {
-                    continue;
-                };
-                let mut out = vec![b'['];
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_str(&mut out, k);
-                }
-                out.push(b']');
-                upserts.push((key(&format!("d/{ws}/"), &room_id), PyBytes::new(py, &out)));
-            }
-            for ws in std::mem::take(&mut room.seen_gone) {
-                deletes.push(key(&format!("d/{ws}/"), &room_id));
-            }
-        }
-        for room_id in std::mem::take(&mut self.expired) {
-            deletes.push(key("r/", &room_id));
-            deletes.push(key("t/", &room_id));
-        }
-        for gone in std::mem::take(&mut self.gone_keys) {
-            deletes.push(PyBytes::new(py, gone.as_bytes()));
-        }
+        let deletes = self.checkpoint_with(consumed, |key, value| {
+            upserts.push((PyBytes::new(py, key), PyBytes::new(py, value)))
+        });
+        let deletes = deletes.iter().map(|key| PyBytes::new(py, key)).collect();
         (upserts, deletes)
+    }
+
+    /// `checkpoint` with the upserts written into `outbox` (to `topic`, `partition`, timestamp
+    /// now). Returns how many, and the tombstone keys.
+    fn checkpoint_into<'py>(
+        &mut self,
+        py: Python<'py>,
+        mut outbox: PyRefMut<'_, Outbox>,
+        topic: &str,
+        partition: i32,
+        consumed: Vec<(i64, i64)>,
+    ) -> (usize, Vec<Bound<'py, PyBytes>>) {
+        let ts = record_time();
+        let mut written = 0;
+        let deletes = self.checkpoint_with(consumed, |key, value| {
+            outbox.append(topic, partition, ts, Some(key), Some(value), &[]);
+            written += 1;
+        });
+        (
+            written,
+            deletes.iter().map(|key| PyBytes::new(py, key)).collect(),
+        )
     }
 
     /// The room's open windows, oldest first.
