@@ -69,9 +69,9 @@ class CoreConfig:
     #: the same baselines, bit for bit); false: the Python detector takes every window
     native_core: bool = True
     #: the rooms of each task in the native table (``streams/native/src/rooms.rs``,
-    #: ``NativeTaskAggregator``: the per-room work natively, the same records); off by default
-    #: until the integration tests run on it too (the load test and the fault suite did)
-    native_rooms: bool = False
+    #: ``NativeTaskAggregator``: the per-room work natively, the same records); false: the rooms
+    #: as Python objects (``TaskAggregator``), which the core's tests define
+    native_rooms: bool = True
     #: the room state format checkpoints write (``_state_codec``): 6, a room's counters and what it
     #: folds from closed windows in two records; or 5, one record, which workers before 6 read too:
     #: the first step of a rolling upgrade from them (the RUNBOOK's "Upgrade across a state format")

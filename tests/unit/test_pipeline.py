@@ -28,7 +28,10 @@ from streams.settings import Settings
 NOW_MS = 1_700_001_000_000
 T0 = 1_700_000_000_000  # a window boundary (multiple of 10 s)
 PARTITIONS = 4
-SETTINGS = Settings(partitions=PARTITIONS, core=CoreConfig(room_idle_ms=10**9, max_rooms=3))
+#: the Python rooms (``test_native_task`` runs these tests again on the native table)
+SETTINGS = Settings(
+    partitions=PARTITIONS, core=CoreConfig(room_idle_ms=10**9, max_rooms=3, native_rooms=False)
+)
 TOPICS = SETTINGS.topics
 ROUTE = PartitionCache(PARTITIONS)
 

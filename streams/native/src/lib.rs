@@ -11,7 +11,8 @@
 //! `False` with the state untouched, and the Python detector takes the window.
 //! `tests/unit/test_fastcore.py` holds the two to the same states, bit for bit.
 //!
-//! `rooms` is the first step of the room state in native code (issue 13, item 1): see its plan.
+//! `rooms` is the room state in native code (issue 13, item 1): see its plan. `batches` writes
+//! Kafka record batches, which the room table writes its records into directly.
 
 mod batches;
 mod rooms;

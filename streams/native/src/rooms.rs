@@ -10,8 +10,9 @@
 //!
 //! The plan, in steps that each keep the Python `TaskAggregator` as the oracle (the same streams
 //! through both, `tests/unit/test_native_rooms.py`, as `tests/unit/test_fastcore.py` does for the
-//! detector's quiet path). Status, 2026-12-04 (session 29: wired in, `LIVEPULSE_NATIVE_ROOMS`, off
-//! by default; RESULTS.md):
+//! detector's quiet path). Status, 2026-12-04 (session 29: wired in, `LIVEPULSE_NATIVE_ROOMS`;
+//! session 30: on by default, the records written straight into the producer's record batches,
+//! `publish_into` and `checkpoint_into` with `crate::batches::Outbox`; RESULTS.md):
 //!
 //! 1. Done. The state and its changelog records: a room's open-window counters and unique
 //!    viewer sketches (Apache DataSketches' Rust HLL, whose sketches are the Python binding's,
