@@ -83,6 +83,7 @@ class Sink:
 
     def __init__(self, *, native: bool = False) -> None:
         self.batches: dict[tuple[str, int], BatchBuilder] = {}
+        self.full: list[tuple[str, BatchBuilder]] = []
         self.records = 0
         self.by_topic: dict[str, int] = defaultdict(int)
         self.outbox = _fastcore.Outbox(BATCH_BYTES, True) if native else None
@@ -102,7 +103,7 @@ class Sink:
         if builder is None:
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
         if not append_record(builder, key, value, headers):
-            self._built(topic, builder)
+            self.full.append((topic, builder))  # kept until sent, as ``Outbound`` keeps them
             builder = self.batches[(topic, partition)] = BatchBuilder(BATCH_BYTES, 0)
             append_record(builder, key, value, headers)
 
@@ -112,8 +113,11 @@ class Sink:
         self.by_topic[topic] += batch.record_count()
 
     def flush(self) -> None:
+        for topic, builder in self.full:
+            self._built(topic, builder)
         for (topic, _), builder in self.batches.items():
             self._built(topic, builder)
+        self.full.clear()
         self.batches.clear()
         if self.outbox is not None:
             for topic, _, batch in self.outbox.take():
@@ -263,6 +267,7 @@ def run_plain_windows(rounds: Sequence[list[Fetch]], _now_ms: int) -> int:
             for room, count in windows.pop(ws).items():
                 record = {"room_id": room, "window_start": ws, "window_end": ws + 10_000, "events": count}
                 sink.add("room-stats", partition, str(room).encode(), dumps(record))
+            sink.flush()  # sent at each window boundary
     return n
 
 

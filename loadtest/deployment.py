@@ -95,9 +95,9 @@ class Deployment:
 
 
 #: settings the harness's own environment gives every worker it starts (the rest of its LIVEPULSE_*
-#: settings are not the workers'): ``LIVEPULSE_NATIVE_ROOMS=true python -m loadtest.faults`` runs
-#: the fault suite, and ``livepulse loadtest run`` its measured worker, on native rooms
-PASSED_ON = ("LIVEPULSE_NATIVE_ROOMS",)
+#: settings are not the workers'): ``LIVEPULSE_NATIVE_ROOMS=false python -m loadtest.faults`` runs
+#: the fault suite, and ``livepulse loadtest run`` its measured worker, on the Python rooms
+PASSED_ON = ("LIVEPULSE_NATIVE_ROOMS", "LIVEPULSE_NATIVE_BATCHES")
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -93,11 +93,17 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         (("LIVEPULSE_NATIVE_CORE", "false"),),
     ),
     "native-rooms": (
-        "each task's rooms in the native table (streams/native/src/rooms.rs)",
+        "each task's rooms in the native table (streams/native/src/rooms.rs; the default, beside "
+        "a run whose workers have Python rooms)",
         (("LIVEPULSE_NATIVE_ROOMS", "true"),),
     ),
+    "py-batches": (
+        "output records into aiokafka's batch builder (LIVEPULSE_NATIVE_BATCHES=false) instead of "
+        "the native record batches (streams/native/src/batches.rs)",
+        (("LIVEPULSE_NATIVE_BATCHES", "false"),),
+    ),
     "python-rooms": (
-        "each task's rooms as Python objects (the default; beside a run whose workers have native rooms)",
+        "each task's rooms as Python objects (TaskAggregator, LIVEPULSE_NATIVE_ROOMS=false)",
         (("LIVEPULSE_NATIVE_ROOMS", "false"),),
     ),
     "unaligned": (

@@ -61,15 +61,16 @@ def native_outbox(producer: AIOKafkaProducer) -> Any:
 class Outbound:
     """Accumulates records and publishes them in producer batches.
 
-    ``outbox``: the native outbox the records go to (None: aiokafka's builders, in Python), which
-    the native room table writes into directly."""
+    ``outbox``: the native outbox the records go to (with ``native``, unless the producer
+    compresses or serializes; None: aiokafka's builders, in Python), which the native room table
+    writes into directly."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, *, native: bool = True) -> None:
         self._producer = producer
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[asyncio.Future[Any]] = []
-        self.outbox = native_outbox(producer)
+        self.outbox = native_outbox(producer) if native else None
         if self.outbox is not None:
             self.add = self.outbox.add  # type: ignore[method-assign]
 

@@ -43,7 +43,13 @@ class TaskProducer:
     """The transactional producer of one task, with its record batching (:class:`Outbound`)."""
 
     def __init__(
-        self, client: Mapping[str, Any], app_id: str, partition: int, *, transaction_timeout_ms: int
+        self,
+        client: Mapping[str, Any],
+        app_id: str,
+        partition: int,
+        *,
+        transaction_timeout_ms: int,
+        native_batches: bool = True,
     ) -> None:
         self.partition = partition
         self.transactional_id = transactional_id(app_id, partition)
@@ -55,7 +61,7 @@ class TaskProducer:
             max_batch_size=1024 * 1024,
             max_request_size=MAX_RECORD_BYTES,
         )
-        self.outbound = Outbound(self._producer)
+        self.outbound = Outbound(self._producer, native=native_batches)
         self._started = False
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:

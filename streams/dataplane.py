@@ -865,7 +865,11 @@ class DataPlane:
         s = self.settings
         sources = self._routing.sources
         producer = TaskProducer(
-            self._client, s.app_id, partition, transaction_timeout_ms=s.transaction_timeout_ms
+            self._client,
+            s.app_id,
+            partition,
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            native_batches=s.native_batches,
         )
         await producer.start()
         records, key_offsets, seconds = await read_partition(s, partition)

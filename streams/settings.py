@@ -155,6 +155,10 @@ class Settings:
     #: decode inputs with the native pass of ``schemas/native`` when it is built (same verdicts;
     #: false: the Python loops alone, e.g. to rule the native pass out)
     native_decoders: bool = True
+    #: write the output records into Kafka record batches natively (``streams/native/src/batches.rs``,
+    #: the bytes aiokafka's builder writes; the native room table writes into them directly);
+    #: false: aiokafka's batch builder, a Python call a record
+    native_batches: bool = True
 
     @property
     def faust_data_dir(self) -> str:
@@ -251,6 +255,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "LEADERBOARD_SIZE": ("", "leaderboard_size"),
     "CURRENCY": ("", "currency"),
     "NATIVE_DECODERS": ("", "native_decoders"),
+    "NATIVE_BATCHES": ("", "native_batches"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),
     "GRACE_MS": ("core", "grace_ms"),

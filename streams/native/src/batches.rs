@@ -336,7 +336,11 @@ pub struct RecordBatch {
 }
 
 impl RecordBatch {
-    fn new(batch: Batch) -> Self {
+    fn new(mut batch: Batch) -> Self {
+        // held until the producer's sender builds it: no more than its records (a batch's buffer
+        // grows by doubling) and no scratch
+        batch.buf.shrink_to_fit();
+        batch.scratch = Vec::new();
         let count = batch.count;
         RecordBatch {
             batch: Some(batch),
