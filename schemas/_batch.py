@@ -29,6 +29,9 @@ except ImportError:  # not built: the Python loops do all the work (slower, same
 #: whether the native decoders are in use (the worker logs it at start)
 NATIVE: bool = _fastdecode is not None
 
+#: what the batch decoders take: ``(offset, raw)`` pairs, or consumed messages (anything with
+#: ``offset`` and ``value``, as aiokafka's ``ConsumerRecord``; a value of None is read as empty)
+Items = Sequence[tuple[int, bytes]] | Sequence[Any]
 Good = list[tuple[int, ViewerEvent]] | list[tuple[int, OrderEvent]] | list[tuple[int, GiftEvent]]
 Bad = list[tuple[int, bytes, Invalid]]
 
@@ -49,9 +52,9 @@ def _bounds(now_ms: int, limits: Limits) -> tuple[int, int, int, int]:
 
 
 def decode_viewer_batch(
-    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+    items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, ViewerEvent]], Bad]:
-    """Decode ``(offset, raw)`` pairs of ``live.viewer`` into good ``(offset, event)`` and bad triples."""
+    """Decode ``live.viewer`` items (pairs or messages) into good ``(offset, event)`` and bad triples."""
     if _fastdecode is None:
         return decode_viewer_batch_py(items, now_ms, limits)
     max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
@@ -60,9 +63,9 @@ def decode_viewer_batch(
 
 
 def decode_order_batch(
-    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+    items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, OrderEvent]], Bad]:
-    """Decode ``(offset, raw)`` pairs of ``live.order``."""
+    """Decode ``live.order`` items."""
     if _fastdecode is None:
         return decode_order_batch_py(items, now_ms, limits)
     max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
@@ -74,9 +77,9 @@ def decode_order_batch(
 
 
 def decode_gift_batch(
-    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+    items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, GiftEvent]], Bad]:
-    """Decode ``(offset, raw)`` pairs of ``live.gift``."""
+    """Decode ``live.gift`` items."""
     if _fastdecode is None:
         return decode_gift_batch_py(items, now_ms, limits)
     max_bytes, max_id, lo, hi = _bounds(now_ms, limits)
@@ -87,8 +90,16 @@ def decode_gift_batch(
     return (good, []) if not rest else _finish(good, rest, at, decode_gift_batch_py, now_ms, limits)
 
 
-def _as_list(items: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def _as_list(items: Items) -> list[Any]:
     return items if type(items) is list else list(items)
+
+
+def _pairs(items: Items) -> Sequence[tuple[int, bytes]]:
+    """``items`` as ``(offset, raw)`` pairs (consumed messages read as the pipeline reads them)."""
+    if not items or (type(items[0]) is tuple and len(items[0]) == 2):
+        return items
+    messages: Sequence[Any] = items
+    return [(msg.offset, msg.value or b"") for msg in messages]
 
 
 def _finish(
@@ -107,15 +118,15 @@ def _finish(
 
 
 def decode_viewer_batch_py(
-    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+    items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, ViewerEvent]], Bad]:
-    """The Python loop: decode ``(offset, raw)`` pairs of ``live.viewer``."""
+    """The Python loop: decode ``live.viewer`` items (pairs or messages)."""
     good: list[tuple[int, ViewerEvent]] = []
     bad: Bad = []
     max_bytes, max_id = limits.max_message_bytes, limits.max_id_len
     ts_low, ts_high = now_ms - limits.max_past_ms, now_ms + limits.max_future_ms
     kinds, cls = VIEWER_TYPES, ViewerEvent
-    for offset, raw in items:
+    for offset, raw in _pairs(items):
         if len(raw) <= max_bytes:
             try:
                 obj = _loads(raw)
@@ -143,15 +154,15 @@ def decode_viewer_batch_py(
 
 
 def decode_order_batch_py(
-    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+    items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, OrderEvent]], Bad]:
-    """The Python loop: decode ``(offset, raw)`` pairs of ``live.order``."""
+    """The Python loop: decode ``live.order`` items (pairs or messages)."""
     good: list[tuple[int, OrderEvent]] = []
     bad: Bad = []
     max_bytes, max_id, max_amount = limits.max_message_bytes, limits.max_id_len, limits.max_amount_minor
     ts_low, ts_high = now_ms - limits.max_past_ms, now_ms + limits.max_future_ms
     statuses, cls = ORDER_STATUSES, OrderEvent
-    for offset, raw in items:
+    for offset, raw in _pairs(items):
         if len(raw) <= max_bytes:
             try:
                 obj = _loads(raw)
@@ -191,16 +202,16 @@ def decode_order_batch_py(
 
 
 def decode_gift_batch_py(
-    items: Sequence[tuple[int, bytes]], now_ms: int, limits: Limits = DEFAULT_LIMITS
+    items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, GiftEvent]], Bad]:
-    """The Python loop: decode ``(offset, raw)`` pairs of ``live.gift``."""
+    """The Python loop: decode ``live.gift`` items (pairs or messages)."""
     good: list[tuple[int, GiftEvent]] = []
     bad: Bad = []
     max_bytes, max_id, max_amount = limits.max_message_bytes, limits.max_id_len, limits.max_amount_minor
     max_count = limits.max_gift_count
     ts_low, ts_high = now_ms - limits.max_past_ms, now_ms + limits.max_future_ms
     cls = GiftEvent
-    for offset, raw in items:
+    for offset, raw in _pairs(items):
         if len(raw) <= max_bytes:
             try:
                 obj = _loads(raw)

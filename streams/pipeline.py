@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -124,6 +126,17 @@ class Record(NamedTuple):
     headers: Sequence[tuple[str, bytes]] = ()
 
 
+def _by_offset(messages: Sequence[Message], offset: int) -> Message:
+    """The message at ``offset`` of one partition's ``messages`` (in offset order, as read)."""
+    at = bisect_left(messages, offset, key=_offset_of)
+    if at < len(messages) and messages[at].offset == offset:
+        return messages[at]
+    return next(msg for msg in messages if msg.offset == offset)  # not in order after all
+
+
+_offset_of = attrgetter("offset")
+
+
 class Routing:
     """What every task of a worker shares: topic names, source numbers and the room → partition map."""
 
@@ -221,8 +234,7 @@ class TaskPipeline:
             groups = [(source, topic, messages)]
         limits = self._rerouted_limits if source == REPARTITION else self._limits
         for origin, origin_topic, group in groups:
-            items = [(msg.offset, msg.value or b"") for msg in group]
-            good, bad = self._decoders[origin](items, now_ms, limits)
+            good, bad = self._decoders[origin](group, now_ms, limits)
             if bad:
                 self._dead_letter(topic, group, bad, now_ms)
             passed_ts = None
@@ -319,26 +331,23 @@ class TaskPipeline:
         Rooms the task already aggregates are local by construction, so the murmur2 check runs
         only for rooms seen here for the first time.
         """
-        route, here, known = self.routing.route, self.partition, self.core.rooms
-        for _, ev in good:
-            room_id = ev.room_id
-            if room_id not in known and route(room_id) != here:
-                break
-        else:
+        route, here = self.routing.route, self.partition
+        first = self.core.first_foreign(good, route, here)
+        if first is None:
             return good, None
-        raw_by_offset = {msg.offset: msg.value for msg in messages}
-        keep = []
+        keep = good[:first]
         header = [(SOURCE_HEADER, topic.encode())]
         add = self.sink.add
         repartition = self._topics.repartition
         rerouted = 0
         newest: int | None = None
-        for offset, ev in good:
+        for offset, ev in good[first:]:
             target = route(ev.room_id)
             if target == here:
                 keep.append((offset, ev))
             else:
-                add(repartition, target, ev.room_id.encode(), raw_by_offset[offset], header)
+                raw = _by_offset(messages, offset).value
+                add(repartition, target, ev.room_id.encode(), raw, header)
                 rerouted += 1
                 if newest is None or ev.ts > newest:
                     newest = ev.ts
@@ -348,11 +357,10 @@ class TaskPipeline:
     def _dead_letter(self, topic: str, messages: Sequence[Message], bad: list[Any], now_ms: int) -> None:
         """Dead-letter ``(offset, raw, Invalid)`` triples of ``messages`` (raw None: the message's
         value as read)."""
-        by_offset = {msg.offset: msg for msg in messages}
         dlq = self._topics.dlq
         add = self.sink.add
         for offset, raw, invalid in bad:
-            msg = by_offset[offset]
+            msg = _by_offset(messages, offset)
             key = None if msg.key is None else msg.key[:DLQ_KEY_CAP_BYTES]
             letter = dead_letter(
                 invalid,

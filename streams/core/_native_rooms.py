@@ -250,6 +250,14 @@ class NativeTaskAggregator(TaskAggregator):
         self._src_max = dict(src_max)
         self._next_close = self._table.next_close()
 
+    def first_foreign(
+        self, items: Sequence[tuple[int, Event]], route: Callable[[str], int], here: int
+    ) -> int | None:
+        partitions = getattr(route, "partitions", None)
+        if partitions is None or type(items) is not list:  # another partitioner: ask it
+            return super().first_foreign(items, route, here)
+        return self._table.first_foreign(items, partitions, here)  # type: ignore[no-any-return]
+
     def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> ApplyResult:
         if not items:
             return ApplyResult(0, 0, 0, 0, 0)

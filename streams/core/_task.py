@@ -326,6 +326,19 @@ class TaskAggregator:
 
     # -- the hot path ----------------------------------------------------------------
 
+    def first_foreign(
+        self, items: Sequence[tuple[int, Event]], route: Callable[[str], int], here: int
+    ) -> int | None:
+        """The position of the first ``(offset, event)`` whose room the task does not hold and
+        ``route`` puts on another task than ``here``; None when every room is local. A room the
+        task holds is local by construction, so ``route`` runs only for rooms new here."""
+        rooms = self.rooms
+        for at, (_, ev) in enumerate(items):
+            room_id = ev.room_id
+            if room_id not in rooms and route(room_id) != here:
+                return at
+        return None
+
     def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> ApplyResult:
         """Apply ``(offset, event)`` pairs read from one input ``source``, in offset order."""
         if not items:

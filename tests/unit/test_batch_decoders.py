@@ -40,6 +40,7 @@ from schemas import (
     decode_order_batch,
     decode_viewer_batch,
 )
+from streams.pipeline import Record
 from tests.unit.test_schemas import (
     BAD_IDS,
     BAD_TYPE_VALUE,
@@ -541,3 +542,18 @@ def test_json_orjson_refuses_in_a_field_read_stays_invalid_json(impl: str, schem
         raw = with_literal(schema, "comment", literal)
         assert schema.decode(raw, NOW, LIM).reason == "invalid_json"  # type: ignore[union-attr]
         assert_batch_is_strict(impl, schema, [(0, raw)])
+
+
+@impls
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[s.name for s in SCHEMAS])
+def test_consumed_messages_decode_as_their_offset_and_value_pairs(impl: str, schema: Schema) -> None:
+    """The pipeline hands the decoders the messages as read (``offset`` and ``value``, a value of
+    None read as empty): the verdicts are those of the pairs, and what the native pass hands back
+    to the Python loop is a pair too."""
+    raws: list[bytes | None] = [c.raw for c in cases_of(schema)] + [None]
+    messages = [Record(7 + 3 * i, b"k", raw) for i, raw in enumerate(raws)]
+    pairs = [(m.offset, m.value or b"") for m in messages]
+    got = BATCH[impl][schema.name](messages, NOW, LIM)
+    assert got == BATCH[impl][schema.name](pairs, NOW, LIM)
+    good, bad = got
+    assert good and bad and bad[-1][:2] == (messages[-1].offset, b"")

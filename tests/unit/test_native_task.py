@@ -15,11 +15,16 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streams.pipeline as pipeline
-from streams.core import _fastcore
+from schemas import ViewerEvent
+from streams.core import CoreConfig, PartitionCache, TaskAggregator, _fastcore
 from streams.core import _native_rooms as native_rooms
 from tests.unit import test_pipeline
+
+T0 = 1_700_000_000_000
 
 MODULES = (
     "test_core_oracle",
@@ -90,3 +95,28 @@ def native_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(pipeline, "TaskAggregator", native_rooms.NativeTaskAggregator)  # its tasks
     monkeypatch.setattr(test_pipeline, "ListSink", OutboxSink)
     yield
+
+
+@given(
+    held=st.sets(st.integers(0, 60), max_size=30),
+    events=st.lists(st.integers(0, 120), max_size=80),
+    partitions=st.integers(1, 12),
+    here=st.integers(0, 11),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_table_finds_the_first_foreign_room_as_the_python_task_does(
+    held: set[int], events: list[int], partitions: int, here: int
+) -> None:
+    """``first_foreign`` natively (the table's rooms, murmur2 in Rust) against the base class's
+    loop over the same rooms with the pipeline's partitioner."""
+    here %= partitions
+    config = CoreConfig()
+    native = native_rooms.NativeTaskAggregator(config)
+    python = TaskAggregator(config)
+    for core in (native, python):
+        core.apply(0, [(i, ViewerEvent("join", f"r{n}", "u", T0)) for i, n in enumerate(sorted(held))], T0)
+    items = [(i, ViewerEvent("join", f"r{n}", "u", T0)) for i, n in enumerate(events)]
+    route = PartitionCache(partitions)
+    want = TaskAggregator.first_foreign(python, items, route, here)
+    assert native.first_foreign(items, route, here) == want
+    assert want is None or (f"r{events[want]}" not in python.rooms and route(f"r{events[want]}") != here)

@@ -1,11 +1,13 @@
-"""murmur2 partitioning matches the Java client (via aiokafka's port of it)."""
+"""murmur2 partitioning matches the Java client (via aiokafka's port of it), natively too."""
 
 from __future__ import annotations
 
+import pytest
 from aiokafka.partitioner import murmur2 as reference_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.core import _fastcore
 from streams.core._partition import PartitionCache, murmur2, partition_for
 
 
@@ -26,3 +28,13 @@ def test_cache_agrees_and_is_bounded() -> None:
     for i in range(50):
         assert cache(f"room-{i}") == partition_for(f"room-{i}".encode(), 12)
     assert len(cache._cache) <= 10
+
+
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=5_000))
+def test_the_native_partitioner_agrees(data: bytes, partitions: int) -> None:
+    assert _fastcore.partition_for(data, partitions) == partition_for(data, partitions)
+
+
+def test_the_native_partitioner_refuses_no_partitions() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        _fastcore.partition_for(b"room", 0)

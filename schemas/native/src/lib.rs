@@ -349,8 +349,30 @@ fn pair<'py>(
 /// as they were; and for each of those, the position in the first list where it belongs.
 type Taken<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
 
-/// Runs `take` over the `(offset, raw)` pairs of `items`. Every item it does not accept (not a
-/// pair of an object and `bytes`, over `max_bytes`, or refused) is handed back.
+/// An item's offset and value: of an `(offset, raw)` pair, or of a consumed message (its
+/// `offset` and `value` attributes, a value of None read as empty, as the pipeline reads it).
+fn offset_and_value<'py>(
+    py: Python<'py>,
+    item: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, bool)> {
+    if let Ok(t) = item.cast::<PyTuple>() {
+        if t.len() == 2 {
+            return Ok((t.get_item(0)?, t.get_item(1)?, true));
+        }
+    }
+    let offset = item.getattr(pyo3::intern!(py, "offset"))?;
+    let value = item.getattr(pyo3::intern!(py, "value"))?;
+    let value = if value.is_none() {
+        PyBytes::new(py, b"").into_any()
+    } else {
+        value
+    };
+    Ok((offset, value, false))
+}
+
+/// Runs `take` over `items`: `(offset, raw)` pairs, or consumed messages (anything with `offset`
+/// and `value`). Every item it does not accept (a value that is not `bytes`, over `max_bytes`,
+/// or refused) is handed back as an `(offset, raw)` pair.
 fn batch<'py, F>(
     py: Python<'py>,
     items: &Bound<'py, PyList>,
@@ -364,21 +386,20 @@ where
     let rest = PyList::empty(py);
     let rest_at = PyList::empty(py);
     for item in items.iter() {
-        let accepted = match item.cast::<PyTuple>() {
-            Ok(t) if t.len() == 2 => match t.get_item(1)?.cast::<PyBytes>() {
-                Ok(raw) if raw.as_bytes().len() <= max_bytes => match take(raw.as_bytes())? {
-                    Some(rec) => Some(pair(py, t.get_item(0)?, rec)?),
-                    None => None,
-                },
-                _ => None,
-            },
+        let (offset, value, is_pair) = offset_and_value(py, &item)?;
+        let accepted = match value.cast::<PyBytes>() {
+            Ok(raw) if raw.as_bytes().len() <= max_bytes => take(raw.as_bytes())?,
             _ => None,
         };
         match accepted {
-            Some(entry) => good.append(entry)?,
+            Some(rec) => good.append(pair(py, offset, rec)?)?,
             None => {
                 rest_at.append(good.len())?;
-                rest.append(item)?;
+                if is_pair {
+                    rest.append(item)?;
+                } else {
+                    rest.append(pair(py, offset, value)?)?;
+                }
             }
         }
     }

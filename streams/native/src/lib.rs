@@ -412,6 +412,51 @@ fn observe_quiet(
     }
 }
 
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`, as
+/// `streams.core._partition.murmur2`).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() == 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition the Java client's default partitioner picks for a non-null key
+/// (`streams.core._partition.partition_for`); `partitions` is at least 1.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions
+}
+
+/// `partition_of` for Python (the tests hold it to `streams.core._partition.partition_for`).
+#[pyfunction]
+pub fn partition_for(key: &[u8], partitions: i32) -> PyResult<i32> {
+    if partitions < 1 {
+        return Err(PyValueError::new_err("partitions must be at least 1"));
+    }
+    Ok(partition_of(key, partitions))
+}
+
 #[pymodule]
 fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QuietPlan>()?;
@@ -419,6 +464,7 @@ fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batches::Outbox>()?;
     m.add_class::<batches::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(rooms::format_float, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add_function(wrap_pyfunction!(observe_quiet, m)?)?;
     Ok(())
 }

@@ -63,6 +63,9 @@ use serde_json::Value;
 
 pub const N_COUNTERS: usize = 11;
 
+/// A bucket's or window's counters (`streams.core._room`'s positions), held inline.
+pub type Counters = [i64; N_COUNTERS];
+
 /// What a record of a closed window is (`NativeRooms::encode_closed`).
 enum Out {
     Window,
@@ -130,7 +133,7 @@ pub fn compact_bytes(sketch: &HllSketch) -> Vec<u8> {
 pub struct Session {
     pub start: i64,
     pub last_end: i64,
-    pub totals: Vec<i64>,
+    pub totals: Counters,
     pub uniques: Option<Held>,
     pub peak: i64,
     pub peak_ws: i64,
@@ -142,7 +145,7 @@ pub struct Session {
 pub struct Rollup {
     pub length: i64,
     pub start: i64,
-    pub totals: Vec<i64>,
+    pub totals: Counters,
     pub uniques: Option<Held>,
     pub concurrent: i64,
 }
@@ -155,7 +158,7 @@ pub struct Room {
     pub offsets: Vec<(i64, i64)>,
     /// bucket number -> counters, for buckets of open windows, in insertion order (a Python
     /// dict's, which the `r/` record keeps)
-    pub buckets: indexmap::IndexMap<i64, Vec<i64>>,
+    pub buckets: indexmap::IndexMap<i64, Counters>,
     /// window start -> unique viewers, per open window
     pub uniques: Vec<(i64, HllSketch)>,
     pub open_ws: Vec<i64>,
@@ -220,10 +223,8 @@ impl Room {
     }
 
     /// `Room.counters`: the counters of `bucket`, created at zero if new.
-    fn counters(&mut self, bucket: i64) -> &mut Vec<i64> {
-        self.buckets
-            .entry(bucket)
-            .or_insert_with(|| vec![0; N_COUNTERS])
+    fn counters(&mut self, bucket: i64) -> &mut Counters {
+        self.buckets.entry(bucket).or_insert([0; N_COUNTERS])
     }
 
     /// `Room.sketch`: the unique-viewer sketch of window `ws`, created empty if new.
@@ -513,64 +514,78 @@ fn write_held(out: &mut Vec<u8>, held: &Option<Held>) {
 impl Room {
     /// The `r/` record (`encode_room`).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(96);
-        let _ = write!(out, "[{},", ROOM_VERSION);
-        write_str(&mut out, &self.room_id);
-        let _ = write!(out, ",{},{},[", self.concurrent, self.last_ts);
+        let mut out = Vec::with_capacity(128);
+        self.write(&mut out);
+        out
+    }
+
+    /// `encode`, appended to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        write_int(out, ROOM_VERSION);
+        out.push(b',');
+        write_str(out, &self.room_id);
+        out.push(b',');
+        write_ints_bare(out, &[self.concurrent, self.last_ts]);
+        out.extend_from_slice(b",[");
         for (i, (source, offset)) in self.offsets.iter().enumerate() {
-            let _ = write!(
-                out,
-                "{}[{},{}]",
-                if i > 0 { "," } else { "" },
-                source,
-                offset
-            );
+            out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+            write_ints_bare(out, &[*source, *offset]);
+            out.push(b']');
         }
         out.extend_from_slice(b"],[");
         for (i, (bucket, counters)) in self.buckets.iter().enumerate() {
-            let _ = write!(out, "{}[{},", if i > 0 { "," } else { "" }, bucket);
-            write_ints(&mut out, counters);
+            out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+            write_int(out, *bucket);
+            out.push(b',');
+            write_ints(out, counters);
             out.push(b']');
         }
         out.extend_from_slice(b"],[");
         for (i, (ws, sketch)) in self.uniques.iter().enumerate() {
-            let _ = write!(out, "{}[{},", if i > 0 { "," } else { "" }, ws);
-            write_sketch(&mut out, &compact_bytes(sketch));
+            out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+            write_int(out, *ws);
+            out.push(b',');
+            write_sketch(out, &compact_bytes(sketch));
             out.push(b']');
         }
         out.extend_from_slice(b"],");
-        write_ints(&mut out, &self.open_ws);
+        write_ints(out, &self.open_ws);
         out.push(b']');
-        out
     }
 
     /// The `t/` record (`encode_room_tail`), None when the room has no detector, session or rollup.
     pub fn encode_tail(&self) -> Option<Vec<u8>> {
-        if self.detector.is_none() && self.session.is_none() && self.rollups.is_none() {
-            return None;
-        }
         let mut out = Vec::with_capacity(512);
+        self.write_tail(&mut out).then_some(out)
+    }
+
+    /// `encode_tail`, appended to `out`; false (nothing written) when there is no such record.
+    pub fn write_tail(&self, out: &mut Vec<u8>) -> bool {
+        if self.detector.is_none() && self.session.is_none() && self.rollups.is_none() {
+            return false;
+        }
         out.push(b'[');
-        write_int(&mut out, TAIL_VERSION);
+        write_int(out, TAIL_VERSION);
         out.push(b',');
-        write_str(&mut out, &self.room_id);
+        write_str(out, &self.room_id);
         out.push(b',');
         match &self.detector {
             None => out.extend_from_slice(b"null"),
-            Some(detector) => detector.write(&mut out, &self.room_id),
+            Some(detector) => detector.write(out, &self.room_id),
         }
         out.push(b',');
         match &self.session {
             None => out.extend_from_slice(b"null"),
             Some(s) => {
                 out.push(b'[');
-                write_ints_bare(&mut out, &[s.start, s.last_end]);
+                write_ints_bare(out, &[s.start, s.last_end]);
                 out.push(b',');
-                write_ints(&mut out, &s.totals);
+                write_ints(out, &s.totals);
                 out.push(b',');
-                write_held(&mut out, &s.uniques);
+                write_held(out, &s.uniques);
                 out.push(b',');
-                write_ints_bare(&mut out, &[s.peak, s.peak_ws, s.updated_at]);
+                write_ints_bare(out, &[s.peak, s.peak_ws, s.updated_at]);
                 out.push(b']');
             }
         }
@@ -581,20 +596,20 @@ impl Room {
                 out.push(b'[');
                 for (i, r) in rollups.iter().flatten().enumerate() {
                     out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
-                    write_ints_bare(&mut out, &[r.length, r.start]);
+                    write_ints_bare(out, &[r.length, r.start]);
                     out.push(b',');
-                    write_ints(&mut out, &r.totals);
+                    write_ints(out, &r.totals);
                     out.push(b',');
-                    write_held(&mut out, &r.uniques);
+                    write_held(out, &r.uniques);
                     out.push(b',');
-                    write_int(&mut out, r.concurrent);
+                    write_int(out, r.concurrent);
                     out.push(b']');
                 }
                 out.push(b']');
             }
         }
         out.push(b']');
-        Some(out)
+        true
     }
 }
 
@@ -620,12 +635,16 @@ fn fields<'a>(value: &'a Value, n: usize, what: &str) -> Result<&'a Vec<Value>, 
     Ok(items)
 }
 
-fn counters(value: &Value) -> Result<Vec<i64>, String> {
+fn counters(value: &Value) -> Result<Counters, String> {
     let items = array(value, "counters")?;
     if items.len() != N_COUNTERS {
         return Err(format!("{N_COUNTERS} integer counters expected"));
     }
-    items.iter().map(|c| int(c, "a counter")).collect()
+    let mut out = [0; N_COUNTERS];
+    for (slot, c) in out.iter_mut().zip(items) {
+        *slot = int(c, "a counter")?;
+    }
+    Ok(out)
 }
 
 fn sketch(value: &Value) -> Result<HllSketch, String> {
@@ -1006,7 +1025,7 @@ pub struct Config {
 pub struct Stats {
     pub start: i64,
     pub end: i64,
-    pub totals: Vec<i64>,
+    pub totals: Counters,
     pub unique_viewers: i64,
     pub concurrent: i64,
 }
@@ -1016,7 +1035,7 @@ pub struct SessionRecord {
     pub ended: bool,
     pub start: i64,
     pub last_end: i64,
-    pub totals: Vec<i64>,
+    pub totals: Counters,
     pub unique_viewers: i64,
     pub peak: i64,
     pub peak_ws: i64,
@@ -1054,8 +1073,10 @@ fn fold_sketch(
     })
 }
 
-fn added(a: &[i64], b: &[i64]) -> Vec<i64> {
-    a.iter().zip(b).map(|(x, y)| x + y).collect()
+fn add_into(into: &mut Counters, more: &Counters) {
+    for (x, y) in into.iter_mut().zip(more) {
+        *x += y;
+    }
 }
 
 impl Session {
@@ -1064,7 +1085,7 @@ impl Session {
             ended,
             start: self.start,
             last_end: self.last_end,
-            totals: self.totals.clone(),
+            totals: self.totals,
             unique_viewers: held_estimate(&self.uniques),
             peak: self.peak.max(0),
             peak_ws: self.peak_ws,
@@ -1078,7 +1099,7 @@ impl Rollup {
         Stats {
             start: self.start,
             end: self.start + self.length,
-            totals: self.totals.clone(),
+            totals: self.totals,
             unique_viewers: held_estimate(&self.uniques),
             concurrent: self.concurrent,
         }
@@ -1088,8 +1109,8 @@ impl Rollup {
 impl Room {
     /// `Room.take_window`: sum and drop the counters of buckets `first <= bucket < end`, with the
     /// first and last active bucket (-1, -1: none).
-    fn take_window(&mut self, first: i64, end: i64) -> (Vec<i64>, i64, i64) {
-        let mut total = vec![0i64; N_COUNTERS];
+    fn take_window(&mut self, first: i64, end: i64) -> (Counters, i64, i64) {
+        let mut total = [0i64; N_COUNTERS];
         let mut active: Option<(i64, i64)> = None;
         self.buckets.retain(|&bucket, counters| {
             if first <= bucket && bucket < end {
@@ -1145,7 +1166,7 @@ impl Room {
             stats: Stats {
                 start: ws,
                 end: ws + cfg.window_ms,
-                totals: total.clone(),
+                totals: total,
                 unique_viewers,
                 concurrent,
             },
@@ -1178,7 +1199,7 @@ impl Room {
                 self.session = Some(Session {
                     start,
                     last_end: start,
-                    totals: total.clone(),
+                    totals: total,
                     uniques: sketch.as_ref().map(|s| Held::Sketch(s.clone())),
                     peak: -1,
                     peak_ws: start,
@@ -1195,7 +1216,7 @@ impl Room {
         }
         if fold_session {
             let session = self.session.as_mut().expect("checked");
-            session.totals = added(&session.totals, &total);
+            add_into(&mut session.totals, &total);
             session.uniques = fold_sketch(session.uniques.take(), sketch.as_ref(), cfg.lg_k)?;
         }
         if !cfg.rollup_lengths.is_empty() {
@@ -1207,7 +1228,7 @@ impl Room {
                 match held[i].as_mut() {
                     Some(rollup) => {
                         rollup.concurrent = concurrent;
-                        rollup.totals = added(&rollup.totals, &total);
+                        add_into(&mut rollup.totals, &total);
                         rollup.uniques =
                             fold_sketch(rollup.uniques.take(), sketch.as_ref(), cfg.lg_k)?;
                     }
@@ -1216,7 +1237,7 @@ impl Room {
                         held[i] = Some(Rollup {
                             length,
                             start,
-                            totals: total.clone(),
+                            totals: total,
                             uniques: sketch.as_ref().map(|s| Held::Sketch(s.clone())),
                             concurrent,
                         });
@@ -1266,61 +1287,71 @@ fn write_field(out: &mut Vec<u8>, name: &str, value: i64) {
 impl Stats {
     /// The room-stats record (`encode_room_stats`: orjson's layout of the `RoomStats` dataclass).
     pub fn encode(&self, room_id: &str, window_ms: i64) -> Vec<u8> {
-        let t = &self.totals;
         let mut out = Vec::with_capacity(320);
-        out.extend_from_slice(b"{\"room_id\":");
-        write_str(&mut out, room_id);
-        write_field(&mut out, "window_start", self.start);
-        write_field(&mut out, "window_end", self.end);
-        write_field(&mut out, "views", t[JOINS]);
-        write_field(&mut out, "unique_viewers", self.unique_viewers);
-        write_field(&mut out, "concurrent_viewers", self.concurrent);
-        write_field(&mut out, "likes", t[LIKES]);
-        write_field(&mut out, "comments", t[COMMENTS]);
-        write_field(&mut out, "orders", t[ORDERS]);
-        out.extend_from_slice(b",\"orders_per_sec\":");
-        write_float(&mut out, orders_per_sec(t, window_ms));
-        write_field(&mut out, "gmv_minor", t[GMV]);
-        write_field(&mut out, "refunds_minor", t[REFUNDS]);
-        write_field(&mut out, "gifts", t[GIFTS]);
-        write_field(&mut out, "gift_value_minor", t[GIFT_VALUE]);
-        write_field(&mut out, "late_events", t[LATE]);
-        write_field(&mut out, "shares", t[SHARES]);
-        out.push(b'}');
+        self.write(&mut out, room_id, window_ms);
         out
+    }
+
+    /// `encode`, appended to `out`.
+    pub fn write(&self, out: &mut Vec<u8>, room_id: &str, window_ms: i64) {
+        let t = &self.totals;
+        out.extend_from_slice(b"{\"room_id\":");
+        write_str(out, room_id);
+        write_field(out, "window_start", self.start);
+        write_field(out, "window_end", self.end);
+        write_field(out, "views", t[JOINS]);
+        write_field(out, "unique_viewers", self.unique_viewers);
+        write_field(out, "concurrent_viewers", self.concurrent);
+        write_field(out, "likes", t[LIKES]);
+        write_field(out, "comments", t[COMMENTS]);
+        write_field(out, "orders", t[ORDERS]);
+        out.extend_from_slice(b",\"orders_per_sec\":");
+        write_float(out, orders_per_sec(t, window_ms));
+        write_field(out, "gmv_minor", t[GMV]);
+        write_field(out, "refunds_minor", t[REFUNDS]);
+        write_field(out, "gifts", t[GIFTS]);
+        write_field(out, "gift_value_minor", t[GIFT_VALUE]);
+        write_field(out, "late_events", t[LATE]);
+        write_field(out, "shares", t[SHARES]);
+        out.push(b'}');
     }
 }
 
 impl SessionRecord {
     /// The session record (`encode_room_session`).
     pub fn encode(&self, room_id: &str) -> Vec<u8> {
-        let t = &self.totals;
         let mut out = Vec::with_capacity(360);
+        self.write(&mut out, room_id);
+        out
+    }
+
+    /// `encode`, appended to `out`.
+    pub fn write(&self, out: &mut Vec<u8>, room_id: &str) {
+        let t = &self.totals;
         out.extend_from_slice(b"{\"room_id\":");
-        write_str(&mut out, room_id);
-        write_field(&mut out, "session_start", self.start);
+        write_str(out, room_id);
+        write_field(out, "session_start", self.start);
         if self.ended {
-            write_field(&mut out, "session_end", self.last_end);
+            write_field(out, "session_end", self.last_end);
             out.extend_from_slice(b",\"status\":\"ended\"");
         } else {
             out.extend_from_slice(b",\"session_end\":null,\"status\":\"live\"");
         }
-        write_field(&mut out, "views", t[JOINS]);
-        write_field(&mut out, "unique_viewers", self.unique_viewers);
-        write_field(&mut out, "peak_concurrent_viewers", self.peak);
-        write_field(&mut out, "peak_window_start", self.peak_ws);
-        write_field(&mut out, "likes", t[LIKES]);
-        write_field(&mut out, "comments", t[COMMENTS]);
-        write_field(&mut out, "shares", t[SHARES]);
-        write_field(&mut out, "orders", t[ORDERS]);
-        write_field(&mut out, "gmv_minor", t[GMV]);
-        write_field(&mut out, "refunds_minor", t[REFUNDS]);
-        write_field(&mut out, "gifts", t[GIFTS]);
-        write_field(&mut out, "gift_value_minor", t[GIFT_VALUE]);
-        write_field(&mut out, "late_events", t[LATE]);
-        write_field(&mut out, "updated_at", self.updated_at);
+        write_field(out, "views", t[JOINS]);
+        write_field(out, "unique_viewers", self.unique_viewers);
+        write_field(out, "peak_concurrent_viewers", self.peak);
+        write_field(out, "peak_window_start", self.peak_ws);
+        write_field(out, "likes", t[LIKES]);
+        write_field(out, "comments", t[COMMENTS]);
+        write_field(out, "shares", t[SHARES]);
+        write_field(out, "orders", t[ORDERS]);
+        write_field(out, "gmv_minor", t[GMV]);
+        write_field(out, "refunds_minor", t[REFUNDS]);
+        write_field(out, "gifts", t[GIFTS]);
+        write_field(out, "gift_value_minor", t[GIFT_VALUE]);
+        write_field(out, "late_events", t[LATE]);
+        write_field(out, "updated_at", self.updated_at);
         out.push(b'}');
-        out
     }
 }
 
@@ -1390,6 +1421,18 @@ fn leaderboard_partial(task: i64, n: usize, group: &[(String, Stats)]) -> Option
     write_ints(&mut out, &totals);
     out.push(b'}');
     Some(out)
+}
+
+/// A changelog key into `out` (cleared first): `<prefix><room id>`, or `d/<chunk>/<room id>`
+/// for a dedup chunk (`streams.core._state_codec`'s keys).
+fn state_key(out: &mut Vec<u8>, prefix: &[u8], chunk: Option<i64>, room_id: &str) {
+    out.clear();
+    out.extend_from_slice(prefix);
+    if let Some(chunk) = chunk {
+        write_int(out, chunk);
+        out.push(b'/');
+    }
+    out.extend_from_slice(room_id.as_bytes());
 }
 
 // -- the table Python holds ------------------------------------------------------------------
@@ -1532,7 +1575,7 @@ fn session_tuple(s: SessionRecord) -> SessionTuple {
         s.ended,
         s.start,
         s.last_end,
-        s.totals,
+        s.totals.to_vec(),
         s.unique_viewers,
         s.peak,
         s.peak_ws,
@@ -1541,7 +1584,13 @@ fn session_tuple(s: SessionRecord) -> SessionTuple {
 }
 
 fn stats_tuple(s: Stats) -> StatsTuple {
-    (s.start, s.end, s.totals, s.unique_viewers, s.concurrent)
+    (
+        s.start,
+        s.end,
+        s.totals.to_vec(),
+        s.unique_viewers,
+        s.concurrent,
+    )
 }
 
 fn value_error(message: String) -> PyErr {
@@ -1562,10 +1611,14 @@ impl NativeRooms {
         let window_ms = self.config.window_ms;
         let mut windows = std::mem::take(&mut self.closed_windows);
         let (mut orders, mut gmv) = (0, 0);
+        // one buffer for every record's key and one for its value, cleared before each
+        let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(512));
         for (id, s) in &windows {
             orders += s.totals[ORDERS];
             gmv += s.totals[GMV];
-            out(Out::Window, id.as_bytes(), &s.encode(id, window_ms));
+            value.clear();
+            s.write(&mut value, id, window_ms);
+            out(Out::Window, id.as_bytes(), &value);
         }
         if leaderboard_size > 0 {
             windows.sort_by_key(|(_, s)| s.start); // stable: rooms in closing order
@@ -1576,14 +1629,18 @@ impl NativeRooms {
             }
         }
         for (id, length, s) in std::mem::take(&mut self.closed_rollups) {
-            out(Out::Rollup(length), id.as_bytes(), &s.encode(&id, length));
+            value.clear();
+            s.write(&mut value, &id, length);
+            out(Out::Rollup(length), id.as_bytes(), &value);
         }
         for (id, s) in std::mem::take(&mut self.closed_sessions) {
-            out(
-                Out::Session,
-                format!("{id}:{}", s.start).as_bytes(),
-                &s.encode(&id),
-            );
+            key.clear();
+            key.extend_from_slice(id.as_bytes());
+            key.push(b':');
+            write_int(&mut key, s.start);
+            value.clear();
+            s.write(&mut value, &id);
+            out(Out::Session, &key, &value);
         }
         (windows.len() as i64, orders, gmv)
     }
@@ -1597,6 +1654,8 @@ impl NativeRooms {
     ) -> Vec<Vec<u8>> {
         let mut deletes = Vec::new();
         let key = |prefix: &str, room_id: &str| format!("{prefix}{room_id}").into_bytes();
+        // the upserts' keys and values, each written into one buffer cleared before it
+        let (mut k, mut value) = (Vec::with_capacity(64), Vec::with_capacity(1024));
         for room_id in std::mem::take(&mut self.changed) {
             let Some(room) = self.rooms.get_mut(&room_id) else {
                 continue;
@@ -1624,27 +1683,35 @@ impl NativeRooms {
                 merged
             };
             room.offsets = offsets;
-            upsert(&key("r/", &room_id), &room.encode());
+            state_key(&mut k, b"r/", None, &room_id);
+            value.clear();
+            room.write(&mut value);
+            upsert(&k, &value);
             if room.tail_dirty {
                 room.tail_dirty = false;
-                match room.encode_tail() {
-                    Some(tail) => upsert(&key("t/", &room_id), &tail),
-                    None => deletes.push(key("t/", &room_id)),
+                value.clear();
+                if room.write_tail(&mut value) {
+                    state_key(&mut k, b"t/", None, &room_id);
+                    upsert(&k, &value);
+                } else {
+                    deletes.push(key("t/", &room_id));
                 }
             }
             for ws in std::mem::take(&mut room.seen_dirty) {
                 let Some((_, keys)) = room.seen_chunks.iter().find(|(w, _)| *w == ws) else {
                     continue;
                 };
-                let mut out = vec![b'['];
-                for (i, k) in keys.iter().enumerate() {
+                value.clear();
+                value.push(b'[');
+                for (i, order) in keys.iter().enumerate() {
                     if i > 0 {
-                        out.push(b',');
+                        value.push(b',');
                     }
-                    write_str(&mut out, k);
+                    write_str(&mut value, order);
                 }
-                out.push(b']');
-                upsert(&key(&format!("d/{ws}/"), &room_id), &out);
+                value.push(b']');
+                state_key(&mut k, b"d/", Some(ws), &room_id);
+                upsert(&k, &value);
             }
             for ws in std::mem::take(&mut room.seen_gone) {
                 deletes.push(key(&format!("d/{ws}/"), &room_id));
@@ -1817,6 +1884,33 @@ impl NativeRooms {
     /// Whether the table holds the room (the pipeline asks for every event it routes).
     fn __contains__(&self, room_id: &str) -> bool {
         self.rooms.contains_key(room_id)
+    }
+
+    /// The position of the first of `items` (`(offset, event)` pairs) whose room the table does
+    /// not hold and Kafka's default partitioner puts on another of `partitions` than `here`;
+    /// None when every room is local (`Pipeline._keep_local`'s check, without a Python step per
+    /// event).
+    fn first_foreign(
+        &self,
+        items: &Bound<'_, PyList>,
+        partitions: i32,
+        here: i32,
+    ) -> PyResult<Option<usize>> {
+        if partitions < 1 {
+            return Err(value_error("partitions must be at least 1".to_owned()));
+        }
+        for (at, item) in items.iter().enumerate() {
+            let item = item.cast::<PyTuple>()?;
+            let ev = item.get_item(1)?;
+            let room_obj = ev.cast::<PyTuple>()?.get_item(1)?;
+            let room_id = room_obj.cast::<PyString>()?.to_str()?;
+            if !self.rooms.contains_key(room_id)
+                && crate::partition_of(room_id.as_bytes(), partitions) != here
+            {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
     }
 
     /// Take a room's `r/` record (version 6); returns its room id.
