@@ -62,7 +62,8 @@ fn write_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch, now: a record's timestamp when the producer sets none.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -209,36 +210,6 @@ impl Outbox {
         batch.append(ts, key, value, headers, limit); // the first record always goes in
         self.full.push((topic, partition, full));
     }
-
-    /// A writer of records to one (topic, partition) at one timestamp.
-    pub fn to<'a>(&'a mut self, topic: &'a str, partition: i32, ts: i64) -> Writer<'a> {
-        Writer {
-            outbox: self,
-            topic,
-            partition,
-            ts,
-        }
-    }
-}
-
-/// See `Outbox::to`.
-pub struct Writer<'a> {
-    outbox: &'a mut Outbox,
-    topic: &'a str,
-    partition: i32,
-    ts: i64,
-}
-
-impl Writer<'_> {
-    pub fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
-        self.outbox
-            .append(self.topic, self.partition, self.ts, Some(key), value, &[]);
-    }
-}
-
-/// Milliseconds since the epoch, now: a record's timestamp when the producer sets none.
-pub fn record_time() -> i64 {
-    now_ms()
 }
 
 #[pymethods]

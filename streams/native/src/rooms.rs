@@ -56,12 +56,16 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-use crate::batches::{record_time, Outbox};
+use crate::batches::{now_ms, Outbox};
 use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub const N_COUNTERS: usize = 11;
+
+/// A room id: held inline up to 24 bytes (room ids are short), so the table's entries hold their
+/// keys and copying one into an index allocates nothing.
+pub type RoomId = compact_str::CompactString;
 
 /// A bucket's or window's counters (`streams.core._room`'s positions), held inline.
 pub type Counters = [i64; N_COUNTERS];
@@ -151,7 +155,7 @@ pub struct Rollup {
 }
 
 pub struct Room {
-    pub room_id: String,
+    pub room_id: RoomId,
     pub concurrent: i64,
     pub last_ts: i64,
     /// source -> offset up to which the room holds every event, in the record's order
@@ -198,7 +202,7 @@ const CHUNK_KEYS: usize = 1_024;
 impl Room {
     pub fn new(room_id: &str) -> Room {
         Room {
-            room_id: room_id.to_owned(),
+            room_id: room_id.into(),
             concurrent: 0,
             last_ts: -1,
             offsets: Vec::new(),
@@ -1383,8 +1387,8 @@ fn rank(mut entries: Vec<(&str, i64)>, n: usize) -> Vec<(&str, i64)> {
 
 /// One window's partial (`leaderboard_partials` for one window start, as orjson writes it), from
 /// the task's closed room-windows of that window; None when no room in it is live.
-fn leaderboard_partial(task: i64, n: usize, group: &[(String, Stats)]) -> Option<Vec<u8>> {
-    let live: Vec<&(String, Stats)> = group.iter().filter(|(_, s)| is_live(s)).collect();
+fn leaderboard_partial(task: i64, n: usize, group: &[(RoomId, Stats)]) -> Option<Vec<u8>> {
+    let live: Vec<&(RoomId, Stats)> = group.iter().filter(|(_, s)| is_live(s)).collect();
     let (_, first) = live.first()?;
     let (start, end) = (&first.start, &first.end);
     let mut out = Vec::with_capacity(256);
@@ -1450,18 +1454,18 @@ pub struct NativeRooms {
     src_max: indexmap::IndexMap<i64, i64>,
     /// window start -> rooms with that window open, in registration order; the watermark at which
     /// the oldest is due (`_by_window`, `_next_close`)
-    by_window: std::collections::BTreeMap<i64, Vec<String>>,
+    by_window: std::collections::BTreeMap<i64, Vec<RoomId>>,
     next_close: i64,
     /// due indexes: rollup window ends, session due slots -> rooms (`_rollup_ends`, `_session_due`)
-    rollup_ends: std::collections::BTreeMap<i64, Vec<String>>,
-    session_due: std::collections::BTreeMap<i64, Vec<String>>,
+    rollup_ends: std::collections::BTreeMap<i64, Vec<RoomId>>,
+    session_due: std::collections::BTreeMap<i64, Vec<RoomId>>,
     /// rooms changed since the last checkpoint, in the order they changed
-    changed: Vec<String>,
+    changed: Vec<RoomId>,
     /// the spike detector: windows closed and not yet evaluated, in closing order
     /// (`_undetected`); the longest silence replayed as idle windows; what gives a room's quiet
     /// plan (a Python callable: room id -> `QuietPlan` or None) and how often it was replaced
     detect_spikes: bool,
-    undetected: Vec<(String, Stats)>,
+    undetected: Vec<(RoomId, Stats)>,
     max_gap_ms: i64,
     planner: Option<Py<PyAny>>,
     plan_epoch: u64,
@@ -1470,8 +1474,8 @@ pub struct NativeRooms {
     /// checkpoint (their records deleted then, unless they came back) and their chunks' keys
     room_idle_ms: i64,
     last_expiry_scan: i64,
-    expiring: Option<(Vec<String>, Vec<String>)>,
-    expired: std::collections::BTreeSet<String>,
+    expiring: Option<(Vec<RoomId>, Vec<RoomId>)>,
+    expired: std::collections::BTreeSet<RoomId>,
     gone_keys: Vec<String>,
     rooms_expired: i64,
     /// the order rooms were taken in (`Room.seq`)
@@ -1481,9 +1485,9 @@ pub struct NativeRooms {
     /// the time of the first event that opened a room while the task was not yet watching
     first_room_ts: Option<i64>,
     /// what the closes left since the last take (`take_closed`, `take_encoded`)
-    closed_windows: Vec<(String, Stats)>,
-    closed_rollups: Vec<(String, i64, Stats)>,
-    closed_sessions: Vec<(String, SessionRecord)>,
+    closed_windows: Vec<(RoomId, Stats)>,
+    closed_rollups: Vec<(RoomId, i64, Stats)>,
+    closed_sessions: Vec<(RoomId, SessionRecord)>,
 }
 
 /// `streams.core._task.NO_TIME` and `NEVER`
@@ -1502,7 +1506,7 @@ struct Applied {
 
 /// The task's open-window index (`TaskAggregator._by_window`, `_next_close`).
 struct Windows<'a> {
-    by_window: &'a mut std::collections::BTreeMap<i64, Vec<String>>,
+    by_window: &'a mut std::collections::BTreeMap<i64, Vec<RoomId>>,
     next_close: &'a mut i64,
     window_ms: i64,
 }
@@ -1553,7 +1557,7 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-type RoomMap = std::collections::HashMap<String, Room, std::hash::BuildHasherDefault<Fnv>>;
+type RoomMap = std::collections::HashMap<RoomId, Room, std::hash::BuildHasherDefault<Fnv>>;
 
 /// open windows' (start, estimate), the session's and each rollup's (None: no sketch held)
 type Estimates = (Vec<(i64, f64)>, Option<f64>, Vec<Option<f64>>);
@@ -1736,7 +1740,7 @@ impl NativeRooms {
         self.last_expiry_scan = wm;
         let cfg = &self.config;
         let cutoff = wm - self.room_idle_ms;
-        let mut idle: Vec<(u64, &String)> = self
+        let mut idle: Vec<(u64, &RoomId)> = self
             .rooms
             .iter()
             .filter(|(_, r)| r.open_ws.is_empty() && r.last_ts < cutoff)
@@ -1746,7 +1750,7 @@ impl NativeRooms {
             return;
         }
         idle.sort_unstable();
-        let idle: Vec<String> = idle.into_iter().map(|(_, id)| id.clone()).collect();
+        let idle: Vec<RoomId> = idle.into_iter().map(|(_, id)| id.clone()).collect();
         // dedup memory lives its full TTL even when the room expires sooner
         let dedup_cutoff = wm - cfg.dedup_ttl_ms - cfg.window_ms + 1;
         let (mut leaving, mut keeping) = (Vec::new(), Vec::new());
@@ -1920,7 +1924,7 @@ impl NativeRooms {
         room.seq = self.next_seq;
         self.next_seq += 1;
         self.rooms.insert(room_id.clone(), room);
-        Ok(room_id)
+        Ok(room_id.into())
     }
 
     /// Take a room's `t/` record (version 1).
@@ -2127,7 +2131,7 @@ impl NativeRooms {
                     if !watching && self.first_room_ts.is_none() {
                         self.first_room_ts = Some(ts);
                     }
-                    self.rooms.entry(room_id.to_owned()).or_insert(room)
+                    self.rooms.entry(room_id.into()).or_insert(room)
                 }
             };
             if offset <= replay_until {
@@ -2143,7 +2147,7 @@ impl NativeRooms {
             }
             if !room.dirty {
                 room.dirty = true;
-                self.changed.push(room_id.to_owned());
+                self.changed.push(room_id.into());
             }
             if ts < wm {
                 n.late += 1;
@@ -2352,7 +2356,7 @@ impl NativeRooms {
                 }
             }
         }
-        let first = |index: &std::collections::BTreeMap<i64, Vec<String>>| {
+        let first = |index: &std::collections::BTreeMap<i64, Vec<RoomId>>| {
             index.keys().next().copied().unwrap_or(NEVER)
         };
         self.next_close = self
@@ -2386,15 +2390,15 @@ impl NativeRooms {
         (
             windows
                 .into_iter()
-                .map(|(id, s)| (id, stats_tuple(s)))
+                .map(|(id, s)| (id.into(), stats_tuple(s)))
                 .collect(),
             rollups
                 .into_iter()
-                .map(|(id, length, s)| (id, length, stats_tuple(s)))
+                .map(|(id, length, s)| (id.into(), length, stats_tuple(s)))
                 .collect(),
             sessions
                 .into_iter()
-                .map(|(id, s)| (id, session_tuple(s)))
+                .map(|(id, s)| (id.into(), session_tuple(s)))
                 .collect(),
         )
     }
@@ -2457,7 +2461,7 @@ impl NativeRooms {
                 "no topic for the {length} ms rollups"
             )));
         }
-        let ts = record_time();
+        let ts = now_ms();
         let task_key = task.to_string();
         Ok(
             self.encode_closed(task, leaderboard_size, |out, key, value| {
@@ -2503,14 +2507,16 @@ impl NativeRooms {
     )> {
         let mut pending = std::mem::take(&mut self.undetected);
         if let Some(only) = &rooms {
-            let (taken, waiting) = pending.into_iter().partition(|(id, _)| only.contains(id));
+            let (taken, waiting) = pending
+                .into_iter()
+                .partition(|(id, _)| only.contains(id.as_str()));
             pending = taken;
             self.undetected = waiting;
         }
         let mut evaluated = 0;
         let mut handed = Vec::new();
         let mut states = Vec::new();
-        let mut python_rooms: std::collections::HashSet<String> = Default::default();
+        let mut python_rooms: std::collections::HashSet<RoomId> = Default::default();
         let window_ms = self.config.window_ms;
         for (room_id, stats) in pending {
             let Some(room) = self.rooms.get_mut(&room_id) else {
@@ -2539,10 +2545,10 @@ impl NativeRooms {
                     .as_ref()
                     .expect("just set")
                     .write(&mut wire, &room_id);
-                states.push((room_id.clone(), PyBytes::new(py, &wire)));
+                states.push((room_id.to_string(), PyBytes::new(py, &wire)));
                 python_rooms.insert(room_id.clone());
             }
-            handed.push((room_id, stats_tuple(stats)));
+            handed.push((room_id.into(), stats_tuple(stats)));
         }
         Ok((evaluated, handed, states))
     }
@@ -2562,7 +2568,7 @@ impl NativeRooms {
         room.tail_dirty = true;
         if !room.dirty {
             room.dirty = true;
-            self.changed.push(room_id.to_owned());
+            self.changed.push(room_id.into());
         }
         Ok(())
     }
@@ -2595,7 +2601,10 @@ impl NativeRooms {
     /// pending). Before `expire`, the caller evaluates the leaving rooms' windows still waiting
     /// for the detector (`detect` with their ids) and resolves the alerts firing in all of them.
     fn expiring(&self) -> Option<(Vec<String>, Vec<String>)> {
-        self.expiring.clone()
+        let strings = |ids: &Vec<RoomId>| ids.iter().map(RoomId::to_string).collect();
+        self.expiring
+            .as_ref()
+            .map(|(leaving, keeping)| (strings(leaving), strings(keeping)))
     }
 
     /// Finish the pending expiry scan: rooms kept lose their activity (concurrent viewers,
@@ -2696,7 +2705,7 @@ impl NativeRooms {
             StatField::Concurrent => s.concurrent,
             StatField::OrdersPerSec => 0,
         };
-        let order = |a: &(&String, &Stats), b: &(&String, &Stats)| {
+        let order = |a: &(&RoomId, &Stats), b: &(&RoomId, &Stats)| {
             let by_value = if field == StatField::OrdersPerSec {
                 let (x, y) = (
                     orders_per_sec(&a.1.totals, window_ms),
@@ -2708,7 +2717,7 @@ impl NativeRooms {
             };
             by_value.then_with(|| b.0.cmp(a.0))
         };
-        let mut ranked: Vec<(&String, &Stats)> = self
+        let mut ranked: Vec<(&RoomId, &Stats)> = self
             .rooms
             .iter()
             .filter_map(|(id, room)| room.last_closed.as_ref().map(|s| (id, s)))
@@ -2723,7 +2732,7 @@ impl NativeRooms {
         ranked.sort_unstable_by(order);
         Ok(ranked
             .into_iter()
-            .map(|(id, s)| (id.clone(), stats_tuple(s.clone())))
+            .map(|(id, s)| (id.to_string(), stats_tuple(s.clone())))
             .collect())
     }
 
@@ -2746,9 +2755,9 @@ impl NativeRooms {
 
     /// The rooms held, in the order the table took them (a Python task's dict order).
     fn room_ids(&self) -> Vec<String> {
-        let mut ids: Vec<(u64, &String)> = self.rooms.iter().map(|(id, r)| (r.seq, id)).collect();
+        let mut ids: Vec<(u64, &RoomId)> = self.rooms.iter().map(|(id, r)| (r.seq, id)).collect();
         ids.sort_unstable();
-        ids.into_iter().map(|(_, id)| id.clone()).collect()
+        ids.into_iter().map(|(_, id)| id.to_string()).collect()
     }
 
     /// Rooms to write at the next checkpoint (`TaskAggregator.dirty_rooms`).
@@ -2797,7 +2806,7 @@ impl NativeRooms {
         room.tail_dirty |= tail;
         if dirty && !room.dirty {
             room.dirty = true;
-            self.changed.push(room_id.to_owned());
+            self.changed.push(room_id.into());
         }
         Ok(())
     }
@@ -2805,14 +2814,14 @@ impl NativeRooms {
     /// Rooms whose records the next checkpoint deletes unless they come back first (a restore's
     /// `t/` records of no room).
     fn restore_expired(&mut self, room_ids: Vec<String>) {
-        self.expired.extend(room_ids);
+        self.expired.extend(room_ids.into_iter().map(RoomId::from));
     }
 
     /// `TaskAggregator.rebase`'s rooms: every room holding input `source` beyond `held` holds it
     /// up to `held`, and is written at the next checkpoint. Returns how many.
     fn rebase(&mut self, source: i64, held: i64) -> usize {
         let mut count = 0;
-        let mut lowered: Vec<(u64, String)> = Vec::new();
+        let mut lowered: Vec<(u64, RoomId)> = Vec::new();
         for (room_id, room) in self.rooms.iter_mut() {
             if let Some(slot) = room
                 .offsets
@@ -2866,7 +2875,7 @@ impl NativeRooms {
         // come back if their length were configured again
         let mut tail_changed = room.unconfigured_ends.drain(..).any(|end| end > wm);
         for &ws in &room.open_ws {
-            by_window.entry(ws).or_default().push(room_id.to_owned());
+            by_window.entry(ws).or_default().push(room_id.into());
         }
         if let Some(&newest) = room.open_ws.iter().max() {
             room.reg_ws = newest;
@@ -2886,7 +2895,7 @@ impl NativeRooms {
             rollup_ends
                 .entry(rollup.start + rollup.length)
                 .or_default()
-                .push(room_id.to_owned());
+                .push(room_id.into());
         }
         let extensible = |room: &Room, last_end: i64| {
             room.open_ws
@@ -2908,7 +2917,7 @@ impl NativeRooms {
                 room.session = None; // ended (see `_end_sessions`)
             } else {
                 room.session.as_mut().expect("checked").due = Some(due);
-                session_due.entry(due).or_default().push(room_id.to_owned());
+                session_due.entry(due).or_default().push(room_id.into());
             }
         }
         let offsets = room.offsets.clone();
@@ -2916,7 +2925,7 @@ impl NativeRooms {
             room.tail_dirty = true;
             if !room.dirty {
                 room.dirty = true;
-                changed.push(room_id.to_owned());
+                changed.push(room_id.into());
             }
         }
         Ok((offsets, ended))
@@ -2939,7 +2948,7 @@ impl NativeRooms {
 
     /// The restore done: the watermark at which something is next due (`_next_due`).
     fn finish_restore(&mut self) {
-        let first = |index: &std::collections::BTreeMap<i64, Vec<String>>| {
+        let first = |index: &std::collections::BTreeMap<i64, Vec<RoomId>>| {
             index.keys().next().copied().unwrap_or(NEVER)
         };
         self.next_close = self
@@ -2984,7 +2993,7 @@ impl NativeRooms {
         partition: i32,
         consumed: Vec<(i64, i64)>,
     ) -> (usize, Vec<Bound<'py, PyBytes>>) {
-        let ts = record_time();
+        let ts = now_ms();
         let mut written = 0;
         let deletes = self.checkpoint_with(consumed, |key, value| {
             outbox.append(topic, partition, ts, Some(key), Some(value), &[]);
