@@ -63,6 +63,10 @@ use serde_json::Value;
 
 pub const N_COUNTERS: usize = 11;
 
+/// A room's buckets (bucket number -> counters) in insertion order; bucket numbers need no
+/// DoS-resistant hash.
+pub type Buckets = indexmap::IndexMap<i64, Counters, std::hash::BuildHasherDefault<Fnv>>;
+
 /// A room id: held inline up to 24 bytes (room ids are short), so the table's entries hold their
 /// keys and copying one into an index allocates nothing.
 pub type RoomId = compact_str::CompactString;
@@ -162,7 +166,7 @@ pub struct Room {
     pub offsets: Vec<(i64, i64)>,
     /// bucket number -> counters, for buckets of open windows, in insertion order (a Python
     /// dict's, which the `r/` record keeps)
-    pub buckets: indexmap::IndexMap<i64, Counters>,
+    pub buckets: Buckets,
     /// window start -> unique viewers, per open window
     pub uniques: Vec<(i64, HllSketch)>,
     pub open_ws: Vec<i64>,
@@ -206,7 +210,7 @@ impl Room {
             concurrent: 0,
             last_ts: -1,
             offsets: Vec::new(),
-            buckets: indexmap::IndexMap::new(),
+            buckets: Buckets::default(),
             uniques: Vec::new(),
             open_ws: Vec::new(),
             detector: None,
@@ -228,6 +232,15 @@ impl Room {
 
     /// `Room.counters`: the counters of `bucket`, created at zero if new.
     fn counters(&mut self, bucket: i64) -> &mut Counters {
+        // events come in time order mostly: the bucket taken last is the one asked for again
+        let last = self.buckets.len().wrapping_sub(1);
+        if self
+            .buckets
+            .get_index(last)
+            .is_some_and(|(&b, _)| b == bucket)
+        {
+            return &mut self.buckets[last];
+        }
         self.buckets.entry(bucket).or_insert([0; N_COUNTERS])
     }
 
@@ -688,7 +701,7 @@ impl Room {
             let pair = fields(pair, 2, "an offset")?;
             offsets.push((int(&pair[0], "a source")?, int(&pair[1], "an offset")?));
         }
-        let mut buckets = indexmap::IndexMap::new();
+        let mut buckets = Buckets::default();
         for pair in array(&items[5], "buckets")? {
             let pair = fields(pair, 2, "a bucket")?;
             // a number twice: the last counters, in the first one's place (`dict(pairs)`)
