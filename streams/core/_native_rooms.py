@@ -21,6 +21,7 @@ from schemas import Event, RoomSession, RoomStats
 from . import _fastcore  # type: ignore[attr-defined]
 from ._alerts import AlertEvent
 from ._config import CoreConfig
+from ._partition import PartitionCache
 from ._room import (
     Room,
     room_stats,
@@ -251,12 +252,11 @@ class NativeTaskAggregator(TaskAggregator):
         self._next_close = self._table.next_close()
 
     def first_foreign(
-        self, items: Sequence[tuple[int, Event]], route: Callable[[str], int], here: int
+        self, items: Sequence[tuple[int, Event]], route: PartitionCache, here: int
     ) -> int | None:
-        partitions = getattr(route, "partitions", None)
-        if partitions is None or type(items) is not list:  # another partitioner: ask it
+        if type(items) is not list:  # the table reads a list
             return super().first_foreign(items, route, here)
-        return self._table.first_foreign(items, partitions, here)  # type: ignore[no-any-return]
+        return self._table.first_foreign(items, route.partitions, here)  # type: ignore[no-any-return]
 
     def apply(self, source: int, items: Sequence[tuple[int, Event]], now_ms: int) -> ApplyResult:
         if not items:

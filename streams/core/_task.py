@@ -33,6 +33,7 @@ from ..exceptions import ConfigError, StateError
 from ._alerts import AlertEvent
 from ._config import CoreConfig
 from ._leaderboard import leaderboard_partials
+from ._partition import PartitionCache
 from ._rollups import Rollup
 from ._room import (
     COMMENTS,
@@ -327,11 +328,12 @@ class TaskAggregator:
     # -- the hot path ----------------------------------------------------------------
 
     def first_foreign(
-        self, items: Sequence[tuple[int, Event]], route: Callable[[str], int], here: int
+        self, items: Sequence[tuple[int, Event]], route: PartitionCache, here: int
     ) -> int | None:
         """The position of the first ``(offset, event)`` whose room the task does not hold and
-        ``route`` puts on another task than ``here``; None when every room is local. A room the
-        task holds is local by construction, so ``route`` runs only for rooms new here."""
+        ``route`` (Kafka's default partitioner) puts on another task than ``here``; None when
+        every room is local. A room the task holds is local by construction, so ``route`` runs
+        only for rooms new here."""
         rooms = self.rooms
         for at, (_, ev) in enumerate(items):
             room_id = ev.room_id

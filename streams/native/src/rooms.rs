@@ -1670,8 +1670,8 @@ impl NativeRooms {
         mut upsert: impl FnMut(&[u8], &[u8]),
     ) -> Vec<Vec<u8>> {
         let mut deletes = Vec::new();
-        let key = |prefix: &str, room_id: &str| format!("{prefix}{room_id}").into_bytes();
-        // the upserts' keys and values, each written into one buffer cleared before it
+        // the upserts' keys and values, each written into one buffer cleared before it (a
+        // tombstone's key is copied out of it)
         let (mut k, mut value) = (Vec::with_capacity(64), Vec::with_capacity(1024));
         for room_id in std::mem::take(&mut self.changed) {
             let Some(room) = self.rooms.get_mut(&room_id) else {
@@ -1711,7 +1711,8 @@ impl NativeRooms {
                     state_key(&mut k, b"t/", None, &room_id);
                     upsert(&k, &value);
                 } else {
-                    deletes.push(key("t/", &room_id));
+                    state_key(&mut k, b"t/", None, &room_id);
+                    deletes.push(k.clone());
                 }
             }
             for ws in std::mem::take(&mut room.seen_dirty) {
@@ -1731,12 +1732,15 @@ impl NativeRooms {
                 upsert(&k, &value);
             }
             for ws in std::mem::take(&mut room.seen_gone) {
-                deletes.push(key(&format!("d/{ws}/"), &room_id));
+                state_key(&mut k, b"d/", Some(ws), &room_id);
+                deletes.push(k.clone());
             }
         }
         for room_id in std::mem::take(&mut self.expired) {
-            deletes.push(key("r/", &room_id));
-            deletes.push(key("t/", &room_id));
+            for prefix in [b"r/", b"t/"] {
+                state_key(&mut k, prefix, None, &room_id);
+                deletes.push(k.clone());
+            }
         }
         for gone in std::mem::take(&mut self.gone_keys) {
             deletes.push(gone.into_bytes());
