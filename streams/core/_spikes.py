@@ -796,16 +796,35 @@ class _Plan:
             f"{basis} + seasonal term ({r.long_season_s:g} s in {r.long_season_bins} bins)"
             for basis, r in zip(self.basis, ordered, strict=True)
         )
-        #: the native quiet path's copy of these numbers (None: not built, or no quiet path)
-        self.quiet = _quiet_plan(self)
+        #: the native path's copy of these numbers (None: not built, or no quiet path)
+        self.quiet = _quiet_plan(self, ordered)
 
 
-def _quiet_plan(plan: _Plan) -> Any:
-    """``plan``'s numbers for the native quiet path (``_fastcore.observe_quiet``), or None when
-    it is not built, the rules have no quiet path, or a floor is no float (compared as one)."""
-    drop = plan.drop_floor
-    if _fastcore is None or plan.loud or any(float(f) != f for f in (*plan.floors, drop or 0.0)):
+def _quiet_plan(plan: _Plan, ordered: Sequence[MetricRule]) -> Any:
+    """``plan``'s numbers for the native path (``_fastcore.observe_quiet``), or None when it is
+    not built, the rules are loud (two-sided, drift, tail: no quiet path), a number it compares
+    or multiplies is no float (Python compares an int exactly) or a bin count no int."""
+    if _fastcore is None or plan.loud:
         return None
+    drop = plan.drop_floor
+    surges = [r.surge_value for r in ordered]
+    tests = [(r.min_volume, r.ratio, r.z_threshold, r.winsor_k) for r in ordered]
+    numbers = (*plan.floors, drop or 0.0, *(x for test in tests for x in test), *(x or 0.0 for x in surges))
+    bins = [(r.season_bins, r.long_season_bins) for r in ordered]
+    if any(float(x) != x for x in numbers) or any(type(n) is not int or n < 1 for pair in bins for n in pair):
+        return None
+    seasons = [
+        (
+            period,
+            plan.season_offsets[i],
+            bins[i][0] if period else 0,
+            long,
+            plan.long_season_offsets[i],
+            bins[i][1] if long else 0,
+            plan.long_season_after_ms[i],
+        )
+        for i, (period, long) in enumerate(zip(plan.season_ms, plan.long_season_ms, strict=True))
+    ]
     return _fastcore.QuietPlan(
         [float(f) for f in plan.floors],
         list(plan.alphas),
@@ -816,6 +835,13 @@ def _quiet_plan(plan: _Plan) -> Any:
         _ORDERS,
         [name for name, _ in _FIELDS],
         [per_second for _, per_second in _FIELDS],
+        [
+            (kind, *map(float, test), None if surge is None else float(surge))
+            for kind, test, surge in zip(_KINDS, tests, surges, strict=True)
+        ],
+        seasons,
+        list(zip(plan.season_alphas, plan.long_season_alphas, plan.slow_alphas, strict=True)),
+        plan.season_total,
     )
 
 
@@ -1006,13 +1032,14 @@ def observe(
     after this event time (None: always). Whoever starts watching rooms that are already live
     (a first deployment, a state reset) cannot tell them from new ones: it sets this past the
     first windows it saw, or every room already above a ``surge_value`` would raise one.
-    ``native``: a quiet window (no rule can trigger, no alert open, no seasonal term) goes to the
-    native kernel where it is built (``streams/native``: the same state, bit for bit, faster);
-    False: the Python detector takes every window.
+    ``native``: a window of a room with no alert slot open on which no rule is met goes to the
+    native kernel where it is built (``streams/native``: the same state, seasonal term included,
+    bit for bit, faster; the kernel hands back any window that might meet a rule); False: the
+    Python detector takes every window.
     """
     if window_ms <= 0:
         raise ValueError(f"window_ms must be positive, got {window_ms}")
-    if native and state.alerts is None and state.season is None and type(window_ms) is int:
+    if native and state.alerts is None and type(window_ms) is int:
         # the kernel takes the gap as a 64-bit int: inf, nan or a longer one are Python's
         max_gap_ms = max_gap_s * 1_000
         quiet = _plan(rules, window_ms).quiet if -_NATIVE_GAP_MS < max_gap_ms < _NATIVE_GAP_MS else None

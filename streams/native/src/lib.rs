@@ -1,13 +1,18 @@
 //! Native kernels of livepulse's core (`streams.core`), beside the Python code that defines them.
 //!
-//! `observe_quiet` is the spike detector's quiet path (`streams.core._spikes`): a closed window
-//! that no rule can trigger on, in a room with no alert slot open and no seasonal term, only
-//! moves the room's baselines, and so does a gap of silent windows before it. At 100 000 sparse
-//! rooms nearly every closed window takes this path. The kernel computes exactly what
-//! `_fold_quiet_run` and `_fold_quiet` compute, in the same order of IEEE operations (no fused
-//! multiply-add, the same libm `pow` and `sqrt`), and writes the state back only once it knows
-//! the whole window is quiet. Anything else (an alert slot, a seasonal term, a gap long enough to
-//! restart the baselines, a value at a rule's floor, an attribute of an unexpected type) returns
+//! `observe_quiet` is the spike detector's native path (`streams.core._spikes`): a closed window
+//! of a room with no alert slot open, on which no rule is met, only moves the room's baselines
+//! and its seasonal term, and so does a gap of idle windows before it. Below every rule's floor
+//! (and with no seasonal term yet) that is `_fold_quiet` (and `_fold_quiet_run` for a gap); past
+//! a floor, or with a seasonal term, it is `_step` with no alert transition: the tests computed
+//! (the spike's score with its Poisson check, the surge, the drop on the expected orders) and,
+//! when none is met, the winsorised fold and the seasonal bins' learning. At 100 000 sparse rooms
+//! nearly every closed window takes this path, at 2 000 rooms most do. The kernel computes
+//! exactly what the Python functions compute, in the same order of IEEE operations (no fused
+//! multiply-add, the same libm `pow` and `sqrt`, float32 bins rounded as `array('f')` rounds
+//! them), on copies written back only once it knows the whole window is taken. Anything else
+//! (an alert slot, a rule that might be met, a seasonal term to allocate or resize, loud rules,
+//! a gap long enough to restart the baselines, an attribute of an unexpected type) returns
 //! `False` with the state untouched, and the Python detector takes the window.
 //! `tests/unit/test_fastcore.py` holds the two to the same states, bit for bit.
 //!
@@ -45,7 +50,45 @@ pub struct QuietPlan {
     pub per_second: [bool; MAX_METRICS],
     /// where each metric is in a natively closed window's numbers (None: a name it has not)
     pub sources: Option<[rooms::StatField; MAX_METRICS]>,
+    /// the rest of `_step`'s numbers, for windows past a floor or in a room with a seasonal term
+    tests: [Test; MAX_METRICS],
+    seasons: [Season; MAX_METRICS],
+    /// the seasonal term's length (`_Plan.season_total`)
+    season_total: usize,
 }
+
+/// A metric's tests (`_step`): its kind (`_RATE`, `_COUNT`, `_LEVEL`, `_MONEY`), `min_volume`,
+/// `ratio`, `z_threshold`, `winsor_k`, and `surge_value` (infinite: none).
+#[derive(Clone, Copy, Default)]
+struct Test {
+    kind: u8,
+    min_volume: f64,
+    ratio: f64,
+    z_threshold: f64,
+    winsor_k: f64,
+    surge: f64,
+}
+
+/// A metric's seasonal term in `_Plan`: the period (0: none), its bins and their offset in the
+/// term, the long period's (0: none), after how long it may replace the short one, and the weights
+/// of the short bins, the long bins and the errors' slow mean.
+#[derive(Clone, Copy, Default)]
+struct Season {
+    period_ms: i64,
+    offset: usize,
+    bins: i64,
+    long_ms: i64,
+    long_offset: usize,
+    long_bins: i64,
+    long_after_ms: i64,
+    alpha: f64,
+    long_alpha: f64,
+    slow_alpha: f64,
+}
+
+/// `_RATE` and `_COUNT` of `streams.core._spikes` (tested against Poisson noise too)
+const RATE: u8 = 0;
+const COUNT: u8 = 1;
 
 fn fill<T: Copy>(into: &mut [T; MAX_METRICS], from: &[T]) {
     into[..from.len()].copy_from_slice(from);
@@ -66,6 +109,10 @@ impl QuietPlan {
         orders: usize,
         names: Vec<Py<PyString>>,
         per_second: Vec<bool>,
+        tests: Vec<(u8, f64, f64, f64, f64, Option<f64>)>,
+        seasons: Vec<(i64, usize, i64, i64, usize, i64, i64)>,
+        season_weights: Vec<(f64, f64, f64)>,
+        season_total: usize,
     ) -> PyResult<Self> {
         let n = floors.len();
         let lengths = [
@@ -74,6 +121,9 @@ impl QuietPlan {
             roots.len(),
             names.len(),
             per_second.len(),
+            tests.len(),
+            seasons.len(),
+            season_weights.len(),
         ];
         if n == 0 || n > MAX_METRICS || lengths.iter().any(|&len| len != n) {
             return Err(PyValueError::new_err(format!(
@@ -108,7 +158,56 @@ impl QuietPlan {
             names,
             per_second: [false; MAX_METRICS],
             sources,
+            tests: [Test::default(); MAX_METRICS],
+            seasons: [Season::default(); MAX_METRICS],
+            season_total,
         };
+        for (i, &(kind, min_volume, ratio, z_threshold, winsor_k, surge)) in
+            tests.iter().enumerate()
+        {
+            plan.tests[i] = Test {
+                kind,
+                min_volume,
+                ratio,
+                z_threshold,
+                winsor_k,
+                surge: surge.unwrap_or(f64::INFINITY),
+            };
+        }
+        for (i, (&bins, &weights)) in seasons.iter().zip(&season_weights).enumerate() {
+            let (period_ms, offset, bins, long_ms, long_offset, long_bins, long_after_ms) = bins;
+            let (alpha, long_alpha, slow_alpha) = weights;
+            // every bin read or written must be in the term (a long term ends with its two errors)
+            let fits = |period: i64, offset: usize, bins: i64, extra: usize| {
+                period == 0
+                    || (period > 0
+                        && bins > 0
+                        && usize::try_from(bins)
+                            .ok()
+                            .and_then(|bins| offset.checked_add(bins + extra))
+                            .is_some_and(|end| end <= season_total))
+            };
+            if !fits(period_ms, offset, bins, 0)
+                || !fits(long_ms, long_offset, long_bins, 2)
+                || (period_ms == 0 && long_ms != 0)
+            {
+                return Err(PyValueError::new_err(format!(
+                    "metric {i}'s seasonal bins do not fit a term of {season_total}"
+                )));
+            }
+            plan.seasons[i] = Season {
+                period_ms,
+                offset,
+                bins,
+                long_ms,
+                long_offset,
+                long_bins,
+                long_after_ms,
+                alpha,
+                long_alpha,
+                slow_alpha,
+            };
+        }
         fill(&mut plan.floors, &floors);
         fill(&mut plan.alphas, &alphas);
         fill(&mut plan.warmups, &warmups);
@@ -225,17 +324,21 @@ fn fold_one(plan: &QuietPlan, values: &[f64], span: i64, history: i64, b: &mut [
     }
 }
 
-/// The part of a room's detector state the quiet path reads and writes (`DetectorState`'s
-/// `last_window_end`, `history_ms`, `last_concurrent` and `baselines`).
+/// The part of a room's detector state the native path reads and writes (`DetectorState`'s
+/// `last_window_end`, `history_ms`, `last_concurrent`, `baselines`, `season` and
+/// `season_since_ms`).
 pub struct QuietState<'a> {
     pub last_end: Option<i64>,
     pub history_ms: i64,
     /// None: not a float (a corrupt record); a gap that needs it goes to Python
     pub last_concurrent: Option<f64>,
     pub baselines: &'a mut [f64],
+    /// the seasonal term (None: not allocated yet)
+    pub season: Option<&'a mut [f32]>,
+    pub season_since_ms: i64,
 }
 
-/// What the quiet path did with a window.
+/// What the native path did with a window.
 #[derive(PartialEq, Eq, Debug)]
 pub enum Quiet {
     /// at or before the last window observed: nothing changes, as in Python
@@ -246,10 +349,182 @@ pub enum Quiet {
     Python,
 }
 
-/// The quiet path over one window: `values` (METRICS order, per-second metrics already divided)
+/// The state one window at a time moves: copies, written back once every window is taken.
+struct Work<'a> {
+    history: i64,
+    b: &'a mut [f64],
+    season: Option<&'a mut [f32]>,
+    since: i64,
+}
+
+/// Python's `max(a, b)` and `min(a, b)` (the first argument on a tie, as `_step` reads them).
+fn py_max(a: f64, b: f64) -> f64 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+fn py_min(a: f64, b: f64) -> f64 {
+    if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `_zscore`
+fn zscore(delta: f64, std: f64) -> f64 {
+    const Z_CAP: f64 = 1e9;
+    if std > 1e-12 {
+        py_max(-Z_CAP, py_min(Z_CAP, delta / std))
+    } else if delta == 0.0 {
+        0.0
+    } else {
+        Z_CAP.copysign(delta)
+    }
+}
+
+/// A window's bin in a seasonal term: `(start % period) * bins // period` (Python's floor
+/// modulo and division), None past 64 bits.
+fn bin(start: i64, period: i64, bins: i64) -> Option<usize> {
+    let at = i128::from(start.rem_euclid(period)) * i128::from(bins) / i128::from(period);
+    usize::try_from(at).ok()
+}
+
+/// One window of `_step`, for a room with no alert slot open: the baselines and the seasonal
+/// term fold as `_step` folds them. False (the work spoiled: the caller drops it) where Python
+/// must take the window: a rule might be met (a spike's test, a surge, a drop), or the seasonal
+/// term is to be allocated.
+fn step(plan: &QuietPlan, values: &[f64], start: i64, span: i64, w: &mut Work<'_>) -> bool {
+    let history = w.history;
+    let Some(next) = history.checked_add(span) else {
+        return false;
+    };
+    if w.season.is_none() {
+        if is_quiet(plan, values, w.b) {
+            // `_fold_quiet`
+            fold_one(plan, values, span, history, w.b);
+            w.history = next;
+            return true;
+        }
+        if plan.season_total > 0 {
+            return false; // `_step` allocates the term: Python's
+        }
+    }
+    let Some(learned) = start.checked_sub(w.since) else {
+        return false;
+    };
+    let seconds = span as f64 / 1_000.0;
+    let b = &mut *w.b;
+    for i in 0..plan.n {
+        let x = values[i];
+        let test = &plan.tests[i];
+        let root = plan.roots[i];
+        let y = scaled(x, root);
+        let (level, var) = (b[2 * i], b[2 * i + 1]);
+        let s = &plan.seasons[i];
+        let mut s_index = None;
+        let mut l_index = None;
+        let mut s_term = 0.0;
+        if let (Some(season), true) = (w.season.as_deref(), s.period_ms != 0) {
+            let Some(short) = bin(start, s.period_ms, s.bins) else {
+                return false;
+            };
+            s_index = Some(s.offset + short);
+            let mut use_long = false;
+            if s.long_ms != 0 {
+                let Some(long) = bin(start, s.long_ms, s.long_bins) else {
+                    return false;
+                };
+                l_index = Some(s.long_offset + long);
+                let errors = s.long_offset + s.long_bins as usize;
+                use_long = learned >= s.long_after_ms && season[errors + 1] < season[errors];
+            }
+            if use_long {
+                s_term = f64::from(season[l_index.expect("set")]);
+            } else if learned >= s.period_ms - s.period_ms / s.bins {
+                s_term = f64::from(season[s.offset + short]);
+            }
+            if s_term < 0.0 {
+                s_term = 0.0; // one-sided: the season only raises its expectation
+            }
+        }
+        let center = level + s_term;
+        let std = var.sqrt();
+        let expected = if root { center * center + var } else { center };
+        let warmed = history >= plan.warmups[i];
+        if !warmed && x >= test.surge {
+            return false; // a surge might be met
+        }
+        if i == plan.orders && plan.drop_floor.is_some_and(|floor| expected >= floor) {
+            return false; // a drop might be met
+        }
+        if warmed && x >= test.min_volume && x >= test.ratio * expected {
+            let mut z = zscore(y - center, std);
+            if test.kind == RATE || test.kind == COUNT {
+                let c = if test.kind == RATE { seconds } else { 1.0 };
+                let zp = 2.0 * ((py_max(x, 0.0) * c).sqrt() - (py_max(expected, 0.0) * c).sqrt());
+                z = if z >= 0.0 {
+                    py_min(z, zp)
+                } else {
+                    py_max(z, zp)
+                };
+            }
+            if z >= test.z_threshold {
+                return false; // a spike
+            }
+        }
+        let mut diff = y - center;
+        let mut alpha = plan.alphas[i];
+        if !warmed {
+            let warm = span as f64 / (history + span) as f64;
+            if warm > alpha {
+                alpha = warm;
+            }
+        } else if x >= test.min_volume {
+            let floor = 0.1
+                * if root {
+                    center.abs()
+                } else {
+                    py_max(center.abs(), test.min_volume)
+                };
+            let band = py_max(test.winsor_k * std, floor);
+            if diff > band {
+                diff = band;
+            } else if diff < -band {
+                diff = -band;
+            }
+        }
+        let incr = alpha * diff;
+        b[2 * i] = level + incr;
+        b[2 * i + 1] = (1.0 - alpha) * (var + diff * incr);
+        if let (Some(season), Some(at)) = (w.season.as_deref_mut(), s_index) {
+            // no alert: the terms learn the raw residual of their bins
+            let short_miss = y - level - f64::from(season[at]);
+            season[at] = (f64::from(season[at]) + s.alpha * short_miss) as f32;
+            if let Some(long) = l_index {
+                let long_miss = y - level - f64::from(season[long]);
+                season[long] = (f64::from(season[long]) + s.long_alpha * long_miss) as f32;
+                if learned >= s.long_ms {
+                    let errors = s.long_offset + s.long_bins as usize;
+                    for (at, miss) in [(errors, short_miss), (errors + 1, long_miss)] {
+                        let e = f64::from(season[at]);
+                        season[at] = (e + s.slow_alpha * (miss * miss - e)) as f32;
+                    }
+                }
+            }
+        }
+    }
+    w.history = next;
+    true
+}
+
+/// The native path over one window: `values` (METRICS order, per-second metrics already divided)
 /// of the window starting at `window_start`, `window_ms` long; `max_gap_ms` is the longest
-/// silence replayed as idle windows. The caller has checked there is no alert slot and no
-/// seasonal term, and a negative history is the caller's to hand back.
+/// silence replayed as idle windows. The caller has checked there is no alert slot, and a
+/// negative history is the caller's to hand back.
 pub fn fold_quiet(
     plan: &QuietPlan,
     values: &[f64],
@@ -262,7 +537,12 @@ pub fn fold_quiet(
     if window_ms <= 0 || state.history_ms < 0 || state.baselines.len() != 2 * n {
         return Quiet::Python;
     }
-    let mut history = state.history_ms;
+    if let Some(season) = &state.season {
+        if season.len() != plan.season_total || season.is_empty() {
+            return Quiet::Python; // the rules' seasons changed: `_step` reallocates it
+        }
+    }
+    let history = state.history_ms;
     // every result below fits an i64 (Python's ints do not overflow; the kernel hands those back)
     let (Some(window_end), Some(_)) = (
         window_start.checked_add(window_ms),
@@ -273,6 +553,13 @@ pub fn fold_quiet(
     let mut b = [0.0f64; 2 * MAX_METRICS];
     let b = &mut b[..2 * n];
     b.copy_from_slice(state.baselines);
+    let mut season = state.season.as_deref().map(<[f32]>::to_vec);
+    let mut work = Work {
+        history,
+        b,
+        season: season.as_deref_mut(),
+        since: state.season_since_ms,
+    };
     if let Some(last_end) = state.last_end {
         if window_start < last_end {
             return Quiet::Ignored;
@@ -295,29 +582,39 @@ pub fn fold_quiet(
             let Some(concurrent) = state.last_concurrent else {
                 return Quiet::Python;
             };
-            let mut idle = [0.0f64; MAX_METRICS];
-            idle[plan.concurrent] = concurrent;
-            let idle = &idle[..n];
-            if !is_quiet(plan, idle, b)
-                || fold_run(plan, idle, missed, window_ms, history, b).is_none()
-            {
-                return Quiet::Python;
-            }
             let Some(gap_ms) = missed
                 .checked_mul(window_ms)
                 .filter(|gap| gap.checked_add(history + window_ms).is_some())
             else {
                 return Quiet::Python;
             };
-            history += gap_ms;
+            let mut idle = [0.0f64; MAX_METRICS];
+            idle[plan.concurrent] = concurrent;
+            let idle = &idle[..n];
+            if work.season.is_none() && is_quiet(plan, idle, work.b) {
+                // `observe_values`' closed form of a quiet gap
+                if fold_run(plan, idle, missed, window_ms, history, work.b).is_none() {
+                    return Quiet::Python;
+                }
+                work.history += gap_ms;
+            } else {
+                for k in 0..missed {
+                    if !step(plan, idle, last_end + k * window_ms, window_ms, &mut work) {
+                        return Quiet::Python;
+                    }
+                }
+            }
         }
     }
-    if !is_quiet(plan, values, b) {
+    if !step(plan, values, window_start, window_ms, &mut work) {
         return Quiet::Python;
     }
-    fold_one(plan, values, window_ms, history, b);
+    let history = work.history;
     state.baselines.copy_from_slice(b);
-    state.history_ms = history + window_ms;
+    if let (Some(into), Some(from)) = (state.season.as_deref_mut(), season.as_deref()) {
+        into.copy_from_slice(from);
+    }
+    state.history_ms = history;
     state.last_end = Some(window_end);
     state.last_concurrent = Some(values[plan.concurrent]);
     Quiet::Folded
@@ -340,10 +637,7 @@ fn observe_quiet(
 ) -> PyResult<bool> {
     let plan = plan.get();
     let n = plan.n;
-    if window_ms <= 0
-        || !state.getattr(intern!(py, "alerts"))?.is_none()
-        || !state.getattr(intern!(py, "season"))?.is_none()
-    {
+    if window_ms <= 0 || !state.getattr(intern!(py, "alerts"))?.is_none() {
         return Ok(false);
     }
     let Some(window_start) = exact_int(&stats.getattr(intern!(py, "window_start"))?) else {
@@ -386,11 +680,35 @@ fn observe_quiet(
     let b = &mut b[..2 * n];
     buffer.copy_to_slice(py, b)?;
     let last_concurrent = exact_float(&state.getattr(intern!(py, "last_concurrent"))?);
+    // the seasonal term: a float32 array, or None
+    let season_buffer = {
+        let season = state.getattr(intern!(py, "season"))?;
+        if season.is_none() {
+            None
+        } else {
+            let Ok(buffer) = PyBuffer::<f32>::get(&season) else {
+                return Ok(false);
+            };
+            if buffer.readonly() || !buffer.is_c_contiguous() {
+                return Ok(false);
+            }
+            Some(buffer)
+        }
+    };
+    let mut season = match &season_buffer {
+        None => None,
+        Some(buffer) => Some(buffer.to_vec(py)?),
+    };
+    let Some(season_since_ms) = exact_int(&state.getattr(intern!(py, "season_since_ms"))?) else {
+        return Ok(false);
+    };
     let mut quiet = QuietState {
         last_end,
         history_ms,
         last_concurrent,
         baselines: b,
+        season: season.as_deref_mut(),
+        season_since_ms,
     };
     match fold_quiet(
         plan,
@@ -404,6 +722,9 @@ fn observe_quiet(
         Quiet::Ignored => Ok(true),
         Quiet::Folded => {
             buffer.copy_from_slice(py, quiet.baselines)?;
+            if let (Some(into), Some(from)) = (&season_buffer, quiet.season.as_deref()) {
+                into.copy_from_slice(py, from)?;
+            }
             state.setattr(intern!(py, "history_ms"), quiet.history_ms)?;
             state.setattr(intern!(py, "last_window_end"), quiet.last_end)?;
             state.setattr(intern!(py, "last_concurrent"), values[plan.concurrent])?;

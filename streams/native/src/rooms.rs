@@ -28,8 +28,10 @@
 //!    events).
 //! 3. Done: the window close, the fold into sessions and rollups, the rollup windows and
 //!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
-//!    as bytes; the spike detector (`detect`): the quiet path (`crate::fold_quiet`, the kernel
-//!    the Python detector uses) on the room's native state, the other windows handed back with
+//!    as bytes; the spike detector (`detect`): the native path (`crate::fold_quiet`, the kernel
+//!    the Python detector uses) on the room's native state, seasonal term included (decoded
+//!    from its base64 once, when the room's `t/` record is read), the other windows (an alert
+//!    slot open, a rule that might be met) handed back with
 //!    the state to the Python detector (`streams.core._native_rooms.NativeSpikes`), which
 //!    hands the state back; idle expiry (`close_due` scans, the Python half evaluates the leaving rooms'
 //!    last windows and resolves their alerts, `expire` finishes; expired rooms' tombstones at
@@ -58,6 +60,7 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::batches::{now_ms, Outbox};
 use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
+use base64::prelude::{Engine, BASE64_STANDARD};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -818,16 +821,68 @@ pub enum Detector {
     Raw(Box<RawValue>),
 }
 
-/// `DetectorState`'s numbers the quiet path moves; the alert slots, the seasonal term and the
-/// drift test (which it never touches) as they were written.
+/// `DetectorState`'s numbers the native path moves (the seasonal term among them); the alert
+/// slots and the drift test (which it never touches) as they were written.
 pub struct NativeDetector {
     pub last_end: Option<i64>,
     pub history_ms: i64,
     pub last_concurrent: f64,
     pub baselines: Vec<f64>,
     pub alerts: Box<RawValue>,
-    pub season: Box<RawValue>,
+    pub season: Season,
     pub drift: Box<RawValue>,
+}
+
+/// A detector's seasonal term (`DetectorState.season`, `season_since_ms`).
+pub enum Season {
+    /// not allocated yet (`null` on the wire)
+    Unset,
+    /// `[season_since_ms, base64 of the float32 bins, little-endian]`
+    Learned { since: i64, bins: Vec<f32> },
+    /// anything else as it was written: the Python detector reads or refuses it
+    Raw(Box<RawValue>),
+}
+
+impl Season {
+    fn read(wire: &RawValue) -> Season {
+        if wire.get() == "null" {
+            return Season::Unset;
+        }
+        let Ok((since, text)) = serde_json::from_str::<(i64, &str)>(wire.get()) else {
+            return Season::Raw(wire.to_owned());
+        };
+        match BASE64_STANDARD.decode(text) {
+            Ok(bytes) if bytes.len() % 4 == 0 => Season::Learned {
+                since,
+                bins: bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            },
+            _ => Season::Raw(wire.to_owned()),
+        }
+    }
+
+    /// As `DetectorState.to_wire` writes it.
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Season::Unset => out.extend_from_slice(b"null"),
+            Season::Raw(wire) => out.extend_from_slice(wire.get().as_bytes()),
+            Season::Learned { since, bins } => {
+                out.push(b'[');
+                write_int(out, *since);
+                out.extend_from_slice(b",\"");
+                let bytes: Vec<u8> = bins.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let at = out.len();
+                out.resize(at + bytes.len().div_ceil(3) * 4, 0);
+                let written = BASE64_STANDARD
+                    .encode_slice(&bytes, &mut out[at..])
+                    .expect("sized for it");
+                out.truncate(at + written);
+                out.extend_from_slice(b"\"]");
+            }
+        }
+    }
 }
 
 fn raw(text: &str) -> Box<RawValue> {
@@ -843,14 +898,14 @@ impl NativeDetector {
             last_concurrent: 0.0,
             baselines: vec![0.0; 2 * N_METRICS],
             alerts: raw("[]"),
-            season: raw("null"),
+            season: Season::Unset,
             drift: raw("null"),
         }
     }
 
-    /// No alert slot and no seasonal term: a window may take the quiet path.
-    fn quiet_capable(&self) -> bool {
-        self.alerts.get() == "[]" && self.season.get() == "null"
+    /// No alert slot, and a seasonal term the native path reads: a window may take it.
+    fn native_capable(&self) -> bool {
+        self.alerts.get() == "[]" && !matches!(self.season, Season::Raw(_))
     }
 }
 
@@ -879,7 +934,7 @@ impl Detector {
                     last_concurrent: level,
                     baselines,
                     alerts: a.to_owned(),
-                    season: s.to_owned(),
+                    season: Season::read(s),
                     drift: d.to_owned(),
                 })
             }
@@ -914,11 +969,11 @@ impl Detector {
             write_float(out, x);
         }
         out.extend_from_slice(b"],");
-        for part in [&d.alerts, &d.season, &d.drift] {
-            out.extend_from_slice(part.get().as_bytes());
-            out.push(b',');
-        }
-        out.pop();
+        out.extend_from_slice(d.alerts.get().as_bytes());
+        out.push(b',');
+        d.season.write(out);
+        out.push(b',');
+        out.extend_from_slice(d.drift.get().as_bytes());
         out.push(b']');
     }
 }
@@ -967,7 +1022,7 @@ fn observe_quiet_natively(
     let Some(sources) = plan.sources else {
         return false;
     };
-    if !detector.quiet_capable() {
+    if !detector.native_capable() {
         return false;
     }
     // metric_values: per-second metrics over the window's seconds, the others as they are
@@ -982,11 +1037,17 @@ fn observe_quiet_natively(
         };
         *slot = if plan.per_second[i] { x / seconds } else { x };
     }
+    let (season, season_since_ms) = match &mut detector.season {
+        Season::Learned { since, bins } => (Some(bins.as_mut_slice()), *since),
+        _ => (None, 0),
+    };
     let mut state = QuietState {
         last_end: detector.last_end,
         history_ms: detector.history_ms,
         last_concurrent: Some(detector.last_concurrent),
         baselines: &mut detector.baselines,
+        season,
+        season_since_ms,
     };
     let outcome = fold_quiet(
         plan,
