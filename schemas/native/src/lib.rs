@@ -28,6 +28,13 @@ enum Val<'a> {
 const MAX_FIELDS: usize = 7;
 const MAX_DIGITS: usize = 18;
 
+/// Bytes the parser has checked to be printable ASCII (0x20-0x7e), as the `str` they are.
+fn ascii(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.iter().all(|b| (0x20..=0x7e).contains(b)));
+    // SAFETY: ASCII is valid UTF-8; the callers pass only bytes their loop matched as 0x20-0x7e.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
@@ -57,7 +64,7 @@ impl<'a> Parser<'a> {
         loop {
             match *self.b.get(self.i)? {
                 b'"' => {
-                    let s = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+                    let s = ascii(&self.b[start..self.i]);
                     self.i += 1;
                     return Some(Cow::Borrowed(s));
                 }
@@ -66,7 +73,7 @@ impl<'a> Parser<'a> {
                 _ => break,
             }
         }
-        let mut out = String::from(std::str::from_utf8(&self.b[start..self.i]).ok()?);
+        let mut out = String::from(ascii(&self.b[start..self.i]));
         loop {
             let c = *self.b.get(self.i)?;
             self.i += 1;

@@ -60,7 +60,6 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::batches::{now_ms, Outbox};
 use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
-use base64::prelude::{Engine, BASE64_STANDARD};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -518,7 +517,8 @@ fn write_ints_bare(out: &mut Vec<u8>, values: &[i64]) {
     }
 }
 
-fn write_sketch(out: &mut Vec<u8>, bytes: &[u8]) {
+/// `bytes` as a JSON string of their base64 (a sketch, a seasonal term).
+fn write_base64_text(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
     write_base64(out, bytes);
     out.push(b'"');
@@ -527,7 +527,7 @@ fn write_sketch(out: &mut Vec<u8>, bytes: &[u8]) {
 fn write_held(out: &mut Vec<u8>, held: &Option<Held>) {
     match held {
         None => out.extend_from_slice(b"null"),
-        Some(held) => write_sketch(out, &held.serialize()),
+        Some(held) => write_base64_text(out, &held.serialize()),
     }
 }
 
@@ -566,7 +566,7 @@ impl Room {
             out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
             write_int(out, *ws);
             out.push(b',');
-            write_sketch(out, &compact_bytes(sketch));
+            write_base64_text(out, &compact_bytes(sketch));
             out.push(b']');
         }
         out.extend_from_slice(b"],");
@@ -851,8 +851,8 @@ impl Season {
         let Ok((since, text)) = serde_json::from_str::<(i64, &str)>(wire.get()) else {
             return Season::Raw(wire.to_owned());
         };
-        match BASE64_STANDARD.decode(text) {
-            Ok(bytes) if bytes.len() % 4 == 0 => Season::Learned {
+        match read_base64(text) {
+            Ok(bytes) if bytes.len().is_multiple_of(4) => Season::Learned {
                 since,
                 bins: bytes
                     .chunks_exact(4)
@@ -871,15 +871,10 @@ impl Season {
             Season::Learned { since, bins } => {
                 out.push(b'[');
                 write_int(out, *since);
-                out.extend_from_slice(b",\"");
+                out.push(b',');
                 let bytes: Vec<u8> = bins.iter().flat_map(|x| x.to_le_bytes()).collect();
-                let at = out.len();
-                out.resize(at + bytes.len().div_ceil(3) * 4, 0);
-                let written = BASE64_STANDARD
-                    .encode_slice(&bytes, &mut out[at..])
-                    .expect("sized for it");
-                out.truncate(at + written);
-                out.extend_from_slice(b"\"]");
+                write_base64_text(out, &bytes);
+                out.push(b']');
             }
         }
     }
