@@ -352,6 +352,23 @@ def test_a_seasonal_term_raising_the_orders_expectation_to_the_drop_floor_is_pyt
     assert step_both(state, stats(T0 + 30 * W), rules)  # expected 0.75
 
 
+@pytest.mark.parametrize("variance", [-1.0, math.inf, math.nan])
+def test_a_corrupt_variance_past_a_floor_is_left_to_python(variance: float) -> None:
+    """``_step`` takes the variance's square root (which raises for a negative one): the kernel
+    hands such a window back, whatever Python then makes of it."""
+    rules = without_seasons(min_volume=0.5)
+    native, python = warmed(), warmed()
+    for state in (native, python):
+        state.baselines[1] = variance
+    window = stats(T0 + 30 * W, views=15, concurrent=1)
+    with counting() as counts:
+        got = outcome(lambda: observe(native, window, rules, W))
+        want = outcome(lambda: observe(python, window, rules, W, native=False))
+    assert got == want
+    assert snapshot(native) == snapshot(python)
+    assert counts == [0, 1]
+
+
 def test_the_kernel_reads_the_metrics_metric_values_reads() -> None:
     """The native side takes its metrics from ``_spikes._FIELDS``: the same as ``metric_values``."""
     window = stats(T0, views=7, unique=5, concurrent=3, orders=2, gmv=1_234, gifts=999)

@@ -451,6 +451,9 @@ fn step(plan: &QuietPlan, values: &[f64], start: i64, span: i64, w: &mut Work<'_
                 s_term = 0.0; // one-sided: the season only raises its expectation
             }
         }
+        if !(level.is_finite() && var.is_finite() && var >= 0.0 && s_term.is_finite()) {
+            return false; // a corrupt state: Python's (math.sqrt of a negative variance raises)
+        }
         let center = level + s_term;
         let std = var.sqrt();
         let expected = if root { center * center + var } else { center };
