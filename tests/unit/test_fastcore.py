@@ -196,27 +196,43 @@ RULE_CHANGES = st.fixed_dictionaries(
 VALUE = st.integers(min_value=0, max_value=40)
 
 
+def steps_of(largest_gap: int, max_size: int) -> Any:
+    """Windows as (gap in windows, then six values): a negative gap replays an older window, 0
+    the same one again."""
+    return st.lists(
+        st.tuples(st.integers(min_value=-2, max_value=largest_gap), VALUE, VALUE, VALUE, VALUE, VALUE, VALUE),
+        min_size=1,
+        max_size=max_size,
+    )
+
+
+def series(
+    changes: list[tuple[str, dict[str, Any]]], steps: list[tuple[int, ...]], scale: tuple[int, int, int]
+) -> tuple[list[RoomStats], dict[str, MetricRule]]:
+    """The windows of ``steps`` (concurrent viewers, GMV of the value squared and gift value
+    multiplied by ``scale``), and the room rules with ``changes``."""
+    rules: dict[str, MetricRule] = dict(ROOM)
+    for metric, change in changes:
+        rules[metric] = replace(rules[metric], **change)
+    windows, t = [], T0
+    concurrent_scale, gmv_scale, gift_scale = scale
+    for gap, views, unique, concurrent, orders, gmv, gifts in steps:
+        t += gap * W
+        values = (concurrent * concurrent_scale, orders, gmv * gmv * gmv_scale, gifts * gift_scale)
+        windows.append(stats(t, views, unique, *values))
+    return windows, rules
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     changes=st.lists(st.tuples(st.sampled_from(METRICS), RULE_CHANGES), max_size=4),
-    steps=st.lists(
-        st.tuples(st.integers(min_value=-2, max_value=70), VALUE, VALUE, VALUE, VALUE, VALUE, VALUE),
-        min_size=1,
-        max_size=60,
-    ),
+    steps=steps_of(70, 60),
     max_gap_s=st.sampled_from([0.0, 30.0, 600.0, -1.0]),
 )
 def test_any_rules_and_series_give_the_same_states_on_both_paths(
     changes: list[tuple[str, dict[str, Any]]], steps: list[tuple[int, ...]], max_gap_s: float
 ) -> None:
-    rules: dict[str, MetricRule] = dict(ROOM)
-    for metric, change in changes:
-        rules[metric] = replace(rules[metric], **change)
-    windows, t = [], T0
-    for gap, views, unique, concurrent, orders, gmv, gifts in steps:
-        t += gap * W  # a negative gap replays an older window, 0 the same one again
-        windows.append(stats(t, views, unique, concurrent, orders, gmv * gmv * 100, gifts * 1_000))
-    run_both(windows, rules, max_gap_s)
+    run_both(*series(changes, steps, (1, 100, 1_000)), max_gap_s)
 
 
 SEASON_CHANGES = st.fixed_dictionaries(
@@ -244,11 +260,7 @@ SEASON_CHANGES = st.fixed_dictionaries(
 @settings(max_examples=200, deadline=None)
 @given(
     changes=st.lists(st.tuples(st.sampled_from(METRICS), SEASON_CHANGES), max_size=6),
-    steps=st.lists(
-        st.tuples(st.integers(min_value=-1, max_value=12), VALUE, VALUE, VALUE, VALUE, VALUE, VALUE),
-        min_size=1,
-        max_size=120,
-    ),
+    steps=steps_of(12, 120),
     max_gap_s=st.sampled_from([30.0, 600.0]),
 )
 def test_rooms_with_seasonal_terms_and_values_past_their_floors_agree_on_both_paths(
@@ -257,14 +269,7 @@ def test_rooms_with_seasonal_terms_and_values_past_their_floors_agree_on_both_pa
     """The native path also takes windows of rooms learning a seasonal term and windows past a
     floor that meet no rule: seasons short enough to be learned (and their long terms to take
     over) within a series, rule thresholds from always met to never."""
-    rules: dict[str, MetricRule] = dict(ROOM)
-    for metric, change in changes:
-        rules[metric] = replace(rules[metric], **change)
-    windows, t = [], T0
-    for gap, views, unique, concurrent, orders, gmv, gifts in steps:
-        t += gap * W
-        windows.append(stats(t, views, unique, concurrent * 5, orders, gmv * gmv * 200, gifts * 1_500))
-    run_both(windows, rules, max_gap_s)
+    run_both(*series(changes, steps, (5, 200, 1_500)), max_gap_s)
 
 
 def test_a_room_with_a_seasonal_term_takes_the_native_path_once_calm() -> None:
