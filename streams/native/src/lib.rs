@@ -86,6 +86,13 @@ struct Season {
     slow_alpha: f64,
 }
 
+impl Season {
+    /// Where the slow mean squared misses of the short and the long term are (after the long bins).
+    fn errors(&self) -> usize {
+        self.long_offset + self.long_bins as usize
+    }
+}
+
 /// `_RATE` and `_COUNT` of `streams.core._spikes` (tested against Poisson noise too)
 const RATE: u8 = 0;
 const COUNT: u8 = 1;
@@ -432,20 +439,21 @@ fn step(plan: &QuietPlan, values: &[f64], start: i64, span: i64, w: &mut Work<'_
             let Some(short) = bin(start, s.period_ms, s.bins) else {
                 return false;
             };
-            s_index = Some(s.offset + short);
+            let short = s.offset + short;
+            s_index = Some(short);
             let mut use_long = false;
             if s.long_ms != 0 {
                 let Some(long) = bin(start, s.long_ms, s.long_bins) else {
                     return false;
                 };
                 l_index = Some(s.long_offset + long);
-                let errors = s.long_offset + s.long_bins as usize;
+                let errors = s.errors();
                 use_long = learned >= s.long_after_ms && season[errors + 1] < season[errors];
             }
             if use_long {
                 s_term = f64::from(season[l_index.expect("set")]);
             } else if learned >= s.period_ms - s.period_ms / s.bins {
-                s_term = f64::from(season[s.offset + short]);
+                s_term = f64::from(season[short]);
             }
             if s_term < 0.0 {
                 s_term = 0.0; // one-sided: the season only raises its expectation
@@ -511,7 +519,7 @@ fn step(plan: &QuietPlan, values: &[f64], start: i64, span: i64, w: &mut Work<'_
                 let long_miss = y - level - f64::from(season[long]);
                 season[long] = (f64::from(season[long]) + s.long_alpha * long_miss) as f32;
                 if learned >= s.long_ms {
-                    let errors = s.long_offset + s.long_bins as usize;
+                    let errors = s.errors();
                     for (at, miss) in [(errors, short_miss), (errors + 1, long_miss)] {
                         let e = f64::from(season[at]);
                         season[at] = (e + s.slow_alpha * (miss * miss - e)) as f32;
@@ -698,10 +706,7 @@ fn observe_quiet(
             Some(buffer)
         }
     };
-    let mut season = match &season_buffer {
-        None => None,
-        Some(buffer) => Some(buffer.to_vec(py)?),
-    };
+    let mut season = season_buffer.as_ref().map(|b| b.to_vec(py)).transpose()?;
     let Some(season_since_ms) = exact_int(&state.getattr(intern!(py, "season_since_ms"))?) else {
         return Ok(false);
     };
