@@ -12,6 +12,7 @@ from ._batch import (
     decode_order_batch_py,
     decode_viewer_batch,
     decode_viewer_batch_py,
+    native_bounds,
 )
 from ._decode import decode_gift, decode_order, decode_viewer
 from ._limits import DEFAULT_LIMITS, Limits
@@ -77,4 +78,5 @@ __all__ = [
     "encode_dead_letter",
     "encode_room_session",
     "encode_room_stats",
+    "native_bounds",
 ]

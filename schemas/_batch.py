@@ -51,6 +51,14 @@ def _bounds(now_ms: int, limits: Limits) -> tuple[int, int, int, int]:
     return min(limits.max_message_bytes, _I64_MAX), min(limits.max_id_len, _I64_MAX), lo, hi
 
 
+def native_bounds(now_ms: int, limits: Limits) -> tuple[int, int, int, int, int, int]:
+    """What the native fast path checks a message against at ``now_ms`` (its size, id length,
+    event-time bounds, largest amount and gift count), clamped to 64-bit integers: the native
+    room table's fused pass (``NativeRooms.apply_raw``) takes them as the decoders do."""
+    max_amount, max_count = min(limits.max_amount_minor, _I64_MAX), min(limits.max_gift_count, _I64_MAX)
+    return (*_bounds(now_ms, limits), max_amount, max_count)
+
+
 def decode_viewer_batch(
     items: Items, now_ms: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[tuple[int, ViewerEvent]], Bad]:

@@ -31,6 +31,8 @@ import orjson
 
 from schemas import (
     DLQ_KEY_CAP_BYTES,
+    ORDER_STATUSES,
+    VIEWER_TYPES,
     Invalid,
     Limits,
     Source,
@@ -42,6 +44,7 @@ from schemas import (
     decode_viewer_batch,
     decode_viewer_batch_py,
     encode_dead_letter,
+    native_bounds,
 )
 
 from ._outbound import append_record  # the worker's record append, for sinks that model it
@@ -89,6 +92,9 @@ _PY_DECODERS: Decoders = {
     ORDER: decode_order_batch_py,
     GIFT: decode_gift_batch_py,
 }
+
+#: what the fused pass accepts of a viewer type, an order status (as the native decoders do)
+_NAMES = {VIEWER: tuple(sorted(VIEWER_TYPES)), ORDER: tuple(sorted(ORDER_STATUSES)), GIFT: ()}
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -192,6 +198,9 @@ class TaskPipeline:
         #: host's clock, could turn ts_skew after it was taken
         self._rerouted_limits = replace(settings.limits, max_past_ms=_NO_BOUND, max_future_ms=_NO_BOUND)
         self._decoders = _DECODERS if settings.native_decoders else _PY_DECODERS
+        #: a native room table with the native decoders: events applied as they are parsed
+        #: (``NativeTaskAggregator.apply_raw``), up to the first message that takes the split way
+        self._fused = settings.native_decoders and hasattr(core, "apply_raw")
         self._max_rooms = settings.core.max_rooms
         self._resend_ms = settings.alert_resend_ms
         self._rollup_topics = {
@@ -232,6 +241,9 @@ class TaskPipeline:
             groups = self._split_repartitioned(messages, markers)
         else:
             groups = [(source, topic, messages)]
+            if self._fused and type(messages) is list and messages:
+                at = self._apply_fused(source, topic, messages, now_ms)
+                groups = [(source, topic, messages[at:])] if at < len(messages) else []
         limits = self._rerouted_limits if source == REPARTITION else self._limits
         for origin, origin_topic, group in groups:
             good, bad = self._decoders[origin](group, now_ms, limits)
@@ -247,18 +259,47 @@ class TaskPipeline:
                 core.passed_on(source, passed_ts, now_ms)
             if result.overflow:
                 self._refuse_overflow(topic, group, now_ms)
-            if result.applied:
-                m.events_applied.labels(origin_topic).inc(result.applied)
-            if result.late:
-                m.events_late.labels(origin_topic).inc(result.late)
-            if result.duplicate:
-                m.events_duplicate.labels(origin_topic).inc(result.duplicate)
-            if result.replayed:
-                m.events_replayed.labels(origin_topic).inc(result.replayed)
+            self._count(origin_topic, result)
         # A marker follows every event its sender re-routed before it: apply them first.
         for sender, frontier in markers:
             core.sender_progress(sender, frontier)
         return self.publish_windows()
+
+    def _apply_fused(self, source: int, topic: str, messages: list[Message], now_ms: int) -> int:
+        """Apply ``messages`` of input ``source`` as they are parsed (``apply_raw``) up to the first
+        that takes the split way (outside the decoders' fast path, a room of another task, an
+        order in a currency not yet taken); returns its position (``len(messages)``: none)."""
+        if source == ORDER:  # a currency taken without a look: the one set, or one warned about
+            currencies = [self._currency] if self._currency else sorted(self._currencies)
+        else:
+            currencies = []
+        at, result = self.core.apply_raw(  # type: ignore[attr-defined]
+            source,
+            messages,
+            0,
+            now_ms,
+            native_bounds(now_ms, self._limits),
+            _NAMES[source],
+            currencies,
+            self.routing.route.partitions,
+            self.partition,
+        )
+        if result.overflow:
+            self._refuse_overflow(topic, messages, now_ms)
+        self._count(topic, result)
+        return at  # type: ignore[no-any-return]
+
+    def _count(self, topic: str, result: Any) -> None:
+        """The events of ``topic`` applied, late, duplicate and replayed, in the metrics."""
+        m = self.metrics
+        if result.applied:
+            m.events_applied.labels(topic).inc(result.applied)
+        if result.late:
+            m.events_late.labels(topic).inc(result.late)
+        if result.duplicate:
+            m.events_duplicate.labels(topic).inc(result.duplicate)
+        if result.replayed:
+            m.events_replayed.labels(topic).inc(result.replayed)
 
     def tick(self, now_ms: int, busy: Iterable[int] = (), behind: Iterable[int] = ()) -> int:
         """Advance the watermark on wall time (``busy``: sources not known to be caught up, of which

@@ -43,6 +43,9 @@ from ._state_codec import (
 )
 from ._task import NO_TIME, ApplyResult, Encoded, TaskAggregator
 
+#: ``NativeRooms.apply_raw`` stopped where windows are due (0: at the end; 2: the rest is the caller's)
+_DUE = 1
+
 #: the longest silence a room's baselines replay as idle windows, in ms (``observe``'s default,
 #: which the task uses); the native table is built with it
 MAX_GAP_MS = int(DEFAULT_MAX_GAP_S * 1_000)
@@ -287,13 +290,73 @@ class NativeTaskAggregator(TaskAggregator):
             self._first_delivery(first)
         self._overflow += table.take_overflow()
         self._consumed[source] = batch[-1][0]
+        self._count(source, counts)
+        return ApplyResult(*counts)
+
+    def apply_raw(
+        self,
+        source: int,
+        messages: list[Any],
+        start: int,
+        now_ms: int,
+        bounds: tuple[int, int, int, int, int, int],
+        names: Sequence[str],
+        currencies: Sequence[str],
+        partitions: int,
+        here: int,
+    ) -> tuple[int, ApplyResult]:
+        """``apply`` fused with the batch decoder and the routing check (``NativeRooms.apply_raw``):
+        ``messages[start:]`` of input ``source`` (0, 1, 2: viewers, orders, gifts) taken as they
+        are parsed, up to the first one the caller has to take the split way (outside the
+        decoders' fast path, an order in a currency not among ``currencies``, a room of another
+        task). Returns where that one is (``len(messages)``: none) and what was counted.
+
+        ``bounds``: ``schemas.native_bounds`` at ``now_ms``; ``names``: the viewer types (or order
+        statuses) the decoders accept. The input delivered (``_delivery``, ``_first_delivery``)
+        only once an event is taken: a batch that begins with garbage leaves it as it was."""
+        assert source in self.sources, "re-routed events are decoded and applied the split way"
+
+        def delivery(ts: int) -> tuple[int, bool]:
+            others = self._delivery(source, now_ms)
+            if self._src_max.get(source, NO_TIME) == NO_TIME:
+                self._first_delivery(ts)
+            return others, self.watch_start is not None
+
+        table = self._table
+        replay_until = self._replay_until.get(source, -1)
+        self._push_progress()
+        counts = [0, 0, 0, 0, 0]
+        at, others, last = start, None, None
+        while True:
+            watching = self.watch_start is not None
+            at, stop, counted, others, taken = table.apply_raw(
+                source, source, messages, at, others, watching, delivery, replay_until, bounds,
+                names, currencies, partitions, here,
+            )  # fmt: skip
+            counts = [a + b for a, b in zip(counts, counted, strict=True)]
+            if taken is not None:
+                last = taken
+            if stop != _DUE:
+                break
+            self._close_natively()
+        self._pull_progress()
+        if last is None:
+            return at, ApplyResult(0, 0, 0, 0, 0)
+        first = table.take_first_room_ts()
+        if first is not None and self.watch_start is None:
+            self._first_delivery(first)
+        self._overflow += table.take_overflow()
+        self._consumed[source] = last
+        self._count(source, counts)
+        return at, ApplyResult(*counts)
+
+    def _count(self, source: int, counts: Sequence[int]) -> None:
         c = self.counters
         for by_source, n in zip(
             (c.applied, c.late, c.duplicate, c.replayed, c.overflow), counts, strict=True
         ):
             if n:
                 by_source[source] = by_source.get(source, 0) + n
-        return ApplyResult(*counts)
 
     def _close_due(self) -> None:
         self._push_progress()

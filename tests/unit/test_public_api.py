@@ -52,6 +52,7 @@ PINNED = {
         "encode_dead_letter",
         "encode_room_session",
         "encode_room_stats",
+        "native_bounds",
     },
     "streams.core": {
         "DEFAULT_RULES",

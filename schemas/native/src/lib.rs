@@ -1,296 +1,31 @@
 //! The native fast path of livepulse's batch decoders (`schemas._batch`).
 //!
-//! It accepts a strict subset of what the Python decoders accept, and hands everything else back
-//! untouched, in order, for them to judge (and name the reason of). Accepted: one flat JSON
-//! object whose required fields hold valid values, where every string is valid UTF-8 (escapes
-//! decoded; no raw control character or DEL, no lone surrogate), every number an integer of at
-//! most 18 digits, every other value `true`, `false` or `null`, and no required key appears
-//! twice. Anything else (invalid messages, and valid ones with floats or nested values) goes
-//! back: the Python decoders and orjson stay the definition of what is valid, this only takes
-//! the common case faster.
-//! `tests/unit/test_batch_decoders.py` holds both to the strict decoder's verdicts.
+//! It accepts a strict subset of what the Python decoders accept (`flat`: one flat JSON object
+//! of strings, integers and literals whose required fields hold valid values), and hands
+//! everything else back untouched, in order, for them to judge (and name the reason of): the
+//! Python decoders and orjson stay the definition of what is valid, this only takes the common
+//! case faster. `tests/unit/test_batch_decoders.py` holds both to the strict decoder's verdicts.
 
-use std::borrow::Cow;
+mod flat;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
 
-/// A value of the object's top level, as far as the fast path cares.
-enum Val<'a> {
-    Missing,
-    Str(Cow<'a, str>),
-    Int(i64),
-    Other,
-}
+/// A fixed set of strings (viewer types, order statuses) as bytes to match, and as the caller's
+/// own objects to put in the records.
+type Names<'py> = (Vec<Vec<u8>>, Vec<Bound<'py, PyString>>);
 
-const MAX_FIELDS: usize = 7;
-const MAX_DIGITS: usize = 18;
-
-/// Bytes the parser has checked to be printable ASCII (0x20-0x7e), as the `str` they are.
-fn ascii(bytes: &[u8]) -> &str {
-    debug_assert!(bytes.iter().all(|b| (0x20..=0x7e).contains(b)));
-    // SAFETY: ASCII is valid UTF-8; the callers pass only bytes their loop matched as 0x20-0x7e.
-    unsafe { std::str::from_utf8_unchecked(bytes) }
-}
-
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
-            self.i += 1;
-        }
+fn names_of<'py>(names: &Bound<'py, PyTuple>) -> PyResult<Names<'py>> {
+    let mut bytes = Vec::new();
+    let mut objects = Vec::new();
+    for n in names.iter() {
+        let s = n.cast_into::<PyString>()?;
+        bytes.push(s.to_str()?.as_bytes().to_vec());
+        objects.push(s);
     }
-
-    fn eat(&mut self, c: u8) -> bool {
-        if self.b.get(self.i) == Some(&c) {
-            self.i += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The rest of a string (its opening quote eaten), decoded; `None` for a raw control
-    /// character or DEL, invalid UTF-8, an unknown escape or a lone surrogate.
-    fn string(&mut self) -> Option<Cow<'a, str>> {
-        let start = self.i;
-        // the usual case: printable ASCII, borrowed as it is
-        loop {
-            match *self.b.get(self.i)? {
-                b'"' => {
-                    let s = ascii(&self.b[start..self.i]);
-                    self.i += 1;
-                    return Some(Cow::Borrowed(s));
-                }
-                b'\\' => break,
-                0x20..=0x7e => self.i += 1,
-                _ => break,
-            }
-        }
-        let mut out = String::from(ascii(&self.b[start..self.i]));
-        loop {
-            let c = *self.b.get(self.i)?;
-            self.i += 1;
-            match c {
-                b'"' => return Some(Cow::Owned(out)),
-                b'\\' => out.push(self.escape()?),
-                0x20..=0x7e => out.push(char::from(c)),
-                0xc2..=0xf4 => {
-                    let len = if c < 0xe0 {
-                        2
-                    } else if c < 0xf0 {
-                        3
-                    } else {
-                        4
-                    };
-                    let seq = self.b.get(self.i - 1..self.i - 1 + len)?;
-                    out.push_str(std::str::from_utf8(seq).ok()?);
-                    self.i += len - 1;
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// The character of the escape after a backslash.
-    fn escape(&mut self) -> Option<char> {
-        let e = *self.b.get(self.i)?;
-        self.i += 1;
-        Some(match e {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let high = self.hex4()?;
-                if (0xd800..0xdc00).contains(&high) {
-                    if !(self.eat(b'\\') && self.eat(b'u')) {
-                        return None;
-                    }
-                    let low = self.hex4()?;
-                    if !(0xdc00..0xe000).contains(&low) {
-                        return None;
-                    }
-                    char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
-                } else {
-                    char::from_u32(high)? // a lone low surrogate is no char: None
-                }
-            }
-            _ => return None,
-        })
-    }
-
-    fn hex4(&mut self) -> Option<u32> {
-        let digits = std::str::from_utf8(self.b.get(self.i..self.i + 4)?).ok()?;
-        if !digits.bytes().all(|d| d.is_ascii_hexdigit()) {
-            return None;
-        }
-        self.i += 4;
-        u32::from_str_radix(digits, 16).ok()
-    }
-
-    /// An integer: `-?(0|[1-9][0-9]*)` of at most 18 digits, not `-0`. A fraction or an
-    /// exponent after it is refused by the caller, which wants a separator next.
-    fn int(&mut self) -> Option<i64> {
-        let negative = self.eat(b'-');
-        let start = self.i;
-        let mut value: i64 = 0;
-        while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
-            if self.i - start == MAX_DIGITS {
-                return None;
-            }
-            value = value * 10 + i64::from(c - b'0');
-            self.i += 1;
-        }
-        let digits = self.i - start;
-        if digits == 0 || (digits > 1 && self.b[start] == b'0') || (negative && value == 0) {
-            return None;
-        }
-        Some(if negative { -value } else { value })
-    }
-
-    fn literal(&mut self, word: &[u8]) -> bool {
-        if self.b[self.i..].starts_with(word) {
-            self.i += word.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn value(&mut self) -> Option<Val<'a>> {
-        match *self.b.get(self.i)? {
-            b'"' => {
-                self.i += 1;
-                self.string().map(Val::Str)
-            }
-            b'-' | b'0'..=b'9' => self.int().map(Val::Int),
-            b't' if self.literal(b"true") => Some(Val::Other),
-            b'f' if self.literal(b"false") => Some(Val::Other),
-            b'n' if self.literal(b"null") => Some(Val::Other),
-            _ => None,
-        }
-    }
-}
-
-/// The values of `keys` in the flat object `raw`, or `None` if `raw` is not in the fast path's
-/// subset (a missing key is `Val::Missing`: the caller's checks hand it back).
-fn parse<'a>(raw: &'a [u8], keys: &[&[u8]]) -> Option<[Val<'a>; MAX_FIELDS]> {
-    let mut vals: [Val<'a>; MAX_FIELDS] = std::array::from_fn(|_| Val::Missing);
-    let mut p = Parser { b: raw, i: 0 };
-    p.ws();
-    if !p.eat(b'{') {
-        return None;
-    }
-    p.ws();
-    if !p.eat(b'}') {
-        loop {
-            if !p.eat(b'"') {
-                return None;
-            }
-            let key = p.string()?;
-            p.ws();
-            if !p.eat(b':') {
-                return None;
-            }
-            p.ws();
-            let v = p.value()?;
-            if let Some(j) = keys.iter().position(|k| *k == key.as_bytes()) {
-                if !matches!(vals[j], Val::Missing) {
-                    return None;
-                }
-                vals[j] = v;
-            }
-            p.ws();
-            if p.eat(b',') {
-                p.ws();
-                continue;
-            }
-            if p.eat(b'}') {
-                break;
-            }
-            return None;
-        }
-    }
-    p.ws();
-    if p.i != raw.len() {
-        return None;
-    }
-    Some(vals)
-}
-
-/// Bounds of one batch, as `schemas.Limits` and the caller's clock give them.
-#[derive(Clone, Copy)]
-struct Bounds {
-    max_id: usize,
-    ts_low: i64,
-    ts_high: i64,
-}
-
-impl Bounds {
-    /// An id: 1 to `max_id` characters, none of them a control character (the strict decoder's
-    /// rule: U+0000-U+001F, U+007F-U+009F).
-    fn id<'v>(&self, v: &'v Val<'_>) -> Option<&'v str> {
-        let Val::Str(s) = v else { return None };
-        let clean = |c: char| !matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}');
-        if s.is_ascii() {
-            // the usual case: bytes are characters
-            let ok = !s.is_empty()
-                && s.len() <= self.max_id
-                && s.bytes().all(|c| (0x20..0x7f).contains(&c));
-            return ok.then_some(s);
-        }
-        let n = s.chars().count();
-        (0 < n && n <= self.max_id && s.chars().all(clean)).then_some(s)
-    }
-
-    fn ts(&self, v: &Val<'_>) -> Option<i64> {
-        match *v {
-            Val::Int(t) if self.ts_low <= t && t <= self.ts_high => Some(t),
-            _ => None,
-        }
-    }
-
-    fn int_in(v: &Val<'_>, low: i64, high: i64) -> Option<i64> {
-        match *v {
-            Val::Int(n) if low <= n && n <= high => Some(n),
-            _ => None,
-        }
-    }
-}
-
-/// One of a fixed set of strings (viewer types, order statuses), as the caller's own objects.
-fn one_of<'py>(
-    v: &Val<'_>,
-    names: &[(Vec<u8>, Bound<'py, PyString>)],
-) -> Option<Bound<'py, PyString>> {
-    match v {
-        Val::Str(s) => names
-            .iter()
-            .find(|(n, _)| n == s.as_bytes())
-            .map(|(_, o)| o.clone()),
-        _ => None,
-    }
-}
-
-fn names_of<'py>(names: &Bound<'py, PyTuple>) -> PyResult<Vec<(Vec<u8>, Bound<'py, PyString>)>> {
-    names
-        .iter()
-        .map(|n| {
-            let s = n.cast_into::<PyString>()?;
-            Ok((s.to_str()?.as_bytes().to_vec(), s))
-        })
-        .collect()
+    Ok((bytes, objects))
 }
 
 fn text<'py>(py: Python<'py>, s: &str) -> Bound<'py, PyAny> {
@@ -428,22 +163,21 @@ fn viewer_batch<'py>(
 ) -> PyResult<Taken<'py>> {
     check_record_type(cls)?;
     let kinds = names_of(kinds)?;
-    let b = Bounds {
+    let b = flat::Bounds {
         max_id,
         ts_low,
         ts_high,
     };
-    const KEYS: [&[u8]; 4] = [b"type", b"room_id", b"user_id", b"ts"];
     batch(py, items, max_bytes, |raw| {
-        let Some(v) = parse(raw, &KEYS) else {
+        let Some(v) = flat::viewer(raw, &b, &kinds.0) else {
             return Ok(None);
         };
-        let (Some(kind), Some(room), Some(user), Some(ts)) =
-            (one_of(&v[0], &kinds), b.id(&v[1]), b.id(&v[2]), b.ts(&v[3]))
-        else {
-            return Ok(None);
-        };
-        let fields = vec![kind.into_any(), text(py, room), text(py, user), int(py, ts)];
+        let fields = vec![
+            kinds.1[v.kind].clone().into_any(),
+            text(py, &v.room),
+            text(py, &v.user),
+            int(py, v.ts),
+        ];
         record(py, cls, fields).map(Some)
     })
 }
@@ -464,46 +198,23 @@ fn order_batch<'py>(
 ) -> PyResult<Taken<'py>> {
     check_record_type(cls)?;
     let statuses = names_of(statuses)?;
-    let b = Bounds {
+    let b = flat::Bounds {
         max_id,
         ts_low,
         ts_high,
     };
-    const KEYS: [&[u8]; 7] = [
-        b"order_id",
-        b"room_id",
-        b"user_id",
-        b"ts",
-        b"status",
-        b"amount_minor",
-        b"currency",
-    ];
     batch(py, items, max_bytes, |raw| {
-        let Some(v) = parse(raw, &KEYS) else {
+        let Some(o) = flat::order(raw, &b, &statuses.0, max_amount) else {
             return Ok(None);
-        };
-        let (Some(order), Some(room), Some(user), Some(ts), Some(status), Some(amount)) = (
-            b.id(&v[0]),
-            b.id(&v[1]),
-            b.id(&v[2]),
-            b.ts(&v[3]),
-            one_of(&v[4], &statuses),
-            Bounds::int_in(&v[5], 0, max_amount),
-        ) else {
-            return Ok(None);
-        };
-        let currency = match &v[6] {
-            Val::Str(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => c,
-            _ => return Ok(None),
         };
         let fields = vec![
-            text(py, order),
-            text(py, room),
-            text(py, user),
-            int(py, ts),
-            status.into_any(),
-            int(py, amount),
-            text(py, currency),
+            text(py, &o.order),
+            text(py, &o.room),
+            text(py, &o.user),
+            int(py, o.ts),
+            statuses.1[o.status].clone().into_any(),
+            int(py, o.amount),
+            text(py, &o.currency),
         ];
         record(py, cls, fields).map(Some)
     })
@@ -524,40 +235,22 @@ fn gift_batch<'py>(
     max_count: i64,
 ) -> PyResult<Taken<'py>> {
     check_record_type(cls)?;
-    let b = Bounds {
+    let b = flat::Bounds {
         max_id,
         ts_low,
         ts_high,
     };
-    const KEYS: [&[u8]; 6] = [
-        b"gift_id",
-        b"room_id",
-        b"user_id",
-        b"ts",
-        b"count",
-        b"value_minor",
-    ];
     batch(py, items, max_bytes, |raw| {
-        let Some(v) = parse(raw, &KEYS) else {
-            return Ok(None);
-        };
-        let (Some(gift), Some(room), Some(user), Some(ts), Some(count), Some(value)) = (
-            b.id(&v[0]),
-            b.id(&v[1]),
-            b.id(&v[2]),
-            b.ts(&v[3]),
-            Bounds::int_in(&v[4], 1, max_count),
-            Bounds::int_in(&v[5], 0, max_amount),
-        ) else {
+        let Some(g) = flat::gift(raw, &b, max_amount, max_count) else {
             return Ok(None);
         };
         let fields = vec![
-            text(py, gift),
-            text(py, room),
-            text(py, user),
-            int(py, ts),
-            int(py, count),
-            int(py, value),
+            text(py, &g.gift),
+            text(py, &g.room),
+            text(py, &g.user),
+            int(py, g.ts),
+            int(py, g.count),
+            int(py, g.value),
         ];
         record(py, cls, fields).map(Some)
     })

@@ -19,13 +19,14 @@
 //!    coupon for coupon and register for register), its offsets, its broadcast session and open
 //!    rollups, its spike detector's state, read from and written to the `r/` (version 6) and
 //!    `t/` (version 1) records the Python codec writes.
-//! 2. Done but for what the wiring needs: `apply` over a decoded batch (the watermark moved per
-//!    event and handed back when windows are due, rooms opened or refused at the cap, replays
-//!    skipped, late events charged at the watermark, order dedup chunks, counters, window
-//!    registration, sketches; the offsets of refused events, a room back after expiry;
-//!    re-routed events, which never move the watermark, and the first room one opens before the
-//!    task watches anything). Left: decoding fused into it (today it reads the Python decoders'
-//!    events).
+//! 2. Done: `apply` over a decoded batch (the watermark moved per event and handed back when
+//!    windows are due, rooms opened or refused at the cap, replays skipped, late events charged
+//!    at the watermark, order dedup chunks, counters, window registration, sketches; the offsets
+//!    of refused events, a room back after expiry; re-routed events, which never move the
+//!    watermark, and the first room one opens before the task watches anything), and
+//!    `apply_raw`, the same per event (`take_event`) fused with the decoders' parser (`flat`,
+//!    shared with `schemas/native`) and the routing check: a fetch's events applied as they are
+//!    parsed, up to the first message the pipeline has to take the split way.
 //! 3. Done: the window close, the fold into sessions and rollups, the rollup windows and
 //!    sessions due on the watermark (`close_due`), the room-stats, rollup and session records
 //!    as bytes; the spike detector (`detect`): the native path (`crate::fold_quiet`, the kernel
@@ -1673,7 +1674,241 @@ fn value_error(message: String) -> PyErr {
     PyValueError::new_err(message)
 }
 
+/// What `apply` counts: applied, late, duplicate, replayed, over the room cap.
+type Counts = (i64, i64, i64, i64, i64);
+
+/// One event as the table takes it, read from a decoded record (`apply`) or parsed from its
+/// bytes (`apply_raw`).
+enum Event<'a> {
+    /// a viewer event: the counter its type adds to (None: a heartbeat), its room and user
+    Viewer {
+        position: Option<usize>,
+        room: &'a str,
+        user: &'a str,
+    },
+    Order {
+        room: &'a str,
+        order_id: &'a str,
+        status: &'a str,
+        amount: i64,
+    },
+    Gift {
+        room: &'a str,
+        count: i64,
+        value: i64,
+    },
+}
+
+impl Event<'_> {
+    fn room(&self) -> &str {
+        match self {
+            Event::Viewer { room, .. } | Event::Order { room, .. } | Event::Gift { room, .. } => {
+                room
+            }
+        }
+    }
+}
+
+/// The counter a viewer event's type adds to (None: a type counted nowhere but the sketch).
+fn viewer_position(kind: &str) -> Option<usize> {
+    match kind {
+        "join" => Some(JOINS),
+        "leave" => Some(LEAVES),
+        "like" => Some(LIKES),
+        "comment" => Some(COMMENTS),
+        "share" => Some(SHARES),
+        _ => None,
+    }
+}
+
+/// One `apply` call's input: its source, that source's newest event time so far (`NEVER` for
+/// re-routed events, which never move the watermark), the other inputs' limit, the replay bound,
+/// whether the task watches, and what it counted.
+struct Pass {
+    source: i64,
+    moves_watermark: bool,
+    source_max: i64,
+    others: i64,
+    replay_until: i64,
+    watching: bool,
+    n: Applied,
+}
+
 impl NativeRooms {
+    /// A pass over one batch of `source` (`apply`, `apply_raw`).
+    fn pass(
+        &self,
+        source: i64,
+        others: i64,
+        replay_until: i64,
+        moves_watermark: bool,
+        watching: bool,
+    ) -> PyResult<Pass> {
+        if self.expiring.is_some() {
+            return Err(value_error(
+                "an expiry scan is pending: expire() first".to_owned(),
+            ));
+        }
+        let source_max = if moves_watermark {
+            *self.src_max.get(&source).unwrap_or(&NO_TIME)
+        } else {
+            NEVER
+        };
+        Ok(Pass {
+            source,
+            moves_watermark,
+            source_max,
+            others,
+            replay_until,
+            watching,
+            n: Applied::default(),
+        })
+    }
+
+    /// The pass's counts; its source's newest event time kept if it went to the end (`whole`; a
+    /// pass stopped for due windows kept it when it stopped).
+    fn end_pass(&mut self, pass: Pass, whole: bool) -> Counts {
+        if whole && pass.moves_watermark {
+            self.src_max.insert(pass.source, pass.source_max);
+        }
+        let n = pass.n;
+        (n.applied, n.late, n.duplicate, n.replayed, n.overflow)
+    }
+
+    /// One event of `TaskAggregator.apply`'s loop: the watermark moved by its time, then the
+    /// event applied to its room (opened, or refused at the cap; skipped as a replay, charged
+    /// late, deduplicated). False, with nothing taken, when its time made windows due: the
+    /// caller closes them and offers it again.
+    fn take_event(&mut self, pass: &mut Pass, offset: i64, ts: i64, ev: &Event) -> PyResult<bool> {
+        let cfg_bucket = self.config.bucket_ms;
+        let window_ms = self.config.window_ms;
+        let n = &mut pass.n;
+        if ts > pass.source_max {
+            pass.source_max = ts;
+            if ts > self.max_ts {
+                self.max_ts = ts;
+            }
+            let limit = ts.min(pass.others);
+            if limit - self.config.grace_ms > self.watermark {
+                self.watermark = limit - self.config.grace_ms;
+                if self.watermark >= self.next_close {
+                    self.src_max.insert(pass.source, pass.source_max);
+                    return Ok(false);
+                }
+            }
+        }
+        let room_id = ev.room();
+        let wm = self.watermark;
+        let held = self.rooms.len();
+        let mut windows = Windows {
+            by_window: &mut self.by_window,
+            next_close: &mut self.next_close,
+            window_ms,
+        };
+        let room = match self.rooms.get_mut(room_id) {
+            Some(room) => room,
+            None => {
+                if ts < wm {
+                    n.late += 1;
+                    return Ok(true);
+                }
+                if held >= self.config.max_rooms {
+                    n.overflow += 1;
+                    self.overflow.push(offset);
+                    return Ok(true);
+                }
+                let mut room = Room::new(room_id);
+                room.seq = self.next_seq;
+                self.next_seq += 1;
+                // its records were to be deleted at the next checkpoint: they are written
+                // instead, its t/ record too
+                room.tail_dirty = self.expired.remove(room_id);
+                if !pass.watching && self.first_room_ts.is_none() {
+                    self.first_room_ts = Some(ts);
+                }
+                self.rooms.entry(room_id.into()).or_insert(Box::new(room))
+            }
+        };
+        if offset <= pass.replay_until {
+            let held = room
+                .offsets
+                .iter()
+                .find(|(s, _)| *s == pass.source)
+                .map_or(-1, |(_, o)| *o);
+            if offset <= held {
+                n.replayed += 1;
+                return Ok(true);
+            }
+        }
+        if !room.dirty {
+            room.dirty = true;
+            self.changed.push(room_id.into());
+        }
+        if ts < wm {
+            n.late += 1;
+            if let Event::Viewer { position, .. } = ev {
+                match position {
+                    Some(JOINS) => room.concurrent += 1,
+                    Some(LEAVES) => room.concurrent -= 1,
+                    _ => {}
+                }
+            }
+            // `_charge_late`: the late event counts in the room's bucket at the watermark
+            room.counters(wm.div_euclid(cfg_bucket))[LATE] += 1;
+            if wm > room.last_ts {
+                room.last_ts = wm;
+            }
+            let late_ws = wm - wm.rem_euclid(window_ms);
+            if late_ws != room.reg_ws {
+                windows.register(room, late_ws);
+            }
+            return Ok(true);
+        }
+        let ws = ts - ts.rem_euclid(window_ms);
+        if let Event::Order {
+            order_id, status, ..
+        } = ev
+        {
+            let key = format!("{status}:{order_id}");
+            if room.seen.contains(key.as_str()) {
+                n.duplicate += 1;
+                return Ok(true);
+            }
+            room.remember(&key, ws);
+        }
+        let bucket = ts.div_euclid(cfg_bucket);
+        room.counters(bucket);
+        if ws != room.reg_ws {
+            windows.register(room, ws);
+        }
+        match *ev {
+            Event::Viewer { position, user, .. } => {
+                if let Some(position) = position {
+                    room.counters(bucket)[position] += 1;
+                }
+                room.sketch(ws, self.config.lg_k)
+                    .map_err(value_error)?
+                    .update(datasketches::hash::value::raw_bytes::from_str(user));
+            }
+            Event::Order { status, amount, .. } => match status {
+                "paid" => {
+                    let c = room.counters(bucket);
+                    c[ORDERS] += 1;
+                    c[GMV] += amount;
+                }
+                "refunded" => room.counters(bucket)[REFUNDS] += amount,
+                _ => {}
+            },
+            Event::Gift { count, value, .. } => {
+                let c = room.counters(bucket);
+                c[GIFTS] += count;
+                c[GIFT_VALUE] += value;
+            }
+        }
+        n.applied += 1;
+        Ok(true)
+    }
+
     /// The records of what the table closed since the last call, each handed to `out` (what it
     /// is, key, value) as it is encoded: room-stats, the leaderboard partials of each window
     /// start (rooms in closing order), rollups, sessions. Returns the windows, their orders and
@@ -2135,186 +2370,197 @@ impl NativeRooms {
         replay_until: i64,
         moves_watermark: bool,
         watching: bool,
-    ) -> PyResult<(usize, (i64, i64, i64, i64, i64))> {
-        if self.expiring.is_some() {
-            return Err(value_error(
-                "an expiry scan is pending: expire() first".to_owned(),
-            ));
-        }
-        let cfg_bucket = self.config.bucket_ms;
-        let window_ms = self.config.window_ms;
-        let grace_ms = self.config.grace_ms;
-        let lg_k = self.config.lg_k;
-        let mut source_max = if moves_watermark {
-            *self.src_max.get(&source).unwrap_or(&NO_TIME)
-        } else {
-            NEVER
-        };
-        let mut n = Applied::default();
+    ) -> PyResult<(usize, Counts)> {
+        let mut pass = self.pass(source, others, replay_until, moves_watermark, watching)?;
         let mut at = start;
         let total = items.len();
-        let result = loop {
-            if at >= total {
-                break at;
-            }
+        while at < total {
             let item = items.get_item(at)?;
             let item = item.cast::<PyTuple>()?;
             let offset: i64 = item.get_item(0)?.extract()?;
             let ev = item.get_item(1)?;
             let ev = ev.cast::<PyTuple>()?;
-            let kind = ev.len();
             let ts: i64 = ev.get_item(3)?.extract()?;
-            if ts > source_max {
-                source_max = ts;
-                if ts > self.max_ts {
-                    self.max_ts = ts;
-                }
-                let limit = ts.min(others);
-                if limit - grace_ms > self.watermark {
-                    self.watermark = limit - grace_ms;
-                    if self.watermark >= self.next_close {
-                        self.src_max.insert(source, source_max);
-                        break at; // windows are due: the caller closes them, then goes on here
+            let room = ev.get_item(1)?;
+            let room = room.cast::<PyString>()?.to_str()?;
+            let (first, second) = (ev.get_item(0)?, ev.get_item(2)?);
+            let first = first.cast::<PyString>()?.to_str()?;
+            let status;
+            let event = match ev.len() {
+                4 => Event::Viewer {
+                    position: viewer_position(first),
+                    room,
+                    user: second.cast::<PyString>()?.to_str()?,
+                },
+                7 => {
+                    status = ev.get_item(4)?;
+                    Event::Order {
+                        room,
+                        order_id: first,
+                        status: status.cast::<PyString>()?.to_str()?,
+                        amount: ev.get_item(5)?.extract()?,
                     }
                 }
+                _ => Event::Gift {
+                    room,
+                    count: ev.get_item(4)?.extract()?,
+                    value: ev.get_item(5)?.extract()?,
+                },
+            };
+            if !self.take_event(&mut pass, offset, ts, &event)? {
+                break; // windows are due: the caller closes them, then goes on here
             }
             at += 1;
-            let room_obj = ev.get_item(1)?;
-            let room_id = room_obj.cast::<PyString>()?.to_str()?;
-            let wm = self.watermark;
-            let held = self.rooms.len();
-            let mut windows = Windows {
-                by_window: &mut self.by_window,
-                next_close: &mut self.next_close,
-                window_ms,
+        }
+        Ok((at, self.end_pass(pass, at >= total)))
+    }
+
+    /// `apply` fused with the batch decoder and the pipeline's routing check
+    /// (`Pipeline._keep_local`): `messages[start:]` of input `source` (`kind` 0, 1, 2: viewer,
+    /// order, gift; consumed messages, or `(offset, raw)` pairs) parsed by the decoders' native
+    /// fast path (`flat`) and applied as they are parsed, with no Python object per event.
+    ///
+    /// It stops at the first message it does not take whole: one outside the fast path (not
+    /// bytes, over `limits`' size, refused by the parser; an order in a currency not among
+    /// `currencies`), or one of a room the table does not hold and Kafka's default partitioner
+    /// puts on another of `partitions` than `here`. The caller takes the rest of the batch the
+    /// split way (decoders, dead letters, re-routing, `apply`). `names`: the viewer types (or
+    /// order statuses) the decoders accept.
+    ///
+    /// `others`: the time the other inputs let the watermark move to, or None before the input
+    /// delivered in this batch: then `delivery(ts)` is called before the first event is taken
+    /// (`ts` its time) and returns `(others, watching)` (`TaskAggregator._delivery` and
+    /// `_first_delivery`), so a batch with no event taken leaves the input as it was.
+    ///
+    /// Returns where it stopped, why (0: the end; 1: windows are due, as `apply`; 2: the rest is
+    /// the caller's), `apply`'s counts, the `others` in use (None: no event taken) and the offset
+    /// of the last message taken (None: none).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn apply_raw(
+        &mut self,
+        source: i64,
+        kind: u8,
+        messages: &Bound<'_, PyList>,
+        start: usize,
+        others: Option<i64>,
+        watching: bool,
+        delivery: &Bound<'_, PyAny>,
+        replay_until: i64,
+        limits: (usize, usize, i64, i64, i64, i64),
+        names: Vec<String>,
+        currencies: Vec<String>,
+        partitions: i32,
+        here: i32,
+    ) -> PyResult<(usize, u8, Counts, Option<i64>, Option<i64>)> {
+        if partitions < 1 {
+            return Err(value_error("partitions must be at least 1".to_owned()));
+        }
+        let py = messages.py();
+        let (max_bytes, max_id, ts_low, ts_high, max_amount, max_count) = limits;
+        let bounds = crate::flat::Bounds {
+            max_id,
+            ts_low,
+            ts_high,
+        };
+        let positions: Vec<Option<usize>> = names.iter().map(|n| viewer_position(n)).collect();
+        let mut pass = match others {
+            Some(others) => Some(self.pass(source, others, replay_until, true, watching)?),
+            None => None,
+        };
+        let mut at = start;
+        let mut last = None;
+        let total = messages.len();
+        let stop = loop {
+            if at >= total {
+                break 0;
+            }
+            let item = messages.get_item(at)?;
+            let (offset, value) = match item.cast::<PyTuple>() {
+                Ok(pair) if pair.len() == 2 => (pair.get_item(0)?, pair.get_item(1)?),
+                _ => (
+                    item.getattr(pyo3::intern!(py, "offset"))?,
+                    item.getattr(pyo3::intern!(py, "value"))?,
+                ),
             };
-            let room = match self.rooms.get_mut(room_id) {
-                Some(room) => room,
-                None => {
-                    if ts < wm {
-                        n.late += 1;
-                        continue;
-                    }
-                    if held >= self.config.max_rooms {
-                        n.overflow += 1;
-                        self.overflow.push(offset);
-                        continue;
-                    }
-                    let mut room = Room::new(room_id);
-                    room.seq = self.next_seq;
-                    self.next_seq += 1;
-                    // its records were to be deleted at the next checkpoint: they are written
-                    // instead, its t/ record too
-                    room.tail_dirty = self.expired.remove(room_id);
-                    if !watching && self.first_room_ts.is_none() {
-                        self.first_room_ts = Some(ts);
-                    }
-                    self.rooms.entry(room_id.into()).or_insert(Box::new(room))
-                }
+            let Ok(raw) = value.cast::<PyBytes>() else {
+                break 2;
             };
-            if offset <= replay_until {
-                let held = room
-                    .offsets
-                    .iter()
-                    .find(|(s, _)| *s == source)
-                    .map_or(-1, |(_, o)| *o);
-                if offset <= held {
-                    n.replayed += 1;
-                    continue;
-                }
+            let raw = raw.as_bytes();
+            if raw.len() > max_bytes {
+                break 2;
             }
-            if !room.dirty {
-                room.dirty = true;
-                self.changed.push(room_id.into());
-            }
-            if ts < wm {
-                n.late += 1;
-                if kind == 4 {
-                    let action = ev.get_item(0)?;
-                    match action.cast::<PyString>()?.to_str()? {
-                        "join" => room.concurrent += 1,
-                        "leave" => room.concurrent -= 1,
-                        _ => {}
-                    }
-                }
-                // `_charge_late`: the late event counts in the room's bucket at the watermark
-                room.counters(wm.div_euclid(cfg_bucket))[LATE] += 1;
-                if wm > room.last_ts {
-                    room.last_ts = wm;
-                }
-                let late_ws = wm - wm.rem_euclid(window_ms);
-                if late_ws != room.reg_ws {
-                    windows.register(room, late_ws);
-                }
-                continue;
-            }
-            let ws = ts - ts.rem_euclid(window_ms);
-            if kind == 7 {
-                let status = ev.get_item(4)?;
-                let status = status.cast::<PyString>()?.to_str()?;
-                let order_id = ev.get_item(0)?;
-                let key = format!("{}:{}", status, order_id.cast::<PyString>()?.to_str()?);
-                if room.seen.contains(key.as_str()) {
-                    n.duplicate += 1;
-                    continue;
-                }
-                room.remember(&key, ws);
-            }
-            let bucket = ts.div_euclid(cfg_bucket);
-            room.counters(bucket);
-            if ws != room.reg_ws {
-                windows.register(room, ws);
-            }
-            match kind {
-                4 => {
-                    let action = ev.get_item(0)?;
-                    let position = match action.cast::<PyString>()?.to_str()? {
-                        "join" => Some(JOINS),
-                        "leave" => Some(LEAVES),
-                        "like" => Some(LIKES),
-                        "comment" => Some(COMMENTS),
-                        "share" => Some(SHARES),
-                        _ => None,
+            // the parsed event borrows from `raw`; its strings may be owned (escapes decoded)
+            let viewer;
+            let order;
+            let gift;
+            let (ts, event) = match kind {
+                0 => {
+                    let Some(v) = crate::flat::viewer(raw, &bounds, &names) else {
+                        break 2;
                     };
-                    if let Some(position) = position {
-                        room.counters(bucket)[position] += 1;
-                    }
-                    let user = ev.get_item(2)?;
-                    let user = user.cast::<PyString>()?.to_str()?;
-                    room.sketch(ws, lg_k)
-                        .map_err(value_error)?
-                        .update(datasketches::hash::value::raw_bytes::from_str(user));
+                    viewer = v;
+                    let event = Event::Viewer {
+                        position: positions[viewer.kind],
+                        room: &viewer.room,
+                        user: &viewer.user,
+                    };
+                    (viewer.ts, event)
                 }
-                7 => {
-                    let status = ev.get_item(4)?;
-                    let amount: i64 = ev.get_item(5)?.extract()?;
-                    match status.cast::<PyString>()?.to_str()? {
-                        "paid" => {
-                            let c = room.counters(bucket);
-                            c[ORDERS] += 1;
-                            c[GMV] += amount;
-                        }
-                        "refunded" => room.counters(bucket)[REFUNDS] += amount,
-                        _ => {}
+                1 => {
+                    let Some(o) = crate::flat::order(raw, &bounds, &names, max_amount) else {
+                        break 2;
+                    };
+                    order = o;
+                    if !currencies.iter().any(|c| *c == order.currency) {
+                        break 2;
                     }
+                    let event = Event::Order {
+                        room: &order.room,
+                        order_id: &order.order,
+                        status: &names[order.status],
+                        amount: order.amount,
+                    };
+                    (order.ts, event)
                 }
                 _ => {
-                    let count: i64 = ev.get_item(4)?.extract()?;
-                    let value: i64 = ev.get_item(5)?.extract()?;
-                    let c = room.counters(bucket);
-                    c[GIFTS] += count;
-                    c[GIFT_VALUE] += value;
+                    let Some(g) = crate::flat::gift(raw, &bounds, max_amount, max_count) else {
+                        break 2;
+                    };
+                    gift = g;
+                    let event = Event::Gift {
+                        room: &gift.room,
+                        count: gift.count,
+                        value: gift.value,
+                    };
+                    (gift.ts, event)
                 }
+            };
+            let room = event.room();
+            if !self.rooms.contains_key(room)
+                && crate::partition_of(room.as_bytes(), partitions) != here
+            {
+                break 2;
             }
-            n.applied += 1;
+            let pass = match &mut pass {
+                Some(pass) => pass,
+                None => {
+                    let (others, watching): (i64, bool) = delivery.call1((ts,))?.extract()?;
+                    pass.insert(self.pass(source, others, replay_until, true, watching)?)
+                }
+            };
+            if !self.take_event(pass, offset.extract()?, ts, &event)? {
+                break 1;
+            }
+            last = Some(offset);
+            at += 1;
         };
-        if result >= total && moves_watermark {
-            self.src_max.insert(source, source_max);
-        }
-        Ok((
-            result,
-            (n.applied, n.late, n.duplicate, n.replayed, n.overflow),
-        ))
+        let used = pass.as_ref().map(|p| p.others);
+        let counts = match pass {
+            Some(pass) => self.end_pass(pass, stop != 1),
+            None => (0, 0, 0, 0, 0),
+        };
+        let last = last.map(|o| o.extract()).transpose()?;
+        Ok((at, stop, counts, used, last))
     }
 
     /// `_close_due`: every open window whose end is at or before the watermark, oldest first,
