@@ -236,58 +236,70 @@ class TaskPipeline:
         core = self.core
         m.events_consumed.labels(topic).inc(len(messages))
         markers: list[tuple[int, int | None]] = []
-        groups: Sequence[tuple[int, str, Sequence[Message]]]
         if source == REPARTITION:
-            groups = self._split_repartitioned(messages, markers)
+            for origin, origin_topic, group in self._split_repartitioned(messages, markers):
+                self._take_split(origin, origin_topic, topic, group, now_ms)
+        elif self._fused and type(messages) is list:
+            self._take_fused(source, topic, messages, now_ms)
         else:
-            groups = [(source, topic, messages)]
-            if self._fused and type(messages) is list and messages:
-                at = self._apply_fused(source, topic, messages, now_ms)
-                groups = [(source, topic, messages[at:])] if at < len(messages) else []
-        limits = self._rerouted_limits if source == REPARTITION else self._limits
-        for origin, origin_topic, group in groups:
-            good, bad = self._decoders[origin](group, now_ms, limits)
-            if bad:
-                self._dead_letter(topic, group, bad, now_ms)
-            passed_ts = None
-            if origin == Source.ORDER and good and source != REPARTITION:  # checked once, where read
-                good = self._check_currency(topic, group, good, now_ms)
-            if source != REPARTITION:
-                good, passed_ts = self._keep_local(origin_topic, group, good)
-            result = core.apply(source, good, now_ms)
+            passed_ts = self._take_split(source, topic, topic, messages, now_ms)
             if passed_ts is not None:
                 core.passed_on(source, passed_ts, now_ms)
-            if result.overflow:
-                self._refuse_overflow(topic, group, now_ms)
-            self._count(origin_topic, result)
         # A marker follows every event its sender re-routed before it: apply them first.
         for sender, frontier in markers:
             core.sender_progress(sender, frontier)
         return self.publish_windows()
 
-    def _apply_fused(self, source: int, topic: str, messages: list[Message], now_ms: int) -> int:
-        """Apply ``messages`` of input ``source`` as they are parsed (``apply_raw``) up to the first
-        that takes the split way (outside the decoders' fast path, a room of another task, an
-        order in a currency not yet taken); returns its position (``len(messages)``: none)."""
-        if source == ORDER:  # a currency taken without a look: the one set, or one warned about
-            currencies = [self._currency] if self._currency else sorted(self._currencies)
-        else:
-            currencies = []
-        at, result = self.core.apply_raw(  # type: ignore[attr-defined]
-            source,
-            messages,
-            0,
-            now_ms,
-            native_bounds(now_ms, self._limits),
-            _NAMES[source],
-            currencies,
-            self.routing.route.partitions,
-            self.partition,
-        )
+    def _take_split(
+        self, origin: int, origin_topic: str, topic: str, group: Sequence[Message], now_ms: int
+    ) -> int | None:
+        """Decode, dead-letter, re-route and apply ``group``, messages of ``topic`` first published
+        to input ``origin`` (``origin_topic``); returns the newest event time re-routed (None:
+        none was), for ``passed_on`` once the batch's own events are applied."""
+        source = self.routing.sources[topic]
+        rerouted = source == REPARTITION
+        good, bad = self._decoders[origin](group, now_ms, self._rerouted_limits if rerouted else self._limits)
+        if bad:
+            self._dead_letter(topic, group, bad, now_ms)
+        passed_ts = None
+        if not rerouted:  # checked once, where read
+            if origin == ORDER and good:
+                good = self._check_currency(topic, group, good, now_ms)
+            good, passed_ts = self._keep_local(origin_topic, group, good)
+        result = self.core.apply(source, good, now_ms)
         if result.overflow:
-            self._refuse_overflow(topic, messages, now_ms)
-        self._count(topic, result)
-        return at  # type: ignore[no-any-return]
+            self._refuse_overflow(topic, group, now_ms)
+        self._count(origin_topic, result)
+        return passed_ts
+
+    def _take_fused(self, source: int, topic: str, messages: list[Message], now_ms: int) -> None:
+        """Apply ``messages`` of input ``source`` as they are parsed (``apply_raw``); each run of
+        those it does not take (outside the decoders' fast path, rooms of other tasks, orders in
+        a currency not yet taken) the split way in its place. The events re-routed are passed on
+        once the batch's own are applied, as the split way does for a whole batch."""
+        core = self.core
+        bounds = native_bounds(now_ms, self._limits)
+        partitions = self.routing.route.partitions
+        newest: int | None = None
+        at = 0
+        while at < len(messages):
+            if source == ORDER:  # a currency taken without a look: the one set, or one warned about
+                currencies = [self._currency] if self._currency else sorted(self._currencies)
+            else:
+                currencies = []
+            stop, resume, result = core.apply_raw(  # type: ignore[attr-defined]
+                source, messages, at, now_ms, bounds, _NAMES[source], currencies, partitions, self.partition
+            )
+            if result.overflow:
+                self._refuse_overflow(topic, messages, now_ms)
+            self._count(topic, result)
+            if stop < resume:
+                passed_ts = self._take_split(source, topic, topic, messages[stop:resume], now_ms)
+                if passed_ts is not None and (newest is None or passed_ts > newest):
+                    newest = passed_ts
+            at = resume
+        if newest is not None:
+            core.passed_on(source, newest, now_ms)
 
     def _count(self, topic: str, result: Any) -> None:
         """The events of ``topic`` applied, late, duplicate and replayed, in the metrics."""

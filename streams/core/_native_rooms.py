@@ -304,12 +304,13 @@ class NativeTaskAggregator(TaskAggregator):
         currencies: Sequence[str],
         partitions: int,
         here: int,
-    ) -> tuple[int, ApplyResult]:
+    ) -> tuple[int, int, ApplyResult]:
         """``apply`` fused with the batch decoder and the routing check (``NativeRooms.apply_raw``):
         ``messages[start:]`` of input ``source`` (0, 1, 2: viewers, orders, gifts) taken as they
         are parsed, up to the first one the caller has to take the split way (outside the
         decoders' fast path, an order in a currency not among ``currencies``, a room of another
-        task). Returns where that one is (``len(messages)``: none) and what was counted.
+        task). Returns where that one is (``len(messages)``: none), where the run of those ends
+        (the next message this would take), and what was counted.
 
         ``bounds``: ``schemas.native_bounds`` at ``now_ms``; ``names``: the viewer types (or order
         statuses) the decoders accept. The input delivered (``_delivery``, ``_first_delivery``)
@@ -329,7 +330,7 @@ class NativeTaskAggregator(TaskAggregator):
         at, others, last = start, None, None
         while True:
             watching = self.watch_start is not None
-            at, stop, counted, others, taken = table.apply_raw(
+            at, stop, counted, others, taken, resume = table.apply_raw(
                 source, source, messages, at, others, watching, delivery, replay_until, bounds,
                 names, currencies, partitions, here,
             )  # fmt: skip
@@ -341,14 +342,14 @@ class NativeTaskAggregator(TaskAggregator):
             self._close_natively()
         self._pull_progress()
         if last is None:
-            return at, ApplyResult(0, 0, 0, 0, 0)
+            return at, resume, ApplyResult(0, 0, 0, 0, 0)
         first = table.take_first_room_ts()
         if first is not None and self.watch_start is None:
             self._first_delivery(first)
         self._overflow += table.take_overflow()
         self._consumed[source] = last
         self._count(source, counts)
-        return at, ApplyResult(*counts)
+        return at, resume, ApplyResult(*counts)
 
     def _count(self, source: int, counts: Sequence[int]) -> None:
         c = self.counters

@@ -204,7 +204,7 @@ def test_a_batch_of_valid_local_events_is_taken_whole_by_the_fused_pass() -> Non
     ],
     ids=["valid with a float", "no value", "garbage"],
 )
-def test_the_split_way_takes_a_batch_from_its_first_message_outside_the_fast_path(
+def test_a_run_of_messages_outside_the_fast_path_goes_the_split_way_in_its_place(
     odd: bytes | None, dead: int
 ) -> None:
     pipeline, sink, _ = make(fused=True, currency="", max_rooms=100)
@@ -220,11 +220,13 @@ def test_the_split_way_takes_a_batch_from_its_first_message_outside_the_fast_pat
         return decode(group, now_ms, limits)
 
     pipeline._decoders = {**pipeline._decoders, 0: spy}
-    batch = [Record(i, b"k", p) for i, p in enumerate([*good[:2], odd, *good[2:]])]
-    pipeline.process(TOPICS.viewer, batch, NOW_MS)
-    assert seen == [[2, 3, 4]]
-    assert pipeline.core.counters.applied == {0: 5 - dead}
-    assert len(sink.take(TOPICS.dlq)) == dead
+    foreign = orjson.dumps({"type": "join", "room_id": FOREIGN[0], "user_id": "u", "ts": T0})
+    payloads = [*good[:2], odd, foreign, *good[2:], odd]
+    pipeline.process(TOPICS.viewer, [Record(i, b"k", p) for i, p in enumerate(payloads)], NOW_MS)
+    assert seen == [[2, 3], [6]]
+    assert pipeline.core.counters.applied == {0: 4 + 2 * (1 - dead)}
+    assert len(sink.take(TOPICS.dlq)) == 2 * dead
+    assert len(sink.take(TOPICS.repartition)) == 1
 
 
 def test_an_input_whose_batch_is_all_garbage_is_not_delivered() -> None:

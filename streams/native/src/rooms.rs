@@ -1734,6 +1734,102 @@ struct Pass {
     n: Applied,
 }
 
+/// How `apply_raw` reads a batch's messages: the input's kind (0, 1, 2: viewer, order, gift),
+/// the decoders' bounds, the viewer types (or order statuses) accepted and the counter each
+/// viewer type adds to, the currencies taken without a look, and where rooms belong.
+struct Reader {
+    kind: u8,
+    bounds: crate::flat::Bounds,
+    max_bytes: usize,
+    max_amount: i64,
+    max_count: i64,
+    names: Vec<String>,
+    positions: Vec<Option<usize>>,
+    currencies: Vec<String>,
+    partitions: i32,
+    here: i32,
+}
+
+/// A message as the decoders' fast path parsed it.
+enum Parsed<'a> {
+    Viewer(crate::flat::Viewer<'a>),
+    Order(crate::flat::Order<'a>),
+    Gift(crate::flat::Gift<'a>),
+}
+
+impl Reader {
+    /// The message's value as an event this pass takes, or None (not bytes, over the size
+    /// bound, outside the fast path, an order in a currency not taken without a look).
+    fn parse<'a>(&self, value: &'a Bound<'_, PyAny>) -> Option<Parsed<'a>> {
+        let raw = value.cast::<PyBytes>().ok()?.as_bytes();
+        if raw.len() > self.max_bytes {
+            return None;
+        }
+        let b = &self.bounds;
+        Some(match self.kind {
+            0 => Parsed::Viewer(crate::flat::viewer(raw, b, &self.names)?),
+            1 => {
+                let order = crate::flat::order(raw, b, &self.names, self.max_amount)?;
+                if !self.currencies.iter().any(|c| *c == order.currency) {
+                    return None;
+                }
+                Parsed::Order(order)
+            }
+            _ => Parsed::Gift(crate::flat::gift(raw, b, self.max_amount, self.max_count)?),
+        })
+    }
+}
+
+impl<'a> Parsed<'a> {
+    /// The event's time, and the event as the table takes it.
+    fn event(&'a self, reader: &'a Reader) -> (i64, Event<'a>) {
+        match self {
+            Parsed::Viewer(v) => (
+                v.ts,
+                Event::Viewer {
+                    position: reader.positions[v.kind],
+                    room: &v.room,
+                    user: &v.user,
+                },
+            ),
+            Parsed::Order(o) => (
+                o.ts,
+                Event::Order {
+                    room: &o.room,
+                    order_id: &o.order,
+                    status: &reader.names[o.status],
+                    amount: o.amount,
+                },
+            ),
+            Parsed::Gift(g) => (
+                g.ts,
+                Event::Gift {
+                    room: &g.room,
+                    count: g.count,
+                    value: g.value,
+                },
+            ),
+        }
+    }
+}
+
+/// A consumed message's offset and value (an `(offset, raw)` pair's, or the `offset` and
+/// `value` attributes of anything else, as aiokafka's `ConsumerRecord`).
+fn offset_and_value<'py>(
+    item: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    if let Ok(pair) = item.cast::<PyTuple>() {
+        if pair.len() == 2 {
+            return Ok((pair.get_item(0)?, pair.get_item(1)?));
+        }
+    }
+    let py = item.py();
+    Ok((
+        item.getattr(pyo3::intern!(py, "offset"))?,
+        item.getattr(pyo3::intern!(py, "value"))?,
+    ))
+}
+
 impl NativeRooms {
     /// A pass over one batch of `source` (`apply`, `apply_raw`).
     fn pass(
@@ -1763,6 +1859,13 @@ impl NativeRooms {
             watching,
             n: Applied::default(),
         })
+    }
+
+    /// Whether a room's events are this task's: it holds the room, or Kafka's default
+    /// partitioner puts it here (`Pipeline._keep_local`).
+    fn local(&self, reader: &Reader, room: &str) -> bool {
+        self.rooms.contains_key(room)
+            || crate::partition_of(room.as_bytes(), reader.partitions) == reader.here
     }
 
     /// The pass's counts; its source's newest event time kept if it went to the end (`whole`; a
@@ -2420,21 +2523,23 @@ impl NativeRooms {
     /// order, gift; consumed messages, or `(offset, raw)` pairs) parsed by the decoders' native
     /// fast path (`flat`) and applied as they are parsed, with no Python object per event.
     ///
-    /// It stops at the first message it does not take whole: one outside the fast path (not
-    /// bytes, over `limits`' size, refused by the parser; an order in a currency not among
+    /// It stops at the first message it does not take: one outside the fast path (not bytes,
+    /// over `limits`' size, refused by the parser; an order in a currency not among
     /// `currencies`), or one of a room the table does not hold and Kafka's default partitioner
-    /// puts on another of `partitions` than `here`. The caller takes the rest of the batch the
-    /// split way (decoders, dead letters, re-routing, `apply`). `names`: the viewer types (or
-    /// order statuses) the decoders accept.
+    /// puts on another of `partitions` than `here`. The caller takes that message, and those
+    /// after it up to the next this pass would take, the split way (decoders, dead letters,
+    /// re-routing, `apply`), then calls again from there. `names`: the viewer types (or order
+    /// statuses) the decoders accept.
     ///
     /// `others`: the time the other inputs let the watermark move to, or None before the input
     /// delivered in this batch: then `delivery(ts)` is called before the first event is taken
     /// (`ts` its time) and returns `(others, watching)` (`TaskAggregator._delivery` and
     /// `_first_delivery`), so a batch with no event taken leaves the input as it was.
     ///
-    /// Returns where it stopped, why (0: the end; 1: windows are due, as `apply`; 2: the rest is
-    /// the caller's), `apply`'s counts, the `others` in use (None: no event taken) and the offset
-    /// of the last message taken (None: none).
+    /// Returns where it stopped, why (0: the end; 1: windows are due, as `apply`; 2: a message it
+    /// does not take), `apply`'s counts, the `others` in use (None: no event taken yet), the
+    /// offset of the last message taken (None: none), and where the messages it does not take
+    /// end (the next it would take, or the end; the stop itself when it stopped for another reason).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn apply_raw(
         &mut self,
@@ -2451,18 +2556,27 @@ impl NativeRooms {
         currencies: Vec<String>,
         partitions: i32,
         here: i32,
-    ) -> PyResult<(usize, u8, Counts, Option<i64>, Option<i64>)> {
+    ) -> PyResult<(usize, u8, Counts, Option<i64>, Option<i64>, usize)> {
         if partitions < 1 {
             return Err(value_error("partitions must be at least 1".to_owned()));
         }
-        let py = messages.py();
         let (max_bytes, max_id, ts_low, ts_high, max_amount, max_count) = limits;
-        let bounds = crate::flat::Bounds {
-            max_id,
-            ts_low,
-            ts_high,
+        let reader = Reader {
+            kind,
+            bounds: crate::flat::Bounds {
+                max_id,
+                ts_low,
+                ts_high,
+            },
+            max_bytes,
+            max_amount,
+            max_count,
+            positions: names.iter().map(|n| viewer_position(n)).collect(),
+            names,
+            currencies,
+            partitions,
+            here,
         };
-        let positions: Vec<Option<usize>> = names.iter().map(|n| viewer_position(n)).collect();
         let mut pass = match others {
             Some(others) => Some(self.pass(source, others, replay_until, true, watching)?),
             None => None,
@@ -2474,71 +2588,12 @@ impl NativeRooms {
             if at >= total {
                 break 0;
             }
-            let item = messages.get_item(at)?;
-            let (offset, value) = match item.cast::<PyTuple>() {
-                Ok(pair) if pair.len() == 2 => (pair.get_item(0)?, pair.get_item(1)?),
-                _ => (
-                    item.getattr(pyo3::intern!(py, "offset"))?,
-                    item.getattr(pyo3::intern!(py, "value"))?,
-                ),
-            };
-            let Ok(raw) = value.cast::<PyBytes>() else {
+            let (offset, value) = offset_and_value(&messages.get_item(at)?)?;
+            let Some(parsed) = reader.parse(&value) else {
                 break 2;
             };
-            let raw = raw.as_bytes();
-            if raw.len() > max_bytes {
-                break 2;
-            }
-            // the parsed event borrows from `raw`; its strings may be owned (escapes decoded)
-            let viewer;
-            let order;
-            let gift;
-            let (ts, event) = match kind {
-                0 => {
-                    let Some(v) = crate::flat::viewer(raw, &bounds, &names) else {
-                        break 2;
-                    };
-                    viewer = v;
-                    let event = Event::Viewer {
-                        position: positions[viewer.kind],
-                        room: &viewer.room,
-                        user: &viewer.user,
-                    };
-                    (viewer.ts, event)
-                }
-                1 => {
-                    let Some(o) = crate::flat::order(raw, &bounds, &names, max_amount) else {
-                        break 2;
-                    };
-                    order = o;
-                    if !currencies.iter().any(|c| *c == order.currency) {
-                        break 2;
-                    }
-                    let event = Event::Order {
-                        room: &order.room,
-                        order_id: &order.order,
-                        status: &names[order.status],
-                        amount: order.amount,
-                    };
-                    (order.ts, event)
-                }
-                _ => {
-                    let Some(g) = crate::flat::gift(raw, &bounds, max_amount, max_count) else {
-                        break 2;
-                    };
-                    gift = g;
-                    let event = Event::Gift {
-                        room: &gift.room,
-                        count: gift.count,
-                        value: gift.value,
-                    };
-                    (gift.ts, event)
-                }
-            };
-            let room = event.room();
-            if !self.rooms.contains_key(room)
-                && crate::partition_of(room.as_bytes(), partitions) != here
-            {
+            let (ts, event) = parsed.event(&reader);
+            if !self.local(&reader, event.room()) {
                 break 2;
             }
             let pass = match &mut pass {
@@ -2554,13 +2609,26 @@ impl NativeRooms {
             last = Some(offset);
             at += 1;
         };
+        let mut resume = at;
+        if stop == 2 {
+            resume += 1;
+            while resume < total {
+                let (_, value) = offset_and_value(&messages.get_item(resume)?)?;
+                if let Some(parsed) = reader.parse(&value) {
+                    if self.local(&reader, parsed.event(&reader).1.room()) {
+                        break;
+                    }
+                }
+                resume += 1;
+            }
+        }
         let used = pass.as_ref().map(|p| p.others);
         let counts = match pass {
             Some(pass) => self.end_pass(pass, stop != 1),
             None => (0, 0, 0, 0, 0),
         };
         let last = last.map(|o| o.extract()).transpose()?;
-        Ok((at, stop, counts, used, last))
+        Ok((at, stop, counts, used, last, resume))
     }
 
     /// `_close_due`: every open window whose end is at or before the watermark, oldest first,
