@@ -88,6 +88,11 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         "the Python decoding loops alone, without the native pass of schemas/native",
         (("LIVEPULSE_NATIVE_DECODERS", "false"),),
     ),
+    "split-decode": (
+        "every message decoded into an event object, then applied (LIVEPULSE_FUSED_DECODE=false), "
+        "instead of the native table applying events as the native parser reads them",
+        (("LIVEPULSE_FUSED_DECODE", "false"),),
+    ),
     "py-core": (
         "the Python spike detector alone, without the native quiet path of streams/native",
         (("LIVEPULSE_NATIVE_CORE", "false"),),

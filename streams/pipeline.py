@@ -200,7 +200,7 @@ class TaskPipeline:
         self._decoders = _DECODERS if settings.native_decoders else _PY_DECODERS
         #: a native room table with the native decoders: events applied as they are parsed
         #: (``NativeTaskAggregator.apply_raw``), up to the first message that takes the split way
-        self._fused = settings.native_decoders and hasattr(core, "apply_raw")
+        self._fused = settings.native_decoders and settings.fused_decode and hasattr(core, "apply_raw")
         self._max_rooms = settings.core.max_rooms
         self._resend_ms = settings.alert_resend_ms
         self._rollup_topics = {

@@ -155,6 +155,10 @@ class Settings:
     #: decode inputs with the native pass of ``schemas/native`` when it is built (same verdicts;
     #: false: the Python loops alone, e.g. to rule the native pass out)
     native_decoders: bool = True
+    #: with the native decoders and the native room table: apply a fetch's events as the native
+    #: parser reads them (``NativeRooms.apply_raw``), the messages it does not take the split way
+    #: in their place (same outputs); false: every message decoded into an event object first
+    fused_decode: bool = True
     #: write the output records into Kafka record batches natively (``streams/native/src/batches.rs``,
     #: the bytes aiokafka's builder writes; the native room table writes into them directly);
     #: false: aiokafka's batch builder, a Python call a record
@@ -255,6 +259,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "LEADERBOARD_SIZE": ("", "leaderboard_size"),
     "CURRENCY": ("", "currency"),
     "NATIVE_DECODERS": ("", "native_decoders"),
+    "FUSED_DECODE": ("", "fused_decode"),
     "NATIVE_BATCHES": ("", "native_batches"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),

@@ -41,14 +41,13 @@ def make(
 ) -> tuple[TaskPipeline, ListSink, Metrics]:
     config = CoreConfig(max_rooms=max_rooms, room_idle_ms=40_000)
     limits = Limits(max_message_bytes=180, max_id_len=12)
-    setup = Settings(partitions=PARTITIONS, core=config, currency=currency, limits=limits)
+    setup = Settings(partitions=PARTITIONS, core=config, currency=currency, limits=limits, fused_decode=fused)
     sink, metrics = sink or ListSink(), Metrics()
     routing = Routing(TOPICS, PARTITIONS)
     core = routing.task_core(HERE, config)
     assert isinstance(core, NativeTaskAggregator)
     pipeline = TaskPipeline(HERE, core, sink, routing, setup, metrics)
-    assert pipeline._fused  # the native decoders are on by default
-    pipeline._fused = fused
+    assert pipeline._fused == fused  # the native decoders are on by default
     return pipeline, sink, metrics
 
 
