@@ -55,8 +55,9 @@ def test_free_pages_inside_a_fragmented_heap_go_back_to_the_system() -> None:
 def test_rounds_apart_while_the_loop_waited_for_the_broker_hold_every_watermark() -> None:
     """A checkpoint blocked for the outage keeps the next round away: that round holds. A round
     as late because of the process's own work (a long computation, a freeze) does not: no producer
-    buffered meanwhile. Waiting is timed, not read off the process's idle CPU: the clients' retries
-    while the broker is gone can keep the process busy."""
+    buffered meanwhile; nor does one that waited less than ``idle_partition_ms`` for a slow broker.
+    Waiting is timed, not read off the process's idle CPU: the clients' retries while the broker
+    is gone can keep the process busy."""
     plane = DataPlane(Settings(partitions=4), Metrics())
     pipeline, _, _ = make(partition=0)
     plane.runtime = {0: _Task(pipeline, producer=None)}  # type: ignore[arg-type]
@@ -68,9 +69,12 @@ def test_rounds_apart_while_the_loop_waited_for_the_broker_hold_every_watermark(
     plane._broker_wait += 1.0  # a round 3 s later, one of them waiting: not mostly waiting
     plane._after_blind_spot(NOW_MS + 13_000, 113.0)
     assert core.holding_until_ms is None
+    plane._broker_wait += 1.6  # 2.4 s later, 1.6 s of it sending a boundary to a slow broker
+    plane._after_blind_spot(NOW_MS + 15_400, 115.4)
+    assert core.holding_until_ms is None
     plane._broker_wait += 9.0  # a commit waited 9 of the 10 s
-    plane._after_blind_spot(NOW_MS + 23_000, 123.0)
-    assert core.holding_until_ms == NOW_MS + 23_000 + plane.settings.core.outage_hold_ms
+    plane._after_blind_spot(NOW_MS + 25_400, 125.4)
+    assert core.holding_until_ms == NOW_MS + 25_400 + plane.settings.core.outage_hold_ms
     assert core.counters.outage_holds == 1
 
 
