@@ -66,9 +66,48 @@ use serde_json::Value;
 
 pub const N_COUNTERS: usize = 11;
 
-/// A room's buckets (bucket number -> counters) in insertion order; bucket numbers need no
-/// DoS-resistant hash.
-pub type Buckets = indexmap::IndexMap<i64, Counters, std::hash::BuildHasherDefault<Fnv>>;
+/// A room's buckets (bucket number -> counters) in insertion order (a Python dict's, which the
+/// `r/` record keeps): a few for each open window, found from the newest, as events come in time
+/// order mostly. Room-sized at first: most rooms of a sparse task hold one bucket (an index
+/// map's smallest table held three, 400 bytes a room).
+#[derive(Default)]
+pub struct Buckets(Vec<(i64, Counters)>);
+
+impl Buckets {
+    /// The counters of `bucket`, created at zero (last) if new.
+    fn counters(&mut self, bucket: i64) -> &mut Counters {
+        let at = match self.0.iter().rposition(|(b, _)| *b == bucket) {
+            Some(at) => at,
+            None => {
+                room_for_one(&mut self.0);
+                self.0.push((bucket, [0; N_COUNTERS]));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(i64, Counters)> {
+        self.0.iter()
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&(i64, Counters)) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Room for one more item in a full vector, by half again what it holds (its own growth makes
+/// room for four at first, then doubles): a room of a sparse task holds one or two buckets, and
+/// one or two windows' sketches.
+fn room_for_one<T>(items: &mut Vec<T>) {
+    if items.len() == items.capacity() {
+        items.reserve_exact(1 + items.len() / 2);
+    }
+}
 
 /// A room id: held inline up to 24 bytes (room ids are short), so the table's entries hold their
 /// keys and copying one into an index allocates nothing.
@@ -235,16 +274,7 @@ impl Room {
 
     /// `Room.counters`: the counters of `bucket`, created at zero if new.
     fn counters(&mut self, bucket: i64) -> &mut Counters {
-        // events come in time order mostly: the bucket taken last is the one asked for again
-        let last = self.buckets.len().wrapping_sub(1);
-        if self
-            .buckets
-            .get_index(last)
-            .is_some_and(|(&b, _)| b == bucket)
-        {
-            return &mut self.buckets[last];
-        }
-        self.buckets.entry(bucket).or_insert([0; N_COUNTERS])
+        self.buckets.counters(bucket)
     }
 
     /// `Room.sketch`: the unique-viewer sketch of window `ws`, created empty if new.
@@ -253,6 +283,7 @@ impl Room {
             Some(at) => at,
             None => {
                 let sketch = HllSketch::new(lg_k, HllType::Hll8).map_err(|e| e.to_string())?;
+                room_for_one(&mut self.uniques);
                 self.uniques.push((ws, sketch));
                 self.uniques.len() - 1
             }
@@ -709,7 +740,7 @@ impl Room {
         for pair in array(&items[5], "buckets")? {
             let pair = fields(pair, 2, "a bucket")?;
             // a number twice: the last counters, in the first one's place (`dict(pairs)`)
-            buckets.insert(int(&pair[0], "a bucket number")?, counters(&pair[1])?);
+            *buckets.counters(int(&pair[0], "a bucket number")?) = counters(&pair[1])?;
         }
         let mut uniques = Vec::new();
         for pair in array(&items[6], "uniques")? {
@@ -1186,7 +1217,7 @@ impl Room {
     fn take_window(&mut self, first: i64, end: i64) -> (Counters, i64, i64) {
         let mut total = [0i64; N_COUNTERS];
         let mut active: Option<(i64, i64)> = None;
-        self.buckets.retain(|&bucket, counters| {
+        self.buckets.retain(|&(bucket, ref counters)| {
             if first <= bucket && bucket < end {
                 for (t, c) in total.iter_mut().zip(counters.iter()) {
                     *t += c;
