@@ -6,24 +6,16 @@ writes) unless the producer compresses or serializes, when aiokafka's own builde
 ``send`` hands the gathered batches to the producer without waiting for the
 broker; ``flush`` waits until every batch handed over so far is acknowledged
 and raises if any failed. The checkpoint protocol is built on the two.
-
-Produce requests of the producers here are encoded in one pass (:class:`OnePassProduceRequest`):
-aiokafka's schema encoder copies every batch once per nesting level of the request (five times),
-which at 100 000 rooms, where a window boundary writes about 700 bytes an event, was about 7 % of
-the worker's time with the page faults of the copies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.producer.sender import SendProduceReqHandler
-from aiokafka.protocol.produce import ProduceRequest, ProduceRequest_v3
 
 from .core import _fastcore  # type: ignore[attr-defined]
 
@@ -66,80 +58,6 @@ def native_outbox(producer: AIOKafkaProducer) -> Any:
     return _fastcore.Outbox(accumulator._batch_size, txn is not None and txn.transactional_id is not None)
 
 
-_INT16 = struct.Struct(">h")
-_INT32 = struct.Struct(">i")
-_HEAD = struct.Struct(">hii")  # required_acks, timeout, number of topics
-_PARTITION = struct.Struct(">ii")  # partition, size of its records (-1: none)
-
-
-def _string(text: str | None) -> bytes:
-    if text is None:
-        return _INT16.pack(-1)
-    raw = text.encode()
-    return _INT16.pack(len(raw)) + raw
-
-
-def _encode_produce(self: Any) -> bytes:
-    """The request's bytes, as its schema's encoder writes them, with each batch copied once."""
-    parts = [_string(self.transactional_id), _HEAD.pack(self.required_acks, self.timeout, len(self.topics))]
-    for topic, partitions in self.topics:
-        parts += (_string(topic), _INT32.pack(len(partitions)))
-        for partition, records in partitions:
-            if records is None:
-                parts.append(_PARTITION.pack(partition, -1))
-            else:
-                parts += (_PARTITION.pack(partition, len(records)), records)
-    return b"".join(parts)
-
-
-_ONE_PASS: dict[Any, type[Any]] = {}
-
-
-def _one_pass(struct_class: Any) -> type[Any]:
-    """``struct_class`` (a produce request version) encoding itself in one pass."""
-    one_pass = _ONE_PASS.get(struct_class)
-    if one_pass is None:
-        one_pass = _ONE_PASS[struct_class] = type(
-            struct_class.__name__, (struct_class,), {"encode": _encode_produce}
-        )
-    return one_pass
-
-
-class OnePassProduceRequest(ProduceRequest):  # type: ignore[misc]
-    """aiokafka's produce request, encoded in one pass for the versions with the v3 schema (3-8;
-    the transactional ones): the same bytes (``tests/unit/test_outbound.py`` compares them)."""
-
-    @classmethod
-    def like(cls, request: ProduceRequest) -> OnePassProduceRequest:
-        return cls(request._transactional_id, request._required_acks, request._timeout, request._topics)
-
-    def build(self, request_struct_class: type[Any]) -> Any:
-        built = super().build(request_struct_class)
-        if built.API_VERSION < 3 or request_struct_class.SCHEMA is not ProduceRequest_v3.SCHEMA:
-            return built
-        return _one_pass(request_struct_class)(*(built.__dict__[name] for name in built.SCHEMA.names))
-
-
-class _OnePassHandler(SendProduceReqHandler):  # type: ignore[misc]
-    def create_request(self) -> OnePassProduceRequest:
-        return OnePassProduceRequest.like(super().create_request())
-
-
-def one_pass_produce_requests(producer: AIOKafkaProducer) -> None:
-    """Make ``producer`` send its batches in :class:`OnePassProduceRequest`s. Relies on aiokafka
-    0.14's sender (the project pins <0.15), as ``append_record`` does on its batch: this is the
-    body of ``Sender._send_produce_req`` with the handler making the request swapped."""
-    sender = producer._sender
-
-    async def send_produce_req(node_id: int, batches: dict[Any, Any]) -> None:
-        await _OnePassHandler(sender, batches).do(node_id)
-        sender._in_flight.remove(node_id)
-        for tp in batches:
-            sender._muted_partitions.remove(tp)
-
-    sender._send_produce_req = send_produce_req
-
-
 class Outbound:
     """Accumulates records and publishes them in producer batches.
 
@@ -153,7 +71,6 @@ class Outbound:
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[asyncio.Future[Any]] = []
         self.outbox = native_outbox(producer) if native else None
-        one_pass_produce_requests(producer)
         if self.outbox is not None:
             self.add = self.outbox.add  # type: ignore[method-assign]
 
