@@ -97,7 +97,7 @@ class Deployment:
 #: settings the harness's own environment gives every worker it starts (the rest of its LIVEPULSE_*
 #: settings are not the workers'): ``LIVEPULSE_NATIVE_ROOMS=false python -m loadtest.faults`` runs
 #: the fault suite, and ``livepulse loadtest run`` its measured worker, on the Python rooms
-PASSED_ON = ("LIVEPULSE_NATIVE_ROOMS", "LIVEPULSE_NATIVE_BATCHES")
+PASSED_ON = ("LIVEPULSE_NATIVE_ROOMS", "LIVEPULSE_NATIVE_BATCHES", "LIVEPULSE_NATIVE_FETCH")
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -51,6 +51,7 @@ from schemas import NATIVE_DECODERS
 
 from ._changelog import read_partition
 from ._errors import kafka_errors
+from ._fetch import NativeFetch, keep_fetched_bytes
 from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
 from ._transactions import TaskProducer
@@ -141,6 +142,8 @@ class DataPlane:
         #: an error raised inside a rebalance callback (aiokafka would only log it)
         self._failure: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        #: the consumer's fetched records read natively (``streams._fetch``); None: its getmany
+        self._fetch: NativeFetch | None = None
         self._routing: Routing | None = None
         self._lock = asyncio.Lock()
         self._last_checkpoint = 0.0
@@ -230,6 +233,8 @@ class DataPlane:
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         )
+        # before it starts: the fetcher keeps the bytes of every response from the first
+        self._fetch = NativeFetch(self._consumer) if s.native_fetch and keep_fetched_bytes() else None
         await self._consumer.start()
         # The one-partition leaderboard partials topic: range assignment gives its partition 0 to the
         # member that gets partition 0 of the inputs, so the leaderboard merge runs with task 0.
@@ -262,9 +267,12 @@ class DataPlane:
                     await self._take_over()
             generation = self._generation
             try:
-                batches = await self._consumer.getmany(
-                    timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
-                )
+                if self._fetch is not None:
+                    batches = await self._fetch.getmany(s.fetch_timeout_ms, s.max_batch_records)
+                else:
+                    batches = await self._consumer.getmany(
+                        timeout_ms=s.fetch_timeout_ms, max_records=s.max_batch_records
+                    )
             except OffsetOutOfRangeError as exc:
                 async with self._lock:
                     await self._out_of_range(exc.args[0] if exc.args else {})

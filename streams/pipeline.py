@@ -47,6 +47,7 @@ from schemas import (
     native_bounds,
 )
 
+from ._fetch import RecordRun
 from ._outbound import append_record  # the worker's record append, for sinks that model it
 from .core import (
     AlertEvent,
@@ -95,6 +96,9 @@ _PY_DECODERS: Decoders = {
 
 #: what the fused pass accepts of a viewer type, an order status (as the native decoders do)
 _NAMES = {VIEWER: tuple(sorted(VIEWER_TYPES)), ORDER: tuple(sorted(ORDER_STATUSES)), GIFT: ()}
+
+#: the messages the fused pass reads: a list, or a fetch read natively (``streams._fetch``)
+_FUSED_INPUTS = (list, RecordRun)
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -227,6 +231,10 @@ class TaskPipeline:
 
     def process(self, topic: str, messages: Sequence[Message], now_ms: int) -> int:
         """Take one partition's messages of ``topic`` (in offset order); returns the windows published."""
+        if type(messages) is RecordRun and not (
+            self._fused and self.routing.sources.get(topic, REPARTITION) != REPARTITION
+        ):
+            messages = list(messages)  # read in place by the fused pass alone
         if topic == self._topics.leaderboard_partials:
             assert self.merge is not None, "the partials topic is read by task 0 only"
             self.merge.process(messages)
@@ -239,7 +247,7 @@ class TaskPipeline:
         if source == REPARTITION:
             for origin, origin_topic, group in self._split_repartitioned(messages, markers):
                 self._take_split(origin, origin_topic, topic, group, now_ms)
-        elif self._fused and type(messages) is list:
+        elif self._fused and type(messages) in _FUSED_INPUTS:
             self._take_fused(source, topic, messages, now_ms)
         else:
             passed_ts = self._take_split(source, topic, topic, messages, now_ms)

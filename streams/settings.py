@@ -159,6 +159,10 @@ class Settings:
     #: parser reads them (``NativeRooms.apply_raw``), the messages it does not take the split way
     #: in their place (same outputs); false: every message decoded into an event object first
     fused_decode: bool = True
+    #: read the fetched record batches natively (``streams/_fetch.py``, ``fetched.rs``): records
+    #: handed over in place, with no ``ConsumerRecord`` each (v2 uncompressed batches; others are
+    #: read by aiokafka as before); false: aiokafka's ``getmany``
+    native_fetch: bool = True
     #: write the output records into Kafka record batches natively (``streams/native/src/batches.rs``,
     #: the bytes aiokafka's builder writes; the native room table writes into them directly);
     #: false: aiokafka's batch builder, a Python call a record
@@ -260,6 +264,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "CURRENCY": ("", "currency"),
     "NATIVE_DECODERS": ("", "native_decoders"),
     "FUSED_DECODE": ("", "fused_decode"),
+    "NATIVE_FETCH": ("", "native_fetch"),
     "NATIVE_BATCHES": ("", "native_batches"),
     "BUCKET_MS": ("core", "bucket_ms"),
     "WINDOW_MS": ("core", "window_ms"),

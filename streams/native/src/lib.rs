@@ -20,6 +20,7 @@
 //! Kafka record batches, which the room table writes its records into directly.
 
 mod batches;
+mod fetched;
 /// the decoders' flat-JSON parser (`schemas/native`), shared source (the table checks fields it
 /// does not keep: a gift's id, an order's or gift's user)
 #[allow(dead_code)]
@@ -797,6 +798,10 @@ fn _fastcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rooms::NativeRooms>()?;
     m.add_class::<batches::Outbox>()?;
     m.add_class::<batches::RecordBatch>()?;
+    m.add_class::<fetched::FetchedRecords>()?;
+    m.add_class::<fetched::RecordRun>()?;
+    m.add_class::<fetched::FetchedRecord>()?;
+    m.add_function(wrap_pyfunction!(fetched::readable, m)?)?;
     m.add_function(wrap_pyfunction!(rooms::format_float, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add_function(wrap_pyfunction!(observe_quiet, m)?)?;

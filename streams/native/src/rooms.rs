@@ -60,6 +60,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::batches::{now_ms, Outbox};
+use crate::fetched::RecordRun;
 use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -1791,8 +1792,8 @@ enum Parsed<'a> {
 impl Reader {
     /// The message's value as an event this pass takes, or None (not bytes, over the size
     /// bound, outside the fast path, an order in a currency not taken without a look).
-    fn parse<'a>(&self, value: &'a Bound<'_, PyAny>) -> Option<Parsed<'a>> {
-        let raw = value.cast::<PyBytes>().ok()?.as_bytes();
+    fn parse<'a>(&self, value: Option<&'a [u8]>) -> Option<Parsed<'a>> {
+        let raw = value?;
         if raw.len() > self.max_bytes {
             return None;
         }
@@ -1846,6 +1847,22 @@ impl<'a> Parsed<'a> {
 
 /// A consumed message's offset and value (an `(offset, raw)` pair's, or the `offset` and
 /// `value` attributes of anything else, as aiokafka's `ConsumerRecord`).
+/// The messages `apply_raw` reads: fetched natively (`streams._fetch`), or a list of message
+/// objects (aiokafka's `ConsumerRecord`s, or (offset, value) pairs).
+enum Messages<'a, 'py> {
+    Run(&'a RecordRun, &'a [u8]),
+    List(&'a Bound<'py, PyList>),
+}
+
+impl Messages<'_, '_> {
+    fn len(&self) -> usize {
+        match self {
+            Messages::Run(run, _) => run.len(),
+            Messages::List(list) => list.len(),
+        }
+    }
+}
+
 fn offset_and_value<'py>(
     item: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
@@ -2576,7 +2593,7 @@ impl NativeRooms {
         &mut self,
         source: i64,
         kind: u8,
-        messages: &Bound<'_, PyList>,
+        messages: &Bound<'_, PyAny>,
         start: usize,
         others: Option<i64>,
         watching: bool,
@@ -2612,6 +2629,11 @@ impl NativeRooms {
             Some(others) => Some(self.pass(source, others, replay_until, true, watching)?),
             None => None,
         };
+        let py = messages.py();
+        let messages = match messages.cast::<RecordRun>() {
+            Ok(run) => Messages::Run(run.get(), run.get().raw(py).as_bytes()),
+            Err(_) => Messages::List(messages.cast::<PyList>()?),
+        };
         let mut at = start;
         let mut last = None;
         let total = messages.len();
@@ -2619,8 +2641,19 @@ impl NativeRooms {
             if at >= total {
                 break 0;
             }
-            let (offset, value) = offset_and_value(&messages.get_item(at)?)?;
-            let Some(parsed) = reader.parse(&value) else {
+            let held;
+            let (offset, value) = match &messages {
+                Messages::Run(run, raw) => run.offset_value(raw, at),
+                Messages::List(list) => {
+                    let (offset, value) = offset_and_value(&list.get_item(at)?)?;
+                    held = value;
+                    (
+                        offset.extract()?,
+                        held.cast::<PyBytes>().ok().map(|b| b.as_bytes()),
+                    )
+                }
+            };
+            let Some(parsed) = reader.parse(value) else {
                 break 2;
             };
             let (ts, event) = parsed.event(&reader);
@@ -2634,7 +2667,7 @@ impl NativeRooms {
                     pass.insert(self.pass(source, others, replay_until, true, watching)?)
                 }
             };
-            if !self.take_event(pass, offset.extract()?, ts, &event)? {
+            if !self.take_event(pass, offset, ts, &event)? {
                 break 1;
             }
             last = Some(offset);
@@ -2644,8 +2677,15 @@ impl NativeRooms {
         if stop == 2 {
             resume += 1;
             while resume < total {
-                let (_, value) = offset_and_value(&messages.get_item(resume)?)?;
-                if let Some(parsed) = reader.parse(&value) {
+                let held;
+                let value = match &messages {
+                    Messages::Run(run, raw) => run.offset_value(raw, resume).1,
+                    Messages::List(list) => {
+                        held = offset_and_value(&list.get_item(resume)?)?.1;
+                        held.cast::<PyBytes>().ok().map(|b| b.as_bytes())
+                    }
+                };
+                if let Some(parsed) = reader.parse(value) {
                     if self.local(&reader, parsed.event(&reader).1.room()) {
                         break;
                     }
@@ -2658,7 +2698,6 @@ impl NativeRooms {
             Some(pass) => self.end_pass(pass, stop != 1),
             None => (0, 0, 0, 0, 0),
         };
-        let last = last.map(|o| o.extract()).transpose()?;
         Ok((at, stop, counts, used, last, resume))
     }
 
