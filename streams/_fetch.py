@@ -48,10 +48,10 @@ class KeptRecords:
         self._records = MemoryRecords(bytes_data)
 
     def size_in_bytes(self) -> int:
-        return self._records.size_in_bytes()
+        return int(self._records.size_in_bytes())
 
     def has_next(self) -> bool:
-        return self._records.has_next()
+        return bool(self._records.has_next())
 
     def next_batch(self) -> Any:
         return self._records.next_batch()

@@ -38,7 +38,7 @@ import ctypes.util
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -300,7 +300,7 @@ class DataPlane:
                 if prompt or since_ms >= s.commit_interval_ms:
                     await self._checkpoint(self.runtime)
 
-    async def _rewind(self, batches: Mapping[TopicPartition, list[Any]]) -> None:
+    async def _rewind(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> None:
         """Put the consumer back where the tasks stand for partitions of a discarded fetch.
 
         The fetch may have been drained before or after the seeks of an assignment: either way
@@ -345,7 +345,7 @@ class DataPlane:
 
     # -- processing ------------------------------------------------------------------------
 
-    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> bool:
+    async def _process(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> bool:
         """One fetch round: each partition through its task's pipeline, then a tick, the windows
         and alerts sent (the caller commits at checkpoints; a task reading live traffic commits its
         own at once, ``_commit_task``). Returns whether, in a round that did not fill its fetch
@@ -468,7 +468,7 @@ class DataPlane:
         for task in self.runtime.values():
             task.core.clock_stepped(step_ms)
 
-    def _arriving(self, batches: Mapping[TopicPartition, list[Any]], now_ms: int) -> None:
+    def _arriving(self, batches: Mapping[TopicPartition, Sequence[Any]], now_ms: int) -> None:
         """Before any of the round is applied, tell each task which of its inputs will deliver
         (``TaskAggregator.arriving``): those with records in this round, and those the client's
         last fetch response showed readable records of past the position (left in its buffer by
@@ -1025,7 +1025,7 @@ def _read_topics(settings: Settings) -> list[str]:
     return [*t.inputs, t.repartition, t.leaderboard_partials]
 
 
-def _unread(task: _Task, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+def _unread(task: _Task, tp: TopicPartition, messages: Sequence[Any]) -> Sequence[Any]:
     """The fetched ``messages`` of ``tp`` at or past the task's position: a fetch in flight
     across a seek (a restore) may bring records the task's state already holds."""
     position = task.positions.get(tp)

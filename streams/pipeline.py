@@ -280,7 +280,7 @@ class TaskPipeline:
         self._count(origin_topic, result)
         return passed_ts
 
-    def _take_fused(self, source: int, topic: str, messages: list[Message], now_ms: int) -> None:
+    def _take_fused(self, source: int, topic: str, messages: Sequence[Message], now_ms: int) -> None:
         """Apply ``messages`` of input ``source`` as they are parsed (``apply_raw``); each run of
         those it does not take (outside the decoders' fast path, rooms of other tasks, orders in
         a currency not yet taken) the split way in its place. The events re-routed are passed on
