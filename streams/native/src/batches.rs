@@ -26,10 +26,10 @@ use pyo3::types::{PyByteArray, PyBytes};
 
 /// BaseOffset, Length, PartitionLeaderEpoch, Magic, CRC, Attributes, LastOffsetDelta,
 /// FirstTimestamp, MaxTimestamp, ProducerId, ProducerEpoch, BaseSequence, RecordsCount
-const HEADER_SIZE: usize = 8 + 4 + 4 + 1 + 4 + 2 + 4 + 8 + 8 + 8 + 2 + 4 + 4;
-const CRC_OFFSET: usize = 8 + 4 + 4 + 1;
-const ATTRIBUTES_OFFSET: usize = CRC_OFFSET + 4;
-const TRANSACTIONAL: i16 = 0x10;
+pub(crate) const HEADER_SIZE: usize = 8 + 4 + 4 + 1 + 4 + 2 + 4 + 8 + 8 + 8 + 2 + 4 + 4;
+pub(crate) const CRC_OFFSET: usize = 8 + 4 + 4 + 1;
+pub(crate) const ATTRIBUTES_OFFSET: usize = CRC_OFFSET + 4;
+pub(crate) const TRANSACTIONAL: i16 = 0x10;
 const NO_PARTITION_LEADER_EPOCH: i32 = -1;
 
 /// Kafka's varint: zigzag, then 7 bits a byte, least significant first.

@@ -22,16 +22,13 @@ use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySlice, PyString, PyTuple};
 
+use crate::batches::{ATTRIBUTES_OFFSET, CRC_OFFSET, HEADER_SIZE, TRANSACTIONAL};
+
 /// BaseOffset, Length: what precedes a batch's length-counted part (aiokafka's LOG_OVERHEAD).
 const LOG_OVERHEAD: usize = 8 + 4;
-/// The v2 batch header, up to and including the record count.
-const HEADER_SIZE: usize = 61;
-const MAGIC_OFFSET: usize = 16;
-const CRC_OFFSET: usize = 17;
-const ATTRIBUTES_OFFSET: usize = 21;
+const MAGIC_OFFSET: usize = CRC_OFFSET - 1;
 const COMPRESSION_MASK: i16 = 0x07;
 const LOG_APPEND_TIME: i16 = 0x08;
-const TRANSACTIONAL: i16 = 0x10;
 const CONTROL: i16 = 0x20;
 
 fn corrupt(what: &str) -> PyErr {
