@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher as _fetcher
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
@@ -107,6 +107,8 @@ class NativeFetch:
     def _drain(self, fetcher: Any, max_records: int) -> dict[TopicPartition, Sequence[Any]]:
         """``Fetcher.fetched_records``' drain, each response read natively where it can be."""
         records = fetcher._records
+        for tp in [tp for tp, (result, _) in self._reading.items() if records.get(tp) is not result]:
+            del self._reading[tp]  # dropped by the fetcher itself (a seek, a reset, a lost assignment)
         drained: dict[TopicPartition, Sequence[Any]] = {}
         left = max_records
         for tp in list(records):
@@ -119,7 +121,15 @@ class NativeFetch:
                 fetcher._notify(fetcher._wait_consume_future)
                 result.check_raise()
                 continue
-            taken = self._take(tp, result, left)
+            try:
+                taken = self._take(tp, result, left)
+            except ValueError as exc:
+                # A corrupt response. Dropped, with its position as it was: the partition is
+                # fetched again from there and the error comes back, as aiokafka's reader does.
+                del records[tp]
+                self._reading.pop(tp, None)
+                fetcher._notify(fetcher._wait_consume_future)
+                raise CorruptRecordException(f"{tp.topic}[{tp.partition}]: {exc}") from exc
             if not result.has_more():
                 del records[tp]
                 self._reading.pop(tp, None)

@@ -178,6 +178,16 @@ def test_what_it_does_not_read_is_left_to_aiokafka() -> None:
         _fetch.FetchedRecords(compressed, 0, [], False, True)
 
 
+@pytest.mark.parametrize("length", [-1, -(2**31), 0, 48])
+def test_a_batch_length_shorter_than_its_header_is_left_to_aiokafka(length: int) -> None:
+    raw = bytearray(batch(0, [(b"k", b"v", [])]) + batch(1, [(b"k", b"v", [])]))
+    second = len(raw) // 2
+    struct.pack_into(">i", raw, second + 8, length)  # the length is outside the CRC
+    assert not _fastcore.readable(bytes(raw))  # aiokafka raises on it; a cut would re-fetch forever
+    with pytest.raises(ValueError, match="aiokafka's to read"):
+        _fetch.FetchedRecords(bytes(raw), 0, [], False, True)
+
+
 def test_corruption_is_an_error() -> None:
     raw = bytearray(batch(0, [(b"k", b"value", [])] * 2))
     raw[-3] ^= 0xFF

@@ -58,20 +58,33 @@ fn batch_end(raw: &[u8], at: usize) -> Option<usize> {
     (end <= raw.len()).then_some(end)
 }
 
+/// Whether the length of the batch at `at` is shorter than a v2 header (negative included): a
+/// corrupt response, which aiokafka's reader refuses with an error.
+fn short_length(raw: &[u8], at: usize) -> bool {
+    raw.len() - at >= LOG_OVERHEAD
+        && i64::from(i32_at(raw, at + 8)) < (HEADER_SIZE - LOG_OVERHEAD) as i64
+}
+
 /// Whether every whole batch of a fetch response is one this module reads (v2, uncompressed).
+/// A batch whose length is shorter than its header is not: aiokafka reads the response and
+/// raises, where taking it for the end of the response would fetch the same offset forever.
 #[pyfunction]
 pub fn readable(raw: &[u8]) -> bool {
     let mut at = 0;
-    while let Some(end) = batch_end(raw, at) {
-        if end - at < HEADER_SIZE
-            || raw[at + MAGIC_OFFSET] != 2
+    loop {
+        if short_length(raw, at) {
+            return false;
+        }
+        let Some(end) = batch_end(raw, at) else {
+            return true;
+        };
+        if raw[at + MAGIC_OFFSET] != 2
             || i16_at(raw, at + ATTRIBUTES_OFFSET) & COMPRESSION_MASK != 0
         {
             return false;
         }
         at = end;
     }
-    true
 }
 
 /// Kafka's varint (zigzag) at `*at`, which moves past it.
@@ -229,6 +242,9 @@ impl FetchedRecords {
     fn open_batch(&mut self, raw: &[u8]) -> PyResult<bool> {
         loop {
             let at = self.at;
+            if short_length(raw, at) {
+                return Err(corrupt("a batch length shorter than its header"));
+            }
             let Some(end) = batch_end(raw, at) else {
                 return Ok(false);
             };
