@@ -116,24 +116,12 @@ class NativeFetch:
             if type(result) is not _fetcher.FetchResult:
                 if drained:
                     return drained  # the error is raised at the next call, as aiokafka does
-                del records[tp]
-                self._reading.pop(tp, None)
-                fetcher._notify(fetcher._wait_consume_future)
+                self._forget(fetcher, tp)
                 result.check_raise()
                 continue
-            try:
-                taken = self._take(tp, result, left)
-            except ValueError as exc:
-                # A corrupt response. Dropped, with its position as it was: the partition is
-                # fetched again from there and the error comes back, as aiokafka's reader does.
-                del records[tp]
-                self._reading.pop(tp, None)
-                fetcher._notify(fetcher._wait_consume_future)
-                raise CorruptRecordException(f"{tp.topic}[{tp.partition}]: {exc}") from exc
+            taken = self._take(fetcher, tp, result, left)
             if not result.has_more():
-                del records[tp]
-                self._reading.pop(tp, None)
-                fetcher._notify(fetcher._wait_consume_future)
+                self._forget(fetcher, tp)
             if taken:
                 drained[tp] = taken
                 left -= len(taken)
@@ -141,7 +129,14 @@ class NativeFetch:
                     break
         return drained
 
-    def _take(self, tp: TopicPartition, result: Any, max_records: int) -> Sequence[Any]:
+    def _forget(self, fetcher: Any, tp: TopicPartition) -> None:
+        """Drop ``tp``'s result from ``fetcher``, which then fetches the partition again from its
+        position (as aiokafka's ``fetched_records`` does with a result read or failed)."""
+        del fetcher._records[tp]
+        self._reading.pop(tp, None)
+        fetcher._notify(fetcher._wait_consume_future)
+
+    def _take(self, fetcher: Any, tp: TopicPartition, result: Any, max_records: int) -> Sequence[Any]:
         """Up to ``max_records`` records of ``result``, a ``FetchResult``: natively, or as aiokafka
         reads them (the response is not all v2 uncompressed batches, or was not kept)."""
         reading = self._reading.get(tp)
@@ -153,7 +148,13 @@ class NativeFetch:
             return result.getall(max_records)  # type: ignore[no-any-return]
         if not result.check_assignment(tp):  # unassigned or paused, or sought elsewhere
             return []
-        run = reader.take(max_records)
+        try:
+            run = reader.take(max_records)
+        except ValueError as exc:
+            # A corrupt response. Dropped, with its position as it was: the partition is fetched
+            # again from there and the error comes back, as aiokafka's reader does.
+            self._forget(fetcher, tp)
+            raise CorruptRecordException(f"{tp.topic}[{tp.partition}]: {exc}") from exc
         partition_records = result._partition_records
         partition_records.next_fetch_offset = reader.next_offset
         result._update_position()
@@ -166,16 +167,19 @@ class NativeFetch:
         """A native reader of ``result``'s response, or None: aiokafka reads it."""
         partition_records = result._partition_records
         kept = getattr(partition_records, "_records", None)
-        if type(kept) is not KeptRecords or type(kept.raw) is not bytes or not _fastcore.readable(kept.raw):
+        if type(kept) is not KeptRecords or type(kept.raw) is not bytes:
             return None
         aborted = [(int(producer), int(first)) for producer, first in partition_records._aborted_transactions]
-        reader = FetchedRecords(
-            kept.raw,
-            partition_records.next_fetch_offset,
-            aborted,
-            partition_records._isolation_level == _fetcher.READ_COMMITTED,
-            bool(partition_records._check_crcs),
-        )
+        try:
+            reader = FetchedRecords(
+                kept.raw,
+                partition_records.next_fetch_offset,
+                aborted,
+                partition_records._isolation_level == _fetcher.READ_COMMITTED,
+                bool(partition_records._check_crcs),
+            )
+        except ValueError:  # not all v2 uncompressed batches (``readable``, checked once, there)
+            return None
         # aiokafka's record generator is never started now. Unstarted, it holds its
         # PartitionRecords (and the response's bytes) in a reference cycle that only the cyclic
         # collector frees, which runs seldom when few Python objects are made: +110 MB of

@@ -1845,8 +1845,6 @@ impl<'a> Parsed<'a> {
     }
 }
 
-/// A consumed message's offset and value (an `(offset, raw)` pair's, or the `offset` and
-/// `value` attributes of anything else, as aiokafka's `ConsumerRecord`).
 /// The messages `apply_raw` reads: fetched natively (`streams._fetch`), or a list of message
 /// objects (aiokafka's `ConsumerRecord`s, or (offset, value) pairs).
 enum Messages<'a, 'py> {
@@ -1854,15 +1852,50 @@ enum Messages<'a, 'py> {
     List(&'a Bound<'py, PyList>),
 }
 
-impl Messages<'_, '_> {
+/// A message's value as `apply_raw` reads it: in place in a fetch response, or the message
+/// object's (None: null, or not `bytes`).
+enum MessageValue<'a, 'py> {
+    InPlace(Option<&'a [u8]>),
+    Object(Option<Bound<'py, PyBytes>>),
+}
+
+impl MessageValue<'_, '_> {
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            MessageValue::InPlace(value) => *value,
+            MessageValue::Object(value) => value.as_ref().map(|b| b.as_bytes()),
+        }
+    }
+}
+
+impl<'a, 'py> Messages<'a, 'py> {
     fn len(&self) -> usize {
         match self {
             Messages::Run(run, _) => run.len(),
             Messages::List(list) => list.len(),
         }
     }
+
+    /// The `i`-th message's offset and value.
+    fn get(&self, i: usize) -> PyResult<(i64, MessageValue<'a, 'py>)> {
+        match self {
+            Messages::Run(run, raw) => {
+                let (offset, value) = run.offset_value(raw, i);
+                Ok((offset, MessageValue::InPlace(value)))
+            }
+            Messages::List(list) => {
+                let (offset, value) = offset_and_value(&list.get_item(i)?)?;
+                Ok((
+                    offset.extract()?,
+                    MessageValue::Object(value.cast_into::<PyBytes>().ok()),
+                ))
+            }
+        }
+    }
 }
 
+/// A consumed message's offset and value (an `(offset, raw)` pair's, or the `offset` and
+/// `value` attributes of anything else, as aiokafka's `ConsumerRecord`).
 fn offset_and_value<'py>(
     item: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
@@ -2641,19 +2674,8 @@ impl NativeRooms {
             if at >= total {
                 break 0;
             }
-            let held;
-            let (offset, value) = match &messages {
-                Messages::Run(run, raw) => run.offset_value(raw, at),
-                Messages::List(list) => {
-                    let (offset, value) = offset_and_value(&list.get_item(at)?)?;
-                    held = value;
-                    (
-                        offset.extract()?,
-                        held.cast::<PyBytes>().ok().map(|b| b.as_bytes()),
-                    )
-                }
-            };
-            let Some(parsed) = reader.parse(value) else {
+            let (offset, value) = messages.get(at)?;
+            let Some(parsed) = reader.parse(value.bytes()) else {
                 break 2;
             };
             let (ts, event) = parsed.event(&reader);
@@ -2677,15 +2699,8 @@ impl NativeRooms {
         if stop == 2 {
             resume += 1;
             while resume < total {
-                let held;
-                let value = match &messages {
-                    Messages::Run(run, raw) => run.offset_value(raw, resume).1,
-                    Messages::List(list) => {
-                        held = offset_and_value(&list.get_item(resume)?)?.1;
-                        held.cast::<PyBytes>().ok().map(|b| b.as_bytes())
-                    }
-                };
-                if let Some(parsed) = reader.parse(value) {
+                let (_, value) = messages.get(resume)?;
+                if let Some(parsed) = reader.parse(value.bytes()) {
                     if self.local(&reader, parsed.event(&reader).1.room()) {
                         break;
                     }
