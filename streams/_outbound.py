@@ -11,7 +11,7 @@ and raises if any failed. The checkpoint protocol is built on the two.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -63,10 +63,17 @@ class Outbound:
 
     ``outbox``: the native outbox the records go to (with ``native``, unless the producer
     compresses or serializes; None: aiokafka's builders, in Python), which the native room table
-    writes into directly."""
+    writes into directly. ``acked``: called as each batch is acknowledged (or fails)."""
 
-    def __init__(self, producer: AIOKafkaProducer, *, native: bool = True) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        native: bool = True,
+        acked: Callable[[asyncio.Future[Any]], object] | None = None,
+    ) -> None:
         self._producer = producer
+        self._acked = acked
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._in_flight: list[asyncio.Future[Any]] = []
@@ -100,6 +107,8 @@ class Outbound:
         for topic, partition, builder in batches:
             if builder.record_count():
                 future = await self._producer.send_batch(builder, topic, partition=partition)
+                if self._acked is not None:
+                    future.add_done_callback(self._acked)
                 self._in_flight.append(future)
 
     async def flush(self) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -39,8 +41,57 @@ def transactional_id(app_id: str, partition: int) -> str:
     return f"{app_id}-task-{partition}"
 
 
+class BrokerSilence:
+    """The longest time the worker waited on the broker without a word from it, since ``take``.
+
+    A wait (``waiting``: a send, a checkpoint's commit) is silent from its start or the last
+    response (``heard``: a batch acknowledged, a transaction step done) to the next response or
+    its end. An unreachable broker answers nothing until it is back; a slow one answers request
+    by request: a catch-up's first checkpoint at 100 000 rooms writes ~120 000 changelog
+    records, and a broker sharing two cores with the worker took over 2 s to take them while
+    acknowledging every batch (session 36). Work of the worker's own inside a wait (another
+    task's staging, side by side in one checkpoint) is no silence: a wait's start counts as a
+    response."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._waits = 0
+        self._since = 0.0
+        self._longest = 0.0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        self._waits += 1
+        self._since = self._clock()
+        try:
+            yield
+        finally:
+            self.heard()
+            self._waits -= 1
+
+    def heard(self, *_: object) -> None:
+        """The broker answered (also a done-callback of a sent batch's future)."""
+        now = self._clock()
+        if self._waits:
+            self._longest = max(self._longest, now - self._since)
+        self._since = now
+
+    @property
+    def longest(self) -> float:
+        """The longest silence in seconds since the last ``take`` (a wait in progress: up to its
+        last response)."""
+        return self._longest
+
+    def take(self) -> float:
+        """``longest``, and start afresh."""
+        longest, self._longest = self._longest, 0.0
+        return longest
+
+
 class TaskProducer:
-    """The transactional producer of one task, with its record batching (:class:`Outbound`)."""
+    """The transactional producer of one task, with its record batching (:class:`Outbound`).
+
+    ``silence``: told of every response the producer waits for (:class:`BrokerSilence`)."""
 
     def __init__(
         self,
@@ -50,8 +101,10 @@ class TaskProducer:
         *,
         transaction_timeout_ms: int,
         native_batches: bool = True,
+        silence: BrokerSilence | None = None,
     ) -> None:
         self.partition = partition
+        self._silence = silence or BrokerSilence()
         self.transactional_id = transactional_id(app_id, partition)
         self._producer = AIOKafkaProducer(
             **client,
@@ -61,7 +114,7 @@ class TaskProducer:
             max_batch_size=1024 * 1024,
             max_request_size=MAX_RECORD_BYTES,
         )
-        self.outbound = Outbound(self._producer, native=native_batches)
+        self.outbound = Outbound(self._producer, native=native_batches, acked=self._silence.heard)
         self._started = False
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -86,7 +139,7 @@ class TaskProducer:
 
     async def send(self) -> None:
         """Hand the records gathered so far to the producer (see :meth:`Outbound.send`)."""
-        with kafka_errors(f"sending in transaction {self.transactional_id}"):
+        with kafka_errors(f"sending in transaction {self.transactional_id}"), self._silence.waiting():
             await self.outbound.send()
 
     async def commit(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
@@ -95,11 +148,14 @@ class TaskProducer:
         Raises :class:`FencedError` if another producer owns the id now, or
         :class:`InfrastructureError`; the transaction is then not committed.
         """
-        with kafka_errors(f"committing transaction {self.transactional_id}"):
+        heard = self._silence.heard
+        with kafka_errors(f"committing transaction {self.transactional_id}"), self._silence.waiting():
             await self.outbound.flush()
             if offsets:
                 await self._producer.send_offsets_to_transaction(dict(offsets), group_id)
+                heard()
             await self._producer.commit_transaction()
+            heard()
             await self._producer.begin_transaction()
 
     async def close(self) -> None:

@@ -54,7 +54,7 @@ from ._errors import kafka_errors
 from ._fetch import NativeFetch, keep_fetched_bytes
 from ._rules import RuleSet, rules_from_entries
 from ._topology import ensure_topology
-from ._transactions import TaskProducer
+from ._transactions import BrokerSilence, TaskProducer
 from .core import NATIVE_CORE, SPIKE_METRICS, TaskAggregator, top_rooms
 from .exceptions import LivepulseError, TopologyError
 from .leaderboard import LeaderboardStage
@@ -76,6 +76,11 @@ PROMPT_COMMIT_GAP_MS = 100
 #: boundary dirties tens of thousands, and an early checkpoint then delays the windows it would
 #: release (measured: p99 13.4 -> 13.9 s at the worker); those wait for the interval
 PROMPT_COMMIT_MAX_ROOMS = 5_000
+
+#: the least time between two checkpoints taken early because every input was held, waiting for the
+#: markers of a checkpoint (``_starved``): a catch-up reads 100-300 s of event time in well under
+#: the commit interval, and then waited for the rest of it, all its inputs held
+STARVED_COMMIT_GAP_MS = 200
 
 #: aiokafka's default, set explicitly: a member that fetches nothing this long leaves the group. The
 #: main loop fetches nothing while it restores an assignment (``_take_over``)
@@ -128,10 +133,8 @@ class DataPlane:
             **settings.security.client_kwargs(),
         }
         self.runtime: dict[int, _Task] = {}
-        #: seconds the loop spent waiting for the broker (sends, checkpoint commits), all told
-        self._broker_wait = 0.0
-        #: monotonic time and _broker_wait at the start of the last round (see _after_blind_spot)
-        self._last_round = (0.0, 0.0)
+        #: how long the tasks' producers waited on the broker without an answer (_blind_spot)
+        self._silence = BrokerSilence()
         #: partitions whose per-partition metric series this worker exports
         self._held: set[int] = set()
         self.partitions = 0
@@ -149,6 +152,8 @@ class DataPlane:
         self._last_checkpoint = 0.0
         #: caught up, a round published windows or passed a window boundary: checkpoint early (see _run)
         self._commit_soon = False
+        #: records taken since the last checkpoint (see _starved)
+        self._taken = 0
         self._last_top = 0.0
         self._stopping = False
         self._last_resend = 0.0
@@ -297,7 +302,8 @@ class DataPlane:
                     self._commit_soon = True
                 since_ms = (time.monotonic() - self._last_checkpoint) * 1000
                 prompt = self._commit_soon and since_ms >= PROMPT_COMMIT_GAP_MS and self._few_dirty()
-                if prompt or since_ms >= s.commit_interval_ms:
+                starved = since_ms >= STARVED_COMMIT_GAP_MS and self._starved()
+                if prompt or starved or since_ms >= s.commit_interval_ms:
                     await self._checkpoint(self.runtime)
 
     async def _rewind(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> None:
@@ -359,7 +365,7 @@ class DataPlane:
         now_ms = int(now * 1000)
         steady = time.monotonic()
         self._follow_clock_steps(now, steady)
-        self._after_blind_spot(now_ms, steady)
+        self._after_blind_spot(now_ms)
         m = self.metrics
         started = time.perf_counter()
         total = 0
@@ -414,6 +420,7 @@ class DataPlane:
         if transitions or resend:
             self._count_firing(now_ms, resend=resend)
         await self._send()
+        self._taken += total
         if total:
             m.batch_size.observe(total)
             m.batch_seconds.observe(time.perf_counter() - started)
@@ -447,6 +454,13 @@ class DataPlane:
                 self._consumer.resume(*resumed)
             task.held = held
         self.metrics.inputs_held.set(sum(len(task.held) for task in self.runtime.values()))
+
+    def _starved(self) -> bool:
+        """Whether every input of every task is held (``_align``) and the tasks took events since
+        the last checkpoint: the watermarks wait for markers the next checkpoint writes, and
+        until then the loop has nothing to read (``STARVED_COMMIT_GAP_MS``)."""
+        tasks = self.runtime.values()
+        return bool(self._taken) and all(len(t.held) == len(t.core.sources) for t in tasks)
 
     def _few_dirty(self) -> bool:
         """Whether a checkpoint now would write few rooms (see ``PROMPT_COMMIT_MAX_ROOMS``)."""
@@ -493,43 +507,39 @@ class DataPlane:
                 if readable is not None and readable > position:
                     task.core.arriving(source, now_ms)
 
-    def _after_blind_spot(self, now_ms: int, wall: float) -> None:
-        """Before a round's first event: if the last round was ``idle_partition_ms`` or more ago and
-        the loop spent most of that time waiting for the broker (a send or commit waiting for an
-        unreachable broker; a long computation does not count), every task holds its watermark
-        (``outage_hold_ms``): the producers buffered through the same outage and come back at their
-        own pace. ``wall``: the round's monotonic time."""
-        outage = self._blind_spot(wall)
-        self._last_round = (wall, self._broker_wait)
+    def _after_blind_spot(self, now_ms: int) -> None:
+        """Before a round's first event: if since the last round the loop waited on a broker that
+        did not answer for ``idle_partition_ms`` or more (a send or commit waiting for an
+        unreachable broker; a long computation or a slow broker does not count), every task holds
+        its watermark (``outage_hold_ms``): the producers buffered through the same outage and come
+        back at their own pace."""
+        outage = self._blind_spot()
+        self._silence.take()
         if outage:
             for task in self.runtime.values():
                 task.core.hold_after_outage(now_ms)
 
-    def _blind_spot(self, wall: float) -> bool:
-        """Whether the loop waited for the broker for ``idle_partition_ms`` or more since the last
-        round (before monotonic time ``wall``), and for at least half of the time between them.
+    def _blind_spot(self) -> bool:
+        """Whether, since the last round, the loop waited on the broker and heard nothing from it
+        for ``idle_partition_ms`` or more (the silence after which an input counts as gone; see
+        :class:`BrokerSilence`).
 
-        Timed waits, not the process's idle CPU: while the broker is unreachable the clients keep
+        Timed silence, not the process's idle CPU: while the broker is unreachable the clients keep
         trying to reconnect and may log thousands of errors a second, work that made a blocked
-        checkpoint look like a busy process and hid the outage. A wait shorter than
-        ``idle_partition_ms`` (the silence after which an input counts as gone) is a slow broker,
-        not an unreachable one: a catch-up's window boundary at 100 000 rooms sends tens of
-        megabytes at once, and a broker sharing two cores with the worker took 1.3-1.6 s of a
-        2.1-2.4 s round to take them (the load test, session 33), which held every watermark for
-        ``outage_hold_ms`` and kept all windows open meanwhile (1 GB instead of 0.5)."""
-        last_wall, last_wait = self._last_round
-        gap = wall - last_wall
-        waited = self._broker_wait - last_wait
-        return bool(last_wall) and waited * 1000 >= self.settings.core.idle_partition_ms and waited >= gap / 2
+        checkpoint look like a busy process and hid the outage. Nor the time spent waiting: a
+        slow broker answers as it goes. A catch-up's window boundary at 100 000 rooms sends tens
+        of megabytes at once, and a broker sharing two cores with the worker took 1.3-1.6 s of a
+        2.1-2.4 s round to take them (the load test, session 33); its first checkpoint over 2 s
+        (session 36). Each held every watermark for ``outage_hold_ms`` and kept all windows open
+        meanwhile (0.9-1 GB instead of 0.5)."""
+        return self._silence.longest * 1000 >= self.settings.core.idle_partition_ms
 
     async def _send(self) -> float:
         """Hand what every task queued to its producer; returns the seconds that took."""
         started = time.perf_counter()
         for task in self.runtime.values():
             await task.producer.send()
-        waited = time.perf_counter() - started
-        self._broker_wait += waited
-        return waited
+        return time.perf_counter() - started
 
     def _export_top_rooms(self, n: int = 10) -> None:
         """Bounded business view for Prometheus: the top-n rooms by GMV and by views, by rank (not a
@@ -628,13 +638,8 @@ class DataPlane:
         Raises if any task's transaction failed; the others are committed.
         """
         started = time.perf_counter()
-        staging: list[float] = []  # the tasks' synchronous staging; the rest of the gather waits
-        try:
-            results = await asyncio.gather(
-                *(self._commit(task, staging) for task in tasks.values()), return_exceptions=True
-            )
-        finally:
-            self._broker_wait += time.perf_counter() - started - sum(staging)
+        commits = (self._commit(task) for task in tasks.values())
+        results = await asyncio.gather(*commits, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
             self.metrics.checkpoint_failures.labels(type(failure).__name__).inc()
@@ -643,6 +648,7 @@ class DataPlane:
         self.metrics.checkpoint_rooms.inc(sum(r for r in results if isinstance(r, int)))
         self._last_checkpoint = time.monotonic()
         self._commit_soon = False
+        self._taken = 0
         self._refresh_rules()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         trim_s = self.settings.malloc_trim_ms / 1000
@@ -691,29 +697,21 @@ class DataPlane:
             return False, False
         alerted = task.pipeline.publish_alerts(now_ms)
         started = time.perf_counter()
-        staging: list[float] = []
         try:
-            written = await self._commit(task, staging)
+            written = await self._commit(task)
         except BaseException as exc:
             self.metrics.checkpoint_failures.labels(type(exc).__name__).inc()
             raise
-        finally:
-            self._broker_wait += time.perf_counter() - started - sum(staging)
         self.metrics.checkpoint_rooms.inc(written)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         return True, alerted
 
-    async def _commit(self, task: _Task, staging: list[float]) -> int:
-        """One task's checkpoint transaction; returns the changelog records written. The seconds
-        its staging took are added to ``staging``."""
+    async def _commit(self, task: _Task) -> int:
+        """One task's checkpoint transaction; returns the changelog records written."""
         assert self._routing is not None
         sources = self._routing.sources
         offsets = {sources[tp.topic]: offset for tp, offset in task.positions.items() if tp.topic in sources}
-        started = time.perf_counter()
-        try:
-            written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
-        finally:
-            staging.append(time.perf_counter() - started)
+        written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
         await task.producer.commit(task.positions, self.settings.group_id)
         task.committed_at = time.monotonic()
         task.owed = False
@@ -745,9 +743,7 @@ class DataPlane:
         async with self._lock:
             # A rebalance after a blind spot (the broker unreachable past the session timeout: the
             # group dropped this member) is still an outage: the next owners hold (see _assign).
-            self._outage_before_rebalance = self._outage_before_rebalance or self._blind_spot(
-                time.monotonic()
-            )
+            self._outage_before_rebalance = self._outage_before_rebalance or self._blind_spot()
             self.ready = False
             self._rebalancing = True
             self._pending = None  # not opened yet: nothing to give up
@@ -830,7 +826,7 @@ class DataPlane:
             # The rebalance (revoke, join, restore) was no round and mostly waiting: not an outage
             # the next round should hold every watermark for (_after_blind_spot) - unless the
             # rounds had stopped before it (_revoke).
-            self._last_round = (time.monotonic(), self._broker_wait)
+            self._silence.take()
             if self._outage_before_rebalance:
                 self._outage_before_rebalance = False
                 now_ms = int(self._clock() * 1000)
@@ -880,6 +876,7 @@ class DataPlane:
             partition,
             transaction_timeout_ms=s.transaction_timeout_ms,
             native_batches=s.native_batches,
+            silence=self._silence,
         )
         await producer.start()
         records, key_offsets, seconds = await read_partition(s, partition)

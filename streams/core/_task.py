@@ -700,11 +700,20 @@ class TaskAggregator:
         client fetches by bytes, and the order and gift topics carry few events per second):
         measured at 6 000 rooms, every task ran 100-250 s of event time ahead of the slowest task,
         and each room kept, and wrote at every checkpoint, ~45 buckets and ~10 sketches.
+
+        Before a task that re-routes here first published (a first deployment), the watermark
+        has not moved: every event read stays open until that task's first checkpoint. Then
+        nothing is read past ``max_source_drift_ms`` after the window the task's state began at
+        (``watch_start``): a catch-up of 100 000 rooms read 390 s of event time (815 000 events)
+        before the first checkpoint, and peaked at 550 MB there.
         """
         drift = self.config.max_source_drift_ms
         slowest = self._slowest()
         if slowest == NO_TIME:  # a sender has not published yet: align the task's own inputs
             slowest = self._slowest(senders=False)
+            first = self.watch_start  # the window this task's state began at
+            if self._watermark == NO_TIME and first is not None and slowest not in (NEVER, NO_TIME):
+                slowest = min(slowest, first)
         if not drift or slowest in (NEVER, NO_TIME):
             return frozenset()
         held = set(held)

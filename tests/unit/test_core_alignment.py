@@ -62,6 +62,22 @@ def test_before_every_sender_published_the_task_aligns_its_own_inputs() -> None:
     assert agg.sources_to_hold() == {1}
 
 
+def test_before_a_sender_published_nothing_is_read_past_the_drift_after_the_first_window() -> None:
+    """The watermark cannot move before then: each event read would stay open."""
+    agg = TaskAggregator(CFG, sources=(0, 1), senders=(2,))
+    feed(agg, 0, BASE_MS + 1_000)
+    feed(agg, 1, BASE_MS + 5_000)
+    assert agg.watch_start == BASE_MS
+    feed(agg, 0, BASE_MS + 29_000, offset=2)
+    feed(agg, 1, BASE_MS + 30_000, offset=2)
+    assert agg.sources_to_hold() == set()
+    feed(agg, 0, BASE_MS + 31_000, offset=3)
+    feed(agg, 1, BASE_MS + 41_000, offset=3)
+    assert agg.sources_to_hold() == {0, 1}  # the slowest input too
+    agg.sender_progress(2, BASE_MS + 25_000)
+    assert agg.sources_to_hold({0, 1}) == {1}  # then the sender's frontier holds the reading
+
+
 def test_nothing_is_held_until_every_input_delivered_or_with_alignment_off() -> None:
     agg = TaskAggregator(CFG, sources=(0, 1))
     feed(agg, 1, BASE_MS + 60_000)  # input 0 has sent nothing: its events may be anywhere

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from schemas import ViewerEvent
+from streams._transactions import BrokerSilence
 from streams.dataplane import DataPlane, _Task
 from streams.metrics import Metrics
 from streams.pipeline import Routing
@@ -52,45 +53,69 @@ def test_free_pages_inside_a_fragmented_heap_go_back_to_the_system() -> None:
     assert len(kept) == 30_000
 
 
-def test_rounds_apart_while_the_loop_waited_for_the_broker_hold_every_watermark() -> None:
-    """A checkpoint blocked for the outage keeps the next round away: that round holds. A round
-    as late because of the process's own work (a long computation, a freeze) does not: no producer
-    buffered meanwhile; nor does one that waited less than ``idle_partition_ms`` for a slow broker.
-    Waiting is timed, not read off the process's idle CPU: the clients' retries while the broker
-    is gone can keep the process busy."""
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_round_after_the_broker_was_silent_for_idle_partition_ms_holds_every_watermark() -> None:
+    """A wait on a broker that answers nothing for ``idle_partition_ms`` (2 s) makes the next round
+    hold every watermark. Time without a wait does not (a long computation, a freeze: no producer
+    buffered meanwhile), nor a long wait on a slow broker that answers as it goes (a catch-up's
+    first checkpoint, 120 000 changelog records), nor a silence of less than 2 s."""
     plane = DataPlane(Settings(partitions=4), Metrics())
+    clock = _Clock()
+    plane._silence = BrokerSilence(clock)
     pipeline, _, _ = make(partition=0)
     plane.runtime = {0: _Task(pipeline, producer=None)}  # type: ignore[arg-type]
     core = pipeline.core
+    silence = plane._silence
 
-    plane._after_blind_spot(NOW_MS, 100.0)
-    plane._after_blind_spot(NOW_MS + 10_000, 110.0)  # 10 s of computation or a freeze
+    plane._after_blind_spot(NOW_MS)
+    clock.now += 10.0  # 10 s of computation or a freeze
+    plane._after_blind_spot(NOW_MS + 10_000)
     assert core.holding_until_ms is None
-    plane._broker_wait += 1.0  # a round 3 s later, one of them waiting: not mostly waiting
-    plane._after_blind_spot(NOW_MS + 13_000, 113.0)
+    with silence.waiting():  # 6 s waiting on a slow broker, an acknowledgement every 0.5 s
+        for _ in range(12):
+            clock.now += 0.5
+            silence.heard()
+    plane._after_blind_spot(NOW_MS + 16_000)
     assert core.holding_until_ms is None
-    plane._broker_wait += 1.6  # 2.4 s later, 1.6 s of it sending a boundary to a slow broker
-    plane._after_blind_spot(NOW_MS + 15_400, 115.4)
+    with silence.waiting():  # 1.9 s without an answer
+        clock.now += 1.9
+    plane._after_blind_spot(NOW_MS + 18_000)
     assert core.holding_until_ms is None
-    plane._broker_wait += 9.0  # a commit waited 9 of the 10 s
-    plane._after_blind_spot(NOW_MS + 25_400, 125.4)
-    assert core.holding_until_ms == NOW_MS + 25_400 + plane.settings.core.outage_hold_ms
+    with silence.waiting():  # acknowledged at first, then nothing for 9 s
+        clock.now += 0.1
+        silence.heard()
+        clock.now += 9.0
+    plane._after_blind_spot(NOW_MS + 27_100)
+    assert core.holding_until_ms == NOW_MS + 27_100 + plane.settings.core.outage_hold_ms
+    assert core.counters.outage_holds == 1
+    plane._after_blind_spot(NOW_MS + 27_200)  # counted once
     assert core.counters.outage_holds == 1
 
 
 class _SlowBroker:
-    """A task producer whose commit waits for the broker ``seconds`` long."""
+    """A task producer whose commit waits ``seconds`` for a broker that answers nothing, timed
+    as :class:`TaskProducer` times its waits."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, silence: BrokerSilence) -> None:
         self.seconds = seconds
+        self.silence = silence
 
     async def commit(self, offsets: Mapping[Any, int], group_id: str) -> None:
-        await asyncio.sleep(self.seconds)
+        with self.silence.waiting():
+            await asyncio.sleep(self.seconds)
 
 
-def test_a_checkpoint_counts_its_commits_waiting_as_waiting_and_its_staging_as_work() -> None:
+def test_a_checkpoint_counts_its_commits_waiting_as_silence_and_its_staging_as_work() -> None:
     """Two tasks, each staging for 0.4 s (synchronous work), each commit waiting 0.3 s for the
-    broker, side by side: 0.3 s of waiting, not the ~1.1 s the checkpoint took."""
+    broker, side by side: 0.3 s of silence, not the ~1.1 s the checkpoint took nor the 0.7 s the
+    first commit waited (the second task's staging ran inside it)."""
     plane = DataPlane(Settings(partitions=4), Metrics())
     plane._routing = Routing(TOPICS, PARTITIONS)
     plane.runtime = {}
@@ -106,12 +131,32 @@ def test_a_checkpoint_counts_its_commits_waiting_as_waiting_and_its_staging_as_w
             return int(stage(now_ms, offsets))
 
         pipeline.stage_checkpoint = slow_stage  # type: ignore[method-assign]
-        plane.runtime[p] = _Task(pipeline, _SlowBroker(0.3))  # type: ignore[arg-type]
+        plane.runtime[p] = _Task(pipeline, _SlowBroker(0.3, plane._silence))  # type: ignore[arg-type]
 
     started = time.perf_counter()
     asyncio.run(plane._checkpoint(plane.runtime))
     assert time.perf_counter() - started >= 1.1
-    assert 0.3 <= plane._broker_wait < 0.7
+    assert 0.3 <= plane._silence.longest < 0.6
+
+
+def test_broker_silence_counts_from_the_last_answer_within_waits_only() -> None:
+    clock = _Clock()
+    silence = BrokerSilence(clock)
+    silence.heard()  # an acknowledgement while nothing waits: no silence
+    clock.now += 5.0
+    silence.heard()
+    assert silence.longest == 0.0
+    clock.now += 3.0  # time between waits is not silence
+    with silence.waiting():
+        clock.now += 0.25
+        silence.heard()
+        clock.now += 1.5  # work of the worker's own (another task's staging) inside the wait
+        with silence.waiting():  # that task begins to wait
+            clock.now += 0.5
+        clock.now += 0.25
+    assert silence.longest == 0.5
+    assert silence.take() == 0.5
+    assert silence.longest == 0.0
 
 
 def test_an_assignment_no_task_layout_fits_is_refused_by_name() -> None:
@@ -561,3 +606,18 @@ def test_positions_outside_the_log_while_reading_are_rebased_or_counted_as_expir
         VIEWER, [(o, ViewerEvent("join", "r", f"n{o}", T0 + 1000 + o)) for o in range(200, 260)], NOW_MS
     )
     assert result.replayed == 0
+
+
+def test_every_input_held_after_taking_events_asks_for_a_checkpoint() -> None:
+    """The watermarks then wait for the markers of the next checkpoint: nothing else would move
+    before the commit interval. Not before the tasks took anything since the last one (its
+    markers said all there is), nor while one input of one task may still be read."""
+    plane = DataPlane(Settings(partitions=4), Metrics())
+    plane.runtime = {p: _Task(make(partition=p)[0], producer=None) for p in range(2)}  # type: ignore[arg-type]
+    for task in plane.runtime.values():
+        task.held = frozenset(task.core.sources)
+    assert not plane._starved()
+    plane._taken = 20_000
+    assert plane._starved()
+    plane.runtime[1].held = frozenset(list(plane.runtime[1].core.sources)[1:])
+    assert not plane._starved()
