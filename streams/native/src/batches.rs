@@ -87,9 +87,12 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn new(transactional: bool) -> Self {
+    /// An empty batch with room for `capacity` bytes.
+    fn new(transactional: bool, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.max(HEADER_SIZE));
+        buf.resize(HEADER_SIZE, 0);
         Batch {
-            buf: vec![0; HEADER_SIZE],
+            buf,
             count: 0,
             first_ts: 0,
             max_ts: 0,
@@ -202,11 +205,14 @@ impl Outbox {
         let batch = self
             .open
             .entry((topic, partition))
-            .or_insert_with(|| Batch::new(transactional));
+            .or_insert_with(|| Batch::new(transactional, 0));
         if batch.append(ts, key, value, headers, limit) {
             return;
         }
-        let full = std::mem::replace(batch, Batch::new(transactional));
+        // the next batch of a partition that filled one is likely to fill too: its buffer is
+        // made whole at once, not grown by doubling (a copy of all it holds at every step: 2-3 %
+        // of a catch-up's CPU at 100 000 rooms, session 36)
+        let full = std::mem::replace(batch, Batch::new(transactional, limit));
         batch.append(ts, key, value, headers, limit); // the first record always goes in
         self.full.push((topic, partition, full));
     }
