@@ -378,6 +378,7 @@ class DataPlane:
         # caught up (the fetch did not fill) with live traffic: a task that publishes windows, or
         # whose markers would let others close theirs, commits at once (see _commit_task)
         caught_up = sum(len(messages) for messages in batches.values()) < self.settings.max_batch_records
+        inputs = self._routing.sources if self._routing is not None else {}
         for tp, messages in batches.items():
             task = self.runtime.get(tp.partition)
             if task is None:
@@ -386,6 +387,8 @@ class DataPlane:
             if not messages:  # rebalance in, and a new owner restored at other positions
                 continue
             total += len(messages)
+            if tp.topic in inputs:  # not the repartition topic: its markers come back at every checkpoint
+                self._taken += len(messages)
             published = task.pipeline.process(tp.topic, messages, now_ms)
             task.positions[tp] = messages[-1].offset + 1
             if published:
@@ -420,7 +423,6 @@ class DataPlane:
         if transitions or resend:
             self._count_firing(now_ms, resend=resend)
         await self._send()
-        self._taken += total
         if total:
             m.batch_size.observe(total)
             m.batch_seconds.observe(time.perf_counter() - started)
