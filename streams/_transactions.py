@@ -91,7 +91,9 @@ class BrokerSilence:
 class TaskProducer:
     """The transactional producer of one task, with its record batching (:class:`Outbound`).
 
-    ``silence``: told of every response the producer waits for (:class:`BrokerSilence`)."""
+    ``silence``: told of every response the producer waits for (:class:`BrokerSilence`), shared
+    with the data plane, whose outage test reads it: required, as a producer of its own would hide
+    an outage."""
 
     def __init__(
         self,
@@ -100,11 +102,11 @@ class TaskProducer:
         partition: int,
         *,
         transaction_timeout_ms: int,
+        silence: BrokerSilence,
         native_batches: bool = True,
-        silence: BrokerSilence | None = None,
     ) -> None:
         self.partition = partition
-        self._silence = silence or BrokerSilence()
+        self._silence = silence
         self.transactional_id = transactional_id(app_id, partition)
         self._producer = AIOKafkaProducer(
             **client,

@@ -528,7 +528,13 @@ def test_a_producer_id_that_never_comes_ends_the_take_over_with_an_error() -> No
             await asyncio.Event().wait()
 
     async def start() -> None:
-        producer = TaskProducer({"bootstrap_servers": "127.0.0.1:9"}, "app", 3, transaction_timeout_ms=60_000)
+        producer = TaskProducer(
+            {"bootstrap_servers": "127.0.0.1:9"},
+            "app",
+            3,
+            transaction_timeout_ms=60_000,
+            silence=BrokerSilence(),
+        )
         client, producer._producer = producer._producer, _NoProducerId()  # type: ignore[assignment]
         try:
             await producer.start(timeout_s=0.05)
