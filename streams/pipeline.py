@@ -48,7 +48,10 @@ from schemas import (
 )
 
 from ._fetch import RecordRun
-from ._outbound import append_record  # the worker's record append, for sinks that model it
+from ._outbound import (  # the worker's record append and request encoding, for benchmarks that model them
+    append_record,
+    join_produce_requests,
+)
 from .core import (
     AlertEvent,
     CoreConfig,
@@ -74,6 +77,7 @@ __all__ = [
     "Routing",
     "TaskPipeline",
     "append_record",
+    "join_produce_requests",
 ]
 
 VIEWER, ORDER, GIFT, REPARTITION = (int(source) for source in Source)  # plain ints on the hot path

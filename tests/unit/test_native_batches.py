@@ -154,3 +154,76 @@ def test_outbound_uses_the_native_outbox_unless_the_producer_compresses() -> Non
     assert asyncio.run(outbox_of(transactional_id="t-1")) is not None
     assert asyncio.run(outbox_of(compression_type="gzip")) is None
     assert asyncio.run(outbox_of(value_serializer=str.encode)) is None
+
+
+produce_topics = st.lists(
+    st.tuples(
+        st.text(max_size=20),
+        st.lists(
+            st.tuples(
+                st.integers(-(2**31), 2**31 - 1),
+                st.one_of(st.none(), st.binary(max_size=200), st.binary(max_size=50).map(bytearray)),
+            ),
+            max_size=4,
+        ),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    transactional_id=st.one_of(st.none(), st.text(max_size=30)),
+    acks=st.sampled_from([-1, 0, 1]),
+    timeout=st.integers(0, 2**31 - 1),
+    topics=produce_topics,
+)
+def test_a_joined_produce_request_is_the_bytes_aiokafka_encodes(
+    transactional_id: str | None, acks: int, timeout: int, topics: list[Any]
+) -> None:
+    from aiokafka.protocol.produce import ProduceRequest
+
+    from streams._outbound import JoinedProduceRequest
+
+    for struct_class in ProduceRequest._CLASSES:
+        if transactional_id and struct_class.API_VERSION < 3:
+            continue
+        theirs = ProduceRequest(transactional_id, acks, timeout, topics).build(struct_class)
+        ours = JoinedProduceRequest(transactional_id, acks, timeout, topics).build(struct_class)
+        assert ours.encode() == theirs.encode()
+        assert (ours.API_VERSION, ours.RESPONSE_TYPE) == (theirs.API_VERSION, theirs.RESPONSE_TYPE)
+        if struct_class.API_VERSION >= 3:
+            assert type(ours) is not struct_class  # joined, not aiokafka's encoding
+
+
+def test_a_native_outbound_has_the_producers_sender_join_its_requests() -> None:
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.producer import sender
+    from aiokafka.protocol.produce import ProduceRequest
+    from aiokafka.structs import TopicPartition
+
+    async def outbound() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never connects
+        try:
+            Outbound(producer)
+        finally:
+            await producer.stop()
+
+    asyncio.run(outbound())
+    # the request aiokafka's sender builds for two batches, as a broker offering v0-v7 gets it
+    txn = SimpleNamespace(transactional_id="livepulse-3")
+    owner = SimpleNamespace(
+        client=None, _retry_backoff=0.1, _txn_manager=txn, _acks=-1, _request_timeout_ms=40_000
+    )
+    batches = {
+        TopicPartition("out", 1): SimpleNamespace(get_data_buffer=lambda: b"batch-one"),
+        TopicPartition("changelog", 0): SimpleNamespace(get_data_buffer=lambda: bytearray(b"two")),
+    }
+    request = sender.SendProduceReqHandler(owner, batches).create_request()
+    built = request.prepare({ProduceRequest.API_KEY: (0, 7)})
+    topics = [("out", [(1, b"batch-one")]), ("changelog", [(0, bytearray(b"two"))])]
+    expected = ProduceRequest("livepulse-3", -1, 40_000, topics).prepare({ProduceRequest.API_KEY: (0, 7)})
+    assert type(built).__module__ == "streams._outbound"
+    assert built.encode() == expected.encode()

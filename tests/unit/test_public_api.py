@@ -96,6 +96,7 @@ PINNED = {
         "Routing",
         "TaskPipeline",
         "append_record",
+        "join_produce_requests",
     },
 }
 

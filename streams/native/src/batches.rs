@@ -52,6 +52,14 @@ fn varint_size(value: i64) -> usize {
     n
 }
 
+/// The bytes `write_bytes` writes for `bytes`.
+fn bytes_size(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => 1,
+        Some(b) => varint_size(b.len() as i64) + b.len(),
+    }
+}
+
 fn write_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {
         None => write_varint(out, -1),
@@ -82,8 +90,6 @@ pub struct Batch {
     producer_epoch: i16,
     base_sequence: i32,
     transactional: bool,
-    /// the record body of the last append (reused: no allocation a record)
-    scratch: Vec<u8>,
 }
 
 impl Batch {
@@ -100,7 +106,6 @@ impl Batch {
             producer_epoch: -1,
             base_sequence: 0,
             transactional,
-            scratch: Vec::new(),
         }
     }
 
@@ -117,20 +122,18 @@ impl Batch {
     ) -> bool {
         let first = self.count == 0;
         let delta = if first { 0 } else { ts - self.first_ts };
-        let body = &mut self.scratch;
-        body.clear();
-        body.push(0); // attributes
-        write_varint(body, delta);
-        write_varint(body, self.count as i64); // offset delta
-        write_bytes(body, key);
-        write_bytes(body, value);
-        write_varint(body, headers.len() as i64);
+        // the record's length first, then the record written straight into the batch (no copy
+        // of its value through a buffer of its own)
+        let mut length = 1 // attributes
+            + varint_size(delta)
+            + varint_size(self.count as i64) // offset delta
+            + bytes_size(key)
+            + bytes_size(value)
+            + varint_size(headers.len() as i64);
         for (name, value) in headers {
-            write_bytes(body, Some(name.as_bytes()));
-            write_bytes(body, *value);
+            length += bytes_size(Some(name.as_bytes())) + bytes_size(*value);
         }
-        let size = body.len() + varint_size(body.len() as i64);
-        if !first && self.buf.len() + size >= limit {
+        if !first && self.buf.len() + length + varint_size(length as i64) >= limit {
             return false;
         }
         if first {
@@ -139,8 +142,18 @@ impl Batch {
         } else {
             self.max_ts = self.max_ts.max(ts);
         }
-        write_varint(&mut self.buf, body.len() as i64);
-        self.buf.extend_from_slice(body);
+        let out = &mut self.buf;
+        write_varint(out, length as i64);
+        out.push(0); // attributes
+        write_varint(out, delta);
+        write_varint(out, self.count as i64);
+        write_bytes(out, key);
+        write_bytes(out, value);
+        write_varint(out, headers.len() as i64);
+        for (name, value) in headers {
+            write_bytes(out, Some(name.as_bytes()));
+            write_bytes(out, *value);
+        }
         self.count += 1;
         true
     }
@@ -179,6 +192,11 @@ pub struct Outbox {
     topics: Vec<String>,
     open: IndexMap<(usize, i32), Batch>,
     full: Vec<(usize, i32, Batch)>,
+    /// the bytes each partition's open batch held when last taken: its next one's buffer is
+    /// made that size (and a quarter) at once, not grown from nothing by doubling, a copy of all
+    /// it holds at each step (realloc under `Batch::append`, ~3 % of a 100 000-room catch-up,
+    /// session 37)
+    last_open: IndexMap<(usize, i32), usize>,
 }
 
 impl Outbox {
@@ -202,10 +220,11 @@ impl Outbox {
             }
         };
         let transactional = self.transactional;
-        let batch = self
-            .open
-            .entry((topic, partition))
-            .or_insert_with(|| Batch::new(transactional, 0));
+        let last_open = &self.last_open;
+        let batch = self.open.entry((topic, partition)).or_insert_with(|| {
+            let last = last_open.get(&(topic, partition)).copied().unwrap_or(0);
+            Batch::new(transactional, (last + last / 4).min(limit))
+        });
         if batch.append(ts, key, value, headers, limit) {
             return;
         }
@@ -235,6 +254,7 @@ impl Outbox {
             topics: Vec::new(),
             open: IndexMap::new(),
             full: Vec::new(),
+            last_open: IndexMap::new(),
         })
     }
 
@@ -294,8 +314,10 @@ impl Outbox {
                 (topics[topic].clone(), partition, RecordBatch::new(batch))
             })
             .collect();
+        let last_open = &mut self.last_open;
         out.extend(std::mem::take(&mut self.open).into_iter().map(
             |((topic, partition), batch)| {
+                last_open.insert((topic, partition), batch.buf.len());
                 (topics[topic].clone(), partition, RecordBatch::new(batch))
             },
         ));
@@ -315,9 +337,8 @@ pub struct RecordBatch {
 impl RecordBatch {
     fn new(mut batch: Batch) -> Self {
         // held until the producer's sender builds it: no more than its records (a batch's buffer
-        // grows by doubling) and no scratch
+        // is made larger than it may need, or grows by doubling)
         batch.buf.shrink_to_fit();
-        batch.scratch = Vec::new();
         let count = batch.count;
         RecordBatch {
             batch: Some(batch),

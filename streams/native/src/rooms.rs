@@ -2733,6 +2733,12 @@ impl NativeRooms {
                 break;
             }
             let members = self.by_window.remove(&ws).expect("just seen");
+            // one allocation a boundary, not a doubling (and a copy of all closed before) as
+            // the window's rooms close one by one
+            windows.reserve(members.len());
+            if self.detect_spikes {
+                self.undetected.reserve(members.len());
+            }
             for room_id in members {
                 let room = self
                     .rooms
