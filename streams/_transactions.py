@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from ._errors import kafka_errors
 from ._outbound import Outbound
@@ -69,12 +69,19 @@ class BrokerSilence:
             self.heard()
             self._waits -= 1
 
-    def heard(self, *_: object) -> None:
-        """The broker answered (also a done-callback of a sent batch's future)."""
+    def heard(self) -> None:
+        """The broker answered."""
         now = self._clock()
         if self._waits:
             self._longest = max(self._longest, now - self._since)
         self._since = now
+
+    def acked(self, batch: asyncio.Future[Any]) -> None:
+        """A sent batch's done-callback: the broker answered, unless the batch failed for want of
+        an answer (the client's own timeout; cancelled, as when the producer stops)."""
+        if batch.cancelled() or isinstance(batch.exception(), KafkaTimeoutError):
+            return
+        self.heard()
 
     @property
     def longest(self) -> float:
@@ -116,7 +123,7 @@ class TaskProducer:
             max_batch_size=1024 * 1024,
             max_request_size=MAX_RECORD_BYTES,
         )
-        self.outbound = Outbound(self._producer, native=native_batches, acked=self._silence.heard)
+        self.outbound = Outbound(self._producer, native=native_batches, acked=self._silence.acked)
         self._started = False
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:

@@ -693,8 +693,9 @@ class TaskAggregator:
         ``max_source_drift_ms`` past that is held back until it is within half of it again;
         ``held`` are the sources held back until now. While held, a source keeps its newest event
         time and holds the watermark as ever (the runtime counts it busy), so its unread events
-        are no later than they would have been; and the task or input the watermark waits for is
-        never held, so the watermark always moves on.
+        are no later than they would have been; and once every task that re-routes here has
+        published, the task or input the watermark waits for is never held, so the watermark
+        always moves on (before that, see below: the watermark waits for that task's markers).
 
         Without it, a catch-up reads some partitions and topics far ahead of the others (the
         client fetches by bytes, and the order and gift topics carry few events per second):

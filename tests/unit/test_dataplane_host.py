@@ -114,7 +114,7 @@ class _SlowBroker:
 
 def test_a_checkpoint_counts_its_commits_waiting_as_silence_and_its_staging_as_work() -> None:
     """Two tasks, each staging for 0.4 s (synchronous work), each commit waiting 0.3 s for the
-    broker, side by side: 0.3 s of silence, not the ~1.1 s the checkpoint took nor the 0.7 s the
+    broker, side by side: 0.3 s of silence, not the ~1.1 s the checkpoint took nor the ~0.4 s the
     first commit waited (the second task's staging ran inside it)."""
     plane = DataPlane(Settings(partitions=4), Metrics())
     plane._routing = Routing(TOPICS, PARTITIONS)
@@ -157,6 +157,36 @@ def test_broker_silence_counts_from_the_last_answer_within_waits_only() -> None:
     assert silence.longest == 0.5
     assert silence.take() == 0.5
     assert silence.longest == 0.0
+
+
+def test_a_batch_that_failed_for_want_of_an_answer_is_no_answer() -> None:
+    from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+
+    async def answers() -> list[float]:
+        clock = _Clock()
+        silence = BrokerSilence(clock)
+        loop = asyncio.get_running_loop()
+        seen = []
+        for outcome in ("ok", NotLeaderForPartitionError(), KafkaTimeoutError(), "cancel"):
+            batch: asyncio.Future[Any] = loop.create_future()
+            batch.add_done_callback(silence.acked)
+            with silence.waiting():
+                clock.now += 1.0
+                if outcome == "ok":
+                    batch.set_result(None)
+                elif outcome == "cancel":
+                    batch.cancel()
+                else:
+                    assert isinstance(outcome, Exception)
+                    batch.set_exception(outcome)
+                await asyncio.sleep(0)  # the done-callback runs
+                clock.now += 2.0
+            seen.append(silence.take())
+        return seen
+
+    # an answer, even a refusal, splits the wait's 3 s; the client's own timeout and a
+    # cancellation do not
+    assert asyncio.run(answers()) == [2.0, 2.0, 3.0, 3.0]
 
 
 def test_an_assignment_no_task_layout_fits_is_refused_by_name() -> None:
