@@ -58,6 +58,8 @@ from .produce import Progress, ensure_topics, generate, send
 from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
 
 REPO = Path(__file__).resolve().parents[1]
+#: the most a run's clean-up waits for the broker to take its topic deletions
+DELETE_TOPICS_TIMEOUT_S = 30.0
 
 #: ``--variants``: livepulse workers with other settings, name -> (what differs, their settings)
 VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
@@ -205,6 +207,9 @@ class Harness:
         self.log_dir = cfg.out_dir / f"run-{self.stamp}-{self.suffix}"
         self.result = Result(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
         self.topics_created: list[str] = []
+        #: every worker process started, killed at the end if still running (a run stopped
+        #: half-way: the workers run in sessions of their own, which Ctrl-C does not reach)
+        self._workers: list[WorkerProcess] = []
         self._sender_lag = SenderLag(())
 
     def say(self, text: str) -> None:
@@ -220,6 +225,9 @@ class Harness:
         try:
             return await self._run(bootstrap)
         finally:
+            for worker in self._workers:
+                if worker.proc.poll() is None:
+                    worker.kill()
             if self.cfg.cleanup:
                 await self._delete_topics(bootstrap)
 
@@ -366,6 +374,7 @@ class Harness:
                 grace_ms=cfg.grace_ms,
                 log_dir=self.log_dir,
                 timeout_s=cfg.timeout_s,
+                group_prefix=f"lt-{self.suffix}-base",  # its framework's topics cleaned up with the run's
             )
             row = {
                 "name": name,
@@ -402,7 +411,7 @@ class Harness:
     ) -> tuple[dict[str, Any], WorkerProcess]:
         """A fresh worker of ``deployment`` timed until it consumed the backlog and closed its last
         window (see ``catch_up_rate``); it is left running."""
-        worker = WorkerProcess(deployment, self.log_dir, f"livepulse-{label}")
+        worker = self._start_worker(deployment, f"livepulse-{label}")
         ready_s = await worker.wait_ready()
         sampler = Sampler(worker, every_s=0.25)
         await sampler.until_consumed(total, self.cfg.timeout_s)
@@ -439,7 +448,7 @@ class Harness:
             worker.kill()
         else:
             worker.stop()
-        again = WorkerProcess(deployment, self.log_dir, "livepulse-restarted")
+        again = self._start_worker(deployment, "livepulse-restarted")
         ready_s = await again.wait_ready()
         m = await again.metrics()
         for _ in range(30):  # the rooms gauge is set by the first processing round after restore
@@ -663,21 +672,34 @@ class Harness:
         )
         self.say("correctness:\n" + v.summary())
 
+    def _start_worker(self, deployment: Deployment, label: str) -> WorkerProcess:
+        worker = WorkerProcess(deployment, self.log_dir, label)
+        self._workers.append(worker)
+        return worker
+
     async def _delete_topics(self, bootstrap: str) -> None:
+        """The run's topics deleted; bounded (a run may have ended because the broker is gone)
+        and never raising, so it neither hides the run's result nor replaces its error."""
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
         try:
-            existing = set(await admin.list_topics())
-            # and every topic of the run's deployments (app ids ``lt-<suffix>-<label>``): its
-            # rollup topics and the framework's own are not among the topics it configures
-            ours = f"lt-{self.suffix}-"
-            doomed = sorted(t for t in existing if t in self.topics_created or t.startswith(ours))
-            if doomed:
-                await admin.delete_topics(doomed)
-        except Exception as exc:  # cleanup must not hide the result
+            async with asyncio.timeout(DELETE_TOPICS_TIMEOUT_S):
+                await self._delete_with(admin)
+        except Exception as exc:  # cleanup must not hide the result (a timeout included)
             self.say(f"could not delete topics: {exc!r}")
         finally:
-            await admin.close()
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    async def _delete_with(self, admin: AIOKafkaAdminClient) -> None:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        # and every topic of the run's deployments (app ids ``lt-<suffix>-<label>``) and
+        # baselines (groups ``lt-<suffix>-base-<name>-<id>``): rollup topics and the
+        # frameworks' own are not among the topics a deployment configures
+        ours = f"lt-{self.suffix}-"
+        doomed = sorted(t for t in existing if t in self.topics_created or t.startswith(ours))
+        if doomed:
+            await admin.delete_topics(doomed)
 
 
 def _own_peak_rss() -> int:
@@ -896,7 +918,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             **common,
         )
     require_extras(cfg.baselines, report=args.report)
-    result = asyncio.run(_stopped_by_sigterm(run_harness(cfg)))
+    try:
+        result = asyncio.run(_stopped_by_sigterm(run_harness(cfg)))
+    except asyncio.CancelledError:  # SIGTERM: stopped, cleaned up; the shell's code for it
+        return 128 + signal.SIGTERM
     if cfg.report:
         write_report(result, list(cfg.argv))
     print(result.verdict.summary() if result.verdict else "no verdict")

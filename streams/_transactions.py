@@ -77,9 +77,15 @@ class BrokerSilence:
         self._since = now
 
     def acked(self, batch: asyncio.Future[Any]) -> None:
-        """A sent batch's done-callback: the broker answered, unless the batch failed for want of
-        an answer (the client's own timeout; cancelled, as when the producer stops)."""
-        if batch.cancelled() or isinstance(batch.exception(), KafkaTimeoutError):
+        """A sent batch's done-callback: the broker answered, unless the batch was cancelled (the
+        producer stopping) or failed for want of an answer. A transactional producer retries
+        every retriable error the broker answers, so a retriable failure is the client's own:
+        aiokafka 0.14 fails a batch with ``NotLeaderForPartitionError`` or
+        ``LeaderNotAvailableError`` when no leader was known for ``request_timeout_ms``."""
+        if batch.cancelled():
+            return
+        error = batch.exception()
+        if isinstance(error, KafkaTimeoutError) or getattr(error, "retriable", False):
             return
         self.heard()
 

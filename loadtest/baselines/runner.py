@@ -75,9 +75,11 @@ async def run_baseline(
     grace_ms: int,
     log_dir: Path,
     timeout_s: float,
+    group_prefix: str = "lt-base",
 ) -> BaselineRun:
-    """Start ``python -m <baseline>``, follow its progress until done, the timeout, or its exit."""
-    group = f"lt-base-{name}-{uuid.uuid4().hex[:8]}"
+    """Start ``python -m <baseline>``, follow its progress until done, the timeout, or its exit.
+    Its consumer group (which names the topics faust and Quix make) begins with ``group_prefix``."""
+    group = f"{group_prefix}-{name}-{uuid.uuid4().hex[:8]}"
     state_dir = log_dir / f"state-{group}"
     cmd = [
         sys.executable,

@@ -156,18 +156,17 @@ def test_outbound_uses_the_native_outbox_unless_the_producer_compresses() -> Non
     assert asyncio.run(outbox_of(value_serializer=str.encode)) is None
 
 
-produce_topics = st.lists(
+produce_partitions = st.lists(
     st.tuples(
-        st.text(max_size=20),
-        st.lists(
-            st.tuples(
-                st.integers(-(2**31), 2**31 - 1),
-                st.one_of(st.none(), st.binary(max_size=200), st.binary(max_size=50).map(bytearray)),
-            ),
-            max_size=4,
-        ),
+        st.integers(-(2**31), 2**31 - 1),
+        st.one_of(st.none(), st.binary(max_size=200), st.binary(max_size=50).map(bytearray)),
     ),
     max_size=4,
+)
+# None: a null array, which aiokafka encodes as -1 (its sender never sends one)
+produce_topics = st.one_of(
+    st.none(),
+    st.lists(st.tuples(st.text(max_size=20), st.one_of(st.none(), produce_partitions)), max_size=4),
 )
 
 
@@ -196,13 +195,17 @@ def test_a_joined_produce_request_is_the_bytes_aiokafka_encodes(
             assert type(ours) is not struct_class  # joined, not aiokafka's encoding
 
 
-def test_a_native_outbound_has_the_producers_sender_join_its_requests() -> None:
+def test_a_native_outbound_has_the_producers_sender_join_its_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from types import SimpleNamespace
 
     from aiokafka import AIOKafkaProducer
     from aiokafka.producer import sender
     from aiokafka.protocol.produce import ProduceRequest
     from aiokafka.structs import TopicPartition
+
+    monkeypatch.setattr(sender, "ProduceRequest", ProduceRequest)  # as if nothing installed it yet
 
     async def outbound() -> None:
         producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never connects
@@ -227,3 +230,16 @@ def test_a_native_outbound_has_the_producers_sender_join_its_requests() -> None:
     expected = ProduceRequest("livepulse-3", -1, 40_000, topics).prepare({ProduceRequest.API_KEY: (0, 7)})
     assert type(built).__module__ == "streams._outbound"
     assert built.encode() == expected.encode()
+
+
+def test_a_sender_this_was_not_written_against_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka.producer import sender
+
+    from streams._outbound import join_produce_requests
+
+    class Other:
+        pass
+
+    monkeypatch.setattr(sender, "ProduceRequest", Other)
+    assert join_produce_requests() is False
+    assert sender.ProduceRequest is Other

@@ -194,8 +194,8 @@ pub struct Outbox {
     full: Vec<(usize, i32, Batch)>,
     /// the bytes each partition's open batch held when last taken: its next one's buffer is
     /// made that size (and a quarter) at once, not grown from nothing by doubling, a copy of all
-    /// it holds at each step (realloc under `Batch::append`, ~3 % of a 100 000-room catch-up,
-    /// session 37)
+    /// it holds at each step (realloc under `Batch::append` in a 100 000-room catch-up's profile;
+    /// no gain measured offline, session 37)
     last_open: IndexMap<(usize, i32), usize>,
 }
 

@@ -2733,8 +2733,8 @@ impl NativeRooms {
                 break;
             }
             let members = self.by_window.remove(&ws).expect("just seen");
-            // one allocation a boundary, not a doubling (and a copy of all closed before) as
-            // the window's rooms close one by one
+            // room for the window's rooms before they close: at most one reallocation a
+            // boundary, not one at each doubling as they close one by one
             windows.reserve(members.len());
             if self.detect_spikes {
                 self.undetected.reserve(members.len());
