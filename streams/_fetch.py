@@ -32,6 +32,7 @@ from aiokafka.errors import ConsumerStoppedError, CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
+from ._swap import swap_class
 from .core import _fastcore  # type: ignore[attr-defined]
 
 FetchedRecords: Any = _fastcore.FetchedRecords
@@ -60,13 +61,7 @@ class KeptRecords:
 def keep_fetched_bytes() -> bool:
     """Have aiokafka's fetcher keep the bytes of its responses (:class:`KeptRecords`); False when
     its fetcher is not the one this was written against (then nothing is read natively)."""
-    current = getattr(_fetcher, "MemoryRecords", None)
-    if current is KeptRecords:
-        return True
-    if current is not MemoryRecords:
-        return False
-    _fetcher.MemoryRecords = KeptRecords
-    return True
+    return swap_class(_fetcher, "MemoryRecords", MemoryRecords, KeptRecords)
 
 
 class NativeFetch:

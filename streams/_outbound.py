@@ -26,6 +26,7 @@ from aiokafka.producer import sender as _sender
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.produce import ProduceRequest, ProduceRequest_v3
 
+from ._swap import swap_class
 from .core import _fastcore  # type: ignore[attr-defined]
 
 Headers = Sequence[tuple[str, bytes]]
@@ -108,13 +109,7 @@ def join_produce_requests() -> bool:
     """Have aiokafka's producers write their produce requests in one join (the same bytes,
     ``tests/unit/test_native_batches.py``); False when its sender is not the one this was written
     against (aiokafka 0.14), then nothing changes. Process-wide, as ``_fetch.keep_fetched_bytes``."""
-    current = getattr(_sender, "ProduceRequest", None)
-    if current is JoinedProduceRequest:
-        return True
-    if current is not ProduceRequest:
-        return False
-    _sender.ProduceRequest = JoinedProduceRequest
-    return True
+    return swap_class(_sender, "ProduceRequest", ProduceRequest, JoinedProduceRequest)
 
 
 def native_outbox(producer: AIOKafkaProducer) -> Any:
