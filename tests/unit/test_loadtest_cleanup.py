@@ -112,3 +112,22 @@ def test_sigterm_cancels_the_run_as_ctrl_c_does() -> None:
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(main())
     assert cleaned == [True]
+
+
+def test_the_workers_and_the_ground_truth_share_a_session_gap_no_run_outlasts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's idle watermark follows the wall clock: with a gap a ground truth can take
+    longer to compute than (30 min), every session ended before the comparison."""
+    run = _harness(tmp_path)
+    deployment = run._deployment("127.0.0.1:1", ("v", "o", "g"), "r0", (("LIVEPULSE_X", "1"),))
+    env = deployment.env(8080, tmp_path)
+    assert env["LIVEPULSE_SESSION_GAP_MS"] == str(harness.SESSION_GAP_MS)
+    assert env["LIVEPULSE_X"] == "1"
+    assert harness.SESSION_GAP_MS >= 86_400_000
+    asked: dict[str, Any] = {}
+    monkeypatch.setattr(harness._truth, "compute", lambda phases, **kwargs: asked.update(kwargs))
+    run._ground_truth([])
+    assert asked["session_gap_ms"] == harness.SESSION_GAP_MS
+    assert asked["window_ms"] == deployment.window_ms and asked["grace_ms"] == deployment.grace_ms
+    assert asked["rollup_windows_ms"] == deployment.rollup_windows_ms
