@@ -117,8 +117,8 @@ def test_sigterm_cancels_the_run_as_ctrl_c_does() -> None:
 def test_the_workers_and_the_ground_truth_share_a_session_gap_no_run_outlasts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker's idle watermark follows the wall clock: with a gap a ground truth can take
-    longer to compute than (30 min), every session ended before the comparison."""
+    """The worker's idle watermark follows the wall clock: with a gap shorter than a ground truth
+    can take to compute (30 min), every session ended before the comparison."""
     run = _harness(tmp_path)
     deployment = run._deployment("127.0.0.1:1", ("v", "o", "g"), "r0", (("LIVEPULSE_X", "1"),))
     env = deployment.env(8080, tmp_path)
