@@ -742,3 +742,37 @@ def test_the_native_task_publishes_the_python_tasks_records(
             for log, task in zip(logs, tasks, strict=True):
                 task.restore(log)
         i = j
+
+
+def test_order_keys_past_a_chunk_repeated_and_forgotten_as_in_python() -> None:
+    """A room takes 1 500 orders in one window (its first chunk sealed at 1 024 keys, a second
+    opened), then every one of them again, twice in one batch among new ones, with order ids of
+    every length up to a UUID's: the Python task and the native table count the same duplicates
+    and hold the same chunks. Past the dedup TTL the keys are forgotten and the orders count
+    again."""
+    rng = random.Random(7)
+    cfg = replace(CFG, dedup_ttl_ms=60_000)
+    task = TaskAggregator(cfg, SOURCES, detect_spikes=False)
+    seen = detecting(task, cfg)
+    ids = [f"{'x' * rng.randint(0, 36)}{i}" for i in range(1_500)]
+
+    def orders(keys: list[str], ts: int, first: int) -> list[Any]:
+        return [(first + i, OrderEvent(k, "room-1", "u", ts, "paid", 100, "CNY")) for i, k in enumerate(keys)]
+
+    offset = 0
+    for batch in (ids, [*ids[:700], "new-1", *ids[:5], *ids[700:]], ids[::-1]):
+        feed_both(task, seen, orders(batch, 1_000, offset), 0, rng)
+        offset += len(batch)
+    assert task.counters.duplicate[0] == 1_500 + 5 + 1_500
+    same_rooms(task, seen)
+    assert sorted(len(keys) for _, keys in seen.table.dedup_chunks("room-1")) == [477, 1_024]
+    # a window of the room closes with the watermark past the TTL: its keys are forgotten, and
+    # the same orders count again
+    for ts in (100_000, 200_000):
+        for source in SOURCES:  # the watermark is the slowest input's
+            feed_both(task, seen, [(offset, ViewerEvent("join", f"room-{source + 1}", "u", ts))], source, rng)
+        offset += 1
+    assert seen.table.dedup_chunks("room-1") == []
+    feed_both(task, seen, orders(ids[:10], 200_500, offset), 0, rng)
+    assert task.counters.duplicate[0] == 3_005
+    same_rooms(task, seen)

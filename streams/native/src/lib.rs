@@ -20,6 +20,7 @@
 //! Kafka record batches, which the room table writes its records into directly.
 
 mod batches;
+mod dedup;
 mod fetched;
 /// the decoders' flat-JSON parser (`schemas/native`), shared source (the table checks fields it
 /// does not keep: a gift's id, an order's or gift's user)

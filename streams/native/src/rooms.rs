@@ -60,6 +60,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::batches::{now_ms, Outbox};
+use crate::dedup::{Keys, Seen};
 use crate::fetched::RecordRun;
 use crate::{fold_quiet, Quiet, QuietPlan, QuietState};
 use serde_json::value::RawValue;
@@ -227,8 +228,8 @@ pub struct Room {
     pub dirty: bool,
     /// dedup memory: `"<status>:<order_id>"` of every order remembered, in chunks by window
     /// (`Room.remember`), the chunks changed and forgotten since the last checkpoint
-    pub seen: std::collections::HashSet<Box<str>>,
-    pub seen_chunks: Vec<(i64, Vec<Box<str>>)>,
+    pub seen: Seen,
+    pub seen_chunks: Vec<(i64, Keys)>,
     pub seen_dirty: Vec<i64>,
     pub seen_gone: Vec<i64>,
     /// its `t/` record is written at the next checkpoint (the detector, session or rollups changed)
@@ -262,7 +263,7 @@ impl Room {
             rollups: None,
             reg_ws: -1,
             dirty: false,
-            seen: std::collections::HashSet::new(),
+            seen: Seen::default(),
             seen_chunks: Vec::new(),
             seen_dirty: Vec::new(),
             seen_gone: Vec::new(),
@@ -294,10 +295,10 @@ impl Room {
 
     /// `Room.remember`: an order key into the open chunk of window `ws` (a full chunk sealed first).
     fn remember(&mut self, key: &str, ws: i64) {
-        self.seen.insert(key.into());
+        self.seen.insert(key);
         let at = match self.seen_chunks.iter().rposition(|(w, _)| *w == ws) {
             None => {
-                self.seen_chunks.push((ws, Vec::new()));
+                self.seen_chunks.push((ws, Keys::default()));
                 self.unforget(ws);
                 self.seen_chunks.len() - 1
             }
@@ -314,7 +315,7 @@ impl Room {
             }
             Some(at) => at,
         };
-        self.seen_chunks[at].1.push(key.into());
+        self.seen_chunks[at].1.push(key);
         mark(&mut self.seen_dirty, ws);
     }
 
@@ -327,7 +328,7 @@ impl Room {
                 return;
             }
             let (_, keys) = self.seen_chunks.remove(at);
-            for key in &keys {
+            for key in keys.iter() {
                 self.seen.remove(key);
             }
             self.seen_dirty.retain(|&w| w != oldest);
@@ -3172,7 +3173,7 @@ impl NativeRooms {
             .room(room_id)?
             .seen_chunks
             .iter()
-            .map(|(ws, keys)| (*ws, keys.iter().map(|k| k.to_string()).collect()))
+            .map(|(ws, keys)| (*ws, keys.iter().map(str::to_string).collect()))
             .collect())
     }
 
@@ -3420,8 +3421,10 @@ impl NativeRooms {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return false;
         };
-        let keys: Vec<Box<str>> = keys.into_iter().map(String::into_boxed_str).collect();
-        room.seen.extend(keys.iter().cloned());
+        for key in &keys {
+            room.seen.insert(key);
+        }
+        let keys: Keys = keys.iter().collect();
         match room.seen_chunks.iter_mut().find(|(w, _)| *w == ws) {
             Some(chunk) => chunk.1 = keys,
             None => room.seen_chunks.push((ws, keys)),
