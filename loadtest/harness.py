@@ -141,6 +141,9 @@ class HarnessConfig:
     grace_ms: int = 2_000
     live_s: float = 90.0
     live_load: float = 0.5
+    #: the live phase's rate in events/s, fixed (None: ``live_load`` x the catch-up's capacity,
+    #: which moves with the machine; a fixed rate compares two runs' live phases)
+    live_rate: float | None = None
     baselines: tuple[str, ...] = BASELINES
     #: livepulse workers with other settings (``VARIANTS``), timed on the same backlog in every run
     variants: tuple[str, ...] = ()
@@ -488,7 +491,7 @@ class Harness:
         cfg = self.cfg
         base_rate = model.config.rate_per_s
         capacity = statistics.median(r["per_s"] for r in self.result.livepulse)
-        target = base_rate if cfg.quick else max(base_rate, cfg.live_load * capacity)
+        target = live_target(cfg, base_rate, capacity)
         names = [n for n in cfg.scenarios if n in ("late", "malformed")]
         built = scenarios.build(names, span_s=cfg.live_s, window_ms=cfg.window_ms, grace_ms=cfg.grace_ms)
         # A spike in real time: a debut (surge rule). A trending spike would need the room's history
@@ -504,7 +507,7 @@ class Harness:
             phase = model.phase(start_ms, cfg.live_s, built, realtime=True)
         self.say(
             f"live phase: {len(phase.messages):,} messages over {cfg.live_s:.0f} s at ~{target:,.0f}/s "
-            f"({cfg.live_load:.0%} of {capacity:,.0f}/s capacity; backlog rooms at {base_rate:,.0f}/s)"
+            f"({target / capacity:.0%} of {capacity:,.0f}/s capacity; backlog rooms at {base_rate:,.0f}/s)"
         )
         stop = asyncio.Event()
         sampler = Sampler(worker, every_s=0.5)
@@ -715,6 +718,13 @@ class Harness:
             await admin.delete_topics(doomed)
 
 
+def live_target(cfg: HarnessConfig, base_rate: float, capacity: float) -> float:
+    """The live phase's events/s: ``live_rate`` if set, else ``live_load`` of the catch-up's
+    ``capacity``; never below the backlog rooms' own ``base_rate`` (a quick run: that alone)."""
+    wanted = cfg.live_load * capacity if cfg.live_rate is None else cfg.live_rate
+    return base_rate if cfg.quick else max(base_rate, wanted)
+
+
 def _own_peak_rss() -> int:
     """The load test's own peak resident set size in bytes (VmHWM; ru_maxrss is in KB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -818,6 +828,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--live-s", type=float, default=d.live_s, help="seconds of live (real-time) traffic")
     p.add_argument("--live-load", type=float, default=d.live_load, help="live rate as a share of capacity")
+    p.add_argument(
+        "--live-rate", type=float, default=d.live_rate, help="live rate in events/s (instead of --live-load)"
+    )
     p.add_argument("--baselines", default=",".join(d.baselines), help="comma-separated, or 'none'")
     p.add_argument("--faust-max-messages", type=int, default=d.faust_max_messages)
     p.add_argument(
@@ -924,6 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs=args.runs,
             live_s=args.live_s,
             live_load=args.live_load,
+            live_rate=args.live_rate,
             baselines=baselines,
             faust_max_messages=args.faust_max_messages,
             variants=variants,

@@ -131,3 +131,17 @@ def test_the_workers_and_the_ground_truth_share_a_session_gap_no_run_outlasts(
     assert asked["session_gap_ms"] == harness.SESSION_GAP_MS
     assert asked["window_ms"] == deployment.window_ms and asked["grace_ms"] == deployment.grace_ms
     assert asked["rollup_windows_ms"] == deployment.rollup_windows_ms
+
+
+def test_the_live_rate_is_fixed_or_a_share_of_the_capacity() -> None:
+    """``--live-rate`` fixes the live phase's events/s (two runs' live phases then compare);
+    without it the rate is ``--live-load`` of the catch-up's capacity; never below the backlog
+    rooms' own rate, and a quick run sends that alone."""
+    from loadtest.harness import HarnessConfig, _parser, live_target
+
+    assert live_target(HarnessConfig(), 2_000.0, 100_000.0) == 50_000.0
+    assert live_target(HarnessConfig(live_rate=64_000.0), 2_000.0, 100_000.0) == 64_000.0
+    assert live_target(HarnessConfig(live_rate=1_000.0), 2_000.0, 100_000.0) == 2_000.0
+    assert live_target(HarnessConfig(live_rate=64_000.0, quick=True), 2_000.0, 100_000.0) == 2_000.0
+    assert _parser().parse_args(["--live-rate", "64000"]).live_rate == 64_000.0
+    assert _parser().parse_args([]).live_rate is None
