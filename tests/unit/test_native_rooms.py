@@ -746,7 +746,7 @@ def test_the_native_task_publishes_the_python_tasks_records(
 
 def test_order_keys_past_a_chunk_repeated_and_forgotten_as_in_python() -> None:
     """A room takes 1 500 orders in one window (its first chunk sealed at 1 024 keys, a second
-    opened), then every one of them again, twice in one batch among new ones, with order ids of
+    opened), then every one of them again, some twice in one batch with one new order, with order ids of
     every length up to a UUID's: the Python task and the native table count the same duplicates
     and hold the same chunks. Past the dedup TTL the keys are forgotten and the orders count
     again."""
@@ -775,4 +775,32 @@ def test_order_keys_past_a_chunk_repeated_and_forgotten_as_in_python() -> None:
     assert seen.table.dedup_chunks("room-1") == []
     feed_both(task, seen, orders(ids[:10], 200_500, offset), 0, rng)
     assert task.counters.duplicate[0] == 3_005
+    same_rooms(task, seen)
+
+
+def test_the_per_room_cap_on_order_keys_forgets_as_in_python() -> None:
+    """With ``dedup_max_per_room`` at 3, a room's oldest chunks go at its window closes until it
+    holds 3 keys or fewer (counted in the set, as Python's ``len(seen)``): the same chunks left,
+    and an order of a forgotten chunk counts again in both, one still remembered does not."""
+    rng = random.Random(3)
+    cfg = replace(CFG, dedup_max_per_room=3)
+    task = TaskAggregator(cfg, SOURCES, detect_spikes=False)
+    seen = detecting(task, cfg)
+    offset = 0
+    for w in range(4):  # two orders a window, then every input past the window's end + grace
+        ts = 1_000 + w * cfg.window_ms
+        pair = [OrderEvent(f"o{w}-{i}", "room-1", "u", ts, "paid", 100, "CNY") for i in range(2)]
+        feed_both(task, seen, [(offset + i, e) for i, e in enumerate(pair)], 0, rng)
+        offset += 2
+        for source in SOURCES:
+            later = ts + cfg.window_ms + cfg.grace_ms
+            feed_both(task, seen, [(offset, ViewerEvent("join", "room-2", "u", later))], source, rng)
+        offset += 1
+    same_rooms(task, seen)
+    assert sum(len(keys) for _, keys in seen.table.dedup_chunks("room-1")) <= 3
+    again = [OrderEvent("o0-0", "room-1", "u", 41_500, "paid", 100, "CNY")]
+    again.append(OrderEvent("o3-1", "room-1", "u", 41_500, "paid", 100, "CNY"))
+    before = task.counters.duplicate.get(0, 0)
+    feed_both(task, seen, [(offset + i, e) for i, e in enumerate(again)], 0, rng)
+    assert task.counters.duplicate[0] == before + 1  # o0-0 forgotten, o3-1 still remembered
     same_rooms(task, seen)

@@ -307,7 +307,8 @@ impl Room {
                 while self.seen_chunks.iter().any(|(w, _)| *w == sealed) {
                     sealed += 1;
                 }
-                let full = std::mem::take(&mut self.seen_chunks[at].1);
+                let mut full = std::mem::take(&mut self.seen_chunks[at].1);
+                full.seal();
                 self.seen_chunks.push((sealed, full));
                 mark(&mut self.seen_dirty, sealed);
                 self.unforget(sealed);
