@@ -15,6 +15,8 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
+use crate::rooms::Fnv;
+
 /// The order keys of one chunk, in the order they came, packed end to end.
 #[derive(Default)]
 pub struct Keys {
@@ -48,27 +50,14 @@ impl Keys {
     }
 }
 
-impl<S: AsRef<str>> FromIterator<S> for Keys {
-    fn from_iter<I: IntoIterator<Item = S>>(keys: I) -> Keys {
-        let mut out = Keys::default();
-        for key in keys {
-            out.push(key.as_ref());
-        }
-        out
-    }
-}
-
 /// The keys remembered, as their hashes (see the module's note).
 #[derive(Default)]
 pub struct Seen(HashSet<u128, BuildHasherDefault<Prehashed>>);
 
 impl Seen {
-    pub fn contains(&self, key: &str) -> bool {
-        self.0.contains(&fingerprint(key))
-    }
-
-    pub fn insert(&mut self, key: &str) {
-        self.0.insert(fingerprint(key));
+    /// Remembers `key`; false if it was remembered already.
+    pub fn insert(&mut self, key: &str) -> bool {
+        self.0.insert(fingerprint(key))
     }
 
     pub fn remove(&mut self, key: &str) {
@@ -102,9 +91,9 @@ impl Hasher for Prehashed {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // only fingerprints are hashed here; anything else is folded in, FNV-1a
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
+        // only fingerprints are hashed here; anything else is folded in as the room map hashes
+        let mut fnv = Fnv(self.0);
+        fnv.write(bytes);
+        self.0 = fnv.finish();
     }
 }

@@ -293,9 +293,12 @@ impl Room {
         Ok(&mut self.uniques[at].1)
     }
 
-    /// `Room.remember`: an order key into the open chunk of window `ws` (a full chunk sealed first).
-    fn remember(&mut self, key: &str, ws: i64) {
-        self.seen.insert(key);
+    /// `Room.remember`: an order key into the open chunk of window `ws` (a full chunk sealed
+    /// first), unless it is remembered already (a duplicate: false, nothing changes).
+    fn remember(&mut self, key: &str, ws: i64) -> bool {
+        if !self.seen.insert(key) {
+            return false;
+        }
         let at = match self.seen_chunks.iter().rposition(|(w, _)| *w == ws) {
             None => {
                 self.seen_chunks.push((ws, Keys::default()));
@@ -318,6 +321,7 @@ impl Room {
         };
         self.seen_chunks[at].1.push(key);
         mark(&mut self.seen_dirty, ws);
+        true
     }
 
     /// `Room.forget_chunks_before`: chunks of windows starting before `cutoff_ws`, then the oldest
@@ -1641,7 +1645,7 @@ impl Windows<'_> {
 /// the rest of an event's lookup. The ids come from producers: a flood of colliding ids degrades
 /// lookups, which the room cap bounds (`max_rooms`).
 #[derive(Default, Clone, Copy)]
-pub struct Fnv(u64);
+pub struct Fnv(pub(crate) u64);
 
 impl std::hash::Hasher for Fnv {
     fn finish(&self) -> u64 {
@@ -2056,11 +2060,10 @@ impl NativeRooms {
         } = ev
         {
             let key = format!("{status}:{order_id}");
-            if room.seen.contains(key.as_str()) {
+            if !room.remember(&key, ws) {
                 n.duplicate += 1;
                 return Ok(true);
             }
-            room.remember(&key, ws);
         }
         let bucket = ts.div_euclid(cfg_bucket);
         room.counters(bucket);
@@ -3422,13 +3425,14 @@ impl NativeRooms {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return false;
         };
+        let mut kept = Keys::default();
         for key in &keys {
             room.seen.insert(key);
+            kept.push(key);
         }
-        let keys: Keys = keys.iter().collect();
         match room.seen_chunks.iter_mut().find(|(w, _)| *w == ws) {
-            Some(chunk) => chunk.1 = keys,
-            None => room.seen_chunks.push((ws, keys)),
+            Some(chunk) => chunk.1 = kept,
+            None => room.seen_chunks.push((ws, kept)),
         }
         true
     }
