@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -141,7 +142,9 @@ class Outbound:
         self._acked = acked
         self._open: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
-        self._in_flight: list[asyncio.Future[Any]] = []
+        #: batches handed to the producer and not yet acknowledged, oldest first, with their bytes
+        self._in_flight: deque[tuple[asyncio.Future[Any], int]] = deque()
+        self._in_flight_bytes = 0
         self.outbox = native_outbox(producer) if native else None
         if native:
             join_produce_requests()
@@ -173,14 +176,28 @@ class Outbound:
             batches += self.outbox.take()
         for topic, partition, builder in batches:
             if builder.record_count():
+                size = builder.size()
                 future = await self._producer.send_batch(builder, topic, partition=partition)
                 if self._acked is not None:
                     future.add_done_callback(self._acked)
-                self._in_flight.append(future)
+                self._in_flight.append((future, size))
+                self._in_flight_bytes += size
+
+    async def settle(self, limit: int) -> None:
+        """Send what is gathered, then wait until at most ``limit`` bytes of what was sent are
+        unacknowledged (the oldest batches first); raises if one of those failed. Records
+        written in slices (a window boundary's) wait here between slices, so the producer
+        holds about two slices, not all of them."""
+        await self.send()
+        while self._in_flight and self._in_flight_bytes > limit:
+            future, size = self._in_flight.popleft()
+            self._in_flight_bytes -= size
+            await future
 
     async def flush(self) -> None:
         """Send what is gathered and wait until the broker acknowledged all of it."""
         await self.send()
-        in_flight, self._in_flight = self._in_flight, []
+        in_flight, self._in_flight = self._in_flight, deque()
+        self._in_flight_bytes = 0
         if in_flight:
-            await asyncio.gather(*in_flight)
+            await asyncio.gather(*(future for future, _ in in_flight))

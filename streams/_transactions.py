@@ -157,6 +157,12 @@ class TaskProducer:
         with kafka_errors(f"sending in transaction {self.transactional_id}"), self._silence.waiting():
             await self.outbound.send()
 
+    async def settle(self, limit: int) -> None:
+        """Send the records gathered so far, then wait until at most ``limit`` bytes of the
+        transaction's are unacknowledged (see :meth:`Outbound.settle`)."""
+        with kafka_errors(f"sending in transaction {self.transactional_id}"), self._silence.waiting():
+            await self.outbound.settle(limit)
+
     async def commit(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
         """Wait for every record of the transaction, add ``offsets``, commit, open the next one.
 

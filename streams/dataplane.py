@@ -391,6 +391,8 @@ class DataPlane:
                 self._taken += len(messages)
             published = task.pipeline.process(tp.topic, messages, now_ms)
             task.positions[tp] = messages[-1].offset + 1
+            if task.pipeline.unpublished:
+                published += await self._publish_rest(task)
             if published:
                 windows += published
                 waited += await self._send()  # out before the next partition's work
@@ -403,6 +405,8 @@ class DataPlane:
                 busy.setdefault(partition, set()).update(task.held)
                 behind.setdefault(partition, set()).update(task.held)
             published = task.pipeline.tick(now_ms, busy.get(partition, ()), behind.get(partition, ()))
+            if task.pipeline.unpublished:
+                published += await self._publish_rest(task)
             windows += published
             due = caught_up and bool(published or task.owed or task.pipeline.marker_releases_windows(now_ms))
             left, alerted = await self._commit_if_live(task, now_ms, due, published)
@@ -542,6 +546,17 @@ class DataPlane:
         for task in self.runtime.values():
             await task.producer.send()
         return time.perf_counter() - started
+
+    async def _publish_rest(self, task: _Task) -> int:
+        """The rest of the windows ``task`` closed, a slice at a time (``output_slice_bytes``),
+        each once the producer holds at most a slice unacknowledged; returns how many windows.
+        At 100 000 rooms one task's boundary wrote ~40 MB of records before the producer took
+        any, on top of the steady state (RESULTS, session 39)."""
+        published = 0
+        while task.pipeline.unpublished:
+            await task.producer.settle(self.settings.output_slice_bytes)
+            published += task.pipeline.publish_windows()
+        return published
 
     def _export_top_rooms(self, n: int = 10) -> None:
         """Bounded business view for Prometheus: the top-n rooms by GMV and by views, by rank (not a
@@ -713,7 +728,11 @@ class DataPlane:
         assert self._routing is not None
         sources = self._routing.sources
         offsets = {sources[tp.topic]: offset for tp, offset in task.positions.items() if tp.topic in sources}
-        written = task.pipeline.stage_checkpoint(int(self._clock() * 1000), offsets)
+        written = 0
+        limit = self.settings.output_slice_bytes
+        for staged in task.pipeline.checkpoint_slices(int(self._clock() * 1000), offsets):
+            written += staged
+            await task.producer.settle(limit)  # the slice sent before the next is encoded
         await task.producer.commit(task.positions, self.settings.group_id)
         task.committed_at = time.monotonic()
         task.owed = False

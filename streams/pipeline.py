@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
@@ -215,6 +215,8 @@ class TaskPipeline:
             length: self._topics.rollup(length) for length in settings.core.rollup_windows_ms
         }
         self._leaderboard_size = settings.leaderboard_size
+        #: bytes of records a publish or a checkpoint slice writes (None: all at once)
+        self._slice_bytes = settings.output_slice_bytes or None
         self._currency = settings.currency
         #: currencies of the orders taken so far, when any is summed (a warning for each new one)
         self._currencies: set[str] = set()
@@ -485,7 +487,8 @@ class TaskPipeline:
     def publish_windows(self) -> int:
         """Write the task's closed windows to the room-stats topic, with the rollup windows, the
         session records and the leaderboard partials since the last call; returns how many
-        windows."""
+        windows. A native core writes ``output_slice_bytes`` of them at a time: ``unpublished``
+        tells whether a next call has more to write (the caller sends each slice first)."""
         core = self.core
         # Keyed by room on the task's own partition number: every room here hashes to it
         # (murmur2, re-routed otherwise), so this is partition_for(key) without the hashing.
@@ -500,6 +503,7 @@ class TaskPipeline:
                 self._rollup_topics,
                 topics.room_sessions,
                 topics.leaderboard_partials,
+                self._slice_bytes,
             )
         if written is None:
             written = self._publish_encoded()
@@ -532,6 +536,11 @@ class TaskPipeline:
         for partial in closed.partials:
             add(topic, 0, task, partial)
         return closed.n_windows, closed.orders, closed.gmv_minor
+
+    @property
+    def unpublished(self) -> bool:
+        """Whether closed windows are left for the next ``publish_windows``."""
+        return self.core.unpublished
 
     def publish_alerts(self, now_ms: int) -> bool:
         """Run the spike detector over the windows published so far and write its transitions;
@@ -587,6 +596,17 @@ class TaskPipeline:
         """Write the task's watermark marker to every other task, then its changed state and
         metadata (with ``offsets``, the next offset per source) to the changelog; returns the
         changelog records written. The caller commits them with the input offsets."""
+        return sum(self.checkpoint_slices(now_ms, offsets, sliced=False))
+
+    def checkpoint_slices(
+        self, now_ms: int, offsets: Mapping[int, int], *, sliced: bool = True
+    ) -> Iterator[int]:
+        """``stage_checkpoint`` a slice at a time (``output_slice_bytes``; one slice: not
+        ``sliced``): yields the changelog records each slice wrote, once it is in the sink. Any
+        closed windows not yet published are written first (a checkpoint says they were)."""
+        while self.unpublished:
+            self.publish_windows()
+            yield 0
         t = self._topics
         add = self.sink.add
         frontier = self._marker_sent = self.core.frontier_ms(now_ms)
@@ -604,10 +624,10 @@ class TaskPipeline:
         # each record into its producer batch as it is encoded (see TaskAggregator.write_checkpoint)
         write = functools.partial(add, t.changelog, self.partition)
         into = None if self._outbox is None else (self._outbox, t.changelog, self.partition)
-        written = self.core.write_checkpoint(write, offsets, into=into)
+        budget = self._slice_bytes if sliced else None
+        yield from self.core.checkpoint_slices(write, offsets, into=into, budget=budget)
         if self.merge is not None:
-            written += self.merge.stage_checkpoint()
-        return written
+            yield self.merge.stage_checkpoint()
 
     def marker_releases_windows(self, now_ms: int) -> bool:
         """Whether this task's frontier has passed a window's end + grace since the markers it last

@@ -146,6 +146,11 @@ class Settings:
     #: window close and checkpoint, fragment the heap: rooms with large audiences grew RSS by
     #: ~80 KiB each over an hour without it, ~19 KiB with it (RESULTS)
     malloc_trim_ms: int = 10_000
+    #: a window boundary's records (closed windows, then the changelog of its changed rooms) are
+    #: encoded about this many bytes at a time, each slice once the producer holds no more than
+    #: this much unacknowledged: one task's boundary at 100 000 rooms wrote ~40 MB before the
+    #: producer took any of it (RESULTS, session 39); 0: all at once
+    output_slice_bytes: int = 4 * 1024 * 1024
     #: rooms in each ranking of the platform leaderboard
     leaderboard_size: int = 100
     #: the one ISO 4217 currency GMV and refunds are summed in: orders in another go to the
@@ -210,6 +215,8 @@ class Settings:
             raise ConfigError(f"leaderboard_size must be in 1..{MAX_LEADERBOARD_SIZE}")
         if self.gc_threshold < 0 or self.malloc_trim_ms < 0:
             raise ConfigError("gc_threshold and malloc_trim_ms must be >= 0")
+        if self.output_slice_bytes < 0:
+            raise ConfigError("output_slice_bytes must be >= 0")
         code = self.currency
         if code and not (len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()):
             raise ConfigError(f"currency {self.currency!r} is not an ISO 4217 code (three capital letters)")
@@ -260,6 +267,7 @@ _ENV_FIELDS: dict[str, tuple[str, str]] = {
     "DATA_DIR": ("", "data_dir"),
     "GC_THRESHOLD": ("", "gc_threshold"),
     "MALLOC_TRIM_MS": ("", "malloc_trim_ms"),
+    "OUTPUT_SLICE_BYTES": ("", "output_slice_bytes"),
     "LEADERBOARD_SIZE": ("", "leaderboard_size"),
     "CURRENCY": ("", "currency"),
     "NATIVE_DECODERS": ("", "native_decoders"),

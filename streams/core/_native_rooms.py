@@ -412,14 +412,28 @@ class NativeTaskAggregator(TaskAggregator):
         rollups: Mapping[int, str],
         sessions: str,
         partials: str,
+        budget: int | None = None,
     ) -> tuple[int, int, int] | None:
-        """The table's records written into ``outbox`` natively; None while the outboxes hold
+        """The table's records written into ``outbox`` natively (with a ``budget``, until that
+        many bytes: ``unpublished`` then tells whether some are left); None while the outboxes hold
         records (a restore's, or a drain's left over): ``drain_encoded`` publishes those first."""
         if self._outbox or self._rollup_outbox or self._session_outbox:
             return None
         return self._table.publish_into(  # type: ignore[no-any-return]
-            outbox, partition, partition, leaderboard_size, room_stats, dict(rollups), sessions, partials
+            outbox,
+            partition,
+            partition,
+            leaderboard_size,
+            room_stats,
+            dict(rollups),
+            sessions,
+            partials,
+            budget,
         )
+
+    @property
+    def unpublished(self) -> bool:
+        return bool(self._table.has_closed)
 
     def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
         """The records of what the table closed, encoded natively (after any the outboxes hold:
@@ -469,27 +483,43 @@ class NativeTaskAggregator(TaskAggregator):
         *,
         into: tuple[Any, str, int] | None = None,
     ) -> int:
+        return sum(self.checkpoint_slices(write, offsets, into=into))
+
+    def checkpoint_slices(
+        self,
+        write: Callable[[bytes, bytes | None], None],
+        offsets: Mapping[int, int] | None = None,
+        *,
+        into: tuple[Any, str, int] | None = None,
+        budget: int | None = None,
+    ) -> Iterator[int]:
         self.detect()
         consumed = list(self._consumed.items())
+        deletes: list[bytes] = []
         if into is not None and self.config.state_format != WHOLE_ROOM_VERSION:
             outbox, topic, partition = into
-            written: int
-            written, deletes = self._table.checkpoint_into(outbox, topic, partition, consumed)
+            done = False
+            while not done:  # the rooms' records a budget at a time into the outbox
+                written: int
+                written, gone, done = self._table.checkpoint_into(outbox, topic, partition, consumed, budget)
+                deletes += gone
+                if not done:
+                    yield written
         else:
-            upserts, deletes = self._table.checkpoint(consumed)
+            upserts, gone = self._table.checkpoint(consumed)
             if self.config.state_format == WHOLE_ROOM_VERSION:
-                upserts, deletes = self._whole(upserts, deletes)
+                upserts, gone = self._whole(upserts, gone)
             for key, value in upserts:
                 write(key, value)
             written = len(upserts)
-        deletes = list(deletes)
+            deletes += gone
         for room_id, ws in self._orphan_chunks:
             if not self._table.has_chunk(room_id, ws):
                 deletes.append(dedup_key(room_id, ws))
         self._orphan_chunks = []
         deletes += self._gone_keys
         self._gone_keys = []
-        return written + self._write_meta(write, deletes, offsets)
+        yield written + self._write_meta(write, deletes, offsets)
 
     def _whole(
         self, upserts: list[tuple[bytes, bytes]], deletes: list[bytes]

@@ -271,11 +271,21 @@ class TaskAggregator:
         rollups: Mapping[int, str],
         sessions: str,
         partials: str,
+        budget: int | None = None,
     ) -> tuple[int, int, int] | None:
         """``drain_encoded``'s records written into a native outbox (``_fastcore.Outbox``) by the
         core itself, returning the windows, their orders and GMV; None: this core does not, the
-        caller takes ``drain_encoded``. The Python rooms do not (the native table does)."""
+        caller takes ``drain_encoded``. The Python rooms do not (the native table does).
+
+        ``budget``: write until the records written hold that many bytes (keys and values),
+        leaving the rest for the next call (``unpublished``); the leaderboard partials of all
+        the windows closed come first, as a partial ranks a window's rooms of the task."""
         return None
+
+    @property
+    def unpublished(self) -> bool:
+        """Whether ``publish_into`` stopped at its budget with records left to write."""
+        return False
 
     def drain_encoded(self, task: int, leaderboard_size: int) -> Encoded:
         """``drain``, ``drain_rollups`` and ``drain_sessions`` as the records the pipeline
@@ -1225,6 +1235,21 @@ class TaskAggregator:
         self._expired = set()
         self._gone_keys = []
         return written + self._write_meta(write, deletes, offsets)
+
+    def checkpoint_slices(
+        self,
+        write: Callable[[bytes, bytes | None], None],
+        offsets: Mapping[int, int] | None = None,
+        *,
+        into: tuple[Any, str, int] | None = None,
+        budget: int | None = None,
+    ) -> Iterator[int]:
+        """``write_checkpoint`` a slice at a time: each slice's records (``budget`` bytes of
+        them, about) written into ``into`` before the generator yields how many, the metadata
+        and the tombstones in the last one. A window boundary changes tens of thousands of rooms
+        at once; the caller hands each slice to the producer before the next is encoded. Nothing
+        may change the task between slices. The Python rooms write it in one slice."""
+        yield self.write_checkpoint(write, offsets, into=into)
 
     def _write_meta(
         self,

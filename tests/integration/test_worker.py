@@ -271,7 +271,10 @@ async def test_kill_9_mid_session_leaves_rollups_and_sessions_exact(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     rollups = ",".join(map(str, ROLLUPS_MS))
-    deployment = Deployment(kafka_bootstrap, extra_env={"LIVEPULSE_ROLLUP_WINDOWS_MS": rollups})
+    # each boundary's records and checkpoint written a few records at a time (a slice of 2 KB),
+    # each slice sent before the next: a restart from a checkpoint written so is exact too
+    env = {"LIVEPULSE_ROLLUP_WINDOWS_MS": rollups, "LIVEPULSE_OUTPUT_SLICE_BYTES": "2048"}
+    deployment = Deployment(kafka_bootstrap, extra_env=env)
     started: list[Worker] = []
     try:
         started.append(first := Worker(deployment, tmp_path, "first"))

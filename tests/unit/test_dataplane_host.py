@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -107,6 +107,9 @@ class _SlowBroker:
         self.seconds = seconds
         self.silence = silence
 
+    async def settle(self, limit: int) -> None:
+        pass  # nothing gathered to wait for: the staging writes into the pipeline's list sink
+
     async def commit(self, offsets: Mapping[Any, int], group_id: str) -> None:
         with self.silence.waiting():
             await asyncio.sleep(self.seconds)
@@ -124,13 +127,13 @@ def test_a_checkpoint_counts_its_commits_waiting_as_silence_and_its_staging_as_w
         pipeline.core.apply(
             0, [(i, ViewerEvent("join", f"room-{p}", f"u{i}", T0)) for i in range(100)], NOW_MS
         )
-        stage = pipeline.stage_checkpoint
+        stage = pipeline.checkpoint_slices
 
-        def slow_stage(now_ms: int, offsets: Mapping[int, int], stage: Any = stage) -> int:
+        def slow_stage(now_ms: int, offsets: Mapping[int, int], stage: Any = stage) -> Iterator[int]:
             time.sleep(0.4)
-            return int(stage(now_ms, offsets))
+            yield from stage(now_ms, offsets)
 
-        pipeline.stage_checkpoint = slow_stage  # type: ignore[method-assign]
+        pipeline.checkpoint_slices = slow_stage  # type: ignore[method-assign]
         plane.runtime[p] = _Task(pipeline, _SlowBroker(0.3, plane._silence))  # type: ignore[arg-type]
 
     started = time.perf_counter()
@@ -281,6 +284,9 @@ class _Committing:
         self.commits, self.partition, self.closed = commits, partition, False
 
     async def send(self) -> None:
+        pass
+
+    async def settle(self, limit: int) -> None:
         pass
 
     async def commit(self, offsets: Any, group_id: str) -> None:

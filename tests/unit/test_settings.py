@@ -45,6 +45,7 @@ def test_environment_is_typed_and_flags_win() -> None:
         ({"LIVEPULSE_LEADERBOARD_SIZE": "1001"}, r"leaderboard_size must be in 1\.\.1000"),
         ({"LIVEPULSE_HLL_LG_K": "17"}, r"hll_lg_k must be in 4\.\.16"),
         ({"LIVEPULSE_MALLOC_TRIM_MS": "-1"}, "malloc_trim_ms must be >= 0"),
+        ({"LIVEPULSE_OUTPUT_SLICE_BYTES": "-1"}, "output_slice_bytes must be >= 0"),
         ({"LIVEPULSE_GROUP_SESSION_TIMEOUT_MS": "3000"}, "group_session_timeout_ms must be >= 6000"),
         ({"LIVEPULSE_CURRENCY": "usd"}, "currency 'usd' is not an ISO 4217 code"),
         # refused at start, not by a client or faust later (a bare ValueError or AssertionError)

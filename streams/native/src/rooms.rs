@@ -1495,8 +1495,8 @@ fn rank(mut entries: Vec<(&str, i64)>, n: usize) -> Vec<(&str, i64)> {
 
 /// One window's partial (`leaderboard_partials` for one window start, as orjson writes it), from
 /// the task's closed room-windows of that window; None when no room in it is live.
-fn leaderboard_partial(task: i64, n: usize, group: &[(RoomId, Stats)]) -> Option<Vec<u8>> {
-    let live: Vec<&(RoomId, Stats)> = group.iter().filter(|(_, s)| is_live(s)).collect();
+fn leaderboard_partial(task: i64, n: usize, group: &[&(RoomId, Stats)]) -> Option<Vec<u8>> {
+    let live: Vec<&(RoomId, Stats)> = group.iter().copied().filter(|(_, s)| is_live(s)).collect();
     let (_, first) = live.first()?;
     let (start, end) = (&first.start, &first.end);
     let mut out = Vec::with_capacity(256);
@@ -1596,6 +1596,9 @@ pub struct NativeRooms {
     closed_windows: Vec<(RoomId, Stats)>,
     closed_rollups: Vec<(RoomId, i64, Stats)>,
     closed_sessions: Vec<(RoomId, SessionRecord)>,
+    /// how many of `closed_windows`, from the first, the leaderboard partials written cover
+    /// (`encode_closed` with a budget leaves the rest of a boundary for its next call)
+    partials_done: usize,
 }
 
 /// `streams.core._task.NO_TIME` and `NEVER`
@@ -2099,64 +2102,107 @@ impl NativeRooms {
     }
 
     /// The records of what the table closed since the last call, each handed to `out` (what it
-    /// is, key, value) as it is encoded: room-stats, the leaderboard partials of each window
-    /// start (rooms in closing order), rollups, sessions. Returns the windows, their orders and
-    /// GMV.
+    /// is, key, value) as it is encoded: the leaderboard partials of each window start of the
+    /// windows closed since the last partials (rooms in closing order), then room-stats, rollups
+    /// and sessions, each in closing order, until `budget` bytes of keys and values are written
+    /// (None: all of them); what is left is the next call's. Returns the windows written, their
+    /// orders and GMV.
     fn encode_closed(
         &mut self,
         task: i64,
         leaderboard_size: usize,
+        budget: Option<usize>,
         mut out: impl FnMut(Out, &[u8], &[u8]),
     ) -> (i64, i64, i64) {
         let window_ms = self.config.window_ms;
-        let mut windows = std::mem::take(&mut self.closed_windows);
-        let (mut orders, mut gmv) = (0, 0);
-        // one buffer for every record's key and one for its value, cleared before each
-        let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(512));
-        for (id, s) in &windows {
-            orders += s.totals[ORDERS];
-            gmv += s.totals[GMV];
-            value.clear();
-            s.write(&mut value, id, window_ms);
-            out(Out::Window, id.as_bytes(), &value);
-        }
-        if leaderboard_size > 0 {
-            windows.sort_by_key(|(_, s)| s.start); // stable: rooms in closing order
-            for group in windows.chunk_by(|a, b| a.1.start == b.1.start) {
+        // a slice's partials cover a whole boundary: a partial is a window's top rooms of the task
+        let fresh = &self.closed_windows[self.partials_done..];
+        if leaderboard_size > 0 && !fresh.is_empty() {
+            let mut by_start: Vec<&(RoomId, Stats)> = fresh.iter().collect();
+            by_start.sort_by_key(|(_, s)| s.start); // stable: rooms in closing order
+            for group in by_start.chunk_by(|a, b| a.1.start == b.1.start) {
                 if let Some(partial) = leaderboard_partial(task, leaderboard_size, group) {
                     out(Out::Partial, b"", &partial);
                 }
             }
         }
-        for (id, length, s) in std::mem::take(&mut self.closed_rollups) {
+        self.partials_done = self.closed_windows.len();
+        let left = std::cell::Cell::new(budget.unwrap_or(usize::MAX));
+        let spend = |key: &[u8], value: &[u8]| {
+            left.set(left.get().saturating_sub(key.len() + value.len()));
+            left.get() > 0
+        };
+        let (mut orders, mut gmv) = (0, 0);
+        // one buffer for every record's key and one for its value, cleared before each
+        let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(512));
+        let mut n = 0;
+        for (id, s) in &self.closed_windows {
+            n += 1;
+            orders += s.totals[ORDERS];
+            gmv += s.totals[GMV];
             value.clear();
-            s.write(&mut value, &id, length);
-            out(Out::Rollup(length), id.as_bytes(), &value);
+            s.write(&mut value, id, window_ms);
+            out(Out::Window, id.as_bytes(), &value);
+            if !spend(id.as_bytes(), &value) {
+                break;
+            }
         }
-        for (id, s) in std::mem::take(&mut self.closed_sessions) {
-            key.clear();
-            key.extend_from_slice(id.as_bytes());
-            key.push(b':');
-            write_int(&mut key, s.start);
-            value.clear();
-            s.write(&mut value, &id);
-            out(Out::Session, &key, &value);
+        self.closed_windows.drain(..n);
+        self.partials_done -= n;
+        let mut taken = 0;
+        if self.closed_windows.is_empty() && left.get() > 0 {
+            for (id, length, s) in &self.closed_rollups {
+                taken += 1;
+                value.clear();
+                s.write(&mut value, id, *length);
+                out(Out::Rollup(*length), id.as_bytes(), &value);
+                if !spend(id.as_bytes(), &value) {
+                    break;
+                }
+            }
         }
-        (windows.len() as i64, orders, gmv)
+        self.closed_rollups.drain(..taken);
+        taken = 0;
+        if self.closed_rollups.is_empty() && self.closed_windows.is_empty() && left.get() > 0 {
+            for (id, s) in &self.closed_sessions {
+                taken += 1;
+                key.clear();
+                key.extend_from_slice(id.as_bytes());
+                key.push(b':');
+                write_int(&mut key, s.start);
+                value.clear();
+                s.write(&mut value, id);
+                out(Out::Session, &key, &value);
+                if !spend(&key, &value) {
+                    break;
+                }
+            }
+        }
+        self.closed_sessions.drain(..taken);
+        (n as i64, orders, gmv)
     }
 
-    /// The body of `checkpoint`: each upsert handed to `upsert` (key, value) as it is encoded;
-    /// returns the tombstone keys.
+    /// The body of `checkpoint`: each upsert handed to `upsert` (key, value) as it is encoded,
+    /// until the records of the rooms written so far hold `budget` bytes of keys and values
+    /// (None: every room changed); the rooms left are the next call's. Returns the tombstone
+    /// keys, and whether every room is written (then the expired rooms' tombstones are in them).
     fn checkpoint_with(
         &mut self,
         consumed: Vec<(i64, i64)>,
+        budget: Option<usize>,
         mut upsert: impl FnMut(&[u8], &[u8]),
-    ) -> Vec<Vec<u8>> {
+    ) -> (Vec<Vec<u8>>, bool) {
         let mut deletes = Vec::new();
         // the upserts' keys and values, each written into one buffer cleared before it (a
         // tombstone's key is copied out of it)
         let (mut k, mut value) = (Vec::with_capacity(64), Vec::with_capacity(1024));
-        for room_id in std::mem::take(&mut self.changed) {
+        let left = std::cell::Cell::new(budget.unwrap_or(usize::MAX));
+        let mut upsert = |key: &[u8], value: &[u8]| {
+            left.set(left.get().saturating_sub(key.len() + value.len()));
+            upsert(key, value);
+        };
+        let mut changed = std::mem::take(&mut self.changed).into_iter();
+        for room_id in changed.by_ref() {
             let Some(room) = self.rooms.get_mut(&room_id) else {
                 continue;
             };
@@ -2218,6 +2264,13 @@ impl NativeRooms {
                 state_key(&mut k, b"d/", Some(ws), &room_id);
                 deletes.push(k.clone());
             }
+            if left.get() == 0 {
+                break;
+            }
+        }
+        self.changed = changed.collect();
+        if !self.changed.is_empty() {
+            return (deletes, false);
         }
         for room_id in std::mem::take(&mut self.expired) {
             for prefix in [b"r/", b"t/"] {
@@ -2228,7 +2281,7 @@ impl NativeRooms {
         for gone in std::mem::take(&mut self.gone_keys) {
             deletes.push(gone.into_bytes());
         }
-        deletes
+        (deletes, true)
     }
 
     /// `_expire_idle_rooms`' scan: the rooms with no open window and no event for `room_idle_ms`
@@ -2367,6 +2420,7 @@ impl NativeRooms {
             closed_windows: Vec::new(),
             closed_rollups: Vec::new(),
             closed_sessions: Vec::new(),
+            partials_done: 0,
             config: Config {
                 bucket_ms,
                 window_ms,
@@ -2875,6 +2929,8 @@ impl NativeRooms {
         let windows = std::mem::take(&mut self.closed_windows);
         let rollups = std::mem::take(&mut self.closed_rollups);
         let sessions = std::mem::take(&mut self.closed_sessions);
+        // the caller writes the partials of all of them (a sliced publish is finished first)
+        self.partials_done = 0;
         (
             windows
                 .into_iter()
@@ -2911,23 +2967,35 @@ impl NativeRooms {
     ) {
         let (mut windows, mut partials, mut rollups, mut sessions) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (_, orders, gmv) = self.encode_closed(task, leaderboard_size, |out, key, value| {
-            let (key, value) = (PyBytes::new(py, key), PyBytes::new(py, value));
-            match out {
-                Out::Window => windows.push((key, value)),
-                Out::Rollup(length) => rollups.push((length, key, value)),
-                Out::Session => sessions.push((key, value)),
-                Out::Partial => partials.push(value),
-            }
-        });
+        let (_, orders, gmv) =
+            self.encode_closed(task, leaderboard_size, None, |out, key, value| {
+                let (key, value) = (PyBytes::new(py, key), PyBytes::new(py, value));
+                match out {
+                    Out::Window => windows.push((key, value)),
+                    Out::Rollup(length) => rollups.push((length, key, value)),
+                    Out::Session => sessions.push((key, value)),
+                    Out::Partial => partials.push(value),
+                }
+            });
         (windows, orders, gmv, partials, rollups, sessions)
+    }
+
+    /// Whether closed windows, rollups or sessions are left to publish (`publish_into` with a
+    /// budget stopped before them).
+    #[getter]
+    fn has_closed(&self) -> bool {
+        !(self.closed_windows.is_empty()
+            && self.closed_rollups.is_empty()
+            && self.closed_sessions.is_empty())
     }
 
     /// `take_encoded`'s records written into `outbox` (timestamp now): room-stats to
     /// (`room_stats`, `partition`), rollups to `rollups[length]`, sessions to `sessions`, the
-    /// leaderboard partials to (`partials`, 0) keyed by the task. Returns the windows written,
-    /// their orders and GMV.
+    /// leaderboard partials to (`partials`, 0) keyed by the task; with a `budget`, until that
+    /// many bytes of keys and values are written (`encode_closed`; `has_closed` tells whether
+    /// some are left). Returns the windows written, their orders and GMV.
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (outbox, partition, task, leaderboard_size, room_stats, rollups, sessions, partials, budget=None))]
     fn publish_into(
         &mut self,
         mut outbox: PyRefMut<'_, Outbox>,
@@ -2938,6 +3006,7 @@ impl NativeRooms {
         rollups: std::collections::HashMap<i64, String>,
         sessions: &str,
         partials: &str,
+        budget: Option<usize>,
     ) -> PyResult<(i64, i64, i64)> {
         if let Some(length) = self
             .config
@@ -2952,7 +3021,7 @@ impl NativeRooms {
         let ts = now_ms();
         let task_key = task.to_string();
         Ok(
-            self.encode_closed(task, leaderboard_size, |out, key, value| {
+            self.encode_closed(task, leaderboard_size, budget, |out, key, value| {
                 let (topic, partition, key) = match out {
                     Out::Window => (room_stats, partition, key),
                     Out::Rollup(length) => (rollups[&length].as_str(), partition, key),
@@ -3467,7 +3536,7 @@ impl NativeRooms {
         Vec<Bound<'py, PyBytes>>,
     ) {
         let mut upserts = Vec::new();
-        let deletes = self.checkpoint_with(consumed, |key, value| {
+        let (deletes, _) = self.checkpoint_with(consumed, None, |key, value| {
             upserts.push((PyBytes::new(py, key), PyBytes::new(py, value)))
         });
         let deletes = deletes.iter().map(|key| PyBytes::new(py, key)).collect();
@@ -3475,7 +3544,10 @@ impl NativeRooms {
     }
 
     /// `checkpoint` with the upserts written into `outbox` (to `topic`, `partition`, timestamp
-    /// now). Returns how many, and the tombstone keys.
+    /// now); with a `budget`, until that many bytes are written (`checkpoint_with`: the next
+    /// call goes on with the rooms left, and `consumed` must be the same). Returns how many, the
+    /// tombstone keys, and whether every room is written.
+    #[pyo3(signature = (outbox, topic, partition, consumed, budget=None))]
     fn checkpoint_into<'py>(
         &mut self,
         py: Python<'py>,
@@ -3483,16 +3555,18 @@ impl NativeRooms {
         topic: &str,
         partition: i32,
         consumed: Vec<(i64, i64)>,
-    ) -> (usize, Vec<Bound<'py, PyBytes>>) {
+        budget: Option<usize>,
+    ) -> (usize, Vec<Bound<'py, PyBytes>>, bool) {
         let ts = now_ms();
         let mut written = 0;
-        let deletes = self.checkpoint_with(consumed, |key, value| {
+        let (deletes, done) = self.checkpoint_with(consumed, budget, |key, value| {
             outbox.append(topic, partition, ts, Some(key), Some(value), &[]);
             written += 1;
         });
         (
             written,
             deletes.iter().map(|key| PyBytes::new(py, key)).collect(),
+            done,
         )
     }
 
