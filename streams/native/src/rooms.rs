@@ -118,6 +118,16 @@ pub type RoomId = compact_str::CompactString;
 /// A bucket's or window's counters (`streams.core._room`'s positions), held inline.
 pub type Counters = [i64; N_COUNTERS];
 
+/// Drops the first `n` of `items`, and their memory once none is left: a boundary's closed
+/// windows, held to the next boundary, took ~40 MB at 100 000 rooms.
+fn drop_front<T>(items: &mut Vec<T>, n: usize) {
+    if n == items.len() {
+        *items = Vec::new();
+    } else {
+        items.drain(..n);
+    }
+}
+
 /// What a record of a closed window is (`NativeRooms::encode_closed`).
 enum Out {
     Window,
@@ -2147,7 +2157,7 @@ impl NativeRooms {
                 break;
             }
         }
-        self.closed_windows.drain(..n);
+        drop_front(&mut self.closed_windows, n);
         self.partials_done -= n;
         let mut taken = 0;
         if self.closed_windows.is_empty() && left.get() > 0 {
@@ -2161,7 +2171,7 @@ impl NativeRooms {
                 }
             }
         }
-        self.closed_rollups.drain(..taken);
+        drop_front(&mut self.closed_rollups, taken);
         taken = 0;
         if self.closed_rollups.is_empty() && self.closed_windows.is_empty() && left.get() > 0 {
             for (id, s) in &self.closed_sessions {
@@ -2178,7 +2188,7 @@ impl NativeRooms {
                 }
             }
         }
-        self.closed_sessions.drain(..taken);
+        drop_front(&mut self.closed_sessions, taken);
         (n as i64, orders, gmv)
     }
 
