@@ -148,7 +148,7 @@ class Settings:
     malloc_trim_ms: int = 10_000
     #: a window boundary's records (closed windows, then the changelog of its changed rooms) are
     #: encoded about this many bytes at a time, each slice once the producer holds no more than
-    #: this much unacknowledged: one task's boundary at 100 000 rooms wrote ~40 MB before the
+    #: twice this unacknowledged: one task's boundary at 100 000 rooms wrote ~40 MB before the
     #: producer took any of it (RESULTS, session 39); 0: all at once
     output_slice_bytes: int = 4 * 1024 * 1024
     #: rooms in each ranking of the platform leaderboard
