@@ -55,6 +55,7 @@ from .deployment import NEVER_MS, Deployment, Sampler, WorkerProcess, short_roll
 from .oracle import expected_leaderboards
 from .probe import Probe
 from .produce import Progress, ensure_topics, generate, send
+from .sender import send_apart
 from .traffic import Phase, TrafficConfig, TrafficModel, no_gc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -513,9 +514,9 @@ class Harness:
         sampler = Sampler(worker, every_s=0.5)
         sampling = asyncio.create_task(sampler.run(stop))
         try:
-            stats = await send(
-                worker.deployment.bootstrap, worker.deployment.inputs, phase.messages, realtime=True
-            )
+            # from a process of its own: the collector's work at a boundary stalled a sender in
+            # this loop past the worker's idle timeout (``loadtest.sender``)
+            stats = await send_apart(worker.deployment.bootstrap, worker.deployment.inputs, phase.messages)
         finally:
             stop.set()
             await sampling

@@ -33,7 +33,7 @@ import random
 import struct
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -123,6 +123,25 @@ class MessageLog:
     def __del__(self) -> None:
         if self._file is not None:
             self._file.close()
+
+    def shared_file(self) -> tuple[int, int]:
+        """Every record written out to the spill file: its descriptor and size in bytes, for a child
+        process to read the log through (``from_fd``; pass the descriptor on with ``pass_fds``). The
+        log goes on as before; records appended later are not in that size."""
+        if self._buf or self._file is None:
+            self._spill()
+        assert self._file is not None
+        return self._file.fileno(), self._filed
+
+    @classmethod
+    def from_fd(cls, fd: int, size: int, parts: Mapping[int, int]) -> MessageLog:
+        """The log another process shared (``shared_file``): its first ``size`` bytes of records
+        in file ``fd`` (now owned by the log), of which ``parts`` gives the messages per partition."""
+        log = cls()
+        log._file = os.fdopen(fd, "rb")
+        log._filed = size
+        log._parts.update(parts)
+        return log
 
     def _spill(self) -> None:
         if self._file is None:

@@ -198,6 +198,13 @@ class Metrics:
             "Times a task held its watermark after an input outage (LIVEPULSE_OUTAGE_HOLD_MS)",
             registry=r,
         )
+        self.inputs_idled = Counter(
+            "livepulse_inputs_idle_total",
+            "Times an input partition fell idle: caught up and silent for LIVEPULSE_IDLE_PARTITION_MS, "
+            "it no longer holds its task's watermark (with all of a task's inputs idle, the watermark "
+            "moves on with the wall clock)",
+            registry=r,
+        )
         self.windows_emitted = Counter(
             "livepulse_windows_emitted_total", "Room-stats records published", registry=r
         )

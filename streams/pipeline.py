@@ -226,8 +226,9 @@ class TaskPipeline:
         self._progress_sent: int | None = None
         #: the frontier in the last watermark markers written (None: idle, never fed; _NOT_SENT)
         self._marker_sent: int | object | None = _NOT_SENT
-        #: the core's outage holds already counted in the metric
+        #: the core's outage holds and inputs fallen idle already counted in the metrics
         self._holds_seen = 0
+        self._idled_seen = 0
         if partition == 0:
             self.merge = LeaderboardStage(
                 routing.partitions, self._leaderboard_size, sink, self._topics, metrics
@@ -342,6 +343,10 @@ class TaskPipeline:
                 self.partition,
                 ((core.holding_until_ms or now_ms) - now_ms) / 1000,
             )
+        idled = core.counters.inputs_idled
+        if idled != self._idled_seen:
+            self.metrics.inputs_idled.inc(idled - self._idled_seen)
+            self._idled_seen = idled
         return self.publish_windows()
 
     def _split_repartitioned(

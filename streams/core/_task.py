@@ -98,6 +98,8 @@ class TaskCounters:
     detector_evaluations: int = 0
     #: times the watermark was held after an input outage (``CoreConfig.outage_hold_ms``)
     outage_holds: int = 0
+    #: times an input fell idle (caught up and silent for ``CoreConfig.idle_partition_ms``)
+    inputs_idled: int = 0
 
 
 class Encoded(NamedTuple):
@@ -604,8 +606,9 @@ class TaskAggregator:
             self._live.add(source)
             if self._busy_since:
                 self._end_stall(source, now_ms)
-            if now_ms - last >= idle_after:
+            if now_ms - last >= idle_after and source not in self._idle:
                 self._idle.add(source)
+                self.counters.inputs_idled += 1
         self._trailing = self._find_trailing(busy)
         if now_ms < self._hold_until:
             return

@@ -225,13 +225,21 @@ def test_an_idle_input_that_turns_busy_holds_the_watermark_again() -> None:
     agg = TaskAggregator(CFG, sources=(0, 1))
     agg.apply(0, [(1, join("r", "u", BASE_MS))], now_ms=0)
     agg.apply(1, [(1, join("r", "v", BASE_MS))], now_ms=0)
+    agg.tick(now_ms=CFG.idle_partition_ms - 1)
+    assert agg.counters.inputs_idled == 0
     agg.tick(now_ms=CFG.idle_partition_ms)  # both idle: wall time moves event time on
     held = agg.watermark_ms
     assert held == BASE_MS  # newest event - grace + the idle time
+    agg.tick(now_ms=CFG.idle_partition_ms + 1_000)  # still idle (counted once each), moving on
+    assert agg.counters.inputs_idled == 2
+    held = agg.watermark_ms
+    assert held == BASE_MS + 1_000
     agg.tick(now_ms=CFG.idle_partition_ms + 5_000, busy={0, 1})
     assert agg.watermark_ms == held
     agg.tick(now_ms=CFG.idle_partition_ms + 6_000, busy={1})  # 0 caught up again; 1 still holds
     assert agg.watermark_ms == held
+    agg.tick(now_ms=2 * CFG.idle_partition_ms + 6_000, busy={1})  # 0 silent again since then
+    assert agg.counters.inputs_idled == 3
 
 
 def test_a_broker_outage_is_not_silence() -> None:

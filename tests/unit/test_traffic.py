@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -198,3 +199,19 @@ def test_a_message_log_read_while_messages_are_appended_gives_every_one() -> Non
         log.append(message)  # spills to the file several times while the reader is at message 1
     got += list(reader)
     assert log.spilled and got == [(*m[:5], m[5] is not None) for m in generated[:200]]
+
+
+def test_a_message_log_shared_through_its_file_reads_the_same_elsewhere() -> None:
+    """The live sender runs in a child process (``loadtest.sender``) and reads the phase's log
+    through the file descriptor it inherits: every message, as the log gives them here."""
+    phase = TrafficModel(CONFIG, seed=5).phase(START, 3.0)
+    log = traffic.MessageLog(spill_bytes=50_000)
+    for message in phase.messages:
+        log.append(message)
+    fd, size = log.shared_file()
+    parts = {p: log.count_of(p) for p in log.partitions()}
+    other = traffic.MessageLog.from_fd(os.dup(fd), size, parts)
+    assert list(other.wire()) == list(log.wire()) and len(other) == len(log) > 1_000
+    assert other.partitions() == log.partitions()
+    log.append(next(iter(phase.messages)))  # the owner goes on; the shared size stays as it was
+    assert len(list(other.wire())) == len(log) - 1
